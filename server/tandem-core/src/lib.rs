@@ -1,0 +1,26 @@
+//! Tandem's sans-IO core: the y-websocket protocol and the shared document.
+//!
+//! Nothing in this crate performs I/O, spawns a task, reads a clock or the environment, or
+//! panics on bytes from a peer. That is what makes it deterministic, property-testable and
+//! fuzzable. The server crate (`tandem-server`) is the I/O shell around it.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: frame bytes to typed messages, with limits; encoders; `ProtocolError` and its
+//!   close codes.
+//! - [`shared_doc`]: `SharedDoc` (a yrs `Doc` plus presence), `receive(peer, message) -> Effects`.
+//! - [`awareness`]: presence states, each owned by the connection that introduced it.
+//! - [`doc_id`]: `DocId`, a document name validated once at the edge.
+//! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
+
+pub mod awareness;
+pub mod doc_id;
+pub mod limits;
+pub mod protocol;
+pub mod shared_doc;
+
+pub use awareness::PeerId;
+pub use doc_id::{DocId, DocIdError};
+pub use limits::Limits;
+pub use protocol::{Message, ProtocolError};
+pub use shared_doc::{Effects, LoadError, ReceiveError, SharedDoc};

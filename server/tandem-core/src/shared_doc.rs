@@ -1,0 +1,365 @@
+//! `SharedDoc`: one document's CRDT state and presence, and what the server does with each
+//! message a peer sends.
+//!
+//! `SharedDoc::receive` is a pure function of the state and the message: it returns
+//! [`Effects`] (frames to reply, an update to persist, frames to broadcast) and the caller, the
+//! doc actor, performs them in the order the durability invariant requires (persist, then send).
+//! Applying an update runs inside `catch_unwind`; a panic or an apply error poisons the in-memory
+//! state, and the caller must reload the doc from durable storage.
+//!
+//! Read next: `tandem-server/src/doc_actor.rs`, the owner of each `SharedDoc`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::{
+    Any, ArrayRef, Doc, GetString, MapRef, Out, ReadTxn, StateVector, TextRef, Transact, Update,
+};
+
+use crate::awareness::{AwarenessTable, PeerId};
+use crate::limits::Limits;
+use crate::protocol::{
+    Message, ProtocolError, UpdatePayload, encode_sync_step1, encode_sync_step2,
+    encode_sync_update,
+};
+
+/// A document: the yrs `Doc` and the awareness table, owned by exactly one doc actor.
+pub struct SharedDoc {
+    doc: Doc,
+    awareness: AwarenessTable,
+    limits: Limits,
+}
+
+/// What the doc actor must do after [`SharedDoc::receive`].
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Frames for the sender. They may reveal document state, so they wait for durability.
+    pub reply: Vec<Bytes>,
+    /// A v1 update to append to the doc's log; nothing derived from it leaves before it commits.
+    pub persist: Option<Bytes>,
+    /// A frame for every other peer, sent after `persist` commits.
+    pub broadcast_others: Option<Bytes>,
+    /// A frame for every peer, the sender included (awareness; nothing to persist).
+    pub broadcast_all: Option<Bytes>,
+    /// Awareness entries dropped because another connection owns their client id.
+    pub n_foreign_awareness: usize,
+}
+
+/// Why `receive` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The message was refused; the doc is unchanged. Close the sender with this error.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// yrs failed or panicked half-way through an update. The in-memory doc may hold part of it:
+    /// close the sender with the inner error and reload the doc from durable storage.
+    #[error("doc poisoned: {0}")]
+    Poisoned(ProtocolError),
+}
+
+/// A stored update that cannot be applied: the doc is corrupt on disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored update {index} cannot be applied: {reason}")]
+pub struct LoadError {
+    /// Position of the failing update in the load order (0 is the snapshot, if any).
+    pub index: usize,
+    /// What went wrong.
+    pub reason: &'static str,
+}
+
+impl SharedDoc {
+    /// An empty document.
+    pub fn new(limits: Limits) -> SharedDoc {
+        SharedDoc { doc: Doc::new(), awareness: AwarenessTable::default(), limits }
+    }
+
+    /// Rebuilds a document from its stored updates (snapshot first, then the log, in order).
+    pub fn load<I, B>(limits: Limits, updates: I) -> Result<SharedDoc, LoadError>
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let shared = SharedDoc::new(limits);
+        for (index, bytes) in updates.into_iter().enumerate() {
+            let bytes = bytes.as_ref();
+            let update = catch_unwind(|| Update::decode_v1(bytes))
+                .map_err(|_| LoadError { index, reason: "decoder panicked" })?
+                .map_err(|_| LoadError { index, reason: "not a v1 update" })?;
+            catch_unwind(AssertUnwindSafe(|| shared.doc.transact_mut().apply_update(update)))
+                .map_err(|_| LoadError { index, reason: "apply panicked" })?
+                .map_err(|_| LoadError { index, reason: "apply failed" })?;
+        }
+        Ok(shared)
+    }
+
+    /// The frames a new peer receives first: Sync step 1, then every known awareness state.
+    /// (y-websocket clients read one message per frame, so these are separate frames.)
+    pub fn handshake(&self) -> Vec<Bytes> {
+        let mut frames = vec![encode_sync_step1(&self.state_vector())];
+        if !self.awareness.is_empty() {
+            frames.push(self.awareness.encode_all());
+        }
+        frames
+    }
+
+    /// Handles one message from `peer`. `now_ms` is the caller's monotonic clock.
+    pub fn receive(
+        &mut self,
+        peer: PeerId,
+        message: Message,
+        now_ms: u64,
+    ) -> Result<Effects, ReceiveError> {
+        let mut effects = Effects::default();
+        match message {
+            Message::SyncStep1(state_vector) => {
+                let diff = self.doc.transact().encode_state_as_update_v1(&state_vector);
+                effects.reply.push(encode_sync_step2(&diff));
+            }
+            Message::SyncStep2(payload) | Message::Update(payload) => {
+                if let Some(raw) = self.apply_update(payload)? {
+                    effects.broadcast_others = Some(encode_sync_update(&raw));
+                    effects.persist = Some(raw);
+                }
+            }
+            Message::Awareness(payload) => {
+                let outcome = self.awareness.apply(peer, &payload, now_ms, &self.limits)?;
+                effects.broadcast_all = outcome.broadcast;
+                effects.n_foreign_awareness = outcome.n_foreign;
+            }
+            Message::QueryAwareness => effects.reply.push(self.awareness.encode_all()),
+            Message::Auth => {}
+        }
+        Ok(effects)
+    }
+
+    fn apply_update(&mut self, payload: UpdatePayload) -> Result<Option<Bytes>, ReceiveError> {
+        if payload.update.is_empty() {
+            return Ok(None);
+        }
+        let doc = &self.doc;
+        let res = catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(payload.update)));
+        match res {
+            Ok(Ok(())) => Ok(Some(payload.raw)),
+            Ok(Err(_)) => Err(ReceiveError::Poisoned(ProtocolError::InvalidUpdate(
+                "update refers to an invalid parent",
+            ))),
+            Err(_) => Err(ReceiveError::Poisoned(ProtocolError::InvalidUpdate(
+                "update made the crdt engine panic",
+            ))),
+        }
+    }
+
+    /// Removes `peer`'s presence; returns the removal frame to send to the remaining peers.
+    pub fn remove_peer(&mut self, peer: PeerId) -> Option<Bytes> {
+        self.awareness.remove_peer(peer)
+    }
+
+    /// Expires presence not renewed in time; returns the removal frame, if any.
+    pub fn expire_awareness(&mut self, now_ms: u64) -> Option<Bytes> {
+        self.awareness.expire(now_ms, &self.limits)
+    }
+
+    /// Takes over the presence table of a doc being replaced (used after a reload).
+    pub fn adopt_awareness(&mut self, previous: SharedDoc) {
+        self.awareness = previous.awareness;
+    }
+
+    /// The document's state vector.
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    /// The whole document as one v1 update (a snapshot).
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// The number of awareness states.
+    pub fn n_awareness_states(&self) -> usize {
+        self.awareness.len()
+    }
+
+    /// The root types as JSON. A root that no local code has typed is read as a map when it has
+    /// keys, as text when it holds characters, and otherwise as an array.
+    pub fn to_json(&self) -> serde_json::Value {
+        let txn = self.doc.transact();
+        let mut roots = serde_json::Map::new();
+        let mut names: Vec<_> = txn.root_refs().map(|(name, value)| (name.to_string(), value)).collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, value) in names {
+            let any = match value {
+                Out::UndefinedRef(branch) => {
+                    let map = MapRef::from(branch);
+                    let text = TextRef::from(branch).get_string(&txn);
+                    if yrs::Map::len(&map, &txn) > 0 {
+                        map.to_json(&txn)
+                    } else if !text.is_empty() {
+                        Any::from(text)
+                    } else {
+                        ArrayRef::from(branch).to_json(&txn)
+                    }
+                }
+                other => other.to_json(&txn),
+            };
+            roots.insert(name, any_to_json(&any));
+        }
+        serde_json::Value::Object(roots)
+    }
+}
+
+fn any_to_json(any: &Any) -> serde_json::Value {
+    // Undefined has no JSON form; every other `Any` serialises losslessly.
+    serde_json::to_value(any).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode_frame, encode_sync_update};
+    use proptest::prelude::*;
+    use yrs::{Text, WriteTxn};
+
+    /// A simulated client: a yrs doc that speaks frames.
+    struct Client {
+        doc: Doc,
+    }
+
+    impl Client {
+        fn new(client_id: u64) -> Client {
+            Client { doc: Doc::with_client_id(client_id) }
+        }
+
+        fn edit(&self, pos: u32, insert: Option<&str>, delete: u32) -> Bytes {
+            let text = self.doc.get_or_insert_text("t");
+            let mut txn = self.doc.transact_mut();
+            let len = text.len(&txn);
+            let pos = pos % (len + 1);
+            if let Some(s) = insert {
+                text.insert(&mut txn, pos, s);
+            } else if len > pos {
+                text.remove_range(&mut txn, pos, delete.min(len - pos));
+            }
+            encode_sync_update(&txn.encode_update_v1())
+        }
+
+        fn apply_frame(&self, frame: &Bytes) {
+            for message in decode_frame(frame, &Limits::default()).expect("server frames decode") {
+                if let Message::Update(p) | Message::SyncStep2(p) = message {
+                    self.doc.transact_mut().apply_update(p.update).expect("server updates apply");
+                }
+            }
+        }
+
+        fn text(&self) -> String {
+            let text = self.doc.get_or_insert_text("t");
+            text.get_string(&self.doc.transact())
+        }
+    }
+
+    fn receive_frame(doc: &mut SharedDoc, peer: PeerId, frame: &Bytes) -> Vec<Effects> {
+        decode_frame(frame, &Limits::default())
+            .expect("valid")
+            .into_iter()
+            .map(|message| doc.receive(peer, message, 0).expect("accepted"))
+            .collect()
+    }
+
+    #[test]
+    fn sync_step1_is_answered_with_the_missing_state() {
+        let mut doc = SharedDoc::new(Limits::default());
+        let writer = Client::new(1);
+        receive_frame(&mut doc, PeerId(1), &writer.edit(0, Some("hello"), 0));
+        let joiner = Client::new(2);
+        let step1 = crate::protocol::encode_sync_step1(&joiner.doc.transact().state_vector());
+        let effects = receive_frame(&mut doc, PeerId(2), &step1);
+        assert_eq!(effects[0].reply.len(), 1);
+        assert!(effects[0].persist.is_none());
+        joiner.apply_frame(&effects[0].reply[0]);
+        assert_eq!(joiner.text(), "hello");
+    }
+
+    #[test]
+    fn updates_are_persisted_and_broadcast_verbatim() {
+        let mut doc = SharedDoc::new(Limits::default());
+        let frame = Client::new(1).edit(0, Some("x"), 0);
+        let effects = receive_frame(&mut doc, PeerId(1), &frame).pop().unwrap();
+        assert_eq!(effects.broadcast_others.as_ref(), Some(&frame));
+        assert!(effects.persist.is_some());
+    }
+
+    #[test]
+    fn load_replays_snapshot_and_log() {
+        let writer = Client::new(1);
+        let mut stored = Vec::new();
+        for (pos, word) in ["a", "b", "c"].into_iter().enumerate() {
+            let frame = writer.edit(pos as u32, Some(word), 0);
+            let mut doc = SharedDoc::new(Limits::default());
+            let effects = receive_frame(&mut doc, PeerId(1), &frame).pop().unwrap();
+            stored.push(effects.persist.unwrap());
+        }
+        let doc = SharedDoc::load(Limits::default(), &stored).expect("loads");
+        assert_eq!(doc.to_json(), serde_json::json!({ "t": "abc" }));
+    }
+
+    #[test]
+    fn load_reports_the_corrupt_entry() {
+        let res = SharedDoc::load(Limits::default(), [vec![0xffu8, 0xff, 0xff]]);
+        assert_eq!(res.err().map(|e| e.index), Some(0));
+    }
+
+    #[test]
+    fn json_view_types_roots_by_content() {
+        let client = Doc::with_client_id(5);
+        {
+            let mut txn = client.transact_mut();
+            let map = txn.get_or_insert_map("m");
+            yrs::Map::insert(&map, &mut txn, "k", 1.5);
+            let text = txn.get_or_insert_text("t");
+            text.push(&mut txn, "hi");
+        }
+        let update = client.transact().encode_state_as_update_v1(&StateVector::default());
+        let doc = SharedDoc::load(Limits::default(), [update]).unwrap();
+        assert_eq!(doc.to_json(), serde_json::json!({ "m": { "k": 1.5 }, "t": "hi" }));
+    }
+
+    proptest! {
+        /// N simulated peers edit concurrently; the server relays in a random interleaving.
+        /// Every peer and the server end with the same text.
+        #[test]
+        fn peers_converge_through_the_server(
+            ops in prop::collection::vec((0usize..3, 0u32..20, prop::option::of("[a-z]{1,3}"), 1u32..4), 1..40),
+            deliver_order in prop::collection::vec(0usize..3, 0..200),
+        ) {
+            let mut server = SharedDoc::new(Limits::default());
+            let clients: Vec<Client> = (0..3).map(|i| Client::new(100 + i as u64)).collect();
+            // Per-client inbox of frames not yet delivered.
+            let mut inboxes: Vec<Vec<Bytes>> = vec![Vec::new(); 3];
+            for (who, pos, insert, delete) in ops {
+                let frame = clients[who].edit(pos, insert.as_deref(), delete);
+                for effects in receive_frame(&mut server, PeerId(who as u64), &frame) {
+                    if let Some(out) = effects.broadcast_others {
+                        for (other, inbox) in inboxes.iter_mut().enumerate() {
+                            if other != who { inbox.push(out.clone()); }
+                        }
+                    }
+                }
+                // Interleave some deliveries.
+                for &target in deliver_order.iter().take(3) {
+                    if !inboxes[target].is_empty() {
+                        let frame = inboxes[target].remove(0);
+                        clients[target].apply_frame(&frame);
+                    }
+                }
+            }
+            for (client, inbox) in clients.iter().zip(inboxes.iter_mut()) {
+                for frame in inbox.drain(..) { client.apply_frame(&frame); }
+            }
+            let expected = server.to_json()["t"].as_str().unwrap_or("").to_string();
+            for client in &clients {
+                prop_assert_eq!(client.text(), expected.clone());
+            }
+        }
+    }
+}
