@@ -1,1 +1,68 @@
-fn main(){}
+//! The commit path of `tandem-store`: what group commit buys.
+//!
+//! All variants write the same 256 typing-sized updates to a real redb file. The baseline is one
+//! fsync'd transaction per update (what a server without group commit pays); the others group
+//! updates into one transaction, with and without fsync. Read the results as ratios.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tandem_benches::typing_updates;
+use tandem_store::{Store, WriteOp};
+
+const N_UPDATES: usize = 256;
+
+fn commit(c: &mut Criterion) {
+    let updates = typing_updates(N_UPDATES, "hello ");
+    let mut group = c.benchmark_group("commit");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(N_UPDATES as u64));
+    let fresh = || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("bench.redb")).expect("open");
+        (dir, store)
+    };
+    group.bench_function("baseline: one fsync'd commit per update", |b| {
+        b.iter_batched(
+            fresh,
+            |(_dir, store)| {
+                for (i, update) in updates.iter().enumerate() {
+                    let op = WriteOp::Append {
+                        doc: "d",
+                        seq: i as u64 + 1,
+                        update,
+                    };
+                    store.commit(&[op], 0, true).expect("commit");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    for group_size in [16usize, 256] {
+        for fsync in [true, false] {
+            let name = format!("groups of {group_size}, fsync={fsync}");
+            group.bench_function(name, |b| {
+                b.iter_batched(
+                    fresh,
+                    |(_dir, store)| {
+                        for (chunk_idx, chunk) in updates.chunks(group_size).enumerate() {
+                            let ops: Vec<WriteOp<'_>> = chunk
+                                .iter()
+                                .enumerate()
+                                .map(|(i, update)| WriteOp::Append {
+                                    doc: "d",
+                                    seq: (chunk_idx * group_size + i) as u64 + 1,
+                                    update,
+                                })
+                                .collect();
+                            store.commit(&ops, 0, fsync).expect("commit");
+                        }
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, commit);
+criterion_main!(benches);

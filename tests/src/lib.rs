@@ -1,1 +1,413 @@
+//! The one driver of the black-box server tests: `TestServer` runs `tandem_server::run` on
+//! `127.0.0.1:0` with a temporary data directory, and `Peer` is a real Yjs peer (a yrs `Doc`)
+//! speaking the y-websocket protocol over tokio-tungstenite.
+//!
+//! Tests wait on events with timeouts, never on sleeps.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tandem_core::protocol::{
+    Message as YMessage, decode_frame, encode_awareness, encode_sync_step1, encode_sync_step2,
+    encode_sync_update,
+};
+use tandem_core::{Limits, protocol::AwarenessEntry};
+use tandem_server::{Config, ShutdownSummary};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process on an ephemeral port.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    data_dir: tempfile::TempDir,
+    config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<ShutdownSummary, tandem_server::ServerError>>>,
+}
+
+impl TestServer {
+    /// A server with default settings.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server with settings adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_data_dir(data_dir.path());
+        adjust(&mut config);
+        let mut server = TestServer {
+            addr: config.addr,
+            data_dir,
+            config,
+            stop: None,
+            task: None,
+        };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        self.addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        self.task = Some(tokio::spawn(async move {
+            tandem_server::run(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+        }));
+        self.stop = Some(stop);
+    }
+
+    /// The data directory (holds `tandem.redb`).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Graceful shutdown, as on SIGTERM. Returns whether it was clean.
+    pub async fn shutdown(&mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => {
+                tokio::time::timeout(Duration::from_secs(30), task)
+                    .await
+                    .expect("shutdown within 30 s")
+                    .expect("server task")
+                    .expect("server result")
+                    .clean
+            }
+            None => true,
+        }
+    }
+
+    /// Graceful shutdown, then a new server on the same data directory.
+    pub async fn restart(&mut self) {
+        assert!(self.shutdown().await, "clean shutdown");
+        self.launch().await;
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Opens a WebSocket to `doc` and completes the y-websocket handshake.
+    pub async fn connect(&self, doc: &str) -> Peer {
+        let mut peer = self.connect_raw(doc).await;
+        peer.handshake().await;
+        peer
+    }
+
+    /// Opens a WebSocket to `doc` without any protocol exchange.
+    pub async fn connect_raw(&self, doc: &str) -> Peer {
+        Peer::connect_raw(self.addr, doc).await
+    }
+
+    /// Sends a raw HTTP/1.1 GET and returns (status, body).
+    pub async fn http_get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
+        http_get(self.addr, path, accept).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), enough for the API tests.
+pub async fn http_get(addr: SocketAddr, path: &str, accept: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut body = response[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&body[..line_end])
+                .expect("ascii")
+                .trim(),
+            16,
+        )
+        .expect("hex size");
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+/// A short description of a text for failure messages (texts can be megabytes).
+fn describe(text: &str) -> String {
+    if text.len() <= 80 {
+        format!("text is {text:?}")
+    } else {
+        let head: String = text.chars().take(40).collect();
+        format!("text of {} bytes starting {head:?}", text.len())
+    }
+}
+
+/// A y-websocket peer with its own yrs doc.
+pub struct Peer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The peer's replica.
+    pub doc: Doc,
+    /// The close frame received, if the server closed the connection: (code, reason).
+    pub closed: Option<(u16, String)>,
+    /// Awareness entries received, in order.
+    pub awareness: Vec<AwarenessEntry>,
+}
+
+impl Peer {
+    /// Opens a WebSocket to `doc` on the server at `addr` without any protocol exchange.
+    pub async fn connect_raw(addr: SocketAddr, doc: &str) -> Peer {
+        let url = format!("ws://{addr}/ws/{doc}");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Peer {
+            ws,
+            doc: Doc::new(),
+            closed: None,
+            awareness: Vec::new(),
+        }
+    }
+
+    /// Opens a WebSocket to `doc` on the server at `addr` and completes the handshake.
+    pub async fn connect(addr: SocketAddr, doc: &str) -> Peer {
+        let mut peer = Peer::connect_raw(addr, doc).await;
+        peer.handshake().await;
+        peer
+    }
+
+    /// Waits for the server's step 1, answers it, asks for the server's state and applies it.
+    pub async fn handshake(&mut self) {
+        let first = self
+            .next_frame()
+            .await
+            .expect("server sends sync step 1 first");
+        let messages = decode_frame(&first, &Limits::default()).expect("valid frame");
+        let Some(YMessage::SyncStep1(server_sv)) = messages.into_iter().next() else {
+            panic!("first frame must be sync step 1");
+        };
+        let diff = self.doc.transact().encode_state_as_update_v1(&server_sv);
+        self.send(encode_sync_step2(&diff)).await;
+        let own_sv = self.doc.transact().state_vector();
+        self.send(encode_sync_step1(&own_sv)).await;
+        self.wait_for(|frame| matches!(frame, YMessage::SyncStep2(_)))
+            .await;
+    }
+
+    /// Sends one binary frame.
+    pub async fn send(&mut self, frame: Bytes) {
+        self.ws
+            .send(WsMessage::Binary(frame))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends any WebSocket message (text frames, for instance).
+    pub async fn send_ws(&mut self, message: WsMessage) {
+        let _ = self.ws.send(message).await;
+    }
+
+    /// Inserts `text` at the end of root text `t` and sends the update.
+    pub async fn append_text(&mut self, text: &str) {
+        let update = {
+            let root = self.doc.get_or_insert_text("t");
+            let mut txn = self.doc.transact_mut();
+            let len = root.len(&txn);
+            root.insert(&mut txn, len, text);
+            txn.encode_update_v1()
+        };
+        self.send(encode_sync_update(&update)).await;
+    }
+
+    /// Sends this peer's awareness state for `client_id`.
+    pub async fn send_awareness(&mut self, client_id: u64, clock: u32, json: &str) {
+        let entry = AwarenessEntry {
+            client_id,
+            clock,
+            json: json.into(),
+        };
+        self.send(encode_awareness([&entry])).await;
+    }
+
+    /// The content of root text `t`.
+    pub fn text(&self) -> String {
+        let root = self.doc.get_or_insert_text("t");
+        root.get_string(&self.doc.transact())
+    }
+
+    /// Receives and applies frames until `text()` satisfies `predicate`.
+    pub async fn wait_text(&mut self, predicate: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !predicate(&self.text()) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.next_frame()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!(
+                    "connection closed while waiting; {}, close {:?}",
+                    describe(&self.text()),
+                    self.closed
+                ),
+                Err(_) => panic!("timed out waiting; {}", describe(&self.text())),
+            }
+        }
+        self.text()
+    }
+
+    /// Receives and applies frames until one message matches.
+    pub async fn wait_for(&mut self, predicate: impl Fn(&YMessage) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.next_frame_raw())
+                .await
+                .expect("message in time")
+                .expect("connection open");
+            let messages = decode_frame(&frame, &Limits::default()).expect("valid server frame");
+            let mut found = false;
+            for message in messages {
+                found |= predicate(&message);
+                self.apply(message);
+            }
+            if found {
+                return;
+            }
+        }
+    }
+
+    /// Waits for awareness entries until `predicate` holds over everything received so far.
+    pub async fn wait_awareness(&mut self, predicate: impl Fn(&[AwarenessEntry]) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !predicate(&self.awareness) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.next_frame()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("closed while waiting for awareness: {:?}", self.closed),
+                Err(_) => panic!("timed out waiting for awareness; got {:?}", self.awareness),
+            }
+        }
+    }
+
+    /// Next binary frame, applied to the replica; `None` once closed.
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
+        let frame = self.next_frame_raw().await?;
+        if let Ok(messages) = decode_frame(&frame, &Limits::default()) {
+            for message in messages {
+                self.apply(message);
+            }
+        }
+        Some(frame)
+    }
+
+    async fn next_frame_raw(&mut self) -> Option<Bytes> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Binary(frame))) => return Some(frame),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    self.closed = Some(
+                        frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => {
+                    if self.closed.is_none() {
+                        self.closed = Some((1006, String::new()));
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, message: YMessage) {
+        match message {
+            YMessage::Update(payload) | YMessage::SyncStep2(payload) => {
+                self.doc
+                    .transact_mut()
+                    .apply_update(payload.update)
+                    .expect("server update applies");
+            }
+            YMessage::Awareness(payload) => self.awareness.extend(payload.entries),
+            _ => {}
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(left, self.next_frame_raw())
+                .await
+                .expect("close in time");
+        }
+        self.closed.clone().expect("closed")
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -91,7 +91,11 @@ impl AwarenessTable {
                     owned.push(entry.client_id);
                     self.states.insert(
                         entry.client_id,
-                        OwnedState { entry: entry.clone(), owner: peer, renewed_ms: now_ms },
+                        OwnedState {
+                            entry: entry.clone(),
+                            owner: peer,
+                            renewed_ms: now_ms,
+                        },
                     );
                     accepted.push(entry);
                 }
@@ -105,14 +109,19 @@ impl AwarenessTable {
         } else {
             Some(encode_awareness(accepted))
         };
-        Ok(AwarenessOutcome { broadcast, n_foreign })
+        Ok(AwarenessOutcome {
+            broadcast,
+            n_foreign,
+        })
     }
 
     /// Removes every state `peer` owns; returns the removal frame to broadcast, if any.
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<Bytes> {
         let client_ids = self.owned.remove(&peer)?;
-        let removed: Vec<AwarenessEntry> =
-            client_ids.into_iter().filter_map(|client_id| self.take_as_removal(client_id)).collect();
+        let removed: Vec<AwarenessEntry> = client_ids
+            .into_iter()
+            .filter_map(|client_id| self.take_as_removal(client_id))
+            .collect();
         (!removed.is_empty()).then(|| encode_awareness(&removed))
     }
 
@@ -121,11 +130,15 @@ impl AwarenessTable {
         let expired: Vec<u64> = self
             .states
             .iter()
-            .filter(|(_, state)| now_ms.saturating_sub(state.renewed_ms) >= limits.awareness_timeout_ms)
+            .filter(|(_, state)| {
+                now_ms.saturating_sub(state.renewed_ms) >= limits.awareness_timeout_ms
+            })
             .map(|(client_id, _)| *client_id)
             .collect();
-        let removed: Vec<AwarenessEntry> =
-            expired.into_iter().filter_map(|client_id| self.take_as_removal(client_id)).collect();
+        let removed: Vec<AwarenessEntry> = expired
+            .into_iter()
+            .filter_map(|client_id| self.take_as_removal(client_id))
+            .collect();
         (!removed.is_empty()).then(|| encode_awareness(&removed))
     }
 
@@ -186,14 +199,20 @@ mod tests {
             })
             .collect();
         let frame = encode_awareness(&entries);
-        match decode_frame(&frame, &Limits::default()).expect("valid").pop() {
+        match decode_frame(&frame, &Limits::default())
+            .expect("valid")
+            .pop()
+        {
             Some(Message::Awareness(payload)) => payload,
             other => panic!("expected awareness, got {other:?}"),
         }
     }
 
     fn decode(frame: &Bytes) -> Vec<AwarenessEntry> {
-        match decode_frame(frame, &Limits::default()).expect("valid").pop() {
+        match decode_frame(frame, &Limits::default())
+            .expect("valid")
+            .pop()
+        {
             Some(Message::Awareness(payload)) => payload.entries,
             other => panic!("expected awareness, got {other:?}"),
         }
@@ -205,12 +224,27 @@ mod tests {
         let mut table = AwarenessTable::default();
         let alice = PeerId(1);
         let mallory = PeerId(2);
-        table.apply(alice, &payload(&[(10, 1, r#"{"user":"alice"}"#)]), 0, &limits).unwrap();
-        let outcome =
-            table.apply(mallory, &payload(&[(10, 9, r#"{"user":"mallory"}"#)]), 0, &limits).unwrap();
+        table
+            .apply(
+                alice,
+                &payload(&[(10, 1, r#"{"user":"alice"}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        let outcome = table
+            .apply(
+                mallory,
+                &payload(&[(10, 9, r#"{"user":"mallory"}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
         assert_eq!(outcome.n_foreign, 1);
         assert!(outcome.broadcast.is_none());
-        let outcome = table.apply(mallory, &payload(&[(10, 9, "null")]), 0, &limits).unwrap();
+        let outcome = table
+            .apply(mallory, &payload(&[(10, 9, "null")]), 0, &limits)
+            .unwrap();
         assert_eq!(outcome.n_foreign, 1);
         let all = decode(&table.encode_all());
         assert_eq!(all.len(), 1);
@@ -221,31 +255,65 @@ mod tests {
     fn leaving_peer_states_are_removed_with_a_higher_clock() {
         let limits = Limits::default();
         let mut table = AwarenessTable::default();
-        table.apply(PeerId(1), &payload(&[(10, 4, "{}")]), 0, &limits).unwrap();
-        table.apply(PeerId(2), &payload(&[(20, 1, "{}")]), 0, &limits).unwrap();
+        table
+            .apply(PeerId(1), &payload(&[(10, 4, "{}")]), 0, &limits)
+            .unwrap();
+        table
+            .apply(PeerId(2), &payload(&[(20, 1, "{}")]), 0, &limits)
+            .unwrap();
         let removal = decode(&table.remove_peer(PeerId(1)).expect("removal frame"));
-        assert_eq!(removal, vec![AwarenessEntry { client_id: 10, clock: 5, json: "null".into() }]);
+        assert_eq!(
+            removal,
+            vec![AwarenessEntry {
+                client_id: 10,
+                clock: 5,
+                json: "null".into()
+            }]
+        );
         assert_eq!(table.len(), 1);
         assert!(table.remove_peer(PeerId(1)).is_none());
     }
 
     #[test]
     fn per_peer_cap_is_enforced() {
-        let limits = Limits { max_awareness_clients_per_peer: 2, ..Limits::default() };
+        let limits = Limits {
+            max_awareness_clients_per_peer: 2,
+            ..Limits::default()
+        };
         let mut table = AwarenessTable::default();
-        let res = table.apply(PeerId(1), &payload(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]), 0, &limits);
-        assert_eq!(res.err(), Some(ProtocolError::TooManyAwarenessClients { max: 2 }));
+        let res = table.apply(
+            PeerId(1),
+            &payload(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]),
+            0,
+            &limits,
+        );
+        assert_eq!(
+            res.err(),
+            Some(ProtocolError::TooManyAwarenessClients { max: 2 })
+        );
     }
 
     #[test]
     fn stale_states_expire_and_renewals_keep_them() {
-        let limits = Limits { awareness_timeout_ms: 30_000, ..Limits::default() };
+        let limits = Limits {
+            awareness_timeout_ms: 30_000,
+            ..Limits::default()
+        };
         let mut table = AwarenessTable::default();
-        table.apply(PeerId(1), &payload(&[(1, 1, "{}")]), 0, &limits).unwrap();
-        table.apply(PeerId(2), &payload(&[(2, 1, "{}")]), 0, &limits).unwrap();
-        table.apply(PeerId(2), &payload(&[(2, 2, "{}")]), 20_000, &limits).unwrap();
+        table
+            .apply(PeerId(1), &payload(&[(1, 1, "{}")]), 0, &limits)
+            .unwrap();
+        table
+            .apply(PeerId(2), &payload(&[(2, 1, "{}")]), 0, &limits)
+            .unwrap();
+        table
+            .apply(PeerId(2), &payload(&[(2, 2, "{}")]), 20_000, &limits)
+            .unwrap();
         let removed = decode(&table.expire(30_000, &limits).expect("client 1 expired"));
-        assert_eq!(removed.iter().map(|e| e.client_id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            removed.iter().map(|e| e.client_id).collect::<Vec<_>>(),
+            vec![1]
+        );
         assert!(table.owned_by(PeerId(1)).is_empty());
         assert!(table.expire(49_999, &limits).is_none());
     }

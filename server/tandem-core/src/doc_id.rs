@@ -54,7 +54,10 @@ impl DocId {
         if name.chars().any(|c| c.is_control() || c == '\\') {
             return Err(DocIdError::ForbiddenCharacter);
         }
-        if name.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        if name
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        {
             return Err(DocIdError::BadSegment);
         }
         Ok(DocId(Arc::from(name)))
@@ -97,13 +100,19 @@ mod tests {
     #[test]
     fn accepts_folder_style_names() {
         for name in ["team/notes.md", "a", "über/ß.txt", "x y/z", "a.b/c..d"] {
-            assert_eq!(DocId::new(name).map(|id| id.to_string()), Ok(name.to_string()));
+            assert_eq!(
+                DocId::new(name).map(|id| id.to_string()),
+                Ok(name.to_string())
+            );
         }
     }
 
     #[test]
     fn percent_decoding_is_handled() {
-        assert_eq!(DocId::from_url_path("team/my%20notes.md").unwrap().as_str(), "team/my notes.md");
+        assert_eq!(
+            DocId::from_url_path("team/my%20notes.md").unwrap().as_str(),
+            "team/my notes.md"
+        );
     }
 
     #[test]
@@ -125,9 +134,16 @@ mod tests {
             ("%ff", DocIdError::BadEncoding),
         ];
         for (raw, expected) in cases {
-            assert_eq!(DocId::from_url_path(raw).err(), Some(expected), "case {raw:?}");
+            assert_eq!(
+                DocId::from_url_path(raw).err(),
+                Some(expected),
+                "case {raw:?}"
+            );
         }
         let long = "x".repeat(MAX_DOC_ID_BYTES + 1);
-        assert_eq!(DocId::new(&long).err(), Some(DocIdError::TooLong { len: long.len() }));
+        assert_eq!(
+            DocId::new(&long).err(),
+            Some(DocIdError::TooLong { len: long.len() })
+        );
     }
 }

@@ -252,7 +252,9 @@ pub fn decode_state_vector(payload: &[u8]) -> Result<StateVector, ProtocolError>
     let n_entries = reader.read_var_u64()?;
     // Every entry needs at least two bytes (client id and clock).
     if n_entries > reader.remaining() as u64 / 2 {
-        return Err(ProtocolError::InvalidUpdate("state vector count exceeds payload"));
+        return Err(ProtocolError::InvalidUpdate(
+            "state vector count exceeds payload",
+        ));
     }
     catch_unwind(|| StateVector::decode_v1(payload))
         .map_err(|_| ProtocolError::InvalidUpdate("state vector rejected by decoder"))?
@@ -265,7 +267,9 @@ pub fn decode_update(raw: Bytes) -> Result<UpdatePayload, ProtocolError> {
     let n_clients = reader.read_var_u64()?;
     // Each client section needs at least three bytes (block count, client id, clock).
     if n_clients > reader.remaining() as u64 / 3 {
-        return Err(ProtocolError::InvalidUpdate("update client count exceeds payload"));
+        return Err(ProtocolError::InvalidUpdate(
+            "update client count exceeds payload",
+        ));
     }
     let update = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(&raw)))
         .map_err(|_| ProtocolError::InvalidUpdate("update rejected by decoder"))?
@@ -300,10 +304,16 @@ pub fn decode_awareness(
         if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
             return Err(ProtocolError::InvalidAwarenessState { client_id });
         }
-        entries.push(AwarenessEntry { client_id, clock, json: Arc::from(json) });
+        entries.push(AwarenessEntry {
+            client_id,
+            clock,
+            json: Arc::from(json),
+        });
     }
     if !reader.is_empty() {
-        return Err(ProtocolError::Malformed("trailing bytes after awareness entries"));
+        return Err(ProtocolError::Malformed(
+            "trailing bytes after awareness entries",
+        ));
     }
     Ok(entries)
 }
@@ -393,12 +403,20 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader over a shared frame; byte strings are returned as zero-copy slices of it.
     fn new(frame: &'a Bytes) -> Self {
-        Reader { bytes: frame, source: Some(frame), pos: 0 }
+        Reader {
+            bytes: frame,
+            source: Some(frame),
+            pos: 0,
+        }
     }
 
     /// A reader over a borrowed slice; byte strings are copied out.
     fn from_slice(bytes: &'a [u8]) -> Self {
-        Reader { bytes, source: None, pos: 0 }
+        Reader {
+            bytes,
+            source: None,
+            pos: 0,
+        }
     }
 
     fn remaining(&self) -> usize {
@@ -410,7 +428,10 @@ impl<'a> Reader<'a> {
     }
 
     fn read_u8(&mut self) -> Result<u8, ProtocolError> {
-        let byte = *self.bytes.get(self.pos).ok_or(ProtocolError::Malformed("truncated var-uint"))?;
+        let byte = *self
+            .bytes
+            .get(self.pos)
+            .ok_or(ProtocolError::Malformed("truncated var-uint"))?;
         self.pos += 1;
         Ok(byte)
     }
@@ -498,7 +519,9 @@ mod tests {
         frame.extend_from_slice(&encode_sync_step1(&StateVector::default()));
         let messages = decode_frame(&frame.freeze(), &limits()).expect("valid frame");
         assert_eq!(messages.len(), 3);
-        let Message::Update(payload) = &messages[0] else { panic!("expected update") };
+        let Message::Update(payload) = &messages[0] else {
+            panic!("expected update")
+        };
         assert_eq!(&payload.raw[..], &update[..]);
         assert!(matches!(messages[1], Message::QueryAwareness));
         assert!(matches!(messages[2], Message::SyncStep1(_)));
@@ -513,7 +536,9 @@ mod tests {
         };
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
-        doc.transact_mut().apply_update(payload.update).expect("applies");
+        doc.transact_mut()
+            .apply_update(payload.update)
+            .expect("applies");
         assert_eq!(text.get_string(&doc.transact()), "hello");
     }
 
@@ -526,14 +551,26 @@ mod tests {
         write_var_u64(&mut huge_len, 1 << 60);
         let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
             ("empty", vec![], ProtocolError::Malformed("empty frame")),
-            ("truncated var-uint", vec![0x80], ProtocolError::Malformed("truncated var-uint")),
+            (
+                "truncated var-uint",
+                vec![0x80],
+                ProtocolError::Malformed("truncated var-uint"),
+            ),
             (
                 "eleven-byte var-uint",
                 vec![0xff; 11],
                 ProtocolError::Malformed("var-uint overflows 64 bits"),
             ),
-            ("unknown type", vec![7], ProtocolError::UnsupportedMessage(7)),
-            ("unknown sync type", vec![0, 9], ProtocolError::UnsupportedSyncMessage(9)),
+            (
+                "unknown type",
+                vec![7],
+                ProtocolError::UnsupportedMessage(7),
+            ),
+            (
+                "unknown sync type",
+                vec![0, 9],
+                ProtocolError::UnsupportedSyncMessage(9),
+            ),
             (
                 "length prefix 2^60",
                 huge_len.to_vec(),
@@ -568,9 +605,15 @@ mod tests {
 
     #[test]
     fn oversize_frame_is_refused_before_decoding() {
-        let limits = Limits { max_frame_bytes: 4, ..Limits::default() };
+        let limits = Limits {
+            max_frame_bytes: 4,
+            ..Limits::default()
+        };
         let res = decode_frame(&Bytes::from_static(&[0, 2, 3, 0, 0, 0]), &limits);
-        assert_eq!(res.err(), Some(ProtocolError::FrameTooLarge { len: 6, max: 4 }));
+        assert_eq!(
+            res.err(),
+            Some(ProtocolError::FrameTooLarge { len: 6, max: 4 })
+        );
     }
 
     #[test]

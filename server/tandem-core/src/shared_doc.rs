@@ -21,8 +21,7 @@ use yrs::{
 use crate::awareness::{AwarenessTable, PeerId};
 use crate::limits::Limits;
 use crate::protocol::{
-    Message, ProtocolError, UpdatePayload, encode_sync_step1, encode_sync_step2,
-    encode_sync_update,
+    Message, ProtocolError, UpdatePayload, encode_sync_step1, encode_sync_step2, encode_sync_update,
 };
 
 /// A document: the yrs `Doc` and the awareness table, owned by exactly one doc actor.
@@ -72,7 +71,11 @@ pub struct LoadError {
 impl SharedDoc {
     /// An empty document.
     pub fn new(limits: Limits) -> SharedDoc {
-        SharedDoc { doc: Doc::new(), awareness: AwarenessTable::default(), limits }
+        SharedDoc {
+            doc: Doc::new(),
+            awareness: AwarenessTable::default(),
+            limits,
+        }
     }
 
     /// Rebuilds a document from its stored updates (snapshot first, then the log, in order).
@@ -85,11 +88,25 @@ impl SharedDoc {
         for (index, bytes) in updates.into_iter().enumerate() {
             let bytes = bytes.as_ref();
             let update = catch_unwind(|| Update::decode_v1(bytes))
-                .map_err(|_| LoadError { index, reason: "decoder panicked" })?
-                .map_err(|_| LoadError { index, reason: "not a v1 update" })?;
-            catch_unwind(AssertUnwindSafe(|| shared.doc.transact_mut().apply_update(update)))
-                .map_err(|_| LoadError { index, reason: "apply panicked" })?
-                .map_err(|_| LoadError { index, reason: "apply failed" })?;
+                .map_err(|_| LoadError {
+                    index,
+                    reason: "decoder panicked",
+                })?
+                .map_err(|_| LoadError {
+                    index,
+                    reason: "not a v1 update",
+                })?;
+            catch_unwind(AssertUnwindSafe(|| {
+                shared.doc.transact_mut().apply_update(update)
+            }))
+            .map_err(|_| LoadError {
+                index,
+                reason: "apply panicked",
+            })?
+            .map_err(|_| LoadError {
+                index,
+                reason: "apply failed",
+            })?;
         }
         Ok(shared)
     }
@@ -139,7 +156,9 @@ impl SharedDoc {
             return Ok(None);
         }
         let doc = &self.doc;
-        let res = catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(payload.update)));
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            doc.transact_mut().apply_update(payload.update)
+        }));
         match res {
             Ok(Ok(())) => Ok(Some(payload.raw)),
             Ok(Err(_)) => Err(ReceiveError::Poisoned(ProtocolError::InvalidUpdate(
@@ -173,7 +192,9 @@ impl SharedDoc {
 
     /// The whole document as one v1 update (a snapshot).
     pub fn encode_state(&self) -> Vec<u8> {
-        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     /// The number of awareness states.
@@ -186,7 +207,10 @@ impl SharedDoc {
     pub fn to_json(&self) -> serde_json::Value {
         let txn = self.doc.transact();
         let mut roots = serde_json::Map::new();
-        let mut names: Vec<_> = txn.root_refs().map(|(name, value)| (name.to_string(), value)).collect();
+        let mut names: Vec<_> = txn
+            .root_refs()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, value) in names {
             let any = match value {
@@ -228,7 +252,9 @@ mod tests {
 
     impl Client {
         fn new(client_id: u64) -> Client {
-            Client { doc: Doc::with_client_id(client_id) }
+            Client {
+                doc: Doc::with_client_id(client_id),
+            }
         }
 
         fn edit(&self, pos: u32, insert: Option<&str>, delete: u32) -> Bytes {
@@ -247,7 +273,10 @@ mod tests {
         fn apply_frame(&self, frame: &Bytes) {
             for message in decode_frame(frame, &Limits::default()).expect("server frames decode") {
                 if let Message::Update(p) | Message::SyncStep2(p) = message {
-                    self.doc.transact_mut().apply_update(p.update).expect("server updates apply");
+                    self.doc
+                        .transact_mut()
+                        .apply_update(p.update)
+                        .expect("server updates apply");
                 }
             }
         }
@@ -319,9 +348,14 @@ mod tests {
             let text = txn.get_or_insert_text("t");
             text.push(&mut txn, "hi");
         }
-        let update = client.transact().encode_state_as_update_v1(&StateVector::default());
+        let update = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         let doc = SharedDoc::load(Limits::default(), [update]).unwrap();
-        assert_eq!(doc.to_json(), serde_json::json!({ "m": { "k": 1.5 }, "t": "hi" }));
+        assert_eq!(
+            doc.to_json(),
+            serde_json::json!({ "m": { "k": 1.5 }, "t": "hi" })
+        );
     }
 
     proptest! {

@@ -1,1 +1,169 @@
+//! The Tandem server: the I/O shell around `tandem-core` and `tandem-store`.
+//!
+//! [`run`] serves a listener until a shutdown future resolves, then closes every connection
+//! with 1001, flushes every open doc and stops the redb writer. The binary (`main.rs`) only
+//! parses configuration, sets up logging, binds, and calls it; tests call it directly.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, environment and TOML file into one validated `Config`.
+//! - `http`: the axum router, REST handlers, static files, `ApiError`.
+//! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
+//! - `hub`: `DocId -> DocHandle`, single-flight open.
+//! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
+//! - `persist`: the redb writer thread with group commit.
+//! - `shutdown`: the cancellation token, task tracker and signal future.
 
+pub mod config;
+mod connection;
+mod doc_actor;
+mod http;
+mod hub;
+mod persist;
+mod shutdown;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tandem_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use connection::ConnectionConfig;
+pub use hub::HubConfig;
+pub use persist::PersistConfig;
+pub use shutdown::signal;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE_NAME: &str = "tandem.redb";
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory or database could not be opened.
+    #[error("opening store at {path}: {source}")]
+    Store {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The store's error.
+        #[source]
+        source: tandem_store::StoreError,
+    },
+    /// A filesystem or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What shutdown achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownSummary {
+    /// Whether every task finished within the shutdown timeout.
+    pub clean: bool,
+}
+
+/// Serves `listener` with `config` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ShutdownSummary, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        context: "creating data directory",
+        source,
+    })?;
+    let db_path = config.data_dir.join(DB_FILE_NAME);
+    let store = {
+        let path = db_path.clone();
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|error| ServerError::Io {
+                context: "opening store",
+                source: std::io::Error::other(error),
+            })?
+            .map_err(|source| ServerError::Store {
+                path: db_path.clone(),
+                source,
+            })?
+    };
+    let store = Arc::new(store);
+    let persist =
+        persist::spawn_writer(store.clone(), config.persist.clone()).map_err(|source| {
+            ServerError::Io {
+                context: "starting redb writer",
+                source,
+            }
+        })?;
+    if !config.persist.fsync {
+        warn!("fsync is off: acknowledged edits can be lost on power failure (benchmarks only)");
+    }
+
+    let lifecycle = shutdown::Lifecycle::default();
+    let hub = hub::Hub::new(
+        store,
+        persist.clone(),
+        config.hub.clone(),
+        lifecycle.clone(),
+    );
+    let state = http::AppState {
+        hub: hub.clone(),
+        connection: config.connection.clone(),
+    };
+    let app = http::router(state, config.web_dir.clone());
+
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+        context: "reading local address",
+        source,
+    })?;
+    info!(addr = %local_addr, db = %db_path.display(), fsync = config.persist.fsync, "listening");
+
+    let cancel = lifecycle.cancel.clone();
+    lifecycle.spawn(tracing::info_span!("shutdown-signal"), {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => cancel.cancel(),
+                () = cancel.cancelled() => {}
+            }
+        }
+    });
+
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.clone().cancelled_owned())
+    .await;
+    cancel.cancel();
+    if let Err(source) = served {
+        warn!(error = %source, "http server stopped with an error");
+    }
+
+    // Connections close with 1001; doc actors drain and flush; then the writer stops.
+    lifecycle.tracker.close();
+    let n_open_docs = hub.live_docs().len();
+    let clean = tokio::time::timeout(config.shutdown_timeout, lifecycle.tracker.wait())
+        .await
+        .is_ok();
+    if !clean {
+        warn!(timeout = ?config.shutdown_timeout, remaining_tasks = lifecycle.tracker.len(), "shutdown timed out");
+    }
+    drop(hub);
+    let (done_tx, done_rx) = oneshot::channel();
+    if persist
+        .send(persist::PersistCommand::Close { done: done_tx })
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(config.shutdown_timeout, done_rx).await;
+    }
+    info!(flushed_docs = n_open_docs, clean, "shutdown complete");
+    Ok(ShutdownSummary { clean })
+}

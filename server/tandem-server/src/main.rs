@@ -1,1 +1,48 @@
-fn main(){}
+//! The `tandem` binary: parse configuration, set up logging, bind, and run until SIGTERM/ctrl-c.
+
+use anyhow::Context;
+use clap::Parser;
+use tandem_server::config::{Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Cli::parse().into_serve_args();
+    let config = tandem_server::config::load(args)?;
+    init_tracing(&config.log, config.log_format)?;
+    tracing::info!(
+        addr = %config.addr,
+        data_dir = %config.data_dir.display(),
+        web_dir = ?config.web_dir,
+        max_frame_bytes = config.hub.limits.max_frame_bytes,
+        doc_unload_grace = ?config.hub.doc_unload_grace,
+        fsync = config.persist.fsync,
+        "configuration"
+    );
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr().context("reading bound address")?;
+    // One line on stdout for people and scripts; everything else is logged on stderr.
+    println!("tandem listening on http://{addr}");
+    let summary = tandem_server::run(config, listener, tandem_server::signal()).await?;
+    if !summary.clean {
+        anyhow::bail!("shutdown timed out before every document was flushed");
+    }
+    Ok(())
+}
+
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,1 +1,415 @@
+//! Tandem's storage: per-document update logs, snapshots and metadata in one redb file.
+//!
+//! The API is synchronous and knows nothing of tokio, yrs or the wire protocol: updates are
+//! opaque bytes, document names opaque keys (never filesystem paths). The server calls
+//! [`Store::commit`] from one writer thread (redb allows one writer at a time) and the read
+//! methods from blocking tasks; redb lets reads run beside the writer.
+//!
+//! Invariant: when `commit(.., durable = true)` returns `Ok`, every operation in it is on disk
+//! (redb `Durability::Immediate`), and a crash at any point leaves either all or none of them.
+//!
+//! # Layout
+//!
+//! - `schema`: tables, key layout, `FORMAT_VERSION` and its check.
+//! - `error`: `StoreError`.
 
+pub mod error;
+pub mod schema;
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+pub use error::StoreError;
+pub use schema::FORMAT_VERSION;
+use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
+
+/// The database. `Send + Sync`; share it in an `Arc`.
+pub struct Store {
+    db: Database,
+}
+
+/// Everything needed to rebuild one doc, in the order it must be applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The snapshot covering seqs up to the snapshot point, if the doc was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Log entries after the snapshot, in seq order.
+    pub updates: Vec<Vec<u8>>,
+    /// The highest seq stored (0 for a doc never written).
+    pub last_seq: u64,
+}
+
+impl StoredDoc {
+    /// The snapshot (if any) followed by the log entries.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.snapshot
+            .iter()
+            .map(Vec::as_slice)
+            .chain(self.updates.iter().map(Vec::as_slice))
+    }
+}
+
+/// One write, applied with others in a single transaction by [`Store::commit`].
+#[derive(Debug, Clone, Copy)]
+pub enum WriteOp<'a> {
+    /// Append one update to a doc's log. Seqs start at 1 and strictly increase per doc.
+    Append {
+        /// The doc.
+        doc: &'a str,
+        /// Its position in the doc's log.
+        seq: u64,
+        /// The v1 update bytes.
+        update: &'a [u8],
+    },
+    /// Replace the log up to and including `upto_seq` by `snapshot`.
+    Compact {
+        /// The doc.
+        doc: &'a str,
+        /// The last seq the snapshot covers.
+        upto_seq: u64,
+        /// The whole doc state as of `upto_seq`.
+        snapshot: &'a [u8],
+    },
+}
+
+/// What `list_docs` and `doc_meta` report about one doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    /// The doc name.
+    pub name: String,
+    /// Bytes stored: snapshot plus remaining log entries.
+    pub size_bytes: u64,
+    /// Wall-clock time of the last write, milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+    /// Log entries after the snapshot.
+    pub n_log_entries: u64,
+    /// The highest seq stored.
+    pub last_seq: u64,
+}
+
+impl Store {
+    /// Opens or creates the database file (and its parent directory).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
+        }
+        let db = Database::create(path)?;
+        schema::check_format_version(&db)?;
+        Ok(Store { db })
+    }
+
+    /// The stored state of `doc`: snapshot, then log entries after it.
+    pub fn load_doc(&self, doc: &str) -> Result<StoredDoc, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(row) = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value()) else {
+            return Ok(StoredDoc::default());
+        };
+        let (snapshot_seq, _, _, _, last_seq) = row;
+        let snapshot = txn
+            .open_table(SNAPSHOTS)?
+            .get(doc)?
+            .map(|v| v.value().to_vec());
+        if snapshot.is_none() && snapshot_seq > 0 {
+            return Err(StoreError::Corrupt {
+                doc: doc.into(),
+                detail: format!("snapshot up to seq {snapshot_seq} is missing"),
+            });
+        }
+        let mut updates = Vec::new();
+        let log = txn.open_table(UPDATES)?;
+        let entries = log.range((doc, snapshot_seq + 1)..=(doc, u64::MAX))?;
+        for (expected_seq, entry) in (snapshot_seq + 1..).zip(entries) {
+            let (key, value) = entry?;
+            let (_, seq) = key.value();
+            if seq != expected_seq {
+                return Err(StoreError::Corrupt {
+                    doc: doc.into(),
+                    detail: format!("log jumps from seq {} to {seq}", expected_seq - 1),
+                });
+            }
+            updates.push(value.value().to_vec());
+        }
+        Ok(StoredDoc {
+            snapshot,
+            updates,
+            last_seq,
+        })
+    }
+
+    /// Applies `ops` in one write transaction, with fsync when `durable`.
+    pub fn commit(
+        &self,
+        ops: &[WriteOp<'_>],
+        now_ms: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut updates = txn.open_table(UPDATES)?;
+            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            let mut docs = txn.open_table(DOCS)?;
+            for op in ops {
+                match *op {
+                    WriteOp::Append { doc, seq, update } => {
+                        let (snapshot_seq, size, _, n_log, last_seq) =
+                            docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
+                        if seq <= last_seq {
+                            return Err(StoreError::Corrupt {
+                                doc: doc.into(),
+                                detail: format!("append of seq {seq} after seq {last_seq}"),
+                            });
+                        }
+                        updates.insert((doc, seq), update)?;
+                        let row: DocRow = (
+                            snapshot_seq,
+                            size + update.len() as u64,
+                            now_ms,
+                            n_log + 1,
+                            seq,
+                        );
+                        docs.insert(doc, row)?;
+                    }
+                    WriteOp::Compact {
+                        doc,
+                        upto_seq,
+                        snapshot,
+                    } => {
+                        let (_, _, updated_ms, _, last_seq) =
+                            docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
+                        updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
+                        snapshots.insert(doc, snapshot)?;
+                        let mut n_log = 0u64;
+                        let mut log_bytes = 0u64;
+                        for entry in updates.range((doc, upto_seq + 1)..=(doc, u64::MAX))? {
+                            let (_, value) = entry?;
+                            n_log += 1;
+                            log_bytes += value.value().len() as u64;
+                        }
+                        let row: DocRow = (
+                            upto_seq,
+                            snapshot.len() as u64 + log_bytes,
+                            updated_ms.max(now_ms),
+                            n_log,
+                            last_seq.max(upto_seq),
+                        );
+                        docs.insert(doc, row)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Metadata of every stored doc, sorted by name.
+    pub fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let docs = txn.open_table(DOCS)?;
+        let mut out = Vec::new();
+        for entry in docs.iter()? {
+            let (name, row) = entry?;
+            out.push(doc_meta(name.value(), row.value()));
+        }
+        Ok(out)
+    }
+
+    /// Metadata of one doc; `None` if it was never written.
+    pub fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let row = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value());
+        Ok(row.map(|row| doc_meta(doc, row)))
+    }
+}
+
+fn doc_meta(name: &str, row: DocRow) -> DocMeta {
+    let (_, size_bytes, updated_ms, n_log_entries, last_seq) = row;
+    DocMeta {
+        name: name.to_owned(),
+        size_bytes,
+        updated_ms,
+        n_log_entries,
+        last_seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("t.redb")).expect("open");
+        (dir, store)
+    }
+
+    fn append<'a>(doc: &'a str, seq: u64, update: &'a [u8]) -> WriteOp<'a> {
+        WriteOp::Append { doc, seq, update }
+    }
+
+    #[test]
+    fn appended_updates_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .commit(&[append("d", 1, b"one"), append("d", 2, b"two")], 5, true)
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let doc = store.load_doc("d").unwrap();
+        assert_eq!(
+            doc.iter().collect::<Vec<_>>(),
+            vec![&b"one"[..], &b"two"[..]]
+        );
+        assert_eq!(doc.last_seq, 2);
+    }
+
+    #[test]
+    fn docs_whose_names_share_a_prefix_are_isolated() {
+        let (_dir, store) = open();
+        store
+            .commit(
+                &[
+                    append("a", 1, b"A"),
+                    append("a/b", 1, b"AB"),
+                    append("ab", 1, b"ab"),
+                ],
+                1,
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.load_doc("a").unwrap().updates, vec![b"A".to_vec()]);
+        assert_eq!(store.load_doc("a/b").unwrap().updates, vec![b"AB".to_vec()]);
+        assert_eq!(store.load_doc("ab").unwrap().updates, vec![b"ab".to_vec()]);
+        assert_eq!(store.load_doc("missing").unwrap(), StoredDoc::default());
+    }
+
+    #[test]
+    fn compaction_keeps_later_entries_and_fixes_metadata() {
+        let (_dir, store) = open();
+        store
+            .commit(
+                &[
+                    append("d", 1, b"1"),
+                    append("d", 2, b"22"),
+                    append("d", 3, b"333"),
+                ],
+                1,
+                true,
+            )
+            .unwrap();
+        store
+            .commit(
+                &[WriteOp::Compact {
+                    doc: "d",
+                    upto_seq: 2,
+                    snapshot: b"S12",
+                }],
+                2,
+                true,
+            )
+            .unwrap();
+        let doc = store.load_doc("d").unwrap();
+        assert_eq!(doc.snapshot.as_deref(), Some(&b"S12"[..]));
+        assert_eq!(doc.updates, vec![b"333".to_vec()]);
+        assert_eq!(doc.last_seq, 3);
+        let meta = store.doc_meta("d").unwrap().unwrap();
+        assert_eq!(
+            (
+                meta.size_bytes,
+                meta.n_log_entries,
+                meta.last_seq,
+                meta.updated_ms
+            ),
+            (6, 1, 3, 2)
+        );
+        store.commit(&[append("d", 4, b"4")], 3, true).unwrap();
+        let doc = store.load_doc("d").unwrap();
+        assert_eq!(
+            doc.iter().collect::<Vec<_>>(),
+            vec![&b"S12"[..], &b"333"[..], &b"4"[..]]
+        );
+    }
+
+    #[test]
+    fn appends_and_compaction_in_one_batch_apply_in_order() {
+        let (_dir, store) = open();
+        store
+            .commit(
+                &[
+                    append("d", 1, b"1"),
+                    append("d", 2, b"2"),
+                    WriteOp::Compact {
+                        doc: "d",
+                        upto_seq: 2,
+                        snapshot: b"S",
+                    },
+                ],
+                1,
+                true,
+            )
+            .unwrap();
+        let doc = store.load_doc("d").unwrap();
+        assert_eq!(
+            (doc.snapshot.as_deref(), doc.updates.len(), doc.last_seq),
+            (Some(&b"S"[..]), 0, 2)
+        );
+    }
+
+    #[test]
+    fn a_stale_seq_is_refused_and_nothing_of_the_batch_is_written() {
+        let (_dir, store) = open();
+        store.commit(&[append("d", 1, b"1")], 1, true).unwrap();
+        let res = store.commit(&[append("e", 1, b"e"), append("d", 1, b"again")], 2, true);
+        assert!(
+            matches!(res, Err(StoreError::Corrupt { ref doc, .. }) if doc == "d"),
+            "{res:?}"
+        );
+        assert_eq!(store.load_doc("e").unwrap(), StoredDoc::default());
+    }
+
+    #[test]
+    fn list_docs_reports_every_doc_sorted() {
+        let (_dir, store) = open();
+        store
+            .commit(&[append("b", 1, b"xx"), append("a", 1, b"y")], 42, false)
+            .unwrap();
+        let names: Vec<(String, u64, u64)> = store
+            .list_docs()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.size_bytes, m.updated_ms))
+            .collect();
+        assert_eq!(names, vec![("a".into(), 1, 42), ("b".into(), 2, 42)]);
+    }
+
+    #[test]
+    fn a_file_of_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(schema::META)
+                .unwrap()
+                .insert(schema::FORMAT_VERSION_KEY, 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let res = Store::open(&path);
+        assert!(matches!(
+            res,
+            Err(StoreError::UnsupportedFormat {
+                found: 99,
+                expected: FORMAT_VERSION
+            })
+        ));
+    }
+}

@@ -1,0 +1,297 @@
+//! Configuration: command-line flags, `TANDEM_*` environment variables and an optional TOML file,
+//! validated once into a typed [`Config`] split by subsystem.
+//!
+//! Precedence, highest first: flag, environment variable, config file, built-in default.
+//! clap resolves flag and environment; every field is optional there, so a value missing from
+//! both falls through to the file and then to the default.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use tandem_core::Limits;
+use tandem_core::limits::{
+    DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER, DEFAULT_MAX_AWARENESS_STATE_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+
+use crate::connection::ConnectionConfig;
+use crate::hub::HubConfig;
+use crate::persist::PersistConfig;
+
+/// Command line of the `tandem` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Tandem: a real-time collaborative editing server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    /// Settings precedence: flag > environment variable > config file > default.
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The `serve` arguments (defaults when the command was omitted).
+    pub fn into_serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            // Parse `serve` with no flags so the environment still applies.
+            None => match Cli::parse_from(["tandem", "serve"]).command {
+                Some(Command::Serve(args)) => args,
+                None => ServeArgs::default(),
+            },
+        }
+    }
+}
+
+/// Flags of `tandem serve`. Precedence: flag > environment > config file > default.
+#[derive(Debug, Default, Args, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flags, with '_' for '-').
+    #[arg(long, env = "TANDEM_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "TANDEM_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Port to listen on; 0 picks a free port [default: 8080].
+    #[arg(long, env = "TANDEM_PORT")]
+    pub port: Option<u16>,
+    /// Directory of the database file `tandem.redb` [default: ./data].
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the built web client [default: web-client/dist].
+    #[arg(long, env = "TANDEM_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `tandem_server=debug` [default: info, or RUST_LOG].
+    #[arg(long, env = "TANDEM_LOG")]
+    pub log: Option<String>,
+    /// Log format [default: pretty].
+    #[arg(long, env = "TANDEM_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Largest WebSocket frame in bytes [default: 16777216].
+    #[arg(long, env = "TANDEM_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<u64>,
+    /// Largest awareness state in bytes [default: 65536].
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_STATE_BYTES")]
+    pub max_awareness_state_bytes: Option<usize>,
+    /// Awareness client ids one connection may own [default: 4].
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_CLIENTS_PER_PEER")]
+    pub max_awareness_clients_per_peer: Option<usize>,
+    /// Presence not renewed for this long is removed [default: 30s].
+    #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT")]
+    pub awareness_timeout: Option<HumanDuration>,
+    /// A doc with no peers leaves memory after this long [default: 30s].
+    #[arg(long, env = "TANDEM_DOC_UNLOAD_GRACE")]
+    pub doc_unload_grace: Option<HumanDuration>,
+    /// Interval between pings to each peer [default: 10s].
+    #[arg(long, env = "TANDEM_PING_INTERVAL")]
+    pub ping_interval: Option<HumanDuration>,
+    /// A peer silent for this long is closed [default: 30s].
+    #[arg(long, env = "TANDEM_PONG_TIMEOUT")]
+    pub pong_timeout: Option<HumanDuration>,
+    /// Longest wait for docs to flush at shutdown [default: 10s].
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<HumanDuration>,
+    /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
+    #[arg(long, env = "TANDEM_FSYNC")]
+    pub fsync: Option<bool>,
+    /// Compact a doc's log after this many updates [default: 1000].
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES")]
+    pub compact_after_updates: Option<u64>,
+    /// Compact a doc's log after this many bytes [default: 8388608].
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES")]
+    pub compact_after_bytes: Option<u64>,
+    /// Frames queued for one peer before it counts as a slow consumer [default: 1024].
+    #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration written as `500ms`, `10s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = humantime::DurationError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text).map(HumanDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The validated configuration of one server process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Directory of the database file.
+    pub data_dir: PathBuf,
+    /// Directory of the built web client, if any.
+    pub web_dir: Option<PathBuf>,
+    /// Log filter directive.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Doc lifecycle and per-peer limits.
+    pub hub: HubConfig,
+    /// Ping and timeouts of connections.
+    pub connection: ConnectionConfig,
+    /// The redb writer.
+    pub persist: PersistConfig,
+    /// Longest wait for the final flush at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Reads the file named by `--config`, if any, and merges it under the flags.
+pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => ServeArgs::default(),
+    };
+    Ok(resolve(args, file))
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// Merges flags/environment (`args`) over the file (`file`) over the defaults.
+pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
+    let duration =
+        |flag: Option<HumanDuration>, from_file: Option<HumanDuration>, default_s: u64| {
+            flag.or(from_file)
+                .map_or(Duration::from_secs(default_s), |d| d.0)
+        };
+    let bind = args
+        .bind
+        .or(file.bind)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let port = args.port.or(file.port).unwrap_or(8080);
+    let limits = Limits {
+        max_frame_bytes: args
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+        max_awareness_state_bytes: args
+            .max_awareness_state_bytes
+            .or(file.max_awareness_state_bytes)
+            .unwrap_or(DEFAULT_MAX_AWARENESS_STATE_BYTES),
+        max_awareness_clients_per_peer: args
+            .max_awareness_clients_per_peer
+            .or(file.max_awareness_clients_per_peer)
+            .unwrap_or(DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER),
+        awareness_timeout_ms: duration(args.awareness_timeout, file.awareness_timeout, 30)
+            .as_millis() as u64,
+    };
+    Config {
+        addr: SocketAddr::new(bind, port),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data")),
+        web_dir: Some(
+            args.web_dir
+                .or(file.web_dir)
+                .unwrap_or_else(|| PathBuf::from("web-client/dist")),
+        ),
+        log: args
+            .log
+            .or(file.log)
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".into()),
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        hub: HubConfig {
+            doc_unload_grace: duration(args.doc_unload_grace, file.doc_unload_grace, 30),
+            compact_after_updates: args
+                .compact_after_updates
+                .or(file.compact_after_updates)
+                .unwrap_or(1000),
+            compact_after_bytes: args
+                .compact_after_bytes
+                .or(file.compact_after_bytes)
+                .unwrap_or(8 * 1024 * 1024),
+            outbox_capacity: args
+                .outbox_capacity
+                .or(file.outbox_capacity)
+                .unwrap_or(1024)
+                .max(1),
+            limits,
+        },
+        connection: ConnectionConfig {
+            ping_interval: duration(args.ping_interval, file.ping_interval, 10),
+            pong_timeout: duration(args.pong_timeout, file.pong_timeout, 30),
+        },
+        persist: PersistConfig {
+            fsync: args.fsync.or(file.fsync).unwrap_or(true),
+        },
+        shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
+    }
+}
+
+impl Config {
+    /// Defaults for everything, listening on `127.0.0.1:0` and storing in `data_dir`.
+    /// Used by tests and embedders.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = resolve(ServeArgs::default(), ServeArgs::default());
+        config.addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        config.data_dir = data_dir.into();
+        config.web_dir = None;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: ServeArgs =
+            toml::from_str("port = 9000\nbind = \"0.0.0.0\"\nping_interval = \"2s\"").unwrap();
+        let args = ServeArgs {
+            port: Some(7000),
+            ..ServeArgs::default()
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.addr, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(config.connection.ping_interval, Duration::from_secs(2));
+        assert_eq!(config.connection.pong_timeout, Duration::from_secs(30));
+        assert_eq!(config.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<ServeArgs>("prot = 1").is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! One WebSocket connection to one doc: a reader (this task) and a writer (a tracked task).
+//!
+//! The reader decodes each binary frame with `tandem_core::protocol::decode_frame` and hands the
+//! messages to the doc actor with a blocking `send`: when the doc's inbox is full the reader
+//! stops reading, which slows a fast writer down instead of buffering without bound.
+//! The writer drains the bounded outbox the doc actor fills, sends pings, and sends the one close
+//! frame of the connection. It is separate from the reader so that a reader waiting on a full
+//! inbox never stops the outbox from draining.
+//!
+//! Every connection ends with exactly one [`CloseReason`] (or a close by the peer), logged once
+//! in the `conn` span and sent as the close frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tandem_core::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER,
+    decode_frame, truncate_reason,
+};
+use tandem_core::{DocId, PeerId, ProtocolError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::doc_actor::DocCommand;
+use crate::hub::{Hub, JoinError, PeerLink};
+
+/// Settings of every connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// How often the server pings a peer.
+    pub ping_interval: Duration,
+    /// A peer that sends nothing (not even a pong) for this long is closed and its presence removed.
+    pub pong_timeout: Duration,
+}
+
+/// Most frames the writer sends before it flushes the socket.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// Why the server closes a connection. Each maps to one close code and reason.
+#[derive(Debug, Clone)]
+pub(crate) enum CloseReason {
+    /// The peer sent something the protocol does not allow.
+    Protocol(ProtocolError),
+    /// The peer's outbox filled up: it reads slower than the doc changes. It may reconnect.
+    SlowConsumer,
+    /// The peer answered no ping in time.
+    PongTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// The doc's storage failed; nothing unsaved was sent. The peer may retry later.
+    StorageFailure,
+    /// The doc could not be opened.
+    Unavailable,
+}
+
+impl CloseReason {
+    fn close_frame(&self) -> (u16, String) {
+        match self {
+            CloseReason::Protocol(error) => error.close_frame(),
+            CloseReason::SlowConsumer => (CLOSE_POLICY_VIOLATION, "slow consumer".into()),
+            CloseReason::PongTimeout => (CLOSE_POLICY_VIOLATION, "ping timeout".into()),
+            CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
+            CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
+            CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
+        }
+    }
+
+    fn log(&self, peer: PeerId) {
+        let (code, reason) = self.close_frame();
+        match self {
+            CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
+                warn!(%peer, code, reason, "closing connection")
+            }
+            CloseReason::StorageFailure | CloseReason::Unavailable => {
+                tracing::error!(%peer, code, reason, "closing connection")
+            }
+            CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn run(
+    socket: WebSocket,
+    doc: DocId,
+    hub: Hub,
+    config: ConnectionConfig,
+    remote: SocketAddr,
+) {
+    let peer = hub.next_peer_id();
+    let span = tracing::info_span!("conn", %peer, doc = %doc, %remote);
+    serve(socket, doc, hub, config, peer).instrument(span).await;
+}
+
+async fn serve(
+    socket: WebSocket,
+    doc: DocId,
+    hub: Hub,
+    conn_config: ConnectionConfig,
+    peer: PeerId,
+) {
+    let config = hub.config().clone();
+    let (outbox_tx, outbox_rx) = mpsc::channel::<Bytes>(config.outbox_capacity);
+    let (closer_tx, closer_rx) = mpsc::channel::<CloseReason>(1);
+    let (sink, stream) = socket.split();
+    let conn_cancel = hub.lifecycle().cancel.child_token();
+    let started = Instant::now();
+    let last_seen_ms = Arc::new(AtomicU64::new(0));
+
+    let writer = Writer {
+        sink,
+        outbox: outbox_rx,
+        closer: closer_rx,
+        conn_cancel: conn_cancel.clone(),
+        server_cancel: hub.lifecycle().cancel.clone(),
+        started,
+        last_seen_ms: last_seen_ms.clone(),
+        config: conn_config,
+        peer,
+    };
+    let writer_done = CancellationToken::new();
+    {
+        let writer_done = writer_done.clone();
+        hub.lifecycle().spawn(tracing::Span::current(), async move {
+            writer.run().await;
+            writer_done.cancel();
+        });
+    }
+
+    let link = PeerLink {
+        outbox: outbox_tx,
+        closer: closer_tx.clone(),
+    };
+    let handle = match hub.join(&doc, peer, link).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            let reason = match error {
+                JoinError::ShuttingDown => CloseReason::Shutdown,
+                JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
+            };
+            let _ = closer_tx.try_send(reason);
+            writer_done.cancelled().await;
+            return;
+        }
+    };
+    info!(%peer, "peer connected");
+
+    let reader = Reader {
+        stream,
+        actor: handle.tx.clone(),
+        peer,
+        limits_max_frame: config.limits.max_frame_bytes,
+        hub: hub.clone(),
+        started,
+        last_seen_ms,
+    };
+    let ended = tokio::select! {
+        reason = reader.run() => reason,
+        // The writer stopped first (shutdown, kicked by the actor, socket error).
+        () = conn_cancel.cancelled() => None,
+    };
+    if let Some(reason) = ended {
+        let _ = closer_tx.try_send(reason);
+    } else {
+        conn_cancel.cancel();
+    }
+    let _ = handle.tx.send(DocCommand::Leave { peer }).await;
+    writer_done.cancelled().await;
+    info!(%peer, "peer disconnected");
+}
+
+struct Reader {
+    stream: SplitStream<WebSocket>,
+    actor: mpsc::Sender<DocCommand>,
+    peer: PeerId,
+    limits_max_frame: u64,
+    hub: Hub,
+    started: Instant,
+    last_seen_ms: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// Reads until the peer closes (`None`) or misbehaves (`Some(reason)`).
+    async fn run(mut self) -> Option<CloseReason> {
+        let limits = self.hub.config().limits.clone();
+        loop {
+            let message = match self.stream.next().await? {
+                Ok(message) => message,
+                Err(error) => return self.read_error(error),
+            };
+            self.last_seen_ms
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            match message {
+                WsMessage::Binary(frame) => {
+                    let messages = match decode_frame(&frame, &limits) {
+                        Ok(messages) => messages,
+                        Err(error) => return Some(CloseReason::Protocol(error)),
+                    };
+                    let command = DocCommand::Receive {
+                        peer: self.peer,
+                        messages,
+                    };
+                    // Blocks while the doc's inbox is full: backpressure to the socket.
+                    if self.actor.send(command).await.is_err() {
+                        return Some(CloseReason::Unavailable);
+                    }
+                }
+                WsMessage::Text(_) => return Some(CloseReason::Protocol(ProtocolError::TextFrame)),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                WsMessage::Close(_) => return None,
+            }
+        }
+    }
+
+    fn read_error(&self, error: axum::Error) -> Option<CloseReason> {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::CapacityError;
+        let inner = error.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
+                    len: *size as u64,
+                    max: *max_size as u64,
+                }))
+            }
+            Some(WsError::Capacity(_)) => {
+                Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
+                    len: self.limits_max_frame.saturating_add(1),
+                    max: self.limits_max_frame,
+                }))
+            }
+            Some(WsError::Utf8(_)) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),
+            Some(WsError::Protocol(_)) => Some(CloseReason::Protocol(ProtocolError::Malformed(
+                "invalid websocket framing",
+            ))),
+            _ => {
+                debug!(peer = %self.peer, error = %inner, "socket read failed");
+                None
+            }
+        }
+    }
+}
+
+struct Writer {
+    sink: SplitSink<WebSocket, WsMessage>,
+    outbox: mpsc::Receiver<Bytes>,
+    closer: mpsc::Receiver<CloseReason>,
+    /// Cancelled when this connection ends for any reason.
+    conn_cancel: CancellationToken,
+    /// Cancelled when the server shuts down (the parent of `conn_cancel`).
+    server_cancel: CancellationToken,
+    started: Instant,
+    last_seen_ms: Arc<AtomicU64>,
+    config: ConnectionConfig,
+    peer: PeerId,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let reason = loop {
+            tokio::select! {
+                biased;
+                // A reason from the reader or the doc actor: it is the last thing sent.
+                reason = self.closer.recv() => break reason,
+                // Server shutdown (1001), or the reader saw the peer close (nothing to send).
+                () = self.conn_cancel.cancelled() => {
+                    break self.server_cancel.is_cancelled().then_some(CloseReason::Shutdown);
+                }
+                frame = self.outbox.recv() => match frame {
+                    Some(frame) => {
+                        if self.send_batch(frame).await.is_err() {
+                            break None;
+                        }
+                    }
+                    // The doc actor dropped this peer without a reason: it is gone.
+                    None => break None,
+                },
+                _ = ping.tick() => {
+                    let idle_ms = (self.started.elapsed().as_millis() as u64)
+                        .saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
+                    if idle_ms >= self.config.pong_timeout.as_millis() as u64 {
+                        break Some(CloseReason::PongTimeout);
+                    }
+                    if self.sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            reason.log(self.peer);
+            let (code, text) = reason.close_frame();
+            let frame = CloseFrame {
+                code,
+                reason: truncate_reason(text).into(),
+            };
+            let _ = self.sink.send(WsMessage::Close(Some(frame))).await;
+        }
+        let _ = self.sink.close().await;
+        self.conn_cancel.cancel();
+    }
+
+    /// Sends `first` and whatever else is queued (up to a bound), then flushes once.
+    async fn send_batch(&mut self, first: Bytes) -> Result<(), axum::Error> {
+        self.sink.feed(WsMessage::Binary(first)).await?;
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            match self.outbox.try_recv() {
+                Ok(frame) => self.sink.feed(WsMessage::Binary(frame)).await?,
+                Err(_) => break,
+            }
+        }
+        self.sink.flush().await
+    }
+}

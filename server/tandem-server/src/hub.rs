@@ -1,0 +1,252 @@
+//! The hub: the registry of open docs, `DocId -> DocHandle`.
+//!
+//! Opening is single-flight by construction: `get_or_open` inserts the handle of a freshly
+//! spawned doc actor under the `DashMap` entry lock, and that actor loads the stored state before
+//! it reads its inbox. Concurrent first connections therefore share one load, and no peer is ever
+//! served an empty doc while it loads (commands simply queue in the inbox).
+//!
+//! The hub never evicts anyone. A doc actor removes its own entry (`remove_if_generation`) when
+//! it has been idle for the grace period and everything it accepted is durable; a connection that
+//! raced with that removal gets `JoinError::Retry` and opens a fresh actor, which loads the state
+//! the old one made durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tandem_core::{DocId, Limits, PeerId};
+use tandem_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::CloseReason;
+use crate::doc_actor::{self, DocCommand, DocSnapshot};
+use crate::persist::PersistCommand;
+use crate::shutdown::Lifecycle;
+
+/// Capacity of each doc actor's inbox. A full inbox makes connections stop reading their sockets.
+pub(crate) const DOC_INBOX_CAPACITY: usize = 1024;
+/// How many times a join retries when it meets a doc that is unloading.
+const MAX_JOIN_ATTEMPTS: usize = 4;
+
+/// Settings of the hub and its doc actors.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long a doc with no peers stays in memory before it unloads.
+    pub doc_unload_grace: Duration,
+    /// Compact a doc's log into a snapshot after this many appended updates.
+    pub compact_after_updates: u64,
+    /// ... or after this many appended bytes, whichever comes first.
+    pub compact_after_bytes: u64,
+    /// Capacity of each peer's outgoing queue, in frames. A full queue closes that peer.
+    pub outbox_capacity: usize,
+    /// Per-peer and per-doc limits.
+    pub limits: Limits,
+}
+
+/// A cheap-clone handle to the registry.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    docs: DashMap<DocId, DocHandle>,
+    store: Arc<Store>,
+    persist: mpsc::Sender<PersistCommand>,
+    config: HubConfig,
+    lifecycle: Lifecycle,
+    next_generation: AtomicU64,
+    next_peer: AtomicU64,
+}
+
+/// The address of one running doc actor.
+#[derive(Clone)]
+pub(crate) struct DocHandle {
+    pub(crate) tx: mpsc::Sender<DocCommand>,
+    /// Distinguishes successive actors of the same doc, so an unloading actor removes only itself.
+    pub(crate) generation: u64,
+    /// Live peer count, written by the actor, read by `GET /api/docs`.
+    pub(crate) n_peers: Arc<AtomicUsize>,
+}
+
+/// Why a peer could not join a doc.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JoinError {
+    /// The actor was unloading; try a fresh one.
+    #[error("doc is unloading")]
+    Retry,
+    /// The stored doc cannot be loaded.
+    #[error("doc unavailable")]
+    Unavailable,
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+/// What a joining connection hands to the doc actor.
+pub(crate) struct PeerLink {
+    /// Frames for the peer. Bounded; the actor never waits on it (`try_send`).
+    pub(crate) outbox: mpsc::Sender<Bytes>,
+    /// Tells the connection to close with a reason (capacity 1; one reason is enough).
+    pub(crate) closer: mpsc::Sender<CloseReason>,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        persist: mpsc::Sender<PersistCommand>,
+        config: HubConfig,
+        lifecycle: Lifecycle,
+    ) -> Hub {
+        Hub {
+            inner: Arc::new(HubInner {
+                docs: DashMap::new(),
+                store,
+                persist,
+                config,
+                lifecycle,
+                next_generation: AtomicU64::new(1),
+                next_peer: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
+    }
+
+    pub(crate) fn persist(&self) -> &mpsc::Sender<PersistCommand> {
+        &self.inner.persist
+    }
+
+    /// A fresh connection id, unique for the life of the process.
+    pub(crate) fn next_peer_id(&self) -> PeerId {
+        PeerId(self.inner.next_peer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The handle of `doc`'s actor, spawning (and so loading) it if the doc is not open.
+    pub(crate) fn get_or_open(&self, doc: &DocId) -> Result<DocHandle, JoinError> {
+        if self.inner.lifecycle.is_shutting_down() {
+            return Err(JoinError::ShuttingDown);
+        }
+        // The entry lock is held only for the spawn, which does not block or await.
+        match self.inner.docs.entry(doc.clone()) {
+            Entry::Occupied(entry) => Ok(entry.get().clone()),
+            Entry::Vacant(entry) => {
+                let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+                let handle = doc_actor::spawn(self.clone(), doc.clone(), generation);
+                entry.insert(handle.clone());
+                Ok(handle)
+            }
+        }
+    }
+
+    /// The handle of `doc`'s actor if it is open; never opens.
+    pub(crate) fn get(&self, doc: &DocId) -> Option<DocHandle> {
+        self.inner.docs.get(doc).map(|handle| handle.clone())
+    }
+
+    /// Removes `doc` only if its entry still belongs to actor `generation`.
+    pub(crate) fn remove_if_generation(&self, doc: &DocId, generation: u64) -> bool {
+        self.inner
+            .docs
+            .remove_if(doc, |_, handle| handle.generation == generation)
+            .is_some()
+    }
+
+    /// Joins `peer` to `doc`. Returns once the doc is loaded and the peer is registered.
+    pub(crate) async fn join(
+        &self,
+        doc: &DocId,
+        peer: PeerId,
+        link: PeerLink,
+    ) -> Result<DocHandle, JoinError> {
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            let handle = self.get_or_open(doc)?;
+            let (reply, joined) = oneshot::channel();
+            let command = DocCommand::Join {
+                peer,
+                link: PeerLink {
+                    outbox: link.outbox.clone(),
+                    closer: link.closer.clone(),
+                },
+                reply,
+            };
+            if handle.tx.send(command).await.is_err() {
+                // The actor is gone (unloaded or failed): forget it and open afresh.
+                self.remove_if_generation(doc, handle.generation);
+                continue;
+            }
+            match joined.await {
+                Ok(Ok(())) => return Ok(handle),
+                Ok(Err(JoinError::Retry)) | Err(_) => {
+                    self.remove_if_generation(doc, handle.generation);
+                }
+                Ok(Err(error)) => return Err(error),
+            }
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    /// The doc's current state, loading it if needed. `None` if it does not exist.
+    pub(crate) async fn snapshot(&self, doc: &DocId) -> Result<Option<DocSnapshot>, JoinError> {
+        if self.get(doc).is_none() {
+            let store = self.inner.store.clone();
+            let name = doc.clone();
+            let exists = tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
+                .await
+                .map_err(|_| JoinError::Unavailable)?
+                .map_err(|_| JoinError::Unavailable)?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+        }
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            let handle = self.get_or_open(doc)?;
+            let (reply, snapshot) = oneshot::channel();
+            if handle
+                .tx
+                .send(DocCommand::Snapshot { reply })
+                .await
+                .is_err()
+            {
+                self.remove_if_generation(doc, handle.generation);
+                continue;
+            }
+            match snapshot.await {
+                Ok(Ok(snapshot)) => return Ok(Some(snapshot)),
+                Ok(Err(JoinError::Retry)) | Err(_) => {
+                    self.remove_if_generation(doc, handle.generation);
+                }
+                Ok(Err(error)) => return Err(error),
+            }
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    /// Live peer counts of the open docs.
+    pub(crate) fn live_docs(&self) -> Vec<(DocId, usize)> {
+        self.inner
+            .docs
+            .iter()
+            .map(|entry| {
+                (
+                    entry.key().clone(),
+                    entry.value().n_peers.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,31 @@
+//! `StoreError`: one variant per way the server reacts to a storage failure.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, a full disk, a lock held by another process). Retrying may help.
+    #[error("database error: {0}")]
+    Database(#[source] Box<redb::Error>),
+    /// The stored data of one doc breaks the format's rules. Quarantine the doc; do not retry.
+    #[error("stored doc {doc:?} is corrupt: {detail}")]
+    Corrupt {
+        /// The doc whose data is corrupt.
+        doc: String,
+        /// What rule was broken.
+        detail: String,
+    },
+    /// The file was written by a different format version. Migrate or use a matching build.
+    #[error("unsupported store format version {found}, this build reads version {expected}")]
+    UnsupportedFormat {
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        expected: u64,
+    },
+}
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(error: E) -> Self {
+        StoreError::Database(Box::new(error.into()))
+    }
+}

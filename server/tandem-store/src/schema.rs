@@ -1,0 +1,64 @@
+//! The on-disk layout: table definitions, key encoding and the format version.
+//!
+//! Described byte for byte in `protocol-spec/storage.md`. Any change here that an older build
+//! could not read needs a new `FORMAT_VERSION`, a migration in `check_format_version`, and a new
+//! fixture file in `tests/fixtures/`.
+
+use redb::{ReadableDatabase, TableDefinition};
+
+use crate::error::StoreError;
+
+/// The format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Key of the format version in [`META`].
+pub(crate) const FORMAT_VERSION_KEY: &str = "format_version";
+
+/// Store-wide settings: `"format_version" -> u64`.
+pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+
+/// Each doc's update log: `(doc name, seq) -> v1 update bytes`. Seqs start at 1 and grow by one.
+/// Tuple keys order by name first, so one doc's entries are contiguous and in seq order.
+pub(crate) const UPDATES: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("updates");
+
+/// Each doc's snapshot: `doc name -> v1 update bytes` covering every seq up to `snapshot_seq`.
+pub(crate) const SNAPSHOTS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new("snapshots");
+
+/// Each doc's metadata: `doc name -> DocRow` (see [`DocRow`]).
+pub(crate) const DOCS: TableDefinition<'static, &str, DocRow> = TableDefinition::new("docs");
+
+/// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`, fixed width.
+pub(crate) type DocRow = (u64, u64, u64, u64, u64);
+
+/// Creates the tables of a new file and checks the version of an existing one.
+pub(crate) fn check_format_version(db: &redb::Database) -> Result<(), StoreError> {
+    let found = {
+        let txn = db.begin_read()?;
+        match txn.open_table(META) {
+            Ok(table) => table.get(FORMAT_VERSION_KEY)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(error) => return Err(error.into()),
+        }
+    };
+    match found {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(found) => Err(StoreError::UnsupportedFormat {
+            found,
+            expected: FORMAT_VERSION,
+        }),
+        None => {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(META)?
+                    .insert(FORMAT_VERSION_KEY, FORMAT_VERSION)?;
+                txn.open_table(UPDATES)?;
+                txn.open_table(SNAPSHOTS)?;
+                txn.open_table(DOCS)?;
+            }
+            txn.commit()?;
+            Ok(())
+        }
+    }
+}

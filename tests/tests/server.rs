@@ -1,0 +1,432 @@
+//! Black-box tests of the hub: sync, broadcast, awareness, durability, lifecycle, bad input.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_core::protocol::{
+    AwarenessEntry, decode_frame, encode_query_awareness, encode_sync_update, write_var_u64,
+};
+use tandem_core::{Limits, Message};
+use tandem_tests::{TestServer, WAIT};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn updates_reach_every_other_peer() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("team/notes.md").await;
+    let mut bob = server.connect("team/notes.md").await;
+    alice.append_text("hello").await;
+    assert_eq!(bob.wait_text(|t| t == "hello").await, "hello");
+    bob.append_text(" world").await;
+    assert_eq!(alice.wait_text(|t| t == "hello world").await, "hello world");
+}
+
+#[tokio::test]
+async fn late_joiner_gets_the_full_state() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("doc").await;
+    for word in ["a", "b", "c"] {
+        alice.append_text(word).await;
+    }
+    // Bob joins afterwards and must get everything through the handshake alone.
+    let mut bob = server.connect("doc").await;
+    assert_eq!(bob.wait_text(|t| t == "abc").await, "abc");
+}
+
+#[tokio::test]
+async fn content_survives_a_restart_and_is_served_after_load() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.connect("persist/me").await;
+    alice.append_text("durable").await;
+    // A second peer seeing it proves the commit happened (persist before broadcast).
+    let mut bob = server.connect("persist/me").await;
+    bob.wait_text(|t| t == "durable").await;
+    alice.close().await;
+    bob.close().await;
+    server.restart().await;
+    let mut carol = server.connect_raw("persist/me").await;
+    // The very first frame is step 1 with the stored state vector: never an empty doc.
+    let first = carol.next_frame().await.expect("step 1");
+    match decode_frame(&first, &Limits::default()).unwrap().pop() {
+        Some(Message::SyncStep1(sv)) => {
+            assert!(!sv.is_empty(), "server sent an empty state vector")
+        }
+        other => panic!("expected sync step 1, got {other:?}"),
+    }
+    carol
+        .send(tandem_core::protocol::encode_sync_step1(&Default::default()))
+        .await;
+    assert_eq!(carol.wait_text(|t| t == "durable").await, "durable");
+}
+
+#[tokio::test]
+async fn concurrent_first_connections_all_see_the_stored_doc() {
+    let mut server = TestServer::start().await;
+    let mut writer = server.connect("shared").await;
+    writer.append_text("stored text").await;
+    let mut check = server.connect("shared").await;
+    check.wait_text(|t| t == "stored text").await;
+    writer.close().await;
+    check.close().await;
+    server.restart().await;
+    // Twenty first connections at once: they must share one load and all see the text.
+    let mut peers = futures_util::future::join_all((0..20).map(|_| server.connect("shared"))).await;
+    for peer in &mut peers {
+        assert_eq!(peer.wait_text(|t| t == "stored text").await, "stored text");
+    }
+}
+
+#[tokio::test]
+async fn documents_are_isolated() {
+    let server = TestServer::start().await;
+    let mut a = server.connect("a").await;
+    let mut ab = server.connect("a/b").await;
+    a.append_text("only a").await;
+    ab.append_text("only a/b").await;
+    let mut a2 = server.connect("a").await;
+    let mut ab2 = server.connect("a/b").await;
+    assert_eq!(a2.wait_text(|t| t == "only a").await, "only a");
+    assert_eq!(ab2.wait_text(|t| t == "only a/b").await, "only a/b");
+}
+
+#[tokio::test]
+async fn awareness_is_relayed_and_removed_when_its_owner_leaves() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("presence").await;
+    let mut bob = server.connect("presence").await;
+    alice
+        .send_awareness(111, 1, r#"{"user":{"name":"alice"}}"#)
+        .await;
+    bob.wait_awareness(|seen| seen.iter().any(|e| e.client_id == 111 && !e.is_removal()))
+        .await;
+    alice.close().await;
+    bob.wait_awareness(|seen| {
+        seen.last()
+            .is_some_and(|e| e.client_id == 111 && e.is_removal())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_cannot_overwrite_or_delete_another_connections_presence() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("presence").await;
+    let mut mallory = server.connect("presence").await;
+    alice
+        .send_awareness(111, 1, r#"{"user":{"name":"alice"}}"#)
+        .await;
+    mallory
+        .wait_awareness(|seen| seen.iter().any(|e| e.client_id == 111))
+        .await;
+    mallory
+        .send_awareness(111, 50, r#"{"user":{"name":"mallory"}}"#)
+        .await;
+    mallory.send_awareness(111, 51, "null").await;
+    // A late joiner asks for everyone's presence: alice's state must be intact.
+    let mut carol = server.connect("presence").await;
+    carol.send(encode_query_awareness()).await;
+    carol
+        .wait_awareness(|seen| {
+            seen.iter()
+                .any(|e| e.client_id == 111 && e.clock == 1 && e.json.contains("alice"))
+        })
+        .await;
+    assert!(
+        carol
+            .awareness
+            .iter()
+            .all(|e| !e.json.contains("mallory") && !e.is_removal()),
+        "forged presence leaked: {:?}",
+        carol.awareness
+    );
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_and_its_presence_removed() {
+    let server = TestServer::start_with(|config| {
+        config.connection.ping_interval = Duration::from_millis(100);
+        config.connection.pong_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut ghost = server.connect("ghost").await;
+    let mut bob = server.connect("ghost").await;
+    ghost
+        .send_awareness(7, 1, r#"{"user":{"name":"ghost"}}"#)
+        .await;
+    bob.wait_awareness(|seen| seen.iter().any(|e| e.client_id == 7))
+        .await;
+    // The ghost stops reading (so it never answers pings); bob keeps reading.
+    bob.wait_awareness(|seen| seen.iter().any(|e| e.client_id == 7 && e.is_removal()))
+        .await;
+    drop(ghost);
+}
+
+#[tokio::test]
+async fn awareness_expires_without_renewal() {
+    let server = TestServer::start_with(|config| {
+        config.hub.limits.awareness_timeout_ms = 300;
+    })
+    .await;
+    let mut alice = server.connect("expiry").await;
+    let mut bob = server.connect("expiry").await;
+    alice
+        .send_awareness(9, 1, r#"{"user":{"name":"alice"}}"#)
+        .await;
+    bob.wait_awareness(|seen| seen.iter().any(|e| e.client_id == 9 && e.is_removal()))
+        .await;
+    alice.close().await;
+}
+
+/// Hostile frames: each closes only its own connection with the expected code; the server stays
+/// up and another document, and a peer connected to it, are untouched.
+#[tokio::test]
+async fn hostile_frames_close_only_their_connection() {
+    let server = TestServer::start_with(|config| config.hub.limits.max_frame_bytes = 4096).await;
+    let mut keeper = server.connect("precious").await;
+    keeper.append_text("keep me").await;
+    let mut watcher = server.connect("precious").await;
+    watcher.wait_text(|t| t == "keep me").await;
+
+    let mut huge_len = bytes::BytesMut::new();
+    write_var_u64(&mut huge_len, 0);
+    write_var_u64(&mut huge_len, 2);
+    write_var_u64(&mut huge_len, 1 << 60);
+    let cases: Vec<(&str, WsMessage, u16)> = vec![
+        (
+            "garbage",
+            WsMessage::Binary(Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef])),
+            1002,
+        ),
+        (
+            "truncated var-uint",
+            WsMessage::Binary(Bytes::from_static(&[0x80])),
+            1002,
+        ),
+        (
+            "length prefix 2^60",
+            WsMessage::Binary(huge_len.freeze()),
+            1002,
+        ),
+        ("text frame", WsMessage::Text("hello".into()), 1003),
+        (
+            "invalid update",
+            WsMessage::Binary(Bytes::from_static(&[0, 2, 3, 0x7f, 0, 0])),
+            1007,
+        ),
+        (
+            "unknown type",
+            WsMessage::Binary(Bytes::from_static(&[7])),
+            1003,
+        ),
+        (
+            "oversize frame",
+            WsMessage::Binary(Bytes::from(vec![0u8; 8192])),
+            1009,
+        ),
+        (
+            "awareness state that is not json",
+            WsMessage::Binary(Bytes::from_static(&[1, 5, 1, 1, 1, 1, b'{'])),
+            1007,
+        ),
+    ];
+    for (name, message, code) in cases {
+        let mut attacker = server.connect("victim").await;
+        attacker.send_ws(message).await;
+        let (got, reason) = attacker.expect_close().await;
+        assert_eq!(got, code, "case {name}: reason {reason:?}");
+        assert!(
+            !reason.is_empty() && reason.len() <= 123,
+            "case {name}: reason {reason:?}"
+        );
+    }
+    // The server is alive, the other doc unchanged, its peers still served.
+    let (status, _) = server.http_get("/healthz", "*/*").await;
+    assert_eq!(status, 200);
+    keeper.append_text("!").await;
+    assert_eq!(watcher.wait_text(|t| t == "keep me!").await, "keep me!");
+    let (status, body) = server
+        .http_get("/api/docs/precious", "application/json")
+        .await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["t"], "keep me!");
+}
+
+#[tokio::test]
+async fn bad_doc_names_are_refused_before_the_upgrade() {
+    let server = TestServer::start().await;
+    for path in [
+        "/ws/a/../b",
+        "/ws/a%2Fb",
+        "/ws/a//b",
+        "/ws/",
+        "/ws/a/",
+        "/ws/%ff",
+    ] {
+        let (status, body) = server.http_get(path, "*/*").await;
+        assert_eq!(status, 400, "path {path}");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json error body");
+        assert_eq!(json["error"], "bad_doc_name", "path {path}");
+    }
+}
+
+#[tokio::test]
+async fn http_lists_docs_and_serves_them_as_update_or_json() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("folder/readme.md").await;
+    alice.append_text("# hi").await;
+    let mut bob = server.connect("folder/readme.md").await;
+    bob.wait_text(|t| t == "# hi").await;
+
+    let (status, body) = server.http_get("/api/docs", "application/json").await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let row = list["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == "folder/readme.md")
+        .expect("doc listed");
+    assert_eq!(row["peers"], 2);
+    assert!(row["size_bytes"].as_u64().unwrap() > 0);
+    assert!(row["updated_ms"].as_u64().unwrap() > 0);
+
+    let (status, body) = server
+        .http_get("/api/docs/folder/readme.md", "application/octet-stream")
+        .await;
+    assert_eq!(status, 200);
+    let doc = yrs::Doc::new();
+    {
+        use yrs::Transact;
+        use yrs::updates::decoder::Decode;
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&body).unwrap())
+            .unwrap();
+    }
+    let text = {
+        use yrs::{GetString, Transact};
+        doc.get_or_insert_text("t").get_string(&doc.transact())
+    };
+    assert_eq!(text, "# hi");
+
+    let (status, _) = server
+        .http_get("/api/docs/never/written", "application/json")
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn several_messages_in_one_frame_are_all_handled() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("multi").await;
+    let mut bob = server.connect("multi").await;
+    let mut frame = bytes::BytesMut::new();
+    for word in ["x", "y"] {
+        let doc = yrs::Doc::new();
+        let update = {
+            use yrs::{Text, Transact};
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, word);
+            txn.encode_update_v1()
+        };
+        frame.extend_from_slice(&encode_sync_update(&update));
+    }
+    frame.extend_from_slice(&encode_query_awareness());
+    alice.send(frame.freeze()).await;
+    let text = bob.wait_text(|t| t.len() == 2).await;
+    assert!(text.contains('x') && text.contains('y'));
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_others_keep_receiving() {
+    let server = TestServer::start_with(|config| config.hub.outbox_capacity = 8).await;
+    let mut writer = server.connect("firehose").await;
+    let mut reader = server.connect("firehose").await;
+    let mut sleeper = server.connect("firehose").await;
+    let chunk = "z".repeat(64 * 1024);
+    let total = 200 * chunk.len();
+    // The reader keeps up (the writer waits for it every 4 chunks, half its outbox); the sleeper
+    // never reads, so its socket buffers fill, then its outbox, and then it is closed.
+    for i in 1..=200 {
+        writer.append_text(&chunk).await;
+        if i % 4 == 0 {
+            reader.wait_text(|t| t.len() >= i * chunk.len()).await;
+        }
+    }
+    assert_eq!(reader.wait_text(|t| t.len() == total).await.len(), total);
+    let (code, reason) = sleeper.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+}
+
+#[tokio::test]
+async fn shutdown_closes_peers_with_1001_and_flushes_everything() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.connect("flush").await;
+    let mut bob = server.connect("flush").await;
+    for i in 0..50 {
+        alice.append_text(&format!("{i},")).await;
+    }
+    bob.wait_text(|t| t.ends_with("49,")).await;
+    let data_dir = server.data_dir().to_path_buf();
+    assert!(server.shutdown().await);
+    assert_eq!(bob.expect_close().await.0, 1001);
+    // Reopen the redb file directly: everything is there.
+    let store = tandem_store::Store::open(&data_dir.join(tandem_server::DB_FILE_NAME)).unwrap();
+    let stored = store.load_doc("flush").unwrap();
+    let doc = tandem_core::SharedDoc::load(Limits::default(), stored.iter()).unwrap();
+    let json = doc.to_json();
+    let text = json["t"].as_str().unwrap();
+    for i in 0..50 {
+        assert!(text.contains(&format!("{i},")), "missing edit {i}");
+    }
+}
+
+#[tokio::test]
+async fn idle_docs_unload_and_reload_with_their_content() {
+    let server = TestServer::start_with(|config| {
+        config.hub.doc_unload_grace = Duration::from_millis(200);
+    })
+    .await;
+    let mut alice = server.connect("transient").await;
+    for i in 0..5 {
+        alice.append_text(&i.to_string()).await;
+    }
+    let mut bob = server.connect("transient").await;
+    bob.wait_text(|t| t == "01234").await;
+    alice.close().await;
+    bob.close().await;
+    // Wait (bounded) until the doc reports unloaded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.http_get("/api/docs", "application/json").await;
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let row = list["docs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "transient")
+            .cloned();
+        if row.is_some_and(|r| r["loaded"] == false) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "doc never unloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut carol = server.connect("transient").await;
+    assert_eq!(carol.wait_text(|t| t == "01234").await, "01234");
+}
+
+#[tokio::test]
+async fn query_awareness_returns_every_state() {
+    let server = TestServer::start().await;
+    let mut alice = server.connect("q").await;
+    alice.send_awareness(1, 1, r#"{"n":1}"#).await;
+    alice
+        .wait_awareness(|seen| seen.iter().any(|e| e.client_id == 1))
+        .await;
+    let mut bob = server.connect("q").await;
+    bob.send(encode_query_awareness()).await;
+    bob.wait_awareness(|seen: &[AwarenessEntry]| seen.iter().any(|e| e.client_id == 1))
+        .await;
+}
