@@ -430,3 +430,65 @@ async fn query_awareness_returns_every_state() {
     bob.wait_awareness(|seen: &[AwarenessEntry]| seen.iter().any(|e| e.client_id == 1))
         .await;
 }
+
+/// An update whose item names, as its parent, an existing item that is not a shared type makes
+/// yrs fail half-way through `apply_update` (`UpdateError::InvalidParent`). The fix under test:
+/// the sender is closed with 1007, the doc reloads from redb, and every other peer stays
+/// connected with the doc intact.
+#[tokio::test]
+async fn an_update_that_breaks_yrs_closes_only_its_sender_and_the_doc_reloads() {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, Map, MapPrelim, ReadTxn, StateVector, Transact, Update, WriteTxn};
+
+    let server = TestServer::start().await;
+    let mut alice = server.connect("poison").await;
+    let mut bob = server.connect("poison").await;
+
+    // Item 7:0 on the server is a string inside root text "t".
+    let honest = Doc::with_client_id(7);
+    let honest_update = {
+        let text = honest.get_or_insert_text("t");
+        let mut txn = honest.transact_mut();
+        yrs::Text::insert(&text, &mut txn, 0, "x");
+        txn.encode_update_v1()
+    };
+    alice.send(encode_sync_update(&honest_update)).await;
+    bob.wait_text(|t| t == "x").await;
+
+    // Elsewhere, client 7's first item is a nested map; client 8 writes into it, so its update
+    // names 7:0 as the parent. On the server 7:0 is a string: an invalid parent.
+    let other = Doc::with_client_id(7);
+    {
+        let mut txn = other.transact_mut();
+        let root = txn.get_or_insert_map("m");
+        root.insert(&mut txn, "k", MapPrelim::default());
+    }
+    let forger = Doc::with_client_id(8);
+    forger
+        .transact_mut()
+        .apply_update(
+            Update::decode_v1(&other.transact().encode_state_as_update_v1(&StateVector::default()))
+                .unwrap(),
+        )
+        .unwrap();
+    let hostile_update = {
+        let mut txn = forger.transact_mut();
+        let root = txn.get_or_insert_map("m");
+        let Some(yrs::Out::YMap(nested)) = root.get(&txn, "k") else { panic!("nested map") };
+        nested.insert(&mut txn, "evil", 1);
+        txn.encode_update_v1()
+    };
+    let mut mallory = server.connect("poison").await;
+    mallory.send(encode_sync_update(&hostile_update)).await;
+    let (code, reason) = mallory.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1007, "invalid update: update refers to an invalid parent"));
+
+    // Bob is still connected, the doc still works and still holds exactly what was durable.
+    alice.append_text("y").await;
+    assert_eq!(bob.wait_text(|t| t == "xy").await, "xy");
+    let (status, body) = server.http_get("/api/docs/poison", "application/json").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["t"], "xy");
+    assert!(bob.closed.is_none());
+}
