@@ -467,26 +467,37 @@ async fn an_update_that_breaks_yrs_closes_only_its_sender_and_the_doc_reloads() 
     forger
         .transact_mut()
         .apply_update(
-            Update::decode_v1(&other.transact().encode_state_as_update_v1(&StateVector::default()))
-                .unwrap(),
+            Update::decode_v1(
+                &other
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            )
+            .unwrap(),
         )
         .unwrap();
     let hostile_update = {
         let mut txn = forger.transact_mut();
         let root = txn.get_or_insert_map("m");
-        let Some(yrs::Out::YMap(nested)) = root.get(&txn, "k") else { panic!("nested map") };
+        let Some(yrs::Out::YMap(nested)) = root.get(&txn, "k") else {
+            panic!("nested map")
+        };
         nested.insert(&mut txn, "evil", 1);
         txn.encode_update_v1()
     };
     let mut mallory = server.connect("poison").await;
     mallory.send(encode_sync_update(&hostile_update)).await;
     let (code, reason) = mallory.expect_close().await;
-    assert_eq!((code, reason.as_str()), (1007, "invalid update: update refers to an invalid parent"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (1007, "invalid update: update refers to an invalid parent")
+    );
 
     // Bob is still connected, the doc still works and still holds exactly what was durable.
     alice.append_text("y").await;
     assert_eq!(bob.wait_text(|t| t == "xy").await, "xy");
-    let (status, body) = server.http_get("/api/docs/poison", "application/json").await;
+    let (status, body) = server
+        .http_get("/api/docs/poison", "application/json")
+        .await;
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["t"], "xy");

@@ -34,7 +34,11 @@ fn vectors() -> Vec<Vector> {
                 .map(|byte| u8::from_str_radix(byte, 16).expect("hex byte"))
                 .collect();
             assert!(matches!(fields[1], "c2s" | "s2c"), "direction of {line:?}");
-            Vector { name: fields[0].into(), bytes: Bytes::from(bytes), expect: fields[3].into() }
+            Vector {
+                name: fields[0].into(),
+                bytes: Bytes::from(bytes),
+                expect: fields[3].into(),
+            }
         })
         .collect()
 }
@@ -42,7 +46,9 @@ fn vectors() -> Vec<Vector> {
 fn text_of(update: yrs::Update) -> String {
     let doc = Doc::new();
     let text = doc.get_or_insert_text("t");
-    doc.transact_mut().apply_update(update).expect("vector update applies");
+    doc.transact_mut()
+        .apply_update(update)
+        .expect("vector update applies");
     text.get_string(&doc.transact())
 }
 
@@ -53,7 +59,10 @@ fn describe(message: Message) -> (String, Bytes) {
             let mut pairs: Vec<(u64, u32)> = sv.iter().map(|(c, k)| (c.get(), *k)).collect();
             pairs.sort();
             let sv_text: Vec<String> = pairs.iter().map(|(c, k)| format!("{c}:{k}")).collect();
-            (format!("step1 sv={}", sv_text.join(",")), encode_sync_step1(&sv))
+            (
+                format!("step1 sv={}", sv_text.join(",")),
+                encode_sync_step1(&sv),
+            )
         }
         Message::SyncStep2(payload) => {
             let frame = encode_sync_step2(&payload.raw);
@@ -69,7 +78,10 @@ fn describe(message: Message) -> (String, Bytes) {
                 .iter()
                 .map(|e| format!("{}:{}:{}", e.client_id, e.clock, e.json))
                 .collect();
-            (format!("awareness {}", text.join(",")), encode_awareness(&payload.entries))
+            (
+                format!("awareness {}", text.join(",")),
+                encode_awareness(&payload.entries),
+            )
         }
         Message::QueryAwareness => ("query-awareness".into(), encode_query_awareness()),
         Message::Auth => ("auth".into(), Bytes::new()),
@@ -79,13 +91,21 @@ fn describe(message: Message) -> (String, Bytes) {
 #[test]
 fn every_vector_in_the_spec_decodes_and_reencodes_as_documented() {
     let vectors = vectors();
-    assert!(vectors.len() >= 18, "expected at least 18 vectors, found {}", vectors.len());
+    assert!(
+        vectors.len() >= 18,
+        "expected at least 18 vectors, found {}",
+        vectors.len()
+    );
     let limits = Limits::default();
     for vector in vectors {
         if let Some(reason) = vector.expect.strip_prefix("auth-denied ") {
             assert_eq!(encode_auth_denied(reason), vector.bytes, "{}", vector.name);
             let decoded = decode_frame(&vector.bytes, &limits).expect("auth decodes");
-            assert!(matches!(decoded.as_slice(), [Message::Auth]), "{}", vector.name);
+            assert!(
+                matches!(decoded.as_slice(), [Message::Auth]),
+                "{}",
+                vector.name
+            );
             continue;
         }
         match decode_frame(&vector.bytes, &limits) {
@@ -98,7 +118,12 @@ fn every_vector_in_the_spec_decodes_and_reencodes_as_documented() {
                     reencoded.extend_from_slice(&frame);
                 }
                 assert_eq!(described.join(" ; "), vector.expect, "{}", vector.name);
-                assert_eq!(reencoded.freeze(), vector.bytes, "{} re-encodes", vector.name);
+                assert_eq!(
+                    reencoded.freeze(),
+                    vector.bytes,
+                    "{} re-encodes",
+                    vector.name
+                );
             }
             Err(error) => {
                 assert_eq!(format!("error {error:?}"), vector.expect, "{}", vector.name);

@@ -99,6 +99,13 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// Opens or creates a database on a custom redb backend (tests simulate crashes with one).
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(backend)?;
+        schema::check_format_version(&db)?;
+        Ok(Store { db })
+    }
+
     /// The stored state of `doc`: snapshot, then log entries after it.
     pub fn load_doc(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         let txn = self.db.begin_read()?;

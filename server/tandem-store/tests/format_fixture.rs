@@ -14,13 +14,35 @@ fn fixture_path() -> PathBuf {
 
 fn write_fixture_content(store: &Store) {
     let ops = [
-        WriteOp::Append { doc: "team/notes.md", seq: 1, update: b"first" },
-        WriteOp::Append { doc: "team/notes.md", seq: 2, update: b"second" },
-        WriteOp::Append { doc: "team/notes.md", seq: 3, update: b"third" },
-        WriteOp::Compact { doc: "team/notes.md", upto_seq: 2, snapshot: b"snapshot-1-2" },
-        WriteOp::Append { doc: "a", seq: 1, update: b"only a" },
+        WriteOp::Append {
+            doc: "team/notes.md",
+            seq: 1,
+            update: b"first",
+        },
+        WriteOp::Append {
+            doc: "team/notes.md",
+            seq: 2,
+            update: b"second",
+        },
+        WriteOp::Append {
+            doc: "team/notes.md",
+            seq: 3,
+            update: b"third",
+        },
+        WriteOp::Compact {
+            doc: "team/notes.md",
+            upto_seq: 2,
+            snapshot: b"snapshot-1-2",
+        },
+        WriteOp::Append {
+            doc: "a",
+            seq: 1,
+            update: b"only a",
+        },
     ];
-    store.commit(&ops, 1_700_000_000_000, true).expect("commit fixture content");
+    store
+        .commit(&ops, 1_700_000_000_000, true)
+        .expect("commit fixture content");
 }
 
 #[test]
@@ -29,7 +51,10 @@ fn the_committed_format_v1_file_still_reads_back() {
         let _ = std::fs::remove_file(fixture_path());
         write_fixture_content(&Store::open(&fixture_path()).expect("create fixture"));
     }
-    assert_eq!(FORMAT_VERSION, 1, "a new format version needs its own fixture and a migration");
+    assert_eq!(
+        FORMAT_VERSION, 1,
+        "a new format version needs its own fixture and a migration"
+    );
     // Work on a copy: opening may touch the file, and the fixture must stay as committed.
     let dir = tempfile::tempdir().expect("temp dir");
     let copy = dir.path().join("copy.redb");
@@ -39,8 +64,19 @@ fn the_committed_format_v1_file_still_reads_back() {
     assert_eq!(notes.snapshot.as_deref(), Some(&b"snapshot-1-2"[..]));
     assert_eq!(notes.updates, vec![b"third".to_vec()]);
     assert_eq!(notes.last_seq, 3);
-    assert_eq!(store.load_doc("a").expect("load").updates, vec![b"only a".to_vec()]);
-    let names: Vec<String> = store.list_docs().expect("list").into_iter().map(|m| m.name).collect();
+    assert_eq!(
+        store.load_doc("a").expect("load").updates,
+        vec![b"only a".to_vec()]
+    );
+    let names: Vec<String> = store
+        .list_docs()
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     assert_eq!(names, vec!["a".to_string(), "team/notes.md".to_string()]);
-    assert_eq!(store.doc_meta("a").expect("meta").map(|m| m.updated_ms), Some(1_700_000_000_000));
+    assert_eq!(
+        store.doc_meta("a").expect("meta").map(|m| m.updated_ms),
+        Some(1_700_000_000_000)
+    );
 }
