@@ -95,10 +95,10 @@ pub struct ServeArgs {
     /// A doc with no peers leaves memory after this long [default: 30s].
     #[arg(long, env = "TANDEM_DOC_UNLOAD_GRACE")]
     pub doc_unload_grace: Option<HumanDuration>,
-    /// Interval between pings to each peer [default: 10s].
+    /// Interval between pings to each peer [default: 5s].
     #[arg(long, env = "TANDEM_PING_INTERVAL")]
     pub ping_interval: Option<HumanDuration>,
-    /// A peer silent for this long is closed [default: 30s].
+    /// A peer silent for this long is closed and its presence removed [default: 15s].
     #[arg(long, env = "TANDEM_PONG_TIMEOUT")]
     pub pong_timeout: Option<HumanDuration>,
     /// Longest wait for docs to flush at shutdown [default: 10s].
@@ -107,6 +107,9 @@ pub struct ServeArgs {
     /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
     #[arg(long, env = "TANDEM_FSYNC")]
     pub fsync: Option<bool>,
+    /// Upper bound of the database page cache in bytes [default: 33554432].
+    #[arg(long, env = "TANDEM_DB_CACHE_BYTES")]
+    pub db_cache_bytes: Option<usize>,
     /// Compact a doc's log after this many updates [default: 1000].
     #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES")]
     pub compact_after_updates: Option<u64>,
@@ -249,11 +252,15 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             limits,
         },
         connection: ConnectionConfig {
-            ping_interval: duration(args.ping_interval, file.ping_interval, 10),
-            pong_timeout: duration(args.pong_timeout, file.pong_timeout, 30),
+            ping_interval: duration(args.ping_interval, file.ping_interval, 5),
+            pong_timeout: duration(args.pong_timeout, file.pong_timeout, 15),
         },
         persist: PersistConfig {
             fsync: args.fsync.or(file.fsync).unwrap_or(true),
+            cache_bytes: args
+                .db_cache_bytes
+                .or(file.db_cache_bytes)
+                .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
         },
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
     }
@@ -286,7 +293,7 @@ mod tests {
         let config = resolve(args, file);
         assert_eq!(config.addr, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(config.connection.ping_interval, Duration::from_secs(2));
-        assert_eq!(config.connection.pong_timeout, Duration::from_secs(30));
+        assert_eq!(config.connection.pong_timeout, Duration::from_secs(15));
         assert_eq!(config.data_dir, PathBuf::from("data"));
     }
 

@@ -28,6 +28,12 @@ use tracing::Instrument;
 use crate::connection::{self, ConnectionConfig};
 use crate::hub::{Hub, JoinError};
 
+/// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
+/// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
+const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes tungstenite buffers before writing to the socket; the writer flushes after each batch.
+const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Longest time an ordinary HTTP request may take (WebSocket sessions are not requests).
 const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -161,6 +167,8 @@ async fn upgrade(
         usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX);
     let lifecycle = state.hub.lifecycle().clone();
     Ok(ws
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {

@@ -82,7 +82,8 @@ pub async fn run(
     let db_path = config.data_dir.join(DB_FILE_NAME);
     let store = {
         let path = db_path.clone();
-        tokio::task::spawn_blocking(move || Store::open(&path))
+        let cache_bytes = config.persist.cache_bytes;
+        tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache_bytes))
             .await
             .map_err(|error| ServerError::Io {
                 context: "opening store",

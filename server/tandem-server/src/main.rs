@@ -5,6 +5,13 @@ use clap::Parser;
 use tandem_server::config::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc with background threads returns freed pages to the OS after its decay time, so the
+/// server's memory comes back down after documents unload. Measured with `hubload memory`
+/// (300 docs, 600 connections, three load/unload cycles): glibc malloc kept the first cycle's
+/// high-water mark (3.6x the start-up RSS), jemalloc comes back to 1.7x; mimalloc kept 2.6x.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse().into_serve_args();

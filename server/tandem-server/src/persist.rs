@@ -62,6 +62,8 @@ pub(crate) enum PersistCommand {
 pub struct PersistConfig {
     /// Commit with fsync (`Durability::Immediate`). Off only for benchmarks.
     pub fsync: bool,
+    /// Upper bound of redb's page cache, in bytes.
+    pub cache_bytes: usize,
 }
 
 /// Starts the writer thread; returns the sender doc actors use.

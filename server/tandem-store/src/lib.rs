@@ -24,6 +24,11 @@ pub use error::StoreError;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
 
+/// Default bound of redb's page cache. redb's own default (1 GiB) lets the cache, and so the
+/// server's memory, grow with the database; documents live in the doc actors while open, so the
+/// cache mostly serves loads and can stay small.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The database. `Send + Sync`; share it in an `Arc`.
 pub struct Store {
     db: Database,
@@ -89,12 +94,19 @@ pub struct DocMeta {
 }
 
 impl Store {
-    /// Opens or creates the database file (and its parent directory).
+    /// Opens or creates the database file (and its parent directory) with the default cache.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens or creates the database file with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
         }
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         schema::check_format_version(&db)?;
         Ok(Store { db })
     }
