@@ -1,6 +1,6 @@
 //! End-to-end load against the real `tandem` binary, reported as ratios from one run.
 //!
-//! - `durability`: 8 writers × 400 updates on one doc, one observer; updates/s with fsync on and
+//! - `durability`: 8 writers × 2,000 updates on one doc, one observer; updates/s with fsync on and
 //!   off, interleaved (on, off, on, off, …), medians of three. The ratio is the cost of
 //!   fsync-before-broadcast once group commit is in place.
 //! - `memory`: RSS of the server at start, with 300 loaded docs (2 peers, 10 KB each), and after
@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const N_WRITERS: usize = 8;
-const N_UPDATES_PER_WRITER: usize = 400;
+const N_UPDATES_PER_WRITER: usize = 2000;
 const N_REPETITIONS: usize = 3;
 const N_DOCS: usize = 300;
 
@@ -87,7 +87,7 @@ impl Server {
 }
 
 async fn durability_run(bin: &str, fsync: bool) -> f64 {
-    // Writers never read what the others send (up to 2,800 small frames each), so their outboxes
+    // Writers never read what the others send (up to 14,000 small frames each), so their outboxes
     // are sized to hold it instead of closing them as slow consumers.
     let server = start(
         bin,
