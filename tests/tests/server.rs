@@ -503,3 +503,68 @@ async fn an_update_that_breaks_yrs_closes_only_its_sender_and_the_doc_reloads() 
     assert_eq!(json["t"], "xy");
     assert!(bob.closed.is_none());
 }
+
+/// Connections that arrive while their doc is unloading must neither lose edits nor see a
+/// half-unloaded doc: with a 1 ms grace period the doc unloads between almost every pair of
+/// connections, so joins regularly race with an unload and take the retry path.
+#[tokio::test]
+async fn connections_racing_an_unload_lose_nothing() {
+    let server = TestServer::start_with(|config| {
+        config.hub.doc_unload_grace = Duration::from_millis(1);
+    })
+    .await;
+    let mut expected = String::new();
+    for i in 0..40 {
+        let mut peer = server.connect("racy").await;
+        assert_eq!(
+            peer.wait_text(|t| t == expected).await,
+            expected,
+            "round {i} sees every earlier edit"
+        );
+        let word = format!("{i},");
+        peer.append_text(&word).await;
+        expected.push_str(&word);
+        // A second peer proves the edit is durable before the first one leaves.
+        let mut check = server.connect("racy").await;
+        check.wait_text(|t| t == expected).await;
+        peer.close().await;
+        check.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unloading_doc_compacts_its_log_into_one_snapshot() {
+    let mut server = TestServer::start_with(|config| {
+        config.hub.doc_unload_grace = Duration::from_millis(100);
+        config.hub.compact_after_updates = 10_000;
+    })
+    .await;
+    let mut alice = server.connect("compact/me").await;
+    for i in 0..20 {
+        alice.append_text(&format!("{i};")).await;
+    }
+    let mut bob = server.connect("compact/me").await;
+    bob.wait_text(|t| t.ends_with("19;")).await;
+    alice.close().await;
+    bob.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.http_get("/api/docs", "application/json").await;
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if list["docs"][0]["loaded"] == false {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "doc never unloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data_dir = server.data_dir().to_path_buf();
+    assert!(server.shutdown().await);
+    let store = tandem_store::Store::open(&data_dir.join(tandem_server::DB_FILE_NAME)).unwrap();
+    let meta = store.doc_meta("compact/me").unwrap().expect("stored");
+    assert_eq!((meta.n_log_entries, meta.last_seq), (0, 20));
+    let stored = store.load_doc("compact/me").unwrap();
+    assert!(stored.snapshot.is_some() && stored.updates.is_empty());
+    let doc = tandem_core::SharedDoc::load(Limits::default(), stored.iter()).unwrap();
+    let expected: String = (0..20).map(|i| format!("{i};")).collect();
+    assert_eq!(doc.to_json()["t"], expected.as_str());
+}

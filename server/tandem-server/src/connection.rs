@@ -23,11 +23,11 @@ use tandem_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER,
     decode_frame, truncate_reason,
 };
-use tandem_core::{DocId, PeerId, ProtocolError};
+use tandem_core::{DocId, Limits, PeerId, ProtocolError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::doc_actor::DocCommand;
 use crate::hub::{Hub, JoinError, PeerLink};
@@ -151,14 +151,13 @@ async fn serve(
             return;
         }
     };
-    info!(%peer, "peer connected");
+    debug!(%peer, "peer connected");
 
     let reader = Reader {
         stream,
         actor: handle.tx.clone(),
         peer,
-        limits_max_frame: config.limits.max_frame_bytes,
-        hub: hub.clone(),
+        limits: config.limits.clone(),
         started,
         last_seen_ms,
     };
@@ -174,15 +173,14 @@ async fn serve(
     }
     let _ = handle.tx.send(DocCommand::Leave { peer }).await;
     writer_done.cancelled().await;
-    info!(%peer, "peer disconnected");
+    debug!(%peer, "peer disconnected");
 }
 
 struct Reader {
     stream: SplitStream<WebSocket>,
     actor: mpsc::Sender<DocCommand>,
     peer: PeerId,
-    limits_max_frame: u64,
-    hub: Hub,
+    limits: Limits,
     started: Instant,
     last_seen_ms: Arc<AtomicU64>,
 }
@@ -190,7 +188,6 @@ struct Reader {
 impl Reader {
     /// Reads until the peer closes (`None`) or misbehaves (`Some(reason)`).
     async fn run(mut self) -> Option<CloseReason> {
-        let limits = self.hub.config().limits.clone();
         loop {
             let message = match self.stream.next().await? {
                 Ok(message) => message,
@@ -200,7 +197,7 @@ impl Reader {
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             match message {
                 WsMessage::Binary(frame) => {
-                    let messages = match decode_frame(&frame, &limits) {
+                    let messages = match decode_frame(&frame, &self.limits) {
                         Ok(messages) => messages,
                         Err(error) => return Some(CloseReason::Protocol(error)),
                     };
@@ -233,8 +230,8 @@ impl Reader {
             }
             Some(WsError::Capacity(_)) => {
                 Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
-                    len: self.limits_max_frame.saturating_add(1),
-                    max: self.limits_max_frame,
+                    len: self.limits.max_frame_bytes.saturating_add(1),
+                    max: self.limits.max_frame_bytes,
                 }))
             }
             Some(WsError::Utf8(_)) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),

@@ -88,7 +88,12 @@ async fn run(
     n_peers: Arc<AtomicUsize>,
 ) {
     let started = Instant::now();
-    let (shared, last_seq) = match load(&hub, &doc).await {
+    let Loaded {
+        shared,
+        last_seq,
+        n_log_entries,
+        n_log_bytes,
+    } = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
         Err(reason) => {
             error!(error = %reason, "cannot load doc; refusing its peers");
@@ -123,15 +128,25 @@ async fn run(
         pending: VecDeque::new(),
         idle_since: Some(Instant::now()),
         started,
-        n_updates_since_compact: 0,
-        n_bytes_since_compact: 0,
-        n_log_entries: 0,
+        // A log left long (e.g. by kill -9 before a compaction) counts towards the next one.
+        n_updates_since_compact: n_log_entries,
+        n_bytes_since_compact: n_log_bytes,
+        n_log_entries,
         stopping: false,
     };
     actor.run(inbox).await;
 }
 
-async fn load(hub: &Hub, doc: &DocId) -> Result<(SharedDoc, u64), String> {
+/// A doc as rebuilt from storage.
+struct Loaded {
+    shared: SharedDoc,
+    last_seq: u64,
+    /// Log entries after the snapshot, and their bytes.
+    n_log_entries: u64,
+    n_log_bytes: u64,
+}
+
+async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
     let store = hub.store().clone();
     let limits = hub.config().limits.clone();
     let name = doc.clone();
@@ -140,7 +155,12 @@ async fn load(hub: &Hub, doc: &DocId) -> Result<(SharedDoc, u64), String> {
             .load_doc(name.as_str())
             .map_err(|error| error.to_string())?;
         let shared = SharedDoc::load(limits, stored.iter()).map_err(|error| error.to_string())?;
-        Ok((shared, stored.last_seq))
+        Ok(Loaded {
+            shared,
+            last_seq: stored.last_seq,
+            n_log_entries: stored.updates.len() as u64,
+            n_log_bytes: stored.updates.iter().map(|u| u.len() as u64).sum(),
+        })
     })
     .await
     .map_err(|error| format!("load task failed: {error}"))?
@@ -193,7 +213,7 @@ struct DocActor {
     started: Instant,
     n_updates_since_compact: u64,
     n_bytes_since_compact: u64,
-    /// Log entries appended by this actor (a lower bound on the log length).
+    /// Log entries after the last snapshot (stored at load, plus appended since).
     n_log_entries: u64,
     /// Shutdown began, or storage failed: no new peers, drain and stop.
     stopping: bool,
@@ -481,7 +501,11 @@ impl DocActor {
             return;
         }
         match load(&self.hub, &self.doc).await {
-            Ok((mut shared, last_seq)) => {
+            Ok(Loaded {
+                mut shared,
+                last_seq,
+                ..
+            }) => {
                 let previous = std::mem::replace(
                     &mut self.shared,
                     SharedDoc::new(self.hub.config().limits.clone()),
