@@ -120,6 +120,27 @@ impl TestServer {
         Peer::connect_raw(self.addr, doc).await
     }
 
+    /// Waits (bounded by [`WAIT`]) until `GET /api/docs` reports `doc` stored and unloaded.
+    pub async fn wait_unloaded(&self, doc: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, body) = self.http_get("/api/docs", "application/json").await;
+            let list: serde_json::Value = serde_json::from_slice(&body).expect("json doc list");
+            let unloaded = list["docs"].as_array().is_some_and(|docs| {
+                docs.iter()
+                    .any(|row| row["name"] == doc && row["loaded"] == false)
+            });
+            if unloaded {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "doc {doc} never unloaded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a raw HTTP/1.1 GET and returns (status, body).
     pub async fn http_get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
         http_get(self.addr, path, accept).await

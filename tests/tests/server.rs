@@ -7,7 +7,7 @@ use tandem_core::protocol::{
     AwarenessEntry, decode_frame, encode_query_awareness, encode_sync_update, write_var_u64,
 };
 use tandem_core::{Limits, Message};
-use tandem_tests::{TestServer, WAIT};
+use tandem_tests::TestServer;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -396,23 +396,7 @@ async fn idle_docs_unload_and_reload_with_their_content() {
     bob.wait_text(|t| t == "01234").await;
     alice.close().await;
     bob.close().await;
-    // Wait (bounded) until the doc reports unloaded.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, body) = server.http_get("/api/docs", "application/json").await;
-        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let row = list["docs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "transient")
-            .cloned();
-        if row.is_some_and(|r| r["loaded"] == false) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "doc never unloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_unloaded("transient").await;
     let mut carol = server.connect("transient").await;
     assert_eq!(carol.wait_text(|t| t == "01234").await, "01234");
 }
@@ -547,16 +531,7 @@ async fn an_unloading_doc_compacts_its_log_into_one_snapshot() {
     bob.wait_text(|t| t.ends_with("19;")).await;
     alice.close().await;
     bob.close().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, body) = server.http_get("/api/docs", "application/json").await;
-        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        if list["docs"][0]["loaded"] == false {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "doc never unloaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.wait_unloaded("compact/me").await;
     let data_dir = server.data_dir().to_path_buf();
     assert!(server.shutdown().await);
     let store = tandem_store::Store::open(&data_dir.join(tandem_server::DB_FILE_NAME)).unwrap();
