@@ -275,10 +275,13 @@ impl DocActor {
         match command {
             DocCommand::Join { peer, link, reply } => {
                 if self.stopping {
-                    refuse(
-                        DocCommand::Join { peer, link, reply },
-                        JoinError::ShuttingDown,
-                    );
+                    // Stopping because storage failed is not a shutdown: the peer may retry.
+                    let error = if self.durable_rx.borrow().failed {
+                        JoinError::Unavailable
+                    } else {
+                        JoinError::ShuttingDown
+                    };
+                    refuse(DocCommand::Join { peer, link, reply }, error);
                     return;
                 }
                 self.peers.insert(peer, (link, self.submitted_seq));
