@@ -65,12 +65,16 @@ impl TestServer {
         self.addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let config = self.config.clone();
-        self.task = Some(tokio::spawn(async move {
+        // The test owns the server task (it plays the role of `main`), so it is not tracked by
+        // the server's own lifecycle.
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::spawn(async move {
             tandem_server::run(config, listener, async move {
                 let _ = stopped.await;
             })
             .await
-        }));
+        });
+        self.task = Some(task);
         self.stop = Some(stop);
     }
 
