@@ -1,0 +1,135 @@
+// One document's connections: the WebSocket provider (an unmodified y-websocket client), the
+// IndexedDB copy that keeps edits across reloads and offline spells, and the state the status
+// pill shows: how we are connected, and whether the server has stored all of this browser's edits.
+//
+// "Stored" is asked of the server, not guessed: after local changes the client posts a Yjs
+// snapshot (state vector and delete set) to `POST /api/docs/{name}/covers`, which answers once
+// everything the server accepted before is durable. Deletions count too: they leave the state
+// vector unchanged, which is why the snapshot and not the state vector is sent.
+import { IndexeddbPersistence } from 'y-indexeddb'
+import { WebsocketProvider } from 'y-websocket'
+import * as Y from 'yjs'
+import { encodeDocPath, serverCovers } from './api'
+
+export type Network = 'connecting' | 'connected' | 'reconnecting' | 'offline'
+
+export interface SyncState {
+  network: Network
+  /** Local changes the server has not confirmed as stored yet. */
+  unsaved: boolean
+  /** The IndexedDB copy has been read (edits from earlier visits are in the doc). */
+  localLoaded: boolean
+}
+
+/** Pause after a change before asking the server, and between unanswered asks. */
+const CHECK_DELAY_MS = 300
+const RETRY_DELAY_MS = 1000
+
+function webSocketBase (): string {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
+  return `${scheme}//${location.host}/ws`
+}
+
+export class DocConnection {
+  readonly provider: WebsocketProvider
+  readonly local: IndexeddbPersistence
+  private readonly listeners = new Set<(state: SyncState) => void>()
+  private everConnected = false
+  private localLoaded = false
+  /** Bumped by every change that did not come from the server. */
+  private changeVersion = 0
+  /** The highest `changeVersion` the server confirmed as stored. */
+  private storedVersion = 0
+  private checkTimer: ReturnType<typeof setTimeout> | undefined
+  private checking = false
+  private destroyed = false
+  private readonly onOnline = (): void => { this.provider.connect(); this.emit() }
+  private readonly onOffline = (): void => { this.provider.disconnect(); this.emit() }
+
+  constructor (readonly name: string, readonly doc: Y.Doc) {
+    this.local = new IndexeddbPersistence(`tandem:${name}`, doc)
+    this.local.whenSynced.then(() => {
+      this.localLoaded = true
+      this.emit()
+    }).catch(() => {})
+    // The room name is the URL path after /ws/: percent-encode each segment, keep the slashes.
+    this.provider = new WebsocketProvider(webSocketBase(), encodeDocPath(name), doc, {
+      connect: navigator.onLine,
+      maxBackoffTime: 5000
+    })
+    this.provider.on('status', ({ status }: { status: string }) => {
+      if (status === 'connected') this.everConnected = true
+      this.emit()
+    })
+    this.provider.on('sync', (synced: boolean) => {
+      if (synced) this.scheduleCheck(0)
+      this.emit()
+    })
+    doc.on('update', (_update: Uint8Array, origin: unknown) => {
+      if (origin === this.provider) return
+      // Local edits, and edits IndexedDB kept from an earlier visit: both may be missing upstream.
+      this.changeVersion++
+      this.scheduleCheck(CHECK_DELAY_MS)
+      this.emit()
+    })
+    window.addEventListener('online', this.onOnline)
+    window.addEventListener('offline', this.onOffline)
+  }
+
+  get state (): SyncState {
+    let network: Network
+    if (!navigator.onLine) network = 'offline'
+    else if (this.provider.wsconnected && this.provider.synced) network = 'connected'
+    else network = this.everConnected ? 'reconnecting' : 'connecting'
+    return { network, unsaved: this.changeVersion > this.storedVersion, localLoaded: this.localLoaded }
+  }
+
+  /** Calls `listener` now and on every change of `state`. */
+  subscribe (listener: (state: SyncState) => void): () => void {
+    this.listeners.add(listener)
+    listener(this.state)
+    return () => this.listeners.delete(listener)
+  }
+
+  private emit (): void {
+    const state = this.state
+    for (const listener of this.listeners) listener(state)
+  }
+
+  private scheduleCheck (delayMs: number): void {
+    if (this.checkTimer !== undefined || this.checking || this.destroyed) return
+    this.checkTimer = setTimeout(() => {
+      this.checkTimer = undefined
+      void this.check()
+    }, delayMs)
+  }
+
+  /** Asks the server whether it has stored everything this doc holds; retries until it has. */
+  private async check (): Promise<void> {
+    if (this.changeVersion <= this.storedVersion) return
+    if (this.state.network !== 'connected') return // the next 'sync' event asks again
+    this.checking = true
+    const version = this.changeVersion
+    let covered = false
+    try {
+      covered = await serverCovers(this.name, Y.encodeSnapshot(Y.snapshot(this.doc)))
+    } catch {
+      covered = false
+    } finally {
+      this.checking = false
+    }
+    if (covered) this.storedVersion = Math.max(this.storedVersion, version)
+    this.emit()
+    if (this.changeVersion > this.storedVersion) this.scheduleCheck(covered ? CHECK_DELAY_MS : RETRY_DELAY_MS)
+  }
+
+  destroy (): void {
+    this.destroyed = true
+    clearTimeout(this.checkTimer)
+    window.removeEventListener('online', this.onOnline)
+    window.removeEventListener('offline', this.onOffline)
+    this.provider.destroy()
+    void this.local.destroy()
+    this.listeners.clear()
+  }
+}

@@ -1,0 +1,84 @@
+// The document page (/d/<name>): top bar, editor, and the people who are here.
+import * as Y from 'yjs'
+import { docHref } from './api'
+import { DocConnection } from './connection'
+import { h } from './dom'
+import { createEditor } from './editor'
+import { avatar, identityChip } from './identity'
+import { languageFor } from './languages'
+import { loadUser, presentUsers, publishUser } from './presence'
+import { statusPill } from './status'
+
+/** The root Y.Text every Tandem editor binds (documented in protocol-spec/http.md). */
+export const TEXT_NAME = 'content'
+
+function breadcrumbs (name: string): HTMLElement {
+  const segments = name.split('/')
+  const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Document path' })
+  crumbs.append(h('a', { href: '/', class: 'crumb-root' }, 'Workspace'))
+  segments.forEach((segment, i) => {
+    crumbs.append(h('span', { class: 'crumb-sep', 'aria-hidden': 'true' }, '/'))
+    crumbs.append(i === segments.length - 1
+      ? h('strong', { class: 'crumb-doc', id: 'doc-name' }, segment)
+      : h('span', { class: 'crumb-folder' }, segment))
+  })
+  return crumbs
+}
+
+export function mountDoc (root: HTMLElement, name: string): void {
+  document.title = `${name.slice(name.lastIndexOf('/') + 1)} · Tandem`
+  const doc = new Y.Doc()
+  const connection = new DocConnection(name, doc)
+  const awareness = connection.provider.awareness
+  let user = loadUser()
+  publishUser(awareness, user)
+
+  const language = languageFor(name)
+  const status = statusPill()
+  const people = h('ul', { id: 'users', class: 'people-list' })
+  const count = h('span', { class: 'count', id: 'users-count' })
+  const editorHost = h('section', { class: 'editor', id: 'editor', 'aria-label': `Editor for ${name}` })
+
+  root.replaceChildren(
+    h('header', { class: 'topbar' },
+      h('a', { class: 'brand', href: '/', 'aria-label': 'Tandem workspace' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem')),
+      breadcrumbs(name),
+      h('span', { class: 'lang', id: 'language' }, language.label),
+      h('span', { class: 'spacer' }),
+      status.el,
+      identityChip(user, (next) => {
+        user = next
+        publishUser(awareness, user)
+      })),
+    h('main', { class: 'doc-page' },
+      editorHost,
+      h('aside', { class: 'people', 'aria-label': 'People here' },
+        h('h2', {}, 'Here now ', count),
+        people))
+  )
+
+  const editor = createEditor(editorHost, doc.getText(TEXT_NAME), awareness, language.extension)
+  editor.view.focus()
+  connection.subscribe(status.update)
+
+  const renderPeople = (): void => {
+    const present = presentUsers(awareness)
+    count.textContent = String(present.length)
+    people.replaceChildren(...present.map((p) =>
+      h('li', { class: 'person', 'data-name': p.name, 'data-self': String(p.self) },
+        avatar(p.name, p.color),
+        h('span', { class: 'person-name' }, p.name),
+        p.self ? h('span', { class: 'you' }, 'you') : null)))
+  }
+  awareness.on('change', renderPeople)
+  renderPeople()
+
+  // Leaving the page: tell the others at once rather than after the awareness timeout.
+  window.addEventListener('pagehide', () => {
+    awareness.setLocalState(null)
+    connection.destroy()
+  })
+
+  // Exposed for debugging in the console and for the end-to-end tests.
+  Object.assign(window, { tandem: { doc, connection, editor, name, href: docHref(name) } })
+}

@@ -1,0 +1,64 @@
+// The user chip in the top bar and the dialog that sets the display name and colour.
+import { h, initials } from './dom'
+import { type LocalUser, makeUser, PALETTE, saveUser } from './presence'
+
+export function avatar (name: string, color: string, extra = ''): HTMLElement {
+  return h('span', { class: `avatar ${extra}`.trim(), style: `--c:${color}`, title: name, 'aria-hidden': 'true' }, initials(name))
+}
+
+/** A button showing who you are; clicking it opens the identity dialog. */
+export function identityChip (user: LocalUser, onChange: (user: LocalUser) => void): HTMLElement {
+  let current = user
+  const label = h('span', { class: 'chip-name' }, current.name)
+  const face = h('span', { class: 'chip-face' }, avatar(current.name, current.color))
+  const chip = h('button', { id: 'identity', class: 'chip', type: 'button', title: 'Your name and colour' }, face, label)
+  chip.addEventListener('click', () => openDialog(current, (next) => {
+    current = next
+    saveUser(next)
+    label.textContent = next.name
+    face.replaceChildren(avatar(next.name, next.color))
+    onChange(next)
+  }))
+  return chip
+}
+
+function openDialog (user: LocalUser, onSave: (user: LocalUser) => void): void {
+  const nameInput = h('input', { id: 'identity-name', name: 'name', maxlength: 64, required: true, autocomplete: 'nickname', value: user.name })
+  let chosen = user.color
+  const swatches = PALETTE.map((color) => {
+    const swatch = h('button', {
+      type: 'button',
+      class: 'swatch',
+      style: `--c:${color}`,
+      'aria-label': `Colour ${color}`,
+      'aria-pressed': String(color === chosen),
+      'data-color': color
+    })
+    swatch.addEventListener('click', () => {
+      chosen = color
+      for (const s of swatches) s.setAttribute('aria-pressed', String(s === swatch))
+    })
+    return swatch
+  })
+  const form = h('form', { method: 'dialog', class: 'identity-form' },
+    h('h2', {}, 'How others see you'),
+    h('label', { for: 'identity-name' }, 'Display name'),
+    nameInput,
+    h('span', { class: 'label' }, 'Colour'),
+    h('div', { class: 'swatches' }, ...swatches),
+    h('div', { class: 'dialog-actions' },
+      h('button', { type: 'button', class: 'button ghost', value: 'cancel', onclick: () => dialog.close() }, 'Cancel'),
+      h('button', { type: 'submit', class: 'button primary', id: 'identity-save' }, 'Save'))
+  )
+  const dialog = h('dialog', { class: 'dialog' }, form)
+  form.addEventListener('submit', (event) => {
+    event.preventDefault()
+    if (!nameInput.value.trim()) return
+    onSave(makeUser(nameInput.value, chosen))
+    dialog.close()
+  })
+  dialog.addEventListener('close', () => dialog.remove())
+  document.body.append(dialog)
+  dialog.showModal()
+  nameInput.select()
+}

@@ -1,0 +1,80 @@
+// The local user's identity (display name and colour), remembered in localStorage, and the
+// awareness `user` field y-codemirror.next reads to draw remote cursors and name labels.
+import type { Awareness } from 'y-protocols/awareness'
+
+export interface LocalUser {
+  name: string
+  color: string
+  colorLight: string
+}
+
+const STORAGE_KEY = 'tandem.user'
+
+/** Distinct, readable on white, and readable behind white label text. */
+export const PALETTE = ['#e11d48', '#ea580c', '#ca8a04', '#16a34a', '#0891b2', '#2563eb', '#7c3aed', '#c026d3']
+
+const ANIMALS = ['Otter', 'Heron', 'Lynx', 'Marten', 'Ibex', 'Puffin', 'Gecko', 'Bison', 'Koala', 'Raven']
+
+function pick<T> (items: T[]): T {
+  return items[Math.floor(Math.random() * items.length)]
+}
+
+function withLight (name: string, color: string): LocalUser {
+  return { name, color, colorLight: `${color}33` }
+}
+
+/** The stored identity, or a fresh random one (stored at once, so it stays the same). */
+export function loadUser (): LocalUser {
+  try {
+    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null') as Partial<LocalUser> | null
+    if (stored && typeof stored.name === 'string' && stored.name.trim() && typeof stored.color === 'string' && /^#[0-9a-f]{6}$/i.test(stored.color)) {
+      return withLight(stored.name.trim().slice(0, 64), stored.color)
+    }
+  } catch {
+    // Unreadable storage: fall through to a fresh identity.
+  }
+  const user = withLight(`Anonymous ${pick(ANIMALS)}`, pick(PALETTE))
+  saveUser(user)
+  return user
+}
+
+export function saveUser (user: LocalUser): void {
+  try {
+    localStorage.setItem(STORAGE_KEY, JSON.stringify({ name: user.name, color: user.color }))
+  } catch {
+    // Private mode may refuse storage; the identity then lasts for this tab only.
+  }
+}
+
+/** A user as edited in the identity dialog. */
+export function makeUser (name: string, color: string): LocalUser {
+  return withLight(name.trim().slice(0, 64) || 'Anonymous', color)
+}
+
+/** Publishes `user` in the awareness state that every peer of the document sees. */
+export function publishUser (awareness: Awareness, user: LocalUser): void {
+  awareness.setLocalStateField('user', user)
+}
+
+/** A person in the document, from the awareness states (one per tab). */
+export interface Presence {
+  clientId: number
+  name: string
+  color: string
+  self: boolean
+}
+
+export function presentUsers (awareness: Awareness): Presence[] {
+  const people: Presence[] = []
+  for (const [clientId, state] of awareness.getStates()) {
+    const user = (state as { user?: Partial<LocalUser> }).user
+    if (!user || typeof user.name !== 'string') continue
+    people.push({
+      clientId,
+      name: user.name,
+      color: typeof user.color === 'string' ? user.color : '#64748b',
+      self: clientId === awareness.clientID
+    })
+  }
+  return people.sort((a, b) => Number(b.self) - Number(a.self) || a.name.localeCompare(b.name))
+}
