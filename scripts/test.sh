@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit, store and integration tests, then the Node interop suite
-# (unmodified yjs + y-websocket clients against the real `tandem` binary).
+# README's test command. Runs every test: the web client's type check and build, Rust unit,
+# store and integration tests, then the Node suite against the real `tandem` binary: interop
+# (unmodified yjs + y-websocket clients) and browser (the web client in headless Chromium,
+# driven by playwright-core; `.ci/run` installs Debian's chromium on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "node and npm are required (apt-get install -y nodejs npm)" >&2
-  exit 1
-fi
+for tool in node npm; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "test.sh: $tool is required (apt-get install -y nodejs npm)" >&2; exit 1; }
+done
+CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
+[ -x "$CHROMIUM_PATH" ] || { echo "test.sh: Chromium is required at $CHROMIUM_PATH (apt-get install -y chromium)" >&2; exit 1; }
+export CHROMIUM_PATH
 
+# The debug binary reads web-client/dist from disk, so build the client first.
+bash scripts/build-web.sh
 cargo build -p tandem-server --bin tandem
 cargo test --workspace
-(cd tests/e2e && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && TANDEM_BIN="$PWD/../../target/debug/tandem" npm test)
+(
+  cd tests/e2e
+  if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+  TANDEM_BIN="$PWD/../../target/debug/tandem" npm test
+)
