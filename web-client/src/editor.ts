@@ -12,6 +12,7 @@ import {
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import type { Awareness } from 'y-protocols/awareness'
 import * as Y from 'yjs'
+import { tandemHighlight } from './highlight'
 
 /** Remote cursors keep their name label visible (y-codemirror.next shows it only on hover). */
 const cursorLabels = EditorView.theme({
@@ -49,6 +50,7 @@ function setup (): Extension {
     dropCursor(),
     EditorState.allowMultipleSelections.of(true),
     indentOnInput(),
+    syntaxHighlighting(tandemHighlight),
     syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
     bracketMatching(),
     closeBrackets(),
