@@ -1,0 +1,32 @@
+// The browser client is just another y-websocket client: a stock Node client (yjs + y-websocket)
+// editing the same root Y.Text ('content') converges with the page, in both directions.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { scenario } from '../lib/server.mjs'
+import { synced, waitUntil } from '../lib/client.mjs'
+import { SERVER_ARGS, withBrowser, openDoc, cursorToEnd, waitForText, editorText } from '../lib/browser.mjs'
+
+const DOC = 'interop/shared.js'
+
+test('a document open in the browser and a Node y-websocket client converge', scenario(withBrowser(async (s, t, person) => {
+  const server = await s.startServer(SERVER_ARGS)
+  const node = s.connect(server, DOC)
+  await synced(node)
+  const ytext = node.doc.getText('content')
+  ytext.insert(0, '// from node\n')
+
+  const alice = await person(server, { name: 'Alice' })
+  await openDoc(alice, DOC)
+  await waitForText(alice.page, (text) => text === '// from node\n', 'node text in the browser')
+
+  await cursorToEnd(alice.page)
+  await alice.page.keyboard.type('const fromBrowser = true\n')
+  // Concurrent edits on both sides.
+  ytext.insert(0, '/* header */\n')
+  await waitUntil(() => ytext.toString().includes('fromBrowser') && ytext.toString().includes('header'), 15000, () => `node text ${JSON.stringify(ytext.toString())}`)
+  const browserText = await waitForText(alice.page, (text) => text === ytext.toString(), 'browser equal to node')
+  assert.equal(browserText, ytext.toString())
+  assert.equal(await editorText(alice.page), '/* header */\n// from node\nconst fromBrowser = true\n')
+  // The browser's presence reaches the Node client with the user name.
+  await waitUntil(() => [...node.provider.awareness.getStates().values()].some((st) => st.user?.name === 'Alice'), 15000, 'Alice in the Node client\'s awareness')
+})))
