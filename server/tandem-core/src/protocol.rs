@@ -277,6 +277,9 @@ pub fn decode_update(raw: Bytes) -> Result<UpdatePayload, ProtocolError> {
     Ok(UpdatePayload { raw, update })
 }
 
+/// Most awareness entries reserved up front, whatever count a frame claims.
+const MAX_AWARENESS_PREALLOC: u64 = 64;
+
 /// Decodes the entries of an awareness update (y-protocols `encodeAwarenessUpdate` layout).
 pub fn decode_awareness(
     payload: &Bytes,
@@ -288,7 +291,9 @@ pub fn decode_awareness(
     if n_entries > reader.remaining() as u64 / 3 {
         return Err(ProtocolError::Malformed("awareness count exceeds payload"));
     }
-    let mut entries = Vec::with_capacity(n_entries as usize);
+    // The count is only checked against a lower bound of the bytes each entry needs, so a 16 MiB
+    // frame could still ask for millions of slots: reserve a little and let the Vec grow.
+    let mut entries = Vec::with_capacity(n_entries.min(MAX_AWARENESS_PREALLOC) as usize);
     for _ in 0..n_entries {
         let client_id = reader.read_var_u64()?;
         let clock = u32::try_from(reader.read_var_u64()?)
@@ -436,7 +441,9 @@ impl<'a> Reader<'a> {
         Ok(byte)
     }
 
-    /// lib0 var-uint, at most 64 bits (ten bytes); overlong or overflowing encodings are refused.
+    /// lib0 var-uint of at most ten bytes whose value fits 64 bits; longer or overflowing
+    /// encodings are refused. Redundant zero groups (`0x80 0x00` for 0) are accepted, as lib0
+    /// accepts them.
     fn read_var_u64(&mut self) -> Result<u64, ProtocolError> {
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
