@@ -5,10 +5,18 @@
 //! can overwrite or delete another's presence. When a peer leaves, its states are removed and the
 //! removal is broadcast. States not renewed within `Limits::awareness_timeout_ms` expire.
 //! Time is passed in as milliseconds; this module never reads a clock.
+//!
+//! A state's JSON is parsed exactly once, when its frame is decoded ([`read_state`], called by
+//! `protocol::decode_awareness`): the same pass that validates it reads `user.name` and
+//! `user.color` into a [`PresentUser`]. Nothing here parses JSON again, so listing who is present
+//! costs one walk over the table, however often peers renew their presence.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::limits::Limits;
 use crate::protocol::{
@@ -24,6 +32,21 @@ impl std::fmt::Display for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Longest user name kept from a presence state, in characters; a longer name is cut to this.
+pub const MAX_USER_NAME_CHARS: usize = 64;
+/// Longest user colour kept, in characters; a longer value is no CSS colour and is dropped.
+pub const MAX_USER_COLOR_CHARS: usize = 64;
+
+/// Who a presence state says is there: its `user.name` and `user.color`, the fields the Yjs
+/// editor bindings (y-codemirror.next, y-prosemirror) read to label remote cursors.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PresentUser {
+    /// `user.name`, at most [`MAX_USER_NAME_CHARS`] characters.
+    pub name: Arc<str>,
+    /// `user.color` if it is a string of at most [`MAX_USER_COLOR_CHARS`] characters.
+    pub color: Option<Arc<str>>,
 }
 
 /// The awareness states of one document.
@@ -47,7 +70,9 @@ pub struct AwarenessOutcome {
     /// The frame to send to every peer of the document, the sender included (as y-websocket does,
     /// which also keeps a lone client's connection alive). `None` when nothing changed.
     pub broadcast: Option<Bytes>,
-    /// Entries refused because another peer owns their client id.
+    /// Entries refused because another peer owns their client id and they would have changed
+    /// its state (a newer clock). Stock y-websocket clients echo every state they receive back
+    /// to the server; those echoes carry no newer clock, are ignored, and are not counted.
     pub n_foreign: usize,
 }
 
@@ -64,11 +89,16 @@ impl AwarenessTable {
         let mut n_foreign = 0;
         for entry in &payload.entries {
             match self.states.get_mut(&entry.client_id) {
-                Some(state) if state.owner != peer => n_foreign += 1,
                 Some(state) => {
                     // y-protocols: a higher clock wins; an equal clock may still remove.
                     let newer = entry.clock > state.entry.clock
                         || (entry.clock == state.entry.clock && entry.is_removal());
+                    if state.owner != peer {
+                        if newer {
+                            n_foreign += 1;
+                        }
+                        continue;
+                    }
                     if !newer {
                         continue;
                     }
@@ -157,6 +187,18 @@ impl AwarenessTable {
         self.states.is_empty()
     }
 
+    /// The user of every state that names one, sorted by name (then colour). One entry per state:
+    /// a person with two tabs open appears twice.
+    pub fn present_users(&self) -> Vec<PresentUser> {
+        let mut users: Vec<PresentUser> = self
+            .states
+            .values()
+            .filter_map(|state| state.entry.user.clone())
+            .collect();
+        users.sort_unstable();
+        users
+    }
+
     /// Client ids currently owned by `peer`.
     pub fn owned_by(&self, peer: PeerId) -> &[u64] {
         self.owned.get(&peer).map(Vec::as_slice).unwrap_or(&[])
@@ -178,9 +220,189 @@ impl AwarenessTable {
         let state = self.remove(client_id)?;
         Some(AwarenessEntry {
             client_id,
-            clock: state.entry.clock.wrapping_add(1),
+            // Saturating: at u32::MAX an equal clock still removes (y-protocols), a wrapped 0 would not.
+            clock: state.entry.clock.saturating_add(1),
             json: AWARENESS_NULL_STATE.into(),
+            user: None,
         })
+    }
+}
+
+/// Checks that `json` is one valid JSON value and reads the user it names, in a single pass.
+///
+/// The user is `Some` only when the value is an object whose `user` is an object with a string
+/// `name`; a repeated key counts by its last occurrence, as `JSON.parse` does. Every other
+/// shape is walked (and so validated) but ignored.
+pub fn read_state(json: &str) -> Result<Option<PresentUser>, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let user = StateProbe.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(user)
+}
+
+/// `text` cut to at most `max_chars` characters; copies only when it is longer.
+fn truncate_chars(text: Arc<str>, max_chars: usize) -> Arc<str> {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => Arc::from(&text[..cut]),
+        None => text,
+    }
+}
+
+// The three probes below walk one JSON value each. Scalars and arrays they do not want are
+// consumed and answered with `Default`, so the walk validates the whole text like `IgnoredAny`.
+
+/// Skips every shape a probe is not interested in.
+macro_rules! ignore_other_shapes {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Self::Value::default())
+        }
+    };
+}
+
+/// The whole state: looks for `user`.
+struct StateProbe;
+
+impl<'de> DeserializeSeed<'de> for StateProbe {
+    type Value = Option<PresentUser>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StateProbe {
+    type Value = Option<PresentUser>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    ignore_other_shapes!();
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut user = None;
+        while let Some(key) = map.next_key_seed(KeyProbe(&["user"]))? {
+            match key {
+                Some(_) => user = map.next_value_seed(UserProbe)?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(user)
+    }
+}
+
+/// The value of `user`: looks for `name` and `color`.
+struct UserProbe;
+
+impl<'de> DeserializeSeed<'de> for UserProbe {
+    type Value = Option<PresentUser>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UserProbe {
+    type Value = Option<PresentUser>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    ignore_other_shapes!();
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut name = None;
+        let mut color = None;
+        while let Some(key) = map.next_key_seed(KeyProbe(&["name", "color"]))? {
+            match key {
+                Some(0) => name = map.next_value_seed(TextProbe)?,
+                Some(_) => color = map.next_value_seed(TextProbe)?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(name.map(|name| PresentUser {
+            name: truncate_chars(name, MAX_USER_NAME_CHARS),
+            color: color.filter(|color| color.chars().count() <= MAX_USER_COLOR_CHARS),
+        }))
+    }
+}
+
+/// A value that matters only if it is a string, which is then copied once.
+struct TextProbe;
+
+impl<'de> DeserializeSeed<'de> for TextProbe {
+    type Value = Option<Arc<str>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TextProbe {
+    type Value = Option<Arc<str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    ignore_other_shapes!();
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Some(Arc::from(text)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// An object key: the index of the wanted name it equals, or `None`. Allocates nothing.
+struct KeyProbe(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KeyProbe {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyProbe {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|wanted| *wanted == key))
     }
 }
 
@@ -196,6 +418,7 @@ mod tests {
                 client_id: *client_id,
                 clock: *clock,
                 json: (*json).into(),
+                user: None,
             })
             .collect();
         let frame = encode_awareness(&entries);
@@ -252,6 +475,23 @@ mod tests {
     }
 
     #[test]
+    fn an_echo_of_another_peers_state_is_ignored_and_not_counted_as_forged() {
+        // y-websocket clients send every awareness change they receive back to the server.
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let state = r#"{"user":{"name":"alice"}}"#;
+        table
+            .apply(PeerId(1), &payload(&[(10, 3, state)]), 0, &limits)
+            .unwrap();
+        let outcome = table
+            .apply(PeerId(2), &payload(&[(10, 3, state)]), 0, &limits)
+            .unwrap();
+        assert_eq!(outcome.n_foreign, 0);
+        assert!(outcome.broadcast.is_none());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
     fn leaving_peer_states_are_removed_with_a_higher_clock() {
         let limits = Limits::default();
         let mut table = AwarenessTable::default();
@@ -267,7 +507,8 @@ mod tests {
             vec![AwarenessEntry {
                 client_id: 10,
                 clock: 5,
-                json: "null".into()
+                json: "null".into(),
+                user: None,
             }]
         );
         assert_eq!(table.len(), 1);
@@ -328,5 +569,109 @@ mod tests {
         // The same clock again is stale: nothing to relay.
         let outcome = table.apply(PeerId(1), &incoming, 0, &limits).unwrap();
         assert!(outcome.broadcast.is_none());
+    }
+
+    fn user(name: &str, color: Option<&str>) -> PresentUser {
+        PresentUser {
+            name: name.into(),
+            color: color.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn the_user_is_read_from_user_name_and_color() {
+        let cases: &[(&str, Option<PresentUser>)] = &[
+            (
+                r##"{"user":{"name":"Ada","color":"#30bced"},"cursor":{"anchor":1}}"##,
+                Some(user("Ada", Some("#30bced"))),
+            ),
+            (
+                r#"{"user":{"name":"Ada","color":7}}"#,
+                Some(user("Ada", None)),
+            ),
+            (
+                r#"{"user":{"name":"A\u00efda\n"}}"#,
+                Some(user("A\u{ef}da\n", None)),
+            ),
+            // The last occurrence of a key wins, as with JSON.parse.
+            (
+                r#"{"user":{"name":"old"},"user":{"name":"new"}}"#,
+                Some(user("new", None)),
+            ),
+            (r#"{"user":{"name":"x"},"user":null}"#, None),
+            (r#"{"user":{"name":42}}"#, None),
+            (r#"{"user":"Ada"}"#, None),
+            (r#"{"user":["Ada"]}"#, None),
+            (r#"{"name":"Ada"}"#, None),
+            (r#"{"cursor":{"user":{"name":"nested"}}}"#, None),
+            (r#"[{"user":{"name":"Ada"}}]"#, None),
+            ("null", None),
+            ("12.5e3", None),
+            (r#""text""#, None),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(&read_state(json).expect(json), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_and_long_colors_dropped() {
+        let name = "é".repeat(MAX_USER_NAME_CHARS + 10);
+        let color = "c".repeat(MAX_USER_COLOR_CHARS + 1);
+        let json = format!(r#"{{"user":{{"name":"{name}","color":"{color}"}}}}"#);
+        let read = read_state(&json).unwrap().expect("a user");
+        assert_eq!(read.name.chars().count(), MAX_USER_NAME_CHARS);
+        assert_eq!(read.color, None);
+    }
+
+    #[test]
+    fn reading_a_state_still_refuses_invalid_json() {
+        for json in [
+            "",
+            "{",
+            r#"{"user":{"name":"Ada"}"#,
+            r#"{"user":{"name":"Ada"}} trailing"#,
+            r#"{"user":{"name":"Ada",}}"#,
+            "[1,]",
+            "nul",
+            r#"{"a":01}"#,
+        ] {
+            assert!(read_state(json).is_err(), "{json:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn present_users_follow_the_table_sorted_by_name() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        table
+            .apply(
+                PeerId(1),
+                &payload(&[
+                    (1, 1, r#"{"user":{"name":"zoe","color":"red"}}"#),
+                    (2, 1, r#"{"cursor":null}"#),
+                ]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        table
+            .apply(
+                PeerId(2),
+                &payload(&[(3, 1, r#"{"user":{"name":"ada"}}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(
+            table.present_users(),
+            vec![user("ada", None), user("zoe", Some("red"))]
+        );
+        // A renewal that drops the user, and a departure, both show at once.
+        table
+            .apply(PeerId(2), &payload(&[(3, 2, "{}")]), 0, &limits)
+            .unwrap();
+        table.remove_peer(PeerId(1));
+        assert!(table.present_users().is_empty());
     }
 }

@@ -7,9 +7,11 @@
 //! # Layout
 //!
 //! - [`protocol`]: frame bytes to typed messages, with limits; encoders; `ProtocolError` and its
-//!   close codes.
-//! - [`shared_doc`]: `SharedDoc` (a yrs `Doc` plus presence), `receive(peer, message) -> Effects`.
-//! - [`awareness`]: presence states, each owned by the connection that introduced it.
+//!   close codes; the decoder of Yjs snapshots posted over HTTP.
+//! - [`shared_doc`]: `SharedDoc` (a yrs `Doc` plus presence), `receive(peer, message) -> Effects`,
+//!   and `covers(snapshot)`, whether the doc holds everything a replica has.
+//! - [`awareness`]: presence states, each owned by the connection that introduced it, and the
+//!   user each one names.
 //! - [`doc_id`]: `DocId`, a document name validated once at the edge.
 //! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
 
@@ -19,7 +21,7 @@ pub mod limits;
 pub mod protocol;
 pub mod shared_doc;
 
-pub use awareness::PeerId;
+pub use awareness::{PeerId, PresentUser};
 pub use doc_id::{DocId, DocIdError};
 pub use limits::Limits;
 pub use protocol::{Message, ProtocolError};

@@ -9,13 +9,15 @@
 //!
 //! Read next: `shared_doc.rs`, which applies decoded messages to a document.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use yrs::updates::decoder::Decode;
-use yrs::{StateVector, Update};
+use yrs::{ClientID, IdSet, Snapshot, StateVector, Update};
 
+use crate::awareness::{PresentUser, read_state};
 use crate::limits::Limits;
 
 /// Top-level tag of a Sync message (y-protocols `messageSync`).
@@ -86,6 +88,10 @@ pub struct AwarenessEntry {
     pub clock: u32,
     /// The state as JSON text; `null` removes the client.
     pub json: Arc<str>,
+    /// The user the state names, read from `json` when the entry was decoded (see
+    /// `awareness::read_state`); `None` for removals and for states that name no user.
+    /// Encoders ignore it: `json` is what travels.
+    pub user: Option<PresentUser>,
 }
 
 impl AwarenessEntry {
@@ -306,13 +312,14 @@ pub fn decode_awareness(
             });
         }
         // Other clients JSON.parse this text; relaying invalid JSON would break their handlers.
-        if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-            return Err(ProtocolError::InvalidAwarenessState { client_id });
-        }
+        // The same single parse reads the user for `GET /api/docs`.
+        let user =
+            read_state(json).map_err(|_| ProtocolError::InvalidAwarenessState { client_id })?;
         entries.push(AwarenessEntry {
             client_id,
             clock,
             json: Arc::from(json),
+            user,
         });
     }
     if !reader.is_empty() {
@@ -332,6 +339,98 @@ pub fn encode_sync_step1(state_vector: &StateVector) -> Bytes {
 /// Encodes a Sync step 2 frame carrying a v1 update.
 pub fn encode_sync_step2(update: &[u8]) -> Bytes {
     encode_sync(SYNC_STEP_2, update)
+}
+
+/// Largest Yjs client id: JavaScript numbers are exact up to 2^53, and yrs refuses larger ids.
+pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// A Yjs snapshot that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid snapshot: {0}")]
+pub struct SnapshotError(pub &'static str);
+
+/// Decodes a Yjs snapshot in v1 encoding, as `Y.encodeSnapshot(Y.snapshot(doc))` produces it:
+/// a delete set (clients, each with `(clock, len)` ranges), then a state vector. The whole
+/// payload must be consumed.
+///
+/// Parsed here rather than by yrs so that every count is checked against the bytes that remain
+/// before anything is allocated, clock ranges cannot overflow, and client ids above
+/// [`MAX_CLIENT_ID`] are refused instead of tripping yrs' assertions. A client listed twice has
+/// its ranges merged and keeps its highest clock, so a redundant snapshot never claims less.
+pub fn decode_snapshot(payload: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let malformed = |error: ProtocolError| match error {
+        ProtocolError::Malformed(reason) => SnapshotError(reason),
+        _ => SnapshotError("malformed"),
+    };
+    let mut reader = Reader::from_slice(payload);
+    let mut deleted: std::collections::BTreeMap<u64, Vec<std::ops::Range<u32>>> =
+        std::collections::BTreeMap::new();
+    let n_clients = reader.read_var_u64().map_err(malformed)?;
+    // Each delete-set client needs at least two bytes: its id and a range count.
+    if n_clients > reader.remaining() as u64 / 2 {
+        return Err(SnapshotError("delete set count exceeds payload"));
+    }
+    for _ in 0..n_clients {
+        let client = read_client_id(&mut reader)?;
+        let n_ranges = reader.read_var_u64().map_err(malformed)?;
+        // Each range needs at least two bytes: its clock and its length.
+        if n_ranges > reader.remaining() as u64 / 2 {
+            return Err(SnapshotError("delete range count exceeds payload"));
+        }
+        // No reservation by the announced count: vectors grow with the ranges actually read.
+        let ranges = deleted.entry(client).or_default();
+        for _ in 0..n_ranges {
+            let clock = read_clock(&mut reader)?;
+            let len = read_clock(&mut reader)?;
+            let end = clock
+                .checked_add(len)
+                .ok_or(SnapshotError("delete range overflows 32-bit clocks"))?;
+            ranges.push(clock..end);
+        }
+    }
+    let n_states = reader.read_var_u64().map_err(malformed)?;
+    // Each state vector entry needs at least two bytes: a client id and a clock.
+    if n_states > reader.remaining() as u64 / 2 {
+        return Err(SnapshotError("state vector count exceeds payload"));
+    }
+    let mut states: HashMap<u64, u32> = HashMap::new();
+    for _ in 0..n_states {
+        let client = read_client_id(&mut reader)?;
+        let clock = read_clock(&mut reader)?;
+        let held = states.entry(client).or_default();
+        *held = (*held).max(clock);
+    }
+    if !reader.is_empty() {
+        return Err(SnapshotError("trailing bytes after snapshot"));
+    }
+    // Sorted ranges take yrs' append path, so building the set stays O(n log n) for any input.
+    let delete_set = IdSet::from_iter(deleted.into_iter().map(|(client, mut ranges)| {
+        ranges.sort_unstable_by_key(|range| range.start);
+        (ClientID::new(client), ranges)
+    }));
+    let state_vector = StateVector::from_iter(
+        states
+            .into_iter()
+            .map(|(client, clock)| (ClientID::new(client), clock)),
+    );
+    Ok(Snapshot::new(state_vector, delete_set))
+}
+
+fn read_client_id(reader: &mut Reader<'_>) -> Result<u64, SnapshotError> {
+    let client = reader
+        .read_var_u64()
+        .map_err(|_| SnapshotError("truncated client id"))?;
+    if client > MAX_CLIENT_ID {
+        return Err(SnapshotError("client id exceeds 53 bits"));
+    }
+    Ok(client)
+}
+
+fn read_clock(reader: &mut Reader<'_>) -> Result<u32, SnapshotError> {
+    let clock = reader
+        .read_var_u64()
+        .map_err(|_| SnapshotError("truncated clock"))?;
+    u32::try_from(clock).map_err(|_| SnapshotError("clock exceeds 32 bits"))
 }
 
 /// Encodes a Sync update frame carrying a v1 update.
@@ -632,7 +731,81 @@ mod tests {
         assert_eq!(reason, "text frames are not supported");
     }
 
+    fn snapshot_of(doc: &Doc) -> Vec<u8> {
+        use yrs::ReadTxn;
+        use yrs::updates::encoder::Encode;
+        doc.transact().snapshot().encode_v1()
+    }
+
+    #[test]
+    fn snapshots_decode_as_yrs_encodes_them() {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("t");
+        text.push(&mut doc.transact_mut(), "hello world");
+        text.remove_range(&mut doc.transact_mut(), 2, 3);
+        text.remove_range(&mut doc.transact_mut(), 4, 1);
+        let expected = {
+            use yrs::ReadTxn;
+            doc.transact().snapshot()
+        };
+        assert!(!expected.delete_set.is_empty());
+        assert_eq!(decode_snapshot(&snapshot_of(&doc)), Ok(expected));
+        // An empty doc: no deletions, no clients (`Y.encodeSnapshot` gives the same two bytes).
+        assert_eq!(snapshot_of(&Doc::new()), vec![0, 0]);
+        assert_eq!(decode_snapshot(&[0, 0]), Ok(Snapshot::default()));
+    }
+
+    #[test]
+    fn hostile_snapshots_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (&[], "truncated var-uint"),
+            (&[0], "truncated var-uint"),
+            (&[0, 0, 0], "trailing bytes after snapshot"),
+            // A billion delete-set clients announced in five bytes.
+            (
+                &[0x80, 0x94, 0xeb, 0xdc, 0x03, 0],
+                "delete set count exceeds payload",
+            ),
+            (
+                &[0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0],
+                "client id exceeds 53 bits",
+            ),
+            // Client 1 deleted [u32::MAX - 1, +2): past the end of the clock space.
+            (
+                &[1, 1, 1, 0xfe, 0xff, 0xff, 0xff, 0x0f, 2, 0],
+                "delete range overflows 32-bit clocks",
+            ),
+            (
+                &[0, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x10],
+                "clock exceeds 32 bits",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            assert_eq!(
+                decode_snapshot(bytes),
+                Err(SnapshotError(reason)),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_listing_a_client_twice_keeps_the_most_it_claims() {
+        // Deletes of client 1: [0,2) and [5,6), listed separately; clocks 3 and 9 for client 2.
+        let bytes = [2, 1, 1, 5, 1, 1, 1, 0, 2, 2, 2, 3, 2, 9];
+        let snapshot = decode_snapshot(&bytes).expect("decodes");
+        assert_eq!(snapshot.state_map.get(&ClientID::new(2)), 9);
+        let deleted = IdSet::from_iter([(ClientID::new(1), [0..2, 5..6])]);
+        assert_eq!(snapshot.delete_set, deleted);
+    }
+
     proptest::proptest! {
+        /// Any bytes decode to a snapshot or an error, never a panic or an abort.
+        #[test]
+        fn arbitrary_snapshot_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_snapshot(&bytes);
+        }
+
         /// Any bytes decode to Ok or Err, never a panic or an abort.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {

@@ -15,10 +15,11 @@ use bytes::Bytes;
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{
-    Any, ArrayRef, Doc, GetString, MapRef, Out, ReadTxn, StateVector, TextRef, Transact, Update,
+    Any, ArrayRef, Doc, GetString, MapRef, Out, ReadTxn, Snapshot, StateVector, TextRef, Transact,
+    Update,
 };
 
-use crate::awareness::{AwarenessTable, PeerId};
+use crate::awareness::{AwarenessTable, PeerId, PresentUser};
 use crate::limits::Limits;
 use crate::protocol::{
     Message, ProtocolError, UpdatePayload, encode_sync_step1, encode_sync_step2, encode_sync_update,
@@ -202,6 +203,38 @@ impl SharedDoc {
         self.awareness.len()
     }
 
+    /// The users named by the current presence states, sorted by name. Reads what was extracted
+    /// when each state was decoded; parses nothing.
+    pub fn present_users(&self) -> Vec<PresentUser> {
+        self.awareness.present_users()
+    }
+
+    /// Whether this doc holds everything `snapshot` describes: every insert its state vector
+    /// counts (each client's clock is at most ours) and every deletion in its delete set.
+    ///
+    /// A deletion does not advance its author's clock, so the delete sets must be compared too:
+    /// a replica that only deleted has the same state vector as before. Updates the doc holds
+    /// but cannot integrate yet (missing dependencies) count as not held.
+    pub fn covers(&self, snapshot: &Snapshot) -> bool {
+        let txn = self.doc.transact();
+        let held = txn.state_vector();
+        let inserts_held = snapshot
+            .state_map
+            .iter()
+            .all(|(client, clock)| *clock <= held.get(client));
+        if !inserts_held {
+            return false;
+        }
+        if snapshot.delete_set.is_empty() {
+            return true;
+        }
+        // Building our delete set walks every block; done only when the cheap check passed.
+        snapshot
+            .delete_set
+            .diff(&txn.snapshot().delete_set)
+            .is_empty()
+    }
+
     /// The root types as JSON. A root that no local code has typed is read as a map when it has
     /// keys, as text when it holds characters, and otherwise as an array.
     pub fn to_json(&self) -> serde_json::Value {
@@ -330,6 +363,72 @@ mod tests {
         }
         let doc = SharedDoc::load(Limits::default(), &stored).expect("loads");
         assert_eq!(doc.to_json(), serde_json::json!({ "t": "abc" }));
+    }
+
+    fn snapshot(client: &Client) -> Snapshot {
+        client.doc.transact().snapshot()
+    }
+
+    #[test]
+    fn covers_needs_every_insert_and_every_deletion() {
+        let mut doc = SharedDoc::new(Limits::default());
+        assert!(
+            doc.covers(&Snapshot::default()),
+            "an empty doc covers an empty snapshot"
+        );
+        let client = Client::new(1);
+        let insert = client.edit(0, Some("hello world"), 0);
+        assert!(!doc.covers(&snapshot(&client)), "insert not sent yet");
+        receive_frame(&mut doc, PeerId(1), &insert);
+        assert!(doc.covers(&snapshot(&client)));
+
+        let delete = client.edit(5, None, 6);
+        assert_eq!(client.text(), "hello");
+        assert_eq!(
+            client.doc.transact().state_vector(),
+            doc.state_vector(),
+            "a deletion leaves the state vector as it was"
+        );
+        assert!(!doc.covers(&snapshot(&client)), "deletion not sent yet");
+        receive_frame(&mut doc, PeerId(1), &delete);
+        assert!(doc.covers(&snapshot(&client)));
+
+        // Another client's edits held by the server but not the client do not matter.
+        let other = Client::new(2);
+        receive_frame(&mut doc, PeerId(2), &other.edit(0, Some("x"), 0));
+        assert!(doc.covers(&snapshot(&client)));
+        // An unknown client in the snapshot does.
+        let stranger = Client::new(3);
+        stranger.edit(0, Some("y"), 0);
+        assert!(!doc.covers(&snapshot(&stranger)));
+    }
+
+    #[test]
+    fn covers_counts_an_update_waiting_for_its_dependencies_as_missing() {
+        let mut doc = SharedDoc::new(Limits::default());
+        let client = Client::new(1);
+        let _first = client.edit(0, Some("a"), 0);
+        let second = client.edit(1, Some("b"), 0);
+        // The second update alone cannot be integrated: it follows the first.
+        receive_frame(&mut doc, PeerId(1), &second);
+        assert!(!doc.covers(&snapshot(&client)));
+    }
+
+    #[test]
+    fn present_users_come_from_the_awareness_table() {
+        let mut doc = SharedDoc::new(Limits::default());
+        let entry = crate::protocol::AwarenessEntry {
+            client_id: 9,
+            clock: 1,
+            json: r##"{"user":{"name":"Ada","color":"#fff"}}"##.into(),
+            user: None,
+        };
+        let frame = crate::protocol::encode_awareness([&entry]);
+        receive_frame(&mut doc, PeerId(1), &frame);
+        let users = doc.present_users();
+        assert_eq!(users.len(), 1);
+        assert_eq!(&*users[0].name, "Ada");
+        assert_eq!(users[0].color.as_deref(), Some("#fff"));
     }
 
     #[test]
