@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// Directory of the database file `tandem.redb` [default: ./data].
     #[arg(long, env = "TANDEM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Directory of the built web client [default: web-client/dist].
+    /// Serve the web client from this directory instead of the copy built into the binary.
     #[arg(long, env = "TANDEM_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
     /// Log filter, e.g. `info` or `tandem_server=debug` [default: info, or RUST_LOG].
@@ -157,7 +157,7 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Directory of the database file.
     pub data_dir: PathBuf,
-    /// Directory of the built web client, if any.
+    /// Directory to serve the web client from; `None` serves the client built into the binary.
     pub web_dir: Option<PathBuf>,
     /// Log filter directive.
     pub log: String,
@@ -223,11 +223,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("data")),
-        web_dir: Some(
-            args.web_dir
-                .or(file.web_dir)
-                .unwrap_or_else(|| PathBuf::from("web-client/dist")),
-        ),
+        web_dir: args.web_dir.or(file.web_dir),
         log: args
             .log
             .or(file.log)
@@ -273,7 +269,6 @@ impl Config {
         let mut config = resolve(ServeArgs::default(), ServeArgs::default());
         config.addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         config.data_dir = data_dir.into();
-        config.web_dir = None;
         config
     }
 }
@@ -295,6 +290,7 @@ mod tests {
         assert_eq!(config.connection.ping_interval, Duration::from_secs(2));
         assert_eq!(config.connection.pong_timeout, Duration::from_secs(15));
         assert_eq!(config.data_dir, PathBuf::from("data"));
+        assert_eq!(config.web_dir, None, "the built-in client by default");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Everything that touches an open doc is a [`DocCommand`] in this actor's bounded inbox. The
 //! actor applies messages through `SharedDoc::receive`, sends each accepted update to the redb
 //! writer, and holds every frame derived from it (broadcasts to other peers, sync step 2
-//! replies, HTTP snapshots) in `pending` until the writer reports the update durable.
-//! Awareness frames carry no document state and go out at once.
+//! replies, HTTP snapshots and `covers` answers) in `pending` until the writer reports the update
+//! durable. Awareness frames and presence listings carry no document state and go out at once.
 //!
 //! Invariants:
 //! - Nothing leaves the actor before the commit that contains it has returned: a delivery is
@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tandem_core::{DocId, Message, PeerId, ReceiveError, SharedDoc};
+use tandem_core::{DocId, Message, PeerId, PresentUser, ReceiveError, SharedDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
+use yrs::Snapshot;
 
 use crate::connection::CloseReason;
 use crate::hub::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
@@ -54,6 +55,16 @@ pub(crate) enum DocCommand {
     /// The doc's durable state, for HTTP.
     Snapshot {
         reply: oneshot::Sender<Result<DocSnapshot, JoinError>>,
+    },
+    /// Whether the doc holds everything `snapshot` describes. The answer waits until everything
+    /// the doc accepted before it is durable, so `true` means "stored".
+    Covers {
+        snapshot: Arc<Snapshot>,
+        reply: oneshot::Sender<Result<bool, JoinError>>,
+    },
+    /// The users named by the current presence states; answered at once.
+    Presence {
+        reply: oneshot::Sender<Vec<PresentUser>>,
     },
 }
 
@@ -176,6 +187,12 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Snapshot { reply } => {
             let _ = reply.send(Err(error));
         }
+        DocCommand::Covers { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        DocCommand::Presence { reply } => {
+            let _ = reply.send(Vec::new());
+        }
         DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
     }
 }
@@ -189,6 +206,8 @@ enum Delivery {
     ToOthers(PeerId, Bytes),
     /// An HTTP snapshot.
     Snapshot(oneshot::Sender<Result<DocSnapshot, JoinError>>, DocSnapshot),
+    /// An HTTP `covers` answer.
+    Covers(oneshot::Sender<Result<bool, JoinError>>, bool),
 }
 
 struct DocActor {
@@ -301,6 +320,13 @@ impl DocActor {
                     json: self.shared.to_json(),
                 };
                 self.enqueue(Delivery::Snapshot(reply, snapshot));
+            }
+            DocCommand::Covers { snapshot, reply } => {
+                let covers = self.shared.covers(&snapshot);
+                self.enqueue(Delivery::Covers(reply, covers));
+            }
+            DocCommand::Presence { reply } => {
+                let _ = reply.send(self.shared.present_users());
             }
         }
     }
@@ -442,6 +468,9 @@ impl DocActor {
             Delivery::Snapshot(reply, snapshot) => {
                 let _ = reply.send(Ok(snapshot));
             }
+            Delivery::Covers(reply, covers) => {
+                let _ = reply.send(Ok(covers));
+            }
         }
     }
 
@@ -550,7 +579,8 @@ impl DocActor {
         self.hub.remove_if_generation(&self.doc, self.generation);
         inbox.close();
         // Commands that raced with the removal: joiners retry on a fresh actor, which loads the
-        // state this one made durable; snapshots can still be answered from memory.
+        // state this one made durable; questions about the doc can still be answered from
+        // memory, which is all durable by now.
         while let Some(command) = inbox.recv().await {
             match command {
                 DocCommand::Snapshot { reply } => {
@@ -559,6 +589,12 @@ impl DocActor {
                         json: self.shared.to_json(),
                     };
                     let _ = reply.send(Ok(snapshot));
+                }
+                DocCommand::Covers { snapshot, reply } => {
+                    let _ = reply.send(Ok(self.shared.covers(&snapshot)));
+                }
+                DocCommand::Presence { reply } => {
+                    let _ = reply.send(self.shared.present_users());
                 }
                 other => refuse(other, JoinError::Retry),
             }

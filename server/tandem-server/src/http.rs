@@ -1,4 +1,5 @@
-//! HTTP: the router, the WebSocket upgrade, the REST API, and the web client's static files.
+//! HTTP: the router, the WebSocket upgrade and the REST API. The web client's files are the
+//! router's fallback (`web_client.rs`), so `/healthz`, `/api/...` and `/ws/...` always win.
 //!
 //! Handlers return `Result<_, ApiError>`; `ApiError` becomes a status and a JSON body
 //! `{"error": code, "message": text}` (see `protocol-spec/http.md`). It never carries internal
@@ -6,27 +7,31 @@
 //! Document names are parsed into `DocId` here, at the edge, from the raw (still percent-encoded)
 //! path, so that `%2F` can be told apart from `/`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use tandem_core::{DocId, DocIdError};
-use tower_http::services::{ServeDir, ServeFile};
+use tandem_core::protocol::{SnapshotError, decode_snapshot};
+use tandem_core::{DocId, DocIdError, PresentUser};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
 use crate::connection::{self, ConnectionConfig};
 use crate::hub::{Hub, JoinError};
+use crate::web_client;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
@@ -37,6 +42,13 @@ const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Longest time an ordinary HTTP request may take (WebSocket sessions are not requests).
 const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `GET /api/docs` waits for one open doc to list its present users. A doc busy with a
+/// burst of updates answers late and is listed with no users rather than delaying the listing.
+const PRESENCE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The path suffix of `POST /api/docs/{name}/covers`.
+const COVERS_SUFFIX: &str = "/covers";
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -44,29 +56,27 @@ pub(crate) struct AppState {
     pub(crate) connection: ConnectionConfig,
 }
 
-/// Builds the router. `web_dir` is served at `/` when it holds an `index.html`.
-pub(crate) fn router(state: AppState, web_dir: Option<PathBuf>) -> Router {
+/// Builds the router: the API first, then the web client from `web` for every other path.
+pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
+    // Request bodies (snapshots) are bounded like WebSocket frames.
+    let max_body_bytes =
+        usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX);
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/docs", get(list_docs))
-        .route("/api/docs/{*name}", get(get_doc))
+        .route("/api/docs/{*name}", get(get_doc).post(post_doc))
         .route("/ws/{*name}", get(upgrade))
         .route("/ws", get(missing_doc_name))
         .route("/ws/", get(missing_doc_name))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
         .with_state(state);
-    let app = match web_dir.filter(|dir| dir.join("index.html").is_file()) {
-        Some(dir) => {
-            let index = dir.join("index.html");
-            api.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
-        }
-        None => api.fallback(placeholder_page),
-    };
-    app.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        HTTP_REQUEST_TIMEOUT,
-    ))
-    .layer(TraceLayer::new_for_http())
+    api.fallback_service(web_client::router(web))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            HTTP_REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -81,40 +91,79 @@ struct DocSummary {
     peers: usize,
     updated_ms: Option<u64>,
     loaded: bool,
+    users: Vec<UserSummary>,
+}
+
+/// One present user in a row of `GET /api/docs`.
+#[derive(Serialize)]
+struct UserSummary {
+    name: String,
+    color: Option<String>,
+}
+
+impl From<PresentUser> for UserSummary {
+    fn from(user: PresentUser) -> Self {
+        UserSummary {
+            name: user.name.to_string(),
+            color: user.color.map(|color| color.to_string()),
+        }
+    }
+}
+
+/// What an open doc contributes to its row.
+struct LiveDoc {
+    n_peers: usize,
+    users: Vec<UserSummary>,
 }
 
 async fn list_docs(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.hub.store().clone();
-    let stored = tokio::task::spawn_blocking(move || store.list_docs())
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)?;
-    let mut live: std::collections::HashMap<String, usize> = state
-        .hub
-        .live_docs()
-        .into_iter()
-        .map(|(doc, n_peers)| (doc.to_string(), n_peers))
-        .collect();
+    let stored = async {
+        tokio::task::spawn_blocking(move || store.list_docs())
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|_| ApiError::Internal)
+    };
+    // Every open doc is asked at once; each answer is bounded by PRESENCE_TIMEOUT.
+    let live =
+        futures_util::future::join_all(state.hub.open_docs().into_iter().map(|(doc, handle)| {
+            let hub = state.hub.clone();
+            async move {
+                let users = hub.present_users(&handle, PRESENCE_TIMEOUT).await;
+                let live = LiveDoc {
+                    n_peers: handle.n_peers.load(Ordering::Relaxed),
+                    users: users.into_iter().map(UserSummary::from).collect(),
+                };
+                (doc.to_string(), live)
+            }
+        }));
+    let (stored, live) = tokio::join!(stored, live);
+    let stored = stored?;
+    let mut live: HashMap<String, LiveDoc> = live.into_iter().collect();
     let mut docs: Vec<DocSummary> = stored
         .into_iter()
         .map(|meta| {
-            let peers = live.remove(&meta.name);
+            let live = live.remove(&meta.name);
+            let loaded = live.is_some();
+            let (peers, users) = live.map_or((0, Vec::new()), |live| (live.n_peers, live.users));
             DocSummary {
                 name: meta.name,
                 size_bytes: meta.size_bytes,
-                peers: peers.unwrap_or(0),
+                peers,
                 updated_ms: Some(meta.updated_ms),
-                loaded: peers.is_some(),
+                loaded,
+                users,
             }
         })
         .collect();
     // Open docs nobody has written to yet.
-    docs.extend(live.into_iter().map(|(name, peers)| DocSummary {
+    docs.extend(live.into_iter().map(|(name, live)| DocSummary {
         name,
         size_bytes: 0,
-        peers,
+        peers: live.n_peers,
         updated_ms: None,
         loaded: true,
+        users: live.users,
     }));
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(serde_json::json!({ "docs": docs })).into_response())
@@ -146,6 +195,34 @@ async fn get_doc(
         )
             .into_response())
     }
+}
+
+/// `POST /api/docs/{name}/covers`: whether the doc durably holds everything a Yjs snapshot
+/// describes. The only POST under `/api/docs/`; any other POST path there is a 404.
+async fn post_doc(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw_name = uri
+        .path()
+        .strip_prefix("/api/docs/")
+        .and_then(|rest| rest.strip_suffix(COVERS_SUFFIX))
+        .ok_or(ApiError::NotFound)?;
+    let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                max: state.hub.config().limits.max_frame_bytes,
+            }
+        } else {
+            ApiError::BadBody
+        }
+    })?;
+    // Linear in the body, which is bounded by the frame limit.
+    let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
+    let covers = state.hub.covers(&doc, snapshot).await?;
+    Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
 }
 
 async fn upgrade(
@@ -190,10 +267,6 @@ fn doc_id_from(uri: &Uri, prefix: &str) -> Result<DocId, ApiError> {
     DocId::from_url_path(raw).map_err(ApiError::BadDocName)
 }
 
-async fn placeholder_page() -> Html<&'static str> {
-    Html(include_str!("placeholder.html"))
-}
-
 /// Every error an HTTP handler can return.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -201,6 +274,14 @@ pub(crate) enum ApiError {
     BadDocName(DocIdError),
     #[error("no such document")]
     DocNotFound,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("{0}")]
+    BadSnapshot(SnapshotError),
+    #[error("request body too large, limit {max} bytes")]
+    BodyTooLarge { max: u64 },
+    #[error("request body could not be read")]
+    BadBody,
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("document temporarily unavailable")]
@@ -223,6 +304,10 @@ impl ApiError {
         match self {
             ApiError::BadDocName(_) => (StatusCode::BAD_REQUEST, "bad_doc_name"),
             ApiError::DocNotFound => (StatusCode::NOT_FOUND, "doc_not_found"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadSnapshot(_) => (StatusCode::BAD_REQUEST, "bad_snapshot"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "doc_unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

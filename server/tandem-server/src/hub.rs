@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tandem_core::{DocId, Limits, PeerId};
+use tandem_core::{DocId, Limits, PeerId, PresentUser, SharedDoc};
 use tandem_store::Store;
 use tokio::sync::{mpsc, oneshot};
+use yrs::Snapshot;
 
 use crate::connection::CloseReason;
 use crate::doc_actor::{self, DocCommand, DocSnapshot};
@@ -201,6 +202,51 @@ impl Hub {
 
     /// The doc's current state, loading it if needed. `None` if it does not exist.
     pub(crate) async fn snapshot(&self, doc: &DocId) -> Result<Option<DocSnapshot>, JoinError> {
+        self.ask_stored(doc, |reply| DocCommand::Snapshot { reply })
+            .await
+    }
+
+    /// Whether `doc` durably holds everything `snapshot` describes, loading the doc if needed.
+    /// A doc that does not exist is answered as an empty doc, and is not created.
+    pub(crate) async fn covers(&self, doc: &DocId, snapshot: Snapshot) -> Result<bool, JoinError> {
+        let snapshot = Arc::new(snapshot);
+        let answer = self
+            .ask_stored(doc, |reply| DocCommand::Covers {
+                snapshot: snapshot.clone(),
+                reply,
+            })
+            .await?;
+        Ok(answer
+            .unwrap_or_else(|| SharedDoc::new(self.inner.config.limits.clone()).covers(&snapshot)))
+    }
+
+    /// The users present in an open doc, or nothing if its actor does not answer within `timeout`
+    /// (a busy or unloading doc must not stall whoever asks about many docs).
+    pub(crate) async fn present_users(
+        &self,
+        handle: &DocHandle,
+        timeout: Duration,
+    ) -> Vec<PresentUser> {
+        let ask = async {
+            let (reply, users) = oneshot::channel();
+            handle.tx.send(DocCommand::Presence { reply }).await.ok()?;
+            users.await.ok()
+        };
+        tokio::time::timeout(timeout, ask)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Sends the command `make` builds to `doc`'s actor and waits for its answer, opening the doc
+    /// if it is stored but not open. `None` if the doc was never stored and is not open: asking
+    /// must not create it. Retries on a fresh actor if it meets one that is unloading.
+    async fn ask_stored<T>(
+        &self,
+        doc: &DocId,
+        make: impl Fn(oneshot::Sender<Result<T, JoinError>>) -> DocCommand,
+    ) -> Result<Option<T>, JoinError> {
         if self.get(doc).is_none() {
             let store = self.inner.store.clone();
             let name = doc.clone();
@@ -215,18 +261,13 @@ impl Hub {
         }
         for _ in 0..MAX_JOIN_ATTEMPTS {
             let handle = self.get_or_open(doc)?;
-            let (reply, snapshot) = oneshot::channel();
-            if handle
-                .tx
-                .send(DocCommand::Snapshot { reply })
-                .await
-                .is_err()
-            {
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(make(reply)).await.is_err() {
                 self.remove_if_generation(doc, handle.generation);
                 continue;
             }
-            match snapshot.await {
-                Ok(Ok(snapshot)) => return Ok(Some(snapshot)),
+            match answer.await {
+                Ok(Ok(answer)) => return Ok(Some(answer)),
                 Ok(Err(JoinError::Retry)) | Err(_) => {
                     self.remove_if_generation(doc, handle.generation);
                 }
@@ -236,17 +277,12 @@ impl Hub {
         Err(JoinError::Unavailable)
     }
 
-    /// Live peer counts of the open docs.
-    pub(crate) fn live_docs(&self) -> Vec<(DocId, usize)> {
+    /// The open docs and their actors' handles (each carries its live peer count).
+    pub(crate) fn open_docs(&self) -> Vec<(DocId, DocHandle)> {
         self.inner
             .docs
             .iter()
-            .map(|entry| {
-                (
-                    entry.key().clone(),
-                    entry.value().n_peers.load(Ordering::Relaxed),
-                )
-            })
+            .map(|entry| (entry.key().clone(), entry.value().clone()))
             .collect()
     }
 }

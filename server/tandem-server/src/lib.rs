@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
-//! - `http`: the axum router, REST handlers, static files, `ApiError`.
+//! - `http`: the axum router, REST handlers, `ApiError`.
+//! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
@@ -21,6 +22,7 @@ mod http;
 mod hub;
 mod persist;
 mod shutdown;
+mod web_client;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -117,7 +119,11 @@ pub async fn run(
         hub: hub.clone(),
         connection: config.connection.clone(),
     };
-    let app = http::router(state, config.web_dir.clone());
+    let web = web_client::Source::new(config.web_dir.clone());
+    if !web.has_index() {
+        warn!(source = ?web, "no web client to serve; build it with `bash scripts/run.sh`");
+    }
+    let app = http::router(state, web);
 
     let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
         context: "reading local address",
@@ -149,7 +155,7 @@ pub async fn run(
 
     // Connections close with 1001; doc actors drain and flush; then the writer stops.
     lifecycle.tracker.close();
-    let n_open_docs = hub.live_docs().len();
+    let n_open_docs = hub.open_docs().len();
     let clean = tokio::time::timeout(config.shutdown_timeout, lifecycle.tracker.wait())
         .await
         .is_ok();
