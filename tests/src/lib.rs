@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 /// How long any single wait in a test may take before it fails.
@@ -149,6 +150,17 @@ impl TestServer {
     pub async fn http_get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
         http_get(self.addr, path, accept).await
     }
+
+    /// Sends one HTTP/1.1 request with `headers` and `body`; see [`http_request`].
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        http_request(self.addr, method, path, headers, body).await
+    }
 }
 
 impl Drop for TestServer {
@@ -159,17 +171,71 @@ impl Drop for TestServer {
     }
 }
 
+/// An HTTP response as a test sees it: the body is de-chunked but not decompressed.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names in lower case, with their values, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body parsed as JSON; panics if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as UTF-8 text; panics if it is not.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+}
+
 /// A minimal HTTP/1.1 client (one request per connection), enough for the API tests.
 pub async fn http_get(addr: SocketAddr, path: &str, accept: &str) -> (u16, Vec<u8>) {
+    let response = http_request(addr, "GET", path, &[("Accept", accept)], &[]).await;
+    (response.status, response.body)
+}
+
+/// Sends one HTTP/1.1 request on a fresh connection (`Connection: close`) and reads the whole
+/// response. `Content-Length` is added when `body` is not empty.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use std::fmt::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    if !body.is_empty() {
+        let _ = write!(request, "Content-Length: {}\r\n", body.len());
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.expect("write request");
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
@@ -180,19 +246,28 @@ pub async fn http_get(addr: SocketAddr, path: &str, accept: &str) -> (u16, Vec<u
         .position(|w| w == b"\r\n\r\n")
         .expect("header end");
     let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
     let mut body = response[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    if chunked && !body.is_empty() {
         body = dechunk(&body);
     }
-    (status, body)
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
@@ -304,12 +379,46 @@ impl Peer {
         self.send(encode_sync_update(&update)).await;
     }
 
+    /// Inserts `text` at `index` of root text `t` without sending it; returns the update.
+    pub fn insert_local(&self, index: u32, text: &str) -> Vec<u8> {
+        let root = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        root.insert(&mut txn, index, text);
+        txn.encode_update_v1()
+    }
+
+    /// Deletes `len` characters at `index` of root text `t` without sending it; returns the update.
+    pub fn delete_local(&self, index: u32, len: u32) -> Vec<u8> {
+        let root = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        root.remove_range(&mut txn, index, len);
+        txn.encode_update_v1()
+    }
+
+    /// Sends an update made earlier (by `insert_local` or `delete_local`).
+    pub async fn send_update(&mut self, update: &[u8]) {
+        self.send(encode_sync_update(update)).await;
+    }
+
+    /// Deletes `len` characters at `index` of root text `t` and sends the update.
+    pub async fn delete_text(&mut self, index: u32, len: u32) {
+        let update = self.delete_local(index, len);
+        self.send_update(&update).await;
+    }
+
+    /// The replica's Yjs snapshot in v1 encoding, as `Y.encodeSnapshot(Y.snapshot(doc))` gives it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.doc.transact().snapshot().encode_v1()
+    }
+
     /// Sends this peer's awareness state for `client_id`.
     pub async fn send_awareness(&mut self, client_id: u64, clock: u32, json: &str) {
+        // Only `json` is encoded; the server reads the user from it.
         let entry = AwarenessEntry {
             client_id,
             clock,
             json: json.into(),
+            user: None,
         };
         self.send(encode_awareness([&entry])).await;
     }

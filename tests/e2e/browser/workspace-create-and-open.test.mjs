@@ -47,6 +47,7 @@ test('create a document from the workspace, open it, and find it in the live tre
 
   // Opening from the tree.
   await bob.page.click('#tree a[href="/d/plans/q3%20roadmap.md"]')
+  await bob.page.waitForURL('**/d/plans/q3%20roadmap.md')
   await waitForText(bob.page, (text) => text.includes('# Q3 roadmap'))
 
   // A phone-sized screen: the editor and the people strip fit, nothing overflows sideways.

@@ -63,15 +63,16 @@ export async function waitForStatus (page, { network, saved }) {
   await page.locator(selector).waitFor({ timeout: UI_TIMEOUT_MS })
 }
 
-/** What the editor shows. */
+/** What the editor shows (null while no editor is mounted, e.g. during a navigation). */
 export function editorText (page) {
-  return page.evaluate(() => window.tandem.editor.view.state.doc.toString())
+  return page.evaluate(() => window.tandem?.editor.view.state.doc.toString() ?? null)
 }
 
 /** Waits until the editor's text satisfies `predicate`; returns it. */
 export async function waitForText (page, predicate, what = 'editor text') {
-  let last = ''
-  await waitUntil(async () => predicate(last = await editorText(page)), UI_TIMEOUT_MS, () => `${what} (now ${JSON.stringify(last)})`)
+  let last = null
+  const read = () => editorText(page).catch(() => null) // the page may be navigating
+  await waitUntil(async () => (last = await read()) !== null && predicate(last), UI_TIMEOUT_MS, () => `${what} (now ${JSON.stringify(last)})`)
   return last
 }
 
