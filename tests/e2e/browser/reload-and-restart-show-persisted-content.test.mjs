@@ -22,6 +22,19 @@ test('a reload, a fresh browser and a restarted server all show the persisted co
   const styled = await alice.page.locator('.cm-line span[class]').count()
   assert.ok(styled > 0, 'a .rs document is syntax highlighted')
 
+  // Search (Ctrl+F) finds text and selects it.
+  await alice.page.keyboard.press('Control+f')
+  const query = alice.page.locator('.cm-search input[name=search]')
+  await query.waitFor()
+  await query.pressSequentially('hello')
+  await query.press('Enter')
+  const selected = await alice.page.evaluate(() => {
+    const { state } = window.tandem.editor.view
+    return state.sliceDoc(state.selection.main.from, state.selection.main.to)
+  })
+  assert.equal(selected, 'hello')
+  await alice.page.keyboard.press('Escape')
+
   await alice.page.reload()
   await waitForText(alice.page, (text) => text === typed, 'content after reload')
 
