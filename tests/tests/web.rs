@@ -321,6 +321,13 @@ async fn client_files_have_their_type_and_cache_policy() {
             Some("nosniff"),
             "{path}"
         );
+        let csp = response
+            .header("content-security-policy")
+            .expect("a content security policy");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+            "{path}: {csp}"
+        );
         let etag = response.header("etag").expect("an etag");
         assert!(
             etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10,

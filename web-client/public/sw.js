@@ -11,19 +11,27 @@ function assetsOf (html) {
   return [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1])
 }
 
-/** Caches `html` as the shell, fetches the assets it names, and drops assets it no longer names. */
-async function storeShell (response) {
-  const cache = await caches.open(CACHE)
-  const html = await response.clone().text()
-  await cache.put(SHELL, response)
-  const wanted = new Set(assetsOf(html))
-  await Promise.all([...wanted].map(async (url) => {
-    if (!(await cache.match(url))) await cache.add(url)
-  }))
-  for (const request of await cache.keys()) {
-    const path = new URL(request.url).pathname
-    if (path.startsWith('/assets/') && !wanted.has(path)) await cache.delete(request)
-  }
+/**
+ * Caches `response` (an index.html) as the shell: first every asset it names, then the shell
+ * itself, then drops assets it no longer names. A shell is never cached without its assets, and
+ * updates run one after another, so two navigations across a deploy cannot prune each other's.
+ */
+let shellUpdates = Promise.resolve()
+function storeShell (response) {
+  shellUpdates = shellUpdates.catch(() => {}).then(async () => {
+    const cache = await caches.open(CACHE)
+    const html = await response.clone().text()
+    const wanted = new Set(assetsOf(html))
+    await Promise.all([...wanted].map(async (url) => {
+      if (!(await cache.match(url))) await cache.add(url)
+    }))
+    await cache.put(SHELL, response)
+    for (const request of await cache.keys()) {
+      const path = new URL(request.url).pathname
+      if (path.startsWith('/assets/') && !wanted.has(path)) await cache.delete(request)
+    }
+  })
+  return shellUpdates
 }
 
 self.addEventListener('install', (event) => {

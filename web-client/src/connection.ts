@@ -48,14 +48,22 @@ export class DocConnection {
 
   constructor (readonly name: string, readonly doc: Y.Doc) {
     this.local = new IndexeddbPersistence(`tandem:${name}`, doc)
-    this.local.whenSynced.then(() => {
+    const localDone = (): void => {
+      if (this.localLoaded) return
       this.localLoaded = true
       this.emit()
-    }).catch(() => {})
+    }
+    this.local.whenSynced.then(localDone, localDone)
+    // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
+    ;(this.local as unknown as { _db: Promise<unknown> })._db.catch(localDone)
     // The room name is the URL path after /ws/: percent-encode each segment, keep the slashes.
+    // Always try to connect: navigator.onLine is false on machines with only a loopback or LAN
+    // link, where the server may well be reachable. The 'offline' event disconnects (the network
+    // went away), 'online' reconnects. No BroadcastChannel: another tab's edits must reach the
+    // server through that tab's own connection, or this tab could call them saved.
     this.provider = new WebsocketProvider(webSocketBase(), encodeDocPath(name), doc, {
-      connect: navigator.onLine,
-      maxBackoffTime: 5000
+      maxBackoffTime: 5000,
+      disableBc: true
     })
     this.provider.on('status', ({ status }: { status: string }) => {
       if (status === 'connected') this.everConnected = true
@@ -78,10 +86,12 @@ export class DocConnection {
 
   get state (): SyncState {
     let network: Network
-    if (!navigator.onLine) network = 'offline'
-    else if (this.provider.wsconnected && this.provider.synced) network = 'connected'
+    if (this.provider.wsconnected && this.provider.synced) network = 'connected'
+    else if (!navigator.onLine) network = 'offline'
     else network = this.everConnected ? 'reconnecting' : 'connecting'
-    return { network, unsaved: this.changeVersion > this.storedVersion, localLoaded: this.localLoaded }
+    // Until the local copy is read, edits from an earlier visit may still be missing upstream.
+    const unsaved = !this.localLoaded || this.changeVersion > this.storedVersion
+    return { network, unsaved, localLoaded: this.localLoaded }
   }
 
   /** Calls `listener` now and on every change of `state`. */
@@ -106,7 +116,7 @@ export class DocConnection {
 
   /** Asks the server whether it has stored everything this doc holds; retries until it has. */
   private async check (): Promise<void> {
-    if (this.changeVersion <= this.storedVersion) return
+    if (this.changeVersion <= this.storedVersion && this.localLoaded) return
     if (this.state.network !== 'connected') return // the next 'sync' event asks again
     this.checking = true
     const version = this.changeVersion

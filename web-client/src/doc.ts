@@ -65,7 +65,7 @@ export function mountDoc (root: HTMLElement, name: string): void {
     const present = presentUsers(awareness)
     count.textContent = String(present.length)
     people.replaceChildren(...present.map((p) =>
-      h('li', { class: 'person', 'data-name': p.name, 'data-self': String(p.self) },
+      h('li', { class: 'person', 'data-name': p.name, 'data-client': p.clientId, 'data-self': String(p.self) },
         avatar(p.name, p.color),
         h('span', { class: 'person-name' }, p.name),
         p.self ? h('span', { class: 'you' }, 'you') : null)))
@@ -77,6 +77,11 @@ export function mountDoc (root: HTMLElement, name: string): void {
   window.addEventListener('pagehide', () => {
     awareness.setLocalState(null)
     connection.destroy()
+  })
+  // Back/forward cache: a page restored after 'pagehide' has no connection left; start afresh
+  // (IndexedDB holds every edit made before it was hidden).
+  window.addEventListener('pageshow', (event) => {
+    if (event.persisted) location.reload()
   })
 
   // Exposed for debugging in the console and for the end-to-end tests.

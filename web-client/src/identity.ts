@@ -2,8 +2,15 @@
 import { h, initials } from './dom'
 import { type LocalUser, makeUser, PALETTE, saveUser } from './presence'
 
+/** `color` if it is a plain `#rrggbb` colour, else a neutral grey: colours come from other people. */
+export function safeColor (color: string | null | undefined): string {
+  return typeof color === 'string' && /^#[0-9a-f]{6}$/i.test(color) ? color : '#64748b'
+}
+
 export function avatar (name: string, color: string, extra = ''): HTMLElement {
-  return h('span', { class: `avatar ${extra}`.trim(), style: `--c:${color}`, title: name, 'aria-hidden': 'true' }, initials(name))
+  const el = h('span', { class: `avatar ${extra}`.trim(), title: name, 'aria-hidden': 'true' }, initials(name))
+  el.style.setProperty('--c', safeColor(color))
+  return el
 }
 
 /** A button showing who you are; clicking it opens the identity dialog. */
@@ -29,7 +36,7 @@ function openDialog (user: LocalUser, onSave: (user: LocalUser) => void): void {
     const swatch = h('button', {
       type: 'button',
       class: 'swatch',
-      style: `--c:${color}`,
+      style: `--c:${color}`, // from our own PALETTE
       'aria-label': `Colour ${color}`,
       'aria-pressed': String(color === chosen),
       'data-color': color

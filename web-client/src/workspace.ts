@@ -125,17 +125,34 @@ export function mountWorkspace (root: HTMLElement): void {
     tree.replaceChildren(treeList(buildTree(shown), collapsed, query !== ''))
   }
   filter.addEventListener('input', render)
+  // The filter re-renders from the last listing; keep it when the next poll brings the same data.
 
+  // One refresh loop at a time; the tree is rebuilt only when the listing changed (or to age
+  // the "edited … ago" texts), so keyboard focus in the tree survives the polling.
   let timer: ReturnType<typeof setTimeout> | undefined
+  let inFlight = false
+  let lastJson = ''
+  let lastRender = 0
   const refresh = async (): Promise<void> => {
+    if (inFlight) return
+    inFlight = true
     clearTimeout(timer)
     try {
-      docs = await listDocs()
-      loaded = true
-      render()
+      const next = await listDocs()
+      const json = JSON.stringify(next)
+      if (json !== lastJson || Date.now() - lastRender > 30000) {
+        docs = next
+        lastJson = json
+        lastRender = Date.now()
+        loaded = true
+        render()
+      }
     } catch {
       summary.textContent = 'Cannot reach the server; retrying…'
+    } finally {
+      inFlight = false
     }
+    clearTimeout(timer)
     if (document.visibilityState === 'visible') timer = setTimeout(() => { void refresh() }, REFRESH_MS)
   }
   document.addEventListener('visibilitychange', () => {

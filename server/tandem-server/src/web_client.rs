@@ -200,6 +200,7 @@ fn respond(request: &HeaderMap, asset: &Asset, path: &str) -> Response {
             (header::ETAG, etag),
             (header::VARY, vary),
             nosniff(),
+            content_security_policy(),
         ],
         asset.bytes.clone(),
     )
@@ -233,6 +234,22 @@ fn not_found() -> Response {
         "not found\n",
     )
         .into_response()
+}
+
+/// The client loads nothing from elsewhere: scripts only from this origin, connections only to
+/// this origin's API and WebSocket. Inline styles are allowed because CodeMirror and
+/// y-codemirror.next set them; images are limited to this origin and data URLs, so a hostile
+/// presence colour cannot make a browser fetch from another host.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; \
+     frame-ancestors 'none'; form-action 'self'";
+
+fn content_security_policy() -> (HeaderName, HeaderValue) {
+    (
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    )
 }
 
 fn nosniff() -> (HeaderName, HeaderValue) {

@@ -20,7 +20,9 @@ test('a document open in the browser and a Node y-websocket client converge', sc
   await waitForText(alice.page, (text) => text === '// from node\n', 'node text in the browser')
 
   await cursorToEnd(alice.page)
-  await alice.page.keyboard.type('const fromBrowser = true\n')
+  await alice.page.keyboard.type('const fromBrowser = true')
+  await alice.page.keyboard.press('Escape') // close the completion popup, so Enter is a newline
+  await alice.page.keyboard.press('Enter')
   // Concurrent edits on both sides.
   ytext.insert(0, '/* header */\n')
   await waitUntil(() => ytext.toString().includes('fromBrowser') && ytext.toString().includes('header'), 15000, () => `node text ${JSON.stringify(ytext.toString())}`)
@@ -29,4 +31,11 @@ test('a document open in the browser and a Node y-websocket client converge', sc
   assert.equal(await editorText(alice.page), '/* header */\n// from node\nconst fromBrowser = true\n')
   // The browser's presence reaches the Node client with the user name.
   await waitUntil(() => [...node.provider.awareness.getStates().values()].some((st) => st.user?.name === 'Alice'), 15000, 'Alice in the Node client\'s awareness')
+
+  // A hostile colour from another client is not put into the page's styles.
+  node.provider.awareness.setLocalStateField('user', { name: 'Mallory', color: 'red;position:fixed;inset:0;z-index:99' })
+  const avatar = alice.page.locator('#users li[data-name="Mallory"] .avatar')
+  await avatar.waitFor()
+  const style = await avatar.evaluate((el) => ({ position: getComputedStyle(el).position, background: getComputedStyle(el).backgroundColor }))
+  assert.deepEqual(style, { position: 'static', background: 'rgb(100, 116, 139)' })
 })))

@@ -20,7 +20,7 @@ test('the identity dialog sets name and colour; others see it live; a reload kee
   await newcomer.page.click('#identity-save')
   assert.equal(await newcomer.page.locator('#identity .chip-name').textContent(), 'Dana Scully')
 
-  await alice.page.locator('#users li[data-name="Dana Scully"]').waitFor()
+  const before = await alice.page.locator('#users li[data-name="Dana Scully"]').getAttribute('data-client')
   await cursorToEnd(newcomer.page)
   await newcomer.page.keyboard.type('hi')
   await waitForText(alice.page, (text) => text.includes('hi'))
@@ -32,5 +32,8 @@ test('the identity dialog sets name and colour; others see it live; a reload kee
   await newcomer.page.reload()
   await newcomer.page.locator('.cm-content').waitFor()
   assert.equal(await newcomer.page.locator('#identity .chip-name').textContent(), 'Dana Scully')
-  await alice.page.locator('#users li[data-name="Dana Scully"]').waitFor()
+  // The reloaded page is a new awareness client: Alice sees the old one leave and the new one
+  // arrive under the remembered name.
+  await alice.page.locator(`#users li[data-client="${before}"]`).waitFor({ state: 'detached' })
+  await alice.page.locator(`#users li[data-name="Dana Scully"]:not([data-client="${before}"])`).waitFor()
 })))

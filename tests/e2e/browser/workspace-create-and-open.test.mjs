@@ -31,6 +31,9 @@ test('create a document from the workspace, open it, and find it in the live tre
   // Bob, on the workspace page, sees the new document under its folder with Alice in it.
   const bob = await person(server, { name: 'Bob', color: '#7c3aed' })
   await openDoc(bob, 'notes/todo.txt')
+  await cursorToEnd(bob.page)
+  await bob.page.keyboard.type('buy milk')
+  await waitForStatus(bob.page, { network: 'connected', saved: true })
   await bob.page.goto('/')
   const row = bob.page.locator('#tree li[data-folder="plans"] li[data-doc="plans/q3 roadmap.md"]')
   await row.waitFor()
@@ -43,6 +46,7 @@ test('create a document from the workspace, open it, and find it in the live tre
   await bob.page.locator('#tree li[data-doc="notes/todo.txt"]').waitFor({ state: 'detached' })
   assert.equal(await bob.page.locator('#tree li[data-doc]').count(), 1)
   await bob.page.fill('#filter', '')
+  await bob.page.locator('#tree li[data-doc="notes/todo.txt"]').waitFor()
   await screenshot(bob.page, 'workspace.png')
 
   // Opening from the tree.
