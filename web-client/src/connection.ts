@@ -15,10 +15,8 @@ export type Network = 'connecting' | 'connected' | 'reconnecting' | 'offline'
 
 export interface SyncState {
   network: Network
-  /** Local changes the server has not confirmed as stored yet. */
+  /** Local changes (or a not yet read IndexedDB copy) the server has not confirmed as stored. */
   unsaved: boolean
-  /** The IndexedDB copy has been read (edits from earlier visits are in the doc). */
-  localLoaded: boolean
 }
 
 /** Pause after a change before asking the server, and between unanswered asks. */
@@ -91,7 +89,7 @@ export class DocConnection {
     else network = this.everConnected ? 'reconnecting' : 'connecting'
     // Until the local copy is read, edits from an earlier visit may still be missing upstream.
     const unsaved = !this.localLoaded || this.changeVersion > this.storedVersion
-    return { network, unsaved, localLoaded: this.localLoaded }
+    return { network, unsaved }
   }
 
   /** Calls `listener` now and on every change of `state`. */

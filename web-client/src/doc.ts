@@ -1,6 +1,5 @@
 // The document page (/d/<name>): top bar, editor, and the people who are here.
 import * as Y from 'yjs'
-import { docHref } from './api'
 import { DocConnection } from './connection'
 import { h } from './dom'
 import { createEditor } from './editor'
@@ -85,5 +84,5 @@ export function mountDoc (root: HTMLElement, name: string): void {
   })
 
   // Exposed for debugging in the console and for the end-to-end tests.
-  Object.assign(window, { tandem: { doc, connection, editor, name, href: docHref(name) } })
+  Object.assign(window, { tandem: { doc, connection, editor, name } })
 }

@@ -124,8 +124,8 @@ export function mountWorkspace (root: HTMLElement): void {
     }
     tree.replaceChildren(treeList(buildTree(shown), collapsed, query !== ''))
   }
+  // Filtering re-renders from the last listing, without asking the server.
   filter.addEventListener('input', render)
-  // The filter re-renders from the last listing; keep it when the next poll brings the same data.
 
   // One refresh loop at a time; the tree is rebuilt only when the listing changed (or to age
   // the "edited … ago" texts), so keyboard focus in the tree survives the polling.
