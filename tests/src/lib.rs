@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,8 @@ use tandem_core::protocol::{
     encode_sync_update,
 };
 use tandem_core::{Limits, protocol::AwarenessEntry};
-use tandem_server::{Config, ShutdownSummary};
+use tandem_server::{Config, ShutdownSummary, TlsFiles};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -108,9 +110,54 @@ impl TestServer {
         self.launch().await;
     }
 
-    /// `http://addr` + `path`.
+    /// `http://addr` + `path` (`https://localhost:port` when the server has TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        if self.config.listener.tls.is_some() {
+            format!("https://localhost:{}{}", self.addr.port(), path)
+        } else {
+            format!("http://{}{}", self.addr, path)
+        }
+    }
+
+    /// A server with TLS on: `cert_pem` and `key_pem` are written with [`write_tls_pair`] into
+    /// the data directory, then `adjust` runs.
+    pub async fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        TestServer::start_with(|config| {
+            let files = write_tls_pair(&config.data_dir, cert_pem, key_pem);
+            config.listener.tls = Some(files);
+            adjust(config);
+        })
+        .await
+    }
+
+    /// Overwrites the certificate and key files the server was started with (rotation).
+    pub fn rotate_tls_pair(&self, cert_pem: &str, key_pem: &str) {
+        let files = self.config.listener.tls.as_ref().expect("server has tls");
+        std::fs::write(&files.key, key_pem).expect("write key");
+        std::fs::write(&files.cert, cert_pem).expect("write cert");
+    }
+
+    /// Opens a wss connection to `doc`, trusting what `tls` trusts, and completes the handshake.
+    pub async fn connect_tls(&self, doc: &str, tls: &Arc<rustls::ClientConfig>) -> Peer {
+        let mut peer = Peer::connect_raw_tls(self.addr, doc, tls).await;
+        peer.handshake().await;
+        peer
+    }
+
+    /// Sends one HTTP/1.1 request over TLS; see [`https_request`].
+    pub async fn https_request(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        https_request(self.addr, tls, method, path, headers, body).await
     }
 
     /// Opens a WebSocket to `doc` and completes the y-websocket handshake.
@@ -222,10 +269,91 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_exchange(stream, &addr.to_string(), method, path, headers, body).await
+}
+
+/// [`http_request`] over TLS, for the server name `localhost`, trusting what `tls` trusts.
+pub async fn https_request(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let stream = tls_connect(addr, tls).await.expect("tls handshake");
+    let host = format!("localhost:{}", addr.port());
+    http_exchange(stream, &host, method, path, headers, body).await
+}
+
+/// A rustls client configuration that trusts exactly `trusted` (DER certificates, typically
+/// self-signed ones a test made) and nothing else.
+pub fn tls_client_config(trusted: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der.to_vec()))
+            .expect("trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` for the server name `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let stream = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    tokio::time::timeout(WAIT, connector.connect(name, stream))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The DER leaf certificate a new TLS handshake with the server at `addr` presents.
+pub async fn presented_certificate(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let stream = tls_connect(addr, tls).await.expect("tls handshake");
+    let (_, connection) = stream.get_ref();
+    let chain = connection.peer_certificates().expect("server certificates");
+    chain.first().expect("leaf certificate").to_vec()
+}
+
+/// Writes a certificate and key as `tls/cert.pem` and `tls/key.pem` under `dir`.
+pub fn write_tls_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> TlsFiles {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("tls dir");
+    let files = TlsFiles {
+        cert: tls_dir.join("cert.pem"),
+        key: tls_dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert_pem).expect("write cert");
+    std::fs::write(&files.key, key_pem).expect("write key");
+    files
+}
+
+/// Sends one request (`Connection: close`) on `stream` and reads the whole response.
+async fn http_exchange<S>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     use std::fmt::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (name, value) in headers {
         let _ = write!(request, "{name}: {value}\r\n");
     }
@@ -237,10 +365,16 @@ pub async fn http_request(
     bytes.extend_from_slice(body);
     stream.write_all(&bytes).await.expect("write request");
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
-        .expect("response in time")
-        .expect("read response");
+        .expect("response in time");
+    // A TLS server may close without close_notify after `Connection: close`; what came is enough.
+    if let Err(error) = read {
+        assert!(
+            error.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty(),
+            "read response: {error}"
+        );
+    }
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -317,10 +451,54 @@ pub struct Peer {
 impl Peer {
     /// Opens a WebSocket to `doc` on the server at `addr` without any protocol exchange.
     pub async fn connect_raw(addr: SocketAddr, doc: &str) -> Peer {
-        let url = format!("ws://{addr}/ws/{doc}");
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Peer::try_connect_raw(addr, doc)
             .await
-            .expect("websocket connects");
+            .expect("websocket connects")
+    }
+
+    /// Like [`Peer::connect_raw`], but returns the error (a refusal's HTTP response, say).
+    pub async fn try_connect_raw(
+        addr: SocketAddr,
+        doc: &str,
+    ) -> Result<Peer, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{addr}/ws/{doc}");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Peer::from_ws(ws))
+    }
+
+    /// Opens a WebSocket with a hand-made request (a token in the query, a header, a
+    /// subprotocol) without any protocol exchange. Returns the upgrade response too, or the
+    /// error (a refusal carries its HTTP response and body).
+    pub async fn try_connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<
+        (
+            Peer,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        Ok((Peer::from_ws(ws), response))
+    }
+
+    /// Opens a wss connection to `doc` (server name `localhost`) without any protocol exchange.
+    pub async fn connect_raw_tls(
+        addr: SocketAddr,
+        doc: &str,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Peer {
+        let url = format!("wss://localhost:{}/ws/{doc}", addr.port());
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+        let (ws, _) =
+            tokio_tungstenite::client_async_tls_with_config(url, stream, None, Some(connector))
+                .await
+                .expect("wss connects");
+        Peer::from_ws(ws)
+    }
+
+    fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Peer {
         Peer {
             ws,
             doc: Doc::new(),

@@ -49,6 +49,16 @@ pub struct PresentUser {
     pub color: Option<Arc<str>>,
 }
 
+/// Who the server verified a peer to be (from its token). It is stamped into the `user` of every
+/// presence state the peer sends, so no connection can pose as someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's `sub`: the stable account id.
+    pub sub: Arc<str>,
+    /// The display name: the token's `name`, or its `sub` when it has none.
+    pub name: Arc<str>,
+}
+
 /// The awareness states of one document.
 #[derive(Debug, Default)]
 pub struct AwarenessTable {
@@ -77,7 +87,8 @@ pub struct AwarenessOutcome {
 }
 
 impl AwarenessTable {
-    /// Applies `payload` from `peer`. Foreign entries are dropped; stale ones ignored.
+    /// Applies `payload` from `peer`, whose identity nobody vouched for (authentication off).
+    /// Foreign entries are dropped; stale ones ignored.
     pub fn apply(
         &mut self,
         peer: PeerId,
@@ -85,10 +96,30 @@ impl AwarenessTable {
         now_ms: u64,
         limits: &Limits,
     ) -> Result<AwarenessOutcome, ProtocolError> {
-        let mut accepted: Vec<&AwarenessEntry> = Vec::with_capacity(payload.entries.len());
+        self.apply_as(peer, None, payload, now_ms, limits)
+    }
+
+    /// Applies `payload` from `peer`. Foreign entries are dropped; stale ones ignored.
+    ///
+    /// Every state `peer` introduces or renews is made safe first ([`vouch_state`]): with an
+    /// `identity`, its `user.name` and `user.sub` become the verified ones; a `user.color` or
+    /// `user.colorLight` that is not a plain `#hex` colour is removed (editor bindings put it
+    /// into style attributes). A state that needed no change is relayed byte for byte.
+    pub fn apply_as(
+        &mut self,
+        peer: PeerId,
+        identity: Option<&Identity>,
+        payload: &AwarenessPayload,
+        now_ms: u64,
+        limits: &Limits,
+    ) -> Result<AwarenessOutcome, ProtocolError> {
+        let mut accepted: Vec<AwarenessEntry> = Vec::with_capacity(payload.entries.len());
+        let mut n_rewritten = 0;
         let mut n_foreign = 0;
         for entry in &payload.entries {
-            match self.states.get_mut(&entry.client_id) {
+            // Is the entry accepted? Foreign and stale entries (including the echoes stock
+            // clients send of everyone's state) are decided before any JSON work.
+            let is_new = match self.states.get(&entry.client_id) {
                 Some(state) => {
                     // y-protocols: a higher clock wins; an equal clock may still remove.
                     let newer = entry.clock > state.entry.clock
@@ -102,42 +133,57 @@ impl AwarenessTable {
                     if !newer {
                         continue;
                     }
-                    if entry.is_removal() {
-                        self.remove(entry.client_id);
-                    } else {
-                        state.entry = entry.clone();
-                        state.renewed_ms = now_ms;
-                    }
-                    accepted.push(entry);
+                    false
                 }
-                None if entry.is_removal() => {}
-                None => {
-                    let owned = self.owned.entry(peer).or_default();
-                    if owned.len() >= limits.max_awareness_clients_per_peer {
-                        return Err(ProtocolError::TooManyAwarenessClients {
-                            max: limits.max_awareness_clients_per_peer,
-                        });
-                    }
-                    owned.push(entry.client_id);
-                    self.states.insert(
-                        entry.client_id,
-                        OwnedState {
-                            entry: entry.clone(),
-                            owner: peer,
-                            renewed_ms: now_ms,
-                        },
-                    );
-                    accepted.push(entry);
-                }
+                None if entry.is_removal() => continue,
+                None => true,
+            };
+            if entry.is_removal() {
+                self.remove(entry.client_id);
+                accepted.push(entry.clone());
+                continue;
             }
+            let entry = match vouch_state(&entry.json, identity) {
+                Some((json, user)) => {
+                    n_rewritten += 1;
+                    AwarenessEntry {
+                        client_id: entry.client_id,
+                        clock: entry.clock,
+                        json,
+                        user,
+                    }
+                }
+                None => entry.clone(),
+            };
+            if is_new {
+                let owned = self.owned.entry(peer).or_default();
+                if owned.len() >= limits.max_awareness_clients_per_peer {
+                    return Err(ProtocolError::TooManyAwarenessClients {
+                        max: limits.max_awareness_clients_per_peer,
+                    });
+                }
+                owned.push(entry.client_id);
+                self.states.insert(
+                    entry.client_id,
+                    OwnedState {
+                        entry: entry.clone(),
+                        owner: peer,
+                        renewed_ms: now_ms,
+                    },
+                );
+            } else if let Some(state) = self.states.get_mut(&entry.client_id) {
+                state.entry = entry.clone();
+                state.renewed_ms = now_ms;
+            }
+            accepted.push(entry);
         }
         let broadcast = if accepted.is_empty() {
             None
-        } else if accepted.len() == payload.entries.len() {
+        } else if accepted.len() == payload.entries.len() && n_rewritten == 0 {
             // Everything was taken as sent: relay the original bytes, no re-encoding.
             Some(encode_awareness_raw(&payload.raw))
         } else {
-            Some(encode_awareness(accepted))
+            Some(encode_awareness(&accepted))
         };
         Ok(AwarenessOutcome {
             broadcast,
@@ -238,6 +284,72 @@ pub fn read_state(json: &str) -> Result<Option<PresentUser>, serde_json::Error> 
     let user = StateProbe.deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(user)
+}
+
+/// Whether `color` is a plain `#rgb`, `#rgba`, `#rrggbb` or `#rrggbbaa` colour: nothing a style
+/// attribute could be made to do more with.
+pub fn is_plain_color(color: &str) -> bool {
+    color.strip_prefix('#').is_some_and(|hex| {
+        matches!(hex.len(), 3 | 4 | 6 | 8) && hex.bytes().all(|byte| byte.is_ascii_hexdigit())
+    })
+}
+
+/// The state `json` made safe to relay, or `None` when it already is.
+///
+/// With an `identity`, the state must be an object whose `user` names exactly that identity
+/// (`name` and `sub`); otherwise they are set, and a `user` that is not an object is replaced.
+/// A `user.color` or `user.colorLight` that is not a plain colour is removed in any case.
+/// The check reads only `user`; the whole state is parsed and re-serialised only when a change
+/// is needed (for a forged or unstamped state: once per state, never per recipient).
+pub fn vouch_state(
+    json: &str,
+    identity: Option<&Identity>,
+) -> Option<(Arc<str>, Option<PresentUser>)> {
+    use serde_json::{Map, Value};
+    let mut state: Value = serde_json::from_str(json).ok()?;
+    let Value::Object(object) = &mut state else {
+        // A scalar or array state names nobody; with an identity it cannot be shown as anyone.
+        return None;
+    };
+    let needs_change = {
+        let user = object.get("user").and_then(Value::as_object);
+        let color_is_unsafe = |key: &str| {
+            user.and_then(|user| user.get(key))
+                .is_some_and(|color| !color.as_str().is_some_and(is_plain_color))
+        };
+        let names_other = identity.is_some_and(|identity| {
+            let field = |key: &str| user.and_then(|user| user.get(key)).and_then(Value::as_str);
+            field("name") != Some(&*identity.name) || field("sub") != Some(&*identity.sub)
+        });
+        names_other || color_is_unsafe("color") || color_is_unsafe("colorLight")
+    };
+    if !needs_change {
+        return None;
+    }
+    let user = object
+        .entry("user")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !user.is_object() {
+        *user = Value::Object(Map::new());
+    }
+    let Value::Object(user) = user else {
+        return None;
+    };
+    for key in ["color", "colorLight"] {
+        if user
+            .get(key)
+            .is_some_and(|color| !color.as_str().is_some_and(is_plain_color))
+        {
+            user.remove(key);
+        }
+    }
+    if let Some(identity) = identity {
+        user.insert("name".into(), Value::String(identity.name.to_string()));
+        user.insert("sub".into(), Value::String(identity.sub.to_string()));
+    }
+    let json = serde_json::to_string(&state).ok()?;
+    let present = read_state(&json).ok().flatten();
+    Some((Arc::from(json), present))
 }
 
 /// `text` cut to at most `max_chars` characters; copies only when it is longer.
@@ -615,6 +727,52 @@ mod tests {
     }
 
     #[test]
+    fn a_vouched_peer_cannot_pose_as_someone_else() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let alice = Identity {
+            sub: "u-alice".into(),
+            name: "Alice".into(),
+        };
+        let forged = r##"{"user":{"name":"Bob","sub":"u-bob","color":"#aabbcc"},"cursor":null}"##;
+        let outcome = table
+            .apply_as(PeerId(1), Some(&alice), &payload(&[(5, 1, forged)]), 0, &limits)
+            .unwrap();
+        let relayed = decode(&outcome.broadcast.expect("relayed"));
+        let state: serde_json::Value = serde_json::from_str(&relayed[0].json).unwrap();
+        assert_eq!(
+            state,
+            serde_json::json!({"user": {"name": "Alice", "sub": "u-alice", "color": "#aabbcc"}, "cursor": null})
+        );
+        assert_eq!(table.present_users(), vec![user("Alice", Some("#aabbcc"))]);
+        // A state with no user at all is stamped too; one already right is relayed verbatim.
+        let outcome = table
+            .apply_as(PeerId(1), Some(&alice), &payload(&[(5, 2, "{}")]), 0, &limits)
+            .unwrap();
+        let relayed = decode(&outcome.broadcast.unwrap());
+        assert_eq!(relayed[0].user, Some(user("Alice", None)));
+        let right = payload(&[(5, 3, &relayed[0].json)]);
+        let outcome = table.apply_as(PeerId(1), Some(&alice), &right, 0, &limits).unwrap();
+        assert_eq!(outcome.broadcast, Some(encode_awareness_raw(&right.raw)));
+    }
+
+    #[test]
+    fn colors_that_are_not_plain_hex_are_removed() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let hostile = r##"{"user":{"name":"m","color":"red;background:url(//x)","colorLight":"#abc"}}"##;
+        let outcome = table
+            .apply(PeerId(1), &payload(&[(9, 1, hostile)]), 0, &limits)
+            .unwrap();
+        let relayed = decode(&outcome.broadcast.unwrap());
+        let state: serde_json::Value = serde_json::from_str(&relayed[0].json).unwrap();
+        assert_eq!(state, serde_json::json!({"user": {"name": "m", "colorLight": "#abc"}}));
+        for (color, plain) in [("#fff", true), ("#30bced33", true), ("#30bcedz", false), ("red", false), ("#", false)] {
+            assert_eq!(is_plain_color(color), plain, "{color}");
+        }
+    }
+
+    #[test]
     fn long_names_are_cut_and_long_colors_dropped() {
         let name = "é".repeat(MAX_USER_NAME_CHARS + 10);
         let color = "c".repeat(MAX_USER_COLOR_CHARS + 1);
@@ -648,7 +806,7 @@ mod tests {
             .apply(
                 PeerId(1),
                 &payload(&[
-                    (1, 1, r#"{"user":{"name":"zoe","color":"red"}}"#),
+                    (1, 1, r##"{"user":{"name":"zoe","color":"#f00"}}"##),
                     (2, 1, r#"{"cursor":null}"#),
                 ]),
                 0,
@@ -665,7 +823,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             table.present_users(),
-            vec![user("ada", None), user("zoe", Some("red"))]
+            vec![user("ada", None), user("zoe", Some("#f00"))]
         );
         // A renewal that drops the user, and a departure, both show at once.
         table

@@ -14,15 +14,20 @@
 //!   user each one names.
 //! - [`doc_id`]: `DocId`, a document name validated once at the edge.
 //! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
+//! - [`rate`]: `TokenBucket` and `ConnectionRates`, the per-connection rate limits.
+//! - `fuzzing` (hidden): the bodies of the cargo-fuzz targets in `fuzz/`, also run by proptest.
 
 pub mod awareness;
 pub mod doc_id;
 pub mod limits;
 pub mod protocol;
 pub mod shared_doc;
+pub mod rate;
+#[doc(hidden)]
+pub mod fuzzing;
 
-pub use awareness::{PeerId, PresentUser};
+pub use awareness::{Identity, PeerId, PresentUser};
 pub use doc_id::{DocId, DocIdError};
 pub use limits::Limits;
 pub use protocol::{Message, ProtocolError};
-pub use shared_doc::{Effects, LoadError, ReceiveError, SharedDoc};
+pub use shared_doc::{Effects, LoadError, PeerAccess, ReceiveError, SharedDoc};

@@ -147,6 +147,47 @@ pub enum ProtocolError {
         /// The configured limit.
         max: usize,
     },
+    /// The connection sent faster than one of its rate limits allows (see `rate.rs`).
+    #[error("{kind} rate limit exceeded")]
+    RateLimited {
+        /// Which limit.
+        kind: RateKind,
+        /// The configured rate per second.
+        limit_per_s: u64,
+        /// The average rate the peer sustained since its bucket was last full.
+        observed_per_s: u64,
+    },
+    /// An update that would take the document past its size limit; it was not applied.
+    #[error("document too large")]
+    DocTooLarge {
+        /// Stored size of the document before the update, in bytes.
+        doc_bytes: u64,
+        /// Size of the refused update, in bytes.
+        update_bytes: u64,
+        /// The configured limit.
+        max: u64,
+    },
+}
+
+/// The per-connection rate limits, named as in their close reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    /// Messages of any kind.
+    Message,
+    /// Bytes of frames.
+    Byte,
+    /// Awareness messages.
+    Awareness,
+}
+
+impl std::fmt::Display for RateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RateKind::Message => "message",
+            RateKind::Byte => "byte",
+            RateKind::Awareness => "awareness",
+        })
+    }
 }
 
 /// WebSocket close code 1002: protocol error.
@@ -165,6 +206,9 @@ pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// WebSocket close code 1013: try again later.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code 4429 (application range, after HTTP 429): a per-connection rate limit was exceeded.
+/// The client may reconnect; it should send more slowly.
+pub const CLOSE_RATE_LIMITED: u16 = 4429;
 
 /// The longest close reason a WebSocket close frame can carry (125 bytes of payload minus the code).
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -182,10 +226,11 @@ impl ProtocolError {
             ProtocolError::InvalidUpdate(_) | ProtocolError::InvalidAwarenessState { .. } => {
                 CLOSE_INVALID_PAYLOAD
             }
-            ProtocolError::FrameTooLarge { .. } | ProtocolError::AwarenessTooLarge { .. } => {
-                CLOSE_MESSAGE_TOO_BIG
-            }
+            ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::AwarenessTooLarge { .. }
+            | ProtocolError::DocTooLarge { .. } => CLOSE_MESSAGE_TOO_BIG,
             ProtocolError::TooManyAwarenessClients { .. } => CLOSE_POLICY_VIOLATION,
+            ProtocolError::RateLimited { .. } => CLOSE_RATE_LIMITED,
         };
         (code, truncate_reason(self.to_string()))
     }

@@ -19,17 +19,46 @@ use yrs::{
     Update,
 };
 
-use crate::awareness::{AwarenessTable, PeerId, PresentUser};
+use crate::awareness::{AwarenessTable, Identity, PeerId, PresentUser};
 use crate::limits::Limits;
 use crate::protocol::{
-    Message, ProtocolError, UpdatePayload, encode_sync_step1, encode_sync_step2, encode_sync_update,
+    Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1, encode_sync_step2,
+    encode_sync_update,
 };
+
+/// The reason sent with the y-protocols Auth "permission denied" answer to a read-only peer's
+/// update.
+pub const READ_ONLY_DENIAL: &str = "read-only: this connection may not change the document";
 
 /// A document: the yrs `Doc` and the awareness table, owned by exactly one doc actor.
 pub struct SharedDoc {
     doc: Doc,
     awareness: AwarenessTable,
     limits: Limits,
+    /// Bytes of the doc's stored form: what `load` read plus every update accepted since (or the
+    /// snapshot that replaced them, see [`SharedDoc::set_stored_bytes`]). Checked against
+    /// `Limits::max_doc_bytes` before an update is applied.
+    stored_bytes: u64,
+}
+
+/// What one peer may do with a doc. The server decides it at the edge, from the peer's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAccess {
+    /// Whether the peer's updates are applied. A read-only peer still syncs and has presence;
+    /// its updates are refused (not applied, stored or relayed) with an Auth permission-denied.
+    pub can_write: bool,
+    /// Who the peer verifiably is; stamped into its presence. `None` when authentication is off.
+    pub identity: Option<Identity>,
+}
+
+impl PeerAccess {
+    /// Full access with no verified identity: what every peer gets when authentication is off.
+    pub fn anonymous_writer() -> PeerAccess {
+        PeerAccess {
+            can_write: true,
+            identity: None,
+        }
+    }
 }
 
 /// What the doc actor must do after [`SharedDoc::receive`].
@@ -45,6 +74,8 @@ pub struct Effects {
     pub broadcast_all: Option<Bytes>,
     /// Awareness entries dropped because another connection owns their client id.
     pub n_foreign_awareness: usize,
+    /// Non-empty updates refused because the peer is read-only (answered with an Auth denial).
+    pub n_denied_updates: usize,
 }
 
 /// Why `receive` failed.
@@ -76,6 +107,7 @@ impl SharedDoc {
             doc: Doc::new(),
             awareness: AwarenessTable::default(),
             limits,
+            stored_bytes: 0,
         }
     }
 
@@ -85,9 +117,10 @@ impl SharedDoc {
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
-        let shared = SharedDoc::new(limits);
+        let mut shared = SharedDoc::new(limits);
         for (index, bytes) in updates.into_iter().enumerate() {
             let bytes = bytes.as_ref();
+            shared.stored_bytes = shared.stored_bytes.saturating_add(bytes.len() as u64);
             let update = catch_unwind(|| Update::decode_v1(bytes))
                 .map_err(|_| LoadError {
                     index,
@@ -122,10 +155,22 @@ impl SharedDoc {
         frames
     }
 
-    /// Handles one message from `peer`. `now_ms` is the caller's monotonic clock.
+    /// Handles one message from `peer`, with full access and no verified identity (as when
+    /// authentication is off). `now_ms` is the caller's monotonic clock.
     pub fn receive(
         &mut self,
         peer: PeerId,
+        message: Message,
+        now_ms: u64,
+    ) -> Result<Effects, ReceiveError> {
+        self.receive_as(peer, &PeerAccess::anonymous_writer(), message, now_ms)
+    }
+
+    /// Handles one message from `peer`, who may do what `access` allows.
+    pub fn receive_as(
+        &mut self,
+        peer: PeerId,
+        access: &PeerAccess,
         message: Message,
         now_ms: u64,
     ) -> Result<Effects, ReceiveError> {
@@ -135,6 +180,13 @@ impl SharedDoc {
                 let diff = self.doc.transact().encode_state_as_update_v1(&state_vector);
                 effects.reply.push(encode_sync_step2(&diff));
             }
+            Message::SyncStep2(payload) | Message::Update(payload) if !access.can_write => {
+                // An empty step 2 is how a read-only client says "I have nothing new": no denial.
+                if !payload.update.is_empty() {
+                    effects.reply.push(encode_auth_denied(READ_ONLY_DENIAL));
+                    effects.n_denied_updates = 1;
+                }
+            }
             Message::SyncStep2(payload) | Message::Update(payload) => {
                 if let Some(raw) = self.apply_update(payload)? {
                     effects.broadcast_others = Some(encode_sync_update(&raw));
@@ -142,7 +194,13 @@ impl SharedDoc {
                 }
             }
             Message::Awareness(payload) => {
-                let outcome = self.awareness.apply(peer, &payload, now_ms, &self.limits)?;
+                let outcome = self.awareness.apply_as(
+                    peer,
+                    access.identity.as_ref(),
+                    &payload,
+                    now_ms,
+                    &self.limits,
+                )?;
                 effects.broadcast_all = outcome.broadcast;
                 effects.n_foreign_awareness = outcome.n_foreign;
             }
@@ -156,12 +214,25 @@ impl SharedDoc {
         if payload.update.is_empty() {
             return Ok(None);
         }
+        // The size check comes before yrs sees the update: a refused update changes nothing.
+        let update_bytes = payload.raw.len() as u64;
+        let new_stored_bytes = self.stored_bytes.saturating_add(update_bytes);
+        if new_stored_bytes > self.limits.max_doc_bytes {
+            return Err(ReceiveError::Protocol(ProtocolError::DocTooLarge {
+                doc_bytes: self.stored_bytes,
+                update_bytes,
+                max: self.limits.max_doc_bytes,
+            }));
+        }
         let doc = &self.doc;
         let res = catch_unwind(AssertUnwindSafe(|| {
             doc.transact_mut().apply_update(payload.update)
         }));
         match res {
-            Ok(Ok(())) => Ok(Some(payload.raw)),
+            Ok(Ok(())) => {
+                self.stored_bytes = new_stored_bytes;
+                Ok(Some(payload.raw))
+            }
             Ok(Err(_)) => Err(ReceiveError::Poisoned(ProtocolError::InvalidUpdate(
                 "update refers to an invalid parent",
             ))),
@@ -179,6 +250,18 @@ impl SharedDoc {
     /// Expires presence not renewed in time; returns the removal frame, if any.
     pub fn expire_awareness(&mut self, now_ms: u64) -> Option<Bytes> {
         self.awareness.expire(now_ms, &self.limits)
+    }
+
+    /// Bytes of the doc's stored form (snapshot plus log), as counted against
+    /// `Limits::max_doc_bytes`.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// Records that the stored form is now `bytes` long: after a compaction replaced everything
+    /// accepted so far by one snapshot of that size.
+    pub fn set_stored_bytes(&mut self, bytes: u64) {
+        self.stored_bytes = bytes;
     }
 
     /// Takes over the presence table of a doc being replaced (used after a reload).
@@ -352,6 +435,39 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_peer_syncs_but_its_updates_are_denied_and_go_nowhere() {
+        let mut doc = SharedDoc::new(Limits::default());
+        receive_frame(&mut doc, PeerId(1), &Client::new(1).edit(0, Some("kept"), 0));
+        let reader = PeerAccess {
+            can_write: false,
+            identity: None,
+        };
+        let viewer = Client::new(2);
+        let mut receive = |frame: &Bytes| -> Vec<Effects> {
+            decode_frame(frame, &Limits::default())
+                .expect("valid")
+                .into_iter()
+                .map(|message| doc.receive_as(PeerId(2), &reader, message, 0).expect("handled"))
+                .collect()
+        };
+        // Sync works: the viewer gets the content.
+        let step1 = crate::protocol::encode_sync_step1(&viewer.doc.transact().state_vector());
+        let effects = receive(&step1).pop().unwrap();
+        viewer.apply_frame(&effects.reply[0]);
+        assert_eq!(viewer.text(), "kept");
+        // An empty step 2 is no write: no denial.
+        let empty = crate::protocol::encode_sync_step2(&[0, 0]);
+        let effects = receive(&empty).pop().unwrap();
+        assert!(effects.reply.is_empty() && effects.n_denied_updates == 0);
+        // A real update is denied with the y-protocols Auth message and changes nothing.
+        let effects = receive(&viewer.edit(0, Some("forged "), 0)).pop().unwrap();
+        assert_eq!(effects.n_denied_updates, 1);
+        assert!(effects.persist.is_none() && effects.broadcast_others.is_none());
+        assert_eq!(effects.reply, vec![encode_auth_denied(READ_ONLY_DENIAL)]);
+        assert_eq!(doc.to_json(), serde_json::json!({ "t": "kept" }));
+    }
+
+    #[test]
     fn load_replays_snapshot_and_log() {
         let writer = Client::new(1);
         let mut stored = Vec::new();
@@ -429,6 +545,67 @@ mod tests {
         assert_eq!(users.len(), 1);
         assert_eq!(&*users[0].name, "Ada");
         assert_eq!(users[0].color.as_deref(), Some("#fff"));
+    }
+
+    /// The raw update a frame made by `Client::edit` carries.
+    fn raw_update(frame: &Bytes) -> Bytes {
+        match decode_frame(frame, &Limits::default()).expect("valid").pop() {
+            Some(Message::Update(payload)) => payload.raw,
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_update_over_the_doc_size_limit_is_refused_before_it_is_applied() {
+        let small = Client::new(1).edit(0, Some("small"), 0);
+        let tiny = Client::new(2).edit(0, Some("y"), 0);
+        let big = Client::new(3).edit(0, Some(&"x".repeat(100)), 0);
+        let (small_bytes, tiny_bytes, big_bytes) = (
+            raw_update(&small).len() as u64,
+            raw_update(&tiny).len() as u64,
+            raw_update(&big).len() as u64,
+        );
+        let limits = Limits {
+            max_doc_bytes: small_bytes + tiny_bytes,
+            ..Limits::default()
+        };
+        let mut doc = SharedDoc::new(limits.clone());
+        receive_frame(&mut doc, PeerId(1), &small);
+        assert_eq!(doc.stored_bytes(), small_bytes);
+
+        let message = decode_frame(&big, &Limits::default()).unwrap().pop().unwrap();
+        let error = doc.receive(PeerId(3), message, 0).expect_err("over the limit");
+        let ReceiveError::Protocol(error) = error else {
+            panic!("a refusal, not a poisoning: {error:?}")
+        };
+        assert_eq!(
+            error,
+            ProtocolError::DocTooLarge {
+                doc_bytes: small_bytes,
+                update_bytes: big_bytes,
+                max: small_bytes + tiny_bytes
+            }
+        );
+        assert_eq!(error.close_frame(), (1009, "document too large".to_string()));
+        assert_eq!(doc.to_json(), serde_json::json!({ "t": "small" }));
+        assert_eq!(doc.stored_bytes(), small_bytes);
+
+        // An update that reaches the limit exactly is accepted; nothing more is.
+        let effects = receive_frame(&mut doc, PeerId(2), &tiny).pop().unwrap();
+        assert!(effects.persist.is_some());
+        assert_eq!(doc.stored_bytes(), limits.max_doc_bytes);
+        let message = decode_frame(&Client::new(4).edit(0, Some("z"), 0), &Limits::default())
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(matches!(
+            doc.receive(PeerId(4), message, 0),
+            Err(ReceiveError::Protocol(ProtocolError::DocTooLarge { .. }))
+        ));
+
+        // A reload counts what it read.
+        let reloaded = SharedDoc::load(limits, [raw_update(&small), raw_update(&tiny)]).unwrap();
+        assert_eq!(reloaded.stored_bytes(), small_bytes + tiny_bytes);
     }
 
     #[test]

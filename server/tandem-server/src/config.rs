@@ -13,12 +13,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tandem_core::Limits;
 use tandem_core::limits::{
+    DEFAULT_MAX_AWARENESS_PER_SECOND, DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_MAX_DOC_BYTES,
+    DEFAULT_MAX_MESSAGES_PER_SECOND,
     DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER, DEFAULT_MAX_AWARENESS_STATE_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
 };
 
+use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::hub::HubConfig;
+use crate::listener::ListenerConfig;
+use crate::tls::TlsFiles;
 use crate::persist::PersistConfig;
 
 /// Command line of the `tandem` binary.
@@ -119,6 +124,119 @@ pub struct ServeArgs {
     /// Frames queued for one peer before it counts as a slow consumer [default: 1024].
     #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
+    /// PEM certificate chain; with --tls-key the port serves https and wss. Re-read when it changes.
+    #[arg(long, env = "TANDEM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert. Re-read when it changes.
+    #[arg(long, env = "TANDEM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Open TCP connections in total; more are answered 503 and closed [default: 20000].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open TCP connections from one IP address; more are answered 503 and closed [default: 512].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// A connection that has not finished its TLS handshake and sent its first request's headers
+    /// within this time is dropped; also bounds the headers of every later request [default: 10s].
+    #[arg(long, env = "TANDEM_UPGRADE_TIMEOUT")]
+    pub upgrade_timeout: Option<HumanDuration>,
+    /// Authentication: `none` or `jwt` [default: none on a loopback address, jwt otherwise].
+    #[arg(long, env = "TANDEM_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Allow `--auth none` on a non-loopback address: anyone who reaches the port may read and
+    /// change every document. Logged as a warning at start-up.
+    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
+    /// File with the HS256 shared secret of an identity provider (at least 32 bytes).
+    #[arg(long, env = "TANDEM_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// A public key in PEM and the one algorithm it verifies, as `ALG=PATH` (RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256, ES384, EdDSA). Repeat or separate with commas for several.
+    #[arg(long, env = "TANDEM_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Option<Vec<PublicKeyArg>>,
+    /// A JWKS file (JSON Web Key Set); a token picks its key by `kid`.
+    #[arg(long, env = "TANDEM_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted token algorithms, comma-separated [default: those of the configured keys].
+    #[arg(long, env = "TANDEM_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Option<Vec<JwtAlgorithm>>,
+    /// Accepted issuers (`iss`), comma-separated; unset checks none.
+    #[arg(long, env = "TANDEM_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Option<Vec<String>>,
+    /// Accepted audiences (`aud`), comma-separated; unset checks none.
+    #[arg(long, env = "TANDEM_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp` and `nbf` [default: 30s].
+    #[arg(long, env = "TANDEM_JWT_LEEWAY")]
+    pub jwt_leeway: Option<HumanDuration>,
+    /// Messages one connection may send per second, with bursts of twice that; over it the
+    /// connection is closed with 4429; 0 disables [default: 500].
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SECOND")]
+    pub max_messages_per_second: Option<u64>,
+    /// Bytes one connection may send per second, with bursts up to --max-frame-bytes; over it
+    /// the connection is closed with 4429; 0 disables [default: 8388608].
+    #[arg(long, env = "TANDEM_MAX_BYTES_PER_SECOND")]
+    pub max_bytes_per_second: Option<u64>,
+    /// Awareness messages one connection may send per second, with bursts of twice that; over it
+    /// the connection is closed with 4429; 0 disables [default: 60].
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_PER_SECOND")]
+    pub max_awareness_per_second: Option<u64>,
+    /// Largest stored size of one document (snapshot plus update log) in bytes; an update that
+    /// would pass it is refused and its sender closed with 1009 [default: 268435456].
+    #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
+    pub max_doc_bytes: Option<u64>,
+}
+
+/// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtAlgorithm(pub jsonwebtoken::Algorithm);
+
+impl std::str::FromStr for JwtAlgorithm {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.trim()
+            .parse()
+            .map(JwtAlgorithm)
+            .map_err(|_| format!("unknown JWT algorithm {text:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for JwtAlgorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `ALG=PATH`: a public key file and the one algorithm it verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyArg {
+    /// The algorithm.
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// The PEM file.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for PublicKeyArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (algorithm, path) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected ALG=PATH, got {text:?}"))?;
+        Ok(PublicKeyArg {
+            algorithm: algorithm.parse::<JwtAlgorithm>()?.0,
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKeyArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Log output format.
@@ -171,6 +289,10 @@ pub struct Config {
     pub persist: PersistConfig,
     /// Longest wait for the final flush at shutdown.
     pub shutdown_timeout: Duration,
+    /// TLS, connection caps and the upgrade deadline of the accept loop.
+    pub listener: ListenerConfig,
+    /// Authentication and the keys tokens are verified with.
+    pub auth: AuthConfig,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -179,7 +301,25 @@ pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
         Some(path) => read_file(path)?,
         None => ServeArgs::default(),
     };
-    Ok(resolve(args, file))
+    check_tls_pair(&args, &file)?;
+    let config = resolve(args, file);
+    config
+        .auth
+        .check_bind(config.addr.ip())
+        .map_err(|message| anyhow::anyhow!(message))?;
+    Ok(config)
+}
+
+/// The TLS certificate and key come as a pair, whichever of flag, environment or file names them
+/// (so not clap's `requires`, which would refuse a cert flag whose key is in the file).
+fn check_tls_pair(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
+    let cert = args.tls_cert.as_ref().or(file.tls_cert.as_ref());
+    let key = args.tls_key.as_ref().or(file.tls_key.as_ref());
+    match (cert, key) {
+        (Some(_), None) => anyhow::bail!("tls_cert is set but tls_key is not: TLS needs both"),
+        (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is not: TLS needs both"),
+        _ => Ok(()),
+    }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
@@ -216,6 +356,22 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             .unwrap_or(DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER),
         awareness_timeout_ms: duration(args.awareness_timeout, file.awareness_timeout, 30)
             .as_millis() as u64,
+        max_messages_per_second: args
+            .max_messages_per_second
+            .or(file.max_messages_per_second)
+            .unwrap_or(DEFAULT_MAX_MESSAGES_PER_SECOND),
+        max_bytes_per_second: args
+            .max_bytes_per_second
+            .or(file.max_bytes_per_second)
+            .unwrap_or(DEFAULT_MAX_BYTES_PER_SECOND),
+        max_awareness_per_second: args
+            .max_awareness_per_second
+            .or(file.max_awareness_per_second)
+            .unwrap_or(DEFAULT_MAX_AWARENESS_PER_SECOND),
+        max_doc_bytes: args
+            .max_doc_bytes
+            .or(file.max_doc_bytes)
+            .unwrap_or(DEFAULT_MAX_DOC_BYTES),
     };
     Config {
         addr: SocketAddr::new(bind, port),
@@ -259,6 +415,55 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
         },
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
+        listener: ListenerConfig {
+            // `load` has refused a lone cert or key; `resolve` keeps TLS off for one.
+            tls: match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(20_000)
+                .max(1),
+            max_connections_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(512)
+                .max(1),
+            upgrade_timeout: duration(args.upgrade_timeout, file.upgrade_timeout, 10),
+        },
+        auth: AuthConfig {
+            // Off by default only where nobody else can connect.
+            mode: args.auth.or(file.auth).unwrap_or(if bind.is_loopback() {
+                AuthMode::None
+            } else {
+                AuthMode::Jwt
+            }),
+            insecure_no_auth: args
+                .insecure_no_auth
+                .or(file.insecure_no_auth)
+                .unwrap_or(false),
+            secret_file: args.jwt_secret_file.or(file.jwt_secret_file),
+            public_keys: args
+                .jwt_public_key
+                .or(file.jwt_public_key)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|key| (key.algorithm, key.path))
+                .collect(),
+            jwks_file: args.jwks_file.or(file.jwks_file),
+            algorithms: args
+                .jwt_algorithms
+                .or(file.jwt_algorithms)
+                .map(|list| list.into_iter().map(|algorithm| algorithm.0).collect()),
+            issuers: args.jwt_issuer.or(file.jwt_issuer).unwrap_or_default(),
+            audiences: args.jwt_audience.or(file.jwt_audience).unwrap_or_default(),
+            leeway: args
+                .jwt_leeway
+                .or(file.jwt_leeway)
+                .map_or(crate::auth::DEFAULT_LEEWAY, |leeway| leeway.0),
+        },
     }
 }
 
@@ -291,6 +496,55 @@ mod tests {
         assert_eq!(config.connection.pong_timeout, Duration::from_secs(15));
         assert_eq!(config.data_dir, PathBuf::from("data"));
         assert_eq!(config.web_dir, None, "the built-in client by default");
+    }
+
+    #[test]
+    fn tls_needs_both_cert_and_key_from_any_source() {
+        let file: ServeArgs = toml::from_str("tls_cert = \"cert.pem\"").unwrap();
+        let error = check_tls_pair(&ServeArgs::default(), &file).unwrap_err();
+        assert!(error.to_string().contains("tls_key is not"), "{error}");
+        let args = ServeArgs {
+            tls_key: Some("key.pem".into()),
+            ..ServeArgs::default()
+        };
+        check_tls_pair(&args, &file).unwrap();
+        let config = resolve(args, file);
+        let tls = config.listener.tls.expect("tls on");
+        assert_eq!(tls.cert, PathBuf::from("cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("key.pem"));
+        assert!(resolve(ServeArgs::default(), ServeArgs::default()).listener.tls.is_none());
+    }
+
+    #[test]
+    fn connection_caps_and_upgrade_timeout_have_defaults() {
+        let file: ServeArgs =
+            toml::from_str("max_connections_per_address = 3\nupgrade_timeout = \"1s\"").unwrap();
+        let config = resolve(ServeArgs::default(), file);
+        assert_eq!(config.listener.max_connections, 20_000);
+        assert_eq!(config.listener.max_connections_per_address, 3);
+        assert_eq!(config.listener.upgrade_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rate_and_doc_size_limits_come_from_flags_over_the_file() {
+        let file: ServeArgs = toml::from_str(
+            "max_messages_per_second = 7\nmax_bytes_per_second = 1000\nmax_awareness_per_second = 3\nmax_doc_bytes = 4096",
+        )
+        .unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-doc-bytes", "9000"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        let limits = resolve(args, file).hub.limits;
+        assert_eq!(limits.max_messages_per_second, 7);
+        assert_eq!(limits.max_bytes_per_second, 1000);
+        assert_eq!(limits.max_awareness_per_second, 3);
+        assert_eq!(limits.max_doc_bytes, 9000);
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).hub.limits;
+        assert_eq!(defaults, Limits::default());
     }
 
     #[test]

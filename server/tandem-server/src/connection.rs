@@ -23,12 +23,14 @@ use tandem_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER,
     decode_frame, truncate_reason,
 };
+use tandem_core::rate::ConnectionRates;
 use tandem_core::{DocId, Limits, PeerId, ProtocolError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{Hub, JoinError, PeerLink};
 
@@ -59,7 +61,13 @@ pub(crate) enum CloseReason {
     StorageFailure,
     /// The doc could not be opened.
     Unavailable,
+    /// The peer's token expired; it may fetch a fresh one and reconnect.
+    TokenExpired,
 }
+
+/// Close code sent when the token of a connection expires (HTTP 401's number, in the 4000 range
+/// that RFC 6455 leaves to applications).
+pub(crate) const CLOSE_TOKEN_EXPIRED: u16 = 4401;
 
 impl CloseReason {
     fn close_frame(&self) -> (u16, String) {
@@ -70,12 +78,24 @@ impl CloseReason {
             CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
             CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
+            CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
         }
     }
 
     fn log(&self, peer: PeerId) {
         let (code, reason) = self.close_frame();
         match self {
+            // Limits: the log line names the limit and what the peer did.
+            CloseReason::Protocol(ProtocolError::RateLimited {
+                limit_per_s,
+                observed_per_s,
+                ..
+            }) => warn!(%peer, code, reason, limit_per_s, observed_per_s, "closing connection"),
+            CloseReason::Protocol(ProtocolError::DocTooLarge {
+                doc_bytes,
+                update_bytes,
+                max,
+            }) => warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection"),
             CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
                 warn!(%peer, code, reason, "closing connection")
             }
@@ -83,6 +103,7 @@ impl CloseReason {
                 tracing::error!(%peer, code, reason, "closing connection")
             }
             CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
+            CloseReason::TokenExpired => tracing::info!(%peer, code, reason, "closing connection"),
         }
     }
 }
@@ -91,22 +112,34 @@ impl CloseReason {
 pub(crate) async fn run(
     socket: WebSocket,
     doc: DocId,
+    grant: Grant,
     hub: Hub,
     config: ConnectionConfig,
     remote: SocketAddr,
 ) {
     let peer = hub.next_peer_id();
-    let span = tracing::info_span!("conn", %peer, doc = %doc, %remote);
-    serve(socket, doc, hub, config, peer).instrument(span).await;
+    let sub = grant.identity.as_ref().map(|identity| identity.sub.clone());
+    let span = tracing::info_span!("conn", %peer, doc = %doc, %remote, sub = sub.as_deref(), role = ?grant.role);
+    serve(socket, doc, grant, hub, config, peer)
+        .instrument(span)
+        .await;
 }
 
 async fn serve(
     socket: WebSocket,
     doc: DocId,
+    grant: Grant,
     hub: Hub,
     conn_config: ConnectionConfig,
     peer: PeerId,
 ) {
+    // The token's expiry as a point on the monotonic clock the writer sleeps on.
+    let expires_at = grant.expires_at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    });
     let config = hub.config().clone();
     let (outbox_tx, outbox_rx) = mpsc::channel::<Bytes>(config.outbox_capacity);
     let (closer_tx, closer_rx) = mpsc::channel::<CloseReason>(1);
@@ -125,6 +158,7 @@ async fn serve(
         last_seen_ms: last_seen_ms.clone(),
         config: conn_config,
         peer,
+        expires_at,
     };
     let writer_done = CancellationToken::new();
     {
@@ -138,6 +172,7 @@ async fn serve(
     let link = PeerLink {
         outbox: outbox_tx,
         closer: closer_tx.clone(),
+        access: grant.access(),
     };
     let handle = match hub.join(&doc, peer, link).await {
         Ok(handle) => handle,
@@ -160,6 +195,7 @@ async fn serve(
         limits: config.limits.clone(),
         started,
         last_seen_ms,
+        rates: ConnectionRates::new(&config.limits, started.elapsed().as_millis() as u64),
     };
     let ended = tokio::select! {
         reason = reader.run() => reason,
@@ -183,6 +219,8 @@ struct Reader {
     limits: Limits,
     started: Instant,
     last_seen_ms: Arc<AtomicU64>,
+    /// The per-connection rate limits; a breach closes the connection with 4429.
+    rates: ConnectionRates,
 }
 
 impl Reader {
@@ -193,14 +231,21 @@ impl Reader {
                 Ok(message) => message,
                 Err(error) => return self.read_error(error),
             };
-            self.last_seen_ms
-                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            self.last_seen_ms.store(now_ms, Ordering::Relaxed);
             match message {
                 WsMessage::Binary(frame) => {
+                    // Bytes are counted before decoding, so a peer over its rate costs no decoding.
+                    if let Err(error) = self.rates.check_frame(frame.len(), now_ms) {
+                        return Some(CloseReason::Protocol(error));
+                    }
                     let messages = match decode_frame(&frame, &self.limits) {
                         Ok(messages) => messages,
                         Err(error) => return Some(CloseReason::Protocol(error)),
                     };
+                    if let Err(error) = self.rates.check_messages(&messages, now_ms) {
+                        return Some(CloseReason::Protocol(error));
+                    }
                     let command = DocCommand::Receive {
                         peer: self.peer,
                         messages,
@@ -211,7 +256,12 @@ impl Reader {
                     }
                 }
                 WsMessage::Text(_) => return Some(CloseReason::Protocol(ProtocolError::TextFrame)),
-                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                WsMessage::Ping(payload) | WsMessage::Pong(payload) => {
+                    // tungstenite answers every ping: a ping flood is bounded like messages.
+                    if let Err(error) = self.rates.check_control_frame(payload.len(), now_ms) {
+                        return Some(CloseReason::Protocol(error));
+                    }
+                }
                 WsMessage::Close(_) => return None,
             }
         }
@@ -258,6 +308,8 @@ struct Writer {
     last_seen_ms: Arc<AtomicU64>,
     config: ConnectionConfig,
     peer: PeerId,
+    /// When the peer's token expires; the connection closes with 4401 then.
+    expires_at: Option<Instant>,
 }
 
 impl Writer {
@@ -283,6 +335,7 @@ impl Writer {
                     // The doc actor dropped this peer without a reason: it is gone.
                     None => break None,
                 },
+                () = sleep_until_opt(self.expires_at) => break Some(CloseReason::TokenExpired),
                 _ = ping.tick() => {
                     let idle_ms = (self.started.elapsed().as_millis() as u64)
                         .saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
@@ -318,5 +371,12 @@ impl Writer {
             }
         }
         self.sink.flush().await
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

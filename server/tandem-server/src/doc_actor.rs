@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tandem_core::{DocId, Message, PeerId, PresentUser, ReceiveError, SharedDoc};
+use tandem_core::{
+    DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -66,7 +68,18 @@ pub(crate) enum DocCommand {
     Presence {
         reply: oneshot::Sender<Vec<PresentUser>>,
     },
+    /// A v1 update sent over HTTP by a writer (already decoded once by the handler, which
+    /// checked it; the raw bytes travel so a retry on a fresh actor can resend them). The answer
+    /// (whether it changed anything) waits for durability, like a broadcast.
+    Apply {
+        update: Bytes,
+        reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+    },
 }
+
+/// The peer id of updates that arrive over HTTP. Connections count from 1 (`Hub::next_peer_id`),
+/// so no WebSocket peer is skipped by the broadcast of an HTTP update.
+pub(crate) const HTTP_PEER: PeerId = PeerId(0);
 
 /// A doc's state as served over HTTP.
 pub(crate) struct DocSnapshot {
@@ -193,6 +206,9 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Presence { reply } => {
             let _ = reply.send(Vec::new());
         }
+        DocCommand::Apply { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
         DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
     }
 }
@@ -208,6 +224,11 @@ enum Delivery {
     Snapshot(oneshot::Sender<Result<DocSnapshot, JoinError>>, DocSnapshot),
     /// An HTTP `covers` answer.
     Covers(oneshot::Sender<Result<bool, JoinError>>, bool),
+    /// The answer to an HTTP update.
+    Applied(
+        oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+        bool,
+    ),
 }
 
 struct DocActor {
@@ -328,17 +349,59 @@ impl DocActor {
             DocCommand::Presence { reply } => {
                 let _ = reply.send(self.shared.present_users());
             }
+            DocCommand::Apply { update, reply } => self.apply_http(update, reply).await,
+        }
+    }
+
+    /// Applies an update that came over HTTP, as if from a writer peer that receives nothing.
+    async fn apply_http(
+        &mut self,
+        raw: Bytes,
+        reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+    ) {
+        let payload = match tandem_core::protocol::decode_update(raw) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let _ = reply.send(Ok(Err(error)));
+                return;
+            }
+        };
+        let now_ms = self.now_ms();
+        match self.shared.receive(HTTP_PEER, Message::Update(payload), now_ms) {
+            Ok(effects) => {
+                let applied = effects.persist.is_some();
+                if let Some(update) = effects.persist
+                    && !self.append(update).await
+                {
+                    let _ = reply.send(Err(JoinError::Unavailable));
+                    return;
+                }
+                if let Some(frame) = effects.broadcast_others {
+                    self.enqueue(Delivery::ToOthers(HTTP_PEER, frame));
+                }
+                self.enqueue(Delivery::Applied(reply, applied));
+                self.compact_if_due();
+            }
+            Err(ReceiveError::Protocol(error)) => {
+                let _ = reply.send(Ok(Err(error)));
+            }
+            Err(ReceiveError::Poisoned(error)) => {
+                error!(%error, "http update poisoned the doc; reloading it from storage");
+                let _ = reply.send(Ok(Err(error)));
+                self.reload().await;
+            }
         }
     }
 
     async fn receive(&mut self, peer: PeerId, messages: Vec<Message>) {
-        if !self.peers.contains_key(&peer) {
+        let Some((link, _)) = self.peers.get(&peer) else {
             // Closed earlier (e.g. slow consumer); its remaining frames are discarded.
             return;
-        }
+        };
+        let access = link.access.clone();
         for message in messages {
             let now_ms = self.now_ms();
-            let effects = match self.shared.receive(peer, message, now_ms) {
+            let effects = match self.shared.receive_as(peer, &access, message, now_ms) {
                 Ok(effects) => effects,
                 Err(ReceiveError::Protocol(error)) => {
                     self.remove_peer(peer, Some(CloseReason::Protocol(error)));
@@ -351,6 +414,9 @@ impl DocActor {
                     return;
                 }
             };
+            if effects.n_denied_updates > 0 {
+                debug!(%peer, "update from a read-only peer refused");
+            }
             if effects.n_foreign_awareness > 0 {
                 warn!(%peer, n = effects.n_foreign_awareness, "dropped awareness entries owned by another connection");
             }
@@ -369,6 +435,11 @@ impl DocActor {
                 self.send_to_all(&frame);
             }
         }
+        self.compact_if_due();
+    }
+
+    /// Compacts when the log passed a threshold.
+    fn compact_if_due(&mut self) {
         if self.n_updates_since_compact >= self.hub.config().compact_after_updates
             || self.n_bytes_since_compact >= self.hub.config().compact_after_bytes
         {
@@ -399,9 +470,10 @@ impl DocActor {
     /// Queues a snapshot of everything submitted so far; the writer drops the log it replaces.
     fn compact(&mut self) {
         let snapshot = self.shared.encode_state();
+        let snapshot_bytes = snapshot.len() as u64;
         debug!(
             upto_seq = self.submitted_seq,
-            snapshot_bytes = snapshot.len(),
+            snapshot_bytes,
             "compacting"
         );
         let command = PersistCommand::Compact {
@@ -411,6 +483,8 @@ impl DocActor {
         };
         // try_send: compaction is an optimisation; if the writer is busy it happens next time.
         if self.hub.persist().try_send(command).is_ok() {
+            // The snapshot replaces everything stored so far: the size limit counts from it.
+            self.shared.set_stored_bytes(snapshot_bytes);
             self.n_updates_since_compact = 0;
             self.n_bytes_since_compact = 0;
             self.n_log_entries = 0;
@@ -470,6 +544,9 @@ impl DocActor {
             }
             Delivery::Covers(reply, covers) => {
                 let _ = reply.send(Ok(covers));
+            }
+            Delivery::Applied(reply, applied) => {
+                let _ = reply.send(Ok(Ok(applied)));
             }
         }
     }

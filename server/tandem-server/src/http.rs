@@ -23,12 +23,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use tandem_core::protocol::{SnapshotError, decode_snapshot};
-use tandem_core::{DocId, DocIdError, PresentUser};
+use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
+use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
+use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
@@ -48,10 +49,14 @@ const PRESENCE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The path suffix of `POST /api/docs/{name}/covers`.
 const COVERS_SUFFIX: &str = "/covers";
+/// The path suffix of `POST /api/docs/{name}/update`.
+const UPDATE_SUFFIX: &str = "/update";
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// Verifies tokens; every handler that touches a doc asks it for a grant first.
+    pub(crate) auth: Auth,
     pub(crate) hub: Hub,
     pub(crate) connection: ConnectionConfig,
 }
@@ -116,7 +121,17 @@ struct LiveDoc {
     users: Vec<UserSummary>,
 }
 
-async fn list_docs(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn list_docs(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // With authentication on, only the docs the token grants a role on are listed.
+    let claims = state
+        .auth
+        .claims(token_from(&headers, &uri).as_deref())
+        .map_err(ApiError::Auth)?;
+    let visible = |name: &str| claims.as_ref().is_none_or(|claims| claims.role_for(name).is_some());
     let store = state.hub.store().clone();
     let stored = async {
         tokio::task::spawn_blocking(move || store.list_docs())
@@ -165,6 +180,7 @@ async fn list_docs(State(state): State<AppState>) -> Result<Response, ApiError> 
         loaded: true,
         users: live.users,
     }));
+    docs.retain(|doc| visible(&doc.name));
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(serde_json::json!({ "docs": docs })).into_response())
 }
@@ -175,6 +191,7 @@ async fn get_doc(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let doc = doc_id_from(&uri, "/api/docs/")?;
+    grant(&state, &headers, &uri, &doc)?;
     let snapshot = state.hub.snapshot(&doc).await.map_err(ApiError::from)?;
     let Some(snapshot) = snapshot else {
         return Err(ApiError::DocNotFound);
@@ -197,19 +214,27 @@ async fn get_doc(
     }
 }
 
-/// `POST /api/docs/{name}/covers`: whether the doc durably holds everything a Yjs snapshot
-/// describes. The only POST under `/api/docs/`; any other POST path there is a 404.
+/// `POST /api/docs/{name}/covers` (read) and `POST /api/docs/{name}/update` (write). Any other
+/// POST path under `/api/docs/` is a 404.
 async fn post_doc(
     State(state): State<AppState>,
     uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let raw_name = uri
-        .path()
-        .strip_prefix("/api/docs/")
-        .and_then(|rest| rest.strip_suffix(COVERS_SUFFIX))
-        .ok_or(ApiError::NotFound)?;
+    let path = uri.path().strip_prefix("/api/docs/").ok_or(ApiError::NotFound)?;
+    let (raw_name, is_update) = if let Some(name) = path.strip_suffix(COVERS_SUFFIX) {
+        (name, false)
+    } else if let Some(name) = path.strip_suffix(UPDATE_SUFFIX) {
+        (name, true)
+    } else {
+        return Err(ApiError::NotFound);
+    };
     let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
+    let grant = grant(&state, &headers, &uri, &doc)?;
+    if is_update && !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge {
@@ -219,20 +244,41 @@ async fn post_doc(
             ApiError::BadBody
         }
     })?;
+    if is_update {
+        // The body is one Yjs v1 update, decoded and checked as a WebSocket one would be.
+        decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
+        let applied = state
+            .hub
+            .apply_update(&doc, body)
+            .await?
+            .map_err(ApiError::BadUpdate)?;
+        return Ok(axum::Json(serde_json::json!({ "applied": applied })).into_response());
+    }
     // Linear in the body, which is bounded by the frame limit.
     let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
     let covers = state.hub.covers(&doc, snapshot).await?;
     Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
 }
 
+/// What the request's token may do on `doc` (at least read), or the refusal.
+fn grant(state: &AppState, headers: &HeaderMap, uri: &Uri, doc: &DocId) -> Result<Grant, ApiError> {
+    state
+        .auth
+        .grant(token_from(headers, uri).as_deref(), doc)
+        .map_err(ApiError::Auth)
+}
+
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     uri: Uri,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    // The name is checked before the upgrade headers, so a bad name is always a 400 JSON error.
+    // The name and the token are checked before the upgrade headers, so a bad name is always a
+    // 400 and a missing or bad token a 401/403, with a JSON body, before any upgrade.
     let doc = doc_id_from(&uri, "/ws/")?;
+    let grant = grant(&state, &headers, &uri, &doc)?;
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return Ok(rejection.into_response()),
@@ -248,9 +294,12 @@ async fn upgrade(
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
+        // A browser that sent its token as a subprotocol must get one of its offers back.
+        .protocols([WS_PROTOCOL])
         .on_upgrade(move |socket| {
             // axum spawns this future itself; tracking it lets shutdown wait for it.
-            let connection = connection::run(socket, doc, state.hub, state.connection, remote);
+            let connection =
+                connection::run(socket, doc, grant, state.hub, state.connection, remote);
             lifecycle.tracker.track_future(connection.in_current_span())
         }))
 }
@@ -278,6 +327,10 @@ pub(crate) enum ApiError {
     NotFound,
     #[error("{0}")]
     BadSnapshot(SnapshotError),
+    #[error("{0}")]
+    BadUpdate(ProtocolError),
+    #[error("{0}")]
+    Auth(AuthError),
     #[error("request body too large, limit {max} bytes")]
     BodyTooLarge { max: u64 },
     #[error("request body could not be read")]
@@ -306,6 +359,11 @@ impl ApiError {
             ApiError::DocNotFound => (StatusCode::NOT_FOUND, "doc_not_found"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadSnapshot(_) => (StatusCode::BAD_REQUEST, "bad_snapshot"),
+            ApiError::BadUpdate(_) => (StatusCode::BAD_REQUEST, "bad_update"),
+            ApiError::Auth(error) if error.is_unauthenticated() => {
+                (StatusCode::UNAUTHORIZED, error.code())
+            }
+            ApiError::Auth(error) => (StatusCode::FORBIDDEN, error.code()),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -329,6 +387,17 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let body = axum::Json(serde_json::json!({ "error": code, "message": message }));
         let mut response = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme to use.
+            let challenge = if code == "missing_token" {
+                r#"Bearer realm="tandem""#
+            } else {
+                r#"Bearer realm="tandem", error="invalid_token""#
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         response.extensions_mut().insert(LoggedApiError {
             status,
             code,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tandem_core::{DocId, Limits, PeerId, PresentUser, SharedDoc};
+use tandem_core::{DocId, Limits, PeerAccess, PeerId, PresentUser, ProtocolError, SharedDoc};
 use tandem_store::Store;
 use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
@@ -93,6 +93,8 @@ pub(crate) struct PeerLink {
     pub(crate) outbox: mpsc::Sender<Bytes>,
     /// Tells the connection to close with a reason (capacity 1; one reason is enough).
     pub(crate) closer: mpsc::Sender<CloseReason>,
+    /// What the peer may do, from its token.
+    pub(crate) access: PeerAccess,
 }
 
 impl Hub {
@@ -181,6 +183,7 @@ impl Hub {
                 link: PeerLink {
                     outbox: link.outbox.clone(),
                     closer: link.closer.clone(),
+                    access: link.access.clone(),
                 },
                 reply,
             };
@@ -218,6 +221,35 @@ impl Hub {
             .await?;
         Ok(answer
             .unwrap_or_else(|| SharedDoc::new(self.inner.config.limits.clone()).covers(&snapshot)))
+    }
+
+    /// Applies a v1 update sent over HTTP to `doc`, opening (or creating) it. `Ok(Ok(changed))`
+    /// once it is durable and relayed to the doc's peers; `Ok(Err(_))` if the update was refused.
+    pub(crate) async fn apply_update(
+        &self,
+        doc: &DocId,
+        update: Bytes,
+    ) -> Result<Result<bool, ProtocolError>, JoinError> {
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            let handle = self.get_or_open(doc)?;
+            let (reply, answer) = oneshot::channel();
+            let command = DocCommand::Apply {
+                update: update.clone(),
+                reply,
+            };
+            if handle.tx.send(command).await.is_err() {
+                self.remove_if_generation(doc, handle.generation);
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(JoinError::Retry)) | Err(_) => {
+                    self.remove_if_generation(doc, handle.generation);
+                }
+                Ok(Err(error)) => return Err(error),
+            }
+        }
+        Err(JoinError::Unavailable)
     }
 
     /// The users present in an open doc, or nothing if its actor does not answer within `timeout`

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
@@ -14,7 +15,10 @@
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
 //! - `persist`: the redb writer thread with group commit.
 //! - `shutdown`: the cancellation token, task tracker and signal future.
+//! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
+//! - `tls`: certificate and key files into rustls, re-read when they change.
 
+pub mod auth;
 pub mod config;
 mod connection;
 mod doc_actor;
@@ -22,6 +26,8 @@ mod http;
 mod hub;
 mod persist;
 mod shutdown;
+mod listener;
+mod tls;
 mod web_client;
 
 use std::future::Future;
@@ -37,6 +43,8 @@ pub use connection::ConnectionConfig;
 pub use hub::HubConfig;
 pub use persist::PersistConfig;
 pub use shutdown::signal;
+pub use listener::ListenerConfig;
+pub use tls::{TlsError, TlsFiles};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE_NAME: &str = "tandem.redb";
@@ -53,6 +61,9 @@ pub enum ServerError {
         #[source]
         source: tandem_store::StoreError,
     },
+    /// The configuration is unsafe or its keys cannot be used.
+    #[error("{0}")]
+    Config(String),
     /// A filesystem or socket operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -62,6 +73,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("loading tls certificate: {0}")]
+    Tls(#[source] TlsError),
 }
 
 /// What shutdown achieved.
@@ -77,6 +91,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ShutdownSummary, ServerError> {
+    // Before the store: a bad certificate fails the start without touching the data directory.
+    let tls = match &config.listener.tls {
+        Some(files) => Some(tls::open(files).await.map_err(ServerError::Tls)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
         context: "creating data directory",
         source,
@@ -97,6 +116,24 @@ pub async fn run(
             })?
     };
     let store = Arc::new(store);
+    // The address actually bound decides, not the configured one (tests and embedders bind
+    // their own listener).
+    let bound_ip = listener.local_addr().map_or(config.addr.ip(), |addr| addr.ip());
+    config
+        .auth
+        .check_bind(bound_ip)
+        .map_err(ServerError::Config)?;
+    let auth = auth::Auth::load(&config.auth, &config.data_dir)
+        .map_err(|error| ServerError::Config(error.to_string()))?;
+    match auth.mode() {
+        auth::AuthMode::Jwt => info!(algorithms = ?auth.accepted_algorithms(), "authentication: jwt"),
+        auth::AuthMode::None if !bound_ip.is_loopback() => warn!(
+            addr = %bound_ip,
+            "AUTHENTICATION IS OFF on a non-loopback address (--insecure-no-auth): anyone who can \
+             reach this port can read and change every document"
+        ),
+        auth::AuthMode::None => info!("authentication: none (loopback only)"),
+    }
     let persist =
         persist::spawn_writer(store.clone(), config.persist.clone()).map_err(|source| {
             ServerError::Io {
@@ -116,6 +153,7 @@ pub async fn run(
         lifecycle.clone(),
     );
     let state = http::AppState {
+        auth,
         hub: hub.clone(),
         connection: config.connection.clone(),
     };
@@ -129,7 +167,8 @@ pub async fn run(
         context: "reading local address",
         source,
     })?;
-    info!(addr = %local_addr, db = %db_path.display(), fsync = config.persist.fsync, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(addr = %local_addr, scheme, db = %db_path.display(), fsync = config.persist.fsync, "listening");
 
     let cancel = lifecycle.cancel.clone();
     lifecycle.spawn(tracing::info_span!("shutdown-signal"), {
@@ -142,16 +181,15 @@ pub async fn run(
         }
     });
 
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(cancel.clone().cancelled_owned())
-    .await;
+    let acceptor = tls.map(|(acceptor, reloader)| {
+        reloader.spawn(&lifecycle);
+        acceptor
+    });
+    // Returns once the token is cancelled; open connections wind down in their tracked tasks.
+    listener::Listener::new(listener, app, &config.listener, acceptor, lifecycle.clone())
+        .run()
+        .await;
     cancel.cancel();
-    if let Err(source) = served {
-        warn!(error = %source, "http server stopped with an error");
-    }
 
     // Connections close with 1001; doc actors drain and flush; then the writer stops.
     lifecycle.tracker.close();

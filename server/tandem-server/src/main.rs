@@ -24,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
         max_frame_bytes = config.hub.limits.max_frame_bytes,
         doc_unload_grace = ?config.hub.doc_unload_grace,
         fsync = config.persist.fsync,
+        tls = config.listener.tls.is_some(),
+        max_connections = config.listener.max_connections,
+        max_connections_per_address = config.listener.max_connections_per_address,
+        upgrade_timeout = ?config.listener.upgrade_timeout,
         "configuration"
     );
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -31,7 +35,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr().context("reading bound address")?;
     // One line on stdout for people and scripts; everything else is logged on stderr.
-    println!("tandem listening on http://{addr}");
+    let scheme = if config.listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("tandem listening on {scheme}://{addr}");
     let summary = tandem_server::run(config, listener, tandem_server::signal()).await?;
     if !summary.clean {
         anyhow::bail!("shutdown timed out before every document was flushed");

@@ -4,8 +4,9 @@
 //! `CancellationToken` (`Lifecycle`). The sequence, driven by `lib.rs::run`:
 //!
 //! 1. The shutdown future resolves (SIGTERM or ctrl-c in the binary; anything in tests).
-//! 2. The token is cancelled. axum stops accepting (`with_graceful_shutdown`); the hub refuses
-//!    new joins; every connection's writer sends close 1001 and its reader stops.
+//! 2. The token is cancelled. The accept loop (`listener.rs`) stops accepting, and each HTTP
+//!    connection finishes its request in flight and closes (hyper's `graceful_shutdown`); the hub
+//!    refuses new joins; every connection's writer sends close 1001 and its reader stops.
 //! 3. Each doc actor sees the token, drains what its peers already sent, hands it to the writer,
 //!    waits until the writer reports all of it durable, and exits.
 //! 4. `tracker.wait()` runs under `shutdown_timeout`; then the writer is told to close, commits

@@ -14,6 +14,19 @@ pub enum StoreError {
         /// What rule was broken.
         detail: String,
     },
+    /// The stored record of one account breaks the format's rules. Refuse that account's
+    /// sign-in; the others are unaffected.
+    #[error("stored account {sub:?} is corrupt: {detail}")]
+    CorruptUser {
+        /// The account whose record is corrupt.
+        sub: String,
+        /// What rule was broken.
+        detail: String,
+    },
+    /// Another `Database` (in this process or another, e.g. a running server) has the file
+    /// open. A command-line tool falls back to the server's HTTP API.
+    #[error("the database file is already open, by a running server or another process")]
+    AlreadyOpen,
     /// The file was written by a different format version. Migrate or use a matching build.
     #[error("unsupported store format version {found}, this build reads version {expected}")]
     UnsupportedFormat {

@@ -12,14 +12,17 @@
 //!
 //! - `schema`: tables, key layout, `FORMAT_VERSION` and its check.
 //! - `error`: `StoreError`.
+//! - `accounts`: the `users` table and its versioned `UserRecord`.
 
 pub mod error;
 pub mod schema;
+mod accounts;
 
 use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
+pub use accounts::UserRecord;
 pub use error::StoreError;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
@@ -104,9 +107,11 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
         }
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)?;
+        let db = match Database::builder().set_cache_size(cache_bytes).create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::AlreadyOpen),
+            Err(error) => return Err(error.into()),
+        };
         schema::check_format_version(&db)?;
         Ok(Store { db })
     }

@@ -29,6 +29,12 @@ pub(crate) const SNAPSHOTS: TableDefinition<'static, &str, &[u8]> =
 /// Each doc's metadata: `doc name -> DocRow` (see [`DocRow`]).
 pub(crate) const DOCS: TableDefinition<'static, &str, DocRow> = TableDefinition::new("docs");
 
+/// Accounts for teams without an identity provider: `sub -> encoded UserRecord` (see
+/// `accounts.rs` for the versioned encoding). Added after format version 1 shipped: a file
+/// without this table reads as having no accounts, and the first `put_user` creates it, so the
+/// format version did not change.
+pub(crate) const USERS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("users");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`, fixed width.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -56,6 +62,7 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<(), StoreError
                 txn.open_table(UPDATES)?;
                 txn.open_table(SNAPSHOTS)?;
                 txn.open_table(DOCS)?;
+                txn.open_table(USERS)?;
             }
             txn.commit()?;
             Ok(())

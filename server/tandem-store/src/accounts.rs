@@ -1,0 +1,345 @@
+//! Accounts: the `users` table, for teams that sign in with a name and password instead of an
+//! identity provider.
+//!
+//! The store keeps each account as an opaque, versioned record ([`UserRecord`]) and checks
+//! nothing about it beyond its encoding: password hashing, the role names and the rules for
+//! account names belong to the server (`tandem-server/src/account.rs`). The byte layout is in
+//! `protocol-spec/storage.md`.
+//!
+//! Invariant: a record is written whole, in one durable transaction; a reader sees the old record
+//! or the new one, never a mix.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::schema::USERS;
+
+/// The version byte at the start of every encoded [`UserRecord`].
+const USER_RECORD_VERSION: u8 = 1;
+
+/// One account, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The account id (the key of the table, and the `sub` of its tokens).
+    pub sub: String,
+    /// The display name.
+    pub name: String,
+    /// The password hash as a PHC string (`$argon2id$v=19$...`). Never leaves the server.
+    pub password_hash: String,
+    /// Document name patterns and the role name each grants (`read`, `write`, `admin`).
+    pub docs: BTreeMap<String, String>,
+    /// Whether the account may manage accounts.
+    pub admin: bool,
+    /// When the account was first created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl UserRecord {
+    /// Version 1: `u8 1`, then `name`, `password_hash` (each a string), `u8 admin` (0 or 1),
+    /// `u64 created_ms`, `u32 n_docs` and `n_docs` pairs of strings (pattern, role). A string is
+    /// a `u32` byte length and that many bytes of UTF-8. Integers are little-endian. The `sub`
+    /// is the key and is not repeated.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![USER_RECORD_VERSION];
+        put_str(&mut out, &self.name);
+        put_str(&mut out, &self.password_hash);
+        out.push(u8::from(self.admin));
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        let n_docs = u32::try_from(self.docs.len()).expect("fewer than 2^32 patterns in memory");
+        out.extend_from_slice(&n_docs.to_le_bytes());
+        for (pattern, role) in &self.docs {
+            put_str(&mut out, pattern);
+            put_str(&mut out, role);
+        }
+        out
+    }
+
+    fn decode(sub: &str, bytes: &[u8]) -> Result<UserRecord, StoreError> {
+        let corrupt = |detail: &str| StoreError::CorruptUser {
+            sub: sub.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let mut reader = Reader { bytes };
+        match reader.u8() {
+            Some(USER_RECORD_VERSION) => {}
+            Some(version) => return Err(corrupt(&format!("unknown record version {version}"))),
+            None => return Err(corrupt("empty record")),
+        }
+        let truncated = || corrupt("record is truncated or not UTF-8");
+        let name = reader.string().ok_or_else(truncated)?;
+        let password_hash = reader.string().ok_or_else(truncated)?;
+        let admin = match reader.u8().ok_or_else(truncated)? {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt("admin flag is neither 0 nor 1")),
+        };
+        let created_ms = reader.u64().ok_or_else(truncated)?;
+        let n_docs = reader.u32().ok_or_else(truncated)?;
+        let mut docs = BTreeMap::new();
+        for _ in 0..n_docs {
+            // Each pair needs at least 8 bytes, so a huge `n_docs` runs out of bytes quickly
+            // instead of allocating.
+            let pattern = reader.string().ok_or_else(truncated)?;
+            let role = reader.string().ok_or_else(truncated)?;
+            docs.insert(pattern, role);
+        }
+        if !reader.bytes.is_empty() {
+            return Err(corrupt("trailing bytes after the record"));
+        }
+        Ok(UserRecord {
+            sub: sub.to_owned(),
+            name,
+            password_hash,
+            docs,
+            admin,
+            created_ms,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    let len = u32::try_from(text.len()).expect("strings in a record are far below 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Reads a record front to back; every method returns `None` when the bytes run out.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|bytes| bytes[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+impl Store {
+    /// Creates or replaces the account `user.sub`, durably.
+    ///
+    /// This is a write transaction beside the server's writer thread; redb runs one at a time,
+    /// so it waits for the current group commit at most (accounts change rarely).
+    pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(USERS)?
+            .insert(user.sub.as_str(), user.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes the account `sub`; `false` if there was none.
+    pub fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(USERS)?.remove(sub)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// The account `sub`, if it exists.
+    pub fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(USERS) {
+            Ok(table) => table,
+            // A file from before accounts existed.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let Some(value) = table.get(sub)? else {
+            return Ok(None);
+        };
+        UserRecord::decode(sub, value.value()).map(Some)
+    }
+
+    /// Every account, sorted by `sub`.
+    pub fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(USERS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut users = Vec::new();
+        for entry in table.iter()? {
+            let (sub, value) = entry?;
+            users.push(UserRecord::decode(sub.value(), value.value())?);
+        }
+        Ok(users)
+    }
+
+    /// How many accounts exist.
+    pub fn count_users(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(USERS) {
+            Ok(table) => Ok(table.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::Database;
+
+    fn record(sub: &str) -> UserRecord {
+        UserRecord {
+            sub: sub.into(),
+            name: format!("{sub} the user"),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            docs: BTreeMap::from([
+                ("team/*".into(), "write".into()),
+                ("team/archive/*".into(), "read".into()),
+            ]),
+            admin: sub == "root",
+            created_ms: 1_795_400_000_000,
+        }
+    }
+
+    #[test]
+    fn accounts_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_user(&record("ada")).unwrap();
+            store.put_user(&record("root")).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get_user("ada").unwrap(), Some(record("ada")));
+        assert_eq!(store.get_user("root").unwrap(), Some(record("root")));
+        assert_eq!(store.get_user("nobody").unwrap(), None);
+        assert_eq!(store.count_users().unwrap(), 2);
+    }
+
+    #[test]
+    fn put_replaces_and_remove_reports_whether_the_account_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store.put_user(&record("ada")).unwrap();
+        let changed = UserRecord {
+            docs: BTreeMap::new(),
+            name: String::new(),
+            ..record("ada")
+        };
+        store.put_user(&changed).unwrap();
+        assert_eq!(store.get_user("ada").unwrap(), Some(changed));
+        store.put_user(&record("bob")).unwrap();
+        let subs: Vec<String> = store
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .map(|user| user.sub)
+            .collect();
+        assert_eq!(subs, ["ada", "bob"]);
+        assert!(store.remove_user("ada").unwrap());
+        assert!(!store.remove_user("ada").unwrap());
+        assert_eq!(store.get_user("ada").unwrap(), None);
+        assert_eq!(store.count_users().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_file_without_the_users_table_reads_as_no_accounts_and_accepts_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        // A version-1 file written before accounts existed: meta only, no `users` table.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::schema::META)
+                .unwrap()
+                .insert(crate::schema::FORMAT_VERSION_KEY, crate::FORMAT_VERSION)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.count_users().unwrap(), 0);
+        assert_eq!(store.list_users().unwrap(), Vec::new());
+        assert_eq!(store.get_user("ada").unwrap(), None);
+        assert!(!store.remove_user("ada").unwrap());
+        store.put_user(&record("ada")).unwrap();
+        assert_eq!(store.get_user("ada").unwrap(), Some(record("ada")));
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_for_that_account_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_user(&record("ada")).unwrap();
+        }
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(USERS).unwrap();
+                let mut cut = record("bob").encode();
+                cut.truncate(cut.len() - 3);
+                table.insert("bob", cut.as_slice()).unwrap();
+                let mut future = record("eve").encode();
+                future[0] = 9;
+                table.insert("eve", future.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get_user("ada").unwrap(), Some(record("ada")));
+        let res = store.get_user("bob");
+        assert!(
+            matches!(&res, Err(StoreError::CorruptUser { sub, detail }) if sub == "bob" && detail.contains("truncated")),
+            "{res:?}"
+        );
+        let res = store.get_user("eve");
+        assert!(
+            matches!(&res, Err(StoreError::CorruptUser { sub, detail }) if sub == "eve" && detail.contains("version 9")),
+            "{res:?}"
+        );
+    }
+
+    #[test]
+    fn decoding_any_prefix_of_a_record_fails_without_panicking() {
+        let bytes = record("ada").encode();
+        for len in 0..bytes.len() {
+            assert!(UserRecord::decode("ada", &bytes[..len]).is_err(), "prefix {len}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(UserRecord::decode("ada", &long).is_err());
+        assert_eq!(UserRecord::decode("ada", &bytes).unwrap(), record("ada"));
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_reported_as_already_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let _first = Store::open(&path).unwrap();
+        let res = Store::open(&path);
+        assert!(matches!(res, Err(StoreError::AlreadyOpen)), "{:?}", res.err());
+    }
+}

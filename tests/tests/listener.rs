@@ -1,0 +1,180 @@
+//! The accept loop's defences: connection caps answered with a 503, and the upgrade deadline
+//! against clients that trickle their headers (slowloris).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tandem_tests::{Peer, TestServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+
+#[tokio::test]
+async fn a_connection_over_the_per_address_cap_gets_503_and_nobody_else_notices() {
+    let server = TestServer::start_with(|config| {
+        config.listener.max_connections_per_address = 3;
+    })
+    .await;
+    let mut writer = server.connect("kept").await;
+    writer.append_text("unchanged").await;
+    let mut witness = server.connect("kept").await;
+    witness.wait_text(|text| text == "unchanged").await;
+    writer.close().await;
+    witness.close().await;
+
+    // Three idle keep-alive connections fill the cap (once the server has let go of the peers).
+    let mut idle = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while idle.len() < 3 {
+        match open_idle_connection(server.addr).await {
+            Some(stream) => idle.push(stream),
+            None => {
+                assert!(tokio::time::Instant::now() < deadline, "slots never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    // The fourth is answered 503 with the JSON error and closed.
+    let refused = server.http_get("/healthz", "application/json").await;
+    assert_eq!(refused.0, 503);
+    let response = server.request("GET", "/api/docs", &[], &[]).await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.json();
+    assert_eq!(body["error"], "too_many_connections");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("limit 3")),
+        "{body}"
+    );
+    // A WebSocket client gets the same answer.
+    match Peer::try_connect_raw(server.addr, "kept").await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 503),
+        Err(error) => panic!("expected a 503, got {error}"),
+        Ok(_) => panic!("expected a 503, got a WebSocket"),
+    }
+
+    // One idle connection leaves; a peer gets in and finds the doc as it was.
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut reader = loop {
+        match Peer::try_connect_raw(server.addr, "kept").await {
+            Ok(peer) => break peer,
+            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 503 => {
+                assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("connect: {error}"),
+        }
+    };
+    reader.handshake().await;
+    assert_eq!(reader.text(), "unchanged");
+    reader.append_text("!").await;
+
+    // The server is alive once the other idle connections go.
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.http_get("/healthz", "application/json").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "healthz never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_dropped_while_peers_keep_syncing() {
+    let server = TestServer::start_with(|config| {
+        config.listener.upgrade_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut alice = server.connect("doc").await;
+    let mut bob = server.connect("doc").await;
+
+    let mut slow = TcpStream::connect(server.addr).await.expect("connect");
+    slow.write_all(b"GET /ws/doc HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    alice.append_text("a").await;
+    bob.wait_text(|text| text == "a").await;
+    expect_closed_within(&mut slow, Duration::from_secs(5)).await;
+
+    // The peers have now been connected longer than the deadline: upgraded connections are
+    // not subject to it.
+    bob.append_text("b").await;
+    alice.wait_text(|text| text == "ab").await;
+    let mut late = server.connect("doc").await;
+    late.wait_text(|text| text == "ab").await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_cannot_trickle_its_next_request() {
+    let server = TestServer::start_with(|config| {
+        config.listener.upgrade_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut stream = open_idle_connection(server.addr)
+        .await
+        .expect("first request served");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    expect_closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(server.http_get("/healthz", "application/json").await.0, 200);
+}
+
+/// Opens a connection, does one keep-alive `GET /healthz` on it and returns it, open and idle.
+/// `None` if the server answered something other than 200 (a 503 over the cap, say).
+async fn open_idle_connection(addr: SocketAddr) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    let (head_len, content_length) = loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a response");
+        response.extend_from_slice(&buf[..n]);
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse::<usize>().ok())
+                .expect("content-length");
+            break (end + 4, length);
+        }
+    };
+    while response.len() < head_len + content_length {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("body in time")
+            .expect("read");
+        assert!(n > 0, "closed before the body");
+        response.extend_from_slice(&buf[..n]);
+    }
+    response
+        .starts_with(b"HTTP/1.1 200 ")
+        .then_some(stream)
+}
+
+/// Reads until the server closes `stream`; fails if that takes longer than `within`.
+async fn expect_closed_within(stream: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let read = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .expect("the server closes the connection in time");
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
