@@ -39,7 +39,9 @@ fn now() -> u64 {
 
 /// Claims for `sub` with `docs`, valid for five minutes.
 fn claims(sub: &str, docs: Value) -> Value {
-    json!({ "sub": sub, "name": format!("{sub} (verified)"), "docs": docs, "exp": now() + 300 })
+    let mut claims = json!({ "sub": sub, "name": format!("{sub} (verified)"), "exp": now() + 300 });
+    claims["docs"] = docs;
+    claims
 }
 
 fn sign(algorithm: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
@@ -148,7 +150,9 @@ async fn upgrades_without_a_valid_token_are_refused_with_401_json() {
         ("no token", None, "missing_token"),
         (
             "expired",
-            Some(hs256(&json!({ "sub": "ada", "docs": { "*": "write" }, "exp": now() - 3600 }))),
+            Some(hs256(
+                &json!({ "sub": "ada", "docs": { "*": "write" }, "exp": now() - 3600 }),
+            )),
             "token_expired",
         ),
         (
@@ -355,7 +359,10 @@ async fn read_only_peers_sync_but_cannot_change_anything() {
     reader.wait_text(|text| text.contains("via http")).await;
     assert!(!writer.text().contains("forged"));
     let stored = doc_text(&server, doc, &writer_token).await.to_string();
-    assert!(!stored.contains("forged") && stored.contains("via http"), "{stored}");
+    assert!(
+        !stored.contains("forged") && stored.contains("via http"),
+        "{stored}"
+    );
 }
 
 #[tokio::test]
@@ -369,7 +376,9 @@ async fn a_read_only_peer_sending_garbage_only_loses_its_own_connection() {
     reader.wait_text(|text| text == "safe").await;
     // A ten-byte awareness message that lies about its lengths.
     reader
-        .send(bytes::Bytes::from_static(&[1, 9, 1, 200, 1, 1, 5, b'{', b'}', 0]))
+        .send(bytes::Bytes::from_static(&[
+            1, 9, 1, 200, 1, 1, 5, b'{', b'}', 0,
+        ]))
         .await;
     let (code, _) = reader.expect_close().await;
     assert_eq!(code, 1002);
@@ -465,10 +474,22 @@ async fn jwks_keys_are_picked_by_kid_for_es256_and_eddsa() {
     let mut wrong_iss = good.clone();
     wrong_iss["iss"] = json!("https://evil.test");
     for (case, token) in [
-        ("kid of the other key", sign(Algorithm::ES256, Some("ed-1"), &good, &ec_private)),
-        ("unknown kid", sign(Algorithm::ES256, Some("nope"), &good, &ec_private)),
-        ("wrong audience", sign(Algorithm::ES256, Some("ec-1"), &wrong_aud, &ec_private)),
-        ("wrong issuer", sign(Algorithm::EdDSA, Some("ed-1"), &wrong_iss, &ed_private)),
+        (
+            "kid of the other key",
+            sign(Algorithm::ES256, Some("ed-1"), &good, &ec_private),
+        ),
+        (
+            "unknown kid",
+            sign(Algorithm::ES256, Some("nope"), &good, &ec_private),
+        ),
+        (
+            "wrong audience",
+            sign(Algorithm::ES256, Some("ec-1"), &wrong_aud, &ec_private),
+        ),
+        (
+            "wrong issuer",
+            sign(Algorithm::EdDSA, Some("ed-1"), &wrong_iss, &ed_private),
+        ),
     ] {
         let (status, code) = refused(ws_request(&server, "doc", Some(&token))).await;
         assert_eq!((status, code.as_str()), (401, "invalid_token"), "{case}");
@@ -499,4 +520,29 @@ async fn auth_off_is_refused_beyond_loopback_unless_insecure_is_explicit() {
         .await
         .expect("runs with the explicit flag");
     assert!(summary.clean);
+}
+
+#[tokio::test]
+async fn pem_public_keys_verify_es256_and_eddsa_and_nothing_else() {
+    let server = jwt_server(|auth| {
+        auth.secret_file = None;
+        auth.public_keys = vec![
+            (Algorithm::ES256, fixture("ec-public.pem")),
+            (Algorithm::EdDSA, fixture("ed-public.pem")),
+        ];
+    })
+    .await;
+    let good = claims("ada", json!({ "*": "write" }));
+    let ec = EncodingKey::from_ec_pem(&fixture_bytes("ec-private.pem")).expect("ec key");
+    let ed = EncodingKey::from_ed_pem(&fixture_bytes("ed-private.pem")).expect("ed key");
+    let mut first = connect(&server, "doc", &sign(Algorithm::ES256, None, &good, &ec)).await;
+    first.append_text("es ").await;
+    let mut second = connect(&server, "doc", &sign(Algorithm::EdDSA, None, &good, &ed)).await;
+    second.wait_text(|text| text == "es ").await;
+    // HS256 is not configured here at all, and an RSA-signed token finds no RS256 key.
+    let rsa = EncodingKey::from_rsa_pem(&fixture_bytes("rsa-private.pem")).expect("rsa key");
+    for token in [hs256(&good), sign(Algorithm::RS256, None, &good, &rsa)] {
+        let (status, code) = refused(ws_request(&server, "doc", Some(&token))).await;
+        assert_eq!((status, code.as_str()), (401, "invalid_token"));
+    }
 }

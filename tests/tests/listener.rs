@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite;
 async fn a_connection_over_the_per_address_cap_gets_503_and_nobody_else_notices() {
     let server = TestServer::start_with(|config| {
         config.listener.max_connections_per_address = 3;
+        // The idle connections must outlive the test, not the keep-alive header timeout.
+        config.listener.upgrade_timeout = Duration::from_secs(60);
     })
     .await;
     let mut writer = server.connect("kept").await;
@@ -45,7 +47,9 @@ async fn a_connection_over_the_per_address_cap_gets_503_and_nobody_else_notices(
     let body = response.json();
     assert_eq!(body["error"], "too_many_connections");
     assert!(
-        body["message"].as_str().is_some_and(|m| m.contains("limit 3")),
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit 3")),
         "{body}"
     );
     // A WebSocket client gets the same answer.
@@ -76,7 +80,10 @@ async fn a_connection_over_the_per_address_cap_gets_503_and_nobody_else_notices(
     drop(idle);
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.http_get("/healthz", "application/json").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "healthz never answered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz never answered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -158,9 +165,7 @@ async fn open_idle_connection(addr: SocketAddr) -> Option<TcpStream> {
         assert!(n > 0, "closed before the body");
         response.extend_from_slice(&buf[..n]);
     }
-    response
-        .starts_with(b"HTTP/1.1 200 ")
-        .then_some(stream)
+    response.starts_with(b"HTTP/1.1 200 ").then_some(stream)
 }
 
 /// Reads until the server closes `stream`; fails if that takes longer than `within`.

@@ -125,20 +125,35 @@ fn decode_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let seed_doc = on_seed(2_003);
     let cursor = r##"{"user":{"name":"Ada","color":"#30bced","colorLight":"#30bced33"},"cursor":{"anchor":{"type":{"client":1001,"clock":0},"tname":null,"item":{"client":1001,"clock":3},"assoc":0},"head":{"type":{"client":1001,"clock":0},"tname":null,"item":{"client":1001,"clock":3},"assoc":0}}}"##;
     vec![
-        ("sync_step1_empty", encode_sync_step1(&StateVector::default()).to_vec()),
+        (
+            "sync_step1_empty",
+            encode_sync_step1(&StateVector::default()).to_vec(),
+        ),
         (
             "sync_step1_seed_doc",
             encode_sync_step1(&seed_doc.transact().state_vector()).to_vec(),
         ),
-        ("sync_step2_empty_update", encode_sync_step2(&[0, 0]).to_vec()),
-        ("sync_step2_full_doc", encode_sync_step2(&full_state(&typist)).to_vec()),
+        (
+            "sync_step2_empty_update",
+            encode_sync_step2(&[0, 0]).to_vec(),
+        ),
+        (
+            "sync_step2_full_doc",
+            encode_sync_step2(&full_state(&typist)).to_vec(),
+        ),
         ("update_text_insert", encode_sync_update(&insert).to_vec()),
         ("update_text_delete", encode_sync_update(&delete).to_vec()),
         ("update_text_unicode", encode_sync_update(&unicode).to_vec()),
-        ("update_text_formatted", encode_sync_update(&formatted).to_vec()),
+        (
+            "update_text_formatted",
+            encode_sync_update(&formatted).to_vec(),
+        ),
         ("update_map_nested", encode_sync_update(&nested).to_vec()),
         ("update_array", encode_sync_update(&array_edit).to_vec()),
-        ("update_missing_dependency", encode_sync_update(&second).to_vec()),
+        (
+            "update_missing_dependency",
+            encode_sync_update(&second).to_vec(),
+        ),
         (
             "awareness_codemirror_cursor",
             awareness(&[(3_631_934_587, 7, cursor)]).to_vec(),
@@ -262,7 +277,10 @@ fn apply_update_seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
         Op::Frame {
             peer: 1,
-            bytes: concat(&[encode_query_awareness(), encode_sync_step1(&StateVector::default())]),
+            bytes: concat(&[
+                encode_query_awareness(),
+                encode_sync_step1(&StateVector::default()),
+            ]),
         },
         Op::Leave { peer: 0 },
         Op::Frame {

@@ -306,50 +306,83 @@ pub fn vouch_state(
     identity: Option<&Identity>,
 ) -> Option<(Arc<str>, Option<PresentUser>)> {
     use serde_json::{Map, Value};
+    if !needs_vouching(json, identity) {
+        return None;
+    }
     let mut state: Value = serde_json::from_str(json).ok()?;
     let Value::Object(object) = &mut state else {
         // A scalar or array state names nobody; with an identity it cannot be shown as anyone.
         return None;
     };
-    let needs_change = {
-        let user = object.get("user").and_then(Value::as_object);
-        let color_is_unsafe = |key: &str| {
-            user.and_then(|user| user.get(key))
+    if identity.is_some() && !object.get("user").is_some_and(Value::is_object) {
+        object.insert("user".into(), Value::Object(Map::new()));
+    }
+    let mut changed = false;
+    if let Some(Value::Object(user)) = object.get_mut("user") {
+        for key in ["color", "colorLight"] {
+            if user
+                .get(key)
                 .is_some_and(|color| !color.as_str().is_some_and(is_plain_color))
-        };
-        let names_other = identity.is_some_and(|identity| {
-            let field = |key: &str| user.and_then(|user| user.get(key)).and_then(Value::as_str);
-            field("name") != Some(&*identity.name) || field("sub") != Some(&*identity.sub)
-        });
-        names_other || color_is_unsafe("color") || color_is_unsafe("colorLight")
-    };
-    if !needs_change {
-        return None;
-    }
-    let user = object
-        .entry("user")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !user.is_object() {
-        *user = Value::Object(Map::new());
-    }
-    let Value::Object(user) = user else {
-        return None;
-    };
-    for key in ["color", "colorLight"] {
-        if user
-            .get(key)
-            .is_some_and(|color| !color.as_str().is_some_and(is_plain_color))
-        {
-            user.remove(key);
+            {
+                user.remove(key);
+                changed = true;
+            }
+        }
+        if let Some(identity) = identity {
+            user.insert("name".into(), Value::String(identity.name.to_string()));
+            user.insert("sub".into(), Value::String(identity.sub.to_string()));
+            changed = true;
         }
     }
-    if let Some(identity) = identity {
-        user.insert("name".into(), Value::String(identity.name.to_string()));
-        user.insert("sub".into(), Value::String(identity.sub.to_string()));
+    if !changed {
+        return None;
     }
     let json = serde_json::to_string(&state).ok()?;
     let present = read_state(&json).ok().flatten();
     Some((Arc::from(json), present))
+}
+
+/// The fields of `user` that vouching looks at, borrowed from the JSON text where possible.
+#[derive(serde::Deserialize)]
+struct UserCheck<'a> {
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sub: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    color: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, rename = "colorLight")]
+    color_light: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct StateCheck<'a> {
+    #[serde(borrow, default)]
+    user: Option<UserCheck<'a>>,
+}
+
+/// Whether [`vouch_state`] has anything to change: one allocation-free pass that skips every
+/// field but `user`. Anything unusual (a `user` that is not an object, a colour that is not a
+/// string, a repeated key) answers yes, and the full path decides.
+fn needs_vouching(json: &str, identity: Option<&Identity>) -> bool {
+    let Ok(state) = serde_json::from_str::<StateCheck<'_>>(json) else {
+        return true;
+    };
+    let user = state.user.as_ref();
+    let unsafe_color = |color: Option<&std::borrow::Cow<'_, str>>| {
+        color.is_some_and(|color| !is_plain_color(color))
+    };
+    if user.is_some_and(|user| {
+        unsafe_color(user.color.as_ref()) || unsafe_color(user.color_light.as_ref())
+    }) {
+        return true;
+    }
+    identity.is_some_and(|identity| {
+        user.is_none_or(|user| {
+            user.name.as_deref() != Some(&*identity.name)
+                || user.sub.as_deref() != Some(&*identity.sub)
+        })
+    })
 }
 
 /// `text` cut to at most `max_chars` characters; copies only when it is longer.
@@ -736,7 +769,13 @@ mod tests {
         };
         let forged = r##"{"user":{"name":"Bob","sub":"u-bob","color":"#aabbcc"},"cursor":null}"##;
         let outcome = table
-            .apply_as(PeerId(1), Some(&alice), &payload(&[(5, 1, forged)]), 0, &limits)
+            .apply_as(
+                PeerId(1),
+                Some(&alice),
+                &payload(&[(5, 1, forged)]),
+                0,
+                &limits,
+            )
             .unwrap();
         let relayed = decode(&outcome.broadcast.expect("relayed"));
         let state: serde_json::Value = serde_json::from_str(&relayed[0].json).unwrap();
@@ -747,12 +786,20 @@ mod tests {
         assert_eq!(table.present_users(), vec![user("Alice", Some("#aabbcc"))]);
         // A state with no user at all is stamped too; one already right is relayed verbatim.
         let outcome = table
-            .apply_as(PeerId(1), Some(&alice), &payload(&[(5, 2, "{}")]), 0, &limits)
+            .apply_as(
+                PeerId(1),
+                Some(&alice),
+                &payload(&[(5, 2, "{}")]),
+                0,
+                &limits,
+            )
             .unwrap();
         let relayed = decode(&outcome.broadcast.unwrap());
         assert_eq!(relayed[0].user, Some(user("Alice", None)));
         let right = payload(&[(5, 3, &relayed[0].json)]);
-        let outcome = table.apply_as(PeerId(1), Some(&alice), &right, 0, &limits).unwrap();
+        let outcome = table
+            .apply_as(PeerId(1), Some(&alice), &right, 0, &limits)
+            .unwrap();
         assert_eq!(outcome.broadcast, Some(encode_awareness_raw(&right.raw)));
     }
 
@@ -760,14 +807,24 @@ mod tests {
     fn colors_that_are_not_plain_hex_are_removed() {
         let limits = Limits::default();
         let mut table = AwarenessTable::default();
-        let hostile = r##"{"user":{"name":"m","color":"red;background:url(//x)","colorLight":"#abc"}}"##;
+        let hostile =
+            r##"{"user":{"name":"m","color":"red;background:url(//x)","colorLight":"#abc"}}"##;
         let outcome = table
             .apply(PeerId(1), &payload(&[(9, 1, hostile)]), 0, &limits)
             .unwrap();
         let relayed = decode(&outcome.broadcast.unwrap());
         let state: serde_json::Value = serde_json::from_str(&relayed[0].json).unwrap();
-        assert_eq!(state, serde_json::json!({"user": {"name": "m", "colorLight": "#abc"}}));
-        for (color, plain) in [("#fff", true), ("#30bced33", true), ("#30bcedz", false), ("red", false), ("#", false)] {
+        assert_eq!(
+            state,
+            serde_json::json!({"user": {"name": "m", "colorLight": "#abc"}})
+        );
+        for (color, plain) in [
+            ("#fff", true),
+            ("#30bced33", true),
+            ("#30bcedz", false),
+            ("red", false),
+            ("#", false),
+        ] {
             assert_eq!(is_plain_color(color), plain, "{color}");
         }
     }

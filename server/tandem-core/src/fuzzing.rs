@@ -18,9 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use yrs::updates::decoder::Decode;
-use yrs::{
-    Array, ArrayPrelim, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, Update,
-};
+use yrs::{Array, ArrayPrelim, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, Update};
 
 use crate::awareness::PeerId;
 use crate::limits::Limits;
@@ -144,7 +142,9 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
     while let Some(&[tag, peer]) = take(2, false) {
         let op = match tag % N_TAGS {
             TAG_UPDATE | TAG_FRAME => {
-                let Some(&[lo, hi]) = take(2, false) else { break };
+                let Some(&[lo, hi]) = take(2, false) else {
+                    break;
+                };
                 let len = usize::from(u16::from_le_bytes([lo, hi]));
                 let bytes = take(len, true).unwrap_or_default().to_vec();
                 if tag % N_TAGS == TAG_UPDATE {
@@ -154,7 +154,9 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
                 }
             }
             TAG_EDIT => {
-                let Some(&[kind, pos, len]) = take(3, false) else { break };
+                let Some(&[kind, pos, len]) = take(3, false) else {
+                    break;
+                };
                 Op::Edit {
                     peer,
                     kind,
@@ -163,7 +165,9 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
                 }
             }
             TAG_MUTATE => {
-                let Some(&[lo, hi, value]) = take(3, false) else { break };
+                let Some(&[lo, hi, value]) = take(3, false) else {
+                    break;
+                };
                 Op::Mutate {
                     peer,
                     index: u16::from_le_bytes([lo, hi]),
@@ -512,8 +516,14 @@ mod tests {
     fn the_checked_in_corpus_runs_clean() {
         let frames = corpus("decode_frame");
         let ops = corpus("apply_update");
-        assert!(frames.len() >= 8 && ops.len() >= 4, "seed corpus is missing");
-        assert!(frames.len() + ops.len() < 50, "seed corpus is meant to stay small");
+        assert!(
+            frames.len() >= 8 && ops.len() >= 4,
+            "seed corpus is missing"
+        );
+        assert!(
+            frames.len() + ops.len() < 50,
+            "seed corpus is meant to stay small"
+        );
         for (_, bytes) in &frames {
             decode_frame(bytes);
         }
@@ -525,7 +535,10 @@ mod tests {
         // The seeds reach the paths they are named after.
         assert!(outcomes["three_peers_typing.bin"].n_accepted >= 24);
         assert_eq!(outcomes["doc_size_limit.bin"].n_too_large, 1);
-        assert_eq!(outcomes["invalid_parent_poisons_and_reloads.bin"].n_poisoned, 1);
+        assert_eq!(
+            outcomes["invalid_parent_poisons_and_reloads.bin"].n_poisoned,
+            1
+        );
         // The frames are real ones: every one of them decodes.
         for (name, bytes) in &frames {
             let res = protocol::decode_frame(&Bytes::copy_from_slice(bytes), &Limits::default());

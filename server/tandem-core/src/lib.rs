@@ -19,12 +19,12 @@
 
 pub mod awareness;
 pub mod doc_id;
-pub mod limits;
-pub mod protocol;
-pub mod shared_doc;
-pub mod rate;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
+pub mod protocol;
+pub mod rate;
+pub mod shared_doc;
 
 pub use awareness::{Identity, PeerId, PresentUser};
 pub use doc_id::{DocId, DocIdError};

@@ -124,14 +124,28 @@ impl ConnectionRates {
 
     /// Accounts for the messages one decoded frame carries: each is one message, and each
     /// awareness message also counts against the awareness rate.
-    pub fn check_messages(&mut self, messages: &[Message], now_ms: u64) -> Result<(), ProtocolError> {
-        take(&mut self.messages, RateKind::Message, messages.len() as u64, now_ms)?;
+    pub fn check_messages(
+        &mut self,
+        messages: &[Message],
+        now_ms: u64,
+    ) -> Result<(), ProtocolError> {
+        take(
+            &mut self.messages,
+            RateKind::Message,
+            messages.len() as u64,
+            now_ms,
+        )?;
         let n_awareness = messages
             .iter()
             .filter(|message| matches!(message, Message::Awareness(_)))
             .count() as u64;
         if n_awareness > 0 {
-            take(&mut self.awareness, RateKind::Awareness, n_awareness, now_ms)?;
+            take(
+                &mut self.awareness,
+                RateKind::Awareness,
+                n_awareness,
+                now_ms,
+            )?;
         }
         Ok(())
     }
@@ -326,7 +340,10 @@ mod tests {
         let error = feed(&mut rates, &frame, 0).expect_err("third message");
         assert_eq!(
             error.close_frame(),
-            (CLOSE_RATE_LIMITED, "message rate limit exceeded".to_string())
+            (
+                CLOSE_RATE_LIMITED,
+                "message rate limit exceeded".to_string()
+            )
         );
         assert!(matches!(
             error,
@@ -347,7 +364,10 @@ mod tests {
         let error = feed(&mut rates, &awareness_frame(3), 0).expect_err("third awareness");
         assert_eq!(
             error.close_frame(),
-            (CLOSE_RATE_LIMITED, "awareness rate limit exceeded".to_string())
+            (
+                CLOSE_RATE_LIMITED,
+                "awareness rate limit exceeded".to_string()
+            )
         );
     }
 

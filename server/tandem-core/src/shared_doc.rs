@@ -22,8 +22,8 @@ use yrs::{
 use crate::awareness::{AwarenessTable, Identity, PeerId, PresentUser};
 use crate::limits::Limits;
 use crate::protocol::{
-    Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1, encode_sync_step2,
-    encode_sync_update,
+    Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1,
+    encode_sync_step2, encode_sync_update,
 };
 
 /// The reason sent with the y-protocols Auth "permission denied" answer to a read-only peer's
@@ -437,7 +437,11 @@ mod tests {
     #[test]
     fn a_read_only_peer_syncs_but_its_updates_are_denied_and_go_nowhere() {
         let mut doc = SharedDoc::new(Limits::default());
-        receive_frame(&mut doc, PeerId(1), &Client::new(1).edit(0, Some("kept"), 0));
+        receive_frame(
+            &mut doc,
+            PeerId(1),
+            &Client::new(1).edit(0, Some("kept"), 0),
+        );
         let reader = PeerAccess {
             can_write: false,
             identity: None,
@@ -447,7 +451,10 @@ mod tests {
             decode_frame(frame, &Limits::default())
                 .expect("valid")
                 .into_iter()
-                .map(|message| doc.receive_as(PeerId(2), &reader, message, 0).expect("handled"))
+                .map(|message| {
+                    doc.receive_as(PeerId(2), &reader, message, 0)
+                        .expect("handled")
+                })
                 .collect()
         };
         // Sync works: the viewer gets the content.
@@ -549,7 +556,10 @@ mod tests {
 
     /// The raw update a frame made by `Client::edit` carries.
     fn raw_update(frame: &Bytes) -> Bytes {
-        match decode_frame(frame, &Limits::default()).expect("valid").pop() {
+        match decode_frame(frame, &Limits::default())
+            .expect("valid")
+            .pop()
+        {
             Some(Message::Update(payload)) => payload.raw,
             other => panic!("expected an update, got {other:?}"),
         }
@@ -573,8 +583,13 @@ mod tests {
         receive_frame(&mut doc, PeerId(1), &small);
         assert_eq!(doc.stored_bytes(), small_bytes);
 
-        let message = decode_frame(&big, &Limits::default()).unwrap().pop().unwrap();
-        let error = doc.receive(PeerId(3), message, 0).expect_err("over the limit");
+        let message = decode_frame(&big, &Limits::default())
+            .unwrap()
+            .pop()
+            .unwrap();
+        let error = doc
+            .receive(PeerId(3), message, 0)
+            .expect_err("over the limit");
         let ReceiveError::Protocol(error) = error else {
             panic!("a refusal, not a poisoning: {error:?}")
         };
@@ -586,7 +601,10 @@ mod tests {
                 max: small_bytes + tiny_bytes
             }
         );
-        assert_eq!(error.close_frame(), (1009, "document too large".to_string()));
+        assert_eq!(
+            error.close_frame(),
+            (1009, "document too large".to_string())
+        );
         assert_eq!(doc.to_json(), serde_json::json!({ "t": "small" }));
         assert_eq!(doc.stored_bytes(), small_bytes);
 

@@ -399,7 +399,10 @@ impl Auth {
             None => {
                 let mut all: Vec<Algorithm> = keys
                     .iter()
-                    .filter(|key| !key.own && !(key.kid.is_none() && is_extra_hmac(key.algorithm)))
+                    .filter(|key| {
+                        let opt_in_hmac = key.kid.is_none() && is_extra_hmac(key.algorithm);
+                        !key.own && !opt_in_hmac
+                    })
                     .map(|key| key.algorithm)
                     .collect();
                 all.push(Algorithm::HS256);
@@ -502,9 +505,7 @@ impl Auth {
         let Some(claims) = self.claims(token)? else {
             return Ok(Grant::open());
         };
-        let role = claims
-            .role_for(doc.as_str())
-            .ok_or(AuthError::Forbidden)?;
+        let role = claims.role_for(doc.as_str()).ok_or(AuthError::Forbidden)?;
         Ok(Grant {
             role,
             identity: Some(claims.identity()),
@@ -556,7 +557,9 @@ pub fn token_from(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     if let Some(query) = uri.query() {
         for pair in query.split('&') {
             if let Some(value) = pair.strip_prefix("token=") {
-                let decoded = percent_encoding::percent_decode_str(value).decode_utf8().ok()?;
+                let decoded = percent_encoding::percent_decode_str(value)
+                    .decode_utf8()
+                    .ok()?;
                 return Some(decoded.into_owned());
             }
         }
@@ -596,7 +599,10 @@ fn is_extra_hmac(algorithm: Algorithm) -> bool {
 fn load_jwks(path: &Path) -> Result<Vec<VerifyKey>, AuthLoadError> {
     let text = read_file(path, "reading the JWKS file")?;
     let set: JwkSet = serde_json::from_slice(&text).map_err(|error| {
-        AuthLoadError::Key(format!("{} is not a JWKS document: {error}", path.display()))
+        AuthLoadError::Key(format!(
+            "{} is not a JWKS document: {error}",
+            path.display()
+        ))
     })?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
@@ -745,7 +751,11 @@ mod tests {
             ("a*b*c", "aXbY", false),
             ("", "", true),
         ] {
-            assert_eq!(pattern_matches(pattern, name), expected, "{pattern} ~ {name}");
+            assert_eq!(
+                pattern_matches(pattern, name),
+                expected,
+                "{pattern} ~ {name}"
+            );
         }
     }
 
@@ -779,7 +789,10 @@ mod tests {
     #[test]
     fn tokens_are_found_in_header_query_and_subprotocol() {
         let uri: Uri = "/ws/doc?x=1&token=abc%2Edef".parse().unwrap();
-        assert_eq!(token_from(&HeaderMap::new(), &uri).as_deref(), Some("abc.def"));
+        assert_eq!(
+            token_from(&HeaderMap::new(), &uri).as_deref(),
+            Some("abc.def")
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,

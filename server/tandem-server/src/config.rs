@@ -13,18 +13,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tandem_core::Limits;
 use tandem_core::limits::{
-    DEFAULT_MAX_AWARENESS_PER_SECOND, DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_MAX_DOC_BYTES,
-    DEFAULT_MAX_MESSAGES_PER_SECOND,
-    DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER, DEFAULT_MAX_AWARENESS_STATE_BYTES,
-    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER, DEFAULT_MAX_AWARENESS_PER_SECOND,
+    DEFAULT_MAX_AWARENESS_STATE_BYTES, DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_MAX_DOC_BYTES,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGES_PER_SECOND,
 };
 
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
-use crate::tls::TlsFiles;
 use crate::persist::PersistConfig;
+use crate::tls::TlsFiles;
 
 /// Command line of the `tandem` binary.
 #[derive(Debug, Parser)]
@@ -417,7 +416,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
         listener: ListenerConfig {
             // `load` has refused a lone cert or key; `resolve` keeps TLS off for one.
-            tls: match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            tls: match (
+                args.tls_cert.or(file.tls_cert),
+                args.tls_key.or(file.tls_key),
+            ) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,
             },
@@ -512,7 +514,12 @@ mod tests {
         let tls = config.listener.tls.expect("tls on");
         assert_eq!(tls.cert, PathBuf::from("cert.pem"));
         assert_eq!(tls.key, PathBuf::from("key.pem"));
-        assert!(resolve(ServeArgs::default(), ServeArgs::default()).listener.tls.is_none());
+        assert!(
+            resolve(ServeArgs::default(), ServeArgs::default())
+                .listener
+                .tls
+                .is_none()
+        );
     }
 
     #[test]
@@ -543,8 +550,36 @@ mod tests {
         assert_eq!(limits.max_bytes_per_second, 1000);
         assert_eq!(limits.max_awareness_per_second, 3);
         assert_eq!(limits.max_doc_bytes, 9000);
-        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).hub.limits;
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default())
+            .hub
+            .limits;
         assert_eq!(defaults, Limits::default());
+    }
+
+    #[test]
+    fn authentication_is_on_by_default_beyond_loopback() {
+        let local = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(local.auth.mode, AuthMode::None);
+        let file: ServeArgs = toml::from_str("bind = \"0.0.0.0\"").unwrap();
+        let public = resolve(ServeArgs::default(), file);
+        assert_eq!(public.auth.mode, AuthMode::Jwt);
+        let file: ServeArgs = toml::from_str(
+            "bind = \"0.0.0.0\"\nauth = \"none\"\njwt_public_key = [\"ES256=/k.pem\"]",
+        )
+        .unwrap();
+        let open = resolve(ServeArgs::default(), file);
+        assert!(open.auth.check_bind(open.addr.ip()).is_err());
+        assert_eq!(
+            open.auth.public_keys,
+            vec![(jsonwebtoken::Algorithm::ES256, PathBuf::from("/k.pem"))]
+        );
+        let insecure = ServeArgs {
+            insecure_no_auth: Some(true),
+            ..ServeArgs::default()
+        };
+        let file: ServeArgs = toml::from_str("bind = \"0.0.0.0\"\nauth = \"none\"").unwrap();
+        let allowed = resolve(insecure, file);
+        assert!(allowed.auth.check_bind(allowed.addr.ip()).is_ok());
     }
 
     #[test]

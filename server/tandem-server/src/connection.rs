@@ -95,7 +95,9 @@ impl CloseReason {
                 doc_bytes,
                 update_bytes,
                 max,
-            }) => warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection"),
+            }) => {
+                warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection")
+            }
             CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
                 warn!(%peer, code, reason, "closing connection")
             }

@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tandem_core::{
-    DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc,
-};
+use tandem_core::{DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -367,7 +365,10 @@ impl DocActor {
             }
         };
         let now_ms = self.now_ms();
-        match self.shared.receive(HTTP_PEER, Message::Update(payload), now_ms) {
+        match self
+            .shared
+            .receive(HTTP_PEER, Message::Update(payload), now_ms)
+        {
             Ok(effects) => {
                 let applied = effects.persist.is_some();
                 if let Some(update) = effects.persist
@@ -471,11 +472,7 @@ impl DocActor {
     fn compact(&mut self) {
         let snapshot = self.shared.encode_state();
         let snapshot_bytes = snapshot.len() as u64;
-        debug!(
-            upto_seq = self.submitted_seq,
-            snapshot_bytes,
-            "compacting"
-        );
+        debug!(upto_seq = self.submitted_seq, snapshot_bytes, "compacting");
         let command = PersistCommand::Compact {
             doc: self.doc.clone(),
             upto_seq: self.submitted_seq,

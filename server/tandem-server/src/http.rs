@@ -131,7 +131,11 @@ async fn list_docs(
         .auth
         .claims(token_from(&headers, &uri).as_deref())
         .map_err(ApiError::Auth)?;
-    let visible = |name: &str| claims.as_ref().is_none_or(|claims| claims.role_for(name).is_some());
+    let visible = |name: &str| {
+        claims
+            .as_ref()
+            .is_none_or(|claims| claims.role_for(name).is_some())
+    };
     let store = state.hub.store().clone();
     let stored = async {
         tokio::task::spawn_blocking(move || store.list_docs())
@@ -222,7 +226,10 @@ async fn post_doc(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let path = uri.path().strip_prefix("/api/docs/").ok_or(ApiError::NotFound)?;
+    let path = uri
+        .path()
+        .strip_prefix("/api/docs/")
+        .ok_or(ApiError::NotFound)?;
     let (raw_name, is_update) = if let Some(name) = path.strip_suffix(COVERS_SUFFIX) {
         (name, false)
     } else if let Some(name) = path.strip_suffix(UPDATE_SUFFIX) {
@@ -251,7 +258,11 @@ async fn post_doc(
             .hub
             .apply_update(&doc, body)
             .await?
-            .map_err(ApiError::BadUpdate)?;
+            .map_err(|error| match error {
+                // Refused before it was applied: nothing changed, nothing was stored.
+                ProtocolError::DocTooLarge { max, .. } => ApiError::DocTooLarge { max },
+                other => ApiError::BadUpdate(other),
+            })?;
         return Ok(axum::Json(serde_json::json!({ "applied": applied })).into_response());
     }
     // Linear in the body, which is bounded by the frame limit.
@@ -341,6 +352,8 @@ pub(crate) enum ApiError {
     Unavailable,
     #[error("internal error")]
     Internal,
+    #[error("document too large, limit {max} bytes")]
+    DocTooLarge { max: u64 },
 }
 
 impl From<JoinError> for ApiError {
@@ -369,6 +382,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "doc_unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
         }
     }
 }
@@ -394,9 +408,10 @@ impl IntoResponse for ApiError {
             } else {
                 r#"Bearer realm="tandem", error="invalid_token""#
             };
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response.extensions_mut().insert(LoggedApiError {
             status,

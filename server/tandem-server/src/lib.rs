@@ -24,9 +24,9 @@ mod connection;
 mod doc_actor;
 mod http;
 mod hub;
+mod listener;
 mod persist;
 mod shutdown;
-mod listener;
 mod tls;
 mod web_client;
 
@@ -41,9 +41,9 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use connection::ConnectionConfig;
 pub use hub::HubConfig;
+pub use listener::ListenerConfig;
 pub use persist::PersistConfig;
 pub use shutdown::signal;
-pub use listener::ListenerConfig;
 pub use tls::{TlsError, TlsFiles};
 
 /// File name of the database inside the data directory.
@@ -118,7 +118,9 @@ pub async fn run(
     let store = Arc::new(store);
     // The address actually bound decides, not the configured one (tests and embedders bind
     // their own listener).
-    let bound_ip = listener.local_addr().map_or(config.addr.ip(), |addr| addr.ip());
+    let bound_ip = listener
+        .local_addr()
+        .map_or(config.addr.ip(), |addr| addr.ip());
     config
         .auth
         .check_bind(bound_ip)
@@ -126,7 +128,9 @@ pub async fn run(
     let auth = auth::Auth::load(&config.auth, &config.data_dir)
         .map_err(|error| ServerError::Config(error.to_string()))?;
     match auth.mode() {
-        auth::AuthMode::Jwt => info!(algorithms = ?auth.accepted_algorithms(), "authentication: jwt"),
+        auth::AuthMode::Jwt => {
+            info!(algorithms = ?auth.accepted_algorithms(), "authentication: jwt")
+        }
         auth::AuthMode::None if !bound_ip.is_loopback() => warn!(
             addr = %bound_ip,
             "AUTHENTICATION IS OFF on a non-loopback address (--insecure-no-auth): anyone who can \

@@ -265,7 +265,13 @@ async fn serve_connection(
     };
     match handshake {
         Ok(Ok(tls_stream)) => {
-            serve_http(&shared, CountedIo::new(tls_stream, permit), remote, deadline).await;
+            serve_http(
+                &shared,
+                CountedIo::new(tls_stream, permit),
+                remote,
+                deadline,
+            )
+            .await;
         }
         Ok(Err(error)) => warn!(%error, "tls handshake failed"),
         Err(_elapsed) => warn!(
@@ -545,11 +551,21 @@ mod tests {
         let response = refusal_response(CapHit::PerAddress { max: 3 });
         let text = String::from_utf8(response).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
         assert!(head.contains("\r\nConnection: close"), "{head}");
-        assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}", body.len())),
+            "{head}"
+        );
         let json: serde_json::Value = serde_json::from_str(body).expect("json body");
         assert_eq!(json["error"], "too_many_connections");
-        assert!(json["message"].as_str().is_some_and(|m| m.contains("limit 3")));
+        assert!(
+            json["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("limit 3"))
+        );
     }
 }

@@ -51,7 +51,19 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    /// A file is not the PEM it should be (or holds no certificate or no key).
+    /// The certificate file holds no PEM certificate.
+    #[error("no PEM certificate in {path}")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no PEM private key.
+    #[error("no PEM private key in {path}")]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file is not well-formed PEM.
     #[error("parsing {path}: {source}")]
     Pem {
         /// The file.
@@ -220,11 +232,16 @@ async fn load(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_error(&files.cert))?;
     if chain.is_empty() {
-        return Err(pem_error(&files.cert)(
-            rustls_pki_types::pem::Error::NoItemsFound,
-        ));
+        return Err(TlsError::NoCertificate {
+            path: files.cert.clone(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(pem_error(&files.key))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: files.key.clone(),
+        },
+        source => pem_error(&files.key)(source),
+    })?;
     // Also checks that the key is the leaf certificate's (`CertifiedKey::keys_match`).
     let certified =
         CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::Refused {

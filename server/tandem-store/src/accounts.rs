@@ -326,7 +326,10 @@ mod tests {
     fn decoding_any_prefix_of_a_record_fails_without_panicking() {
         let bytes = record("ada").encode();
         for len in 0..bytes.len() {
-            assert!(UserRecord::decode("ada", &bytes[..len]).is_err(), "prefix {len}");
+            assert!(
+                UserRecord::decode("ada", &bytes[..len]).is_err(),
+                "prefix {len}"
+            );
         }
         let mut long = bytes.clone();
         long.push(0);
@@ -340,6 +343,10 @@ mod tests {
         let path = dir.path().join("t.redb");
         let _first = Store::open(&path).unwrap();
         let res = Store::open(&path);
-        assert!(matches!(res, Err(StoreError::AlreadyOpen)), "{:?}", res.err());
+        assert!(
+            matches!(res, Err(StoreError::AlreadyOpen)),
+            "{:?}",
+            res.err()
+        );
     }
 }

@@ -14,9 +14,9 @@
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 
+mod accounts;
 pub mod error;
 pub mod schema;
-mod accounts;
 
 use std::path::Path;
 

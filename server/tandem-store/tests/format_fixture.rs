@@ -80,3 +80,27 @@ fn the_committed_format_v1_file_still_reads_back() {
         Some(1_700_000_000_000)
     );
 }
+
+/// The `users` table came after the fixture was written: the file has none, reads as having no
+/// accounts, and takes one without a format change.
+#[test]
+fn the_format_v1_file_from_before_accounts_takes_accounts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("copy.redb");
+    std::fs::copy(fixture_path(), &copy).expect("fixture file is committed");
+    let store = Store::open(&copy).expect("format v1 file opens");
+    assert_eq!(store.count_users().expect("count"), 0);
+    let user = tandem_store::UserRecord {
+        sub: "ada".into(),
+        name: "Ada".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        docs: [("team/*".to_string(), "write".to_string())].into(),
+        admin: false,
+        created_ms: 1,
+    };
+    store.put_user(&user).expect("put");
+    drop(store);
+    let store = Store::open(&copy).expect("reopens");
+    assert_eq!(store.get_user("ada").expect("get"), Some(user));
+    assert_eq!(store.load_doc("a").expect("docs intact").last_seq, 1);
+}

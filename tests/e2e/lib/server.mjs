@@ -2,7 +2,7 @@
 // directory, stop it with SIGTERM or SIGKILL, restart it on the same data directory, and a
 // `scenario` wrapper that cleans up everything a test started and prints the servers' logs
 // only when the test fails.
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
@@ -135,6 +135,20 @@ export class TandemServer {
 }
 
 /**
+ * Runs `tandem <args>` to completion with `input` on stdin (e.g. `user add ... --password-stdin`);
+ * resolves with its stdout, rejects with its stderr when it fails.
+ */
+export function tandemCommand (args, input = '') {
+  return new Promise((resolve, reject) => {
+    const child = execFile(TANDEM_BIN, args, { env: serverEnv(), timeout: START_TIMEOUT_MS }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`tandem ${args.join(' ')}: ${error.message}\n${stderr}`))
+      else resolve(stdout)
+    })
+    child.stdin.end(input)
+  })
+}
+
+/**
  * Everything one test starts: servers, y-websocket clients, raw sockets, child processes.
  * `cleanup` ends all of them; `logs` gives every server's stderr for a failure report.
  */
@@ -148,9 +162,13 @@ export class Scenario {
     this.nDataDirs = 0
   }
 
-  /** A new server on a new, empty data directory. */
-  startServer (args = []) {
-    const dataDir = join(this.root, `data-${this.nDataDirs++}`)
+  /** A new data directory's path (not created); `startServer` and `tandemCommand` take it. */
+  newDataDir () {
+    return join(this.root, `data-${this.nDataDirs++}`)
+  }
+
+  /** A new server on `dataDir`, by default a new, empty one. */
+  startServer (args = [], dataDir = this.newDataDir()) {
     return this.#start(new TandemServer({ args, dataDir }))
   }
 
