@@ -1,4 +1,6 @@
-// The HTTP API the client uses besides the WebSocket (protocol-spec/http.md).
+// The HTTP API the client uses besides the WebSocket (protocol-spec/http.md). Every call goes
+// through `apiFetch`, which adds the session's token when there is one (session.ts).
+import { apiFetch } from './session'
 
 /** A person present in a document, as `GET /api/docs` reports it. */
 export interface PresentUser {
@@ -48,7 +50,7 @@ export function docHref (name: string): string {
 }
 
 export async function listDocs (signal?: AbortSignal): Promise<DocSummary[]> {
-  const response = await fetch('/api/docs', { signal, headers: { accept: 'application/json' } })
+  const response = await apiFetch('/api/docs', { signal, headers: { accept: 'application/json' } })
   if (!response.ok) throw new Error(`GET /api/docs: ${response.status}`)
   const body = await response.json() as { docs: DocSummary[] }
   return body.docs
@@ -59,7 +61,7 @@ export async function listDocs (signal?: AbortSignal): Promise<DocSummary[]> {
  * (`POST /api/docs/{name}/covers`, body: `Y.encodeSnapshot(Y.snapshot(doc))`).
  */
 export async function serverCovers (name: string, snapshot: Uint8Array): Promise<boolean> {
-  const response = await fetch(`/api/docs/${encodeDocPath(name)}/covers`, {
+  const response = await apiFetch(`/api/docs/${encodeDocPath(name)}/covers`, {
     method: 'POST',
     headers: { 'content-type': 'application/octet-stream', accept: 'application/json' },
     body: snapshot as BufferSource

@@ -6,10 +6,18 @@
 // snapshot (state vector and delete set) to `POST /api/docs/{name}/covers`, which answers once
 // everything the server accepted before is durable. Deletions count too: they leave the state
 // vector unchanged, which is why the snapshot and not the state vector is sent.
+//
+// With sign-in on, the token travels as the `token` query parameter (y-websocket's `params`,
+// which it reads again on every connect). The server closes a connection whose token expired
+// with 4401; y-websocket treats 4400-4499 as final and stops, so this class renews the token
+// (session.ts) and then reconnects. A read-only token's updates are answered with the
+// y-protocols "permission denied" message, which y-websocket only logs: it is caught here.
+import { readAuthMessage } from 'y-protocols/auth'
 import { IndexeddbPersistence } from 'y-indexeddb'
-import { WebsocketProvider } from 'y-websocket'
+import { messageAuth, WebsocketProvider } from 'y-websocket'
 import * as Y from 'yjs'
 import { encodeDocPath, serverCovers } from './api'
+import { authMode, currentSession, ensureFreshToken, onTokenChange } from './session'
 
 export type Network = 'connecting' | 'connected' | 'reconnecting' | 'offline'
 
@@ -22,6 +30,10 @@ export interface SyncState {
 /** Pause after a change before asking the server, and between unanswered asks. */
 const CHECK_DELAY_MS = 300
 const RETRY_DELAY_MS = 1000
+/** The close code of a connection whose token expired (protocol-spec/auth.md). */
+const CLOSE_TOKEN_EXPIRED = 4401
+/** After connection attempts that never opened, the session is checked at most this often. */
+const SESSION_CHECK_MS = 30000
 
 function webSocketBase (): string {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
@@ -41,6 +53,12 @@ export class DocConnection {
   private checkTimer: ReturnType<typeof setTimeout> | undefined
   private checking = false
   private destroyed = false
+  /** Closed with 4401: reconnect as soon as a renewed token is there. */
+  private waitingForToken = false
+  private opened = false
+  private lastSessionCheck = 0
+  private readonly stopTokenWatch: () => void
+  private readonly deniedListeners = new Set<(reason: string) => void>()
   private readonly onOnline = (): void => { this.provider.connect(); this.emit() }
   private readonly onOffline = (): void => { this.provider.disconnect(); this.emit() }
 
@@ -59,12 +77,46 @@ export class DocConnection {
     // link, where the server may well be reachable. The 'offline' event disconnects (the network
     // went away), 'online' reconnects. No BroadcastChannel: another tab's edits must reach the
     // server through that tab's own connection, or this tab could call them saved.
+    const token = currentSession()?.token
     this.provider = new WebsocketProvider(webSocketBase(), encodeDocPath(name), doc, {
       maxBackoffTime: 5000,
-      disableBc: true
+      disableBc: true,
+      params: token !== undefined ? { token } : {}
     })
+    this.stopTokenWatch = onTokenChange((next) => {
+      this.provider.params = { token: next }
+      if (this.waitingForToken && !this.destroyed) {
+        this.waitingForToken = false
+        this.provider.connect()
+      }
+    })
+    this.provider.on('closed', ({ code }) => {
+      if (code !== CLOSE_TOKEN_EXPIRED || this.destroyed) return
+      // Usually the renewal timer has already put a new token in `params`; if not, renew first.
+      this.waitingForToken = true
+      void ensureFreshToken().then((fresh) => {
+        if (fresh && this.waitingForToken && !this.destroyed) {
+          this.waitingForToken = false
+          this.provider.connect()
+        }
+      })
+    })
+    this.provider.on('connection-close', () => {
+      // A refused upgrade looks like any network failure to a browser. If the server did not
+      // let us in, ask it about the session (a refused renewal signs out); but not too often.
+      if (this.opened || authMode() !== 'jwt' || Date.now() - this.lastSessionCheck < SESSION_CHECK_MS) return
+      this.lastSessionCheck = Date.now()
+      void ensureFreshToken(true)
+    })
+    // y-websocket's own handler only logs a denial; each provider has its own handler table.
+    this.provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
+      readAuthMessage(decoder, doc, (_doc, reason) => {
+        for (const listener of this.deniedListeners) listener(reason)
+      })
+    }
     this.provider.on('status', ({ status }: { status: string }) => {
       if (status === 'connected') this.everConnected = true
+      this.opened = status === 'connected'
       this.emit()
     })
     this.provider.on('sync', (synced: boolean) => {
@@ -97,6 +149,11 @@ export class DocConnection {
     this.listeners.add(listener)
     listener(this.state)
     return () => this.listeners.delete(listener)
+  }
+
+  /** Calls `listener` when the server refuses this browser's changes (a read-only token). */
+  onPermissionDenied (listener: (reason: string) => void): void {
+    this.deniedListeners.add(listener)
   }
 
   private emit (): void {
@@ -136,6 +193,8 @@ export class DocConnection {
     clearTimeout(this.checkTimer)
     window.removeEventListener('online', this.onOnline)
     window.removeEventListener('offline', this.onOffline)
+    this.stopTokenWatch()
+    this.deniedListeners.clear()
     this.provider.destroy()
     void this.local.destroy()
     this.listeners.clear()

@@ -1,11 +1,15 @@
-// The document page (/d/<name>): top bar, editor, and the people who are here.
+// The document page (/d/<name>): top bar, editor, and the people who are here. Signed in with
+// a token that only reads this document, the editor is read-only from the start; if the server
+// refuses an edit anyway (the role changed), it turns read-only then.
 import * as Y from 'yjs'
 import { DocConnection } from './connection'
 import { h } from './dom'
 import { createEditor } from './editor'
 import { avatar, identityChip } from './identity'
 import { languageFor } from './languages'
-import { loadUser, presentUsers, publishUser } from './presence'
+import { localUser, presentUsers, publishUser } from './presence'
+import { currentSession, roleFor } from './session'
+import { signOutButton } from './signin'
 import { statusPill } from './status'
 
 /** The root Y.Text every Tandem editor binds (documented in protocol-spec/http.md). */
@@ -24,31 +28,57 @@ function breadcrumbs (name: string): HTMLElement {
   return crumbs
 }
 
+function brand (): HTMLElement {
+  return h('a', { class: 'brand', href: '/', 'aria-label': 'Tandem workspace' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem'))
+}
+
+/** The page for a document the session's token grants nothing on (the server would refuse it). */
+function mountNoAccess (root: HTMLElement, name: string): void {
+  document.title = 'No access · Tandem'
+  root.replaceChildren(
+    h('header', { class: 'topbar' }, brand(), h('span', { class: 'spacer' }), signOutButton()),
+    h('main', { class: 'workspace', id: 'no-access' },
+      h('h1', {}, 'No access'),
+      h('p', {}, 'The account ', h('strong', {}, currentSession()?.name ?? ''), ' cannot open ', h('code', {}, name), '. ',
+        h('a', { href: '/' }, 'Back to the workspace'), '.')))
+}
+
 export function mountDoc (root: HTMLElement, name: string): void {
+  const role = roleFor(name)
+  if (role === null) {
+    mountNoAccess(root, name)
+    return
+  }
   document.title = `${name.slice(name.lastIndexOf('/') + 1)} · Tandem`
   const doc = new Y.Doc()
   const connection = new DocConnection(name, doc)
   const awareness = connection.provider.awareness
-  let user = loadUser()
+  let user = localUser()
   publishUser(awareness, user)
+  const readOnly = role === 'read'
 
   const language = languageFor(name)
   const status = statusPill()
   const people = h('ul', { id: 'users', class: 'people-list' })
   const count = h('span', { class: 'count', id: 'users-count' })
   const editorHost = h('section', { class: 'editor', id: 'editor', 'aria-label': `Editor for ${name}` })
+  const readOnlyBadge = h('span', {
+    class: 'badge', id: 'read-only', hidden: !readOnly, title: 'Your account can read this document but not change it.'
+  }, 'Read-only')
 
   root.replaceChildren(
     h('header', { class: 'topbar' },
-      h('a', { class: 'brand', href: '/', 'aria-label': 'Tandem workspace' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem')),
+      brand(),
       breadcrumbs(name),
       h('span', { class: 'lang', id: 'language' }, language.label),
+      readOnlyBadge,
       h('span', { class: 'spacer' }),
       status.el,
       identityChip(user, (next) => {
         user = next
         publishUser(awareness, user)
-      })),
+      }),
+      currentSession() !== null ? signOutButton() : null),
     h('main', { class: 'doc-page' },
       editorHost,
       h('aside', { class: 'people', 'aria-label': 'People here' },
@@ -56,8 +86,14 @@ export function mountDoc (root: HTMLElement, name: string): void {
         people))
   )
 
-  const editor = createEditor(editorHost, doc.getText(TEXT_NAME), awareness, language.extension)
+  const editor = createEditor(editorHost, doc.getText(TEXT_NAME), awareness, language.extension, readOnly)
   editor.view.focus()
+  // The server refused an edit: stop typing into a void. What was typed stays in this browser.
+  connection.onPermissionDenied(() => {
+    if (!readOnlyBadge.hidden) return
+    readOnlyBadge.hidden = false
+    editor.setReadOnly(true)
+  })
   connection.subscribe(status.update)
 
   const renderPeople = (): void => {

@@ -4,7 +4,7 @@ import { autocompletion, closeBrackets, closeBracketsKeymap, completionKeymap } 
 import { defaultKeymap, indentWithTab } from '@codemirror/commands'
 import { bracketMatching, defaultHighlightStyle, foldGutter, foldKeymap, indentOnInput, syntaxHighlighting } from '@codemirror/language'
 import { highlightSelectionMatches, searchKeymap } from '@codemirror/search'
-import { EditorState, type Extension } from '@codemirror/state'
+import { Compartment, EditorState, type Extension } from '@codemirror/state'
 import {
   crosshairCursor, drawSelection, dropCursor, EditorView, highlightActiveLine, highlightActiveLineGutter,
   highlightSpecialChars, keymap, lineNumbers, rectangularSelection
@@ -75,15 +75,26 @@ function setup (): Extension {
 export interface Editor {
   view: EditorView
   undoManager: Y.UndoManager
+  /** Stops (or allows) typing; remote changes still show. */
+  setReadOnly: (readOnly: boolean) => void
+}
+
+/** Read-only: no edits through commands (`readOnly`) and none through the DOM (`editable`). */
+function readOnlyExtension (readOnly: boolean): Extension {
+  return readOnly ? [EditorState.readOnly.of(true), EditorView.editable.of(false)] : []
 }
 
 /** Mounts an editor for `ytext` into `parent`. */
-export function createEditor (parent: HTMLElement, ytext: Y.Text, awareness: Awareness, language: Extension): Editor {
+export function createEditor (parent: HTMLElement, ytext: Y.Text, awareness: Awareness, language: Extension, readOnly = false): Editor {
   const undoManager = new Y.UndoManager(ytext)
+  const access = new Compartment()
   const state = EditorState.create({
     doc: ytext.toString(),
-    extensions: [setup(), language, look, cursorLabels, yCollab(ytext, awareness, { undoManager })]
+    extensions: [setup(), language, look, cursorLabels, access.of(readOnlyExtension(readOnly)), yCollab(ytext, awareness, { undoManager })]
   })
   const view = new EditorView({ state, parent })
-  return { view, undoManager }
+  const setReadOnly = (next: boolean): void => {
+    view.dispatch({ effects: access.reconfigure(readOnlyExtension(next)) })
+  }
+  return { view, undoManager, setReadOnly }
 }

@@ -1,6 +1,8 @@
-// The user chip in the top bar and the dialog that sets the display name and colour.
+// The user chip in the top bar and the dialog that sets the display name and colour. Signed in,
+// the dialog shows the account's name as plain text: only the colour can change.
 import { h, initials } from './dom'
-import { type LocalUser, makeUser, PALETTE, saveUser } from './presence'
+import { type LocalUser, loadUser, makeUser, PALETTE, saveUser } from './presence'
+import { currentSession } from './session'
 
 /** `color` if it is a plain `#rrggbb` colour, else a neutral grey: colours come from other people. */
 export function safeColor (color: string | null | undefined): string {
@@ -19,9 +21,11 @@ export function identityChip (user: LocalUser, onChange: (user: LocalUser) => vo
   const label = h('span', { class: 'chip-name' }, current.name)
   const face = h('span', { class: 'chip-face' }, avatar(current.name, current.color))
   const chip = h('button', { id: 'identity', class: 'chip', type: 'button', title: 'Your name and colour' }, face, label)
-  chip.addEventListener('click', () => openDialog(current, (next) => {
+  const account = currentSession()?.name ?? null
+  chip.addEventListener('click', () => openDialog(current, account, (next) => {
     current = next
-    saveUser(next)
+    // Signed in, the stored name (used when signed out, or on a server without sign-in) stays.
+    saveUser(account !== null ? makeUser(loadUser().name, next.color) : next)
     label.textContent = next.name
     face.replaceChildren(avatar(next.name, next.color))
     onChange(next)
@@ -29,8 +33,13 @@ export function identityChip (user: LocalUser, onChange: (user: LocalUser) => vo
   return chip
 }
 
-function openDialog (user: LocalUser, onSave: (user: LocalUser) => void): void {
+function openDialog (user: LocalUser, account: string | null, onSave: (user: LocalUser) => void): void {
   const nameInput = h('input', { id: 'identity-name', name: 'name', maxlength: 64, required: true, autocomplete: 'nickname', value: user.name })
+  const nameField = account === null
+    ? [h('label', { for: 'identity-name' }, 'Display name'), nameInput]
+    : [h('span', { class: 'label', id: 'identity-account-label' }, 'Name'),
+        h('p', { class: 'account-name', id: 'identity-account', 'aria-labelledby': 'identity-account-label' },
+          h('strong', {}, account), h('span', { class: 'hint' }, 'The name of the account you signed in with.'))]
   let chosen = user.color
   const swatches = PALETTE.map((color) => {
     const swatch = h('button', {
@@ -49,8 +58,7 @@ function openDialog (user: LocalUser, onSave: (user: LocalUser) => void): void {
   })
   const form = h('form', { method: 'dialog', class: 'identity-form' },
     h('h2', {}, 'How others see you'),
-    h('label', { for: 'identity-name' }, 'Display name'),
-    nameInput,
+    ...nameField,
     h('span', { class: 'label' }, 'Colour'),
     h('div', { class: 'swatches' }, ...swatches),
     h('div', { class: 'dialog-actions' },
@@ -60,12 +68,12 @@ function openDialog (user: LocalUser, onSave: (user: LocalUser) => void): void {
   const dialog = h('dialog', { class: 'dialog' }, form)
   form.addEventListener('submit', (event) => {
     event.preventDefault()
-    if (!nameInput.value.trim()) return
-    onSave(makeUser(nameInput.value, chosen))
+    if (account === null && !nameInput.value.trim()) return
+    onSave(makeUser(account ?? nameInput.value, chosen))
     dialog.close()
   })
   dialog.addEventListener('close', () => dialog.remove())
   document.body.append(dialog)
   dialog.showModal()
-  nameInput.select()
+  if (account === null) nameInput.select()
 }

@@ -1,6 +1,9 @@
 // The local user's identity (display name and colour), remembered in localStorage, and the
 // awareness `user` field y-codemirror.next reads to draw remote cursors and name labels.
+// Signed in, the name is the account's (the server stamps it into `user` anyway); only the
+// colour is a choice then.
 import type { Awareness } from 'y-protocols/awareness'
+import { currentSession } from './session'
 
 export interface LocalUser {
   name: string
@@ -36,6 +39,13 @@ export function loadUser (): LocalUser {
   const user = withLight(`Anonymous ${pick(ANIMALS)}`, pick(PALETTE))
   saveUser(user)
   return user
+}
+
+/** The identity to show and publish: the stored one, named after the account when signed in. */
+export function localUser (): LocalUser {
+  const user = loadUser()
+  const account = currentSession()
+  return account !== null ? withLight(account.name, user.color) : user
 }
 
 export function saveUser (user: LocalUser): void {

@@ -3,7 +3,9 @@
 import { docHref, docNameProblem, type DocSummary, listDocs } from './api'
 import { ago, bytes, h } from './dom'
 import { avatar, identityChip } from './identity'
-import { loadUser } from './presence'
+import { localUser } from './presence'
+import { currentSession } from './session'
+import { signOutButton } from './signin'
 
 /** How often the listing is refreshed while the page is visible. */
 const REFRESH_MS = 2000
@@ -102,7 +104,8 @@ export function mountWorkspace (root: HTMLElement): void {
     h('header', { class: 'topbar' },
       h('a', { class: 'brand', href: '/' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem')),
       h('span', { class: 'spacer' }),
-      identityChip(loadUser(), () => {})),
+      identityChip(localUser(), () => {}),
+      currentSession() !== null ? signOutButton() : null),
     h('main', { class: 'workspace' },
       h('div', { class: 'workspace-head' }, h('div', {}, h('h1', {}, 'Workspace'), summary), form),
       problem,

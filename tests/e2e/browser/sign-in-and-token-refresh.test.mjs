@@ -94,6 +94,17 @@ test('the sign-in page refuses a wrong password, opens the editor with the right
   await page.click('#sign-out')
   await page.locator('#sign-in').waitFor()
   assert.equal(await page.evaluate(() => localStorage.getItem('tandem.session')), null, 'signing out forgets the token')
+
+  // Guessing: after a few wrong passwords the server says to wait, and the form says how long.
+  for (let attempt = 0; attempt < 10; attempt++) {
+    await submitSignIn(page, 'alice', `guess ${attempt}`)
+    await page.waitForFunction(() => !document.querySelector('#signin-submit').disabled ||
+      document.querySelector('#signin-error').dataset.kind === 'too_many_attempts')
+    if (await page.locator('#signin-error[data-kind="too_many_attempts"]').count() > 0) break
+  }
+  assert.match(await page.locator('#signin-error').textContent(), /Too many sign-in attempts\. Try again in \d+ (seconds|minutes)\./)
+  assert.match(await page.locator('#signin-submit').textContent(), /Try again in/)
+  assert.ok(await page.locator('#signin-submit').isDisabled(), 'the button waits out the Retry-After')
 })))
 
 test('two accounts see each other under their account names, whatever name they typed', scenario(withBrowser(async (s, t, person) => {
