@@ -5,8 +5,8 @@
 //! Tests wait on events with timeouts, never on sleeps.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,7 +47,15 @@ impl TestServer {
 
     /// A server with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        TestServer::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// A server on a data directory prepared beforehand (by `tandem user add`, say), with
+    /// settings adjusted by `adjust`.
+    pub async fn start_in(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::for_data_dir(data_dir.path());
         adjust(&mut config);
         let mut server = TestServer {
@@ -172,6 +180,29 @@ impl TestServer {
         Peer::connect_raw(self.addr, doc).await
     }
 
+    /// Opens a WebSocket to `doc` with `token` in the `token` query parameter (as y-websocket's
+    /// `params` sends it) and completes the y-websocket handshake.
+    pub async fn connect_with_token(&self, doc: &str, token: &str) -> Peer {
+        let mut peer = self
+            .try_connect_with_token(doc, token)
+            .await
+            .expect("upgrade accepted");
+        peer.handshake().await;
+        peer
+    }
+
+    /// Like [`TestServer::connect_with_token`] without the handshake; a refusal comes back as
+    /// `Err(Error::Http(response))` with the status and the JSON body.
+    pub async fn try_connect_with_token(
+        &self,
+        doc: &str,
+        token: &str,
+    ) -> Result<Peer, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{}/ws/{doc}?token={token}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Peer::from_ws(ws))
+    }
+
     /// Waits (bounded by [`WAIT`]) until `GET /api/docs` reports `doc` stored and unloaded.
     pub async fn wait_unloaded(&self, doc: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -215,6 +246,83 @@ impl Drop for TestServer {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// The `tandem` binary of this workspace, built once per test process (`cargo build -p
+/// tandem-server --bin tandem`, a no-op when it is fresh) so command-line tests run the real
+/// thing. Integration tests of another package get no `CARGO_BIN_EXE_tandem`, so the binary is
+/// found next to this test executable's `deps/` directory.
+pub fn tandem_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executables live in target/<profile>/deps");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "tandem-server", "--bin", "tandem"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the tandem binary failed");
+        let bin = profile_dir.join(format!("tandem{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "no tandem binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// What a run of the `tandem` binary printed.
+#[derive(Debug)]
+pub struct CommandOutput {
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the `tandem` binary with `args`, writes `stdin` to its standard input and waits (bounded
+/// by three times [`WAIT`]) for it to exit. Asynchronous, so a server in this test process keeps
+/// answering while the command talks to it.
+pub async fn run_tandem(args: &[&str], stdin: &str) -> CommandOutput {
+    use tokio::io::AsyncWriteExt;
+    let bin = tokio::task::spawn_blocking(tandem_bin)
+        .await
+        .expect("building the binary");
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tandem");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let output = tokio::time::timeout(WAIT * 3, child.wait_with_output())
+        .await
+        .expect("tandem exits in time")
+        .expect("tandem output");
+    CommandOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

@@ -4,6 +4,9 @@
 //! `apply_update`. Every document is made with fixed client ids, so the output is the same on
 //! every run; the files are checked in, and `fuzzing::tests` runs every one of them.
 //!
+//! Inputs the fuzzer found crashing are checked in beside these as `regression_*.bin` (copied
+//! from `fuzz/artifacts/`); this program rewrites its own seeds and leaves those alone.
+//!
 //! Usage: `cargo run -p tandem-core --example write_fuzz_corpus`.
 
 use std::path::{Path, PathBuf};
@@ -37,9 +40,6 @@ fn main() -> std::io::Result<()> {
 }
 
 fn write_all(dir: &Path, seeds: &[(&str, Vec<u8>)]) -> std::io::Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
     std::fs::create_dir_all(dir)?;
     for (name, bytes) in seeds {
         std::fs::write(dir.join(format!("{name}.bin")), bytes)?;
@@ -293,8 +293,8 @@ fn apply_update_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
     let big = Doc::with_client_id(3_002);
     let big_text = big.get_or_insert_text("big");
-    let big_first = edit(&big, |txn| big_text.insert(txn, 0, &"a".repeat(9_000)));
-    let big_second = edit(&big, |txn| big_text.insert(txn, 0, &"b".repeat(9_000)));
+    let big_first = edit(&big, |txn| big_text.insert(txn, 0, &"a".repeat(2_500)));
+    let big_second = edit(&big, |txn| big_text.insert(txn, 0, &"b".repeat(2_500)));
     let doc_size = vec![
         Op::Update {
             peer: 0,

@@ -90,6 +90,17 @@ pub enum ReceiveError {
     Poisoned(ProtocolError),
 }
 
+/// Why [`SharedDoc::encode_snapshot`] gives no snapshot; the update log must be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefused {
+    /// The doc holds structs back for missing dependencies; try again once they arrive.
+    #[error("the doc holds structs waiting for missing dependencies")]
+    Pending,
+    /// The doc's encoding does not load back (left by hostile updates).
+    #[error("the doc's snapshot does not load back")]
+    DoesNotLoad,
+}
+
 /// A stored update that cannot be applied: the doc is corrupt on disk.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("stored update {index} cannot be applied: {reason}")]
@@ -177,7 +188,17 @@ impl SharedDoc {
         let mut effects = Effects::default();
         match message {
             Message::SyncStep1(state_vector) => {
-                let diff = self.doc.transact().encode_state_as_update_v1(&state_vector);
+                // Without structs held back for missing dependencies: see `encode_state`. A panic
+                // in yrs poisons the doc instead of killing its actor.
+                let doc = &self.doc;
+                let diff = catch_unwind(AssertUnwindSafe(|| {
+                    doc.transact().encode_diff_v1(&state_vector)
+                }))
+                .map_err(|_| {
+                    ReceiveError::Poisoned(ProtocolError::InvalidUpdate(
+                        "the crdt engine panicked encoding the doc",
+                    ))
+                })?;
                 effects.reply.push(encode_sync_step2(&diff));
             }
             Message::SyncStep2(payload) | Message::Update(payload) if !access.can_write => {
@@ -274,11 +295,38 @@ impl SharedDoc {
         self.doc.transact().state_vector()
     }
 
-    /// The whole document as one v1 update (a snapshot).
+    /// The whole document as one v1 update (a snapshot), without the structs it holds back for
+    /// missing dependencies.
+    ///
+    /// Those are left out on purpose. yrs' `encode_state_as_update_v1` merges them in by
+    /// re-encoding and decoding them, and on hostile input that path panics (it unwraps the
+    /// merge) or, worse, corrupts the doc's memory: the `decode_frame` fuzz target found a frame
+    /// after which one such encoding made the next read of the doc segfault. `encode_diff_v1`
+    /// never touches them. Stock clients only leave structs pending in a passing race, and the
+    /// update that carried them was relayed to every peer as it arrived.
     pub fn encode_state(&self) -> Vec<u8> {
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        self.doc.transact().encode_diff_v1(&StateVector::default())
+    }
+
+    /// The whole document as one v1 update that is known to load back into this document: what
+    /// a compaction may store in place of the update log.
+    ///
+    /// Refused while the doc holds structs back for missing dependencies, which the snapshot
+    /// would leave out (see [`SharedDoc::encode_state`]) and the log keeps. Refused too when yrs
+    /// cannot read its own encoding of this doc: hostile updates can leave such structs behind
+    /// (the `apply_update` fuzz target finds them: each update decodes and re-encodes on its own,
+    /// the doc they build does not). In both cases the log, every entry of which was decoded
+    /// once, must be kept: storing the snapshot would lose content, or the whole doc at its next
+    /// load. The check loads the snapshot, so it costs about as much as opening the doc.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, SnapshotRefused> {
+        if self.doc.transact().has_missing_updates() {
+            return Err(SnapshotRefused::Pending);
+        }
+        let snapshot = catch_unwind(AssertUnwindSafe(|| self.encode_state()))
+            .map_err(|_| SnapshotRefused::DoesNotLoad)?;
+        SharedDoc::load(self.limits.clone(), [&snapshot])
+            .map_err(|_| SnapshotRefused::DoesNotLoad)?;
+        Ok(snapshot)
     }
 
     /// The number of awareness states.
@@ -319,7 +367,8 @@ impl SharedDoc {
     }
 
     /// The root types as JSON. A root that no local code has typed is read as a map when it has
-    /// keys, as text when it holds characters, and otherwise as an array.
+    /// keys, as text when it holds characters, and otherwise as an array. A root that yrs cannot
+    /// read back is `null`.
     pub fn to_json(&self) -> serde_json::Value {
         let txn = self.doc.transact();
         let mut roots = serde_json::Map::new();
@@ -329,7 +378,10 @@ impl SharedDoc {
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, value) in names {
-            let any = match value {
+            // yrs asserts its own consistency while reading (`Array::to_json` panics on an array
+            // whose length and items disagree, which a hostile update can leave behind). Such a
+            // root reads as `null`; the binary form of the doc still carries it.
+            let any = catch_unwind(AssertUnwindSafe(|| match value {
                 Out::UndefinedRef(branch) => {
                     let map = MapRef::from(branch);
                     let text = TextRef::from(branch).get_string(&txn);
@@ -342,8 +394,9 @@ impl SharedDoc {
                     }
                 }
                 other => other.to_json(&txn),
-            };
-            roots.insert(name, any_to_json(&any));
+            }));
+            let json = any.map_or(serde_json::Value::Null, |any| any_to_json(&any));
+            roots.insert(name, json);
         }
         serde_json::Value::Object(roots)
     }
@@ -624,6 +677,53 @@ mod tests {
         // A reload counts what it read.
         let reloaded = SharedDoc::load(limits, [raw_update(&small), raw_update(&tiny)]).unwrap();
         assert_eq!(reloaded.stored_bytes(), small_bytes + tiny_bytes);
+    }
+
+    /// Regression, found by the `decode_frame` fuzz target in its first seconds: yrs'
+    /// `apply_update` accepts this update but keeps part of it pending in a form whose encoding
+    /// does not decode, and every later `encode_state_as_update_v1` (a sync step 1 reply, an HTTP
+    /// snapshot, a compaction) then panicked inside yrs (`merge_pending_v1` unwraps). The update
+    /// was stored, so a reload did not help: one 32-byte frame bricked the doc's actor for good.
+    /// Two fixes, each tested here: the decoder refuses updates that do not survive re-encoding
+    /// (this one does not), and the doc never encodes its pending structs (`encode_diff_v1`), nor
+    /// compacts while it holds some.
+    #[test]
+    fn an_update_that_leaves_unencodable_pending_structs_breaks_nothing() {
+        let frame = Bytes::from_static(&[
+            0x00, 0x02, 0x1d, 0x01, 0x03, 0x10, 0x00, 0x00, 0x1d, 0x01, 0x03, 0xff, 0xff, 0xff,
+            0xe8, 0x10, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfe,
+            0xff, 0xff, 0xff, 0x00,
+        ]);
+        assert_eq!(
+            decode_frame(&frame, &Limits::default()).err(),
+            Some(ProtocolError::InvalidUpdate(
+                "update does not survive re-encoding"
+            ))
+        );
+
+        // Past the decoder (as if it let the update through), the doc still serves everyone.
+        let raw = frame.slice(3..);
+        let payload = UpdatePayload {
+            update: Update::decode_v1(&raw).expect("yrs decodes it"),
+            raw,
+        };
+        let mut doc = SharedDoc::new(Limits::default());
+        receive_frame(
+            &mut doc,
+            PeerId(1),
+            &Client::new(1).edit(0, Some("kept"), 0),
+        );
+        let effects = doc
+            .receive(PeerId(2), Message::Update(payload), 0)
+            .expect("held back, not refused");
+        assert!(effects.persist.is_some());
+        let step1 = crate::protocol::encode_sync_step1(&StateVector::default());
+        let joiner = Client::new(3);
+        let effects = receive_frame(&mut doc, PeerId(3), &step1);
+        joiner.apply_frame(&effects[0].reply[0]);
+        assert_eq!(joiner.text(), "kept");
+        assert_eq!(doc.to_json(), serde_json::json!({ "t": "kept" }));
+        assert_eq!(doc.encode_snapshot(), Err(SnapshotRefused::Pending));
     }
 
     #[test]

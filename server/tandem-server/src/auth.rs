@@ -468,6 +468,26 @@ impl Auth {
         Err(error)
     }
 
+    /// Verifies a token the server signed itself (`POST /api/login`, `tandem token mint`) and
+    /// returns its claims; a token of an identity provider is `Invalid` here even if `verify`
+    /// accepts it. `POST /api/token/refresh` uses this (`account.rs`).
+    pub fn verify_own(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
+        let own = self
+            .inner
+            .keys
+            .iter()
+            .find(|key| key.own)
+            .expect("Auth::load always puts the server's own key first");
+        if header.alg != own.algorithm || header.kid.as_deref() != Some(SERVER_ISSUER) {
+            return Err(AuthError::Invalid("not a token of this server"));
+        }
+        jsonwebtoken::decode::<Claims>(token, &own.key, &self.validation(own))
+            .map(|data| data.claims)
+            .map_err(|failure| map_error(failure.kind()))
+    }
+
     fn validation(&self, key: &VerifyKey) -> Validation {
         let mut validation = Validation::new(key.algorithm);
         validation.leeway = self.inner.leeway.as_secs();

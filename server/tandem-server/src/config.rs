@@ -18,6 +18,7 @@ use tandem_core::limits::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGES_PER_SECOND,
 };
 
+use crate::account::AccountConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::hub::HubConfig;
@@ -37,23 +38,36 @@ pub struct Cli {
     command: Option<Command>,
 }
 
+/// What the binary was asked to do.
+// Parsed once per process; boxing `ServeArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum Command {
     /// Run the server (the default when no command is given).
     /// Settings precedence: flag > environment variable > config file > default.
     Serve(ServeArgs),
+    /// Manage the accounts of password sign-in (works beside a running server).
+    #[command(subcommand)]
+    User(crate::command::UserCommand),
+    /// Tokens signed with the server's own key.
+    #[command(subcommand)]
+    Token(crate::command::TokenCommand),
 }
 
 impl Cli {
-    /// The `serve` arguments (defaults when the command was omitted).
-    pub fn into_serve_args(self) -> ServeArgs {
+    /// The command; `serve` with its defaults when none was given.
+    pub fn into_command(self) -> Command {
         match self.command {
+            Some(command) => command,
+            None => Command::Serve(Cli::default_serve_args()),
+        }
+    }
+
+    fn default_serve_args() -> ServeArgs {
+        // Parse `serve` with no flags so the environment still applies.
+        match Cli::parse_from(["tandem", "serve"]).command {
             Some(Command::Serve(args)) => args,
-            // Parse `serve` with no flags so the environment still applies.
-            None => match Cli::parse_from(["tandem", "serve"]).command {
-                Some(Command::Serve(args)) => args,
-                None => ServeArgs::default(),
-            },
+            _ => ServeArgs::default(),
         }
     }
 }
@@ -168,6 +182,19 @@ pub struct ServeArgs {
     /// Clock skew tolerated on `exp` and `nbf` [default: 30s].
     #[arg(long, env = "TANDEM_JWT_LEEWAY")]
     pub jwt_leeway: Option<HumanDuration>,
+    /// Lifetime of the tokens `POST /api/login` and `POST /api/token/refresh` return [default: 1h].
+    #[arg(long, env = "TANDEM_LOGIN_TOKEN_TTL")]
+    pub login_token_ttl: Option<HumanDuration>,
+    /// Window over which failed sign-ins are counted [default: 15m].
+    #[arg(long, env = "TANDEM_LOGIN_FAILURE_WINDOW")]
+    pub login_failure_window: Option<HumanDuration>,
+    /// Failed sign-ins per account in the window before it is refused with 429 [default: 5].
+    #[arg(long, env = "TANDEM_LOGIN_MAX_FAILURES_PER_ACCOUNT")]
+    pub login_max_failures_per_account: Option<u32>,
+    /// Failed sign-ins per client address in the window before it is refused with 429
+    /// [default: 20].
+    #[arg(long, env = "TANDEM_LOGIN_MAX_FAILURES_PER_ADDRESS")]
+    pub login_max_failures_per_address: Option<u32>,
     /// Messages one connection may send per second, with bursts of twice that; over it the
     /// connection is closed with 4429; 0 disables [default: 500].
     #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SECOND")]
@@ -292,6 +319,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Authentication and the keys tokens are verified with.
     pub auth: AuthConfig,
+    /// Password sign-in: token lifetime and the limits on failed attempts.
+    pub accounts: AccountConfig,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -466,6 +495,29 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .or(file.jwt_leeway)
                 .map_or(crate::auth::DEFAULT_LEEWAY, |leeway| leeway.0),
         },
+        accounts: {
+            let defaults = AccountConfig::default();
+            AccountConfig {
+                login_token_ttl: args
+                    .login_token_ttl
+                    .or(file.login_token_ttl)
+                    .map_or(defaults.login_token_ttl, |ttl| ttl.0),
+                failure_window: args
+                    .login_failure_window
+                    .or(file.login_failure_window)
+                    .map_or(defaults.failure_window, |window| window.0),
+                max_failures_per_account: args
+                    .login_max_failures_per_account
+                    .or(file.login_max_failures_per_account)
+                    .unwrap_or(defaults.max_failures_per_account)
+                    .max(1),
+                max_failures_per_address: args
+                    .login_max_failures_per_address
+                    .or(file.login_max_failures_per_address)
+                    .unwrap_or(defaults.max_failures_per_address)
+                    .max(1),
+            }
+        },
     }
 }
 
@@ -585,5 +637,24 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<ServeArgs>("prot = 1").is_err());
+    }
+
+    #[test]
+    fn login_settings_come_from_flags_over_the_file_over_defaults() {
+        let file: ServeArgs =
+            toml::from_str("login_token_ttl = \"10m\"\nlogin_max_failures_per_account = 3")
+                .unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--login-token-ttl", "30s"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        let accounts = resolve(args, file).accounts;
+        assert_eq!(accounts.login_token_ttl, Duration::from_secs(30));
+        assert_eq!(accounts.max_failures_per_account, 3);
+        assert_eq!(accounts.max_failures_per_address, 20);
+        assert_eq!(accounts.failure_window, Duration::from_secs(15 * 60));
     }
 }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tandem_core::shared_doc::SnapshotRefused;
 use tandem_core::{DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -470,7 +471,24 @@ impl DocActor {
 
     /// Queues a snapshot of everything submitted so far; the writer drops the log it replaces.
     fn compact(&mut self) {
-        let snapshot = self.shared.encode_state();
+        let snapshot = match self.shared.encode_snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(refused) => {
+                // The log still loads (each entry was decoded on arrival); keep it.
+                match refused {
+                    SnapshotRefused::Pending => {
+                        debug!(upto_seq = self.submitted_seq, error = %refused, "not compacting");
+                    }
+                    SnapshotRefused::DoesNotLoad => {
+                        error!(upto_seq = self.submitted_seq, error = %refused, "not compacting; keeping the update log");
+                    }
+                }
+                // Try again after as many updates or bytes as a compaction normally waits for.
+                self.n_updates_since_compact = 0;
+                self.n_bytes_since_compact = 0;
+                return;
+            }
+        };
         let snapshot_bytes = snapshot.len() as u64;
         debug!(upto_seq = self.submitted_seq, snapshot_bytes, "compacting");
         let command = PersistCommand::Compact {

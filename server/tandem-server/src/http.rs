@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
@@ -29,6 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
+use crate::account::{self, AccountError, Accounts};
 use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::hub::{Hub, JoinError};
@@ -59,6 +60,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) hub: Hub,
     pub(crate) connection: ConnectionConfig,
+    /// Sign-in, refresh and the account API (`account.rs`).
+    pub(crate) accounts: Accounts,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -73,6 +76,19 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
         .route("/ws/{*name}", get(upgrade))
         .route("/ws", get(missing_doc_name))
         .route("/ws/", get(missing_doc_name))
+        .route("/api/auth", get(account::auth_info))
+        .route(
+            "/api/login",
+            post(account::login).layer(account_body_limit()),
+        )
+        .route("/api/token/refresh", post(account::refresh))
+        .route("/api/users", get(account::list_users))
+        .route(
+            "/api/users/{sub}",
+            put(account::put_user)
+                .delete(account::delete_user)
+                .layer(account_body_limit()),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
         .with_state(state);
@@ -82,6 +98,11 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
             HTTP_REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The account endpoints take small JSON bodies; the route's limit overrides the router's.
+fn account_body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(account::MAX_ACCOUNT_BODY_BYTES)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -354,6 +375,8 @@ pub(crate) enum ApiError {
     Internal,
     #[error("document too large, limit {max} bytes")]
     DocTooLarge { max: u64 },
+    #[error("{0}")]
+    Account(AccountError),
 }
 
 impl From<JoinError> for ApiError {
@@ -383,6 +406,7 @@ impl ApiError {
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "doc_unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
+            ApiError::Account(error) => error.status_and_code(),
         }
     }
 }
@@ -399,9 +423,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
+        let retry_after = match &self {
+            ApiError::Account(error) => error.retry_after_secs(),
+            _ => None,
+        };
+        let is_token_error = matches!(self, ApiError::Auth(_));
         let body = axum::Json(serde_json::json!({ "error": code, "message": message }));
         let mut response = (status, body).into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED && is_token_error {
             // RFC 6750: tell the client which scheme to use.
             let challenge = if code == "missing_token" {
                 r#"Bearer realm="tandem""#

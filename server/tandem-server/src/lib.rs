@@ -7,6 +7,8 @@
 //! # Layout
 //!
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
+//! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
+//! - [`command`]: `tandem user ...` and `tandem token mint`, offline or through a running server.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
@@ -18,7 +20,9 @@
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
+pub mod account;
 pub mod auth;
+pub mod command;
 pub mod config;
 mod connection;
 mod doc_actor;
@@ -160,6 +164,7 @@ pub async fn run(
         auth,
         hub: hub.clone(),
         connection: config.connection.clone(),
+        accounts: account::Accounts::new(hub.store().clone(), config.accounts.clone()),
     };
     let web = web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {

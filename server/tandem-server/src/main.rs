@@ -1,8 +1,9 @@
-//! The `tandem` binary: parse configuration, set up logging, bind, and run until SIGTERM/ctrl-c.
+//! The `tandem` binary: parse configuration, set up logging, bind, and run until SIGTERM/ctrl-c;
+//! or run one of the one-shot commands of `command.rs` (`tandem user ...`, `tandem token mint`).
 
 use anyhow::Context;
 use clap::Parser;
-use tandem_server::config::{Cli, LogFormat};
+use tandem_server::config::{Cli, Command, LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc with background threads returns freed pages to the OS after its decay time, so the
@@ -14,7 +15,28 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Cli::parse().into_serve_args();
+    match Cli::parse().into_command() {
+        Command::Serve(args) => serve(args).await,
+        Command::User(command) => finish(tandem_server::command::run_user(command).await),
+        Command::Token(command) => finish(tandem_server::command::run_token(command)),
+    }
+}
+
+/// A command's result on stdout, or its error as one line on stderr and exit status 1.
+fn finish(result: Result<String, tandem_server::command::CommandError>) -> anyhow::Result<()> {
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = tandem_server::config::load(args)?;
     init_tracing(&config.log, config.log_format)?;
     tracing::info!(

@@ -1,0 +1,500 @@
+//! Accounts, black-box: `tandem user ...` and `tandem token mint` run as the real binary, then
+//! sign-in, token refresh, the admin API and the limits on failed sign-ins over HTTP, and the
+//! tokens they hand out used on real WebSockets.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tandem_server::Config;
+use tandem_server::auth::{AuthMode, Claims, mint_offline};
+use tandem_tests::{HttpResponse, TestServer, WAIT, run_tandem};
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A server with `--auth jwt` and `adjust` applied on top.
+async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let server = TestServer::start_with(|config| {
+        config.auth.mode = AuthMode::Jwt;
+        adjust(config);
+    })
+    .await;
+    wait_healthy(&server).await;
+    server
+}
+
+async fn wait_healthy(server: &TestServer) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.request("GET", "/healthz", &[], b"").await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "server up in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An administrator token signed with the key in `data_dir`, as `tandem token mint --admin`.
+fn admin_token(data_dir: &Path) -> String {
+    let claims = Claims {
+        sub: "root".into(),
+        name: None,
+        docs: Default::default(),
+        admin: true,
+        exp: now() + 300,
+        nbf: None,
+        iat: None,
+        iss: None,
+    };
+    mint_offline(data_dir, &claims).expect("mint an admin token")
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn login(server: &TestServer, username: &str, password: &str) -> HttpResponse {
+    let body = json!({ "username": username, "password": password }).to_string();
+    server
+        .request(
+            "POST",
+            "/api/login",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+}
+
+/// Signs in and returns the token; panics unless the answer is 200.
+async fn login_token(server: &TestServer, username: &str, password: &str) -> String {
+    let response = login(server, username, password).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["token"]
+        .as_str()
+        .expect("token in the answer")
+        .to_owned()
+}
+
+async fn refresh(server: &TestServer, token: &str) -> HttpResponse {
+    server
+        .request(
+            "POST",
+            "/api/token/refresh",
+            &[("Authorization", &bearer(token))],
+            b"",
+        )
+        .await
+}
+
+async fn put_user(server: &TestServer, admin: &str, sub: &str, body: Value) -> HttpResponse {
+    server
+        .request(
+            "PUT",
+            &format!("/api/users/{sub}"),
+            &[
+                ("Authorization", &bearer(admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .await
+}
+
+/// The JSON error code of a response, after checking its status.
+fn error_code(response: &HttpResponse, status: u16) -> String {
+    assert_eq!(response.status, status, "{}", response.text());
+    response.json()["error"]
+        .as_str()
+        .expect("error code")
+        .to_owned()
+}
+
+/// The status and JSON error code of a refused WebSocket upgrade.
+async fn refused_upgrade(server: &TestServer, doc: &str, token: &str) -> (u16, String) {
+    match server.try_connect_with_token(doc, token).await {
+        Ok(_) => panic!("the upgrade to {doc} was accepted"),
+        Err(WsError::Http(response)) => {
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}"))
+                .expect("JSON error body");
+            let code = body["error"].as_str().unwrap_or_default().to_owned();
+            (response.status().as_u16(), code)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+/// Opens `doc` with `token`, writes `text` and waits for it to come back through a second peer.
+async fn can_write(server: &TestServer, doc: &str, token: &str, text: &str) {
+    let mut writer = server.connect_with_token(doc, token).await;
+    writer.append_text(text).await;
+    let mut reader = server.connect_with_token(doc, token).await;
+    reader.wait_text(|got| got.contains(text)).await;
+}
+
+#[tokio::test]
+async fn an_account_added_offline_signs_in_and_opens_only_its_documents() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let dir = data_dir.path().to_str().expect("utf-8 path").to_owned();
+    let added = run_tandem(
+        &[
+            "user",
+            "add",
+            "ada",
+            "--name",
+            "Ada Lovelace",
+            "--doc",
+            "team/*=write",
+            "--password-stdin",
+            "--data-dir",
+            &dir,
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(added.success, "{added:?}");
+    assert_eq!(added.stdout.trim(), "added user ada");
+
+    let server = TestServer::start_in(data_dir, |config| config.auth.mode = AuthMode::Jwt).await;
+    wait_healthy(&server).await;
+    let info = server.request("GET", "/api/auth", &[], b"").await;
+    assert_eq!(info.json(), json!({ "mode": "jwt", "login": true }));
+
+    let response = login(&server, "ada", PASSWORD).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["sub"], "ada");
+    assert_eq!(body["name"], "Ada Lovelace");
+    let expires_at = body["expires_at"].as_u64().expect("expires_at");
+    assert!(
+        (now() + 3500..=now() + 3700).contains(&expires_at),
+        "default lifetime is one hour: {expires_at}"
+    );
+    let token = body["token"].as_str().expect("token");
+
+    can_write(&server, "team/plan.md", token, "hello from ada").await;
+    assert_eq!(
+        refused_upgrade(&server, "private/diary.md", token).await,
+        (403, "forbidden".into())
+    );
+
+    let garbage = server
+        .request("POST", "/api/login", &[], b"{\"username\": 1}")
+        .await;
+    assert_eq!(error_code(&garbage, 400), "bad_json");
+}
+
+#[tokio::test]
+async fn wrong_and_unknown_names_get_the_same_refusal() {
+    let server = jwt_server(|_| {}).await;
+    let admin = admin_token(server.data_dir());
+    let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let wrong = login(&server, "ada", "not the password").await;
+    let unknown = login(&server, "nobody", "not the password").await;
+    assert_eq!(error_code(&wrong, 401), "bad_credentials");
+    assert_eq!(error_code(&unknown, 401), "bad_credentials");
+    let message = |response: &HttpResponse| {
+        let text = response.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        text.replace("nobody", "ada")
+    };
+    assert_eq!(message(&wrong), message(&unknown));
+}
+
+#[tokio::test]
+async fn wrong_passwords_lock_the_account_until_the_window_passes() {
+    let window = Duration::from_secs(2);
+    let server = jwt_server(|config| {
+        config.accounts.failure_window = window;
+        config.accounts.max_failures_per_account = 3;
+        config.accounts.max_failures_per_address = 100;
+    })
+    .await;
+    let admin = admin_token(server.data_dir());
+    let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    for _ in 0..3 {
+        let response = login(&server, "ada", "guess").await;
+        assert_eq!(error_code(&response, 401), "bad_credentials");
+    }
+    let limited = login(&server, "ada", "guess").await;
+    assert_eq!(error_code(&limited, 429), "too_many_attempts");
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After header")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=window.as_secs()).contains(&retry_after),
+        "{retry_after}"
+    );
+    // The right password is refused too, without being checked.
+    let right = login(&server, "ada", PASSWORD).await;
+    assert_eq!(error_code(&right, 429), "too_many_attempts");
+    // Another account from the same address is not affected by this account's limit.
+    let other = login(&server, "grace", "guess").await;
+    assert_eq!(error_code(&other, 401), "bad_credentials");
+
+    // Once the oldest failure leaves the window, the right password works again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = login(&server, "ada", PASSWORD).await;
+        if response.status == 200 {
+            break;
+        }
+        assert_eq!(error_code(&response, 429), "too_many_attempts");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still limited after the window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Success reset the account's count: a fresh run of failures starts from zero.
+    let response = login(&server, "ada", "guess").await;
+    assert_eq!(error_code(&response, 401), "bad_credentials");
+}
+
+#[tokio::test]
+async fn one_address_is_limited_across_accounts() {
+    let server = jwt_server(|config| {
+        config.accounts.max_failures_per_account = 100;
+        config.accounts.max_failures_per_address = 4;
+    })
+    .await;
+    let admin = admin_token(server.data_dir());
+    let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    for name in ["amy", "bob", "cy", "dee"] {
+        let response = login(&server, name, "password1").await;
+        assert_eq!(error_code(&response, 401), "bad_credentials");
+    }
+    let sprayed = login(&server, "eve", "password1").await;
+    assert_eq!(error_code(&sprayed, 429), "too_many_attempts");
+    assert!(sprayed.header("retry-after").is_some());
+    let real = login(&server, "ada", PASSWORD).await;
+    assert_eq!(error_code(&real, 429), "too_many_attempts");
+}
+
+#[tokio::test]
+async fn refresh_follows_the_account_and_stops_when_it_is_removed() {
+    let secret_dir = tempfile::tempdir().expect("temp dir");
+    let secret = b"an hs256 secret of an identity provider, for tests";
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, secret).expect("write secret");
+    let server = jwt_server(|config| config.auth.secret_file = Some(secret_file.clone())).await;
+    let admin = admin_token(server.data_dir());
+    let created = put_user(
+        &server,
+        &admin,
+        "ada",
+        json!({ "name": "Ada", "password": PASSWORD, "docs": { "a/*": "write" } }),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["docs"], json!({ "a/*": "write" }));
+    let first = login_token(&server, "ada", PASSWORD).await;
+
+    let refreshed = refresh(&server, &first).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    let body = refreshed.json();
+    assert_eq!(
+        (body["sub"].clone(), body["name"].clone()),
+        (json!("ada"), json!("Ada"))
+    );
+    let second = body["token"].as_str().expect("token").to_owned();
+    can_write(&server, "a/x", &second, "refreshed").await;
+
+    // New roles apply at the next refresh; the password is kept when none is sent.
+    let changed = put_user(
+        &server,
+        &admin,
+        "ada",
+        json!({ "docs": { "b/*": "write" } }),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let third = refresh(&server, &second).await.json()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    can_write(&server, "b/x", &third, "new role").await;
+    assert_eq!(refused_upgrade(&server, "a/x", &third).await.0, 403);
+    login_token(&server, "ada", PASSWORD).await;
+
+    // Only administrators manage accounts.
+    let listing = server
+        .request(
+            "GET",
+            "/api/users",
+            &[("Authorization", &bearer(&third))],
+            b"",
+        )
+        .await;
+    assert_eq!(error_code(&listing, 403), "not_admin");
+    let listing = server
+        .request(
+            "GET",
+            "/api/users",
+            &[("Authorization", &bearer(&admin))],
+            b"",
+        )
+        .await;
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    let users = listing.json()["users"].clone();
+    assert_eq!(users[0]["sub"], "ada");
+    assert!(
+        users[0].get("password_hash").is_none(),
+        "no hash leaves the server"
+    );
+
+    let removed = server
+        .request(
+            "DELETE",
+            "/api/users/ada",
+            &[("Authorization", &bearer(&admin))],
+            b"",
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert_eq!(
+        error_code(&refresh(&server, &third).await, 401),
+        "unknown_account"
+    );
+    let again = server
+        .request(
+            "DELETE",
+            "/api/users/ada",
+            &[("Authorization", &bearer(&admin))],
+            b"",
+        )
+        .await;
+    assert_eq!(error_code(&again, 404), "user_not_found");
+
+    // Tokens of an identity provider are refreshed there, not here.
+    let external = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "ada", "exp": now() + 300, "docs": { "*": "read" } }),
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("sign");
+    assert_eq!(
+        error_code(&refresh(&server, &external).await, 400),
+        "not_refreshable"
+    );
+    let missing = server.request("POST", "/api/token/refresh", &[], b"").await;
+    assert_eq!(error_code(&missing, 401), "missing_token");
+}
+
+#[tokio::test]
+async fn user_commands_go_through_the_running_server() {
+    let server = jwt_server(|_| {}).await;
+    let dir = server.data_dir().to_str().expect("utf-8 path").to_owned();
+    let url = format!("http://{}", server.addr);
+    let target = ["--data-dir", dir.as_str(), "--server", url.as_str()];
+
+    let mut args = vec![
+        "user",
+        "add",
+        "grace",
+        "--doc",
+        "g/*=write",
+        "--password-stdin",
+    ];
+    args.extend(target);
+    let added = run_tandem(&args, &format!("{PASSWORD}\n")).await;
+    assert!(added.success, "{added:?}");
+    assert!(
+        added
+            .stdout
+            .starts_with("added user grace (through the server at"),
+        "{added:?}"
+    );
+    let mut args = vec!["user", "list"];
+    args.extend(target);
+    let listed = run_tandem(&args, "").await;
+    assert!(listed.success, "{listed:?}");
+    assert!(
+        listed.stdout.contains("grace") && listed.stdout.contains("g/*=write"),
+        "{listed:?}"
+    );
+
+    let token = login_token(&server, "grace", PASSWORD).await;
+    can_write(&server, "g/notes.md", &token, "grace was here").await;
+
+    let mut args = vec!["user", "remove", "grace"];
+    args.extend(target);
+    let removed = run_tandem(&args, "").await;
+    assert!(removed.success, "{removed:?}");
+    assert_eq!(removed.stdout.trim(), "removed user grace");
+    let again = run_tandem(&args, "").await;
+    assert!(!again.success, "{again:?}");
+    assert_eq!(again.stderr.trim(), "error: no user \"grace\"");
+    assert_eq!(
+        error_code(&login(&server, "grace", PASSWORD).await, 401),
+        "bad_credentials"
+    );
+}
+
+#[tokio::test]
+async fn a_minted_token_opens_its_documents_without_signing_in() {
+    let server = jwt_server(|_| {}).await;
+    let dir = server.data_dir().to_str().expect("utf-8 path").to_owned();
+    let minted = run_tandem(
+        &[
+            "token",
+            "mint",
+            "--sub",
+            "ci-bot",
+            "--name",
+            "CI",
+            "--doc",
+            "ci/*=write",
+            "--ttl",
+            "10m",
+            "--data-dir",
+            &dir,
+        ],
+        "",
+    )
+    .await;
+    assert!(minted.success, "{minted:?}");
+    let token = minted.stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    can_write(&server, "ci/build.log", token, "build 42 passed").await;
+    assert_eq!(
+        refused_upgrade(&server, "team/plan.md", token).await,
+        (403, "forbidden".into())
+    );
+    // A minted token speaks for no account, so there is nothing to refresh it from.
+    assert_eq!(
+        error_code(&refresh(&server, token).await, 401),
+        "unknown_account"
+    );
+}
+
+#[tokio::test]
+async fn without_authentication_sign_in_is_offered_once_accounts_exist() {
+    let server = TestServer::start().await;
+    wait_healthy(&server).await;
+    let info = server.request("GET", "/api/auth", &[], b"").await;
+    assert_eq!(info.json(), json!({ "mode": "none", "login": false }));
+    // With authentication off (loopback only), everyone may manage accounts.
+    let created = put_user(&server, "ignored", "ada", json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let short = put_user(&server, "ignored", "bob", json!({ "password": "short" })).await;
+    assert_eq!(error_code(&short, 400), "bad_user");
+    let nameless = put_user(&server, "ignored", "bob", json!({ "name": "Bob" })).await;
+    assert_eq!(error_code(&nameless, 400), "bad_user");
+    let info = server.request("GET", "/api/auth", &[], b"").await;
+    assert_eq!(info.json(), json!({ "mode": "none", "login": true }));
+    login_token(&server, "ada", PASSWORD).await;
+}
