@@ -89,6 +89,15 @@ impl TestServer {
         self.stop = Some(stop);
     }
 
+    /// Waits until `GET /healthz` answers 200 (the server has loaded its keys and store).
+    pub async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.request("GET", "/healthz", &[], b"").await.status != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "server up in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The data directory (holds `tandem.redb`).
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()

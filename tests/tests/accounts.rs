@@ -28,16 +28,8 @@ async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
         adjust(config);
     })
     .await;
-    wait_healthy(&server).await;
+    server.wait_healthy().await;
     server
-}
-
-async fn wait_healthy(server: &TestServer) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.request("GET", "/healthz", &[], b"").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "server up in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// An administrator token signed with the key in `data_dir`, as `tandem token mint --admin`.
@@ -51,6 +43,7 @@ fn admin_token(data_dir: &Path) -> String {
         nbf: None,
         iat: None,
         iss: None,
+        session: None,
     };
     mint_offline(data_dir, &claims).expect("mint an admin token")
 }
@@ -161,7 +154,7 @@ async fn an_account_added_offline_signs_in_and_opens_only_its_documents() {
     assert_eq!(added.stdout.trim(), "added user ada");
 
     let server = TestServer::start_in(data_dir, |config| config.auth.mode = AuthMode::Jwt).await;
-    wait_healthy(&server).await;
+    server.wait_healthy().await;
     let info = server.request("GET", "/api/auth", &[], b"").await;
     assert_eq!(info.json(), json!({ "mode": "jwt", "login": true }));
 
@@ -474,17 +467,18 @@ async fn a_minted_token_opens_its_documents_without_signing_in() {
         refused_upgrade(&server, "team/plan.md", token).await,
         (403, "forbidden".into())
     );
-    // A minted token speaks for no account, so there is nothing to refresh it from.
+    // Only sign-in sessions are renewed: a minted token is narrow on purpose and must not turn
+    // into the full rights of an account that happens to share its `sub` (review finding).
     assert_eq!(
-        error_code(&refresh(&server, token).await, 401),
-        "unknown_account"
+        error_code(&refresh(&server, token).await, 400),
+        "not_refreshable"
     );
 }
 
 #[tokio::test]
 async fn without_authentication_sign_in_is_offered_once_accounts_exist() {
     let server = TestServer::start().await;
-    wait_healthy(&server).await;
+    server.wait_healthy().await;
     let info = server.request("GET", "/api/auth", &[], b"").await;
     assert_eq!(info.json(), json!({ "mode": "none", "login": false }));
     // With authentication off (loopback only), everyone may manage accounts.

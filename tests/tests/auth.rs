@@ -72,16 +72,8 @@ async fn jwt_server(adjust: impl FnOnce(&mut AuthConfig)) -> TestServer {
         adjust(&mut config.auth);
     })
     .await;
-    wait_healthy(&server).await;
+    server.wait_healthy().await;
     server
-}
-
-async fn wait_healthy(server: &TestServer) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.request("GET", "/healthz", &[], b"").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "server up in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn ws_request(server: &TestServer, doc: &str, token: Option<&str>) -> Request {
@@ -545,4 +537,32 @@ async fn pem_public_keys_verify_es256_and_eddsa_and_nothing_else() {
         let (status, code) = refused(ws_request(&server, "doc", Some(&token))).await;
         assert_eq!((status, code.as_str()), (401, "invalid_token"));
     }
+}
+
+/// Regression (review): with an explicit `--jwt-algorithms` list, the server's own tokens (login,
+/// `tandem token mint`) were refused unless the list happened to name HS256.
+#[tokio::test]
+async fn the_servers_own_tokens_work_whatever_algorithms_are_listed() {
+    let server = jwt_server(|auth| auth.algorithms = Some(vec![Algorithm::RS256])).await;
+    let own = tandem_server::auth::mint_offline(
+        server.data_dir(),
+        &tandem_server::auth::Claims {
+            sub: "ci".into(),
+            name: None,
+            docs: [("*".to_owned(), tandem_server::auth::Role::Write)].into(),
+            admin: false,
+            exp: now() + 300,
+            nbf: None,
+            iat: None,
+            iss: None,
+            session: None,
+        },
+    )
+    .expect("mint");
+    let mut peer = connect(&server, "doc", &own).await;
+    peer.append_text("own").await;
+    // The shared HS256 secret is configured, but HS256 is not in the list: refused.
+    let shared = hs256(&claims("ada", json!({ "*": "write" })));
+    let (status, code) = refused(ws_request(&server, "doc", Some(&shared))).await;
+    assert_eq!((status, code.as_str()), (401, "invalid_token"));
 }

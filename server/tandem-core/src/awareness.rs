@@ -309,7 +309,14 @@ pub fn vouch_state(
     if !needs_vouching(json, identity) {
         return None;
     }
-    let mut state: Value = serde_json::from_str(json).ok()?;
+    // The decoder's validation skips what it does not read, and serde_json's skipping is more
+    // lenient than a full parse (lone surrogates, nesting past 128 levels). A state that needs a
+    // change but cannot be parsed fully is not relayed as sent: it is replaced by the smallest
+    // state that is safe, which names only the verified identity, if any.
+    let (mut state, replaced) = match serde_json::from_str::<Value>(json) {
+        Ok(state) => (state, false),
+        Err(_) => (Value::Object(Map::new()), true),
+    };
     let Value::Object(object) = &mut state else {
         // A scalar or array state names nobody; with an identity it cannot be shown as anyone.
         return None;
@@ -334,7 +341,7 @@ pub fn vouch_state(
             changed = true;
         }
     }
-    if !changed {
+    if !changed && !replaced {
         return None;
     }
     let json = serde_json::to_string(&state).ok()?;
@@ -801,6 +808,50 @@ mod tests {
             .apply_as(PeerId(1), Some(&alice), &right, 0, &limits)
             .unwrap();
         assert_eq!(outcome.broadcast, Some(encode_awareness_raw(&right.raw)));
+    }
+
+    /// Regression (review): the decoder validates a state with serde's skipping, which accepts
+    /// lone surrogates and any nesting depth, while vouching parses the whole state, which
+    /// refuses both. A forged state that only the lenient pass accepts was relayed as sent.
+    #[test]
+    fn a_state_only_the_lenient_pass_accepts_cannot_carry_a_forged_user() {
+        let limits = Limits::default();
+        let alice = Identity {
+            sub: "u-alice".into(),
+            name: "Alice".into(),
+        };
+        let deep = format!(
+            r#"{{"x":{}1{},"user":{{"name":"Bob","sub":"u-bob"}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let surrogate = r#"{"x":"\udc00","user":{"name":"Bob","sub":"u-bob","color":"red;x:y"}}"#;
+        for (client_id, forged) in [(1, deep.as_str()), (2, surrogate)] {
+            let mut table = AwarenessTable::default();
+            let outcome = table
+                .apply_as(
+                    PeerId(1),
+                    Some(&alice),
+                    &payload(&[(client_id, 1, forged)]),
+                    0,
+                    &limits,
+                )
+                .unwrap();
+            let relayed = decode(&outcome.broadcast.unwrap());
+            assert_eq!(relayed[0].user, Some(user("Alice", None)), "{forged}");
+            // Without an identity, an unsafe colour in such a state is not relayed either.
+            let mut table = AwarenessTable::default();
+            let outcome = table
+                .apply(
+                    PeerId(1),
+                    &payload(&[(client_id, 1, surrogate)]),
+                    0,
+                    &limits,
+                )
+                .unwrap();
+            let relayed = decode(&outcome.broadcast.unwrap());
+            assert!(!relayed[0].json.contains("red"), "{}", relayed[0].json);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! operations from the command line.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,6 +63,9 @@ pub const MAX_QUEUED_HASHES: usize = 64;
 /// entries), an attempt under a name or address not yet tracked is refused: failing closed keeps
 /// an attacker from flushing an account's counter by filling the table.
 const MAX_TRACKED_KEYS: usize = 65_536;
+/// How long after a sign-in its tokens may still be refreshed: a working day and a night, so an
+/// open tab survives until the next morning but a stolen token does not live forever.
+const MAX_LOGIN_SESSION: Duration = Duration::from_secs(24 * 3600);
 /// Pruning the whole table is linear; when it is full, do it at most this often.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest JSON body of the account endpoints.
@@ -139,6 +142,9 @@ pub enum AccountError {
     /// A token of an identity provider: refresh it there.
     #[error("only tokens this server signed can be refreshed here")]
     NotRefreshable,
+    /// The sign-in this token descends from is older than `MAX_LOGIN_SESSION`.
+    #[error("this session is too old to renew; sign in again")]
+    SessionTooOld,
     /// The token's account no longer exists.
     #[error("the account {0:?} does not exist")]
     UnknownAccount(String),
@@ -164,6 +170,7 @@ impl AccountError {
             AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "login_busy"),
             AccountError::NotRefreshable => (StatusCode::BAD_REQUEST, "not_refreshable"),
             AccountError::UnknownAccount(_) => (StatusCode::UNAUTHORIZED, "unknown_account"),
+            AccountError::SessionTooOld => (StatusCode::UNAUTHORIZED, "session_expired"),
             AccountError::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
             AccountError::BadUser(_) => (StatusCode::BAD_REQUEST, "bad_user"),
             AccountError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_json"),
@@ -305,6 +312,11 @@ struct LoginLimiter {
 
 struct LimiterState {
     failures: HashMap<LimitKey, VecDeque<Instant>>,
+    /// Attempts admitted by `check` whose password is still being verified. They count against
+    /// the limits, so a burst of concurrent guesses cannot all pass the check before the first
+    /// failure is recorded. At most the number of requests in flight (bounded by the hashing
+    /// queue); a key leaves when its count returns to zero.
+    pending: HashMap<LimitKey, u32>,
     last_prune: Option<Instant>,
 }
 
@@ -322,6 +334,7 @@ impl LoginLimiter {
             max_per_address: config.max_failures_per_address.max(1),
             state: Mutex::new(LimiterState {
                 failures: HashMap::new(),
+                pending: HashMap::new(),
                 last_prune: None,
             }),
         }
@@ -330,29 +343,39 @@ impl LoginLimiter {
     fn keys(account: &str, address: IpAddr) -> [(LimitKey, usize); 2] {
         [
             (LimitKey::Account(account.to_owned()), 0),
-            (LimitKey::Address(address_key(address)), 1),
+            (LimitKey::Address(crate::listener::client_key(address)), 1),
         ]
     }
 
-    /// `Err(retry_after)` when the account or the address is over its limit.
-    fn check(&self, account: &str, address: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Admits one attempt (counted as pending until [`Attempt`] is dropped or fails), or
+    /// `Err(retry_after)` when the account or the address is over its limit, attempts in flight
+    /// included.
+    fn check(&self, account: &str, address: IpAddr, now: Instant) -> Result<Attempt<'_>, Duration> {
         let limits = [self.max_per_account, self.max_per_address];
-        let mut state = self.state.lock().expect("limiter lock is never poisoned");
+        let mut guard = self.state.lock().expect("limiter lock is never poisoned");
+        let state = &mut *guard;
         let mut retry_after = Duration::ZERO;
         let mut untracked = false;
         for (key, idx) in Self::keys(account, address) {
+            let in_flight = state.pending.get(&key).copied().unwrap_or(0) as usize;
             match state.failures.get_mut(&key) {
                 Some(times) => {
                     expire(times, now, self.window);
-                    if times.len() >= limits[idx] as usize {
+                    if times.len() + in_flight >= limits[idx] as usize {
                         let oldest = times.front().copied().unwrap_or(now);
-                        retry_after =
-                            retry_after.max((oldest + self.window).saturating_duration_since(now));
+                        retry_after = retry_after
+                            .max((oldest + self.window).saturating_duration_since(now))
+                            .max(Duration::from_secs(1));
                     }
+                }
+                None if in_flight >= limits[idx] as usize => {
+                    // Only attempts in flight so far: the first answer comes within seconds.
+                    retry_after = retry_after.max(Duration::from_secs(1));
                 }
                 None => untracked = true,
             }
         }
+        let mut state = guard;
         if untracked && state.failures.len() >= MAX_TRACKED_KEYS {
             self.prune(&mut state, now);
             if state.failures.len() >= MAX_TRACKED_KEYS {
@@ -360,9 +383,28 @@ impl LoginLimiter {
             }
         }
         if retry_after > Duration::ZERO {
-            Err(retry_after)
-        } else {
-            Ok(())
+            return Err(retry_after);
+        }
+        for (key, _) in Self::keys(account, address) {
+            *state.pending.entry(key).or_default() += 1;
+        }
+        Ok(Attempt {
+            limiter: self,
+            account: account.to_owned(),
+            address,
+        })
+    }
+
+    /// Ends one pending attempt of `check`.
+    fn release(&self, account: &str, address: IpAddr) {
+        let mut state = self.state.lock().expect("limiter lock is never poisoned");
+        for (key, _) in Self::keys(account, address) {
+            if let Some(count) = state.pending.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    state.pending.remove(&key);
+                }
+            }
         }
     }
 
@@ -408,27 +450,35 @@ impl LoginLimiter {
     }
 }
 
+/// One sign-in attempt admitted by [`LoginLimiter::check`]: pending until dropped. A failed
+/// attempt is recorded with [`Attempt::failed`]; any other ending (success, a storage error, a
+/// dropped request) only releases it.
+struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    account: String,
+    address: IpAddr,
+}
+
+impl Attempt<'_> {
+    /// Records this attempt as a failure (and releases it).
+    fn failed(self, now: Instant) {
+        self.limiter
+            .record_failure(&self.account, self.address, now);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.limiter.release(&self.account, self.address);
+    }
+}
+
 fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     while times
         .front()
         .is_some_and(|first| now.saturating_duration_since(*first) >= window)
     {
         times.pop_front();
-    }
-}
-
-/// The address a limit is kept for: IPv4 as is (also when mapped into IPv6), IPv6 by its /64,
-/// the smallest block one subscriber usually gets.
-fn address_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(prefix))
-            }
-        },
     }
 }
 
@@ -666,14 +716,17 @@ pub(crate) async fn login(
     let address = remote.ip();
     // Names longer than any account are cut, which keeps the limiter's keys bounded.
     let account: String = truncate(&request.username, MAX_SUB_BYTES).to_owned();
-    if let Err(retry_after) = accounts.limiter.check(&account, address, Instant::now()) {
-        return Err(AccountError::TooManyAttempts {
-            account,
-            address,
-            retry_after,
+    let attempt = match accounts.limiter.check(&account, address, Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(retry_after) => {
+            return Err(AccountError::TooManyAttempts {
+                account,
+                address,
+                retry_after,
+            }
+            .into());
         }
-        .into());
-    }
+    };
     let user = if validate_sub(&request.username).is_ok() {
         let sub = request.username.clone();
         state
@@ -694,14 +747,14 @@ pub(crate) async fn login(
         .run(move || verify_password(&password, &hash))
         .await?;
     let Some(user) = user.filter(|_| matches) else {
-        accounts
-            .limiter
-            .record_failure(&account, address, Instant::now());
+        attempt.failed(Instant::now());
         return Err(AccountError::BadCredentials { account, address }.into());
     };
+    drop(attempt);
     accounts.limiter.reset_account(&account);
     info!(account = %user.sub, %address, "signed in");
-    Ok(axum::Json(token_for(&state.auth, &accounts.config, &user)?).into_response())
+    let session = unix_now();
+    Ok(axum::Json(token_for(&state.auth, &accounts.config, &user, session)?).into_response())
 }
 
 /// `POST /api/token/refresh`: a fresh token for the account of a token this server signed.
@@ -719,6 +772,14 @@ pub(crate) async fn refresh(
         }
         Err(error) => return Err(ApiError::Auth(error)),
     };
+    // Only sign-in sessions are renewed, and not forever: a minted token (narrow on purpose)
+    // cannot be turned into its account's full rights, and a stolen session dies with age.
+    let Some(session) = claims.session else {
+        return Err(AccountError::NotRefreshable.into());
+    };
+    if unix_now().saturating_sub(session) > MAX_LOGIN_SESSION.as_secs() {
+        return Err(AccountError::SessionTooOld.into());
+    }
     let sub = claims.sub.clone();
     let user = state
         .accounts
@@ -726,13 +787,14 @@ pub(crate) async fn refresh(
         .await?
         .ok_or(AccountError::UnknownAccount(claims.sub))?;
     let config = &state.accounts.inner.config;
-    Ok(axum::Json(token_for(&state.auth, config, &user)?).into_response())
+    Ok(axum::Json(token_for(&state.auth, config, &user, session)?).into_response())
 }
 
 fn token_for(
     auth: &Auth,
     config: &AccountConfig,
     user: &UserRecord,
+    session: u64,
 ) -> Result<TokenResponse, ApiError> {
     let now = unix_now();
     let expires_at = now.saturating_add(config.login_token_ttl.as_secs().max(1));
@@ -745,6 +807,7 @@ fn token_for(
         nbf: None,
         iat: Some(now),
         iss: None,
+        session: Some(session),
     };
     Ok(TokenResponse {
         token: auth.mint(&claims),
@@ -906,6 +969,42 @@ fn truncate(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
+    /// `check`, with the attempt released at once (the unit tests record outcomes themselves).
+    fn admit(
+        limiter: &LoginLimiter,
+        account: &str,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        limiter.check(account, address, now).map(drop)
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let limiter = LoginLimiter::new(&AccountConfig {
+            max_failures_per_account: 3,
+            ..AccountConfig::default()
+        });
+        let now = Instant::now();
+        let address: IpAddr = "192.0.2.7".parse().unwrap();
+        // Three concurrent guesses are admitted; the fourth waits for their outcome.
+        let in_flight: Vec<Attempt<'_>> = (0..3)
+            .map(|_| limiter.check("ada", address, now).expect("admitted"))
+            .collect();
+        assert!(limiter.check("ada", address, now).is_err());
+        for attempt in in_flight {
+            attempt.failed(now);
+        }
+        assert!(
+            limiter.check("ada", address, now).is_err(),
+            "three failures recorded"
+        );
+        // A success (or an error) only releases: the count goes back down.
+        let limiter = LoginLimiter::new(&AccountConfig::default());
+        drop(limiter.check("bob", address, now).expect("admitted"));
+        assert!(limiter.state.lock().unwrap().pending.is_empty());
+    }
+
     fn limiter(per_account: u32, per_address: u32) -> LoginLimiter {
         LoginLimiter::new(&AccountConfig {
             failure_window: Duration::from_secs(60),
@@ -924,18 +1023,18 @@ mod tests {
         let start = Instant::now();
         for second in 0..3 {
             let now = start + Duration::from_secs(second);
-            assert_eq!(limiter.check("ada", HOME, now), Ok(()));
+            assert_eq!(admit(&limiter, "ada", HOME, now), Ok(()));
             limiter.record_failure("ada", HOME, now);
         }
         let now = start + Duration::from_secs(10);
         assert_eq!(
-            limiter.check("ada", AWAY, now),
+            admit(&limiter, "ada", AWAY, now),
             Err(Duration::from_secs(50)),
             "the account is limited from any address"
         );
-        assert_eq!(limiter.check("bob", HOME, now), Ok(()));
+        assert_eq!(admit(&limiter, "bob", HOME, now), Ok(()));
         assert_eq!(
-            limiter.check("ada", HOME, start + Duration::from_secs(60)),
+            admit(&limiter, "ada", HOME, start + Duration::from_secs(60)),
             Ok(()),
             "one failure left the window"
         );
@@ -947,8 +1046,8 @@ mod tests {
         let now = Instant::now();
         limiter.record_failure("ada", HOME, now);
         limiter.record_failure("bob", HOME, now);
-        assert!(limiter.check("carol", HOME, now).is_err());
-        assert_eq!(limiter.check("carol", AWAY, now), Ok(()));
+        assert!(admit(&limiter, "carol", HOME, now).is_err());
+        assert_eq!(admit(&limiter, "carol", AWAY, now), Ok(()));
     }
 
     #[test]
@@ -957,11 +1056,14 @@ mod tests {
         let now = Instant::now();
         limiter.record_failure("ada", HOME, now);
         limiter.record_failure("ada", HOME, now);
-        assert!(limiter.check("ada", AWAY, now).is_err());
+        assert!(admit(&limiter, "ada", AWAY, now).is_err());
         limiter.reset_account("ada");
-        assert_eq!(limiter.check("ada", AWAY, now), Ok(()));
+        assert_eq!(admit(&limiter, "ada", AWAY, now), Ok(()));
         limiter.record_failure("bob", HOME, now);
-        assert!(limiter.check("ada", HOME, now).is_err(), "address keeps 3");
+        assert!(
+            admit(&limiter, "ada", HOME, now).is_err(),
+            "address keeps 3"
+        );
     }
 
     #[test]
@@ -969,10 +1071,16 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_key(a), address_key(b));
-        assert_ne!(address_key(a), address_key(other));
+        assert_eq!(
+            crate::listener::client_key(a),
+            crate::listener::client_key(b)
+        );
+        assert_ne!(
+            crate::listener::client_key(a),
+            crate::listener::client_key(other)
+        );
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(address_key(mapped), HOME);
+        assert_eq!(crate::listener::client_key(mapped), HOME);
     }
 
     #[test]
@@ -987,9 +1095,9 @@ mod tests {
                     .insert(LimitKey::Account(format!("u{n}")), VecDeque::from([start]));
             }
         }
-        assert!(limiter.check("new", HOME, start).is_err(), "fails closed");
+        assert!(admit(&limiter, "new", HOME, start).is_err(), "fails closed");
         assert_eq!(
-            limiter.check("u1", HOME, start + Duration::from_secs(61)),
+            admit(&limiter, "u1", HOME, start + Duration::from_secs(61)),
             Ok(()),
             "after the window everything expired and was pruned"
         );

@@ -145,6 +145,11 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// When the sign-in this token descends from happened (Unix seconds). Set only by
+    /// `POST /api/login` and carried by refreshes: only such tokens can be refreshed, and only
+    /// within `MAX_LOGIN_SESSION` of the sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 impl Claims {
@@ -392,8 +397,9 @@ impl Auth {
         if let Some(path) = &config.jwks_file {
             keys.extend(load_jwks(path)?);
         }
-        // The configured list, or every algorithm some external key verifies; the server's own
-        // HS256 key is always accepted for its own tokens (kid and iss "tandem").
+        // The configured list, or every algorithm some external key verifies. The server's own
+        // HS256 key is accepted apart from this list, for its own tokens only (kid and iss
+        // "tandem"; see `verify`).
         let accepted = match &config.algorithms {
             Some(list) => list.clone(),
             None => {
@@ -405,7 +411,6 @@ impl Auth {
                     })
                     .map(|key| key.algorithm)
                     .collect();
-                all.push(Algorithm::HS256);
                 all.sort_by_key(|algorithm| format!("{algorithm:?}"));
                 all.dedup();
                 all
@@ -438,11 +443,16 @@ impl Auth {
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
-        if !self.inner.accepted.contains(&header.alg) {
+        // The server's own tokens (HS256, kid "tandem") are accepted whatever the configured
+        // list says: they are checked only with the server's own key.
+        let own_header =
+            header.alg == Algorithm::HS256 && header.kid.as_deref() == Some(SERVER_ISSUER);
+        if !own_header && !self.inner.accepted.contains(&header.alg) {
             return Err(AuthError::Invalid("algorithm not accepted"));
         }
         let candidates = self.inner.keys.iter().filter(|key| {
             key.algorithm == header.alg
+                && (key.own || self.inner.accepted.contains(&key.algorithm))
                 && match (&header.kid, &key.kid) {
                     (Some(wanted), Some(kid)) => wanted == kid,
                     (Some(_), None) => false,
@@ -531,7 +541,10 @@ impl Auth {
             identity: Some(claims.identity()),
             // The token was accepted up to `exp + leeway`; closing earlier would only make the
             // client reconnect with the same token and be accepted again.
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp) + self.inner.leeway),
+            // An `exp` too far out to represent never expires in practice.
+            expires_at: UNIX_EPOCH
+                .checked_add(Duration::from_secs(claims.exp))
+                .and_then(|at| at.checked_add(self.inner.leeway)),
         })
     }
 
@@ -794,6 +807,7 @@ mod tests {
             nbf: None,
             iat: None,
             iss: None,
+            session: None,
         };
         assert_eq!(claims.role_for("team/plan.md"), Some(Role::Write));
         assert_eq!(claims.role_for("team/archive/2024.md"), Some(Role::Read));
@@ -841,6 +855,7 @@ mod tests {
             nbf: None,
             iat: Some(unix_now()),
             iss: None,
+            session: None,
         };
         let token = auth.mint(&claims);
         let verified = auth.verify(&token).unwrap();

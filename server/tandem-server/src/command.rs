@@ -405,6 +405,7 @@ fn mint_token(args: &TokenMintArgs) -> Result<String, CommandError> {
         nbf: None,
         iat: Some(now),
         iss: None,
+        session: None,
     };
     Ok(mint_offline(&args.data_dir, &claims)?)
 }
@@ -549,6 +550,7 @@ fn admin_token(data_dir: &Path) -> Result<String, CommandError> {
         nbf: None,
         iat: Some(now),
         iss: None,
+        session: None,
     };
     Ok(mint_offline(data_dir, &claims)?)
 }

@@ -136,11 +136,12 @@ async fn serve(
     peer: PeerId,
 ) {
     // The token's expiry as a point on the monotonic clock the writer sleeps on.
-    let expires_at = grant.expires_at.map(|at| {
+    let expires_at = grant.expires_at.and_then(|at| {
         let left = at
             .duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        Instant::now() + left
+        // `None` (no timer) only for an expiry too far out to represent.
+        Instant::now().checked_add(left)
     });
     let config = hub.config().clone();
     let (outbox_tx, outbox_rx) = mpsc::channel::<Bytes>(config.outbox_capacity);

@@ -97,7 +97,13 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             HTTP_REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path only: a query may carry a token (`?token=`), which is never
+        // logged.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
 }
 
 /// The account endpoints take small JSON bodies; the route's limit overrides the router's.

@@ -396,8 +396,7 @@ impl ConnectionCaps {
 
     /// Counts one more connection from `ip`, or says which cap that would break.
     pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, CapHit> {
-        // An IPv4 client of a dual-stack socket appears as ::ffff:a.b.c.d; count it as a.b.c.d.
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.total >= self.max_total {
             return Err(CapHit::Total {
@@ -422,6 +421,19 @@ impl ConnectionCaps {
     fn counts(&self) -> (usize, usize) {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         (counts.total, counts.per_address.len())
+    }
+}
+
+/// The key under which one client is counted: its IPv4 address (an IPv4 client of a dual-stack
+/// socket appears as `::ffff:a.b.c.d` and counts as `a.b.c.d`), or the /64 of its IPv6 address,
+/// the smallest block one subscriber usually gets (so a single host cannot dodge the per-address
+/// limits by cycling through its 2^64 addresses). Shared with the sign-in limiter.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
     }
 }
 
