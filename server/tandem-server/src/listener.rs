@@ -155,6 +155,13 @@ impl Listener {
 
     fn handle_accepted(&self, stream: TcpStream, remote: SocketAddr) {
         let accepted_at = Instant::now();
+        // No Nagle: the writer already batches frames and flushes once per batch, so each flush
+        // should leave at once. With Nagle on, a small frame that follows an unacknowledged one
+        // waits for the peer's delayed ACK (up to 40 ms on Linux), the tail latency seen in
+        // servers that leave it on.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
         match self.shared.caps.try_acquire(remote.ip()) {
             Ok(permit) => {
                 let span = tracing::info_span!("tcp", %remote);
