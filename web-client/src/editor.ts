@@ -12,21 +12,8 @@ import {
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import type { Awareness } from 'y-protocols/awareness'
 import * as Y from 'yjs'
+import { remoteCursors } from './cursors'
 import { tandemHighlight } from './highlight'
-
-/** Remote cursors keep their name label visible (y-codemirror.next shows it only on hover). */
-const cursorLabels = EditorView.theme({
-  '.cm-ySelectionInfo': {
-    opacity: '1',
-    fontFamily: 'inherit',
-    fontSize: '11px',
-    fontWeight: '600',
-    top: '-1.35em',
-    padding: '1px 5px',
-    borderRadius: '4px 4px 4px 0'
-  },
-  '.cm-ySelectionCaret': { borderLeftWidth: '2px' }
-})
 
 const look = EditorView.theme({
   '&': { height: '100%', fontSize: '14.5px' },
@@ -90,7 +77,9 @@ export function createEditor (parent: HTMLElement, ytext: Y.Text, awareness: Awa
   const access = new Compartment()
   const state = EditorState.create({
     doc: ytext.toString(),
-    extensions: [setup(), language, look, cursorLabels, access.of(readOnlyExtension(readOnly)), yCollab(ytext, awareness, { undoManager })]
+    extensions: [setup(), language, look, access.of(readOnlyExtension(readOnly)),
+      // Awareness is left out of yCollab: remoteCursors draws the cursors (see cursors.ts).
+      yCollab(ytext, null, { undoManager }), remoteCursors(ytext, awareness)]
   })
   const view = new EditorView({ state, parent })
   const setReadOnly = (next: boolean): void => {

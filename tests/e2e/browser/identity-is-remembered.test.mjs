@@ -24,10 +24,22 @@ test('the identity dialog sets name and colour; others see it live; a reload kee
   await cursorToEnd(newcomer.page)
   await newcomer.page.keyboard.type('hi')
   await waitForText(alice.page, (text) => text.includes('hi'))
-  const label = alice.page.locator('.cm-ySelectionInfo', { hasText: 'Dana Scully' })
+  const label = alice.page.locator('.tandem-caret-label', { hasText: 'Dana Scully' })
   await label.waitFor()
   const background = await label.evaluate((el) => getComputedStyle(el).backgroundColor)
   assert.equal(background, 'rgb(202, 138, 4)', 'the label has the chosen colour')
+
+  // A new name with the same colour must still reach the label (a caret drawn by colour alone
+  // would keep the old name).
+  await newcomer.page.click('#identity')
+  await newcomer.page.fill('#identity-name', 'Fox Mulder')
+  await newcomer.page.click('#identity-save')
+  await alice.page.locator('.tandem-caret-label', { hasText: 'Fox Mulder' }).waitFor()
+  assert.equal(await alice.page.locator('.tandem-caret-label', { hasText: 'Dana Scully' }).count(), 0)
+  await newcomer.page.click('#identity')
+  await newcomer.page.fill('#identity-name', 'Dana Scully')
+  await newcomer.page.click('#identity-save')
+  await alice.page.locator('.tandem-caret-label', { hasText: 'Dana Scully' }).waitFor()
 
   await newcomer.page.reload()
   await newcomer.page.locator('.cm-content').waitFor()

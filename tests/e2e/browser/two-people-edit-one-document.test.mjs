@@ -34,11 +34,11 @@ test('two browsers type concurrently, converge, see each other, and undo only th
   // Presence: names in the list, and a labelled remote cursor.
   await alice.page.locator('#users li[data-name="Bob"]').waitFor()
   await bob.page.locator('#users li[data-name="Alice"]').waitFor()
-  await alice.page.locator('.cm-ySelectionInfo', { hasText: 'Bob' }).waitFor()
-  await bob.page.locator('.cm-ySelectionInfo', { hasText: 'Alice' }).waitFor()
+  await alice.page.locator('.tandem-caret-label', { hasText: 'Bob' }).waitFor()
+  await bob.page.locator('.tandem-caret-label', { hasText: 'Alice' }).waitFor()
   // Bob selects a word; Alice sees a selection highlight in Bob's colour.
   await bob.page.keyboard.press('Shift+Control+ArrowLeft')
-  await alice.page.locator('.cm-ySelection').first().waitFor()
+  await alice.page.locator('.tandem-selection').first().waitFor()
 
   // Both edits reached the server.
   await waitForStatus(alice.page, { network: 'connected', saved: true })
