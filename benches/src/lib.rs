@@ -18,3 +18,5 @@ pub fn typing_updates(n: usize, chunk: &str) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+pub mod loadgen;

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_core::protocol::{
-    AwarenessEntry, decode_frame, encode_query_awareness, encode_sync_update, write_var_u64,
+    AwarenessEntry, decode_frame, encode_query_awareness, encode_sync_step1, encode_sync_update,
+    write_var_u64,
 };
 use tandem_core::{Limits, Message};
-use tandem_tests::TestServer;
+use tandem_tests::{Peer, TestServer};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -159,6 +160,43 @@ async fn a_silent_peer_is_closed_and_its_presence_removed() {
     bob.wait_awareness(|seen| seen.iter().any(|e| e.client_id == 7 && e.is_removal()))
         .await;
     drop(ghost);
+}
+
+/// A joiner whose socket is still taking a big sync step 2 has had no ping to answer: the time
+/// the server spends writing to it is not the peer's silence (it used to be closed with "ping
+/// timeout" right after the download, and would download again on reconnect).
+#[tokio::test]
+async fn a_peer_still_receiving_a_big_document_is_not_closed_for_silence() {
+    let server = TestServer::start_with(|config| {
+        config.connection.ping_interval = Duration::from_millis(1000);
+        config.connection.pong_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut writer = server.connect("big").await;
+    let chunk = "x".repeat(1 << 20);
+    for _ in 0..12 {
+        writer.append_text(&chunk).await;
+    }
+    let size = 12 << 20;
+    let mut probe = server.connect("big").await;
+    probe.wait_text(|text| text.len() == size).await;
+
+    // The joiner asks for everything, then does not read for two seconds: 12 MB do not fit in
+    // loopback's socket buffers, so the server's writer waits on it meanwhile.
+    let mut joiner = Peer::connect_raw(server.addr, "big").await;
+    joiner
+        .send(encode_sync_step1(&yrs::StateVector::default()))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    joiner.wait_text(|text| text.len() == size).await;
+    // Reading again (tungstenite answers pings while reading), it stays connected.
+    let quiet = tokio::time::timeout(Duration::from_secs(2), joiner.next_frame()).await;
+    assert!(
+        joiner.closed.is_none(),
+        "closed after the download: {:?} ({quiet:?})",
+        joiner.closed
+    );
+    writer.close().await;
 }
 
 #[tokio::test]

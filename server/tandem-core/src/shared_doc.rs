@@ -39,6 +39,10 @@ pub struct SharedDoc {
     /// snapshot that replaced them, see [`SharedDoc::set_stored_bytes`]). Checked against
     /// `Limits::max_doc_bytes` before an update is applied.
     stored_bytes: u64,
+    /// The last sync step 2 sent, with the state vector it answered. Joiners that send the same
+    /// state vector (every fresh client sends an empty one) share one encoding and one buffer
+    /// until the doc changes: a join storm on a big doc encodes it once, not once per joiner.
+    step2_cache: Option<(StateVector, Bytes)>,
 }
 
 /// What one peer may do with a doc. The server decides it at the edge, from the peer's token.
@@ -119,6 +123,7 @@ impl SharedDoc {
             awareness: AwarenessTable::default(),
             limits,
             stored_bytes: 0,
+            step2_cache: None,
         }
     }
 
@@ -188,6 +193,12 @@ impl SharedDoc {
         let mut effects = Effects::default();
         match message {
             Message::SyncStep1(state_vector) => {
+                if let Some((cached_for, frame)) = &self.step2_cache
+                    && *cached_for == state_vector
+                {
+                    effects.reply.push(frame.clone());
+                    return Ok(effects);
+                }
                 // Without structs held back for missing dependencies: see `encode_state`. A panic
                 // in yrs poisons the doc instead of killing its actor.
                 let doc = &self.doc;
@@ -199,7 +210,9 @@ impl SharedDoc {
                         "the crdt engine panicked encoding the doc",
                     ))
                 })?;
-                effects.reply.push(encode_sync_step2(&diff));
+                let frame = encode_sync_step2(&diff);
+                self.step2_cache = Some((state_vector, frame.clone()));
+                effects.reply.push(frame);
             }
             Message::SyncStep2(payload) | Message::Update(payload) if !access.can_write => {
                 // An empty step 2 is how a read-only client says "I have nothing new": no denial.
@@ -245,6 +258,7 @@ impl SharedDoc {
                 max: self.limits.max_doc_bytes,
             }));
         }
+        self.step2_cache = None;
         let doc = &self.doc;
         let res = catch_unwind(AssertUnwindSafe(|| {
             doc.transact_mut().apply_update(payload.update)
@@ -476,6 +490,43 @@ mod tests {
         assert!(effects[0].persist.is_none());
         joiner.apply_frame(&effects[0].reply[0]);
         assert_eq!(joiner.text(), "hello");
+    }
+
+    #[test]
+    fn joiners_with_the_same_state_vector_share_one_encoding_until_the_doc_changes() {
+        let mut doc = SharedDoc::new(Limits::default());
+        let writer = Client::new(1);
+        receive_frame(&mut doc, PeerId(1), &writer.edit(0, Some("hello"), 0));
+        let step1 = crate::protocol::encode_sync_step1(&StateVector::default());
+        let first = receive_frame(&mut doc, PeerId(2), &step1)
+            .pop()
+            .unwrap()
+            .reply;
+        let second = receive_frame(&mut doc, PeerId(3), &step1)
+            .pop()
+            .unwrap()
+            .reply;
+        assert_eq!(first[0].as_ptr(), second[0].as_ptr(), "one buffer, shared");
+
+        // A joiner that already has part of the doc gets its own diff, not the cached one.
+        let partial = Client::new(4);
+        partial.apply_frame(&first[0]);
+        let own = crate::protocol::encode_sync_step1(&partial.doc.transact().state_vector());
+        let reply = receive_frame(&mut doc, PeerId(4), &own)
+            .pop()
+            .unwrap()
+            .reply;
+        assert_ne!(reply[0], first[0]);
+
+        // After a change, a fresh joiner sees it.
+        receive_frame(&mut doc, PeerId(1), &writer.edit(5, Some(" world"), 0));
+        let third = receive_frame(&mut doc, PeerId(5), &step1)
+            .pop()
+            .unwrap()
+            .reply;
+        let joiner = Client::new(5);
+        joiner.apply_frame(&third[0]);
+        assert_eq!(joiner.text(), "hello world");
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub struct ServeArgs {
     /// Interval between pings to each peer [default: 5s].
     #[arg(long, env = "TANDEM_PING_INTERVAL")]
     pub ping_interval: Option<HumanDuration>,
-    /// A peer silent for this long is closed and its presence removed [default: 15s].
+    /// A peer that sends nothing for this long after a ping is closed and its presence removed
+    /// [default: 15s].
     #[arg(long, env = "TANDEM_PONG_TIMEOUT")]
     pub pong_timeout: Option<HumanDuration>,
     /// Longest wait for docs to flush at shutdown [default: 10s].

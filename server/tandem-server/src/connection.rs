@@ -43,6 +43,9 @@ pub struct ConnectionConfig {
     pub pong_timeout: Duration,
 }
 
+/// `last_seen_ms` while the reader waits for room in the doc's inbox.
+const BUSY: u64 = u64::MAX;
+
 /// Most frames the writer sends before it flushes the socket.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
 
@@ -253,8 +256,13 @@ impl Reader {
                         peer: self.peer,
                         messages,
                     };
-                    // Blocks while the doc's inbox is full: backpressure to the socket.
-                    if self.actor.send(command).await.is_err() {
+                    // Blocks while the doc's inbox is full: backpressure to the socket. The
+                    // peer is not silent meanwhile, we are not reading: no ping timeout.
+                    self.last_seen_ms.store(BUSY, Ordering::Relaxed);
+                    let sent = self.actor.send(command).await;
+                    let now_ms = self.started.elapsed().as_millis() as u64;
+                    self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+                    if sent.is_err() {
                         return Some(CloseReason::Unavailable);
                     }
                 }
@@ -320,6 +328,8 @@ impl Writer {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        // When the oldest ping the peer has not yet answered (with anything) went out.
+        let mut ping_sent_ms: Option<u64> = None;
         let reason = loop {
             tokio::select! {
                 biased;
@@ -340,13 +350,23 @@ impl Writer {
                 },
                 () = sleep_until_opt(self.expires_at) => break Some(CloseReason::TokenExpired),
                 _ = ping.tick() => {
-                    let idle_ms = (self.started.elapsed().as_millis() as u64)
-                        .saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-                    if idle_ms >= self.config.pong_timeout.as_millis() as u64 {
+                    // Silence counts from the first ping the peer could have answered: time
+                    // spent writing a big frame to a slow peer is not the peer's silence.
+                    let now_ms = self.started.elapsed().as_millis() as u64;
+                    let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
+                    if last_seen == BUSY || ping_sent_ms.is_some_and(|sent| last_seen >= sent) {
+                        ping_sent_ms = None;
+                    }
+                    if let Some(sent) = ping_sent_ms
+                        && now_ms.saturating_sub(sent) >= self.config.pong_timeout.as_millis() as u64
+                    {
                         break Some(CloseReason::PongTimeout);
                     }
                     if self.sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
                         break None;
+                    }
+                    if ping_sent_ms.is_none() {
+                        ping_sent_ms = Some(self.started.elapsed().as_millis() as u64);
                     }
                 }
             }

@@ -37,7 +37,7 @@ use crate::web_client;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
-const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes tungstenite buffers before writing to the socket; the writer flushes after each batch.
 const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 

@@ -1,0 +1,473 @@
+//! A simulated client: a real yrs doc behind a y-websocket connection.
+//!
+//! It answers the server's sync step 1, applies step 2 and every update it receives (at once,
+//! or after the measured window with [`Apply::Deferred`], so that a load generator sharing two
+//! cores with the server does not spend them on CRDT work while it measures), and can be
+//! checked for convergence through its text. Edits are small appends; each is stamped in
+//! [`Shared::sent`] under the yrs id of its first struct, which every server forwards unchanged,
+//! so a receiver finds the send time of each update it reads from a few header bytes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// The name of the shared text every peer edits.
+pub const TEXT: &str = "t";
+
+/// How a peer frames messages for its server.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// y-websocket: one message per frame, the doc named by the URL.
+    Plain,
+    /// Hocuspocus: every message starts with the doc name; the first one authenticates.
+    Hocuspocus { doc: String },
+}
+
+/// When received updates are applied to the peer's doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// As they arrive.
+    Immediate,
+    /// Kept as bytes and applied when the peer closes.
+    Deferred,
+    /// Never: the peer only counts and times what arrives (join storms on 20 MB docs).
+    Never,
+}
+
+/// State shared by every peer of one run.
+#[derive(Default)]
+pub struct Shared {
+    /// Send time of each edit, by (client id, clock of its first struct).
+    pub sent: DashMap<(u64, u32), Instant>,
+    /// Updates from other peers received, by all peers.
+    pub deliveries: AtomicU64,
+    /// Awareness frames received, by all peers.
+    pub awareness_deliveries: AtomicU64,
+}
+
+/// What a peer can be asked to do.
+pub enum Command {
+    /// Append `len` characters and send the update.
+    Edit { len: usize },
+    /// Send an awareness update for this client (a fresh clock, a small JSON state).
+    Awareness,
+    /// Hand over the latency histogram collected so far and start a new one.
+    TakeLatencies(oneshot::Sender<Histogram<u64>>),
+    /// Send a raw y-websocket message (already encoded, without framing).
+    Raw(Vec<u8>),
+    /// Close the connection and report.
+    Close,
+}
+
+/// What a peer reports when it ends.
+pub struct Report {
+    /// Delivery latency in microseconds of every update received since the last take.
+    pub latencies: Histogram<u64>,
+    /// The text after applying everything received (empty with [`Apply::Never`]).
+    pub text: String,
+    /// Bytes of the sync step 2 the server sent.
+    pub step2_bytes: usize,
+}
+
+/// A connected peer.
+pub struct PeerHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub task: tokio::task::JoinHandle<Result<Report>>,
+    /// Time from the start of the TCP connect to the server's sync step 2 being read.
+    pub synced_after: Duration,
+}
+
+pub struct PeerOptions {
+    pub url: String,
+    pub framing: Framing,
+    pub apply: Apply,
+    /// An update to apply before connecting (the peer then offers it in its sync step 2).
+    pub initial: Option<Vec<u8>>,
+}
+
+/// Connects, completes the sync handshake and returns the running peer.
+pub async fn connect(options: PeerOptions, shared: Arc<Shared>) -> Result<PeerHandle> {
+    let (synced_tx, synced_rx) = oneshot::channel();
+    let (commands, commands_rx) = mpsc::channel(1024);
+    let task = tokio::spawn(run(options, shared, commands_rx, synced_tx));
+    match tokio::time::timeout(Duration::from_secs(120), synced_rx).await {
+        Ok(Ok(synced_after)) => Ok(PeerHandle {
+            commands,
+            task,
+            synced_after,
+        }),
+        Ok(Err(_)) => match task.await {
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(_)) => bail!("peer ended before it synced"),
+            Err(error) => Err(error.into()),
+        },
+        Err(_) => {
+            task.abort();
+            bail!("no sync step 2 within 120 s")
+        }
+    }
+}
+
+/// A random client id in yjs's range (a nonzero u32, as yjs makes them; yrs keeps only the
+/// low 32 bits of what it is given on the wire).
+fn client_id() -> u64 {
+    u64::from(rand::random::<u32>().max(1))
+}
+
+struct Peer {
+    doc: Doc,
+    text: yrs::TextRef,
+    client: u64,
+    shared: Arc<Shared>,
+    framing: Framing,
+    apply: Apply,
+    deferred: Vec<Vec<u8>>,
+    latencies: Histogram<u64>,
+    awareness_clock: u32,
+    step2_bytes: usize,
+}
+
+async fn run(
+    options: PeerOptions,
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<Command>,
+    synced: oneshot::Sender<Duration>,
+) -> Result<Report> {
+    let started = Instant::now();
+    let host = options
+        .url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .context("ws:// URL")?
+        .to_owned();
+    let stream = TcpStream::connect(&host).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    // Small buffers, so ten thousand idle peers fit beside the server.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 30))
+        .max_frame_size(Some(1 << 30));
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(options.url.as_str(), stream, Some(config))
+            .await
+            .context("websocket handshake")?;
+    let (mut sink, mut stream) = ws.split();
+
+    let client = client_id();
+    let doc = Doc::with_client_id(client);
+    let text = doc.get_or_insert_text(TEXT);
+    if let Some(initial) = &options.initial {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(initial)?)?;
+    }
+    let mut peer = Peer {
+        doc,
+        text,
+        client,
+        shared,
+        framing: options.framing,
+        apply: options.apply,
+        deferred: Vec::new(),
+        latencies: new_histogram(),
+        awareness_clock: 0,
+        step2_bytes: 0,
+    };
+
+    if let Framing::Hocuspocus { .. } = peer.framing {
+        // Auth (2), token (0): no auth hook is configured, any token passes.
+        let mut auth = Vec::new();
+        auth.write_var(2u32);
+        auth.write_var(0u32);
+        auth.write_string("");
+        sink.send(peer.frame(&auth)).await?;
+    }
+    let step1 = {
+        let mut message = Vec::new();
+        message.write_var(0u32);
+        message.write_var(0u32);
+        message.write_buf(peer.doc.transact().state_vector().encode_v1());
+        message
+    };
+    sink.send(peer.frame(&step1)).await?;
+
+    let mut synced = Some(synced);
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(Ok(WsMessage::Binary(frame))) => frame,
+                    Some(Ok(WsMessage::Close(close))) => bail!("server closed: {close:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => bail!("connection ended"),
+                };
+                let replies = peer.receive(&frame)?;
+                for reply in replies {
+                    sink.feed(peer.frame(&reply)).await?;
+                }
+                sink.flush().await?;
+                if peer.step2_bytes > 0
+                    && let Some(synced) = synced.take()
+                {
+                    let _ = synced.send(started.elapsed());
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Edit { len }) => {
+                    let message = peer.edit(len);
+                    sink.send(peer.frame(&message)).await?;
+                }
+                Some(Command::Awareness) => {
+                    let message = peer.awareness();
+                    sink.send(peer.frame(&message)).await?;
+                }
+                Some(Command::Raw(message)) => {
+                    sink.send(peer.frame(&message)).await?;
+                }
+                Some(Command::TakeLatencies(reply)) => {
+                    let taken = std::mem::replace(&mut peer.latencies, new_histogram());
+                    let _ = reply.send(taken);
+                }
+                Some(Command::Close) | None => break,
+            }
+        }
+    }
+    let _ = sink.send(WsMessage::Close(None)).await;
+    // Deferred updates are applied now, outside the measured window.
+    let deferred = std::mem::take(&mut peer.deferred);
+    for update in deferred {
+        peer.apply_update(&update)?;
+    }
+    let text = if peer.apply == Apply::Never {
+        String::new()
+    } else {
+        peer.text.get_string(&peer.doc.transact())
+    };
+    Ok(Report {
+        latencies: peer.latencies,
+        text,
+        step2_bytes: peer.step2_bytes,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+impl Peer {
+    fn frame(&self, message: &[u8]) -> WsMessage {
+        match &self.framing {
+            Framing::Plain => WsMessage::Binary(Bytes::copy_from_slice(message)),
+            Framing::Hocuspocus { doc } => {
+                let mut framed = Vec::with_capacity(doc.len() + 1 + message.len());
+                framed.write_string(doc);
+                framed.extend_from_slice(message);
+                WsMessage::Binary(framed.into())
+            }
+        }
+    }
+
+    /// Handles one frame; returns the messages to send back.
+    fn receive(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut cursor = Cursor::new(frame);
+        if let Framing::Hocuspocus { .. } = self.framing {
+            let _doc: &str = cursor.read_string()?;
+        }
+        // Every server here sends one message per frame.
+        let mut replies = Vec::new();
+        let kind: u32 = cursor.read_var()?;
+        if std::env::var_os("LOADGEN_DEBUG").is_some() {
+            eprintln!(
+                "peer {} got {:?}",
+                self.client,
+                &frame[..frame.len().min(24)]
+            );
+        }
+        match kind {
+            0 => {
+                let step: u32 = cursor.read_var()?;
+                let payload = cursor.read_buf()?;
+                match step {
+                    0 => {
+                        let sv = StateVector::decode_v1(payload)?;
+                        let diff = self.doc.transact().encode_diff_v1(&sv);
+                        let mut reply = Vec::new();
+                        reply.write_var(0u32);
+                        reply.write_var(1u32);
+                        reply.write_buf(&diff);
+                        replies.push(reply);
+                    }
+                    1 => {
+                        self.step2_bytes = payload.len().max(1);
+                        if self.apply != Apply::Never {
+                            self.apply_update(payload)?;
+                        }
+                    }
+                    2 => self.update(payload)?,
+                    other => bail!("unknown sync step {other}"),
+                }
+            }
+            1 => {
+                self.shared
+                    .awareness_deliveries
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            2 => {
+                // y-protocols Auth: 0 = permission denied. Hocuspocus answers its auth message
+                // with the same type (2 = authenticated).
+                let verdict: u32 = cursor.read_var()?;
+                if verdict == 0 {
+                    let reason = cursor.read_string().unwrap_or_default();
+                    bail!("permission denied: {reason}");
+                }
+            }
+            // Query awareness, and Hocuspocus' own messages (stateless, sync status, close …).
+            _ => {}
+        }
+        Ok(replies)
+    }
+
+    fn update(&mut self, update: &[u8]) -> Result<()> {
+        // An echo of our own edit (y-websocket and y-sweet send updates to their origin too) is
+        // not a delivery, but it is still applied: a server may merge updates of several
+        // clients into one, and the header names only the first.
+        match simple_update_id(update) {
+            Some((client, clock)) => self.delivered(client, clock, 1),
+            None => {
+                // Several edits in one frame (Hocuspocus merges what arrives in one turn of its
+                // event loop): every edit in it counts, by the clock range of each client.
+                if let Ok(decoded) = Update::decode_v1(update) {
+                    let lower = decoded.state_vector_lower();
+                    for (client, upper) in decoded.state_vector().iter() {
+                        let from = lower.get(client);
+                        self.delivered(client.get(), from, upper.saturating_sub(from));
+                    }
+                }
+            }
+        }
+        match self.apply {
+            Apply::Immediate => self.apply_update(update)?,
+            Apply::Deferred => self.deferred.push(update.to_vec()),
+            Apply::Never => {}
+        }
+        Ok(())
+    }
+
+    /// Counts `edits` one-character edits of `client` from `clock` on as delivered (not our own:
+    /// y-websocket and y-sweet echo updates to their origin, which is no delivery).
+    fn delivered(&mut self, client: u64, clock: u32, edits: u32) {
+        if client == self.client {
+            return;
+        }
+        for clock in clock..clock + edits {
+            if let Some(sent) = self.shared.sent.get(&(client, clock)) {
+                let micros = sent.elapsed().as_micros() as u64;
+                let _ = self.latencies.record(micros.max(1));
+            }
+        }
+        self.shared
+            .deliveries
+            .fetch_add(u64::from(edits), Ordering::Relaxed);
+    }
+
+    fn apply_update(&mut self, update: &[u8]) -> Result<()> {
+        let update = Update::decode_v1(update)?;
+        self.doc.transact_mut().apply_update(update)?;
+        Ok(())
+    }
+
+    fn edit(&mut self, len: usize) -> Vec<u8> {
+        let clock = self
+            .doc
+            .transact()
+            .state_vector()
+            .get(&yrs::block::ClientID::new(self.client));
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            let at = self.text.len(&txn);
+            let chunk: String = (0..len)
+                .map(|i| char::from(b'a' + ((clock as usize + i) % 26) as u8))
+                .collect();
+            self.text.insert(&mut txn, at, &chunk);
+            txn.encode_update_v1()
+        };
+        self.shared
+            .sent
+            .insert((self.client, clock), Instant::now());
+        let mut message = Vec::with_capacity(update.len() + 4);
+        message.write_var(0u32);
+        message.write_var(2u32);
+        message.write_buf(&update);
+        message
+    }
+
+    fn awareness(&mut self) -> Vec<u8> {
+        self.awareness_clock += 1;
+        let state = format!(
+            r##"{{"user":{{"name":"peer {}","color":"#2563eb","colorLight":"#2563eb33"}},"cursor":{{"anchor":{{"type":null,"tname":"t","item":null,"assoc":0}},"head":{{"type":null,"tname":"t","item":null,"assoc":0}}}},"n":{}}}"##,
+            self.client % 10_000,
+            self.awareness_clock
+        );
+        let mut payload = EncoderV1::new();
+        payload.write_var(1u32);
+        payload.write_var(self.client);
+        payload.write_var(self.awareness_clock);
+        payload.write_string(&state);
+        let mut message = Vec::new();
+        message.write_var(1u32);
+        message.write_buf(payload.to_vec());
+        message
+    }
+}
+
+/// The (client, clock) of a v1 update that holds one struct of one client (one edit, as the
+/// peers here make them), read from its header; `None` for anything else.
+pub fn simple_update_id(update: &[u8]) -> Option<(u64, u32)> {
+    let mut cursor = Cursor::new(update);
+    let clients: u32 = cursor.read_var().ok()?;
+    if clients != 1 {
+        return None;
+    }
+    let structs: u32 = cursor.read_var().ok()?;
+    if structs != 1 {
+        return None;
+    }
+    let client: u64 = cursor.read_var().ok()?;
+    let clock: u32 = cursor.read_var().ok()?;
+    Some((client, clock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_edit_is_identified_by_its_client_and_its_clock_before_the_edit() {
+        let doc = Doc::with_client_id(12345);
+        let text = doc.get_or_insert_text(TEXT);
+        text.insert(&mut doc.transact_mut(), 0, "hello");
+        let update = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 5, "abc");
+            txn.encode_update_v1()
+        };
+        assert_eq!(simple_update_id(&update), Some((12345, 5)));
+        assert_eq!(simple_update_id(&[0, 0]), None);
+    }
+}

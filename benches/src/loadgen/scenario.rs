@@ -1,0 +1,600 @@
+//! The scenarios. Each run starts a fresh server, connects real yrs peers, drives a bounded
+//! load, reads the server's CPU time and memory from `/proc`, and returns its figures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use tokio::sync::oneshot;
+use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+use super::peer::{self, Apply, Command, Framing, PeerHandle, PeerOptions, Report, Shared, TEXT};
+use super::report::{Figures, add_latencies};
+use super::target::{Server, Target};
+
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Connects `n` peers to `doc`, at most `concurrency` handshakes at a time.
+pub async fn connect_peers(
+    server: &Server,
+    doc: &str,
+    n: usize,
+    apply: Apply,
+    shared: &Arc<Shared>,
+    concurrency: usize,
+) -> Result<Vec<PeerHandle>> {
+    let mut peers = Vec::with_capacity(n);
+    let mut pending = FuturesUnordered::new();
+    for _ in 0..n {
+        if pending.len() >= concurrency {
+            peers.push(pending.next().await.expect("pending")?);
+        }
+        pending.push(peer::connect(options(server, doc, apply), shared.clone()));
+    }
+    while let Some(peer) = pending.next().await {
+        peers.push(peer?);
+    }
+    Ok(peers)
+}
+
+fn options(server: &Server, doc: &str, apply: Apply) -> PeerOptions {
+    PeerOptions {
+        url: server.ws_url(doc),
+        framing: match server.target {
+            Target::Hocuspocus => Framing::Hocuspocus {
+                doc: doc.to_owned(),
+            },
+            _ => Framing::Plain,
+        },
+        apply,
+        initial: None,
+    }
+}
+
+/// Closes every peer and collects their reports.
+pub async fn close_all(peers: Vec<PeerHandle>) -> Result<Vec<Report>> {
+    for peer in &peers {
+        let _ = peer.commands.send(Command::Close).await;
+    }
+    let mut reports = Vec::with_capacity(peers.len());
+    for peer in peers {
+        reports.push(peer.task.await??);
+    }
+    Ok(reports)
+}
+
+fn merged(reports: &[Report]) -> Histogram<u64> {
+    let mut all = Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+    for report in reports {
+        all.add(&report.latencies).expect("same bounds");
+    }
+    all
+}
+
+/// Every peer's text is the same (the edits converged), and it is not empty.
+fn check_converged(reports: &[Report]) -> Result<()> {
+    let first = &reports.first().context("no peers")?.text;
+    ensure!(!first.is_empty(), "the document is empty");
+    for (i, report) in reports.iter().enumerate() {
+        ensure!(
+            report.text == *first,
+            "peer {i} diverged: {} chars ({:?}…) against {} ({:?}…)",
+            report.text.len(),
+            report.text.chars().take(24).collect::<String>(),
+            first.len(),
+            first.chars().take(24).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// Sends `rate` edits per second for `duration`, round-robin over `writers`. An edit a peer's
+/// queue cannot take (its socket is backed up) is not sent; returns how many were sent.
+async fn drive_edits(writers: &[&PeerHandle], rate: f64, duration: Duration, len: usize) -> u64 {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut due_total = 0u64;
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed().min(duration);
+        let due = (elapsed.as_secs_f64() * rate) as u64;
+        while due_total < due {
+            due_total += 1;
+            let writer = writers[next % writers.len()];
+            next += 1;
+            if writer.commands.try_send(Command::Edit { len }).is_ok() {
+                sent += 1;
+            }
+        }
+        if elapsed >= duration {
+            return sent;
+        }
+    }
+}
+
+/// Waits until `shared.deliveries` reaches `expected` or `timeout` passes; returns the count.
+async fn wait_deliveries(shared: &Shared, expected: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let delivered = shared.deliveries.load(Ordering::Relaxed);
+        if delivered >= expected || Instant::now() >= deadline {
+            return delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn take_latencies(peers: &[PeerHandle]) -> Result<Histogram<u64>> {
+    let mut all = Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+    for peer in peers {
+        let (tx, rx) = oneshot::channel();
+        peer.commands.send(Command::TakeLatencies(tx)).await?;
+        all.add(&rx.await?)?;
+    }
+    Ok(all)
+}
+
+fn cpu_pct(cpu: Duration, wall: Duration) -> f64 {
+    cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
+}
+
+/// Fan-out: one writer typing at `rate` edits/s to `n - 1` readers of one doc.
+pub async fn fanout(server: &Server, n: usize, rate: f64, duration: Duration) -> Result<Figures> {
+    let shared = Arc::new(Shared::default());
+    server.prepare_doc("fanout").await?;
+    let peers = connect_peers(server, "fanout", n, Apply::Immediate, &shared, 64).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = server.cpu();
+    let started = Instant::now();
+    let sent = drive_edits(&[&peers[0]], rate, duration, 1).await;
+    let expected = sent * (n as u64 - 1);
+    let delivered = wait_deliveries(&shared, expected, Duration::from_secs(10)).await;
+    let wall = started.elapsed();
+    let cpu = server.cpu() - cpu0;
+    let reports = close_all(peers).await?;
+    check_converged(&reports)?;
+    let mut figures = Figures::new();
+    add_latencies(&mut figures, &merged(&reports));
+    figures.insert(
+        "deliveries_per_s",
+        delivered as f64 / duration.as_secs_f64(),
+    );
+    figures.insert("server_cpu_pct", cpu_pct(cpu, wall));
+    figures.insert("lost", expected.saturating_sub(delivered) as f64);
+    Ok(figures)
+}
+
+/// Many documents: `docs` × `per_doc` peers, each doc edited once a second by its peers in turn.
+pub async fn many_docs(
+    server: &Server,
+    docs: usize,
+    per_doc: usize,
+    duration: Duration,
+) -> Result<Figures> {
+    let shared = Arc::new(Shared::default());
+    let mut rooms = Vec::with_capacity(docs);
+    for i in 0..docs {
+        let doc = format!("many-{i}");
+        server.prepare_doc(&doc).await?;
+        rooms.push(connect_peers(server, &doc, per_doc, Apply::Immediate, &shared, per_doc).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = server.cpu();
+    let started = Instant::now();
+    // One edit per doc per second, spread evenly: a tick every 1/docs seconds.
+    let total = (duration.as_secs_f64() * docs as f64) as usize;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / docs as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        tick.tick().await;
+        let room = &rooms[i % docs];
+        let writer = &room[(i / docs) % per_doc];
+        if writer.commands.try_send(Command::Edit { len: 1 }).is_ok() {
+            sent += 1;
+        }
+    }
+    let expected = sent * (per_doc as u64 - 1);
+    let delivered = wait_deliveries(&shared, expected, Duration::from_secs(10)).await;
+    let wall = started.elapsed();
+    let cpu = server.cpu() - cpu0;
+    let peak = server.peak_rss();
+    let mut reports = Vec::new();
+    for room in rooms {
+        let room_reports = close_all(room).await?;
+        check_converged(&room_reports)?;
+        reports.extend(room_reports);
+    }
+    let mut figures = Figures::new();
+    add_latencies(&mut figures, &merged(&reports));
+    figures.insert("server_cpu_s", cpu.as_secs_f64());
+    figures.insert("server_cpu_pct", cpu_pct(cpu, wall));
+    figures.insert("peak_rss_mb", peak as f64 / MB);
+    figures.insert("lost", expected.saturating_sub(delivered) as f64);
+    Ok(figures)
+}
+
+/// Saturation: 20 peers on one doc, every peer writing. First a fixed rate every server keeps
+/// up with (CPU per million deliveries), then rates raised in steps until p99 passes 50 ms,
+/// an update is lost, or the peers cannot send at the asked rate.
+pub async fn saturation(
+    server: &Server,
+    peers_n: usize,
+    fixed_rate: f64,
+    steps: &[f64],
+    step: Duration,
+) -> Result<Figures> {
+    let shared = Arc::new(Shared::default());
+    server.prepare_doc("saturation").await?;
+    let peers = connect_peers(server, "saturation", peers_n, Apply::Deferred, &shared, 32).await?;
+    let writers: Vec<&PeerHandle> = peers.iter().collect();
+    let receivers = peers_n as u64 - 1;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut figures = Figures::new();
+
+    // Fixed rate.
+    let before = shared.deliveries.load(Ordering::Relaxed);
+    let cpu0 = server.cpu();
+    let sent = drive_edits(&writers, fixed_rate, Duration::from_secs(4), 1).await;
+    let delivered =
+        wait_deliveries(&shared, before + sent * receivers, Duration::from_secs(10)).await - before;
+    let cpu = server.cpu() - cpu0;
+    let fixed = take_latencies(&peers).await?;
+    figures.insert("fixed_deliveries", delivered as f64);
+    figures.insert(
+        "cpu_s_per_m_deliveries",
+        cpu.as_secs_f64() / delivered.max(1) as f64 * 1e6,
+    );
+    figures.insert(
+        "fixed_p99_ms",
+        fixed.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+
+    // Steps.
+    let mut best = 0.0f64;
+    let mut best_cpu_pct = 0.0f64;
+    let mut limit = "none (last step passed)".to_owned();
+    for &rate in steps {
+        let before = shared.deliveries.load(Ordering::Relaxed);
+        let cpu0 = server.cpu();
+        let started = Instant::now();
+        let sent = drive_edits(&writers, rate, step, 1).await;
+        let expected = sent * receivers;
+        let delivered =
+            wait_deliveries(&shared, before + expected, Duration::from_secs(3)).await - before;
+        let wall = started.elapsed();
+        let cpu = server.cpu() - cpu0;
+        let latencies = take_latencies(&peers).await?;
+        let p99_ms = latencies.value_at_quantile(0.99) as f64 / 1000.0;
+        let per_s = delivered as f64 / step.as_secs_f64();
+        eprintln!(
+            "    {} rate {rate}/s: sent {sent}, delivered {delivered}/{expected}, p99 {p99_ms:.1} ms, server CPU {:.0}%",
+            server.target.name(),
+            cpu_pct(cpu, wall)
+        );
+        if (sent as f64) < rate * step.as_secs_f64() * 0.95 {
+            limit = format!("peers could not send {rate}/s (sockets backed up)");
+            break;
+        }
+        if delivered < expected {
+            limit = format!("{} lost at {rate}/s", expected - delivered);
+            break;
+        }
+        if p99_ms > 50.0 {
+            limit = format!("p99 {p99_ms:.0} ms at {rate}/s");
+            break;
+        }
+        best = best.max(per_s);
+        best_cpu_pct = cpu_pct(cpu, wall);
+    }
+    eprintln!("    {}: stopped by {limit}", server.target.name());
+    figures.insert("max_deliveries_per_s", best);
+    figures.insert("server_cpu_pct_at_max", best_cpu_pct);
+    let reports = close_all(peers).await?;
+    check_converged(&reports)?;
+    Ok(figures)
+}
+
+/// Idle connections: RSS per connection (spread over 100 docs), then memory after they leave.
+pub async fn idle(server: &Server, connections: usize) -> Result<Figures> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = server.rss();
+    let shared = Arc::new(Shared::default());
+    let docs = 100;
+    let mut peers = Vec::with_capacity(connections);
+    for i in 0..docs {
+        let doc = format!("idle-{i}");
+        server.prepare_doc(&doc).await?;
+        let n = connections / docs + usize::from(i < connections % docs);
+        peers.extend(connect_peers(server, &doc, n, Apply::Immediate, &shared, 64).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let loaded = server.rss();
+    let cpu0 = server.cpu();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu = server.cpu() - cpu0;
+    close_all(peers).await?;
+    // Every server here drops an empty doc within a few seconds of its last peer leaving.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = server.rss();
+    let mut figures = Figures::new();
+    figures.insert("baseline_mb", baseline as f64 / MB);
+    figures.insert("loaded_mb", loaded as f64 / MB);
+    figures.insert(
+        "kib_per_conn",
+        loaded.saturating_sub(baseline) as f64 / 1024.0 / connections as f64,
+    );
+    figures.insert("idle_cpu_pct", cpu_pct(idle_cpu, Duration::from_secs(5)));
+    figures.insert("after_close_mb", after as f64 / MB);
+    figures.insert("after_vs_baseline", after as f64 / baseline as f64);
+    Ok(figures)
+}
+
+/// Loaded idle documents: `docs` docs of about 1 KB each, one peer on each; RSS per doc (minus
+/// the per-connection cost measured with the same peers on one doc), then memory after every
+/// peer left and every doc unloaded, against the start-up baseline.
+pub async fn idle_docs(server: &Server, docs: usize) -> Result<Figures> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = server.rss();
+    let shared = Arc::new(Shared::default());
+    // Reference: the same number of peers on one doc.
+    server.prepare_doc("idle-one").await?;
+    let same_doc = connect_peers(server, "idle-one", docs, Apply::Immediate, &shared, 64).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_conn = server.rss().saturating_sub(baseline) as f64 / docs as f64;
+    close_all(same_doc).await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let base2 = server.rss();
+
+    let mut peers = Vec::with_capacity(docs);
+    for i in 0..docs {
+        let doc = format!("doc-{i}");
+        server.prepare_doc(&doc).await?;
+        let mut one = connect_peers(server, &doc, 1, Apply::Immediate, &shared, 1).await?;
+        for _ in 0..16 {
+            one[0].commands.send(Command::Edit { len: 64 }).await?;
+        }
+        peers.append(&mut one);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let loaded = server.rss();
+    close_all(peers).await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = server.rss();
+    let mut figures = Figures::new();
+    figures.insert("baseline_mb", baseline as f64 / MB);
+    figures.insert("kib_per_conn_one_doc", per_conn / 1024.0);
+    figures.insert(
+        "kib_per_loaded_doc",
+        (loaded.saturating_sub(base2) as f64 / docs as f64 - per_conn).max(0.0) / 1024.0,
+    );
+    figures.insert("after_unload_mb", after as f64 / MB);
+    figures.insert("after_vs_baseline", after as f64 / baseline as f64);
+    Ok(figures)
+}
+
+/// Presence: `docs` × `per_doc` peers, each updating its awareness once a second.
+pub async fn presence(
+    server: &Server,
+    docs: usize,
+    per_doc: usize,
+    duration: Duration,
+) -> Result<Figures> {
+    let shared = Arc::new(Shared::default());
+    let mut peers = Vec::new();
+    for i in 0..docs {
+        let doc = format!("presence-{i}");
+        server.prepare_doc(&doc).await?;
+        peers.extend(
+            connect_peers(server, &doc, per_doc, Apply::Immediate, &shared, per_doc).await?,
+        );
+    }
+    // Everyone announces itself once, then the measurement starts.
+    for peer in &peers {
+        peer.commands.send(Command::Awareness).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = shared.awareness_deliveries.load(Ordering::Relaxed);
+    let cpu0 = server.cpu();
+    let started = Instant::now();
+    let n = peers.len();
+    let total = (duration.as_secs_f64() * n as f64) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / n as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    for i in 0..total {
+        tick.tick().await;
+        if peers[i % n].commands.try_send(Command::Awareness).is_ok() {
+            sent += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let wall = started.elapsed();
+    let cpu = server.cpu() - cpu0;
+    let received = shared.awareness_deliveries.load(Ordering::Relaxed) - before;
+    close_all(peers).await?;
+    let mut figures = Figures::new();
+    figures.insert("updates_per_s", sent as f64 / duration.as_secs_f64());
+    figures.insert("received_per_s", received as f64 / wall.as_secs_f64());
+    figures.insert("server_cpu_pct", cpu_pct(cpu, wall));
+    Ok(figures)
+}
+
+/// A doc with a long editing history: `ops` edits by one client, typed the way people type
+/// (runs of `insert_len`-character inserts and backspaces at a cursor that jumps somewhere else
+/// every twenty edits or so), returned as updates of `chunk_ops` edits each, and the final
+/// text length.
+pub fn history_doc(
+    ops: usize,
+    insert_len: usize,
+    chunk_ops: usize,
+    seed: u64,
+) -> (Vec<Vec<u8>>, usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let doc = Doc::with_client_id(7);
+    let text = doc.get_or_insert_text(TEXT);
+    let mut updates = Vec::new();
+    let mut sv = doc.transact().state_vector();
+    let mut cursor = 0u32;
+    for i in 0..ops {
+        {
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            if rng.random_ratio(1, 20) {
+                cursor = rng.random_range(0..=len);
+            }
+            cursor = cursor.min(len);
+            if cursor > 0 && rng.random_ratio(1, 5) {
+                text.remove_range(&mut txn, cursor - 1, 1);
+                cursor -= 1;
+            } else {
+                let chunk: String = (0..insert_len)
+                    .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+                    .collect();
+                text.insert(&mut txn, cursor, &chunk);
+                cursor += insert_len as u32;
+            }
+        }
+        if (i + 1) % chunk_ops == 0 || i + 1 == ops {
+            let txn = doc.transact();
+            updates.push(txn.encode_diff_v1(&sv));
+            sv = txn.state_vector();
+        }
+    }
+    let len = text.get_string(&doc.transact()).len();
+    (updates, len)
+}
+
+/// Uploads `updates` through a peer that stays connected (so servers without storage keep the
+/// doc) and waits until a fresh peer sees `len` characters.
+async fn upload(server: &Server, doc: &str, updates: &[Vec<u8>], len: usize) -> Result<PeerHandle> {
+    let shared = Arc::new(Shared::default());
+    server.prepare_doc(doc).await?;
+    let loader = peer::connect(options(server, doc, Apply::Never), shared.clone()).await?;
+    for update in updates {
+        let mut message = vec![0u8, 2];
+        yrs::encoding::write::Write::write_buf(&mut message, update);
+        loader.commands.send(Command::Raw(message)).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let probe = peer::connect(options(server, doc, Apply::Immediate), shared.clone()).await?;
+        let report = close_all(vec![probe]).await?.remove(0);
+        if report.text.len() == len {
+            return Ok(loader);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the server holds {} of {len} characters after 120 s",
+                report.text.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Cold join: one fresh peer on a doc built from a long history, while another peer holds it
+/// open; then (servers that store docs) after every peer left and the doc was unloaded.
+pub async fn cold_join(server: &Server, updates: &[Vec<u8>], len: usize) -> Result<Figures> {
+    let loader = upload(server, "history", updates, len).await?;
+    let state_bytes: usize = updates.iter().map(Vec::len).sum();
+    let shared = Arc::new(Shared::default());
+    let mut figures = Figures::new();
+    figures.insert("history_kb", state_bytes as f64 / 1024.0);
+
+    let joiner =
+        peer::connect(options(server, "history", Apply::Immediate), shared.clone()).await?;
+    let synced = joiner.synced_after;
+    let report = close_all(vec![joiner]).await?.remove(0);
+    ensure!(
+        report.text.len() == len,
+        "joiner got {} of {len} characters",
+        report.text.len()
+    );
+    figures.insert("join_loaded_ms", synced.as_secs_f64() * 1000.0);
+
+    close_all(vec![loader]).await?;
+    if server.target.persists() {
+        // Tandem runs with a 1 s unload grace; give y-sweet its own time too.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let joiner = peer::connect(options(server, "history", Apply::Immediate), shared).await?;
+        let synced = joiner.synced_after;
+        let report = close_all(vec![joiner]).await?.remove(0);
+        ensure!(
+            report.text.len() == len,
+            "cold joiner got {} of {len} characters",
+            report.text.len()
+        );
+        figures.insert("join_cold_ms", synced.as_secs_f64() * 1000.0);
+    }
+    Ok(figures)
+}
+
+/// Join storm: `joiners` peers at once on a big doc; time until the last one has its step 2,
+/// and the server's peak RSS during the storm.
+pub async fn join_storm(
+    server: &Server,
+    updates: &[Vec<u8>],
+    len: usize,
+    joiners: usize,
+) -> Result<Figures> {
+    let loader = upload(server, "big", updates, len).await?;
+    let state_bytes: usize = updates.iter().map(Vec::len).sum();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = server.rss();
+    server.reset_peak();
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    for i in 0..joiners {
+        // One joiner applies and checks the content; the rest only time their step 2.
+        let apply = if i == 0 {
+            Apply::Immediate
+        } else {
+            Apply::Never
+        };
+        pending.push(peer::connect(options(server, "big", apply), shared.clone()));
+    }
+    let mut peers = Vec::with_capacity(joiners);
+    while let Some(peer) = pending.next().await {
+        peers.push(peer?);
+    }
+    let all_synced = started.elapsed();
+    let peak = server.peak_rss();
+    let mut slowest = Duration::ZERO;
+    for peer in &peers {
+        slowest = slowest.max(peer.synced_after);
+    }
+    let reports = close_all(peers).await?;
+    let checked = reports
+        .iter()
+        .find(|report| !report.text.is_empty())
+        .context("the checking joiner")?;
+    ensure!(
+        checked.text.len() == len,
+        "a joiner got {} of {len} characters",
+        checked.text.len()
+    );
+    ensure!(
+        reports
+            .iter()
+            .all(|report| report.step2_bytes >= state_bytes / 2),
+        "a joiner got a short step 2"
+    );
+    close_all(vec![loader]).await?;
+    let mut figures = Figures::new();
+    figures.insert("doc_mb", state_bytes as f64 / MB);
+    figures.insert("all_synced_ms", all_synced.as_secs_f64() * 1000.0);
+    figures.insert("slowest_ms", slowest.as_secs_f64() * 1000.0);
+    figures.insert("rss_before_mb", rss_before as f64 / MB);
+    figures.insert("peak_rss_mb", peak as f64 / MB);
+    Ok(figures)
+}
