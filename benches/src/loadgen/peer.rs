@@ -49,8 +49,8 @@ pub enum Apply {
     Never,
 }
 
-/// State shared by every peer of one run.
-#[derive(Default)]
+/// State shared by every peer of one run ([`Shared::default`] sizes `sent` for a million edits,
+/// so that it never grows, and stalls every peer, in the middle of a measurement).
 pub struct Shared {
     /// Send time of each edit, by (client id, clock of its first struct).
     pub sent: DashMap<(u64, u32), Instant>,
@@ -58,6 +58,16 @@ pub struct Shared {
     pub deliveries: AtomicU64,
     /// Awareness frames received, by all peers.
     pub awareness_deliveries: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            sent: DashMap::with_capacity(1 << 20),
+            deliveries: AtomicU64::new(0),
+            awareness_deliveries: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What a peer can be asked to do.
@@ -218,10 +228,12 @@ async fn run(
                     None => bail!("connection ended"),
                 };
                 let replies = peer.receive(&frame)?;
-                for reply in replies {
-                    sink.feed(peer.frame(&reply)).await?;
+                if !replies.is_empty() {
+                    for reply in replies {
+                        sink.feed(peer.frame(&reply)).await?;
+                    }
+                    sink.flush().await?;
                 }
-                sink.flush().await?;
                 if peer.step2_bytes > 0
                     && let Some(synced) = synced.take()
                 {
@@ -348,7 +360,7 @@ impl Peer {
         // not a delivery, but it is still applied: a server may merge updates of several
         // clients into one, and the header names only the first.
         match simple_update_id(update) {
-            Some((client, clock)) => self.delivered(client, clock, 1),
+            Some((client, clock, len)) => self.delivered(client, clock, len),
             None => {
                 // Several edits in one frame (Hocuspocus merges what arrives in one turn of its
                 // event loop): every edit in it counts, by the clock range of each client.
@@ -436,21 +448,44 @@ impl Peer {
     }
 }
 
-/// The (client, clock) of a v1 update that holds one struct of one client (one edit, as the
-/// peers here make them), read from its header; `None` for anything else.
-pub fn simple_update_id(update: &[u8]) -> Option<(u64, u32)> {
+/// The (client, clock, length) of a v1 update that holds one string insert of one client (an
+/// edit, or consecutive edits of one client squashed into one struct, as Hocuspocus' merged
+/// broadcasts hold them), read from its first bytes; `None` for anything else.
+pub fn simple_update_id(update: &[u8]) -> Option<(u64, u32, u32)> {
     let mut cursor = Cursor::new(update);
     let clients: u32 = cursor.read_var().ok()?;
-    if clients != 1 {
-        return None;
-    }
     let structs: u32 = cursor.read_var().ok()?;
-    if structs != 1 {
+    if clients != 1 || structs != 1 {
         return None;
     }
     let client: u64 = cursor.read_var().ok()?;
     let clock: u32 = cursor.read_var().ok()?;
-    Some((client, clock))
+    let info = cursor.read_u8().ok()?;
+    let (has_origin, has_right_origin, has_parent_sub) =
+        (info & 0x80 != 0, info & 0x40 != 0, info & 0x20 != 0);
+    if has_origin {
+        let _: (u64, u32) = (cursor.read_var().ok()?, cursor.read_var().ok()?);
+    }
+    if has_right_origin {
+        let _: (u64, u32) = (cursor.read_var().ok()?, cursor.read_var().ok()?);
+    }
+    if !has_origin && !has_right_origin {
+        let named_parent: u32 = cursor.read_var().ok()?;
+        if named_parent == 1 {
+            let _ = cursor.read_string().ok()?;
+        } else {
+            let _: (u64, u32) = (cursor.read_var().ok()?, cursor.read_var().ok()?);
+        }
+        if has_parent_sub {
+            let _ = cursor.read_string().ok()?;
+        }
+    }
+    // Content ref 4: a string, as long (in UTF-16 units, which is clock units) as it reads.
+    if info & 0x1f != 4 {
+        return None;
+    }
+    let text = cursor.read_string().ok()?;
+    Some((client, clock, text.encode_utf16().count() as u32))
 }
 
 #[cfg(test)]
@@ -467,7 +502,16 @@ mod tests {
             text.insert(&mut txn, 5, "abc");
             txn.encode_update_v1()
         };
-        assert_eq!(simple_update_id(&update), Some((12345, 5)));
+        assert_eq!(simple_update_id(&update), Some((12345, 5, 3)));
         assert_eq!(simple_update_id(&[0, 0]), None);
+        // The first edit has no origin: its parent is the root type, by name.
+        let fresh = Doc::with_client_id(9);
+        let root = fresh.get_or_insert_text(TEXT);
+        let first = {
+            let mut txn = fresh.transact_mut();
+            root.insert(&mut txn, 0, "héllo");
+            txn.encode_update_v1()
+        };
+        assert_eq!(simple_update_id(&first), Some((9, 0, 5)));
     }
 }

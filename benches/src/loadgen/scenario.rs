@@ -552,6 +552,7 @@ pub async fn join_storm(
     let rss_before = server.rss();
     server.reset_peak();
     let shared = Arc::new(Shared::default());
+    let cpu0 = server.cpu();
     let started = Instant::now();
     let mut pending = FuturesUnordered::new();
     for i in 0..joiners {
@@ -568,6 +569,7 @@ pub async fn join_storm(
         peers.push(peer?);
     }
     let all_synced = started.elapsed();
+    let cpu = server.cpu() - cpu0;
     let peak = server.peak_rss();
     let mut slowest = Duration::ZERO;
     for peer in &peers {
@@ -594,6 +596,7 @@ pub async fn join_storm(
     figures.insert("doc_mb", state_bytes as f64 / MB);
     figures.insert("all_synced_ms", all_synced.as_secs_f64() * 1000.0);
     figures.insert("slowest_ms", slowest.as_secs_f64() * 1000.0);
+    figures.insert("server_cpu_s", cpu.as_secs_f64());
     figures.insert("rss_before_mb", rss_before as f64 / MB);
     figures.insert("peak_rss_mb", peak as f64 / MB);
     Ok(figures)

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -27,12 +26,17 @@ use tandem_core::rate::ConnectionRates;
 use tandem_core::{DocId, Limits, PeerId, ProtocolError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{Hub, JoinError, PeerLink};
+use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ pub struct ConnectionConfig {
 
 /// `last_seen_ms` while the reader waits for room in the doc's inbox.
 const BUSY: u64 = u64::MAX;
+
+/// Messages larger than this are sent as fragments of this size.
+const MAX_FRAGMENT_BYTES: usize = 256 * 1024;
 
 /// Most frames the writer sends before it flushes the socket.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -115,7 +122,7 @@ impl CloseReason {
 
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn run(
-    socket: WebSocket,
+    socket: Socket,
     doc: DocId,
     grant: Grant,
     hub: Hub,
@@ -131,7 +138,7 @@ pub(crate) async fn run(
 }
 
 async fn serve(
-    socket: WebSocket,
+    socket: Socket,
     doc: DocId,
     grant: Grant,
     hub: Hub,
@@ -219,7 +226,7 @@ async fn serve(
 }
 
 struct Reader {
-    stream: SplitStream<WebSocket>,
+    stream: SplitStream<Socket>,
     actor: mpsc::Sender<DocCommand>,
     peer: PeerId,
     limits: Limits,
@@ -274,33 +281,31 @@ impl Reader {
                     }
                 }
                 WsMessage::Close(_) => return None,
+                // Only ever produced when writing.
+                WsMessage::Frame(_) => {}
             }
         }
     }
 
-    fn read_error(&self, error: axum::Error) -> Option<CloseReason> {
-        use tokio_tungstenite::tungstenite::Error as WsError;
+    fn read_error(&self, error: WsError) -> Option<CloseReason> {
         use tokio_tungstenite::tungstenite::error::CapacityError;
-        let inner = error.into_inner();
-        match inner.downcast_ref::<WsError>() {
-            Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
-                    len: *size as u64,
-                    max: *max_size as u64,
+                    len: size as u64,
+                    max: max_size as u64,
                 }))
             }
-            Some(WsError::Capacity(_)) => {
-                Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
-                    len: self.limits.max_frame_bytes.saturating_add(1),
-                    max: self.limits.max_frame_bytes,
-                }))
-            }
-            Some(WsError::Utf8(_)) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),
-            Some(WsError::Protocol(_)) => Some(CloseReason::Protocol(ProtocolError::Malformed(
+            WsError::Capacity(_) => Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
+                len: self.limits.max_frame_bytes.saturating_add(1),
+                max: self.limits.max_frame_bytes,
+            })),
+            WsError::Utf8(_) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),
+            WsError::Protocol(_) => Some(CloseReason::Protocol(ProtocolError::Malformed(
                 "invalid websocket framing",
             ))),
-            _ => {
-                debug!(peer = %self.peer, error = %inner, "socket read failed");
+            error => {
+                debug!(peer = %self.peer, %error, "socket read failed");
                 None
             }
         }
@@ -308,7 +313,7 @@ impl Reader {
 }
 
 struct Writer {
-    sink: SplitSink<WebSocket, WsMessage>,
+    sink: SplitSink<Socket, WsMessage>,
     outbox: mpsc::Receiver<Bytes>,
     closer: mpsc::Receiver<CloseReason>,
     /// Cancelled when this connection ends for any reason.
@@ -375,7 +380,7 @@ impl Writer {
             reason.log(self.peer);
             let (code, text) = reason.close_frame();
             let frame = CloseFrame {
-                code,
+                code: code.into(),
                 reason: truncate_reason(text).into(),
             };
             let _ = self.sink.send(WsMessage::Close(Some(frame))).await;
@@ -385,15 +390,35 @@ impl Writer {
     }
 
     /// Sends `first` and whatever else is queued (up to a bound), then flushes once.
-    async fn send_batch(&mut self, first: Bytes) -> Result<(), axum::Error> {
-        self.sink.feed(WsMessage::Binary(first)).await?;
+    async fn send_batch(&mut self, first: Bytes) -> Result<(), WsError> {
+        self.send_frame(first).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match self.outbox.try_recv() {
-                Ok(frame) => self.sink.feed(WsMessage::Binary(frame)).await?,
+                Ok(frame) => self.send_frame(frame).await?,
                 Err(_) => break,
             }
         }
         self.sink.flush().await
+    }
+
+    /// Queues one message. A big one (a sync step 2 of a big doc, shared by every joiner that
+    /// sent the same state vector) goes out as fragments, each flushed before the next is
+    /// copied into tungstenite's write buffer, which keeps its capacity for the life of the
+    /// connection: one fragment per connection instead of one copy of the doc.
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), WsError> {
+        if frame.len() <= MAX_FRAGMENT_BYTES {
+            return self.sink.feed(WsMessage::Binary(frame)).await;
+        }
+        let n = frame.len().div_ceil(MAX_FRAGMENT_BYTES);
+        for i in 0..n {
+            let start = i * MAX_FRAGMENT_BYTES;
+            let chunk = frame.slice(start..frame.len().min(start + MAX_FRAGMENT_BYTES));
+            let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+            self.sink
+                .send(WsMessage::Frame(Frame::message(chunk, opcode, i + 1 == n)))
+                .await?;
+        }
+        Ok(())
     }
 }
 

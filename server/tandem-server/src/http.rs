@@ -15,8 +15,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -25,6 +23,7 @@ use axum::routing::{get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;
@@ -34,6 +33,7 @@ use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
+use crate::ws_upgrade::Upgrade;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
@@ -309,37 +309,44 @@ fn grant(state: &AppState, headers: &HeaderMap, uri: &Uri, doc: &DocId) -> Resul
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     // The name and the token are checked before the upgrade headers, so a bad name is always a
     // 400 and a missing or bad token a 401/403, with a JSON body, before any upgrade.
+    let uri = request.uri().clone();
     let doc = doc_id_from(&uri, "/ws/")?;
-    let grant = grant(&state, &headers, &uri, &doc)?;
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
+    let grant = grant(&state, request.headers(), &uri, &doc)?;
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    // A browser that sent its token as a subprotocol must get one of its offers back.
+    let upgrade =
+        match Upgrade::from_request(request.method(), request.headers(), on_upgrade, WS_PROTOCOL) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => return Ok(refusal.into_response()),
+        };
     if state.hub.lifecycle().is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     let max_frame =
         usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX);
-    let lifecycle = state.hub.lifecycle().clone();
-    Ok(ws
+    let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        // A browser that sent its token as a subprotocol must get one of its offers back.
-        .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| {
-            // axum spawns this future itself; tracking it lets shutdown wait for it.
-            let connection =
-                connection::run(socket, doc, grant, state.hub, state.connection, remote);
-            lifecycle.tracker.track_future(connection.in_current_span())
-        }))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let (response, socket) = upgrade.accept(config);
+    let lifecycle = state.hub.lifecycle().clone();
+    // Tracked, so shutdown waits for the connection to close.
+    lifecycle.spawn(tracing::Span::current(), async move {
+        match socket.await {
+            Ok(socket) => {
+                connection::run(socket, doc, grant, state.hub, state.connection, remote).await;
+            }
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    Ok(response)
 }
 
 async fn missing_doc_name() -> ApiError {

@@ -33,6 +33,7 @@ mod persist;
 mod shutdown;
 mod tls;
 mod web_client;
+mod ws_upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
