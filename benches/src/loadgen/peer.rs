@@ -365,10 +365,10 @@ impl Peer {
                 // Several edits in one frame (Hocuspocus merges what arrives in one turn of its
                 // event loop): every edit in it counts, by the clock range of each client.
                 if let Ok(decoded) = Update::decode_v1(update) {
-                    let lower = decoded.state_vector_lower();
-                    for (client, upper) in decoded.state_vector().iter() {
-                        let from = lower.get(client);
-                        self.delivered(client.get(), from, upper.saturating_sub(from));
+                    for (client, ranges) in decoded.insertions(true).iter() {
+                        for range in ranges.iter() {
+                            self.delivered(client.get(), range.start, range.end - range.start);
+                        }
                     }
                 }
             }
