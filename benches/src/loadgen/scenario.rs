@@ -523,32 +523,36 @@ pub async fn cold_join(server: &Server, updates: &[Vec<u8>], len: usize) -> Resu
     let mut figures = Figures::new();
     figures.insert("history_kb", state_bytes as f64 / 1024.0);
 
-    let joiner =
-        peer::connect(options(server, "history", Apply::Immediate), shared.clone()).await?;
-    let synced = joiner.synced_after;
-    let report = close_all(vec![joiner]).await?.remove(0);
-    ensure!(
-        report.text.len() == len,
-        "joiner got {} of {len} characters",
-        report.text.len()
-    );
+    let synced = join_once(server, "history", len, &shared).await?;
     figures.insert("join_loaded_ms", synced.as_secs_f64() * 1000.0);
 
     close_all(vec![loader]).await?;
     if server.target.persists() {
         // Tandem runs with a 1 s unload grace; give y-sweet its own time too.
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let joiner = peer::connect(options(server, "history", Apply::Immediate), shared).await?;
-        let synced = joiner.synced_after;
-        let report = close_all(vec![joiner]).await?.remove(0);
-        ensure!(
-            report.text.len() == len,
-            "cold joiner got {} of {len} characters",
-            report.text.len()
-        );
+        let synced = join_once(server, "history", len, &shared).await?;
         figures.insert("join_cold_ms", synced.as_secs_f64() * 1000.0);
     }
     Ok(figures)
+}
+
+/// One fresh peer joins `doc`, checks it got all `len` characters and leaves; returns the time
+/// from its TCP connect to its sync step 2.
+async fn join_once(
+    server: &Server,
+    doc: &str,
+    len: usize,
+    shared: &Arc<Shared>,
+) -> Result<Duration> {
+    let joiner = peer::connect(options(server, doc, Apply::Immediate), shared.clone()).await?;
+    let synced = joiner.synced_after;
+    let report = close_all(vec![joiner]).await?.remove(0);
+    ensure!(
+        report.text.len() == len,
+        "a joiner got {} of {len} characters",
+        report.text.len()
+    );
+    Ok(synced)
 }
 
 /// Join storm: `joiners` peers at once on a big doc; time until the last one has its step 2,
