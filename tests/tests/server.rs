@@ -581,3 +581,102 @@ async fn an_unloading_doc_compacts_its_log_into_one_snapshot() {
     let expected: String = (0..20).map(|i| format!("{i};")).collect();
     assert_eq!(doc.to_json()["t"], expected.as_str());
 }
+
+#[tokio::test]
+async fn writers_flooding_a_busy_doc_keep_receiving_and_are_not_closed() {
+    // Four peers each send 3,000 updates as fast as they can while reading everything the
+    // others send: one task per connection both reads and writes, and the doc's inbox fills, so
+    // connections wait for room while the doc keeps broadcasting to them. Nothing may stall,
+    // nothing may be lost, nobody may be closed.
+    use futures_util::{SinkExt, StreamExt};
+    use yrs::{GetString, Text, Transact};
+
+    const WRITERS: usize = 4;
+    const EDITS: usize = 3_000;
+    let server = TestServer::start_with(|config| {
+        // A flood is what this test is about, not the rate limits.
+        config.hub.limits.max_messages_per_second = 0;
+        config.hub.limits.max_bytes_per_second = 0;
+    })
+    .await;
+    let url = format!("ws://{}/ws/flood", server.addr);
+    // Everyone joins (the server's sync step 1 has arrived) before anyone writes, so every
+    // update is broadcast to all three others.
+    let mut sockets = Vec::new();
+    for _ in 0..WRITERS {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connects");
+        let first = ws.next().await.expect("a frame").expect("a frame");
+        let first = decode_frame(&first.into_data(), &Limits::default()).unwrap();
+        assert!(matches!(first[0], Message::SyncStep1(_)));
+        sockets.push(ws);
+    }
+    let mut tasks = Vec::new();
+    for ws in sockets {
+        let (mut sink, mut stream) = ws.split();
+        let reader = async move {
+            let mut updates = 0usize;
+            while updates < (WRITERS - 1) * EDITS {
+                match stream.next().await {
+                    Some(Ok(WsMessage::Binary(frame))) => {
+                        let messages = decode_frame(&frame, &Limits::default()).unwrap();
+                        updates += messages
+                            .iter()
+                            .filter(|m| matches!(m, Message::Update(_)))
+                            .count();
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => return Err(format!("closed: {frame:?}")),
+                    Some(Ok(_)) => {}
+                    other => return Err(format!("stream ended: {other:?}")),
+                }
+            }
+            Ok(updates)
+        };
+        let frames: Vec<Bytes> = {
+            let doc = yrs::Doc::new();
+            let text = doc.get_or_insert_text("t");
+            (0..EDITS)
+                .map(|i| {
+                    let mut txn = doc.transact_mut();
+                    text.insert(&mut txn, i as u32, "x");
+                    encode_sync_update(&txn.encode_update_v1())
+                })
+                .collect()
+        };
+        let writer = async move {
+            for frame in frames {
+                sink.feed(WsMessage::Binary(frame)).await.expect("feed");
+            }
+            sink.flush().await.expect("flush");
+            sink
+        };
+        tasks.push(futures_util::future::join(writer, reader));
+    }
+    let ends = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("every update arrives in time");
+    let mut sinks = Vec::new();
+    for (sink, received) in ends {
+        assert_eq!(received, Ok((WRITERS - 1) * EDITS));
+        sinks.push(sink);
+    }
+    // And the doc holds every edit.
+    let (status, body) = server
+        .http_get("/api/docs/flood", "application/octet-stream")
+        .await;
+    assert_eq!(status, 200);
+    let doc = yrs::Doc::new();
+    {
+        use yrs::updates::decoder::Decode;
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&body).unwrap())
+            .unwrap();
+    }
+    let text = doc.get_or_insert_text("t");
+    assert_eq!(text.get_string(&doc.transact()).len(), WRITERS * EDITS);
+    drop(sinks);
+}

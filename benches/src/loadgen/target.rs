@@ -118,7 +118,6 @@ impl Server {
                     .args(["--max-connections", "100000"])
                     .args(["--max-connections-per-address", "100000"])
                     .args(["--doc-unload-grace", "1s"])
-                    .args(["--outbox-capacity", "4096"])
                     .args(
                         std::env::var("LOADGEN_TANDEM_ARGS")
                             .unwrap_or_default()

@@ -26,6 +26,12 @@ use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
 use crate::tls::TlsFiles;
 
+/// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
+/// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
+/// any connection drains them; the queue holds several such bursts, so only a peer that stops
+/// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
+pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
+
 /// Command line of the `tandem` binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -135,7 +141,7 @@ pub struct ServeArgs {
     /// Compact a doc's log after this many bytes [default: 8388608].
     #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES")]
     pub compact_after_bytes: Option<u64>,
-    /// Frames queued for one peer before it counts as a slow consumer [default: 1024].
+    /// Frames queued for one peer before it counts as a slow consumer [default: 8192].
     #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
     /// PEM certificate chain; with --tls-key the port serves https and wss. Re-read when it changes.
@@ -428,7 +434,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             outbox_capacity: args
                 .outbox_capacity
                 .or(file.outbox_capacity)
-                .unwrap_or(1024)
+                .unwrap_or(DEFAULT_OUTBOX_CAPACITY)
                 .max(1),
             limits,
         },

@@ -1,22 +1,27 @@
-//! One WebSocket connection to one doc: a reader (this task) and a writer (a tracked task).
+//! One WebSocket connection to one doc, served by one task once it has joined.
 //!
-//! The reader decodes each binary frame with `tandem_core::protocol::decode_frame` and hands the
-//! messages to the doc actor with a blocking `send`: when the doc's inbox is full the reader
-//! stops reading, which slows a fast writer down instead of buffering without bound.
-//! The writer drains the bounded outbox the doc actor fills, sends pings, and sends the one close
-//! frame of the connection. It is separate from the reader so that a reader waiting on a full
-//! inbox never stops the outbox from draining.
+//! The task waits on everything at once: frames from the peer, frames the doc actor put in the
+//! bounded outbox, a close request, shutdown, the ping timer and the token's expiry. Each binary
+//! frame is decoded with `tandem_core::protocol::decode_frame` and handed to the doc actor. When
+//! the doc's inbox is full the command waits in the task, which stops reading from the peer
+//! (backpressure to the socket instead of buffering without bound) while the outbox keeps
+//! draining, so a busy doc never turns a fast writer into a slow consumer.
+//!
+//! What an idle connection costs is what this task holds, so it is kept small: one task (not a
+//! reader and a writer), no split socket, a set-once slot instead of a channel for the close
+//! request, and the join runs in the upgrade's task, which ends when the connection's own task
+//! starts (a future keeps room for everything it ever awaits).
 //!
 //! Every connection ends with exactly one [`CloseReason`] (or a close by the peer), logged once
 //! in the `conn` span and sent as the close frame.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tandem_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER,
@@ -24,7 +29,7 @@ use tandem_core::protocol::{
 };
 use tandem_core::rate::ConnectionRates;
 use tandem_core::{DocId, Limits, PeerId, ProtocolError};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -35,7 +40,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
-use crate::hub::{Hub, JoinError, PeerLink};
+use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
 use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
@@ -46,9 +51,6 @@ pub struct ConnectionConfig {
     /// A peer that sends nothing (not even a pong) for this long is closed and its presence removed.
     pub pong_timeout: Duration,
 }
-
-/// `last_seen_ms` while the reader waits for room in the doc's inbox.
-const BUSY: u64 = u64::MAX;
 
 /// Messages larger than this are sent as fragments of this size.
 const MAX_FRAGMENT_BYTES: usize = 256 * 1024;
@@ -120,7 +122,39 @@ impl CloseReason {
     }
 }
 
-/// Serves one upgraded WebSocket until it closes.
+/// How the doc actor asks one connection to close: the first reason wins, the rest are ignored.
+#[derive(Clone, Default)]
+pub(crate) struct Closer(Arc<CloserSlot>);
+
+#[derive(Default)]
+struct CloserSlot {
+    reason: OnceLock<CloseReason>,
+    wake: Notify,
+}
+
+impl Closer {
+    /// Asks the connection to close with `reason`, unless it already has one.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let _ = self.0.reason.set(reason);
+        // Stored as a permit if the connection is not waiting right now.
+        self.0.wake.notify_one();
+    }
+
+    fn reason(&self) -> Option<CloseReason> {
+        self.0.reason.get().cloned()
+    }
+}
+
+/// A command to the doc actor waiting for room in its inbox. The boxed `reserve_owned` keeps
+/// the connection's place in the inbox's queue while the outbox is drained meanwhile.
+type PendingSend = Pin<
+    Box<
+        dyn Future<Output = Result<mpsc::OwnedPermit<DocCommand>, mpsc::error::SendError<()>>>
+            + Send,
+    >,
+>;
+
+/// Serves one upgraded WebSocket: joins the doc, then hands the connection to its own task.
 pub(crate) async fn run(
     socket: Socket,
     doc: DocId,
@@ -131,21 +165,47 @@ pub(crate) async fn run(
 ) {
     let peer = hub.next_peer_id();
     let sub = grant.identity.as_ref().map(|identity| identity.sub.clone());
-    let span = tracing::info_span!("conn", %peer, doc = %doc, %remote, sub = sub.as_deref(), role = ?grant.role);
-    serve(socket, doc, grant, hub, config, peer)
-        .instrument(span)
-        .await;
+    // A root span: the connection outlives the TCP and request spans it came from, and keeping
+    // them alive would cost every idle connection their memory.
+    let span = tracing::info_span!(parent: None, "conn", %peer, doc = %doc, %remote, sub = sub.as_deref(), role = ?grant.role);
+    drop(sub);
+    if let Some(conn) = join(socket, &doc, grant, &hub, config, peer)
+        .instrument(span.clone())
+        .await
+    {
+        hub.lifecycle().spawn(span, conn.serve());
+    }
 }
 
-async fn serve(
-    socket: Socket,
-    doc: DocId,
+/// Joins `peer` to `doc`; on failure closes the socket with the reason and returns `None`.
+async fn join(
+    mut socket: Socket,
+    doc: &DocId,
     grant: Grant,
-    hub: Hub,
-    conn_config: ConnectionConfig,
+    hub: &Hub,
+    config: ConnectionConfig,
     peer: PeerId,
-) {
-    // The token's expiry as a point on the monotonic clock the writer sleeps on.
+) -> Option<Conn> {
+    let (outbox_tx, outbox) = mpsc::channel::<Bytes>(hub.config().outbox_capacity);
+    let closer = Closer::default();
+    let link = PeerLink {
+        outbox: outbox_tx,
+        closer: closer.clone(),
+        access: grant.access(),
+    };
+    let doc_handle = match hub.join(doc, peer, link).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            let reason = match error {
+                JoinError::ShuttingDown => CloseReason::Shutdown,
+                JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
+            };
+            close_with(&mut socket, peer, Some(reason)).await;
+            return None;
+        }
+    };
+    debug!(%peer, "peer connected");
+    // The token's expiry as a point on the monotonic clock.
     let expires_at = grant.expires_at.and_then(|at| {
         let left = at
             .duration_since(std::time::SystemTime::now())
@@ -153,137 +213,198 @@ async fn serve(
         // `None` (no timer) only for an expiry too far out to represent.
         Instant::now().checked_add(left)
     });
-    let config = hub.config().clone();
-    let (outbox_tx, outbox_rx) = mpsc::channel::<Bytes>(config.outbox_capacity);
-    let (closer_tx, closer_rx) = mpsc::channel::<CloseReason>(1);
-    let (sink, stream) = socket.split();
-    let conn_cancel = hub.lifecycle().cancel.child_token();
-    let started = Instant::now();
-    let last_seen_ms = Arc::new(AtomicU64::new(0));
-
-    let writer = Writer {
-        sink,
-        outbox: outbox_rx,
-        closer: closer_rx,
-        conn_cancel: conn_cancel.clone(),
-        server_cancel: hub.lifecycle().cancel.clone(),
-        started,
-        last_seen_ms: last_seen_ms.clone(),
-        config: conn_config,
-        peer,
+    let limits = hub.config().limits.clone();
+    Some(Conn {
+        rates: ConnectionRates::new(&limits, 0),
+        limits,
+        socket,
+        outbox,
+        doc: doc_handle,
+        closer,
+        shutdown: hub.lifecycle().cancel.clone(),
         expires_at,
-    };
-    let writer_done = CancellationToken::new();
-    {
-        let writer_done = writer_done.clone();
-        hub.lifecycle().spawn(tracing::Span::current(), async move {
-            writer.run().await;
-            writer_done.cancel();
-        });
-    }
-
-    let link = PeerLink {
-        outbox: outbox_tx,
-        closer: closer_tx.clone(),
-        access: grant.access(),
-    };
-    let handle = match hub.join(&doc, peer, link).await {
-        Ok(handle) => handle,
-        Err(error) => {
-            let reason = match error {
-                JoinError::ShuttingDown => CloseReason::Shutdown,
-                JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
-            };
-            let _ = closer_tx.try_send(reason);
-            writer_done.cancelled().await;
-            return;
-        }
-    };
-    debug!(%peer, "peer connected");
-
-    let reader = Reader {
-        stream,
-        actor: handle.tx.clone(),
         peer,
-        limits: config.limits.clone(),
-        started,
-        last_seen_ms,
-        rates: ConnectionRates::new(&config.limits, started.elapsed().as_millis() as u64),
-    };
-    let ended = tokio::select! {
-        reason = reader.run() => reason,
-        // The writer stopped first (shutdown, kicked by the actor, socket error).
-        () = conn_cancel.cancelled() => None,
-    };
-    if let Some(reason) = ended {
-        let _ = closer_tx.try_send(reason);
-    } else {
-        conn_cancel.cancel();
-    }
-    let _ = handle.tx.send(DocCommand::Leave { peer }).await;
-    writer_done.cancelled().await;
-    debug!(%peer, "peer disconnected");
+        started: Instant::now(),
+        config,
+    })
 }
 
-struct Reader {
-    stream: SplitStream<Socket>,
-    actor: mpsc::Sender<DocCommand>,
+/// Logs `reason` and sends it as the close frame, then closes the socket.
+async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReason>) {
+    if let Some(reason) = reason {
+        reason.log(peer);
+        let (code, text) = reason.close_frame();
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: truncate_reason(text).into(),
+        };
+        let _ = socket.send(WsMessage::Close(Some(frame))).await;
+    }
+    let _ = socket.close(None).await;
+}
+
+/// One joined connection: everything its task holds.
+struct Conn {
+    socket: Socket,
+    outbox: mpsc::Receiver<Bytes>,
+    doc: DocHandle,
+    closer: Closer,
+    /// The server's shutdown token.
+    shutdown: CancellationToken,
+    /// When the peer's token expires; the connection closes with 4401 then.
+    expires_at: Option<Instant>,
     peer: PeerId,
     limits: Limits,
-    started: Instant,
-    last_seen_ms: Arc<AtomicU64>,
     /// The per-connection rate limits; a breach closes the connection with 4429.
     rates: ConnectionRates,
+    started: Instant,
+    config: ConnectionConfig,
 }
 
-impl Reader {
-    /// Reads until the peer closes (`None`) or misbehaves (`Some(reason)`).
-    async fn run(mut self) -> Option<CloseReason> {
+impl Conn {
+    /// The connection's task: serves the peer, leaves the doc, closes the socket.
+    async fn serve(mut self) {
+        let reason = self.run().await;
+        let _ = self
+            .doc
+            .tx
+            .send(DocCommand::Leave { peer: self.peer })
+            .await;
+        close_with(&mut self.socket, self.peer, reason).await;
+        debug!(peer = %self.peer, "peer disconnected");
+    }
+
+    /// Serves the peer until it closes (`None`) or the connection must close (`Some(reason)`).
+    async fn run(&mut self) -> Option<CloseReason> {
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let shutdown = self.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let expiry = sleep_until_opt(self.expires_at);
+        tokio::pin!(expiry);
+        let closer = self.closer.clone();
+        let inbox = self.doc.tx.clone();
+        // When the peer last sent anything.
+        let mut last_seen_ms = 0u64;
+        // When the oldest ping the peer has not yet answered (with anything) went out.
+        let mut ping_sent_ms: Option<u64> = None;
+        // A command waiting for room in the doc's inbox; nothing is read from the peer meanwhile.
+        let mut pending: Option<(DocCommand, PendingSend)> = None;
         loop {
-            let message = match self.stream.next().await? {
-                Ok(message) => message,
-                Err(error) => return self.read_error(error),
-            };
-            let now_ms = self.started.elapsed().as_millis() as u64;
-            self.last_seen_ms.store(now_ms, Ordering::Relaxed);
-            match message {
-                WsMessage::Binary(frame) => {
-                    // Bytes are counted before decoding, so a peer over its rate costs no decoding.
-                    if let Err(error) = self.rates.check_frame(frame.len(), now_ms) {
-                        return Some(CloseReason::Protocol(error));
-                    }
-                    let messages = match decode_frame(&frame, &self.limits) {
-                        Ok(messages) => messages,
-                        Err(error) => return Some(CloseReason::Protocol(error)),
-                    };
-                    if let Err(error) = self.rates.check_messages(&messages, now_ms) {
-                        return Some(CloseReason::Protocol(error));
-                    }
-                    let command = DocCommand::Receive {
-                        peer: self.peer,
-                        messages,
-                    };
-                    // Blocks while the doc's inbox is full: backpressure to the socket. The
-                    // peer is not silent meanwhile, we are not reading: no ping timeout.
-                    self.last_seen_ms.store(BUSY, Ordering::Relaxed);
-                    let sent = self.actor.send(command).await;
-                    let now_ms = self.started.elapsed().as_millis() as u64;
-                    self.last_seen_ms.store(now_ms, Ordering::Relaxed);
-                    if sent.is_err() {
-                        return Some(CloseReason::Unavailable);
-                    }
-                }
-                WsMessage::Text(_) => return Some(CloseReason::Protocol(ProtocolError::TextFrame)),
-                WsMessage::Ping(payload) | WsMessage::Pong(payload) => {
-                    // tungstenite answers every ping: a ping flood is bounded like messages.
-                    if let Err(error) = self.rates.check_control_frame(payload.len(), now_ms) {
-                        return Some(CloseReason::Protocol(error));
-                    }
-                }
-                WsMessage::Close(_) => return None,
-                // Only ever produced when writing.
-                WsMessage::Frame(_) => {}
+            if let Some(reason) = closer.reason() {
+                return Some(reason);
             }
+            tokio::select! {
+                biased;
+                // The reason is read at the top of the loop; the wake-up only ends the wait.
+                () = closer.0.wake.notified() => {}
+                () = &mut shutdown => return Some(CloseReason::Shutdown),
+                frame = self.outbox.recv() => match frame {
+                    Some(frame) => {
+                        if self.send_batch(frame).await.is_err() {
+                            return None;
+                        }
+                    }
+                    // The doc actor dropped this peer without a reason: it is gone.
+                    None => return None,
+                },
+                permit = async { pending.as_mut().expect("guarded").1.as_mut().await }, if pending.is_some() => {
+                    let (command, _) = pending.take().expect("guarded");
+                    match permit {
+                        Ok(permit) => {
+                            permit.send(command);
+                            last_seen_ms = self.now_ms();
+                        }
+                        Err(_) => return Some(CloseReason::Unavailable),
+                    }
+                }
+                message = self.socket.next(), if pending.is_none() => {
+                    let message = match message? {
+                        Ok(message) => message,
+                        Err(error) => return self.read_error(error),
+                    };
+                    let now_ms = self.now_ms();
+                    last_seen_ms = now_ms;
+                    let command = match self.receive(message, now_ms) {
+                        Ok(Some(command)) => command,
+                        Ok(None) => continue,
+                        Err(reason) => return reason,
+                    };
+                    match inbox.try_send(command) {
+                        Ok(()) => {}
+                        // The doc is busy: wait in line without blocking the outbox.
+                        Err(mpsc::error::TrySendError::Full(command)) => {
+                            pending = Some((command, Box::pin(inbox.clone().reserve_owned())));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Some(CloseReason::Unavailable);
+                        }
+                    }
+                }
+                () = &mut expiry => return Some(CloseReason::TokenExpired),
+                _ = ping.tick() => {
+                    // Silence counts from the first ping the peer could have answered: time
+                    // spent writing a big frame to a slow peer, or waiting for room in the doc's
+                    // inbox, is not the peer's silence.
+                    let now_ms = self.now_ms();
+                    if pending.is_some() || ping_sent_ms.is_some_and(|sent| last_seen_ms >= sent) {
+                        ping_sent_ms = None;
+                    }
+                    if let Some(sent) = ping_sent_ms
+                        && now_ms.saturating_sub(sent) >= self.config.pong_timeout.as_millis() as u64
+                    {
+                        return Some(CloseReason::PongTimeout);
+                    }
+                    if self.socket.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                    if ping_sent_ms.is_none() {
+                        ping_sent_ms = Some(self.now_ms());
+                    }
+                }
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// What one message from the peer asks of the doc: a command, nothing, or the end.
+    fn receive(
+        &mut self,
+        message: WsMessage,
+        now_ms: u64,
+    ) -> Result<Option<DocCommand>, Option<CloseReason>> {
+        let protocol = |error| Some(CloseReason::Protocol(error));
+        match message {
+            WsMessage::Binary(frame) => {
+                // Bytes are counted before decoding, so a peer over its rate costs no decoding.
+                self.rates
+                    .check_frame(frame.len(), now_ms)
+                    .map_err(protocol)?;
+                let messages = decode_frame(&frame, &self.limits).map_err(protocol)?;
+                self.rates
+                    .check_messages(&messages, now_ms)
+                    .map_err(protocol)?;
+                Ok(Some(DocCommand::Receive {
+                    peer: self.peer,
+                    messages,
+                }))
+            }
+            WsMessage::Text(_) => Err(protocol(ProtocolError::TextFrame)),
+            WsMessage::Ping(payload) | WsMessage::Pong(payload) => {
+                // tungstenite answers every ping: a ping flood is bounded like messages.
+                self.rates
+                    .check_control_frame(payload.len(), now_ms)
+                    .map_err(protocol)?;
+                Ok(None)
+            }
+            WsMessage::Close(_) => Err(None),
+            // Only ever produced when writing.
+            WsMessage::Frame(_) => Ok(None),
         }
     }
 
@@ -310,84 +431,6 @@ impl Reader {
             }
         }
     }
-}
-
-struct Writer {
-    sink: SplitSink<Socket, WsMessage>,
-    outbox: mpsc::Receiver<Bytes>,
-    closer: mpsc::Receiver<CloseReason>,
-    /// Cancelled when this connection ends for any reason.
-    conn_cancel: CancellationToken,
-    /// Cancelled when the server shuts down (the parent of `conn_cancel`).
-    server_cancel: CancellationToken,
-    started: Instant,
-    last_seen_ms: Arc<AtomicU64>,
-    config: ConnectionConfig,
-    peer: PeerId,
-    /// When the peer's token expires; the connection closes with 4401 then.
-    expires_at: Option<Instant>,
-}
-
-impl Writer {
-    async fn run(mut self) {
-        let mut ping = tokio::time::interval(self.config.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        // When the oldest ping the peer has not yet answered (with anything) went out.
-        let mut ping_sent_ms: Option<u64> = None;
-        let reason = loop {
-            tokio::select! {
-                biased;
-                // A reason from the reader or the doc actor: it is the last thing sent.
-                reason = self.closer.recv() => break reason,
-                // Server shutdown (1001), or the reader saw the peer close (nothing to send).
-                () = self.conn_cancel.cancelled() => {
-                    break self.server_cancel.is_cancelled().then_some(CloseReason::Shutdown);
-                }
-                frame = self.outbox.recv() => match frame {
-                    Some(frame) => {
-                        if self.send_batch(frame).await.is_err() {
-                            break None;
-                        }
-                    }
-                    // The doc actor dropped this peer without a reason: it is gone.
-                    None => break None,
-                },
-                () = sleep_until_opt(self.expires_at) => break Some(CloseReason::TokenExpired),
-                _ = ping.tick() => {
-                    // Silence counts from the first ping the peer could have answered: time
-                    // spent writing a big frame to a slow peer is not the peer's silence.
-                    let now_ms = self.started.elapsed().as_millis() as u64;
-                    let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
-                    if last_seen == BUSY || ping_sent_ms.is_some_and(|sent| last_seen >= sent) {
-                        ping_sent_ms = None;
-                    }
-                    if let Some(sent) = ping_sent_ms
-                        && now_ms.saturating_sub(sent) >= self.config.pong_timeout.as_millis() as u64
-                    {
-                        break Some(CloseReason::PongTimeout);
-                    }
-                    if self.sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
-                        break None;
-                    }
-                    if ping_sent_ms.is_none() {
-                        ping_sent_ms = Some(self.started.elapsed().as_millis() as u64);
-                    }
-                }
-            }
-        };
-        if let Some(reason) = reason {
-            reason.log(self.peer);
-            let (code, text) = reason.close_frame();
-            let frame = CloseFrame {
-                code: code.into(),
-                reason: truncate_reason(text).into(),
-            };
-            let _ = self.sink.send(WsMessage::Close(Some(frame))).await;
-        }
-        let _ = self.sink.close().await;
-        self.conn_cancel.cancel();
-    }
 
     /// Sends `first` and whatever else is queued (up to a bound), then flushes once.
     async fn send_batch(&mut self, first: Bytes) -> Result<(), WsError> {
@@ -398,7 +441,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        self.sink.flush().await
+        self.socket.flush().await
     }
 
     /// Queues one message. A big one (a sync step 2 of a big doc, shared by every joiner that
@@ -407,14 +450,14 @@ impl Writer {
     /// connection: one fragment per connection instead of one copy of the doc.
     async fn send_frame(&mut self, frame: Bytes) -> Result<(), WsError> {
         if frame.len() <= MAX_FRAGMENT_BYTES {
-            return self.sink.feed(WsMessage::Binary(frame)).await;
+            return self.socket.feed(WsMessage::Binary(frame)).await;
         }
         let n = frame.len().div_ceil(MAX_FRAGMENT_BYTES);
         for i in 0..n {
             let start = i * MAX_FRAGMENT_BYTES;
             let chunk = frame.slice(start..frame.len().min(start + MAX_FRAGMENT_BYTES));
             let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
-            self.sink
+            self.socket
                 .send(WsMessage::Frame(Frame::message(chunk, opcode, i + 1 == n)))
                 .await?;
         }

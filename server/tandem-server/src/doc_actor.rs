@@ -594,8 +594,8 @@ impl DocActor {
             return;
         };
         if let Some(reason) = reason {
-            // Capacity 1: if a reason is already queued, that one wins.
-            let _ = link.closer.try_send(reason);
+            // If the connection already has a reason, that one wins.
+            link.closer.close(reason);
         }
         drop(link);
         self.n_peers.store(self.peers.len(), Ordering::Relaxed);

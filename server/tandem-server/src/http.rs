@@ -37,7 +37,7 @@ use crate::ws_upgrade::Upgrade;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
-const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Bytes tungstenite buffers before writing to the socket; the writer flushes after each batch.
 const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -337,13 +337,14 @@ async fn upgrade(
         .max_frame_size(Some(max_frame));
     let (response, socket) = upgrade.accept(config);
     let lifecycle = state.hub.lifecycle().clone();
-    // Tracked, so shutdown waits for the connection to close.
-    lifecycle.spawn(tracing::Span::current(), async move {
+    // Tracked, so shutdown waits for the connection to close. No span here: the connection
+    // makes its own root span, so the request's does not live as long as the connection.
+    lifecycle.spawn(tracing::Span::none(), async move {
         match socket.await {
             Ok(socket) => {
                 connection::run(socket, doc, grant, state.hub, state.connection, remote).await;
             }
-            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+            Err(error) => tracing::debug!(%error, %remote, "websocket upgrade failed"),
         }
     });
     Ok(response)

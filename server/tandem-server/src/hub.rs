@@ -22,7 +22,7 @@ use tandem_store::Store;
 use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
 
-use crate::connection::CloseReason;
+use crate::connection::Closer;
 use crate::doc_actor::{self, DocCommand, DocSnapshot};
 use crate::persist::PersistCommand;
 use crate::shutdown::Lifecycle;
@@ -91,8 +91,8 @@ pub(crate) enum JoinError {
 pub(crate) struct PeerLink {
     /// Frames for the peer. Bounded; the actor never waits on it (`try_send`).
     pub(crate) outbox: mpsc::Sender<Bytes>,
-    /// Tells the connection to close with a reason (capacity 1; one reason is enough).
-    pub(crate) closer: mpsc::Sender<CloseReason>,
+    /// Tells the connection to close with a reason (the first one wins).
+    pub(crate) closer: Closer,
     /// What the peer may do, from its token.
     pub(crate) access: PeerAccess,
 }
