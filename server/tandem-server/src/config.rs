@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
     #[arg(long, env = "TANDEM_FSYNC")]
     pub fsync: Option<bool>,
+    /// Threads that run connections and doc actors [default: one less than the CPUs, at least 1].
+    #[arg(long, env = "TANDEM_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Upper bound of the database page cache in bytes [default: 33554432].
     #[arg(long, env = "TANDEM_DB_CACHE_BYTES")]
     pub db_cache_bytes: Option<usize>,
@@ -322,6 +325,8 @@ pub struct Config {
     pub persist: PersistConfig,
     /// Longest wait for the final flush at shutdown.
     pub shutdown_timeout: Duration,
+    /// Worker threads of the async runtime.
+    pub worker_threads: usize,
     /// TLS, connection caps and the upgrade deadline of the accept loop.
     pub listener: ListenerConfig,
     /// Authentication and the keys tokens are verified with.
@@ -450,6 +455,11 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
         },
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
+        worker_threads: args
+            .worker_threads
+            .or(file.worker_threads)
+            .unwrap_or_else(default_worker_threads)
+            .max(1),
         listener: ListenerConfig {
             // `load` has refused a lone cert or key; `resolve` keeps TLS off for one.
             tls: match (
@@ -537,6 +547,17 @@ impl Config {
         config.data_dir = data_dir.into();
         config
     }
+}
+
+/// One worker thread less than the CPUs: the redb writer thread and the blocking pool (loads,
+/// password hashes) need a core too, and with fewer workers than busy cores the runtime stops
+/// waking idle workers for every task it schedules. On 2 CPUs, one worker halved the server's
+/// CPU for 500 peers' presence (`benches/RESULTS.md`).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
 }
 
 #[cfg(test)]

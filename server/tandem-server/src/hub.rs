@@ -161,11 +161,18 @@ impl Hub {
     }
 
     /// Removes `doc` only if its entry still belongs to actor `generation`.
+    /// When that leaves no doc open, asks the writer to give memory back.
     pub(crate) fn remove_if_generation(&self, doc: &DocId, generation: u64) -> bool {
-        self.inner
+        let removed = self
+            .inner
             .docs
             .remove_if(doc, |_, handle| handle.generation == generation)
-            .is_some()
+            .is_some();
+        if removed && self.inner.docs.is_empty() {
+            // Best effort: with the writer's queue full, the server is anything but idle.
+            let _ = self.inner.persist.try_send(PersistCommand::ReleaseMemory);
+        }
+        removed
     }
 
     /// Joins `peer` to `doc`. Returns once the doc is loaded and the peer is registered.

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use tandem_server::config::{Cli, Command, LogFormat, ServeArgs};
+use tandem_server::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc with background threads returns freed pages to the OS after its decay time, so the
@@ -13,11 +13,24 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
-        Command::Serve(args) => serve(args).await,
-        Command::User(command) => finish(tandem_server::command::run_user(command).await),
+        Command::Serve(args) => {
+            let config = tandem_server::config::load(args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(config))
+        }
+        Command::User(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            finish(runtime.block_on(tandem_server::command::run_user(command)))
+        }
         Command::Token(command) => finish(tandem_server::command::run_token(command)),
     }
 }
@@ -36,8 +49,7 @@ fn finish(result: Result<String, tandem_server::command::CommandError>) -> anyho
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = tandem_server::config::load(args)?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(&config.log, config.log_format)?;
     tracing::info!(
         addr = %config.addr,
@@ -46,6 +58,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_frame_bytes = config.hub.limits.max_frame_bytes,
         doc_unload_grace = ?config.hub.doc_unload_grace,
         fsync = config.persist.fsync,
+        worker_threads = config.worker_threads,
         tls = config.listener.tls.is_some(),
         max_connections = config.listener.max_connections,
         max_connections_per_address = config.listener.max_connections_per_address,

@@ -53,6 +53,8 @@ pub(crate) enum PersistCommand {
         upto_seq: u64,
         snapshot: Vec<u8>,
     },
+    /// No doc is open any more: commit what is queued, then drop redb's page cache.
+    ReleaseMemory,
     /// Commit what is queued and stop. Sent once, after every doc actor has exited.
     Close { done: oneshot::Sender<()> },
 }
@@ -87,11 +89,16 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
         };
         let mut batch = Vec::new();
         let mut n_bytes = 0usize;
+        let mut release = false;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 PersistCommand::Close { done } => {
                     close = Some(done);
+                    break;
+                }
+                PersistCommand::ReleaseMemory => {
+                    release = true;
                     break;
                 }
                 command => {
@@ -108,12 +115,28 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
             commit(&store, &batch, config.fsync);
             n_commits += 1;
         }
+        if release && close.is_none() {
+            release_memory(&store);
+        }
     }
     // Close the database before reporting: whoever waits may reopen the file at once.
     drop(store);
     tracing::info!(n_commits, "redb writer stopped");
     if let Some(done) = close {
         let _ = done.send(());
+    }
+}
+
+fn release_memory(store: &Store) {
+    let started = std::time::Instant::now();
+    match store.release_cache() {
+        Ok(()) => {
+            tracing::debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "no doc open: released the page cache"
+            );
+        }
+        Err(error) => tracing::error!(%error, "reopening the database to release its cache failed"),
     }
 }
 
@@ -137,7 +160,7 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 upto_seq: *upto_seq,
                 snapshot,
             }),
-            PersistCommand::Close { .. } => None,
+            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => None,
         })
         .collect();
     let started = std::time::Instant::now();
@@ -165,7 +188,7 @@ impl PersistCommand {
         match self {
             PersistCommand::Append { update, .. } => update.len(),
             PersistCommand::Compact { snapshot, .. } => snapshot.len(),
-            PersistCommand::Close { .. } => 0,
+            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => 0,
         }
     }
 }

@@ -145,7 +145,8 @@ impl Store {
     /// This is a write transaction beside the server's writer thread; redb runs one at a time,
     /// so it waits for the current group commit at most (accounts change rarely).
     pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         txn.open_table(USERS)?
             .insert(user.sub.as_str(), user.encode().as_slice())?;
         txn.commit()?;
@@ -154,7 +155,8 @@ impl Store {
 
     /// Removes the account `sub`; `false` if there was none.
     pub fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let removed = txn.open_table(USERS)?.remove(sub)?.is_some();
         txn.commit()?;
         Ok(removed)
@@ -162,7 +164,8 @@ impl Store {
 
     /// The account `sub`, if it exists.
     pub fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = match txn.open_table(USERS) {
             Ok(table) => table,
             // A file from before accounts existed.
@@ -177,7 +180,8 @@ impl Store {
 
     /// Every account, sorted by `sub`.
     pub fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = match txn.open_table(USERS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -193,7 +197,8 @@ impl Store {
 
     /// How many accounts exist.
     pub fn count_users(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         match txn.open_table(USERS) {
             Ok(table) => Ok(table.len()?),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),

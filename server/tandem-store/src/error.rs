@@ -25,6 +25,8 @@ pub enum StoreError {
     },
     /// Another `Database` (in this process or another, e.g. a running server) has the file
     /// open. A command-line tool falls back to the server's HTTP API.
+    #[error("the database is closed: reopening it failed")]
+    Closed,
     #[error("the database file is already open, by a running server or another process")]
     AlreadyOpen,
     /// The file was written by a different format version. Migrate or use a matching build.

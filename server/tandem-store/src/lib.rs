@@ -18,7 +18,9 @@ mod accounts;
 pub mod error;
 pub mod schema;
 
-use std::path::Path;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
@@ -34,7 +36,22 @@ pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The database. `Send + Sync`; share it in an `Arc`.
 pub struct Store {
-    db: Database,
+    /// `None` only if reopening the file failed; the next access tries again.
+    db: RwLock<Option<Database>>,
+    /// The file and cache size, to reopen it (`None` for a custom backend).
+    reopen: Option<(PathBuf, usize)>,
+}
+
+/// Shared access to the open database for the length of one operation. [`Store::release_cache`]
+/// waits for every guard, so no transaction outlives the `Database` it came from.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was made")
+    }
 }
 
 /// Everything needed to rebuild one doc, in the order it must be applied.
@@ -107,25 +124,70 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
         }
-        let db = match Database::builder().set_cache_size(cache_bytes).create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::AlreadyOpen),
-            Err(error) => return Err(error.into()),
-        };
+        let db = open_file(path, cache_bytes)?;
         schema::check_format_version(&db)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: RwLock::new(Some(db)),
+            reopen: Some((path.to_owned(), cache_bytes)),
+        })
+    }
+
+    /// Drops redb's page cache by closing and reopening the file (redb has no call to shrink
+    /// it, and it keeps what it cached up to its bound). The server calls this when no doc is
+    /// open any more, so an idle server gives that memory back. Waits for operations in flight;
+    /// a no-op for a custom backend.
+    pub fn release_cache(&self) -> Result<(), StoreError> {
+        let Some((path, cache_bytes)) = &self.reopen else {
+            return Ok(());
+        };
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The old handle must be closed before the file can be opened again.
+        drop(db.take());
+        *db = Some(open_file(path, *cache_bytes)?);
+        Ok(())
+    }
+
+    /// The open database, reopening it first if an earlier reopen failed.
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        loop {
+            let guard = self
+                .db
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if guard.is_some() {
+                return Ok(DbGuard(guard));
+            }
+            drop(guard);
+            let Some((path, cache_bytes)) = &self.reopen else {
+                return Err(StoreError::Closed);
+            };
+            let mut db = self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if db.is_none() {
+                *db = Some(open_file(path, *cache_bytes)?);
+            }
+        }
     }
 
     /// Opens or creates a database on a custom redb backend (tests simulate crashes with one).
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
         let db = Database::builder().create_with_backend(backend)?;
         schema::check_format_version(&db)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: RwLock::new(Some(db)),
+            reopen: None,
+        })
     }
 
     /// The stored state of `doc`: snapshot, then log entries after it.
     pub fn load_doc(&self, doc: &str) -> Result<StoredDoc, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let Some(row) = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value()) else {
             return Ok(StoredDoc::default());
         };
@@ -168,7 +230,8 @@ impl Store {
         now_ms: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -233,7 +296,8 @@ impl Store {
 
     /// Metadata of every stored doc, sorted by name.
     pub fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let docs = txn.open_table(DOCS)?;
         let mut out = Vec::new();
         for entry in docs.iter()? {
@@ -245,7 +309,8 @@ impl Store {
 
     /// Metadata of one doc; `None` if it was never written.
     pub fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let row = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value());
         Ok(row.map(|row| doc_meta(doc, row)))
     }
@@ -259,6 +324,14 @@ fn doc_meta(name: &str, row: DocRow) -> DocMeta {
         updated_ms,
         n_log_entries,
         last_seq,
+    }
+}
+
+fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    match Database::builder().set_cache_size(cache_bytes).create(path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::AlreadyOpen),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -293,6 +366,29 @@ mod tests {
             vec![&b"one"[..], &b"two"[..]]
         );
         assert_eq!(doc.last_seq, 2);
+    }
+
+    #[test]
+    fn releasing_the_cache_keeps_every_doc_and_later_commits() {
+        let (_dir, store) = open();
+        let update = vec![7u8; 4096];
+        for i in 0..200 {
+            let doc = format!("doc-{i}");
+            store.commit(&[append(&doc, 1, &update)], 5, true).unwrap();
+        }
+        for i in 0..200 {
+            store.load_doc(&format!("doc-{i}")).unwrap();
+        }
+        store.release_cache().unwrap();
+        for i in 0..200 {
+            let doc = store.load_doc(&format!("doc-{i}")).unwrap();
+            assert_eq!(doc.updates, vec![update.clone()]);
+        }
+        store
+            .commit(&[append("doc-0", 2, b"more")], 6, true)
+            .unwrap();
+        assert_eq!(store.load_doc("doc-0").unwrap().last_seq, 2);
+        assert_eq!(store.list_docs().unwrap().len(), 200);
     }
 
     #[test]
