@@ -100,6 +100,8 @@ pub struct PeerHandle {
     pub task: tokio::task::JoinHandle<Result<Report>>,
     /// Time from the start of the TCP connect to the server's sync step 2 being read.
     pub synced_after: Duration,
+    /// Whether (and when) this peer applies what it receives.
+    pub apply: Apply,
 }
 
 pub struct PeerOptions {
@@ -114,12 +116,14 @@ pub struct PeerOptions {
 pub async fn connect(options: PeerOptions, shared: Arc<Shared>) -> Result<PeerHandle> {
     let (synced_tx, synced_rx) = oneshot::channel();
     let (commands, commands_rx) = mpsc::channel(1024);
+    let apply = options.apply;
     let task = tokio::spawn(run(options, shared, commands_rx, synced_tx));
     match tokio::time::timeout(Duration::from_secs(120), synced_rx).await {
         Ok(Ok(synced_after)) => Ok(PeerHandle {
             commands,
             task,
             synced_after,
+            apply,
         }),
         Ok(Err(_)) => match task.await {
             Ok(Err(error)) => Err(error),
@@ -167,9 +171,16 @@ async fn run(
         .to_owned();
     let stream = TcpStream::connect(&host).await.context("connect")?;
     stream.set_nodelay(true)?;
-    // Small buffers, so ten thousand idle peers fit beside the server.
+    // Small buffers, so ten thousand idle peers fit beside the server; a peer that never
+    // applies is a bulk receiver (the join storm's), so it reads in big chunks: with 16 KiB
+    // reads the load generator, not the server, set the join storm's time.
+    let read_buffer = if options.apply == Apply::Never {
+        256 * 1024
+    } else {
+        16 * 1024
+    };
     let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_message_size(Some(1 << 30))
         .max_frame_size(Some(1 << 30));

@@ -589,8 +589,14 @@ pub async fn join_storm(
     let cpu = server.cpu() - cpu0;
     let peak = server.peak_rss();
     let mut slowest = Duration::ZERO;
+    // What the server controls: when the last joiner that only receives had its whole step 2.
+    // The checking joiner also applies the 20 MB update in yrs, on the load generator's cores.
+    let mut last_received = Duration::ZERO;
     for peer in &peers {
         slowest = slowest.max(peer.synced_after);
+        if peer.apply == Apply::Never {
+            last_received = last_received.max(peer.synced_after);
+        }
     }
     let reports = close_all(peers).await?;
     let checked = reports
@@ -613,6 +619,7 @@ pub async fn join_storm(
     figures.insert("doc_mb", state_bytes as f64 / MB);
     figures.insert("all_synced_ms", all_synced.as_secs_f64() * 1000.0);
     figures.insert("slowest_ms", slowest.as_secs_f64() * 1000.0);
+    figures.insert("received_ms", last_received.as_secs_f64() * 1000.0);
     figures.insert("server_cpu_s", cpu.as_secs_f64());
     figures.insert("rss_before_mb", rss_before as f64 / MB);
     figures.insert("peak_rss_mb", peak as f64 / MB);
