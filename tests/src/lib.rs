@@ -233,6 +233,21 @@ impl TestServer {
         }
     }
 
+    /// The stored state of `doc` through `GET /api/docs/{doc}` (v1 update), in a fresh yrs doc.
+    pub async fn fetch_doc(&self, doc: &str) -> Doc {
+        use yrs::updates::decoder::Decode;
+        let (status, body) = self
+            .http_get(&format!("/api/docs/{doc}"), "application/octet-stream")
+            .await;
+        assert_eq!(status, 200, "GET /api/docs/{doc}");
+        let fetched = Doc::new();
+        fetched
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&body).expect("a v1 update"))
+            .expect("the stored update applies");
+        fetched
+    }
+
     /// Sends a raw HTTP/1.1 GET and returns (status, body).
     pub async fn http_get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
         http_get(self.addr, path, accept).await

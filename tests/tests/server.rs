@@ -329,18 +329,7 @@ async fn http_lists_docs_and_serves_them_as_update_or_json() {
     assert!(row["size_bytes"].as_u64().unwrap() > 0);
     assert!(row["updated_ms"].as_u64().unwrap() > 0);
 
-    let (status, body) = server
-        .http_get("/api/docs/folder/readme.md", "application/octet-stream")
-        .await;
-    assert_eq!(status, 200);
-    let doc = yrs::Doc::new();
-    {
-        use yrs::Transact;
-        use yrs::updates::decoder::Decode;
-        doc.transact_mut()
-            .apply_update(yrs::Update::decode_v1(&body).unwrap())
-            .unwrap();
-    }
+    let doc = server.fetch_doc("folder/readme.md").await;
     let text = {
         use yrs::{GetString, Transact};
         doc.get_or_insert_text("t").get_string(&doc.transact())
@@ -665,17 +654,7 @@ async fn writers_flooding_a_busy_doc_keep_receiving_and_are_not_closed() {
         sinks.push(sink);
     }
     // And the doc holds every edit.
-    let (status, body) = server
-        .http_get("/api/docs/flood", "application/octet-stream")
-        .await;
-    assert_eq!(status, 200);
-    let doc = yrs::Doc::new();
-    {
-        use yrs::updates::decoder::Decode;
-        doc.transact_mut()
-            .apply_update(yrs::Update::decode_v1(&body).unwrap())
-            .unwrap();
-    }
+    let doc = server.fetch_doc("flood").await;
     let text = doc.get_or_insert_text("t");
     assert_eq!(text.get_string(&doc.transact()).len(), WRITERS * EDITS);
     drop(sinks);
