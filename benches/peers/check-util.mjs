@@ -1,9 +1,13 @@
-// Shared helpers for check-ywebsocket.mjs / check-hocuspocus.mjs.
+// Shared helpers for the check-*.mjs scripts, and the plain y-websocket framing that
+// check-ywebsocket.mjs and check-ysweet.mjs both speak (Hocuspocus prefixes the doc name).
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import WebSocket from 'ws'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import * as Y from 'yjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -113,3 +117,57 @@ export function check (cond, what) {
   if (!cond) failures++
 }
 export const failed = () => failures
+
+// ---- plain y-websocket framing (y-sweet adds message type 102, its sync status)
+export const T = { Sync: 0, Awareness: 1, Auth: 2, QueryAwareness: 3, SyncStatus: 102 }
+export const TN = { 0: 'Sync', 1: 'Awareness', 2: 'Auth', 3: 'QueryAwareness', 102: 'SyncStatus(custom)' }
+export const S = { Step1: 0, Step2: 1, Update: 2 }
+export const SN = ['Step1', 'Step2', 'Update']
+
+export const msg = (type, write = () => {}) => {
+  const e = encoding.createEncoder()
+  encoding.writeVarUint(e, type)
+  write(e)
+  return encoding.toUint8Array(e)
+}
+export const step1Msg = (ydoc) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Step1); encoding.writeVarUint8Array(e, Y.encodeStateVector(ydoc)) })
+export const step2Msg = (ydoc, sv) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Step2); encoding.writeVarUint8Array(e, Y.encodeStateAsUpdate(ydoc, sv)) })
+export const updateMsg = (update) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Update); encoding.writeVarUint8Array(e, update) })
+
+export function parse (bytes) {
+  const d = decoding.createDecoder(bytes)
+  const type = decoding.readVarUint(d)
+  const out = { type, sub: null, payload: null }
+  if (type === T.Sync) { out.sub = decoding.readVarUint(d); out.payload = decoding.readVarUint8Array(d) }
+  if (type === T.Awareness || type === T.SyncStatus) out.payload = decoding.readVarUint8Array(d)
+  out.rest = decoding.hasContent(d) ? bytes.length - d.pos : 0
+  return out
+}
+export function describe (bytes) {
+  const m = parse(bytes)
+  let s = `type=${m.type}(${TN[m.type] ?? '?'})`
+  if (m.type === T.Sync) s += ` ${SN[m.sub]} payload=${m.payload.length}B`
+  if (m.type === T.Awareness) s += ` awareness=${m.payload.length}B`
+  if (m.type === T.SyncStatus) s += ` payload=${hex(m.payload)}`
+  if (m.rest) s += ` (+${m.rest} trailing bytes)`
+  return s
+}
+export const is = (type, sub = null) => (f) => { const m = parse(f.bytes); return m.type === type && (sub === null || m.sub === sub) }
+
+/** A sends five updates in one synchronous burst; B must get one frame per update. */
+export async function checkBurst (a, b, docA, docB) {
+  console.log('\n# A sends 5 updates back-to-back: how many frames reach B?')
+  const bm5 = b.frames.length
+  const ups = []
+  const h = (u) => ups.push(u)
+  docA.on('update', h)
+  for (let i = 0; i < 5; i++) docA.getText('t').insert(docA.getText('t').length, String(i))
+  docA.off('update', h)
+  console.log('  A -> 5 x Sync Update (sent in one synchronous burst)')
+  for (const u of ups) a.ws.send(updateMsg(u))
+  await sleep(500)
+  const got = b.frames.slice(bm5).filter(is(T.Sync, S.Update))
+  for (const f of got) Y.applyUpdate(docB, parse(f.bytes).payload)
+  check(docB.getText('t').toString() === 'hello01234', 'B converges to "hello01234"')
+  check(got.length === 5, `B receives one update frame per update sent (${got.length}/5): no merging`)
+}

@@ -11,11 +11,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as encoding from 'lib0/encoding'
-import * as decoding from 'lib0/decoding'
 import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import WebSocket from 'ws'
-import { RawClient, check, failed, sleep, hex } from './check-util.mjs'
+import { RawClient, check, failed, sleep, hex, T, S, msg, step1Msg, step2Msg, updateMsg, parse, describe, is, checkBurst } from './check-util.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const bin = process.env.Y_SWEET_BIN ?? path.join(here, '.cargo/bin/y-sweet')
@@ -25,40 +24,6 @@ if (!existsSync(bin)) {
 }
 
 const DOC = 'd1'
-const T = { Sync: 0, Awareness: 1, Auth: 2, QueryAwareness: 3, SyncStatus: 102 }
-const TN = { 0: 'Sync', 1: 'Awareness', 2: 'Auth', 3: 'QueryAwareness', 102: 'SyncStatus(custom)' }
-const S = { Step1: 0, Step2: 1, Update: 2 }
-const SN = ['Step1', 'Step2', 'Update']
-
-const msg = (type, write = () => {}) => {
-  const e = encoding.createEncoder()
-  encoding.writeVarUint(e, type)
-  write(e)
-  return encoding.toUint8Array(e)
-}
-const step1Msg = (ydoc) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Step1); encoding.writeVarUint8Array(e, Y.encodeStateVector(ydoc)) })
-const step2Msg = (ydoc, sv) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Step2); encoding.writeVarUint8Array(e, Y.encodeStateAsUpdate(ydoc, sv)) })
-const updateMsg = (update) => msg(T.Sync, (e) => { encoding.writeVarUint(e, S.Update); encoding.writeVarUint8Array(e, update) })
-
-function parse (bytes) {
-  const d = decoding.createDecoder(bytes)
-  const type = decoding.readVarUint(d)
-  const out = { type, sub: null, payload: null }
-  if (type === T.Sync) { out.sub = decoding.readVarUint(d); out.payload = decoding.readVarUint8Array(d) }
-  if (type === T.Awareness || type === T.SyncStatus) out.payload = decoding.readVarUint8Array(d)
-  out.rest = decoding.hasContent(d) ? bytes.length - d.pos : 0
-  return out
-}
-function describe (bytes) {
-  const m = parse(bytes)
-  let s = `type=${m.type}(${TN[m.type] ?? '?'})`
-  if (m.type === T.Sync) s += ` ${SN[m.sub]} payload=${m.payload.length}B`
-  if (m.type === T.Awareness) s += ` awareness=${m.payload.length}B`
-  if (m.type === T.SyncStatus) s += ` payload=${hex(m.payload)}`
-  if (m.rest) s += ` (+${m.rest} trailing bytes)`
-  return s
-}
-const is = (type, sub = null) => (f) => { const m = parse(f.bytes); return m.type === type && (sub === null || m.sub === sub) }
 
 // ---- start y-sweet
 const store = mkdtempSync(path.join(tmpdir(), 'ysweet-check-'))
@@ -138,22 +103,7 @@ try {
   const aEcho = await a.waitFor(is(T.Sync, S.Update), 'echo at A', 1000, am).catch(() => null)
   check(aEcho !== null, 'sender A ALSO receives its own update back (every connection observes the doc)')
 
-  console.log('\n# A sends 5 updates back-to-back: how many frames reach B?')
-  {
-    const bm5 = b.frames.length
-    const ups = []
-    const h = (u) => ups.push(u)
-    docA.on('update', h)
-    for (let i = 0; i < 5; i++) docA.getText('t').insert(docA.getText('t').length, String(i))
-    docA.off('update', h)
-    console.log('  A -> 5 x Sync Update (sent in one synchronous burst)')
-    for (const u of ups) a.ws.send(updateMsg(u))
-    await sleep(500)
-    const got = b.frames.slice(bm5).filter(is(T.Sync, S.Update))
-    for (const f of got) Y.applyUpdate(docB, parse(f.bytes).payload)
-    check(docB.getText('t').toString() === 'hello01234', 'B converges to "hello01234"')
-    check(got.length === 5, `B receives one update frame per update sent (${got.length}/5): no merging`)
-  }
+  await checkBurst(a, b, docA, docB)
 
   console.log('\n# QueryAwareness and Awareness')
   let bm2 = b.frames.length
