@@ -553,7 +553,7 @@ impl Config {
 /// password hashes) need a core too, and with fewer workers than busy cores the runtime stops
 /// waking idle workers for every task it schedules. On 2 CPUs, one worker halved the server's
 /// CPU for 500 peers' presence (`benches/RESULTS.md`).
-pub fn default_worker_threads() -> usize {
+fn default_worker_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().saturating_sub(1))
         .unwrap_or(1)
