@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use yrs::Snapshot;
 
 use crate::connection::CloseReason;
+use crate::events::Event;
 use crate::hub::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
 use crate::persist::{Durability, PersistCommand};
 
@@ -325,6 +326,7 @@ impl DocActor {
                 }
                 self.peers.insert(peer, (link, self.submitted_seq));
                 self.n_peers.store(self.peers.len(), Ordering::Relaxed);
+                self.publish_presence();
                 self.idle_since = None;
                 let _ = reply.send(Ok(()));
                 debug!(%peer, n_peers = self.peers.len(), "peer joined");
@@ -599,6 +601,7 @@ impl DocActor {
         }
         drop(link);
         self.n_peers.store(self.peers.len(), Ordering::Relaxed);
+        self.publish_presence();
         debug!(%peer, n_peers = self.peers.len(), "peer left");
         if let Some(frame) = self.shared.remove_peer(peer) {
             self.send_to_all(&frame);
@@ -697,6 +700,14 @@ impl DocActor {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Tells live workspace views how many peers the doc has now.
+    fn publish_presence(&self) {
+        self.hub.events().publish_live(Event::DocPresence {
+            doc: self.doc.to_string(),
+            peers: self.peers.len(),
+        });
     }
 }
 

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::account::{self, AccountError, Accounts};
 use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
+use crate::events::{self, Events};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
 use crate::ws_upgrade::Upgrade;
@@ -56,6 +57,8 @@ const UPDATE_SUFFIX: &str = "/update";
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// The workspace event bus (`events.rs`): producers publish, `/api/events` streams.
+    pub(crate) events: Events,
     /// Verifies tokens; every handler that touches a doc asks it for a grant first.
     pub(crate) auth: Auth,
     pub(crate) hub: Hub,
@@ -72,6 +75,7 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/docs", get(list_docs))
+        .route("/api/events", get(events::stream))
         .route("/api/docs/{*name}", get(get_doc).post(post_doc))
         .route("/ws/{*name}", get(upgrade))
         .route("/ws", get(missing_doc_name))

@@ -24,6 +24,7 @@ use yrs::Snapshot;
 
 use crate::connection::Closer;
 use crate::doc_actor::{self, DocCommand, DocSnapshot};
+use crate::events::Events;
 use crate::persist::PersistCommand;
 use crate::shutdown::Lifecycle;
 
@@ -59,6 +60,7 @@ struct HubInner {
     persist: mpsc::Sender<PersistCommand>,
     config: HubConfig,
     lifecycle: Lifecycle,
+    events: Events,
     next_generation: AtomicU64,
     next_peer: AtomicU64,
 }
@@ -103,6 +105,7 @@ impl Hub {
         persist: mpsc::Sender<PersistCommand>,
         config: HubConfig,
         lifecycle: Lifecycle,
+        events: Events,
     ) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
@@ -111,6 +114,7 @@ impl Hub {
                 persist,
                 config,
                 lifecycle,
+                events,
                 next_generation: AtomicU64::new(1),
                 next_peer: AtomicU64::new(1),
             }),
@@ -127,6 +131,11 @@ impl Hub {
 
     pub(crate) fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
+    }
+
+    /// The workspace event bus.
+    pub(crate) fn events(&self) -> &Events {
+        &self.inner.events
     }
 
     pub(crate) fn persist(&self) -> &mpsc::Sender<PersistCommand> {

@@ -14,6 +14,7 @@
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
+//! - `events`: the workspace event bus and the `GET /api/events` stream.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
 //! - `persist`: the redb writer thread with group commit.
 //! - `shutdown`: the cancellation token, task tracker and signal future.
@@ -26,6 +27,7 @@ pub mod command;
 pub mod config;
 mod connection;
 mod doc_actor;
+mod events;
 mod http;
 mod hub;
 mod listener;
@@ -155,13 +157,32 @@ pub async fn run(
     }
 
     let lifecycle = shutdown::Lifecycle::default();
+    let (events, records) = events::Events::new();
     let hub = hub::Hub::new(
         store,
         persist.clone(),
         config.hub.clone(),
         lifecycle.clone(),
+        events.clone(),
     );
+    // Until the activity recorder exists, recorded events are only logged.
+    lifecycle.spawn(tracing::info_span!("events"), {
+        let mut records = records;
+        let cancel = lifecycle.cancel.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    event = records.recv() => match event {
+                        Some(event) => tracing::debug!(?event, "event"),
+                        None => break,
+                    },
+                }
+            }
+        }
+    });
     let state = http::AppState {
+        events,
         auth,
         hub: hub.clone(),
         connection: config.connection.clone(),
