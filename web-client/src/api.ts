@@ -1,6 +1,7 @@
 // The HTTP API the client uses besides the WebSocket (protocol-spec/http.md). Every call goes
 // through `apiFetch`, which adds the session's token when there is one (session.ts).
-import { apiFetch } from './session'
+import type { ActivityEntry, Actor } from './events'
+import { apiFetch, currentSession } from './session'
 
 /** A person present in a document, as `GET /api/docs` reports it. */
 export interface PresentUser {
@@ -69,4 +70,118 @@ export async function serverCovers (name: string, snapshot: Uint8Array): Promise
   if (!response.ok) throw new Error(`covers: ${response.status}`)
   const body = await response.json() as { covers: boolean }
   return body.covers
+}
+
+/** One stored file, or one version of it (`GET /api/files`, protocol-spec/files.md). */
+export interface FileSummary {
+  path: string
+  name: string
+  size: number
+  content_type: string
+  sha256: string
+  version: number
+  uploader: Actor
+  uploaded_ms: number
+  n_versions: number
+}
+
+/** One saved version of a document (`GET /api/docs/{name}/versions`, protocol-spec/history.md). */
+export interface VersionSummary {
+  id: number
+  kind: 'named' | 'auto' | 'restore'
+  name: string | null
+  author: Actor
+  created_ms: number
+  seq: number
+  size_bytes: number
+  authors?: Actor[]
+}
+
+/** The JSON error body every endpoint answers a refusal with. */
+export class ApiError extends Error {
+  constructor (readonly status: number, readonly code: string, message: string) {
+    super(message)
+  }
+}
+
+async function failure (response: Response, what: string): Promise<ApiError> {
+  try {
+    const body = await response.json() as { error?: string, message?: string }
+    return new ApiError(response.status, body.error ?? 'error', body.message ?? `${what}: ${response.status}`)
+  } catch {
+    return new ApiError(response.status, 'error', `${what}: ${response.status}`)
+  }
+}
+
+async function getJson<T> (path: string, what: string): Promise<T> {
+  const response = await apiFetch(path, { headers: { accept: 'application/json' } })
+  if (!response.ok) throw await failure(response, what)
+  return await response.json() as T
+}
+
+async function sendJson<T> (method: string, path: string, body: unknown, what: string): Promise<T | null> {
+  const response = await apiFetch(path, {
+    method,
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body)
+  })
+  if (!response.ok) throw await failure(response, what)
+  return response.status === 204 ? null : await response.json() as T
+}
+
+export async function listFiles (): Promise<FileSummary[]> {
+  return (await getJson<{ files: FileSummary[] }>('/api/files', 'GET /api/files')).files
+}
+
+/**
+ * Where a file downloads from (`version` for an earlier one). A link cannot carry a header, so
+ * with a session the token travels as the `token` parameter, which the server accepts like the
+ * WebSocket's (and never logs).
+ */
+export function fileHref (path: string, version?: number): string {
+  const query = new URLSearchParams()
+  if (version !== undefined) query.set('version', String(version))
+  const token = currentSession()?.token
+  if (token !== undefined) query.set('token', token)
+  const suffix = query.size > 0 ? `?${query.toString()}` : ''
+  return `/api/files/${encodeDocPath(path)}${suffix}`
+}
+
+export async function fileVersions (path: string): Promise<FileSummary[]> {
+  return (await getJson<{ versions: FileSummary[] }>(`/api/file-versions/${encodeDocPath(path)}`, 'file versions')).versions
+}
+
+export async function moveFile (from: string, to: string): Promise<void> {
+  await sendJson('POST', '/api/file-moves', { from, to }, 'rename')
+}
+
+export async function deleteFile (path: string): Promise<void> {
+  await sendJson('DELETE', `/api/files/${encodeDocPath(path)}`, undefined, 'delete')
+}
+
+export async function listVersions (doc: string): Promise<VersionSummary[]> {
+  return (await getJson<{ versions: VersionSummary[] }>(`/api/docs/${encodeDocPath(doc)}/versions`, 'versions')).versions
+}
+
+/** A version's root types as JSON (the editor's text is its `content`). */
+export async function versionContent (doc: string, id: number): Promise<Record<string, unknown>> {
+  return await getJson<Record<string, unknown>>(`/api/docs/${encodeDocPath(doc)}/versions/${id}`, 'version')
+}
+
+export async function saveVersion (doc: string, name: string): Promise<VersionSummary> {
+  const body = await sendJson<{ version: VersionSummary }>('POST', `/api/docs/${encodeDocPath(doc)}/versions`, { name }, 'save version')
+  return body!.version
+}
+
+export async function restoreVersion (doc: string, id: number): Promise<void> {
+  await sendJson('POST', `/api/docs/${encodeDocPath(doc)}/versions/${id}/restore`, {}, 'restore')
+}
+
+/** A page of the activity feed, newest first; `next` fetches the page after it. */
+export async function listActivity (filter: { doc?: string, user?: string, before?: string | number, limit?: number } = {}): Promise<{ entries: ActivityEntry[], next: string | number | null }> {
+  const query = new URLSearchParams()
+  for (const [key, value] of Object.entries(filter)) {
+    if (value !== undefined && value !== null) query.set(key, String(value))
+  }
+  return await getJson(`/api/activity?${query.toString()}`, 'activity')
 }

@@ -5,6 +5,8 @@ import * as Y from 'yjs'
 import { DocConnection } from './connection'
 import { h } from './dom'
 import { createEditor } from './editor'
+import { subscribeEvents } from './events'
+import { HistoryPanel } from './history'
 import { avatar, identityChip } from './identity'
 import { languageFor } from './languages'
 import { localUser, presentUsers, publishUser } from './presence'
@@ -66,6 +68,16 @@ export function mountDoc (root: HTMLElement, name: string): void {
     class: 'badge', id: 'read-only', hidden: !readOnly, title: 'Your account can read this document but not change it.'
   }, 'Read-only')
 
+  const historyToggle = h('button', { class: 'button small ghost', type: 'button', id: 'history-toggle', 'aria-expanded': 'false', 'aria-controls': 'history' }, 'History')
+  let history: HistoryPanel | null = null
+  const historyHost = h('div', { class: 'history-host', hidden: true })
+  const page = h('main', { class: 'doc-page' },
+    editorHost,
+    h('aside', { class: 'people', 'aria-label': 'People here' },
+      h('h2', {}, 'Here now ', count),
+      people,
+      historyHost))
+
   root.replaceChildren(
     h('header', { class: 'topbar' },
       brand(),
@@ -73,17 +85,14 @@ export function mountDoc (root: HTMLElement, name: string): void {
       h('span', { class: 'lang', id: 'language' }, language.label),
       readOnlyBadge,
       h('span', { class: 'spacer' }),
+      historyToggle,
       status.el,
       identityChip(user, (next) => {
         user = next
         publishUser(awareness, user)
       }),
       currentSession() !== null ? signOutButton() : null),
-    h('main', { class: 'doc-page' },
-      editorHost,
-      h('aside', { class: 'people', 'aria-label': 'People here' },
-        h('h2', {}, 'Here now ', count),
-        people))
+    page
   )
 
   const editor = createEditor(editorHost, doc.getText(TEXT_NAME), awareness, language.extension, readOnly)
@@ -108,10 +117,42 @@ export function mountDoc (root: HTMLElement, name: string): void {
   awareness.on('change', renderPeople)
   renderPeople()
 
+  // History: loaded when first opened, then kept current by the live events.
+  historyToggle.addEventListener('click', () => {
+    const open = historyHost.hidden
+    historyHost.hidden = !open
+    page.classList.toggle('with-history', open)
+    historyToggle.setAttribute('aria-expanded', String(open))
+    if (open && history === null) {
+      history = new HistoryPanel({ doc: name, textName: TEXT_NAME, readOnly, currentText: () => doc.getText(TEXT_NAME).toString() })
+      historyHost.append(history.el)
+      void history.refresh()
+      void history.feed.reload()
+    }
+  })
+  const stopEvents = subscribeEvents((event) => {
+    if (history === null) return
+    switch (event.type) {
+      case 'hello':
+      case 'resync':
+        void history.refresh()
+        void history.feed.reload()
+        break
+      case 'version_created':
+      case 'version_restored':
+        if (event.doc === name) void history.refresh()
+        break
+      case 'activity':
+        history.feed.upsert(event.entry)
+        break
+    }
+  })
+
   // Leaving the page: tell the others at once rather than after the awareness timeout.
   window.addEventListener('pagehide', () => {
     awareness.setLocalState(null)
     connection.destroy()
+    stopEvents()
   })
   // Back/forward cache: a page restored after 'pagehide' has no connection left; start afresh
   // (IndexedDB holds every edit made before it was hidden).
