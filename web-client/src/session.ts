@@ -94,11 +94,27 @@ export function onTokenChange (listener: (token: string) => void): () => void {
   return () => tokenListeners.delete(listener)
 }
 
+/**
+ * The name this browser goes by with authentication off (the identity dialog's, kept in
+ * localStorage by presence.ts), percent-encoded for the `X-Tandem-User` header: the server
+ * names the author of uploads, versions and restores with it (unverified, like presence).
+ */
+export function anonymousName (): string | null {
+  try {
+    const stored = JSON.parse(localStorage.getItem('tandem.user') ?? 'null') as { name?: unknown } | null
+    return typeof stored?.name === 'string' && stored.name.trim() !== '' ? encodeURIComponent(stored.name.trim()) : null
+  } catch {
+    return null
+  }
+}
+
 /** `fetch` with the session's token; a 401 ends the session. */
 export async function apiFetch (path: string, init: RequestInit = {}): Promise<Response> {
   const token = session?.token
   const headers = new Headers(init.headers)
   if (token !== undefined) headers.set('authorization', `Bearer ${token}`)
+  const name = token === undefined ? anonymousName() : null
+  if (name !== null) headers.set('x-tandem-user', name)
   const response = await fetch(path, { ...init, headers })
   // Only if the refused token is still the current one: a renewal may have replaced it meanwhile.
   if (response.status === 401 && token !== undefined && session?.token === token) signOut()

@@ -5,7 +5,7 @@
 // shows a progress bar; the finished file appears in everyone's tree through the live events.
 import * as tus from 'tus-js-client'
 import { bytes, h } from './dom'
-import { currentSession } from './session'
+import { anonymousName, currentSession } from './session'
 
 /** Files up to this size are hashed in the browser, so the server can check the bytes it got. */
 const HASH_LIMIT_BYTES = 64 * 1024 * 1024
@@ -45,6 +45,8 @@ export class UploadList {
           onBeforeRequest (request) {
             const token = currentSession()?.token
             if (token !== undefined) request.setHeader('Authorization', `Bearer ${token}`)
+            const name = token === undefined ? anonymousName() : null
+            if (name !== null) request.setHeader('X-Tandem-User', name)
           },
           // A refusal (403, 413, 507, 409) will not change on a retry.
           onShouldRetry (error, _attempt, options) {

@@ -26,13 +26,19 @@ use serde::Serialize;
 use tandem_core::Identity;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::{Claims, token_from};
+use percent_encoding::percent_decode_str;
+
+use crate::auth::{Claims, Grant, token_from};
 use crate::http::{ApiError, AppState};
 
 /// Events a slow `/api/events` stream may fall behind by before it is told to resync.
 const LIVE_CAPACITY: usize = 1024;
 /// How often a doc actor reports ongoing edits of one author (`Event::DocChanged`).
 pub(crate) const DOC_CHANGED_INTERVAL: Duration = Duration::from_secs(1);
+/// The header an unauthenticated client names itself with.
+const USER_HEADER: &str = "x-tandem-user";
+/// Longest name taken from it.
+const MAX_CLAIMED_NAME_CHARS: usize = 64;
 /// Comment lines that keep idle streams (and proxies in front of them) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -59,6 +65,28 @@ impl Actor {
                 name: fallback.into(),
             },
         }
+    }
+
+    /// Who made an HTTP request: the token's identity, or with authentication off the name the
+    /// client gives in `X-Tandem-User` (percent-encoded UTF-8, unverified like presence names;
+    /// the web client sends its identity dialog's name), else `anonymous`.
+    pub(crate) fn of_request(grant: &Grant, headers: &HeaderMap) -> Actor {
+        let claimed = headers
+            .get(USER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| percent_decode_str(value).decode_utf8().ok())
+            .map(|name| {
+                name.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_CLAIMED_NAME_CHARS)
+                    .collect::<String>()
+            })
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty());
+        Actor::from_identity(
+            grant.identity.as_ref(),
+            claimed.unwrap_or_else(|| "anonymous".to_owned()),
+        )
     }
 
     /// The id activity filters match: the `sub`, or the name when authentication is off.
