@@ -855,3 +855,132 @@ impl Peer {
         let _ = self.ws.close(None).await;
     }
 }
+
+/// A reader of `GET /api/events` (server-sent events) on its own connection: each `data:` line
+/// parsed as JSON, in order.
+pub struct EventStream {
+    stream: TcpStream,
+    /// Raw bytes not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked body bytes not yet split into lines.
+    body: Vec<u8>,
+}
+
+impl EventStream {
+    /// Opens the stream with `headers` (e.g. an Authorization header); returns the status and,
+    /// if it is 200, the stream (after its `hello`).
+    pub async fn open(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<EventStream, u16> {
+        EventStream::open_at(addr, "/api/events", headers).await
+    }
+
+    /// [`EventStream::open`] on `path` (to pass the token as a query parameter).
+    pub async fn open_at(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<EventStream, u16> {
+        use std::fmt::Write;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            let _ = write!(request, "{name}: {value}\r\n");
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        let head_end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("response head in time")
+                .expect("read");
+            assert!(n > 0, "connection closed before the response head");
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        if status != 200 {
+            return Err(status);
+        }
+        assert!(
+            head.to_ascii_lowercase().contains("text/event-stream"),
+            "not an event stream: {head}"
+        );
+        raw.drain(..head_end + 4);
+        let mut events = EventStream {
+            stream,
+            raw,
+            body: Vec::new(),
+        };
+        let hello = events.next().await.expect("hello");
+        assert_eq!(hello["type"], "hello");
+        Ok(events)
+    }
+
+    /// The next event, or `None` when the stream ends. Fails the test after [`WAIT`].
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            // Complete lines of the body: `data: <json>` is an event, others are ignored.
+            while let Some(end) = self.body.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.body.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    return Some(serde_json::from_str(data.trim_start()).expect("event JSON"));
+                }
+            }
+            // De-chunk what arrived: `<hex size>\r\n<bytes>\r\n`, until a size-0 chunk.
+            if let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&self.raw[..line_end])
+                        .expect("ascii")
+                        .trim(),
+                    16,
+                )
+                .expect("hex chunk size");
+                if size == 0 {
+                    return None;
+                }
+                if self.raw.len() >= line_end + 2 + size + 2 {
+                    self.body
+                        .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+                    self.raw.drain(..line_end + 2 + size + 2);
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("an event in time")
+                .expect("read");
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Skips events until one satisfies `predicate`, and returns it.
+    pub async fn next_matching(
+        &mut self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        loop {
+            let event = self.next().await.expect("stream ended");
+            if predicate(&event) {
+                return event;
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ import { signOutButton } from './signin'
 import { UploadList } from './uploads'
 
 /** Events arriving together cause one reload of the listing. */
-const RELOAD_DEBOUNCE_MS = 100
+const RELOAD_DEBOUNCE_MS = 250
 /** The "edited … ago" texts are refreshed this often (from memory, not from the server). */
 const AGE_MS = 30000
 

@@ -312,3 +312,91 @@ fn event_stream(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::auth::Role;
+
+    fn open_grant() -> Grant {
+        Grant {
+            role: Role::Admin,
+            identity: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn an_unauthenticated_request_is_named_by_its_header_cleaned() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Actor::of_request(&open_grant(), &headers).name, "anonymous");
+        headers.insert(USER_HEADER, HeaderValue::from_static("Z%C3%BCrich%0Ateam"));
+        let actor = Actor::of_request(&open_grant(), &headers);
+        assert_eq!((actor.sub, actor.name.as_str()), (None, "Zürichteam"));
+        headers.insert(USER_HEADER, HeaderValue::from_static("%20%20"));
+        assert_eq!(Actor::of_request(&open_grant(), &headers).name, "anonymous");
+        let long = "x".repeat(500);
+        headers.insert(USER_HEADER, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(
+            Actor::of_request(&open_grant(), &headers).name.len(),
+            MAX_CLAIMED_NAME_CHARS
+        );
+    }
+
+    #[test]
+    fn a_verified_identity_wins_over_the_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_HEADER, HeaderValue::from_static("Mallory"));
+        let grant = Grant {
+            identity: Some(Identity {
+                sub: "ann".into(),
+                name: "Ann".into(),
+            }),
+            ..open_grant()
+        };
+        let actor = Actor::of_request(&grant, &headers);
+        assert_eq!(
+            (actor.sub.as_deref(), actor.name.as_str()),
+            (Some("ann"), "Ann")
+        );
+        assert_eq!(actor.id(), "ann");
+    }
+
+    #[test]
+    fn a_rename_is_visible_only_to_who_may_read_both_paths() {
+        let actor = Actor {
+            sub: None,
+            name: "a".into(),
+        };
+        let event = Event::FileRenamed {
+            from: "team/a.bin".into(),
+            to: "private/a.bin".into(),
+            actor,
+            at_ms: 1,
+        };
+        let claims = |docs: &[(&str, Role)]| Claims {
+            sub: "x".into(),
+            name: None,
+            docs: docs
+                .iter()
+                .map(|(p, r)| ((*p).to_owned(), *r))
+                .collect::<BTreeMap<_, _>>(),
+            admin: false,
+            exp: u64::MAX,
+            nbf: None,
+            iat: None,
+            iss: None,
+            session: None,
+        };
+        assert!(event.visible_to(None));
+        assert!(!event.visible_to(Some(&claims(&[("team/*", Role::Read)]))));
+        assert!(event.visible_to(Some(&claims(&[
+            ("team/*", Role::Read),
+            ("private/*", Role::Write)
+        ]))));
+    }
+}
