@@ -471,6 +471,13 @@ async fn a_file_and_a_doc_cannot_share_a_path() {
         )
         .await;
     assert_eq!(moved.status, 409);
+    // Nor can a doc be created over HTTP at a file's path.
+    let update = peer.insert_local(0, "x");
+    let refused = server
+        .request("POST", "/api/docs/team/file.txt/update", &[], &update)
+        .await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(refused.json()["error"], "path_taken");
     peer.close().await;
 }
 
@@ -648,6 +655,22 @@ async fn a_tus_upload_with_a_wrong_hash_or_terminated_leaves_nothing() {
     assert!(listed_paths(&server).await.is_empty());
     assert!(files_under(&server, "uploads").is_empty());
     assert!(files_under(&server, "blobs").is_empty());
+
+    // An empty upload is complete as soon as it is created.
+    let metadata = format!("path {}", b64("team/empty.txt"));
+    let empty = server
+        .request(
+            "POST",
+            "/api/uploads",
+            &tus(&[("Upload-Length", "0"), ("Upload-Metadata", &metadata)]),
+            b"",
+        )
+        .await;
+    assert_eq!(empty.status, 201, "{}", empty.text());
+    assert_eq!(empty.header("tandem-file-version"), Some("1"));
+    let downloaded = get(&server, "/api/files/team/empty.txt", &[]).await;
+    assert_eq!((downloaded.status, downloaded.body.len()), (200, 0));
+    assert_eq!(downloaded.header("content-type"), Some("text/plain"));
 
     let location = create_upload(&server, "team/t.bin", data.len(), None).await;
     assert_eq!(

@@ -706,6 +706,27 @@ mod tests {
     }
 
     #[test]
+    fn file_limits_come_from_flags_over_the_file_over_defaults() {
+        let file: ServeArgs =
+            toml::from_str("workspace_quota_bytes = 0\nupload_expiry = \"2h\"").unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-file-bytes", "1000"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        let files = resolve(args, file).files;
+        assert_eq!(files.max_file_bytes, 1000);
+        assert_eq!(files.workspace_quota_bytes, 0);
+        assert_eq!(files.upload_expiry, Duration::from_secs(2 * 60 * 60));
+        assert_eq!(files.cleanup_interval, Duration::from_secs(5 * 60));
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).files;
+        assert_eq!(defaults.max_file_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(defaults.workspace_quota_bytes, 20 * 1024 * 1024 * 1024);
+    }
+
+    #[test]
     fn login_settings_come_from_flags_over_the_file_over_defaults() {
         let file: ServeArgs =
             toml::from_str("login_token_ttl = \"10m\"\nlogin_max_failures_per_account = 3")

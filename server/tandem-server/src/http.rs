@@ -286,6 +286,12 @@ async fn post_doc(
     if is_update && !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
+    if is_update && state.files.is_file(doc.as_str()) {
+        return Err(FileApiError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge {

@@ -259,9 +259,12 @@ async fn create_upload(
         expires_ms: created_ms.saturating_add(expiry_ms),
     };
     let expires_ms = record.expires_ms;
-    let stored = files
-        .blocking(move |inner| Ok(inner.store.put_upload(&record)?))
-        .await;
+    let stored = {
+        let record = record.clone();
+        files
+            .blocking(move |inner| Ok(inner.store.put_upload(&record)?))
+            .await
+    };
     if let Err(error) = stored {
         let _ = tokio::fs::remove_file(&file_path).await;
         return Err(error);
@@ -274,6 +277,13 @@ async fn create_upload(
         HeaderValue::from_str(&format!("/api/uploads/{id}")).expect("hex is a valid header"),
     );
     response_headers.insert(UPLOAD_EXPIRES, expires_header(expires_ms));
+    if length == 0 {
+        // Nothing to PATCH: tus clients consider an empty upload done once it is created.
+        let version = complete(state, &record).await?;
+        response
+            .headers_mut()
+            .insert(FILE_VERSION_HEADER, HeaderValue::from(version));
+    }
     Ok(response)
 }
 
