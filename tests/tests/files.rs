@@ -686,7 +686,7 @@ async fn a_tus_upload_with_a_wrong_hash_or_terminated_leaves_nothing() {
 #[tokio::test]
 async fn an_expired_upload_and_its_bytes_are_cleaned_up() {
     let server = TestServer::start_with(|config: &mut Config| {
-        config.files.upload_expiry = Duration::from_millis(300);
+        config.files.upload_expiry = Duration::from_secs(2);
         config.files.cleanup_interval = Duration::from_millis(50);
     })
     .await;

@@ -712,6 +712,7 @@ impl TempGuard {
 }
 
 impl Drop for TempGuard {
+    // One unlink on the runtime thread: cheaper than handing it to the blocking pool.
     fn drop(&mut self) {
         if let Some(path) = self.path.take()
             && let Err(error) = std::fs::remove_file(&path)

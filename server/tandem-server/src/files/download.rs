@@ -247,10 +247,18 @@ pub(crate) async fn get_file(
         return Ok((status, common).into_response());
     }
     let blob = state.files.inner.disk.blob_path(&version.sha256);
-    let mut file = tokio::fs::File::open(&blob).await.map_err(|error| {
-        tracing::error!(%error, path = %path, sha256 = version.sha256, "blob missing");
-        ApiError::Internal
-    })?;
+    let mut file = match tokio::fs::File::open(&blob).await {
+        Ok(file) => file,
+        // Deleted between reading the entry and opening the blob. Once open, a delete no
+        // longer affects this download.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FileApiError::NotFound.into());
+        }
+        Err(error) => {
+            tracing::error!(%error, path = %path, sha256 = version.sha256, "opening blob failed");
+            return Err(ApiError::Internal);
+        }
+    };
     let on_disk = file.metadata().await.map(|meta| meta.len()).ok();
     if on_disk != Some(len) {
         tracing::error!(path = %path, sha256 = version.sha256, ?on_disk, len, "blob has the wrong length");
