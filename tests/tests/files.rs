@@ -1036,3 +1036,55 @@ async fn leftovers_of_a_crash_are_removed_when_the_server_starts() {
     assert_eq!(files_under(&server, "blobs"), vec![sha256_hex(b"kept")]);
     assert_eq!(get(&server, "/api/files/kept.txt", &[]).await.body, b"kept");
 }
+
+#[tokio::test]
+async fn a_new_patch_takes_over_from_a_stalled_one_and_keeps_its_bytes() {
+    let server = TestServer::start().await;
+    let data = random_bytes(2 * MIB, 9);
+    let sha = sha256_hex(&data);
+    let location = create_upload(&server, "team/stalled.bin", data.len(), Some(&sha)).await;
+    // A PATCH whose connection stays open but stops sending, as when a network drops without
+    // a reset: the server cannot tell it is dead.
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        data.len()
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&data[..300 * 1024]).await.unwrap();
+    stalled.flush().await.unwrap();
+    // Its bytes reach the file in blocks while it runs (the writer's buffer is smaller).
+    wait_until("the stalled PATCH is being written", async || {
+        upload_offset(&server, &location)
+            .await
+            .1
+            .is_some_and(|offset| offset > 0)
+    })
+    .await;
+
+    // The client resumes with what it believes the offset is; the stalled PATCH is stopped and
+    // syncs what it got, so the guess is stale: 409, and HEAD tells the truth.
+    let guess = patch(&server, &location, 0, &data).await;
+    assert_eq!(guess.status, 409, "{}", guess.text());
+    let (status, offset) = upload_offset(&server, &location).await;
+    assert_eq!(status, 200);
+    let offset = offset.unwrap() as usize;
+    assert!(offset <= 300 * 1024, "offset {offset}");
+    let rest = patch(&server, &location, offset, &data[offset..]).await;
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    assert_eq!(rest.header("tandem-file-version"), Some("1"));
+    let download = get(&server, "/api/files/team/stalled.bin", &[]).await;
+    assert_eq!(sha256_hex(&download.body), sha);
+    // The stalled connection was answered and closed.
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stalled.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .ok();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 423"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
