@@ -437,6 +437,11 @@ async fn a_rename_moves_every_version_and_refuses_a_taken_target() {
         )
         .await;
     assert_eq!(bad.status, 400);
+    let huge = server
+        .request("POST", "/api/file-moves", &[], &vec![b' '; 64 * 1024])
+        .await;
+    assert_eq!(huge.status, 413);
+    assert_eq!(huge.json()["error"], "body_too_large");
     assert_eq!(listed_paths(&server).await, ["archive/c.txt", "team/b.txt"]);
 }
 

@@ -931,8 +931,17 @@ async fn move_file(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                max: MAX_MOVE_BODY_BYTES as u64,
+            }
+        } else {
+            ApiError::BadBody
+        }
+    })?;
     let request: MoveRequest = serde_json::from_slice(&body).map_err(|_| ApiError::BadBody)?;
     let from = DocId::new(&request.from).map_err(ApiError::BadDocName)?;
     let to = DocId::new(&request.to).map_err(ApiError::BadDocName)?;
