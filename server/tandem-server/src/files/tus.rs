@@ -565,3 +565,20 @@ pub(super) async fn terminate(
         .await,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_pairs_decode_and_bad_values_are_refused() {
+        let parsed =
+            parse_metadata("path dGVhbS9hIGIuYmlu, filetype aW1hZ2UvcG5n,is_confidential").unwrap();
+        assert_eq!(parsed["path"], "team/a b.bin");
+        assert_eq!(parsed["filetype"], "image/png");
+        assert_eq!(parsed["is_confidential"], "");
+        assert!(parse_metadata("").unwrap().is_empty());
+        assert!(parse_metadata("path !!!").is_err());
+        assert!(parse_metadata("path /w==").is_err(), "not UTF-8");
+    }
+}
