@@ -21,6 +21,7 @@ use tandem_core::limits::{
 use crate::account::AccountConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
+use crate::files::FilesConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
@@ -221,6 +222,20 @@ pub struct ServeArgs {
     /// would pass it is refused and its sender closed with 1009 [default: 268435456].
     #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
     pub max_doc_bytes: Option<u64>,
+    /// Largest uploaded file in bytes [default: 2147483648].
+    #[arg(long, env = "TANDEM_MAX_FILE_BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Bytes of files (all versions) each workspace may store; 0 is unlimited
+    /// [default: 21474836480].
+    #[arg(long, env = "TANDEM_WORKSPACE_QUOTA_BYTES")]
+    pub workspace_quota_bytes: Option<u64>,
+    /// An unfinished resumable upload is deleted, with its bytes, this long after it was created
+    /// [default: 24h].
+    #[arg(long, env = "TANDEM_UPLOAD_EXPIRY")]
+    pub upload_expiry: Option<HumanDuration>,
+    /// How often expired uploads and orphaned file bytes are removed [default: 5m].
+    #[arg(long, env = "TANDEM_FILE_CLEANUP_INTERVAL")]
+    pub file_cleanup_interval: Option<HumanDuration>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -333,6 +348,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Password sign-in: token lifetime and the limits on failed attempts.
     pub accounts: AccountConfig,
+    /// File uploads: size limit, quota, upload expiry, cleanup.
+    pub files: FilesConfig,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -535,6 +552,27 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     .max(1),
             }
         },
+        files: {
+            let defaults = FilesConfig::default();
+            FilesConfig {
+                max_file_bytes: args
+                    .max_file_bytes
+                    .or(file.max_file_bytes)
+                    .unwrap_or(defaults.max_file_bytes),
+                workspace_quota_bytes: args
+                    .workspace_quota_bytes
+                    .or(file.workspace_quota_bytes)
+                    .unwrap_or(defaults.workspace_quota_bytes),
+                upload_expiry: args
+                    .upload_expiry
+                    .or(file.upload_expiry)
+                    .map_or(defaults.upload_expiry, |expiry| expiry.0),
+                cleanup_interval: args
+                    .file_cleanup_interval
+                    .or(file.file_cleanup_interval)
+                    .map_or(defaults.cleanup_interval, |interval| interval.0),
+            }
+        },
     }
 }
 
@@ -665,6 +703,27 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<ServeArgs>("prot = 1").is_err());
+    }
+
+    #[test]
+    fn file_limits_come_from_flags_over_the_file_over_defaults() {
+        let file: ServeArgs =
+            toml::from_str("workspace_quota_bytes = 0\nupload_expiry = \"2h\"").unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-file-bytes", "1000"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        let files = resolve(args, file).files;
+        assert_eq!(files.max_file_bytes, 1000);
+        assert_eq!(files.workspace_quota_bytes, 0);
+        assert_eq!(files.upload_expiry, Duration::from_secs(2 * 60 * 60));
+        assert_eq!(files.cleanup_interval, Duration::from_secs(5 * 60));
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).files;
+        assert_eq!(defaults.max_file_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(defaults.workspace_quota_bytes, 20 * 1024 * 1024 * 1024);
     }
 
     #[test]

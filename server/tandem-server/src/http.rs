@@ -32,6 +32,7 @@ use crate::account::{self, AccountError, Accounts};
 use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
+use crate::files::{self, FileApiError, Files};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
 use crate::ws_upgrade::Upgrade;
@@ -65,6 +66,8 @@ pub(crate) struct AppState {
     pub(crate) connection: ConnectionConfig,
     /// Sign-in, refresh and the account API (`account.rs`).
     pub(crate) accounts: Accounts,
+    /// Uploaded files (`files.rs`).
+    pub(crate) files: Files,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -93,14 +96,24 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
                 .delete(account::delete_user)
                 .layer(account_body_limit()),
         )
+        .merge(files::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
+        .with_state(state.clone());
+    // Uploads and downloads stream for as long as they take: outside the request timeout and
+    // the body limit (they enforce their own size limits and a per-chunk idle timeout).
+    let streaming = files::streaming_routes()
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_api_errors))
         .with_state(state);
-    api.fallback_service(web_client::router(web))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            HTTP_REQUEST_TIMEOUT,
-        ))
+    let timed =
+        api.fallback_service(web_client::router(web))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                HTTP_REQUEST_TIMEOUT,
+            ));
+    streaming
+        .merge(timed)
         // The span names the path only: a query may carry a token (`?token=`), which is never
         // logged.
         .layer(
@@ -273,6 +286,12 @@ async fn post_doc(
     if is_update && !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
+    if is_update && state.files.is_file(doc.as_str()) {
+        return Err(FileApiError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge {
@@ -320,6 +339,13 @@ async fn upgrade(
     let uri = request.uri().clone();
     let doc = doc_id_from(&uri, "/ws/")?;
     let grant = grant(&state, request.headers(), &uri, &doc)?;
+    // A file's path cannot also be a doc (the workspace tree would be ambiguous).
+    if state.files.is_file(doc.as_str()) {
+        return Err(FileApiError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
     let on_upgrade = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>();
@@ -395,6 +421,8 @@ pub(crate) enum ApiError {
     DocTooLarge { max: u64 },
     #[error("{0}")]
     Account(AccountError),
+    #[error("{0}")]
+    File(FileApiError),
 }
 
 impl From<JoinError> for ApiError {
@@ -425,6 +453,7 @@ impl ApiError {
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ApiError::Account(error) => error.status_and_code(),
+            ApiError::File(error) => error.status_and_code(),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
 //! - `events`: the workspace event bus and the `GET /api/events` stream.
+//! - `files`: uploads (PUT and tus), downloads with ranges, versions, blobs, cleanup.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
 //! - `persist`: the redb writer thread with group commit.
 //! - `shutdown`: the cancellation token, task tracker and signal future.
@@ -28,6 +29,7 @@ pub mod config;
 mod connection;
 mod doc_actor;
 mod events;
+mod files;
 mod http;
 mod hub;
 mod listener;
@@ -47,6 +49,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 pub use connection::ConnectionConfig;
+pub use files::FilesConfig;
 pub use hub::HubConfig;
 pub use listener::ListenerConfig;
 pub use persist::PersistConfig;
@@ -181,7 +184,19 @@ pub async fn run(
             }
         }
     });
+    let files = files::Files::open(hub.store().clone(), config.files.clone(), &config.data_dir)
+        .map_err(|source| ServerError::Io {
+            context: "opening file storage",
+            source,
+        })?;
+    // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
+    files.cleanup_at_start().await;
+    lifecycle.spawn(
+        tracing::info_span!("file-cleanup"),
+        files.clone().run_cleanup(lifecycle.cancel.clone()),
+    );
     let state = http::AppState {
+        files,
         events,
         auth,
         hub: hub.clone(),

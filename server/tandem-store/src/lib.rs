@@ -13,9 +13,11 @@
 //! - `schema`: tables, key layout, `FORMAT_VERSION` and its check.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
+//! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
 
 mod accounts;
 pub mod error;
+mod files;
 pub mod schema;
 
 use std::ops::Deref;
@@ -26,6 +28,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
 pub use error::StoreError;
+pub use files::{
+    BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
+};
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
 

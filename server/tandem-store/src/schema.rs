@@ -35,6 +35,22 @@ pub(crate) const DOCS: TableDefinition<'static, &str, DocRow> = TableDefinition:
 /// format version did not change.
 pub(crate) const USERS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("users");
 
+// Files (`files.rs`). Added after format version 1 shipped, like `users`: a file without these
+// tables reads as having no files and uploads, and the first write creates them.
+
+/// Uploaded files: `path -> encoded FileEntry` (every version; see `files.rs`).
+pub(crate) const FILES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("files");
+
+/// Content-addressed blobs: `sha256 hex -> (size, refcount)`.
+pub(crate) const BLOBS: TableDefinition<'static, &str, (u64, u64)> = TableDefinition::new("blobs");
+
+/// Uploads in progress (tus): `upload id -> encoded UploadRecord`.
+pub(crate) const UPLOADS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("uploads");
+
+/// Bytes stored per workspace: `workspace -> sum of the sizes of all versions of its files`.
+pub(crate) const FILE_USAGE: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("file_usage");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`, fixed width.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -63,6 +79,10 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<(), StoreError
                 txn.open_table(SNAPSHOTS)?;
                 txn.open_table(DOCS)?;
                 txn.open_table(USERS)?;
+                txn.open_table(FILES)?;
+                txn.open_table(BLOBS)?;
+                txn.open_table(UPLOADS)?;
+                txn.open_table(FILE_USAGE)?;
             }
             txn.commit()?;
             Ok(())

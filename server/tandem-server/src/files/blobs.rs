@@ -1,0 +1,218 @@
+//! The bytes of files on disk: content-addressed blobs and uploads in progress.
+//!
+//! Layout under the data directory (`protocol-spec/files.md`):
+//! - `blobs/<first 2 hex>/<sha256 hex>`: one file per distinct content, written once, never
+//!   changed. It appears only by `rename` of a complete, fsynced upload file, so a blob file is
+//!   always whole.
+//! - `uploads/<upload id>`: the bytes of an upload in progress (a PUT body being received, or a
+//!   tus upload). Never listed, never served.
+//!
+//! Everything here is blocking filesystem work except [`UploadFile`]; callers run it on the
+//! blocking pool. Names read back from the directories are checked (hex of the right length)
+//! before they are used, so nothing outside these two directories is ever touched.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+/// Bytes buffered before a write to an upload file (fewer, larger writes on the blocking pool).
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes read at a time when a finished tus upload is hashed.
+const HASH_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The two directories.
+#[derive(Debug, Clone)]
+pub(crate) struct Disk {
+    blobs: PathBuf,
+    uploads: PathBuf,
+}
+
+impl Disk {
+    /// Creates `blobs/` and `uploads/` under `data_dir` if needed.
+    pub(crate) fn open(data_dir: &Path) -> io::Result<Disk> {
+        let disk = Disk {
+            blobs: data_dir.join("blobs"),
+            uploads: data_dir.join("uploads"),
+        };
+        fs::create_dir_all(&disk.blobs)?;
+        fs::create_dir_all(&disk.uploads)?;
+        Ok(disk)
+    }
+
+    /// Where blob `sha256` (checked hex) lives.
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.blobs.join(&sha256[..2]).join(sha256)
+    }
+
+    /// Where upload `id` (checked hex) keeps its bytes.
+    pub(crate) fn upload_path(&self, id: &str) -> PathBuf {
+        self.uploads.join(id)
+    }
+
+    /// Makes the complete, fsynced file `temp` blob `sha256`: renamed into place, or removed if
+    /// the blob exists already (same bytes). The directory entry is fsynced, so the blob
+    /// survives a crash once this returns. The caller holds the blob lock.
+    pub(crate) fn store_blob(&self, temp: &Path, sha256: &str) -> io::Result<()> {
+        let target = self.blob_path(sha256);
+        if target.exists() {
+            fs::remove_file(temp)?;
+            return Ok(());
+        }
+        let dir = target.parent().expect("a blob path has a parent");
+        let new_dir = !dir.exists();
+        fs::create_dir_all(dir)?;
+        fs::rename(temp, &target)?;
+        sync_dir(dir)?;
+        if new_dir {
+            sync_dir(&self.blobs)?;
+        }
+        Ok(())
+    }
+
+    /// Removes blob `sha256`'s file; a missing file is not an error. The caller holds the blob
+    /// lock and has seen the blob's refcount row gone.
+    pub(crate) fn remove_blob(&self, sha256: &str) -> io::Result<()> {
+        match fs::remove_file(self.blob_path(sha256)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes upload `id`'s bytes; a missing file is not an error.
+    pub(crate) fn remove_upload(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.upload_path(id)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob file: its hash and when it was last modified.
+    pub(crate) fn blob_files(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.blobs)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if is_sha256_hex(&name) {
+                    out.push((name, file.metadata()?.modified()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every upload file: its id and when it was last modified.
+    pub(crate) fn upload_files(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut out = Vec::new();
+        for file in fs::read_dir(&self.uploads)? {
+            let file = file?;
+            let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if is_upload_id(&name) {
+                out.push((name, file.metadata()?.modified()?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An upload file being written: buffered appends, then flush and fsync.
+pub(crate) struct UploadFile {
+    writer: BufWriter<tokio::fs::File>,
+}
+
+impl UploadFile {
+    /// Creates `path` (fails if it exists).
+    pub(crate) async fn create(path: &Path) -> io::Result<UploadFile> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .await?;
+        Ok(UploadFile::wrap(file))
+    }
+
+    /// Opens `path` to append to it.
+    pub(crate) async fn append(path: &Path) -> io::Result<UploadFile> {
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(UploadFile::wrap(file))
+    }
+
+    fn wrap(file: tokio::fs::File) -> UploadFile {
+        UploadFile {
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+        }
+    }
+
+    /// Appends `bytes`.
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes).await
+    }
+
+    /// Writes out the buffer and fsyncs the file: what was written is on disk.
+    pub(crate) async fn sync(&mut self) -> io::Result<()> {
+        self.writer.flush().await?;
+        self.writer.get_mut().sync_all().await
+    }
+}
+
+/// SHA-256 (hex) and length of the file at `path`, read in chunks.
+pub(crate) fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        len += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), len))
+}
+
+/// A fresh upload id: 128 random bits as 32 lower-case hex digits.
+pub(crate) fn new_upload_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Whether `text` is an upload id as [`new_upload_id`] makes them.
+pub(crate) fn is_upload_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `text` is a SHA-256 in lower-case hex.
+pub(crate) fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// fsync of a directory, so a rename or creation in it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}

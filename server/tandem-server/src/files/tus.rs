@@ -1,0 +1,584 @@
+//! Resumable uploads: tus 1.0.0 with the creation, termination and expiration extensions, so
+//! an unmodified tus client (tus-js-client in the web client) can upload large files and resume
+//! after a cut connection.
+//!
+//! `POST /api/uploads` records the upload (path, declared length and hash, uploader, expiry) in
+//! redb and creates its empty file; each `PATCH` appends to the file. The offset is the file's
+//! length, so there is nothing else to keep in step: whatever a PATCH received before it was cut
+//! off is flushed and fsynced before it answers (or gives up), and `HEAD` reports it. The PATCH
+//! that reaches the declared length completes the upload like a PUT (`Files::commit`).
+//!
+//! One PATCH writes an upload at a time. A client that resumes may reach us before we noticed
+//! that its previous connection died, so a new PATCH cancels the one in progress, waits for it
+//! to sync what it got, and then checks the offset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use tandem_core::DocId;
+use tandem_store::{FileVersion, UploadRecord};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use super::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
+use super::{
+    FileApiError, Files, ReceiveError, check_not_doc, content_length, content_type_for,
+    last_segment, parse_sha256, publish_uploaded, receive, write_grant,
+};
+use crate::auth::Grant;
+use crate::events::now_ms;
+use crate::http::{ApiError, AppState};
+
+/// The one protocol version spoken.
+const TUS_VERSION: &str = "1.0.0";
+/// The extensions announced by `OPTIONS`.
+const TUS_EXTENSIONS: &str = "creation,termination,expiration";
+/// The media type of PATCH bodies.
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// How long a PATCH waits for the one it replaces to stop and sync.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
+const TUS_VERSION_HEADER: HeaderName = HeaderName::from_static("tus-version");
+const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
+const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
+/// The version number a completing PATCH stored (ours, not tus's).
+const FILE_VERSION_HEADER: HeaderName = HeaderName::from_static("tandem-file-version");
+
+/// The PATCH currently writing one upload.
+pub(crate) struct UploadSlot {
+    /// Held by the PATCH writing the upload.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancels the holder of `lock`, so a newer PATCH (the client resuming) takes over.
+    current: Mutex<CancellationToken>,
+}
+
+/// Whether a PATCH is writing upload `id` (the cleanup leaves it alone).
+pub(super) fn is_busy(files: &Files, id: &str) -> bool {
+    let slots = files
+        .inner
+        .slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    slots
+        .get(id)
+        .is_some_and(|slot| slot.lock.try_lock().is_err())
+}
+
+/// Drops the slot of a finished, terminated or expired upload.
+pub(super) fn forget_slot(files: &Files, id: &str) {
+    files
+        .inner
+        .slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(id);
+}
+
+/// Becomes the one writer of upload `id`: cancels the current one and waits for it to finish.
+/// The returned token is cancelled by the next taker or by shutdown (`parent`).
+async fn take_slot(
+    files: &Files,
+    id: &str,
+    parent: &CancellationToken,
+) -> Result<(OwnedMutexGuard<()>, CancellationToken), ApiError> {
+    let slot = {
+        let mut slots = files
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(UploadSlot {
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                    current: Mutex::new(CancellationToken::new()),
+                })
+            })
+            .clone()
+    };
+    slot.current
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .cancel();
+    let guard = tokio::time::timeout(TAKEOVER_TIMEOUT, slot.lock.clone().lock_owned())
+        .await
+        .map_err(|_| FileApiError::UploadBusy)?;
+    let token = parent.child_token();
+    *slot
+        .current
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = token.clone();
+    Ok((guard, token))
+}
+
+/// Adds `Tus-Resumable` to every answer, and `Tus-Version` to a 412.
+fn tus_response(res: Result<Response, ApiError>) -> Response {
+    let mut response = res.unwrap_or_else(IntoResponse::into_response);
+    let headers = response.headers_mut();
+    headers.insert(TUS_RESUMABLE, HeaderValue::from_static(TUS_VERSION));
+    if response.status() == StatusCode::PRECONDITION_FAILED {
+        response
+            .headers_mut()
+            .insert(TUS_VERSION_HEADER, HeaderValue::from_static(TUS_VERSION));
+    }
+    response
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(TUS_RESUMABLE) {
+        Some(value) if value == TUS_VERSION => Ok(()),
+        _ => Err(FileApiError::TusVersion.into()),
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+}
+
+fn expires_header(expires_ms: u64) -> HeaderValue {
+    let at = UNIX_EPOCH + Duration::from_millis(expires_ms);
+    HeaderValue::from_str(&httpdate::fmt_http_date(at)).expect("an HTTP date is a valid header")
+}
+
+fn bad(message: &str) -> ApiError {
+    FileApiError::BadRequest(message.to_owned()).into()
+}
+
+/// `Upload-Metadata`: comma-separated `key base64(value)` pairs (the value may be absent).
+fn parse_metadata(value: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+    {
+        let (key, encoded) = match pair.split_once(' ') {
+            Some((key, encoded)) => (key, encoded.trim()),
+            None => (pair, ""),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| bad("Upload-Metadata values must be base64"))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| bad("Upload-Metadata values must be UTF-8"))?;
+        out.insert(key.to_owned(), text);
+    }
+    Ok(out)
+}
+
+/// `OPTIONS /api/uploads[/{id}]`: what this server supports.
+pub(super) async fn options(State(state): State<AppState>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(TUS_VERSION_HEADER, HeaderValue::from_static(TUS_VERSION));
+    headers.insert(
+        HeaderName::from_static("tus-extension"),
+        HeaderValue::from_static(TUS_EXTENSIONS),
+    );
+    headers.insert(
+        HeaderName::from_static("tus-max-size"),
+        HeaderValue::from(state.files.config().max_file_bytes),
+    );
+    tus_response(Ok(response))
+}
+
+/// `POST /api/uploads`: creates an upload of `Upload-Length` bytes for the `path` in
+/// `Upload-Metadata`.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    tus_response(create_upload(&state, &uri, &headers).await)
+}
+
+async fn create_upload(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    check_version(headers)?;
+    if headers.contains_key("upload-defer-length") {
+        return Err(bad("Upload-Defer-Length is not supported"));
+    }
+    let length =
+        header_u64(headers, &UPLOAD_LENGTH).ok_or_else(|| bad("Upload-Length is required"))?;
+    let metadata = parse_metadata(
+        headers
+            .get("upload-metadata")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default(),
+    )?;
+    let raw_path = metadata
+        .get("path")
+        .ok_or_else(|| bad("Upload-Metadata needs a path"))?;
+    let path = DocId::new(raw_path).map_err(ApiError::BadDocName)?;
+    let grant = write_grant(state, headers, uri, &path)?;
+    check_not_doc(state, &path).await?;
+    let files = &state.files;
+    files.check_limits(path.as_str(), Some(length)).await?;
+    let sha256 = metadata
+        .get("sha256")
+        .map(|text| parse_sha256(text))
+        .transpose()?;
+    let name = metadata
+        .get("filename")
+        .filter(|name| !name.trim().is_empty())
+        .cloned()
+        .unwrap_or_else(|| last_segment(path.as_str()).to_owned());
+    let content_type = content_type_for(metadata.get("filetype").map(String::as_str), &name);
+    let id = new_upload_id();
+    let file_path = files.inner.disk.upload_path(&id);
+    UploadFile::create(&file_path).await.map_err(|error| {
+        tracing::error!(%error, "creating upload file failed");
+        ApiError::Internal
+    })?;
+    let created_ms = now_ms();
+    let expiry_ms = u64::try_from(files.config().upload_expiry.as_millis()).unwrap_or(u64::MAX);
+    let record = UploadRecord {
+        id: id.clone(),
+        path: path.to_string(),
+        length,
+        sha256,
+        content_type,
+        name,
+        uploader: super::uploader_of(&grant, &headers),
+        created_ms,
+        expires_ms: created_ms.saturating_add(expiry_ms),
+    };
+    let expires_ms = record.expires_ms;
+    let stored = {
+        let record = record.clone();
+        files
+            .blocking(move |inner| Ok(inner.store.put_upload(&record)?))
+            .await
+    };
+    if let Err(error) = stored {
+        let _ = tokio::fs::remove_file(&file_path).await;
+        return Err(error);
+    }
+    tracing::info!(id, path = %path, length, "upload created");
+    let mut response = StatusCode::CREATED.into_response();
+    let response_headers = response.headers_mut();
+    response_headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/api/uploads/{id}")).expect("hex is a valid header"),
+    );
+    response_headers.insert(UPLOAD_EXPIRES, expires_header(expires_ms));
+    if length == 0 {
+        // Nothing to PATCH: tus clients consider an empty upload done once it is created.
+        let version = complete(state, &record).await?;
+        response
+            .headers_mut()
+            .insert(FILE_VERSION_HEADER, HeaderValue::from(version));
+    }
+    Ok(response)
+}
+
+/// The upload `id`, if the token may write its path (and, with authentication, created it).
+async fn load_upload(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(UploadRecord, Grant), ApiError> {
+    if !is_upload_id(id) {
+        return Err(FileApiError::UploadNotFound.into());
+    }
+    let key = id.to_owned();
+    let record = state
+        .files
+        .blocking(move |inner| Ok(inner.store.upload(&key)?))
+        .await?
+        .ok_or(FileApiError::UploadNotFound)?;
+    let path = DocId::new(&record.path).map_err(|_| ApiError::Internal)?;
+    let grant = write_grant(state, headers, uri, &path)?;
+    let same_uploader = match (&record.uploader.sub, &grant.identity) {
+        (Some(sub), Some(identity)) => *sub == *identity.sub,
+        _ => true,
+    };
+    if !same_uploader {
+        return Err(FileApiError::UploadNotFound.into());
+    }
+    if record.expires_ms <= now_ms() {
+        return Err(FileApiError::UploadExpired.into());
+    }
+    Ok((record, grant))
+}
+
+/// Bytes received so far: the length of the upload's file.
+async fn offset_of(files: &Files, id: &str) -> Result<u64, ApiError> {
+    tokio::fs::metadata(files.inner.disk.upload_path(id))
+        .await
+        .map(|meta| meta.len())
+        .map_err(|_| FileApiError::UploadNotFound.into())
+}
+
+/// `HEAD /api/uploads/{id}`: the offset to resume from.
+pub(super) async fn head(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    tus_response(
+        async {
+            check_version(&headers)?;
+            let (record, _) = load_upload(&state, &uri, &headers, &id).await?;
+            let offset = offset_of(&state.files, &id).await?;
+            let mut response = StatusCode::OK.into_response();
+            let out = response.headers_mut();
+            out.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+            out.insert(UPLOAD_LENGTH, HeaderValue::from(record.length));
+            out.insert(UPLOAD_EXPIRES, expires_header(record.expires_ms));
+            out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        .await,
+    )
+}
+
+/// `PATCH /api/uploads/{id}`: appends the body at `Upload-Offset`; the PATCH that reaches the
+/// declared length stores the file.
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    tus_response(patch_upload(&state, &id, &uri, &headers, body).await)
+}
+
+async fn patch_upload(
+    state: &AppState,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_version(headers)?;
+    let is_offset_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case(OFFSET_OCTET_STREAM));
+    if !is_offset_stream {
+        return Err(FileApiError::PatchContentType.into());
+    }
+    let claimed =
+        header_u64(headers, &UPLOAD_OFFSET).ok_or_else(|| bad("Upload-Offset is required"))?;
+    let (record, _grant) = load_upload(state, uri, headers, id).await?;
+    let files = &state.files;
+    let lifecycle_cancel = &state.hub.lifecycle().cancel;
+    let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
+    let offset = offset_of(files, id).await?;
+    if offset != claimed {
+        return Err(FileApiError::OffsetMismatch {
+            actual: offset,
+            claimed,
+        }
+        .into());
+    }
+    let declared_len = content_length(headers);
+    if declared_len.is_some_and(|len| offset.saturating_add(len) > record.length) {
+        return Err(bad("the body goes past Upload-Length"));
+    }
+    let file_path = files.inner.disk.upload_path(id);
+    let mut file = UploadFile::append(&file_path).await.map_err(|error| {
+        tracing::error!(%error, id, "opening upload file failed");
+        ApiError::Internal
+    })?;
+    let mut received = 0u64;
+    let res = receive(
+        body,
+        &mut file,
+        None,
+        record.length - offset,
+        &mut received,
+        &token,
+    )
+    .await;
+    // Whatever arrived is kept and durable before we answer or give up, so HEAD reports it.
+    let synced = file.sync().await;
+    drop(file);
+    let new_offset = offset + received;
+    match res {
+        Ok(()) => {}
+        Err(ReceiveError::Cut) => {
+            tracing::info!(
+                id,
+                offset = new_offset,
+                "upload patch cut off; bytes kept for resuming"
+            );
+            return Err(FileApiError::Incomplete {
+                received,
+                expected: declared_len.unwrap_or(received),
+            }
+            .into());
+        }
+        Err(ReceiveError::Idle) => return Err(FileApiError::IdleTimeout.into()),
+        Err(ReceiveError::ShuttingDown) if lifecycle_cancel.is_cancelled() => {
+            return Err(ApiError::ShuttingDown);
+        }
+        Err(ReceiveError::ShuttingDown) => return Err(FileApiError::UploadBusy.into()),
+        Err(ReceiveError::TooLarge) => return Err(bad("the body goes past Upload-Length")),
+        Err(ReceiveError::Io(error)) => {
+            tracing::error!(%error, id, "writing upload failed");
+            return Err(ApiError::Internal);
+        }
+    }
+    synced.map_err(|error| {
+        tracing::error!(%error, id, "syncing upload failed");
+        ApiError::Internal
+    })?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(UPLOAD_OFFSET, HeaderValue::from(new_offset));
+    if new_offset < record.length {
+        response
+            .headers_mut()
+            .insert(UPLOAD_EXPIRES, expires_header(record.expires_ms));
+        return Ok(response);
+    }
+    let version = complete(state, &record).await;
+    drop(slot_guard);
+    forget_slot(files, id);
+    response
+        .headers_mut()
+        .insert(FILE_VERSION_HEADER, HeaderValue::from(version?));
+    Ok(response)
+}
+
+/// Stores a fully received upload as the next version of its path; returns the version. On
+/// any refusal the upload is gone (its bytes were checked and cannot become a file).
+async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
+    let files = &state.files;
+    let file_path = files.inner.disk.upload_path(&record.id);
+    let hashed_path = file_path.clone();
+    let (sha256, len) = tokio::task::spawn_blocking(move || hash_file(&hashed_path))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|error| {
+            tracing::error!(%error, id = record.id, "hashing upload failed");
+            ApiError::Internal
+        })?;
+    let res = async {
+        if len != record.length {
+            tracing::error!(
+                id = record.id,
+                len,
+                length = record.length,
+                "upload has the wrong length"
+            );
+            return Err(ApiError::Internal);
+        }
+        if let Some(declared) = &record.sha256
+            && *declared != sha256
+        {
+            return Err(FileApiError::Sha256Mismatch {
+                declared: declared.clone(),
+                actual: sha256.clone(),
+            }
+            .into());
+        }
+        let path = DocId::new(&record.path).map_err(|_| ApiError::Internal)?;
+        check_not_doc(state, &path).await?;
+        let version = FileVersion {
+            version: 0,
+            sha256: sha256.clone(),
+            size: len,
+            content_type: record.content_type.clone(),
+            name: record.name.clone(),
+            uploader: record.uploader.clone(),
+            uploaded_ms: now_ms(),
+        };
+        files
+            .commit(
+                file_path.clone(),
+                record.path.clone(),
+                version,
+                Some(record.id.clone()),
+            )
+            .await
+    }
+    .await;
+    match res {
+        Ok(entry) => {
+            publish_uploaded(state, &entry);
+            Ok(entry.current().version)
+        }
+        Err(error) => {
+            remove_upload(files, &record.id).await;
+            Err(error)
+        }
+    }
+}
+
+/// Removes upload `id`'s record and bytes (errors are logged; the cleanup retries).
+async fn remove_upload(files: &Files, id: &str) {
+    let key = id.to_owned();
+    let res = files
+        .blocking(move |inner| {
+            inner.store.remove_upload(&key)?;
+            inner.disk.remove_upload(&key).map_err(|error| {
+                tracing::warn!(%error, "removing upload bytes failed");
+                ApiError::Internal
+            })
+        })
+        .await;
+    if res.is_err() {
+        tracing::warn!(id, "removing upload failed; the cleanup will retry");
+    }
+}
+
+/// `DELETE /api/uploads/{id}`: abandons the upload and frees its bytes.
+pub(super) async fn terminate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    tus_response(
+        async {
+            check_version(&headers)?;
+            load_upload(&state, &uri, &headers, &id).await?;
+            let (guard, _) = take_slot(&state.files, &id, &state.hub.lifecycle().cancel).await?;
+            remove_upload(&state.files, &id).await;
+            drop(guard);
+            forget_slot(&state.files, &id);
+            tracing::info!(id, "upload terminated");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_pairs_decode_and_bad_values_are_refused() {
+        let parsed =
+            parse_metadata("path dGVhbS9hIGIuYmlu, filetype aW1hZ2UvcG5n,is_confidential").unwrap();
+        assert_eq!(parsed["path"], "team/a b.bin");
+        assert_eq!(parsed["filetype"], "image/png");
+        assert_eq!(parsed["is_confidential"], "");
+        assert!(parse_metadata("").unwrap().is_empty());
+        assert!(parse_metadata("path !!!").is_err());
+        assert!(parse_metadata("path /w==").is_err(), "not UTF-8");
+    }
+}

@@ -1,0 +1,753 @@
+//! Files: the metadata of uploaded files, their content-addressed blobs, uploads in progress
+//! and each workspace's usage, in four tables (`files`, `blobs`, `uploads`, `file_usage`).
+//!
+//! The bytes themselves are not in redb: the server keeps each blob as a file named by its
+//! SHA-256 (`tandem-server/src/files/blobs.rs`). The store keeps the refcount of every blob, so
+//! the same bytes under many paths or versions are stored once, and a blob whose count falls to
+//! zero is reported back for the server to delete. Records are versioned binary encodings,
+//! described byte for byte in `protocol-spec/storage.md`.
+//!
+//! Invariants:
+//! - One transaction changes a file's versions, the refcounts of their blobs and the usage of
+//!   the workspace together, so `file_usage[w]` is always the sum of the sizes of every version
+//!   of every file in `w`, and a blob's refcount the number of versions naming it.
+//! - A path is never both a file and a stored doc: `put_file_version` and `move_file` refuse a
+//!   path in the `docs` table in the same transaction that would create it.
+
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::schema::{BLOBS, DOCS, FILE_USAGE, FILES, UPLOADS};
+
+/// The version byte at the start of every encoded [`FileEntry`].
+const FILE_ENTRY_VERSION: u8 = 1;
+/// The version byte at the start of every encoded [`UploadRecord`].
+const UPLOAD_RECORD_VERSION: u8 = 1;
+
+/// Who uploaded something: the token's `sub` (none with authentication off) and display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploader {
+    /// The verified account id, if any.
+    pub sub: Option<String>,
+    /// The name to show.
+    pub name: String,
+}
+
+/// One stored version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileVersion {
+    /// 1 for the first upload of a path, then one more per upload.
+    pub version: u64,
+    /// The blob: lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// The media type served with it.
+    pub content_type: String,
+    /// The file name the uploader gave (the last path segment unless told otherwise).
+    pub name: String,
+    /// Who uploaded it.
+    pub uploader: Uploader,
+    /// When it was stored, milliseconds since the Unix epoch.
+    pub uploaded_ms: u64,
+}
+
+/// A file and every version of it, oldest first; the last is the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// The file's path (also the key).
+    pub path: String,
+    /// Never empty.
+    pub versions: Vec<FileVersion>,
+}
+
+impl FileEntry {
+    /// The newest version.
+    pub fn current(&self) -> &FileVersion {
+        self.versions
+            .last()
+            .expect("an entry is never stored without a version")
+    }
+
+    /// Bytes counted against the workspace quota: every version's size.
+    pub fn total_size(&self) -> u64 {
+        self.versions.iter().map(|version| version.size).sum()
+    }
+}
+
+/// An upload in progress (tus): what was declared when it was created. The bytes received so
+/// far are the upload's file on disk; its length is the offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// The random upload id (the key).
+    pub id: String,
+    /// Where the file goes when the upload completes.
+    pub path: String,
+    /// The declared length in bytes.
+    pub length: u64,
+    /// The declared SHA-256 (lower-case hex), checked at completion.
+    pub sha256: Option<String>,
+    /// The media type to store.
+    pub content_type: String,
+    /// The original file name.
+    pub name: String,
+    /// Who created it.
+    pub uploader: Uploader,
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// After this the upload and its bytes are deleted, milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// A blob as the store counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRow {
+    /// Length in bytes.
+    pub size: u64,
+    /// Versions (of any file) that name this blob.
+    pub refcount: u64,
+}
+
+/// Why a file operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No file at that path (or no such version).
+    #[error("no such file")]
+    NotFound,
+    /// The target path is already a file or a document.
+    #[error("path {path:?} is already taken by a file or document")]
+    PathTaken {
+        /// The path.
+        path: String,
+    },
+    /// The workspace would go over its quota.
+    #[error(
+        "workspace {workspace:?} quota exceeded: {used} bytes used, {size} more requested, limit {limit}"
+    )]
+    QuotaExceeded {
+        /// The workspace (first path segment, `""` for the root).
+        workspace: String,
+        /// Bytes used now.
+        used: u64,
+        /// Bytes the operation would add.
+        size: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// A stored record does not decode.
+    #[error("stored file record {key:?} is corrupt: {detail}")]
+    Corrupt {
+        /// The path or upload id.
+        key: String,
+        /// What rule was broken.
+        detail: String,
+    },
+}
+
+impl<E: Into<redb::Error>> From<E> for FileError {
+    fn from(error: E) -> Self {
+        FileError::Store(StoreError::from(error))
+    }
+}
+
+/// What [`Store::delete_file`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// The entry as it was.
+    pub entry: FileEntry,
+    /// Blobs no version names any more; the caller deletes their files.
+    pub unreferenced: Vec<String>,
+}
+
+/// The workspace of a path: its first segment, or `""` for a path without `/`.
+pub fn workspace_of(path: &str) -> &str {
+    path.split_once('/').map_or("", |(first, _)| first)
+}
+
+impl Store {
+    /// Stores a new version of `path` (its first if the path is new) naming blob `version.sha256`
+    /// of `version.size` bytes, and removes upload `upload_id` if given, in one durable
+    /// transaction. `version.version` is ignored and assigned. `quota` (bytes per workspace,
+    /// `None` for unlimited) is checked against the usage inside the transaction.
+    pub fn put_file_version(
+        &self,
+        path: &str,
+        version: FileVersion,
+        quota: Option<u64>,
+        upload_id: Option<&str>,
+    ) -> Result<FileEntry, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let entry = {
+            if doc_exists(&txn, path)? {
+                return Err(FileError::PathTaken { path: path.into() });
+            }
+            let mut files = txn.open_table(FILES)?;
+            let mut entry = match files.get(path)? {
+                Some(bytes) => decode_entry(path, bytes.value())?,
+                None => FileEntry {
+                    path: path.to_owned(),
+                    versions: Vec::new(),
+                },
+            };
+            add_usage(&txn, workspace_of(path), version.size, quota)?;
+            add_blob_ref(&txn, &version.sha256, version.size)?;
+            let number = entry.versions.last().map_or(1, |last| last.version + 1);
+            entry.versions.push(FileVersion {
+                version: number,
+                ..version
+            });
+            files.insert(path, encode_entry(&entry).as_slice())?;
+            if let Some(id) = upload_id {
+                txn.open_table(UPLOADS)?.remove(id)?;
+            }
+            entry
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(entry)
+    }
+
+    /// The file at `path`, if any.
+    pub fn file(&self, path: &str) -> Result<Option<FileEntry>, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(FILES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        match table.get(path)? {
+            Some(bytes) => decode_entry(path, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every file, sorted by path.
+    pub fn list_files(&self) -> Result<Vec<FileEntry>, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(FILES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (path, bytes) = row?;
+            out.push(decode_entry(path.value(), bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Moves `from` with all its versions to `to`, durably. Refused if `to` is a file or a doc;
+    /// the quota of `to`'s workspace is checked when the workspace changes.
+    pub fn move_file(
+        &self,
+        from: &str,
+        to: &str,
+        quota: Option<u64>,
+    ) -> Result<FileEntry, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let entry = {
+            if doc_exists(&txn, to)? {
+                return Err(FileError::PathTaken { path: to.into() });
+            }
+            let mut files = txn.open_table(FILES)?;
+            if files.get(to)?.is_some() {
+                return Err(FileError::PathTaken { path: to.into() });
+            }
+            let Some(bytes) = files.remove(from)?.map(|bytes| bytes.value().to_vec()) else {
+                return Err(FileError::NotFound);
+            };
+            let mut entry = decode_entry(from, &bytes)?;
+            entry.path = to.to_owned();
+            let (from_ws, to_ws) = (workspace_of(from), workspace_of(to));
+            if from_ws != to_ws {
+                let size = entry.total_size();
+                sub_usage(&txn, from_ws, size)?;
+                add_usage(&txn, to_ws, size, quota)?;
+            }
+            files.insert(to, bytes.as_slice())?;
+            entry
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(entry)
+    }
+
+    /// Deletes `path` and all its versions, durably; reports the blobs no longer referenced
+    /// (their rows are gone; the caller deletes the files).
+    pub fn delete_file(&self, path: &str) -> Result<Deleted, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let deleted = {
+            let mut files = txn.open_table(FILES)?;
+            let Some(bytes) = files.remove(path)?.map(|bytes| bytes.value().to_vec()) else {
+                return Err(FileError::NotFound);
+            };
+            let entry = decode_entry(path, &bytes)?;
+            sub_usage(&txn, workspace_of(path), entry.total_size())?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut unreferenced = Vec::new();
+            for version in &entry.versions {
+                let row = blobs.get(version.sha256.as_str())?.map(|row| row.value());
+                let Some((size, refcount)) = row else {
+                    continue;
+                };
+                if refcount <= 1 {
+                    blobs.remove(version.sha256.as_str())?;
+                    if !unreferenced.contains(&version.sha256) {
+                        unreferenced.push(version.sha256.clone());
+                    }
+                } else {
+                    blobs.insert(version.sha256.as_str(), (size, refcount - 1))?;
+                }
+            }
+            Deleted {
+                entry,
+                unreferenced,
+            }
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(deleted)
+    }
+
+    /// The refcount row of blob `sha256`, if any version names it.
+    pub fn blob(&self, sha256: &str) -> Result<Option<BlobRow>, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(BLOBS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(table.get(sha256)?.map(|row| {
+            let (size, refcount) = row.value();
+            BlobRow { size, refcount }
+        }))
+    }
+
+    /// Bytes stored in `workspace`: the sizes of every version of its files.
+    pub fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        match txn.open_table(FILE_USAGE) {
+            Ok(table) => Ok(table.get(workspace)?.map_or(0, |used| used.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Creates or replaces upload `record.id`, durably.
+    pub fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        txn.open_table(UPLOADS)?
+            .insert(record.id.as_str(), encode_upload(record).as_slice())?;
+        txn.commit().map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Upload `id`, if it exists.
+    pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(UPLOADS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        match table.get(id)? {
+            Some(bytes) => decode_upload(id, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every upload in progress, sorted by id.
+    pub fn list_uploads(&self) -> Result<Vec<UploadRecord>, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(UPLOADS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (id, bytes) = row?;
+            out.push(decode_upload(id.value(), bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes upload `id`, durably; `false` if there was none.
+    pub fn remove_upload(&self, id: &str) -> Result<bool, FileError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let removed = txn.open_table(UPLOADS)?.remove(id)?.is_some();
+        txn.commit().map_err(StoreError::from)?;
+        Ok(removed)
+    }
+}
+
+fn doc_exists(txn: &WriteTransaction, path: &str) -> Result<bool, FileError> {
+    Ok(txn.open_table(DOCS)?.get(path)?.is_some())
+}
+
+fn add_usage(
+    txn: &WriteTransaction,
+    workspace: &str,
+    size: u64,
+    quota: Option<u64>,
+) -> Result<(), FileError> {
+    let mut usage = txn.open_table(FILE_USAGE)?;
+    let used = usage.get(workspace)?.map_or(0, |used| used.value());
+    if let Some(limit) = quota
+        && used.saturating_add(size) > limit
+    {
+        return Err(FileError::QuotaExceeded {
+            workspace: workspace.to_owned(),
+            used,
+            size,
+            limit,
+        });
+    }
+    usage.insert(workspace, used.saturating_add(size))?;
+    Ok(())
+}
+
+fn sub_usage(txn: &WriteTransaction, workspace: &str, size: u64) -> Result<(), FileError> {
+    let mut usage = txn.open_table(FILE_USAGE)?;
+    let used = usage.get(workspace)?.map_or(0, |used| used.value());
+    let left = used.saturating_sub(size);
+    if left == 0 {
+        usage.remove(workspace)?;
+    } else {
+        usage.insert(workspace, left)?;
+    }
+    Ok(())
+}
+
+fn add_blob_ref(txn: &WriteTransaction, sha256: &str, size: u64) -> Result<(), FileError> {
+    let mut blobs = txn.open_table(BLOBS)?;
+    let refcount = blobs.get(sha256)?.map_or(0, |row| row.value().1);
+    blobs.insert(sha256, (size, refcount + 1))?;
+    Ok(())
+}
+
+/// Version 1: `u8 1`, `u32 n_versions`, then per version, oldest first: `u64 version`, string
+/// `sha256`, `u64 size`, string `content_type`, string `name`, uploader, `u64 uploaded_ms`.
+fn encode_entry(entry: &FileEntry) -> Vec<u8> {
+    let mut out = vec![FILE_ENTRY_VERSION];
+    let n = u32::try_from(entry.versions.len()).expect("fewer than 2^32 versions");
+    out.extend_from_slice(&n.to_le_bytes());
+    for version in &entry.versions {
+        out.extend_from_slice(&version.version.to_le_bytes());
+        put_str(&mut out, &version.sha256);
+        out.extend_from_slice(&version.size.to_le_bytes());
+        put_str(&mut out, &version.content_type);
+        put_str(&mut out, &version.name);
+        put_uploader(&mut out, &version.uploader);
+        out.extend_from_slice(&version.uploaded_ms.to_le_bytes());
+    }
+    out
+}
+
+fn decode_entry(path: &str, bytes: &[u8]) -> Result<FileEntry, FileError> {
+    let corrupt = |detail: &str| FileError::Corrupt {
+        key: path.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let mut reader = Reader { bytes };
+    match reader.u8() {
+        Some(FILE_ENTRY_VERSION) => {}
+        Some(other) => return Err(corrupt(&format!("unknown record version {other}"))),
+        None => return Err(corrupt("empty record")),
+    }
+    let truncated = || corrupt("record is truncated or not UTF-8");
+    let n = reader.u32().ok_or_else(truncated)?;
+    let mut versions = Vec::new();
+    for _ in 0..n {
+        // Each version needs dozens of bytes, so a huge `n` runs out of bytes quickly.
+        versions.push(FileVersion {
+            version: reader.u64().ok_or_else(truncated)?,
+            sha256: reader.string().ok_or_else(truncated)?,
+            size: reader.u64().ok_or_else(truncated)?,
+            content_type: reader.string().ok_or_else(truncated)?,
+            name: reader.string().ok_or_else(truncated)?,
+            uploader: reader.uploader().ok_or_else(truncated)?,
+            uploaded_ms: reader.u64().ok_or_else(truncated)?,
+        });
+    }
+    if !reader.bytes.is_empty() {
+        return Err(corrupt("trailing bytes after the record"));
+    }
+    if versions.is_empty() {
+        return Err(corrupt("entry without versions"));
+    }
+    Ok(FileEntry {
+        path: path.to_owned(),
+        versions,
+    })
+}
+
+/// Version 1: `u8 1`, string `path`, `u64 length`, `u8 has_sha256` (0 or 1) and the string if 1,
+/// string `content_type`, string `name`, uploader, `u64 created_ms`, `u64 expires_ms`.
+fn encode_upload(record: &UploadRecord) -> Vec<u8> {
+    let mut out = vec![UPLOAD_RECORD_VERSION];
+    put_str(&mut out, &record.path);
+    out.extend_from_slice(&record.length.to_le_bytes());
+    put_opt_str(&mut out, record.sha256.as_deref());
+    put_str(&mut out, &record.content_type);
+    put_str(&mut out, &record.name);
+    put_uploader(&mut out, &record.uploader);
+    out.extend_from_slice(&record.created_ms.to_le_bytes());
+    out.extend_from_slice(&record.expires_ms.to_le_bytes());
+    out
+}
+
+fn decode_upload(id: &str, bytes: &[u8]) -> Result<UploadRecord, FileError> {
+    let corrupt = |detail: &str| FileError::Corrupt {
+        key: id.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let mut reader = Reader { bytes };
+    match reader.u8() {
+        Some(UPLOAD_RECORD_VERSION) => {}
+        Some(other) => return Err(corrupt(&format!("unknown record version {other}"))),
+        None => return Err(corrupt("empty record")),
+    }
+    let truncated = || corrupt("record is truncated or not UTF-8");
+    let record = UploadRecord {
+        id: id.to_owned(),
+        path: reader.string().ok_or_else(truncated)?,
+        length: reader.u64().ok_or_else(truncated)?,
+        sha256: reader.opt_string().ok_or_else(truncated)?,
+        content_type: reader.string().ok_or_else(truncated)?,
+        name: reader.string().ok_or_else(truncated)?,
+        uploader: reader.uploader().ok_or_else(truncated)?,
+        created_ms: reader.u64().ok_or_else(truncated)?,
+        expires_ms: reader.u64().ok_or_else(truncated)?,
+    };
+    if !reader.bytes.is_empty() {
+        return Err(corrupt("trailing bytes after the record"));
+    }
+    Ok(record)
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    let len = u32::try_from(text.len()).expect("strings in a record are far below 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_opt_str(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.push(1);
+            put_str(out, text);
+        }
+        None => out.push(0),
+    }
+}
+
+/// An uploader: optional string `sub` (`u8` flag, then the string if 1), string `name`.
+fn put_uploader(out: &mut Vec<u8>, uploader: &Uploader) {
+    put_opt_str(out, uploader.sub.as_deref());
+    put_str(out, &uploader.name);
+}
+
+/// Reads a record front to back; every method returns `None` when the bytes run out.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|bytes| bytes[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    /// `Some(None)` for an absent value, `None` for bad bytes.
+    fn opt_string(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => self.string().map(Some),
+            _ => None,
+        }
+    }
+
+    fn uploader(&mut self) -> Option<Uploader> {
+        let sub = self.opt_string()?;
+        let name = self.string()?;
+        Some(Uploader { sub, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WriteOp;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("t.redb")).expect("open");
+        (dir, store)
+    }
+
+    fn version(sha: &str, size: u64) -> FileVersion {
+        FileVersion {
+            version: 0,
+            sha256: sha.into(),
+            size,
+            content_type: "application/zip".into(),
+            name: "app.zip".into(),
+            uploader: Uploader {
+                sub: Some("ada".into()),
+                name: "Ada".into(),
+            },
+            uploaded_ms: 7,
+        }
+    }
+
+    #[test]
+    fn versions_refcounts_and_usage_move_together() {
+        let (_dir, store) = open();
+        store
+            .put_file_version("team/a.zip", version("aa", 10), None, None)
+            .unwrap();
+        let entry = store
+            .put_file_version("team/a.zip", version("bb", 5), None, None)
+            .unwrap();
+        assert_eq!(
+            entry.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        store
+            .put_file_version("team/b.zip", version("aa", 10), None, None)
+            .unwrap();
+        assert_eq!(store.workspace_usage("team").unwrap(), 25);
+        assert_eq!(store.blob("aa").unwrap().unwrap().refcount, 2);
+        let deleted = store.delete_file("team/a.zip").unwrap();
+        assert_eq!(deleted.unreferenced, ["bb"]);
+        assert_eq!(store.blob("aa").unwrap().unwrap().refcount, 1);
+        assert_eq!(store.workspace_usage("team").unwrap(), 10);
+        let moved = store.move_file("team/b.zip", "other/b.zip", None).unwrap();
+        assert_eq!(moved.path, "other/b.zip");
+        assert_eq!(store.workspace_usage("team").unwrap(), 0);
+        assert_eq!(store.workspace_usage("other").unwrap(), 10);
+        assert_eq!(store.list_files().unwrap().len(), 1);
+        assert!(matches!(
+            store.delete_file("team/b.zip"),
+            Err(FileError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn quota_and_doc_paths_are_refused_without_changes() {
+        let (_dir, store) = open();
+        store
+            .commit(
+                &[WriteOp::Append {
+                    doc: "team/notes",
+                    seq: 1,
+                    update: b"u",
+                }],
+                1,
+                true,
+            )
+            .unwrap();
+        assert!(matches!(
+            store.put_file_version("team/notes", version("aa", 1), None, None),
+            Err(FileError::PathTaken { .. })
+        ));
+        store
+            .put_file_version("team/a", version("aa", 8), Some(10), None)
+            .unwrap();
+        let res = store.put_file_version("team/b", version("bb", 3), Some(10), None);
+        assert!(
+            matches!(
+                res,
+                Err(FileError::QuotaExceeded {
+                    used: 8,
+                    size: 3,
+                    limit: 10,
+                    ..
+                })
+            ),
+            "{res:?}"
+        );
+        assert_eq!(store.blob("bb").unwrap(), None);
+        assert_eq!(store.workspace_usage("team").unwrap(), 8);
+        assert!(matches!(
+            store.move_file("team/a", "team/notes", None),
+            Err(FileError::PathTaken { .. })
+        ));
+    }
+
+    #[test]
+    fn upload_records_round_trip_and_any_prefix_fails_to_decode() {
+        let (_dir, store) = open();
+        let record = UploadRecord {
+            id: "abc".into(),
+            path: "team/x.bin".into(),
+            length: 99,
+            sha256: Some("ff".into()),
+            content_type: "application/octet-stream".into(),
+            name: "x.bin".into(),
+            uploader: Uploader {
+                sub: None,
+                name: "anonymous".into(),
+            },
+            created_ms: 1,
+            expires_ms: 2,
+        };
+        store.put_upload(&record).unwrap();
+        assert_eq!(store.upload("abc").unwrap(), Some(record.clone()));
+        assert_eq!(store.list_uploads().unwrap(), vec![record.clone()]);
+        let bytes = encode_upload(&record);
+        for len in 0..bytes.len() {
+            assert!(decode_upload("abc", &bytes[..len]).is_err());
+        }
+        let entry = FileEntry {
+            path: "p".into(),
+            versions: vec![version("aa", 1)],
+        };
+        let bytes = encode_entry(&entry);
+        for len in 0..bytes.len() {
+            assert!(decode_entry("p", &bytes[..len]).is_err());
+        }
+        assert_eq!(decode_entry("p", &bytes).unwrap(), entry);
+        // Completing the upload removes its record in the same transaction.
+        store
+            .put_file_version("team/x.bin", version("aa", 99), None, Some("abc"))
+            .unwrap();
+        assert_eq!(store.upload("abc").unwrap(), None);
+        assert!(!store.remove_upload("abc").unwrap());
+    }
+}
