@@ -29,6 +29,7 @@ fn commit(c: &mut Criterion) {
                         doc: "d",
                         seq: i as u64 + 1,
                         update,
+                        author: None,
                     };
                     store.commit(&[op], 0, true).expect("commit");
                 }
@@ -51,6 +52,7 @@ fn commit(c: &mut Criterion) {
                                     doc: "d",
                                     seq: (chunk_idx * group_size + i) as u64 + 1,
                                     update,
+                                    author: None,
                                 })
                                 .collect();
                             store.commit(&ops, 0, fsync).expect("commit");
