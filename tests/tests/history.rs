@@ -510,3 +510,143 @@ async fn a_reader_may_list_and_read_versions_but_not_name_or_restore_them() {
     assert_eq!(anonymous.status, 401);
     assert_eq!(versions(&server, "team/plan", Some(&writer)).await.len(), 1);
 }
+
+/// A `GET /api/events` stream read event by event (de-chunked by hand: the stream never ends).
+struct EventStream {
+    stream: tokio::net::TcpStream,
+    /// Bytes received and not yet parsed.
+    raw: Vec<u8>,
+    /// Whether the response head was skipped.
+    in_body: bool,
+    /// De-chunked body not yet split into events.
+    body: String,
+}
+
+impl EventStream {
+    async fn open(server: &TestServer) -> EventStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"GET /api/events HTTP/1.1\r\nHost: tandem\r\nAccept: text/event-stream\r\n\r\n",
+            )
+            .await
+            .expect("send request");
+        let mut events = EventStream {
+            stream,
+            raw: Vec::new(),
+            in_body: false,
+            body: String::new(),
+        };
+        let hello = events.next().await;
+        assert_eq!(hello["type"], "hello");
+        events
+    }
+
+    /// The next event's JSON, waiting at most [`WAIT`].
+    async fn next(&mut self) -> Value {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(end) = self.body.find("\n\n") {
+                let event: String = self.body.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return serde_json::from_str(&data).expect("event JSON");
+            }
+            self.dechunk();
+            if self.body.contains("\n\n") {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let n = tokio::time::timeout(left, self.stream.read(&mut buf))
+                .await
+                .expect("an event in time")
+                .expect("read");
+            assert!(n > 0, "event stream closed");
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn dechunk(&mut self) {
+        if !self.in_body {
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            self.raw.drain(..end + 4);
+            self.in_body = true;
+        }
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_text = std::str::from_utf8(&self.raw[..line_end]).expect("chunk size");
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("hex chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.raw.drain(..line_end + 2 + size + 2);
+            self.body
+                .push_str(&String::from_utf8(chunk).expect("utf-8 events"));
+        }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.next().await;
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn edits_versions_and_restores_are_published_as_events() {
+    let server = started(|_| {}).await;
+    let mut events = EventStream::open(&server).await;
+    let mut peer = server.connect("ev").await;
+    peer.send_awareness(5, 1, r#"{"user":{"name":"Dora"}}"#)
+        .await;
+    peer.wait_awareness(|entries| !entries.is_empty()).await;
+    for word in ["one ", "two ", "three "] {
+        peer.append_text(word).await;
+    }
+    // Reported per author, at most once a second: every durable update exactly once.
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let changed = events.next_of("doc_changed").await;
+        assert_eq!(changed["doc"], "ev");
+        assert_eq!(changed["actor"], json!({ "sub": null, "name": "Dora" }));
+        let (first, last) = (
+            changed["first_seq"].as_u64().unwrap(),
+            changed["last_seq"].as_u64().unwrap(),
+        );
+        assert_eq!(changed["n_updates"].as_u64().unwrap(), last - first + 1);
+        seqs.extend(first..=last);
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let version = name_version(&server, "ev", "three words", None).await;
+    let created = events.next_of("version_created").await;
+    assert_eq!(
+        (&created["version"], &created["kind"], &created["name"]),
+        (&version["id"], &json!("named"), &json!("three words"))
+    );
+    restore(&server, "ev", &version["id"], None).await;
+    let created = events.next_of("version_created").await;
+    assert_eq!(created["kind"], "restore");
+    let restored = events.next_of("version_restored").await;
+    assert_eq!(restored["version"], version["id"]);
+    assert_eq!(restored["actor"]["name"], "HTTP API");
+}
