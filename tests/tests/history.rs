@@ -14,7 +14,7 @@ use yrs::{Doc, Text, Transact};
 
 const SECRET: &[u8] = b"an hs256 secret of at least thirty-two bytes, for tests";
 
-fn token(sub: &str, docs: Value) -> String {
+fn token(sub: &str, docs: &Value) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -190,8 +190,8 @@ fn subs(actors: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn two_authors_are_recorded_per_update_and_in_the_version() {
     let (_secret, server) = jwt_server(|_| {}).await;
-    let ada = token("ada", json!({ "team/*": "write" }));
-    let bob = token("bob", json!({ "team/*": "write" }));
+    let ada = token("ada", &json!({ "team/*": "write" }));
+    let bob = token("bob", &json!({ "team/*": "write" }));
     let mut a = server.connect_with_token("team/notes", &ada).await;
     let mut b = server.connect_with_token("team/notes", &bob).await;
     a.append_text("from ada. ").await;
@@ -206,7 +206,7 @@ async fn two_authors_are_recorded_per_update_and_in_the_version() {
         text.insert(&mut txn, 0, "via http");
         txn.encode_update_v1()
     };
-    let cy = token("cy", json!({ "team/*": "write" }));
+    let cy = token("cy", &json!({ "team/*": "write" }));
     let auth = format!("Bearer {cy}");
     let response = server
         .request(
@@ -470,8 +470,8 @@ async fn an_automatic_version_follows_a_period_of_activity_and_old_ones_are_prun
 #[tokio::test]
 async fn a_reader_may_list_and_read_versions_but_not_name_or_restore_them() {
     let (_secret, server) = jwt_server(|_| {}).await;
-    let writer = token("ada", json!({ "team/*": "write" }));
-    let reader = token("rita", json!({ "team/*": "read" }));
+    let writer = token("ada", &json!({ "team/*": "write" }));
+    let reader = token("rita", &json!({ "team/*": "read" }));
     let mut peer = server.connect_with_token("team/plan", &writer).await;
     peer.append_text("plan").await;
     wait_stored_as(&server, "team/plan", &writer, "plan").await;
