@@ -63,6 +63,41 @@ fn commit(c: &mut Criterion) {
             });
         }
     }
+    // What recording who sent each update costs the writer (history): the same groups of 256
+    // without fsync, each update with its author, two authors alternating.
+    let authors = [
+        tandem_store::Author {
+            sub: Some("ada".into()),
+            name: "Ada".into(),
+        }
+        .encode(),
+        tandem_store::Author {
+            sub: Some("bob".into()),
+            name: "Bob".into(),
+        }
+        .encode(),
+    ];
+    group.bench_function("groups of 256, fsync=false, with authors", |b| {
+        b.iter_batched(
+            fresh,
+            |(_dir, store)| {
+                for (chunk_idx, chunk) in updates.chunks(256).enumerate() {
+                    let ops: Vec<WriteOp<'_>> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, update)| WriteOp::Append {
+                            doc: "d",
+                            seq: (chunk_idx * 256 + i) as u64 + 1,
+                            update,
+                            author: Some(&authors[i % 2]),
+                        })
+                        .collect();
+                    store.commit(&ops, 0, false).expect("commit");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 
