@@ -509,7 +509,70 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum MapEdit {
+        Set(u8, i64),
+        SetNested(u8, Vec<i64>),
+        Remove(u8),
+        Push(i64),
+        ArrayDelete(u32),
+    }
+
+    fn map_edits() -> impl Strategy<Value = Vec<MapEdit>> {
+        prop::collection::vec(
+            prop_oneof![
+                (0u8..5, any::<i64>()).prop_map(|(k, v)| MapEdit::Set(k, v)),
+                (0u8..5, prop::collection::vec(any::<i64>(), 0..3))
+                    .prop_map(|(k, v)| MapEdit::SetNested(k, v)),
+                (0u8..5).prop_map(MapEdit::Remove),
+                any::<i64>().prop_map(MapEdit::Push),
+                any::<u32>().prop_map(MapEdit::ArrayDelete),
+            ],
+            0..20,
+        )
+    }
+
+    fn run_map(doc: &Doc, edits: &[MapEdit]) {
+        let map = doc.get_or_insert_map("m");
+        let array = doc.get_or_insert_array("a");
+        let mut txn = doc.transact_mut();
+        for edit in edits {
+            match edit {
+                MapEdit::Set(k, v) => {
+                    map.insert(&mut txn, format!("k{k}"), *v);
+                }
+                MapEdit::SetNested(k, v) => {
+                    map.insert(&mut txn, format!("k{k}"), ArrayPrelim::from(v.clone()));
+                }
+                MapEdit::Remove(k) => {
+                    map.remove(&mut txn, &format!("k{k}"));
+                }
+                MapEdit::Push(v) => {
+                    array.push_back(&mut txn, *v);
+                }
+                MapEdit::ArrayDelete(i) => {
+                    let len = array.len(&txn);
+                    if len > 0 {
+                        array.remove(&mut txn, i % len);
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn random_map_and_array_edits_restore_exactly(before in map_edits(), after in map_edits()) {
+            let doc = Doc::with_client_id(1);
+            run_map(&doc, &before);
+            let old = state(&doc);
+            run_map(&doc, &after);
+            if let Some(update) = restore_update(&state(&doc), &old, 77, None).unwrap() {
+                apply(&doc, &update);
+            }
+            prop_assert_eq!(json(&state(&doc)), json(&old));
+        }
+
         #[test]
         fn random_text_edits_restore_exactly(before in edits(), after in edits()) {
             // Byte offsets here: the server's docs index by bytes, the scratch doc by UTF-16.
