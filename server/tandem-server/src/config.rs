@@ -619,6 +619,25 @@ mod tests {
     }
 
     #[test]
+    fn version_settings_have_defaults_and_come_from_flags_over_the_file() {
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(defaults.hub.auto_version_interval, Duration::from_secs(600));
+        assert_eq!(defaults.hub.max_auto_versions, 100);
+        let file: ServeArgs =
+            toml::from_str("auto_version_interval = \"2m\"\nmax_auto_versions = 7").unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--auto-version-interval", "90s"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve");
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.hub.auto_version_interval, Duration::from_secs(90));
+        assert_eq!(config.hub.max_auto_versions, 7);
+    }
+
+    #[test]
     fn connection_caps_and_upgrade_timeout_have_defaults() {
         let file: ServeArgs =
             toml::from_str("max_connections_per_address = 3\nupgrade_timeout = \"1s\"").unwrap();
