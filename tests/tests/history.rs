@@ -267,6 +267,13 @@ async fn two_authors_are_recorded_per_update_and_in_the_version() {
     b.wait_text(|t| t.ends_with(" more")).await;
     let second = name_version(&server, "team/notes", "second", Some(&ada)).await;
     assert_eq!(subs(&second["authors"]), vec!["ada"]);
+    // Versions, and with them who wrote what, survive a restart.
+    let before = versions(&server, "team/notes", Some(&ada)).await;
+    drop((a, b));
+    let mut server = server;
+    server.restart().await;
+    server.wait_healthy().await;
+    assert_eq!(versions(&server, "team/notes", Some(&ada)).await, before);
 }
 
 #[tokio::test]
