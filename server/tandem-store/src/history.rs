@@ -249,6 +249,17 @@ pub(crate) struct HistoryTables<'txn> {
     interned: Vec<(Vec<u8>, u32)>,
 }
 
+/// The history tables of `txn`, opening them on first use.
+pub(crate) fn tables<'a, 'txn>(
+    slot: &'a mut Option<HistoryTables<'txn>>,
+    txn: &'txn redb::WriteTransaction,
+) -> Result<&'a mut HistoryTables<'txn>, StoreError> {
+    if slot.is_none() {
+        *slot = Some(HistoryTables::open(txn)?);
+    }
+    Ok(slot.as_mut().expect("just opened"))
+}
+
 impl<'txn> HistoryTables<'txn> {
     pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
         Ok(HistoryTables {

@@ -258,7 +258,8 @@ impl Store {
             let mut updates = txn.open_table(UPDATES)?;
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
             let mut docs = txn.open_table(DOCS)?;
-            let mut history = history::HistoryTables::open(&txn)?;
+            // Opened on first use: a batch without authors or versions pays nothing for them.
+            let mut history: Option<history::HistoryTables<'_>> = None;
             for op in ops {
                 match *op {
                     WriteOp::Append {
@@ -277,7 +278,8 @@ impl Store {
                         }
                         updates.insert((doc, seq), update)?;
                         if let Some(author) = author {
-                            history.record_author(doc, seq, now_ms, author)?;
+                            history::tables(&mut history, &txn)?
+                                .record_author(doc, seq, now_ms, author)?;
                         }
                         let row: DocRow = (
                             snapshot_seq,
@@ -296,7 +298,7 @@ impl Store {
                         let (_, _, updated_ms, _, last_seq) =
                             docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
                         updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
-                        history.compact(doc, upto_seq)?;
+                        history::tables(&mut history, &txn)?.compact(doc, upto_seq)?;
                         snapshots.insert(doc, snapshot)?;
                         let mut n_log = 0u64;
                         let mut log_bytes = 0u64;
@@ -319,7 +321,8 @@ impl Store {
                         record,
                         state,
                         max_auto,
-                    } => history.put_version(doc, record, state, max_auto)?,
+                    } => history::tables(&mut history, &txn)?
+                        .put_version(doc, record, state, max_auto)?,
                 }
             }
         }
