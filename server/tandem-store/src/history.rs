@@ -1,8 +1,10 @@
 //! History: who sent each stored update and when, and each doc's versions.
 //!
 //! - Every appended update may carry its author (encoded [`Author`]). Authors are interned
-//!   (`author_ids`, `authors`), so the per-update row in `update_authors` is a fixed 12 bytes
-//!   `(at_ms, author id)`, written in the same transaction as the update.
+//!   (`author_ids`, `authors`), and consecutive updates of one doc by one author in one
+//!   transaction (so with one commit time) share a row of `update_authors`:
+//!   `(doc, first_seq) -> (at_ms, author id, last_seq)`, written in the same transaction as the
+//!   updates. A typing burst in one group commit is one small row, not one per keystroke.
 //! - A version is two rows: its metadata ([`VersionRecord`], small, in `versions`) and its full
 //!   state as one v1 update (in `version_states`), so listing versions never reads states, and a
 //!   version loads whatever happened to the log since.
@@ -15,6 +17,8 @@
 //!   `restore` versions are kept.
 //! - A record that does not decode affects only itself: listings skip it, reading it reports
 //!   `StoreError::CorruptRecord`.
+
+use std::collections::HashMap;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
@@ -242,26 +246,39 @@ fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
 pub(crate) struct HistoryTables<'txn> {
     author_ids: redb::Table<'txn, &'static [u8], u32>,
     authors: redb::Table<'txn, u32, &'static [u8]>,
-    update_authors: redb::Table<'txn, (&'static str, u64), (u64, u32)>,
+    update_authors: redb::Table<'txn, (&'static str, u64), (u64, u32, u64)>,
     versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     version_states: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     /// Authors interned in this transaction (a batch has few): encoded author -> id.
     interned: Vec<(Vec<u8>, u32)>,
+    /// The open run of author rows of each doc in this transaction; written by `finish`.
+    runs: HashMap<String, Run>,
+    /// The transaction's commit time.
+    now_ms: u64,
+}
+
+/// Consecutive updates of one doc by one author.
+#[derive(Clone, Copy)]
+struct Run {
+    first_seq: u64,
+    last_seq: u64,
+    author: u32,
 }
 
 /// The history tables of `txn`, opening them on first use.
 pub(crate) fn tables<'a, 'txn>(
     slot: &'a mut Option<HistoryTables<'txn>>,
     txn: &'txn redb::WriteTransaction,
+    now_ms: u64,
 ) -> Result<&'a mut HistoryTables<'txn>, StoreError> {
     if slot.is_none() {
-        *slot = Some(HistoryTables::open(txn)?);
+        *slot = Some(HistoryTables::open(txn, now_ms)?);
     }
     Ok(slot.as_mut().expect("just opened"))
 }
 
 impl<'txn> HistoryTables<'txn> {
-    pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'txn redb::WriteTransaction, now_ms: u64) -> Result<Self, StoreError> {
         Ok(HistoryTables {
             author_ids: txn.open_table(AUTHOR_IDS)?,
             authors: txn.open_table(AUTHORS)?,
@@ -269,19 +286,58 @@ impl<'txn> HistoryTables<'txn> {
             versions: txn.open_table(VERSIONS)?,
             version_states: txn.open_table(VERSION_STATES)?,
             interned: Vec::new(),
+            runs: HashMap::new(),
+            now_ms,
         })
     }
 
-    /// Records that `author` (encoded) sent update `seq` of `doc` at `at_ms`.
+    /// Records that `author` (encoded) sent update `seq` of `doc`, at the commit's time.
     pub(crate) fn record_author(
         &mut self,
         doc: &str,
         seq: u64,
-        at_ms: u64,
         author: &[u8],
     ) -> Result<(), StoreError> {
         let id = self.intern(author)?;
-        self.update_authors.insert((doc, seq), (at_ms, id))?;
+        let next = Run {
+            first_seq: seq,
+            last_seq: seq,
+            author: id,
+        };
+        match self.runs.get_mut(doc) {
+            Some(run) if run.author == id && run.last_seq + 1 == seq => run.last_seq = seq,
+            Some(run) => {
+                let done = std::mem::replace(run, next);
+                self.write_run(doc, done)?;
+            }
+            None => {
+                self.runs.insert(doc.to_owned(), next);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_run(&mut self, doc: &str, run: Run) -> Result<(), StoreError> {
+        self.update_authors.insert(
+            (doc, run.first_seq),
+            (self.now_ms, run.author, run.last_seq),
+        )?;
+        Ok(())
+    }
+
+    fn flush_doc(&mut self, doc: &str) -> Result<(), StoreError> {
+        match self.runs.remove(doc) {
+            Some(run) => self.write_run(doc, run),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the open runs; called once, at the end of the transaction's operations.
+    pub(crate) fn finish(mut self) -> Result<(), StoreError> {
+        let runs: Vec<(String, Run)> = self.runs.drain().collect();
+        for (doc, run) in runs {
+            self.write_run(&doc, run)?;
+        }
         Ok(())
     }
 
@@ -314,6 +370,7 @@ impl<'txn> HistoryTables<'txn> {
 
     /// Drops the author rows of `doc` up to `upto_seq`, but none after its newest version.
     pub(crate) fn compact(&mut self, doc: &str, upto_seq: u64) -> Result<(), StoreError> {
+        self.flush_doc(doc)?;
         let newest_version_seq = match self.versions.range((doc, 0)..=(doc, u64::MAX))?.next_back()
         {
             Some(entry) => {
@@ -324,8 +381,11 @@ impl<'txn> HistoryTables<'txn> {
         };
         let upto = upto_seq.min(newest_version_seq);
         if upto > 0 {
+            // A run that reaches past `upto` is kept whole.
             self.update_authors
-                .retain_in((doc, 0)..=(doc, upto), |_, _| false)?;
+                .retain_in((doc, 0)..=(doc, upto), |_, (_, _, last_seq)| {
+                    last_seq > upto
+                })?;
         }
         Ok(())
     }
@@ -443,6 +503,13 @@ impl Store {
             (open_read(&txn, UPDATE_AUTHORS)?, open_read(&txn, AUTHORS)?)
         {
             let mut ids: Vec<u32> = Vec::new();
+            // A run that began at or before the version may reach past it.
+            if let Some(entry) = rows.range((doc, 0)..=(doc, since))?.next_back() {
+                let (_, id, last_seq) = entry?.1.value();
+                if last_seq > since {
+                    ids.push(id);
+                }
+            }
             for entry in rows.range((doc, since + 1)..=(doc, u64::MAX))? {
                 let (_, value) = entry?;
                 let id = value.value().1;
@@ -477,10 +544,10 @@ impl Store {
         let log = txn.open_table(crate::schema::UPDATES)?;
         let mut out = Vec::new();
         let mut names: Vec<(u32, Option<Author>)> = Vec::new();
-        for entry in rows.range((doc, 0)..(doc, before_seq))?.rev().take(limit) {
+        for entry in rows.range((doc, 0)..(doc, before_seq))?.rev() {
             let (key, value) = entry?;
-            let seq = key.value().1;
-            let (at_ms, id) = value.value();
+            let first_seq = key.value().1;
+            let (at_ms, id, last_seq) = value.value();
             let author = match names.iter().find(|(known, _)| *known == id) {
                 Some((_, author)) => author.clone(),
                 None => {
@@ -489,15 +556,20 @@ impl Store {
                     author
                 }
             };
-            // An author row whose author is damaged is skipped; the others still list.
+            // A row whose author is damaged is skipped; the others still list.
             let Some(author) = author else { continue };
-            let n_bytes = log.get((doc, seq))?.map_or(0, |v| v.value().len() as u64);
-            out.push(UpdateAuthor {
-                seq,
-                at_ms,
-                author,
-                n_bytes,
-            });
+            for seq in (first_seq..=last_seq.min(before_seq - 1)).rev() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let n_bytes = log.get((doc, seq))?.map_or(0, |v| v.value().len() as u64);
+                out.push(UpdateAuthor {
+                    seq,
+                    at_ms,
+                    author: author.clone(),
+                    n_bytes,
+                });
+            }
         }
         Ok(out)
     }
@@ -629,6 +701,87 @@ mod tests {
         assert_eq!(head.last_version, Some(v.clone()));
         assert_eq!(head.authors_since, vec![alice()]);
         assert_eq!(store.version("d", 1).unwrap(), Some((v, b"S2".to_vec())));
+    }
+
+    #[test]
+    fn updates_of_one_author_in_one_commit_share_a_row_and_list_one_by_one() {
+        let (_dir, store) = open();
+        let (a, b) = (alice().encode(), bob().encode());
+        let by = [&a, &a, &b, &b, &a];
+        let ops: Vec<WriteOp<'_>> = by
+            .iter()
+            .enumerate()
+            .map(|(i, author)| WriteOp::Append {
+                doc: "d",
+                seq: i as u64 + 1,
+                update: b"u",
+                author: Some(author),
+            })
+            .collect();
+        store.commit(&ops, 7, true).unwrap();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_read().unwrap();
+            let rows = txn.open_table(UPDATE_AUTHORS).unwrap();
+            assert_eq!(redb::ReadableTableMetadata::len(&rows).unwrap(), 3);
+        }
+        let listed: Vec<(u64, String)> = store
+            .update_authors("d", u64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.author.name))
+            .collect();
+        let expected: Vec<(u64, String)> = [
+            (5, "Alice Ä"),
+            (4, "peer 7"),
+            (3, "peer 7"),
+            (2, "Alice Ä"),
+            (1, "Alice Ä"),
+        ]
+        .iter()
+        .map(|(s, n)| (*s, n.to_string()))
+        .collect();
+        assert_eq!(listed, expected);
+        let page: Vec<u64> = store
+            .update_authors("d", 4, 2)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(page, vec![3, 2]);
+        // A version at seq 3 (inside bob's run), then compaction of everything: bob's run
+        // reaches past the version and stays, with alice's last run.
+        let v = record(1, VersionKind::Named, 3);
+        store
+            .commit(
+                &[
+                    WriteOp::Version {
+                        doc: "d",
+                        record: &v,
+                        state: b"S",
+                        max_auto: 1,
+                    },
+                    WriteOp::Compact {
+                        doc: "d",
+                        upto_seq: 5,
+                        snapshot: b"S5",
+                    },
+                ],
+                8,
+                true,
+            )
+            .unwrap();
+        let seqs: Vec<u64> = store
+            .update_authors("d", u64::MAX, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 4, 3]);
+        assert_eq!(
+            store.history_head("d").unwrap().authors_since,
+            vec![bob(), alice()]
+        );
     }
 
     #[test]

@@ -278,8 +278,8 @@ impl Store {
                         }
                         updates.insert((doc, seq), update)?;
                         if let Some(author) = author {
-                            history::tables(&mut history, &txn)?
-                                .record_author(doc, seq, now_ms, author)?;
+                            history::tables(&mut history, &txn, now_ms)?
+                                .record_author(doc, seq, author)?;
                         }
                         let row: DocRow = (
                             snapshot_seq,
@@ -298,7 +298,7 @@ impl Store {
                         let (_, _, updated_ms, _, last_seq) =
                             docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
                         updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
-                        history::tables(&mut history, &txn)?.compact(doc, upto_seq)?;
+                        history::tables(&mut history, &txn, now_ms)?.compact(doc, upto_seq)?;
                         snapshots.insert(doc, snapshot)?;
                         let mut n_log = 0u64;
                         let mut log_bytes = 0u64;
@@ -321,9 +321,12 @@ impl Store {
                         record,
                         state,
                         max_auto,
-                    } => history::tables(&mut history, &txn)?
+                    } => history::tables(&mut history, &txn, now_ms)?
                         .put_version(doc, record, state, max_auto)?,
                 }
+            }
+            if let Some(history) = history {
+                history.finish()?;
             }
         }
         txn.commit()?;

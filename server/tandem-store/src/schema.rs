@@ -45,9 +45,11 @@ pub(crate) const AUTHOR_IDS: TableDefinition<'static, &[u8], u32> =
 /// Interned authors, reverse: author id -> encoded author.
 pub(crate) const AUTHORS: TableDefinition<'static, u32, &[u8]> = TableDefinition::new("authors");
 
-/// Who sent each stored update and when: `(doc name, seq) -> (at_ms, author id)`. Rows go with
-/// the log entries they describe at compaction, except those after the doc's newest version.
-pub(crate) const UPDATE_AUTHORS: TableDefinition<'static, (&str, u64), (u64, u32)> =
+/// Who sent each stored update and when: `(doc name, first_seq) -> (at_ms, author id,
+/// last_seq)`, one row per run of consecutive updates of one doc by one author in one commit.
+/// Rows go with the log entries they describe at compaction, except those that reach past the
+/// doc's newest version.
+pub(crate) const UPDATE_AUTHORS: TableDefinition<'static, (&str, u64), (u64, u32, u64)> =
     TableDefinition::new("update_authors");
 
 /// Each doc's versions, metadata only: `(doc name, version id) -> encoded VersionRecord`.
