@@ -29,6 +29,7 @@ fn commit(c: &mut Criterion) {
                         doc: "d",
                         seq: i as u64 + 1,
                         update,
+                        author: None,
                     };
                     store.commit(&[op], 0, true).expect("commit");
                 }
@@ -51,6 +52,7 @@ fn commit(c: &mut Criterion) {
                                     doc: "d",
                                     seq: (chunk_idx * group_size + i) as u64 + 1,
                                     update,
+                                    author: None,
                                 })
                                 .collect();
                             store.commit(&ops, 0, fsync).expect("commit");
@@ -60,6 +62,45 @@ fn commit(c: &mut Criterion) {
                 )
             });
         }
+    }
+    // What recording who sent each update costs the writer (history): the same groups of 256
+    // without fsync, each update with its author. One author is a typing burst (one row per
+    // group); two alternating authors are the worst case (one row per update).
+    let authors = [
+        tandem_store::Author {
+            sub: Some("ada".into()),
+            name: "Ada".into(),
+        }
+        .encode(),
+        tandem_store::Author {
+            sub: Some("bob".into()),
+            name: "Bob".into(),
+        }
+        .encode(),
+    ];
+    for n_authors in [1usize, 2] {
+        let name = format!("groups of 256, fsync=false, {n_authors} author(s)");
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                fresh,
+                |(_dir, store)| {
+                    for (chunk_idx, chunk) in updates.chunks(256).enumerate() {
+                        let ops: Vec<WriteOp<'_>> = chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(i, update)| WriteOp::Append {
+                                doc: "d",
+                                seq: (chunk_idx * 256 + i) as u64 + 1,
+                                update,
+                                author: Some(&authors[i % n_authors]),
+                            })
+                            .collect();
+                        store.commit(&ops, 0, false).expect("commit");
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
     }
     group.finish();
 }

@@ -245,6 +245,13 @@ impl AwarenessTable {
         users
     }
 
+    /// The user named by the first presence state `peer` owns that names one.
+    pub fn user_of(&self, peer: PeerId) -> Option<&PresentUser> {
+        self.owned_by(peer)
+            .iter()
+            .find_map(|id| self.states.get(id)?.entry.user.as_ref())
+    }
+
     /// Client ids currently owned by `peer`.
     pub fn owned_by(&self, peer: PeerId) -> &[u64] {
         self.owned.get(&peer).map(Vec::as_slice).unwrap_or(&[])

@@ -14,6 +14,7 @@
 //!   user each one names.
 //! - [`doc_id`]: `DocId`, a document name validated once at the edge.
 //! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
+//! - [`restore`]: the update that takes a doc back to an earlier state as a change on top.
 //! - [`rate`]: `TokenBucket` and `ConnectionRates`, the per-connection rate limits.
 //! - `fuzzing` (hidden): the bodies of the cargo-fuzz targets in `fuzz/`, also run by proptest.
 
@@ -24,6 +25,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod protocol;
 pub mod rate;
+pub mod restore;
 pub mod shared_doc;
 
 pub use awareness::{Identity, PeerId, PresentUser};

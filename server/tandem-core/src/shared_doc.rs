@@ -354,6 +354,12 @@ impl SharedDoc {
         self.awareness.present_users()
     }
 
+    /// The user `peer`'s presence names, if it has one (who to credit with its edits when
+    /// authentication is off).
+    pub fn peer_user(&self, peer: PeerId) -> Option<&PresentUser> {
+        self.awareness.user_of(peer)
+    }
+
     /// Whether this doc holds everything `snapshot` describes: every insert its state vector
     /// counts (each client's clock is at most ours) and every deletion in its delete set.
     ///

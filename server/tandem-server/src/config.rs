@@ -145,6 +145,13 @@ pub struct ServeArgs {
     /// Compact a doc's log after this many bytes [default: 8388608].
     #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES")]
     pub compact_after_bytes: Option<u64>,
+    /// A doc with edits not yet in a version gets an automatic version once this long has
+    /// passed since its last version (and when it unloads) [default: 10m].
+    #[arg(long, env = "TANDEM_AUTO_VERSION_INTERVAL")]
+    pub auto_version_interval: Option<HumanDuration>,
+    /// Automatic versions kept per doc; older ones are pruned, named ones kept [default: 100].
+    #[arg(long, env = "TANDEM_MAX_AUTO_VERSIONS")]
+    pub max_auto_versions: Option<u64>,
     /// Frames queued for one peer before it counts as a slow consumer [default: 8192].
     #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
@@ -458,6 +465,15 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .or(file.outbox_capacity)
                 .unwrap_or(DEFAULT_OUTBOX_CAPACITY)
                 .max(1),
+            auto_version_interval: duration(
+                args.auto_version_interval,
+                file.auto_version_interval,
+                600,
+            ),
+            max_auto_versions: args
+                .max_auto_versions
+                .or(file.max_auto_versions)
+                .unwrap_or(100),
             limits,
         },
         connection: ConnectionConfig {
@@ -638,6 +654,25 @@ mod tests {
                 .tls
                 .is_none()
         );
+    }
+
+    #[test]
+    fn version_settings_have_defaults_and_come_from_flags_over_the_file() {
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(defaults.hub.auto_version_interval, Duration::from_secs(600));
+        assert_eq!(defaults.hub.max_auto_versions, 100);
+        let file: ServeArgs =
+            toml::from_str("auto_version_interval = \"2m\"\nmax_auto_versions = 7").unwrap();
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--auto-version-interval", "90s"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve");
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.hub.auto_version_interval, Duration::from_secs(90));
+        assert_eq!(config.hub.max_auto_versions, 7);
     }
 
     #[test]

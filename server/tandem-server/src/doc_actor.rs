@@ -17,27 +17,65 @@
 //!   peers stay connected and lose nothing, because they only ever saw durable updates.
 //! - The actor unloads itself: after the grace period with no peers and nothing in flight, it
 //!   removes its own hub entry, closes its inbox, and tells late joiners to retry.
+//!
+//! History (see `protocol-spec/history.md`):
+//! - Every update is credited to an author (the peer's verified identity, else the name its
+//!   presence shows, else `peer N`; over HTTP the token's identity), interned once per doc so the
+//!   hot path only clones an `Arc`. The writer stores it in the same transaction as the update.
+//! - Durable updates are reported as `Event::DocChanged`, per author, at most once per
+//!   `DOC_CHANGED_INTERVAL`, and once more when the doc unloads or shuts down.
+//! - Versions (named, automatic, before a restore) are queued to the writer behind the updates
+//!   they include; their answers and events wait for the writer's `durable_version`.
+//! - A restore is an ordinary update from the restorer, computed by `tandem_core::restore`,
+//!   stored and broadcast like any other; a `restore` version of the state it replaces is
+//!   saved first, so it can be undone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tandem_core::restore::RestoreError;
 use tandem_core::shared_doc::SnapshotRefused;
-use tandem_core::{DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc};
+use tandem_core::{
+    DocId, Message, PeerAccess, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc,
+};
+use tandem_store::{Author, HistoryHead, VersionKind, VersionRecord};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use yrs::Snapshot;
 
 use crate::connection::CloseReason;
-use crate::events::Event;
+use crate::events::{self, Actor, DOC_CHANGED_INTERVAL, Event};
 use crate::hub::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
 use crate::persist::{Durability, PersistCommand};
 
 /// The longest pause between two awareness expiry sweeps.
 const MAX_AWARENESS_SWEEP: Duration = Duration::from_secs(5);
+/// How long the text diffs of one restore may take before the rest of a text is replaced whole.
+const RESTORE_DIFF_BUDGET: Duration = Duration::from_secs(1);
+
+/// Who automatic versions are credited to.
+pub(crate) fn server_actor() -> Actor {
+    Actor {
+        sub: None,
+        name: "Tandem".into(),
+    }
+}
+
+/// Why a restore was refused (the doc is unchanged, but the `restore` version may be saved).
+#[derive(Debug)]
+pub(crate) enum RestoreRefused {
+    /// The version's state or the current one does not load.
+    State(RestoreError),
+    /// The doc refused the update (it would exceed the size limit).
+    Update(ProtocolError),
+}
+
+/// The answer to a version request: the version saved (for a restore, the one saved before it).
+pub(crate) type VersionAnswer = Result<Result<VersionRecord, RestoreRefused>, JoinError>;
 
 /// Everything that can be asked of a doc. The only way into a doc actor.
 pub(crate) enum DocCommand {
@@ -73,7 +111,23 @@ pub(crate) enum DocCommand {
     /// (whether it changed anything) waits for durability, like a broadcast.
     Apply {
         update: Bytes,
+        /// Who sent it (the token's identity).
+        actor: Actor,
         reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+    },
+    /// Save the current state as a named version. Answered once the version is durable.
+    SaveVersion {
+        name: String,
+        actor: Actor,
+        reply: oneshot::Sender<VersionAnswer>,
+    },
+    /// Take the doc back to `state` (that of version `version`) by a new update on top, after
+    /// saving a `restore` version of the current state. Answered once both are durable.
+    Restore {
+        version: u64,
+        state: Bytes,
+        actor: Actor,
+        reply: oneshot::Sender<VersionAnswer>,
     },
 }
 
@@ -117,6 +171,7 @@ async fn run(
         last_seq,
         n_log_entries,
         n_log_bytes,
+        history,
     } = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
         Err(reason) => {
@@ -136,8 +191,10 @@ async fn run(
     );
     let (durable_tx, durable_rx) = watch::channel(Durability {
         durable_seq: last_seq,
+        durable_version: history.last_version_id,
         failed: false,
     });
+    let interval = hub.config().auto_version_interval;
     let mut actor = DocActor {
         hub,
         doc,
@@ -157,7 +214,32 @@ async fn run(
         n_bytes_since_compact: n_log_bytes,
         n_log_entries,
         stopping: false,
+        authors: Vec::new(),
+        peer_authors: HashMap::new(),
+        unreported: VecDeque::new(),
+        changed: Vec::new(),
+        changed_due: None,
+        last_changed_report: None,
+        history: VersionState {
+            next_id: history.last_version_id + 1,
+            durable_id: history.last_version_id,
+            version_seq: history.last_version.as_ref().map_or(0, |v| v.seq),
+            last_at: last_version_instant(history.last_version.as_ref(), interval),
+            authors_since: Vec::new(),
+            auto_due: None,
+            pending: VecDeque::new(),
+        },
     };
+    for author in history.authors_since {
+        let idx = actor.intern(Actor {
+            sub: author.sub,
+            name: author.name,
+        });
+        actor.history.authors_since.push(idx);
+    }
+    if last_seq > actor.history.version_seq {
+        actor.history.auto_due = Some(actor.history.last_at + interval);
+    }
     actor.run(inbox).await;
 }
 
@@ -168,6 +250,19 @@ struct Loaded {
     /// Log entries after the snapshot, and their bytes.
     n_log_entries: u64,
     n_log_bytes: u64,
+    /// The newest version and who wrote since.
+    history: HistoryHead,
+}
+
+/// When, on the monotonic clock, the newest version was taken (at most `interval` ago).
+fn last_version_instant(last: Option<&VersionRecord>, interval: Duration) -> Instant {
+    let now = Instant::now();
+    let Some(last) = last else { return now };
+    let wall_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ago = Duration::from_millis(wall_ms.saturating_sub(last.created_ms)).min(interval);
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
@@ -179,11 +274,15 @@ async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
             .load_doc(name.as_str())
             .map_err(|error| error.to_string())?;
         let shared = SharedDoc::load(limits, stored.iter()).map_err(|error| error.to_string())?;
+        let history = store
+            .history_head(name.as_str())
+            .map_err(|error| error.to_string())?;
         Ok(Loaded {
             shared,
             last_seq: stored.last_seq,
             n_log_entries: stored.updates.len() as u64,
             n_log_bytes: stored.updates.iter().map(|u| u.len() as u64).sum(),
+            history,
         })
     })
     .await
@@ -209,6 +308,9 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Apply { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        DocCommand::SaveVersion { reply, .. } | DocCommand::Restore { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
         DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
     }
 }
@@ -229,6 +331,48 @@ enum Delivery {
         oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
         bool,
     ),
+    /// The answer to a restore (with the version saved before it), and its event.
+    Restored {
+        reply: oneshot::Sender<VersionAnswer>,
+        record: VersionRecord,
+        version: u64,
+        actor: Actor,
+    },
+}
+
+/// Durable updates of one author not reported yet.
+struct ChangedRun {
+    author: u32,
+    first_seq: u64,
+    last_seq: u64,
+    n_updates: u64,
+}
+
+/// A version handed to the writer, waiting for `durable_version` to reach its id.
+struct PendingVersion {
+    record: VersionRecord,
+    actor: Actor,
+    reply: Option<oneshot::Sender<VersionAnswer>>,
+    /// For a restore that changed nothing: the restored version, reported once this commits.
+    restored: Option<u64>,
+}
+
+/// The actor's view of the doc's versions.
+struct VersionState {
+    /// The id the next version gets (ids grow per doc; the actor is the only one to assign them).
+    next_id: u64,
+    /// Highest version id the writer reported committed.
+    durable_id: u64,
+    /// The seq the newest version includes.
+    version_seq: u64,
+    /// When the newest version was taken.
+    last_at: Instant,
+    /// Authors (indexes into `DocActor::authors`) of the updates since the newest version.
+    authors_since: Vec<u32>,
+    /// When to take an automatic version, if edits are waiting for one.
+    auto_due: Option<Instant>,
+    /// Versions queued to the writer, in id order.
+    pending: VecDeque<PendingVersion>,
 }
 
 struct DocActor {
@@ -257,6 +401,19 @@ struct DocActor {
     n_log_entries: u64,
     /// Shutdown began, or storage failed: no new peers, drain and stop.
     stopping: bool,
+    /// Everyone who wrote to this doc since it opened, with their encoded store form; an
+    /// author's index here is what the hot path carries.
+    authors: Vec<(Actor, Arc<[u8]>)>,
+    /// Each WebSocket peer's author, and the presence name it was taken from (auth off).
+    peer_authors: HashMap<PeerId, (u32, Option<Arc<str>>)>,
+    /// Submitted updates not yet durable: (seq, author), in seq order.
+    unreported: VecDeque<(u64, u32)>,
+    /// Durable updates not yet reported by `Event::DocChanged`, one run per author.
+    changed: Vec<ChangedRun>,
+    /// When to report `changed`.
+    changed_due: Option<Instant>,
+    last_changed_report: Option<Instant>,
+    history: VersionState,
 }
 
 impl DocActor {
@@ -298,10 +455,23 @@ impl DocActor {
                         return;
                     }
                 }
+                () = sleep_until_opt(self.changed_due), if self.changed_due.is_some() => {
+                    self.report_changes();
+                }
+                () = sleep_until_opt(self.history.auto_due),
+                    if self.history.auto_due.is_some() && !self.stopping =>
+                {
+                    self.history.auto_due = None;
+                    if self.has_unversioned_edits() {
+                        self.save_version(VersionKind::Auto, None, server_actor(), None, None)
+                            .await;
+                    }
+                }
             }
         }
         // The inbox is closed and drained (shutdown or storage failure): flush and stop.
         self.wait_durable().await;
+        self.finish_history().await;
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         info!(
@@ -350,7 +520,285 @@ impl DocActor {
             DocCommand::Presence { reply } => {
                 let _ = reply.send(self.shared.present_users());
             }
-            DocCommand::Apply { update, reply } => self.apply_http(update, reply).await,
+            DocCommand::Apply {
+                update,
+                actor,
+                reply,
+            } => self.apply_http(update, actor, reply).await,
+            DocCommand::SaveVersion { name, actor, reply } => {
+                self.save_version(VersionKind::Named, Some(name), actor, Some(reply), None)
+                    .await;
+            }
+            DocCommand::Restore {
+                version,
+                state,
+                actor,
+                reply,
+            } => self.restore(version, &state, actor, reply).await,
+        }
+    }
+
+    /// The index of `actor` in `authors`, adding it if new.
+    fn intern(&mut self, actor: Actor) -> u32 {
+        if let Some(idx) = self.authors.iter().position(|(known, _)| *known == actor) {
+            return idx as u32;
+        }
+        let encoded = Author {
+            sub: actor.sub.clone(),
+            name: actor.name.clone(),
+        }
+        .encode();
+        self.authors.push((actor, Arc::from(encoded)));
+        (self.authors.len() - 1) as u32
+    }
+
+    /// Who `peer`'s updates are credited to: its verified identity, else the name its presence
+    /// shows, else `peer N`. Cached per peer; only a new presence name costs an allocation.
+    fn author_of(&mut self, peer: PeerId, access: &PeerAccess) -> u32 {
+        let presence = if access.identity.is_some() {
+            None
+        } else {
+            self.shared.peer_user(peer).map(|user| user.name.clone())
+        };
+        if let Some((idx, name)) = self.peer_authors.get(&peer)
+            && *name == presence
+        {
+            return *idx;
+        }
+        let fallback = match &presence {
+            Some(name) => name.to_string(),
+            None => format!("peer {peer}"),
+        };
+        let idx = self.intern(Actor::from_identity(access.identity.as_ref(), fallback));
+        self.peer_authors.insert(peer, (idx, presence));
+        idx
+    }
+
+    fn has_unversioned_edits(&self) -> bool {
+        self.submitted_seq > self.history.version_seq
+    }
+
+    /// Queues a version of the current state behind everything submitted so far. Its answer
+    /// and `VersionCreated` wait until the writer reports it durable.
+    async fn save_version(
+        &mut self,
+        kind: VersionKind,
+        name: Option<String>,
+        actor: Actor,
+        reply: Option<oneshot::Sender<VersionAnswer>>,
+        restored: Option<u64>,
+    ) -> Option<VersionRecord> {
+        let state = self.shared.encode_state();
+        let record = VersionRecord {
+            id: self.history.next_id,
+            kind,
+            name,
+            author: Author {
+                sub: actor.sub.clone(),
+                name: actor.name.clone(),
+            },
+            created_ms: events::now_ms(),
+            seq: self.submitted_seq,
+            size_bytes: state.len() as u64,
+            authors: self
+                .history
+                .authors_since
+                .iter()
+                .map(|idx| {
+                    let (actor, _) = &self.authors[*idx as usize];
+                    Author {
+                        sub: actor.sub.clone(),
+                        name: actor.name.clone(),
+                    }
+                })
+                .collect(),
+        };
+        let command = PersistCommand::Version {
+            doc: self.doc.clone(),
+            record: Box::new(record.clone()),
+            state,
+            max_auto: self.hub.config().max_auto_versions,
+            report: self.durable_tx.clone(),
+        };
+        if self.hub.persist().send(command).await.is_err() {
+            error!("redb writer is gone; closing the doc");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(JoinError::Unavailable));
+            }
+            self.fail_storage();
+            return None;
+        }
+        debug!(
+            version = record.id,
+            kind = kind.as_str(),
+            seq = record.seq,
+            "version queued"
+        );
+        self.history.next_id += 1;
+        self.history.version_seq = self.submitted_seq;
+        self.history.last_at = Instant::now();
+        self.history.authors_since.clear();
+        self.history.auto_due = None;
+        self.history.pending.push_back(PendingVersion {
+            record: record.clone(),
+            actor,
+            reply,
+            restored,
+        });
+        Some(record)
+    }
+
+    /// Takes the doc back to `state` by an update on top, credited to `actor`.
+    async fn restore(
+        &mut self,
+        version: u64,
+        state: &[u8],
+        actor: Actor,
+        reply: oneshot::Sender<VersionAnswer>,
+    ) {
+        // A fresh client id for the restore's own structs (53 bits, as Yjs clients use).
+        let client_id = rand::random::<u64>() & ((1 << 53) - 1);
+        let deadline = std::time::Instant::now() + RESTORE_DIFF_BUDGET;
+        let current = self.shared.encode_state();
+        let update = match tandem_core::restore::restore_update(
+            &current,
+            state,
+            client_id,
+            Some(deadline),
+        ) {
+            Ok(update) => update,
+            Err(error) => {
+                error!(version, %error, "cannot compute the restore");
+                let _ = reply.send(Ok(Err(RestoreRefused::State(error))));
+                return;
+            }
+        };
+        let name = Some(format!("before restoring version {version}"));
+        let Some(update) = update else {
+            // Nothing to change: the answer waits for the `restore` version only.
+            self.save_version(
+                VersionKind::Restore,
+                name,
+                actor,
+                Some(reply),
+                Some(version),
+            )
+            .await;
+            return;
+        };
+        let Some(record) = self
+            .save_version(VersionKind::Restore, name, actor.clone(), None, None)
+            .await
+        else {
+            let _ = reply.send(Err(JoinError::Unavailable));
+            return;
+        };
+        let payload = match tandem_core::protocol::decode_update(Bytes::from(update)) {
+            Ok(payload) => payload,
+            Err(error) => {
+                error!(version, %error, "the restore update does not decode");
+                let _ = reply.send(Ok(Err(RestoreRefused::Update(error))));
+                return;
+            }
+        };
+        let author = self.intern(actor.clone());
+        let now_ms = self.now_ms();
+        match self
+            .shared
+            .receive(HTTP_PEER, Message::Update(payload), now_ms)
+        {
+            Ok(effects) => {
+                if let Some(update) = effects.persist
+                    && !self.append(update, author).await
+                {
+                    let _ = reply.send(Err(JoinError::Unavailable));
+                    return;
+                }
+                if let Some(frame) = effects.broadcast_others {
+                    self.enqueue(Delivery::ToOthers(HTTP_PEER, frame));
+                }
+                info!(version, restore_version = record.id, "restore applied");
+                self.enqueue(Delivery::Restored {
+                    reply,
+                    record,
+                    version,
+                    actor,
+                });
+                self.compact_if_due();
+            }
+            Err(ReceiveError::Protocol(error)) => {
+                let _ = reply.send(Ok(Err(RestoreRefused::Update(error))));
+            }
+            Err(ReceiveError::Poisoned(error)) => {
+                error!(%error, "the restore poisoned the doc; reloading it from storage");
+                let _ = reply.send(Ok(Err(RestoreRefused::Update(error))));
+                self.reload().await;
+            }
+        }
+    }
+
+    /// Unload and shutdown: an automatic version of unversioned edits, then the last
+    /// `DocChanged` reports once everything is durable.
+    async fn finish_history(&mut self) {
+        if self.durable_rx.borrow().failed {
+            return;
+        }
+        if self.has_unversioned_edits() {
+            self.save_version(VersionKind::Auto, None, server_actor(), None, None)
+                .await;
+            self.wait_durable().await;
+        }
+        self.report_changes();
+    }
+
+    /// Moves durable updates from `unreported` into the per-author runs.
+    fn note_durable_updates(&mut self) {
+        while let Some(&(seq, author)) = self.unreported.front() {
+            if seq > self.durable_seq {
+                break;
+            }
+            self.unreported.pop_front();
+            match self.changed.iter_mut().find(|run| run.author == author) {
+                Some(run) => {
+                    run.last_seq = seq;
+                    run.n_updates += 1;
+                }
+                None => self.changed.push(ChangedRun {
+                    author,
+                    first_seq: seq,
+                    last_seq: seq,
+                    n_updates: 1,
+                }),
+            }
+        }
+        if !self.changed.is_empty() && self.changed_due.is_none() {
+            let now = Instant::now();
+            self.changed_due = Some(
+                self.last_changed_report
+                    .map_or(now, |at| (at + DOC_CHANGED_INTERVAL).max(now)),
+            );
+        }
+    }
+
+    /// Publishes one `DocChanged` per author with durable updates not reported yet.
+    fn report_changes(&mut self) {
+        self.changed_due = None;
+        if self.changed.is_empty() {
+            return;
+        }
+        self.last_changed_report = Some(Instant::now());
+        let at_ms = events::now_ms();
+        let events = self.hub.events().clone();
+        for run in self.changed.drain(..) {
+            let (actor, _) = &self.authors[run.author as usize];
+            events.publish(Event::DocChanged {
+                doc: self.doc.to_string(),
+                actor: actor.clone(),
+                first_seq: run.first_seq,
+                last_seq: run.last_seq,
+                n_updates: run.n_updates,
+                at_ms,
+            });
         }
     }
 
@@ -358,6 +806,7 @@ impl DocActor {
     async fn apply_http(
         &mut self,
         raw: Bytes,
+        actor: Actor,
         reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
     ) {
         let payload = match tandem_core::protocol::decode_update(raw) {
@@ -374,11 +823,12 @@ impl DocActor {
         {
             Ok(effects) => {
                 let applied = effects.persist.is_some();
-                if let Some(update) = effects.persist
-                    && !self.append(update).await
-                {
-                    let _ = reply.send(Err(JoinError::Unavailable));
-                    return;
+                if let Some(update) = effects.persist {
+                    let author = self.intern(actor);
+                    if !self.append(update, author).await {
+                        let _ = reply.send(Err(JoinError::Unavailable));
+                        return;
+                    }
                 }
                 if let Some(frame) = effects.broadcast_others {
                     self.enqueue(Delivery::ToOthers(HTTP_PEER, frame));
@@ -424,10 +874,11 @@ impl DocActor {
             if effects.n_foreign_awareness > 0 {
                 warn!(%peer, n = effects.n_foreign_awareness, "dropped awareness entries owned by another connection");
             }
-            if let Some(update) = effects.persist
-                && !self.append(update).await
-            {
-                return;
+            if let Some(update) = effects.persist {
+                let author = self.author_of(peer, &access);
+                if !self.append(update, author).await {
+                    return;
+                }
             }
             for frame in effects.reply {
                 self.enqueue(Delivery::ToPeer(peer, frame));
@@ -452,15 +903,24 @@ impl DocActor {
     }
 
     /// Hands an accepted update to the writer. Returns false if the writer is gone.
-    async fn append(&mut self, update: Bytes) -> bool {
+    async fn append(&mut self, update: Bytes, author: u32) -> bool {
         self.submitted_seq += 1;
         self.n_updates_since_compact += 1;
         self.n_bytes_since_compact += update.len() as u64;
         self.n_log_entries += 1;
+        self.unreported.push_back((self.submitted_seq, author));
+        if !self.history.authors_since.contains(&author) {
+            self.history.authors_since.push(author);
+        }
+        if self.history.auto_due.is_none() {
+            self.history.auto_due =
+                Some(self.history.last_at + self.hub.config().auto_version_interval);
+        }
         let command = PersistCommand::Append {
             doc: self.doc.clone(),
             seq: self.submitted_seq,
             update,
+            author: Some(self.authors[author as usize].1.clone()),
             report: self.durable_tx.clone(),
         };
         if self.hub.persist().send(command).await.is_err() {
@@ -530,6 +990,18 @@ impl DocActor {
             return;
         }
         self.durable_seq = state.durable_seq;
+        self.note_durable_updates();
+        self.history.durable_id = state.durable_version;
+        while self
+            .history
+            .pending
+            .front()
+            .is_some_and(|pending| pending.record.id <= self.history.durable_id)
+        {
+            if let Some(pending) = self.history.pending.pop_front() {
+                self.version_durable(pending);
+            }
+        }
         while self
             .pending
             .front()
@@ -565,6 +1037,50 @@ impl DocActor {
             Delivery::Applied(reply, applied) => {
                 let _ = reply.send(Ok(Ok(applied)));
             }
+            Delivery::Restored {
+                reply,
+                record,
+                version,
+                actor,
+            } => {
+                self.hub.events().publish(Event::VersionRestored {
+                    doc: self.doc.to_string(),
+                    version,
+                    actor,
+                    at_ms: events::now_ms(),
+                });
+                let _ = reply.send(Ok(Ok(record)));
+            }
+        }
+    }
+
+    /// A version is on disk: announce it and answer whoever asked for it.
+    fn version_durable(&mut self, pending: PendingVersion) {
+        let PendingVersion {
+            record,
+            actor,
+            reply,
+            restored,
+        } = pending;
+        let at_ms = events::now_ms();
+        self.hub.events().publish(Event::VersionCreated {
+            doc: self.doc.to_string(),
+            version: record.id,
+            name: record.name.clone(),
+            kind: record.kind.as_str().into(),
+            actor: actor.clone(),
+            at_ms,
+        });
+        if let Some(version) = restored {
+            self.hub.events().publish(Event::VersionRestored {
+                doc: self.doc.to_string(),
+                version,
+                actor,
+                at_ms,
+            });
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(Ok(record)));
         }
     }
 
@@ -600,6 +1116,7 @@ impl DocActor {
             link.closer.close(reason);
         }
         drop(link);
+        self.peer_authors.remove(&peer);
         self.n_peers.store(self.peers.len(), Ordering::Relaxed);
         self.publish_presence();
         debug!(%peer, n_peers = self.peers.len(), "peer left");
@@ -613,7 +1130,10 @@ impl DocActor {
 
     /// Waits until everything submitted is durable (or storage failed), releasing deliveries.
     async fn wait_durable(&mut self) {
-        while self.durable_seq < self.submitted_seq && !self.durable_rx.borrow().failed {
+        while (self.durable_seq < self.submitted_seq
+            || self.history.durable_id + 1 < self.history.next_id)
+            && !self.durable_rx.borrow().failed
+        {
             if self.durable_rx.changed().await.is_err() {
                 break;
             }
@@ -655,6 +1175,12 @@ impl DocActor {
     /// Storage is unusable for this doc: close every peer with 1011 and stop accepting.
     fn fail_storage(&mut self) {
         self.pending.clear();
+        self.unreported.clear();
+        for pending in self.history.pending.drain(..) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(JoinError::Unavailable));
+            }
+        }
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
             self.remove_peer(peer, Some(CloseReason::StorageFailure));
@@ -670,6 +1196,7 @@ impl DocActor {
             return false;
         }
         self.wait_durable().await;
+        self.finish_history().await;
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         inbox.close();

@@ -135,7 +135,7 @@ pub(crate) enum Event {
         actor: Actor,
         at_ms: u64,
     },
-    /// A version of a doc was saved (`kind`: `named` or `auto`).
+    /// A version of a doc was saved (`kind`: `named`, `auto` or `restore`), once it is durable.
     VersionCreated {
         doc: String,
         version: u64,

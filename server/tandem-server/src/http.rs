@@ -34,6 +34,7 @@ use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
 use crate::hub::{Hub, JoinError};
+use crate::versions::{self, VersionPath};
 use crate::web_client;
 use crate::ws_upgrade::Upgrade;
 
@@ -238,6 +239,26 @@ async fn get_doc(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let path = uri
+        .path()
+        .strip_prefix("/api/docs/")
+        .ok_or(ApiError::NotFound)?;
+    // The history API (`versions.rs`): its path suffixes win over doc names.
+    if let Some(version_path) = VersionPath::parse(path) {
+        let raw_name = match version_path {
+            VersionPath::List(name) | VersionPath::One(name, _) | VersionPath::History(name) => {
+                name
+            }
+            VersionPath::Restore(..) => return Err(ApiError::NotFound),
+        };
+        let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
+        grant(&state, &headers, &uri, &doc)?;
+        return match version_path {
+            VersionPath::List(_) => versions::list(&state, doc).await,
+            VersionPath::One(_, id) => versions::get(&state, &headers, doc, id).await,
+            _ => versions::history(&state, uri.query(), doc).await,
+        };
+    }
     let doc = doc_id_from(&uri, "/api/docs/")?;
     grant(&state, &headers, &uri, &doc)?;
     let snapshot = state.hub.snapshot(&doc).await.map_err(ApiError::from)?;
@@ -274,6 +295,22 @@ async fn post_doc(
         .path()
         .strip_prefix("/api/docs/")
         .ok_or(ApiError::NotFound)?;
+    // The history API (`versions.rs`): its path suffixes win over doc names.
+    match VersionPath::parse(path) {
+        Some(VersionPath::List(raw_name)) => {
+            let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
+            let grant = grant(&state, &headers, &uri, &doc)?;
+            let body = body.map_err(|_| ApiError::BadBody)?;
+            return versions::create(&state, &grant, &headers, doc, &body).await;
+        }
+        Some(VersionPath::Restore(raw_name, id)) => {
+            let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
+            let grant = grant(&state, &headers, &uri, &doc)?;
+            return versions::restore(&state, &grant, &headers, doc, id).await;
+        }
+        Some(VersionPath::One(..) | VersionPath::History(_)) => return Err(ApiError::NotFound),
+        None => {}
+    }
     let (raw_name, is_update) = if let Some(name) = path.strip_suffix(COVERS_SUFFIX) {
         (name, false)
     } else if let Some(name) = path.strip_suffix(UPDATE_SUFFIX) {
@@ -306,7 +343,7 @@ async fn post_doc(
         decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
         let applied = state
             .hub
-            .apply_update(&doc, body)
+            .apply_update(&doc, body, versions::http_actor(&grant, &headers))
             .await?
             .map_err(|error| match error {
                 // Refused before it was applied: nothing changed, nothing was stored.
@@ -423,6 +460,12 @@ pub(crate) enum ApiError {
     Account(AccountError),
     #[error("{0}")]
     File(FileApiError),
+    #[error("no such version")]
+    VersionNotFound,
+    #[error("a version name is 1 to {max} characters")]
+    BadVersionName { max: usize },
+    #[error("bad query parameter {0:?}")]
+    BadQuery(&'static str),
 }
 
 impl From<JoinError> for ApiError {
@@ -454,6 +497,9 @@ impl ApiError {
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ApiError::Account(error) => error.status_and_code(),
             ApiError::File(error) => error.status_and_code(),
+            ApiError::VersionNotFound => (StatusCode::NOT_FOUND, "version_not_found"),
+            ApiError::BadVersionName { .. } => (StatusCode::BAD_REQUEST, "bad_version_name"),
+            ApiError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
         }
     }
 }

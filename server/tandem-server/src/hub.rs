@@ -18,13 +18,13 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tandem_core::{DocId, Limits, PeerAccess, PeerId, PresentUser, ProtocolError, SharedDoc};
-use tandem_store::Store;
+use tandem_store::{Store, VersionRecord};
 use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
 
 use crate::connection::Closer;
-use crate::doc_actor::{self, DocCommand, DocSnapshot};
-use crate::events::Events;
+use crate::doc_actor::{self, DocCommand, DocSnapshot, RestoreRefused};
+use crate::events::{Actor, Events};
 use crate::persist::PersistCommand;
 use crate::shutdown::Lifecycle;
 
@@ -44,6 +44,10 @@ pub struct HubConfig {
     pub compact_after_bytes: u64,
     /// Capacity of each peer's outgoing queue, in frames. A full queue closes that peer.
     pub outbox_capacity: usize,
+    /// A doc with unversioned edits gets an automatic version this long after its last one.
+    pub auto_version_interval: Duration,
+    /// Automatic versions kept per doc (named and restore versions are always kept).
+    pub max_auto_versions: u64,
     /// Per-peer and per-doc limits.
     pub limits: Limits,
 }
@@ -245,12 +249,14 @@ impl Hub {
         &self,
         doc: &DocId,
         update: Bytes,
+        actor: Actor,
     ) -> Result<Result<bool, ProtocolError>, JoinError> {
         for _ in 0..MAX_JOIN_ATTEMPTS {
             let handle = self.get_or_open(doc)?;
             let (reply, answer) = oneshot::channel();
             let command = DocCommand::Apply {
                 update: update.clone(),
+                actor: actor.clone(),
                 reply,
             };
             if handle.tx.send(command).await.is_err() {
@@ -266,6 +272,42 @@ impl Hub {
             }
         }
         Err(JoinError::Unavailable)
+    }
+
+    /// Saves `doc`'s current state as a version named `name`, once durable. `None` if the doc
+    /// does not exist.
+    pub(crate) async fn save_version(
+        &self,
+        doc: &DocId,
+        name: String,
+        actor: Actor,
+    ) -> Result<Option<VersionRecord>, JoinError> {
+        let answer = self
+            .ask_stored(doc, |reply| DocCommand::SaveVersion {
+                name: name.clone(),
+                actor: actor.clone(),
+                reply,
+            })
+            .await?;
+        Ok(answer.and_then(Result::ok))
+    }
+
+    /// Takes `doc` back to `state` (that of version `version`) by a new update from `actor`;
+    /// returns the `restore` version saved just before. `None` if the doc does not exist.
+    pub(crate) async fn restore(
+        &self,
+        doc: &DocId,
+        version: u64,
+        state: Bytes,
+        actor: Actor,
+    ) -> Result<Option<Result<VersionRecord, RestoreRefused>>, JoinError> {
+        self.ask_stored(doc, |reply| DocCommand::Restore {
+            version,
+            state: state.clone(),
+            actor: actor.clone(),
+            reply,
+        })
+        .await
     }
 
     /// The users present in an open doc, or nothing if its actor does not answer within `timeout`

@@ -36,6 +36,7 @@ mod listener;
 mod persist;
 mod shutdown;
 mod tls;
+mod versions;
 mod web_client;
 mod ws_upgrade;
 

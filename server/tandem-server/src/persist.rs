@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tandem_core::DocId;
-use tandem_store::{Store, WriteOp};
+use tandem_store::{Store, VersionRecord, WriteOp};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Capacity of the channel into the writer. When it is full, doc actors wait, which in turn
@@ -34,17 +34,29 @@ pub(crate) const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) struct Durability {
     /// Every update of the doc with a seq at or below this is committed.
     pub(crate) durable_seq: u64,
+    /// Every version of the doc with an id at or below this is committed.
+    pub(crate) durable_version: u64,
     /// A commit containing this doc's updates failed; nothing after `durable_seq` is on disk.
     pub(crate) failed: bool,
 }
 
 /// A request to the writer thread.
 pub(crate) enum PersistCommand {
-    /// Append one update to a doc's log.
+    /// Append one update to a doc's log, with who sent it (an encoded `tandem_store::Author`,
+    /// shared by all the updates of one author, so this costs no allocation per update).
     Append {
         doc: DocId,
         seq: u64,
         update: Bytes,
+        author: Option<Arc<[u8]>>,
+        report: watch::Sender<Durability>,
+    },
+    /// Store a version of a doc (metadata and state), pruning old automatic ones.
+    Version {
+        doc: DocId,
+        record: Box<VersionRecord>,
+        state: Vec<u8>,
+        max_auto: u64,
         report: watch::Sender<Durability>,
     },
     /// Replace the log up to `upto_seq` by a snapshot, in one transaction.
@@ -145,11 +157,28 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         .iter()
         .filter_map(|command| match command {
             PersistCommand::Append {
-                doc, seq, update, ..
+                doc,
+                seq,
+                update,
+                author,
+                ..
             } => Some(WriteOp::Append {
                 doc: doc.as_str(),
                 seq: *seq,
                 update,
+                author: author.as_deref(),
+            }),
+            PersistCommand::Version {
+                doc,
+                record,
+                state,
+                max_auto,
+                ..
+            } => Some(WriteOp::Version {
+                doc: doc.as_str(),
+                record,
+                state,
+                max_auto: *max_auto,
             }),
             PersistCommand::Compact {
                 doc,
@@ -174,11 +203,20 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         tracing::error!(%error, n_ops = ops.len(), "commit failed; affected docs stop accepting edits");
     }
     for command in batch {
-        if let PersistCommand::Append { seq, report, .. } = command {
-            report.send_modify(|state| match res {
-                Ok(()) => state.durable_seq = state.durable_seq.max(*seq),
-                Err(_) => state.failed = true,
-            });
+        match command {
+            PersistCommand::Append { seq, report, .. } => {
+                report.send_modify(|state| match res {
+                    Ok(()) => state.durable_seq = state.durable_seq.max(*seq),
+                    Err(_) => state.failed = true,
+                });
+            }
+            PersistCommand::Version { record, report, .. } => {
+                report.send_modify(|state| match res {
+                    Ok(()) => state.durable_version = state.durable_version.max(record.id),
+                    Err(_) => state.failed = true,
+                });
+            }
+            _ => {}
         }
     }
 }
@@ -188,6 +226,7 @@ impl PersistCommand {
         match self {
             PersistCommand::Append { update, .. } => update.len(),
             PersistCommand::Compact { snapshot, .. } => snapshot.len(),
+            PersistCommand::Version { state, .. } => state.len(),
             PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => 0,
         }
     }

@@ -23,6 +23,15 @@ pub enum StoreError {
         /// What rule was broken.
         detail: String,
     },
+    /// One stored history record (a version, an author) breaks the format's rules. It affects
+    /// that record only.
+    #[error("stored {what} is corrupt: {detail}")]
+    CorruptRecord {
+        /// Which record.
+        what: String,
+        /// What rule was broken.
+        detail: String,
+    },
     /// Another `Database` (in this process or another, e.g. a running server) has the file
     /// open. A command-line tool falls back to the server's HTTP API.
     #[error("the database is closed: reopening it failed")]

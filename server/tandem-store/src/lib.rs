@@ -14,10 +14,12 @@
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
+//! - `history`: who sent each update, and each doc's versions (`VersionRecord`).
 
 mod accounts;
 pub mod error;
 mod files;
+mod history;
 pub mod schema;
 
 use std::ops::Deref;
@@ -31,6 +33,7 @@ pub use error::StoreError;
 pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
 };
+pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
 
@@ -91,6 +94,8 @@ pub enum WriteOp<'a> {
         seq: u64,
         /// The v1 update bytes.
         update: &'a [u8],
+        /// Who sent it: an encoded [`Author`] (`Author::encode`), recorded with the commit's time.
+        author: Option<&'a [u8]>,
     },
     /// Replace the log up to and including `upto_seq` by `snapshot`.
     Compact {
@@ -100,6 +105,18 @@ pub enum WriteOp<'a> {
         upto_seq: u64,
         /// The whole doc state as of `upto_seq`.
         snapshot: &'a [u8],
+    },
+    /// Store a version of a doc (its metadata and full state); an automatic one prunes the
+    /// doc's oldest automatic versions beyond `max_auto`. Ids must grow per doc.
+    Version {
+        /// The doc.
+        doc: &'a str,
+        /// The metadata.
+        record: &'a VersionRecord,
+        /// The whole doc state as one v1 update.
+        state: &'a [u8],
+        /// Most automatic versions kept for the doc.
+        max_auto: u64,
     },
 }
 
@@ -246,9 +263,16 @@ impl Store {
             let mut updates = txn.open_table(UPDATES)?;
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
             let mut docs = txn.open_table(DOCS)?;
+            // Opened on first use: a batch without authors or versions pays nothing for them.
+            let mut history: Option<history::HistoryTables<'_>> = None;
             for op in ops {
                 match *op {
-                    WriteOp::Append { doc, seq, update } => {
+                    WriteOp::Append {
+                        doc,
+                        seq,
+                        update,
+                        author,
+                    } => {
                         let (snapshot_seq, size, _, n_log, last_seq) =
                             docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
                         if seq <= last_seq {
@@ -258,6 +282,10 @@ impl Store {
                             });
                         }
                         updates.insert((doc, seq), update)?;
+                        if let Some(author) = author {
+                            history::tables(&mut history, &txn, now_ms)?
+                                .record_author(doc, seq, author)?;
+                        }
                         let row: DocRow = (
                             snapshot_seq,
                             size + update.len() as u64,
@@ -275,6 +303,7 @@ impl Store {
                         let (_, _, updated_ms, _, last_seq) =
                             docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
                         updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
+                        history::tables(&mut history, &txn, now_ms)?.compact(doc, upto_seq)?;
                         snapshots.insert(doc, snapshot)?;
                         let mut n_log = 0u64;
                         let mut log_bytes = 0u64;
@@ -292,7 +321,17 @@ impl Store {
                         );
                         docs.insert(doc, row)?;
                     }
+                    WriteOp::Version {
+                        doc,
+                        record,
+                        state,
+                        max_auto,
+                    } => history::tables(&mut history, &txn, now_ms)?
+                        .put_version(doc, record, state, max_auto)?,
                 }
+            }
+            if let Some(history) = history {
+                history.finish()?;
             }
         }
         txn.commit()?;
@@ -351,7 +390,12 @@ mod tests {
     }
 
     fn append<'a>(doc: &'a str, seq: u64, update: &'a [u8]) -> WriteOp<'a> {
-        WriteOp::Append { doc, seq, update }
+        WriteOp::Append {
+            doc,
+            seq,
+            update,
+            author: None,
+        }
     }
 
     #[test]

@@ -51,6 +51,31 @@ pub(crate) const UPLOADS: TableDefinition<'static, &str, &[u8]> = TableDefinitio
 pub(crate) const FILE_USAGE: TableDefinition<'static, &str, u64> =
     TableDefinition::new("file_usage");
 
+// History (`history.rs`). Added after format version 1 shipped, like `users`: a file without
+// these tables reads as having no history, and the first write creates them.
+
+/// Interned authors: encoded author (see `history::Author::encode`) -> author id.
+pub(crate) const AUTHOR_IDS: TableDefinition<'static, &[u8], u32> =
+    TableDefinition::new("author_ids");
+
+/// Interned authors, reverse: author id -> encoded author.
+pub(crate) const AUTHORS: TableDefinition<'static, u32, &[u8]> = TableDefinition::new("authors");
+
+/// Who sent each stored update and when: `(doc name, first_seq) -> (at_ms, author id,
+/// last_seq)`, one row per run of consecutive updates of one doc by one author in one commit.
+/// Rows go with the log entries they describe at compaction, except those that reach past the
+/// doc's newest version.
+pub(crate) const UPDATE_AUTHORS: TableDefinition<'static, (&str, u64), (u64, u32, u64)> =
+    TableDefinition::new("update_authors");
+
+/// Each doc's versions, metadata only: `(doc name, version id) -> encoded VersionRecord`.
+pub(crate) const VERSIONS: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("versions");
+
+/// Each version's full state: `(doc name, version id) -> v1 update bytes`.
+pub(crate) const VERSION_STATES: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("version_states");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`, fixed width.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -83,6 +108,11 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<(), StoreError
                 txn.open_table(BLOBS)?;
                 txn.open_table(UPLOADS)?;
                 txn.open_table(FILE_USAGE)?;
+                txn.open_table(AUTHOR_IDS)?;
+                txn.open_table(AUTHORS)?;
+                txn.open_table(UPDATE_AUTHORS)?;
+                txn.open_table(VERSIONS)?;
+                txn.open_table(VERSION_STATES)?;
             }
             txn.commit()?;
             Ok(())

@@ -60,6 +60,7 @@ fn acknowledged_commits_survive_a_crash_and_failed_ones_leave_nothing() {
             doc: "d",
             seq: 1,
             update: b"acknowledged",
+            author: None,
         }];
         store
             .commit(&acked, 1, true)
@@ -70,11 +71,13 @@ fn acknowledged_commits_survive_a_crash_and_failed_ones_leave_nothing() {
                 doc: "d",
                 seq: 2,
                 update: b"never acknowledged",
+                author: None,
             },
             WriteOp::Append {
                 doc: "e",
                 seq: 1,
                 update: b"nor this",
+                author: None,
             },
         ];
         assert!(
@@ -96,6 +99,7 @@ fn acknowledged_commits_survive_a_crash_and_failed_ones_leave_nothing() {
                 doc: "d",
                 seq: 2,
                 update: b"after",
+                author: None,
             }],
             3,
             true,

@@ -18,16 +18,19 @@ fn write_fixture_content(store: &Store) {
             doc: "team/notes.md",
             seq: 1,
             update: b"first",
+            author: None,
         },
         WriteOp::Append {
             doc: "team/notes.md",
             seq: 2,
             update: b"second",
+            author: None,
         },
         WriteOp::Append {
             doc: "team/notes.md",
             seq: 3,
             update: b"third",
+            author: None,
         },
         WriteOp::Compact {
             doc: "team/notes.md",
@@ -38,6 +41,7 @@ fn write_fixture_content(store: &Store) {
             doc: "a",
             seq: 1,
             update: b"only a",
+            author: None,
         },
     ];
     store

@@ -1,0 +1,322 @@
+//! The history API: a doc's versions, one version's content, naming a version, restoring one,
+//! and who sent the stored updates. Contract: `protocol-spec/history.md`.
+//!
+//! Naming and restoring go through the doc actor (`DocCommand::SaveVersion`, `::Restore`), so
+//! they see the current in-memory state, run in order with edits, and answer only once durable.
+//! Listing and reading come straight from the store: a version becomes visible when its commit
+//! returns, which is before anyone is told about it, so a client always reads its own versions.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tandem_core::{DocId, ProtocolError, SharedDoc};
+use tandem_store::{Author, VersionRecord};
+
+use crate::auth::{AuthError, Grant};
+use crate::doc_actor::RestoreRefused;
+use crate::events::Actor;
+use crate::http::{ApiError, AppState};
+
+/// Longest version name, in characters.
+pub(crate) const MAX_VERSION_NAME_CHARS: usize = 200;
+/// Default and largest page of `GET /api/docs/{name}/history`.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// What a request under `/api/docs/{name}/...` asks of the history API.
+pub(crate) enum VersionPath<'a> {
+    /// `.../versions`
+    List(&'a str),
+    /// `.../versions/{id}`
+    One(&'a str, u64),
+    /// `.../versions/{id}/restore`
+    Restore(&'a str, u64),
+    /// `.../history`
+    History(&'a str),
+}
+
+impl<'a> VersionPath<'a> {
+    /// Matches the raw (still percent-encoded) path after `/api/docs/`. The suffix wins, so
+    /// `GET` cannot read the content of a doc whose own name ends like this (`%2F` is refused in
+    /// names, so there is no escape); its versions stay reachable (`.../x/versions/versions`).
+    pub(crate) fn parse(path: &'a str) -> Option<VersionPath<'a>> {
+        if let Some(name) = path.strip_suffix("/versions") {
+            return Some(VersionPath::List(name));
+        }
+        if let Some(name) = path.strip_suffix("/history") {
+            return Some(VersionPath::History(name));
+        }
+        if let Some(rest) = path.strip_suffix("/restore") {
+            let (name, id) = split_id(rest)?;
+            return Some(VersionPath::Restore(name, id));
+        }
+        let (name, id) = split_id(path)?;
+        Some(VersionPath::One(name, id))
+    }
+}
+
+/// `<name>/versions/<id>` into the name and the id.
+fn split_id(path: &str) -> Option<(&str, u64)> {
+    let (head, id) = path.rsplit_once('/')?;
+    let name = head.strip_suffix("/versions")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, id.parse().ok()?))
+}
+
+/// One version, as the API shows it.
+#[derive(Serialize)]
+pub(crate) struct VersionJson {
+    id: u64,
+    kind: &'static str,
+    name: Option<String>,
+    author: Actor,
+    created_ms: u64,
+    seq: u64,
+    size_bytes: u64,
+    authors: Vec<Actor>,
+}
+
+fn actor(author: Author) -> Actor {
+    Actor {
+        sub: author.sub,
+        name: author.name,
+    }
+}
+
+impl From<VersionRecord> for VersionJson {
+    fn from(record: VersionRecord) -> Self {
+        VersionJson {
+            id: record.id,
+            kind: record.kind.as_str(),
+            name: record.name,
+            author: actor(record.author),
+            created_ms: record.created_ms,
+            seq: record.seq,
+            size_bytes: record.size_bytes,
+            authors: record.authors.into_iter().map(actor).collect(),
+        }
+    }
+}
+
+/// The actor HTTP updates, versions and restores are credited to (`Actor::of_request`).
+pub(crate) fn http_actor(grant: &Grant, headers: &HeaderMap) -> Actor {
+    Actor::of_request(grant, headers)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, tandem_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|error| {
+            tracing::error!(%error, "history read failed");
+            ApiError::Internal
+        })
+}
+
+/// `GET /api/docs/{name}/versions`: newest first.
+pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
+    let store = state.hub.store().clone();
+    let versions = blocking(move || store.list_versions(doc.as_str())).await?;
+    let versions: Vec<VersionJson> = versions.into_iter().map(VersionJson::from).collect();
+    Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
+}
+
+/// `GET /api/docs/{name}/versions/{id}`: the content as it was, JSON or v1 update bytes.
+pub(crate) async fn get(
+    state: &AppState,
+    headers: &HeaderMap,
+    doc: DocId,
+    id: u64,
+) -> Result<Response, ApiError> {
+    let store = state.hub.store().clone();
+    let version = blocking(move || store.version(doc.as_str(), id)).await?;
+    let Some((_, bytes)) = version else {
+        return Err(ApiError::VersionNotFound);
+    };
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"));
+    if !wants_json {
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            bytes,
+        )
+            .into_response());
+    }
+    let limits = state.hub.config().limits.clone();
+    let json = tokio::task::spawn_blocking(move || {
+        SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json())
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|error| {
+        tracing::error!(%error, version = id, "a stored version does not load");
+        ApiError::Internal
+    })?;
+    Ok(axum::Json(json).into_response())
+}
+
+/// The body of `POST /api/docs/{name}/versions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    name: String,
+}
+
+/// `POST /api/docs/{name}/versions` `{"name": "..."}`: 201 with the version, once durable.
+pub(crate) async fn create(
+    state: &AppState,
+    grant: &Grant,
+    headers: &HeaderMap,
+    doc: DocId,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    let NewVersion { name } = serde_json::from_slice(body).map_err(|_| ApiError::BadBody)?;
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_VERSION_NAME_CHARS {
+        return Err(ApiError::BadVersionName {
+            max: MAX_VERSION_NAME_CHARS,
+        });
+    }
+    let actor = http_actor(grant, headers);
+    let record = state
+        .hub
+        .save_version(&doc, name, actor)
+        .await?
+        .ok_or(ApiError::DocNotFound)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "version": VersionJson::from(record) })),
+    )
+        .into_response())
+}
+
+/// `POST /api/docs/{name}/versions/{id}/restore`: 200 with the `restore` version saved just
+/// before, once the restore is durable and sent to every connected peer.
+pub(crate) async fn restore(
+    state: &AppState,
+    grant: &Grant,
+    headers: &HeaderMap,
+    doc: DocId,
+    id: u64,
+) -> Result<Response, ApiError> {
+    if !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    let store = state.hub.store().clone();
+    let name = doc.clone();
+    let version = blocking(move || store.version(name.as_str(), id)).await?;
+    let Some((_, old_state)) = version else {
+        return Err(ApiError::VersionNotFound);
+    };
+    let actor = http_actor(grant, headers);
+    let answer = state
+        .hub
+        .restore(&doc, id, Bytes::from(old_state), actor)
+        .await?
+        .ok_or(ApiError::DocNotFound)?;
+    let record = answer.map_err(|refused| match refused {
+        RestoreRefused::Update(ProtocolError::DocTooLarge { max, .. }) => {
+            ApiError::DocTooLarge { max }
+        }
+        RestoreRefused::Update(error) => {
+            tracing::error!(%error, version = id, "restore refused by the doc");
+            ApiError::Internal
+        }
+        RestoreRefused::State(error) => {
+            tracing::error!(%error, version = id, "restore failed");
+            ApiError::Internal
+        }
+    })?;
+    Ok(axum::Json(serde_json::json!({ "version": VersionJson::from(record) })).into_response())
+}
+
+/// One stored update's author in `GET /api/docs/{name}/history`.
+#[derive(Serialize)]
+struct EntryJson {
+    seq: u64,
+    author: Actor,
+    at_ms: u64,
+    n_bytes: u64,
+}
+
+/// `GET /api/docs/{name}/history?limit=&before_seq=`: the authors of the stored updates,
+/// newest first.
+pub(crate) async fn history(
+    state: &AppState,
+    query: Option<&str>,
+    doc: DocId,
+) -> Result<Response, ApiError> {
+    let mut limit = DEFAULT_HISTORY_LIMIT;
+    let mut before_seq = u64::MAX;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::BadQuery("limit"))?
+                    .clamp(1, MAX_HISTORY_LIMIT);
+            }
+            "before_seq" => {
+                before_seq = value
+                    .parse()
+                    .map_err(|_| ApiError::BadQuery("before_seq"))?;
+            }
+            // `token` and anything else are not ours.
+            _ => {}
+        }
+    }
+    let store = state.hub.store().clone();
+    let entries = blocking(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
+    let entries: Vec<EntryJson> = entries
+        .into_iter()
+        .map(|entry| EntryJson {
+            seq: entry.seq,
+            author: actor(entry.author),
+            at_ms: entry.at_ms,
+            n_bytes: entry.n_bytes,
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_paths_match_by_suffix() {
+        assert!(matches!(
+            VersionPath::parse("a/b/versions"),
+            Some(VersionPath::List("a/b"))
+        ));
+        assert!(matches!(
+            VersionPath::parse("a/versions/12"),
+            Some(VersionPath::One("a", 12))
+        ));
+        assert!(matches!(
+            VersionPath::parse("a/versions/12/restore"),
+            Some(VersionPath::Restore("a", 12))
+        ));
+        assert!(matches!(
+            VersionPath::parse("a/history"),
+            Some(VersionPath::History("a"))
+        ));
+        assert!(VersionPath::parse("a/versions/x").is_none());
+        assert!(VersionPath::parse("a/versions/").is_none());
+        assert!(VersionPath::parse("plain").is_none());
+    }
+}

@@ -1,0 +1,659 @@
+//! History, black-box: who wrote each update, named/automatic/restore versions, restore as a
+//! live update on top, and what survives compaction and restarts.
+//!
+//! Tokens are HS256 JWTs signed here with a test secret, as in `auth.rs`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tandem_server::Config;
+use tandem_server::auth::AuthMode;
+use tandem_tests::{HttpResponse, TestServer, WAIT};
+use yrs::{Doc, Text, Transact};
+
+const SECRET: &[u8] = b"an hs256 secret of at least thirty-two bytes, for tests";
+
+fn token(sub: &str, docs: &Value) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 300;
+    let claims =
+        json!({ "sub": sub, "name": format!("{sub} (verified)"), "exp": exp, "docs": docs });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("sign")
+}
+
+/// A server with `--auth jwt` and the test secret, settings adjusted by `adjust`.
+async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> (tempfile::TempDir, TestServer) {
+    let secret_dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.secret_file = Some(secret_file.clone());
+        adjust(config);
+    })
+    .await;
+    server.wait_healthy().await;
+    (secret_dir, server)
+}
+
+async fn started(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let server = TestServer::start_with(adjust).await;
+    server.wait_healthy().await;
+    server
+}
+
+async fn call(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> HttpResponse {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Accept", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    server.request(method, path, &headers, body).await
+}
+
+async fn name_version(server: &TestServer, doc: &str, name: &str, token: Option<&str>) -> Value {
+    let body = json!({ "name": name }).to_string();
+    let response = call(
+        server,
+        "POST",
+        &format!("/api/docs/{doc}/versions"),
+        token,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status, 201, "{}", response.text());
+    response.json()["version"].clone()
+}
+
+async fn versions(server: &TestServer, doc: &str, token: Option<&str>) -> Vec<Value> {
+    let response = call(
+        server,
+        "GET",
+        &format!("/api/docs/{doc}/versions"),
+        token,
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["versions"]
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+/// The JSON content of version `id`.
+async fn version_json(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+    let response = call(
+        server,
+        "GET",
+        &format!("/api/docs/{doc}/versions/{id}"),
+        token,
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+async fn restore(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+    let response = call(
+        server,
+        "POST",
+        &format!("/api/docs/{doc}/versions/{id}/restore"),
+        token,
+        b"",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["version"].clone()
+}
+
+async fn current_text(server: &TestServer, doc: &str) -> Value {
+    let response = call(server, "GET", &format!("/api/docs/{doc}"), None, b"").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["t"].clone()
+}
+
+/// Polls (bounded by [`WAIT`]) until the server holds `text` (the server echoes nothing to the
+/// peer that sent an edit, so this is how a test knows the edit arrived).
+async fn wait_stored(server: &TestServer, doc: &str, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while current_text(server, doc).await != text {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{doc} never held {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`wait_stored`] with a token.
+async fn wait_stored_as(server: &TestServer, doc: &str, token: &str, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = call(server, "GET", &format!("/api/docs/{doc}"), Some(token), b"").await;
+        if response.status == 200 && response.json()["t"] == text {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{doc} never held {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls (bounded by [`WAIT`]) until `check` holds for the doc's versions.
+async fn wait_versions(
+    server: &TestServer,
+    doc: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = versions(server, doc, None).await;
+        if check(&list) {
+            return list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "versions: {list:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn subs(actors: &Value) -> Vec<&str> {
+    actors
+        .as_array()
+        .expect("actors")
+        .iter()
+        .map(|a| a["sub"].as_str().expect("a sub"))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_authors_are_recorded_per_update_and_in_the_version() {
+    let (_secret, server) = jwt_server(|_| {}).await;
+    let ada = token("ada", &json!({ "team/*": "write" }));
+    let bob = token("bob", &json!({ "team/*": "write" }));
+    let mut a = server.connect_with_token("team/notes", &ada).await;
+    let mut b = server.connect_with_token("team/notes", &bob).await;
+    a.append_text("from ada. ").await;
+    b.wait_text(|t| t == "from ada. ").await;
+    b.append_text("from bob.").await;
+    a.wait_text(|t| t == "from ada. from bob.").await;
+    // An HTTP update is credited to its token too.
+    let update = {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("other");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "via http");
+        txn.encode_update_v1()
+    };
+    let cy = token("cy", &json!({ "team/*": "write" }));
+    let auth = format!("Bearer {cy}");
+    let response = server
+        .request(
+            "POST",
+            "/api/docs/team/notes/update",
+            &[("Authorization", &auth)],
+            &update,
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let history = call(
+        &server,
+        "GET",
+        "/api/docs/team/notes/history",
+        Some(&ada),
+        b"",
+    )
+    .await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    let entries = history.json()["entries"].clone();
+    let authors: Vec<(u64, &str)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["author"]["sub"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(authors, vec![(3, "cy"), (2, "bob"), (1, "ada")]);
+    assert_eq!(entries[0]["author"]["name"], "cy (verified)");
+    assert!(entries[0]["at_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    let page = call(
+        &server,
+        "GET",
+        "/api/docs/team/notes/history?limit=1&before_seq=3",
+        Some(&ada),
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["entries"][0]["author"]["sub"], "bob");
+
+    let version = name_version(&server, "team/notes", "draft", Some(&bob)).await;
+    assert_eq!(version["kind"], "named");
+    assert_eq!(version["name"], "draft");
+    assert_eq!(version["author"]["sub"], "bob");
+    assert_eq!(version["seq"], 3);
+    assert_eq!(subs(&version["authors"]), vec!["ada", "bob", "cy"]);
+    let listed = versions(&server, "team/notes", Some(&ada)).await;
+    assert_eq!(listed, vec![version.clone()]);
+    // The next version only names who wrote since.
+    a.append_text(" more").await;
+    b.wait_text(|t| t.ends_with(" more")).await;
+    let second = name_version(&server, "team/notes", "second", Some(&ada)).await;
+    assert_eq!(subs(&second["authors"]), vec!["ada"]);
+    // Versions, and with them who wrote what, survive a restart.
+    let before = versions(&server, "team/notes", Some(&ada)).await;
+    drop((a, b));
+    let mut server = server;
+    server.restart().await;
+    server.wait_healthy().await;
+    assert_eq!(versions(&server, "team/notes", Some(&ada)).await, before);
+}
+
+#[tokio::test]
+async fn a_restore_reaches_connected_peers_live_and_can_be_undone() {
+    let server = started(|_| {}).await;
+    let mut a = server.connect("doc").await;
+    let mut b = server.connect("doc").await;
+    // With authentication off, edits are credited to the presence name, else `peer N`.
+    a.send_awareness(1, 1, r#"{"user":{"name":"Carol"}}"#).await;
+    // The awareness frame is echoed to its sender: once it is back, the server has it.
+    a.wait_awareness(|entries| !entries.is_empty()).await;
+    a.append_text("hello 👋 世界").await;
+    b.wait_text(|t| t == "hello 👋 世界").await;
+    let v1 = name_version(&server, "doc", "v1", None).await;
+    assert_eq!(v1["authors"][0]["name"], "Carol");
+    assert_eq!(v1["authors"][0]["sub"], Value::Null);
+    b.append_text(" and more").await;
+    a.wait_text(|t| t.ends_with(" and more")).await;
+    assert_eq!(
+        version_json(&server, "doc", &v1["id"], None).await,
+        json!({ "t": "hello 👋 世界" })
+    );
+    // Without `Accept: application/json` the version is a v1 update.
+    let (status, bytes) = server
+        .http_get("/api/docs/doc/versions/1", "application/octet-stream")
+        .await;
+    assert_eq!(status, 200);
+    let fetched = Doc::new();
+    fetched
+        .transact_mut()
+        .apply_update(yrs::updates::decoder::Decode::decode_v1(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(
+        yrs::GetString::get_string(&fetched.get_or_insert_text("t"), &fetched.transact()),
+        "hello 👋 世界"
+    );
+
+    let before = restore(&server, "doc", &v1["id"], None).await;
+    assert_eq!(before["kind"], "restore");
+    assert_eq!(before["name"], "before restoring version 1");
+    // Both peers see the restored text live, without reconnecting.
+    a.wait_text(|t| t == "hello 👋 世界").await;
+    b.wait_text(|t| t == "hello 👋 世界").await;
+    assert_eq!(current_text(&server, "doc").await, "hello 👋 世界");
+    // A later edit merges as usual.
+    b.append_text("!").await;
+    a.wait_text(|t| t == "hello 👋 世界!").await;
+    // The restore version holds what the restore replaced: restoring it undoes the restore.
+    assert_eq!(
+        version_json(&server, "doc", &before["id"], None).await,
+        json!({ "t": "hello 👋 世界 and more" })
+    );
+    restore(&server, "doc", &before["id"], None).await;
+    a.wait_text(|t| t == "hello 👋 世界 and more").await;
+    b.wait_text(|t| t == "hello 👋 世界 and more").await;
+    let kinds: Vec<Value> = versions(&server, "doc", None)
+        .await
+        .iter()
+        .map(|v| v["kind"].clone())
+        .collect();
+    assert_eq!(kinds, vec!["restore", "restore", "named"]);
+    // The restorer is recorded as the author of the restore update.
+    let history = call(&server, "GET", "/api/docs/doc/history?limit=1", None, b"").await;
+    assert_eq!(history.json()["entries"][0]["author"]["name"], "HTTP API");
+    // Unknown versions and bad names are refused with JSON errors.
+    let missing = call(&server, "GET", "/api/docs/doc/versions/99", None, b"").await;
+    assert_eq!(
+        (missing.status, missing.json()["error"].clone()),
+        (404, json!("version_not_found"))
+    );
+    let missing = call(
+        &server,
+        "POST",
+        "/api/docs/doc/versions/99/restore",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let bad = call(
+        &server,
+        "POST",
+        "/api/docs/doc/versions",
+        None,
+        br#"{"name":"  "}"#,
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.json()["error"].clone()),
+        (400, json!("bad_version_name"))
+    );
+    let bad = call(&server, "POST", "/api/docs/doc/versions", None, b"not json").await;
+    assert_eq!(
+        (bad.status, bad.json()["error"].clone()),
+        (400, json!("bad_body"))
+    );
+    let none = call(
+        &server,
+        "POST",
+        "/api/docs/never/versions",
+        None,
+        br#"{"name":"x"}"#,
+    )
+    .await;
+    assert_eq!(
+        (none.status, none.json()["error"].clone()),
+        (404, json!("doc_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn versions_survive_compaction_and_restarts_and_unload_takes_an_auto_version() {
+    let mut server = started(|config| {
+        config.hub.compact_after_updates = 3;
+        config.hub.doc_unload_grace = Duration::from_millis(100);
+    })
+    .await;
+    let mut expected = Vec::new();
+    {
+        let mut peer = server.connect("log").await;
+        for round in 0..4 {
+            for i in 0..4 {
+                peer.append_text(&format!("{round}.{i} ")).await;
+            }
+            let text = peer.text();
+            wait_stored(&server, "log", &text).await;
+            let version = name_version(&server, "log", &format!("round {round}"), None).await;
+            expected.push((version["id"].clone(), text));
+        }
+        peer.append_text("unversioned").await;
+        let text = peer.text();
+        wait_stored(&server, "log", &text).await;
+        peer.close().await;
+    }
+    // The log was compacted many times over; every version still loads as it was.
+    for (id, text) in &expected {
+        assert_eq!(
+            version_json(&server, "log", id, None).await,
+            json!({ "t": text })
+        );
+    }
+    // Unloading with unversioned edits takes an automatic version.
+    server.wait_unloaded("log").await;
+    let list = wait_versions(&server, "log", |l| l.len() == 5).await;
+    assert_eq!(list[0]["kind"], "auto");
+    assert_eq!(list[0]["author"]["name"], "Tandem");
+    assert!(
+        list[0]["authors"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("peer ")
+    );
+    server.restart().await;
+    server.wait_healthy().await;
+    assert_eq!(versions(&server, "log", None).await, list);
+    for (id, text) in &expected {
+        assert_eq!(
+            version_json(&server, "log", id, None).await,
+            json!({ "t": text })
+        );
+    }
+    // A restore after the restart still works on the compacted doc.
+    restore(&server, "log", &expected[0].0, None).await;
+    assert_eq!(current_text(&server, "log").await, json!(expected[0].1));
+}
+
+#[tokio::test]
+async fn an_automatic_version_follows_a_period_of_activity_and_old_ones_are_pruned() {
+    let server = started(|config| {
+        config.hub.auto_version_interval = Duration::from_millis(150);
+        config.hub.max_auto_versions = 2;
+    })
+    .await;
+    let mut peer = server.connect("busy").await;
+    name_version(&server, "busy", "kept", None).await;
+    for round in 0..4 {
+        peer.append_text(&format!("edit {round} ")).await;
+        let text = peer.text();
+        wait_stored(&server, "busy", &text).await;
+        let n = round + 1;
+        // Wait for the automatic version of this round's edit (the pruning keeps two).
+        wait_versions(&server, "busy", |l| {
+            l.iter()
+                .any(|v| v["kind"] == "auto" && v["seq"].as_u64() == Some(n))
+        })
+        .await;
+    }
+    let list = versions(&server, "busy", None).await;
+    let kinds: Vec<&str> = list.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["auto", "auto", "named"]);
+    assert_eq!(list[0]["seq"], 4);
+    assert_eq!(
+        version_json(&server, "busy", &list[0]["id"], None).await,
+        json!({ "t": "edit 0 edit 1 edit 2 edit 3 " })
+    );
+    // No edits, no further versions.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(versions(&server, "busy", None).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_reader_may_list_and_read_versions_but_not_name_or_restore_them() {
+    let (_secret, server) = jwt_server(|_| {}).await;
+    let writer = token("ada", &json!({ "team/*": "write" }));
+    let reader = token("rita", &json!({ "team/*": "read" }));
+    let mut peer = server.connect_with_token("team/plan", &writer).await;
+    peer.append_text("plan").await;
+    wait_stored_as(&server, "team/plan", &writer, "plan").await;
+    let version = name_version(&server, "team/plan", "first", Some(&writer)).await;
+    assert_eq!(versions(&server, "team/plan", Some(&reader)).await.len(), 1);
+    assert_eq!(
+        version_json(&server, "team/plan", &version["id"], Some(&reader)).await,
+        json!({ "t": "plan" })
+    );
+    let refused = call(
+        &server,
+        "POST",
+        "/api/docs/team/plan/versions",
+        Some(&reader),
+        br#"{"name":"mine"}"#,
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.json()["error"].clone()),
+        (403, json!("read_only"))
+    );
+    let refused = call(
+        &server,
+        "POST",
+        "/api/docs/team/plan/versions/1/restore",
+        Some(&reader),
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.json()["error"].clone()),
+        (403, json!("read_only"))
+    );
+    // Without a token nothing is listed.
+    let anonymous = call(&server, "GET", "/api/docs/team/plan/versions", None, b"").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(versions(&server, "team/plan", Some(&writer)).await.len(), 1);
+}
+
+/// A `GET /api/events` stream read event by event (de-chunked by hand: the stream never ends).
+struct EventStream {
+    stream: tokio::net::TcpStream,
+    /// Bytes received and not yet parsed.
+    raw: Vec<u8>,
+    /// Whether the response head was skipped.
+    in_body: bool,
+    /// De-chunked body not yet split into events.
+    body: String,
+}
+
+impl EventStream {
+    async fn open(server: &TestServer) -> EventStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"GET /api/events HTTP/1.1\r\nHost: tandem\r\nAccept: text/event-stream\r\n\r\n",
+            )
+            .await
+            .expect("send request");
+        let mut events = EventStream {
+            stream,
+            raw: Vec::new(),
+            in_body: false,
+            body: String::new(),
+        };
+        let hello = events.next().await;
+        assert_eq!(hello["type"], "hello");
+        events
+    }
+
+    /// The next event's JSON, waiting at most [`WAIT`].
+    async fn next(&mut self) -> Value {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(end) = self.body.find("\n\n") {
+                let event: String = self.body.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return serde_json::from_str(&data).expect("event JSON");
+            }
+            self.dechunk();
+            if self.body.contains("\n\n") {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let n = tokio::time::timeout(left, self.stream.read(&mut buf))
+                .await
+                .expect("an event in time")
+                .expect("read");
+            assert!(n > 0, "event stream closed");
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn dechunk(&mut self) {
+        if !self.in_body {
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            self.raw.drain(..end + 4);
+            self.in_body = true;
+        }
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_text = std::str::from_utf8(&self.raw[..line_end]).expect("chunk size");
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("hex chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.raw.drain(..line_end + 2 + size + 2);
+            self.body
+                .push_str(&String::from_utf8(chunk).expect("utf-8 events"));
+        }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.next().await;
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn edits_versions_and_restores_are_published_as_events() {
+    let server = started(|_| {}).await;
+    let mut events = EventStream::open(&server).await;
+    let mut peer = server.connect("ev").await;
+    peer.send_awareness(5, 1, r#"{"user":{"name":"Dora"}}"#)
+        .await;
+    peer.wait_awareness(|entries| !entries.is_empty()).await;
+    for word in ["one ", "two ", "three "] {
+        peer.append_text(word).await;
+    }
+    // Reported per author, at most once a second: every durable update exactly once.
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let changed = events.next_of("doc_changed").await;
+        assert_eq!(changed["doc"], "ev");
+        assert_eq!(changed["actor"], json!({ "sub": null, "name": "Dora" }));
+        let (first, last) = (
+            changed["first_seq"].as_u64().unwrap(),
+            changed["last_seq"].as_u64().unwrap(),
+        );
+        assert_eq!(changed["n_updates"].as_u64().unwrap(), last - first + 1);
+        seqs.extend(first..=last);
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let version = name_version(&server, "ev", "three words", None).await;
+    let created = events.next_of("version_created").await;
+    assert_eq!(
+        (&created["version"], &created["kind"], &created["name"]),
+        (&version["id"], &json!("named"), &json!("three words"))
+    );
+    restore(&server, "ev", &version["id"], None).await;
+    let created = events.next_of("version_created").await;
+    assert_eq!(created["kind"], "restore");
+    let restored = events.next_of("version_restored").await;
+    assert_eq!(restored["version"], version["id"]);
+    assert_eq!(restored["actor"]["name"], "HTTP API");
+}
