@@ -13,8 +13,12 @@
 //! - `schema`: tables, key layout, `FORMAT_VERSION` and its check.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
+//! - `activity`: the activity feed (`ActivityEntry`) and its indexes.
+//! - `webhooks`: webhook registrations, the delivery outbox and the delivery log.
 
 mod accounts;
+mod activity;
+mod webhooks;
 pub mod error;
 pub mod schema;
 
@@ -25,6 +29,8 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
+pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
+pub use webhooks::{DeliveryAttempt, OutboxDelivery, WebhookRecord};
 pub use error::StoreError;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
