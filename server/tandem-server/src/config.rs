@@ -19,6 +19,8 @@ use tandem_core::limits::{
 };
 
 use crate::account::AccountConfig;
+use crate::activity::ActivityConfig;
+use crate::webhook::WebhookConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::hub::HubConfig;
@@ -58,6 +60,9 @@ pub enum Command {
     /// Tokens signed with the server's own key.
     #[command(subcommand)]
     Token(crate::command::TokenCommand),
+    /// Manage webhooks (works beside a running server).
+    #[command(subcommand)]
+    Webhook(crate::command::WebhookCommand),
 }
 
 impl Cli {
@@ -221,6 +226,32 @@ pub struct ServeArgs {
     /// would pass it is refused and its sender closed with 1009 [default: 268435456].
     #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
     pub max_doc_bytes: Option<u64>,
+    /// Edits of one author on one doc within this time of the last one extend the same
+    /// activity entry (an edit session) [default: 5m].
+    #[arg(long, env = "TANDEM_ACTIVITY_SESSION_GAP")]
+    pub activity_session_gap: Option<HumanDuration>,
+    /// Activity entries older than this are deleted [default: 90days].
+    #[arg(long, env = "TANDEM_ACTIVITY_RETENTION")]
+    pub activity_retention: Option<HumanDuration>,
+    /// A `doc.changed` webhook is sent after the doc has been quiet this long [default: 2s].
+    #[arg(long, env = "TANDEM_WEBHOOK_DEBOUNCE")]
+    pub webhook_debounce: Option<HumanDuration>,
+    /// ... but no later than this after the first change it reports [default: 30s].
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_DELAY")]
+    pub webhook_max_delay: Option<HumanDuration>,
+    /// First retry delay of a failed delivery; it doubles on each failure [default: 1s].
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<HumanDuration>,
+    /// Longest retry delay [default: 1h].
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX")]
+    pub webhook_retry_max: Option<HumanDuration>,
+    /// A delivery not acknowledged this long after it was queued is given up and logged as
+    /// failed [default: 72h].
+    #[arg(long, env = "TANDEM_WEBHOOK_GIVE_UP")]
+    pub webhook_give_up: Option<HumanDuration>,
+    /// Time limit of one delivery attempt, connection included [default: 10s].
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<HumanDuration>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -333,6 +364,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Password sign-in: token lifetime and the limits on failed attempts.
     pub accounts: AccountConfig,
+    /// The activity feed: edit sessions and retention.
+    pub activity: ActivityConfig,
+    /// Webhook debounce, retries and timeouts.
+    pub webhooks: WebhookConfig,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -534,6 +569,23 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     .unwrap_or(defaults.max_failures_per_address)
                     .max(1),
             }
+        },
+        activity: ActivityConfig {
+            session_gap: duration(args.activity_session_gap, file.activity_session_gap, 5 * 60),
+            retention: duration(
+                args.activity_retention,
+                file.activity_retention,
+                90 * 24 * 3600,
+            ),
+        },
+        webhooks: WebhookConfig {
+            debounce: duration(args.webhook_debounce, file.webhook_debounce, 2),
+            max_delay: duration(args.webhook_max_delay, file.webhook_max_delay, 30),
+            retry_base: duration(args.webhook_retry_base, file.webhook_retry_base, 1)
+                .max(Duration::from_millis(1)),
+            retry_max: duration(args.webhook_retry_max, file.webhook_retry_max, 3600),
+            give_up: duration(args.webhook_give_up, file.webhook_give_up, 72 * 3600),
+            timeout: duration(args.webhook_timeout, file.webhook_timeout, 10),
         },
     }
 }

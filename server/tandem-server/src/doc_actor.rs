@@ -157,6 +157,7 @@ async fn run(
         n_bytes_since_compact: n_log_bytes,
         n_log_entries,
         stopping: false,
+        edits: Default::default(),
     };
     actor.run(inbox).await;
 }
@@ -257,6 +258,8 @@ struct DocActor {
     n_log_entries: u64,
     /// Shutdown began, or storage failed: no new peers, drain and stop.
     stopping: bool,
+    /// STAND-IN (activity track): `DocChanged` reports until the history track's producer.
+    edits: crate::activity::EditReports,
 }
 
 impl DocActor {
@@ -302,6 +305,7 @@ impl DocActor {
         }
         // The inbox is closed and drained (shutdown or storage failure): flush and stop.
         self.wait_durable().await;
+        self.edits.publish(self.doc.as_str(), self.hub.events(), true);
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         info!(
@@ -536,9 +540,16 @@ impl DocActor {
             .is_some_and(|(seq, _)| *seq <= self.durable_seq)
         {
             if let Some((seq, delivery)) = self.pending.pop_front() {
+                // STAND-IN (activity track): who wrote each durable update, for `DocChanged`.
+                if let Delivery::ToOthers(sender, _) = &delivery {
+                    let identity = self.peers.get(sender).and_then(|(link, _)| link.access.identity.as_ref());
+                    let actor = crate::events::Actor::from_identity(identity, format!("peer {sender}"));
+                    self.edits.note(actor, seq);
+                }
                 self.deliver(seq, delivery);
             }
         }
+        self.edits.publish(self.doc.as_str(), self.hub.events(), self.stopping);
     }
 
     /// Performs `delivery`, which reveals the doc up to `seq`.
@@ -670,6 +681,7 @@ impl DocActor {
             return false;
         }
         self.wait_durable().await;
+        self.edits.publish(self.doc.as_str(), self.hub.events(), true);
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         inbox.close();

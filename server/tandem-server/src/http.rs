@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
@@ -34,6 +34,8 @@ use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
+use crate::webhook::{self, Webhooks};
+use crate::activity;
 use crate::ws_upgrade::Upgrade;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
@@ -65,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) connection: ConnectionConfig,
     /// Sign-in, refresh and the account API (`account.rs`).
     pub(crate) accounts: Accounts,
+    /// Webhook registrations and the delivery worker's wake-up (`webhook.rs`).
+    pub(crate) webhooks: Webhooks,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -93,6 +97,15 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
                 .delete(account::delete_user)
                 .layer(account_body_limit()),
         )
+        .route("/api/activity", get(activity::feed))
+        .route(
+            "/api/webhooks",
+            get(webhook::list)
+                .post(webhook::add)
+                .layer(DefaultBodyLimit::max(webhook::MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route("/api/webhooks/{id}", delete(webhook::remove))
+        .route("/api/webhooks/{id}/deliveries", get(webhook::deliveries))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
         .with_state(state);
@@ -395,6 +408,12 @@ pub(crate) enum ApiError {
     DocTooLarge { max: u64 },
     #[error("{0}")]
     Account(AccountError),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("{0}")]
+    BadWebhook(String),
+    #[error("no such webhook")]
+    WebhookNotFound,
 }
 
 impl From<JoinError> for ApiError {
@@ -425,6 +444,9 @@ impl ApiError {
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ApiError::Account(error) => error.status_and_code(),
+            ApiError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::BadWebhook(_) => (StatusCode::BAD_REQUEST, "bad_webhook"),
+            ApiError::WebhookNotFound => (StatusCode::NOT_FOUND, "webhook_not_found"),
         }
     }
 }
