@@ -763,6 +763,102 @@ mod tests {
         );
     }
 
+    /// Runs a recorder over `store` and hands its bus to `feed`, then closes the recorder the
+    /// way `lib.rs::run` does and waits for it to stop.
+    async fn record(store: &Arc<Store>, feed: impl FnOnce(&Events)) {
+        let (events, records) = Events::new();
+        let webhooks = Webhooks::load(store.clone()).await.unwrap();
+        let recorder = Recorder::new(
+            store.clone(),
+            events.clone(),
+            webhooks,
+            ActivityConfig::default(),
+            &WebhookConfig::default(),
+        )
+        .await
+        .unwrap();
+        let lifecycle = crate::shutdown::Lifecycle::default();
+        lifecycle.spawn(
+            tracing::Span::none(),
+            recorder.run(records, lifecycle.cancel.clone()),
+        );
+        feed(&events);
+        lifecycle.cancel.cancel();
+        lifecycle.tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), lifecycle.tracker.wait())
+            .await
+            .expect("the recorder stops once closed");
+    }
+
+    #[tokio::test]
+    async fn the_recorder_groups_edits_queues_deliveries_and_drains_its_queue_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
+        store
+            .put_webhook(&tandem_store::WebhookRecord {
+                id: "wh_1".into(),
+                url: "http://127.0.0.1:9/".into(),
+                events: vec!["file.uploaded".into()],
+                secret: "s".into(),
+                docs: None,
+                created_ms: 1,
+            })
+            .unwrap();
+        let now = now_ms();
+        // More events than one batch holds, closed at once: all of them must be stored.
+        record(&store, |events| {
+            for seq in 1..=300 {
+                events.publish(changed("d", "ada", seq, seq, now + seq));
+            }
+            events.publish(changed("d", "bob", 301, 301, now + 400));
+            events.publish(Event::FileUploaded {
+                path: "f.zip".into(),
+                version: 1,
+                size: 3,
+                sha256: "ab".into(),
+                content_type: "application/zip".into(),
+                actor: actor("bob"),
+                at_ms: now + 500,
+            });
+        })
+        .await;
+        let query = ActivityQuery {
+            limit: 10,
+            max_span_ms: MAX_SESSION.as_millis() as u64,
+            max_scan: 100,
+            ..ActivityQuery::default()
+        };
+        let (page, _) = store.list_activity(&query, |_| true).unwrap();
+        let summary: Vec<(u64, &str, &str, u64)> = page
+            .iter()
+            .map(|e| (e.id, e.kind.as_str(), e.actor_id(), e.n_updates))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (3, "file.uploaded", "bob", 0),
+                (2, DOC_EDITED, "bob", 1),
+                (1, DOC_EDITED, "ada", 300)
+            ]
+        );
+        let outbox = store.list_outbox(10).unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].event, "file.uploaded");
+        // A new recorder (a restart) extends ada's session from the store, and ids go on.
+        record(&store, |events| {
+            events.publish(changed("d", "ada", 302, 303, now + 600));
+            events.publish(changed("e", "ada", 1, 1, now + 700));
+        })
+        .await;
+        let (page, _) = store.list_activity(&query, |_| true).unwrap();
+        let ada: Vec<(u64, &str, u64)> = page
+            .iter()
+            .filter(|e| e.actor_id() == "ada")
+            .map(|e| (e.id, e.path.as_str(), e.n_updates))
+            .collect();
+        assert_eq!(ada, vec![(4, "e", 1), (1, "d", 302)]);
+    }
+
     #[test]
     fn an_entry_is_visible_only_when_every_path_is_readable() {
         let claims: Claims = serde_json::from_value(json!({

@@ -145,7 +145,7 @@ impl Webhooks {
             })
     }
 
-    async fn reload(&self) -> Result<(), ApiError> {
+    pub(crate) async fn reload(&self) -> Result<(), ApiError> {
         let list = self.with_store(|store| store.list_webhooks()).await?;
         self.registry.send_replace(Arc::new(list));
         Ok(())
