@@ -522,6 +522,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// whenever more updates become durable, and everything left when the doc closes.
 #[derive(Default)]
 pub(crate) struct EditReports {
+    /// Seqs handed to the writer and their authors, not yet durable.
+    submitted: std::collections::VecDeque<(u64, Actor)>,
     runs: HashMap<String, EditRun>,
 }
 
@@ -534,8 +536,25 @@ struct EditRun {
 }
 
 impl EditReports {
-    /// Notes that update `seq` by `actor` is durable.
-    pub(crate) fn note(&mut self, actor: Actor, seq: u64) {
+    /// Notes that `actor` wrote update `seq` (handed to the writer).
+    pub(crate) fn submitted(&mut self, seq: u64, actor: Actor) {
+        self.submitted.push_back((seq, actor));
+    }
+
+    /// Moves the updates up to `durable_seq` into the reports.
+    pub(crate) fn durable(&mut self, durable_seq: u64) {
+        while self
+            .submitted
+            .front()
+            .is_some_and(|(seq, _)| *seq <= durable_seq)
+        {
+            if let Some((seq, actor)) = self.submitted.pop_front() {
+                self.note(actor, seq);
+            }
+        }
+    }
+
+    fn note(&mut self, actor: Actor, seq: u64) {
         let run = self
             .runs
             .entry(actor.id().to_owned())

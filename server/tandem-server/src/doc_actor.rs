@@ -428,10 +428,13 @@ impl DocActor {
             if effects.n_foreign_awareness > 0 {
                 warn!(%peer, n = effects.n_foreign_awareness, "dropped awareness entries owned by another connection");
             }
-            if let Some(update) = effects.persist
-                && !self.append(update).await
-            {
-                return;
+            if let Some(update) = effects.persist {
+                if !self.append(update).await {
+                    return;
+                }
+                // STAND-IN (activity track): who wrote this seq, reported once it is durable.
+                let actor = crate::events::Actor::from_identity(access.identity.as_ref(), format!("peer {peer}"));
+                self.edits.submitted(self.submitted_seq, actor);
             }
             for frame in effects.reply {
                 self.enqueue(Delivery::ToPeer(peer, frame));
@@ -540,15 +543,11 @@ impl DocActor {
             .is_some_and(|(seq, _)| *seq <= self.durable_seq)
         {
             if let Some((seq, delivery)) = self.pending.pop_front() {
-                // STAND-IN (activity track): who wrote each durable update, for `DocChanged`.
-                if let Delivery::ToOthers(sender, _) = &delivery {
-                    let identity = self.peers.get(sender).and_then(|(link, _)| link.access.identity.as_ref());
-                    let actor = crate::events::Actor::from_identity(identity, format!("peer {sender}"));
-                    self.edits.note(actor, seq);
-                }
                 self.deliver(seq, delivery);
             }
         }
+        // STAND-IN (activity track): report the authors of what became durable.
+        self.edits.durable(self.durable_seq);
         self.edits.publish(self.doc.as_str(), self.hub.events(), self.stopping);
     }
 
