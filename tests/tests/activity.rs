@@ -129,7 +129,11 @@ async fn bursts_of_edits_make_one_entry_per_author_with_the_right_actor() {
     assert!(ada_entry["ended_ms"].as_u64().unwrap() > ada_entry["started_ms"].as_u64().unwrap());
     let first = ada_entry["details"]["first_seq"].as_u64().unwrap();
     let last = ada_entry["details"]["last_seq"].as_u64().unwrap();
-    assert_eq!((first, last), (1, 40), "ada wrote the first and the last update");
+    assert_eq!(
+        (first, last),
+        (1, 40),
+        "ada wrote the first and the last update"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +157,13 @@ async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() 
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| format!("{}:{}", e["actor"]["sub"].as_str().unwrap(), e["path"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["actor"]["sub"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     let by_doc = activity(&server, &ada, "doc=a/one").await;

@@ -368,7 +368,10 @@ impl Recorder {
         let pending = self.debouncer.take_all();
         self.queue_changes(pending);
         self.commit().await;
-        info!(next_entry_id = self.sessions.next_id(), "activity recorder stopped");
+        info!(
+            next_entry_id = self.sessions.next_id(),
+            "activity recorder stopped"
+        );
     }
 
     async fn handle(&mut self, event: Event) {
@@ -703,7 +706,10 @@ mod tests {
         let a2 = sessions.record(&changed("d", "ada", 7, 9, 2_000)).unwrap();
         let other_doc = sessions.record(&changed("e", "ada", 1, 1, 2_100)).unwrap();
         assert_eq!((a1.id, b1.id, a2.id, other_doc.id), (1, 2, 1, 3));
-        assert_eq!((a2.started_ms, a2.ended_ms, a2.n_updates), (1_000, 2_000, 8));
+        assert_eq!(
+            (a2.started_ms, a2.ended_ms, a2.n_updates),
+            (1_000, 2_000, 8)
+        );
         assert_eq!(seq_of(&a2.details, "first_seq"), Some(1));
         assert_eq!(seq_of(&a2.details, "last_seq"), Some(9));
         // Past the gap: a new session.
@@ -771,7 +777,10 @@ mod tests {
                 at_ms: 8,
             })
             .unwrap();
-        assert_eq!((restored.id, restored.kind.as_str()), (2, "version.restored"));
+        assert_eq!(
+            (restored.id, restored.kind.as_str()),
+            (2, "version.restored")
+        );
         assert!(
             sessions
                 .record(&Event::DocPresence {

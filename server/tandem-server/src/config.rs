@@ -20,13 +20,13 @@ use tandem_core::limits::{
 
 use crate::account::AccountConfig;
 use crate::activity::ActivityConfig;
-use crate::webhook::WebhookConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
 use crate::tls::TlsFiles;
+use crate::webhook::WebhookConfig;
 
 /// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
 /// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than

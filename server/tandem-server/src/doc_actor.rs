@@ -305,7 +305,8 @@ impl DocActor {
         }
         // The inbox is closed and drained (shutdown or storage failure): flush and stop.
         self.wait_durable().await;
-        self.edits.publish(self.doc.as_str(), self.hub.events(), true);
+        self.edits
+            .publish(self.doc.as_str(), self.hub.events(), true);
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         info!(
@@ -433,7 +434,10 @@ impl DocActor {
                     return;
                 }
                 // STAND-IN (activity track): who wrote this seq, reported once it is durable.
-                let actor = crate::events::Actor::from_identity(access.identity.as_ref(), format!("peer {peer}"));
+                let actor = crate::events::Actor::from_identity(
+                    access.identity.as_ref(),
+                    format!("peer {peer}"),
+                );
                 self.edits.submitted(self.submitted_seq, actor);
             }
             for frame in effects.reply {
@@ -548,7 +552,8 @@ impl DocActor {
         }
         // STAND-IN (activity track): report the authors of what became durable.
         self.edits.durable(self.durable_seq);
-        self.edits.publish(self.doc.as_str(), self.hub.events(), self.stopping);
+        self.edits
+            .publish(self.doc.as_str(), self.hub.events(), self.stopping);
     }
 
     /// Performs `delivery`, which reveals the doc up to `seq`.
@@ -680,7 +685,8 @@ impl DocActor {
             return false;
         }
         self.wait_durable().await;
-        self.edits.publish(self.doc.as_str(), self.hub.events(), true);
+        self.edits
+            .publish(self.doc.as_str(), self.hub.events(), true);
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         inbox.close();

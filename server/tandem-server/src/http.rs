@@ -29,13 +29,13 @@ use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
 use crate::account::{self, AccountError, Accounts};
+use crate::activity;
 use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
 use crate::hub::{Hub, JoinError};
 use crate::web_client;
 use crate::webhook::{self, Webhooks};
-use crate::activity;
 use crate::ws_upgrade::Upgrade;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per

@@ -452,7 +452,9 @@ async fn deliver(
     };
     let at_ms = now_ms();
     let result = client.post(&webhook, &delivery).await;
-    let acknowledged = result.status.is_some_and(|status| (200..300).contains(&status));
+    let acknowledged = result
+        .status
+        .is_some_and(|status| (200..300).contains(&status));
     let n_failures = delivery.attempts.saturating_add(1);
     let next = if acknowledged {
         None
@@ -471,9 +473,15 @@ async fn deliver(
         (false, None) => "failed",
     };
     match outcome {
-        "delivered" => debug!(webhook = %webhook.id, delivery = %delivery.delivery_id, attempts = n_failures, "webhook delivered"),
-        "failed" => warn!(webhook = %webhook.id, delivery = %delivery.delivery_id, attempts = n_failures, "webhook delivery given up"),
-        _ => debug!(webhook = %webhook.id, delivery = %delivery.delivery_id, status = ?result.status, error = ?result.error, "webhook attempt failed"),
+        "delivered" => {
+            debug!(webhook = %webhook.id, delivery = %delivery.delivery_id, attempts = n_failures, "webhook delivered")
+        }
+        "failed" => {
+            warn!(webhook = %webhook.id, delivery = %delivery.delivery_id, attempts = n_failures, "webhook delivery given up")
+        }
+        _ => {
+            debug!(webhook = %webhook.id, delivery = %delivery.delivery_id, status = ?result.status, error = ?result.error, "webhook attempt failed")
+        }
     }
     let attempt = DeliveryAttempt {
         delivery_id: delivery.delivery_id.clone(),
@@ -547,10 +555,7 @@ impl Client {
             .header("tandem-delivery-id", &delivery.delivery_id)
             .header("tandem-event", &delivery.event)
             .header("tandem-timestamp", timestamp.to_string())
-            .header(
-                "tandem-signature",
-                format!("t={timestamp},v1={signature}"),
-            )
+            .header("tandem-signature", format!("t={timestamp},v1={signature}"))
             .body(Full::new(Bytes::from(delivery.body.clone())))
             .map_err(|error| format!("building the request: {error}"))?;
         let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
@@ -613,7 +618,10 @@ impl Target {
             _ => return Err("the URL must start with http:// or https://".into()),
         };
         let host = uri.host().ok_or("the URL has no host")?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host_header = uri
             .authority()
@@ -772,10 +780,13 @@ fn webhook_id_from(uri: &Uri) -> Result<String, ApiError> {
         .strip_prefix("/api/webhooks/")
         .ok_or(ApiError::NotFound)?;
     let id = rest.strip_suffix("/deliveries").unwrap_or(rest);
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| ApiError::WebhookNotFound)?;
     if id.is_empty() || id.contains('/') {
         return Err(ApiError::NotFound);
     }
-    Ok(id.to_owned())
+    Ok(id.into_owned())
 }
 
 /// `GET /api/webhooks`.
@@ -921,11 +932,19 @@ mod tests {
         let start = Instant::now();
         for n in 0..10u64 {
             let who = if n % 3 == 0 { "bob" } else { "ada" };
-            debouncer.add(start + Duration::from_millis(500 * n), "d", change(who, n + 1, n));
+            debouncer.add(
+                start + Duration::from_millis(500 * n),
+                "d",
+                change(who, n + 1, n),
+            );
         }
         let last = start + Duration::from_millis(4500);
         assert_eq!(debouncer.deadline(), Some(last + Duration::from_secs(2)));
-        assert!(debouncer.take_due(last + Duration::from_millis(1999)).is_empty());
+        assert!(
+            debouncer
+                .take_due(last + Duration::from_millis(1999))
+                .is_empty()
+        );
         let due = debouncer.take_due(last + Duration::from_secs(2));
         assert_eq!(due.len(), 1);
         let data = due[0].1.data(&due[0].0);
@@ -969,7 +988,9 @@ mod tests {
             .collect();
         assert_eq!(
             no_jitter,
-            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600]
+            [
+                1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600
+            ]
         );
         assert_eq!(retry_delay(&config, 1000, 0.0), Duration::from_secs(3600));
         for n in 1..20 {

@@ -573,7 +573,10 @@ mod tests {
     fn an_extended_entry_replaces_the_stored_one_and_is_found_as_latest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.redb")).unwrap();
-        write(&store, vec![entry(1, "d", "ada", 100), entry(2, "d", "bob", 150)]);
+        write(
+            &store,
+            vec![entry(1, "d", "ada", 100), entry(2, "d", "bob", 150)],
+        );
         let mut longer = entry(1, "d", "ada", 100);
         longer.ended_ms = 900;
         longer.n_updates = 40;
@@ -586,7 +589,10 @@ mod tests {
             store.latest_activity("d", "file.uploaded", "ada").unwrap(),
             None
         );
-        assert_eq!(store.list_activity(&query(10), |_| true).unwrap().0.len(), 2);
+        assert_eq!(
+            store.list_activity(&query(10), |_| true).unwrap().0.len(),
+            2
+        );
     }
 
     #[test]

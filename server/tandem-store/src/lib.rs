@@ -18,9 +18,9 @@
 
 mod accounts;
 mod activity;
-mod webhooks;
 pub mod error;
 pub mod schema;
+mod webhooks;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -30,10 +30,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
 pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
-pub use webhooks::{DeliveryAttempt, OutboxDelivery, WebhookRecord};
 pub use error::StoreError;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
+pub use webhooks::{DeliveryAttempt, OutboxDelivery, WebhookRecord};
 
 /// Default bound of redb's page cache. redb's own default (1 GiB) lets the cache, and so the
 /// server's memory, grow with the database; documents live in the doc actors while open, so the
