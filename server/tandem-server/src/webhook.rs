@@ -385,13 +385,11 @@ pub(crate) async fn run_worker(
     let client = Client::new(config.timeout);
     let mut first_pass = true;
     loop {
-        let pending = match webhooks
+        // A failed read was logged; the next wake-up tries again.
+        let pending = webhooks
             .with_store(|store| store.list_outbox(OUTBOX_BATCH))
             .await
-        {
-            Ok(pending) => pending,
-            Err(_) => Vec::new(),
-        };
+            .unwrap_or_default();
         let now = now_ms();
         let registry = webhooks.current();
         let (due, later): (Vec<_>, Vec<_>) = pending

@@ -351,10 +351,7 @@ impl Store {
         let txn = db.begin_write()?;
         let mut n_removed = 0;
         {
-            let mut entries = match txn.open_table(ACTIVITY) {
-                Ok(table) => table,
-                Err(error) => return Err(error.into()),
-            };
+            let mut entries = txn.open_table(ACTIVITY)?;
             let mut doomed = Vec::new();
             for row in entries.iter()? {
                 let (key, value) = row?;

@@ -410,8 +410,8 @@ mod tests {
             delivery_id: "d1".into(),
             event: "doc.changed".into(),
             at_ms: n,
-            status: (n % 2 == 0).then_some(500),
-            error: (n % 2 == 1).then(|| "connection refused".into()),
+            status: n.is_multiple_of(2).then_some(500),
+            error: (!n.is_multiple_of(2)).then(|| "connection refused".into()),
             duration_ms: 3,
             outcome: outcome.into(),
         }
