@@ -250,3 +250,63 @@ async fn edit_sessions_survive_a_restart() {
     .await;
     assert_eq!(entries.len(), 1, "{entries:?}");
 }
+
+/// Reads `GET /api/events` (over HTTP/1.0, so the body is not chunked) until an `activity`
+/// event whose entry `accept`s; returns the entry.
+async fn next_activity(
+    events: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    use tokio::io::AsyncBufReadExt;
+    let read = async {
+        loop {
+            let mut line = String::new();
+            let n = events.read_line(&mut line).await.expect("read the stream");
+            assert!(n > 0, "the event stream ended");
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data).expect("events are JSON");
+            if event["type"] == "activity" && accept(&event["entry"]) {
+                return event["entry"].clone();
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an activity event in time")
+}
+
+#[tokio::test]
+async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    server.wait_healthy().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(stream);
+    let mut peer = server.connect("live").await;
+    for i in 0..3 {
+        peer.append_text(&format!("{i}")).await;
+    }
+    let entry = next_activity(&mut events, |entry| entry["path"] == "live").await;
+    assert_eq!(entry["kind"], "doc.edited");
+    assert_eq!(entry["actor"]["sub"], Value::Null, "authentication is off");
+    // The entry shown live is the stored one.
+    let (status, body) = server
+        .http_get("/api/activity?doc=live", "application/json")
+        .await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["entries"][0]["id"], entry["id"]);
+    // Later edits (after the doc actor's report interval) extend the same entry, which is
+    // shown again with its id.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    peer.append_text("more").await;
+    let grown = next_activity(&mut events, |grown| grown["n_updates"] == 4).await;
+    assert_eq!(grown["id"], entry["id"], "{grown}");
+    peer.close().await;
+}

@@ -715,6 +715,40 @@ mod tests {
     }
 
     #[test]
+    fn activity_and_webhook_settings_come_from_flags_over_the_file_over_defaults() {
+        let file: ServeArgs =
+            toml::from_str("activity_retention = \"7days\"\nwebhook_debounce = \"5s\"").unwrap();
+        let Some(Command::Serve(args)) = Cli::try_parse_from([
+            "tandem",
+            "serve",
+            "--webhook-debounce",
+            "500ms",
+            "--activity-session-gap",
+            "1m",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve command")
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.activity.session_gap, Duration::from_secs(60));
+        assert_eq!(
+            config.activity.retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(config.webhooks.debounce, Duration::from_millis(500));
+        assert_eq!(config.webhooks.max_delay, Duration::from_secs(30));
+        assert_eq!(config.webhooks.retry_base, Duration::from_secs(1));
+        assert_eq!(config.webhooks.retry_max, Duration::from_secs(3600));
+        assert_eq!(config.webhooks.give_up, Duration::from_secs(72 * 3600));
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).activity;
+        assert_eq!(defaults.session_gap, Duration::from_secs(300));
+        assert_eq!(defaults.retention, Duration::from_secs(90 * 24 * 3600));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<ServeArgs>("prot = 1").is_err());
     }
