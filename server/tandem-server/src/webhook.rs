@@ -52,7 +52,7 @@ pub const EVENT_NAMES: [&str; 6] = [
 ];
 /// Attempts kept in each webhook's delivery log.
 pub(crate) const LOG_KEEP: usize = 200;
-/// Deliveries the worker reads from the outbox per pass.
+/// Due deliveries the worker takes from the outbox per pass.
 const OUTBOX_BATCH: usize = 256;
 /// Attempts in flight at once.
 const MAX_CONCURRENT_ATTEMPTS: usize = 8;
@@ -385,22 +385,18 @@ pub(crate) async fn run_worker(
     let client = Client::new(config.timeout);
     let mut first_pass = true;
     loop {
-        // A failed read was logged; the next wake-up tries again.
-        let pending = webhooks
-            .with_store(|store| store.list_outbox(OUTBOX_BATCH))
+        // At start everything pending is due. A failed read was logged; the next wake-up tries
+        // again.
+        let now = now_ms();
+        let due_at = if first_pass { u64::MAX } else { now };
+        first_pass = false;
+        let (due, next_due_ms) = webhooks
+            .with_store(move |store| store.due_deliveries(due_at, OUTBOX_BATCH))
             .await
             .unwrap_or_default();
-        let now = now_ms();
         let registry = webhooks.current();
-        let (due, later): (Vec<_>, Vec<_>) = pending
-            .into_iter()
-            .partition(|delivery| first_pass || delivery.next_attempt_ms <= now);
-        first_pass = false;
-        let next_wake = later
-            .iter()
-            .map(|delivery| delivery.next_attempt_ms)
-            .min()
-            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now)));
+        let next_wake =
+            next_due_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now)));
         let n_due = due.len();
         let attempts = futures_util::stream::iter(due.into_iter().map(|delivery| {
             let webhook = registry

@@ -305,6 +305,32 @@ impl Store {
         Ok(deliveries)
     }
 
+    /// Up to `limit` deliveries due at `now_ms` (in outbox order), and the earliest time
+    /// another one falls due. Reads the whole outbox, so a receiver that is down (its
+    /// deliveries waiting far in the future) never holds back the others.
+    pub fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxDelivery>, Option<u64>), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = open_or_empty!(txn, WEBHOOK_OUTBOX, (Vec::new(), None));
+        let mut due = Vec::new();
+        let mut next_due = None::<u64>;
+        for row in table.iter()? {
+            let (seq, value) = row?;
+            let delivery = OutboxDelivery::decode(seq.value(), value.value())?;
+            if delivery.next_attempt_ms <= now_ms && due.len() < limit {
+                due.push(delivery);
+            } else {
+                let at = delivery.next_attempt_ms;
+                next_due = Some(next_due.map_or(at, |next| next.min(at)));
+            }
+        }
+        Ok((due, next_due))
+    }
+
     /// Records an attempt at delivery `seq` in its webhook's log (keeping the `keep` newest)
     /// and either reschedules it (`next_attempt_ms`) or removes it from the outbox (`None`:
     /// acknowledged or given up). A delivery removed meanwhile (its webhook was deleted) is
@@ -441,6 +467,13 @@ mod tests {
             .unwrap();
         let pending = store.list_outbox(10).unwrap();
         assert_eq!((pending[0].attempts, pending[0].next_attempt_ms), (1, 99));
+        // The one waiting does not hold back the one due.
+        let (due, next_due) = store.due_deliveries(50, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].delivery_id, "d2");
+        assert_eq!(next_due, Some(99));
+        let (due, next_due) = store.due_deliveries(50, 0).unwrap();
+        assert_eq!((due.len(), next_due), (0, Some(10)));
         assert_eq!(pending[0].delivery_id, "d1", "the id never changes");
         store
             .finish_attempt(&pending[0], &attempt(2, "delivered"), None, 200)
