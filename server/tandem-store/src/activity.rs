@@ -29,6 +29,9 @@ pub(crate) const NEXT_OUTBOX_SEQ: &str = "webhook_outbox_next_seq";
 pub(crate) const NEXT_LOG_SEQ: &str = "webhook_log_next_seq";
 /// Entries of one path looked at when searching for an edit session to extend.
 const MAX_SESSION_SEARCH: usize = 256;
+/// Index rows a folder (`prefix`) query gathers at most; a folder with more entries shows the
+/// newest of the first this many rows of its paths.
+const MAX_PREFIX_IDS: usize = 200_000;
 /// Entries removed by one `prune_activity` call, so a prune never holds the writer for long.
 const MAX_PRUNE: usize = 10_000;
 
@@ -272,26 +275,42 @@ impl Store {
             Err(error) => return Err(error.into()),
         };
         let before = query.before_id.unwrap_or(u64::MAX);
+        // Both indexes exist whenever `activity` does (created together).
+        let by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+        let by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
         // The most selective index available gives the candidate ids, newest first.
         let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
             if let Some(path) = query.path.as_deref() {
-                let index = txn.open_table(ACTIVITY_BY_PATH)?;
-                let rows: Vec<_> = index
-                    .range((path, 0)..(path, before))?
-                    .rev()
-                    .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from))
-                    .take(query.max_scan.saturating_add(1))
-                    .collect();
-                Box::new(rows.into_iter())
+                Box::new(
+                    by_path
+                        .range((path, 0)..(path, before))?
+                        .rev()
+                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                )
             } else if let Some(actor) = query.actor.as_deref() {
-                let index = txn.open_table(ACTIVITY_BY_ACTOR)?;
-                let rows: Vec<_> = index
-                    .range((actor, 0)..(actor, before))?
-                    .rev()
-                    .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from))
-                    .take(query.max_scan.saturating_add(1))
-                    .collect();
-                Box::new(rows.into_iter())
+                Box::new(
+                    by_actor
+                        .range((actor, 0)..(actor, before))?
+                        .rev()
+                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                )
+            } else if let Some(prefix) = query.prefix.as_deref() {
+                // The index rows of the paths under the prefix are contiguous but ordered by
+                // path: gather their ids (bounded), then go newest first.
+                let mut ids = Vec::new();
+                for row in by_path.range((prefix, 0)..)? {
+                    let (key, _) = row?;
+                    let (path, id) = key.value();
+                    if !path.starts_with(prefix) || ids.len() >= MAX_PREFIX_IDS {
+                        break;
+                    }
+                    if id < before {
+                        ids.push(id);
+                    }
+                }
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                ids.dedup();
+                Box::new(ids.into_iter().map(Ok))
             } else {
                 Box::new(
                     entries
