@@ -440,3 +440,78 @@ async fn webhook_commands_work_offline_and_through_a_running_server() {
         .json();
     assert_eq!(api["webhooks"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn only_administrators_manage_webhooks_when_authentication_is_on() {
+    use tandem_server::auth::{AuthMode, Claims, mint_offline};
+    let server = server_with(|config| config.auth.mode = AuthMode::Jwt).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = |admin: bool| {
+        let claims = Claims {
+            sub: if admin { "root" } else { "ada" }.into(),
+            name: None,
+            docs: Default::default(),
+            admin,
+            exp,
+            nbf: None,
+            iat: None,
+            iss: None,
+            session: None,
+        };
+        format!(
+            "Bearer {}",
+            mint_offline(server.data_dir(), &claims).unwrap()
+        )
+    };
+    let body = json!({"url": "http://127.0.0.1:9/", "events": ["file.uploaded"]}).to_string();
+    let anonymous = server
+        .request("POST", "/api/webhooks", &[], body.as_bytes())
+        .await;
+    assert_eq!(anonymous.status, 401);
+    let user = token(false);
+    for (method, path) in [
+        ("POST", "/api/webhooks"),
+        ("GET", "/api/webhooks"),
+        ("DELETE", "/api/webhooks/wh_x"),
+        ("GET", "/api/webhooks/wh_x/deliveries"),
+    ] {
+        let refused = server
+            .request(method, path, &[("Authorization", &user)], body.as_bytes())
+            .await;
+        assert_eq!(refused.status, 403, "{method} {path}");
+        assert_eq!(refused.json()["error"], "not_admin");
+    }
+    let admin = token(true);
+    let created = server
+        .request(
+            "POST",
+            "/api/webhooks",
+            &[("Authorization", &admin)],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["webhook"]["id"].as_str().unwrap().to_owned();
+    let log = server
+        .request(
+            "GET",
+            &format!("/api/webhooks/{id}/deliveries"),
+            &[("Authorization", &admin)],
+            b"",
+        )
+        .await;
+    assert_eq!(log.json(), json!({"deliveries": [], "pending": []}));
+    let removed = server
+        .request(
+            "DELETE",
+            &format!("/api/webhooks/{id}"),
+            &[("Authorization", &admin)],
+            b"",
+        )
+        .await;
+    assert_eq!(removed.status, 204);
+}
