@@ -10,7 +10,8 @@
 //! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
 //! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
-//! - [`command`]: `tandem user ...` and `tandem token mint`, offline or through a running server.
+//! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, offline or
+//!   through a running server.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
