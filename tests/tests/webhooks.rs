@@ -515,3 +515,42 @@ async fn only_administrators_manage_webhooks_when_authentication_is_on() {
         .await;
     assert_eq!(removed.status, 204);
 }
+
+#[tokio::test]
+async fn a_delivery_never_acknowledged_is_given_up_and_logged_as_failed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let answers = Arc::new(Mutex::new(VecDeque::from([503; 100])));
+    let (sender, mut received) = mpsc::unbounded_channel();
+    let server = server_with(|config| {
+        config.webhooks.debounce = Duration::from_millis(100);
+        config.webhooks.retry_base = Duration::from_millis(50);
+        config.webhooks.give_up = Duration::from_millis(400);
+    })
+    .await;
+    let test = async {
+        let id = add_webhook(&server, &url, &["doc.changed"], "s").await;
+        let mut peer = server.connect("notes").await;
+        peer.append_text("x").await;
+        peer.close().await;
+        let log = wait_deliveries(&server, &id, |log| {
+            log["deliveries"][0]["outcome"] == "failed"
+        })
+        .await;
+        assert_eq!(log["pending"], json!([]));
+        let attempts = log["deliveries"].as_array().unwrap();
+        assert!(attempts.len() >= 2, "{log}");
+        assert!(attempts.iter().all(|a| a["status"] == 503), "{log}");
+        let first = next_request(&mut received).await;
+        let delivery_id = first.header("tandem-delivery-id").to_owned();
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a["delivery_id"] == delivery_id.as_str())
+        );
+    };
+    tokio::select! {
+        () = serve(listener, answers, sender) => unreachable!("the receiver runs until dropped"),
+        () = test => {}
+    }
+}
