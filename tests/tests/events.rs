@@ -11,7 +11,7 @@ use tandem_tests::{EventStream, TestServer};
 
 const SECRET: &[u8] = b"an hs256 secret of at least thirty-two bytes, for tests";
 
-fn token(sub: &str, docs: Value) -> String {
+fn token(sub: &str, docs: &Value) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -42,8 +42,8 @@ async fn jwt_server() -> (tempfile::TempDir, TestServer) {
 #[tokio::test]
 async fn a_stream_carries_only_what_its_token_may_read() {
     let (_secret, server) = jwt_server().await;
-    let team = token("ann", json!({ "team/*": "read" }));
-    let admin = token("root", json!({ "*": "admin" }));
+    let team = token("ann", &json!({ "team/*": "read" }));
+    let admin = token("root", &json!({ "*": "admin" }));
     let mut team_events =
         EventStream::open(server.addr, &[("Authorization", &format!("Bearer {team}"))])
             .await
@@ -89,7 +89,7 @@ async fn a_stream_carries_only_what_its_token_may_read() {
 async fn a_missing_or_bad_token_is_refused() {
     let (_secret, server) = jwt_server().await;
     assert_eq!(EventStream::open(server.addr, &[]).await.err(), Some(401));
-    let forged = format!("Bearer {}x", token("ann", json!({ "*": "read" })));
+    let forged = format!("Bearer {}x", token("ann", &json!({ "*": "read" })));
     assert_eq!(
         EventStream::open(server.addr, &[("Authorization", &forged)])
             .await

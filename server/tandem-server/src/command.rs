@@ -1,7 +1,7 @@
-//! The binary's one-shot commands besides `serve`: `tandem user add|remove|list` and
-//! `tandem token mint`.
+//! The binary's one-shot commands besides `serve`: `tandem user add|remove|list`,
+//! `tandem webhook add|list|remove|log` and `tandem token mint`.
 //!
-//! `user` commands work on `<data-dir>/tandem.redb` directly. redb lets one process open a file
+//! `user` and `webhook` commands work on `<data-dir>/tandem.redb` directly. redb lets one process open a file
 //! at a time, so while a server runs on that directory the store reports
 //! [`StoreError::AlreadyOpen`], and the command goes through that server's account API
 //! (`protocol-spec/http.md`) at `--server` instead, with an administrator token signed by the
@@ -31,6 +31,7 @@ use crate::account::{
 };
 use crate::auth::{AuthLoadError, Claims, Role, mint_offline, unix_now};
 use crate::config::HumanDuration;
+use crate::webhook;
 
 /// Lifetime of the administrator token a `user` command mints to call a running server.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -50,6 +51,54 @@ pub enum UserCommand {
     Remove(UserRemoveArgs),
     /// List the accounts (never their passwords).
     List(UserListArgs),
+}
+
+/// `tandem webhook ...`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register a webhook; prints its id and signing secret.
+    Add(WebhookAddArgs),
+    /// List the webhooks (never their secrets).
+    List(WebhookListArgs),
+    /// Remove a webhook with its pending deliveries and its log.
+    Remove(WebhookIdArgs),
+    /// Show a webhook's delivery log, newest attempt first.
+    Log(WebhookIdArgs),
+}
+
+/// Flags of `tandem webhook add`.
+#[derive(Debug, Args)]
+pub struct WebhookAddArgs {
+    /// Where deliveries are POSTed (http:// or https://).
+    pub url: String,
+    /// Events to deliver, comma-separated: doc.changed, file.uploaded, file.renamed,
+    /// file.deleted, version.created, version.restored.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub events: Vec<String>,
+    /// The signing secret [default: a random one, printed].
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Only events about docs and files matching this pattern (`*` matches any run).
+    #[arg(long)]
+    pub docs: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `tandem webhook list`.
+#[derive(Debug, Args)]
+pub struct WebhookListArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `tandem webhook remove` and `tandem webhook log`.
+#[derive(Debug, Args)]
+pub struct WebhookIdArgs {
+    /// The webhook id (`wh_...`).
+    pub id: String,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `tandem token ...`.
@@ -204,6 +253,9 @@ pub enum CommandError {
     /// `user remove` of an account that does not exist.
     #[error("no user {0:?}")]
     NoSuchUser(String),
+    /// `webhook remove` or `log` of a webhook that does not exist.
+    #[error("no webhook {0:?}")]
+    NoSuchWebhook(String),
 }
 
 /// Runs a `tandem user` command and returns the line to print.
@@ -213,6 +265,178 @@ pub async fn run_user(command: UserCommand) -> Result<String, CommandError> {
         UserCommand::Remove(args) => remove_user(args).await,
         UserCommand::List(args) => list_users(args).await,
     }
+}
+
+/// Runs a `tandem webhook` command and returns the lines to print.
+pub async fn run_webhook(command: WebhookCommand) -> Result<String, CommandError> {
+    match command {
+        WebhookCommand::Add(args) => add_webhook(args).await,
+        WebhookCommand::List(args) => list_webhooks(&args.target).await,
+        WebhookCommand::Remove(args) => remove_webhook(args).await,
+        WebhookCommand::Log(args) => webhook_log(args).await,
+    }
+}
+
+async fn add_webhook(args: WebhookAddArgs) -> Result<String, CommandError> {
+    let request = webhook::NewWebhook {
+        url: args.url,
+        events: args.events,
+        secret: args.secret,
+        docs: args.docs,
+    };
+    let (id, secret, via) = match open(&args.target)? {
+        Backend::Local(store) => {
+            let record = webhook::new_record(request, account::unix_now_ms())
+                .map_err(CommandError::Invalid)?;
+            store
+                .put_webhook(&record)
+                .map_err(store_error(&args.target))?;
+            (record.id, record.secret, String::new())
+        }
+        Backend::Remote(remote) => {
+            let body = serde_json::to_vec(&request).expect("a NewWebhook serialises");
+            let (_, answer) = remote
+                .call(Method::POST, "/api/webhooks", Some(body))
+                .await?;
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            let field = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+            (
+                field(&answer["webhook"]["id"]),
+                field(&answer["secret"]),
+                format!(" (through the server at {})", remote.server),
+            )
+        }
+    };
+    Ok(format!("added webhook {id}{via}\nsecret {secret}"))
+}
+
+async fn list_webhooks(target: &Target) -> Result<String, CommandError> {
+    let webhooks: Vec<webhook::WebhookView> = match open(target)? {
+        Backend::Local(store) => store
+            .list_webhooks()
+            .map_err(store_error(target))?
+            .iter()
+            .map(webhook::WebhookView::from)
+            .collect(),
+        Backend::Remote(remote) => {
+            let (_, body) = remote.call(Method::GET, "/api/webhooks", None).await?;
+            #[derive(serde::Deserialize)]
+            struct List {
+                webhooks: Vec<webhook::WebhookView>,
+            }
+            serde_json::from_slice::<List>(&body)
+                .map_err(|error| CommandError::Unreachable {
+                    server: remote.server.clone(),
+                    detail: format!("unexpected answer to GET /api/webhooks: {error}"),
+                })?
+                .webhooks
+        }
+    };
+    if webhooks.is_empty() {
+        return Ok("no webhooks".into());
+    }
+    let lines: Vec<String> = webhooks
+        .iter()
+        .map(|hook| {
+            format!(
+                "{}  {}  {}  {}",
+                hook.id,
+                hook.url,
+                hook.events.join(","),
+                hook.docs.as_deref().unwrap_or("*")
+            )
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+async fn remove_webhook(args: WebhookIdArgs) -> Result<String, CommandError> {
+    let removed = match open(&args.target)? {
+        Backend::Local(store) => store
+            .remove_webhook(&args.id)
+            .map_err(store_error(&args.target))?,
+        Backend::Remote(remote) => {
+            let path = format!("/api/webhooks/{}", percent_path(&args.id));
+            match remote.call(Method::DELETE, &path, None).await {
+                Ok(_) => true,
+                Err(CommandError::Refused { status: 404, .. }) => false,
+                Err(error) => return Err(error),
+            }
+        }
+    };
+    if !removed {
+        return Err(CommandError::NoSuchWebhook(args.id));
+    }
+    Ok(format!("removed webhook {}", args.id))
+}
+
+async fn webhook_log(args: WebhookIdArgs) -> Result<String, CommandError> {
+    let attempts: Vec<webhook::AttemptView> = match open(&args.target)? {
+        Backend::Local(store) => {
+            let exists = store
+                .list_webhooks()
+                .map_err(store_error(&args.target))?
+                .iter()
+                .any(|hook| hook.id == args.id);
+            if !exists {
+                return Err(CommandError::NoSuchWebhook(args.id));
+            }
+            store
+                .list_deliveries(&args.id)
+                .map_err(store_error(&args.target))?
+                .into_iter()
+                .map(webhook::AttemptView::from)
+                .collect()
+        }
+        Backend::Remote(remote) => {
+            let path = format!("/api/webhooks/{}/deliveries", percent_path(&args.id));
+            let body = match remote.call(Method::GET, &path, None).await {
+                Ok((_, body)) => body,
+                Err(CommandError::Refused { status: 404, .. }) => {
+                    return Err(CommandError::NoSuchWebhook(args.id));
+                }
+                Err(error) => return Err(error),
+            };
+            #[derive(serde::Deserialize)]
+            struct Log {
+                deliveries: Vec<webhook::AttemptView>,
+            }
+            serde_json::from_slice::<Log>(&body)
+                .map_err(|error| CommandError::Unreachable {
+                    server: remote.server.clone(),
+                    detail: format!("unexpected answer to GET {path}: {error}"),
+                })?
+                .deliveries
+        }
+    };
+    if attempts.is_empty() {
+        return Ok("no deliveries yet".into());
+    }
+    let lines: Vec<String> = attempts
+        .iter()
+        .map(|attempt| {
+            let answer = match (&attempt.status, &attempt.error) {
+                (Some(status), _) => status.to_string(),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "-".into(),
+            };
+            format!(
+                "{}  {}  {}  {}  {} ms  {}",
+                attempt.at_ms,
+                attempt.delivery_id,
+                attempt.event,
+                answer,
+                attempt.duration_ms,
+                attempt.outcome
+            )
+        })
+        .collect();
+    Ok(lines.join("\n"))
+}
+
+/// An id as one path segment (ids the server makes need no escaping; others are refused by it).
+fn percent_path(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Runs a `tandem token` command and returns the line to print (the token).

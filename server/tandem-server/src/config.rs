@@ -19,6 +19,7 @@ use tandem_core::limits::{
 };
 
 use crate::account::AccountConfig;
+use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;
 use crate::files::FilesConfig;
@@ -26,6 +27,7 @@ use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
 use crate::tls::TlsFiles;
+use crate::webhook::WebhookConfig;
 
 /// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
 /// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
@@ -59,6 +61,9 @@ pub enum Command {
     /// Tokens signed with the server's own key.
     #[command(subcommand)]
     Token(crate::command::TokenCommand),
+    /// Manage webhooks (works beside a running server).
+    #[command(subcommand)]
+    Webhook(crate::command::WebhookCommand),
 }
 
 impl Cli {
@@ -243,6 +248,32 @@ pub struct ServeArgs {
     /// How often expired uploads and orphaned file bytes are removed [default: 5m].
     #[arg(long, env = "TANDEM_FILE_CLEANUP_INTERVAL")]
     pub file_cleanup_interval: Option<HumanDuration>,
+    /// Edits of one author on one doc within this time of the last one extend the same
+    /// activity entry (an edit session) [default: 5m].
+    #[arg(long, env = "TANDEM_ACTIVITY_SESSION_GAP")]
+    pub activity_session_gap: Option<HumanDuration>,
+    /// Activity entries older than this are deleted [default: 90days].
+    #[arg(long, env = "TANDEM_ACTIVITY_RETENTION")]
+    pub activity_retention: Option<HumanDuration>,
+    /// A `doc.changed` webhook is sent after the doc has been quiet this long [default: 2s].
+    #[arg(long, env = "TANDEM_WEBHOOK_DEBOUNCE")]
+    pub webhook_debounce: Option<HumanDuration>,
+    /// ... but no later than this after the first change it reports [default: 30s].
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_DELAY")]
+    pub webhook_max_delay: Option<HumanDuration>,
+    /// First retry delay of a failed delivery; it doubles on each failure [default: 1s].
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<HumanDuration>,
+    /// Longest retry delay [default: 1h].
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX")]
+    pub webhook_retry_max: Option<HumanDuration>,
+    /// A delivery not acknowledged this long after it was queued is given up and logged as
+    /// failed [default: 72h].
+    #[arg(long, env = "TANDEM_WEBHOOK_GIVE_UP")]
+    pub webhook_give_up: Option<HumanDuration>,
+    /// Time limit of one delivery attempt, connection included [default: 10s].
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<HumanDuration>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -357,6 +388,10 @@ pub struct Config {
     pub accounts: AccountConfig,
     /// File uploads: size limit, quota, upload expiry, cleanup.
     pub files: FilesConfig,
+    /// The activity feed: edit sessions and retention.
+    pub activity: ActivityConfig,
+    /// Webhook debounce, retries and timeouts.
+    pub webhooks: WebhookConfig,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -589,6 +624,23 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     .map_or(defaults.cleanup_interval, |interval| interval.0),
             }
         },
+        activity: ActivityConfig {
+            session_gap: duration(args.activity_session_gap, file.activity_session_gap, 5 * 60),
+            retention: duration(
+                args.activity_retention,
+                file.activity_retention,
+                90 * 24 * 3600,
+            ),
+        },
+        webhooks: WebhookConfig {
+            debounce: duration(args.webhook_debounce, file.webhook_debounce, 2),
+            max_delay: duration(args.webhook_max_delay, file.webhook_max_delay, 30),
+            retry_base: duration(args.webhook_retry_base, file.webhook_retry_base, 1)
+                .max(Duration::from_millis(1)),
+            retry_max: duration(args.webhook_retry_max, file.webhook_retry_max, 3600),
+            give_up: duration(args.webhook_give_up, file.webhook_give_up, 72 * 3600),
+            timeout: duration(args.webhook_timeout, file.webhook_timeout, 10),
+        },
     }
 }
 
@@ -733,6 +785,40 @@ mod tests {
         let file: ServeArgs = toml::from_str("bind = \"0.0.0.0\"\nauth = \"none\"").unwrap();
         let allowed = resolve(insecure, file);
         assert!(allowed.auth.check_bind(allowed.addr.ip()).is_ok());
+    }
+
+    #[test]
+    fn activity_and_webhook_settings_come_from_flags_over_the_file_over_defaults() {
+        let file: ServeArgs =
+            toml::from_str("activity_retention = \"7days\"\nwebhook_debounce = \"5s\"").unwrap();
+        let Some(Command::Serve(args)) = Cli::try_parse_from([
+            "tandem",
+            "serve",
+            "--webhook-debounce",
+            "500ms",
+            "--activity-session-gap",
+            "1m",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve command")
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.activity.session_gap, Duration::from_secs(60));
+        assert_eq!(
+            config.activity.retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(config.webhooks.debounce, Duration::from_millis(500));
+        assert_eq!(config.webhooks.max_delay, Duration::from_secs(30));
+        assert_eq!(config.webhooks.retry_base, Duration::from_secs(1));
+        assert_eq!(config.webhooks.retry_max, Duration::from_secs(3600));
+        assert_eq!(config.webhooks.give_up, Duration::from_secs(72 * 3600));
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default()).activity;
+        assert_eq!(defaults.session_gap, Duration::from_secs(300));
+        assert_eq!(defaults.retention, Duration::from_secs(90 * 24 * 3600));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
 use crate::account::{self, AccountError, Accounts};
+use crate::activity;
 use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
@@ -36,6 +37,7 @@ use crate::files::{self, FileApiError, Files};
 use crate::hub::{Hub, JoinError};
 use crate::versions::{self, VersionPath};
 use crate::web_client;
+use crate::webhook::{self, Webhooks};
 use crate::ws_upgrade::Upgrade;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
@@ -69,6 +71,8 @@ pub(crate) struct AppState {
     pub(crate) accounts: Accounts,
     /// Uploaded files (`files.rs`).
     pub(crate) files: Files,
+    /// Webhook registrations and the delivery worker's wake-up (`webhook.rs`).
+    pub(crate) webhooks: Webhooks,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -98,6 +102,15 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
                 .layer(account_body_limit()),
         )
         .merge(files::routes())
+        .route("/api/activity", get(activity::feed))
+        .route(
+            "/api/webhooks",
+            get(webhook::list)
+                .post(webhook::add)
+                .layer(DefaultBodyLimit::max(webhook::MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route("/api/webhooks/{id}", delete(webhook::remove))
+        .route("/api/webhooks/{id}/deliveries", get(webhook::deliveries))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
         .with_state(state.clone());
@@ -464,8 +477,12 @@ pub(crate) enum ApiError {
     VersionNotFound,
     #[error("a version name is 1 to {max} characters")]
     BadVersionName { max: usize },
-    #[error("bad query parameter {0:?}")]
-    BadQuery(&'static str),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("{0}")]
+    BadWebhook(String),
+    #[error("no such webhook")]
+    WebhookNotFound,
 }
 
 impl From<JoinError> for ApiError {
@@ -500,6 +517,8 @@ impl ApiError {
             ApiError::VersionNotFound => (StatusCode::NOT_FOUND, "version_not_found"),
             ApiError::BadVersionName { .. } => (StatusCode::BAD_REQUEST, "bad_version_name"),
             ApiError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::BadWebhook(_) => (StatusCode::BAD_REQUEST, "bad_webhook"),
+            ApiError::WebhookNotFound => (StatusCode::NOT_FOUND, "webhook_not_found"),
         }
     }
 }

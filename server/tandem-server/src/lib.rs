@@ -7,8 +7,11 @@
 //! # Layout
 //!
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
+//! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
+//! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
 //! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
-//! - [`command`]: `tandem user ...` and `tandem token mint`, offline or through a running server.
+//! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, offline or
+//!   through a running server.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
@@ -23,6 +26,7 @@
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
 pub mod account;
+pub mod activity;
 pub mod auth;
 pub mod command;
 pub mod config;
@@ -38,6 +42,7 @@ mod shutdown;
 mod tls;
 mod versions;
 mod web_client;
+pub mod webhook;
 mod ws_upgrade;
 
 use std::future::Future;
@@ -169,22 +174,39 @@ pub async fn run(
         lifecycle.clone(),
         events.clone(),
     );
-    // Until the activity recorder exists, recorded events are only logged.
-    lifecycle.spawn(tracing::info_span!("events"), {
-        let mut records = records;
-        let cancel = lifecycle.cancel.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    event = records.recv() => match event {
-                        Some(event) => tracing::debug!(?event, "event"),
-                        None => break,
-                    },
-                }
-            }
-        }
-    });
+    // The activity recorder has its own lifecycle: it must outlive the doc actors, whose final
+    // events it records, so it is closed only after the main tracker is empty (below).
+    let webhooks = webhook::Webhooks::load(hub.store().clone())
+        .await
+        .map_err(|source| ServerError::Store {
+            path: db_path.clone(),
+            source,
+        })?;
+    let recorder = activity::Recorder::new(
+        hub.store().clone(),
+        events.clone(),
+        webhooks.clone(),
+        config.activity.clone(),
+        &config.webhooks,
+    )
+    .await
+    .map_err(|source| ServerError::Store {
+        path: db_path.clone(),
+        source,
+    })?;
+    let recorder_lifecycle = shutdown::Lifecycle::default();
+    recorder_lifecycle.spawn(
+        tracing::info_span!("activity"),
+        recorder.run(records, recorder_lifecycle.cancel.clone()),
+    );
+    lifecycle.spawn(
+        tracing::info_span!("webhooks"),
+        webhook::run_worker(
+            webhooks.clone(),
+            config.webhooks.clone(),
+            lifecycle.cancel.clone(),
+        ),
+    );
     let files = files::Files::open(hub.store().clone(), config.files.clone(), &config.data_dir)
         .map_err(|source| ServerError::Io {
             context: "opening file storage",
@@ -203,6 +225,7 @@ pub async fn run(
         hub: hub.clone(),
         connection: config.connection.clone(),
         accounts: account::Accounts::new(hub.store().clone(), config.accounts.clone()),
+        webhooks,
     };
     let web = web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {
@@ -246,6 +269,16 @@ pub async fn run(
         .is_ok();
     if !clean {
         warn!(timeout = ?config.shutdown_timeout, remaining_tasks = lifecycle.tracker.len(), "shutdown timed out");
+    }
+    // Every doc actor has published its last event: the recorder drains its queue, commits and
+    // stops, before the store closes.
+    recorder_lifecycle.cancel.cancel();
+    recorder_lifecycle.tracker.close();
+    if tokio::time::timeout(config.shutdown_timeout, recorder_lifecycle.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?config.shutdown_timeout, "activity recorder did not finish in time");
     }
     drop(hub);
     let (done_tx, done_rx) = oneshot::channel();

@@ -32,6 +32,13 @@ fn main() -> anyhow::Result<()> {
             finish(runtime.block_on(tandem_server::command::run_user(command)))
         }
         Command::Token(command) => finish(tandem_server::command::run_token(command)),
+        Command::Webhook(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            finish(runtime.block_on(tandem_server::command::run_webhook(command)))
+        }
     }
 }
 

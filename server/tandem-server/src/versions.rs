@@ -267,13 +267,13 @@ pub(crate) async fn history(
             "limit" => {
                 limit = value
                     .parse::<usize>()
-                    .map_err(|_| ApiError::BadQuery("limit"))?
+                    .map_err(|_| ApiError::BadQuery("limit: not a number".into()))?
                     .clamp(1, MAX_HISTORY_LIMIT);
             }
             "before_seq" => {
                 before_seq = value
                     .parse()
-                    .map_err(|_| ApiError::BadQuery("before_seq"))?;
+                    .map_err(|_| ApiError::BadQuery("before_seq: not a number".into()))?;
             }
             // `token` and anything else are not ours.
             _ => {}

@@ -32,6 +32,17 @@ pub enum StoreError {
         /// What rule was broken.
         detail: String,
     },
+    /// A stored activity entry, webhook or delivery breaks the format's rules. It affects that
+    /// record only.
+    #[error("stored {table} record {key} is corrupt: {detail}")]
+    CorruptEntry {
+        /// The table.
+        table: &'static str,
+        /// The record's key.
+        key: String,
+        /// What rule was broken.
+        detail: String,
+    },
     /// Another `Database` (in this process or another, e.g. a running server) has the file
     /// open. A command-line tool falls back to the server's HTTP API.
     #[error("the database is closed: reopening it failed")]

@@ -677,6 +677,7 @@ mod tests {
                     doc: "team/notes",
                     seq: 1,
                     update: b"u",
+                    author: None,
                 }],
                 1,
                 true,

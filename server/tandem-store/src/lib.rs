@@ -15,12 +15,16 @@
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
 //! - `history`: who sent each update, and each doc's versions (`VersionRecord`).
+//! - `activity`: the activity feed (`ActivityEntry`) and its indexes.
+//! - `webhooks`: webhook registrations, the delivery outbox and the delivery log.
 
 mod accounts;
+mod activity;
 pub mod error;
 mod files;
 mod history;
 pub mod schema;
+mod webhooks;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
+pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
 pub use error::StoreError;
 pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
@@ -36,6 +41,7 @@ pub use files::{
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
+pub use webhooks::{DeliveryAttempt, OutboxDelivery, WebhookRecord};
 
 /// Default bound of redb's page cache. redb's own default (1 GiB) lets the cache, and so the
 /// server's memory, grow with the database; documents live in the doc actors while open, so the

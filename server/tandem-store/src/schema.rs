@@ -76,6 +76,30 @@ pub(crate) const VERSIONS: TableDefinition<'static, (&str, u64), &[u8]> =
 pub(crate) const VERSION_STATES: TableDefinition<'static, (&str, u64), &[u8]> =
     TableDefinition::new("version_states");
 
+// Activity feed and webhooks (`activity.rs`, `webhooks.rs`). Added after format version 1
+// shipped: created for new files, and a file without them reads as empty.
+
+/// Activity entries: `id -> encoded ActivityEntry`. Ids grow by one and are never reused.
+pub(crate) const ACTIVITY: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("activity");
+/// Index of [`ACTIVITY`] by path: `(path, id) -> ()`, one row for each path an entry names.
+pub(crate) const ACTIVITY_BY_PATH: TableDefinition<'static, (&str, u64), ()> =
+    TableDefinition::new("activity_by_path");
+/// Index of [`ACTIVITY`] by actor id (`sub`, or the name without authentication):
+/// `(actor, id) -> ()`.
+pub(crate) const ACTIVITY_BY_ACTOR: TableDefinition<'static, (&str, u64), ()> =
+    TableDefinition::new("activity_by_actor");
+/// Counters of the activity and webhook tables: `name -> next value`.
+pub(crate) const ACTIVITY_COUNTERS: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("activity_counters");
+/// Webhook registrations: `webhook id -> encoded WebhookRecord`.
+pub(crate) const WEBHOOKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("webhooks");
+/// Deliveries not yet acknowledged: `seq -> encoded OutboxDelivery`.
+pub(crate) const WEBHOOK_OUTBOX: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new("webhook_outbox");
+/// The last attempts of each webhook: `(webhook id, seq) -> encoded DeliveryAttempt`.
+pub(crate) const WEBHOOK_LOG: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new("webhook_log");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`, fixed width.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -113,6 +137,13 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<(), StoreError
                 txn.open_table(UPDATE_AUTHORS)?;
                 txn.open_table(VERSIONS)?;
                 txn.open_table(VERSION_STATES)?;
+                txn.open_table(ACTIVITY)?;
+                txn.open_table(ACTIVITY_BY_PATH)?;
+                txn.open_table(ACTIVITY_BY_ACTOR)?;
+                txn.open_table(ACTIVITY_COUNTERS)?;
+                txn.open_table(WEBHOOKS)?;
+                txn.open_table(WEBHOOK_OUTBOX)?;
+                txn.open_table(WEBHOOK_LOG)?;
             }
             txn.commit()?;
             Ok(())

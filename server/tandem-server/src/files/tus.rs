@@ -254,7 +254,7 @@ async fn create_upload(
         sha256,
         content_type,
         name,
-        uploader: super::uploader_of(&grant, &headers),
+        uploader: super::uploader_of(&grant, headers),
         created_ms,
         expires_ms: created_ms.saturating_add(expiry_ms),
     };

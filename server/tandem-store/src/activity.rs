@@ -1,0 +1,650 @@
+//! The activity feed: who did what to which doc or file, newest first.
+//!
+//! The store keeps entries as opaque, versioned records ([`ActivityEntry`]) under increasing
+//! ids, with two indexes (by path and by actor) so that a filtered page reads only the rows of
+//! that path or actor. What an entry means (edit sessions, kinds, the `details` JSON) belongs to
+//! the server (`tandem-server/src/activity.rs`). The byte layout is in `protocol-spec/storage.md`.
+//!
+//! Invariants: an entry and its index rows are written in one transaction; the paths and actor
+//! of an entry never change once written (only its end time, counts and details do), so its
+//! index rows stay valid when it is extended. Ids are never reused: the next id is a counter
+//! that survives pruning.
+
+use redb::{ReadableDatabase, ReadableTable, Table};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::schema::{
+    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX,
+};
+use crate::webhooks::OutboxDelivery;
+
+/// The version byte at the start of every encoded [`ActivityEntry`].
+const ENTRY_VERSION: u8 = 1;
+/// Counter key: the id the next entry gets.
+const NEXT_ENTRY_ID: &str = "activity_next_id";
+/// Counter key: the seq the next outbox delivery gets.
+pub(crate) const NEXT_OUTBOX_SEQ: &str = "webhook_outbox_next_seq";
+/// Counter key: the seq the next delivery-log row gets.
+pub(crate) const NEXT_LOG_SEQ: &str = "webhook_log_next_seq";
+/// Entries of one path looked at when searching for an edit session to extend.
+const MAX_SESSION_SEARCH: usize = 256;
+/// Index rows a folder (`prefix`) query gathers at most; a folder with more entries shows the
+/// newest of the first this many rows of its paths.
+const MAX_PREFIX_IDS: usize = 200_000;
+/// Entries removed by one `prune_activity` call, so a prune never holds the writer for long.
+const MAX_PRUNE: usize = 10_000;
+
+/// One line of the activity feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityEntry {
+    /// Increasing, never reused.
+    pub id: u64,
+    /// `doc.edited`, `file.uploaded`, ... (the server's vocabulary).
+    pub kind: String,
+    /// The doc or file the entry is about.
+    pub path: String,
+    /// Further paths it reveals and is found under (the old name of a renamed file).
+    pub other_paths: Vec<String>,
+    /// The verified account id, if authentication was on.
+    pub actor_sub: Option<String>,
+    /// The name shown.
+    pub actor_name: String,
+    /// When it began, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// When it last grew (equal to `started_ms` for a one-off action).
+    pub ended_ms: u64,
+    /// Updates in an edit session; 0 otherwise.
+    pub n_updates: u64,
+    /// Kind-specific details as JSON text; opaque to the store.
+    pub details: String,
+}
+
+impl ActivityEntry {
+    /// The id the actor index and filters use: the `sub`, or the name.
+    pub fn actor_id(&self) -> &str {
+        self.actor_sub.as_deref().unwrap_or(&self.actor_name)
+    }
+
+    /// Whether the entry names `path`.
+    pub fn names(&self, path: &str) -> bool {
+        self.path == path || self.other_paths.iter().any(|other| other == path)
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.path.as_str()).chain(self.other_paths.iter().map(String::as_str))
+    }
+
+    /// Version 1: `u8 1`, `kind`, `path`, `u32 n` and `n` other paths, `u8 has_sub` (0 or 1)
+    /// and the `sub` when 1, `actor_name`, `u64 started_ms`, `u64 ended_ms`, `u64 n_updates`,
+    /// `details`. Strings are a `u32` byte length and UTF-8; integers little-endian. The id is
+    /// the key.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENTRY_VERSION];
+        put_str(&mut out, &self.kind);
+        put_str(&mut out, &self.path);
+        put_u32(&mut out, self.other_paths.len());
+        for path in &self.other_paths {
+            put_str(&mut out, path);
+        }
+        match &self.actor_sub {
+            Some(sub) => {
+                out.push(1);
+                put_str(&mut out, sub);
+            }
+            None => out.push(0),
+        }
+        put_str(&mut out, &self.actor_name);
+        out.extend_from_slice(&self.started_ms.to_le_bytes());
+        out.extend_from_slice(&self.ended_ms.to_le_bytes());
+        out.extend_from_slice(&self.n_updates.to_le_bytes());
+        put_str(&mut out, &self.details);
+        out
+    }
+
+    fn decode(id: u64, bytes: &[u8]) -> Result<ActivityEntry, StoreError> {
+        let corrupt = |detail: &str| StoreError::CorruptEntry {
+            table: "activity",
+            key: id.to_string(),
+            detail: detail.to_owned(),
+        };
+        let mut reader = Reader::new(bytes);
+        match reader.u8() {
+            Some(ENTRY_VERSION) => {}
+            Some(version) => return Err(corrupt(&format!("unknown record version {version}"))),
+            None => return Err(corrupt("empty record")),
+        }
+        let decoded = (|| {
+            let kind = reader.string()?;
+            let path = reader.string()?;
+            let n_other = reader.u32()?;
+            let mut other_paths = Vec::new();
+            for _ in 0..n_other {
+                other_paths.push(reader.string()?);
+            }
+            let actor_sub = match reader.u8()? {
+                0 => None,
+                1 => Some(reader.string()?),
+                _ => return None,
+            };
+            let entry = ActivityEntry {
+                id,
+                kind,
+                path,
+                other_paths,
+                actor_sub,
+                actor_name: reader.string()?,
+                started_ms: reader.u64()?,
+                ended_ms: reader.u64()?,
+                n_updates: reader.u64()?,
+                details: reader.string()?,
+            };
+            reader.is_empty().then_some(entry)
+        })();
+        decoded.ok_or_else(|| corrupt("record is truncated, has trailing bytes or is not UTF-8"))
+    }
+}
+
+/// What the server hands [`Store::write_activity`] in one batch.
+#[derive(Debug, Default)]
+pub struct ActivityWrite {
+    /// New or extended entries (a whole entry replaces the stored one with its id).
+    pub entries: Vec<ActivityEntry>,
+    /// Webhook deliveries to queue; their `seq` is assigned by the store.
+    pub deliveries: Vec<OutboxDelivery>,
+    /// The id the next entry will get (kept so ids are never reused).
+    pub next_entry_id: u64,
+}
+
+/// A page request of the feed. Every filter present must hold.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityQuery {
+    /// Entries naming exactly this path.
+    pub path: Option<String>,
+    /// Entries with a path starting with this (a folder: `team/`).
+    pub prefix: Option<String>,
+    /// Entries of this actor id.
+    pub actor: Option<String>,
+    /// Entries that ended at or after this time (ms).
+    pub since_ms: Option<u64>,
+    /// Entries with an id below this (the cursor of the previous page).
+    pub before_id: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+    /// Longest span of one entry (`ended_ms - started_ms`): below `since_ms` minus this, nothing
+    /// can match any more, so the scan stops.
+    pub max_span_ms: u64,
+    /// Entries examined at most for one page; a page cut short by it still has a cursor.
+    pub max_scan: usize,
+}
+
+impl Store {
+    /// The id the next activity entry gets (1 for a new file).
+    pub fn next_activity_id(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        match txn.open_table(ACTIVITY_COUNTERS) {
+            Ok(table) => Ok(table.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(1),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Writes entries and queues deliveries in one durable transaction. Returns the seqs given
+    /// to the deliveries, in order.
+    pub fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let mut seqs = Vec::with_capacity(write.deliveries.len());
+        {
+            let mut entries = txn.open_table(ACTIVITY)?;
+            let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+            let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+            let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
+            for entry in &write.entries {
+                entries.insert(entry.id, entry.encode().as_slice())?;
+                for path in entry.paths() {
+                    by_path.insert((path, entry.id), ())?;
+                }
+                by_actor.insert((entry.actor_id(), entry.id), ())?;
+            }
+            let stored_next = counters.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value());
+            counters.insert(NEXT_ENTRY_ID, stored_next.max(write.next_entry_id))?;
+            if !write.deliveries.is_empty() {
+                let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+                let mut seq = counters.get(NEXT_OUTBOX_SEQ)?.map_or(1, |v| v.value());
+                for delivery in &write.deliveries {
+                    outbox.insert(seq, delivery.encode().as_slice())?;
+                    seqs.push(seq);
+                    seq += 1;
+                }
+                counters.insert(NEXT_OUTBOX_SEQ, seq)?;
+            }
+        }
+        txn.commit()?;
+        Ok(seqs)
+    }
+
+    /// The newest entry of `kind` by `actor` naming `path`, among the newest entries of that
+    /// path (the recorder extends it when it is still a running session).
+    pub fn latest_activity(
+        &self,
+        path: &str,
+        kind: &str,
+        actor: &str,
+    ) -> Result<Option<ActivityEntry>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let (entries, by_path) = match (txn.open_table(ACTIVITY), txn.open_table(ACTIVITY_BY_PATH))
+        {
+            (Ok(entries), Ok(by_path)) => (entries, by_path),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
+            (Err(error), _) | (_, Err(error)) => return Err(error.into()),
+        };
+        for row in by_path
+            .range((path, 0)..=(path, u64::MAX))?
+            .rev()
+            .take(MAX_SESSION_SEARCH)
+        {
+            let (key, _) = row?;
+            let (_, id) = key.value();
+            let Some(value) = entries.get(id)? else {
+                continue;
+            };
+            let entry = ActivityEntry::decode(id, value.value())?;
+            if entry.kind == kind && entry.actor_id() == actor {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One page of the feed, newest first, of the entries matching `query` that `visible`
+    /// accepts. Returns the page and the cursor of the next one (`None` at the end).
+    pub fn list_activity(
+        &self,
+        query: &ActivityQuery,
+        mut visible: impl FnMut(&ActivityEntry) -> bool,
+    ) -> Result<(Vec<ActivityEntry>, Option<u64>), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let entries = match txn.open_table(ACTIVITY) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+            Err(error) => return Err(error.into()),
+        };
+        let before = query.before_id.unwrap_or(u64::MAX);
+        // Both indexes exist whenever `activity` does (created together).
+        let by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+        let by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+        // The most selective index available gives the candidate ids, newest first.
+        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+            if let Some(path) = query.path.as_deref() {
+                Box::new(
+                    by_path
+                        .range((path, 0)..(path, before))?
+                        .rev()
+                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                )
+            } else if let Some(actor) = query.actor.as_deref() {
+                Box::new(
+                    by_actor
+                        .range((actor, 0)..(actor, before))?
+                        .rev()
+                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                )
+            } else if let Some(prefix) = query.prefix.as_deref() {
+                // The index rows of the paths under the prefix are contiguous but ordered by
+                // path: gather their ids (bounded), then go newest first.
+                let mut ids = Vec::new();
+                for row in by_path.range((prefix, 0)..)? {
+                    let (key, _) = row?;
+                    let (path, id) = key.value();
+                    if !path.starts_with(prefix) || ids.len() >= MAX_PREFIX_IDS {
+                        break;
+                    }
+                    if id < before {
+                        ids.push(id);
+                    }
+                }
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                ids.dedup();
+                Box::new(ids.into_iter().map(Ok))
+            } else {
+                Box::new(
+                    entries
+                        .range(..before)?
+                        .rev()
+                        .map(|row| row.map(|(key, _)| key.value()).map_err(StoreError::from)),
+                )
+            };
+        let mut page = Vec::new();
+        let mut last_scanned = None;
+        for (n_scanned, id) in ids.enumerate() {
+            let id = id?;
+            if n_scanned >= query.max_scan {
+                // The budget ran out: the caller continues from here.
+                return Ok((page, last_scanned));
+            }
+            last_scanned = Some(id);
+            let Some(value) = entries.get(id)? else {
+                continue;
+            };
+            let entry = ActivityEntry::decode(id, value.value())?;
+            if let Some(since) = query.since_ms {
+                if entry.started_ms.saturating_add(query.max_span_ms) < since {
+                    break;
+                }
+                if entry.ended_ms < since {
+                    continue;
+                }
+            }
+            let matches = query.path.as_deref().is_none_or(|path| entry.names(path))
+                && query
+                    .prefix
+                    .as_deref()
+                    .is_none_or(|prefix| entry.paths().any(|path| path.starts_with(prefix)))
+                && query
+                    .actor
+                    .as_deref()
+                    .is_none_or(|actor| entry.actor_id() == actor);
+            if !matches || !visible(&entry) {
+                continue;
+            }
+            if page.len() == query.limit {
+                // One more exists: the page is full and has a successor.
+                let next = page.last().map(|last: &ActivityEntry| last.id);
+                return Ok((page, next));
+            }
+            page.push(entry);
+        }
+        Ok((page, None))
+    }
+
+    /// Removes entries that ended before `cutoff_ms` (at most a bounded number per call).
+    /// Entries are ordered by start, so the scan stops `max_span_ms` past the cutoff. Returns
+    /// how many were removed.
+    pub fn prune_activity(&self, cutoff_ms: u64, max_span_ms: u64) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let mut n_removed = 0;
+        {
+            let mut entries = txn.open_table(ACTIVITY)?;
+            let mut doomed = Vec::new();
+            for row in entries.iter()? {
+                let (key, value) = row?;
+                let entry = ActivityEntry::decode(key.value(), value.value())?;
+                if entry.started_ms >= cutoff_ms.saturating_add(max_span_ms)
+                    || doomed.len() >= MAX_PRUNE
+                {
+                    break;
+                }
+                if entry.ended_ms < cutoff_ms {
+                    doomed.push(entry);
+                }
+            }
+            let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+            let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+            for entry in &doomed {
+                remove_entry(&mut entries, &mut by_path, &mut by_actor, entry)?;
+                n_removed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n_removed)
+    }
+}
+
+fn remove_entry(
+    entries: &mut Table<'_, u64, &[u8]>,
+    by_path: &mut Table<'_, (&str, u64), ()>,
+    by_actor: &mut Table<'_, (&str, u64), ()>,
+    entry: &ActivityEntry,
+) -> Result<(), StoreError> {
+    entries.remove(entry.id)?;
+    for path in entry.paths() {
+        by_path.remove((path, entry.id))?;
+    }
+    by_actor.remove((entry.actor_id(), entry.id))?;
+    Ok(())
+}
+
+pub(crate) fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_u32(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+pub(crate) fn put_u32(out: &mut Vec<u8>, n: usize) {
+    let n = u32::try_from(n).expect("lengths in a record are far below 4 GiB");
+    out.extend_from_slice(&n.to_le_bytes());
+}
+
+/// Reads a record front to back; every method returns `None` when the bytes run out.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|bytes| bytes[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    pub(crate) fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, path: &str, actor: &str, started_ms: u64) -> ActivityEntry {
+        ActivityEntry {
+            id,
+            kind: "doc.edited".into(),
+            path: path.into(),
+            other_paths: Vec::new(),
+            actor_sub: Some(actor.into()),
+            actor_name: actor.to_uppercase(),
+            started_ms,
+            ended_ms: started_ms + 10,
+            n_updates: 3,
+            details: "{}".into(),
+        }
+    }
+
+    fn write(store: &Store, entries: Vec<ActivityEntry>) {
+        let next_entry_id = entries.iter().map(|e| e.id + 1).max().unwrap_or(1);
+        store
+            .write_activity(&ActivityWrite {
+                entries,
+                deliveries: Vec::new(),
+                next_entry_id,
+            })
+            .unwrap();
+    }
+
+    fn query(limit: usize) -> ActivityQuery {
+        ActivityQuery {
+            limit,
+            max_span_ms: 1000,
+            max_scan: 10_000,
+            ..ActivityQuery::default()
+        }
+    }
+
+    fn ids(page: &[ActivityEntry]) -> Vec<u64> {
+        page.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn pages_run_newest_first_with_a_cursor_and_filters_use_the_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let mut entries: Vec<ActivityEntry> = (1..=7)
+                .map(|id| entry(id, if id % 2 == 0 { "a" } else { "b" }, "ada", id * 100))
+                .collect();
+            entries[6].actor_sub = Some("bob".into());
+            entries[6].other_paths = vec!["old/b".into()];
+            write(&store, entries);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_activity_id().unwrap(), 8);
+        let (page, next) = store.list_activity(&query(3), |_| true).unwrap();
+        assert_eq!((ids(&page), next), (vec![7, 6, 5], Some(5)));
+        let (page, next) = store
+            .list_activity(
+                &ActivityQuery {
+                    before_id: next,
+                    ..query(3)
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!((ids(&page), next), (vec![4, 3, 2], Some(2)));
+        let (page, next) = store
+            .list_activity(
+                &ActivityQuery {
+                    before_id: next,
+                    ..query(3)
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!((ids(&page), next), (vec![1], None));
+        let by_path = ActivityQuery {
+            path: Some("a".into()),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&by_path, |_| true).unwrap().0),
+            vec![6, 4, 2]
+        );
+        let old_name = ActivityQuery {
+            path: Some("old/b".into()),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&old_name, |_| true).unwrap().0),
+            vec![7]
+        );
+        let by_actor = ActivityQuery {
+            actor: Some("bob".into()),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&by_actor, |_| true).unwrap().0),
+            vec![7]
+        );
+        let since = ActivityQuery {
+            since_ms: Some(500),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&since, |_| true).unwrap().0),
+            vec![7, 6, 5]
+        );
+        let hidden = store.list_activity(&query(10), |e| e.path != "b").unwrap();
+        assert_eq!(ids(&hidden.0), vec![6, 4, 2]);
+        let prefix = ActivityQuery {
+            prefix: Some("old/".into()),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&prefix, |_| true).unwrap().0),
+            vec![7]
+        );
+    }
+
+    #[test]
+    fn an_extended_entry_replaces_the_stored_one_and_is_found_as_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        write(
+            &store,
+            vec![entry(1, "d", "ada", 100), entry(2, "d", "bob", 150)],
+        );
+        let mut longer = entry(1, "d", "ada", 100);
+        longer.ended_ms = 900;
+        longer.n_updates = 40;
+        write(&store, vec![longer.clone()]);
+        assert_eq!(
+            store.latest_activity("d", "doc.edited", "ada").unwrap(),
+            Some(longer)
+        );
+        assert_eq!(
+            store.latest_activity("d", "file.uploaded", "ada").unwrap(),
+            None
+        );
+        assert_eq!(
+            store.list_activity(&query(10), |_| true).unwrap().0.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn pruning_removes_old_entries_and_their_index_rows_but_keeps_ids_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        write(
+            &store,
+            vec![
+                entry(1, "d", "ada", 100),
+                entry(2, "d", "ada", 200),
+                entry(3, "d", "ada", 5000),
+            ],
+        );
+        assert_eq!(store.prune_activity(300, 1000).unwrap(), 2);
+        let by_path = ActivityQuery {
+            path: Some("d".into()),
+            ..query(10)
+        };
+        assert_eq!(
+            ids(&store.list_activity(&by_path, |_| true).unwrap().0),
+            vec![3]
+        );
+        assert_eq!(store.prune_activity(300, 1000).unwrap(), 0);
+        assert_eq!(store.next_activity_id().unwrap(), 4);
+    }
+
+    #[test]
+    fn decoding_any_prefix_of_an_entry_fails_without_panicking() {
+        let mut full = entry(9, "team/a", "ada", 1);
+        full.other_paths = vec!["x".into()];
+        full.actor_sub = None;
+        let bytes = full.encode();
+        for len in 0..bytes.len() {
+            assert!(ActivityEntry::decode(9, &bytes[..len]).is_err(), "{len}");
+        }
+        assert_eq!(ActivityEntry::decode(9, &bytes).unwrap(), full);
+    }
+}

@@ -1,0 +1,536 @@
+//! Webhooks: registrations, the durable outbox of deliveries and the delivery log.
+//!
+//! A delivery is written to the outbox (by `Store::write_activity`, in the same transaction as
+//! the activity it reports) before anything tries to send it, and it leaves the outbox only
+//! when an attempt was acknowledged or the server gave up on it ([`Store::finish_attempt`]).
+//! So a crash between the two repeats an attempt but never loses a delivery; receivers drop
+//! repeats by the delivery id, which is fixed when the delivery is queued.
+//!
+//! Invariant: each webhook's log holds at most the `keep` newest attempts given to
+//! `finish_attempt`; removing a webhook removes its outbox rows and its log.
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::Store;
+use crate::activity::{NEXT_LOG_SEQ, Reader, put_str, put_u32};
+use crate::error::StoreError;
+use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
+
+/// The version byte at the start of every encoded record of this module.
+const RECORD_VERSION: u8 = 1;
+
+/// One registered webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    /// Its id (the key).
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The event names it receives.
+    pub events: Vec<String>,
+    /// The HMAC key of the signatures.
+    pub secret: String,
+    /// A doc/file pattern (`*` wildcards); only events about a matching path are delivered.
+    pub docs: Option<String>,
+    /// When it was registered, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A delivery waiting for acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDelivery {
+    /// Its position in the outbox (the key), assigned when queued.
+    pub seq: u64,
+    /// The idempotency id, the same on every attempt.
+    pub delivery_id: String,
+    /// The webhook it goes to.
+    pub webhook_id: String,
+    /// The event name.
+    pub event: String,
+    /// The JSON body, exactly as sent (and signed).
+    pub body: String,
+    /// When it was queued, ms.
+    pub created_ms: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not to be attempted before this time, ms.
+    pub next_attempt_ms: u64,
+}
+
+/// One attempt at a delivery, as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The delivery's idempotency id.
+    pub delivery_id: String,
+    /// The event name.
+    pub event: String,
+    /// When the attempt started, ms.
+    pub at_ms: u64,
+    /// The HTTP status, if the receiver answered.
+    pub status: Option<u16>,
+    /// Why no status: connection refused, timeout, ...
+    pub error: Option<String>,
+    /// How long the attempt took, ms.
+    pub duration_ms: u64,
+    /// `delivered`, `retry` or `failed` (given up).
+    pub outcome: String,
+}
+
+impl WebhookRecord {
+    /// Version 1: `u8 1`, `url`, `u32 n` and `n` event names, `u8 has_docs` and the pattern,
+    /// `secret`, `u64 created_ms`. Strings as in `activity.rs`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        put_str(&mut out, &self.url);
+        put_u32(&mut out, self.events.len());
+        for event in &self.events {
+            put_str(&mut out, event);
+        }
+        put_opt_str(&mut out, self.docs.as_deref());
+        put_str(&mut out, &self.secret);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(id: &str, bytes: &[u8]) -> Result<WebhookRecord, StoreError> {
+        let mut reader = versioned(bytes, "webhooks", id)?;
+        let decoded = (|| {
+            let url = reader.string()?;
+            let n = reader.u32()?;
+            let mut events = Vec::new();
+            for _ in 0..n {
+                events.push(reader.string()?);
+            }
+            let record = WebhookRecord {
+                id: id.to_owned(),
+                url,
+                events,
+                docs: opt_string(&mut reader)?,
+                secret: reader.string()?,
+                created_ms: reader.u64()?,
+            };
+            reader.is_empty().then_some(record)
+        })();
+        decoded.ok_or_else(|| truncated("webhooks", id))
+    }
+}
+
+impl OutboxDelivery {
+    /// Version 1: `u8 1`, `delivery_id`, `webhook_id`, `event`, `body`, `u64 created_ms`,
+    /// `u32 attempts`, `u64 next_attempt_ms`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        put_str(&mut out, &self.delivery_id);
+        put_str(&mut out, &self.webhook_id);
+        put_str(&mut out, &self.event);
+        put_str(&mut out, &self.body);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.extend_from_slice(&self.next_attempt_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxDelivery, StoreError> {
+        let key = seq.to_string();
+        let mut reader = versioned(bytes, "webhook_outbox", &key)?;
+        let decoded = (|| {
+            let delivery = OutboxDelivery {
+                seq,
+                delivery_id: reader.string()?,
+                webhook_id: reader.string()?,
+                event: reader.string()?,
+                body: reader.string()?,
+                created_ms: reader.u64()?,
+                attempts: reader.u32()?,
+                next_attempt_ms: reader.u64()?,
+            };
+            reader.is_empty().then_some(delivery)
+        })();
+        decoded.ok_or_else(|| truncated("webhook_outbox", &key))
+    }
+}
+
+impl DeliveryAttempt {
+    /// Version 1: `u8 1`, `delivery_id`, `event`, `u64 at_ms`, `u16 status` (0: none),
+    /// `u8 has_error` and the error, `u64 duration_ms`, `outcome`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        put_str(&mut out, &self.delivery_id);
+        put_str(&mut out, &self.event);
+        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        out.extend_from_slice(&self.status.unwrap_or(0).to_le_bytes());
+        put_opt_str(&mut out, self.error.as_deref());
+        out.extend_from_slice(&self.duration_ms.to_le_bytes());
+        put_str(&mut out, &self.outcome);
+        out
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<DeliveryAttempt, StoreError> {
+        let mut reader = versioned(bytes, "webhook_log", key)?;
+        let decoded = (|| {
+            let delivery_id = reader.string()?;
+            let event = reader.string()?;
+            let at_ms = reader.u64()?;
+            let status = reader.u8().zip(reader.u8())?;
+            let status = u16::from_le_bytes([status.0, status.1]);
+            let attempt = DeliveryAttempt {
+                delivery_id,
+                event,
+                at_ms,
+                status: (status != 0).then_some(status),
+                error: opt_string(&mut reader)?,
+                duration_ms: reader.u64()?,
+                outcome: reader.string()?,
+            };
+            reader.is_empty().then_some(attempt)
+        })();
+        decoded.ok_or_else(|| truncated("webhook_log", key))
+    }
+}
+
+fn put_opt_str(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.push(1);
+            put_str(out, text);
+        }
+        None => out.push(0),
+    }
+}
+
+fn opt_string(reader: &mut Reader<'_>) -> Option<Option<String>> {
+    match reader.u8()? {
+        0 => Some(None),
+        1 => reader.string().map(Some),
+        _ => None,
+    }
+}
+
+fn versioned<'a>(
+    bytes: &'a [u8],
+    table: &'static str,
+    key: &str,
+) -> Result<Reader<'a>, StoreError> {
+    let mut reader = Reader::new(bytes);
+    match reader.u8() {
+        Some(RECORD_VERSION) => Ok(reader),
+        Some(version) => Err(StoreError::CorruptEntry {
+            table,
+            key: key.to_owned(),
+            detail: format!("unknown record version {version}"),
+        }),
+        None => Err(truncated(table, key)),
+    }
+}
+
+fn truncated(table: &'static str, key: &str) -> StoreError {
+    StoreError::CorruptEntry {
+        table,
+        key: key.to_owned(),
+        detail: "record is truncated, has trailing bytes or is not UTF-8".into(),
+    }
+}
+
+/// Opens a table for reading; a file from before webhooks existed has none, which reads empty.
+macro_rules! open_or_empty {
+    ($txn:expr, $table:expr, $empty:expr) => {
+        match $txn.open_table($table) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok($empty),
+            Err(error) => return Err(error.into()),
+        }
+    };
+}
+
+impl Store {
+    /// Registers (or replaces) a webhook, durably.
+    pub fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        txn.open_table(WEBHOOKS)?
+            .insert(webhook.id.as_str(), webhook.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a webhook with its pending deliveries and its log; `false` if there was none.
+    pub fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let removed = {
+            let removed = txn.open_table(WEBHOOKS)?.remove(id)?.is_some();
+            let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+            let mut doomed = Vec::new();
+            for row in outbox.iter()? {
+                let (key, value) = row?;
+                let delivery = OutboxDelivery::decode(key.value(), value.value())?;
+                if delivery.webhook_id == id {
+                    doomed.push(key.value());
+                }
+            }
+            for seq in doomed {
+                outbox.remove(seq)?;
+            }
+            txn.open_table(WEBHOOK_LOG)?
+                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+            removed
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Every webhook, sorted by id.
+    pub fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = open_or_empty!(txn, WEBHOOKS, Vec::new());
+        let mut webhooks = Vec::new();
+        for row in table.iter()? {
+            let (id, value) = row?;
+            webhooks.push(WebhookRecord::decode(id.value(), value.value())?);
+        }
+        Ok(webhooks)
+    }
+
+    /// Pending deliveries in outbox order, at most `limit`.
+    pub fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = open_or_empty!(txn, WEBHOOK_OUTBOX, Vec::new());
+        let mut deliveries = Vec::new();
+        for row in table.iter()?.take(limit) {
+            let (seq, value) = row?;
+            deliveries.push(OutboxDelivery::decode(seq.value(), value.value())?);
+        }
+        Ok(deliveries)
+    }
+
+    /// Up to `limit` deliveries due at `now_ms` (in outbox order), and the earliest time
+    /// another one falls due. Reads the whole outbox, so a receiver that is down (its
+    /// deliveries waiting far in the future) never holds back the others.
+    pub fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxDelivery>, Option<u64>), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = open_or_empty!(txn, WEBHOOK_OUTBOX, (Vec::new(), None));
+        let mut due = Vec::new();
+        let mut next_due = None::<u64>;
+        for row in table.iter()? {
+            let (seq, value) = row?;
+            let delivery = OutboxDelivery::decode(seq.value(), value.value())?;
+            if delivery.next_attempt_ms <= now_ms && due.len() < limit {
+                due.push(delivery);
+            } else {
+                let at = delivery.next_attempt_ms;
+                next_due = Some(next_due.map_or(at, |next| next.min(at)));
+            }
+        }
+        Ok((due, next_due))
+    }
+
+    /// Records an attempt at delivery `seq` in its webhook's log (keeping the `keep` newest)
+    /// and either reschedules it (`next_attempt_ms`) or removes it from the outbox (`None`:
+    /// acknowledged or given up). A delivery removed meanwhile (its webhook was deleted) is
+    /// not logged.
+    pub fn finish_attempt(
+        &self,
+        delivery: &OutboxDelivery,
+        attempt: &DeliveryAttempt,
+        next_attempt_ms: Option<u64>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        {
+            let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+            if outbox.get(delivery.seq)?.is_none() {
+                return Ok(());
+            }
+            match next_attempt_ms {
+                Some(next_attempt_ms) => {
+                    let again = OutboxDelivery {
+                        attempts: delivery.attempts.saturating_add(1),
+                        next_attempt_ms,
+                        ..delivery.clone()
+                    };
+                    outbox.insert(delivery.seq, again.encode().as_slice())?;
+                }
+                None => {
+                    outbox.remove(delivery.seq)?;
+                }
+            }
+            let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
+            let seq = counters.get(NEXT_LOG_SEQ)?.map_or(1, |v| v.value());
+            counters.insert(NEXT_LOG_SEQ, seq + 1)?;
+            let webhook = delivery.webhook_id.as_str();
+            let mut log = txn.open_table(WEBHOOK_LOG)?;
+            log.insert((webhook, seq), attempt.encode().as_slice())?;
+            let n_rows = log.range((webhook, 0)..=(webhook, u64::MAX))?.count();
+            if n_rows > keep {
+                let mut oldest = Vec::new();
+                for row in log
+                    .range((webhook, 0)..=(webhook, u64::MAX))?
+                    .take(n_rows - keep)
+                {
+                    let (key, _) = row?;
+                    oldest.push(key.value().1);
+                }
+                for old in oldest {
+                    log.remove((webhook, old))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The logged attempts of webhook `id`, newest first.
+    pub fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = open_or_empty!(txn, WEBHOOK_LOG, Vec::new());
+        let mut attempts = Vec::new();
+        for row in table.range((id, 0)..=(id, u64::MAX))?.rev() {
+            let (key, value) = row?;
+            let key = format!("{id}/{}", key.value().1);
+            attempts.push(DeliveryAttempt::decode(&key, value.value())?);
+        }
+        Ok(attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ActivityWrite;
+
+    fn webhook(id: &str) -> WebhookRecord {
+        WebhookRecord {
+            id: id.into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec!["doc.changed".into(), "file.uploaded".into()],
+            secret: "s3cret".into(),
+            docs: Some("team/*".into()),
+            created_ms: 5,
+        }
+    }
+
+    fn delivery(webhook_id: &str, n: u32) -> OutboxDelivery {
+        OutboxDelivery {
+            seq: 0,
+            delivery_id: format!("d{n}"),
+            webhook_id: webhook_id.into(),
+            event: "doc.changed".into(),
+            body: format!("{{\"n\":{n}}}"),
+            created_ms: 10,
+            attempts: 0,
+            next_attempt_ms: 10,
+        }
+    }
+
+    fn attempt(n: u64, outcome: &str) -> DeliveryAttempt {
+        DeliveryAttempt {
+            delivery_id: "d1".into(),
+            event: "doc.changed".into(),
+            at_ms: n,
+            status: n.is_multiple_of(2).then_some(500),
+            error: (!n.is_multiple_of(2)).then(|| "connection refused".into()),
+            duration_ms: 3,
+            outcome: outcome.into(),
+        }
+    }
+
+    #[test]
+    fn the_outbox_survives_a_reopen_and_a_delivery_leaves_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_webhook(&webhook("wh1")).unwrap();
+            let seqs = store
+                .write_activity(&ActivityWrite {
+                    deliveries: vec![delivery("wh1", 1), delivery("wh1", 2)],
+                    ..ActivityWrite::default()
+                })
+                .unwrap();
+            assert_eq!(seqs, vec![1, 2]);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list_webhooks().unwrap(), vec![webhook("wh1")]);
+        let pending = store.list_outbox(10).unwrap();
+        assert_eq!(pending.len(), 2);
+        store
+            .finish_attempt(&pending[0], &attempt(1, "retry"), Some(99), 200)
+            .unwrap();
+        let pending = store.list_outbox(10).unwrap();
+        assert_eq!((pending[0].attempts, pending[0].next_attempt_ms), (1, 99));
+        // The one waiting does not hold back the one due.
+        let (due, next_due) = store.due_deliveries(50, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].delivery_id, "d2");
+        assert_eq!(next_due, Some(99));
+        let (due, next_due) = store.due_deliveries(50, 0).unwrap();
+        assert_eq!((due.len(), next_due), (0, Some(10)));
+        assert_eq!(pending[0].delivery_id, "d1", "the id never changes");
+        store
+            .finish_attempt(&pending[0], &attempt(2, "delivered"), None, 200)
+            .unwrap();
+        assert_eq!(store.list_outbox(10).unwrap().len(), 1);
+        let log = store.list_deliveries("wh1").unwrap();
+        assert_eq!(log, vec![attempt(2, "delivered"), attempt(1, "retry")]);
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_attempts_and_removal_clears_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store.put_webhook(&webhook("wh1")).unwrap();
+        store
+            .write_activity(&ActivityWrite {
+                deliveries: vec![delivery("wh1", 1)],
+                ..ActivityWrite::default()
+            })
+            .unwrap();
+        let pending = store.list_outbox(10).unwrap().remove(0);
+        for n in 1..=7 {
+            store
+                .finish_attempt(&pending, &attempt(n, "retry"), Some(n), 3)
+                .unwrap();
+        }
+        let log: Vec<u64> = store
+            .list_deliveries("wh1")
+            .unwrap()
+            .iter()
+            .map(|a| a.at_ms)
+            .collect();
+        assert_eq!(log, vec![7, 6, 5]);
+        assert!(store.remove_webhook("wh1").unwrap());
+        assert!(!store.remove_webhook("wh1").unwrap());
+        assert!(store.list_outbox(10).unwrap().is_empty());
+        assert!(store.list_deliveries("wh1").unwrap().is_empty());
+        // An attempt that finishes after the removal leaves no trace.
+        store
+            .finish_attempt(&pending, &attempt(8, "delivered"), None, 3)
+            .unwrap();
+        assert!(store.list_deliveries("wh1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_decode_only_whole() {
+        let bytes = webhook("w").encode();
+        for len in 0..bytes.len() {
+            assert!(WebhookRecord::decode("w", &bytes[..len]).is_err());
+        }
+        let bytes = attempt(1, "retry").encode();
+        for len in 0..bytes.len() {
+            assert!(DeliveryAttempt::decode("k", &bytes[..len]).is_err());
+        }
+        assert_eq!(
+            DeliveryAttempt::decode("k", &bytes).unwrap(),
+            attempt(1, "retry")
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! The activity feed, black-box: users edit docs over real WebSockets with their own tokens,
+//! and `GET /api/activity` shows one edit session per author and doc, with the right actor,
+//! filtered, paged, and limited to what each token may read.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tandem_server::Config;
+use tandem_server::auth::{AuthMode, Claims, Role, mint_offline};
+use tandem_tests::{TestServer, WAIT};
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A server with `--auth jwt`, docs leaving memory soon after their last peer, and `adjust`.
+async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let server = TestServer::start_with(|config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.hub.doc_unload_grace = Duration::from_millis(100);
+        adjust(config);
+    })
+    .await;
+    server.wait_healthy().await;
+    server
+}
+
+/// A token for `sub` (shown as `name`) with `docs`, signed with the server's key.
+fn token(server: &TestServer, sub: &str, name: &str, docs: &[(&str, Role)]) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        name: Some(name.into()),
+        docs: docs
+            .iter()
+            .map(|(pattern, role)| ((*pattern).to_owned(), *role))
+            .collect::<BTreeMap<_, _>>(),
+        admin: false,
+        exp: now_s() + 600,
+        nbf: None,
+        iat: None,
+        iss: None,
+        session: None,
+    };
+    mint_offline(server.data_dir(), &claims).expect("mint a token")
+}
+
+/// `GET /api/activity?<query>` with `token`; panics unless 200.
+async fn activity(server: &TestServer, token: &str, query: &str) -> Value {
+    let auth = format!("Bearer {token}");
+    let response = server
+        .request(
+            "GET",
+            &format!("/api/activity?{query}"),
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+/// Polls the feed (bounded by [`WAIT`]) until `done` holds for its entries; returns them.
+async fn wait_activity(
+    server: &TestServer,
+    token: &str,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = activity(server, token, query).await;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if done(&entries) {
+            return entries;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity never matched; last page: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `user` types `n` updates into `doc` in one burst and disconnects.
+async fn type_burst(server: &TestServer, token: &str, doc: &str, n: usize) {
+    let mut peer = server.connect_with_token(doc, token).await;
+    for i in 0..n {
+        peer.append_text(&format!("{i} ")).await;
+    }
+    peer.close().await;
+}
+
+fn n_updates_of(entries: &[Value], sub: &str, doc: &str) -> u64 {
+    entries
+        .iter()
+        .filter(|e| e["actor"]["sub"] == sub && e["path"] == doc)
+        .map(|e| e["n_updates"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn bursts_of_edits_make_one_entry_per_author_with_the_right_actor() {
+    let server = jwt_server(|_| {}).await;
+    let ada = token(&server, "ada", "Ada L.", &[("*", Role::Write)]);
+    let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
+    // Bursts separated by more than the doc actor's report interval, so each author's edits
+    // arrive as several reports that the session gathers into one entry.
+    for _ in 0..2 {
+        type_burst(&server, &ada, "team/notes", 15).await;
+        type_burst(&server, &bob, "team/notes", 10).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let entries = wait_activity(&server, &ada, "doc=team/notes", |entries| {
+        n_updates_of(entries, "ada", "team/notes") == 30
+            && n_updates_of(entries, "bob", "team/notes") == 20
+    })
+    .await;
+    assert_eq!(entries.len(), 2, "one entry per author: {entries:?}");
+    let bob_entry = &entries[0];
+    let ada_entry = &entries[1];
+    assert_eq!(ada_entry["kind"], "doc.edited");
+    assert_eq!(ada_entry["actor"]["name"], "Ada L.");
+    assert_eq!(bob_entry["actor"]["name"], "Bob");
+    assert!(ada_entry["id"].as_u64() < bob_entry["id"].as_u64());
+    assert!(ada_entry["ended_ms"].as_u64().unwrap() > ada_entry["started_ms"].as_u64().unwrap());
+    let first = ada_entry["details"]["first_seq"].as_u64().unwrap();
+    let last = ada_entry["details"]["last_seq"].as_u64().unwrap();
+    assert_eq!(
+        (first, last),
+        (1, 40),
+        "ada wrote the first and the last update"
+    );
+}
+
+#[tokio::test]
+async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() {
+    let server = jwt_server(|_| {}).await;
+    let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
+    let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
+    type_burst(&server, &ada, "a/one", 2).await;
+    type_burst(&server, &ada, "a/two", 2).await;
+    type_burst(&server, &ada, "b/one", 2).await;
+    type_burst(&server, &bob, "a/one", 3).await;
+    let all = wait_activity(&server, &ada, "", |entries| {
+        entries.len() == 4 && entries.iter().all(|e| e["n_updates"].as_u64() >= Some(2))
+    })
+    .await;
+    let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    let paths = |page: &Value| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["actor"]["sub"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let by_doc = activity(&server, &ada, "doc=a/one").await;
+    assert_eq!(paths(&by_doc), ["bob:a/one", "ada:a/one"]);
+    let by_user = activity(&server, &ada, "user=ada").await;
+    assert_eq!(paths(&by_user), ["ada:b/one", "ada:a/two", "ada:a/one"]);
+    let both = activity(&server, &ada, "user=bob&doc=a/one").await;
+    assert_eq!(paths(&both), ["bob:a/one"]);
+    let folder = activity(&server, &ada, "prefix=a/").await;
+    assert_eq!(paths(&folder), ["bob:a/one", "ada:a/two", "ada:a/one"]);
+    let future = now_s() * 1000 + 60_000;
+    let none = activity(&server, &ada, &format!("since={future}")).await;
+    assert_eq!(none["entries"], serde_json::json!([]));
+    // `since` keeps the entries that ended at or after it, whatever their order.
+    let mut ends: Vec<u64> = all
+        .iter()
+        .map(|e| e["ended_ms"].as_u64().unwrap())
+        .collect();
+    ends.sort_unstable();
+    for since in [ends[0], ends[2], ends[3]] {
+        let recent = activity(&server, &ada, &format!("since={since}")).await;
+        let expected = ends.iter().filter(|end| **end >= since).count();
+        assert_eq!(paths(&recent).len(), expected, "since={since}");
+    }
+
+    // Pages of one, following the cursor, give every entry once and end with `null`.
+    let mut seen = Vec::new();
+    let mut query = "limit=1".to_owned();
+    loop {
+        let page = activity(&server, &ada, &query).await;
+        let entries = page["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{page}");
+        seen.push(entries[0]["id"].as_u64().unwrap());
+        match page["next"].as_str() {
+            Some(next) => query = format!("limit=1&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+
+    for bad in ["limit=0", "before=abc", "since=yesterday", "colour=red"] {
+        let auth = format!("Bearer {ada}");
+        let response = server
+            .request(
+                "GET",
+                &format!("/api/activity?{bad}"),
+                &[("Authorization", &auth)],
+                b"",
+            )
+            .await;
+        assert_eq!(response.status, 400, "{bad}");
+        assert_eq!(response.json()["error"], "bad_query", "{bad}");
+    }
+    let anonymous = server.request("GET", "/api/activity", &[], b"").await;
+    assert_eq!(anonymous.status, 401);
+}
+
+#[tokio::test]
+async fn a_reader_of_one_doc_sees_only_that_docs_entries() {
+    let server = jwt_server(|_| {}).await;
+    let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
+    let reader = token(&server, "rita", "Rita", &[("docs/a", Role::Read)]);
+    type_burst(&server, &ada, "docs/a", 2).await;
+    type_burst(&server, &ada, "docs/b", 2).await;
+    wait_activity(&server, &ada, "", |entries| entries.len() == 2).await;
+    let seen = activity(&server, &reader, "").await;
+    let entries = seen["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{seen}");
+    assert_eq!(entries[0]["path"], "docs/a");
+    assert_eq!(entries[0]["actor"]["sub"], "ada");
+    let other = activity(&server, &reader, "doc=docs/b").await;
+    assert_eq!(other["entries"], serde_json::json!([]));
+    assert_eq!(other["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn edit_sessions_survive_a_restart() {
+    let mut server = jwt_server(|_| {}).await;
+    let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
+    type_burst(&server, &ada, "notes", 3).await;
+    wait_activity(&server, &ada, "", |entries| {
+        entries.first().and_then(|e| e["n_updates"].as_u64()) == Some(3)
+    })
+    .await;
+    server.restart().await;
+    server.wait_healthy().await;
+    // Within the session gap: the stored session is extended, not a second line.
+    type_burst(&server, &ada, "notes", 2).await;
+    let entries = wait_activity(&server, &ada, "", |entries| {
+        entries.first().and_then(|e| e["n_updates"].as_u64()) == Some(5)
+    })
+    .await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+/// Reads `GET /api/events` (over HTTP/1.0, so the body is not chunked) until an `activity`
+/// event whose entry `accept`s; returns the entry.
+async fn next_activity(
+    events: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    use tokio::io::AsyncBufReadExt;
+    let read = async {
+        loop {
+            let mut line = String::new();
+            let n = events.read_line(&mut line).await.expect("read the stream");
+            assert!(n > 0, "the event stream ended");
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data).expect("events are JSON");
+            if event["type"] == "activity" && accept(&event["entry"]) {
+                return event["entry"].clone();
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an activity event in time")
+}
+
+#[tokio::test]
+async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    server.wait_healthy().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(stream);
+    let mut peer = server.connect("live").await;
+    for i in 0..3 {
+        peer.append_text(&format!("{i}")).await;
+    }
+    let entry = next_activity(&mut events, |entry| entry["path"] == "live").await;
+    assert_eq!(entry["kind"], "doc.edited");
+    assert_eq!(entry["actor"]["sub"], Value::Null, "authentication is off");
+    // The entry shown live is the stored one.
+    let (status, body) = server
+        .http_get("/api/activity?doc=live", "application/json")
+        .await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["entries"][0]["id"], entry["id"]);
+    // Later edits (after the doc actor's report interval) extend the same entry, which is
+    // shown again with its id.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    peer.append_text("more").await;
+    let grown = next_activity(&mut events, |grown| grown["n_updates"] == 4).await;
+    assert_eq!(grown["id"], entry["id"], "{grown}");
+    peer.close().await;
+}
