@@ -159,6 +159,10 @@ impl Sessions {
             Event::FileDeleted { path, actor, at_ms } => {
                 ("file.deleted", path, Vec::new(), actor, *at_ms, json!({}))
             }
+            // Automatic versions (and the one kept before a restore, which its
+            // `version.restored` entry stands for) are the server's bookkeeping, not anyone's
+            // action: they stay out of the feed (webhooks still hear of them).
+            Event::VersionCreated { kind, .. } if kind != "named" => return None,
             Event::VersionCreated {
                 doc,
                 version,
