@@ -318,3 +318,151 @@ async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows()
     assert_eq!(grown["id"], entry["id"], "{grown}");
     peer.close().await;
 }
+
+/// `method path` with `token` and an optional JSON or raw body; panics unless `expect`.
+async fn act(
+    server: &TestServer,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    expect: u16,
+) -> Value {
+    let auth = format!("Bearer {token}");
+    let response = server
+        .request(
+            method,
+            path,
+            &[("Authorization", &auth), ("Accept", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        expect,
+        "{method} {path}: {}",
+        response.text()
+    );
+    if response.body.is_empty() {
+        Value::Null
+    } else {
+        response.json()
+    }
+}
+
+#[tokio::test]
+async fn every_file_and_version_action_is_in_the_feed_with_the_user_who_did_it() {
+    let server = jwt_server(|_| {}).await;
+    let ada = token(&server, "ada", "Ada L.", &[("*", Role::Write)]);
+    let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
+
+    // Ada uploads a build; Bob renames it; Ada deletes it.
+    act(
+        &server,
+        &ada,
+        "PUT",
+        "/api/files/builds/app.bin",
+        &[7u8; 70_000],
+        201,
+    )
+    .await;
+    let moved = serde_json::json!({ "from": "builds/app.bin", "to": "builds/release.bin" });
+    act(
+        &server,
+        &bob,
+        "POST",
+        "/api/file-moves",
+        moved.to_string().as_bytes(),
+        200,
+    )
+    .await;
+    act(
+        &server,
+        &ada,
+        "DELETE",
+        "/api/files/builds/release.bin",
+        b"",
+        204,
+    )
+    .await;
+
+    // Bob writes a doc, Ada names a version, Bob writes more, and Ada restores the version.
+    type_burst(&server, &bob, "team/plan", 3).await;
+    let named = serde_json::json!({ "name": "baseline" });
+    let version = act(
+        &server,
+        &ada,
+        "POST",
+        "/api/docs/team/plan/versions",
+        named.to_string().as_bytes(),
+        201,
+    )
+    .await;
+    type_burst(&server, &bob, "team/plan", 2).await;
+    let id = version["version"]["id"].as_u64().expect("version id");
+    act(
+        &server,
+        &ada,
+        "POST",
+        &format!("/api/docs/team/plan/versions/{id}/restore"),
+        b"{}",
+        200,
+    )
+    .await;
+
+    let expected = [
+        ("file.uploaded", "builds/app.bin", "ada"),
+        ("file.renamed", "builds/release.bin", "bob"),
+        ("file.deleted", "builds/release.bin", "ada"),
+        ("doc.edited", "team/plan", "bob"),
+        ("version.created", "team/plan", "ada"),
+        ("version.restored", "team/plan", "ada"),
+    ];
+    let entries = wait_activity(&server, &ada, "limit=50", |entries| {
+        expected.iter().all(|(kind, path, sub)| {
+            entries
+                .iter()
+                .any(|e| e["kind"] == *kind && e["path"] == *path && e["actor"]["sub"] == *sub)
+        })
+    })
+    .await;
+    // Oldest first, the actions appear in the order they happened (edits may extend one entry).
+    let order: Vec<&str> = entries
+        .iter()
+        .rev()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .filter(|kind| *kind != "doc.edited")
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "file.uploaded",
+            "file.renamed",
+            "file.deleted",
+            "version.created",
+            "version.restored"
+        ],
+        "{entries:?}"
+    );
+    let renamed = entries
+        .iter()
+        .find(|e| e["kind"] == "file.renamed")
+        .expect("rename entry");
+    assert_eq!(renamed["details"]["from"], "builds/app.bin");
+    assert_eq!(renamed["actor"]["name"], "Bob");
+    let named = entries
+        .iter()
+        .find(|e| e["kind"] == "version.created")
+        .expect("version entry");
+    assert_eq!(named["details"]["name"], "baseline");
+    // The feed filtered to the user shows only their actions.
+    let bobs = activity(&server, &ada, "user=bob").await;
+    assert!(
+        bobs["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .all(|e| e["actor"]["sub"] == "bob"),
+        "{bobs}"
+    );
+}
