@@ -710,18 +710,18 @@ async fn an_expired_upload_and_its_bytes_are_cleaned_up() {
 #[tokio::test]
 async fn too_large_files_and_full_workspaces_are_refused_with_clear_errors() {
     let server = TestServer::start_with(|config: &mut Config| {
-        config.files.max_file_bytes = 1000;
-        config.files.workspace_quota_bytes = 1500;
+        config.files.max_file_bytes = 10_000;
+        config.files.workspace_quota_bytes = 15_000;
     })
     .await;
-    let big = put(&server, "team/big.bin", &[1u8; 1001], &[]).await;
+    let big = put(&server, "team/big.bin", &[1u8; 10_001], &[]).await;
     assert_eq!(big.status, 413);
     assert_eq!(big.json()["error"], "file_too_large");
-    assert!(big.json()["message"].as_str().unwrap().contains("1000"));
+    assert!(big.json()["message"].as_str().unwrap().contains("10000"));
 
     // Without Content-Length the limit applies while streaming.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let chunk = [2u8; 600];
+    let chunk = [2u8; 6000];
     let mut request = format!(
         "PUT /api/files/team/chunked.bin HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         server.addr
@@ -744,20 +744,20 @@ async fn too_large_files_and_full_workspaces_are_refused_with_clear_errors() {
     assert!(text.contains("file_too_large"), "{text}");
 
     assert_eq!(
-        put(&server, "team/a.bin", &[3u8; 800], &[]).await.status,
+        put(&server, "team/a.bin", &[3u8; 8000], &[]).await.status,
         201
     );
-    let full = put(&server, "team/b.bin", &[4u8; 800], &[]).await;
+    let full = put(&server, "team/b.bin", &[4u8; 8000], &[]).await;
     assert_eq!(full.status, 507);
     assert_eq!(full.json()["error"], "quota_exceeded");
     let message = full.json()["message"].as_str().unwrap().to_owned();
     assert!(
-        message.contains("800") && message.contains("1500"),
+        message.contains("8000") && message.contains("15000"),
         "{message}"
     );
     // Another workspace has its own quota.
     assert_eq!(
-        put(&server, "other/b.bin", &[4u8; 800], &[]).await.status,
+        put(&server, "other/b.bin", &[4u8; 8000], &[]).await.status,
         201
     );
 
@@ -766,7 +766,7 @@ async fn too_large_files_and_full_workspaces_are_refused_with_clear_errors() {
             "POST",
             "/api/uploads",
             &tus(&[
-                ("Upload-Length", "5000"),
+                ("Upload-Length", "50000"),
                 ("Upload-Metadata", &format!("path {}", b64("team/t.bin"))),
             ]),
             b"",
@@ -779,7 +779,7 @@ async fn too_large_files_and_full_workspaces_are_refused_with_clear_errors() {
             "POST",
             "/api/uploads",
             &tus(&[
-                ("Upload-Length", "900"),
+                ("Upload-Length", "9000"),
                 ("Upload-Metadata", &format!("path {}", b64("team/t.bin"))),
             ]),
             b"",
@@ -1092,4 +1092,205 @@ async fn a_new_patch_takes_over_from_a_stalled_one_and_keeps_its_bytes() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+}
+
+/// Sends the head of a PUT of `total` bytes and the first bytes of its body, and waits until
+/// the server is receiving it (its upload file exists). The caller sends the rest.
+async fn start_put(server: &TestServer, path: &str, total: usize, first: &[u8]) -> TcpStream {
+    let before = files_under(server, "uploads").len();
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!(
+        "PUT /api/files/{path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(first).await.expect("first bytes");
+    stream.flush().await.expect("flush");
+    wait_until("the server receives the body", async || {
+        files_under(server, "uploads").len() > before
+    })
+    .await;
+    stream
+}
+
+/// Sends the rest of a body and reads the raw answer.
+async fn finish_put(mut stream: TcpStream, rest: &[u8]) -> String {
+    stream.write_all(rest).await.expect("rest of the body");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answer in time")
+        .ok();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn a_slow_put_keeps_its_bytes_through_the_cleanup() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.files.cleanup_interval = Duration::from_millis(20);
+        config.files.orphan_grace = Duration::ZERO;
+    })
+    .await;
+    let data = random_bytes(300_000, 21);
+    let stream = start_put(&server, "team/slow.bin", data.len(), &data[..100_000]).await;
+    // The gap the fix is about: many cleanup passes while the body is still arriving.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = finish_put(stream, &data[100_000..]).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let downloaded = get(&server, "/api/files/team/slow.bin", &[]).await;
+    assert_eq!(downloaded.status, 200);
+    assert_eq!(sha256_hex(&downloaded.body), sha256_hex(&data));
+}
+
+#[tokio::test]
+async fn uploads_in_progress_hold_their_bytes_of_the_quota() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.files.workspace_quota_bytes = 100_000;
+    })
+    .await;
+    let metadata = format!("path {}", b64("team/second.bin"));
+    let create_second = async || {
+        server
+            .request(
+                "POST",
+                "/api/uploads",
+                &tus(&[("Upload-Length", "60000"), ("Upload-Metadata", &metadata)]),
+                b"",
+            )
+            .await
+    };
+    let first = create_upload(&server, "team/first.bin", 60_000, None).await;
+    assert_eq!(patch(&server, &first, 0, &[1u8; 1000]).await.status, 204);
+    let refused = create_second().await;
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "quota_exceeded");
+    // Another workspace is not affected.
+    create_upload(&server, "other/x.bin", 60_000, None).await;
+    // Ending the first upload frees what it held.
+    let terminated = server.request("DELETE", &first, &tus(&[]), b"").await;
+    assert_eq!(terminated.status, 204);
+    let second = create_second().await;
+    assert_eq!(second.status, 201, "{}", second.text());
+    let second = second.header("location").unwrap().to_owned();
+
+    // A record whose bytes are gone (a crash, or removed by hand) is dropped when seen, and
+    // stops holding quota.
+    for id in files_under(&server, "uploads") {
+        if second.ends_with(&id) {
+            std::fs::remove_file(server.data_dir().join("uploads").join(id)).unwrap();
+        }
+    }
+    assert_eq!(upload_offset(&server, &second).await.0, 404);
+    let third = create_second().await;
+    assert_eq!(third.status, 201, "the record is gone: {}", third.text());
+    let third = third.header("location").unwrap().to_owned();
+    let terminated = server.request("DELETE", &third, &tus(&[]), b"").await;
+    assert_eq!(terminated.status, 204);
+
+    // A PUT being received holds its Content-Length.
+    let data = random_bytes(60_000, 22);
+    let stream = start_put(&server, "team/put.bin", data.len(), &data[..1000]).await;
+    let refused = create_second().await;
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    let answer = finish_put(stream, &data[1000..]).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let stored = create_second().await;
+    assert_eq!(stored.status, 507, "the stored file counts too");
+}
+
+#[tokio::test]
+async fn only_the_newest_versions_are_kept_and_empty_files_are_not_free() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.files.max_file_versions = 3;
+        config.files.workspace_quota_bytes = 3 * 4096;
+    })
+    .await;
+    for round in 0..6u64 {
+        let body = if round < 5 {
+            random_bytes(100, round)
+        } else {
+            Vec::new()
+        };
+        let stored = put(&server, "team/a.txt", &body, &[]).await;
+        assert_eq!(stored.status, 201, "{}", stored.text());
+        let expected = (round + 1).min(3);
+        assert_eq!(stored.json()["file"]["n_versions"], expected);
+    }
+    // Empty uploads in a loop never grow the record.
+    for _ in 0..5 {
+        assert_eq!(put(&server, "team/a.txt", b"", &[]).await.status, 201);
+    }
+    let versions = get(&server, "/api/file-versions/team/a.txt", &[]).await;
+    let numbers: Vec<u64> = versions.json()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|version| version["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [11, 10, 9]);
+    let dropped = get(&server, "/api/files/team/a.txt?version=1", &[]).await;
+    assert_eq!(dropped.status, 404);
+    assert_eq!(dropped.json()["error"], "version_not_found");
+    // Only the empty blob is left on disk: the dropped versions' bytes are gone.
+    assert_eq!(files_under(&server, "blobs"), [sha256_hex(b"")]);
+    // Three versions of 4 KiB each fill the quota, even empty ones.
+    let full = put(&server, "team/b.txt", b"", &[]).await;
+    assert_eq!(full.status, 507, "{}", full.text());
+    assert_eq!(full.json()["error"], "quota_exceeded");
+}
+
+/// Puts a plain file where blob `sha256`'s directory goes, so storing that blob fails.
+async fn block_blob_dir(server: &TestServer, sha256: &str) -> std::path::PathBuf {
+    server.wait_healthy().await;
+    let blocker = server.data_dir().join("blobs").join(&sha256[..2]);
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    blocker
+}
+
+#[tokio::test]
+async fn a_blob_that_cannot_be_stored_leaves_no_put_bytes_and_a_tus_upload_to_retry() {
+    let server = TestServer::start().await;
+    let data = random_bytes(50_000, 23);
+    let sha = sha256_hex(&data);
+    let blocker = block_blob_dir(&server, &sha).await;
+    let failed = put(&server, "team/p.bin", &data, &[]).await;
+    assert_eq!(failed.status, 500, "{}", failed.text());
+    assert!(files_under(&server, "uploads").is_empty());
+    assert!(listed_paths(&server).await.is_empty());
+
+    // A tus upload whose completion fails internally is kept, bytes and all.
+    let location = create_upload(&server, "team/t.bin", data.len(), Some(&sha)).await;
+    let failed = patch(&server, &location, 0, &data).await;
+    assert_eq!(failed.status, 500, "{}", failed.text());
+    assert_eq!(
+        upload_offset(&server, &location).await,
+        (200, Some(data.len() as u64))
+    );
+    std::fs::remove_file(&blocker).unwrap();
+    // An empty PATCH at the final offset retries the completion.
+    let done = patch(&server, &location, data.len(), b"").await;
+    assert_eq!(done.status, 204, "{}", done.text());
+    assert_eq!(done.header("tandem-file-version"), Some("1"));
+    let downloaded = get(&server, "/api/files/team/t.bin", &[]).await;
+    assert_eq!(sha256_hex(&downloaded.body), sha);
+    assert!(files_under(&server, "uploads").is_empty());
+    assert_eq!(upload_offset(&server, &location).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_move_with_an_unknown_field_is_refused() {
+    let server = TestServer::start().await;
+    assert_eq!(put(&server, "team/a.bin", b"abc", &[]).await.status, 201);
+    let body = json!({ "from": "team/a.bin", "to": "team/b.bin", "overwrite": true });
+    let refused = server
+        .request(
+            "POST",
+            "/api/file-moves",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"], "bad_body");
+    assert_eq!(listed_paths(&server).await, ["team/a.bin"]);
 }

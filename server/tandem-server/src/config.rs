@@ -248,6 +248,10 @@ pub struct ServeArgs {
     /// How often expired uploads and orphaned file bytes are removed [default: 5m].
     #[arg(long, env = "TANDEM_FILE_CLEANUP_INTERVAL")]
     pub file_cleanup_interval: Option<HumanDuration>,
+    /// Versions kept per file: storing one more drops the oldest; 0 is unlimited
+    /// [default: 100].
+    #[arg(long, env = "TANDEM_MAX_FILE_VERSIONS")]
+    pub max_file_versions: Option<usize>,
     /// Edits of one author on one doc within this time of the last one extend the same
     /// activity entry (an edit session) [default: 5m].
     #[arg(long, env = "TANDEM_ACTIVITY_SESSION_GAP")]
@@ -622,6 +626,11 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     .file_cleanup_interval
                     .or(file.file_cleanup_interval)
                     .map_or(defaults.cleanup_interval, |interval| interval.0),
+                max_file_versions: args
+                    .max_file_versions
+                    .or(file.max_file_versions)
+                    .unwrap_or(defaults.max_file_versions),
+                ..defaults
             }
         },
         activity: ActivityConfig {
@@ -842,6 +851,7 @@ mod tests {
         assert_eq!(files.workspace_quota_bytes, 0);
         assert_eq!(files.upload_expiry, Duration::from_secs(2 * 60 * 60));
         assert_eq!(files.cleanup_interval, Duration::from_secs(5 * 60));
+        assert_eq!(files.max_file_versions, 100);
         let defaults = resolve(ServeArgs::default(), ServeArgs::default()).files;
         assert_eq!(defaults.max_file_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(defaults.workspace_quota_bytes, 20 * 1024 * 1024 * 1024);

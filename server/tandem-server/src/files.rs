@@ -11,6 +11,12 @@
 //! - Nothing is visible (listed, downloadable, announced) before the transaction that records
 //!   it has committed; an upload that fails leaves no file visible and removes its bytes (a PUT
 //!   at once, a tus upload when terminated or expired).
+//! - An upload in progress holds quota: a tus upload its declared length (its record), a PUT
+//!   its `Content-Length` or the bytes received so far (`puts`). A new upload is admitted only
+//!   if the workspace's usage, every such reservation and its own size fit the quota; the
+//!   check and the reservation happen together under `reserve_lock`.
+//! - The cleanup never removes the bytes of an upload in progress: a tus upload has a record
+//!   (or a running PATCH), a PUT an entry in `puts`.
 //! - The blob lock serialises "rename into blobs + commit" with "commit of a delete + remove
 //!   unreferenced blob files" and with the cleanup of orphaned blobs, so a blob file is never
 //!   removed while a committed version names it.
@@ -29,6 +35,7 @@ mod tus;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -56,7 +63,7 @@ use blobs::{UploadFile, hex, is_sha256_hex, new_upload_id};
 /// received; a PUT is discarded).
 pub(crate) const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// An upload file without a record, or a blob file without a refcount, is removed only once it
-/// is this old, so the cleanup never races a PUT being received or a blob being committed.
+/// is this old, so the cleanup never races a blob being committed.
 const ORPHAN_GRACE: Duration = Duration::from_secs(120);
 /// Largest JSON body of `POST /api/file-moves`.
 const MAX_MOVE_BODY_BYTES: usize = 8 * 1024;
@@ -74,6 +81,11 @@ pub struct FilesConfig {
     pub upload_expiry: Duration,
     /// How often expired uploads and orphaned bytes are cleaned up.
     pub cleanup_interval: Duration,
+    /// Versions kept per file; storing one more drops the oldest. 0 means unlimited.
+    pub max_file_versions: usize,
+    /// How old an upload or blob file nothing names must be before the periodic cleanup
+    /// removes it. Not a flag: only tests shorten it.
+    pub orphan_grace: Duration,
 }
 
 impl Default for FilesConfig {
@@ -83,6 +95,8 @@ impl Default for FilesConfig {
             workspace_quota_bytes: 20 * 1024 * 1024 * 1024,
             upload_expiry: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(5 * 60),
+            max_file_versions: 100,
+            orphan_grace: ORPHAN_GRACE,
         }
     }
 }
@@ -104,6 +118,34 @@ struct FilesInner {
     paths: RwLock<HashSet<String>>,
     /// One slot per tus upload with a PATCH running or recently run (`tus.rs`).
     slots: Mutex<HashMap<String, Arc<tus::UploadSlot>>>,
+    /// Every PUT being received, by upload id: its workspace and the bytes it reserves.
+    puts: Mutex<HashMap<String, PutReservation>>,
+    /// Held while checking the quota and reserving for a new upload (see the invariants).
+    reserve_lock: Mutex<()>,
+}
+
+/// What a PUT in progress holds (see `FilesInner::puts`).
+struct PutReservation {
+    workspace: String,
+    bytes: Arc<AtomicU64>,
+}
+
+/// A PUT's entry in `FilesInner::puts`, removed when dropped.
+struct PutSlot {
+    files: Files,
+    id: String,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Drop for PutSlot {
+    fn drop(&mut self) {
+        self.files
+            .inner
+            .puts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// A file as the API shows it (`protocol-spec/files.md`).
@@ -303,6 +345,8 @@ impl Files {
                 blob_lock: Mutex::new(()),
                 paths: RwLock::new(paths),
                 slots: Mutex::new(HashMap::new()),
+                puts: Mutex::new(HashMap::new()),
+                reserve_lock: Mutex::new(()),
             }),
         })
     }
@@ -350,46 +394,142 @@ impl Files {
             .map_err(|_| ApiError::Internal)?
     }
 
-    /// Refuses up front an upload of `size` bytes (when known) into `path`'s workspace.
-    async fn check_limits(&self, path: &str, size: Option<u64>) -> Result<(), ApiError> {
+    fn max_versions(&self) -> Option<usize> {
+        Some(self.inner.config.max_file_versions).filter(|max| *max > 0)
+    }
+
+    /// Refuses an upload of `size` bytes (when known) beyond the file size limit.
+    fn check_size(&self, size: Option<u64>) -> Result<(), ApiError> {
         let max = self.config().max_file_bytes;
         if size.is_some_and(|size| size > max) {
             return Err(FileApiError::TooLarge { max }.into());
         }
-        let (Some(limit), Some(size)) = (self.quota(), size) else {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Admits an upload of `size` bytes into `path`'s workspace and reserves them by running
+    /// `reserve`, both under the reserve lock: refused with `quota_exceeded` unless the usage,
+    /// what the uploads in progress reserve and `size` fit the quota (less what the versions
+    /// the upload will push out of `path` free). Returns what the workspace had taken before
+    /// (usage and reservations, less that) and the quota, `None` if unlimited.
+    /// Blocking: runs on the blocking pool.
+    fn admit(
+        &self,
+        path: &str,
+        size: u64,
+        reserve: impl FnOnce(&FilesInner) -> Result<(), ApiError>,
+    ) -> Result<Option<(u64, u64)>, ApiError> {
+        let inner = &self.inner;
+        let _reserving = inner
+            .reserve_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(limit) = self.quota() else {
+            reserve(inner)?;
+            return Ok(None);
         };
-        let workspace = workspace_of(path).to_owned();
-        let used = self
-            .blocking(move |inner| Ok(inner.store.workspace_usage(&workspace)?))
-            .await?;
-        if used.saturating_add(size) > limit {
+        let workspace = workspace_of(path);
+        let taken = self
+            .taken(workspace)?
+            .saturating_sub(self.freed_by_next(path)?);
+        let size = FileVersion::charge_for(size);
+        if taken.saturating_add(size) > limit {
             return Err(FileApiError::QuotaExceeded {
-                workspace: workspace_of(path).to_owned(),
-                used,
+                workspace: workspace.to_owned(),
+                used: taken,
                 size,
                 limit,
             }
             .into());
         }
-        Ok(())
+        reserve(inner)?;
+        Ok(Some((taken, limit)))
     }
 
-    /// Bytes `path`'s workspace may still take, `None` if unlimited.
-    async fn quota_left(&self, path: &str) -> Result<Option<(u64, u64)>, ApiError> {
-        let Some(limit) = self.quota() else {
-            return Ok(None);
+    /// What storing one more version of `path` frees: the charge of the oldest versions it
+    /// pushes beyond the version limit. Blocking.
+    fn freed_by_next(&self, path: &str) -> Result<u64, ApiError> {
+        let Some(max) = self.max_versions() else {
+            return Ok(0);
         };
-        let workspace = workspace_of(path).to_owned();
-        let used = self
-            .blocking(move |inner| Ok(inner.store.workspace_usage(&workspace)?))
+        let Some(entry) = self.inner.store.file(path)? else {
+            return Ok(0);
+        };
+        let excess = (entry.versions.len() + 1).saturating_sub(max);
+        Ok(entry.versions[..excess.min(entry.versions.len())]
+            .iter()
+            .map(|version| FileVersion::charge_for(version.size))
+            .sum())
+    }
+
+    /// Bytes `workspace` holds: its usage, the declared lengths of its unexpired tus uploads
+    /// and what its PUTs in progress reserve. Blocking.
+    fn taken(&self, workspace: &str) -> Result<u64, ApiError> {
+        let inner = &self.inner;
+        let used = inner.store.workspace_usage(workspace)?;
+        let now = now_ms();
+        let tus: u64 = inner
+            .store
+            .list_uploads()?
+            .iter()
+            .filter(|record| record.expires_ms > now && workspace_of(&record.path) == workspace)
+            .map(|record| record.length)
+            .sum();
+        let puts: u64 = inner
+            .puts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter(|put| put.workspace == workspace)
+            .map(|put| put.bytes.load(Ordering::Relaxed))
+            .sum();
+        Ok(used.saturating_add(tus).saturating_add(puts))
+    }
+
+    /// Admits a PUT of `size` bytes (if declared) as upload `id`; while the returned slot
+    /// lives, the cleanup leaves its file alone and its bytes count against the quota.
+    async fn admit_put(
+        &self,
+        path: &str,
+        id: &str,
+        size: Option<u64>,
+    ) -> Result<(PutSlot, Option<(u64, u64)>), ApiError> {
+        self.check_size(size)?;
+        let bytes = Arc::new(AtomicU64::new(size.unwrap_or(0)));
+        let slot = PutSlot {
+            files: self.clone(),
+            id: id.to_owned(),
+            bytes: bytes.clone(),
+        };
+        let (files, path, id) = (self.clone(), path.to_owned(), id.to_owned());
+        let quota = self
+            .blocking(move |_| {
+                files.admit(&path, size.unwrap_or(0), |inner| {
+                    inner
+                        .puts
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(
+                            id,
+                            PutReservation {
+                                workspace: workspace_of(&path).to_owned(),
+                                bytes,
+                            },
+                        );
+                    Ok(())
+                })
+            })
             .await?;
-        Ok(Some((used, limit)))
+        Ok((slot, quota))
     }
 
     /// Makes the complete, fsynced upload file `temp` (of `version.size` bytes and hash
     /// `version.sha256`) a blob and records it as the next version of `path`, removing tus
     /// upload `upload_id` in the same transaction. Nothing is visible before this returns.
+    ///
+    /// A PUT's file is renamed into the blobs (and removed if that fails). A tus upload's file
+    /// is linked into the blobs and removed only once the record is gone, so an upload whose
+    /// commit failed (or never ran, after a crash) still has its bytes and completes on retry.
     async fn commit(
         &self,
         temp: PathBuf,
@@ -405,22 +545,48 @@ impl Files {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let sha256 = version.sha256.clone();
-                inner.disk.store_blob(&temp, &sha256).map_err(|error| {
+                let stored = match upload_id {
+                    Some(_) => inner.disk.link_blob(&temp, &sha256),
+                    None => inner.disk.store_blob(&temp, &sha256),
+                };
+                if let Err(error) = stored {
                     tracing::error!(%error, "storing blob failed");
-                    ApiError::Internal
-                })?;
+                    if upload_id.is_none()
+                        && let Err(error) = std::fs::remove_file(&temp)
+                        && error.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(%error, "removing upload bytes failed");
+                    }
+                    return Err(ApiError::Internal);
+                }
                 let quota = files.quota();
-                match inner
-                    .store
-                    .put_file_version(&path, version, quota, upload_id.as_deref())
-                {
-                    Ok(entry) => {
+                let res = inner.store.put_file_version(
+                    &path,
+                    version,
+                    quota,
+                    upload_id.as_deref(),
+                    files.max_versions(),
+                );
+                match res {
+                    Ok((entry, unreferenced)) => {
                         files.set_path(Some(&entry.path), None);
+                        for sha256 in &unreferenced {
+                            if let Err(error) = inner.disk.remove_blob(sha256) {
+                                // The cleanup task removes it later.
+                                tracing::warn!(%error, sha256, "removing blob failed");
+                            }
+                        }
+                        if let Some(id) = &upload_id
+                            && let Err(error) = inner.disk.remove_upload(id)
+                        {
+                            // No record names it now: the cleanup removes it later.
+                            tracing::warn!(%error, id, "removing upload bytes failed");
+                        }
                         Ok(entry)
                     }
                     Err(error) => {
                         // A blob no committed version names is removed at once (it may have
-                        // been renamed in just now); one that is named stays.
+                        // been stored just now); one that is named stays.
                         if matches!(inner.store.blob(&sha256), Ok(None))
                             && let Err(error) = inner.disk.remove_blob(&sha256)
                         {
@@ -470,6 +636,16 @@ impl Files {
         }
         match inner.disk.upload_files() {
             Ok(files) => {
+                // Read after the listing: a PUT registers before it creates its file, so every
+                // PUT file listed that is still in progress is in `puts` now.
+                live.extend(
+                    inner
+                        .puts
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .keys()
+                        .cloned(),
+                );
                 for (id, modified) in files {
                     if !live.contains(&id) && old_enough(modified) {
                         // No record: a PUT that died with the process, or an expired upload.
@@ -528,7 +704,8 @@ impl Files {
                 () = tokio::time::sleep(interval) => {}
             }
             let files = self.clone();
-            let _ = tokio::task::spawn_blocking(move || files.cleanup(ORPHAN_GRACE)).await;
+            let grace = files.config().orphan_grace;
+            let _ = tokio::task::spawn_blocking(move || files.cleanup(grace)).await;
         }
     }
 }
@@ -659,14 +836,15 @@ enum ReceiveError {
 }
 
 /// Streams `body` into `file`, feeding `hasher` if given, refusing to go beyond `max` bytes.
-/// Returns the bytes written; on an error, what was written before it stays written (but may
-/// still be in the buffer: the caller syncs).
+/// Counts the bytes written in `received` (and in `progress`, if given); on an error, what was
+/// written before it stays written (but may still be in the buffer: the caller syncs).
 async fn receive(
     body: Body,
     file: &mut UploadFile,
     mut hasher: Option<&mut Sha256>,
     max: u64,
     received: &mut u64,
+    progress: Option<&AtomicU64>,
     cancel: &CancellationToken,
 ) -> Result<(), ReceiveError> {
     let mut stream = body.into_data_stream();
@@ -689,6 +867,9 @@ async fn receive(
         }
         file.write(&chunk).await.map_err(ReceiveError::Io)?;
         *received += chunk.len() as u64;
+        if let Some(progress) = progress {
+            progress.store(*received, Ordering::Relaxed);
+        }
     }
 }
 
@@ -735,7 +916,9 @@ async fn put_file(
     check_not_doc(&state, &path).await?;
     let files = &state.files;
     let declared_len = content_length(&headers);
-    files.check_limits(path.as_str(), declared_len).await?;
+    let id = new_upload_id();
+    // Until this request ends, the slot keeps the cleanup off its file and holds its quota.
+    let (slot, quota) = files.admit_put(path.as_str(), &id, declared_len).await?;
     let declared_sha = match headers.get(SHA256_HEADER) {
         Some(value) => Some(parse_sha256(value.to_str().unwrap_or_default())?),
         None => None,
@@ -749,12 +932,10 @@ async fn put_file(
     );
     // While streaming: the smaller of the file limit and what the quota leaves.
     let max_file = files.config().max_file_bytes;
-    let quota = files.quota_left(path.as_str()).await?;
     let max = quota.map_or(max_file, |(used, limit)| {
         max_file.min(limit.saturating_sub(used))
     });
 
-    let id = new_upload_id();
     let temp_path = files.inner.disk.upload_path(&id);
     let mut file = UploadFile::create(&temp_path).await.map_err(|error| {
         tracing::error!(%error, "creating upload file failed");
@@ -772,6 +953,7 @@ async fn put_file(
         Some(&mut hasher),
         max,
         &mut received,
+        declared_len.is_none().then_some(&*slot.bytes),
         &cancel,
     )
     .await;
@@ -837,6 +1019,7 @@ async fn put_file(
     let entry = files
         .commit(guard.keep(), path.to_string(), version, None)
         .await?;
+    drop(slot);
     publish_uploaded(&state, &entry);
     let json = FileJson::new(&entry, entry.current());
     Ok((
@@ -921,6 +1104,7 @@ async fn load_entry(files: &Files, path: &DocId) -> Result<FileEntry, ApiError> 
 
 /// The body of `POST /api/file-moves`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MoveRequest {
     from: String,
     to: String,

@@ -9,8 +9,11 @@
 //!
 //! Invariants:
 //! - One transaction changes a file's versions, the refcounts of their blobs and the usage of
-//!   the workspace together, so `file_usage[w]` is always the sum of the sizes of every version
-//!   of every file in `w`, and a blob's refcount the number of versions naming it.
+//!   the workspace together, so `file_usage[w]` is always the sum of the charges
+//!   ([`FileVersion::charge_for`]) of every version of every file in `w`, and a blob's refcount
+//!   the number of versions naming it.
+//! - A file keeps at most the number of versions its caller allows: storing one more drops the
+//!   oldest in the same transaction.
 //! - A path is never both a file and a stored doc: `put_file_version` and `move_file` refuse a
 //!   path in the `docs` table in the same transaction that would create it.
 
@@ -53,6 +56,17 @@ pub struct FileVersion {
     pub uploaded_ms: u64,
 }
 
+impl FileVersion {
+    /// The least a version counts against its workspace's quota, whatever its size, so that
+    /// empty or tiny uploads are not free.
+    pub const MIN_CHARGE: u64 = 4096;
+
+    /// Bytes a version of `size` bytes counts against its workspace's quota.
+    pub fn charge_for(size: u64) -> u64 {
+        size.max(Self::MIN_CHARGE)
+    }
+}
+
 /// A file and every version of it, oldest first; the last is the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
@@ -70,9 +84,13 @@ impl FileEntry {
             .expect("an entry is never stored without a version")
     }
 
-    /// Bytes counted against the workspace quota: every version's size.
+    /// Bytes counted against the workspace quota: the charge of every version
+    /// ([`FileVersion::charge_for`]).
     pub fn total_size(&self) -> u64 {
-        self.versions.iter().map(|version| version.size).sum()
+        self.versions
+            .iter()
+            .map(|version| FileVersion::charge_for(version.size))
+            .sum()
     }
 }
 
@@ -172,17 +190,20 @@ impl Store {
     /// Stores a new version of `path` (its first if the path is new) naming blob `version.sha256`
     /// of `version.size` bytes, and removes upload `upload_id` if given, in one durable
     /// transaction. `version.version` is ignored and assigned. `quota` (bytes per workspace,
-    /// `None` for unlimited) is checked against the usage inside the transaction.
+    /// `None` for unlimited) is checked against the usage inside the transaction. Beyond
+    /// `max_versions` (`None` for unlimited) the oldest versions are dropped in the same
+    /// transaction; the blobs no version names any more are returned for the caller to delete.
     pub fn put_file_version(
         &self,
         path: &str,
         version: FileVersion,
         quota: Option<u64>,
         upload_id: Option<&str>,
-    ) -> Result<FileEntry, FileError> {
+        max_versions: Option<usize>,
+    ) -> Result<(FileEntry, Vec<String>), FileError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
-        let entry = {
+        let stored = {
             if doc_exists(&txn, path)? {
                 return Err(FileError::PathTaken { path: path.into() });
             }
@@ -194,21 +215,37 @@ impl Store {
                     versions: Vec::new(),
                 },
             };
-            add_usage(&txn, workspace_of(path), version.size, quota)?;
+            let workspace = workspace_of(path);
             add_blob_ref(&txn, &version.sha256, version.size)?;
             let number = entry.versions.last().map_or(1, |last| last.version + 1);
+            let charge = FileVersion::charge_for(version.size);
             entry.versions.push(FileVersion {
                 version: number,
                 ..version
             });
+            let excess =
+                max_versions.map_or(0, |max| entry.versions.len().saturating_sub(max.max(1)));
+            let dropped: Vec<FileVersion> = entry.versions.drain(..excess).collect();
+            let freed: u64 = dropped
+                .iter()
+                .map(|old| FileVersion::charge_for(old.size))
+                .sum();
+            // What the dropped versions free counts before the new one is checked.
+            sub_usage(&txn, workspace, freed)?;
+            add_usage(&txn, workspace, charge, quota)?;
+            let mut unreferenced = Vec::new();
+            let mut blobs = txn.open_table(BLOBS)?;
+            for old in &dropped {
+                release_blob(&mut blobs, &old.sha256, &mut unreferenced)?;
+            }
             files.insert(path, encode_entry(&entry).as_slice())?;
             if let Some(id) = upload_id {
                 txn.open_table(UPLOADS)?.remove(id)?;
             }
-            entry
+            (entry, unreferenced)
         };
         txn.commit().map_err(StoreError::from)?;
-        Ok(entry)
+        Ok(stored)
     }
 
     /// The file at `path`, if any.
@@ -294,18 +331,7 @@ impl Store {
             let mut blobs = txn.open_table(BLOBS)?;
             let mut unreferenced = Vec::new();
             for version in &entry.versions {
-                let row = blobs.get(version.sha256.as_str())?.map(|row| row.value());
-                let Some((size, refcount)) = row else {
-                    continue;
-                };
-                if refcount <= 1 {
-                    blobs.remove(version.sha256.as_str())?;
-                    if !unreferenced.contains(&version.sha256) {
-                        unreferenced.push(version.sha256.clone());
-                    }
-                } else {
-                    blobs.insert(version.sha256.as_str(), (size, refcount - 1))?;
-                }
+                release_blob(&mut blobs, &version.sha256, &mut unreferenced)?;
             }
             Deleted {
                 entry,
@@ -331,7 +357,7 @@ impl Store {
         }))
     }
 
-    /// Bytes stored in `workspace`: the sizes of every version of its files.
+    /// Bytes `workspace` is charged for: the charge of every version of its files.
     pub fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -428,6 +454,28 @@ fn sub_usage(txn: &WriteTransaction, workspace: &str, size: u64) -> Result<(), F
         usage.remove(workspace)?;
     } else {
         usage.insert(workspace, left)?;
+    }
+    Ok(())
+}
+
+/// Drops one reference to blob `sha256`; a blob left without any is removed and added to
+/// `unreferenced` (once).
+fn release_blob(
+    blobs: &mut redb::Table<'_, &str, (u64, u64)>,
+    sha256: &str,
+    unreferenced: &mut Vec<String>,
+) -> Result<(), FileError> {
+    let row = blobs.get(sha256)?.map(|row| row.value());
+    let Some((size, refcount)) = row else {
+        return Ok(());
+    };
+    if refcount <= 1 {
+        blobs.remove(sha256)?;
+        if !unreferenced.iter().any(|known| known == sha256) {
+            unreferenced.push(sha256.to_owned());
+        }
+    } else {
+        blobs.insert(sha256, (size, refcount - 1))?;
     }
     Ok(())
 }
@@ -635,32 +683,34 @@ mod tests {
         }
     }
 
+    const K: u64 = FileVersion::MIN_CHARGE;
+
     #[test]
     fn versions_refcounts_and_usage_move_together() {
         let (_dir, store) = open();
         store
-            .put_file_version("team/a.zip", version("aa", 10), None, None)
+            .put_file_version("team/a.zip", version("aa", K + 10), None, None, None)
             .unwrap();
-        let entry = store
-            .put_file_version("team/a.zip", version("bb", 5), None, None)
+        let (entry, _) = store
+            .put_file_version("team/a.zip", version("bb", K + 5), None, None, None)
             .unwrap();
         assert_eq!(
             entry.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
             [1, 2]
         );
         store
-            .put_file_version("team/b.zip", version("aa", 10), None, None)
+            .put_file_version("team/b.zip", version("aa", K + 10), None, None, None)
             .unwrap();
-        assert_eq!(store.workspace_usage("team").unwrap(), 25);
+        assert_eq!(store.workspace_usage("team").unwrap(), 3 * K + 25);
         assert_eq!(store.blob("aa").unwrap().unwrap().refcount, 2);
         let deleted = store.delete_file("team/a.zip").unwrap();
         assert_eq!(deleted.unreferenced, ["bb"]);
         assert_eq!(store.blob("aa").unwrap().unwrap().refcount, 1);
-        assert_eq!(store.workspace_usage("team").unwrap(), 10);
+        assert_eq!(store.workspace_usage("team").unwrap(), K + 10);
         let moved = store.move_file("team/b.zip", "other/b.zip", None).unwrap();
         assert_eq!(moved.path, "other/b.zip");
         assert_eq!(store.workspace_usage("team").unwrap(), 0);
-        assert_eq!(store.workspace_usage("other").unwrap(), 10);
+        assert_eq!(store.workspace_usage("other").unwrap(), K + 10);
         assert_eq!(store.list_files().unwrap().len(), 1);
         assert!(matches!(
             store.delete_file("team/b.zip"),
@@ -684,27 +734,27 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(
-            store.put_file_version("team/notes", version("aa", 1), None, None),
+            store.put_file_version("team/notes", version("aa", 1), None, None, None),
             Err(FileError::PathTaken { .. })
         ));
         store
-            .put_file_version("team/a", version("aa", 8), Some(10), None)
+            .put_file_version("team/a", version("aa", K + 8), Some(K + 10), None, None)
             .unwrap();
-        let res = store.put_file_version("team/b", version("bb", 3), Some(10), None);
+        let res = store.put_file_version("team/b", version("bb", 3), Some(K + 10), None, None);
         assert!(
             matches!(
                 res,
                 Err(FileError::QuotaExceeded {
-                    used: 8,
-                    size: 3,
-                    limit: 10,
+                    used,
+                    size: K,
+                    limit,
                     ..
-                })
+                }) if used == K + 8 && limit == K + 10
             ),
             "{res:?}"
         );
         assert_eq!(store.blob("bb").unwrap(), None);
-        assert_eq!(store.workspace_usage("team").unwrap(), 8);
+        assert_eq!(store.workspace_usage("team").unwrap(), K + 8);
         assert!(matches!(
             store.move_file("team/a", "team/notes", None),
             Err(FileError::PathTaken { .. })
@@ -746,9 +796,40 @@ mod tests {
         assert_eq!(decode_entry("p", &bytes).unwrap(), entry);
         // Completing the upload removes its record in the same transaction.
         store
-            .put_file_version("team/x.bin", version("aa", 99), None, Some("abc"))
+            .put_file_version("team/x.bin", version("aa", 99), None, Some("abc"), None)
             .unwrap();
         assert_eq!(store.upload("abc").unwrap(), None);
         assert!(!store.remove_upload("abc").unwrap());
+    }
+
+    #[test]
+    fn beyond_max_versions_the_oldest_go_with_their_blobs_and_usage() {
+        let (_dir, store) = open();
+        for (sha, size) in [("aa", 0), ("bb", K + 1), ("aa", 0), ("cc", 2)] {
+            let (entry, unreferenced) = store
+                .put_file_version("team/a", version(sha, size), None, None, Some(2))
+                .unwrap();
+            assert!(entry.versions.len() <= 2);
+            if sha == "cc" {
+                // "bb" is dropped; "aa" is still named by version 3.
+                assert_eq!(unreferenced, ["bb"]);
+                assert_eq!(
+                    entry.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+                    [3, 4]
+                );
+            }
+        }
+        assert_eq!(store.blob("bb").unwrap(), None);
+        assert_eq!(store.blob("aa").unwrap().unwrap().refcount, 1);
+        // Two versions, each charged at least the minimum.
+        assert_eq!(store.workspace_usage("team").unwrap(), 2 * K);
+        // Dropping an old version makes room within the quota in the same transaction.
+        let (_, unreferenced) = store
+            .put_file_version("team/a", version("dd", K), Some(2 * K), None, Some(2))
+            .unwrap();
+        assert_eq!(unreferenced, ["aa"]);
+        assert_eq!(store.workspace_usage("team").unwrap(), 2 * K);
+        store.delete_file("team/a").unwrap();
+        assert_eq!(store.workspace_usage("team").unwrap(), 0);
     }
 }

@@ -73,6 +73,25 @@ impl Disk {
         Ok(())
     }
 
+    /// Makes the complete, fsynced file `temp` blob `sha256` by a hard link, leaving `temp` in
+    /// place (a tus upload's bytes stay until its record is gone). Nothing to do if the blob
+    /// exists already (same bytes). Durable once this returns. The caller holds the blob lock.
+    pub(crate) fn link_blob(&self, temp: &Path, sha256: &str) -> io::Result<()> {
+        let target = self.blob_path(sha256);
+        if target.exists() {
+            return Ok(());
+        }
+        let dir = target.parent().expect("a blob path has a parent");
+        let new_dir = !dir.exists();
+        fs::create_dir_all(dir)?;
+        fs::hard_link(temp, &target)?;
+        sync_dir(dir)?;
+        if new_dir {
+            sync_dir(&self.blobs)?;
+        }
+        Ok(())
+    }
+
     /// Removes blob `sha256`'s file; a missing file is not an error. The caller holds the blob
     /// lock and has seen the blob's refcount row gone.
     pub(crate) fn remove_blob(&self, sha256: &str) -> io::Result<()> {

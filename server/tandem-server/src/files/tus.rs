@@ -228,7 +228,7 @@ async fn create_upload(
     let grant = write_grant(state, headers, uri, &path)?;
     check_not_doc(state, &path).await?;
     let files = &state.files;
-    files.check_limits(path.as_str(), Some(length)).await?;
+    files.check_size(Some(length))?;
     let sha256 = metadata
         .get("sha256")
         .map(|text| parse_sha256(text))
@@ -259,10 +259,15 @@ async fn create_upload(
         expires_ms: created_ms.saturating_add(expiry_ms),
     };
     let expires_ms = record.expires_ms;
+    // The record reserves `length` bytes of the workspace's quota until the upload ends.
     let stored = {
-        let record = record.clone();
+        let (record, admitting) = (record.clone(), files.clone());
         files
-            .blocking(move |inner| Ok(inner.store.put_upload(&record)?))
+            .blocking(move |_| {
+                admitting.admit(&record.path, record.length, |inner| {
+                    Ok(inner.store.put_upload(&record)?)
+                })
+            })
             .await
     };
     if let Err(error) = stored {
@@ -318,12 +323,22 @@ async fn load_upload(
     Ok((record, grant))
 }
 
-/// Bytes received so far: the length of the upload's file.
+/// Bytes received so far: the length of the upload's file. A record whose file is gone (left
+/// by a crash of an older version, or bytes removed by hand) can never complete: it is removed,
+/// so it stops holding quota, and the upload is not found.
 async fn offset_of(files: &Files, id: &str) -> Result<u64, ApiError> {
-    tokio::fs::metadata(files.inner.disk.upload_path(id))
-        .await
-        .map(|meta| meta.len())
-        .map_err(|_| FileApiError::UploadNotFound.into())
+    match tokio::fs::metadata(files.inner.disk.upload_path(id)).await {
+        Ok(meta) => Ok(meta.len()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(id, "upload record without bytes; removed");
+            remove_upload(files, id).await;
+            Err(FileApiError::UploadNotFound.into())
+        }
+        Err(error) => {
+            tracing::error!(%error, id, "reading upload file failed");
+            Err(ApiError::Internal)
+        }
+    }
 }
 
 /// `HEAD /api/uploads/{id}`: the offset to resume from.
@@ -407,6 +422,7 @@ async fn patch_upload(
         None,
         record.length - offset,
         &mut received,
+        None,
         &token,
     )
     .await;
@@ -462,8 +478,10 @@ async fn patch_upload(
     Ok(response)
 }
 
-/// Stores a fully received upload as the next version of its path; returns the version. On
-/// any refusal the upload is gone (its bytes were checked and cannot become a file).
+/// Stores a fully received upload as the next version of its path; returns the version. On a
+/// refusal (wrong hash, no quota, path taken) the upload is gone: its bytes cannot become the
+/// file. On an internal error it stays, bytes and all, so a PATCH at the final offset (with an
+/// empty body) retries the completion.
 async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
     let files = &state.files;
     let file_path = files.inner.disk.upload_path(&record.id);
@@ -521,7 +539,19 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             Ok(entry.current().version)
         }
         Err(error) => {
-            remove_upload(files, &record.id).await;
+            let refused = matches!(
+                &error,
+                ApiError::File(
+                    FileApiError::Sha256Mismatch { .. }
+                        | FileApiError::QuotaExceeded { .. }
+                        | FileApiError::PathTaken { .. }
+                )
+            );
+            if refused {
+                remove_upload(files, &record.id).await;
+            } else {
+                tracing::warn!(id = record.id, "completing upload failed; kept for a retry");
+            }
             Err(error)
         }
     }
