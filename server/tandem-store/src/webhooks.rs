@@ -2,12 +2,14 @@
 //!
 //! A delivery is written to the outbox (by `Store::write_activity`, in the same transaction as
 //! the activity it reports) before anything tries to send it, and it leaves the outbox only
-//! when an attempt was acknowledged or the server gave up on it ([`Store::finish_attempt`]).
+//! when an attempt was acknowledged, the server gave up on it, or its webhook is gone
+//! ([`Store::finish_attempts`], one transaction per pass of the delivery worker).
 //! So a crash between the two repeats an attempt but never loses a delivery; receivers drop
 //! repeats by the delivery id, which is fixed when the delivery is queued.
 //!
 //! Invariant: each webhook's log holds at most the `keep` newest attempts given to
-//! `finish_attempt`; removing a webhook removes its outbox rows and its log.
+//! `finish_attempts`; removing a webhook removes its outbox rows and its log, and no delivery
+//! to a removed webhook is queued afterwards (`write_activity` checks, in its transaction).
 
 use redb::{ReadableDatabase, ReadableTable};
 
