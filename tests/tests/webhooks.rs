@@ -316,6 +316,10 @@ async fn the_admin_api_refuses_bad_registrations_and_unknown_webhooks() {
         ),
         (json!({"url": "http://x/y", "events": []}), "bad_webhook"),
         (json!({"url": "http://x/y"}), "bad_webhook"),
+        (
+            json!({"url": "http://user:pass@127.0.0.1:9/", "events": ["doc.changed"]}),
+            "bad_webhook",
+        ),
     ] {
         let response = server
             .request("POST", "/api/webhooks", &[], body.to_string().as_bytes())
@@ -426,6 +430,19 @@ async fn webhook_commands_work_offline_and_through_a_running_server() {
     .await;
     assert!(!refused.success);
     assert!(refused.stderr.contains("bad_webhook"), "{refused:?}");
+    let with_password = run(cli(&[
+        "webhook",
+        "add",
+        "http://user:pass@127.0.0.1:9/",
+        "--events",
+        "file.deleted",
+    ]))
+    .await;
+    assert!(!with_password.success, "{with_password:?}");
+    assert!(
+        with_password.stderr.contains("user name or password"),
+        "{with_password:?}"
+    );
 
     let log = run(cli(&["webhook", "log", &id])).await;
     assert_eq!(log.stdout.trim(), "no deliveries yet", "{log:?}");
@@ -551,6 +568,47 @@ async fn a_delivery_never_acknowledged_is_given_up_and_logged_as_failed() {
     };
     tokio::select! {
         () = serve(listener, answers, sender) => unreachable!("the receiver runs until dropped"),
+        () = test => {}
+    }
+}
+
+#[tokio::test]
+async fn automatic_versions_reach_webhooks_though_the_feed_leaves_them_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (sender, mut received) = mpsc::unbounded_channel();
+    // The doc unloads 100 ms after its last peer left, keeping its edits in an automatic
+    // version.
+    let server = server_with(|_| {}).await;
+    let test = async {
+        let id = add_webhook(&server, &url, &["version.created"], "s").await;
+        let mut peer = server.connect("notes").await;
+        peer.append_text("kept in an automatic version").await;
+        peer.close().await;
+        let request = next_request(&mut received).await;
+        assert_eq!(request.header("tandem-event"), "version.created");
+        assert_eq!(request.header("tandem-webhook-id"), id);
+        assert_signed(&request, "s");
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        assert_eq!(body["data"]["doc"], "notes");
+        assert_eq!(body["data"]["kind"], "auto", "{body}");
+        // Stored, so the feed has everything of that batch: the edit, not the version.
+        wait_deliveries(&server, &id, |log| {
+            log["deliveries"][0]["outcome"] == "delivered"
+        })
+        .await;
+        let feed = server.request("GET", "/api/activity", &[], b"").await;
+        assert_eq!(feed.status, 200, "{}", feed.text());
+        let kinds: Vec<Value> = feed.json()["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["kind"].clone())
+            .collect();
+        assert_eq!(kinds, [json!("doc.edited")]);
+    };
+    tokio::select! {
+        () = serve(listener, Arc::default(), sender) => unreachable!("the receiver runs until dropped"),
         () = test => {}
     }
 }

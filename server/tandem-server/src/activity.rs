@@ -379,6 +379,10 @@ impl Recorder {
     }
 
     async fn handle(&mut self, event: Event) {
+        if webhook::event_name(&event).is_none() {
+            // Presence and live activity: neither recorded nor delivered.
+            return;
+        }
         if let Event::DocChanged { doc, actor, .. } = &event
             && self.sessions.needs_lookup(doc, actor.id())
         {
@@ -395,9 +399,9 @@ impl Recorder {
                 Err(error) => error!(%error, "looking up an edit session"),
             }
         }
-        let Some(entry) = self.sessions.record(&event) else {
-            return;
-        };
+        // Webhooks hear of every event, also of those the feed leaves out (automatic
+        // versions).
+        let entry = self.sessions.record(&event);
         let webhooks = self.webhooks.current();
         if let Event::DocChanged {
             doc,
@@ -428,7 +432,9 @@ impl Recorder {
                     .map(|hook| webhook::new_delivery(hook, name, &data, now_ms())),
             );
         }
-        self.batch.entries.insert(entry.id, entry);
+        if let Some(entry) = entry {
+            self.batch.entries.insert(entry.id, entry);
+        }
         self.batch.n_events += 1;
         self.batch.since.get_or_insert_with(Instant::now);
     }

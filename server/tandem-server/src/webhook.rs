@@ -28,7 +28,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tandem_store::{DeliveryAttempt, OutboxDelivery, Store, StoreError, WebhookRecord};
+use tandem_store::{
+    DeliveryAttempt, FinishedAttempt, OutboxDelivery, Store, StoreError, WebhookRecord,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -54,6 +56,8 @@ pub const EVENT_NAMES: [&str; 6] = [
 pub(crate) const LOG_KEEP: usize = 200;
 /// Due deliveries the worker takes from the outbox per pass.
 const OUTBOX_BATCH: usize = 256;
+/// Pause of the worker after a pass that changed nothing in the outbox.
+const NO_PROGRESS_PAUSE: Duration = Duration::from_secs(1);
 /// Attempts in flight at once.
 const MAX_CONCURRENT_ATTEMPTS: usize = 8;
 /// Bytes of a receiver's answer read (and ignored) at most.
@@ -376,7 +380,8 @@ struct AttemptResult {
 }
 
 /// Sends what is due in the outbox until `cancel`; woken by the recorder, by the next retry
-/// time, or both. At start everything pending is due, so a restart resumes at once.
+/// time, or both. Its first pass takes up to [`OUTBOX_BATCH`] pending deliveries whatever their
+/// schedule, so a restart resumes at once; the others keep their schedule.
 pub(crate) async fn run_worker(
     webhooks: Webhooks,
     config: WebhookConfig,
@@ -385,8 +390,8 @@ pub(crate) async fn run_worker(
     let client = Client::new(config.timeout);
     let mut first_pass = true;
     loop {
-        // At start everything pending is due. A failed read was logged; the next wake-up tries
-        // again.
+        // The first pass takes pending deliveries whatever their schedule. A failed read was
+        // logged; the next wake-up tries again.
         let now = now_ms();
         let due_at = if first_pass { u64::MAX } else { now };
         first_pass = false;
@@ -403,18 +408,31 @@ pub(crate) async fn run_worker(
                 .iter()
                 .find(|webhook| webhook.id == delivery.webhook_id)
                 .cloned();
-            let (client, webhooks, config) = (&client, &webhooks, &config);
-            async move {
-                deliver(client, webhooks, config, webhook, delivery).await;
-            }
+            let (client, config) = (&client, &config);
+            async move { deliver(client, config, webhook, delivery).await }
         }))
         .buffer_unordered(MAX_CONCURRENT_ATTEMPTS)
-        .collect::<Vec<()>>();
-        tokio::select! {
+        .collect::<Vec<FinishedAttempt>>();
+        let finished = tokio::select! {
             () = cancel.cancelled() => break,
-            _ = attempts => {}
-        }
+            finished = attempts => finished,
+        };
+        // The results of the pass in one transaction, so deliveries compete little with
+        // document edits for the store's single writer.
+        let progressed = n_due == 0
+            || webhooks
+                .with_store(move |store| store.finish_attempts(&finished, LOG_KEEP))
+                .await
+                .is_ok_and(|n_changed| n_changed > 0);
         if n_due > 0 {
+            if !progressed {
+                // The outbox did not change (the store failed, or nothing could be attempted):
+                // trying again at once would spin.
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(NO_PROGRESS_PAUSE) => {}
+                }
+            }
             // More may be due already (a full batch, or attempts that took long).
             continue;
         }
@@ -432,17 +450,21 @@ pub(crate) async fn run_worker(
     debug!("webhook worker stopped");
 }
 
-/// One attempt at `delivery`, logged, then rescheduled or removed.
+/// One attempt at `delivery`, and what should become of it (logged, rescheduled or removed).
 async fn deliver(
     client: &Client,
-    webhooks: &Webhooks,
     config: &WebhookConfig,
     webhook: Option<WebhookRecord>,
     delivery: OutboxDelivery,
-) {
+) -> FinishedAttempt {
     let Some(webhook) = webhook else {
-        // Its webhook was removed with its outbox rows after this pass read them.
-        return;
+        // Its webhook was removed after this pass read the registrations (or the delivery was
+        // queued just as it was removed): the store drops the row if the webhook is gone.
+        return FinishedAttempt {
+            delivery,
+            attempt: None,
+            next_attempt_ms: None,
+        };
     };
     let at_ms = now_ms();
     let result = client.post(&webhook, &delivery).await;
@@ -486,9 +508,11 @@ async fn deliver(
         duration_ms: result.duration.as_millis() as u64,
         outcome: outcome.to_owned(),
     };
-    let _ = webhooks
-        .with_store(move |store| store.finish_attempt(&delivery, &attempt, next, LOG_KEEP))
-        .await;
+    FinishedAttempt {
+        delivery,
+        attempt: Some(attempt),
+        next_attempt_ms: next,
+    }
 }
 
 /// An HTTP/1.1 client for deliveries: one connection per attempt, no redirects followed,
@@ -616,11 +640,16 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        let authority = uri.authority().ok_or("the URL has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("the URL must not contain a user name or password".into());
+        }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let host_header = uri
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .ok_or("the URL has no host")?;
+        // `host[:port]` as written (an IPv6 host keeps its brackets).
+        let host_header = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        };
         let path = uri
             .path_and_query()
             .map_or("/".to_owned(), |path| path.as_str().to_owned());

@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, Table};
 use crate::Store;
 use crate::error::StoreError;
 use crate::schema::{
-    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX,
+    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX, WEBHOOKS,
 };
 use crate::webhooks::OutboxDelivery;
 
@@ -29,9 +29,9 @@ pub(crate) const NEXT_OUTBOX_SEQ: &str = "webhook_outbox_next_seq";
 pub(crate) const NEXT_LOG_SEQ: &str = "webhook_log_next_seq";
 /// Entries of one path looked at when searching for an edit session to extend.
 const MAX_SESSION_SEARCH: usize = 256;
-/// Index rows a folder (`prefix`) query gathers at most; a folder with more entries shows the
-/// newest of the first this many rows of its paths.
-const MAX_PREFIX_IDS: usize = 200_000;
+/// Paths a folder (`prefix`) query merges the index rows of; a folder with more paths is read
+/// from the whole feed, newest first, within the page's scan budget (and a cursor).
+const MAX_PREFIX_PATHS: usize = 1024;
 /// Entries removed by one `prune_activity` call, so a prune never holds the writer for long.
 const MAX_PRUNE: usize = 10_000;
 
@@ -190,8 +190,9 @@ impl Store {
         }
     }
 
-    /// Writes entries and queues deliveries in one durable transaction. Returns the seqs given
-    /// to the deliveries, in order.
+    /// Writes entries and queues deliveries in one durable transaction. A delivery to a webhook
+    /// that no longer exists (removed after the caller read the registrations) is dropped.
+    /// Returns the seqs given to the deliveries queued, in order.
     pub fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
@@ -211,9 +212,13 @@ impl Store {
             let stored_next = counters.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value());
             counters.insert(NEXT_ENTRY_ID, stored_next.max(write.next_entry_id))?;
             if !write.deliveries.is_empty() {
+                let webhooks = txn.open_table(WEBHOOKS)?;
                 let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
                 let mut seq = counters.get(NEXT_OUTBOX_SEQ)?.map_or(1, |v| v.value());
                 for delivery in &write.deliveries {
+                    if webhooks.get(delivery.webhook_id.as_str())?.is_none() {
+                        continue;
+                    }
                     outbox.insert(seq, delivery.encode().as_slice())?;
                     seqs.push(seq);
                     seq += 1;
@@ -294,23 +299,15 @@ impl Store {
                         .rev()
                         .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
                 )
-            } else if let Some(prefix) = query.prefix.as_deref() {
-                // The index rows of the paths under the prefix are contiguous but ordered by
-                // path: gather their ids (bounded), then go newest first.
-                let mut ids = Vec::new();
-                for row in by_path.range((prefix, 0)..)? {
-                    let (key, _) = row?;
-                    let (path, id) = key.value();
-                    if !path.starts_with(prefix) || ids.len() >= MAX_PREFIX_IDS {
-                        break;
-                    }
-                    if id < before {
-                        ids.push(id);
-                    }
+            } else if let Some(prefix) = query.prefix.as_deref()
+                && let Some(paths) = paths_under(&by_path, prefix)?
+            {
+                // The index rows of each path under the prefix, merged newest first.
+                let mut ranges = Vec::with_capacity(paths.len());
+                for path in &paths {
+                    ranges.push(by_path.range((path.as_str(), 0)..(path.as_str(), before))?);
                 }
-                ids.sort_unstable_by(|a, b| b.cmp(a));
-                ids.dedup();
-                Box::new(ids.into_iter().map(Ok))
+                Box::new(NewestFirst::new(ranges))
             } else {
                 Box::new(
                     entries
@@ -393,6 +390,98 @@ impl Store {
         }
         txn.commit()?;
         Ok(n_removed)
+    }
+}
+
+/// The distinct paths starting with `prefix` in the path index, or `None` when there are more
+/// than [`MAX_PREFIX_PATHS`]. Costs one index seek per path.
+fn paths_under(
+    by_path: &redb::ReadOnlyTable<(&'static str, u64), ()>,
+    prefix: &str,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let mut paths: Vec<String> = Vec::new();
+    loop {
+        // The first row past every row of the last path found (ids stay below u64::MAX).
+        let mut rows = match paths.last() {
+            Some(last) => by_path.range((last.as_str(), u64::MAX)..)?,
+            None => by_path.range((prefix, 0)..)?,
+        };
+        let next = loop {
+            match rows.next() {
+                None => break None,
+                Some(row) => {
+                    let (key, _) = row?;
+                    let (path, _) = key.value();
+                    if paths.last().is_none_or(|last| last != path) {
+                        break Some(path.to_owned());
+                    }
+                }
+            }
+        };
+        match next {
+            Some(path) if path.starts_with(prefix) => {
+                if paths.len() == MAX_PREFIX_PATHS {
+                    return Ok(None);
+                }
+                paths.push(path);
+            }
+            _ => return Ok(Some(paths)),
+        }
+    }
+}
+
+/// Merges ranges of the path index (each ascending by id) into one sequence of ids, newest
+/// first, each id once (an entry under two of the paths appears in two ranges).
+struct NewestFirst<'a> {
+    ranges: Vec<redb::Range<'a, (&'static str, u64), ()>>,
+    /// The next id of each range not yet taken, by range.
+    heads: std::collections::BinaryHeap<(u64, usize)>,
+    started: bool,
+    last: Option<u64>,
+}
+
+impl<'a> NewestFirst<'a> {
+    fn new(ranges: Vec<redb::Range<'a, (&'static str, u64), ()>>) -> NewestFirst<'a> {
+        NewestFirst {
+            ranges,
+            heads: std::collections::BinaryHeap::new(),
+            started: false,
+            last: None,
+        }
+    }
+
+    /// Puts the next (older) id of range `n` among the heads.
+    fn advance(&mut self, n: usize) -> Result<(), StoreError> {
+        if let Some(row) = self.ranges[n].next_back() {
+            let (key, _) = row?;
+            self.heads.push((key.value().1, n));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for NewestFirst<'_> {
+    type Item = Result<u64, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.started {
+            self.started = true;
+            for n in 0..self.ranges.len() {
+                if let Err(error) = self.advance(n) {
+                    return Some(Err(error));
+                }
+            }
+        }
+        loop {
+            let (id, n) = self.heads.pop()?;
+            if let Err(error) = self.advance(n) {
+                return Some(Err(error));
+            }
+            if self.last != Some(id) {
+                self.last = Some(id);
+                return Some(Ok(id));
+            }
+        }
     }
 }
 
@@ -583,6 +672,83 @@ mod tests {
             ids(&store.list_activity(&prefix, |_| true).unwrap().0),
             vec![7]
         );
+    }
+
+    #[test]
+    fn a_folder_page_holds_its_newest_entries_whatever_the_paths_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        // A busy first path, then one newer entry of a later path, and one outside the folder.
+        let n_busy = 200_001;
+        let mut entries: Vec<ActivityEntry> =
+            (1..=n_busy).map(|id| entry(id, "f/a", "ada", id)).collect();
+        entries.push(entry(n_busy + 1, "f/b", "bob", n_busy + 1));
+        entries.push(entry(n_busy + 2, "g/c", "bob", n_busy + 2));
+        write(&store, entries);
+        let folder = ActivityQuery {
+            prefix: Some("f/".into()),
+            ..query(2)
+        };
+        let (page, next) = store.list_activity(&folder, |_| true).unwrap();
+        assert_eq!(ids(&page), vec![n_busy + 1, n_busy]);
+        assert_eq!(next, Some(n_busy));
+        let (page, _) = store
+            .list_activity(
+                &ActivityQuery {
+                    before_id: next,
+                    ..folder
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(ids(&page), vec![n_busy - 1, n_busy - 2]);
+    }
+
+    #[test]
+    fn a_folder_of_many_paths_pages_newest_first_without_losing_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        // More paths than are merged, each with entries far apart in time; a rename names two
+        // paths of the folder and must appear once.
+        let n_paths = MAX_PREFIX_PATHS as u64 + 100;
+        let mut entries = Vec::new();
+        for id in 1..=2 * n_paths {
+            entries.push(entry(id, &format!("f/{:05}", id % n_paths), "ada", id));
+        }
+        let mut renamed = entry(2 * n_paths + 1, "f/new", "ada", 2 * n_paths + 1);
+        renamed.other_paths = vec!["f/00001".into()];
+        entries.push(renamed);
+        entries.push(entry(2 * n_paths + 2, "other", "ada", 2 * n_paths + 2));
+        write(&store, entries);
+        for prefix in ["f/", "f/0000"] {
+            let mut expected = vec![2 * n_paths + 1];
+            expected.extend(
+                (1..=2 * n_paths)
+                    .rev()
+                    .filter(|id| format!("f/{:05}", id % n_paths).starts_with(prefix)),
+            );
+            let mut all = Vec::new();
+            let mut before_id = None;
+            loop {
+                let (page, next) = store
+                    .list_activity(
+                        &ActivityQuery {
+                            prefix: Some(prefix.into()),
+                            before_id,
+                            max_scan: 500,
+                            ..query(100)
+                        },
+                        |_| true,
+                    )
+                    .unwrap();
+                all.extend(ids(&page));
+                match next {
+                    Some(next) => before_id = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(all, expected, "{prefix}");
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use files::{
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
-pub use webhooks::{DeliveryAttempt, OutboxDelivery, WebhookRecord};
+pub use webhooks::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, WebhookRecord};
 
 /// Default bound of redb's page cache. redb's own default (1 GiB) lets the cache, and so the
 /// server's memory, grow with the database; documents live in the doc actors while open, so the

@@ -2,12 +2,14 @@
 //!
 //! A delivery is written to the outbox (by `Store::write_activity`, in the same transaction as
 //! the activity it reports) before anything tries to send it, and it leaves the outbox only
-//! when an attempt was acknowledged or the server gave up on it ([`Store::finish_attempt`]).
+//! when an attempt was acknowledged, the server gave up on it, or its webhook is gone
+//! ([`Store::finish_attempts`], one transaction per pass of the delivery worker).
 //! So a crash between the two repeats an attempt but never loses a delivery; receivers drop
 //! repeats by the delivery id, which is fixed when the delivery is queued.
 //!
 //! Invariant: each webhook's log holds at most the `keep` newest attempts given to
-//! `finish_attempt`; removing a webhook removes its outbox rows and its log.
+//! `finish_attempts`; removing a webhook removes its outbox rows and its log, and no delivery
+//! to a removed webhook is queued afterwards (`write_activity` checks, in its transaction).
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -55,6 +57,17 @@ pub struct OutboxDelivery {
     pub attempts: u32,
     /// Not to be attempted before this time, ms.
     pub next_attempt_ms: u64,
+}
+
+/// What became of one delivery in a pass of the delivery worker ([`Store::finish_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedAttempt {
+    /// The delivery, as read from the outbox.
+    pub delivery: OutboxDelivery,
+    /// The attempt to log; `None` when none was made (its webhook is gone).
+    pub attempt: Option<DeliveryAttempt>,
+    /// When to try again; `None` removes it from the outbox (acknowledged or given up).
+    pub next_attempt_ms: Option<u64>,
 }
 
 /// One attempt at a delivery, as the log keeps it.
@@ -333,8 +346,7 @@ impl Store {
 
     /// Records an attempt at delivery `seq` in its webhook's log (keeping the `keep` newest)
     /// and either reschedules it (`next_attempt_ms`) or removes it from the outbox (`None`:
-    /// acknowledged or given up). A delivery removed meanwhile (its webhook was deleted) is
-    /// not logged.
+    /// acknowledged or given up). One attempt of [`Store::finish_attempts`].
     pub fn finish_attempt(
         &self,
         delivery: &OutboxDelivery,
@@ -342,49 +354,100 @@ impl Store {
         next_attempt_ms: Option<u64>,
         keep: usize,
     ) -> Result<(), StoreError> {
+        self.finish_attempts(
+            &[FinishedAttempt {
+                delivery: delivery.clone(),
+                attempt: Some(attempt.clone()),
+                next_attempt_ms,
+            }],
+            keep,
+        )
+        .map(|_| ())
+    }
+
+    /// Records the results of one pass of the delivery worker in one durable transaction:
+    /// each attempt goes into its webhook's log (keeping the `keep` newest per webhook), and
+    /// its delivery is rescheduled or removed from the outbox. A delivery removed meanwhile
+    /// (its webhook was deleted) is not logged; a delivery whose webhook no longer exists is
+    /// removed from the outbox, whatever its result; one not attempted whose webhook exists
+    /// stays as it is. Returns how many outbox rows changed.
+    pub fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        keep: usize,
+    ) -> Result<usize, StoreError> {
+        let mut n_changed = 0;
+        if finished.is_empty() {
+            return Ok(n_changed);
+        }
         let db = self.db()?;
         let txn = db.begin_write()?;
         {
+            let webhooks = txn.open_table(WEBHOOKS)?;
             let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
-            if outbox.get(delivery.seq)?.is_none() {
-                return Ok(());
-            }
-            match next_attempt_ms {
-                Some(next_attempt_ms) => {
-                    let again = OutboxDelivery {
-                        attempts: delivery.attempts.saturating_add(1),
-                        next_attempt_ms,
-                        ..delivery.clone()
-                    };
-                    outbox.insert(delivery.seq, again.encode().as_slice())?;
-                }
-                None => {
-                    outbox.remove(delivery.seq)?;
-                }
-            }
             let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
-            let seq = counters.get(NEXT_LOG_SEQ)?.map_or(1, |v| v.value());
-            counters.insert(NEXT_LOG_SEQ, seq + 1)?;
-            let webhook = delivery.webhook_id.as_str();
             let mut log = txn.open_table(WEBHOOK_LOG)?;
-            log.insert((webhook, seq), attempt.encode().as_slice())?;
-            let n_rows = log.range((webhook, 0)..=(webhook, u64::MAX))?.count();
-            if n_rows > keep {
-                let mut oldest = Vec::new();
-                for row in log
-                    .range((webhook, 0)..=(webhook, u64::MAX))?
-                    .take(n_rows - keep)
-                {
-                    let (key, _) = row?;
-                    oldest.push(key.value().1);
+            let mut log_seq = counters.get(NEXT_LOG_SEQ)?.map_or(1, |v| v.value());
+            let mut logged: Vec<&str> = Vec::new();
+            for FinishedAttempt {
+                delivery,
+                attempt,
+                next_attempt_ms,
+            } in finished
+            {
+                if outbox.get(delivery.seq)?.is_none() {
+                    continue;
                 }
-                for old in oldest {
-                    log.remove((webhook, old))?;
+                let webhook = delivery.webhook_id.as_str();
+                if webhooks.get(webhook)?.is_none() {
+                    outbox.remove(delivery.seq)?;
+                    n_changed += 1;
+                    continue;
+                }
+                let Some(attempt) = attempt else {
+                    // Not attempted, yet its webhook exists: it stays for a later pass.
+                    continue;
+                };
+                n_changed += 1;
+                match next_attempt_ms {
+                    Some(next_attempt_ms) => {
+                        let again = OutboxDelivery {
+                            attempts: delivery.attempts.saturating_add(1),
+                            next_attempt_ms: *next_attempt_ms,
+                            ..delivery.clone()
+                        };
+                        outbox.insert(delivery.seq, again.encode().as_slice())?;
+                    }
+                    None => {
+                        outbox.remove(delivery.seq)?;
+                    }
+                }
+                log.insert((webhook, log_seq), attempt.encode().as_slice())?;
+                log_seq += 1;
+                if !logged.contains(&webhook) {
+                    logged.push(webhook);
+                }
+            }
+            counters.insert(NEXT_LOG_SEQ, log_seq)?;
+            for webhook in logged {
+                let n_rows = log.range((webhook, 0)..=(webhook, u64::MAX))?.count();
+                if n_rows > keep {
+                    let mut oldest = Vec::new();
+                    for row in log
+                        .range((webhook, 0)..=(webhook, u64::MAX))?
+                        .take(n_rows - keep)
+                    {
+                        let (key, _) = row?;
+                        oldest.push(key.value().1);
+                    }
+                    for old in oldest {
+                        log.remove((webhook, old))?;
+                    }
                 }
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(n_changed)
     }
 
     /// The logged attempts of webhook `id`, newest first.
@@ -516,6 +579,74 @@ mod tests {
             .finish_attempt(&pending, &attempt(8, "delivered"), None, 3)
             .unwrap();
         assert!(store.list_deliveries("wh1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn deliveries_to_a_removed_webhook_are_never_queued_and_orphans_leave_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store.put_webhook(&webhook("wh1")).unwrap();
+        store.put_webhook(&webhook("wh2")).unwrap();
+        // The recorder read the registrations before wh2 was removed, and commits after.
+        assert!(store.remove_webhook("wh2").unwrap());
+        let seqs = store
+            .write_activity(&ActivityWrite {
+                deliveries: vec![delivery("wh1", 1), delivery("wh2", 2), delivery("wh1", 3)],
+                ..ActivityWrite::default()
+            })
+            .unwrap();
+        assert_eq!(seqs.len(), 2);
+        let pending = store.list_outbox(10).unwrap();
+        let ids: Vec<&str> = pending.iter().map(|d| d.delivery_id.as_str()).collect();
+        assert_eq!(ids, ["d1", "d3"]);
+        // A row whose webhook is gone (written before that check existed) and a row of a
+        // webhook the worker did not know yet, both left unattempted by one pass.
+        let orphan = OutboxDelivery {
+            seq: 99,
+            ..delivery("wh_gone", 4)
+        };
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(WEBHOOK_OUTBOX)
+                .unwrap()
+                .insert(99, orphan.encode().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let results = vec![
+            FinishedAttempt {
+                delivery: pending[0].clone(),
+                attempt: Some(attempt(1, "delivered")),
+                next_attempt_ms: None,
+            },
+            FinishedAttempt {
+                delivery: pending[1].clone(),
+                attempt: None,
+                next_attempt_ms: None,
+            },
+            FinishedAttempt {
+                delivery: orphan,
+                attempt: None,
+                next_attempt_ms: None,
+            },
+        ];
+        // One transaction for the whole pass: the delivered row and the orphan leave.
+        assert_eq!(store.finish_attempts(&results, 200).unwrap(), 2);
+        let left: Vec<String> = store
+            .list_outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect();
+        assert_eq!(left, ["d3"]);
+        assert_eq!(
+            store.list_deliveries("wh1").unwrap(),
+            vec![attempt(1, "delivered")]
+        );
+        assert!(store.list_deliveries("wh_gone").unwrap().is_empty());
+        // Nothing left to change: the worker must see that no progress was made.
+        assert_eq!(store.finish_attempts(&results[2..], 200).unwrap(), 0);
     }
 
     #[test]
