@@ -659,3 +659,156 @@ async fn edits_versions_and_restores_are_published_as_events() {
     assert_eq!(restored["version"], version["id"]);
     assert_eq!(restored["actor"]["name"], "Grace H.");
 }
+
+/// Naming a third version of `capped` is refused: the cap is 2.
+async fn refuse_third(server: &TestServer) {
+    let refused = call(
+        server,
+        "POST",
+        "/api/docs/capped/versions",
+        None,
+        br#"{"name":"third"}"#,
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.json()["error"].clone()),
+        (409, json!("too_many_versions")),
+        "{}",
+        refused.text()
+    );
+    assert!(refused.json()["message"].as_str().unwrap().contains('2'));
+}
+
+#[tokio::test]
+async fn named_versions_are_capped_and_restore_versions_pruned_to_the_same_count() {
+    let mut server = started(|config| config.hub.max_named_versions = 2).await;
+    let mut peer = server.connect("capped").await;
+    peer.append_text("one").await;
+    wait_stored(&server, "capped", "one").await;
+    let first = name_version(&server, "capped", "first", None).await;
+    name_version(&server, "capped", "second", None).await;
+    refuse_third(&server).await;
+    // Restores still work; their `restore` versions beyond the cap go, oldest first.
+    let mut restore_ids = Vec::new();
+    for _ in 0..3 {
+        restore_ids.push(restore(&server, "capped", &first["id"], None).await["id"].clone());
+    }
+    let list = versions(&server, "capped", None).await;
+    let listed: Vec<(&Value, &str)> = list
+        .iter()
+        .map(|v| (&v["id"], v["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (&restore_ids[2], "restore"),
+            (&restore_ids[1], "restore"),
+            (&json!(2), "named"),
+            (&json!(1), "named"),
+        ]
+    );
+    // The count of named versions comes back from storage.
+    drop(peer);
+    server.restart().await;
+    server.wait_healthy().await;
+    refuse_third(&server).await;
+    assert_eq!(versions(&server, "capped", None).await, list);
+}
+
+#[tokio::test]
+async fn a_client_renaming_itself_on_every_edit_is_credited_as_its_peer_past_the_author_cap() {
+    // The cap is 1024 authors per open doc (`MAX_AUTHORS_PER_DOC`).
+    let cap = 1024;
+    let server = started(|config| {
+        config.hub.limits.max_messages_per_second = 0;
+        config.hub.limits.max_awareness_per_second = 0;
+    })
+    .await;
+    let mut peer = server.connect("names").await;
+    let n = cap + 6;
+    for i in 0..n {
+        let state = json!({ "user": { "name": format!("name {i}") } }).to_string();
+        peer.send_awareness(1, i as u32 + 1, &state).await;
+        peer.append_text("x").await;
+    }
+    wait_stored(&server, "names", &"x".repeat(n)).await;
+    let history = call(
+        &server,
+        "GET",
+        "/api/docs/names/history?limit=20",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    let entries = history.json()["entries"].as_array().unwrap().clone();
+    let names: Vec<(u64, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["author"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Seq k was written under `name k-1`: the first 1024 names are kept, the rest is the peer.
+    for (seq, name) in names {
+        if seq as usize <= cap {
+            assert_eq!(name, format!("name {}", seq - 1));
+        } else {
+            assert!(name.starts_with("peer "), "seq {seq}: {name}");
+        }
+    }
+    assert!(entries[0]["seq"].as_u64() == Some(n as u64));
+}
+
+#[tokio::test]
+async fn edits_made_while_a_restore_is_computed_are_not_held_up_and_survive_it() {
+    let server = started(|_| {}).await;
+    let mut writer = server.connect("big").await;
+    let mut observer = server.connect("big").await;
+    // Two unrelated random texts of 0s and 1s: their character diff is long to compute and
+    // runs to the restore's 1 s budget.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random_bits = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                if seed & 1 == 0 { '0' } else { '1' }
+            })
+            .collect()
+    };
+    let (old, now) = (random_bits(50_000), random_bits(50_000));
+    writer.append_text(&old).await;
+    observer.wait_text(|t| t == old).await;
+    let version = name_version(&server, "big", "old", None).await;
+    writer.delete_text(0, old.len() as u32).await;
+    writer.append_text(&now).await;
+    observer.wait_text(|t| t == now).await;
+    let marker = "[typed during the restore]";
+    let started_at = tokio::time::Instant::now();
+    let (restored_at, seen_at) = tokio::join!(
+        async {
+            restore(&server, "big", &version["id"], None).await;
+            started_at.elapsed()
+        },
+        async {
+            // The gap lets the restore start computing before the edit arrives.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            writer.append_text(marker).await;
+            observer.wait_text(|t| t.contains(marker)).await;
+            started_at.elapsed()
+        }
+    );
+    // The doc went on taking edits: this one reached the other peer long before the restore
+    // answered (a doc computing its restore itself would hold the edit until then).
+    assert!(
+        seen_at + Duration::from_millis(300) < restored_at,
+        "edit seen after {seen_at:?}, restore answered after {restored_at:?}"
+    );
+    // The restore merged with the edit as a concurrent update: the text typed meanwhile stays.
+    let text = observer.wait_text(|t| t.replace(marker, "") == old).await;
+    assert_eq!(current_text(&server, "big").await, json!(text));
+}

@@ -34,6 +34,8 @@ use crate::webhook::WebhookConfig;
 /// any connection drains them; the queue holds several such bursts, so only a peer that stops
 /// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
+/// Named versions per doc, and restore versions kept per doc.
+pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 
 /// Command line of the `tandem` binary.
 #[derive(Debug, Parser)]
@@ -154,9 +156,13 @@ pub struct ServeArgs {
     /// passed since its last version (and when it unloads) [default: 10m].
     #[arg(long, env = "TANDEM_AUTO_VERSION_INTERVAL")]
     pub auto_version_interval: Option<HumanDuration>,
-    /// Automatic versions kept per doc; older ones are pruned, named ones kept [default: 100].
-    #[arg(long, env = "TANDEM_MAX_AUTO_VERSIONS")]
+    /// Automatic versions kept per doc, at least 1; older ones are pruned [default: 100].
+    #[arg(long, env = "TANDEM_MAX_AUTO_VERSIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_auto_versions: Option<u64>,
+    /// Named versions per doc, at least 1: saving one more is refused (`too_many_versions`);
+    /// also the number of restore versions kept per doc, older ones pruned [default: 1000].
+    #[arg(long, env = "TANDEM_MAX_NAMED_VERSIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_named_versions: Option<u64>,
     /// Frames queued for one peer before it counts as a slow consumer [default: 8192].
     #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
@@ -405,6 +411,7 @@ pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
         None => ServeArgs::default(),
     };
     check_tls_pair(&args, &file)?;
+    check_version_caps(&file)?;
     let config = resolve(args, file);
     config
         .auth
@@ -423,6 +430,20 @@ fn check_tls_pair(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
         (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is not: TLS needs both"),
         _ => Ok(()),
     }
+}
+
+/// The version caps are at least 1: a cap of 0 would prune the automatic version just
+/// announced, or refuse every named one. Flags and environment are checked by clap.
+fn check_version_caps(file: &ServeArgs) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("max_auto_versions", file.max_auto_versions),
+        ("max_named_versions", file.max_named_versions),
+    ] {
+        if value == Some(0) {
+            anyhow::bail!("{key} must be at least 1");
+        }
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
@@ -513,6 +534,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .max_auto_versions
                 .or(file.max_auto_versions)
                 .unwrap_or(100),
+            max_named_versions: args
+                .max_named_versions
+                .or(file.max_named_versions)
+                .unwrap_or(DEFAULT_MAX_NAMED_VERSIONS),
             limits,
         },
         connection: ConnectionConfig {
@@ -734,6 +759,35 @@ mod tests {
         let config = resolve(args, file);
         assert_eq!(config.hub.auto_version_interval, Duration::from_secs(90));
         assert_eq!(config.hub.max_auto_versions, 7);
+        assert_eq!(defaults.hub.max_named_versions, 1000);
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-named-versions", "3"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve");
+        };
+        assert_eq!(
+            resolve(args, ServeArgs::default()).hub.max_named_versions,
+            3
+        );
+    }
+
+    #[test]
+    fn version_caps_of_zero_are_refused() {
+        for flag in ["--max-auto-versions", "--max-named-versions"] {
+            assert!(
+                Cli::try_parse_from(["tandem", "serve", flag, "0"]).is_err(),
+                "{flag}"
+            );
+        }
+        for key in ["max_auto_versions", "max_named_versions"] {
+            let file: ServeArgs = toml::from_str(&format!("{key} = 0")).unwrap();
+            let error = check_version_caps(&file).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let file: ServeArgs = toml::from_str("max_auto_versions = 1").unwrap();
+        assert!(check_version_caps(&file).is_ok());
     }
 
     #[test]

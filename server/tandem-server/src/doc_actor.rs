@@ -43,6 +43,7 @@ use tandem_core::{
 };
 use tandem_store::{Author, HistoryHead, VersionKind, VersionRecord};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use yrs::Snapshot;
@@ -65,9 +66,18 @@ pub(crate) fn server_actor() -> Actor {
     }
 }
 
-/// Why a restore was refused (the doc is unchanged, but the `restore` version may be saved).
+/// Authors an open doc remembers before it stops adding unverified ones: beyond it, a new
+/// presence name is credited to `peer N` instead, so a client renaming itself on every edit adds
+/// at most one entry per connection, not one per name. Verified identities are always added
+/// (there are only as many as the tokens the server accepts).
+const MAX_AUTHORS_PER_DOC: usize = 1024;
+
+/// Why a version or a restore was refused (the doc is unchanged, but for a restore the
+/// `restore` version may be saved).
 #[derive(Debug)]
 pub(crate) enum RestoreRefused {
+    /// The doc already has this many named versions.
+    TooManyVersions(u64),
     /// The version's state or the current one does not load.
     State(RestoreError),
     /// The doc refused the update (it would exceed the size limit).
@@ -172,6 +182,7 @@ async fn run(
         n_log_entries,
         n_log_bytes,
         history,
+        n_named,
     } = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
         Err(reason) => {
@@ -215,6 +226,8 @@ async fn run(
         n_log_entries,
         stopping: false,
         authors: Vec::new(),
+        author_index: HashMap::new(),
+        restores: JoinSet::new(),
         peer_authors: HashMap::new(),
         unreported: VecDeque::new(),
         changed: Vec::new(),
@@ -228,13 +241,17 @@ async fn run(
             authors_since: Vec::new(),
             auto_due: None,
             pending: VecDeque::new(),
+            n_named,
         },
     };
     for author in history.authors_since {
-        let idx = actor.intern(Actor {
-            sub: author.sub,
-            name: author.name,
-        });
+        let idx = actor.intern(
+            Actor {
+                sub: author.sub,
+                name: author.name,
+            },
+            HTTP_PEER,
+        );
         actor.history.authors_since.push(idx);
     }
     if last_seq > actor.history.version_seq {
@@ -252,6 +269,8 @@ struct Loaded {
     n_log_bytes: u64,
     /// The newest version and who wrote since.
     history: HistoryHead,
+    /// How many named versions the doc has.
+    n_named: u64,
 }
 
 /// When, on the monotonic clock, the newest version was taken (at most `interval` ago).
@@ -277,12 +296,19 @@ async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
         let history = store
             .history_head(name.as_str())
             .map_err(|error| error.to_string())?;
+        let n_named = store
+            .list_versions(name.as_str())
+            .map_err(|error| error.to_string())?
+            .iter()
+            .filter(|v| v.kind == VersionKind::Named)
+            .count() as u64;
         Ok(Loaded {
             shared,
             last_seq: stored.last_seq,
             n_log_entries: stored.updates.len() as u64,
             n_log_bytes: stored.updates.iter().map(|u| u.len() as u64).sum(),
             history,
+            n_named,
         })
     })
     .await
@@ -373,6 +399,16 @@ struct VersionState {
     auto_due: Option<Instant>,
     /// Versions queued to the writer, in id order.
     pending: VecDeque<PendingVersion>,
+    /// Named versions of the doc, stored or queued (refused beyond `max_named_versions`).
+    n_named: u64,
+}
+
+/// A restore computed off the actor, waiting to be applied.
+struct RestoreDone {
+    version: u64,
+    actor: Actor,
+    reply: oneshot::Sender<VersionAnswer>,
+    update: Result<Option<Vec<u8>>, RestoreError>,
 }
 
 struct DocActor {
@@ -404,6 +440,11 @@ struct DocActor {
     /// Everyone who wrote to this doc since it opened, with their encoded store form; an
     /// author's index here is what the hot path carries.
     authors: Vec<(Actor, Arc<[u8]>)>,
+    /// Where each `(sub, name)` of `authors` is.
+    author_index: HashMap<(Option<String>, String), u32>,
+    /// Restores being computed off the actor (`spawn_blocking`); they come back as
+    /// [`RestoreDone`] and are applied like any update.
+    restores: JoinSet<RestoreDone>,
     /// Each WebSocket peer's author, and the presence name it was taken from (auth off).
     peer_authors: HashMap<PeerId, (u32, Option<Arc<str>>)>,
     /// Submitted updates not yet durable: (seq, author), in seq order.
@@ -450,7 +491,16 @@ impl DocActor {
                         self.send_to_all(&frame);
                     }
                 }
-                () = sleep_until_opt(unload_at), if unload_at.is_some() && !self.stopping => {
+                // A restore computed off the actor: apply it like any update.
+                Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
+                    match done {
+                        Ok(done) => self.finish_restore(done).await,
+                        Err(error) => error!(%error, "a restore computation failed"),
+                    }
+                }
+                () = sleep_until_opt(unload_at),
+                    if unload_at.is_some() && !self.stopping && self.restores.is_empty() =>
+                {
                     if self.try_unload(&mut inbox).await {
                         return;
                     }
@@ -469,7 +519,13 @@ impl DocActor {
                 }
             }
         }
-        // The inbox is closed and drained (shutdown or storage failure): flush and stop.
+        // The inbox is closed and drained (shutdown or storage failure): restores already
+        // computing are applied (or refused, if storage failed), then flush and stop.
+        while let Some(done) = self.restores.join_next().await {
+            if let Ok(done) = done {
+                self.finish_restore(done).await;
+            }
+        }
         self.wait_durable().await;
         self.finish_history().await;
         self.compact_if_worthwhile();
@@ -526,6 +582,12 @@ impl DocActor {
                 reply,
             } => self.apply_http(update, actor, reply).await,
             DocCommand::SaveVersion { name, actor, reply } => {
+                let max = self.hub.config().max_named_versions;
+                if self.history.n_named >= max {
+                    debug!(max, "named version refused: the doc has too many");
+                    let _ = reply.send(Ok(Err(RestoreRefused::TooManyVersions(max))));
+                    return;
+                }
                 self.save_version(VersionKind::Named, Some(name), actor, Some(reply), None)
                     .await;
             }
@@ -534,22 +596,39 @@ impl DocActor {
                 state,
                 actor,
                 reply,
-            } => self.restore(version, &state, actor, reply).await,
+            } => self.start_restore(version, state, actor, reply),
         }
     }
 
-    /// The index of `actor` in `authors`, adding it if new.
-    fn intern(&mut self, actor: Actor) -> u32 {
-        if let Some(idx) = self.authors.iter().position(|(known, _)| *known == actor) {
-            return idx as u32;
+    /// The index of `actor` in `authors`, adding it if new. Past `MAX_AUTHORS_PER_DOC`, a new
+    /// actor without a verified identity is credited to `peer N` (`peer` is who sent the update).
+    fn intern(&mut self, actor: Actor, peer: PeerId) -> u32 {
+        let key = (actor.sub.clone(), actor.name.clone());
+        if let Some(idx) = self.author_index.get(&key) {
+            return *idx;
         }
+        if actor.sub.is_none() && self.authors.len() >= MAX_AUTHORS_PER_DOC {
+            let fallback = format!("peer {peer}");
+            if actor.name != fallback {
+                debug!(%peer, "author table full; crediting the peer id");
+                return self.intern(
+                    Actor {
+                        sub: None,
+                        name: fallback,
+                    },
+                    peer,
+                );
+            }
+        }
+        let idx = self.authors.len() as u32;
+        self.author_index.insert(key, idx);
         let encoded = Author {
             sub: actor.sub.clone(),
             name: actor.name.clone(),
         }
         .encode();
         self.authors.push((actor, Arc::from(encoded)));
-        (self.authors.len() - 1) as u32
+        idx
     }
 
     /// Who `peer`'s updates are credited to: its verified identity, else the name its presence
@@ -569,7 +648,10 @@ impl DocActor {
             Some(name) => name.to_string(),
             None => format!("peer {peer}"),
         };
-        let idx = self.intern(Actor::from_identity(access.identity.as_ref(), fallback));
+        let idx = self.intern(
+            Actor::from_identity(access.identity.as_ref(), fallback),
+            peer,
+        );
         self.peer_authors.insert(peer, (idx, presence));
         idx
     }
@@ -617,7 +699,12 @@ impl DocActor {
             doc: self.doc.clone(),
             record: Box::new(record.clone()),
             state,
-            max_auto: self.hub.config().max_auto_versions,
+            // The cap of this record's kind: the store prunes automatic and restore versions
+            // beyond it (`HistoryTables::put_version`); named ones are capped by refusal above.
+            max_auto: match kind {
+                VersionKind::Auto => self.hub.config().max_auto_versions,
+                VersionKind::Named | VersionKind::Restore => self.hub.config().max_named_versions,
+            },
             report: self.durable_tx.clone(),
         };
         if self.hub.persist().send(command).await.is_err() {
@@ -635,6 +722,9 @@ impl DocActor {
             "version queued"
         );
         self.history.next_id += 1;
+        if kind == VersionKind::Named {
+            self.history.n_named += 1;
+        }
         self.history.version_seq = self.submitted_seq;
         self.history.last_at = Instant::now();
         self.history.authors_since.clear();
@@ -648,24 +738,49 @@ impl DocActor {
         Some(record)
     }
 
-    /// Takes the doc back to `state` by an update on top, credited to `actor`.
-    async fn restore(
+    /// Starts taking the doc back to `state`: the update that does it is computed on a
+    /// blocking thread from the current state encoded now, while the actor goes on serving
+    /// peers; [`Self::finish_restore`] applies it when it comes back.
+    ///
+    /// Edits that arrive meanwhile are not lost: the update is a CRDT diff against the state
+    /// at encoding time, so it deletes only what existed then and merges with later edits like
+    /// any concurrent update. Text typed meanwhile stays (next to the restored text); a map
+    /// key or array changed meanwhile is settled by the CRDT's tie-break between the two
+    /// edits. The `restore` version is saved when the update is applied, so it holds those
+    /// edits too and undoing the restore loses nothing.
+    fn start_restore(
         &mut self,
         version: u64,
-        state: &[u8],
+        state: Bytes,
         actor: Actor,
         reply: oneshot::Sender<VersionAnswer>,
     ) {
         // A fresh client id for the restore's own structs (53 bits, as Yjs clients use).
         let client_id = rand::random::<u64>() & ((1 << 53) - 1);
-        let deadline = std::time::Instant::now() + RESTORE_DIFF_BUDGET;
         let current = self.shared.encode_state();
-        let update = match tandem_core::restore::restore_update(
-            &current,
-            state,
-            client_id,
-            Some(deadline),
-        ) {
+        self.restores.spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + RESTORE_DIFF_BUDGET;
+            let update =
+                tandem_core::restore::restore_update(&current, &state, client_id, Some(deadline));
+            RestoreDone {
+                version,
+                actor,
+                reply,
+                update,
+            }
+        });
+    }
+
+    /// Applies a restore computed by [`Self::start_restore`], after saving a `restore` version
+    /// of the current state, credited to `actor`.
+    async fn finish_restore(&mut self, done: RestoreDone) {
+        let RestoreDone {
+            version,
+            actor,
+            reply,
+            update,
+        } = done;
+        let update = match update {
             Ok(update) => update,
             Err(error) => {
                 error!(version, %error, "cannot compute the restore");
@@ -701,7 +816,7 @@ impl DocActor {
                 return;
             }
         };
-        let author = self.intern(actor.clone());
+        let author = self.intern(actor.clone(), HTTP_PEER);
         let now_ms = self.now_ms();
         match self
             .shared
@@ -824,7 +939,7 @@ impl DocActor {
             Ok(effects) => {
                 let applied = effects.persist.is_some();
                 if let Some(update) = effects.persist {
-                    let author = self.intern(actor);
+                    let author = self.intern(actor, HTTP_PEER);
                     if !self.append(update, author).await {
                         let _ = reply.send(Err(JoinError::Unavailable));
                         return;

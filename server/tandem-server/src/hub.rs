@@ -46,8 +46,11 @@ pub struct HubConfig {
     pub outbox_capacity: usize,
     /// A doc with unversioned edits gets an automatic version this long after its last one.
     pub auto_version_interval: Duration,
-    /// Automatic versions kept per doc (named and restore versions are always kept).
+    /// Automatic versions kept per doc, at least 1 (older ones are pruned).
     pub max_auto_versions: u64,
+    /// Named versions per doc (beyond it, saving one is refused with `too_many_versions`), and
+    /// restore versions kept per doc (older ones are pruned).
+    pub max_named_versions: u64,
     /// Per-peer and per-doc limits.
     pub limits: Limits,
 }
@@ -274,22 +277,20 @@ impl Hub {
         Err(JoinError::Unavailable)
     }
 
-    /// Saves `doc`'s current state as a version named `name`, once durable. `None` if the doc
-    /// does not exist.
+    /// Saves `doc`'s current state as a version named `name`, once durable; refused when the
+    /// doc has `max_named_versions` already. `None` if the doc does not exist.
     pub(crate) async fn save_version(
         &self,
         doc: &DocId,
         name: String,
         actor: Actor,
-    ) -> Result<Option<VersionRecord>, JoinError> {
-        let answer = self
-            .ask_stored(doc, |reply| DocCommand::SaveVersion {
-                name: name.clone(),
-                actor: actor.clone(),
-                reply,
-            })
-            .await?;
-        Ok(answer.and_then(Result::ok))
+    ) -> Result<Option<Result<VersionRecord, RestoreRefused>>, JoinError> {
+        self.ask_stored(doc, |reply| DocCommand::SaveVersion {
+            name: name.clone(),
+            actor: actor.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Takes `doc` back to `state` (that of version `version`) by a new update from `actor`;

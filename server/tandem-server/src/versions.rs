@@ -191,16 +191,36 @@ pub(crate) async fn create(
         });
     }
     let actor = http_actor(grant, headers);
-    let record = state
+    let answer = state
         .hub
         .save_version(&doc, name, actor)
         .await?
         .ok_or(ApiError::DocNotFound)?;
+    let record = match answer {
+        Ok(record) => record,
+        Err(RestoreRefused::TooManyVersions(max)) => return Ok(too_many_versions(max)),
+        Err(refused) => {
+            tracing::error!(?refused, "saving a version failed");
+            return Err(ApiError::Internal);
+        }
+    };
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({ "version": VersionJson::from(record) })),
     )
         .into_response())
+}
+
+/// 409 `too_many_versions`: the doc has `--max-named-versions` named versions already. The
+/// same JSON error shape as `ApiError`.
+fn too_many_versions(max: u64) -> Response {
+    tracing::info!(max, "named version refused: the doc has too many");
+    let message = format!("this doc already has {max} named versions, the most it may have");
+    (
+        StatusCode::CONFLICT,
+        axum::Json(serde_json::json!({ "error": "too_many_versions", "message": message })),
+    )
+        .into_response()
 }
 
 /// `POST /api/docs/{name}/versions/{id}/restore`: 200 with the `restore` version saved just
@@ -239,6 +259,7 @@ pub(crate) async fn restore(
             tracing::error!(%error, version = id, "restore failed");
             ApiError::Internal
         }
+        RestoreRefused::TooManyVersions(_) => ApiError::Internal,
     })?;
     Ok(axum::Json(serde_json::json!({ "version": VersionJson::from(record) })).into_response())
 }

@@ -13,8 +13,9 @@
 //! - Compaction never touches `versions` or `version_states`; it drops the author rows of the
 //!   log entries it merges, but keeps those after the doc's newest version, which the next
 //!   version's `authors` list is built from.
-//! - Only `auto` versions are pruned (beyond `max_auto` per doc, oldest first); `named` and
-//!   `restore` versions are kept.
+//! - `auto` and `restore` versions are pruned, oldest first, beyond the cap of their kind per
+//!   doc; `named` versions never are (their cap refuses new ones). The version just written is
+//!   never pruned, so version ids only grow, also across reloads.
 //! - A record that does not decode affects only itself: listings skip it, reading it reports
 //!   `StoreError::CorruptRecord`.
 
@@ -390,14 +391,18 @@ impl<'txn> HistoryTables<'txn> {
         Ok(())
     }
 
-    /// Stores a version; then, for an automatic one, prunes the doc's oldest automatic versions
-    /// beyond `max_auto`.
+    /// Stores a version; then, for an automatic or a restore one, prunes the doc's oldest
+    /// versions of that kind beyond `keep` (the caller passes the cap of the record's kind:
+    /// `WriteOp::Version::max_auto` for an automatic version, the named-version cap for a
+    /// restore one). Named versions are never pruned here: the doc actor refuses new ones
+    /// beyond their cap instead. The version just written is always kept, even with `keep` 0,
+    /// so an id that was announced exists and ids are never reused after a reload.
     pub(crate) fn put_version(
         &mut self,
         doc: &str,
         record: &VersionRecord,
         state: &[u8],
-        max_auto: u64,
+        keep: u64,
     ) -> Result<(), StoreError> {
         if let Some(entry) = self.versions.range((doc, 0)..=(doc, u64::MAX))?.next_back() {
             let last_id = entry?.0.value().1;
@@ -411,24 +416,22 @@ impl<'txn> HistoryTables<'txn> {
         self.versions
             .insert((doc, record.id), record.encode().as_slice())?;
         self.version_states.insert((doc, record.id), state)?;
-        if record.kind != VersionKind::Auto {
+        if record.kind == VersionKind::Named {
             return Ok(());
         }
-        let mut autos = Vec::new();
-        for entry in self.versions.range((doc, 0)..=(doc, u64::MAX))? {
+        let mut same_kind = Vec::new();
+        for entry in self.versions.range((doc, 0)..(doc, record.id))? {
             let (key, value) = entry?;
             let id = key.value().1;
-            // A damaged record is left alone: it is not known to be automatic.
-            if VersionRecord::decode(doc, id, value.value())
-                .is_ok_and(|r| r.kind == VersionKind::Auto)
-            {
-                autos.push(id);
+            // A damaged record is left alone: its kind is not known.
+            if VersionRecord::decode(doc, id, value.value()).is_ok_and(|r| r.kind == record.kind) {
+                same_kind.push(id);
             }
         }
-        let excess = autos
-            .len()
-            .saturating_sub(usize::try_from(max_auto).unwrap_or(usize::MAX));
-        for id in autos.into_iter().take(excess) {
+        // The new record is one of the `keep`, and is never pruned itself.
+        let keep_older = usize::try_from(keep.max(1) - 1).unwrap_or(usize::MAX);
+        let excess = same_kind.len().saturating_sub(keep_older);
+        for id in same_kind.into_iter().take(excess) {
             self.versions.remove((doc, id))?;
             self.version_states.remove((doc, id))?;
         }
@@ -833,6 +836,53 @@ mod tests {
         );
         assert!(matches!(res, Err(StoreError::Corrupt { .. })), "{res:?}");
         assert!(store.list_versions("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cap_of_zero_keeps_the_version_just_written_and_restore_versions_are_capped() {
+        let (_dir, store) = open();
+        let put = |id: u64, kind: VersionKind, keep: u64| {
+            let r = record(id, kind, id);
+            store
+                .commit(
+                    &[WriteOp::Version {
+                        doc: "d",
+                        record: &r,
+                        state: b"s",
+                        max_auto: keep,
+                    }],
+                    1,
+                    true,
+                )
+                .unwrap();
+        };
+        let ids = || -> Vec<u64> {
+            store
+                .list_versions("d")
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        put(1, VersionKind::Auto, 0);
+        assert_eq!(
+            ids(),
+            vec![1],
+            "the automatic version just announced exists"
+        );
+        put(2, VersionKind::Auto, 0);
+        assert_eq!(ids(), vec![2]);
+        assert!(store.version("d", 2).unwrap().is_some());
+        // After a reload the next id is past the newest, never a reused one.
+        assert_eq!(store.history_head("d").unwrap().last_version_id, 2);
+        put(3, VersionKind::Named, 1);
+        put(4, VersionKind::Named, 1);
+        for id in 5..=8 {
+            put(id, VersionKind::Restore, 2);
+        }
+        // Restore versions beyond the cap go, oldest first; named ones never do.
+        assert_eq!(ids(), vec![8, 7, 4, 3, 2]);
+        assert_eq!(store.version("d", 6).unwrap(), None);
     }
 
     #[test]
