@@ -701,7 +701,7 @@ impl DocActor {
             state,
             // The cap of this record's kind: the store prunes automatic and restore versions
             // beyond it (`HistoryTables::put_version`); named ones are capped by refusal above.
-            max_auto: match kind {
+            max_kept: match kind {
                 VersionKind::Auto => self.hub.config().max_auto_versions,
                 VersionKind::Named | VersionKind::Restore => self.hub.config().max_named_versions,
             },

@@ -56,7 +56,7 @@ pub(crate) enum PersistCommand {
         doc: DocId,
         record: Box<VersionRecord>,
         state: Vec<u8>,
-        max_auto: u64,
+        max_kept: u64,
         report: watch::Sender<Durability>,
     },
     /// Replace the log up to `upto_seq` by a snapshot, in one transaction.
@@ -172,13 +172,13 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 doc,
                 record,
                 state,
-                max_auto,
+                max_kept,
                 ..
             } => Some(WriteOp::Version {
                 doc: doc.as_str(),
                 record,
                 state,
-                max_auto: *max_auto,
+                max_kept: *max_kept,
             }),
             PersistCommand::Compact {
                 doc,

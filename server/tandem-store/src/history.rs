@@ -393,7 +393,7 @@ impl<'txn> HistoryTables<'txn> {
 
     /// Stores a version; then, for an automatic or a restore one, prunes the doc's oldest
     /// versions of that kind beyond `keep` (the caller passes the cap of the record's kind:
-    /// `WriteOp::Version::max_auto` for an automatic version, the named-version cap for a
+    /// `WriteOp::Version::max_kept` for an automatic version, the named-version cap for a
     /// restore one). Named versions are never pruned here: the doc actor refuses new ones
     /// beyond their cap instead. The version just written is always kept, even with `keep` 0,
     /// so an id that was announced exists and ids are never reused after a reload.
@@ -680,7 +680,7 @@ mod tests {
                     doc: "d",
                     record: &v,
                     state: b"S2",
-                    max_auto: 10,
+                    max_kept: 10,
                 }],
                 40,
                 true,
@@ -762,7 +762,7 @@ mod tests {
                         doc: "d",
                         record: &v,
                         state: b"S",
-                        max_auto: 1,
+                        max_kept: 1,
                     },
                     WriteOp::Compact {
                         doc: "d",
@@ -807,7 +807,7 @@ mod tests {
                         doc: "d",
                         record: &r,
                         state: b"s",
-                        max_auto: 2,
+                        max_kept: 2,
                     }],
                     1,
                     true,
@@ -829,7 +829,7 @@ mod tests {
                 doc: "d",
                 record: &stale,
                 state: b"s",
-                max_auto: 2,
+                max_kept: 2,
             }],
             1,
             true,
@@ -849,7 +849,7 @@ mod tests {
                         doc: "d",
                         record: &r,
                         state: b"s",
-                        max_auto: keep,
+                        max_kept: keep,
                     }],
                     1,
                     true,
@@ -896,7 +896,7 @@ mod tests {
                         doc: "d",
                         record: &r,
                         state: b"s",
-                        max_auto: 2,
+                        max_kept: 2,
                     }],
                     1,
                     true,

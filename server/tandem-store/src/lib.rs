@@ -113,7 +113,7 @@ pub enum WriteOp<'a> {
         snapshot: &'a [u8],
     },
     /// Store a version of a doc (its metadata and full state); an automatic one prunes the
-    /// doc's oldest automatic versions beyond `max_auto`. Ids must grow per doc.
+    /// doc's oldest automatic versions beyond `max_kept`. Ids must grow per doc.
     Version {
         /// The doc.
         doc: &'a str,
@@ -122,7 +122,7 @@ pub enum WriteOp<'a> {
         /// The whole doc state as one v1 update.
         state: &'a [u8],
         /// Most automatic versions kept for the doc.
-        max_auto: u64,
+        max_kept: u64,
     },
 }
 
@@ -331,9 +331,9 @@ impl Store {
                         doc,
                         record,
                         state,
-                        max_auto,
+                        max_kept,
                     } => history::tables(&mut history, &txn, now_ms)?
-                        .put_version(doc, record, state, max_auto)?,
+                        .put_version(doc, record, state, max_kept)?,
                 }
             }
             if let Some(history) = history {
