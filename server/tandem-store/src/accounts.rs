@@ -15,6 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::record::{Reader, put_str};
 use crate::schema::USERS;
 
 /// The version byte at the start of every encoded [`UserRecord`].
@@ -62,7 +63,7 @@ impl UserRecord {
             sub: sub.to_owned(),
             detail: detail.to_owned(),
         };
-        let mut reader = Reader { bytes };
+        let mut reader = Reader::new(bytes);
         match reader.u8() {
             Some(USER_RECORD_VERSION) => {}
             Some(version) => return Err(corrupt(&format!("unknown record version {version}"))),
@@ -86,7 +87,7 @@ impl UserRecord {
             let role = reader.string().ok_or_else(truncated)?;
             docs.insert(pattern, role);
         }
-        if !reader.bytes.is_empty() {
+        if !reader.is_empty() {
             return Err(corrupt("trailing bytes after the record"));
         }
         Ok(UserRecord {
@@ -97,45 +98,6 @@ impl UserRecord {
             admin,
             created_ms,
         })
-    }
-}
-
-pub(crate) fn put_str(out: &mut Vec<u8>, text: &str) {
-    let len = u32::try_from(text.len()).expect("strings in a record are far below 4 GiB");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// Reads a record front to back; every method returns `None` when the bytes run out.
-pub(crate) struct Reader<'a> {
-    pub(crate) bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    pub(crate) fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|bytes| bytes[0])
-    }
-
-    pub(crate) fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    pub(crate) fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
     }
 }
 

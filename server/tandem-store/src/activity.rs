@@ -14,6 +14,7 @@ use redb::{ReadableDatabase, ReadableTable, Table};
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::record::{Reader, put_str, put_u32};
 use crate::schema::{
     ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX, WEBHOOKS,
 };
@@ -497,57 +498,6 @@ fn remove_entry(
     }
     by_actor.remove((entry.actor_id(), entry.id))?;
     Ok(())
-}
-
-pub(crate) fn put_str(out: &mut Vec<u8>, text: &str) {
-    put_u32(out, text.len());
-    out.extend_from_slice(text.as_bytes());
-}
-
-pub(crate) fn put_u32(out: &mut Vec<u8>, n: usize) {
-    let n = u32::try_from(n).expect("lengths in a record are far below 4 GiB");
-    out.extend_from_slice(&n.to_le_bytes());
-}
-
-/// Reads a record front to back; every method returns `None` when the bytes run out.
-pub(crate) struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { bytes }
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    pub(crate) fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|bytes| bytes[0])
-    }
-
-    pub(crate) fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    pub(crate) fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::record::{Reader, put_opt_str, put_str};
 use crate::schema::{BLOBS, DOCS, FILE_USAGE, FILES, UPLOADS};
 
 /// The version byte at the start of every encoded [`FileEntry`].
@@ -510,7 +511,7 @@ fn decode_entry(path: &str, bytes: &[u8]) -> Result<FileEntry, FileError> {
         key: path.to_owned(),
         detail: detail.to_owned(),
     };
-    let mut reader = Reader { bytes };
+    let mut reader = Reader::new(bytes);
     match reader.u8() {
         Some(FILE_ENTRY_VERSION) => {}
         Some(other) => return Err(corrupt(&format!("unknown record version {other}"))),
@@ -527,11 +528,11 @@ fn decode_entry(path: &str, bytes: &[u8]) -> Result<FileEntry, FileError> {
             size: reader.u64().ok_or_else(truncated)?,
             content_type: reader.string().ok_or_else(truncated)?,
             name: reader.string().ok_or_else(truncated)?,
-            uploader: reader.uploader().ok_or_else(truncated)?,
+            uploader: read_uploader(&mut reader).ok_or_else(truncated)?,
             uploaded_ms: reader.u64().ok_or_else(truncated)?,
         });
     }
-    if !reader.bytes.is_empty() {
+    if !reader.is_empty() {
         return Err(corrupt("trailing bytes after the record"));
     }
     if versions.is_empty() {
@@ -563,7 +564,7 @@ fn decode_upload(id: &str, bytes: &[u8]) -> Result<UploadRecord, FileError> {
         key: id.to_owned(),
         detail: detail.to_owned(),
     };
-    let mut reader = Reader { bytes };
+    let mut reader = Reader::new(bytes);
     match reader.u8() {
         Some(UPLOAD_RECORD_VERSION) => {}
         Some(other) => return Err(corrupt(&format!("unknown record version {other}"))),
@@ -577,30 +578,14 @@ fn decode_upload(id: &str, bytes: &[u8]) -> Result<UploadRecord, FileError> {
         sha256: reader.opt_string().ok_or_else(truncated)?,
         content_type: reader.string().ok_or_else(truncated)?,
         name: reader.string().ok_or_else(truncated)?,
-        uploader: reader.uploader().ok_or_else(truncated)?,
+        uploader: read_uploader(&mut reader).ok_or_else(truncated)?,
         created_ms: reader.u64().ok_or_else(truncated)?,
         expires_ms: reader.u64().ok_or_else(truncated)?,
     };
-    if !reader.bytes.is_empty() {
+    if !reader.is_empty() {
         return Err(corrupt("trailing bytes after the record"));
     }
     Ok(record)
-}
-
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    let len = u32::try_from(text.len()).expect("strings in a record are far below 4 GiB");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn put_opt_str(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => {
-            out.push(1);
-            put_str(out, text);
-        }
-        None => out.push(0),
-    }
 }
 
 /// An uploader: optional string `sub` (`u8` flag, then the string if 1), string `name`.
@@ -609,52 +594,11 @@ fn put_uploader(out: &mut Vec<u8>, uploader: &Uploader) {
     put_str(out, &uploader.name);
 }
 
-/// Reads a record front to back; every method returns `None` when the bytes run out.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|bytes| bytes[0])
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
-
-    /// `Some(None)` for an absent value, `None` for bad bytes.
-    fn opt_string(&mut self) -> Option<Option<String>> {
-        match self.u8()? {
-            0 => Some(None),
-            1 => self.string().map(Some),
-            _ => None,
-        }
-    }
-
-    fn uploader(&mut self) -> Option<Uploader> {
-        let sub = self.opt_string()?;
-        let name = self.string()?;
-        Some(Uploader { sub, name })
-    }
+/// Reads an uploader (see `put_uploader`).
+fn read_uploader(reader: &mut Reader<'_>) -> Option<Uploader> {
+    let sub = reader.opt_string()?;
+    let name = reader.string()?;
+    Some(Uploader { sub, name })
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use crate::Store;
-use crate::accounts::{Reader, put_str};
 use crate::error::StoreError;
+use crate::record::{Reader, put_str};
 use crate::schema::{AUTHOR_IDS, AUTHORS, UPDATE_AUTHORS, VERSION_STATES, VERSIONS};
 
 /// The version byte at the start of every encoded [`VersionRecord`].
@@ -51,9 +51,9 @@ impl Author {
 
     /// The author `bytes` encode, or `None` if they do not.
     pub fn decode(bytes: &[u8]) -> Option<Author> {
-        let mut reader = Reader { bytes };
+        let mut reader = Reader::new(bytes);
         let author = read_author(&mut reader)?;
-        reader.bytes.is_empty().then_some(author)
+        reader.is_empty().then_some(author)
     }
 }
 
@@ -168,7 +168,7 @@ impl VersionRecord {
             what: format!("version {id} of doc {doc:?}"),
             detail: detail.to_owned(),
         };
-        let mut reader = Reader { bytes };
+        let mut reader = Reader::new(bytes);
         match reader.u8() {
             Some(VERSION_RECORD_VERSION) => {}
             Some(version) => return Err(corrupt(&format!("unknown record version {version}"))),
@@ -191,7 +191,7 @@ impl VersionRecord {
             // Each author takes at least 5 bytes: a huge count runs out of bytes quickly.
             authors.push(read_author(&mut reader).ok_or_else(bad)?);
         }
-        if !reader.bytes.is_empty() {
+        if !reader.is_empty() {
             return Err(corrupt("trailing bytes after the record"));
         }
         Ok(VersionRecord {

@@ -15,6 +15,7 @@
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
 //! - `history`: who sent each update, and each doc's versions (`VersionRecord`).
+//! - `record`: the binary encoding of versioned records (`put_str`, `Reader`).
 //! - `activity`: the activity feed (`ActivityEntry`) and its indexes.
 //! - `webhooks`: webhook registrations, the delivery outbox and the delivery log.
 
@@ -23,6 +24,7 @@ mod activity;
 pub mod error;
 mod files;
 mod history;
+mod record;
 pub mod schema;
 mod webhooks;
 

@@ -14,8 +14,9 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::Store;
-use crate::activity::{NEXT_LOG_SEQ, Reader, put_str, put_u32};
+use crate::activity::NEXT_LOG_SEQ;
 use crate::error::StoreError;
+use crate::record::{Reader, put_opt_str, put_str, put_u32};
 use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
 
 /// The version byte at the start of every encoded record of this module.
@@ -118,7 +119,7 @@ impl WebhookRecord {
                 id: id.to_owned(),
                 url,
                 events,
-                docs: opt_string(&mut reader)?,
+                docs: reader.opt_string()?,
                 secret: reader.string()?,
                 created_ms: reader.u64()?,
             };
@@ -191,31 +192,13 @@ impl DeliveryAttempt {
                 event,
                 at_ms,
                 status: (status != 0).then_some(status),
-                error: opt_string(&mut reader)?,
+                error: reader.opt_string()?,
                 duration_ms: reader.u64()?,
                 outcome: reader.string()?,
             };
             reader.is_empty().then_some(attempt)
         })();
         decoded.ok_or_else(|| truncated("webhook_log", key))
-    }
-}
-
-fn put_opt_str(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => {
-            out.push(1);
-            put_str(out, text);
-        }
-        None => out.push(0),
-    }
-}
-
-fn opt_string(reader: &mut Reader<'_>) -> Option<Option<String>> {
-    match reader.u8()? {
-        0 => Some(None),
-        1 => reader.string().map(Some),
-        _ => None,
     }
 }
 
