@@ -819,10 +819,7 @@ fn token_for(
 
 /// Allows the account API to administrators; with authentication off, to everyone.
 fn require_admin(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
-    let claims = state
-        .auth
-        .claims(token_from(headers, uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = crate::http::request_claims(state, headers, uri)?;
     match claims {
         Some(claims) if !claims.admin => Err(ApiError::Auth(AuthError::NotAdmin)),
         _ => Ok(()),

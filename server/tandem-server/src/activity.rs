@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use crate::auth::{Claims, token_from};
+use crate::auth::Claims;
 use crate::events::{Actor, Event, Events, now_ms};
 use crate::http::{ApiError, AppState};
 use crate::webhook::{self, WebhookConfig, Webhooks};
@@ -550,10 +550,7 @@ pub(crate) async fn feed(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = state
-        .auth
-        .claims(token_from(&headers, &uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = crate::http::request_claims(&state, &headers, &uri)?;
     let Query(params) = Query::<FeedParams>::try_from_uri(&uri)
         .map_err(|rejection| ApiError::BadQuery(rejection.body_text()))?;
     let before_id = match params.before.as_deref() {

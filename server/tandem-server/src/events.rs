@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use percent_encoding::percent_decode_str;
 
-use crate::auth::{Claims, Grant, token_from};
+use crate::auth::{Claims, Grant};
 use crate::http::{ApiError, AppState};
 
 /// Events a slow `/api/events` stream may fall behind by before it is told to resync.
@@ -233,10 +233,7 @@ pub(crate) async fn stream(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = state
-        .auth
-        .claims(token_from(&headers, &uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = crate::http::request_claims(&state, &headers, &uri)?;
     let expires_at = claims.as_ref().map(|claims| {
         let exp = SystemTime::UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp))

@@ -1055,10 +1055,7 @@ async fn list_files(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = state
-        .auth
-        .claims(token_from(&headers, &uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = crate::http::request_claims(&state, &headers, &uri)?;
     let entries = state
         .files
         .blocking(|inner| Ok(inner.store.list_files()?))

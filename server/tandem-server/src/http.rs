@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::account::{self, AccountError, Accounts};
 use crate::activity;
-use crate::auth::{Auth, AuthError, Grant, WS_PROTOCOL, token_from};
+use crate::auth::{Auth, AuthError, Claims, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
@@ -185,10 +185,7 @@ async fn list_docs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // With authentication on, only the docs the token grants a role on are listed.
-    let claims = state
-        .auth
-        .claims(token_from(&headers, &uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = request_claims(&state, &headers, &uri)?;
     let visible = |name: &str| {
         claims
             .as_ref()
@@ -369,6 +366,18 @@ async fn post_doc(
     let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
     let covers = state.hub.covers(&doc, snapshot).await?;
     Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
+}
+
+/// The claims of the request's token (`None` with authentication off), or the refusal.
+pub(crate) fn request_claims(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Option<Claims>, ApiError> {
+    state
+        .auth
+        .claims(token_from(headers, uri).as_deref())
+        .map_err(ApiError::Auth)
 }
 
 /// What the request's token may do on `doc` (at least read), or the refusal.

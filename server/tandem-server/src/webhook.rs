@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::{AuthError, pattern_matches, token_from};
+use crate::auth::{AuthError, pattern_matches};
 use crate::events::{Actor, Event, now_ms};
 use crate::http::{ApiError, AppState};
 
@@ -787,10 +787,7 @@ pub fn new_record(request: NewWebhook, created_ms: u64) -> Result<WebhookRecord,
 
 /// Allows the webhook API to administrators; with authentication off, to everyone.
 fn require_admin(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
-    let claims = state
-        .auth
-        .claims(token_from(headers, uri).as_deref())
-        .map_err(ApiError::Auth)?;
+    let claims = crate::http::request_claims(state, headers, uri)?;
     match claims {
         Some(claims) if !claims.admin => Err(ApiError::Auth(AuthError::NotAdmin)),
         _ => Ok(()),
