@@ -9,8 +9,11 @@
 //!    refuses new joins; every connection's writer sends close 1001 and its reader stops.
 //! 3. Each doc actor sees the token, drains what its peers already sent, hands it to the writer,
 //!    waits until the writer reports all of it durable, and exits.
-//! 4. `tracker.wait()` runs under `shutdown_timeout`; then the writer is told to close, commits
-//!    what is queued and drops the database.
+//! 4. `tracker.wait()` runs under `shutdown_timeout`.
+//! 5. The activity recorder, which runs under a lifecycle of its own so it outlives the doc
+//!    actors, is cancelled only now: it records the actors' final edit reports, writes pending
+//!    webhook deliveries to the outbox, commits and stops (`activity.rs`).
+//! 6. The writer is told to close, commits what is queued and drops the database.
 //!
 //! WebSocket tasks are spawned by axum's `on_upgrade`, not by us, so they are wrapped with
 //! `TaskTracker::track_future`: axum does not drain upgraded connections.
