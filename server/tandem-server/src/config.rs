@@ -34,6 +34,8 @@ use crate::webhook::WebhookConfig;
 /// any connection drains them; the queue holds several such bursts, so only a peer that stops
 /// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
+/// Default of `--commit-interval`: see `persist` for why and what it costs.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// Named versions per doc, and restore versions kept per doc.
 pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 
@@ -140,6 +142,12 @@ pub struct ServeArgs {
     /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
     #[arg(long, env = "TANDEM_FSYNC")]
     pub fsync: Option<bool>,
+    /// Shortest time between the starts of two commits while edits keep coming: updates that
+    /// arrive meanwhile join the next commit, so a busy server fsyncs less often. An edit that
+    /// finds the writer idle commits at once; `0s` commits whatever is queued as soon as the
+    /// previous commit ends [default: 2ms].
+    #[arg(long, env = "TANDEM_COMMIT_INTERVAL")]
+    pub commit_interval: Option<HumanDuration>,
     /// Threads that run connections and doc actors [default: one less than the CPUs, at least 1].
     #[arg(long, env = "TANDEM_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -546,6 +554,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
         },
         persist: PersistConfig {
             fsync: args.fsync.or(file.fsync).unwrap_or(true),
+            commit_interval: args
+                .commit_interval
+                .or(file.commit_interval)
+                .map_or(DEFAULT_COMMIT_INTERVAL, |d| d.0),
             cache_bytes: args
                 .db_cache_bytes
                 .or(file.db_cache_bytes)

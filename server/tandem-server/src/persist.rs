@@ -7,14 +7,24 @@
 //! is in flight, new commands queue up and form the next group: this is group commit, and it is
 //! what keeps throughput up with an fsync per commit.
 //!
+//! A commit costs about the same whatever it holds: on this project's 2-vCPU test VM, ten page
+//! writes and an fsync took about 0.3 ms of CPU, mostly in the kernel, and at 1,000 edits/s
+//! arriving one by one the writer committed nearly every edit alone and used more CPU than all
+//! the connections together. So while edits keep coming, commits start at most every
+//! [`PersistConfig::commit_interval`] (2 ms by default): the writer waits out the rest of the
+//! interval before it takes what is queued. An edit that finds the writer idle for longer than
+//! the interval commits at once, so a quiet server adds no latency; a busy one adds at most the
+//! interval, and sleeping instead of waiting on the channel also spares the senders a wake-up.
+//!
 //! After the commit returns, each doc's `watch` channel is advanced to the highest seq of that doc
 //! in the batch: "durable up to N". Doc actors release broadcasts and replies only up to that
 //! point (invariant: nothing is sent before the commit that contains it has returned).
 //! On a failed commit the channel is marked failed instead, and the actor treats the doc as
 //! unavailable: nothing in the failed batch is ever broadcast.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tandem_core::DocId;
@@ -78,6 +88,8 @@ pub struct PersistConfig {
     pub fsync: bool,
     /// Upper bound of redb's page cache, in bytes.
     pub cache_bytes: usize,
+    /// Shortest time between the starts of two commits (see the module documentation).
+    pub commit_interval: Duration,
 }
 
 /// Starts the writer thread; returns the sender doc actors use.
@@ -95,10 +107,22 @@ pub(crate) fn spawn_writer(
 fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &PersistConfig) {
     let mut n_commits: u64 = 0;
     let mut close: Option<oneshot::Sender<()>> = None;
+    let mut last_commit: Option<Instant> = None;
     while close.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
         };
+        // Busy: let the rest of the interval gather more updates into this commit.
+        let closing = matches!(first, PersistCommand::Close { .. });
+        if let Some(due) = last_commit
+            .filter(|_| !closing)
+            .map(|started| started + config.commit_interval)
+        {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         let mut batch = Vec::new();
         let mut n_bytes = 0usize;
         let mut release = false;
@@ -124,6 +148,7 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
+            last_commit = Some(Instant::now());
             commit(&store, &batch, config.fsync);
             n_commits += 1;
         }
@@ -202,22 +227,45 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
     if let Err(error) = &res {
         tracing::error!(%error, n_ops = ops.len(), "commit failed; affected docs stop accepting edits");
     }
+    // One report per doc actor per commit: the actor wakes once and sees the whole commit.
+    let mut reports: Vec<(&watch::Sender<Durability>, Durability)> = Vec::new();
+    let mut by_doc: HashMap<&DocId, usize> = HashMap::new();
     for command in batch {
-        match command {
-            PersistCommand::Append { seq, report, .. } => {
-                report.send_modify(|state| match res {
-                    Ok(()) => state.durable_seq = state.durable_seq.max(*seq),
-                    Err(_) => state.failed = true,
-                });
+        let (doc, report, seq, version) = match command {
+            PersistCommand::Append {
+                doc, seq, report, ..
+            } => (doc, report, *seq, 0),
+            PersistCommand::Version {
+                doc,
+                record,
+                report,
+                ..
+            } => (doc, report, 0, record.id),
+            _ => continue,
+        };
+        // Two actors of one doc (an unload and a reload) may share a batch: match the channel.
+        let found = match by_doc.get(doc) {
+            Some(&i) if reports[i].0.same_channel(report) => Some(i),
+            Some(_) => reports.iter().position(|(r, _)| r.same_channel(report)),
+            None => None,
+        };
+        let slot = found.unwrap_or_else(|| {
+            reports.push((report, Durability::default()));
+            by_doc.insert(doc, reports.len() - 1);
+            reports.len() - 1
+        });
+        let highest = &mut reports[slot].1;
+        highest.durable_seq = highest.durable_seq.max(seq);
+        highest.durable_version = highest.durable_version.max(version);
+    }
+    for (report, highest) in reports {
+        report.send_modify(|state| match res {
+            Ok(()) => {
+                state.durable_seq = state.durable_seq.max(highest.durable_seq);
+                state.durable_version = state.durable_version.max(highest.durable_version);
             }
-            PersistCommand::Version { record, report, .. } => {
-                report.send_modify(|state| match res {
-                    Ok(()) => state.durable_version = state.durable_version.max(record.id),
-                    Err(_) => state.failed = true,
-                });
-            }
-            _ => {}
-        }
+            Err(_) => state.failed = true,
+        });
     }
 }
 
@@ -238,4 +286,75 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(doc: &DocId, seq: u64, report: &watch::Sender<Durability>) -> PersistCommand {
+        PersistCommand::Append {
+            doc: doc.clone(),
+            seq,
+            update: Bytes::from_static(&[0, 0]),
+            author: None,
+            report: report.clone(),
+        }
+    }
+
+    /// A busy writer waits out the interval and commits what arrived meanwhile as one group,
+    /// reported once; an idle one commits at once. The bounds only catch a writer that is early,
+    /// or one that waits a whole interval before its very first commit, so a slow machine
+    /// cannot fail them.
+    #[tokio::test]
+    async fn a_busy_writer_groups_what_arrives_within_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
+        let interval = Duration::from_secs(3);
+        let writer = spawn_writer(
+            store.clone(),
+            PersistConfig {
+                fsync: true,
+                cache_bytes: 1 << 20,
+                commit_interval: interval,
+            },
+        )
+        .unwrap();
+        let doc = DocId::new("grouped").unwrap();
+        let (report, mut durable) = watch::channel(Durability::default());
+
+        let started = Instant::now();
+        writer.send(append(&doc, 1, &report)).await.unwrap();
+        durable.changed().await.unwrap();
+        assert_eq!(durable.borrow_and_update().durable_seq, 1);
+        assert!(
+            started.elapsed() < interval,
+            "the first commit waited for the interval"
+        );
+
+        // Three more right away: the writer is busy, so they wait for the interval together.
+        let sent = Instant::now();
+        for seq in 2..=4 {
+            writer.send(append(&doc, seq, &report)).await.unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), durable.changed())
+                .await
+                .is_err(),
+            "committed before the interval ended"
+        );
+        durable.changed().await.unwrap();
+        assert_eq!(
+            durable.borrow_and_update().durable_seq,
+            4,
+            "one report for the whole group"
+        );
+        assert!(sent.elapsed() >= Duration::from_millis(500));
+        let loaded = store.load_doc(doc.as_str()).unwrap();
+        assert_eq!(loaded.updates.len(), 4);
+
+        let (done, closed) = oneshot::channel();
+        writer.send(PersistCommand::Close { done }).await.unwrap();
+        closed.await.unwrap();
+    }
 }
