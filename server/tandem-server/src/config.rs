@@ -35,7 +35,7 @@ use crate::webhook::WebhookConfig;
 /// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
 /// Default of `--commit-interval`: see `persist` for why and what it costs.
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 /// Named versions per doc, and restore versions kept per doc.
 pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 
@@ -145,7 +145,7 @@ pub struct ServeArgs {
     /// Shortest time between the starts of two commits while edits keep coming: updates that
     /// arrive meanwhile join the next commit, so a busy server fsyncs less often. An edit that
     /// finds the writer idle commits at once; `0s` commits whatever is queued as soon as the
-    /// previous commit ends [default: 2ms].
+    /// previous commit ends [default: 5ms].
     #[arg(long, env = "TANDEM_COMMIT_INTERVAL")]
     pub commit_interval: Option<HumanDuration>,
     /// Threads that run connections and doc actors [default: one less than the CPUs, at least 1].

@@ -11,7 +11,7 @@
 //! writes and an fsync took about 0.3 ms of CPU, mostly in the kernel, and at 1,000 edits/s
 //! arriving one by one the writer committed nearly every edit alone and used more CPU than all
 //! the connections together. So while edits keep coming, commits start at most every
-//! [`PersistConfig::commit_interval`] (2 ms by default): the writer waits out the rest of the
+//! [`PersistConfig::commit_interval`] (5 ms by default): the writer waits out the rest of the
 //! interval before it takes what is queued. An edit that finds the writer idle for longer than
 //! the interval commits at once, so a quiet server adds no latency; a busy one adds at most the
 //! interval, and sleeping instead of waiting on the channel also spares the senders a wake-up.
