@@ -88,11 +88,15 @@ pub(crate) enum RestoreRefused {
 pub(crate) type VersionAnswer = Result<Result<VersionRecord, RestoreRefused>, JoinError>;
 
 /// Everything that can be asked of a doc. The only way into a doc actor.
+///
+/// Every slot of the inbox is as large as the largest variant, and the inbox keeps a block of
+/// slots allocated for as long as the doc is open, so a variant larger than `Receive` (the hot
+/// one) carries its fields in a box (`doc_command_stays_small` checks the size).
 pub(crate) enum DocCommand {
     /// Register a peer; the reply comes once the doc is loaded and the peer will receive frames.
     Join {
         peer: PeerId,
-        link: PeerLink,
+        link: Box<PeerLink>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     /// Messages one peer sent in one frame, already decoded by its connection task.
@@ -116,29 +120,38 @@ pub(crate) enum DocCommand {
     Presence {
         reply: oneshot::Sender<Vec<PresentUser>>,
     },
-    /// A v1 update sent over HTTP by a writer (already decoded once by the handler, which
-    /// checked it; the raw bytes travel so a retry on a fresh actor can resend them). The answer
-    /// (whether it changed anything) waits for durability, like a broadcast.
-    Apply {
-        update: Bytes,
-        /// Who sent it (the token's identity).
-        actor: Actor,
-        reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
-    },
+    /// A v1 update sent over HTTP by a writer.
+    Apply(Box<ApplyCommand>),
     /// Save the current state as a named version. Answered once the version is durable.
-    SaveVersion {
-        name: String,
-        actor: Actor,
-        reply: oneshot::Sender<VersionAnswer>,
-    },
-    /// Take the doc back to `state` (that of version `version`) by a new update on top, after
-    /// saving a `restore` version of the current state. Answered once both are durable.
-    Restore {
-        version: u64,
-        state: Bytes,
-        actor: Actor,
-        reply: oneshot::Sender<VersionAnswer>,
-    },
+    SaveVersion(Box<SaveVersionCommand>),
+    /// Take the doc back to a version's state.
+    Restore(Box<RestoreCommand>),
+}
+
+/// A v1 update sent over HTTP by a writer (already decoded once by the handler, which checked
+/// it; the raw bytes travel so a retry on a fresh actor can resend them). The answer (whether it
+/// changed anything) waits for durability, like a broadcast.
+pub(crate) struct ApplyCommand {
+    pub(crate) update: Bytes,
+    /// Who sent it (the token's identity).
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+}
+
+/// Save the current state as a named version. Answered once the version is durable.
+pub(crate) struct SaveVersionCommand {
+    pub(crate) name: String,
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<VersionAnswer>,
+}
+
+/// Take the doc back to `state` (that of version `version`) by a new update on top, after
+/// saving a `restore` version of the current state. Answered once both are durable.
+pub(crate) struct RestoreCommand {
+    pub(crate) version: u64,
+    pub(crate) state: Bytes,
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<VersionAnswer>,
 }
 
 /// The peer id of updates that arrive over HTTP. Connections count from 1 (`Hub::next_peer_id`),
@@ -331,17 +344,21 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Presence { reply } => {
             let _ = reply.send(Vec::new());
         }
-        DocCommand::Apply { reply, .. } => {
-            let _ = reply.send(Err(error));
+        DocCommand::Apply(apply) => {
+            let _ = apply.reply.send(Err(error));
         }
-        DocCommand::SaveVersion { reply, .. } | DocCommand::Restore { reply, .. } => {
-            let _ = reply.send(Err(error));
+        DocCommand::SaveVersion(save) => {
+            let _ = save.reply.send(Err(error));
+        }
+        DocCommand::Restore(restore) => {
+            let _ = restore.reply.send(Err(error));
         }
         DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
     }
 }
 
-/// One frame or answer waiting for durability.
+/// One frame or answer waiting for durability. Kept small (the rare large ones are boxed):
+/// `pending` holds one per frame in flight.
 enum Delivery {
     /// To one peer (sync replies, the handshake).
     ToPeer(PeerId, Bytes),
@@ -349,7 +366,10 @@ enum Delivery {
     /// later joiners get it through their sync step 2.
     ToOthers(PeerId, Bytes),
     /// An HTTP snapshot.
-    Snapshot(oneshot::Sender<Result<DocSnapshot, JoinError>>, DocSnapshot),
+    Snapshot(
+        oneshot::Sender<Result<DocSnapshot, JoinError>>,
+        Box<DocSnapshot>,
+    ),
     /// An HTTP `covers` answer.
     Covers(oneshot::Sender<Result<bool, JoinError>>, bool),
     /// The answer to an HTTP update.
@@ -357,13 +377,16 @@ enum Delivery {
         oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
         bool,
     ),
-    /// The answer to a restore (with the version saved before it), and its event.
-    Restored {
-        reply: oneshot::Sender<VersionAnswer>,
-        record: VersionRecord,
-        version: u64,
-        actor: Actor,
-    },
+    /// The answer to a restore, and its event.
+    Restored(Box<RestoredDelivery>),
+}
+
+/// The answer to a restore (with the version saved before it), and its event.
+struct RestoredDelivery {
+    reply: oneshot::Sender<VersionAnswer>,
+    record: VersionRecord,
+    version: u64,
+    actor: Actor,
 }
 
 /// Durable updates of one author not reported yet.
@@ -550,7 +573,7 @@ impl DocActor {
                     refuse(DocCommand::Join { peer, link, reply }, error);
                     return;
                 }
-                self.peers.insert(peer, (link, self.submitted_seq));
+                self.peers.insert(peer, (*link, self.submitted_seq));
                 self.n_peers.store(self.peers.len(), Ordering::Relaxed);
                 self.publish_presence();
                 self.idle_since = None;
@@ -567,7 +590,7 @@ impl DocActor {
                     update: self.shared.encode_state(),
                     json: self.shared.to_json(),
                 };
-                self.enqueue(Delivery::Snapshot(reply, snapshot));
+                self.enqueue(Delivery::Snapshot(reply, Box::new(snapshot)));
             }
             DocCommand::Covers { snapshot, reply } => {
                 let covers = self.shared.covers(&snapshot);
@@ -576,12 +599,16 @@ impl DocActor {
             DocCommand::Presence { reply } => {
                 let _ = reply.send(self.shared.present_users());
             }
-            DocCommand::Apply {
-                update,
-                actor,
-                reply,
-            } => self.apply_http(update, actor, reply).await,
-            DocCommand::SaveVersion { name, actor, reply } => {
+            DocCommand::Apply(apply) => {
+                let ApplyCommand {
+                    update,
+                    actor,
+                    reply,
+                } = *apply;
+                self.apply_http(update, actor, reply).await;
+            }
+            DocCommand::SaveVersion(save) => {
+                let SaveVersionCommand { name, actor, reply } = *save;
                 let max = self.hub.config().max_named_versions;
                 if self.history.n_named >= max {
                     debug!(max, "named version refused: the doc has too many");
@@ -591,12 +618,15 @@ impl DocActor {
                 self.save_version(VersionKind::Named, Some(name), actor, Some(reply), None)
                     .await;
             }
-            DocCommand::Restore {
-                version,
-                state,
-                actor,
-                reply,
-            } => self.start_restore(version, state, actor, reply),
+            DocCommand::Restore(restore) => {
+                let RestoreCommand {
+                    version,
+                    state,
+                    actor,
+                    reply,
+                } = *restore;
+                self.start_restore(version, state, actor, reply);
+            }
         }
     }
 
@@ -833,12 +863,12 @@ impl DocActor {
                     self.enqueue(Delivery::ToOthers(HTTP_PEER, frame));
                 }
                 info!(version, restore_version = record.id, "restore applied");
-                self.enqueue(Delivery::Restored {
+                self.enqueue(Delivery::Restored(Box::new(RestoredDelivery {
                     reply,
                     record,
                     version,
                     actor,
-                });
+                })));
                 self.compact_if_due();
             }
             Err(ReceiveError::Protocol(error)) => {
@@ -1144,7 +1174,7 @@ impl DocActor {
                 }
             }
             Delivery::Snapshot(reply, snapshot) => {
-                let _ = reply.send(Ok(snapshot));
+                let _ = reply.send(Ok(*snapshot));
             }
             Delivery::Covers(reply, covers) => {
                 let _ = reply.send(Ok(covers));
@@ -1152,12 +1182,13 @@ impl DocActor {
             Delivery::Applied(reply, applied) => {
                 let _ = reply.send(Ok(Ok(applied)));
             }
-            Delivery::Restored {
-                reply,
-                record,
-                version,
-                actor,
-            } => {
+            Delivery::Restored(restored) => {
+                let RestoredDelivery {
+                    reply,
+                    record,
+                    version,
+                    actor,
+                } = *restored;
                 self.hub.events().publish(Event::VersionRestored {
                     doc: self.doc.to_string(),
                     version,
@@ -1357,5 +1388,19 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every inbox slot and every pending delivery is as large as the largest variant: a big
+    /// variant added unboxed would cost every open doc (the many-docs memory row).
+    #[test]
+    fn doc_command_stays_small() {
+        let word = std::mem::size_of::<usize>();
+        assert!(std::mem::size_of::<DocCommand>() <= 5 * word);
+        assert!(std::mem::size_of::<Delivery>() <= 6 * word);
     }
 }
