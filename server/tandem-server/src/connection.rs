@@ -41,6 +41,7 @@ use tracing::{Instrument, debug, warn};
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
+use crate::outbox::{self, OutboxReceiver};
 use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
@@ -186,7 +187,7 @@ async fn join(
     config: ConnectionConfig,
     peer: PeerId,
 ) -> Option<Conn> {
-    let (outbox_tx, outbox) = mpsc::channel::<Bytes>(hub.config().outbox_capacity);
+    let (outbox_tx, outbox) = outbox::outbox(hub.config().outbox_capacity);
     let closer = Closer::default();
     let link = PeerLink {
         outbox: outbox_tx,
@@ -246,7 +247,7 @@ async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReaso
 /// One joined connection: everything its task holds.
 struct Conn {
     socket: Socket,
-    outbox: mpsc::Receiver<Bytes>,
+    outbox: OutboxReceiver,
     doc: DocHandle,
     closer: Closer,
     /// The server's shutdown token.
@@ -437,8 +438,8 @@ impl Conn {
         self.send_frame(first).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match self.outbox.try_recv() {
-                Ok(frame) => self.send_frame(frame).await?,
-                Err(_) => break,
+                Some(frame) => self.send_frame(frame).await?,
+                None => break,
             }
         }
         self.socket.flush().await

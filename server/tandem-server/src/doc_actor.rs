@@ -51,6 +51,7 @@ use yrs::Snapshot;
 use crate::connection::CloseReason;
 use crate::events::{self, Actor, DOC_CHANGED_INTERVAL, Event};
 use crate::hub::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
+use crate::outbox::TrySendError;
 use crate::persist::{Durability, PersistCommand};
 
 /// The longest pause between two awareness expiry sweeps.
@@ -1243,11 +1244,11 @@ impl DocActor {
         };
         match link.outbox.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 warn!(%peer, capacity = self.hub.config().outbox_capacity, "slow consumer; closing it");
                 self.remove_peer(peer, Some(CloseReason::SlowConsumer));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.remove_peer(peer, None),
+            Err(TrySendError::Closed) => self.remove_peer(peer, None),
         }
     }
 

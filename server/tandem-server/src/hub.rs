@@ -27,6 +27,7 @@ use crate::doc_actor::{
     self, ApplyCommand, DocCommand, DocSnapshot, RestoreCommand, RestoreRefused, SaveVersionCommand,
 };
 use crate::events::{Actor, Events};
+use crate::outbox::OutboxSender;
 use crate::persist::PersistCommand;
 use crate::shutdown::Lifecycle;
 
@@ -101,7 +102,7 @@ pub(crate) enum JoinError {
 /// What a joining connection hands to the doc actor.
 pub(crate) struct PeerLink {
     /// Frames for the peer. Bounded; the actor never waits on it (`try_send`).
-    pub(crate) outbox: mpsc::Sender<Bytes>,
+    pub(crate) outbox: OutboxSender,
     /// Tells the connection to close with a reason (the first one wins).
     pub(crate) closer: Closer,
     /// What the peer may do, from its token.
