@@ -264,15 +264,22 @@ struct Conn {
 
 impl Conn {
     /// The connection's task: serves the peer, leaves the doc, closes the socket.
-    async fn serve(mut self) {
-        let reason = self.run().await;
-        let _ = self
-            .doc
-            .tx
-            .send(DocCommand::Leave { peer: self.peer })
-            .await;
-        close_with(&mut self.socket, self.peer, reason).await;
-        debug!(peer = %self.peer, "peer disconnected");
+    ///
+    /// An `async move` block rather than an `async fn`: an `async fn` keeps its by-value
+    /// argument twice in its future (the argument and the local it is moved into), which would
+    /// cost every connection a second copy of `Conn`.
+    fn serve(self) -> impl Future<Output = ()> + Send {
+        let mut conn = self;
+        async move {
+            let reason = conn.run().await;
+            let _ = conn
+                .doc
+                .tx
+                .send(DocCommand::Leave { peer: conn.peer })
+                .await;
+            close_with(&mut conn.socket, conn.peer, reason).await;
+            debug!(peer = %conn.peer, "peer disconnected");
+        }
     }
 
     /// Serves the peer until it closes (`None`) or the connection must close (`Some(reason)`).

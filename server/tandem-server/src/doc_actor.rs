@@ -31,6 +31,7 @@
 //!   saved first, so it can be undone.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,22 +183,38 @@ pub(crate) fn spawn(hub: Hub, doc: DocId, generation: u64) -> DocHandle {
     handle
 }
 
-async fn run(
+/// The actor's task: loads the doc, then serves it until it unloads or the server stops.
+///
+/// Written as a plain function returning an `async move` block, with loading in an `async fn`
+/// of its own: an `async fn` keeps its by-value arguments twice and a local that lived across
+/// an `.await` for as long as the future lives, and this future lives as long as the doc.
+fn run(
     hub: Hub,
     doc: DocId,
     generation: u64,
-    mut inbox: mpsc::Receiver<DocCommand>,
+    inbox: mpsc::Receiver<DocCommand>,
     n_peers: Arc<AtomicUsize>,
-) {
+) -> impl Future<Output = ()> + Send {
+    let mut inbox = inbox;
+    async move {
+        let Some(mut actor) = open(hub, doc, generation, &mut inbox, n_peers).await else {
+            return;
+        };
+        actor.run(inbox).await;
+    }
+}
+
+/// Loads the doc and builds its actor; if the doc does not load, refuses every command sent
+/// until the inbox is closed and returns `None`.
+async fn open(
+    hub: Hub,
+    doc: DocId,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<DocCommand>,
+    n_peers: Arc<AtomicUsize>,
+) -> Option<DocActor> {
     let started = Instant::now();
-    let Loaded {
-        shared,
-        last_seq,
-        n_log_entries,
-        n_log_bytes,
-        history,
-        n_named,
-    } = match load(&hub, &doc).await {
+    let loaded = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
         Err(reason) => {
             error!(error = %reason, "cannot load doc; refusing its peers");
@@ -206,72 +223,17 @@ async fn run(
             while let Some(command) = inbox.recv().await {
                 refuse(command, JoinError::Unavailable);
             }
-            return;
+            return None;
         }
     };
     info!(
-        last_seq,
+        last_seq = loaded.last_seq,
         load_ms = started.elapsed().as_millis() as u64,
         "doc opened"
     );
-    let (durable_tx, durable_rx) = watch::channel(Durability {
-        durable_seq: last_seq,
-        durable_version: history.last_version_id,
-        failed: false,
-    });
-    let interval = hub.config().auto_version_interval;
-    let mut actor = DocActor {
-        hub,
-        doc,
-        generation,
-        shared,
-        peers: HashMap::new(),
-        n_peers,
-        durable_tx,
-        durable_rx,
-        submitted_seq: last_seq,
-        durable_seq: last_seq,
-        pending: VecDeque::new(),
-        idle_since: Some(Instant::now()),
-        started,
-        // A log left long (e.g. by kill -9 before a compaction) counts towards the next one.
-        n_updates_since_compact: n_log_entries,
-        n_bytes_since_compact: n_log_bytes,
-        n_log_entries,
-        stopping: false,
-        authors: Vec::new(),
-        author_index: HashMap::new(),
-        restores: JoinSet::new(),
-        peer_authors: HashMap::new(),
-        unreported: VecDeque::new(),
-        changed: Vec::new(),
-        changed_due: None,
-        last_changed_report: None,
-        history: VersionState {
-            next_id: history.last_version_id + 1,
-            durable_id: history.last_version_id,
-            version_seq: history.last_version.as_ref().map_or(0, |v| v.seq),
-            last_at: last_version_instant(history.last_version.as_ref(), interval),
-            authors_since: Vec::new(),
-            auto_due: None,
-            pending: VecDeque::new(),
-            n_named,
-        },
-    };
-    for author in history.authors_since {
-        let idx = actor.intern(
-            Actor {
-                sub: author.sub,
-                name: author.name,
-            },
-            HTTP_PEER,
-        );
-        actor.history.authors_since.push(idx);
-    }
-    if last_seq > actor.history.version_seq {
-        actor.history.auto_due = Some(actor.history.last_at + interval);
-    }
-    actor.run(inbox).await;
+    Some(DocActor::new(
+        hub, doc, generation, loaded, n_peers, started,
+    ))
 }
 
 /// A doc as rebuilt from storage.
@@ -482,6 +444,82 @@ struct DocActor {
 }
 
 impl DocActor {
+    fn new(
+        hub: Hub,
+        doc: DocId,
+        generation: u64,
+        loaded: Loaded,
+        n_peers: Arc<AtomicUsize>,
+        started: Instant,
+    ) -> DocActor {
+        let Loaded {
+            shared,
+            last_seq,
+            n_log_entries,
+            n_log_bytes,
+            history,
+            n_named,
+        } = loaded;
+        let (durable_tx, durable_rx) = watch::channel(Durability {
+            durable_seq: last_seq,
+            durable_version: history.last_version_id,
+            failed: false,
+        });
+        let interval = hub.config().auto_version_interval;
+        let mut actor = DocActor {
+            hub,
+            doc,
+            generation,
+            shared,
+            peers: HashMap::new(),
+            n_peers,
+            durable_tx,
+            durable_rx,
+            submitted_seq: last_seq,
+            durable_seq: last_seq,
+            pending: VecDeque::new(),
+            idle_since: Some(Instant::now()),
+            started,
+            // A log left long (e.g. by kill -9 before a compaction) counts towards the next one.
+            n_updates_since_compact: n_log_entries,
+            n_bytes_since_compact: n_log_bytes,
+            n_log_entries,
+            stopping: false,
+            authors: Vec::new(),
+            author_index: HashMap::new(),
+            restores: JoinSet::new(),
+            peer_authors: HashMap::new(),
+            unreported: VecDeque::new(),
+            changed: Vec::new(),
+            changed_due: None,
+            last_changed_report: None,
+            history: VersionState {
+                next_id: history.last_version_id + 1,
+                durable_id: history.last_version_id,
+                version_seq: history.last_version.as_ref().map_or(0, |v| v.seq),
+                last_at: last_version_instant(history.last_version.as_ref(), interval),
+                authors_since: Vec::new(),
+                auto_due: None,
+                pending: VecDeque::new(),
+                n_named,
+            },
+        };
+        for author in history.authors_since {
+            let idx = actor.intern(
+                Actor {
+                    sub: author.sub,
+                    name: author.name,
+                },
+                HTTP_PEER,
+            );
+            actor.history.authors_since.push(idx);
+        }
+        if last_seq > actor.history.version_seq {
+            actor.history.auto_due = Some(actor.history.last_at + interval);
+        }
+        actor
+    }
+
     async fn run(&mut self, mut inbox: mpsc::Receiver<DocCommand>) {
         let timeout = Duration::from_millis(self.hub.config().limits.awareness_timeout_ms);
         let sweep = (timeout / 3).clamp(Duration::from_millis(50), MAX_AWARENESS_SWEEP);
@@ -518,14 +556,14 @@ impl DocActor {
                 // A restore computed off the actor: apply it like any update.
                 Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
                     match done {
-                        Ok(done) => self.finish_restore(done).await,
+                        Ok(done) => Box::pin(self.finish_restore(done)).await,
                         Err(error) => error!(%error, "a restore computation failed"),
                     }
                 }
                 () = sleep_until_opt(unload_at),
                     if unload_at.is_some() && !self.stopping && self.restores.is_empty() =>
                 {
-                    if self.try_unload(&mut inbox).await {
+                    if Box::pin(self.try_unload(&mut inbox)).await {
                         return;
                     }
                 }
@@ -537,8 +575,14 @@ impl DocActor {
                 {
                     self.history.auto_due = None;
                     if self.has_unversioned_edits() {
-                        self.save_version(VersionKind::Auto, None, server_actor(), None, None)
-                            .await;
+                        Box::pin(self.save_version(
+                            VersionKind::Auto,
+                            None,
+                            server_actor(),
+                            None,
+                            None,
+                        ))
+                        .await;
                     }
                 }
             }
@@ -547,11 +591,11 @@ impl DocActor {
         // computing are applied (or refused, if storage failed), then flush and stop.
         while let Some(done) = self.restores.join_next().await {
             if let Ok(done) = done {
-                self.finish_restore(done).await;
+                Box::pin(self.finish_restore(done)).await;
             }
         }
         self.wait_durable().await;
-        self.finish_history().await;
+        Box::pin(self.finish_history()).await;
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         info!(
