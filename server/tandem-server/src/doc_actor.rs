@@ -426,8 +426,9 @@ struct DocActor {
     /// Everyone who wrote to this doc since it opened, with their encoded store form; an
     /// author's index here is what the hot path carries.
     authors: Vec<(Actor, Arc<[u8]>)>,
-    /// Where each `(sub, name)` of `authors` is.
-    author_index: HashMap<(Option<String>, String), u32>,
+    /// Where each author of `authors` is, by its encoded form (which `(sub, name)` determines);
+    /// the key shares the allocation of `authors`.
+    author_index: HashMap<Arc<[u8]>, u32>,
     /// Restores being computed off the actor (`spawn_blocking`); they come back as
     /// [`RestoreDone`] and are applied like any update.
     restores: JoinSet<RestoreDone>,
@@ -678,13 +679,17 @@ impl DocActor {
     /// The index of `actor` in `authors`, adding it if new. Past `MAX_AUTHORS_PER_DOC`, a new
     /// actor without a verified identity is credited to `peer N` (`peer` is who sent the update).
     fn intern(&mut self, actor: Actor, peer: PeerId) -> u32 {
-        let key = (actor.sub.clone(), actor.name.clone());
-        if let Some(idx) = self.author_index.get(&key) {
+        let author = Author {
+            sub: actor.sub,
+            name: actor.name,
+        };
+        let encoded = author.encode();
+        if let Some(idx) = self.author_index.get(encoded.as_slice()) {
             return *idx;
         }
-        if actor.sub.is_none() && self.authors.len() >= MAX_AUTHORS_PER_DOC {
+        if author.sub.is_none() && self.authors.len() >= MAX_AUTHORS_PER_DOC {
             let fallback = format!("peer {peer}");
-            if actor.name != fallback {
+            if author.name != fallback {
                 debug!(%peer, "author table full; crediting the peer id");
                 return self.intern(
                     Actor {
@@ -696,13 +701,13 @@ impl DocActor {
             }
         }
         let idx = self.authors.len() as u32;
-        self.author_index.insert(key, idx);
-        let encoded = Author {
-            sub: actor.sub.clone(),
-            name: actor.name.clone(),
-        }
-        .encode();
-        self.authors.push((actor, Arc::from(encoded)));
+        let encoded: Arc<[u8]> = Arc::from(encoded);
+        self.author_index.insert(encoded.clone(), idx);
+        let actor = Actor {
+            sub: author.sub,
+            name: author.name,
+        };
+        self.authors.push((actor, encoded));
         idx
     }
 
