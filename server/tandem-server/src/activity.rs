@@ -80,8 +80,23 @@ pub(crate) struct Sessions {
     max_session_ms: u64,
     /// The id the next entry gets.
     next_id: u64,
-    /// The newest edit entry of each (doc, actor id) seen lately.
-    open: HashMap<(String, String), ActivityEntry>,
+    /// The newest edit session of each (doc, actor id) seen lately. One per author and doc
+    /// edited within the gap, so it holds only what extending the entry needs: the rest of the
+    /// entry follows from the key and the event that extends it.
+    open: HashMap<(Box<str>, Box<str>), Session>,
+}
+
+/// What [`Sessions`] keeps of an open edit entry.
+struct Session {
+    id: u64,
+    started_ms: u64,
+    ended_ms: u64,
+    n_updates: u64,
+    /// The seqs of the entry's details (`None` if a stored entry's details lack them).
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    /// Whether the entry's actor is a verified `sub` (the key's actor id) rather than a name.
+    by_sub: bool,
 }
 
 impl Sessions {
@@ -100,20 +115,29 @@ impl Sessions {
 
     /// Whether an edit by `actor` on `doc` should first look for a stored session.
     pub(crate) fn needs_lookup(&self, doc: &str, actor: &str) -> bool {
-        !self.open.contains_key(&(doc.to_owned(), actor.to_owned()))
+        !self.open.contains_key(&(doc.into(), actor.into()))
     }
 
     /// Takes a stored edit entry as the running session of its doc and actor.
-    pub(crate) fn adopt(&mut self, entry: ActivityEntry) {
-        self.open
-            .insert((entry.path.clone(), entry.actor_id().to_owned()), entry);
+    pub(crate) fn adopt(&mut self, entry: &ActivityEntry) {
+        let session = Session {
+            id: entry.id,
+            started_ms: entry.started_ms,
+            ended_ms: entry.ended_ms,
+            n_updates: entry.n_updates,
+            first_seq: seq_of(&entry.details, "first_seq"),
+            last_seq: seq_of(&entry.details, "last_seq"),
+            by_sub: entry.actor_sub.is_some(),
+        };
+        let key = (entry.path.as_str().into(), entry.actor_id().into());
+        self.open.insert(key, session);
     }
 
     /// Drops sessions that can no longer be extended at `now_ms` (memory stays bounded).
     pub(crate) fn forget_ended(&mut self, now_ms: u64) {
         let gap_ms = self.gap_ms;
         self.open
-            .retain(|_, entry| entry.ended_ms.saturating_add(gap_ms) >= now_ms);
+            .retain(|_, session| session.ended_ms.saturating_add(gap_ms) >= now_ms);
     }
 
     /// The entry `event` creates or extends, if it makes one.
@@ -223,37 +247,53 @@ impl Sessions {
         n_updates: u64,
         at_ms: u64,
     ) -> ActivityEntry {
-        let key = (doc.to_owned(), actor.id().to_owned());
-        if let Some(entry) = self.open.get_mut(&key) {
-            let within_gap = at_ms <= entry.ended_ms.saturating_add(self.gap_ms);
-            let short_enough = at_ms.saturating_sub(entry.started_ms) < self.max_session_ms;
+        let key: (Box<str>, Box<str>) = (doc.into(), actor.id().into());
+        if let Some(session) = self.open.get_mut(&key) {
+            let within_gap = at_ms <= session.ended_ms.saturating_add(self.gap_ms);
+            let short_enough = at_ms.saturating_sub(session.started_ms) < self.max_session_ms;
             if within_gap && short_enough {
-                entry.ended_ms = entry.ended_ms.max(at_ms);
-                entry.n_updates += n_updates;
-                let first = seq_of(&entry.details, "first_seq").unwrap_or(first_seq);
-                let last = seq_of(&entry.details, "last_seq").unwrap_or(last_seq);
-                entry.details =
-                    json!({"first_seq": first.min(first_seq), "last_seq": last.max(last_seq)})
-                        .to_string();
+                session.ended_ms = session.ended_ms.max(at_ms);
+                session.n_updates += n_updates;
+                session.first_seq = Some(session.first_seq.unwrap_or(first_seq).min(first_seq));
+                session.last_seq = Some(session.last_seq.unwrap_or(last_seq).max(last_seq));
                 // The name shown is the latest one the author used.
-                entry.actor_name.clone_from(&actor.name);
-                return entry.clone();
+                return edit_entry(&key, session, actor);
             }
         }
-        let entry = ActivityEntry {
+        let session = Session {
             id: self.take_id(),
-            kind: DOC_EDITED.to_owned(),
-            path: doc.to_owned(),
-            other_paths: Vec::new(),
-            actor_sub: actor.sub.clone(),
-            actor_name: actor.name.clone(),
             started_ms: at_ms,
             ended_ms: at_ms,
             n_updates,
-            details: json!({"first_seq": first_seq, "last_seq": last_seq}).to_string(),
+            first_seq: Some(first_seq),
+            last_seq: Some(last_seq),
+            by_sub: actor.sub.is_some(),
         };
-        self.open.insert(key, entry.clone());
+        let entry = edit_entry(&key, &session, actor);
+        self.open.insert(key, session);
         entry
+    }
+}
+
+/// The entry of an edit session of `key` (doc, actor id), showing `actor`'s current name.
+fn edit_entry(key: &(Box<str>, Box<str>), session: &Session, actor: &Actor) -> ActivityEntry {
+    let (doc, actor_id) = key;
+    // Both seqs are known once the session has been extended or started by an event.
+    let details = match (session.first_seq, session.last_seq) {
+        (Some(first), Some(last)) => json!({"first_seq": first, "last_seq": last}),
+        _ => json!({}),
+    };
+    ActivityEntry {
+        id: session.id,
+        kind: DOC_EDITED.to_owned(),
+        path: doc.to_string(),
+        other_paths: Vec::new(),
+        actor_sub: session.by_sub.then(|| actor_id.to_string()),
+        actor_name: actor.name.clone(),
+        started_ms: session.started_ms,
+        ended_ms: session.ended_ms,
+        n_updates: session.n_updates,
+        details: details.to_string(),
     }
 }
 
@@ -393,7 +433,7 @@ impl Recorder {
             })
             .await;
             match found {
-                Ok(Ok(Some(entry))) => self.sessions.adopt(entry),
+                Ok(Ok(Some(entry))) => self.sessions.adopt(&entry),
                 Ok(Ok(None)) => {}
                 Ok(Err(error)) => error!(%error, "looking up an edit session"),
                 Err(error) => error!(%error, "looking up an edit session"),
@@ -662,10 +702,32 @@ mod tests {
             details: json!({"first_seq": 1, "last_seq": 3}).to_string(),
         };
         assert!(sessions.needs_lookup("d", "ada"));
-        sessions.adopt(stored);
+        sessions.adopt(&stored);
         assert!(!sessions.needs_lookup("d", "ada"));
         let extended = sessions.record(&changed("d", "ada", 4, 4, 6_000)).unwrap();
         assert_eq!((extended.id, extended.n_updates), (4, 4));
+        assert_eq!(extended.actor_sub.as_deref(), Some("ada"));
+        assert_eq!(seq_of(&extended.details, "first_seq"), Some(1));
+        assert_eq!(seq_of(&extended.details, "last_seq"), Some(4));
+        // Without a verified identity the entry stays anonymous.
+        let anonymous = |at_ms| Event::DocChanged {
+            doc: "d".into(),
+            actor: Actor {
+                sub: None,
+                name: "peer 9".into(),
+            },
+            first_seq: 5,
+            last_seq: 5,
+            n_updates: 1,
+            at_ms,
+        };
+        let first = sessions.record(&anonymous(6_100)).unwrap();
+        let again = sessions.record(&anonymous(6_200)).unwrap();
+        assert_eq!((first.id, again.id, again.n_updates), (10, 10, 2));
+        assert_eq!(
+            (again.actor_sub, again.actor_name.as_str()),
+            (None, "peer 9")
+        );
         // Edits every minute for more than MAX_SESSION: a new entry once it is reached.
         let mut at = 6_000;
         let mut ids = std::collections::BTreeSet::new();
@@ -673,7 +735,7 @@ mod tests {
             at += 60_000;
             ids.insert(sessions.record(&changed("d", "ada", 5, 5, at)).unwrap().id);
         }
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![4, 10]);
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![4, 11]);
         sessions.forget_ended(at + 300_001);
         assert!(sessions.needs_lookup("d", "ada"));
     }

@@ -41,6 +41,7 @@ use tracing::{Instrument, debug, warn};
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
+use crate::outbox::{self, OutboxReceiver};
 use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
@@ -186,7 +187,7 @@ async fn join(
     config: ConnectionConfig,
     peer: PeerId,
 ) -> Option<Conn> {
-    let (outbox_tx, outbox) = mpsc::channel::<Bytes>(hub.config().outbox_capacity);
+    let (outbox_tx, outbox) = outbox::outbox(hub.config().outbox_capacity);
     let closer = Closer::default();
     let link = PeerLink {
         outbox: outbox_tx,
@@ -246,7 +247,7 @@ async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReaso
 /// One joined connection: everything its task holds.
 struct Conn {
     socket: Socket,
-    outbox: mpsc::Receiver<Bytes>,
+    outbox: OutboxReceiver,
     doc: DocHandle,
     closer: Closer,
     /// The server's shutdown token.
@@ -263,15 +264,22 @@ struct Conn {
 
 impl Conn {
     /// The connection's task: serves the peer, leaves the doc, closes the socket.
-    async fn serve(mut self) {
-        let reason = self.run().await;
-        let _ = self
-            .doc
-            .tx
-            .send(DocCommand::Leave { peer: self.peer })
-            .await;
-        close_with(&mut self.socket, self.peer, reason).await;
-        debug!(peer = %self.peer, "peer disconnected");
+    ///
+    /// An `async move` block rather than an `async fn`: an `async fn` keeps its by-value
+    /// argument twice in its future (the argument and the local it is moved into), which would
+    /// cost every connection a second copy of `Conn`.
+    fn serve(self) -> impl Future<Output = ()> + Send {
+        let mut conn = self;
+        async move {
+            let reason = conn.run().await;
+            let _ = conn
+                .doc
+                .tx
+                .send(DocCommand::Leave { peer: conn.peer })
+                .await;
+            close_with(&mut conn.socket, conn.peer, reason).await;
+            debug!(peer = %conn.peer, "peer disconnected");
+        }
     }
 
     /// Serves the peer until it closes (`None`) or the connection must close (`Some(reason)`).
@@ -437,8 +445,8 @@ impl Conn {
         self.send_frame(first).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match self.outbox.try_recv() {
-                Ok(frame) => self.send_frame(frame).await?,
-                Err(_) => break,
+                Some(frame) => self.send_frame(frame).await?,
+                None => break,
             }
         }
         self.socket.flush().await

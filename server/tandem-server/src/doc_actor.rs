@@ -31,6 +31,7 @@
 //!   saved first, so it can be undone.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +52,7 @@ use yrs::Snapshot;
 use crate::connection::CloseReason;
 use crate::events::{self, Actor, DOC_CHANGED_INTERVAL, Event};
 use crate::hub::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
+use crate::outbox::TrySendError;
 use crate::persist::{Durability, PersistCommand};
 
 /// The longest pause between two awareness expiry sweeps.
@@ -88,11 +90,15 @@ pub(crate) enum RestoreRefused {
 pub(crate) type VersionAnswer = Result<Result<VersionRecord, RestoreRefused>, JoinError>;
 
 /// Everything that can be asked of a doc. The only way into a doc actor.
+///
+/// Every slot of the inbox is as large as the largest variant, and the inbox keeps a block of
+/// slots allocated for as long as the doc is open, so a variant larger than `Receive` (the hot
+/// one) carries its fields in a box (`doc_command_stays_small` checks the size).
 pub(crate) enum DocCommand {
     /// Register a peer; the reply comes once the doc is loaded and the peer will receive frames.
     Join {
         peer: PeerId,
-        link: PeerLink,
+        link: Box<PeerLink>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     /// Messages one peer sent in one frame, already decoded by its connection task.
@@ -116,29 +122,38 @@ pub(crate) enum DocCommand {
     Presence {
         reply: oneshot::Sender<Vec<PresentUser>>,
     },
-    /// A v1 update sent over HTTP by a writer (already decoded once by the handler, which
-    /// checked it; the raw bytes travel so a retry on a fresh actor can resend them). The answer
-    /// (whether it changed anything) waits for durability, like a broadcast.
-    Apply {
-        update: Bytes,
-        /// Who sent it (the token's identity).
-        actor: Actor,
-        reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
-    },
+    /// A v1 update sent over HTTP by a writer.
+    Apply(Box<ApplyCommand>),
     /// Save the current state as a named version. Answered once the version is durable.
-    SaveVersion {
-        name: String,
-        actor: Actor,
-        reply: oneshot::Sender<VersionAnswer>,
-    },
-    /// Take the doc back to `state` (that of version `version`) by a new update on top, after
-    /// saving a `restore` version of the current state. Answered once both are durable.
-    Restore {
-        version: u64,
-        state: Bytes,
-        actor: Actor,
-        reply: oneshot::Sender<VersionAnswer>,
-    },
+    SaveVersion(Box<SaveVersionCommand>),
+    /// Take the doc back to a version's state.
+    Restore(Box<RestoreCommand>),
+}
+
+/// A v1 update sent over HTTP by a writer (already decoded once by the handler, which checked
+/// it; the raw bytes travel so a retry on a fresh actor can resend them). The answer (whether it
+/// changed anything) waits for durability, like a broadcast.
+pub(crate) struct ApplyCommand {
+    pub(crate) update: Bytes,
+    /// Who sent it (the token's identity).
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
+}
+
+/// Save the current state as a named version. Answered once the version is durable.
+pub(crate) struct SaveVersionCommand {
+    pub(crate) name: String,
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<VersionAnswer>,
+}
+
+/// Take the doc back to `state` (that of version `version`) by a new update on top, after
+/// saving a `restore` version of the current state. Answered once both are durable.
+pub(crate) struct RestoreCommand {
+    pub(crate) version: u64,
+    pub(crate) state: Bytes,
+    pub(crate) actor: Actor,
+    pub(crate) reply: oneshot::Sender<VersionAnswer>,
 }
 
 /// The peer id of updates that arrive over HTTP. Connections count from 1 (`Hub::next_peer_id`),
@@ -168,22 +183,38 @@ pub(crate) fn spawn(hub: Hub, doc: DocId, generation: u64) -> DocHandle {
     handle
 }
 
-async fn run(
+/// The actor's task: loads the doc, then serves it until it unloads or the server stops.
+///
+/// Written as a plain function returning an `async move` block, with loading in an `async fn`
+/// of its own: an `async fn` keeps its by-value arguments twice and a local that lived across
+/// an `.await` for as long as the future lives, and this future lives as long as the doc.
+fn run(
     hub: Hub,
     doc: DocId,
     generation: u64,
-    mut inbox: mpsc::Receiver<DocCommand>,
+    inbox: mpsc::Receiver<DocCommand>,
     n_peers: Arc<AtomicUsize>,
-) {
+) -> impl Future<Output = ()> + Send {
+    let mut inbox = inbox;
+    async move {
+        let Some(mut actor) = open(hub, doc, generation, &mut inbox, n_peers).await else {
+            return;
+        };
+        actor.run(inbox).await;
+    }
+}
+
+/// Loads the doc and builds its actor; if the doc does not load, refuses every command sent
+/// until the inbox is closed and returns `None`.
+async fn open(
+    hub: Hub,
+    doc: DocId,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<DocCommand>,
+    n_peers: Arc<AtomicUsize>,
+) -> Option<DocActor> {
     let started = Instant::now();
-    let Loaded {
-        shared,
-        last_seq,
-        n_log_entries,
-        n_log_bytes,
-        history,
-        n_named,
-    } = match load(&hub, &doc).await {
+    let loaded = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
         Err(reason) => {
             error!(error = %reason, "cannot load doc; refusing its peers");
@@ -192,72 +223,17 @@ async fn run(
             while let Some(command) = inbox.recv().await {
                 refuse(command, JoinError::Unavailable);
             }
-            return;
+            return None;
         }
     };
     info!(
-        last_seq,
+        last_seq = loaded.last_seq,
         load_ms = started.elapsed().as_millis() as u64,
         "doc opened"
     );
-    let (durable_tx, durable_rx) = watch::channel(Durability {
-        durable_seq: last_seq,
-        durable_version: history.last_version_id,
-        failed: false,
-    });
-    let interval = hub.config().auto_version_interval;
-    let mut actor = DocActor {
-        hub,
-        doc,
-        generation,
-        shared,
-        peers: HashMap::new(),
-        n_peers,
-        durable_tx,
-        durable_rx,
-        submitted_seq: last_seq,
-        durable_seq: last_seq,
-        pending: VecDeque::new(),
-        idle_since: Some(Instant::now()),
-        started,
-        // A log left long (e.g. by kill -9 before a compaction) counts towards the next one.
-        n_updates_since_compact: n_log_entries,
-        n_bytes_since_compact: n_log_bytes,
-        n_log_entries,
-        stopping: false,
-        authors: Vec::new(),
-        author_index: HashMap::new(),
-        restores: JoinSet::new(),
-        peer_authors: HashMap::new(),
-        unreported: VecDeque::new(),
-        changed: Vec::new(),
-        changed_due: None,
-        last_changed_report: None,
-        history: VersionState {
-            next_id: history.last_version_id + 1,
-            durable_id: history.last_version_id,
-            version_seq: history.last_version.as_ref().map_or(0, |v| v.seq),
-            last_at: last_version_instant(history.last_version.as_ref(), interval),
-            authors_since: Vec::new(),
-            auto_due: None,
-            pending: VecDeque::new(),
-            n_named,
-        },
-    };
-    for author in history.authors_since {
-        let idx = actor.intern(
-            Actor {
-                sub: author.sub,
-                name: author.name,
-            },
-            HTTP_PEER,
-        );
-        actor.history.authors_since.push(idx);
-    }
-    if last_seq > actor.history.version_seq {
-        actor.history.auto_due = Some(actor.history.last_at + interval);
-    }
-    actor.run(inbox).await;
+    Some(DocActor::new(
+        hub, doc, generation, loaded, n_peers, started,
+    ))
 }
 
 /// A doc as rebuilt from storage.
@@ -331,17 +307,21 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Presence { reply } => {
             let _ = reply.send(Vec::new());
         }
-        DocCommand::Apply { reply, .. } => {
-            let _ = reply.send(Err(error));
+        DocCommand::Apply(apply) => {
+            let _ = apply.reply.send(Err(error));
         }
-        DocCommand::SaveVersion { reply, .. } | DocCommand::Restore { reply, .. } => {
-            let _ = reply.send(Err(error));
+        DocCommand::SaveVersion(save) => {
+            let _ = save.reply.send(Err(error));
+        }
+        DocCommand::Restore(restore) => {
+            let _ = restore.reply.send(Err(error));
         }
         DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
     }
 }
 
-/// One frame or answer waiting for durability.
+/// One frame or answer waiting for durability. Kept small (the rare large ones are boxed):
+/// `pending` holds one per frame in flight.
 enum Delivery {
     /// To one peer (sync replies, the handshake).
     ToPeer(PeerId, Bytes),
@@ -349,7 +329,10 @@ enum Delivery {
     /// later joiners get it through their sync step 2.
     ToOthers(PeerId, Bytes),
     /// An HTTP snapshot.
-    Snapshot(oneshot::Sender<Result<DocSnapshot, JoinError>>, DocSnapshot),
+    Snapshot(
+        oneshot::Sender<Result<DocSnapshot, JoinError>>,
+        Box<DocSnapshot>,
+    ),
     /// An HTTP `covers` answer.
     Covers(oneshot::Sender<Result<bool, JoinError>>, bool),
     /// The answer to an HTTP update.
@@ -357,13 +340,16 @@ enum Delivery {
         oneshot::Sender<Result<Result<bool, ProtocolError>, JoinError>>,
         bool,
     ),
-    /// The answer to a restore (with the version saved before it), and its event.
-    Restored {
-        reply: oneshot::Sender<VersionAnswer>,
-        record: VersionRecord,
-        version: u64,
-        actor: Actor,
-    },
+    /// The answer to a restore, and its event.
+    Restored(Box<RestoredDelivery>),
+}
+
+/// The answer to a restore (with the version saved before it), and its event.
+struct RestoredDelivery {
+    reply: oneshot::Sender<VersionAnswer>,
+    record: VersionRecord,
+    version: u64,
+    actor: Actor,
 }
 
 /// Durable updates of one author not reported yet.
@@ -440,8 +426,9 @@ struct DocActor {
     /// Everyone who wrote to this doc since it opened, with their encoded store form; an
     /// author's index here is what the hot path carries.
     authors: Vec<(Actor, Arc<[u8]>)>,
-    /// Where each `(sub, name)` of `authors` is.
-    author_index: HashMap<(Option<String>, String), u32>,
+    /// Where each author of `authors` is, by its encoded form (which `(sub, name)` determines);
+    /// the key shares the allocation of `authors`.
+    author_index: HashMap<Arc<[u8]>, u32>,
     /// Restores being computed off the actor (`spawn_blocking`); they come back as
     /// [`RestoreDone`] and are applied like any update.
     restores: JoinSet<RestoreDone>,
@@ -458,6 +445,82 @@ struct DocActor {
 }
 
 impl DocActor {
+    fn new(
+        hub: Hub,
+        doc: DocId,
+        generation: u64,
+        loaded: Loaded,
+        n_peers: Arc<AtomicUsize>,
+        started: Instant,
+    ) -> DocActor {
+        let Loaded {
+            shared,
+            last_seq,
+            n_log_entries,
+            n_log_bytes,
+            history,
+            n_named,
+        } = loaded;
+        let (durable_tx, durable_rx) = watch::channel(Durability {
+            durable_seq: last_seq,
+            durable_version: history.last_version_id,
+            failed: false,
+        });
+        let interval = hub.config().auto_version_interval;
+        let mut actor = DocActor {
+            hub,
+            doc,
+            generation,
+            shared,
+            peers: HashMap::new(),
+            n_peers,
+            durable_tx,
+            durable_rx,
+            submitted_seq: last_seq,
+            durable_seq: last_seq,
+            pending: VecDeque::new(),
+            idle_since: Some(Instant::now()),
+            started,
+            // A log left long (e.g. by kill -9 before a compaction) counts towards the next one.
+            n_updates_since_compact: n_log_entries,
+            n_bytes_since_compact: n_log_bytes,
+            n_log_entries,
+            stopping: false,
+            authors: Vec::new(),
+            author_index: HashMap::new(),
+            restores: JoinSet::new(),
+            peer_authors: HashMap::new(),
+            unreported: VecDeque::new(),
+            changed: Vec::new(),
+            changed_due: None,
+            last_changed_report: None,
+            history: VersionState {
+                next_id: history.last_version_id + 1,
+                durable_id: history.last_version_id,
+                version_seq: history.last_version.as_ref().map_or(0, |v| v.seq),
+                last_at: last_version_instant(history.last_version.as_ref(), interval),
+                authors_since: Vec::new(),
+                auto_due: None,
+                pending: VecDeque::new(),
+                n_named,
+            },
+        };
+        for author in history.authors_since {
+            let idx = actor.intern(
+                Actor {
+                    sub: author.sub,
+                    name: author.name,
+                },
+                HTTP_PEER,
+            );
+            actor.history.authors_since.push(idx);
+        }
+        if last_seq > actor.history.version_seq {
+            actor.history.auto_due = Some(actor.history.last_at + interval);
+        }
+        actor
+    }
+
     async fn run(&mut self, mut inbox: mpsc::Receiver<DocCommand>) {
         let timeout = Duration::from_millis(self.hub.config().limits.awareness_timeout_ms);
         let sweep = (timeout / 3).clamp(Duration::from_millis(50), MAX_AWARENESS_SWEEP);
@@ -494,14 +557,14 @@ impl DocActor {
                 // A restore computed off the actor: apply it like any update.
                 Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
                     match done {
-                        Ok(done) => self.finish_restore(done).await,
+                        Ok(done) => Box::pin(self.finish_restore(done)).await,
                         Err(error) => error!(%error, "a restore computation failed"),
                     }
                 }
                 () = sleep_until_opt(unload_at),
                     if unload_at.is_some() && !self.stopping && self.restores.is_empty() =>
                 {
-                    if self.try_unload(&mut inbox).await {
+                    if Box::pin(self.try_unload(&mut inbox)).await {
                         return;
                     }
                 }
@@ -513,8 +576,14 @@ impl DocActor {
                 {
                     self.history.auto_due = None;
                     if self.has_unversioned_edits() {
-                        self.save_version(VersionKind::Auto, None, server_actor(), None, None)
-                            .await;
+                        Box::pin(self.save_version(
+                            VersionKind::Auto,
+                            None,
+                            server_actor(),
+                            None,
+                            None,
+                        ))
+                        .await;
                     }
                 }
             }
@@ -523,11 +592,11 @@ impl DocActor {
         // computing are applied (or refused, if storage failed), then flush and stop.
         while let Some(done) = self.restores.join_next().await {
             if let Ok(done) = done {
-                self.finish_restore(done).await;
+                Box::pin(self.finish_restore(done)).await;
             }
         }
         self.wait_durable().await;
-        self.finish_history().await;
+        Box::pin(self.finish_history()).await;
         self.compact_if_worthwhile();
         self.hub.remove_if_generation(&self.doc, self.generation);
         info!(
@@ -550,7 +619,7 @@ impl DocActor {
                     refuse(DocCommand::Join { peer, link, reply }, error);
                     return;
                 }
-                self.peers.insert(peer, (link, self.submitted_seq));
+                self.peers.insert(peer, (*link, self.submitted_seq));
                 self.n_peers.store(self.peers.len(), Ordering::Relaxed);
                 self.publish_presence();
                 self.idle_since = None;
@@ -567,7 +636,7 @@ impl DocActor {
                     update: self.shared.encode_state(),
                     json: self.shared.to_json(),
                 };
-                self.enqueue(Delivery::Snapshot(reply, snapshot));
+                self.enqueue(Delivery::Snapshot(reply, Box::new(snapshot)));
             }
             DocCommand::Covers { snapshot, reply } => {
                 let covers = self.shared.covers(&snapshot);
@@ -576,12 +645,16 @@ impl DocActor {
             DocCommand::Presence { reply } => {
                 let _ = reply.send(self.shared.present_users());
             }
-            DocCommand::Apply {
-                update,
-                actor,
-                reply,
-            } => self.apply_http(update, actor, reply).await,
-            DocCommand::SaveVersion { name, actor, reply } => {
+            DocCommand::Apply(apply) => {
+                let ApplyCommand {
+                    update,
+                    actor,
+                    reply,
+                } = *apply;
+                self.apply_http(update, actor, reply).await;
+            }
+            DocCommand::SaveVersion(save) => {
+                let SaveVersionCommand { name, actor, reply } = *save;
                 let max = self.hub.config().max_named_versions;
                 if self.history.n_named >= max {
                     debug!(max, "named version refused: the doc has too many");
@@ -591,25 +664,32 @@ impl DocActor {
                 self.save_version(VersionKind::Named, Some(name), actor, Some(reply), None)
                     .await;
             }
-            DocCommand::Restore {
-                version,
-                state,
-                actor,
-                reply,
-            } => self.start_restore(version, state, actor, reply),
+            DocCommand::Restore(restore) => {
+                let RestoreCommand {
+                    version,
+                    state,
+                    actor,
+                    reply,
+                } = *restore;
+                self.start_restore(version, state, actor, reply);
+            }
         }
     }
 
     /// The index of `actor` in `authors`, adding it if new. Past `MAX_AUTHORS_PER_DOC`, a new
     /// actor without a verified identity is credited to `peer N` (`peer` is who sent the update).
     fn intern(&mut self, actor: Actor, peer: PeerId) -> u32 {
-        let key = (actor.sub.clone(), actor.name.clone());
-        if let Some(idx) = self.author_index.get(&key) {
+        let author = Author {
+            sub: actor.sub,
+            name: actor.name,
+        };
+        let encoded = author.encode();
+        if let Some(idx) = self.author_index.get(encoded.as_slice()) {
             return *idx;
         }
-        if actor.sub.is_none() && self.authors.len() >= MAX_AUTHORS_PER_DOC {
+        if author.sub.is_none() && self.authors.len() >= MAX_AUTHORS_PER_DOC {
             let fallback = format!("peer {peer}");
-            if actor.name != fallback {
+            if author.name != fallback {
                 debug!(%peer, "author table full; crediting the peer id");
                 return self.intern(
                     Actor {
@@ -621,13 +701,13 @@ impl DocActor {
             }
         }
         let idx = self.authors.len() as u32;
-        self.author_index.insert(key, idx);
-        let encoded = Author {
-            sub: actor.sub.clone(),
-            name: actor.name.clone(),
-        }
-        .encode();
-        self.authors.push((actor, Arc::from(encoded)));
+        let encoded: Arc<[u8]> = Arc::from(encoded);
+        self.author_index.insert(encoded.clone(), idx);
+        let actor = Actor {
+            sub: author.sub,
+            name: author.name,
+        };
+        self.authors.push((actor, encoded));
         idx
     }
 
@@ -833,12 +913,12 @@ impl DocActor {
                     self.enqueue(Delivery::ToOthers(HTTP_PEER, frame));
                 }
                 info!(version, restore_version = record.id, "restore applied");
-                self.enqueue(Delivery::Restored {
+                self.enqueue(Delivery::Restored(Box::new(RestoredDelivery {
                     reply,
                     record,
                     version,
                     actor,
-                });
+                })));
                 self.compact_if_due();
             }
             Err(ReceiveError::Protocol(error)) => {
@@ -1144,7 +1224,7 @@ impl DocActor {
                 }
             }
             Delivery::Snapshot(reply, snapshot) => {
-                let _ = reply.send(Ok(snapshot));
+                let _ = reply.send(Ok(*snapshot));
             }
             Delivery::Covers(reply, covers) => {
                 let _ = reply.send(Ok(covers));
@@ -1152,12 +1232,13 @@ impl DocActor {
             Delivery::Applied(reply, applied) => {
                 let _ = reply.send(Ok(Ok(applied)));
             }
-            Delivery::Restored {
-                reply,
-                record,
-                version,
-                actor,
-            } => {
+            Delivery::Restored(restored) => {
+                let RestoredDelivery {
+                    reply,
+                    record,
+                    version,
+                    actor,
+                } = *restored;
                 self.hub.events().publish(Event::VersionRestored {
                     doc: self.doc.to_string(),
                     version,
@@ -1212,11 +1293,11 @@ impl DocActor {
         };
         match link.outbox.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 warn!(%peer, capacity = self.hub.config().outbox_capacity, "slow consumer; closing it");
                 self.remove_peer(peer, Some(CloseReason::SlowConsumer));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.remove_peer(peer, None),
+            Err(TrySendError::Closed) => self.remove_peer(peer, None),
         }
     }
 
@@ -1357,5 +1438,19 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every inbox slot and every pending delivery is as large as the largest variant: a big
+    /// variant added unboxed would cost every open doc (the many-docs memory row).
+    #[test]
+    fn doc_command_stays_small() {
+        let word = std::mem::size_of::<usize>();
+        assert!(std::mem::size_of::<DocCommand>() <= 5 * word);
+        assert!(std::mem::size_of::<Delivery>() <= 6 * word);
     }
 }

@@ -23,8 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
 
 use crate::connection::Closer;
-use crate::doc_actor::{self, DocCommand, DocSnapshot, RestoreRefused};
+use crate::doc_actor::{
+    self, ApplyCommand, DocCommand, DocSnapshot, RestoreCommand, RestoreRefused, SaveVersionCommand,
+};
 use crate::events::{Actor, Events};
+use crate::outbox::OutboxSender;
 use crate::persist::PersistCommand;
 use crate::shutdown::Lifecycle;
 
@@ -99,7 +102,7 @@ pub(crate) enum JoinError {
 /// What a joining connection hands to the doc actor.
 pub(crate) struct PeerLink {
     /// Frames for the peer. Bounded; the actor never waits on it (`try_send`).
-    pub(crate) outbox: mpsc::Sender<Bytes>,
+    pub(crate) outbox: OutboxSender,
     /// Tells the connection to close with a reason (the first one wins).
     pub(crate) closer: Closer,
     /// What the peer may do, from its token.
@@ -203,11 +206,11 @@ impl Hub {
             let (reply, joined) = oneshot::channel();
             let command = DocCommand::Join {
                 peer,
-                link: PeerLink {
+                link: Box::new(PeerLink {
                     outbox: link.outbox.clone(),
                     closer: link.closer.clone(),
                     access: link.access.clone(),
-                },
+                }),
                 reply,
             };
             if handle.tx.send(command).await.is_err() {
@@ -257,11 +260,11 @@ impl Hub {
         for _ in 0..MAX_JOIN_ATTEMPTS {
             let handle = self.get_or_open(doc)?;
             let (reply, answer) = oneshot::channel();
-            let command = DocCommand::Apply {
+            let command = DocCommand::Apply(Box::new(ApplyCommand {
                 update: update.clone(),
                 actor: actor.clone(),
                 reply,
-            };
+            }));
             if handle.tx.send(command).await.is_err() {
                 self.remove_if_generation(doc, handle.generation);
                 continue;
@@ -285,10 +288,12 @@ impl Hub {
         name: String,
         actor: Actor,
     ) -> Result<Option<Result<VersionRecord, RestoreRefused>>, JoinError> {
-        self.ask_stored(doc, |reply| DocCommand::SaveVersion {
-            name: name.clone(),
-            actor: actor.clone(),
-            reply,
+        self.ask_stored(doc, |reply| {
+            DocCommand::SaveVersion(Box::new(SaveVersionCommand {
+                name: name.clone(),
+                actor: actor.clone(),
+                reply,
+            }))
         })
         .await
     }
@@ -302,11 +307,13 @@ impl Hub {
         state: Bytes,
         actor: Actor,
     ) -> Result<Option<Result<VersionRecord, RestoreRefused>>, JoinError> {
-        self.ask_stored(doc, |reply| DocCommand::Restore {
-            version,
-            state: state.clone(),
-            actor: actor.clone(),
-            reply,
+        self.ask_stored(doc, |reply| {
+            DocCommand::Restore(Box::new(RestoreCommand {
+                version,
+                state: state.clone(),
+                actor: actor.clone(),
+                reply,
+            }))
         })
         .await
     }

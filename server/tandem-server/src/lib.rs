@@ -16,6 +16,7 @@
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
+//! - `outbox`: the bounded queue of frames from a doc actor to one connection.
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
 //! - `events`: the workspace event bus and the `GET /api/events` stream.
 //! - `files`: uploads (PUT and tus), downloads with ranges, versions, blobs, cleanup.
@@ -37,6 +38,7 @@ mod files;
 mod http;
 mod hub;
 mod listener;
+mod outbox;
 mod persist;
 mod shutdown;
 mod tls;
