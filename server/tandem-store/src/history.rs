@@ -603,6 +603,20 @@ mod tests {
         }
     }
 
+    /// Commits version `record` of doc "d" (state `s`), keeping `max_kept` of its kind.
+    fn put_version(store: &Store, record: &VersionRecord, max_kept: u64) -> Result<(), StoreError> {
+        store.commit(
+            &[WriteOp::Version {
+                doc: "d",
+                record,
+                state: b"s",
+                max_kept,
+            }],
+            1,
+            true,
+        )
+    }
+
     fn record(id: u64, kind: VersionKind, seq: u64) -> VersionRecord {
         VersionRecord {
             id,
@@ -801,18 +815,7 @@ mod tests {
         for (i, kind) in kinds.into_iter().enumerate() {
             let id = i as u64 + 1;
             let r = record(id, kind, id);
-            store
-                .commit(
-                    &[WriteOp::Version {
-                        doc: "d",
-                        record: &r,
-                        state: b"s",
-                        max_kept: 2,
-                    }],
-                    1,
-                    true,
-                )
-                .unwrap();
+            put_version(&store, &r, 2).unwrap();
         }
         let ids: Vec<u64> = store
             .list_versions("d")
@@ -824,16 +827,7 @@ mod tests {
         assert_eq!(store.version("d", 1).unwrap(), None);
         // Ids only grow.
         let stale = record(3, VersionKind::Named, 9);
-        let res = store.commit(
-            &[WriteOp::Version {
-                doc: "d",
-                record: &stale,
-                state: b"s",
-                max_kept: 2,
-            }],
-            1,
-            true,
-        );
+        let res = put_version(&store, &stale, 2);
         assert!(matches!(res, Err(StoreError::Corrupt { .. })), "{res:?}");
         assert!(store.list_versions("other").unwrap().is_empty());
     }
@@ -843,18 +837,7 @@ mod tests {
         let (_dir, store) = open();
         let put = |id: u64, kind: VersionKind, keep: u64| {
             let r = record(id, kind, id);
-            store
-                .commit(
-                    &[WriteOp::Version {
-                        doc: "d",
-                        record: &r,
-                        state: b"s",
-                        max_kept: keep,
-                    }],
-                    1,
-                    true,
-                )
-                .unwrap();
+            put_version(&store, &r, keep).unwrap();
         };
         let ids = || -> Vec<u64> {
             store
@@ -890,18 +873,7 @@ mod tests {
         let (_dir, store) = open();
         for id in 1..=3 {
             let r = record(id, VersionKind::Named, id);
-            store
-                .commit(
-                    &[WriteOp::Version {
-                        doc: "d",
-                        record: &r,
-                        state: b"s",
-                        max_kept: 2,
-                    }],
-                    1,
-                    true,
-                )
-                .unwrap();
+            put_version(&store, &r, 2).unwrap();
         }
         {
             let db = store.db().unwrap();
