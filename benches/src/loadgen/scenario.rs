@@ -357,6 +357,7 @@ pub async fn idle(server: &Server, connections: usize) -> Result<Figures> {
 pub async fn idle_docs(server: &Server, docs: usize) -> Result<Figures> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = server.rss();
+    let baseline_anon = server.rss_anon();
     let shared = Arc::new(Shared::default());
     // Reference: the same number of peers on one doc.
     server.prepare_doc("idle-one").await?;
@@ -382,8 +383,12 @@ pub async fn idle_docs(server: &Server, docs: usize) -> Result<Figures> {
     close_all(peers).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = server.rss();
+    let after_anon = server.rss_anon();
     let mut figures = Figures::new();
     figures.insert("baseline_mb", baseline as f64 / MB);
+    figures.insert("baseline_anon_mb", baseline_anon as f64 / MB);
+    figures.insert("after_unload_anon_mb", after_anon as f64 / MB);
+    figures.insert("after_vs_baseline_anon", after_anon as f64 / baseline_anon.max(1) as f64);
     figures.insert("kib_per_conn_one_doc", per_conn / 1024.0);
     figures.insert(
         "kib_per_loaded_doc",

@@ -246,6 +246,12 @@ impl Server {
         status_kib(self.pid, "VmRSS:").unwrap_or(0) * 1024
     }
 
+    /// Anonymous resident memory now (heap, stacks), in bytes: the resident set without the
+    /// pages of the executable and other mapped files, which the kernel shares and can drop.
+    pub fn rss_anon(&self) -> u64 {
+        status_kib(self.pid, "RssAnon:").unwrap_or(0) * 1024
+    }
+
     /// Peak resident set size since start (or the last `reset_peak`), in bytes.
     pub fn peak_rss(&self) -> u64 {
         status_kib(self.pid, "VmHWM:").unwrap_or(0) * 1024
