@@ -17,6 +17,12 @@ use tandem_benches::loadgen::report::{Figures, Scenario};
 use tandem_benches::loadgen::scenario;
 use tandem_benches::loadgen::target::{Paths, Server, Target};
 
+/// The join storm's joiners each put a 20 MB step 2 together from fragments: with the system
+/// allocator every one of those buffers was fresh pages from the kernel (page faults and zeroing
+/// on the load generator's side of the same two cores); jemalloc reuses them.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Tandem against y-sweet, @y/websocket-server, Hocuspocus and a bare relay")]
 struct Args {
