@@ -29,10 +29,11 @@ use tandem_core::protocol::{
 };
 use tandem_core::rate::ConnectionRates;
 use tandem_core::{DocId, Limits, PeerId, ProtocolError};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
@@ -53,8 +54,8 @@ pub struct ConnectionConfig {
     pub pong_timeout: Duration,
 }
 
-/// Messages larger than this are sent as fragments of this size.
-const MAX_FRAGMENT_BYTES: usize = 256 * 1024;
+/// Messages larger than this skip tungstenite's write buffer: see [`Conn::send_frame`].
+const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 
 /// Most frames the writer sends before it flushes the socket.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -453,22 +454,27 @@ impl Conn {
     }
 
     /// Queues one message. A big one (a sync step 2 of a big doc, shared by every joiner that
-    /// sent the same state vector) goes out as fragments, each flushed before the next is
-    /// copied into tungstenite's write buffer, which keeps its capacity for the life of the
-    /// connection: one fragment per connection instead of one copy of the doc.
+    /// sent the same state vector, or a big paste) is written straight to the socket once
+    /// tungstenite's buffer is flushed: one unmasked binary frame, its header and then the shared
+    /// payload. tungstenite would copy it into a write buffer that keeps its capacity for the life
+    /// of the connection; this way the server copies nothing per joiner, and the peer gets one
+    /// frame it can read into one buffer instead of fragments it has to join.
     async fn send_frame(&mut self, frame: Bytes) -> Result<(), WsError> {
-        if frame.len() <= MAX_FRAGMENT_BYTES {
+        if frame.len() <= DIRECT_WRITE_BYTES {
             return self.socket.feed(WsMessage::Binary(frame)).await;
         }
-        let n = frame.len().div_ceil(MAX_FRAGMENT_BYTES);
-        for i in 0..n {
-            let start = i * MAX_FRAGMENT_BYTES;
-            let chunk = frame.slice(start..frame.len().min(start + MAX_FRAGMENT_BYTES));
-            let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
-            self.socket
-                .send(WsMessage::Frame(Frame::message(chunk, opcode, i + 1 == n)))
-                .await?;
-        }
+        self.socket.flush().await?;
+        let header = FrameHeader {
+            is_final: true,
+            opcode: OpCode::Data(Data::Binary),
+            ..FrameHeader::default()
+        };
+        let len = frame.len() as u64;
+        let mut head = Vec::with_capacity(header.len(len));
+        header.format(len, &mut head)?;
+        let io = self.socket.get_mut();
+        io.write_all(&head).await?;
+        io.write_all(&frame).await?;
         Ok(())
     }
 }
