@@ -4,6 +4,7 @@
 // A load generator, not the server: its tasks need none of `Lifecycle`'s shutdown tracking.
 #![allow(clippy::disallowed_methods)]
 
+mod bulk;
 pub mod peer;
 pub mod report;
 pub mod scenario;

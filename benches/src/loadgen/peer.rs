@@ -45,8 +45,12 @@ pub enum Apply {
     Immediate,
     /// Kept as bytes and applied when the peer closes.
     Deferred,
-    /// Never: the peer only counts and times what arrives (join storms on 20 MB docs).
+    /// Never: the peer only counts and times what arrives.
     Never,
+    /// Never, and without a WebSocket library: the peer reads frames straight off the socket
+    /// into one reused buffer and counts its sync step 2 (the join storm's 20 MB joiners; see
+    /// `bulk.rs`). It can send raw messages but not edit.
+    Bulk,
 }
 
 /// State shared by every peer of one run ([`Shared::default`] sizes `sent` for a million edits,
@@ -117,7 +121,11 @@ pub async fn connect(options: PeerOptions, shared: Arc<Shared>) -> Result<PeerHa
     let (synced_tx, synced_rx) = oneshot::channel();
     let (commands, commands_rx) = mpsc::channel(1024);
     let apply = options.apply;
-    let task = tokio::spawn(run(options, shared, commands_rx, synced_tx));
+    let task = if apply == Apply::Bulk {
+        tokio::spawn(super::bulk::run(options, commands_rx, synced_tx))
+    } else {
+        tokio::spawn(run(options, shared, commands_rx, synced_tx))
+    };
     match tokio::time::timeout(Duration::from_secs(120), synced_rx).await {
         Ok(Ok(synced_after)) => Ok(PeerHandle {
             commands,
@@ -289,7 +297,7 @@ async fn run(
     })
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
@@ -387,7 +395,7 @@ impl Peer {
         match self.apply {
             Apply::Immediate => self.apply_update(update)?,
             Apply::Deferred => self.deferred.push(update.to_vec()),
-            Apply::Never => {}
+            Apply::Never | Apply::Bulk => {}
         }
         Ok(())
     }

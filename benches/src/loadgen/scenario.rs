@@ -388,7 +388,10 @@ pub async fn idle_docs(server: &Server, docs: usize) -> Result<Figures> {
     figures.insert("baseline_mb", baseline as f64 / MB);
     figures.insert("baseline_anon_mb", baseline_anon as f64 / MB);
     figures.insert("after_unload_anon_mb", after_anon as f64 / MB);
-    figures.insert("after_vs_baseline_anon", after_anon as f64 / baseline_anon.max(1) as f64);
+    figures.insert(
+        "after_vs_baseline_anon",
+        after_anon as f64 / baseline_anon.max(1) as f64,
+    );
     figures.insert("kib_per_conn_one_doc", per_conn / 1024.0);
     figures.insert(
         "kib_per_loaded_doc",
@@ -582,7 +585,7 @@ pub async fn join_storm(
         let apply = if i == 0 {
             Apply::Immediate
         } else {
-            Apply::Never
+            Apply::Bulk
         };
         pending.push(peer::connect(options(server, "big", apply), shared.clone()));
     }
@@ -599,7 +602,7 @@ pub async fn join_storm(
     let mut last_received = Duration::ZERO;
     for peer in &peers {
         slowest = slowest.max(peer.synced_after);
-        if peer.apply == Apply::Never {
+        if peer.apply == Apply::Bulk {
             last_received = last_received.max(peer.synced_after);
         }
     }

@@ -1,0 +1,348 @@
+//! A receive-only joiner ([`Apply::Bulk`]): it connects, sends its sync step 1 like any
+//! y-websocket client and reads the server's frames straight off the socket into one reused
+//! buffer, counting the bytes of the sync step 2 instead of putting the message together.
+//!
+//! A join storm puts 150 copies of a 20 MB state through the load generator, on the same two
+//! cores as the server. Through tungstenite every joiner reserved a fresh 20 MB buffer, zeroed it
+//! chunk by chunk and read into it: three gigabytes of page faults and memset that were the load
+//! generator's, not the server's. Here the only copy is the kernel's.
+//!
+//! [`Apply::Bulk`]: super::peer::Apply::Bulk
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use yrs::StateVector;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
+use yrs::updates::encoder::Encode;
+
+use super::peer::{Command, Framing, PeerOptions, Report, new_histogram};
+
+/// Bytes read from the socket at a time.
+const READ_BYTES: usize = 256 * 1024;
+/// Payload bytes of a message's first frame needed to tell what the message is.
+const PREFIX_BYTES: usize = 64;
+
+const OP_CONTINUE: u8 = 0x0;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// What the frame being read belongs to.
+enum State {
+    /// Waiting for a frame header.
+    Header,
+    /// Skipping `remaining` payload bytes of a data frame.
+    Payload { remaining: u64, fin: bool },
+}
+
+pub(super) async fn run(
+    options: PeerOptions,
+    mut commands: mpsc::Receiver<Command>,
+    synced: oneshot::Sender<Duration>,
+) -> Result<Report> {
+    let started = Instant::now();
+    let rest = options.url.strip_prefix("ws://").context("ws:// URL")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let stream = TcpStream::connect(host).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    writer.write_all(request.as_bytes()).await?;
+
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut end = 0usize;
+    let mut start = loop {
+        if let Some(i) = buf[..end].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]);
+            ensure!(
+                head.starts_with("HTTP/1.1 101"),
+                "websocket handshake refused: {}",
+                head.lines().next().unwrap_or("")
+            );
+            break i + 4;
+        }
+        ensure!(end < buf.len(), "handshake response too long");
+        let n = reader.read(&mut buf[end..]).await?;
+        ensure!(n > 0, "connection ended during the handshake");
+        end += n;
+    };
+
+    if let Framing::Hocuspocus { .. } = options.framing {
+        // Auth (2), token (0): no auth hook is configured, any token passes.
+        let mut auth = Vec::new();
+        auth.write_var(2u32);
+        auth.write_var(0u32);
+        auth.write_string("");
+        send(&mut writer, OP_BINARY, &framed(&options.framing, &auth)).await?;
+    }
+    let mut step1 = Vec::new();
+    step1.write_var(0u32);
+    step1.write_var(0u32);
+    Write::write_buf(&mut step1, StateVector::default().encode_v1());
+    send(&mut writer, OP_BINARY, &framed(&options.framing, &step1)).await?;
+    // This joiner's doc is empty: its answer to the server's step 1 is the empty update.
+    let mut step2 = Vec::new();
+    step2.write_var(0u32);
+    step2.write_var(1u32);
+    Write::write_buf(&mut step2, [0u8, 0]);
+    let step2 = framed(&options.framing, &step2);
+
+    let mut synced = Some(synced);
+    let mut state = State::Header;
+    let mut step2_bytes = 0usize;
+    // Whether the message being read is the server's sync step 2.
+    let mut in_step2 = false;
+    loop {
+        // Take apart everything the buffer holds.
+        loop {
+            match state {
+                State::Header => {
+                    let Some((opcode, fin, len, header_len)) = parse_header(&buf[start..end])?
+                    else {
+                        break;
+                    };
+                    let available = end - start - header_len;
+                    match opcode {
+                        OP_CLOSE => bail!("server closed"),
+                        OP_PING | OP_PONG => {
+                            if available < len as usize {
+                                break;
+                            }
+                            let payload =
+                                &buf[start + header_len..start + header_len + len as usize];
+                            if opcode == OP_PING {
+                                send(&mut writer, OP_PONG, payload).await?;
+                            }
+                            start += header_len + len as usize;
+                        }
+                        OP_CONTINUE => {
+                            start += header_len;
+                            state = State::Payload {
+                                remaining: len,
+                                fin,
+                            };
+                        }
+                        _ => {
+                            // The first frame of a message: read what it is.
+                            let need = PREFIX_BYTES.min(len as usize);
+                            if available < need {
+                                break;
+                            }
+                            let prefix = &buf[start + header_len..start + header_len + need];
+                            match classify(&options.framing, prefix)? {
+                                Kind::ServerStep1 => send(&mut writer, OP_BINARY, &step2).await?,
+                                Kind::Step2(bytes) => {
+                                    step2_bytes = bytes.max(1);
+                                    in_step2 = true;
+                                }
+                                Kind::Other => {}
+                            }
+                            start += header_len;
+                            state = State::Payload {
+                                remaining: len,
+                                fin,
+                            };
+                        }
+                    }
+                }
+                State::Payload { remaining, fin } => {
+                    let take = remaining.min((end - start) as u64);
+                    start += take as usize;
+                    if take < remaining {
+                        state = State::Payload {
+                            remaining: remaining - take,
+                            fin,
+                        };
+                        break;
+                    }
+                    state = State::Header;
+                    if fin && in_step2 {
+                        in_step2 = false;
+                        if let Some(synced) = synced.take() {
+                            let _ = synced.send(started.elapsed());
+                        }
+                    }
+                }
+            }
+        }
+        // Keep what is left (a partial header) at the front.
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+
+        tokio::select! {
+            n = reader.read(&mut buf[end..]) => {
+                let n = n?;
+                ensure!(n > 0, "connection ended");
+                end += n;
+            }
+            command = commands.recv() => match command {
+                Some(Command::Raw(message)) => {
+                    send(&mut writer, OP_BINARY, &framed(&options.framing, &message)).await?;
+                }
+                Some(Command::TakeLatencies(reply)) => {
+                    let _ = reply.send(new_histogram());
+                }
+                Some(Command::Edit { .. } | Command::Awareness) => {
+                    bail!("a bulk receiver neither edits nor sends presence")
+                }
+                Some(Command::Close) | None => break,
+            }
+        }
+    }
+    let _ = send(&mut writer, OP_CLOSE, &[]).await;
+    Ok(Report {
+        latencies: new_histogram(),
+        text: String::new(),
+        step2_bytes,
+    })
+}
+
+enum Kind {
+    ServerStep1,
+    /// A sync step 2 whose update has this many bytes.
+    Step2(usize),
+    Other,
+}
+
+fn classify(framing: &Framing, prefix: &[u8]) -> Result<Kind> {
+    let mut cursor = Cursor::new(prefix);
+    if let Framing::Hocuspocus { .. } = framing {
+        let _doc: &str = cursor.read_string()?;
+    }
+    let kind: u32 = cursor.read_var()?;
+    if kind != 0 {
+        return Ok(Kind::Other);
+    }
+    let step: u32 = cursor.read_var()?;
+    Ok(match step {
+        0 => Kind::ServerStep1,
+        1 => Kind::Step2(cursor.read_var::<u64>()? as usize),
+        _ => Kind::Other,
+    })
+}
+
+/// Parses a server frame's header: opcode, FIN, payload length and header length; `None` until
+/// the whole header is in `bytes`.
+fn parse_header(bytes: &[u8]) -> Result<Option<(u8, bool, u64, usize)>> {
+    if bytes.len() < 2 {
+        return Ok(None);
+    }
+    let fin = bytes[0] & 0x80 != 0;
+    let opcode = bytes[0] & 0x0f;
+    ensure!(bytes[1] & 0x80 == 0, "the server sent a masked frame");
+    let (len, header_len) = match bytes[1] & 0x7f {
+        126 => {
+            let Some(ext) = bytes.get(2..4) else {
+                return Ok(None);
+            };
+            (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
+        }
+        127 => {
+            let Some(ext) = bytes.get(2..10) else {
+                return Ok(None);
+            };
+            let mut be = [0u8; 8];
+            be.copy_from_slice(ext);
+            (u64::from_be_bytes(be), 10)
+        }
+        short => (u64::from(short), 2),
+    };
+    Ok(Some((opcode, fin, len, header_len)))
+}
+
+/// A y-websocket message in the target's framing.
+fn framed(framing: &Framing, message: &[u8]) -> Vec<u8> {
+    match framing {
+        Framing::Plain => message.to_vec(),
+        Framing::Hocuspocus { doc } => {
+            let mut out = Vec::with_capacity(doc.len() + 1 + message.len());
+            out.write_string(doc);
+            out.extend_from_slice(message);
+            out
+        }
+    }
+}
+
+/// Sends one masked client frame (RFC 6455 requires clients to mask).
+async fn send(writer: &mut OwnedWriteHalf, opcode: u8, payload: &[u8]) -> Result<()> {
+    let mask: [u8; 4] = rand::random();
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form_parse() {
+        assert_eq!(parse_header(&[0x82]).unwrap(), None);
+        assert_eq!(
+            parse_header(&[0x82, 5]).unwrap(),
+            Some((OP_BINARY, true, 5, 2))
+        );
+        assert_eq!(parse_header(&[0x02, 126, 1]).unwrap(), None);
+        assert_eq!(
+            parse_header(&[0x02, 126, 1, 0]).unwrap(),
+            Some((OP_BINARY, false, 256, 4))
+        );
+        let mut long = vec![0x80, 127];
+        long.extend_from_slice(&(20_000_000u64).to_be_bytes());
+        assert_eq!(
+            parse_header(&long).unwrap(),
+            Some((OP_CONTINUE, true, 20_000_000, 10))
+        );
+        assert!(parse_header(&[0x82, 0x85]).is_err(), "masked server frame");
+    }
+
+    #[test]
+    fn messages_are_told_apart_by_their_prefix() {
+        let plain = Framing::Plain;
+        assert!(matches!(
+            classify(&plain, &[0, 0, 1, 0]).unwrap(),
+            Kind::ServerStep1
+        ));
+        // Step 2 of a 300-byte update: varint 300 is [0xac, 0x02].
+        assert!(matches!(
+            classify(&plain, &[0, 1, 0xac, 0x02, 7]).unwrap(),
+            Kind::Step2(300)
+        ));
+        assert!(matches!(classify(&plain, &[1, 3]).unwrap(), Kind::Other));
+        let hocuspocus = Framing::Hocuspocus { doc: "big".into() };
+        let mut message = framed(&hocuspocus, &[0, 1, 5]);
+        message.extend_from_slice(&[1, 2, 3, 4, 5]);
+        assert!(matches!(
+            classify(&hocuspocus, &message).unwrap(),
+            Kind::Step2(5)
+        ));
+    }
+}
