@@ -40,6 +40,37 @@ async fn wss_peers_sync_a_doc_edit() {
     assert!(server.url("/").starts_with("https://"));
 }
 
+/// Messages over 64 KiB skip tungstenite and are written straight to the connection's stream:
+/// over TLS that stream encrypts, so a big update and a big sync step 2 must arrive intact, with
+/// the small frames around them in order.
+#[tokio::test]
+async fn wss_delivers_big_messages_between_small_ones() {
+    let cert = TestCert::generate();
+    let server = TestServer::start_tls(&cert.cert_pem, &cert.key_pem, |_| {}).await;
+    let tls = tls_client_config(&[&cert.der]);
+    let mut alice = server.connect_tls("big", &tls).await;
+    let mut bob = server.connect_tls("big", &tls).await;
+    alice.append_text("a").await;
+    bob.wait_text(|text| text == "a").await;
+    let big: String = (0..300_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    alice.append_text(&big).await;
+    alice.append_text("z").await;
+    let expected = format!("a{big}z");
+    assert_eq!(
+        bob.wait_text(|text| text.len() == expected.len()).await,
+        expected
+    );
+    let mut carol = server.connect_tls("big", &tls).await;
+    assert_eq!(
+        carol.wait_text(|text| text.len() == expected.len()).await,
+        expected
+    );
+    carol.append_text("!").await;
+    alice.wait_text(|text| text.ends_with("z!")).await;
+}
+
 #[tokio::test]
 async fn https_serves_healthz_and_plain_http_on_the_tls_port_harms_nobody() {
     let cert = TestCert::generate();
