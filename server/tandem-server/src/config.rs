@@ -142,10 +142,11 @@ pub struct ServeArgs {
     /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
     #[arg(long, env = "TANDEM_FSYNC")]
     pub fsync: Option<bool>,
-    /// Shortest time between the starts of two commits while edits keep coming: updates that
-    /// arrive meanwhile join the next commit, so a busy server fsyncs less often. An edit that
-    /// finds the writer idle commits at once; `0s` commits whatever is queued as soon as the
-    /// previous commit ends [default: 5ms].
+    /// Shortest time between the starts of two commits holding one doc's updates: a doc that
+    /// keeps changing gathers what arrives meanwhile into its next commit, so a busy doc fsyncs
+    /// less often. An update of a doc not committed within the interval commits at once (with
+    /// whatever else is queued); `0s` commits whatever is queued as soon as the previous commit
+    /// ends [default: 5ms].
     #[arg(long, env = "TANDEM_COMMIT_INTERVAL")]
     pub commit_interval: Option<HumanDuration>,
     /// Threads that run connections and doc actors [default: one less than the CPUs, at least 1].
