@@ -351,24 +351,35 @@ mod tests {
         }
     }
 
+    /// A writer with fsync on a fresh store; keep the directory for as long as the store.
+    fn start_writer(
+        commit_interval: Duration,
+    ) -> (tempfile::TempDir, Arc<Store>, mpsc::Sender<PersistCommand>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
+        let config = PersistConfig {
+            fsync: true,
+            cache_bytes: 1 << 20,
+            commit_interval,
+        };
+        let writer = spawn_writer(store.clone(), config).unwrap();
+        (dir, store, writer)
+    }
+
+    async fn stop_writer(writer: &mpsc::Sender<PersistCommand>) {
+        let (done, closed) = oneshot::channel();
+        writer.send(PersistCommand::Close { done }).await.unwrap();
+        closed.await.unwrap();
+    }
+
     /// A busy writer waits out the interval and commits what arrived meanwhile as one group,
     /// reported once; an idle one commits at once. The bounds only catch a writer that is early,
     /// or one that waits a whole interval before its very first commit, so a slow machine
     /// cannot fail them.
     #[tokio::test]
     async fn a_busy_writer_groups_what_arrives_within_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
         let interval = Duration::from_secs(3);
-        let writer = spawn_writer(
-            store.clone(),
-            PersistConfig {
-                fsync: true,
-                cache_bytes: 1 << 20,
-                commit_interval: interval,
-            },
-        )
-        .unwrap();
+        let (_dir, store, writer) = start_writer(interval);
         let doc = DocId::new("grouped").unwrap();
         let (report, mut durable) = watch::channel(Durability::default());
 
@@ -402,27 +413,15 @@ mod tests {
         let loaded = store.load_doc(doc.as_str()).unwrap();
         assert_eq!(loaded.updates.len(), 4);
 
-        let (done, closed) = oneshot::channel();
-        writer.send(PersistCommand::Close { done }).await.unwrap();
-        closed.await.unwrap();
+        stop_writer(&writer).await;
     }
 
     /// The interval is per doc: right after a commit of one doc, an update of another doc commits
     /// at once, while a second update of the first waits for the rest of its interval.
     #[tokio::test]
     async fn a_quiet_doc_commits_at_once_beside_a_busy_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
         let interval = Duration::from_secs(3);
-        let writer = spawn_writer(
-            store.clone(),
-            PersistConfig {
-                fsync: true,
-                cache_bytes: 1 << 20,
-                commit_interval: interval,
-            },
-        )
-        .unwrap();
+        let (_dir, _store, writer) = start_writer(interval);
         let busy = DocId::new("busy").unwrap();
         let quiet = DocId::new("quiet").unwrap();
         let (busy_report, mut busy_durable) = watch::channel(Durability::default());
@@ -449,8 +448,6 @@ mod tests {
         busy_durable.changed().await.unwrap();
         assert_eq!(busy_durable.borrow_and_update().durable_seq, 2);
 
-        let (done, closed) = oneshot::channel();
-        writer.send(PersistCommand::Close { done }).await.unwrap();
-        closed.await.unwrap();
+        stop_writer(&writer).await;
     }
 }
