@@ -17,9 +17,10 @@ use tandem_benches::loadgen::report::{Figures, Scenario};
 use tandem_benches::loadgen::scenario;
 use tandem_benches::loadgen::target::{Paths, Server, Target};
 
-/// The join storm's joiners each put a 20 MB step 2 together from fragments: with the system
-/// allocator every one of those buffers was fresh pages from the kernel (page faults and zeroing
-/// on the load generator's side of the same two cores); jemalloc reuses them.
+/// Peers that read through tungstenite get a fresh buffer for every big message (a 20 MB sync
+/// step 2 in the join scenarios): with the system allocator those were fresh pages from the
+/// kernel each time, page faults and zeroing on the same two cores as the server; jemalloc
+/// reuses them.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
-use yrs::updates::encoder::Encode;
 
-use super::peer::{Command, Framing, PeerOptions, Report, new_histogram};
+use super::peer::{
+    Command, Framing, PeerOptions, Report, framed, hocuspocus_auth, new_histogram, sync_step1,
+};
 
 /// Bytes read from the socket at a time.
 const READ_BYTES: usize = 256 * 1024;
@@ -81,17 +82,14 @@ pub(super) async fn run(
     };
 
     if let Framing::Hocuspocus { .. } = options.framing {
-        // Auth (2), token (0): no auth hook is configured, any token passes.
-        let mut auth = Vec::new();
-        auth.write_var(2u32);
-        auth.write_var(0u32);
-        auth.write_string("");
-        send(&mut writer, OP_BINARY, &framed(&options.framing, &auth)).await?;
+        send(
+            &mut writer,
+            OP_BINARY,
+            &framed(&options.framing, &hocuspocus_auth()),
+        )
+        .await?;
     }
-    let mut step1 = Vec::new();
-    step1.write_var(0u32);
-    step1.write_var(0u32);
-    Write::write_buf(&mut step1, StateVector::default().encode_v1());
+    let step1 = sync_step1(&StateVector::default());
     send(&mut writer, OP_BINARY, &framed(&options.framing, &step1)).await?;
     // This joiner's doc is empty: its answer to the server's step 1 is the empty update.
     let mut step2 = Vec::new();
@@ -262,19 +260,6 @@ fn parse_header(bytes: &[u8]) -> Result<Option<(u8, bool, u64, usize)>> {
         short => (u64::from(short), 2),
     };
     Ok(Some((opcode, fin, len, header_len)))
-}
-
-/// A y-websocket message in the target's framing.
-fn framed(framing: &Framing, message: &[u8]) -> Vec<u8> {
-    match framing {
-        Framing::Plain => message.to_vec(),
-        Framing::Hocuspocus { doc } => {
-            let mut out = Vec::with_capacity(doc.len() + 1 + message.len());
-            out.write_string(doc);
-            out.extend_from_slice(message);
-            out
-        }
-    }
 }
 
 /// Sends one masked client frame (RFC 6455 requires clients to mask).

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -179,16 +178,10 @@ async fn run(
         .to_owned();
     let stream = TcpStream::connect(&host).await.context("connect")?;
     stream.set_nodelay(true)?;
-    // Small buffers, so ten thousand idle peers fit beside the server; a peer that never
-    // applies is a bulk receiver (the join storm's), so it reads in big chunks: with 16 KiB
-    // reads the load generator, not the server, set the join storm's time.
-    let read_buffer = if options.apply == Apply::Never {
-        256 * 1024
-    } else {
-        16 * 1024
-    };
+    // Small buffers, so ten thousand idle peers fit beside the server (the join storm's bulk
+    // receivers read without tungstenite: see `bulk.rs`).
     let config = WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
+        .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(1 << 30))
         .max_frame_size(Some(1 << 30));
@@ -219,20 +212,9 @@ async fn run(
     };
 
     if let Framing::Hocuspocus { .. } = peer.framing {
-        // Auth (2), token (0): no auth hook is configured, any token passes.
-        let mut auth = Vec::new();
-        auth.write_var(2u32);
-        auth.write_var(0u32);
-        auth.write_string("");
-        sink.send(peer.frame(&auth)).await?;
+        sink.send(peer.frame(&hocuspocus_auth())).await?;
     }
-    let step1 = {
-        let mut message = Vec::new();
-        message.write_var(0u32);
-        message.write_var(0u32);
-        message.write_buf(peer.doc.transact().state_vector().encode_v1());
-        message
-    };
+    let step1 = sync_step1(&peer.doc.transact().state_vector());
     sink.send(peer.frame(&step1)).await?;
 
     let mut synced = Some(synced);
@@ -301,17 +283,41 @@ pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
+/// A y-websocket message in the target's framing (Hocuspocus prefixes the doc name).
+pub(super) fn framed(framing: &Framing, message: &[u8]) -> Vec<u8> {
+    match framing {
+        Framing::Plain => message.to_vec(),
+        Framing::Hocuspocus { doc } => {
+            let mut out = Vec::with_capacity(doc.len() + 1 + message.len());
+            out.write_string(doc);
+            out.extend_from_slice(message);
+            out
+        }
+    }
+}
+
+/// Hocuspocus's first message: auth (2), token (0), empty; no auth hook is configured, so any
+/// token passes.
+pub(super) fn hocuspocus_auth() -> Vec<u8> {
+    let mut auth = Vec::new();
+    auth.write_var(2u32);
+    auth.write_var(0u32);
+    auth.write_string("");
+    auth
+}
+
+/// A sync step 1 offering `state`.
+pub(super) fn sync_step1(state: &StateVector) -> Vec<u8> {
+    let mut message = Vec::new();
+    message.write_var(0u32);
+    message.write_var(0u32);
+    message.write_buf(state.encode_v1());
+    message
+}
+
 impl Peer {
     fn frame(&self, message: &[u8]) -> WsMessage {
-        match &self.framing {
-            Framing::Plain => WsMessage::Binary(Bytes::copy_from_slice(message)),
-            Framing::Hocuspocus { doc } => {
-                let mut framed = Vec::with_capacity(doc.len() + 1 + message.len());
-                framed.write_string(doc);
-                framed.extend_from_slice(message);
-                WsMessage::Binary(framed.into())
-            }
-        }
+        WsMessage::Binary(framed(&self.framing, message).into())
     }
 
     /// Handles one frame; returns the messages to send back.
