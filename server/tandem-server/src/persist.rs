@@ -116,57 +116,35 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
         let Some(first) = rx.blocking_recv() else {
             break;
         };
-        let mut batch = Vec::new();
-        let mut n_bytes = 0usize;
-        let mut release = false;
-        let mut next = Some(first);
-        let mut waited = false;
-        loop {
-            while let Some(command) = next.take() {
-                match command {
-                    PersistCommand::Close { done } => {
-                        close = Some(done);
-                        break;
-                    }
-                    PersistCommand::ReleaseMemory => {
-                        release = true;
-                        break;
-                    }
-                    command => {
-                        n_bytes += command.n_bytes();
-                        batch.push(command);
-                    }
-                }
-                if batch.len() >= MAX_BATCH_OPS || n_bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-                next = rx.try_recv().ok();
-            }
-            // Only hot docs queued: let the rest of their interval gather more of their updates
-            // (and whatever else arrives) into this commit. Anything else commits at once.
-            let due = if waited || close.is_some() || release {
-                None
-            } else {
-                hot_until(&batch, &recent, config.commit_interval)
-            };
-            let Some(due) = due else {
-                break;
-            };
+        let mut group = Group::default();
+        group.gather(Some(first), &mut rx);
+        // Only hot docs queued: let the rest of their interval gather more of their updates (and
+        // whatever else arrives) into this commit. Anything else commits at once.
+        if group.open()
+            && let Some(due) = hot_until(&group.batch, &recent, config.commit_interval)
+        {
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
-            waited = true;
-            if batch.len() < MAX_BATCH_OPS && n_bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
+            group.gather(rx.try_recv().ok(), &mut rx);
         }
+        let Group {
+            batch,
+            release,
+            close: closing,
+            ..
+        } = group;
+        close = closing;
         if !batch.is_empty() {
             let started = Instant::now();
             recent.retain(|_, last| started.duration_since(*last) < config.commit_interval);
-            for command in &batch {
-                if let Some(doc) = command.doc() {
+            let mut previous: Option<&DocId> = None;
+            for doc in batch.iter().filter_map(PersistCommand::doc) {
+                // Batches are runs of one doc's updates: hash each run once.
+                if previous != Some(doc) {
                     recent.insert(doc.clone(), started);
+                    previous = Some(doc);
                 }
             }
             commit(&store, &batch, config.fsync);
@@ -181,6 +159,56 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
     tracing::info!(n_commits, "redb writer stopped");
     if let Some(done) = close {
         let _ = done.send(());
+    }
+}
+
+/// What the writer takes from the channel for one commit.
+#[derive(Default)]
+struct Group {
+    batch: Vec<PersistCommand>,
+    n_bytes: usize,
+    /// `ReleaseMemory` arrived: commit, then drop the page cache.
+    release: bool,
+    /// `Close` arrived: commit, then stop.
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Group {
+    /// Takes `next` and whatever else is queued, until the channel is empty, the group is full,
+    /// or a `ReleaseMemory` or `Close` ends it.
+    fn gather(
+        &mut self,
+        mut next: Option<PersistCommand>,
+        rx: &mut mpsc::Receiver<PersistCommand>,
+    ) {
+        while let Some(command) = next.take() {
+            match command {
+                PersistCommand::Close { done } => {
+                    self.close = Some(done);
+                    return;
+                }
+                PersistCommand::ReleaseMemory => {
+                    self.release = true;
+                    return;
+                }
+                command => {
+                    self.n_bytes += command.n_bytes();
+                    self.batch.push(command);
+                }
+            }
+            if !self.open() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+    }
+
+    /// Whether more commands may join: not full, and not ended by `ReleaseMemory` or `Close`.
+    fn open(&self) -> bool {
+        !self.release
+            && self.close.is_none()
+            && self.batch.len() < MAX_BATCH_OPS
+            && self.n_bytes < MAX_BATCH_BYTES
     }
 }
 
