@@ -65,11 +65,15 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// Defaults relative to the workspace root: release builds and `benches/peers`.
+    /// Defaults relative to the workspace root: release builds (under `$CARGO_TARGET_DIR` when
+    /// it is set, as cargo does, so two builds can be raced) and `benches/peers`.
     pub fn from_root(root: &Path) -> Paths {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
         Paths {
-            tandem: root.join("target/release/tandem"),
-            relay: root.join("target/release/relay"),
+            tandem: target.join("release/tandem"),
+            relay: target.join("release/relay"),
             peers: root.join("benches/peers"),
             node: PathBuf::from(std::env::var("NODE").unwrap_or_else(|_| "node".into())),
         }
