@@ -12,10 +12,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
@@ -29,11 +32,7 @@ const READ_BYTES: usize = 256 * 1024;
 /// Payload bytes of a message's first frame needed to tell what the message is.
 const PREFIX_BYTES: usize = 64;
 
-const OP_CONTINUE: u8 = 0x0;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+const BINARY: OpCode = OpCode::Data(Data::Binary);
 
 /// What the frame being read belongs to.
 enum State {
@@ -84,13 +83,13 @@ pub(super) async fn run(
     if let Framing::Hocuspocus { .. } = options.framing {
         send(
             &mut writer,
-            OP_BINARY,
+            BINARY,
             &framed(&options.framing, &hocuspocus_auth()),
         )
         .await?;
     }
     let step1 = sync_step1(&StateVector::default());
-    send(&mut writer, OP_BINARY, &framed(&options.framing, &step1)).await?;
+    send(&mut writer, BINARY, &framed(&options.framing, &step1)).await?;
     // This joiner's doc is empty: its answer to the server's step 1 is the empty update.
     let mut step2 = Vec::new();
     step2.write_var(0u32);
@@ -108,25 +107,25 @@ pub(super) async fn run(
         loop {
             match state {
                 State::Header => {
-                    let Some((opcode, fin, len, header_len)) = parse_header(&buf[start..end])?
-                    else {
+                    let Some((header, len, header_len)) = parse_header(&buf[start..end])? else {
                         break;
                     };
+                    let fin = header.is_final;
                     let available = end - start - header_len;
-                    match opcode {
-                        OP_CLOSE => bail!("server closed"),
-                        OP_PING | OP_PONG => {
+                    match header.opcode {
+                        OpCode::Control(Control::Close) => bail!("server closed"),
+                        OpCode::Control(control @ (Control::Ping | Control::Pong)) => {
                             if available < len as usize {
                                 break;
                             }
                             let payload =
                                 &buf[start + header_len..start + header_len + len as usize];
-                            if opcode == OP_PING {
-                                send(&mut writer, OP_PONG, payload).await?;
+                            if control == Control::Ping {
+                                send(&mut writer, OpCode::Control(Control::Pong), payload).await?;
                             }
                             start += header_len + len as usize;
                         }
-                        OP_CONTINUE => {
+                        OpCode::Data(Data::Continue) => {
                             start += header_len;
                             state = State::Payload {
                                 remaining: len,
@@ -141,7 +140,7 @@ pub(super) async fn run(
                             }
                             let prefix = &buf[start + header_len..start + header_len + need];
                             match classify(&options.framing, prefix)? {
-                                Kind::ServerStep1 => send(&mut writer, OP_BINARY, &step2).await?,
+                                Kind::ServerStep1 => send(&mut writer, BINARY, &step2).await?,
                                 Kind::Step2(bytes) => {
                                     step2_bytes = bytes.max(1);
                                     in_step2 = true;
@@ -189,7 +188,7 @@ pub(super) async fn run(
             }
             command = commands.recv() => match command {
                 Some(Command::Raw(message)) => {
-                    send(&mut writer, OP_BINARY, &framed(&options.framing, &message)).await?;
+                    send(&mut writer, BINARY, &framed(&options.framing, &message)).await?;
                 }
                 Some(Command::TakeLatencies(reply)) => {
                     let _ = reply.send(new_histogram());
@@ -201,7 +200,7 @@ pub(super) async fn run(
             }
         }
     }
-    let _ = send(&mut writer, OP_CLOSE, &[]).await;
+    let _ = send(&mut writer, OpCode::Control(Control::Close), &[]).await;
     Ok(Report {
         latencies: new_histogram(),
         text: String::new(),
@@ -233,53 +232,26 @@ fn classify(framing: &Framing, prefix: &[u8]) -> Result<Kind> {
     })
 }
 
-/// Parses a server frame's header: opcode, FIN, payload length and header length; `None` until
-/// the whole header is in `bytes`.
-fn parse_header(bytes: &[u8]) -> Result<Option<(u8, bool, u64, usize)>> {
-    if bytes.len() < 2 {
+/// Parses a server frame's header: the header, the payload length and the header's length;
+/// `None` until the whole header is in `bytes`.
+fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
         return Ok(None);
-    }
-    let fin = bytes[0] & 0x80 != 0;
-    let opcode = bytes[0] & 0x0f;
-    ensure!(bytes[1] & 0x80 == 0, "the server sent a masked frame");
-    let (len, header_len) = match bytes[1] & 0x7f {
-        126 => {
-            let Some(ext) = bytes.get(2..4) else {
-                return Ok(None);
-            };
-            (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
-        }
-        127 => {
-            let Some(ext) = bytes.get(2..10) else {
-                return Ok(None);
-            };
-            let mut be = [0u8; 8];
-            be.copy_from_slice(ext);
-            (u64::from_be_bytes(be), 10)
-        }
-        short => (u64::from(short), 2),
     };
-    Ok(Some((opcode, fin, len, header_len)))
+    ensure!(header.mask.is_none(), "the server sent a masked frame");
+    Ok(Some((header, len, cursor.position() as usize)))
 }
 
 /// Sends one masked client frame (RFC 6455 requires clients to mask).
-async fn send(writer: &mut OwnedWriteHalf, opcode: u8, payload: &[u8]) -> Result<()> {
-    let mask: [u8; 4] = rand::random();
-    let mut frame = Vec::with_capacity(payload.len() + 14);
-    frame.push(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+async fn send(writer: &mut OwnedWriteHalf, opcode: OpCode, payload: &[u8]) -> Result<()> {
+    let header = FrameHeader {
+        opcode,
+        mask: Some(rand::random()),
+        ..FrameHeader::default()
+    };
+    let mut frame = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
+    Frame::from_payload(header, Bytes::copy_from_slice(payload)).format(&mut frame)?;
     writer.write_all(&frame).await?;
     Ok(())
 }
@@ -288,25 +260,30 @@ async fn send(writer: &mut OwnedWriteHalf, opcode: u8, payload: &[u8]) -> Result
 mod tests {
     use super::*;
 
+    /// Opcode, FIN, payload length and header length of a parsed header.
+    fn parsed(bytes: &[u8]) -> Option<(OpCode, bool, u64, usize)> {
+        parse_header(bytes)
+            .unwrap()
+            .map(|(header, len, header_len)| (header.opcode, header.is_final, len, header_len))
+    }
+
     #[test]
     fn headers_of_every_length_form_parse() {
-        assert_eq!(parse_header(&[0x82]).unwrap(), None);
-        assert_eq!(
-            parse_header(&[0x82, 5]).unwrap(),
-            Some((OP_BINARY, true, 5, 2))
-        );
-        assert_eq!(parse_header(&[0x02, 126, 1]).unwrap(), None);
-        assert_eq!(
-            parse_header(&[0x02, 126, 1, 0]).unwrap(),
-            Some((OP_BINARY, false, 256, 4))
-        );
+        assert_eq!(parsed(&[0x82]), None);
+        assert_eq!(parsed(&[0x82, 5]), Some((BINARY, true, 5, 2)));
+        assert_eq!(parsed(&[0x02, 126, 1]), None);
+        assert_eq!(parsed(&[0x02, 126, 1, 0]), Some((BINARY, false, 256, 4)));
         let mut long = vec![0x80, 127];
         long.extend_from_slice(&(20_000_000u64).to_be_bytes());
         assert_eq!(
-            parse_header(&long).unwrap(),
-            Some((OP_CONTINUE, true, 20_000_000, 10))
+            parsed(&long),
+            Some((OpCode::Data(Data::Continue), true, 20_000_000, 10))
         );
-        assert!(parse_header(&[0x82, 0x85]).is_err(), "masked server frame");
+        // A masked frame is known once its mask is in.
+        assert!(
+            parse_header(&[0x82, 0x85, 1, 2, 3, 4]).is_err(),
+            "masked server frame"
+        );
     }
 
     #[test]
