@@ -2,7 +2,6 @@
 //! load, reads the server's CPU time and memory from `/proc`, and returns its figures.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -124,7 +123,7 @@ async fn drive_edits(writers: &[&PeerHandle], rate: f64, duration: Duration, len
 async fn wait_deliveries(shared: &Shared, expected: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let delivered = shared.deliveries.load(Ordering::Relaxed);
+        let delivered = shared.deliveries();
         if delivered >= expected || Instant::now() >= deadline {
             return delivered;
         }
@@ -241,7 +240,7 @@ pub async fn saturation(
     let mut figures = Figures::new();
 
     // Fixed rate.
-    let before = shared.deliveries.load(Ordering::Relaxed);
+    let before = shared.deliveries();
     let cpu0 = server.cpu();
     let sent = drive_edits(&writers, fixed_rate, Duration::from_secs(4), 1).await;
     let delivered =
@@ -263,7 +262,7 @@ pub async fn saturation(
     let mut best_cpu_pct = 0.0f64;
     let mut limit = "none (last step passed)".to_owned();
     for &rate in steps {
-        let before = shared.deliveries.load(Ordering::Relaxed);
+        let before = shared.deliveries();
         let cpu0 = server.cpu();
         let started = Instant::now();
         let sent = drive_edits(&writers, rate, step, 1).await;
@@ -423,7 +422,7 @@ pub async fn presence(
         peer.commands.send(Command::Awareness).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = shared.awareness_deliveries.load(Ordering::Relaxed);
+    let before = shared.awareness_deliveries();
     let cpu0 = server.cpu();
     let started = Instant::now();
     let n = peers.len();
@@ -440,7 +439,7 @@ pub async fn presence(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let wall = started.elapsed();
     let cpu = server.cpu() - cpu0;
-    let received = shared.awareness_deliveries.load(Ordering::Relaxed) - before;
+    let received = shared.awareness_deliveries() - before;
     close_all(peers).await?;
     let mut figures = Figures::new();
     figures.insert("updates_per_s", sent as f64 / duration.as_secs_f64());
