@@ -14,7 +14,7 @@ use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 use super::peer::{self, Apply, Command, Framing, PeerHandle, PeerOptions, Report, Shared, TEXT};
 use super::report::{Figures, add_latencies};
-use super::target::{Server, Target};
+use super::target::{Server, Target, own_cpu};
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -260,10 +260,12 @@ pub async fn saturation(
     // Steps.
     let mut best = 0.0f64;
     let mut best_cpu_pct = 0.0f64;
+    let mut best_own_cpu_pct = 0.0f64;
     let mut limit = "none (last step passed)".to_owned();
     for &rate in steps {
         let before = shared.deliveries();
         let cpu0 = server.cpu();
+        let own0 = own_cpu();
         let started = Instant::now();
         let sent = drive_edits(&writers, rate, step, 1).await;
         let expected = sent * receivers;
@@ -271,13 +273,15 @@ pub async fn saturation(
             wait_deliveries(&shared, before + expected, Duration::from_secs(3)).await - before;
         let wall = started.elapsed();
         let cpu = server.cpu() - cpu0;
+        let own = own_cpu() - own0;
         let latencies = take_latencies(&peers).await?;
         let p99_ms = latencies.value_at_quantile(0.99) as f64 / 1000.0;
         let per_s = delivered as f64 / step.as_secs_f64();
         eprintln!(
-            "    {} rate {rate}/s: sent {sent}, delivered {delivered}/{expected}, p99 {p99_ms:.1} ms, server CPU {:.0}%",
+            "    {} rate {rate}/s: sent {sent}, delivered {delivered}/{expected}, p99 {p99_ms:.1} ms, server CPU {:.0}%, load generator CPU {:.0}%",
             server.target.name(),
-            cpu_pct(cpu, wall)
+            cpu_pct(cpu, wall),
+            cpu_pct(own, wall)
         );
         if (sent as f64) < rate * step.as_secs_f64() * 0.95 {
             limit = format!("peers could not send {rate}/s (sockets backed up)");
@@ -293,10 +297,12 @@ pub async fn saturation(
         }
         best = best.max(per_s);
         best_cpu_pct = cpu_pct(cpu, wall);
+        best_own_cpu_pct = cpu_pct(own, wall);
     }
     eprintln!("    {}: stopped by {limit}", server.target.name());
     figures.insert("max_deliveries_per_s", best);
     figures.insert("server_cpu_pct_at_max", best_cpu_pct);
+    figures.insert("loadgen_cpu_pct_at_max", best_own_cpu_pct);
     // Past the last step a server may have dropped updates or peers; that is a result here,
     // not a failed run: how many peers ended with a different text.
     let reports = close_all(peers).await?;

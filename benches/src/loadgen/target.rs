@@ -272,6 +272,11 @@ impl Server {
     }
 }
 
+/// User + system CPU time of the load generator itself so far (its peers, not the server).
+pub fn own_cpu() -> Duration {
+    cpu_time(std::process::id()).unwrap_or_default()
+}
+
 fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
