@@ -188,6 +188,7 @@ impl Hub {
             .remove_if(doc, |_, handle| handle.generation == generation)
             .is_some();
         if removed && self.inner.docs.is_empty() {
+            crate::alloc::release();
             // Best effort: with the writer's queue full, the server is anything but idle.
             let _ = self.inner.persist.try_send(PersistCommand::ReleaseMemory);
         }

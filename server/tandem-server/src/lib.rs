@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`alloc`]: the allocator's per-thread caches emptied once no doc is open.
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
 //! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
@@ -28,6 +29,7 @@
 
 pub mod account;
 pub mod activity;
+pub mod alloc;
 pub mod auth;
 pub mod command;
 pub mod config;

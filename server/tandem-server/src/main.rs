@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             let config = tandem_server::config::load(args)?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config.worker_threads)
+                .on_thread_park(tandem_server::alloc::on_worker_park)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?

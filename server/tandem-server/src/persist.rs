@@ -234,7 +234,10 @@ fn hot_until(
 
 fn release_memory(store: &Store) {
     let started = std::time::Instant::now();
-    match store.release_cache() {
+    let released = store.release_cache();
+    crate::alloc::empty_this_thread_cache();
+    crate::alloc::purge_arenas();
+    match released {
         Ok(()) => {
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,

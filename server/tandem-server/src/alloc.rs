@@ -1,0 +1,87 @@
+//! Handing the allocator's per-thread caches back once no doc is open.
+//!
+//! jemalloc keeps a cache of freed blocks per thread and trims it only as that thread goes on
+//! allocating. When the last doc unloads, the runtime's workers and the redb writer stop
+//! allocating, so whatever the unload freed into their caches stays there, and the slabs
+//! those blocks belong to stay resident, for as long as the server stays idle. [`release`]
+//! (called when the hub's last doc is gone) asks every such thread to empty its cache: the
+//! writer does it at once after dropping redb's page cache, each worker the next time it
+//! parks ([`on_worker_park`], hooked into the runtime by `main.rs`). Emptying is switching the
+//! thread's cache off and on again through jemalloc's `thread.tcache.enabled`, which flushes
+//! every block back to its slab. The pages that leaves unused are then handed back to the OS
+//! at once (each arena's dirty decay time set to zero and back), not after the decay time:
+//! jemalloc's background threads wake up for new dirty pages only past a threshold of
+//! megabytes, so an idle server's last few would otherwise stay resident.
+//!
+//! Without the `jemalloc` feature (a build for heap profilers) these are no-ops.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bumped each time the last doc unloads.
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The last value of [`RELEASES`] this thread emptied its cache for.
+    static RELEASED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// No doc is open: every worker empties its cache when it next parks.
+pub(crate) fn release() {
+    RELEASES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The runtime's park hook: empties this worker's cache if a release is pending for it (one
+/// atomic load and a thread-local read otherwise).
+pub fn on_worker_park() {
+    let releases = RELEASES.load(Ordering::Relaxed);
+    if RELEASED.with(|released| released.replace(releases)) != releases {
+        empty_this_thread_cache();
+        purge_arenas();
+    }
+}
+
+/// Empties the calling thread's cache now.
+pub(crate) fn empty_this_thread_cache() {
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        let name = b"thread.tcache.enabled\0".name();
+        // Fails only where caches are off (`MALLOC_CONF=tcache:false`): nothing to empty.
+        if let Err(error) = name.write(false).and_then(|()| name.write(true)) {
+            tracing::debug!(%error, "could not empty the thread's allocation cache");
+        }
+    }
+}
+
+/// Hands every arena's unused dirty pages back to the OS now.
+pub(crate) fn purge_arenas() {
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        let Ok(arenas) = tikv_jemalloc_ctl::arenas::narenas::read() else {
+            return;
+        };
+        for arena in 0..arenas {
+            let key = format!("arena.{arena}.dirty_decay_ms\0");
+            let name = key.as_bytes().name();
+            // An arena no thread has used yet has nothing to purge and answers with an error.
+            if let Ok(decay_ms) = Access::<isize>::read(name) {
+                // Zero purges everything dirty at once; the old value restarts the decay.
+                let _ = name.write(0isize).and_then(|()| name.write(decay_ms));
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "jemalloc"))]
+mod tests {
+    use tikv_jemalloc_ctl::{Access, AsName};
+
+    #[test]
+    fn emptying_the_cache_leaves_it_switched_on() {
+        super::empty_this_thread_cache();
+        let enabled: bool = b"thread.tcache.enabled\0".name().read().unwrap();
+        assert!(enabled);
+    }
+}
