@@ -138,12 +138,15 @@ impl SendLog {
         }
     }
 
-    fn stamp(&self, clock: u32, at: u64) {
+    /// The slot of `clock`, its chunk allocated first if need be (before the caller reads the
+    /// time, so that the allocation is not counted as latency).
+    fn slot(&self, clock: u32) -> Option<&AtomicU64> {
         let (chunk, slot) = (clock as usize / Self::CHUNK, clock as usize % Self::CHUNK);
-        if let Some(chunk) = self.chunks.get(chunk) {
-            let chunk = chunk.get_or_init(|| (0..Self::CHUNK).map(|_| AtomicU64::new(0)).collect());
-            chunk[slot].store(at, Ordering::Release);
-        }
+        let chunk = self
+            .chunks
+            .get(chunk)?
+            .get_or_init(|| (0..Self::CHUNK).map(|_| AtomicU64::new(0)).collect());
+        Some(&chunk[slot])
     }
 
     fn get(&self, clock: u32) -> Option<u64> {
@@ -563,7 +566,9 @@ impl Peer {
             self.shared.logs.insert(self.client, log.clone());
             log
         });
-        log.stamp(clock, self.shared.now());
+        if let Some(slot) = log.slot(clock) {
+            slot.store(self.shared.now(), Ordering::Release);
+        }
         let mut message = Vec::with_capacity(update.len() + 4);
         message.write_var(0u32);
         message.write_var(2u32);

@@ -6,7 +6,8 @@
 //! those blocks belong to stay resident, for as long as the server stays idle. [`release`]
 //! (called when the hub's last doc is gone) asks every such thread to empty its cache: the
 //! writer does it at once after dropping redb's page cache, each worker the next time it
-//! parks ([`on_worker_park`], hooked into the runtime by `main.rs`). Emptying is switching the
+//! parks ([`on_worker_park`], hooked into the runtime by `main.rs`): the one that ran the
+//! unload right after it, one that was already parked whenever it next has work. Emptying is switching the
 //! thread's cache off and on again through jemalloc's `thread.tcache.enabled`, which flushes
 //! every block back to its slab. The pages that leaves unused are then handed back to the OS
 //! at once (each arena's dirty decay time set to zero and back), not after the decay time:
@@ -47,26 +48,39 @@ pub(crate) fn empty_this_thread_cache() {
     {
         use tikv_jemalloc_ctl::{Access, AsName};
         let name = b"thread.tcache.enabled\0".name();
-        // Fails only where caches are off (`MALLOC_CONF=tcache:false`): nothing to empty.
-        if let Err(error) = name.write(false).and_then(|()| name.write(true)) {
+        // Switched on again only if it was on: `MALLOC_CONF=tcache:false` stays honoured.
+        let emptied = name
+            .update(false)
+            .and_then(|was_on| if was_on { name.write(true) } else { Ok(()) });
+        if let Err(error) = emptied {
             tracing::debug!(%error, "could not empty the thread's allocation cache");
         }
     }
 }
 
 /// Hands every arena's unused dirty pages back to the OS now.
+///
+/// One thread at a time: the decay time is read, set to zero and set back, and a second
+/// thread reading it in between would read the zero. (It would then skip the arena: a zero
+/// read is never written back, so no arena is left purging at every turn for good.)
 pub(crate) fn purge_arenas() {
     #[cfg(feature = "jemalloc")]
     {
         use tikv_jemalloc_ctl::{Access, AsName};
+        static PURGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = PURGING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Ok(arenas) = tikv_jemalloc_ctl::arenas::narenas::read() else {
             return;
         };
         for arena in 0..arenas {
             let key = format!("arena.{arena}.dirty_decay_ms\0");
             let name = key.as_bytes().name();
-            // An arena no thread has used yet has nothing to purge and answers with an error.
-            if let Ok(decay_ms) = Access::<isize>::read(name) {
+            // An arena no thread has used yet answers with an error; one whose decay time is
+            // already zero (the huge-allocation arena) purges at once anyway, and -1 is an
+            // operator's "never purge".
+            if let Ok(decay_ms @ 1..) = Access::<isize>::read(name) {
                 // Zero purges everything dirty at once; the old value restarts the decay.
                 let _ = name.write(0isize).and_then(|()| name.write(decay_ms));
             }
@@ -78,10 +92,61 @@ pub(crate) fn purge_arenas() {
 mod tests {
     use tikv_jemalloc_ctl::{Access, AsName};
 
+    fn tcache_enabled() -> bool {
+        b"thread.tcache.enabled\0".name().read().unwrap()
+    }
+
+    fn decay_times() -> Vec<Option<isize>> {
+        let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap();
+        (0..arenas)
+            .map(|arena| {
+                let key = format!("arena.{arena}.dirty_decay_ms\0");
+                Access::<isize>::read(key.as_bytes().name()).ok()
+            })
+            .collect()
+    }
+
     #[test]
-    fn emptying_the_cache_leaves_it_switched_on() {
-        super::empty_this_thread_cache();
-        let enabled: bool = b"thread.tcache.enabled\0".name().read().unwrap();
-        assert!(enabled);
+    fn emptying_the_cache_leaves_it_as_it_was() {
+        std::thread::spawn(|| {
+            assert!(tcache_enabled());
+            super::empty_this_thread_cache();
+            assert!(tcache_enabled());
+            // A thread whose cache is off (as with `tcache:false`) keeps it off.
+            b"thread.tcache.enabled\0".name().write(false).unwrap();
+            super::empty_this_thread_cache();
+            assert!(!tcache_enabled());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn purges_racing_from_many_threads_restore_every_decay_time() {
+        let before = decay_times();
+        assert!(
+            before.iter().any(|decay| matches!(decay, Some(1..))),
+            "{before:?}"
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..2_000 {
+                        super::purge_arenas();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Arenas the new threads brought up start with arena 0's default; none is left at 0.
+        let default = before[0];
+        for (arena, (then, now)) in before.iter().zip(decay_times()).enumerate() {
+            match then {
+                Some(_) => assert_eq!(now, *then, "arena {arena}"),
+                None => assert!(now.is_none() || now == default, "arena {arena}: {now:?}"),
+            }
+        }
     }
 }
