@@ -138,10 +138,15 @@ impl SendLog {
         }
     }
 
+    /// The chunk and the slot in it of `clock`.
+    fn index(clock: u32) -> (usize, usize) {
+        (clock as usize / Self::CHUNK, clock as usize % Self::CHUNK)
+    }
+
     /// The slot of `clock`, its chunk allocated first if need be (before the caller reads the
     /// time, so that the allocation is not counted as latency).
     fn slot(&self, clock: u32) -> Option<&AtomicU64> {
-        let (chunk, slot) = (clock as usize / Self::CHUNK, clock as usize % Self::CHUNK);
+        let (chunk, slot) = Self::index(clock);
         let chunk = self
             .chunks
             .get(chunk)?
@@ -150,7 +155,7 @@ impl SendLog {
     }
 
     fn get(&self, clock: u32) -> Option<u64> {
-        let (chunk, slot) = (clock as usize / Self::CHUNK, clock as usize % Self::CHUNK);
+        let (chunk, slot) = Self::index(clock);
         let at = self.chunks.get(chunk)?.get()?[slot].load(Ordering::Acquire);
         (at != 0).then_some(at)
     }

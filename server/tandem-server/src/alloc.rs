@@ -7,12 +7,14 @@
 //! (called when the hub's last doc is gone) asks every such thread to empty its cache: the
 //! writer does it at once after dropping redb's page cache, each worker the next time it
 //! parks ([`on_worker_park`], hooked into the runtime by `main.rs`): the one that ran the
-//! unload right after it, one that was already parked whenever it next has work. Emptying is switching the
-//! thread's cache off and on again through jemalloc's `thread.tcache.enabled`, which flushes
-//! every block back to its slab. The pages that leaves unused are then handed back to the OS
-//! at once (each arena's dirty decay time set to zero and back), not after the decay time:
-//! jemalloc's background threads wake up for new dirty pages only past a threshold of
-//! megabytes, so an idle server's last few would otherwise stay resident.
+//! unload right after it, one that was already parked whenever it next has work.
+//!
+//! Emptying is switching the thread's cache off and on again through jemalloc's
+//! `thread.tcache.enabled`, which flushes every block back to its slab. The pages that leaves
+//! unused are then handed back to the OS at once (each arena's dirty decay time set to zero
+//! and back), not after the decay time: jemalloc's background threads wake up for new dirty
+//! pages only past a threshold of megabytes, so an idle server's last few would otherwise stay
+//! resident. See [`release_this_thread`].
 //!
 //! Without the `jemalloc` feature (a build for heap profilers) these are no-ops.
 
@@ -37,13 +39,18 @@ pub(crate) fn release() {
 pub fn on_worker_park() {
     let releases = RELEASES.load(Ordering::Relaxed);
     if RELEASED.with(|released| released.replace(releases)) != releases {
-        empty_this_thread_cache();
-        purge_arenas();
+        release_this_thread();
     }
 }
 
-/// Empties the calling thread's cache now.
-pub(crate) fn empty_this_thread_cache() {
+/// Empties the calling thread's cache now, then hands back the pages that left unused.
+pub(crate) fn release_this_thread() {
+    empty_this_thread_cache();
+    purge_arenas();
+}
+
+/// Empties the calling thread's cache.
+fn empty_this_thread_cache() {
     #[cfg(feature = "jemalloc")]
     {
         use tikv_jemalloc_ctl::{Access, AsName};
@@ -63,7 +70,7 @@ pub(crate) fn empty_this_thread_cache() {
 /// One thread at a time: the decay time is read, set to zero and set back, and a second
 /// thread reading it in between would read the zero. (It would then skip the arena: a zero
 /// read is never written back, so no arena is left purging at every turn for good.)
-pub(crate) fn purge_arenas() {
+fn purge_arenas() {
     #[cfg(feature = "jemalloc")]
     {
         use tikv_jemalloc_ctl::{Access, AsName};

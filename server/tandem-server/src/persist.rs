@@ -235,8 +235,7 @@ fn hot_until(
 fn release_memory(store: &Store) {
     let started = std::time::Instant::now();
     let released = store.release_cache();
-    crate::alloc::empty_this_thread_cache();
-    crate::alloc::purge_arenas();
+    crate::alloc::release_this_thread();
     match released {
         Ok(()) => {
             tracing::debug!(
