@@ -501,9 +501,10 @@ pub fn validate_sub(sub: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a display name: at most [`MAX_NAME_BYTES`] bytes, no control characters.
+/// Checks a display name: at most [`MAX_NAME_BYTES`] bytes, nothing `name.rs` forbids
+/// (control characters, direction overrides, line separators).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+    if name.len() > MAX_NAME_BYTES || crate::name::has_forbidden(name) {
         return Err(format!(
             "display name must be at most {MAX_NAME_BYTES} bytes without control characters"
         ));
@@ -673,15 +674,7 @@ pub struct PutUserRequest {
 fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                max: MAX_ACCOUNT_BODY_BYTES as u64,
-            }
-        } else {
-            ApiError::BadBody
-        }
-    })?;
+    let body = crate::http::body_within_limit(body, MAX_ACCOUNT_BODY_BYTES)?;
     serde_json::from_slice(&body).map_err(|error| AccountError::BadJson(error.to_string()).into())
 }
 

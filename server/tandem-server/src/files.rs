@@ -740,6 +740,15 @@ fn path_from(uri: &Uri, prefix: &str) -> Result<DocId, ApiError> {
     DocId::from_url_path(raw).map_err(ApiError::BadDocName)
 }
 
+/// Refuses a path a new file may not take: on top of the `DocId` rules, no character that
+/// `name.rs` forbids (existing files stay reachable under the `DocId` rules alone).
+fn check_new_path(path: &DocId) -> Result<(), ApiError> {
+    if crate::name::has_forbidden(path.as_str()) {
+        return Err(ApiError::BadDocName(DocIdError::ForbiddenCharacter));
+    }
+    Ok(())
+}
+
 /// What the request's token may do on `path` (at least read).
 fn grant_for(
     state: &AppState,
@@ -912,6 +921,7 @@ async fn put_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
+    check_new_path(&path)?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
     check_not_doc(&state, &path).await?;
     let files = &state.files;
@@ -1114,18 +1124,11 @@ async fn move_file(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                max: MAX_MOVE_BODY_BYTES as u64,
-            }
-        } else {
-            ApiError::BadBody
-        }
-    })?;
+    let body = crate::http::body_within_limit(body, MAX_MOVE_BODY_BYTES)?;
     let request: MoveRequest = serde_json::from_slice(&body).map_err(|_| ApiError::BadBody)?;
     let from = DocId::new(&request.from).map_err(ApiError::BadDocName)?;
     let to = DocId::new(&request.to).map_err(ApiError::BadDocName)?;
+    check_new_path(&to)?;
     let grant = write_grant(&state, &headers, &uri, &from)?;
     write_grant(&state, &headers, &uri, &to)?;
     check_not_doc(&state, &to).await?;

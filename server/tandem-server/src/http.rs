@@ -4,6 +4,9 @@
 //! Handlers return `Result<_, ApiError>`; `ApiError` becomes a status and a JSON body
 //! `{"error": code, "message": text}` (see `protocol-spec/http.md`). It never carries internal
 //! detail, and it is logged once, by the `log_api_errors` middleware inside the request span.
+//! A 5xx body also carries an `error_id`, a random tag logged with it, so the log line of a
+//! failure a user reports can be found.
+//! A body over its route's limit is always a 413 `body_too_large` ([`body_within_limit`]).
 //! Document names are parsed into `DocId` here, at the edge, from the raw (still percent-encoded)
 //! path, so that `%2F` can be told apart from `/`.
 
@@ -78,8 +81,7 @@ pub(crate) struct AppState {
 /// Builds the router: the API first, then the web client from `web` for every other path.
 pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     // Request bodies (snapshots) are bounded like WebSocket frames.
-    let max_body_bytes =
-        usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX);
+    let max_body_bytes = max_body_bytes(&state);
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/docs", get(list_docs))
@@ -310,12 +312,14 @@ async fn post_doc(
         Some(VersionPath::List(raw_name)) => {
             let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
             let grant = grant(&state, &headers, &uri, &doc)?;
-            let body = body.map_err(|_| ApiError::BadBody)?;
+            let body = body_within_limit(body, max_body_bytes(&state))?;
             return versions::create(&state, &grant, &headers, doc, &body).await;
         }
         Some(VersionPath::Restore(raw_name, id)) => {
             let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
             let grant = grant(&state, &headers, &uri, &doc)?;
+            // A restore takes no body; one over the limit is still refused, never ignored.
+            body_within_limit(body, max_body_bytes(&state))?;
             return versions::restore(&state, &grant, &headers, doc, id).await;
         }
         Some(VersionPath::One(..) | VersionPath::History(_)) => return Err(ApiError::NotFound),
@@ -339,15 +343,7 @@ async fn post_doc(
         }
         .into());
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                max: state.hub.config().limits.max_frame_bytes,
-            }
-        } else {
-            ApiError::BadBody
-        }
-    })?;
+    let body = body_within_limit(body, max_body_bytes(&state))?;
     if is_update {
         // The body is one Yjs v1 update, decoded and checked as a WebSocket one would be.
         decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
@@ -484,7 +480,7 @@ pub(crate) enum ApiError {
     File(FileApiError),
     #[error("no such version")]
     VersionNotFound,
-    #[error("a version name is 1 to {max} characters")]
+    #[error("a version name is 1 to {max} characters, without control characters")]
     BadVersionName { max: usize },
     #[error("{0}")]
     BadQuery(String),
@@ -492,6 +488,8 @@ pub(crate) enum ApiError {
     BadWebhook(String),
     #[error("no such webhook")]
     WebhookNotFound,
+    #[error("stored data could not be read")]
+    StorageFault,
 }
 
 impl From<JoinError> for ApiError {
@@ -528,8 +526,46 @@ impl ApiError {
             ApiError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
             ApiError::BadWebhook(_) => (StatusCode::BAD_REQUEST, "bad_webhook"),
             ApiError::WebhookNotFound => (StatusCode::NOT_FOUND, "webhook_not_found"),
+            ApiError::StorageFault => (StatusCode::INTERNAL_SERVER_ERROR, "storage_fault"),
         }
     }
+}
+
+/// The body of a request as a route reads it, or the refusal: a body over `max_bytes` (the
+/// route's `DefaultBodyLimit`, by `Content-Length` or as it streams) is 413 `body_too_large`;
+/// any other failure to read it is 400 `bad_body`.
+pub(crate) fn body_within_limit(
+    body: Result<Bytes, BytesRejection>,
+    max_bytes: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                max: u64::try_from(max_bytes).unwrap_or(u64::MAX),
+            }
+        } else {
+            ApiError::BadBody
+        }
+    })
+}
+
+/// The limit of request bodies on the API routes without one of their own: that of WebSocket
+/// frames, since the largest such body is a snapshot or an update.
+fn max_body_bytes(state: &AppState) -> usize {
+    usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX)
+}
+
+/// Hex digits of an `error_id`.
+const ERROR_ID_BYTES: usize = 8;
+
+/// A fresh `error_id`: 16 random hex digits, enough that two failures never share one.
+fn new_error_id() -> String {
+    use std::fmt::Write;
+    let bytes: [u8; ERROR_ID_BYTES] = rand::random();
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
 }
 
 /// Carried in the response extensions so `log_api_errors` can log the error in the request span.
@@ -538,6 +574,8 @@ struct LoggedApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The tag of a 5xx, also sent in its body.
+    error_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -549,7 +587,12 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let is_token_error = matches!(self, ApiError::Auth(_));
-        let body = axum::Json(serde_json::json!({ "error": code, "message": message }));
+        let error_id = status.is_server_error().then(new_error_id);
+        let mut json = serde_json::json!({ "error": code, "message": message });
+        if let Some(error_id) = &error_id {
+            json["error_id"] = serde_json::Value::from(error_id.as_str());
+        }
+        let body = axum::Json(json);
         let mut response = (status, body).into_response();
         if let Some(seconds) = retry_after {
             response
@@ -572,6 +615,7 @@ impl IntoResponse for ApiError {
             status,
             code,
             message,
+            error_id,
         });
         response
     }
@@ -582,7 +626,8 @@ async fn log_api_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).in_current_span().await;
     if let Some(error) = response.extensions().get::<LoggedApiError>() {
         if error.status.is_server_error() {
-            tracing::error!(status = error.status.as_u16(), code = error.code, message = %error.message, path, "request failed");
+            let error_id = error.error_id.as_deref().unwrap_or_default();
+            tracing::error!(status = error.status.as_u16(), code = error.code, message = %error.message, error_id, path, "request failed");
         } else {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, path, "request refused");
         }

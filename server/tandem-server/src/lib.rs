@@ -21,6 +21,7 @@
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
 //! - `events`: the workspace event bus and the `GET /api/events` stream.
 //! - `files`: uploads (PUT and tus), downloads with ranges, versions, blobs, cleanup.
+//! - `name`: the characters a version, display or file name may not contain.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
 //! - `persist`: the redb writer thread with group commit.
 //! - `shutdown`: the cancellation token, task tracker and signal future.
@@ -40,6 +41,7 @@ mod files;
 mod http;
 mod hub;
 mod listener;
+mod name;
 mod outbox;
 mod persist;
 mod shutdown;

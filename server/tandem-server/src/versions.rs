@@ -184,8 +184,10 @@ pub(crate) async fn create(
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
     let NewVersion { name } = serde_json::from_slice(body).map_err(|_| ApiError::BadBody)?;
+    // Checked before trimming, which would quietly drop a trailing NEL (U+0085).
+    let forbidden = crate::name::has_forbidden(&name);
     let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_VERSION_NAME_CHARS {
+    if forbidden || name.is_empty() || name.chars().count() > MAX_VERSION_NAME_CHARS {
         return Err(ApiError::BadVersionName {
             max: MAX_VERSION_NAME_CHARS,
         });

@@ -3,6 +3,11 @@
 //! `Last-Modified` and a `Content-Disposition` with an ASCII and a UTF-8 file name.
 //!
 //! A blob never changes once written, so its hash is a strong validator for every version.
+//!
+//! `HEAD` and `GET` take the same path up to the body: both open the blob and check its length
+//! before answering, so they agree in status and headers. A blob missing while a committed
+//! version still names it is a storage fault (500 `storage_fault`, logged at error level), not a
+//! 404: the file exists, its bytes were lost.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -11,10 +16,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tandem_core::DocId;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{FileApiError, grant_for, last_segment, load_entry, path_from};
+use super::{FileApiError, Files, grant_for, last_segment, load_entry, path_from};
 use crate::http::{ApiError, AppState};
 
 /// Bytes read from the blob at a time while streaming.
@@ -133,6 +139,50 @@ fn if_range_holds(value: &str, etag: &str, modified_secs: u64) -> bool {
         .is_some_and(|date| date.as_secs() == modified_secs)
 }
 
+/// Opens the blob of `sha256` of `len` bytes, a version of the file at `path`. A blob missing
+/// from disk is a 404 only if no version of the file names it any more (deleted after the entry
+/// was read: a delete commits before it removes the blob); otherwise it is a storage fault.
+async fn open_blob(
+    files: &Files,
+    path: &DocId,
+    sha256: &str,
+    len: u64,
+) -> Result<tokio::fs::File, ApiError> {
+    let blob = files.inner.disk.blob_path(sha256);
+    let file = match tokio::fs::File::open(&blob).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let entry = load_entry(files, path).await?;
+            if !entry
+                .versions
+                .iter()
+                .any(|version| version.sha256 == sha256)
+            {
+                return Err(FileApiError::NotFound.into());
+            }
+            // Still named: opened once more, in case the same bytes were uploaded again
+            // between the delete that removed the blob and the read of the entry.
+            match tokio::fs::File::open(&blob).await {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::error!(%error, path = %path, sha256, "the blob of a stored file is missing");
+                    return Err(ApiError::StorageFault);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, path = %path, sha256, "opening blob failed");
+            return Err(ApiError::StorageFault);
+        }
+    };
+    let on_disk = file.metadata().await.map(|meta| meta.len()).ok();
+    if on_disk != Some(len) {
+        tracing::error!(path = %path, sha256, ?on_disk, len, "blob has the wrong length");
+        return Err(ApiError::StorageFault);
+    }
+    Ok(file)
+}
+
 /// `GET`/`HEAD /api/files/{path}[?version=N][&inline=1]`.
 pub(crate) async fn get_file(
     State(state): State<AppState>,
@@ -165,6 +215,8 @@ pub(crate) async fn get_file(
             .ok_or(FileApiError::VersionNotFound)?,
     };
     let len = version.size;
+    // Before any answer, so HEAD, GET and conditional requests all see a lost blob.
+    let mut file = open_blob(&state.files, &path, &version.sha256, len).await?;
     let etag = format!("\"{}\"", version.sha256);
     let modified = UNIX_EPOCH + Duration::from_millis(version.uploaded_ms);
     let modified_secs = version.uploaded_ms / 1000;
@@ -190,6 +242,9 @@ pub(crate) async fn get_file(
             .is_some_and(|since| modified_secs <= since.as_secs()),
     };
     if not_modified {
+        // The length a 200 would send (RFC 9110 section 8.6), else axum fills in a wrong `0`
+        // for HEAD. hyper leaves it out of a GET's 304, which has no body to measure.
+        common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
 
@@ -246,24 +301,7 @@ pub(crate) async fn get_file(
     if method == Method::HEAD {
         return Ok((status, common).into_response());
     }
-    let blob = state.files.inner.disk.blob_path(&version.sha256);
-    let mut file = match tokio::fs::File::open(&blob).await {
-        Ok(file) => file,
-        // Deleted between reading the entry and opening the blob. Once open, a delete no
-        // longer affects this download.
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FileApiError::NotFound.into());
-        }
-        Err(error) => {
-            tracing::error!(%error, path = %path, sha256 = version.sha256, "opening blob failed");
-            return Err(ApiError::Internal);
-        }
-    };
-    let on_disk = file.metadata().await.map(|meta| meta.len()).ok();
-    if on_disk != Some(len) {
-        tracing::error!(path = %path, sha256 = version.sha256, ?on_disk, len, "blob has the wrong length");
-        return Err(ApiError::Internal);
-    }
+    // Once open, a delete no longer affects this download.
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start))
             .await

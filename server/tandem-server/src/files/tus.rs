@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
 use super::{
-    FileApiError, Files, ReceiveError, check_not_doc, content_length, content_type_for,
-    last_segment, parse_sha256, publish_uploaded, receive, write_grant,
+    FileApiError, Files, ReceiveError, check_new_path, check_not_doc, content_length,
+    content_type_for, last_segment, parse_sha256, publish_uploaded, receive, write_grant,
 };
 use crate::auth::Grant;
 use crate::events::now_ms;
@@ -225,6 +225,7 @@ async fn create_upload(
         .get("path")
         .ok_or_else(|| bad("Upload-Metadata needs a path"))?;
     let path = DocId::new(raw_path).map_err(ApiError::BadDocName)?;
+    check_new_path(&path)?;
     let grant = write_grant(state, headers, uri, &path)?;
     check_not_doc(state, &path).await?;
     let files = &state.files;
@@ -233,8 +234,11 @@ async fn create_upload(
         .get("sha256")
         .map(|text| parse_sha256(text))
         .transpose()?;
-    let name = metadata
-        .get("filename")
+    let filename = metadata.get("filename");
+    if filename.is_some_and(|name| crate::name::has_forbidden(name)) {
+        return Err(bad("Upload-Metadata filename contains a control character"));
+    }
+    let name = filename
         .filter(|name| !name.trim().is_empty())
         .cloned()
         .unwrap_or_else(|| last_segment(path.as_str()).to_owned());
@@ -407,8 +411,10 @@ async fn patch_upload(
         .into());
     }
     let declared_len = content_length(headers);
+    // A body past the declared length is over its limit: 413, as tusd answers.
+    let past_length = || FileApiError::TooLarge { max: record.length };
     if declared_len.is_some_and(|len| offset.saturating_add(len) > record.length) {
-        return Err(bad("the body goes past Upload-Length"));
+        return Err(past_length().into());
     }
     let file_path = files.inner.disk.upload_path(id);
     let mut file = UploadFile::append(&file_path).await.map_err(|error| {
@@ -449,7 +455,7 @@ async fn patch_upload(
             return Err(ApiError::ShuttingDown);
         }
         Err(ReceiveError::ShuttingDown) => return Err(FileApiError::UploadBusy.into()),
-        Err(ReceiveError::TooLarge) => return Err(bad("the body goes past Upload-Length")),
+        Err(ReceiveError::TooLarge) => return Err(past_length().into()),
         Err(ReceiveError::Io(error)) => {
             tracing::error!(%error, id, "writing upload failed");
             return Err(ApiError::Internal);
