@@ -127,6 +127,14 @@ impl TestServer {
         self.launch().await;
     }
 
+    /// Graceful shutdown, then a new server on the same data directory with its settings
+    /// adjusted by `adjust` (as an operator restarts with other flags).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
+        assert!(self.shutdown().await, "clean shutdown");
+        adjust(&mut self.config);
+        self.launch().await;
+    }
+
     /// `http://addr` + `path` (`https://localhost:port` when the server has TLS).
     pub fn url(&self, path: &str) -> String {
         if self.config.listener.tls.is_some() {

@@ -86,9 +86,12 @@ async fn serve(
     }
 }
 
-/// A server (authentication off, as on loopback by default) with quick webhook timings.
+/// A server (authentication off, as on loopback by default) with quick webhook timings. Its
+/// receivers listen on 127.0.0.1, so private targets are allowed (`--webhook-allow-private`);
+/// `http_edges.rs` shows the default refusing them.
 async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
     let server = TestServer::start_with(|config| {
+        config.webhooks.allow_private = true;
         config.hub.doc_unload_grace = Duration::from_millis(100);
         config.webhooks.debounce = Duration::from_millis(1000);
         config.webhooks.retry_base = Duration::from_millis(100);
@@ -371,7 +374,10 @@ async fn webhook_commands_work_offline_and_through_a_running_server() {
         "{added:?}"
     );
 
-    let server = TestServer::start_in(data_dir, |_| {}).await;
+    let server = TestServer::start_in(data_dir, |config| {
+        config.webhooks.allow_private = true;
+    })
+    .await;
     server.wait_healthy().await;
     let target = server.url("");
     let cli = |args: &[&str]| {

@@ -783,7 +783,9 @@ mod tests {
     /// way `lib.rs::run` does and waits for it to stop.
     async fn record(store: &Arc<Store>, feed: impl FnOnce(&Events)) {
         let (events, records) = Events::new();
-        let webhooks = Webhooks::load(store.clone()).await.unwrap();
+        let webhooks = Webhooks::load(store.clone(), &WebhookConfig::default())
+            .await
+            .unwrap();
         let recorder = Recorder::new(
             store.clone(),
             events.clone(),

@@ -293,6 +293,11 @@ pub struct ServeArgs {
     /// Time limit of one delivery attempt, connection included [default: 10s].
     #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<HumanDuration>,
+    /// Allow webhooks to loopback, private, link-local and other internal addresses; without it
+    /// they are refused at registration and at every delivery, so the webhook API cannot reach
+    /// internal services [default: false].
+    #[arg(long, env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: Option<bool>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -687,6 +692,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             retry_max: duration(args.webhook_retry_max, file.webhook_retry_max, 3600),
             give_up: duration(args.webhook_give_up, file.webhook_give_up, 72 * 3600),
             timeout: duration(args.webhook_timeout, file.webhook_timeout, 10),
+            allow_private: args
+                .webhook_allow_private
+                .or(file.webhook_allow_private)
+                .unwrap_or(false),
         },
     }
 }

@@ -182,7 +182,7 @@ pub async fn run(
     );
     // The activity recorder has its own lifecycle: it must outlive the doc actors, whose final
     // events it records, so it is closed only after the main tracker is empty (below).
-    let webhooks = webhook::Webhooks::load(hub.store().clone())
+    let webhooks = webhook::Webhooks::load(hub.store().clone(), &config.webhooks)
         .await
         .map_err(|source| ServerError::Store {
             path: db_path.clone(),

@@ -9,9 +9,19 @@
 //! restarts, so receivers drop repeats (a crash after the receiver answered but before the
 //! outbox row was removed repeats an attempt; nothing is lost).
 //!
+//! A webhook URL is parsed by the `url` crate (the WHATWG parser browsers use), so a port out of
+//! range or a host written as `0x7f.1` is read the way a client would read it. Unless
+//! `--webhook-allow-private` is set, a target that is or resolves to a loopback, private,
+//! link-local, shared, unspecified, broadcast, reserved or multicast address ([`refused_kind`])
+//! is refused at registration (400 `bad_webhook`) and again at every attempt, since DNS answers
+//! change: an attempt resolves the host, checks every address, and connects only to the checked
+//! addresses, so a rebinding resolver cannot swap in another between the check and the connect.
+//! A refused attempt is logged and counted as a failed attempt in the delivery log.
+//!
 //! The contract (payloads, headers, the signature) is `protocol-spec/activity.md`.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +46,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use url::{Host, Url};
 
 use crate::auth::{AuthError, pattern_matches};
 use crate::events::{Actor, Event, now_ms};
@@ -84,6 +95,9 @@ pub struct WebhookConfig {
     pub give_up: Duration,
     /// Time limit of one attempt, connection included.
     pub timeout: Duration,
+    /// Whether targets on loopback, private and other internal addresses are allowed
+    /// (`--webhook-allow-private`); off, they are refused at registration and delivery.
+    pub allow_private: bool,
 }
 
 impl Default for WebhookConfig {
@@ -95,6 +109,7 @@ impl Default for WebhookConfig {
             retry_max: Duration::from_secs(3600),
             give_up: Duration::from_secs(72 * 3600),
             timeout: Duration::from_secs(10),
+            allow_private: false,
         }
     }
 }
@@ -107,11 +122,16 @@ pub(crate) struct Webhooks {
     registry: Arc<watch::Sender<Arc<Vec<WebhookRecord>>>>,
     /// Wakes the worker when deliveries were queued.
     wake: Arc<Notify>,
+    /// `WebhookConfig::allow_private`, for the checks at registration.
+    allow_private: bool,
 }
 
 impl Webhooks {
     /// Loads the registrations.
-    pub(crate) async fn load(store: Arc<Store>) -> Result<Webhooks, StoreError> {
+    pub(crate) async fn load(
+        store: Arc<Store>,
+        config: &WebhookConfig,
+    ) -> Result<Webhooks, StoreError> {
         let list = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.list_webhooks())
@@ -122,6 +142,7 @@ impl Webhooks {
             store,
             registry: Arc::new(watch::Sender::new(Arc::new(list))),
             wake: Arc::new(Notify::new()),
+            allow_private: config.allow_private,
         })
     }
 
@@ -387,7 +408,7 @@ pub(crate) async fn run_worker(
     config: WebhookConfig,
     cancel: CancellationToken,
 ) {
-    let client = Client::new(config.timeout);
+    let client = Client::new(config.timeout, config.allow_private);
     let mut first_pass = true;
     loop {
         // The first pass takes pending deliveries whatever their schedule. A failed read was
@@ -516,14 +537,15 @@ async fn deliver(
 }
 
 /// An HTTP/1.1 client for deliveries: one connection per attempt, no redirects followed,
-/// https through rustls with the public roots.
+/// https through rustls with the public roots, only to addresses [`resolve`] checked.
 struct Client {
     timeout: Duration,
+    allow_private: bool,
     tls: tokio_rustls::TlsConnector,
 }
 
 impl Client {
-    fn new(timeout: Duration) -> Client {
+    fn new(timeout: Duration, allow_private: bool) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -535,6 +557,7 @@ impl Client {
         .with_no_client_auth();
         Client {
             timeout,
+            allow_private,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }
     }
@@ -576,11 +599,21 @@ impl Client {
             .header("tandem-signature", format!("t={timestamp},v1={signature}"))
             .body(Full::new(Bytes::from(delivery.body.clone())))
             .map_err(|error| format!("building the request: {error}"))?;
-        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        let addrs = match resolve(&target, self.allow_private).await {
+            Ok(addrs) => addrs,
+            Err(error) => {
+                if let TargetError::Refused { .. } = error {
+                    warn!(webhook = %webhook.id, delivery = %delivery.delivery_id, %error, "webhook attempt refused");
+                }
+                return Err(error.to_string());
+            }
+        };
+        // Only the addresses just checked: a second lookup could answer differently.
+        let stream = tokio::net::TcpStream::connect(addrs.as_slice())
             .await
             .map_err(|error| format!("connecting: {error}"))?;
         if target.https {
-            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+            let name = rustls_pki_types::ServerName::try_from(target.host_name())
                 .map_err(|error| format!("server name: {error}"))?;
             let stream = self
                 .tls
@@ -621,38 +654,39 @@ async fn send(
 /// A webhook URL taken apart.
 struct Target {
     https: bool,
-    host: String,
+    host: Host<String>,
     port: u16,
+    /// `host[:port]` for the `Host` header (an IPv6 host in brackets, a default port left out).
     host_header: String,
+    /// Path and query; a fragment is never sent.
     path: String,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url.parse().map_err(|error| format!("not a URL: {error}"))?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
+    /// Parses and checks a webhook URL: http or https, a host, no user name or password.
+    fn parse(text: &str) -> Result<Target, String> {
+        let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
             _ => return Err("the URL must start with http:// or https://".into()),
         };
-        let host = uri.host().ok_or("the URL has no host")?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let authority = uri.authority().ok_or("the URL has no host")?;
-        if authority.as_str().contains('@') {
+        if !url.username().is_empty() || url.password().is_some() {
             return Err("the URL must not contain a user name or password".into());
         }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        // `host[:port]` as written (an IPv6 host keeps its brackets).
-        let host_header = match authority.port() {
-            Some(port) => format!("{}:{port}", authority.host()),
-            None => authority.host().to_owned(),
+        let host = url.host().ok_or("the URL has no host")?.to_owned();
+        let host_text = url.host_str().ok_or("the URL has no host")?;
+        // `port()` is `None` for the scheme's default, which the parser drops.
+        let port = url.port().unwrap_or(if https { 443 } else { 80 });
+        let host_header = match url.port() {
+            Some(port) => format!("{host_text}:{port}"),
+            None => host_text.to_owned(),
         };
-        let path = uri
-            .path_and_query()
-            .map_or("/".to_owned(), |path| path.as_str().to_owned());
+        let mut path = url.path().to_owned();
+        if let Some(query) = url.query() {
+            path.push('?');
+            path.push_str(query);
+        }
         Ok(Target {
             https,
             host,
@@ -660,6 +694,142 @@ impl Target {
             host_header,
             path,
         })
+    }
+
+    /// The host as TLS names it: a DNS name, or an address without brackets.
+    fn host_name(&self) -> String {
+        match &self.host {
+            Host::Domain(name) => name.clone(),
+            Host::Ipv4(ip) => ip.to_string(),
+            Host::Ipv6(ip) => ip.to_string(),
+        }
+    }
+}
+
+/// Why a webhook target cannot be sent to.
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    /// The host does not resolve (yet, or any more).
+    #[error("resolving {host}: {detail}")]
+    Unresolved { host: String, detail: String },
+    /// The host is or resolves to an internal address and `--webhook-allow-private` is off.
+    #[error("{host} ({addr}) is a {kind} address; refused (see --webhook-allow-private)")]
+    Refused {
+        host: String,
+        addr: IpAddr,
+        kind: &'static str,
+    },
+}
+
+/// The addresses of `target`, every one of them checked unless `allow_private`.
+async fn resolve(target: &Target, allow_private: bool) -> Result<Vec<SocketAddr>, TargetError> {
+    let addrs: Vec<SocketAddr> = match &target.host {
+        Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), target.port)],
+        Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), target.port)],
+        Host::Domain(name) => tokio::net::lookup_host((name.as_str(), target.port))
+            .await
+            .map_err(|error| TargetError::Unresolved {
+                host: name.clone(),
+                detail: error.to_string(),
+            })?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(TargetError::Unresolved {
+            host: target.host_name(),
+            detail: "no address".into(),
+        });
+    }
+    if !allow_private {
+        for addr in &addrs {
+            if let Some(kind) = refused_kind(addr.ip()) {
+                return Err(TargetError::Refused {
+                    host: target.host_name(),
+                    addr: addr.ip(),
+                    kind,
+                });
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+/// What kind of internal address `ip` is, if it is one a webhook may not reach by default:
+/// loopback, private (RFC 1918, IPv6 unique local), link-local, shared (RFC 6598, carrier-grade
+/// NAT), unspecified or "this network", broadcast and reserved (240.0.0.0/4), multicast. An IPv6
+/// address that embeds an IPv4 one (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`)
+/// is judged by the IPv4 address it reaches.
+pub(crate) fn refused_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(ip) => refused_kind_v4(ip),
+        IpAddr::V6(ip) => refused_kind_v6(ip),
+    }
+}
+
+fn refused_kind_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared")
+    } else if a == 0 {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if a >= 240 {
+        // 255.255.255.255 and the rest of 240.0.0.0/4.
+        Some("broadcast or reserved")
+    } else {
+        None
+    }
+}
+
+fn refused_kind_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let segments = ip.segments();
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    let embedded = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated).
+    if segments[..5] == [0; 5] && (segments[5] == 0xffff || segments[5] == 0) {
+        return refused_kind_v4(embedded(segments[6], segments[7]));
+    }
+    // NAT64 reaches the IPv4 address in its last 32 bits, 6to4 the one in bits 16..48.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return refused_kind_v4(embedded(segments[6], segments[7]));
+    }
+    if segments[0] == 0x2002 {
+        return refused_kind_v4(embedded(segments[1], segments[2]));
+    }
+    match segments[0] {
+        first if first & 0xfe00 == 0xfc00 => Some("private"),
+        first if first & 0xffc0 == 0xfe80 => Some("link-local"),
+        // Site-local, deprecated but still routed inside some networks.
+        first if first & 0xffc0 == 0xfec0 => Some("private"),
+        first if first & 0xff00 == 0xff00 => Some("multicast"),
+        _ => None,
+    }
+}
+
+/// The check of a new registration's target: refused if it is or resolves to an internal
+/// address (unless allowed). A name that does not resolve yet is accepted; every attempt
+/// resolves and checks it again.
+async fn check_new_target(url: &str, allow_private: bool) -> Result<(), String> {
+    let target = Target::parse(url).map_err(|error| format!("url: {error}"))?;
+    match resolve(&target, allow_private).await {
+        Ok(_) | Err(TargetError::Unresolved { .. }) => Ok(()),
+        Err(error @ TargetError::Refused { .. }) => Err(format!("url: {error}")),
     }
 }
 
@@ -775,6 +945,9 @@ pub fn new_record(request: NewWebhook, created_ms: u64) -> Result<WebhookRecord,
     if docs.as_ref().is_some_and(|docs| docs.len() > MAX_URL_BYTES) {
         return Err("docs: pattern too long".into());
     }
+    if docs.as_deref().is_some_and(crate::name::has_forbidden) {
+        return Err("docs: the pattern contains a control character".into());
+    }
     Ok(WebhookRecord {
         id: format!("wh_{}", random_hex(8)),
         url: request.url,
@@ -832,18 +1005,13 @@ pub(crate) async fn add(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers, &uri)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                max: MAX_WEBHOOK_BODY_BYTES as u64,
-            }
-        } else {
-            ApiError::BadBody
-        }
-    })?;
+    let body = crate::http::body_within_limit(body, MAX_WEBHOOK_BODY_BYTES)?;
     let request: NewWebhook = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadWebhook(format!("bad JSON: {error}")))?;
     let record = new_record(request, now_ms()).map_err(ApiError::BadWebhook)?;
+    check_new_target(&record.url, state.webhooks.allow_private)
+        .await
+        .map_err(ApiError::BadWebhook)?;
     let stored = record.clone();
     state
         .webhooks
@@ -1059,10 +1227,113 @@ mod tests {
         assert!(!matches(&record, "doc.changed", &["other/a"]));
         assert!(!matches(&record, "file.uploaded", &["team/a"]));
         assert!(!matches(&record, "doc.changed", &["team/a", "other/b"]));
-        let target = Target::parse("http://127.0.0.1:9/a/b?c=d").unwrap();
+        let target = Target::parse("http://127.0.0.1:9/a/b?c=d#e").unwrap();
         assert_eq!(
-            (target.host.as_str(), target.port, target.path.as_str()),
+            (
+                target.host_name().as_str(),
+                target.port,
+                target.path.as_str()
+            ),
             ("127.0.0.1", 9, "/a/b?c=d")
         );
+        let target = Target::parse("https://[::1]/").unwrap();
+        assert_eq!(
+            (
+                target.host_header.as_str(),
+                target.port,
+                target.path.as_str()
+            ),
+            ("[::1]", 443, "/")
+        );
+    }
+
+    #[test]
+    fn urls_with_bad_ports_schemes_or_credentials_are_refused() {
+        for bad in [
+            "http://example.test:99999/",
+            "http://example.test:65536/",
+            "http://example.test:-1/",
+            "http://example.test:80a/",
+            "http://example.test:+80/",
+            "ftp://example.test/",
+            "javascript:alert(1)",
+            "http://user:pass@example.test/",
+            "http://user@example.test/",
+            "http://",
+            "http://:80/",
+            "not a url",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        let target = Target::parse("http://example.test:80/").unwrap();
+        assert_eq!(
+            (target.port, target.host_header.as_str()),
+            (80, "example.test")
+        );
+        let target = Target::parse("http://example.test:8080").unwrap();
+        assert_eq!(
+            (
+                target.port,
+                target.host_header.as_str(),
+                target.path.as_str()
+            ),
+            (8080, "example.test:8080", "/")
+        );
+    }
+
+    #[test]
+    fn internal_addresses_are_refused_in_every_spelling() {
+        let refused = [
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+        ];
+        for ip in refused {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(refused_kind(ip).is_some(), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(refused_kind(ip), None, "{ip}");
+        }
+        // The WHATWG parser reads the shorthand forms a client would connect to.
+        for url in [
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
+            "http://[::ffff:7f00:1]/",
+        ] {
+            let target = Target::parse(url).unwrap();
+            let ip = match target.host {
+                Host::Ipv4(ip) => IpAddr::V4(ip),
+                Host::Ipv6(ip) => IpAddr::V6(ip),
+                Host::Domain(name) => panic!("{url} parsed as the name {name}"),
+            };
+            assert_eq!(refused_kind(ip), Some("loopback"), "{url}");
+        }
     }
 }
