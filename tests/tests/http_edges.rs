@@ -3,6 +3,7 @@
 //! a blob lost from disk, and the `error_id` of every 5xx. Each test checks the status, the JSON
 //! error and that nothing changed.
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,6 +13,47 @@ use tokio::net::TcpListener;
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
 const DOC: &str = "edges/notes";
+
+/// Appends what the log writes to a shared buffer.
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every warning and error the servers of this test process log, as text. The first call
+/// installs the process's log subscriber, so a test calls it before it starts its server.
+fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init()
+            .expect("the only log subscriber of this process");
+        logs
+    })
+}
+
+fn logged_text() -> String {
+    let logs = captured_logs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    String::from_utf8_lossy(&logs).into_owned()
+}
 
 async fn started(adjust: impl FnOnce(&mut tandem_server::Config)) -> TestServer {
     let server = TestServer::start_with(adjust).await;
@@ -81,7 +123,7 @@ async fn send_oversized(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n{framing}\r\n\r\n",
         server.addr
     );
-    let sender = tokio::spawn(async move {
+    let send = async move {
         writer.write_all(head.as_bytes()).await?;
         let prefix = b"{\"name\":\"";
         let suffix = b"\"}";
@@ -104,16 +146,23 @@ async fn send_oversized(
             writer.write_all(b"0\r\n\r\n").await?;
         }
         std::io::Result::Ok(())
-    });
+    };
     let mut response = Vec::new();
-    let read = tokio::time::timeout(WAIT, reader.read_to_end(&mut response))
-        .await
-        .expect("an answer in time");
+    let receive = tokio::time::timeout(WAIT, reader.read_to_end(&mut response));
+    tokio::pin!(send, receive);
+    // Sends while reading, until the answer is complete; a send cut off by the server's close
+    // just stops sending.
+    let mut sent = false;
+    let read = loop {
+        tokio::select! {
+            read = &mut receive => break read.expect("an answer in time"),
+            _ = &mut send, if !sent => sent = true,
+        }
+    };
     // The server may reset the connection over the body it did not read; the answer came first.
     if let Err(error) = read {
         assert!(!response.is_empty(), "no answer: {error}");
     }
-    sender.abort();
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -399,9 +448,11 @@ fn comparable(response: &HttpResponse) -> Vec<(String, String)> {
 /// Regression: with a file's blob gone from `blobs/`, HEAD answered 200 and GET 404. A blob
 /// missing while a stored version names it is a storage fault: HEAD and GET both answer 500
 /// `storage_fault` with the same headers, GET's body carries an `error_id`, and the file stays
-/// listed (its metadata is intact; its bytes were lost).
+/// listed (its metadata is intact; its bytes were lost). The error level log line of the
+/// request names the same `error_id`, so an operator finds it from what the user reports.
 #[tokio::test]
 async fn a_lost_blob_is_a_storage_fault_for_head_and_get_alike() {
+    captured_logs();
     let server = started(|_| {}).await;
     let put = server
         .request("PUT", "/api/files/edges/lost.bin", &[], b"some bytes")
@@ -432,6 +483,19 @@ async fn a_lost_blob_is_a_storage_fault_for_head_and_get_alike() {
         error_id.len() == 16 && error_id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{error_id}"
     );
+    let logged = logged_text();
+    let line = logged
+        .lines()
+        .find(|line| line.contains(&error_id))
+        .unwrap_or_else(|| panic!("no log line names {error_id}: {logged}"));
+    assert!(
+        line.contains("ERROR") && line.contains("storage_fault") && line.contains("lost.bin"),
+        "{line}"
+    );
+    assert!(
+        logged.contains("the blob of a stored file is missing"),
+        "{logged}"
+    );
     let again = server.request("GET", path, &[], b"").await;
     assert_ne!(again.json()["error_id"].as_str(), Some(error_id.as_str()));
     let conditional = server
@@ -446,6 +510,9 @@ async fn a_lost_blob_is_a_storage_fault_for_head_and_get_alike() {
     let files = list(&server, "/api/files", "files").await;
     assert_eq!(files.len(), 1);
 }
+
+/// A request path, its headers and the status GET must get.
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16);
 
 /// HEAD and GET agree in status and headers on every download route: a file (whole, a range,
 /// not modified, missing), a doc, a version, and the web client.
@@ -472,7 +539,7 @@ async fn head_and_get_agree_on_every_download_route() {
         .await;
     assert_eq!(version.status, 201, "{}", version.text());
     let version_id = version.json()["version"]["id"].clone();
-    let cases: Vec<(String, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("/api/files/edges/both.txt".into(), vec![], 200),
         (
             "/api/files/edges/both.txt".into(),
