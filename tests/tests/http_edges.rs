@@ -433,6 +433,47 @@ async fn file_names_with_control_characters_are_refused() {
     assert_eq!(paths, ["edges/ok.txt"]);
 }
 
+/// Display names with control characters or direction overrides are refused with 400
+/// `bad_user`: no account is made and none is renamed.
+#[tokio::test]
+async fn display_names_with_control_characters_are_refused() {
+    let server = started(|_| {}).await;
+    let put_user = |sub: &'static str, body: Value| {
+        let server = &server;
+        async move {
+            server
+                .request(
+                    "PUT",
+                    &format!("/api/users/{sub}"),
+                    &[("Content-Type", "application/json")],
+                    body.to_string().as_bytes(),
+                )
+                .await
+        }
+    };
+    let password = "correct horse battery";
+    let created = put_user("ada", json!({ "name": "Ada", "password": password })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    for name in [
+        "Ada\u{0}",
+        "Ada\u{7f}",
+        "Ada\u{9b}",
+        "\u{202e}adA",
+        "Ada\u{2029}",
+    ] {
+        let renamed = put_user("ada", json!({ "name": name })).await;
+        assert_error(&renamed, 400, "bad_user");
+        let made = put_user("bob", json!({ "name": name, "password": password })).await;
+        assert_error(&made, 400, "bad_user");
+    }
+    let users = list(&server, "/api/users", "users").await;
+    let names: Vec<(&str, &str)> = users
+        .iter()
+        .filter_map(|user| Some((user["sub"].as_str()?, user["name"].as_str()?)))
+        .collect();
+    assert_eq!(names, [("ada", "Ada")]);
+}
+
 /// The headers HEAD and GET must agree on (everything but `date`).
 fn comparable(response: &HttpResponse) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = response

@@ -1119,6 +1119,8 @@ mod tests {
         assert!(validate_password("short").is_err());
         assert!(validate_password("long enough").is_ok());
         assert!(validate_name("Ada\nLovelace").is_err());
+        assert!(validate_name("Ada\u{202e}ecalevol").is_err());
+        assert!(validate_name("Ada \u{1f469}\u{200d}\u{1f4bb}").is_ok());
         let docs = BTreeMap::from([(String::new(), Role::Read)]);
         assert!(validate_docs(&docs).is_err());
         assert_eq!(truncate("héllo", 2), "h");
