@@ -202,6 +202,7 @@ async fn every_body_over_its_limit_is_413_body_too_large_and_changes_nothing() {
     // Every other route that takes a body, each just over its own limit.
     let routes = [
         ("POST", "/api/login".to_owned(), 64 * 1024),
+        ("POST", "/api/token/refresh".to_owned(), 64 * 1024),
         ("PUT", "/api/users/ada".to_owned(), 64 * 1024),
         ("POST", "/api/webhooks".to_owned(), 16 * 1024),
         ("POST", "/api/file-moves".to_owned(), 8 * 1024),

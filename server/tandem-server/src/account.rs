@@ -755,7 +755,10 @@ pub(crate) async fn refresh(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // It takes no body; one over the limit is refused like on every route, never ignored.
+    crate::http::body_within_limit(body, MAX_ACCOUNT_BODY_BYTES)?;
     let token = token_from(&headers, &uri).ok_or(ApiError::Auth(AuthError::MissingToken))?;
     let claims = match state.auth.verify_own(&token) {
         Ok(claims) => claims,

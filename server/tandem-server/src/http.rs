@@ -95,7 +95,10 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
             "/api/login",
             post(account::login).layer(account_body_limit()),
         )
-        .route("/api/token/refresh", post(account::refresh))
+        .route(
+            "/api/token/refresh",
+            post(account::refresh).layer(account_body_limit()),
+        )
         .route("/api/users", get(account::list_users))
         .route(
             "/api/users/{sub}",

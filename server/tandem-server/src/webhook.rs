@@ -759,7 +759,7 @@ async fn resolve(target: &Target, allow_private: bool) -> Result<Vec<SocketAddr>
 /// NAT), unspecified or "this network", broadcast and reserved (240.0.0.0/4), multicast. An IPv6
 /// address that embeds an IPv4 one (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`)
 /// is judged by the IPv4 address it reaches.
-pub(crate) fn refused_kind(ip: IpAddr) -> Option<&'static str> {
+fn refused_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(ip) => refused_kind_v4(ip),
         IpAddr::V6(ip) => refused_kind_v6(ip),
