@@ -951,4 +951,34 @@ mod tests {
         assert_eq!(accounts.max_failures_per_address, 20);
         assert_eq!(accounts.failure_window, Duration::from_secs(15 * 60));
     }
+
+    #[test]
+    fn private_webhook_targets_are_refused_unless_the_flag_or_the_file_allows_them() {
+        let serve = |argv: &[&str]| {
+            let mut all = vec!["tandem", "serve"];
+            all.extend_from_slice(argv);
+            match Cli::try_parse_from(all).unwrap().command {
+                Some(Command::Serve(args)) => args,
+                _ => panic!("serve command"),
+            }
+        };
+        assert!(
+            !resolve(serve(&[]), ServeArgs::default())
+                .webhooks
+                .allow_private
+        );
+        assert!(
+            resolve(serve(&["--webhook-allow-private"]), ServeArgs::default())
+                .webhooks
+                .allow_private
+        );
+        let file: ServeArgs = toml::from_str("webhook_allow_private = true").unwrap();
+        assert!(resolve(serve(&[]), file).webhooks.allow_private);
+        let file: ServeArgs = toml::from_str("webhook_allow_private = true").unwrap();
+        assert!(
+            !resolve(serve(&["--webhook-allow-private", "false"]), file)
+                .webhooks
+                .allow_private
+        );
+    }
 }
