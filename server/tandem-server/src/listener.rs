@@ -64,7 +64,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::proxy::{self, ClientAddr, ProxyHeader, TrustedProxies};
 use crate::shutdown::Lifecycle;
@@ -136,6 +136,22 @@ impl Listener {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(config.upgrade_timeout);
+        let trusted: Vec<String> = config
+            .trusted_proxies
+            .nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let trusted = if trusted.is_empty() {
+            "none".to_owned()
+        } else {
+            trusted.join(",")
+        };
+        info!(
+            trusted_proxies = %trusted,
+            proxy_protocol = config.proxy_protocol,
+            "client addresses"
+        );
         if config.proxy_protocol && config.trusted_proxies.nets().is_empty() {
             warn!("--proxy-protocol is on but no proxy is trusted: no PROXY header will be read");
         }
