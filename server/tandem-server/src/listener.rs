@@ -27,7 +27,8 @@
 //!   headers of its first request within `upgrade_timeout` of being accepted, or it is dropped
 //!   (slowloris). Later requests on a keep-alive connection are bounded by hyper's
 //!   `header_read_timeout`, set to the same value, which also closes idle keep-alive connections.
-//!
+//!   A PROXY header is read under the same deadline, before the TLS handshake; from a trusted
+//!   peer it is optional (a health check may speak plain HTTP), from others it is never read.
 //! - **hyper's own errors.** hyper answers a request head it cannot parse (a `Content-Length`
 //!   beyond 2^64 - 3, too many or too long headers, a malformed request line) itself, with an
 //!   empty `400`, `414` or `431`, and closes the connection. [`CountedIo`] recognises that head
