@@ -1132,4 +1132,28 @@ mod tests {
             assert!(json_parse_error(other).is_none(), "{:?}", String::from_utf8_lossy(other));
         }
     }
+
+    #[tokio::test]
+    async fn the_rewrite_survives_a_socket_that_takes_a_few_bytes_at_a_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let caps = Arc::new(ConnectionCaps::new(1, 1));
+        let permit = caps.try_acquire_total().expect("permit");
+        // A pipe that holds 7 bytes: every write of ours is cut short and retried.
+        let (near, mut far) = tokio::io::duplex(7);
+        let mut io = CountedIo::new(near, permit, None);
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let expected = json_parse_error(head).expect("rewritten");
+        let read = async move {
+            let mut received = Vec::new();
+            far.read_to_end(&mut received).await.expect("read");
+            received
+        };
+        let write = async move {
+            io.write_all(head).await.expect("write");
+            io.shutdown().await.expect("shutdown");
+        };
+        let (received, ()) = tokio::join!(read, write);
+        assert_eq!(received, expected);
+        assert_eq!(caps.counts(), (0, 0));
+    }
 }
