@@ -413,6 +413,30 @@ pub async fn http_request(
     http_exchange(stream, &addr.to_string(), method, path, headers, body).await
 }
 
+/// [`http_request`] from the local address `local` (any of 127.0.0.0/8 on Linux), to play a
+/// client or proxy at another address.
+pub async fn http_request_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let stream = connect_from(local, addr).await.expect("connect");
+    http_exchange(stream, &addr.to_string(), method, path, headers, body).await
+}
+
+/// A TCP connection to `addr` from the local address `local` (port chosen by the system).
+pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match local {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
+}
+
 /// [`http_request`] over TLS, for the server name `localhost`, trusting what `tls` trusts.
 pub async fn https_request(
     addr: SocketAddr,

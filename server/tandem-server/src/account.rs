@@ -22,7 +22,7 @@
 //! operations from the command line.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Auth, AuthError, AuthMode, Claims, Role, token_from, unix_now};
 use crate::http::{ApiError, AppState};
+use crate::proxy::ClientAddr;
 
 /// Default lifetime of a token from `POST /api/login` or a refresh.
 pub const DEFAULT_LOGIN_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
@@ -701,12 +702,13 @@ pub(crate) async fn auth_info(State(state): State<AppState>) -> Result<Response,
 /// `POST /api/login`.
 pub(crate) async fn login(
     State(state): State<AppState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: LoginRequest = parse_json(body)?;
     let accounts = &state.accounts.inner;
-    let address = remote.ip();
+    // The client through trusted proxies, so a proxy's clients are limited one by one.
+    let address = client.ip;
     // Names longer than any account are cut, which keeps the limiter's keys bounded.
     let account: String = truncate(&request.username, MAX_SUB_BYTES).to_owned();
     let attempt = match accounts.limiter.check(&account, address, Instant::now()) {

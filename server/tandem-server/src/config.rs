@@ -26,6 +26,7 @@ use crate::files::FilesConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
+use crate::proxy::{TrustedProxies, TrustedProxyArg};
 use crate::tls::TlsFiles;
 use crate::webhook::WebhookConfig;
 
@@ -298,6 +299,15 @@ pub struct ServeArgs {
     /// internal services [default: false].
     #[arg(long, env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
     pub webhook_allow_private: Option<bool>,
+    /// Proxies whose X-Forwarded-For or Forwarded header (and PROXY header, with
+    /// --proxy-protocol) names the client: addresses or CIDR blocks, comma-separated, or `none`
+    /// to trust nobody [default: 127.0.0.0/8,::1].
+    #[arg(long, env = "TANDEM_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<TrustedProxyArg>>,
+    /// Read a PROXY protocol header (v1 or v2) at the start of each connection from a trusted
+    /// proxy, for TCP balancers such as haproxy's `send-proxy` [default: false].
+    #[arg(long, env = "TANDEM_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_protocol: Option<bool>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -595,6 +605,13 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .unwrap_or(512)
                 .max(1),
             upgrade_timeout: duration(args.upgrade_timeout, file.upgrade_timeout, 10),
+            trusted_proxies: args
+                .trusted_proxies
+                .or(file.trusted_proxies)
+                .map_or_else(TrustedProxies::loopback, |entries| {
+                    TrustedProxies::new(entries.into_iter().filter_map(|e| e.0).collect())
+                }),
+            proxy_protocol: args.proxy_protocol.or(file.proxy_protocol).unwrap_or(false),
         },
         auth: AuthConfig {
             // Off by default only where nobody else can connect.
@@ -980,5 +997,40 @@ mod tests {
                 .webhooks
                 .allow_private
         );
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_loopback_and_can_be_none() {
+        let config = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(config.listener.trusted_proxies, TrustedProxies::loopback());
+        assert!(!config.listener.proxy_protocol);
+        let file: ServeArgs =
+            toml::from_str("trusted_proxies = [\"10.0.0.0/8\"]\nproxy_protocol = true").unwrap();
+        let config = resolve(ServeArgs::default(), file.clone());
+        assert_eq!(
+            config.listener.trusted_proxies,
+            "10.0.0.0/8".parse::<TrustedProxies>().unwrap()
+        );
+        assert!(config.listener.proxy_protocol);
+        let args = Cli::parse_from(["tandem", "serve", "--trusted-proxies", "none"]);
+        let Some(Command::Serve(args)) = args.command else {
+            panic!("serve");
+        };
+        let config = resolve(args, file);
+        assert!(config.listener.trusted_proxies.nets().is_empty());
+        let args = Cli::parse_from([
+            "tandem",
+            "serve",
+            "--trusted-proxies",
+            "192.0.2.1,10.0.0.0/8",
+        ]);
+        let Some(Command::Serve(args)) = args.command else {
+            panic!("serve");
+        };
+        let nets = resolve(args, ServeArgs::default()).listener.trusted_proxies;
+        assert!(nets.contains("192.0.2.1".parse().unwrap()));
+        assert!(nets.contains("10.9.9.9".parse().unwrap()));
+        assert!(!nets.contains("127.0.0.1".parse().unwrap()));
+        assert!(toml::from_str::<ServeArgs>("trusted_proxies = [\"nonsense\"]").is_err());
     }
 }

@@ -16,7 +16,6 @@
 //! in the `conn` span and sent as the close frame.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -42,7 +41,9 @@ use tracing::{Instrument, debug, warn};
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
+use crate::listener::RequestPermit;
 use crate::outbox::{self, OutboxReceiver};
+use crate::proxy::ClientAddr;
 use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
@@ -163,19 +164,34 @@ pub(crate) async fn run(
     grant: Grant,
     hub: Hub,
     config: ConnectionConfig,
-    remote: SocketAddr,
+    client: ClientAddr,
+    permit: Option<RequestPermit>,
 ) {
     let peer = hub.next_peer_id();
     let sub = grant.identity.as_ref().map(|identity| identity.sub.clone());
     // A root span: the connection outlives the TCP and request spans it came from, and keeping
-    // them alive would cost every idle connection their memory.
-    let span = tracing::info_span!(parent: None, "conn", %peer, doc = %doc, %remote, sub = sub.as_deref(), role = ?grant.role);
+    // them alive would cost every idle connection their memory. `remote` is the client through
+    // trusted proxies; `proxy` the proxy it came through, if any.
+    let span = tracing::info_span!(
+        parent: None,
+        "conn",
+        %peer,
+        doc = %doc,
+        remote = %client.ip,
+        proxy = client.proxy().map(tracing::field::display),
+        sub = sub.as_deref(),
+        role = ?grant.role,
+    );
     drop(sub);
     if let Some(conn) = join(socket, &doc, grant, &hub, config, peer)
         .instrument(span.clone())
         .await
     {
-        hub.lifecycle().spawn(span, conn.serve());
+        // The client's per-address slot (behind a proxy) is held until the connection ends.
+        hub.lifecycle().spawn(span, async move {
+            let _permit = permit;
+            conn.serve().await;
+        });
     }
 }
 

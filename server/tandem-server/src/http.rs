@@ -11,14 +11,13 @@
 //! path, so that `%2F` can be told apart from `/`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +37,8 @@ use crate::connection::{self, ConnectionConfig};
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
 use crate::hub::{Hub, JoinError};
+use crate::listener::RequestPermit;
+use crate::proxy::ClientAddr;
 use crate::versions::{self, VersionPath};
 use crate::web_client;
 use crate::webhook::{self, Webhooks};
@@ -134,10 +135,19 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     streaming
         .merge(timed)
         // The span names the path only: a query may carry a token (`?token=`), which is never
-        // logged.
+        // logged. `remote` is the client, through trusted proxies (`proxy.rs`).
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+                let remote = request
+                    .extensions()
+                    .get::<ClientAddr>()
+                    .map(|client| client.ip);
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    remote = remote.map(tracing::field::display),
+                )
             }),
         )
 }
@@ -389,7 +399,7 @@ fn grant(state: &AppState, headers: &HeaderMap, uri: &Uri, doc: &DocId) -> Resul
 
 async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddr>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
     // The name and the token are checked before the upgrade headers, so a bad name is always a
@@ -423,6 +433,8 @@ async fn upgrade(
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
+    // A client forwarded by a trusted proxy holds its per-address slot for the WebSocket's life.
+    let permit = request.extensions_mut().remove::<RequestPermit>();
     let (response, socket) = upgrade.accept(config);
     let lifecycle = state.hub.lifecycle().clone();
     // Tracked, so shutdown waits for the connection to close. No span here: the connection
@@ -430,9 +442,18 @@ async fn upgrade(
     lifecycle.spawn(tracing::Span::none(), async move {
         match socket.await {
             Ok(socket) => {
-                connection::run(socket, doc, grant, state.hub, state.connection, remote).await;
+                connection::run(
+                    socket,
+                    doc,
+                    grant,
+                    state.hub,
+                    state.connection,
+                    client,
+                    permit,
+                )
+                .await;
             }
-            Err(error) => tracing::debug!(%error, %remote, "websocket upgrade failed"),
+            Err(error) => tracing::debug!(%error, remote = %client.ip, "websocket upgrade failed"),
         }
     });
     Ok(response)

@@ -26,6 +26,7 @@
 //! - `persist`: the redb writer thread with group commit.
 //! - `shutdown`: the cancellation token, task tracker and signal future.
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
+//! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
 pub mod account;
@@ -44,6 +45,7 @@ mod listener;
 mod name;
 mod outbox;
 mod persist;
+mod proxy;
 mod shutdown;
 mod tls;
 mod versions;
@@ -65,6 +67,7 @@ pub use files::FilesConfig;
 pub use hub::HubConfig;
 pub use listener::ListenerConfig;
 pub use persist::PersistConfig;
+pub use proxy::{TrustedProxies, TrustedProxyArg};
 pub use shutdown::signal;
 pub use tls::{TlsError, TlsFiles};
 

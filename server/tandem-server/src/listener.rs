@@ -1,19 +1,39 @@
 //! The accept loop: every TCP connection from accept to close, before axum sees a request.
 //!
-//! It owns three defences that must run before any HTTP parsing, so they live here and not in
-//! the router: the connection caps, the TLS handshake, and the upgrade deadline.
+//! It owns the defences that must run before any HTTP parsing, so they live here and not in
+//! the router: the connection caps, the client's address (`proxy.rs`), the TLS handshake, the
+//! upgrade deadline, and the JSON body of hyper's own answers to requests it cannot parse.
 //!
-//! - **Caps.** [`ConnectionCaps`] counts open connections in total and per remote IP. Over a cap
-//!   the new connection gets a fixed `503` with `{"error":"too_many_connections"}` (best effort,
-//!   bounded by [`REFUSAL_TIMEOUT`]) and is closed; nobody else notices. A [`ConnectionPermit`]
-//!   lives *inside* the connection's I/O object, so it is released when the socket is dropped,
-//!   which for a WebSocket is long after hyper hands the upgraded socket to `connection.rs`.
+//! - **Caps.** [`ConnectionCaps`] counts open connections in total and per client address. Over
+//!   a cap the new connection gets a fixed `503` with `{"error":"too_many_connections"}` (best
+//!   effort, bounded by [`REFUSAL_TIMEOUT`]) and is closed; nobody else notices. A
+//!   [`ConnectionPermit`] lives *inside* the connection's I/O object, so it is released when the
+//!   socket is dropped, which for a WebSocket is long after hyper hands the upgraded socket to
+//!   `connection.rs`.
+//! - **Client address.** The total is counted at accept, for every socket. The per-address count
+//!   happens where the client's address is first known, which depends on who connected: at
+//!   accept for an untrusted peer (the peer is the client); after the PROXY header for a trusted
+//!   balancer with `--proxy-protocol` (one TCP connection is one client); and per request for a
+//!   trusted HTTP proxy, because one keep-alive connection of a proxy carries many clients in
+//!   turn. That per-request count is a [`RequestPermit`] in the request's extensions, which the
+//!   WebSocket upgrade moves into the connection task, so it lasts as long as the WebSocket; a
+//!   request over the cap gets the same JSON 503 and the proxy's connection stays open. A
+//!   process on this machine (a loopback peer no proxy speaks for) is not counted per address:
+//!   a local load test or script is bounded by the total cap only. Every request carries a
+//!   [`ClientAddr`], which the sign-in limiter and the `conn` span use.
 //! - **TLS.** Each handshake runs in the connection's own task, never in the accept loop, so a
 //!   slow or silent client cannot stall accepting. Certificates come from `tls.rs`.
 //! - **Upgrade deadline.** A connection must finish its TLS handshake and send the complete
 //!   headers of its first request within `upgrade_timeout` of being accepted, or it is dropped
 //!   (slowloris). Later requests on a keep-alive connection are bounded by hyper's
 //!   `header_read_timeout`, set to the same value, which also closes idle keep-alive connections.
+//!   A PROXY header is read under the same deadline, before the TLS handshake; from a trusted
+//!   peer it is optional (a health check may speak plain HTTP), from others it is never read.
+//! - **hyper's own errors.** hyper answers a request head it cannot parse (a `Content-Length`
+//!   beyond 2^64 - 3, too many or too long headers, a malformed request line) itself, with an
+//!   empty `400`, `414` or `431`, and closes the connection. [`CountedIo`] recognises that head
+//!   as it is written and sends the same status with our JSON error body instead (see
+//!   [`json_parse_error`] for why nothing else can match it).
 //!
 //! Why our own loop rather than `axum::serve`: `axum::serve` has no hook between accept and
 //! HTTP (no TLS, no caps, no deadline) and sets no header timeout. We drive hyper's HTTP/1.1
@@ -29,11 +49,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes};
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -43,8 +65,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::proxy::{self, ClientAddr, ProxyHeader, TrustedProxies};
 use crate::shutdown::Lifecycle;
 use crate::tls::TlsFiles;
 
@@ -60,6 +83,10 @@ pub struct ListenerConfig {
     /// Time from accept to the end of the first request's headers (TLS handshake included);
     /// also the limit for the headers of every later request on the connection.
     pub upgrade_timeout: Duration,
+    /// Peers whose forwarding headers (and PROXY headers) name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Read a PROXY protocol header (v1 or v2) first on connections from a trusted peer.
+    pub proxy_protocol: bool,
 }
 
 /// Longest time a refused connection is given to receive its 503. The answer is a courtesy: a
@@ -91,6 +118,8 @@ struct Shared {
     http: hyper::server::conn::http1::Builder,
     upgrade_timeout: Duration,
     caps: Arc<ConnectionCaps>,
+    trusted_proxies: TrustedProxies,
+    proxy_protocol: bool,
     /// Refusal tasks running now, bounded by [`MAX_PENDING_REFUSALS`].
     pending_refusals: Arc<AtomicUsize>,
     lifecycle: Lifecycle,
@@ -108,6 +137,25 @@ impl Listener {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(config.upgrade_timeout);
+        let trusted: Vec<String> = config
+            .trusted_proxies
+            .nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let trusted = if trusted.is_empty() {
+            "none".to_owned()
+        } else {
+            trusted.join(",")
+        };
+        info!(
+            trusted_proxies = %trusted,
+            proxy_protocol = config.proxy_protocol,
+            "client addresses"
+        );
+        if config.proxy_protocol && config.trusted_proxies.nets().is_empty() {
+            warn!("--proxy-protocol is on but no proxy is trusted: no PROXY header will be read");
+        }
         let shared = Shared {
             app,
             tls,
@@ -117,6 +165,8 @@ impl Listener {
                 config.max_connections,
                 config.max_connections_per_address,
             )),
+            trusted_proxies: config.trusted_proxies.clone(),
+            proxy_protocol: config.proxy_protocol,
             pending_refusals: Arc::new(AtomicUsize::new(0)),
             lifecycle,
         };
@@ -162,13 +212,26 @@ impl Listener {
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        match self.shared.caps.try_acquire(remote.ip()) {
+        let trusted = self.shared.trusted_proxies.contains(remote.ip());
+        // The per-address count waits until the client is known: a trusted peer speaks for
+        // others (counted after its PROXY header or per request), a local process is not
+        // counted per address at all.
+        let counted = if trusted || ClientAddr::direct(remote).is_local() {
+            self.shared.caps.try_acquire_total()
+        } else {
+            self.shared.caps.try_acquire(remote.ip())
+        };
+        match counted {
             Ok(permit) => {
-                let span = tracing::info_span!("tcp", %remote);
+                let span = tracing::info_span!("tcp", %remote, proxy = tracing::field::Empty);
                 let shared = self.shared.clone();
+                let source = Source {
+                    client: ClientAddr::direct(remote),
+                    trusted,
+                };
                 self.shared.lifecycle.spawn(
                     span,
-                    serve_connection(shared, stream, remote, permit, accepted_at),
+                    serve_connection(shared, stream, source, permit, accepted_at),
                 );
             }
             Err(hit) => self.refuse(stream, remote, hit),
@@ -188,17 +251,35 @@ impl Listener {
         let span = tracing::info_span!("refuse", %remote);
         self.shared.lifecycle.spawn(span, async move {
             let _guard = guard;
-            let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-                match tls {
-                    None => answer_refusal(stream, hit).await,
-                    Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit).await,
-                }
-            })
-            .await;
-            if let Ok(Err(error)) = answered {
-                debug!(%error, "503 not delivered");
-            }
+            deliver_refusal(tls, stream, hit).await;
         });
+    }
+}
+
+/// Where a connection's requests come from, as far as the connection can tell.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    /// The TCP peer, or the client its PROXY header named.
+    client: ClientAddr,
+    /// Whether `client` is a trusted proxy, whose forwarding headers name the client per request.
+    trusted: bool,
+}
+
+/// Answers a connection over a cap with the 503 (after the TLS handshake, if any), bounded by
+/// [`REFUSAL_TIMEOUT`].
+async fn deliver_refusal<S>(tls: Option<TlsAcceptor>, stream: S, hit: CapHit)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        match tls {
+            None => answer_refusal(stream, hit).await,
+            Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit).await,
+        }
+    })
+    .await;
+    if let Ok(Err(error)) = answered {
+        debug!(%error, "503 not delivered");
     }
 }
 
@@ -229,16 +310,30 @@ where
     Ok(())
 }
 
-/// The fixed answer to a connection over a cap (`protocol-spec/http.md`).
-fn refusal_response(hit: CapHit) -> Vec<u8> {
+/// The JSON body of every answer over a cap (`protocol-spec/http.md`).
+fn refusal_body(hit: CapHit) -> serde_json::Value {
     let message = match hit {
         CapHit::Total { max } => format!("too many open connections to this server, limit {max}"),
-        CapHit::PerAddress { max } => {
-            format!("too many open connections from this address, limit {max}")
+        CapHit::PerAddress { max, ip } => {
+            format!("too many open connections from address {ip}, limit {max}")
         }
     };
-    let body = serde_json::json!({ "error": "too_many_connections", "message": message });
-    let body = body.to_string();
+    serde_json::json!({ "error": "too_many_connections", "message": message })
+}
+
+/// The answer to one request over the per-address cap from a trusted proxy: the same JSON 503,
+/// without closing the proxy's connection, which carries other clients too.
+fn refusal_for_request(hit: CapHit) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(refusal_body(hit)),
+    )
+        .into_response()
+}
+
+/// The fixed answer to a connection over a cap (`protocol-spec/http.md`).
+fn refusal_response(hit: CapHit) -> Vec<u8> {
+    let body = refusal_body(hit).to_string();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\n\
          Content-Type: application/json\r\n\
@@ -251,20 +346,76 @@ fn refusal_response(hit: CapHit) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One accepted connection: TLS handshake (if any), then HTTP/1.1 until it closes or upgrades.
+/// One accepted connection: PROXY header (if any), TLS handshake (if any), then HTTP/1.1 until
+/// it closes or upgrades.
 async fn serve_connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    remote: SocketAddr,
+    mut stream: TcpStream,
+    mut source: Source,
     permit: ConnectionPermit,
     accepted_at: Instant,
 ) {
     let deadline = accepted_at + shared.upgrade_timeout;
+    let cancel = shared.lifecycle.cancel.clone();
+    let mut read_ahead = Bytes::new();
+    let mut address_permit = None;
+    if source.trusted && shared.proxy_protocol {
+        let read = tokio::select! {
+            // Shutdown: a connection still in its PROXY header has no request to finish.
+            () = cancel.cancelled() => return,
+            read = tokio::time::timeout_at(deadline, read_proxy_header(&mut stream)) => read,
+        };
+        let (said, rest) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => {
+                warn!(%error, "bad PROXY header; dropping connection");
+                return;
+            }
+            Err(_elapsed) => {
+                warn!(
+                    upgrade_timeout = ?shared.upgrade_timeout,
+                    "no complete PROXY header in time; dropping connection"
+                );
+                return;
+            }
+        };
+        read_ahead = rest;
+        if let Some(ProxyHeader::Client(client)) = said {
+            let span = tracing::Span::current();
+            span.record("remote", tracing::field::display(client));
+            span.record("proxy", tracing::field::display(source.client.peer));
+            source = Source {
+                client: ClientAddr {
+                    ip: client.ip().to_canonical(),
+                    peer: source.client.peer,
+                    proxied: true,
+                },
+                trusted: shared.trusted_proxies.contains(client.ip()),
+            };
+            // One TCP connection from a balancer is one client: count it like a direct one.
+            if !source.trusted {
+                match shared.caps.try_acquire_address(source.client.ip) {
+                    Ok(permit) => address_permit = Some(permit),
+                    Err(hit) => {
+                        warn!(
+                            cap = hit.name(),
+                            max = hit.max(),
+                            "too many connections; refusing one"
+                        );
+                        let stream = ReadAhead::new(stream, read_ahead);
+                        deliver_refusal(shared.tls.clone(), stream, hit).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let stream = ReadAhead::new(stream, read_ahead);
     let Some(acceptor) = shared.tls.clone() else {
-        serve_http(&shared, CountedIo::new(stream, permit), remote, deadline).await;
+        let io = CountedIo::new(stream, permit, address_permit);
+        serve_http(&shared, io, source, deadline).await;
         return;
     };
-    let cancel = shared.lifecycle.cancel.clone();
     let handshake = tokio::select! {
         // Shutdown: a connection still in its handshake has no request to finish.
         () = cancel.cancelled() => return,
@@ -272,13 +423,8 @@ async fn serve_connection(
     };
     match handshake {
         Ok(Ok(tls_stream)) => {
-            serve_http(
-                &shared,
-                CountedIo::new(tls_stream, permit),
-                remote,
-                deadline,
-            )
-            .await;
+            let io = CountedIo::new(tls_stream, permit, address_permit);
+            serve_http(&shared, io, source, deadline).await;
         }
         Ok(Err(error)) => warn!(%error, "tls handshake failed"),
         Err(_elapsed) => warn!(
@@ -288,19 +434,63 @@ async fn serve_connection(
     }
 }
 
-/// Serves HTTP/1.1 on `io`, with `ConnectInfo<SocketAddr>` in every request's extensions.
-async fn serve_http<I>(shared: &Shared, io: CountedIo<I>, remote: SocketAddr, deadline: Instant)
+/// Reads a PROXY header if the connection starts with one. Returns what it said (`None` for a
+/// plain HTTP request from a trusted peer) and the bytes read past it, which belong to HTTP.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> std::io::Result<(Option<ProxyHeader>, Bytes)> {
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if !buf.is_empty() {
+            if !proxy::may_be_proxy_header(&buf) {
+                return Ok((None, Bytes::from(buf)));
+            }
+            match proxy::parse_proxy_header(&buf) {
+                Ok(Some((said, len))) => return Ok((Some(said), Bytes::from(buf).slice(len..))),
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+                }
+            }
+        }
+        // Bounded: `parse_proxy_header` refuses a header longer than MAX_PROXY_HEADER_BYTES.
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            // Closed early: hyper sees the incomplete request and ends the connection.
+            return Ok((None, Bytes::from(buf)));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Serves HTTP/1.1 on `io`, with a [`ClientAddr`] (and, for a client a trusted proxy forwards,
+/// its [`RequestPermit`]) in every request's extensions.
+async fn serve_http<I>(shared: &Arc<Shared>, io: CountedIo<I>, source: Source, deadline: Instant)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Set once hyper has parsed the first request's headers; disarms the upgrade deadline.
     let got_request = Arc::new(AtomicBool::new(false));
-    let service = shared.app.clone().map_request({
+    let service = tower::service_fn({
         let got_request = got_request.clone();
+        let shared = shared.clone();
         move |mut request: Request<Incoming>| {
             got_request.store(true, Ordering::Relaxed);
-            request.extensions_mut().insert(ConnectInfo(remote));
-            request
+            let admitted = shared.admit(source, request.headers());
+            let app = shared.app.clone();
+            async move {
+                match admitted {
+                    Ok((client, permit)) => {
+                        request.extensions_mut().insert(client);
+                        if let Some(permit) = permit {
+                            request.extensions_mut().insert(permit);
+                        }
+                        app.oneshot(request).await
+                    }
+                    Err(hit) => Ok(refusal_for_request(hit)),
+                }
+            }
         }
     });
     let connection = shared
@@ -343,6 +533,54 @@ where
     }
 }
 
+impl Shared {
+    /// The client of one request, and its per-address permit when a trusted proxy forwards it;
+    /// or the cap that client is over.
+    fn admit(
+        &self,
+        source: Source,
+        headers: &HeaderMap,
+    ) -> Result<(ClientAddr, Option<RequestPermit>), CapHit> {
+        if !source.trusted {
+            return Ok((source.client, None));
+        }
+        // A trusted peer without a forwarding header speaks for itself (a health check, a local
+        // process): counted in the total only, like its connection.
+        let Some(ip) = proxy::forwarded_client(headers, &self.trusted_proxies) else {
+            return Ok((source.client, None));
+        };
+        let client = ClientAddr {
+            ip,
+            peer: source.client.peer,
+            proxied: true,
+        };
+        // Every hop trusted: a proxy's own request, like the one without a header.
+        if self.trusted_proxies.contains(ip) {
+            return Ok((client, None));
+        }
+        match self.caps.try_acquire_address(ip) {
+            Ok(permit) => Ok((
+                client,
+                Some(RequestPermit {
+                    _permit: Arc::new(permit),
+                }),
+            )),
+            Err(hit) => {
+                warn!(client = %ip, cap = hit.name(), max = hit.max(), "too many connections; refusing one request");
+                Err(hit)
+            }
+        }
+    }
+}
+
+/// The per-address count of one client a trusted proxy forwards, carried in its request's
+/// extensions (an `Arc`, because extensions are `Clone`). The WebSocket upgrade moves it into the
+/// connection task; for any other request it goes when the request does.
+#[derive(Clone)]
+pub(crate) struct RequestPermit {
+    _permit: Arc<ConnectionPermit>,
+}
+
 /// Accept errors that concern only the connection being accepted (as `axum::serve` decides).
 fn is_connection_error(error: &std::io::Error) -> bool {
     matches!(
@@ -353,7 +591,7 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Open connections, in total and per remote IP, against their caps.
+/// Open connections, in total and per client address, against their caps.
 pub(crate) struct ConnectionCaps {
     max_total: usize,
     max_per_address: usize,
@@ -364,7 +602,8 @@ pub(crate) struct ConnectionCaps {
 #[derive(Default)]
 struct Counts {
     total: usize,
-    /// Only addresses with at least one open connection, so at most `max_total` entries.
+    /// Only addresses with at least one open connection, so at most `max_total` entries (a
+    /// per-request count lives in a request or WebSocket of a connection the total counts).
     per_address: HashMap<IpAddr, usize>,
 }
 
@@ -373,8 +612,8 @@ struct Counts {
 pub(crate) enum CapHit {
     /// `max_connections`.
     Total { max: usize },
-    /// `max_connections_per_address`.
-    PerAddress { max: usize },
+    /// `max_connections_per_address`, for the client counted under `ip` ([`client_key`]).
+    PerAddress { max: usize, ip: IpAddr },
 }
 
 impl CapHit {
@@ -387,7 +626,7 @@ impl CapHit {
 
     fn max(self) -> usize {
         match self {
-            CapHit::Total { max } | CapHit::PerAddress { max } => max,
+            CapHit::Total { max } | CapHit::PerAddress { max, .. } => max,
         }
     }
 }
@@ -401,25 +640,53 @@ impl ConnectionCaps {
         }
     }
 
-    /// Counts one more connection from `ip`, or says which cap that would break.
+    /// Counts one more connection from `ip`, in the total and per address, or says which cap
+    /// that would break.
     pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, CapHit> {
-        let ip = client_key(ip);
+        self.acquire(true, Some(ip))
+    }
+
+    /// Counts one more connection in the total only (its client is not known yet, or is local).
+    pub(crate) fn try_acquire_total(self: &Arc<Self>) -> Result<ConnectionPermit, CapHit> {
+        self.acquire(true, None)
+    }
+
+    /// Counts one more client at `ip` whose connection the total already counts.
+    pub(crate) fn try_acquire_address(
+        self: &Arc<Self>,
+        ip: IpAddr,
+    ) -> Result<ConnectionPermit, CapHit> {
+        self.acquire(false, Some(ip))
+    }
+
+    fn acquire(
+        self: &Arc<Self>,
+        total: bool,
+        ip: Option<IpAddr>,
+    ) -> Result<ConnectionPermit, CapHit> {
+        let ip = ip.map(client_key);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.total >= self.max_total {
+        if total && counts.total >= self.max_total {
             return Err(CapHit::Total {
                 max: self.max_total,
             });
         }
-        let from_ip = counts.per_address.entry(ip).or_insert(0);
-        if *from_ip >= self.max_per_address {
-            return Err(CapHit::PerAddress {
-                max: self.max_per_address,
-            });
+        if let Some(ip) = ip {
+            let from_ip = counts.per_address.entry(ip).or_insert(0);
+            if *from_ip >= self.max_per_address {
+                return Err(CapHit::PerAddress {
+                    max: self.max_per_address,
+                    ip,
+                });
+            }
+            *from_ip += 1;
         }
-        *from_ip += 1;
-        counts.total += 1;
+        if total {
+            counts.total += 1;
+        }
         Ok(ConnectionPermit {
             caps: self.clone(),
+            total,
             ip,
         })
     }
@@ -444,10 +711,13 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One counted connection; dropping it gives the slot back.
+/// One counted connection or client; dropping it gives the slots back.
 pub(crate) struct ConnectionPermit {
     caps: Arc<ConnectionCaps>,
-    ip: IpAddr,
+    /// Whether this permit holds a slot of the total.
+    total: bool,
+    /// The address slot this permit holds, if any.
+    ip: Option<IpAddr>,
 }
 
 impl Drop for ConnectionPermit {
@@ -457,30 +727,145 @@ impl Drop for ConnectionPermit {
             .counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(from_ip) = counts.per_address.get_mut(&self.ip) {
+        if self.total {
+            counts.total = counts.total.saturating_sub(1);
+        }
+        if let Some(ip) = self.ip
+            && let Some(from_ip) = counts.per_address.get_mut(&ip)
+        {
             *from_ip = from_ip.saturating_sub(1);
             if *from_ip == 0 {
-                counts.per_address.remove(&self.ip);
+                counts.per_address.remove(&ip);
             }
         }
     }
 }
 
-/// A connection's socket (plain or TLS) carrying its [`ConnectionPermit`]. hyper moves it into
-/// the upgraded WebSocket, so the permit lives exactly as long as the socket.
+/// A connection's socket (plain or TLS) carrying its [`ConnectionPermit`]s. hyper moves it into
+/// the upgraded WebSocket, so the permits live exactly as long as the socket. It also puts our
+/// JSON body into hyper's own bodiless answer to a request it cannot parse.
 struct CountedIo<I> {
     io: I,
     _permit: ConnectionPermit,
+    /// The client's address slot, when it was counted for the whole connection after a PROXY
+    /// header (a direct client's permit counts both).
+    _address_permit: Option<ConnectionPermit>,
+    /// Our replacement for hyper's error head, while it is being written.
+    rewrite: Option<Rewrite>,
+}
+
+/// Our answer written in place of one hyper wrote: `reported` is the length of hyper's bytes,
+/// confirmed to hyper once all of ours are out.
+struct Rewrite {
+    bytes: Vec<u8>,
+    written: usize,
+    reported: usize,
 }
 
 impl<I> CountedIo<I> {
-    fn new(io: I, permit: ConnectionPermit) -> CountedIo<I> {
+    fn new(
+        io: I,
+        permit: ConnectionPermit,
+        address_permit: Option<ConnectionPermit>,
+    ) -> CountedIo<I> {
         CountedIo {
             io,
             _permit: permit,
+            _address_permit: address_permit,
+            rewrite: None,
         }
     }
+}
+
+impl<I: AsyncWrite + Unpin> CountedIo<I> {
+    /// Writes the rest of the replacement, then tells hyper its own bytes were written.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let Some(rewrite) = self.rewrite.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while rewrite.written < rewrite.bytes.len() {
+            let n =
+                ready!(Pin::new(&mut self.io).poll_write(cx, &rewrite.bytes[rewrite.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            rewrite.written += n;
+        }
+        let reported = rewrite.reported;
+        self.rewrite = None;
+        Poll::Ready(Ok(reported))
+    }
+}
+
+/// hyper's own answer to a request head it could not parse, rewritten with our JSON error body;
+/// `None` for anything else (which is written as it is).
+///
+/// hyper writes that answer (`proto/h1/role.rs`, `Server::on_error`) as a bare head: the status
+/// line of a `400`, `414` or `431`, `connection: close`, `content-length: 0` and `date`, nothing
+/// else, in one write,
+/// and then closes the connection. Nothing else on a connection can be those exact bytes: every
+/// response of ours carries a `content-type` or other headers; a WebSocket frame from the server
+/// never starts with `H`; and a body follows its head in the same write or comes in chunks whose
+/// size line starts them. So matching the whole write is exact, and as hyper closes the
+/// connection after it, the added body cannot confuse a keep-alive client.
+fn json_parse_error(written: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(written)
+        .ok()?
+        .strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))?;
+    let (code, message) = match status.get(..3)? {
+        "400" => ("bad_request", "malformed request"),
+        "414" => ("uri_too_long", "request URI too long"),
+        "431" => (
+            "request_header_fields_too_large",
+            "request headers too large, or a header value out of range",
+        ),
+        _ => return None,
+    };
+    let mut has_length = false;
+    let mut date = None;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") && value == "0" && !has_length {
+            has_length = true;
+        } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+            // hyper closes after this answer and says so; so do we.
+        } else if name.eq_ignore_ascii_case("date") && date.is_none() {
+            date = Some(value);
+        } else {
+            return None;
+        }
+    }
+    if !has_length {
+        return None;
+    }
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let date = date.map_or(String::new(), |date| format!("date: {date}\r\n"));
+    Some(
+        format!(
+            "{status_line}\r\n\
+             content-type: application/json\r\n\
+             content-length: {}\r\n\
+             connection: close\r\n\
+             {date}\r\n\
+             {body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+/// Longest write that is looked at as a possible error head of hyper's (which is about 100 bytes).
+const MAX_ERROR_HEAD_BYTES: usize = 256;
+
+/// Whether a write may be hyper's error head and is worth a closer look.
+fn may_be_error_head(first: &[u8], total_len: usize) -> bool {
+    total_len <= MAX_ERROR_HEAD_BYTES && first.starts_with(b"HTTP/1.")
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for CountedIo<I> {
@@ -494,6 +879,103 @@ impl<I: AsyncRead + Unpin> AsyncRead for CountedIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.rewrite.is_none()
+            && may_be_error_head(buf, buf.len())
+            && let Some(bytes) = json_parse_error(buf)
+        {
+            this.rewrite = Some(Rewrite {
+                bytes,
+                written: 0,
+                reported: buf.len(),
+            });
+        }
+        if this.rewrite.is_some() {
+            // hyper retries a pending write with the same bytes, so `buf` is still its head.
+            return this
+                .poll_rewrite(cx)
+                .map_ok(|reported| reported.min(buf.len()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let total_len: usize = bufs.iter().map(|buf| buf.len()).sum();
+        if this.rewrite.is_none() {
+            let first = bufs.iter().find(|buf| !buf.is_empty());
+            if first.is_some_and(|first| may_be_error_head(first, total_len)) {
+                let whole: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
+                if let Some(bytes) = json_parse_error(&whole) {
+                    this.rewrite = Some(Rewrite {
+                        bytes,
+                        written: 0,
+                        reported: total_len,
+                    });
+                }
+            }
+        }
+        if this.rewrite.is_some() {
+            return this
+                .poll_rewrite(cx)
+                .map_ok(|reported| reported.min(total_len));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A socket with bytes already read from it in front (what followed a PROXY header in the same
+/// read), served to the next reader before the socket's own.
+struct ReadAhead<I> {
+    io: I,
+    ahead: Bytes,
+}
+
+impl<I> ReadAhead<I> {
+    fn new(io: I, ahead: Bytes) -> ReadAhead<I> {
+        ReadAhead { io, ahead }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ReadAhead<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.ahead.has_remaining() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ReadAhead<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -538,12 +1020,18 @@ mod tests {
         let _second = caps.try_acquire(ip("10.0.0.1")).expect("second");
         assert_eq!(
             caps.try_acquire(ip("10.0.0.1")).err(),
-            Some(CapHit::PerAddress { max: 2 })
+            Some(CapHit::PerAddress {
+                max: 2,
+                ip: ip("10.0.0.1")
+            })
         );
         // The same client over an IPv4-mapped IPv6 address is the same address.
         assert_eq!(
             caps.try_acquire(ip("::ffff:10.0.0.1")).err(),
-            Some(CapHit::PerAddress { max: 2 })
+            Some(CapHit::PerAddress {
+                max: 2,
+                ip: ip("10.0.0.1")
+            })
         );
         let _other = caps.try_acquire(ip("10.0.0.2")).expect("another address");
         drop(first);
@@ -567,7 +1055,10 @@ mod tests {
 
     #[test]
     fn the_refusal_is_a_complete_json_503_that_closes() {
-        let response = refusal_response(CapHit::PerAddress { max: 3 });
+        let response = refusal_response(CapHit::PerAddress {
+            max: 3,
+            ip: ip("10.0.0.1"),
+        });
         let text = String::from_utf8(response).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(
@@ -586,5 +1077,83 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("limit 3"))
         );
+    }
+
+    #[test]
+    fn address_only_and_total_only_permits_count_their_own_part() {
+        let caps = Arc::new(ConnectionCaps::new(2, 1));
+        let proxy_connection = caps.try_acquire_total().expect("total");
+        let client = caps
+            .try_acquire_address(ip("203.0.113.7"))
+            .expect("address");
+        assert_eq!(caps.counts(), (1, 1));
+        assert_eq!(
+            caps.try_acquire_address(ip("203.0.113.7")).err(),
+            Some(CapHit::PerAddress {
+                max: 1,
+                ip: ip("203.0.113.7")
+            })
+        );
+        let _another = caps
+            .try_acquire_address(ip("203.0.113.8"))
+            .expect("another");
+        drop(client);
+        drop(proxy_connection);
+        assert_eq!(caps.counts(), (0, 1));
+    }
+
+    #[test]
+    fn only_hypers_bare_error_heads_get_a_json_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n";
+        let rewritten = json_parse_error(head).expect("rewritten");
+        let text = String::from_utf8(rewritten).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("\r\ndate: Mon, 07 Dec 2026"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(json["error"], "request_header_fields_too_large");
+        assert!(
+            json_parse_error(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_some()
+        );
+        for other in [
+            // Our own responses carry more headers, or another status.
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"\x82\x05hello",
+        ] {
+            assert!(json_parse_error(other).is_none(), "{:?}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rewrite_survives_a_socket_that_takes_a_few_bytes_at_a_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let caps = Arc::new(ConnectionCaps::new(1, 1));
+        let permit = caps.try_acquire_total().expect("permit");
+        // A pipe that holds 7 bytes: every write of ours is cut short and retried.
+        let (near, mut far) = tokio::io::duplex(7);
+        let mut io = CountedIo::new(near, permit, None);
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let expected = json_parse_error(head).expect("rewritten");
+        let read = async move {
+            let mut received = Vec::new();
+            far.read_to_end(&mut received).await.expect("read");
+            received
+        };
+        let write = async move {
+            io.write_all(head).await.expect("write");
+            io.shutdown().await.expect("shutdown");
+        };
+        let (received, ()) = tokio::join!(read, write);
+        assert_eq!(received, expected);
+        assert_eq!(caps.counts(), (0, 0));
     }
 }
