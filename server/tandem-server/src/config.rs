@@ -293,6 +293,11 @@ pub struct ServeArgs {
     /// Time limit of one delivery attempt, connection included [default: 10s].
     #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<HumanDuration>,
+    /// Bytes of the reserve file `reserve` in the data directory: deleted when the disk fills up,
+    /// so that deletes still commit, and written again when space returns; `0` disables it
+    /// [default: 4194304].
+    #[arg(long, env = "TANDEM_DISK_RESERVE_BYTES")]
+    pub disk_reserve_bytes: Option<u64>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -563,6 +568,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .db_cache_bytes
                 .or(file.db_cache_bytes)
                 .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
+            reserve_bytes: args
+                .disk_reserve_bytes
+                .or(file.disk_reserve_bytes)
+                .unwrap_or(tandem_store::space::DEFAULT_RESERVE_BYTES),
         },
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
         worker_threads: args
