@@ -594,4 +594,108 @@ mod tests {
 
         stop_writer(&writer).await;
     }
+
+    /// A tmpfs mounted for one test (needs root, as CI has), unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Tmpfs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("run mount");
+            assert!(
+                status.success(),
+                "mounting a tmpfs failed; this test needs root"
+            );
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            for args in [&[][..], &["--lazy"][..]] {
+                let status = std::process::Command::new("umount")
+                    .args(args)
+                    .arg(self.0.path())
+                    .status();
+                if matches!(status, Ok(status) if status.success()) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A commit refused on a full disk fails its channel with `storage_fault`, and the channel
+    /// stays failed: an update queued on it later is dropped even once space returned (the
+    /// actor reloads and goes on on a fresh channel, which commits the same seq).
+    #[tokio::test]
+    async fn a_refused_commit_fails_its_channel_for_good() {
+        let tmpfs = Tmpfs::mount("4m");
+        let store = Arc::new(Store::open(&tmpfs.0.path().join("t.redb")).unwrap());
+        let config = PersistConfig {
+            fsync: true,
+            cache_bytes: 1 << 20,
+            commit_interval: Duration::ZERO,
+            reserve_bytes: 0,
+        };
+        let writer = spawn_writer(store.clone(), config).unwrap();
+        let doc = DocId::new("full").unwrap();
+        let filler = tmpfs.0.path().join("filler");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&filler).unwrap();
+            while file.write_all(&[1u8; 64 * 1024]).is_ok() {}
+        }
+        let (old_report, mut old_durable) = watch::channel(Durability::default());
+        let big = |seq| PersistCommand::Append {
+            doc: doc.clone(),
+            seq,
+            update: Bytes::from(vec![7u8; 512 * 1024]),
+            author: None,
+            report: old_report.clone(),
+        };
+        writer.send(big(1)).await.unwrap();
+        old_durable.changed().await.unwrap();
+        let state = *old_durable.borrow_and_update();
+        assert!(state.failed && state.storage_fault, "{state:?}");
+        assert!(!store.health().writable);
+
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.try_resume() {
+            assert!(Instant::now() < deadline, "writes never resumed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Queued behind the refusal on the failed channel: dropped.
+        writer.send(big(2)).await.unwrap();
+        let (new_report, mut new_durable) = watch::channel(Durability::default());
+        writer
+            .send(PersistCommand::Append {
+                doc: doc.clone(),
+                seq: 1,
+                update: Bytes::from_static(b"fresh"),
+                author: None,
+                report: new_report.clone(),
+            })
+            .await
+            .unwrap();
+        new_durable.changed().await.unwrap();
+        assert_eq!(
+            *new_durable.borrow(),
+            Durability {
+                durable_seq: 1,
+                ..Durability::default()
+            }
+        );
+        let stored = store.load_doc(doc.as_str()).unwrap();
+        assert_eq!(stored.updates, vec![b"fresh".to_vec()]);
+        assert_eq!(stored.last_seq, 1);
+
+        stop_writer(&writer).await;
+        drop(store);
+        drop(tmpfs);
+    }
 }
