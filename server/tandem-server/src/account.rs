@@ -231,10 +231,7 @@ impl Accounts {
         tokio::task::spawn_blocking(move || operation(&store))
             .await
             .map_err(|_| ApiError::Internal)?
-            .map_err(|error| {
-                tracing::error!(%error, "account store operation failed");
-                ApiError::Internal
-            })
+            .map_err(|error| ApiError::from_store(&error, "account store"))
     }
 }
 

@@ -523,7 +523,12 @@ impl Recorder {
             }
         };
         if let Err(error) = result {
-            error!(%error, n_entries = write.entries.len(), "storing activity failed; retrying");
+            if error.read_only_reason().is_some() {
+                // The store logged the full disk once; the batch waits for space.
+                debug!(%error, n_entries = write.entries.len(), "storing activity refused; retrying");
+            } else {
+                error!(%error, n_entries = write.entries.len(), "storing activity failed; retrying");
+            }
             self.batch.deliveries = write.deliveries;
             self.batch.since = Some(Instant::now());
             return;

@@ -308,6 +308,11 @@ pub struct ServeArgs {
     /// proxy, for TCP balancers such as haproxy's `send-proxy` [default: false].
     #[arg(long, env = "TANDEM_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
     pub proxy_protocol: Option<bool>,
+    /// Bytes of the reserve file `reserve` in the data directory: deleted when the disk fills up,
+    /// so that deletes still commit, and written again when space returns; `0` disables it
+    /// [default: 4194304].
+    #[arg(long, env = "TANDEM_DISK_RESERVE_BYTES")]
+    pub disk_reserve_bytes: Option<u64>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -578,6 +583,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .db_cache_bytes
                 .or(file.db_cache_bytes)
                 .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
+            reserve_bytes: args
+                .disk_reserve_bytes
+                .or(file.disk_reserve_bytes)
+                .unwrap_or(tandem_store::space::DEFAULT_RESERVE_BYTES),
         },
         shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
         worker_threads: args

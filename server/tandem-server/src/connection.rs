@@ -74,6 +74,9 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// The doc's storage failed; nothing unsaved was sent. The peer may retry later.
     StorageFailure,
+    /// The peer's update was refused because the store is read-only (a full disk); nothing of
+    /// it was stored or sent. The peer keeps its edits and resyncs after reconnecting.
+    StorageFull,
     /// The doc could not be opened.
     Unavailable,
     /// The peer's token expired; it may fetch a fresh one and reconnect.
@@ -92,6 +95,7 @@ impl CloseReason {
             CloseReason::PongTimeout => (CLOSE_POLICY_VIOLATION, "ping timeout".into()),
             CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
             CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
+            CloseReason::StorageFull => (CLOSE_TRY_AGAIN_LATER, "storage full, retry later".into()),
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
         }
@@ -120,6 +124,8 @@ impl CloseReason {
                 tracing::error!(%peer, code, reason, "closing connection")
             }
             CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
+            // The store logs the full disk once; each refused writer is routine.
+            CloseReason::StorageFull => tracing::info!(%peer, code, reason, "closing connection"),
             CloseReason::TokenExpired => tracing::info!(%peer, code, reason, "closing connection"),
         }
     }
@@ -217,6 +223,7 @@ async fn join(
             let reason = match error {
                 JoinError::ShuttingDown => CloseReason::Shutdown,
                 JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
+                JoinError::StorageFull => CloseReason::StorageFull,
             };
             close_with(&mut socket, peer, Some(reason)).await;
             return None;

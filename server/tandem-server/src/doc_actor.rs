@@ -15,6 +15,11 @@
 //! - A panic or error inside yrs poisons the in-memory doc: the offending peer is closed, the
 //!   actor waits until everything accepted before it is durable, and reloads from redb. Other
 //!   peers stay connected and lose nothing, because they only ever saw durable updates.
+//! - A commit refused for a storage fault (a full disk) drops what it held: the senders of the
+//!   refused updates (and peers whose handshake reveals them) are closed with 1013 "storage
+//!   full, retry later" and keep their edits for a later resync, HTTP writers get an error, and
+//!   the in-memory doc is reloaded from the store, so a refused update is never broadcast,
+//!   acknowledged or submitted again. Every other peer stays connected.
 //! - The actor unloads itself: after the grace period with no peers and nothing in flight, it
 //!   removes its own hub entry, closes its inbox, and tells late joiners to retry.
 //!
@@ -423,6 +428,11 @@ struct DocActor {
     n_log_entries: u64,
     /// Shutdown began, or storage failed: no new peers, drain and stop.
     stopping: bool,
+    /// The writer refused a commit for a storage fault: reload from the store before anything
+    /// else (see [`Self::refuse_unstored`]).
+    reload_due: bool,
+    /// HTTP snapshots that waited for a refused commit: answered again after the reload.
+    snapshots_after_reload: Vec<oneshot::Sender<Result<DocSnapshot, JoinError>>>,
     /// Everyone who wrote to this doc since it opened, with their encoded store form; an
     /// author's index here is what the hot path carries.
     authors: Vec<(Actor, Arc<[u8]>)>,
@@ -465,6 +475,7 @@ impl DocActor {
             durable_seq: last_seq,
             durable_version: history.last_version_id,
             failed: false,
+            storage_fault: false,
         });
         let interval = hub.config().auto_version_interval;
         let mut actor = DocActor {
@@ -486,6 +497,8 @@ impl DocActor {
             n_bytes_since_compact: n_log_bytes,
             n_log_entries,
             stopping: false,
+            reload_due: false,
+            snapshots_after_reload: Vec::new(),
             authors: Vec::new(),
             author_index: HashMap::new(),
             restores: JoinSet::new(),
@@ -532,6 +545,10 @@ impl DocActor {
             let unload_at = self.idle_since.map(|since| since + grace);
             tokio::select! {
                 biased;
+                // A commit was refused: drop it from memory before handling anything else.
+                () = std::future::ready(()), if self.reload_due => {
+                    Box::pin(self.reload_after_refusal()).await;
+                }
                 // Shutdown: stop taking commands; what is already queued is still handled.
                 () = cancel.cancelled(), if !self.stopping => {
                     self.stopping = true;
@@ -1152,6 +1169,7 @@ impl DocActor {
             doc: self.doc.clone(),
             upto_seq: self.submitted_seq,
             snapshot,
+            report: self.durable_tx.clone(),
         };
         // try_send: compaction is an optimisation; if the writer is busy it happens next time.
         if self.hub.persist().try_send(command).is_ok() {
@@ -1180,6 +1198,10 @@ impl DocActor {
 
     fn on_durable(&mut self) {
         let state = *self.durable_rx.borrow_and_update();
+        if state.failed && state.storage_fault {
+            self.refuse_unstored();
+            return;
+        }
         if state.failed {
             self.fail_storage();
             return;
@@ -1334,6 +1356,133 @@ impl DocActor {
                 break;
             }
             self.on_durable();
+            if self.reload_due {
+                Box::pin(self.reload_after_refusal()).await;
+            }
+        }
+    }
+
+    /// The writer refused a commit (the store is read-only): answers everything that waited for
+    /// it without revealing it, and schedules the reload that drops it from memory.
+    ///
+    /// The refused updates' senders are closed with 1013 "storage full, retry later": a client
+    /// keeps its edits and sends them again when it reconnects and syncs, which CRDTs make safe.
+    /// A peer with a reply waiting (its handshake may reveal the refused state) is closed alike
+    /// and resyncs. Nothing after `durable_seq` is stored: the writer rolled it back.
+    fn refuse_unstored(&mut self) {
+        if self.reload_due {
+            return;
+        }
+        // The store logs the full disk once; each refusal is routine.
+        debug!(
+            durable_seq = self.durable_seq,
+            submitted_seq = self.submitted_seq,
+            "storage full: updates refused; reloading the doc from storage"
+        );
+        self.reload_due = true;
+        let durable_seq = self.durable_seq;
+        let mut to_close: Vec<PeerId> = Vec::new();
+        for (seq, delivery) in std::mem::take(&mut self.pending) {
+            if seq <= durable_seq {
+                self.deliver(seq, delivery);
+                continue;
+            }
+            match delivery {
+                Delivery::ToPeer(peer, _) => to_close.push(peer),
+                Delivery::ToOthers(sender, _) => to_close.push(sender),
+                Delivery::Snapshot(reply, _) => self.snapshots_after_reload.push(reply),
+                Delivery::Covers(reply, _) => {
+                    let _ = reply.send(Err(JoinError::StorageFull));
+                }
+                Delivery::Applied(reply, _) => {
+                    let _ = reply.send(Err(JoinError::StorageFull));
+                }
+                Delivery::Restored(restored) => {
+                    let _ = restored.reply.send(Err(JoinError::StorageFull));
+                }
+            }
+        }
+        for pending in self.history.pending.drain(..) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(JoinError::StorageFull));
+            }
+        }
+        self.unreported.retain(|(seq, _)| *seq <= durable_seq);
+        for peer in to_close {
+            if peer != HTTP_PEER {
+                self.remove_peer(peer, Some(CloseReason::StorageFull));
+            }
+        }
+    }
+
+    /// Replaces the in-memory doc by what the store holds after a refused commit, on a fresh
+    /// channel to the writer (the old one stays failed, so the writer drops whatever this actor
+    /// queued behind the refusal). Peers stay connected and keep their presence.
+    async fn reload_after_refusal(&mut self) {
+        self.reload_due = false;
+        match load(&self.hub, &self.doc).await {
+            Ok(loaded) => {
+                let Loaded {
+                    mut shared,
+                    last_seq,
+                    n_log_entries,
+                    n_log_bytes,
+                    history,
+                    n_named,
+                } = loaded;
+                let previous = std::mem::replace(
+                    &mut self.shared,
+                    SharedDoc::new(self.hub.config().limits.clone()),
+                );
+                shared.adopt_awareness(previous);
+                self.shared = shared;
+                let (durable_tx, durable_rx) = watch::channel(Durability {
+                    durable_seq: last_seq,
+                    durable_version: history.last_version_id,
+                    failed: false,
+                    storage_fault: false,
+                });
+                self.durable_tx = durable_tx;
+                self.durable_rx = durable_rx;
+                self.submitted_seq = last_seq;
+                self.durable_seq = last_seq;
+                for (_, joined_seq) in self.peers.values_mut() {
+                    *joined_seq = (*joined_seq).min(last_seq);
+                }
+                self.n_updates_since_compact = n_log_entries;
+                self.n_bytes_since_compact = n_log_bytes;
+                self.n_log_entries = n_log_entries;
+                self.history.next_id = history.last_version_id + 1;
+                self.history.durable_id = history.last_version_id;
+                self.history.version_seq = history.last_version.as_ref().map_or(0, |v| v.seq);
+                self.history.n_named = n_named;
+                self.history.authors_since.clear();
+                for author in history.authors_since {
+                    let idx = self.intern(
+                        Actor {
+                            sub: author.sub,
+                            name: author.name,
+                        },
+                        HTTP_PEER,
+                    );
+                    self.history.authors_since.push(idx);
+                }
+                debug!(last_seq, "doc reloaded from storage after a refused commit");
+                for reply in std::mem::take(&mut self.snapshots_after_reload) {
+                    let snapshot = DocSnapshot {
+                        update: self.shared.encode_state(),
+                        json: self.shared.to_json(),
+                    };
+                    let _ = reply.send(Ok(snapshot));
+                }
+            }
+            Err(reason) => {
+                error!(error = %reason, "cannot reload doc after a refused commit; closing it");
+                for reply in std::mem::take(&mut self.snapshots_after_reload) {
+                    let _ = reply.send(Err(JoinError::Unavailable));
+                }
+                self.fail_storage();
+            }
         }
     }
 

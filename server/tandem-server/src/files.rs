@@ -283,10 +283,7 @@ impl From<FileError> for ApiError {
                 tracing::error!(key, detail, "corrupt file record");
                 ApiError::Internal
             }
-            FileError::Store(error) => {
-                tracing::error!(%error, "file store failed");
-                ApiError::Internal
-            }
+            FileError::Store(error) => ApiError::from_store(&error, "file store"),
         }
     }
 }
@@ -392,6 +389,43 @@ impl Files {
         tokio::task::spawn_blocking(move || work(&inner))
             .await
             .map_err(|_| ApiError::Internal)?
+    }
+
+    /// Refuses a new upload while the store is read-only (a full disk): its bytes would take the
+    /// room the reserve freed for deletes. Checks first whether space returned.
+    pub(crate) async fn check_writable(&self) -> Result<(), ApiError> {
+        let writable = self.blocking(|inner| Ok(inner.store.try_resume())).await?;
+        if writable {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientStorage)
+        }
+    }
+
+    /// Maps a failed write of upload or blob bytes, on a blocking thread: a full disk is 507
+    /// and makes the store read-only as well (which reopens the database, so not on a runtime
+    /// worker); anything else is 500.
+    pub(crate) fn io_failure_blocking(
+        &self,
+        error: &std::io::Error,
+        what: &'static str,
+    ) -> ApiError {
+        if tandem_store::error::io_reason(error) == tandem_store::ReadOnlyReason::DiskFull {
+            tracing::debug!(%error, what, "refused: the disk is full");
+            self.inner.store.report_io_error(error);
+            ApiError::InsufficientStorage
+        } else {
+            tracing::error!(%error, what, "file write failed");
+            ApiError::Internal
+        }
+    }
+
+    /// [`Self::io_failure_blocking`] from async code.
+    pub(crate) async fn io_failure(&self, error: std::io::Error, what: &'static str) -> ApiError {
+        let files = self.clone();
+        self.blocking(move |_| Ok(files.io_failure_blocking(&error, what)))
+            .await
+            .unwrap_or_else(|refused| refused)
     }
 
     fn max_versions(&self) -> Option<usize> {
@@ -550,14 +584,14 @@ impl Files {
                     None => inner.disk.store_blob(&temp, &sha256),
                 };
                 if let Err(error) = stored {
-                    tracing::error!(%error, "storing blob failed");
+                    let refused = files.io_failure_blocking(&error, "storing blob");
                     if upload_id.is_none()
                         && let Err(error) = std::fs::remove_file(&temp)
                         && error.kind() != std::io::ErrorKind::NotFound
                     {
                         tracing::warn!(%error, "removing upload bytes failed");
                     }
-                    return Err(ApiError::Internal);
+                    return Err(refused);
                 }
                 let quota = files.quota();
                 let res = inner.store.put_file_version(
@@ -925,6 +959,7 @@ async fn put_file(
     let grant = write_grant(&state, &headers, &uri, &path)?;
     check_not_doc(&state, &path).await?;
     let files = &state.files;
+    files.check_writable().await?;
     let declared_len = content_length(&headers);
     let id = new_upload_id();
     // Until this request ends, the slot keeps the cleanup off its file and holds its quota.
@@ -947,10 +982,10 @@ async fn put_file(
     });
 
     let temp_path = files.inner.disk.upload_path(&id);
-    let mut file = UploadFile::create(&temp_path).await.map_err(|error| {
-        tracing::error!(%error, "creating upload file failed");
-        ApiError::Internal
-    })?;
+    let mut file = match UploadFile::create(&temp_path).await {
+        Ok(file) => file,
+        Err(error) => return Err(files.io_failure(error, "creating upload file").await),
+    };
     let guard = TempGuard {
         path: Some(temp_path),
     };
@@ -992,8 +1027,7 @@ async fn put_file(
         Err(ReceiveError::Idle) => return Err(FileApiError::IdleTimeout.into()),
         Err(ReceiveError::ShuttingDown) => return Err(ApiError::ShuttingDown),
         Err(ReceiveError::Io(error)) => {
-            tracing::error!(%error, "writing upload failed");
-            return Err(ApiError::Internal);
+            return Err(files.io_failure(error, "writing upload").await);
         }
     }
     if let Some(expected) = declared_len
@@ -1001,10 +1035,9 @@ async fn put_file(
     {
         return Err(FileApiError::Incomplete { received, expected }.into());
     }
-    file.sync().await.map_err(|error| {
-        tracing::error!(%error, "syncing upload failed");
-        ApiError::Internal
-    })?;
+    if let Err(error) = file.sync().await {
+        return Err(files.io_failure(error, "syncing upload").await);
+    }
     drop(file);
     let sha256 = hex(&hasher.finalize());
     if let Some(declared) = declared_sha

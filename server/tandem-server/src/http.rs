@@ -157,8 +157,26 @@ fn account_body_limit() -> DefaultBodyLimit {
     DefaultBodyLimit::max(account::MAX_ACCOUNT_BODY_BYTES)
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// Liveness and the store's state. Always 200 while the process serves: a read-only store
+/// (a full disk) still serves reads, so it is reported, not failed (`protocol-spec/http.md`).
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.hub.store().clone();
+    // A check of the free space at most every `PROBE_INTERVAL`: polling `/healthz` is enough
+    // to bring a read-only store back once space returns.
+    let health = tokio::task::spawn_blocking(move || {
+        store.try_resume();
+        store.health()
+    })
+    .await
+    .ok();
+    let store = match health {
+        Some(health) => serde_json::json!({
+            "writable": health.writable,
+            "reason": health.reason.map(|reason| reason.as_str()),
+        }),
+        None => serde_json::json!({ "writable": false, "reason": "unknown" }),
+    };
+    axum::Json(serde_json::json!({ "status": "ok", "store": store }))
 }
 
 /// One row of `GET /api/docs`.
@@ -514,6 +532,22 @@ pub(crate) enum ApiError {
     WebhookNotFound,
     #[error("stored data could not be read")]
     StorageFault,
+    #[error("storage full, retry later")]
+    InsufficientStorage,
+}
+
+impl ApiError {
+    /// A failed store operation: 507 if the store is read-only (a full disk), 500 otherwise.
+    /// Logs the error (once, here) unless it is the routine refusal of a read-only store.
+    pub(crate) fn from_store(error: &tandem_store::StoreError, what: &'static str) -> ApiError {
+        if error.read_only_reason().is_some() {
+            tracing::debug!(%error, what, "refused: the store is read-only");
+            ApiError::InsufficientStorage
+        } else {
+            tracing::error!(%error, what, "store operation failed");
+            ApiError::Internal
+        }
+    }
 }
 
 impl From<JoinError> for ApiError {
@@ -521,6 +555,7 @@ impl From<JoinError> for ApiError {
         match error {
             JoinError::ShuttingDown => ApiError::ShuttingDown,
             JoinError::Retry | JoinError::Unavailable => ApiError::Unavailable,
+            JoinError::StorageFull => ApiError::InsufficientStorage,
         }
     }
 }
@@ -551,6 +586,9 @@ impl ApiError {
             ApiError::BadWebhook(_) => (StatusCode::BAD_REQUEST, "bad_webhook"),
             ApiError::WebhookNotFound => (StatusCode::NOT_FOUND, "webhook_not_found"),
             ApiError::StorageFault => (StatusCode::INTERNAL_SERVER_ERROR, "storage_fault"),
+            ApiError::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
         }
     }
 }
@@ -649,7 +687,11 @@ async fn log_api_errors(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).in_current_span().await;
     if let Some(error) = response.extensions().get::<LoggedApiError>() {
-        if error.status.is_server_error() {
+        if error.status == StatusCode::INSUFFICIENT_STORAGE {
+            // A full disk is logged once, when the store turns read-only; each refusal is routine.
+            let error_id = error.error_id.as_deref().unwrap_or_default();
+            tracing::debug!(status = error.status.as_u16(), code = error.code, message = %error.message, error_id, path, "request refused");
+        } else if error.status.is_server_error() {
             let error_id = error.error_id.as_deref().unwrap_or_default();
             tracing::error!(status = error.status.as_u16(), code = error.code, message = %error.message, error_id, path, "request failed");
         } else {

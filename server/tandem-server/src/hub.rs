@@ -97,6 +97,9 @@ pub(crate) enum JoinError {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
+    /// The write was refused: the store is read-only (a full disk). Retry later.
+    #[error("storage full, retry later")]
+    StorageFull,
 }
 
 /// What a joining connection hands to the doc actor.

@@ -141,6 +141,13 @@ pub async fn run(
             })?
     };
     let store = Arc::new(store);
+    {
+        // Written before anything else can fill the disk; a disk already too full for it starts
+        // the store read-only (logged once).
+        let store = store.clone();
+        let reserve_bytes = config.persist.reserve_bytes;
+        let _ = tokio::task::spawn_blocking(move || store.set_reserve(reserve_bytes)).await;
+    }
     // The address actually bound decides, not the configured one (tests and embedders bind
     // their own listener).
     let bound_ip = listener

@@ -22,8 +22,26 @@
 //! After the commit returns, each doc's `watch` channel is advanced to the highest seq of that doc
 //! in the batch: "durable up to N". Doc actors release broadcasts and replies only up to that
 //! point (invariant: nothing is sent before the commit that contains it has returned).
-//! On a failed commit the channel is marked failed instead, and the actor treats the doc as
-//! unavailable: nothing in the failed batch is ever broadcast.
+//! On a failed commit the channel is marked failed instead: nothing in the failed batch is ever
+//! broadcast or acknowledged.
+//!
+//! # A full disk
+//!
+//! A commit that fails with a storage fault (`ENOSPC` or another I/O error) makes the store
+//! read-only (`tandem_store::space`); the store refuses later commits at once until space returns,
+//! then resumes by itself. The writer's part:
+//! - Every doc in the failed batch is rolled back to what its actor was told is durable
+//!   (`Store::discard_after`), before the actor hears of the failure. redb commits are atomic, but
+//!   one that fails in its last fsync may already have written its commit record; such a commit
+//!   must not surface later as stored, because it was never acknowledged and its senders were told
+//!   to retry. Rolling back beats keeping it: a kept commit would be on disk without having been
+//!   synced successfully, and nothing was acknowledged from it, so dropping it loses nothing.
+//! - The report is marked `failed` with `storage_fault`, and the channel stays failed: commands
+//!   already queued behind the failure on that channel are dropped, never committed. The actor
+//!   reloads its doc from the store and continues on a fresh channel.
+//! - Compactions commit in a transaction of their own, after the batch's updates: a failed
+//!   transaction then never holds a snapshot that would include a refused update, so the
+//!   roll-back only ever removes log entries and versions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +69,9 @@ pub(crate) struct Durability {
     pub(crate) durable_version: u64,
     /// A commit containing this doc's updates failed; nothing after `durable_seq` is on disk.
     pub(crate) failed: bool,
+    /// The failure was a storage fault (a full disk, an I/O error): the store is read-only for a
+    /// while, not broken. The actor drops what was refused and goes on.
+    pub(crate) storage_fault: bool,
 }
 
 /// A request to the writer thread.
@@ -77,6 +98,8 @@ pub(crate) enum PersistCommand {
         doc: DocId,
         upto_seq: u64,
         snapshot: Vec<u8>,
+        /// The doc actor's channel: a compaction queued behind a failed commit is dropped.
+        report: watch::Sender<Durability>,
     },
     /// No doc is open any more: commit what is queued, then drop redb's page cache.
     ReleaseMemory,
@@ -93,6 +116,8 @@ pub struct PersistConfig {
     pub cache_bytes: usize,
     /// Shortest time between the starts of two commits (see the module documentation).
     pub commit_interval: Duration,
+    /// Bytes of the disk-space reserve file (`tandem_store::space`); 0 for none.
+    pub reserve_bytes: u64,
 }
 
 /// Starts the writer thread; returns the sender doc actors use.
@@ -248,8 +273,15 @@ fn release_memory(store: &Store) {
 }
 
 fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
+    // Commands queued behind a failed commit of their doc actor: dropped (see the module docs).
+    let live = |command: &&PersistCommand| {
+        command
+            .report()
+            .is_none_or(|report| !report.borrow().failed)
+    };
     let ops: Vec<WriteOp<'_>> = batch
         .iter()
+        .filter(live)
         .filter_map(|command| match command {
             PersistCommand::Append {
                 doc,
@@ -275,32 +307,59 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 state,
                 max_kept: *max_kept,
             }),
+            PersistCommand::Compact { .. }
+            | PersistCommand::ReleaseMemory
+            | PersistCommand::Close { .. } => None,
+        })
+        .collect();
+    let compactions: Vec<WriteOp<'_>> = batch
+        .iter()
+        .filter(live)
+        .filter_map(|command| match command {
             PersistCommand::Compact {
                 doc,
                 upto_seq,
                 snapshot,
+                ..
             } => Some(WriteOp::Compact {
                 doc: doc.as_str(),
                 upto_seq: *upto_seq,
                 snapshot,
             }),
-            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => None,
+            _ => None,
         })
         .collect();
     let started = std::time::Instant::now();
-    let res = store.commit(&ops, now_ms(), fsync);
+    let res = if ops.is_empty() {
+        Ok(())
+    } else {
+        store.commit(&ops, now_ms(), fsync)
+    };
     tracing::debug!(
         n_ops = ops.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "commit"
     );
-    if let Err(error) = &res {
-        tracing::error!(%error, n_ops = ops.len(), "commit failed; affected docs stop accepting edits");
-    }
+    let storage_fault = match &res {
+        Ok(()) => false,
+        Err(error) => {
+            let fault = error.read_only_reason();
+            match fault {
+                // The store logged the transition to read-only once; each refusal is routine.
+                Some(_) => tracing::debug!(%error, n_ops = ops.len(), "commit refused"),
+                None => tracing::error!(
+                    %error,
+                    n_ops = ops.len(),
+                    "commit failed; affected docs stop accepting edits"
+                ),
+            }
+            fault.is_some()
+        }
+    };
     // One report per doc actor per commit: the actor wakes once and sees the whole commit.
-    let mut reports: Vec<(&watch::Sender<Durability>, Durability)> = Vec::new();
+    let mut reports: Vec<(&DocId, &watch::Sender<Durability>, Durability)> = Vec::new();
     let mut by_doc: HashMap<&DocId, usize> = HashMap::new();
-    for command in batch {
+    for command in batch.iter().filter(live) {
         let (doc, report, seq, version) = match command {
             PersistCommand::Append {
                 doc, seq, report, ..
@@ -315,31 +374,85 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         };
         // Two actors of one doc (an unload and a reload) may share a batch: match the channel.
         let found = match by_doc.get(doc) {
-            Some(&i) if reports[i].0.same_channel(report) => Some(i),
-            Some(_) => reports.iter().position(|(r, _)| r.same_channel(report)),
+            Some(&i) if reports[i].1.same_channel(report) => Some(i),
+            Some(_) => reports.iter().position(|(_, r, _)| r.same_channel(report)),
             None => None,
         };
         let slot = found.unwrap_or_else(|| {
-            reports.push((report, Durability::default()));
+            reports.push((doc, report, Durability::default()));
             by_doc.insert(doc, reports.len() - 1);
             reports.len() - 1
         });
-        let highest = &mut reports[slot].1;
+        let highest = &mut reports[slot].2;
         highest.durable_seq = highest.durable_seq.max(seq);
         highest.durable_version = highest.durable_version.max(version);
     }
-    for (report, highest) in reports {
+    if res.is_err() {
+        // Before any actor hears of the failure (and reloads): nothing of it stays stored. A doc
+        // with two actors' channels in the batch keeps the higher of what each was told.
+        let mut durable_by_doc: HashMap<&DocId, Durability> = HashMap::new();
+        for (doc, report, _) in &reports {
+            let told = *report.borrow();
+            let durable = durable_by_doc.entry(doc).or_default();
+            durable.durable_seq = durable.durable_seq.max(told.durable_seq);
+            durable.durable_version = durable.durable_version.max(told.durable_version);
+        }
+        for (doc, durable) in durable_by_doc {
+            roll_back(store, doc, durable);
+        }
+    }
+    for (_, report, highest) in reports {
         report.send_modify(|state| match res {
             Ok(()) => {
                 state.durable_seq = state.durable_seq.max(highest.durable_seq);
                 state.durable_version = state.durable_version.max(highest.durable_version);
             }
-            Err(_) => state.failed = true,
+            Err(_) => {
+                state.failed = true;
+                state.storage_fault = storage_fault;
+            }
         });
+    }
+    if res.is_ok() && !compactions.is_empty() {
+        // A failed compaction loses nothing: the log it would have replaced stays.
+        match store.commit(&compactions, now_ms(), fsync) {
+            Ok(()) => {}
+            // Read-only: logged once by the store; the next compaction covers these logs too.
+            Err(error) if error.read_only_reason().is_some() => {
+                tracing::debug!(%error, n_ops = compactions.len(), "compaction refused");
+            }
+            Err(error) => {
+                tracing::warn!(%error, n_ops = compactions.len(), "compaction failed; the logs stay");
+            }
+        }
+    }
+}
+
+/// Removes whatever of a failed commit reached the file for `doc`.
+fn roll_back(store: &Store, doc: &DocId, durable: Durability) {
+    match store.discard_after(doc.as_str(), durable.durable_seq, durable.durable_version) {
+        Ok(false) => {}
+        Ok(true) => tracing::warn!(
+            doc = %doc,
+            durable_seq = durable.durable_seq,
+            "a failed commit had reached the file; rolled back"
+        ),
+        // The doc stays as the store has it; its actor reloads whatever that is.
+        Err(error) => tracing::error!(doc = %doc, %error, "rolling back a failed commit failed"),
     }
 }
 
 impl PersistCommand {
+    /// The doc actor's channel, for the commands that carry one.
+    fn report(&self) -> Option<&watch::Sender<Durability>> {
+        match self {
+            PersistCommand::Append { report, .. }
+            | PersistCommand::Version { report, .. }
+            | PersistCommand::Compact { report, .. } => Some(report),
+            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => None,
+        }
+    }
+
     fn doc(&self) -> Option<&DocId> {
         match self {
             PersistCommand::Append { doc, .. }
@@ -391,6 +504,7 @@ mod tests {
             fsync: true,
             cache_bytes: 1 << 20,
             commit_interval,
+            reserve_bytes: 0,
         };
         let writer = spawn_writer(store.clone(), config).unwrap();
         (dir, store, writer)
@@ -479,5 +593,109 @@ mod tests {
         assert_eq!(busy_durable.borrow_and_update().durable_seq, 2);
 
         stop_writer(&writer).await;
+    }
+
+    /// A tmpfs mounted for one test (needs root, as CI has), unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Tmpfs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("run mount");
+            assert!(
+                status.success(),
+                "mounting a tmpfs failed; this test needs root"
+            );
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            for args in [&[][..], &["--lazy"][..]] {
+                let status = std::process::Command::new("umount")
+                    .args(args)
+                    .arg(self.0.path())
+                    .status();
+                if matches!(status, Ok(status) if status.success()) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A commit refused on a full disk fails its channel with `storage_fault`, and the channel
+    /// stays failed: an update queued on it later is dropped even once space returned (the
+    /// actor reloads and goes on on a fresh channel, which commits the same seq).
+    #[tokio::test]
+    async fn a_refused_commit_fails_its_channel_for_good() {
+        let tmpfs = Tmpfs::mount("4m");
+        let store = Arc::new(Store::open(&tmpfs.0.path().join("t.redb")).unwrap());
+        let config = PersistConfig {
+            fsync: true,
+            cache_bytes: 1 << 20,
+            commit_interval: Duration::ZERO,
+            reserve_bytes: 0,
+        };
+        let writer = spawn_writer(store.clone(), config).unwrap();
+        let doc = DocId::new("full").unwrap();
+        let filler = tmpfs.0.path().join("filler");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&filler).unwrap();
+            while file.write_all(&[1u8; 64 * 1024]).is_ok() {}
+        }
+        let (old_report, mut old_durable) = watch::channel(Durability::default());
+        let big = |seq| PersistCommand::Append {
+            doc: doc.clone(),
+            seq,
+            update: Bytes::from(vec![7u8; 512 * 1024]),
+            author: None,
+            report: old_report.clone(),
+        };
+        writer.send(big(1)).await.unwrap();
+        old_durable.changed().await.unwrap();
+        let state = *old_durable.borrow_and_update();
+        assert!(state.failed && state.storage_fault, "{state:?}");
+        assert!(!store.health().writable);
+
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.try_resume() {
+            assert!(Instant::now() < deadline, "writes never resumed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Queued behind the refusal on the failed channel: dropped.
+        writer.send(big(2)).await.unwrap();
+        let (new_report, mut new_durable) = watch::channel(Durability::default());
+        writer
+            .send(PersistCommand::Append {
+                doc: doc.clone(),
+                seq: 1,
+                update: Bytes::from_static(b"fresh"),
+                author: None,
+                report: new_report.clone(),
+            })
+            .await
+            .unwrap();
+        new_durable.changed().await.unwrap();
+        assert_eq!(
+            *new_durable.borrow(),
+            Durability {
+                durable_seq: 1,
+                ..Durability::default()
+            }
+        );
+        let stored = store.load_doc(doc.as_str()).unwrap();
+        assert_eq!(stored.updates, vec![b"fresh".to_vec()]);
+        assert_eq!(stored.last_seq, 1);
+
+        stop_writer(&writer).await;
+        drop(store);
+        drop(tmpfs);
     }
 }

@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use url::{Host, Url};
 
 use crate::auth::{AuthError, pattern_matches};
@@ -164,10 +164,7 @@ impl Webhooks {
         tokio::task::spawn_blocking(move || op(&store))
             .await
             .map_err(|_| ApiError::Internal)?
-            .map_err(|error| {
-                error!(%error, "webhook storage");
-                ApiError::Internal
-            })
+            .map_err(|error| ApiError::from_store(&error, "webhook storage"))
     }
 
     pub(crate) async fn reload(&self) -> Result<(), ApiError> {

@@ -11,12 +11,13 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::Store;
 use crate::error::StoreError;
 use crate::record::{Reader, put_str};
 use crate::schema::USERS;
+use crate::space::WriteKind;
 
 /// The version byte at the start of every encoded [`UserRecord`].
 const USER_RECORD_VERSION: u8 = 1;
@@ -107,7 +108,10 @@ impl Store {
     /// This is a write transaction beside the server's writer thread; redb runs one at a time,
     /// so it waits for the current group commit at most (accounts change rarely).
     pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| Self::put_user_in(db, user))
+    }
+
+    fn put_user_in(db: &Database, user: &UserRecord) -> Result<(), StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(USERS)?
             .insert(user.sub.as_str(), user.encode().as_slice())?;
@@ -117,7 +121,10 @@ impl Store {
 
     /// Removes the account `sub`; `false` if there was none.
     pub fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Free, |db| Self::remove_user_in(db, sub))
+    }
+
+    fn remove_user_in(db: &Database, sub: &str) -> Result<bool, StoreError> {
         let txn = db.begin_write()?;
         let removed = txn.open_table(USERS)?.remove(sub)?.is_some();
         txn.commit()?;

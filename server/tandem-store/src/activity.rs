@@ -10,7 +10,7 @@
 //! index rows stay valid when it is extended. Ids are never reused: the next id is a counter
 //! that survives pruning.
 
-use redb::{ReadableDatabase, ReadableTable, Table};
+use redb::{Database, ReadableDatabase, ReadableTable, Table};
 
 use crate::Store;
 use crate::error::StoreError;
@@ -18,6 +18,7 @@ use crate::record::{Reader, put_str, put_u32};
 use crate::schema::{
     ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX, WEBHOOKS,
 };
+use crate::space::WriteKind;
 use crate::webhooks::OutboxDelivery;
 
 /// The version byte at the start of every encoded [`ActivityEntry`].
@@ -195,7 +196,10 @@ impl Store {
     /// that no longer exists (removed after the caller read the registrations) is dropped.
     /// Returns the seqs given to the deliveries queued, in order.
     pub fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| Self::write_activity_in(db, write))
+    }
+
+    fn write_activity_in(db: &Database, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
         let txn = db.begin_write()?;
         let mut seqs = Vec::with_capacity(write.deliveries.len());
         {
@@ -364,7 +368,16 @@ impl Store {
     /// Entries are ordered by start, so the scan stops `max_span_ms` past the cutoff. Returns
     /// how many were removed.
     pub fn prune_activity(&self, cutoff_ms: u64, max_span_ms: u64) -> Result<usize, StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Free, |db| {
+            Self::prune_activity_in(db, cutoff_ms, max_span_ms)
+        })
+    }
+
+    fn prune_activity_in(
+        db: &Database,
+        cutoff_ms: u64,
+        max_span_ms: u64,
+    ) -> Result<usize, StoreError> {
         let txn = db.begin_write()?;
         let mut n_removed = 0;
         {

@@ -49,6 +49,14 @@ pub enum StoreError {
     Closed,
     #[error("the database file is already open, by a running server or another process")]
     AlreadyOpen,
+    /// The store is read-only: a write failed because the disk is full or the file cannot be
+    /// written. Nothing of the refused write is stored; reads still work, and writes resume by
+    /// themselves once space returns (see `space.rs`). Retry later.
+    #[error("the store is read-only: {reason}")]
+    ReadOnly {
+        /// Why writes are refused.
+        reason: ReadOnlyReason,
+    },
     /// The file was written by a different format version. Migrate or use a matching build.
     #[error("unsupported store format version {found}, this build reads version {expected}")]
     UnsupportedFormat {
@@ -57,6 +65,62 @@ pub enum StoreError {
         /// The version this build reads and writes.
         expected: u64,
     },
+}
+
+/// Why the store refuses writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnlyReason {
+    /// The disk (or the user's quota) is full.
+    DiskFull,
+    /// Another I/O error (the file could not be written or synced).
+    Io,
+}
+
+impl ReadOnlyReason {
+    /// A short stable name: `"disk full"` or `"i/o error"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadOnlyReason::DiskFull => "disk full",
+            ReadOnlyReason::Io => "i/o error",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadOnlyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl StoreError {
+    /// Whether this is a storage fault that makes the store read-only (a full disk or another
+    /// I/O error, including redb's "a previous I/O error occurred"), and which. `None` for
+    /// every other error: corruption, a refused operation, a lock held elsewhere.
+    pub fn read_only_reason(&self) -> Option<ReadOnlyReason> {
+        match self {
+            StoreError::ReadOnly { reason } => Some(*reason),
+            StoreError::Database(error) => match error.as_ref() {
+                redb::Error::Io(error) => Some(io_reason(error)),
+                redb::Error::PreviousIo => Some(ReadOnlyReason::Io),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Classifies an I/O error: `ENOSPC` and `EDQUOT` are a full disk, anything else is `Io`.
+pub fn io_reason(error: &std::io::Error) -> ReadOnlyReason {
+    /// `EDQUOT` on Linux: the user's disk quota is used up, which for us is a full disk.
+    const EDQUOT: i32 = 122;
+    if error.kind() == std::io::ErrorKind::StorageFull
+        || error.kind() == std::io::ErrorKind::QuotaExceeded
+        || error.raw_os_error() == Some(EDQUOT)
+    {
+        ReadOnlyReason::DiskFull
+    } else {
+        ReadOnlyReason::Io
+    }
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {

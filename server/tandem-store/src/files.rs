@@ -17,12 +17,13 @@
 //! - A path is never both a file and a stored doc: `put_file_version` and `move_file` refuse a
 //!   path in the `docs` table in the same transaction that would create it.
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::Store;
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str};
 use crate::schema::{BLOBS, DOCS, FILE_USAGE, FILES, UPLOADS};
+use crate::space::WriteKind;
 
 /// The version byte at the start of every encoded [`FileEntry`].
 const FILE_ENTRY_VERSION: u8 = 1;
@@ -202,7 +203,19 @@ impl Store {
         upload_id: Option<&str>,
         max_versions: Option<usize>,
     ) -> Result<(FileEntry, Vec<String>), FileError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| {
+            Self::put_file_version_in(db, path, version, quota, upload_id, max_versions)
+        })
+    }
+
+    fn put_file_version_in(
+        db: &Database,
+        path: &str,
+        version: FileVersion,
+        quota: Option<u64>,
+        upload_id: Option<&str>,
+        max_versions: Option<usize>,
+    ) -> Result<(FileEntry, Vec<String>), FileError> {
         let txn = db.begin_write()?;
         let stored = {
             if doc_exists(&txn, path)? {
@@ -289,7 +302,17 @@ impl Store {
         to: &str,
         quota: Option<u64>,
     ) -> Result<FileEntry, FileError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| {
+            Self::move_file_in(db, from, to, quota)
+        })
+    }
+
+    fn move_file_in(
+        db: &Database,
+        from: &str,
+        to: &str,
+        quota: Option<u64>,
+    ) -> Result<FileEntry, FileError> {
         let txn = db.begin_write()?;
         let entry = {
             if doc_exists(&txn, to)? {
@@ -320,7 +343,10 @@ impl Store {
     /// Deletes `path` and all its versions, durably; reports the blobs no longer referenced
     /// (their rows are gone; the caller deletes the files).
     pub fn delete_file(&self, path: &str) -> Result<Deleted, FileError> {
-        let db = self.db()?;
+        self.write(WriteKind::Free, |db| Self::delete_file_in(db, path))
+    }
+
+    fn delete_file_in(db: &Database, path: &str) -> Result<Deleted, FileError> {
         let txn = db.begin_write()?;
         let deleted = {
             let mut files = txn.open_table(FILES)?;
@@ -371,7 +397,10 @@ impl Store {
 
     /// Creates or replaces upload `record.id`, durably.
     pub fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| Self::put_upload_in(db, record))
+    }
+
+    fn put_upload_in(db: &Database, record: &UploadRecord) -> Result<(), FileError> {
         let txn = db.begin_write()?;
         txn.open_table(UPLOADS)?
             .insert(record.id.as_str(), encode_upload(record).as_slice())?;
@@ -413,7 +442,10 @@ impl Store {
 
     /// Removes upload `id`, durably; `false` if there was none.
     pub fn remove_upload(&self, id: &str) -> Result<bool, FileError> {
-        let db = self.db()?;
+        self.write(WriteKind::Free, |db| Self::remove_upload_in(db, id))
+    }
+
+    fn remove_upload_in(db: &Database, id: &str) -> Result<bool, FileError> {
         let txn = db.begin_write()?;
         let removed = txn.open_table(UPLOADS)?.remove(id)?.is_some();
         txn.commit().map_err(StoreError::from)?;

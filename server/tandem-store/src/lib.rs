@@ -18,6 +18,7 @@
 //! - `record`: the binary encoding of versioned records (`put_str`, `Reader`).
 //! - `activity`: the activity feed (`ActivityEntry`) and its indexes.
 //! - `webhooks`: webhook registrations, the delivery outbox and the delivery log.
+//! - `space`: read-only after a failed write (a full disk), the reserve file, and resuming.
 
 mod accounts;
 mod activity;
@@ -26,6 +27,7 @@ mod files;
 mod history;
 mod record;
 pub mod schema;
+pub mod space;
 mod webhooks;
 
 use std::ops::Deref;
@@ -36,13 +38,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
 pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
-pub use error::StoreError;
+pub use error::{ReadOnlyReason, StoreError};
 pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
 };
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
+pub use space::StoreHealth;
+use space::{Space, WriteKind};
 pub use webhooks::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, WebhookRecord};
 
 /// Default bound of redb's page cache. redb's own default (1 GiB) lets the cache, and so the
@@ -56,11 +60,13 @@ pub struct Store {
     db: RwLock<Option<Database>>,
     /// The file and cache size, to reopen it (`None` for a custom backend).
     reopen: Option<(PathBuf, usize)>,
+    /// Writable or read-only, and the reserve file (`space.rs`).
+    space: Space,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
 /// waits for every guard, so no transaction outlives the `Database` it came from.
-struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+pub(crate) struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
 
 impl Deref for DbGuard<'_> {
     type Target = Database;
@@ -159,6 +165,7 @@ impl Store {
         Ok(Store {
             db: RwLock::new(Some(db)),
             reopen: Some((path.to_owned(), cache_bytes)),
+            space: Space::new(Some(path)),
         })
     }
 
@@ -167,6 +174,13 @@ impl Store {
     /// open any more, so an idle server gives that memory back. Waits for operations in flight;
     /// a no-op for a custom backend.
     pub fn release_cache(&self) -> Result<(), StoreError> {
+        self.reopen()
+    }
+
+    /// Closes and reopens the file: drops the page cache, and clears redb's "previous I/O
+    /// error" state after a failed write. Waits for operations in flight; a no-op for a custom
+    /// backend.
+    fn reopen(&self) -> Result<(), StoreError> {
         let Some((path, cache_bytes)) = &self.reopen else {
             return Ok(());
         };
@@ -181,7 +195,7 @@ impl Store {
     }
 
     /// The open database, reopening it first if an earlier reopen failed.
-    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+    pub(crate) fn db(&self) -> Result<DbGuard<'_>, StoreError> {
         loop {
             let guard = self
                 .db
@@ -211,6 +225,7 @@ impl Store {
         Ok(Store {
             db: RwLock::new(Some(db)),
             reopen: None,
+            space: Space::new(None),
         })
     }
 
@@ -253,14 +268,25 @@ impl Store {
         })
     }
 
-    /// Applies `ops` in one write transaction, with fsync when `durable`.
+    /// Applies `ops` in one write transaction, with fsync when `durable`. While the store is
+    /// read-only this fails with [`StoreError::ReadOnly`] without writing.
     pub fn commit(
         &self,
         ops: &[WriteOp<'_>],
         now_ms: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| {
+            Store::commit_in(db, ops, now_ms, durable)
+        })
+    }
+
+    fn commit_in(
+        db: &Database,
+        ops: &[WriteOp<'_>],
+        now_ms: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate

@@ -11,13 +11,14 @@
 //! `finish_attempts`; removing a webhook removes its outbox rows and its log, and no delivery
 //! to a removed webhook is queued afterwards (`write_activity` checks, in its transaction).
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::Store;
 use crate::activity::NEXT_LOG_SEQ;
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str, put_u32};
 use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
+use crate::space::WriteKind;
 
 /// The version byte at the start of every encoded record of this module.
 const RECORD_VERSION: u8 = 1;
@@ -241,7 +242,10 @@ macro_rules! open_or_empty {
 impl Store {
     /// Registers (or replaces) a webhook, durably.
     pub fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Grow, |db| Self::put_webhook_in(db, webhook))
+    }
+
+    fn put_webhook_in(db: &Database, webhook: &WebhookRecord) -> Result<(), StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(WEBHOOKS)?
             .insert(webhook.id.as_str(), webhook.encode().as_slice())?;
@@ -251,7 +255,10 @@ impl Store {
 
     /// Removes a webhook with its pending deliveries and its log; `false` if there was none.
     pub fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        let db = self.db()?;
+        self.write(WriteKind::Free, |db| Self::remove_webhook_in(db, id))
+    }
+
+    fn remove_webhook_in(db: &Database, id: &str) -> Result<bool, StoreError> {
         let txn = db.begin_write()?;
         let removed = {
             let removed = txn.open_table(WEBHOOKS)?.remove(id)?.is_some();
@@ -359,11 +366,23 @@ impl Store {
         finished: &[FinishedAttempt],
         keep: usize,
     ) -> Result<usize, StoreError> {
+        if finished.is_empty() {
+            return Ok(0);
+        }
+        self.write(WriteKind::Grow, |db| {
+            Self::finish_attempts_in(db, finished, keep)
+        })
+    }
+
+    fn finish_attempts_in(
+        db: &Database,
+        finished: &[FinishedAttempt],
+        keep: usize,
+    ) -> Result<usize, StoreError> {
         let mut n_changed = 0;
         if finished.is_empty() {
             return Ok(n_changed);
         }
-        let db = self.db()?;
         let txn = db.begin_write()?;
         {
             let webhooks = txn.open_table(WEBHOOKS)?;

@@ -230,6 +230,7 @@ async fn create_upload(
     check_not_doc(state, &path).await?;
     let files = &state.files;
     files.check_size(Some(length))?;
+    files.check_writable().await?;
     let sha256 = metadata
         .get("sha256")
         .map(|text| parse_sha256(text))
@@ -245,10 +246,9 @@ async fn create_upload(
     let content_type = content_type_for(metadata.get("filetype").map(String::as_str), &name);
     let id = new_upload_id();
     let file_path = files.inner.disk.upload_path(&id);
-    UploadFile::create(&file_path).await.map_err(|error| {
-        tracing::error!(%error, "creating upload file failed");
-        ApiError::Internal
-    })?;
+    if let Err(error) = UploadFile::create(&file_path).await {
+        return Err(files.io_failure(error, "creating upload file").await);
+    }
     let created_ms = now_ms();
     let expiry_ms = u64::try_from(files.config().upload_expiry.as_millis()).unwrap_or(u64::MAX);
     let record = UploadRecord {
@@ -417,10 +417,11 @@ async fn patch_upload(
         return Err(past_length().into());
     }
     let file_path = files.inner.disk.upload_path(id);
-    let mut file = UploadFile::append(&file_path).await.map_err(|error| {
-        tracing::error!(%error, id, "opening upload file failed");
-        ApiError::Internal
-    })?;
+    files.check_writable().await?;
+    let mut file = match UploadFile::append(&file_path).await {
+        Ok(file) => file,
+        Err(error) => return Err(files.io_failure(error, "opening upload file").await),
+    };
     let mut received = 0u64;
     let res = receive(
         body,
@@ -457,14 +458,12 @@ async fn patch_upload(
         Err(ReceiveError::ShuttingDown) => return Err(FileApiError::UploadBusy.into()),
         Err(ReceiveError::TooLarge) => return Err(past_length().into()),
         Err(ReceiveError::Io(error)) => {
-            tracing::error!(%error, id, "writing upload failed");
-            return Err(ApiError::Internal);
+            return Err(files.io_failure(error, "writing upload").await);
         }
     }
-    synced.map_err(|error| {
-        tracing::error!(%error, id, "syncing upload failed");
-        ApiError::Internal
-    })?;
+    if let Err(error) = synced {
+        return Err(files.io_failure(error, "syncing upload").await);
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
