@@ -476,7 +476,8 @@ async fn requests_hyper_cannot_parse_get_json_errors_even_after_keep_alive() {
         .expect("a 431 after the 200");
     let (status, _, body) = parse_response(&bytes[..second]);
     assert_eq!(status, 200);
-    assert_eq!(body, br#"{"status":"ok"}"#);
+    let health: serde_json::Value = serde_json::from_slice(&body).expect("healthz json");
+    assert_eq!(health["status"], "ok", "{health}");
     let (status, head, body) = parse_response(&bytes[second..]);
     assert_eq!(status, 431);
     let head = head.to_ascii_lowercase();
