@@ -43,12 +43,22 @@ pub enum StoreError {
         /// What rule was broken.
         detail: String,
     },
-    /// Another `Database` (in this process or another, e.g. a running server) has the file
-    /// open. A command-line tool falls back to the server's HTTP API.
+    /// The database is closed: reopening it failed.
     #[error("the database is closed: reopening it failed")]
     Closed,
+    /// Another `Database` (in this process or another, e.g. a running server) has the file
+    /// open. A command-line tool falls back to the server's HTTP API.
     #[error("the database file is already open, by a running server or another process")]
     AlreadyOpen,
+    /// redb panicked inside the operation, most likely on a damaged page of the file. Only
+    /// this operation failed; the next one reopens the file.
+    #[error("the store panicked during {operation} (is the file damaged?): {detail}")]
+    Panicked {
+        /// The `Store` method.
+        operation: &'static str,
+        /// The panic's message.
+        detail: String,
+    },
     /// The file was written by a different format version. Migrate or use a matching build.
     #[error("unsupported store format version {found}, this build reads version {expected}")]
     UnsupportedFormat {
