@@ -293,6 +293,11 @@ pub struct ServeArgs {
     /// Time limit of one delivery attempt, connection included [default: 10s].
     #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<HumanDuration>,
+    /// Create a new, empty database even though the data directory holds blobs, uploads or a
+    /// server key; without it the server refuses to start when `tandem.redb` is missing or
+    /// empty beside such data [default: false].
+    #[arg(long, env = "TANDEM_INIT", num_args = 0..=1, default_missing_value = "true")]
+    pub init: Option<bool>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -411,6 +416,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     /// Webhook debounce, retries and timeouts.
     pub webhooks: WebhookConfig,
+    /// Create the database even beside existing data (`--init`).
+    pub init: bool,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -688,6 +695,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             give_up: duration(args.webhook_give_up, file.webhook_give_up, 72 * 3600),
             timeout: duration(args.webhook_timeout, file.webhook_timeout, 10),
         },
+        init: args.init.or(file.init).unwrap_or(false),
     }
 }
 

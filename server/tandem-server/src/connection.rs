@@ -75,6 +75,8 @@ pub(crate) enum CloseReason {
     StorageFailure,
     /// The doc could not be opened.
     Unavailable,
+    /// The doc's stored records are damaged; it cannot be served until the file is repaired.
+    DocCorrupt,
     /// The peer's token expired; it may fetch a fresh one and reconnect.
     TokenExpired,
 }
@@ -92,6 +94,7 @@ impl CloseReason {
             CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
             CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
+            CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
         }
     }
@@ -115,7 +118,7 @@ impl CloseReason {
             CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
                 warn!(%peer, code, reason, "closing connection")
             }
-            CloseReason::StorageFailure | CloseReason::Unavailable => {
+            CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {
                 tracing::error!(%peer, code, reason, "closing connection")
             }
             CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
@@ -201,6 +204,7 @@ async fn join(
             let reason = match error {
                 JoinError::ShuttingDown => CloseReason::Shutdown,
                 JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
+                JoinError::Corrupt => CloseReason::DocCorrupt,
             };
             close_with(&mut socket, peer, Some(reason)).await;
             return None;

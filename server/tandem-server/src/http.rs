@@ -474,6 +474,8 @@ pub(crate) enum ApiError {
     ShuttingDown,
     #[error("document temporarily unavailable")]
     Unavailable,
+    #[error("the document's stored data is damaged")]
+    DocCorrupt,
     #[error("internal error")]
     Internal,
     #[error("document too large, limit {max} bytes")]
@@ -499,6 +501,7 @@ impl From<JoinError> for ApiError {
         match error {
             JoinError::ShuttingDown => ApiError::ShuttingDown,
             JoinError::Retry | JoinError::Unavailable => ApiError::Unavailable,
+            JoinError::Corrupt => ApiError::DocCorrupt,
         }
     }
 }
@@ -519,6 +522,7 @@ impl ApiError {
             ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "doc_unavailable"),
+            ApiError::DocCorrupt => (StatusCode::INTERNAL_SERVER_ERROR, "doc_corrupt"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ApiError::Account(error) => error.status_and_code(),

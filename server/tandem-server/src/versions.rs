@@ -112,9 +112,15 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| ApiError::Internal)?
-        .map_err(|error| {
-            tracing::error!(%error, "history read failed");
-            ApiError::Internal
+        .map_err(|error| match error {
+            tandem_store::StoreError::Corrupt { doc, detail } => {
+                tracing::error!(doc, detail, "stored history of the doc is damaged");
+                ApiError::DocCorrupt
+            }
+            error => {
+                tracing::error!(%error, "history read failed");
+                ApiError::Internal
+            }
         })
 }
 

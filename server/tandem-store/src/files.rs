@@ -288,6 +288,26 @@ impl Store {
         })
     }
 
+    /// The path of every file, sorted, without reading the entries: a damaged entry still
+    /// lists its path (reading it then fails), so one damaged record cannot stop the server.
+    pub fn file_paths(&self) -> Result<Vec<String>, FileError> {
+        self.contain("file_paths", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(FILES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (path, _) = row?;
+                out.push(path.value().to_owned());
+            }
+            Ok(out)
+        })
+    }
+
     /// Moves `from` with all its versions to `to`, durably. Refused if `to` is a file or a doc;
     /// the quota of `to`'s workspace is checked when the workspace changes.
     pub fn move_file(
