@@ -356,7 +356,11 @@ impl Hub {
             let exists = tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
                 .await
                 .map_err(|_| JoinError::Unavailable)?
-                .map_err(|_| JoinError::Unavailable)?
+                .map_err(|error| match error {
+                    // The doc's row failed its checksum: the doc exists and is damaged.
+                    tandem_store::StoreError::Corrupt { .. } => JoinError::Corrupt,
+                    _ => JoinError::Unavailable,
+                })?
                 .is_some();
             if !exists {
                 return Ok(None);
