@@ -372,15 +372,11 @@ async fn check_doc(case: &str, port: u16, (doc, text): (&str, &str)) -> DocOutco
     .await;
     let over_http = match response.status {
         200 => {
-            let fetched = Doc::new();
-            let update = yrs::Update::decode_v1(&response.body).expect("a v1 update");
-            fetched
-                .transact_mut()
-                .apply_update(update)
-                .expect("the served update applies");
-            let root = fetched.get_or_insert_text("t");
-            let served = root.get_string(&fetched.transact());
-            assert_eq!(served, text, "{case}: {doc} is served with its own content");
+            assert_eq!(
+                served_text(&response.body),
+                text,
+                "{case}: {doc} is served with its own content"
+            );
             DocOutcome::Correct
         }
         500 => {
@@ -411,6 +407,72 @@ async fn check_doc(case: &str, port: u16, (doc, text): (&str, &str)) -> DocOutco
             DocOutcome::RefusedAsDamaged
         }
     }
+}
+
+/// Reads every version of `doc`: each is its own text (the versions here hold the whole doc)
+/// or refused as damaged. Returns (versions served, versions refused); a listing refused as
+/// damaged counts as one refusal.
+async fn check_versions(case: &str, port: u16, (doc, text): (&str, &str)) -> (usize, usize) {
+    let addr = ([127, 0, 0, 1], port).into();
+    let listing = http_request(addr, "GET", &format!("/api/docs/{doc}/versions"), &[], b"").await;
+    if listing.status == 500 {
+        assert_eq!(
+            listing.json()["error"],
+            "doc_corrupt",
+            "{case}: {doc}: {listing:?}"
+        );
+        return (0, 1);
+    }
+    assert_eq!(listing.status, 200, "{case}: {doc}: {listing:?}");
+    let ids: Vec<u64> = listing.json()["versions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|version| version["id"].as_u64().expect("an id"))
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for id in ids {
+        let response = http_request(
+            addr,
+            "GET",
+            &format!("/api/docs/{doc}/versions/{id}"),
+            &[("accept", "application/octet-stream")],
+            b"",
+        )
+        .await;
+        match response.status {
+            200 => {
+                assert_eq!(
+                    served_text(&response.body),
+                    text,
+                    "{case}: {doc} version {id}"
+                );
+                served += 1;
+            }
+            500 => {
+                assert_eq!(
+                    response.json()["error"],
+                    "doc_corrupt",
+                    "{case}: {doc} v{id}"
+                );
+                refused += 1;
+            }
+            status => panic!("{case}: {doc} version {id} answered {status}"),
+        }
+    }
+    (served, refused)
+}
+
+/// The text of root `t` in a v1 update.
+fn served_text(update: &[u8]) -> String {
+    let fetched = Doc::new();
+    let update = yrs::Update::decode_v1(update).expect("a v1 update");
+    fetched
+        .transact_mut()
+        .apply_update(update)
+        .expect("the served update applies");
+    let root = fetched.get_or_insert_text("t");
+    root.get_string(&fetched.transact())
 }
 
 /// Downloads the file: its exact bytes, or a 5xx; `true` when it was refused.
@@ -475,6 +537,8 @@ async fn every_damaged_store_refuses_clearly_and_never_serves_wrong_content_or_d
                 let alpha = check_doc(case.name, port, ALPHA).await;
                 let beta = check_doc(case.name, port, BETA).await;
                 let file_refused = check_file(case.name, port).await;
+                let alpha_versions = check_versions(case.name, port, ALPHA).await;
+                let beta_versions = check_versions(case.name, port, BETA).await;
                 let stderr = running.stop().await;
                 assert_no_panic_report(case.name, &stderr);
                 if let Expect::Serve {
@@ -498,6 +562,20 @@ async fn every_damaged_store_refuses_clearly_and_never_serves_wrong_content_or_d
                         }
                     }
                     assert_eq!(file_refused, file_damaged, "{}: the file", case.name);
+                    // The shutdown saved a version of each doc, holding its text.
+                    for (doc, (served, refused)) in
+                        [(ALPHA.0, alpha_versions), (BETA.0, beta_versions)]
+                    {
+                        if damaged_docs.contains(&doc) {
+                            assert!(refused > 0, "{}: {doc}'s damaged version", case.name);
+                        } else {
+                            assert!(
+                                served > 0 && refused == 0,
+                                "{}: {doc}'s versions serve",
+                                case.name
+                            );
+                        }
+                    }
                 }
             }
         }
