@@ -10,9 +10,10 @@
 //! index rows stay valid when it is extended. Ids are never reused: the next id is a counter
 //! that survives pruning.
 
-use redb::{ReadableDatabase, ReadableTable, Table};
+use redb::{ReadableDatabase, ReadableTable, Table, TableHandle};
 
 use crate::Store;
+use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_str, put_u32};
 use crate::schema::{
@@ -207,7 +208,8 @@ impl Store {
                 let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
                 let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
                 for entry in &write.entries {
-                    entries.insert(entry.id, entry.encode().as_slice())?;
+                    let sealed = checksum::seal(ACTIVITY.name(), entry.id, &entry.encode());
+                    entries.insert(entry.id, sealed.as_slice())?;
                     for path in entry.paths() {
                         by_path.insert((path, entry.id), ())?;
                     }
@@ -223,7 +225,8 @@ impl Store {
                         if webhooks.get(delivery.webhook_id.as_str())?.is_none() {
                             continue;
                         }
-                        outbox.insert(seq, delivery.encode().as_slice())?;
+                        let sealed = checksum::seal(WEBHOOK_OUTBOX.name(), seq, &delivery.encode());
+                        outbox.insert(seq, sealed.as_slice())?;
                         seqs.push(seq);
                         seq += 1;
                     }
@@ -263,7 +266,8 @@ impl Store {
                 let Some(value) = entries.get(id)? else {
                     continue;
                 };
-                let entry = ActivityEntry::decode(id, value.value())?;
+                let entry =
+                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
                 if entry.kind == kind && entry.actor_id() == actor {
                     return Ok(Some(entry));
                 }
@@ -336,7 +340,8 @@ impl Store {
                 let Some(value) = entries.get(id)? else {
                     continue;
                 };
-                let entry = ActivityEntry::decode(id, value.value())?;
+                let entry =
+                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
                 if let Some(since) = query.since_ms {
                     if entry.started_ms.saturating_add(query.max_span_ms) < since {
                         break;
@@ -381,7 +386,9 @@ impl Store {
                 let mut doomed = Vec::new();
                 for row in entries.iter()? {
                     let (key, value) = row?;
-                    let entry = ActivityEntry::decode(key.value(), value.value())?;
+                    let id = key.value();
+                    let entry =
+                        ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
                     if entry.started_ms >= cutoff_ms.saturating_add(max_span_ms)
                         || doomed.len() >= MAX_PRUNE
                     {

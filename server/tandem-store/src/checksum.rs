@@ -11,6 +11,8 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::error::StoreError;
+
 /// Bytes of the checksum in front of every sealed value.
 pub(crate) const CHECKSUM_BYTES: usize = 8;
 
@@ -88,6 +90,20 @@ pub(crate) fn unseal<'a>(
     } else {
         Err(Mismatch)
     }
+}
+
+/// The payload of a value of an activity or webhook table, or `StoreError::CorruptEntry`
+/// naming its table and key.
+pub(crate) fn unseal_entry<'a, K: ChecksumKey + std::fmt::Display>(
+    table: &'static str,
+    key: K,
+    stored: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
+    unseal(table, key, stored).map_err(|mismatch| StoreError::CorruptEntry {
+        table,
+        key: key.to_string(),
+        detail: mismatch.to_string(),
+    })
 }
 
 #[cfg(test)]

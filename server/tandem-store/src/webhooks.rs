@@ -11,10 +11,11 @@
 //! `finish_attempts`; removing a webhook removes its outbox rows and its log, and no delivery
 //! to a removed webhook is queued afterwards (`write_activity` checks, in its transaction).
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, TableHandle};
 
 use crate::Store;
 use crate::activity::NEXT_LOG_SEQ;
+use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str, put_u32};
 use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
@@ -244,8 +245,10 @@ impl Store {
         self.contain("put_webhook", || {
             let db = self.db()?;
             let txn = db.begin_write()?;
-            txn.open_table(WEBHOOKS)?
-                .insert(webhook.id.as_str(), webhook.encode().as_slice())?;
+            txn.open_table(WEBHOOKS)?.insert(
+                webhook.id.as_str(),
+                checksum::seal(WEBHOOKS.name(), webhook.id.as_str(), &webhook.encode()).as_slice(),
+            )?;
             txn.commit()?;
             Ok(())
         })
@@ -262,7 +265,11 @@ impl Store {
                 let mut doomed = Vec::new();
                 for row in outbox.iter()? {
                     let (key, value) = row?;
-                    let delivery = OutboxDelivery::decode(key.value(), value.value())?;
+                    let seq = key.value();
+                    let delivery = OutboxDelivery::decode(
+                        seq,
+                        unseal_entry("webhook_outbox", seq, value.value())?,
+                    )?;
                     if delivery.webhook_id == id {
                         doomed.push(key.value());
                     }
@@ -288,7 +295,11 @@ impl Store {
             let mut webhooks = Vec::new();
             for row in table.iter()? {
                 let (id, value) = row?;
-                webhooks.push(WebhookRecord::decode(id.value(), value.value())?);
+                let id = id.value();
+                webhooks.push(WebhookRecord::decode(
+                    id,
+                    unseal_entry("webhooks", id, value.value())?,
+                )?);
             }
             Ok(webhooks)
         })
@@ -303,7 +314,11 @@ impl Store {
             let mut deliveries = Vec::new();
             for row in table.iter()?.take(limit) {
                 let (seq, value) = row?;
-                deliveries.push(OutboxDelivery::decode(seq.value(), value.value())?);
+                let seq = seq.value();
+                deliveries.push(OutboxDelivery::decode(
+                    seq,
+                    unseal_entry("webhook_outbox", seq, value.value())?,
+                )?);
             }
             Ok(deliveries)
         })
@@ -325,7 +340,11 @@ impl Store {
             let mut next_due = None::<u64>;
             for row in table.iter()? {
                 let (seq, value) = row?;
-                let delivery = OutboxDelivery::decode(seq.value(), value.value())?;
+                let seq = seq.value();
+                let delivery = OutboxDelivery::decode(
+                    seq,
+                    unseal_entry("webhook_outbox", seq, value.value())?,
+                )?;
                 if delivery.next_attempt_ms <= now_ms && due.len() < limit {
                     due.push(delivery);
                 } else {
@@ -412,7 +431,12 @@ impl Store {
                                 next_attempt_ms: *next_attempt_ms,
                                 ..delivery.clone()
                             };
-                            outbox.insert(delivery.seq, again.encode().as_slice())?;
+                            let sealed = checksum::seal(
+                                WEBHOOK_OUTBOX.name(),
+                                delivery.seq,
+                                &again.encode(),
+                            );
+                            outbox.insert(delivery.seq, sealed.as_slice())?;
                         }
                         None => {
                             outbox.remove(delivery.seq)?;
@@ -609,7 +633,10 @@ mod tests {
             let txn = db.begin_write().unwrap();
             txn.open_table(WEBHOOK_OUTBOX)
                 .unwrap()
-                .insert(99, orphan.encode().as_slice())
+                .insert(
+                    99,
+                    checksum::seal(WEBHOOK_OUTBOX.name(), 99u64, &orphan.encode()).as_slice(),
+                )
                 .unwrap();
             txn.commit().unwrap();
         }
