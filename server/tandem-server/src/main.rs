@@ -138,7 +138,7 @@ fn install_panic_hook() {
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("unnamed");
         if tracing::dispatcher::has_been_set() {
-            tracing::error!(panic = message, location, thread, "caught a panic");
+            tracing::error!(panic = message, location, thread, "panic");
         } else {
             let message = message.replace('\n', " ");
             eprintln!("error: panic in thread {thread} at {location}: {message}");
