@@ -283,12 +283,10 @@ enum LoadFailure {
 
 impl From<tandem_store::StoreError> for LoadFailure {
     fn from(error: tandem_store::StoreError) -> Self {
-        use tandem_store::StoreError;
-        match error {
-            StoreError::Corrupt { .. }
-            | StoreError::CorruptRecord { .. }
-            | StoreError::Panicked { .. } => LoadFailure::Corrupt(error.to_string()),
-            error => LoadFailure::Failed(error.to_string()),
+        if error.is_damage() {
+            LoadFailure::Corrupt(error.to_string())
+        } else {
+            LoadFailure::Failed(error.to_string())
         }
     }
 }

@@ -356,10 +356,14 @@ impl Hub {
             let exists = tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
                 .await
                 .map_err(|_| JoinError::Unavailable)?
-                .map_err(|error| match error {
-                    // The doc's row failed its checksum: the doc exists and is damaged.
-                    tandem_store::StoreError::Corrupt { .. } => JoinError::Corrupt,
-                    _ => JoinError::Unavailable,
+                .map_err(|error| {
+                    // The doc's row failed its checksum (or redb found its page corrupt): the
+                    // doc exists and is damaged.
+                    if error.is_damage() {
+                        JoinError::Corrupt
+                    } else {
+                        JoinError::Unavailable
+                    }
                 })?
                 .is_some();
             if !exists {

@@ -112,12 +112,13 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| ApiError::Internal)?
-        .map_err(|error| match error {
-            tandem_store::StoreError::Corrupt { doc, detail } => {
-                tracing::error!(doc, detail, "stored history of the doc is damaged");
+        .map_err(|error| {
+            // A record of a layout this build does not know stays `internal` (`history.md`).
+            let unknown_layout = matches!(error, tandem_store::StoreError::CorruptRecord { .. });
+            if error.is_damage() && !unknown_layout {
+                tracing::error!(%error, "stored history of the doc is damaged");
                 ApiError::DocCorrupt
-            }
-            error => {
+            } else {
                 tracing::error!(%error, "history read failed");
                 ApiError::Internal
             }

@@ -69,6 +69,25 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the error says the stored data is damaged (a failed checksum, a record that
+    /// breaks the format, redb finding a corrupt page or panicking on one), so that retrying
+    /// cannot help, as opposed to an I/O failure or a lock that may pass.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. }
+            | StoreError::CorruptUser { .. }
+            | StoreError::CorruptRecord { .. }
+            | StoreError::CorruptEntry { .. }
+            | StoreError::Panicked { .. } => true,
+            StoreError::Database(error) => matches!(**error, redb::Error::Corrupted(_)),
+            StoreError::Closed | StoreError::AlreadyOpen | StoreError::UnsupportedFormat { .. } => {
+                false
+            }
+        }
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(error: E) -> Self {
         StoreError::Database(Box::new(error.into()))

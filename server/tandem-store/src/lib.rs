@@ -698,6 +698,7 @@ mod tests {
             matches!(&res, Err(StoreError::Corrupt { doc: found, .. }) if found == doc),
             "{res:?}"
         );
+        assert!(res.is_err_and(|error| error.is_damage()));
     }
 
     /// Format version 1 served a flipped byte in a log entry as wrong content; version 2's
@@ -787,6 +788,7 @@ mod tests {
             matches!(&res, Err(StoreError::Panicked { operation: "test", detail }) if detail == "damaged page"),
             "{res:?}"
         );
+        assert!(res.is_err_and(|error| error.is_damage()));
         assert_eq!(store.load_doc("e").unwrap().last_seq, 2);
         store.commit(&[append("e", 3, b"3")], 2, true).unwrap();
         assert_eq!(store.load_doc("e").unwrap().last_seq, 3);
