@@ -1,11 +1,12 @@
 //! Panics inside redb contained at the `Store` API boundary.
 //!
-//! redb trusts its own pages and can panic on a damaged one (an index out of range in a b-tree
-//! node, say). Like a yrs panic in the doc actor, such a panic must fail only the operation
-//! that met it: every public `Store` method runs its work through [`Store::contain`], which
-//! catches the panic and returns [`StoreError::Panicked`]. redb's in-memory state after a panic
-//! is not trusted: the handle is dropped and the next operation reopens the file, which runs
-//! redb's own checks again.
+//! redb trusts its own pages and can panic on a damaged one (debug builds assert on a page
+//! that "cannot" be invalid, where release builds return `Corrupted`). Like a yrs panic in the
+//! doc actor, such a panic must fail only the operation that met it: the open functions run
+//! through [`contain`] and every public `Store` method that reads or writes through
+//! [`Store::contain`], which catch the panic and return [`StoreError::Panicked`] (`release_cache`
+//! only reopens the file). redb's in-memory state after a panic is not trusted: the handle is
+//! dropped and the next operation reopens the file, which runs redb's own checks again.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
