@@ -5,8 +5,9 @@
 //! fixture file in `tests/fixtures/`.
 //!
 //! Format version 2 seals every value that carries content (see `checksum.rs`): the tables
-//! named in [`SEALED_BY_NAME`] and [`SEALED_BY_NAME_AND_SEQ`], and `docs`, whose fixed-width
-//! tuple became a sealed byte string. A version-1 file is migrated on open, in one transaction.
+//! named in `SEALED_BY_NAME`, `SEALED_BY_NAME_AND_SEQ` and `SEALED_BY_SEQ`, and `docs`, whose
+//! fixed-width tuple became a sealed byte string. A version-1 file is migrated on open, in one
+//! transaction.
 
 use std::ops::Bound;
 
