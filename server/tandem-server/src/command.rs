@@ -454,6 +454,10 @@ enum Backend {
 
 fn open(target: &Target) -> Result<Backend, CommandError> {
     let path = target.data_dir.join(DB_FILE_NAME);
+    // The same refusal as the server's: creating an empty store beside an earlier store's blobs
+    // would let the server's cleanup delete them.
+    crate::data_dir::check_store_file(&target.data_dir, &path, false)
+        .map_err(|error| CommandError::Invalid(error.to_string()))?;
     match Store::open(&path) {
         Ok(store) => Ok(Backend::Local(store)),
         Err(StoreError::AlreadyOpen) => Ok(Backend::Remote(Remote::new(target)?)),

@@ -313,6 +313,11 @@ pub struct ServeArgs {
     /// [default: 4194304].
     #[arg(long, env = "TANDEM_DISK_RESERVE_BYTES")]
     pub disk_reserve_bytes: Option<u64>,
+    /// Create a new, empty database even though the data directory holds blobs, uploads or a
+    /// server key; without it the server refuses to start when `tandem.redb` is missing or
+    /// empty beside such data [default: false].
+    #[arg(long, env = "TANDEM_INIT", num_args = 0..=1, default_missing_value = "true")]
+    pub init: Option<bool>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -431,6 +436,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     /// Webhook debounce, retries and timeouts.
     pub webhooks: WebhookConfig,
+    /// Create the database even beside existing data (`--init`).
+    pub init: bool,
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -723,6 +730,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .or(file.webhook_allow_private)
                 .unwrap_or(false),
         },
+        init: args.init.or(file.init).unwrap_or(false),
     }
 }
 

@@ -79,6 +79,8 @@ pub(crate) enum CloseReason {
     StorageFull,
     /// The doc could not be opened.
     Unavailable,
+    /// The doc's stored records are damaged; it cannot be served until the file is repaired.
+    DocCorrupt,
     /// The peer's token expired; it may fetch a fresh one and reconnect.
     TokenExpired,
 }
@@ -97,6 +99,7 @@ impl CloseReason {
             CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
             CloseReason::StorageFull => (CLOSE_TRY_AGAIN_LATER, "storage full, retry later".into()),
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
+            CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
         }
     }
@@ -120,7 +123,7 @@ impl CloseReason {
             CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
                 warn!(%peer, code, reason, "closing connection")
             }
-            CloseReason::StorageFailure | CloseReason::Unavailable => {
+            CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {
                 tracing::error!(%peer, code, reason, "closing connection")
             }
             CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
@@ -224,6 +227,7 @@ async fn join(
                 JoinError::ShuttingDown => CloseReason::Shutdown,
                 JoinError::Retry | JoinError::Unavailable => CloseReason::Unavailable,
                 JoinError::StorageFull => CloseReason::StorageFull,
+                JoinError::Corrupt => CloseReason::DocCorrupt,
             };
             close_with(&mut socket, peer, Some(reason)).await;
             return None;

@@ -221,12 +221,21 @@ async fn open(
     let started = Instant::now();
     let loaded = match load(&hub, &doc).await {
         Ok(loaded) => loaded,
-        Err(reason) => {
-            error!(error = %reason, "cannot load doc; refusing its peers");
+        Err(failure) => {
+            let refusal = match &failure {
+                LoadFailure::Corrupt(reason) => {
+                    error!(%doc, error = %reason, "stored doc is damaged; refusing its peers");
+                    JoinError::Corrupt
+                }
+                LoadFailure::Failed(reason) => {
+                    error!(%doc, error = %reason, "cannot load doc; refusing its peers");
+                    JoinError::Unavailable
+                }
+            };
             hub.remove_if_generation(&doc, generation);
             inbox.close();
             while let Some(command) = inbox.recv().await {
-                refuse(command, JoinError::Unavailable);
+                refuse(command, refusal);
             }
             return None;
         }
@@ -265,21 +274,42 @@ fn last_version_instant(last: Option<&VersionRecord>, interval: Duration) -> Ins
     now.checked_sub(ago).unwrap_or(now)
 }
 
-async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
+/// Why a doc did not load.
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    /// Its stored records are damaged: a checksum failed, the log has a gap, redb panicked on
+    /// its pages, or the stored updates do not decode. Retrying does not help.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Anything else (an I/O error, a failed task); a later open may succeed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<tandem_store::StoreError> for LoadFailure {
+    fn from(error: tandem_store::StoreError) -> Self {
+        if error.is_damage() {
+            LoadFailure::Corrupt(error.to_string())
+        } else {
+            LoadFailure::Failed(error.to_string())
+        }
+    }
+}
+
+async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, LoadFailure> {
     let store = hub.store().clone();
     let limits = hub.config().limits.clone();
     let name = doc.clone();
     tokio::task::spawn_blocking(move || {
-        let stored = store
-            .load_doc(name.as_str())
-            .map_err(|error| error.to_string())?;
-        let shared = SharedDoc::load(limits, stored.iter()).map_err(|error| error.to_string())?;
-        let history = store
-            .history_head(name.as_str())
-            .map_err(|error| error.to_string())?;
+        let stored = store.load_doc(name.as_str())?;
+        // The stored updates passed their checksums; if yrs still refuses them, they were
+        // stored damaged, and serving a partial doc would be wrong content.
+        let shared = SharedDoc::load(limits, stored.iter()).map_err(|error| {
+            LoadFailure::Corrupt(format!("stored updates do not apply: {error}"))
+        })?;
+        let history = store.history_head(name.as_str())?;
         let n_named = store
-            .list_versions(name.as_str())
-            .map_err(|error| error.to_string())?
+            .list_versions(name.as_str())?
             .iter()
             .filter(|v| v.kind == VersionKind::Named)
             .count() as u64;
@@ -293,7 +323,7 @@ async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, String> {
         })
     })
     .await
-    .map_err(|error| format!("load task failed: {error}"))?
+    .map_err(|error| LoadFailure::Failed(format!("load task failed: {error}")))?
 }
 
 /// Answers a command the actor cannot serve.

@@ -329,10 +329,9 @@ impl Files {
     ) -> std::io::Result<Files> {
         let disk = Disk::open(data_dir)?;
         let paths = store
-            .list_files()
+            .file_paths()
             .map_err(std::io::Error::other)?
             .into_iter()
-            .map(|entry| entry.path)
             .collect();
         Ok(Files {
             inner: Arc::new(FilesInner {
@@ -698,17 +697,43 @@ impl Files {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match inner.disk.blob_files() {
                 Ok(blobs) => {
+                    let mut unreferenced = Vec::new();
                     for (sha256, modified) in blobs {
                         let referenced = match inner.store.blob(&sha256) {
                             Ok(row) => row.is_some_and(|row| row.refcount > 0),
                             // Unsure: keep it.
                             Err(_) => true,
                         };
-                        if !referenced
-                            && old_enough(modified)
-                            && inner.disk.remove_blob(&sha256).is_ok()
-                        {
-                            n_orphans += 1;
+                        if !referenced && old_enough(modified) {
+                            unreferenced.push(sha256);
+                        }
+                    }
+                    // The `blobs` rows are counters without checksums: a blob goes only if the
+                    // file entries, each checked against its checksum, agree that no version
+                    // names it. Any error reading them keeps every blob.
+                    let named = if unreferenced.is_empty() {
+                        Ok(HashSet::new())
+                    } else {
+                        inner.store.list_files().map(|entries| {
+                            entries
+                                .into_iter()
+                                .flat_map(|entry| entry.versions)
+                                .map(|version| version.sha256)
+                                .collect::<HashSet<String>>()
+                        })
+                    };
+                    match named {
+                        Ok(named) => {
+                            for sha256 in unreferenced {
+                                if !named.contains(&sha256)
+                                    && inner.disk.remove_blob(&sha256).is_ok()
+                                {
+                                    n_orphans += 1;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "reading file entries failed; keeping every blob");
                         }
                     }
                 }

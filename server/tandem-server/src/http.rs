@@ -512,6 +512,8 @@ pub(crate) enum ApiError {
     ShuttingDown,
     #[error("document temporarily unavailable")]
     Unavailable,
+    #[error("the document's stored data is damaged")]
+    DocCorrupt,
     #[error("internal error")]
     Internal,
     #[error("document too large, limit {max} bytes")]
@@ -556,6 +558,7 @@ impl From<JoinError> for ApiError {
             JoinError::ShuttingDown => ApiError::ShuttingDown,
             JoinError::Retry | JoinError::Unavailable => ApiError::Unavailable,
             JoinError::StorageFull => ApiError::InsufficientStorage,
+            JoinError::Corrupt => ApiError::DocCorrupt,
         }
     }
 }
@@ -576,6 +579,7 @@ impl ApiError {
             ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "doc_unavailable"),
+            ApiError::DocCorrupt => (StatusCode::INTERNAL_SERVER_ERROR, "doc_corrupt"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::DocTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ApiError::Account(error) => error.status_and_code(),

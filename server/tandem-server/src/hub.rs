@@ -86,7 +86,7 @@ pub(crate) struct DocHandle {
 }
 
 /// Why a peer could not join a doc.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub(crate) enum JoinError {
     /// The actor was unloading; try a fresh one.
     #[error("doc is unloading")]
@@ -94,6 +94,10 @@ pub(crate) enum JoinError {
     /// The stored doc cannot be loaded.
     #[error("doc unavailable")]
     Unavailable,
+    /// The stored doc is damaged (a record failed its checksum or does not decode); it stays
+    /// refused until the file is repaired, and no content of it is served.
+    #[error("doc damaged")]
+    Corrupt,
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -355,7 +359,15 @@ impl Hub {
             let exists = tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
                 .await
                 .map_err(|_| JoinError::Unavailable)?
-                .map_err(|_| JoinError::Unavailable)?
+                .map_err(|error| {
+                    // The doc's row failed its checksum (or redb found its page corrupt): the
+                    // doc exists and is damaged.
+                    if error.is_damage() {
+                        JoinError::Corrupt
+                    } else {
+                        JoinError::Unavailable
+                    }
+                })?
                 .is_some();
             if !exists {
                 return Ok(None);

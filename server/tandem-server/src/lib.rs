@@ -2,7 +2,8 @@
 //!
 //! [`run`] serves a listener until a shutdown future resolves, then closes every connection
 //! with 1001, flushes every open doc and stops the redb writer. The binary (`main.rs`) only
-//! parses configuration, sets up logging, binds, and calls it; tests call it directly.
+//! parses configuration, sets up logging, binds, and calls [`run_with_ready`], which tells it
+//! when the server can serve (store open, start-up checks passed); tests call either directly.
 //!
 //! # Layout
 //!
@@ -14,6 +15,7 @@
 //! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, offline or
 //!   through a running server.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
+//! - `data_dir`: start-up refusal of a missing or empty database beside an earlier store's data.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 mod connection;
+mod data_dir;
 mod doc_actor;
 mod events;
 mod files;
@@ -54,6 +57,7 @@ pub mod webhook;
 mod ws_upgrade;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tandem_store::Store;
@@ -101,6 +105,25 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded.
     #[error("loading tls certificate: {0}")]
     Tls(#[source] TlsError),
+    /// The database file is missing, empty or not a file beside the data of an earlier store;
+    /// the text says which file and what to do.
+    #[error("{0}")]
+    UnsafeDataDir(String),
+}
+
+/// Where the server serves, passed to the `ready` callback of [`run_with_ready`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.addr)
+    }
 }
 
 /// What shutdown achieved.
@@ -116,6 +139,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ShutdownSummary, ServerError> {
+    run_with_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// Like [`run`], and calls `ready` once the server can serve: the store is open, the start-up
+/// checks and cleanup have passed, and the next step is accepting connections. Nothing before
+/// it may tell a supervisor the server is up (`main.rs` prints its readiness line there).
+pub async fn run_with_ready(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(Ready) + Send,
+) -> Result<ShutdownSummary, ServerError> {
     // Before the store: a bad certificate fails the start without touching the data directory.
     let tls = match &config.listener.tls {
         Some(files) => Some(tls::open(files).await.map_err(ServerError::Tls)?),
@@ -126,6 +161,10 @@ pub async fn run(
         source,
     })?;
     let db_path = config.data_dir.join(DB_FILE_NAME);
+    data_dir::check_store_file(&config.data_dir, &db_path, config.init)?;
+    // A store made now (an empty data directory, or `--init`) cannot vouch for files an earlier
+    // store left: the start-up cleanup, which deletes without a grace period, is skipped.
+    let creating_store = std::fs::metadata(&db_path).map_or(true, |meta| meta.len() == 0);
     let store = {
         let path = db_path.clone();
         let cache_bytes = config.persist.cache_bytes;
@@ -140,6 +179,9 @@ pub async fn run(
                 source,
             })?
     };
+    if let Some(from) = store.migrated_from() {
+        info!(db = %db_path.display(), from, to = tandem_store::FORMAT_VERSION, "store migrated");
+    }
     let store = Arc::new(store);
     {
         // Written before anything else can fill the disk; a disk already too full for it starts
@@ -229,7 +271,11 @@ pub async fn run(
             source,
         })?;
     // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
-    files.cleanup_at_start().await;
+    if creating_store {
+        info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
+    } else {
+        files.cleanup_at_start().await;
+    }
     lifecycle.spawn(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
@@ -255,6 +301,10 @@ pub async fn run(
     })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(addr = %local_addr, scheme, db = %db_path.display(), fsync = config.persist.fsync, "listening");
+    ready(Ready {
+        scheme,
+        addr: local_addr,
+    });
 
     let cancel = lifecycle.cancel.clone();
     lifecycle.spawn(tracing::info_span!("shutdown-signal"), {

@@ -15,16 +15,23 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
+    install_panic_hook();
     match Cli::parse().into_command() {
         Command::Serve(args) => {
-            let config = tandem_server::config::load(args)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.worker_threads)
-                .on_thread_park(tandem_server::alloc::on_worker_park)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(serve(config))
+            let res = tandem_server::config::load(args).and_then(|config| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.worker_threads)
+                    .on_thread_park(tandem_server::alloc::on_worker_park)
+                    .enable_all()
+                    .build()
+                    .context("starting the async runtime")?
+                    .block_on(serve(config))
+            });
+            if let Err(error) = res {
+                eprintln!("error: {}", one_line(&error));
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::User(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -42,6 +49,23 @@ fn main() -> anyhow::Result<()> {
             finish(runtime.block_on(tandem_server::command::run_webhook(command)))
         }
     }
+}
+
+/// The error and its causes joined by ": " on one line, for the person or supervisor reading
+/// it; a cause whose text the line already holds (errors that print their source) is left out.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 /// A command's result on stdout, or its error as one line on stderr and exit status 1.
@@ -77,19 +101,49 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
-    let addr = listener.local_addr().context("reading bound address")?;
-    // One line on stdout for people and scripts; everything else is logged on stderr.
-    let scheme = if config.listener.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    println!("tandem listening on {scheme}://{addr}");
-    let summary = tandem_server::run(config, listener, tandem_server::signal()).await?;
+    // One line on stdout for people, scripts and supervisors, printed only once the store is
+    // open and the start-up checks passed; everything else is logged on stderr.
+    let summary =
+        tandem_server::run_with_ready(config, listener, tandem_server::signal(), |ready| {
+            println!("tandem listening on {ready}");
+        })
+        .await?;
     if !summary.clean {
         anyhow::bail!("shutdown timed out before every document was flushed");
     }
     Ok(())
+}
+
+/// Reports a panic as one log line (one line on stderr before logging is set up) instead of
+/// the default message and backtrace: panics inside yrs and the store are caught and fail only
+/// their document or request, and the line says where. With `RUST_BACKTRACE` set (not `0`), the
+/// default report with its backtrace is kept, for debugging.
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0") {
+            default_hook(info);
+            return;
+        }
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic without a message");
+        let location = info
+            .location()
+            .map(|at| format!("{}:{}", at.file(), at.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(panic = message, location, thread, "panic");
+        } else {
+            let message = message.replace('\n', " ");
+            eprintln!("error: panic in thread {thread} at {location}: {message}");
+        }
+    }));
 }
 
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {

@@ -113,8 +113,15 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|_| ApiError::Internal)?
         .map_err(|error| {
-            tracing::error!(%error, "history read failed");
-            ApiError::Internal
+            // A record of a layout this build does not know stays `internal` (`history.md`).
+            let unknown_layout = matches!(error, tandem_store::StoreError::CorruptRecord { .. });
+            if error.is_damage() && !unknown_layout {
+                tracing::error!(%error, "stored history of the doc is damaged");
+                ApiError::DocCorrupt
+            } else {
+                tracing::error!(%error, "history read failed");
+                ApiError::Internal
+            }
         })
 }
 

@@ -11,9 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 
 use crate::Store;
+use crate::checksum;
 use crate::error::StoreError;
 use crate::record::{Reader, put_str};
 use crate::schema::USERS;
@@ -102,77 +103,96 @@ impl UserRecord {
     }
 }
 
+/// The account stored under `sub`, if its checksum matches (format version 2) and it decodes.
+fn read_user(sub: &str, stored: &[u8]) -> Result<UserRecord, StoreError> {
+    let payload = checksum::unseal(USERS.name(), sub, stored).map_err(|mismatch| {
+        StoreError::CorruptUser {
+            sub: sub.into(),
+            detail: mismatch.to_string(),
+        }
+    })?;
+    UserRecord::decode(sub, payload)
+}
+
 impl Store {
     /// Creates or replaces the account `user.sub`, durably.
     ///
     /// This is a write transaction beside the server's writer thread; redb runs one at a time,
     /// so it waits for the current group commit at most (accounts change rarely).
     pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.write(WriteKind::Grow, |db| Self::put_user_in(db, user))
-    }
-
-    fn put_user_in(db: &Database, user: &UserRecord) -> Result<(), StoreError> {
-        let txn = db.begin_write()?;
-        txn.open_table(USERS)?
-            .insert(user.sub.as_str(), user.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.contain("put_user", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                txn.open_table(USERS)?.insert(
+                    user.sub.as_str(),
+                    checksum::seal(USERS.name(), user.sub.as_str(), &user.encode()).as_slice(),
+                )?;
+                txn.commit()?;
+                Ok(())
+            })
+        })
     }
 
     /// Removes the account `sub`; `false` if there was none.
     pub fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
-        self.write(WriteKind::Free, |db| Self::remove_user_in(db, sub))
-    }
-
-    fn remove_user_in(db: &Database, sub: &str) -> Result<bool, StoreError> {
-        let txn = db.begin_write()?;
-        let removed = txn.open_table(USERS)?.remove(sub)?.is_some();
-        txn.commit()?;
-        Ok(removed)
+        self.contain("remove_user", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let removed = txn.open_table(USERS)?.remove(sub)?.is_some();
+                txn.commit()?;
+                Ok(removed)
+            })
+        })
     }
 
     /// The account `sub`, if it exists.
     pub fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(USERS) {
-            Ok(table) => table,
-            // A file from before accounts existed.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let Some(value) = table.get(sub)? else {
-            return Ok(None);
-        };
-        UserRecord::decode(sub, value.value()).map(Some)
+        self.contain("get_user", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(USERS) {
+                Ok(table) => table,
+                // A file from before accounts existed.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            let Some(value) = table.get(sub)? else {
+                return Ok(None);
+            };
+            read_user(sub, value.value()).map(Some)
+        })
     }
 
     /// Every account, sorted by `sub`.
     pub fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(USERS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
-        };
-        let mut users = Vec::new();
-        for entry in table.iter()? {
-            let (sub, value) = entry?;
-            users.push(UserRecord::decode(sub.value(), value.value())?);
-        }
-        Ok(users)
+        self.contain("list_users", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(USERS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut users = Vec::new();
+            for entry in table.iter()? {
+                let (sub, value) = entry?;
+                users.push(read_user(sub.value(), value.value())?);
+            }
+            Ok(users)
+        })
     }
 
     /// How many accounts exist.
     pub fn count_users(&self) -> Result<u64, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        match txn.open_table(USERS) {
-            Ok(table) => Ok(table.len()?),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(error) => Err(error.into()),
-        }
+        self.contain("count_users", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            match txn.open_table(USERS) {
+                Ok(table) => Ok(table.len()?),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 }
 
@@ -273,12 +293,20 @@ mod tests {
             let txn = db.begin_write().unwrap();
             {
                 let mut table = txn.open_table(USERS).unwrap();
+                // Sealed with a right checksum, so the record's own decoding is what fails.
                 let mut cut = record("bob").encode();
                 cut.truncate(cut.len() - 3);
-                table.insert("bob", cut.as_slice()).unwrap();
+                let sealed = checksum::seal(USERS.name(), "bob", &cut);
+                table.insert("bob", sealed.as_slice()).unwrap();
                 let mut future = record("eve").encode();
                 future[0] = 9;
-                table.insert("eve", future.as_slice()).unwrap();
+                let sealed = checksum::seal(USERS.name(), "eve", &future);
+                table.insert("eve", sealed.as_slice()).unwrap();
+                // A flipped bit in the hash: the record would decode, to the wrong password.
+                let mut flipped = checksum::seal(USERS.name(), "cy", &record("cy").encode());
+                let last = flipped.len() - 20;
+                flipped[last] ^= 1;
+                table.insert("cy", flipped.as_slice()).unwrap();
             }
             txn.commit().unwrap();
         }
@@ -287,6 +315,11 @@ mod tests {
         let res = store.get_user("bob");
         assert!(
             matches!(&res, Err(StoreError::CorruptUser { sub, detail }) if sub == "bob" && detail.contains("truncated")),
+            "{res:?}"
+        );
+        let res = store.get_user("cy");
+        assert!(
+            matches!(&res, Err(StoreError::CorruptUser { sub, detail }) if sub == "cy" && detail.contains("checksum")),
             "{res:?}"
         );
         let res = store.get_user("eve");

@@ -10,9 +10,10 @@
 //! index rows stay valid when it is extended. Ids are never reused: the next id is a counter
 //! that survives pruning.
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table};
+use redb::{ReadableDatabase, ReadableTable, Table, TableHandle};
 
 use crate::Store;
+use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_str, put_u32};
 use crate::schema::{
@@ -183,56 +184,61 @@ pub struct ActivityQuery {
 impl Store {
     /// The id the next activity entry gets (1 for a new file).
     pub fn next_activity_id(&self) -> Result<u64, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        match txn.open_table(ACTIVITY_COUNTERS) {
-            Ok(table) => Ok(table.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(1),
-            Err(error) => Err(error.into()),
-        }
+        self.contain("next_activity_id", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            match txn.open_table(ACTIVITY_COUNTERS) {
+                Ok(table) => Ok(table.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(1),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     /// Writes entries and queues deliveries in one durable transaction. A delivery to a webhook
     /// that no longer exists (removed after the caller read the registrations) is dropped.
     /// Returns the seqs given to the deliveries queued, in order.
     pub fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
-        self.write(WriteKind::Grow, |db| Self::write_activity_in(db, write))
-    }
-
-    fn write_activity_in(db: &Database, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
-        let txn = db.begin_write()?;
-        let mut seqs = Vec::with_capacity(write.deliveries.len());
-        {
-            let mut entries = txn.open_table(ACTIVITY)?;
-            let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
-            let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
-            let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
-            for entry in &write.entries {
-                entries.insert(entry.id, entry.encode().as_slice())?;
-                for path in entry.paths() {
-                    by_path.insert((path, entry.id), ())?;
-                }
-                by_actor.insert((entry.actor_id(), entry.id), ())?;
-            }
-            let stored_next = counters.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value());
-            counters.insert(NEXT_ENTRY_ID, stored_next.max(write.next_entry_id))?;
-            if !write.deliveries.is_empty() {
-                let webhooks = txn.open_table(WEBHOOKS)?;
-                let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
-                let mut seq = counters.get(NEXT_OUTBOX_SEQ)?.map_or(1, |v| v.value());
-                for delivery in &write.deliveries {
-                    if webhooks.get(delivery.webhook_id.as_str())?.is_none() {
-                        continue;
+        self.contain("write_activity", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                let mut seqs = Vec::with_capacity(write.deliveries.len());
+                {
+                    let mut entries = txn.open_table(ACTIVITY)?;
+                    let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+                    let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+                    let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
+                    for entry in &write.entries {
+                        let sealed = checksum::seal(ACTIVITY.name(), entry.id, &entry.encode());
+                        entries.insert(entry.id, sealed.as_slice())?;
+                        for path in entry.paths() {
+                            by_path.insert((path, entry.id), ())?;
+                        }
+                        by_actor.insert((entry.actor_id(), entry.id), ())?;
                     }
-                    outbox.insert(seq, delivery.encode().as_slice())?;
-                    seqs.push(seq);
-                    seq += 1;
+                    let stored_next = counters.get(NEXT_ENTRY_ID)?.map_or(1, |v| v.value());
+                    counters.insert(NEXT_ENTRY_ID, stored_next.max(write.next_entry_id))?;
+                    if !write.deliveries.is_empty() {
+                        let webhooks = txn.open_table(WEBHOOKS)?;
+                        let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+                        let mut seq = counters.get(NEXT_OUTBOX_SEQ)?.map_or(1, |v| v.value());
+                        for delivery in &write.deliveries {
+                            if webhooks.get(delivery.webhook_id.as_str())?.is_none() {
+                                continue;
+                            }
+                            let sealed =
+                                checksum::seal(WEBHOOK_OUTBOX.name(), seq, &delivery.encode());
+                            outbox.insert(seq, sealed.as_slice())?;
+                            seqs.push(seq);
+                            seq += 1;
+                        }
+                        counters.insert(NEXT_OUTBOX_SEQ, seq)?;
+                    }
                 }
-                counters.insert(NEXT_OUTBOX_SEQ, seq)?;
-            }
-        }
-        txn.commit()?;
-        Ok(seqs)
+                txn.commit()?;
+                Ok(seqs)
+            })
+        })
     }
 
     /// The newest entry of `kind` by `actor` naming `path`, among the newest entries of that
@@ -243,31 +249,34 @@ impl Store {
         kind: &str,
         actor: &str,
     ) -> Result<Option<ActivityEntry>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let (entries, by_path) = match (txn.open_table(ACTIVITY), txn.open_table(ACTIVITY_BY_PATH))
-        {
-            (Ok(entries), Ok(by_path)) => (entries, by_path),
-            (Err(redb::TableError::TableDoesNotExist(_)), _)
-            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
-            (Err(error), _) | (_, Err(error)) => return Err(error.into()),
-        };
-        for row in by_path
-            .range((path, 0)..=(path, u64::MAX))?
-            .rev()
-            .take(MAX_SESSION_SEARCH)
-        {
-            let (key, _) = row?;
-            let (_, id) = key.value();
-            let Some(value) = entries.get(id)? else {
-                continue;
-            };
-            let entry = ActivityEntry::decode(id, value.value())?;
-            if entry.kind == kind && entry.actor_id() == actor {
-                return Ok(Some(entry));
+        self.contain("latest_activity", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let (entries, by_path) =
+                match (txn.open_table(ACTIVITY), txn.open_table(ACTIVITY_BY_PATH)) {
+                    (Ok(entries), Ok(by_path)) => (entries, by_path),
+                    (Err(redb::TableError::TableDoesNotExist(_)), _)
+                    | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(None),
+                    (Err(error), _) | (_, Err(error)) => return Err(error.into()),
+                };
+            for row in by_path
+                .range((path, 0)..=(path, u64::MAX))?
+                .rev()
+                .take(MAX_SESSION_SEARCH)
+            {
+                let (key, _) = row?;
+                let (_, id) = key.value();
+                let Some(value) = entries.get(id)? else {
+                    continue;
+                };
+                let entry =
+                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
+                if entry.kind == kind && entry.actor_id() == actor {
+                    return Ok(Some(entry));
+                }
             }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
 
     /// One page of the feed, newest first, of the entries matching `query` that `visible`
@@ -277,133 +286,134 @@ impl Store {
         query: &ActivityQuery,
         mut visible: impl FnMut(&ActivityEntry) -> bool,
     ) -> Result<(Vec<ActivityEntry>, Option<u64>), StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let entries = match txn.open_table(ACTIVITY) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
-            Err(error) => return Err(error.into()),
-        };
-        let before = query.before_id.unwrap_or(u64::MAX);
-        // Both indexes exist whenever `activity` does (created together).
-        let by_path = txn.open_table(ACTIVITY_BY_PATH)?;
-        let by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
-        // The most selective index available gives the candidate ids, newest first.
-        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
-            if let Some(path) = query.path.as_deref() {
-                Box::new(
-                    by_path
-                        .range((path, 0)..(path, before))?
-                        .rev()
-                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
-                )
-            } else if let Some(actor) = query.actor.as_deref() {
-                Box::new(
-                    by_actor
-                        .range((actor, 0)..(actor, before))?
-                        .rev()
-                        .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
-                )
-            } else if let Some(prefix) = query.prefix.as_deref()
-                && let Some(paths) = paths_under(&by_path, prefix)?
-            {
-                // The index rows of each path under the prefix, merged newest first.
-                let mut ranges = Vec::with_capacity(paths.len());
-                for path in &paths {
-                    ranges.push(by_path.range((path.as_str(), 0)..(path.as_str(), before))?);
-                }
-                Box::new(NewestFirst::new(ranges))
-            } else {
-                Box::new(
-                    entries
-                        .range(..before)?
-                        .rev()
-                        .map(|row| row.map(|(key, _)| key.value()).map_err(StoreError::from)),
-                )
+        self.contain("list_activity", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let entries = match txn.open_table(ACTIVITY) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+                Err(error) => return Err(error.into()),
             };
-        let mut page = Vec::new();
-        let mut last_scanned = None;
-        for (n_scanned, id) in ids.enumerate() {
-            let id = id?;
-            if n_scanned >= query.max_scan {
-                // The budget ran out: the caller continues from here.
-                return Ok((page, last_scanned));
-            }
-            last_scanned = Some(id);
-            let Some(value) = entries.get(id)? else {
-                continue;
-            };
-            let entry = ActivityEntry::decode(id, value.value())?;
-            if let Some(since) = query.since_ms {
-                if entry.started_ms.saturating_add(query.max_span_ms) < since {
-                    break;
+            let before = query.before_id.unwrap_or(u64::MAX);
+            // Both indexes exist whenever `activity` does (created together).
+            let by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+            let by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+            // The most selective index available gives the candidate ids, newest first.
+            let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+                if let Some(path) = query.path.as_deref() {
+                    Box::new(
+                        by_path
+                            .range((path, 0)..(path, before))?
+                            .rev()
+                            .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                    )
+                } else if let Some(actor) = query.actor.as_deref() {
+                    Box::new(
+                        by_actor
+                            .range((actor, 0)..(actor, before))?
+                            .rev()
+                            .map(|row| row.map(|(key, _)| key.value().1).map_err(StoreError::from)),
+                    )
+                } else if let Some(prefix) = query.prefix.as_deref()
+                    && let Some(paths) = paths_under(&by_path, prefix)?
+                {
+                    // The index rows of each path under the prefix, merged newest first.
+                    let mut ranges = Vec::with_capacity(paths.len());
+                    for path in &paths {
+                        ranges.push(by_path.range((path.as_str(), 0)..(path.as_str(), before))?);
+                    }
+                    Box::new(NewestFirst::new(ranges))
+                } else {
+                    Box::new(
+                        entries
+                            .range(..before)?
+                            .rev()
+                            .map(|row| row.map(|(key, _)| key.value()).map_err(StoreError::from)),
+                    )
+                };
+            let mut page = Vec::new();
+            let mut last_scanned = None;
+            for (n_scanned, id) in ids.enumerate() {
+                let id = id?;
+                if n_scanned >= query.max_scan {
+                    // The budget ran out: the caller continues from here.
+                    return Ok((page, last_scanned));
                 }
-                if entry.ended_ms < since {
+                last_scanned = Some(id);
+                let Some(value) = entries.get(id)? else {
+                    continue;
+                };
+                let entry =
+                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
+                if let Some(since) = query.since_ms {
+                    if entry.started_ms.saturating_add(query.max_span_ms) < since {
+                        break;
+                    }
+                    if entry.ended_ms < since {
+                        continue;
+                    }
+                }
+                let matches = query.path.as_deref().is_none_or(|path| entry.names(path))
+                    && query
+                        .prefix
+                        .as_deref()
+                        .is_none_or(|prefix| entry.paths().any(|path| path.starts_with(prefix)))
+                    && query
+                        .actor
+                        .as_deref()
+                        .is_none_or(|actor| entry.actor_id() == actor);
+                if !matches || !visible(&entry) {
                     continue;
                 }
+                if page.len() == query.limit {
+                    // One more exists: the page is full and has a successor.
+                    let next = page.last().map(|last: &ActivityEntry| last.id);
+                    return Ok((page, next));
+                }
+                page.push(entry);
             }
-            let matches = query.path.as_deref().is_none_or(|path| entry.names(path))
-                && query
-                    .prefix
-                    .as_deref()
-                    .is_none_or(|prefix| entry.paths().any(|path| path.starts_with(prefix)))
-                && query
-                    .actor
-                    .as_deref()
-                    .is_none_or(|actor| entry.actor_id() == actor);
-            if !matches || !visible(&entry) {
-                continue;
-            }
-            if page.len() == query.limit {
-                // One more exists: the page is full and has a successor.
-                let next = page.last().map(|last: &ActivityEntry| last.id);
-                return Ok((page, next));
-            }
-            page.push(entry);
-        }
-        Ok((page, None))
+            Ok((page, None))
+        })
     }
 
     /// Removes entries that ended before `cutoff_ms` (at most a bounded number per call).
     /// Entries are ordered by start, so the scan stops `max_span_ms` past the cutoff. Returns
     /// how many were removed.
     pub fn prune_activity(&self, cutoff_ms: u64, max_span_ms: u64) -> Result<usize, StoreError> {
-        self.write(WriteKind::Free, |db| {
-            Self::prune_activity_in(db, cutoff_ms, max_span_ms)
-        })
-    }
-
-    fn prune_activity_in(
-        db: &Database,
-        cutoff_ms: u64,
-        max_span_ms: u64,
-    ) -> Result<usize, StoreError> {
-        let txn = db.begin_write()?;
-        let mut n_removed = 0;
-        {
-            let mut entries = txn.open_table(ACTIVITY)?;
-            let mut doomed = Vec::new();
-            for row in entries.iter()? {
-                let (key, value) = row?;
-                let entry = ActivityEntry::decode(key.value(), value.value())?;
-                if entry.started_ms >= cutoff_ms.saturating_add(max_span_ms)
-                    || doomed.len() >= MAX_PRUNE
+        self.contain("prune_activity", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let mut n_removed = 0;
                 {
-                    break;
+                    let mut entries = txn.open_table(ACTIVITY)?;
+                    let mut doomed = Vec::new();
+                    for row in entries.iter()? {
+                        let (key, value) = row?;
+                        let id = key.value();
+                        let entry = ActivityEntry::decode(
+                            id,
+                            unseal_entry("activity", id, value.value())?,
+                        )?;
+                        if entry.started_ms >= cutoff_ms.saturating_add(max_span_ms)
+                            || doomed.len() >= MAX_PRUNE
+                        {
+                            break;
+                        }
+                        if entry.ended_ms < cutoff_ms {
+                            doomed.push(entry);
+                        }
+                    }
+                    let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
+                    let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
+                    for entry in &doomed {
+                        remove_entry(&mut entries, &mut by_path, &mut by_actor, entry)?;
+                        n_removed += 1;
+                    }
                 }
-                if entry.ended_ms < cutoff_ms {
-                    doomed.push(entry);
-                }
-            }
-            let mut by_path = txn.open_table(ACTIVITY_BY_PATH)?;
-            let mut by_actor = txn.open_table(ACTIVITY_BY_ACTOR)?;
-            for entry in &doomed {
-                remove_entry(&mut entries, &mut by_path, &mut by_actor, entry)?;
-                n_removed += 1;
-            }
-        }
-        txn.commit()?;
-        Ok(n_removed)
+                txn.commit()?;
+                Ok(n_removed)
+            })
+        })
     }
 }
 

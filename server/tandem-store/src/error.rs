@@ -43,10 +43,11 @@ pub enum StoreError {
         /// What rule was broken.
         detail: String,
     },
-    /// Another `Database` (in this process or another, e.g. a running server) has the file
-    /// open. A command-line tool falls back to the server's HTTP API.
+    /// The database is closed: reopening it failed.
     #[error("the database is closed: reopening it failed")]
     Closed,
+    /// Another `Database` (in this process or another, e.g. a running server) has the file
+    /// open. A command-line tool falls back to the server's HTTP API.
     #[error("the database file is already open, by a running server or another process")]
     AlreadyOpen,
     /// The store is read-only: a write failed because the disk is full or the file cannot be
@@ -56,6 +57,15 @@ pub enum StoreError {
     ReadOnly {
         /// Why writes are refused.
         reason: ReadOnlyReason,
+    },
+    /// redb panicked inside the operation, most likely on a damaged page of the file. Only
+    /// this operation failed; the next one reopens the file.
+    #[error("the store panicked during {operation} (is the file damaged?): {detail}")]
+    Panicked {
+        /// The `Store` method.
+        operation: &'static str,
+        /// The panic's message.
+        detail: String,
     },
     /// The file was written by a different format version. Migrate or use a matching build.
     #[error("unsupported store format version {found}, this build reads version {expected}")]
@@ -105,6 +115,24 @@ impl StoreError {
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    /// Whether the error says the stored data is damaged (a failed checksum, a record that
+    /// breaks the format, redb finding a corrupt page or panicking on one), so that retrying
+    /// cannot help, as opposed to an I/O failure or a lock that may pass.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. }
+            | StoreError::CorruptUser { .. }
+            | StoreError::CorruptRecord { .. }
+            | StoreError::CorruptEntry { .. }
+            | StoreError::Panicked { .. } => true,
+            StoreError::Database(error) => matches!(**error, redb::Error::Corrupted(_)),
+            StoreError::Closed
+            | StoreError::AlreadyOpen
+            | StoreError::ReadOnly { .. }
+            | StoreError::UnsupportedFormat { .. } => false,
         }
     }
 }

@@ -17,9 +17,10 @@
 //! - A path is never both a file and a stored doc: `put_file_version` and `move_file` refuse a
 //!   path in the `docs` table in the same transaction that would create it.
 
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 
 use crate::Store;
+use crate::checksum;
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str};
 use crate::schema::{BLOBS, DOCS, FILE_USAGE, FILES, UPLOADS};
@@ -203,95 +204,110 @@ impl Store {
         upload_id: Option<&str>,
         max_versions: Option<usize>,
     ) -> Result<(FileEntry, Vec<String>), FileError> {
-        self.write(WriteKind::Grow, |db| {
-            Self::put_file_version_in(db, path, version, quota, upload_id, max_versions)
+        self.contain("put_file_version", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                let stored = {
+                    if doc_exists(&txn, path)? {
+                        return Err(FileError::PathTaken { path: path.into() });
+                    }
+                    let mut files = txn.open_table(FILES)?;
+                    let mut entry = match files.get(path)? {
+                        Some(bytes) => read_entry(path, bytes.value())?,
+                        None => FileEntry {
+                            path: path.to_owned(),
+                            versions: Vec::new(),
+                        },
+                    };
+                    let workspace = workspace_of(path);
+                    add_blob_ref(&txn, &version.sha256, version.size)?;
+                    let number = entry.versions.last().map_or(1, |last| last.version + 1);
+                    let charge = FileVersion::charge_for(version.size);
+                    entry.versions.push(FileVersion {
+                        version: number,
+                        ..version
+                    });
+                    let excess = max_versions
+                        .map_or(0, |max| entry.versions.len().saturating_sub(max.max(1)));
+                    let dropped: Vec<FileVersion> = entry.versions.drain(..excess).collect();
+                    let freed: u64 = dropped
+                        .iter()
+                        .map(|old| FileVersion::charge_for(old.size))
+                        .sum();
+                    // What the dropped versions free counts before the new one is checked.
+                    sub_usage(&txn, workspace, freed)?;
+                    add_usage(&txn, workspace, charge, quota)?;
+                    let mut unreferenced = Vec::new();
+                    let mut blobs = txn.open_table(BLOBS)?;
+                    for old in &dropped {
+                        release_blob(&mut blobs, &old.sha256, &mut unreferenced)?;
+                    }
+                    files.insert(path, sealed_entry(path, &entry).as_slice())?;
+                    if let Some(id) = upload_id {
+                        txn.open_table(UPLOADS)?.remove(id)?;
+                    }
+                    (entry, unreferenced)
+                };
+                txn.commit().map_err(StoreError::from)?;
+                Ok(stored)
+            })
         })
-    }
-
-    fn put_file_version_in(
-        db: &Database,
-        path: &str,
-        version: FileVersion,
-        quota: Option<u64>,
-        upload_id: Option<&str>,
-        max_versions: Option<usize>,
-    ) -> Result<(FileEntry, Vec<String>), FileError> {
-        let txn = db.begin_write()?;
-        let stored = {
-            if doc_exists(&txn, path)? {
-                return Err(FileError::PathTaken { path: path.into() });
-            }
-            let mut files = txn.open_table(FILES)?;
-            let mut entry = match files.get(path)? {
-                Some(bytes) => decode_entry(path, bytes.value())?,
-                None => FileEntry {
-                    path: path.to_owned(),
-                    versions: Vec::new(),
-                },
-            };
-            let workspace = workspace_of(path);
-            add_blob_ref(&txn, &version.sha256, version.size)?;
-            let number = entry.versions.last().map_or(1, |last| last.version + 1);
-            let charge = FileVersion::charge_for(version.size);
-            entry.versions.push(FileVersion {
-                version: number,
-                ..version
-            });
-            let excess =
-                max_versions.map_or(0, |max| entry.versions.len().saturating_sub(max.max(1)));
-            let dropped: Vec<FileVersion> = entry.versions.drain(..excess).collect();
-            let freed: u64 = dropped
-                .iter()
-                .map(|old| FileVersion::charge_for(old.size))
-                .sum();
-            // What the dropped versions free counts before the new one is checked.
-            sub_usage(&txn, workspace, freed)?;
-            add_usage(&txn, workspace, charge, quota)?;
-            let mut unreferenced = Vec::new();
-            let mut blobs = txn.open_table(BLOBS)?;
-            for old in &dropped {
-                release_blob(&mut blobs, &old.sha256, &mut unreferenced)?;
-            }
-            files.insert(path, encode_entry(&entry).as_slice())?;
-            if let Some(id) = upload_id {
-                txn.open_table(UPLOADS)?.remove(id)?;
-            }
-            (entry, unreferenced)
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(stored)
     }
 
     /// The file at `path`, if any.
     pub fn file(&self, path: &str) -> Result<Option<FileEntry>, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(FILES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        match table.get(path)? {
-            Some(bytes) => decode_entry(path, bytes.value()).map(Some),
-            None => Ok(None),
-        }
+        self.contain("file", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(FILES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            match table.get(path)? {
+                Some(bytes) => read_entry(path, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every file, sorted by path.
     pub fn list_files(&self) -> Result<Vec<FileEntry>, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(FILES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
-        };
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (path, bytes) = row?;
-            out.push(decode_entry(path.value(), bytes.value())?);
-        }
-        Ok(out)
+        self.contain("list_files", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(FILES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (path, bytes) = row?;
+                out.push(read_entry(path.value(), bytes.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The path of every file, sorted, without reading the entries: a damaged entry still
+    /// lists its path (reading it then fails), so one damaged record cannot stop the server.
+    pub fn file_paths(&self) -> Result<Vec<String>, FileError> {
+        self.contain("file_paths", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(FILES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (path, _) = row?;
+                out.push(path.value().to_owned());
+            }
+            Ok(out)
+        })
     }
 
     /// Moves `from` with all its versions to `to`, durably. Refused if `to` is a file or a doc;
@@ -302,154 +318,157 @@ impl Store {
         to: &str,
         quota: Option<u64>,
     ) -> Result<FileEntry, FileError> {
-        self.write(WriteKind::Grow, |db| {
-            Self::move_file_in(db, from, to, quota)
+        self.contain("move_file", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                let entry = {
+                    if doc_exists(&txn, to)? {
+                        return Err(FileError::PathTaken { path: to.into() });
+                    }
+                    let mut files = txn.open_table(FILES)?;
+                    if files.get(to)?.is_some() {
+                        return Err(FileError::PathTaken { path: to.into() });
+                    }
+                    let Some(bytes) = files.remove(from)?.map(|bytes| bytes.value().to_vec())
+                    else {
+                        return Err(FileError::NotFound);
+                    };
+                    let mut entry = read_entry(from, &bytes)?;
+                    entry.path = to.to_owned();
+                    let (from_ws, to_ws) = (workspace_of(from), workspace_of(to));
+                    if from_ws != to_ws {
+                        let size = entry.total_size();
+                        sub_usage(&txn, from_ws, size)?;
+                        add_usage(&txn, to_ws, size, quota)?;
+                    }
+                    files.insert(to, sealed_entry(to, &entry).as_slice())?;
+                    entry
+                };
+                txn.commit().map_err(StoreError::from)?;
+                Ok(entry)
+            })
         })
-    }
-
-    fn move_file_in(
-        db: &Database,
-        from: &str,
-        to: &str,
-        quota: Option<u64>,
-    ) -> Result<FileEntry, FileError> {
-        let txn = db.begin_write()?;
-        let entry = {
-            if doc_exists(&txn, to)? {
-                return Err(FileError::PathTaken { path: to.into() });
-            }
-            let mut files = txn.open_table(FILES)?;
-            if files.get(to)?.is_some() {
-                return Err(FileError::PathTaken { path: to.into() });
-            }
-            let Some(bytes) = files.remove(from)?.map(|bytes| bytes.value().to_vec()) else {
-                return Err(FileError::NotFound);
-            };
-            let mut entry = decode_entry(from, &bytes)?;
-            entry.path = to.to_owned();
-            let (from_ws, to_ws) = (workspace_of(from), workspace_of(to));
-            if from_ws != to_ws {
-                let size = entry.total_size();
-                sub_usage(&txn, from_ws, size)?;
-                add_usage(&txn, to_ws, size, quota)?;
-            }
-            files.insert(to, bytes.as_slice())?;
-            entry
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(entry)
     }
 
     /// Deletes `path` and all its versions, durably; reports the blobs no longer referenced
     /// (their rows are gone; the caller deletes the files).
     pub fn delete_file(&self, path: &str) -> Result<Deleted, FileError> {
-        self.write(WriteKind::Free, |db| Self::delete_file_in(db, path))
-    }
-
-    fn delete_file_in(db: &Database, path: &str) -> Result<Deleted, FileError> {
-        let txn = db.begin_write()?;
-        let deleted = {
-            let mut files = txn.open_table(FILES)?;
-            let Some(bytes) = files.remove(path)?.map(|bytes| bytes.value().to_vec()) else {
-                return Err(FileError::NotFound);
-            };
-            let entry = decode_entry(path, &bytes)?;
-            sub_usage(&txn, workspace_of(path), entry.total_size())?;
-            let mut blobs = txn.open_table(BLOBS)?;
-            let mut unreferenced = Vec::new();
-            for version in &entry.versions {
-                release_blob(&mut blobs, &version.sha256, &mut unreferenced)?;
-            }
-            Deleted {
-                entry,
-                unreferenced,
-            }
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(deleted)
+        self.contain("delete_file", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let deleted = {
+                    let mut files = txn.open_table(FILES)?;
+                    let Some(bytes) = files.remove(path)?.map(|bytes| bytes.value().to_vec())
+                    else {
+                        return Err(FileError::NotFound);
+                    };
+                    let entry = read_entry(path, &bytes)?;
+                    sub_usage(&txn, workspace_of(path), entry.total_size())?;
+                    let mut blobs = txn.open_table(BLOBS)?;
+                    let mut unreferenced = Vec::new();
+                    for version in &entry.versions {
+                        release_blob(&mut blobs, &version.sha256, &mut unreferenced)?;
+                    }
+                    Deleted {
+                        entry,
+                        unreferenced,
+                    }
+                };
+                txn.commit().map_err(StoreError::from)?;
+                Ok(deleted)
+            })
+        })
     }
 
     /// The refcount row of blob `sha256`, if any version names it.
     pub fn blob(&self, sha256: &str) -> Result<Option<BlobRow>, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(BLOBS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        Ok(table.get(sha256)?.map(|row| {
-            let (size, refcount) = row.value();
-            BlobRow { size, refcount }
-        }))
+        self.contain("blob", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(BLOBS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            Ok(table.get(sha256)?.map(|row| {
+                let (size, refcount) = row.value();
+                BlobRow { size, refcount }
+            }))
+        })
     }
 
     /// Bytes `workspace` is charged for: the charge of every version of its files.
     pub fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        match txn.open_table(FILE_USAGE) {
-            Ok(table) => Ok(table.get(workspace)?.map_or(0, |used| used.value())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(error) => Err(error.into()),
-        }
+        self.contain("workspace_usage", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            match txn.open_table(FILE_USAGE) {
+                Ok(table) => Ok(table.get(workspace)?.map_or(0, |used| used.value())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     /// Creates or replaces upload `record.id`, durably.
     pub fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError> {
-        self.write(WriteKind::Grow, |db| Self::put_upload_in(db, record))
-    }
-
-    fn put_upload_in(db: &Database, record: &UploadRecord) -> Result<(), FileError> {
-        let txn = db.begin_write()?;
-        txn.open_table(UPLOADS)?
-            .insert(record.id.as_str(), encode_upload(record).as_slice())?;
-        txn.commit().map_err(StoreError::from)?;
-        Ok(())
+        self.contain("put_upload", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                txn.open_table(UPLOADS)?
+                    .insert(record.id.as_str(), sealed_upload(record).as_slice())?;
+                txn.commit().map_err(StoreError::from)?;
+                Ok(())
+            })
+        })
     }
 
     /// Upload `id`, if it exists.
     pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(UPLOADS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        match table.get(id)? {
-            Some(bytes) => decode_upload(id, bytes.value()).map(Some),
-            None => Ok(None),
-        }
+        self.contain("upload", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(UPLOADS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            match table.get(id)? {
+                Some(bytes) => read_upload(id, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every upload in progress, sorted by id.
     pub fn list_uploads(&self) -> Result<Vec<UploadRecord>, FileError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(UPLOADS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
-        };
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (id, bytes) = row?;
-            out.push(decode_upload(id.value(), bytes.value())?);
-        }
-        Ok(out)
+        self.contain("list_uploads", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(UPLOADS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (id, bytes) = row?;
+                out.push(read_upload(id.value(), bytes.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Removes upload `id`, durably; `false` if there was none.
     pub fn remove_upload(&self, id: &str) -> Result<bool, FileError> {
-        self.write(WriteKind::Free, |db| Self::remove_upload_in(db, id))
-    }
-
-    fn remove_upload_in(db: &Database, id: &str) -> Result<bool, FileError> {
-        let txn = db.begin_write()?;
-        let removed = txn.open_table(UPLOADS)?.remove(id)?.is_some();
-        txn.commit().map_err(StoreError::from)?;
-        Ok(removed)
+        self.contain("remove_upload", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let removed = txn.open_table(UPLOADS)?.remove(id)?.is_some();
+                txn.commit().map_err(StoreError::from)?;
+                Ok(removed)
+            })
+        })
     }
 }
 
@@ -518,6 +537,36 @@ fn add_blob_ref(txn: &WriteTransaction, sha256: &str, size: u64) -> Result<(), F
     let refcount = blobs.get(sha256)?.map_or(0, |row| row.value().1);
     blobs.insert(sha256, (size, refcount + 1))?;
     Ok(())
+}
+
+/// The stored form of `entry` under `path`: its encoding, sealed (format version 2).
+fn sealed_entry(path: &str, entry: &FileEntry) -> Vec<u8> {
+    checksum::seal(FILES.name(), path, &encode_entry(entry))
+}
+
+/// The entry stored under `path`, if its checksum matches and it decodes.
+fn read_entry(path: &str, stored: &[u8]) -> Result<FileEntry, FileError> {
+    let payload =
+        checksum::unseal(FILES.name(), path, stored).map_err(|mismatch| FileError::Corrupt {
+            key: path.into(),
+            detail: mismatch.to_string(),
+        })?;
+    decode_entry(path, payload)
+}
+
+/// The stored form of `record`: its encoding, sealed under its id.
+fn sealed_upload(record: &UploadRecord) -> Vec<u8> {
+    checksum::seal(UPLOADS.name(), record.id.as_str(), &encode_upload(record))
+}
+
+/// The upload stored under `id`, if its checksum matches and it decodes.
+fn read_upload(id: &str, stored: &[u8]) -> Result<UploadRecord, FileError> {
+    let payload =
+        checksum::unseal(UPLOADS.name(), id, stored).map_err(|mismatch| FileError::Corrupt {
+            key: id.into(),
+            detail: mismatch.to_string(),
+        })?;
+    decode_upload(id, payload)
 }
 
 /// Version 1: `u8 1`, `u32 n_versions`, then per version, oldest first: `u64 version`, string

@@ -21,9 +21,10 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle};
 
 use crate::Store;
+use crate::checksum;
 use crate::error::StoreError;
 use crate::record::{Reader, put_str};
 use crate::schema::{AUTHOR_IDS, AUTHORS, UPDATE_AUTHORS, VERSION_STATES, VERSIONS};
@@ -376,7 +377,9 @@ impl<'txn> HistoryTables<'txn> {
         {
             Some(entry) => {
                 let (key, value) = entry?;
-                VersionRecord::decode(doc, key.value().1, value.value()).map_or(0, |r| r.seq)
+                let id = key.value().1;
+                VersionRecord::decode(doc, id, version_payload(doc, id, value.value())?)
+                    .map_or(0, |r| r.seq)
             }
             None => 0,
         };
@@ -413,9 +416,11 @@ impl<'txn> HistoryTables<'txn> {
                 });
             }
         }
-        self.versions
-            .insert((doc, record.id), record.encode().as_slice())?;
-        self.version_states.insert((doc, record.id), state)?;
+        let key = (doc, record.id);
+        let sealed = checksum::seal(VERSIONS.name(), key, &record.encode());
+        self.versions.insert(key, sealed.as_slice())?;
+        let sealed = checksum::seal(VERSION_STATES.name(), key, state);
+        self.version_states.insert(key, sealed.as_slice())?;
         if record.kind == VersionKind::Named {
             return Ok(());
         }
@@ -423,8 +428,9 @@ impl<'txn> HistoryTables<'txn> {
         for entry in self.versions.range((doc, 0)..(doc, record.id))? {
             let (key, value) = entry?;
             let id = key.value().1;
-            // A damaged record is left alone: its kind is not known.
-            if VersionRecord::decode(doc, id, value.value()).is_ok_and(|r| r.kind == record.kind) {
+            // A record of an unknown layout is left alone: its kind is not known.
+            let payload = version_payload(doc, id, value.value())?;
+            if VersionRecord::decode(doc, id, payload).is_ok_and(|r| r.kind == record.kind) {
                 same_kind.push(id);
             }
         }
@@ -439,22 +445,36 @@ impl<'txn> HistoryTables<'txn> {
     }
 }
 
+/// The payload of a stored version record, if its checksum matches.
+fn version_payload<'a>(doc: &str, id: u64, stored: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    checksum::unseal(VERSIONS.name(), (doc, id), stored).map_err(|_| StoreError::Corrupt {
+        doc: doc.into(),
+        detail: format!("metadata of version {id}: checksum mismatch"),
+    })
+}
+
 impl Store {
-    /// The versions of `doc` that decode, newest first; damaged records are skipped.
+    /// The versions of `doc` that decode, newest first; records of a layout this build does not
+    /// know are skipped, and a record whose checksum fails fails the call (`Corrupt { doc }`).
     pub fn list_versions(&self, doc: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let Some(versions) = open_read(&txn, VERSIONS)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for entry in versions.range((doc, 0)..=(doc, u64::MAX))?.rev() {
-            let (key, value) = entry?;
-            if let Ok(record) = VersionRecord::decode(doc, key.value().1, value.value()) {
-                out.push(record);
+        self.contain("list_versions", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let Some(versions) = open_read(&txn, VERSIONS)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for entry in versions.range((doc, 0)..=(doc, u64::MAX))?.rev() {
+                let (key, value) = entry?;
+                let id = key.value().1;
+                if let Ok(record) =
+                    VersionRecord::decode(doc, id, version_payload(doc, id, value.value())?)
+                {
+                    out.push(record);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One version's metadata and state; `None` if there is no such version.
@@ -463,70 +483,79 @@ impl Store {
         doc: &str,
         id: u64,
     ) -> Result<Option<(VersionRecord, Vec<u8>)>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let (Some(versions), Some(states)) =
-            (open_read(&txn, VERSIONS)?, open_read(&txn, VERSION_STATES)?)
-        else {
-            return Ok(None);
-        };
-        let Some(record) = versions.get((doc, id))? else {
-            return Ok(None);
-        };
-        let record = VersionRecord::decode(doc, id, record.value())?;
-        let state = states
-            .get((doc, id))?
-            .ok_or_else(|| StoreError::CorruptRecord {
-                what: format!("version {id} of doc {doc:?}"),
-                detail: "its state is missing".into(),
-            })?
-            .value()
-            .to_vec();
-        Ok(Some((record, state)))
+        self.contain("version", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let (Some(versions), Some(states)) =
+                (open_read(&txn, VERSIONS)?, open_read(&txn, VERSION_STATES)?)
+            else {
+                return Ok(None);
+            };
+            let Some(record) = versions.get((doc, id))? else {
+                return Ok(None);
+            };
+            let record = VersionRecord::decode(doc, id, version_payload(doc, id, record.value())?)?;
+            let state = states
+                .get((doc, id))?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    what: format!("version {id} of doc {doc:?}"),
+                    detail: "its state is missing".into(),
+                })?;
+            let state = checksum::unseal(VERSION_STATES.name(), (doc, id), state.value())
+                .map_err(|_| StoreError::Corrupt {
+                    doc: doc.into(),
+                    detail: format!("state of version {id}: checksum mismatch"),
+                })?
+                .to_vec();
+            Ok(Some((record, state)))
+        })
     }
 
     /// The newest version of `doc` and who wrote the stored updates after it.
     pub fn history_head(&self, doc: &str) -> Result<HistoryHead, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let mut head = HistoryHead::default();
-        if let Some(versions) = open_read(&txn, VERSIONS)? {
-            for entry in versions.range((doc, 0)..=(doc, u64::MAX))?.rev() {
-                let (key, value) = entry?;
-                let id = key.value().1;
-                head.last_version_id = head.last_version_id.max(id);
-                if let Ok(record) = VersionRecord::decode(doc, id, value.value()) {
-                    head.last_version = Some(record);
-                    break;
+        self.contain("history_head", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let mut head = HistoryHead::default();
+            if let Some(versions) = open_read(&txn, VERSIONS)? {
+                for entry in versions.range((doc, 0)..=(doc, u64::MAX))?.rev() {
+                    let (key, value) = entry?;
+                    let id = key.value().1;
+                    head.last_version_id = head.last_version_id.max(id);
+                    let payload = version_payload(doc, id, value.value())?;
+                    if let Ok(record) = VersionRecord::decode(doc, id, payload) {
+                        head.last_version = Some(record);
+                        break;
+                    }
                 }
             }
-        }
-        let since = head.last_version.as_ref().map_or(0, |v| v.seq);
-        if let (Some(rows), Some(authors)) =
-            (open_read(&txn, UPDATE_AUTHORS)?, open_read(&txn, AUTHORS)?)
-        {
-            let mut ids: Vec<u32> = Vec::new();
-            // A run that began at or before the version may reach past it.
-            if let Some(entry) = rows.range((doc, 0)..=(doc, since))?.next_back() {
-                let (_, id, last_seq) = entry?.1.value();
-                if last_seq > since {
-                    ids.push(id);
+            let since = head.last_version.as_ref().map_or(0, |v| v.seq);
+            if let (Some(rows), Some(authors)) =
+                (open_read(&txn, UPDATE_AUTHORS)?, open_read(&txn, AUTHORS)?)
+            {
+                let mut ids: Vec<u32> = Vec::new();
+                // A run that began at or before the version may reach past it.
+                if let Some(entry) = rows.range((doc, 0)..=(doc, since))?.next_back() {
+                    let (_, id, last_seq) = entry?.1.value();
+                    if last_seq > since {
+                        ids.push(id);
+                    }
+                }
+                for entry in rows.range((doc, since + 1)..=(doc, u64::MAX))? {
+                    let (_, value) = entry?;
+                    let id = value.value().1;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                for id in ids {
+                    if let Some(author) = authors.get(id)?.and_then(|v| Author::decode(v.value())) {
+                        head.authors_since.push(author);
+                    }
                 }
             }
-            for entry in rows.range((doc, since + 1)..=(doc, u64::MAX))? {
-                let (_, value) = entry?;
-                let id = value.value().1;
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-            for id in ids {
-                if let Some(author) = authors.get(id)?.and_then(|v| Author::decode(v.value())) {
-                    head.authors_since.push(author);
-                }
-            }
-        }
-        Ok(head)
+            Ok(head)
+        })
     }
 
     /// The authors of `doc`'s stored updates with a seq below `before_seq`, newest first, at most
@@ -537,44 +566,48 @@ impl Store {
         before_seq: u64,
         limit: usize,
     ) -> Result<Vec<UpdateAuthor>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let (Some(rows), Some(authors)) =
-            (open_read(&txn, UPDATE_AUTHORS)?, open_read(&txn, AUTHORS)?)
-        else {
-            return Ok(Vec::new());
-        };
-        let log = txn.open_table(crate::schema::UPDATES)?;
-        let mut out = Vec::new();
-        let mut names: Vec<(u32, Option<Author>)> = Vec::new();
-        for entry in rows.range((doc, 0)..(doc, before_seq))?.rev() {
-            let (key, value) = entry?;
-            let first_seq = key.value().1;
-            let (at_ms, id, last_seq) = value.value();
-            let author = match names.iter().find(|(known, _)| *known == id) {
-                Some((_, author)) => author.clone(),
-                None => {
-                    let author = authors.get(id)?.and_then(|v| Author::decode(v.value()));
-                    names.push((id, author.clone()));
-                    author
-                }
+        self.contain("update_authors", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let (Some(rows), Some(authors)) =
+                (open_read(&txn, UPDATE_AUTHORS)?, open_read(&txn, AUTHORS)?)
+            else {
+                return Ok(Vec::new());
             };
-            // A row whose author is damaged is skipped; the others still list.
-            let Some(author) = author else { continue };
-            for seq in (first_seq..=last_seq.min(before_seq - 1)).rev() {
-                if out.len() >= limit {
-                    return Ok(out);
+            let log = txn.open_table(crate::schema::UPDATES)?;
+            let mut out = Vec::new();
+            let mut names: Vec<(u32, Option<Author>)> = Vec::new();
+            for entry in rows.range((doc, 0)..(doc, before_seq))?.rev() {
+                let (key, value) = entry?;
+                let first_seq = key.value().1;
+                let (at_ms, id, last_seq) = value.value();
+                let author = match names.iter().find(|(known, _)| *known == id) {
+                    Some((_, author)) => author.clone(),
+                    None => {
+                        let author = authors.get(id)?.and_then(|v| Author::decode(v.value()));
+                        names.push((id, author.clone()));
+                        author
+                    }
+                };
+                // A row whose author is damaged is skipped; the others still list.
+                let Some(author) = author else { continue };
+                for seq in (first_seq..=last_seq.min(before_seq - 1)).rev() {
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                    let n_bytes = log
+                        .get((doc, seq))?
+                        .map_or(0, |v| crate::payload_len(v.value()));
+                    out.push(UpdateAuthor {
+                        seq,
+                        at_ms,
+                        author: author.clone(),
+                        n_bytes,
+                    });
                 }
-                let n_bytes = log.get((doc, seq))?.map_or(0, |v| v.value().len() as u64);
-                out.push(UpdateAuthor {
-                    seq,
-                    at_ms,
-                    author: author.clone(),
-                    n_bytes,
-                });
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }
 
@@ -869,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_version_record_affects_only_itself() {
+    fn a_version_record_of_an_unknown_layout_affects_only_itself() {
         let (_dir, store) = open();
         for id in 1..=3 {
             let r = record(id, VersionKind::Named, id);
@@ -878,9 +911,10 @@ mod tests {
         {
             let db = store.db().unwrap();
             let txn = db.begin_write().unwrap();
+            let sealed = checksum::seal(VERSIONS.name(), ("d", 3u64), &[9u8, 9]);
             txn.open_table(VERSIONS)
                 .unwrap()
-                .insert(("d", 3), &[1u8, 9][..])
+                .insert(("d", 3), sealed.as_slice())
                 .unwrap();
             txn.commit().unwrap();
         }
@@ -899,6 +933,62 @@ mod tests {
         assert_eq!(
             (head.last_version_id, head.last_version.map(|v| v.id)),
             (3, Some(2))
+        );
+    }
+
+    /// A flipped byte in a version's metadata or state used to be served (the state as wrong
+    /// content, the metadata skipped or misread); with format version 2 the checksum fails and
+    /// the doc's history calls report `Corrupt { doc }`, while other docs read normally.
+    #[test]
+    fn a_flipped_byte_in_a_version_fails_that_doc_only() {
+        let (_dir, store) = open();
+        for doc in ["d", "e"] {
+            let mut r = record(1, VersionKind::Named, 1);
+            r.name = Some(format!("{doc} v1"));
+            store
+                .commit(
+                    &[WriteOp::Version {
+                        doc,
+                        record: &r,
+                        state: b"state bytes",
+                        max_kept: 2,
+                    }],
+                    1,
+                    true,
+                )
+                .unwrap();
+        }
+        let flip = |table: TableDefinition<'static, (&'static str, u64), &'static [u8]>| {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(table).unwrap();
+                let mut stored = table.get(("d", 1)).unwrap().unwrap().value().to_vec();
+                let last = stored.len() - 1;
+                stored[last] ^= 0x20;
+                table.insert(("d", 1), stored.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        };
+        flip(VERSION_STATES);
+        assert!(matches!(
+            store.version("d", 1),
+            Err(StoreError::Corrupt { ref doc, .. }) if doc == "d"
+        ));
+        assert_eq!(store.list_versions("d").unwrap().len(), 1);
+        flip(VERSIONS);
+        assert!(matches!(
+            store.list_versions("d"),
+            Err(StoreError::Corrupt { ref doc, .. }) if doc == "d"
+        ));
+        assert!(matches!(
+            store.history_head("d"),
+            Err(StoreError::Corrupt { ref doc, .. }) if doc == "d"
+        ));
+        let (record, state) = store.version("e", 1).unwrap().unwrap();
+        assert_eq!(
+            (record.name.as_deref(), state.as_slice()),
+            (Some("e v1"), &b"state bytes"[..])
         );
     }
 

@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //!
-//! - `schema`: tables, key layout, `FORMAT_VERSION` and its check.
+//! - `schema`: tables, key layout, `FORMAT_VERSION`, its check and the migration from 1 to 2.
+//! - `checksum`: the checksum sealing every value that carries content (format version 2).
+//! - `contain`: panics inside redb (a damaged page) turned into `StoreError::Panicked`.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
@@ -22,6 +24,8 @@
 
 mod accounts;
 mod activity;
+mod checksum;
+mod contain;
 pub mod error;
 mod files;
 mod history;
@@ -43,8 +47,9 @@ pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
 };
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
+use redb::TableHandle;
 pub use schema::FORMAT_VERSION;
-use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES};
+use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES, decode_doc_row, encode_doc_row};
 pub use space::StoreHealth;
 use space::{Space, WriteKind};
 pub use webhooks::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, WebhookRecord};
@@ -62,6 +67,8 @@ pub struct Store {
     reopen: Option<(PathBuf, usize)>,
     /// Writable or read-only, and the reserve file (`space.rs`).
     space: Space,
+    /// The format version the file was migrated from when it was opened, if it was.
+    migrated_from: Option<u64>,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
@@ -160,13 +167,22 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
         }
-        let db = open_file(path, cache_bytes)?;
-        schema::check_format_version(&db)?;
-        Ok(Store {
-            db: RwLock::new(Some(db)),
-            reopen: Some((path.to_owned(), cache_bytes)),
-            space: Space::new(Some(path)),
+        contain::contain("open", || {
+            let db = open_file(path, cache_bytes)?;
+            let migrated_from = schema::check_format_version(&db)?;
+            Ok(Store {
+                db: RwLock::new(Some(db)),
+                reopen: Some((path.to_owned(), cache_bytes)),
+                space: Space::new(Some(path)),
+                migrated_from,
+            })
         })
+    }
+
+    /// The format version the file was migrated from when it was opened (in one transaction,
+    /// before `open` returned), or `None` if it was already at [`FORMAT_VERSION`] or new.
+    pub fn migrated_from(&self) -> Option<u64> {
+        self.migrated_from
     }
 
     /// Drops redb's page cache by closing and reopening the file (redb has no call to shrink
@@ -192,6 +208,24 @@ impl Store {
         drop(db.take());
         *db = Some(open_file(path, *cache_bytes)?);
         Ok(())
+    }
+
+    /// Drops the database handle after a panic inside redb, whose in-memory state is then not
+    /// trusted; the next operation reopens the file ([`Store::db`]). A no-op for a custom
+    /// backend, which cannot be reopened.
+    fn drop_handle_after_panic(&self) {
+        if self.reopen.is_none() {
+            return;
+        }
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Dropping the handle may itself panic on the damaged state; it must not escape.
+        let _ = contain::contain("close after a panic", || {
+            drop(db.take());
+            Ok::<(), StoreError>(())
+        });
     }
 
     /// The open database, reopening it first if an earlier reopen failed.
@@ -220,27 +254,38 @@ impl Store {
 
     /// Opens or creates a database on a custom redb backend (tests simulate crashes with one).
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
-        let db = Database::builder().create_with_backend(backend)?;
-        schema::check_format_version(&db)?;
-        Ok(Store {
-            db: RwLock::new(Some(db)),
-            reopen: None,
-            space: Space::new(None),
+        contain::contain("open", || {
+            let db = Database::builder().create_with_backend(backend)?;
+            let migrated_from = schema::check_format_version(&db)?;
+            Ok(Store {
+                db: RwLock::new(Some(db)),
+                reopen: None,
+                space: Space::new(None),
+                migrated_from,
+            })
         })
     }
 
     /// The stored state of `doc`: snapshot, then log entries after it.
     pub fn load_doc(&self, doc: &str) -> Result<StoredDoc, StoreError> {
+        self.contain("load_doc", || {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let Some(row) = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value()) else {
+        let Some(row) = txn.open_table(DOCS)?.get(doc)? else {
             return Ok(StoredDoc::default());
         };
-        let (snapshot_seq, _, _, _, last_seq) = row;
-        let snapshot = txn
-            .open_table(SNAPSHOTS)?
-            .get(doc)?
-            .map(|v| v.value().to_vec());
+        let (snapshot_seq, _, _, _, last_seq) = decode_doc_row(doc, row.value())?;
+        let snapshot = match txn.open_table(SNAPSHOTS)?.get(doc)? {
+            Some(stored) => Some(
+                checksum::unseal(SNAPSHOTS.name(), doc, stored.value())
+                    .map_err(|_| StoreError::Corrupt {
+                        doc: doc.into(),
+                        detail: "snapshot: checksum mismatch".into(),
+                    })?
+                    .to_vec(),
+            ),
+            None => None,
+        };
         if snapshot.is_none() && snapshot_seq > 0 {
             return Err(StoreError::Corrupt {
                 doc: doc.into(),
@@ -259,12 +304,28 @@ impl Store {
                     detail: format!("log jumps from seq {} to {seq}", expected_seq - 1),
                 });
             }
-            updates.push(value.value().to_vec());
+            let update = checksum::unseal(UPDATES.name(), (doc, seq), value.value()).map_err(
+                |_| StoreError::Corrupt {
+                    doc: doc.into(),
+                    detail: format!("log entry {seq}: checksum mismatch"),
+                },
+            )?;
+            updates.push(update.to_vec());
+        }
+        if updates.len() as u64 != last_seq.saturating_sub(snapshot_seq) {
+            return Err(StoreError::Corrupt {
+                doc: doc.into(),
+                detail: format!(
+                    "log holds {} entries after seq {snapshot_seq}, the docs row says it ends at seq {last_seq}",
+                    updates.len()
+                ),
+            });
         }
         Ok(StoredDoc {
             snapshot,
             updates,
             last_seq,
+        })
         })
     }
 
@@ -276,122 +337,135 @@ impl Store {
         now_ms: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        self.write(WriteKind::Grow, |db| {
-            Store::commit_in(db, ops, now_ms, durable)
-        })
-    }
-
-    fn commit_in(
-        db: &Database,
-        ops: &[WriteOp<'_>],
-        now_ms: u64,
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        {
-            let mut updates = txn.open_table(UPDATES)?;
-            let mut snapshots = txn.open_table(SNAPSHOTS)?;
-            let mut docs = txn.open_table(DOCS)?;
-            // Opened on first use: a batch without authors or versions pays nothing for them.
-            let mut history: Option<history::HistoryTables<'_>> = None;
-            for op in ops {
-                match *op {
-                    WriteOp::Append {
-                        doc,
-                        seq,
-                        update,
-                        author,
-                    } => {
-                        let (snapshot_seq, size, _, n_log, last_seq) =
-                            docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
-                        if seq <= last_seq {
-                            return Err(StoreError::Corrupt {
-                                doc: doc.into(),
-                                detail: format!("append of seq {seq} after seq {last_seq}"),
-                            });
+        self.contain("commit", || {
+            self.write(WriteKind::Grow, |db| {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                })?;
+                {
+                    let mut updates = txn.open_table(UPDATES)?;
+                    let mut snapshots = txn.open_table(SNAPSHOTS)?;
+                    let mut docs = txn.open_table(DOCS)?;
+                    // Opened on first use: a batch without authors or versions pays nothing for them.
+                    let mut history: Option<history::HistoryTables<'_>> = None;
+                    for op in ops {
+                        match *op {
+                            WriteOp::Append {
+                                doc,
+                                seq,
+                                update,
+                                author,
+                            } => {
+                                let (snapshot_seq, size, _, n_log, last_seq) =
+                                    match docs.get(doc)? {
+                                        Some(row) => decode_doc_row(doc, row.value())?,
+                                        None => DocRow::default(),
+                                    };
+                                if seq <= last_seq {
+                                    return Err(StoreError::Corrupt {
+                                        doc: doc.into(),
+                                        detail: format!("append of seq {seq} after seq {last_seq}"),
+                                    });
+                                }
+                                let sealed = checksum::seal(UPDATES.name(), (doc, seq), update);
+                                updates.insert((doc, seq), sealed.as_slice())?;
+                                if let Some(author) = author {
+                                    history::tables(&mut history, &txn, now_ms)?
+                                        .record_author(doc, seq, author)?;
+                                }
+                                let row: DocRow = (
+                                    snapshot_seq,
+                                    size + update.len() as u64,
+                                    now_ms,
+                                    n_log + 1,
+                                    seq,
+                                );
+                                docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                            }
+                            WriteOp::Compact {
+                                doc,
+                                upto_seq,
+                                snapshot,
+                            } => {
+                                let (_, _, updated_ms, _, last_seq) = match docs.get(doc)? {
+                                    Some(row) => decode_doc_row(doc, row.value())?,
+                                    None => DocRow::default(),
+                                };
+                                updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
+                                history::tables(&mut history, &txn, now_ms)?
+                                    .compact(doc, upto_seq)?;
+                                let sealed = checksum::seal(SNAPSHOTS.name(), doc, snapshot);
+                                snapshots.insert(doc, sealed.as_slice())?;
+                                let mut n_log = 0u64;
+                                let mut log_bytes = 0u64;
+                                for entry in updates.range((doc, upto_seq + 1)..=(doc, u64::MAX))? {
+                                    let (_, value) = entry?;
+                                    n_log += 1;
+                                    log_bytes += payload_len(value.value());
+                                }
+                                let row: DocRow = (
+                                    upto_seq,
+                                    snapshot.len() as u64 + log_bytes,
+                                    updated_ms.max(now_ms),
+                                    n_log,
+                                    last_seq.max(upto_seq),
+                                );
+                                docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                            }
+                            WriteOp::Version {
+                                doc,
+                                record,
+                                state,
+                                max_kept,
+                            } => history::tables(&mut history, &txn, now_ms)?
+                                .put_version(doc, record, state, max_kept)?,
                         }
-                        updates.insert((doc, seq), update)?;
-                        if let Some(author) = author {
-                            history::tables(&mut history, &txn, now_ms)?
-                                .record_author(doc, seq, author)?;
-                        }
-                        let row: DocRow = (
-                            snapshot_seq,
-                            size + update.len() as u64,
-                            now_ms,
-                            n_log + 1,
-                            seq,
-                        );
-                        docs.insert(doc, row)?;
                     }
-                    WriteOp::Compact {
-                        doc,
-                        upto_seq,
-                        snapshot,
-                    } => {
-                        let (_, _, updated_ms, _, last_seq) =
-                            docs.get(doc)?.map(|v| v.value()).unwrap_or_default();
-                        updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
-                        history::tables(&mut history, &txn, now_ms)?.compact(doc, upto_seq)?;
-                        snapshots.insert(doc, snapshot)?;
-                        let mut n_log = 0u64;
-                        let mut log_bytes = 0u64;
-                        for entry in updates.range((doc, upto_seq + 1)..=(doc, u64::MAX))? {
-                            let (_, value) = entry?;
-                            n_log += 1;
-                            log_bytes += value.value().len() as u64;
-                        }
-                        let row: DocRow = (
-                            upto_seq,
-                            snapshot.len() as u64 + log_bytes,
-                            updated_ms.max(now_ms),
-                            n_log,
-                            last_seq.max(upto_seq),
-                        );
-                        docs.insert(doc, row)?;
+                    if let Some(history) = history {
+                        history.finish()?;
                     }
-                    WriteOp::Version {
-                        doc,
-                        record,
-                        state,
-                        max_kept,
-                    } => history::tables(&mut history, &txn, now_ms)?
-                        .put_version(doc, record, state, max_kept)?,
                 }
-            }
-            if let Some(history) = history {
-                history.finish()?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+                txn.commit()?;
+                Ok(())
+            })
+        })
     }
 
     /// Metadata of every stored doc, sorted by name.
     pub fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let docs = txn.open_table(DOCS)?;
-        let mut out = Vec::new();
-        for entry in docs.iter()? {
-            let (name, row) = entry?;
-            out.push(doc_meta(name.value(), row.value()));
-        }
-        Ok(out)
+        self.contain("list_docs", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let docs = txn.open_table(DOCS)?;
+            let mut out = Vec::new();
+            for entry in docs.iter()? {
+                let (name, row) = entry?;
+                let name = name.value();
+                out.push(doc_meta(name, decode_doc_row(name, row.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// Metadata of one doc; `None` if it was never written.
     pub fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let row = txn.open_table(DOCS)?.get(doc)?.map(|v| v.value());
-        Ok(row.map(|row| doc_meta(doc, row)))
+        self.contain("doc_meta", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            match txn.open_table(DOCS)?.get(doc)? {
+                Some(row) => Ok(Some(doc_meta(doc, decode_doc_row(doc, row.value())?))),
+                None => Ok(None),
+            }
+        })
     }
+}
+
+/// The length of the payload of a sealed value (without its checksum).
+pub(crate) fn payload_len(stored: &[u8]) -> u64 {
+    stored.len().saturating_sub(checksum::CHECKSUM_BYTES) as u64
 }
 
 fn doc_meta(name: &str, row: DocRow) -> DocMeta {
@@ -591,6 +665,152 @@ mod tests {
             .map(|m| (m.name, m.size_bytes, m.updated_ms))
             .collect();
         assert_eq!(names, vec![("a".into(), 1, 42), ("b".into(), 2, 42)]);
+    }
+
+    /// Rewrites the stored value of `key` in `table` with one bit flipped at `at` bytes from the
+    /// end, as a damaged disk would.
+    fn flip<K: redb::Key + 'static>(
+        store: &Store,
+        table: redb::TableDefinition<'static, K, &'static [u8]>,
+        key: K::SelfType<'_>,
+        from_end: usize,
+    ) where
+        for<'a> K::SelfType<'a>: Clone,
+    {
+        let db = store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(table).unwrap();
+            let mut stored = table.get(key.clone()).unwrap().unwrap().value().to_vec();
+            let at = stored.len() - 1 - from_end;
+            stored[at] ^= 0x04;
+            table.insert(key, stored.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn two_docs_with_snapshots() -> (tempfile::TempDir, Store) {
+        let (dir, store) = open();
+        for doc in ["d", "e"] {
+            store
+                .commit(
+                    &[
+                        append(doc, 1, b"one"),
+                        append(doc, 2, b"two"),
+                        WriteOp::Compact {
+                            doc,
+                            upto_seq: 1,
+                            snapshot: b"snap",
+                        },
+                    ],
+                    1,
+                    true,
+                )
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    fn assert_corrupt(store: &Store, doc: &str) {
+        let res = store.load_doc(doc);
+        assert!(
+            matches!(&res, Err(StoreError::Corrupt { doc: found, .. }) if found == doc),
+            "{res:?}"
+        );
+        assert!(res.is_err_and(|error| error.is_damage()));
+    }
+
+    /// Format version 1 served a flipped byte in a log entry as wrong content; version 2's
+    /// checksum makes that doc's load fail with `Corrupt`, and the other doc still loads.
+    #[test]
+    fn a_flipped_byte_in_a_log_entry_fails_only_that_doc() {
+        let (_dir, store) = two_docs_with_snapshots();
+        flip(&store, UPDATES, ("d", 2), 1);
+        assert_corrupt(&store, "d");
+        let other = store.load_doc("e").unwrap();
+        assert_eq!(
+            other.iter().collect::<Vec<_>>(),
+            vec![&b"snap"[..], &b"two"[..]]
+        );
+    }
+
+    /// The same for the snapshot.
+    #[test]
+    fn a_flipped_byte_in_a_snapshot_fails_only_that_doc() {
+        let (_dir, store) = two_docs_with_snapshots();
+        flip(&store, SNAPSHOTS, "d", 0);
+        assert_corrupt(&store, "d");
+        assert_eq!(
+            store.load_doc("e").unwrap().snapshot.as_deref(),
+            Some(&b"snap"[..])
+        );
+    }
+
+    /// The same for the docs row, which says where the log starts: a flipped `snapshot_seq`
+    /// would replay the wrong entries.
+    #[test]
+    fn a_flipped_byte_in_the_docs_row_fails_only_that_doc() {
+        let (_dir, store) = two_docs_with_snapshots();
+        flip(&store, DOCS, "d", 39);
+        assert_corrupt(&store, "d");
+        assert!(matches!(
+            store.doc_meta("d"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.commit(&[append("d", 3, b"3")], 2, true),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(store.load_doc("e").unwrap().last_seq, 2);
+        assert_eq!(store.doc_meta("e").unwrap().map(|m| m.last_seq), Some(2));
+    }
+
+    /// A value copied under another key (a misdirected write) fails its checksum, because the
+    /// checksum covers the key.
+    #[test]
+    fn a_value_found_under_the_wrong_key_is_refused() {
+        let (_dir, store) = two_docs_with_snapshots();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(SNAPSHOTS).unwrap();
+                let other = table.get("e").unwrap().unwrap().value().to_vec();
+                table.insert("d", other.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_corrupt(&store, "d");
+    }
+
+    /// A log that ends before the seq the docs row names (lost tail entries) is corrupt, not a
+    /// shorter doc.
+    #[test]
+    fn a_log_missing_its_tail_is_corrupt() {
+        let (_dir, store) = two_docs_with_snapshots();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(UPDATES).unwrap().remove(("d", 2)).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_corrupt(&store, "d");
+    }
+
+    /// A panic inside an operation (as redb raises on a damaged page) fails that operation with
+    /// `Panicked`; the handle is reopened and the next operation works.
+    #[test]
+    fn a_panic_inside_an_operation_fails_only_that_operation() {
+        let (_dir, store) = two_docs_with_snapshots();
+        let res: Result<(), StoreError> = store.contain("test", || panic!("damaged page"));
+        assert!(
+            matches!(&res, Err(StoreError::Panicked { operation: "test", detail }) if detail == "damaged page"),
+            "{res:?}"
+        );
+        assert!(res.is_err_and(|error| error.is_damage()));
+        assert_eq!(store.load_doc("e").unwrap().last_seq, 2);
+        store.commit(&[append("e", 3, b"3")], 2, true).unwrap();
+        assert_eq!(store.load_doc("e").unwrap().last_seq, 3);
     }
 
     #[test]

@@ -30,7 +30,9 @@ use redb::{Database, ReadableTable};
 
 use crate::error::{ReadOnlyReason, StoreError, io_reason};
 use crate::files::FileError;
-use crate::schema::{DOCS, DocRow, UPDATE_AUTHORS, UPDATES, VERSION_STATES, VERSIONS};
+use crate::schema::{
+    DOCS, DocRow, UPDATE_AUTHORS, UPDATES, VERSION_STATES, VERSIONS, decode_doc_row, encode_doc_row,
+};
 use crate::{DbGuard, Store};
 
 /// Shortest time between two checks of the free space while read-only.
@@ -285,59 +287,71 @@ impl Store {
         durable_seq: u64,
         durable_version: u64,
     ) -> Result<bool, StoreError> {
-        self.write(WriteKind::Free, |db| {
-            let txn = db.begin_write()?;
-            let mut removed = false;
-            {
-                let mut docs = txn.open_table(DOCS)?;
-                let row = docs.get(doc)?.map(|v| v.value());
-                if let Some((snapshot_seq, size, updated_ms, n_log, last_seq)) = row
-                    && last_seq > durable_seq
+        self.contain("discard_after", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let mut removed = false;
                 {
-                    let mut updates = txn.open_table(UPDATES)?;
-                    let mut n_removed = 0u64;
-                    let mut n_bytes = 0u64;
-                    updates.retain_in((doc, durable_seq + 1)..=(doc, u64::MAX), |_, value| {
-                        n_removed += 1;
-                        n_bytes += value.len() as u64;
-                        false
-                    })?;
-                    txn.open_table(UPDATE_AUTHORS)?
-                        .retain_in((doc, durable_seq + 1)..=(doc, u64::MAX), |_, _| false)?;
-                    let row: DocRow = (
-                        snapshot_seq,
-                        size.saturating_sub(n_bytes),
-                        updated_ms,
-                        n_log.saturating_sub(n_removed),
-                        durable_seq,
-                    );
-                    if durable_seq == 0 && snapshot_seq == 0 {
-                        docs.remove(doc)?;
-                    } else {
-                        docs.insert(doc, row)?;
+                    let mut docs = txn.open_table(DOCS)?;
+                    let row = match docs.get(doc)? {
+                        Some(row) => Some(decode_doc_row(doc, row.value())?),
+                        None => None,
+                    };
+                    if let Some((snapshot_seq, size, updated_ms, n_log, last_seq)) = row
+                        && last_seq > durable_seq
+                    {
+                        let mut updates = txn.open_table(UPDATES)?;
+                        let mut n_removed = 0u64;
+                        let mut n_bytes = 0u64;
+                        updates.retain_in(
+                            (doc, durable_seq + 1)..=(doc, u64::MAX),
+                            |_, value| {
+                                n_removed += 1;
+                                n_bytes += crate::payload_len(value);
+                                false
+                            },
+                        )?;
+                        txn.open_table(UPDATE_AUTHORS)?
+                            .retain_in((doc, durable_seq + 1)..=(doc, u64::MAX), |_, _| false)?;
+                        let row: DocRow = (
+                            snapshot_seq,
+                            size.saturating_sub(n_bytes),
+                            updated_ms,
+                            n_log.saturating_sub(n_removed),
+                            durable_seq,
+                        );
+                        if durable_seq == 0 && snapshot_seq == 0 {
+                            docs.remove(doc)?;
+                        } else {
+                            docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                        }
+                        removed = true;
                     }
-                    removed = true;
+                    let mut versions = txn.open_table(VERSIONS)?;
+                    let newest = versions
+                        .range((doc, 0)..=(doc, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map(|(key, _)| key.value().1);
+                    if newest.is_some_and(|id| id > durable_version) {
+                        versions
+                            .retain_in((doc, durable_version + 1)..=(doc, u64::MAX), |_, _| {
+                                false
+                            })?;
+                        txn.open_table(VERSION_STATES)?
+                            .retain_in((doc, durable_version + 1)..=(doc, u64::MAX), |_, _| {
+                                false
+                            })?;
+                        removed = true;
+                    }
                 }
-                let mut versions = txn.open_table(VERSIONS)?;
-                let newest = versions
-                    .range((doc, 0)..=(doc, u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(key, _)| key.value().1);
-                if newest.is_some_and(|id| id > durable_version) {
-                    versions
-                        .retain_in((doc, durable_version + 1)..=(doc, u64::MAX), |_, _| false)?;
-                    txn.open_table(VERSION_STATES)?
-                        .retain_in((doc, durable_version + 1)..=(doc, u64::MAX), |_, _| false)?;
-                    removed = true;
+                if removed {
+                    txn.commit()?;
+                } else {
+                    txn.abort()?;
                 }
-            }
-            if removed {
-                txn.commit()?;
-            } else {
-                txn.abort()?;
-            }
-            Ok(removed)
+                Ok(removed)
+            })
         })
     }
 }

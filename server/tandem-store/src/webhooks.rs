@@ -11,10 +11,11 @@
 //! `finish_attempts`; removing a webhook removes its outbox rows and its log, and no delivery
 //! to a removed webhook is queued afterwards (`write_activity` checks, in its transaction).
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, TableHandle};
 
 use crate::Store;
 use crate::activity::NEXT_LOG_SEQ;
+use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str, put_u32};
 use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
@@ -242,70 +243,89 @@ macro_rules! open_or_empty {
 impl Store {
     /// Registers (or replaces) a webhook, durably.
     pub fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
-        self.write(WriteKind::Grow, |db| Self::put_webhook_in(db, webhook))
-    }
-
-    fn put_webhook_in(db: &Database, webhook: &WebhookRecord) -> Result<(), StoreError> {
-        let txn = db.begin_write()?;
-        txn.open_table(WEBHOOKS)?
-            .insert(webhook.id.as_str(), webhook.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.contain("put_webhook", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                txn.open_table(WEBHOOKS)?.insert(
+                    webhook.id.as_str(),
+                    checksum::seal(WEBHOOKS.name(), webhook.id.as_str(), &webhook.encode())
+                        .as_slice(),
+                )?;
+                txn.commit()?;
+                Ok(())
+            })
+        })
     }
 
     /// Removes a webhook with its pending deliveries and its log; `false` if there was none.
     pub fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        self.write(WriteKind::Free, |db| Self::remove_webhook_in(db, id))
-    }
-
-    fn remove_webhook_in(db: &Database, id: &str) -> Result<bool, StoreError> {
-        let txn = db.begin_write()?;
-        let removed = {
-            let removed = txn.open_table(WEBHOOKS)?.remove(id)?.is_some();
-            let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
-            let mut doomed = Vec::new();
-            for row in outbox.iter()? {
-                let (key, value) = row?;
-                let delivery = OutboxDelivery::decode(key.value(), value.value())?;
-                if delivery.webhook_id == id {
-                    doomed.push(key.value());
-                }
-            }
-            for seq in doomed {
-                outbox.remove(seq)?;
-            }
-            txn.open_table(WEBHOOK_LOG)?
-                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-            removed
-        };
-        txn.commit()?;
-        Ok(removed)
+        self.contain("remove_webhook", || {
+            self.write(WriteKind::Free, |db| {
+                let txn = db.begin_write()?;
+                let removed = {
+                    let removed = txn.open_table(WEBHOOKS)?.remove(id)?.is_some();
+                    let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+                    let mut doomed = Vec::new();
+                    for row in outbox.iter()? {
+                        let (key, value) = row?;
+                        let seq = key.value();
+                        let delivery = OutboxDelivery::decode(
+                            seq,
+                            unseal_entry("webhook_outbox", seq, value.value())?,
+                        )?;
+                        if delivery.webhook_id == id {
+                            doomed.push(key.value());
+                        }
+                    }
+                    for seq in doomed {
+                        outbox.remove(seq)?;
+                    }
+                    txn.open_table(WEBHOOK_LOG)?
+                        .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                    removed
+                };
+                txn.commit()?;
+                Ok(removed)
+            })
+        })
     }
 
     /// Every webhook, sorted by id.
     pub fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = open_or_empty!(txn, WEBHOOKS, Vec::new());
-        let mut webhooks = Vec::new();
-        for row in table.iter()? {
-            let (id, value) = row?;
-            webhooks.push(WebhookRecord::decode(id.value(), value.value())?);
-        }
-        Ok(webhooks)
+        self.contain("list_webhooks", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, WEBHOOKS, Vec::new());
+            let mut webhooks = Vec::new();
+            for row in table.iter()? {
+                let (id, value) = row?;
+                let id = id.value();
+                webhooks.push(WebhookRecord::decode(
+                    id,
+                    unseal_entry("webhooks", id, value.value())?,
+                )?);
+            }
+            Ok(webhooks)
+        })
     }
 
     /// Pending deliveries in outbox order, at most `limit`.
     pub fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = open_or_empty!(txn, WEBHOOK_OUTBOX, Vec::new());
-        let mut deliveries = Vec::new();
-        for row in table.iter()?.take(limit) {
-            let (seq, value) = row?;
-            deliveries.push(OutboxDelivery::decode(seq.value(), value.value())?);
-        }
-        Ok(deliveries)
+        self.contain("list_outbox", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, WEBHOOK_OUTBOX, Vec::new());
+            let mut deliveries = Vec::new();
+            for row in table.iter()?.take(limit) {
+                let (seq, value) = row?;
+                let seq = seq.value();
+                deliveries.push(OutboxDelivery::decode(
+                    seq,
+                    unseal_entry("webhook_outbox", seq, value.value())?,
+                )?);
+            }
+            Ok(deliveries)
+        })
     }
 
     /// Up to `limit` deliveries due at `now_ms` (in outbox order), and the earliest time
@@ -316,22 +336,28 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<(Vec<OutboxDelivery>, Option<u64>), StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = open_or_empty!(txn, WEBHOOK_OUTBOX, (Vec::new(), None));
-        let mut due = Vec::new();
-        let mut next_due = None::<u64>;
-        for row in table.iter()? {
-            let (seq, value) = row?;
-            let delivery = OutboxDelivery::decode(seq.value(), value.value())?;
-            if delivery.next_attempt_ms <= now_ms && due.len() < limit {
-                due.push(delivery);
-            } else {
-                let at = delivery.next_attempt_ms;
-                next_due = Some(next_due.map_or(at, |next| next.min(at)));
+        self.contain("due_deliveries", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, WEBHOOK_OUTBOX, (Vec::new(), None));
+            let mut due = Vec::new();
+            let mut next_due = None::<u64>;
+            for row in table.iter()? {
+                let (seq, value) = row?;
+                let seq = seq.value();
+                let delivery = OutboxDelivery::decode(
+                    seq,
+                    unseal_entry("webhook_outbox", seq, value.value())?,
+                )?;
+                if delivery.next_attempt_ms <= now_ms && due.len() < limit {
+                    due.push(delivery);
+                } else {
+                    let at = delivery.next_attempt_ms;
+                    next_due = Some(next_due.map_or(at, |next| next.min(at)));
+                }
             }
-        }
-        Ok((due, next_due))
+            Ok((due, next_due))
+        })
     }
 
     /// Records an attempt at delivery `seq` in its webhook's log (keeping the `keep` newest)
@@ -344,15 +370,17 @@ impl Store {
         next_attempt_ms: Option<u64>,
         keep: usize,
     ) -> Result<(), StoreError> {
-        self.finish_attempts(
-            &[FinishedAttempt {
-                delivery: delivery.clone(),
-                attempt: Some(attempt.clone()),
-                next_attempt_ms,
-            }],
-            keep,
-        )
-        .map(|_| ())
+        self.contain("finish_attempt", || {
+            self.finish_attempts(
+                &[FinishedAttempt {
+                    delivery: delivery.clone(),
+                    attempt: Some(attempt.clone()),
+                    next_attempt_ms,
+                }],
+                keep,
+            )
+            .map(|_| ())
+        })
     }
 
     /// Records the results of one pass of the delivery worker in one durable transaction:
@@ -366,104 +394,102 @@ impl Store {
         finished: &[FinishedAttempt],
         keep: usize,
     ) -> Result<usize, StoreError> {
-        if finished.is_empty() {
-            return Ok(0);
-        }
-        self.write(WriteKind::Grow, |db| {
-            Self::finish_attempts_in(db, finished, keep)
-        })
-    }
-
-    fn finish_attempts_in(
-        db: &Database,
-        finished: &[FinishedAttempt],
-        keep: usize,
-    ) -> Result<usize, StoreError> {
-        let mut n_changed = 0;
-        if finished.is_empty() {
-            return Ok(n_changed);
-        }
-        let txn = db.begin_write()?;
-        {
-            let webhooks = txn.open_table(WEBHOOKS)?;
-            let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
-            let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
-            let mut log = txn.open_table(WEBHOOK_LOG)?;
-            let mut log_seq = counters.get(NEXT_LOG_SEQ)?.map_or(1, |v| v.value());
-            let mut logged: Vec<&str> = Vec::new();
-            for FinishedAttempt {
-                delivery,
-                attempt,
-                next_attempt_ms,
-            } in finished
-            {
-                if outbox.get(delivery.seq)?.is_none() {
-                    continue;
-                }
-                let webhook = delivery.webhook_id.as_str();
-                if webhooks.get(webhook)?.is_none() {
-                    outbox.remove(delivery.seq)?;
-                    n_changed += 1;
-                    continue;
-                }
-                let Some(attempt) = attempt else {
-                    // Not attempted, yet its webhook exists: it stays for a later pass.
-                    continue;
-                };
-                n_changed += 1;
-                match next_attempt_ms {
-                    Some(next_attempt_ms) => {
-                        let again = OutboxDelivery {
-                            attempts: delivery.attempts.saturating_add(1),
-                            next_attempt_ms: *next_attempt_ms,
-                            ..delivery.clone()
-                        };
-                        outbox.insert(delivery.seq, again.encode().as_slice())?;
-                    }
-                    None => {
-                        outbox.remove(delivery.seq)?;
-                    }
-                }
-                log.insert((webhook, log_seq), attempt.encode().as_slice())?;
-                log_seq += 1;
-                if !logged.contains(&webhook) {
-                    logged.push(webhook);
-                }
+        self.contain("finish_attempts", || {
+            let mut n_changed = 0;
+            if finished.is_empty() {
+                return Ok(n_changed);
             }
-            counters.insert(NEXT_LOG_SEQ, log_seq)?;
-            for webhook in logged {
-                let n_rows = log.range((webhook, 0)..=(webhook, u64::MAX))?.count();
-                if n_rows > keep {
-                    let mut oldest = Vec::new();
-                    for row in log
-                        .range((webhook, 0)..=(webhook, u64::MAX))?
-                        .take(n_rows - keep)
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                {
+                    let webhooks = txn.open_table(WEBHOOKS)?;
+                    let mut outbox = txn.open_table(WEBHOOK_OUTBOX)?;
+                    let mut counters = txn.open_table(ACTIVITY_COUNTERS)?;
+                    let mut log = txn.open_table(WEBHOOK_LOG)?;
+                    let mut log_seq = counters.get(NEXT_LOG_SEQ)?.map_or(1, |v| v.value());
+                    let mut logged: Vec<&str> = Vec::new();
+                    for FinishedAttempt {
+                        delivery,
+                        attempt,
+                        next_attempt_ms,
+                    } in finished
                     {
-                        let (key, _) = row?;
-                        oldest.push(key.value().1);
+                        if outbox.get(delivery.seq)?.is_none() {
+                            continue;
+                        }
+                        let webhook = delivery.webhook_id.as_str();
+                        if webhooks.get(webhook)?.is_none() {
+                            outbox.remove(delivery.seq)?;
+                            n_changed += 1;
+                            continue;
+                        }
+                        let Some(attempt) = attempt else {
+                            // Not attempted, yet its webhook exists: it stays for a later pass.
+                            continue;
+                        };
+                        n_changed += 1;
+                        match next_attempt_ms {
+                            Some(next_attempt_ms) => {
+                                let again = OutboxDelivery {
+                                    attempts: delivery.attempts.saturating_add(1),
+                                    next_attempt_ms: *next_attempt_ms,
+                                    ..delivery.clone()
+                                };
+                                let sealed = checksum::seal(
+                                    WEBHOOK_OUTBOX.name(),
+                                    delivery.seq,
+                                    &again.encode(),
+                                );
+                                outbox.insert(delivery.seq, sealed.as_slice())?;
+                            }
+                            None => {
+                                outbox.remove(delivery.seq)?;
+                            }
+                        }
+                        log.insert((webhook, log_seq), attempt.encode().as_slice())?;
+                        log_seq += 1;
+                        if !logged.contains(&webhook) {
+                            logged.push(webhook);
+                        }
                     }
-                    for old in oldest {
-                        log.remove((webhook, old))?;
+                    counters.insert(NEXT_LOG_SEQ, log_seq)?;
+                    for webhook in logged {
+                        let n_rows = log.range((webhook, 0)..=(webhook, u64::MAX))?.count();
+                        if n_rows > keep {
+                            let mut oldest = Vec::new();
+                            for row in log
+                                .range((webhook, 0)..=(webhook, u64::MAX))?
+                                .take(n_rows - keep)
+                            {
+                                let (key, _) = row?;
+                                oldest.push(key.value().1);
+                            }
+                            for old in oldest {
+                                log.remove((webhook, old))?;
+                            }
+                        }
                     }
                 }
-            }
-        }
-        txn.commit()?;
-        Ok(n_changed)
+                txn.commit()?;
+                Ok(n_changed)
+            })
+        })
     }
 
     /// The logged attempts of webhook `id`, newest first.
     pub fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = open_or_empty!(txn, WEBHOOK_LOG, Vec::new());
-        let mut attempts = Vec::new();
-        for row in table.range((id, 0)..=(id, u64::MAX))?.rev() {
-            let (key, value) = row?;
-            let key = format!("{id}/{}", key.value().1);
-            attempts.push(DeliveryAttempt::decode(&key, value.value())?);
-        }
-        Ok(attempts)
+        self.contain("list_deliveries", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, WEBHOOK_LOG, Vec::new());
+            let mut attempts = Vec::new();
+            for row in table.range((id, 0)..=(id, u64::MAX))?.rev() {
+                let (key, value) = row?;
+                let key = format!("{id}/{}", key.value().1);
+                attempts.push(DeliveryAttempt::decode(&key, value.value())?);
+            }
+            Ok(attempts)
+        })
     }
 }
 
@@ -612,7 +638,10 @@ mod tests {
             let txn = db.begin_write().unwrap();
             txn.open_table(WEBHOOK_OUTBOX)
                 .unwrap()
-                .insert(99, orphan.encode().as_slice())
+                .insert(
+                    99,
+                    checksum::seal(WEBHOOK_OUTBOX.name(), 99u64, &orphan.encode()).as_slice(),
+                )
                 .unwrap();
             txn.commit().unwrap();
         }
