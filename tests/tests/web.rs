@@ -455,7 +455,8 @@ async fn api_routes_win_over_the_client() {
     let dir = fake_client();
     let server = serve_client(dir.path()).await;
     let health = get(&server, "/healthz", &[]).await;
-    assert_eq!(health.json(), serde_json::json!({ "status": "ok" }));
+    assert_eq!(health.json()["status"], "ok");
+    assert_eq!(health.json()["store"]["writable"], true);
     let list = get(&server, "/api/docs", &[]).await;
     assert!(list.json()["docs"].is_array());
     let missing = get(&server, "/api/docs/nothing-here", &[]).await;
