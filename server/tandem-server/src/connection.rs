@@ -61,6 +61,14 @@ const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 /// Most frames the writer sends before it flushes the socket.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
 
+/// Longest time a closing connection waits for the peer's answering close frame, reading and
+/// dropping what arrives meanwhile (see `close_with`).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Longest time a closing connection tries to hand the peer its close frame. Generous, because a
+/// slow consumer is closed while its socket is still full of updates it may yet read.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why the server closes a connection. Each maps to one close code and reason.
 #[derive(Debug, Clone)]
 pub(crate) enum CloseReason {
@@ -260,16 +268,36 @@ async fn join(
 
 /// Logs `reason` and sends it as the close frame, then closes the socket.
 async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReason>) {
-    if let Some(reason) = reason {
+    if let Some(reason) = &reason {
         reason.log(peer);
-        let (code, text) = reason.close_frame();
-        let frame = CloseFrame {
-            code: code.into(),
-            reason: truncate_reason(text).into(),
-        };
-        let _ = socket.send(WsMessage::Close(Some(frame))).await;
     }
-    let _ = socket.close(None).await;
+    // A peer that reads nothing (a slow consumer) never takes the close frame off a full socket:
+    // give up on it after a bound instead of holding the task and the socket for good.
+    let sent = tokio::time::timeout(CLOSE_SEND_TIMEOUT, async {
+        if let Some(reason) = reason {
+            let (code, text) = reason.close_frame();
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: truncate_reason(text).into(),
+            };
+            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+        }
+        let _ = socket.close(None).await;
+    })
+    .await;
+    if sent.is_err() {
+        debug!(%peer, timeout = ?CLOSE_SEND_TIMEOUT, "close frame not taken in time; dropping the socket");
+        return;
+    }
+    // Linger until the peer answers the close (or hangs up), reading and dropping what it still
+    // sends. Closing a socket with unread bytes in its receive buffer makes the kernel answer with
+    // a reset, and a reset makes the peer's kernel discard what the peer has not read yet, our
+    // close frame included: a slow consumer that answered a ping on its way to the close saw 1006
+    // instead of 1008 "slow consumer".
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 /// One joined connection: everything its task holds.
