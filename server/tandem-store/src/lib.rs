@@ -13,6 +13,7 @@
 //! - `schema`: tables, key layout, `FORMAT_VERSION`, its check and the migration from 1 to 2.
 //! - `checksum`: the checksum sealing every value that carries content (format version 2).
 //! - `contain`: panics inside redb (a damaged page) turned into `StoreError::Panicked`.
+//! - `damaged`: a damaged row met by a list or a scan is left out and logged once.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
@@ -26,6 +27,7 @@ mod accounts;
 mod activity;
 mod checksum;
 mod contain;
+mod damaged;
 pub mod error;
 mod files;
 mod history;
@@ -69,6 +71,8 @@ pub struct Store {
     space: Space,
     /// The format version the file was migrated from when it was opened, if it was.
     migrated_from: Option<u64>,
+    /// Damaged rows a list or scan left out, each logged once (`damaged.rs`).
+    damaged: damaged::DamagedRows,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
@@ -175,6 +179,7 @@ impl Store {
                 reopen: Some((path.to_owned(), cache_bytes)),
                 space: Space::new(Some(path)),
                 migrated_from,
+                damaged: damaged::DamagedRows::default(),
             })
         })
     }
@@ -262,6 +267,7 @@ impl Store {
                 reopen: None,
                 space: Space::new(None),
                 migrated_from,
+                damaged: damaged::DamagedRows::default(),
             })
         })
     }
@@ -444,7 +450,11 @@ impl Store {
             for entry in docs.iter()? {
                 let (name, row) = entry?;
                 let name = name.value();
-                out.push(doc_meta(name, decode_doc_row(name, row.value())?));
+                match decode_doc_row(name, row.value()) {
+                    Ok(row) => out.push(doc_meta(name, row)),
+                    // The doc stays refused when opened; the others are listed.
+                    Err(error) => self.skip_damaged(DOCS.name(), name, &error),
+                }
             }
             Ok(out)
         })
