@@ -11,7 +11,10 @@
 //! full, retry later" and HTTP writes 507 `insufficient_storage`; reads and deletes keep working
 //! (a reserve file is released for them); writes resume by themselves once space returns.
 //!
-//! The test mounts a small tmpfs for the data directory, so it needs root (CI runs as root); it
+//! Two more tests damage a doc's record under the running server: a doc found damaged by a
+//! commit or by the reload after a refused commit is refused as damaged, and alone.
+//!
+//! The tests mount a small tmpfs for the data directory, so it needs root (CI runs as root); it
 //! fails loudly if the mount fails.
 
 use std::path::{Path, PathBuf};
@@ -290,4 +293,185 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers_without_a_restart() {
     assert!(server.shutdown().await, "clean shutdown");
     drop(server);
     drop(tmpfs);
+}
+
+/// Regression: a doc found damaged while recovering from a full disk was reported as a storage
+/// failure. After a refused commit the doc actor reloads the doc from the store; when that
+/// reload met a damaged record (`LoadFailure::Corrupt`), its peers were closed with 1011
+/// "storage failure", as if retrying could help. Now they get 1011 "document damaged", and HTTP
+/// 500 `doc_corrupt`, like a doc found damaged when it opens.
+#[tokio::test]
+async fn a_doc_found_damaged_after_a_refused_commit_is_refused_as_damaged() {
+    // The doc's last change time, a value found nowhere else in the file.
+    const MARK: u64 = 0x5eed_f00d_cafe_0002;
+    let tmpfs = Tmpfs::mount(TMPFS_SIZE);
+    let data_dir = tempfile::tempdir_in(&tmpfs.dir).expect("data dir on the tmpfs");
+    let db_path = data_dir.path().join(tandem_server::DB_FILE_NAME);
+    {
+        let store = tandem_store::Store::open(&db_path).expect("create the store");
+        let update = append_update(&Doc::new(), "kept;");
+        let op = tandem_store::WriteOp::Append {
+            doc: "notes",
+            seq: 1,
+            update: &update,
+            author: None,
+        };
+        store.commit(&[op], MARK, true).expect("store the doc");
+    }
+    let mut server = TestServer::start_in(data_dir, |_| {}).await;
+    server.wait_healthy().await;
+
+    let mut writer = Peer::connect(server.addr, "notes").await;
+    assert_eq!(writer.text(), "kept;");
+    let mut watcher = Peer::connect(server.addr, "notes").await;
+    assert_eq!(watcher.text(), "kept;");
+
+    // The doc's row goes bad on disk while the doc is open (its page is in redb's cache).
+    flip_bit_of(&db_path, MARK);
+    // Fill the disk: the store turns read-only and reopens the file, dropping its cache.
+    fill_disk(&server).await;
+
+    // The edit is refused (its sender retries later), and the reload meets the damaged row.
+    writer.append_text("refused;").await;
+    assert_eq!(
+        writer.expect_close().await,
+        (1013, "storage full, retry later".to_owned())
+    );
+    assert_eq!(
+        watcher.expect_close().await,
+        (1011, "document damaged".to_owned())
+    );
+    let res = server.request("GET", "/api/docs/notes", &[], b"").await;
+    assert_eq!(res.status, 500, "{}", res.text());
+    assert_eq!(res.json()["error"], "doc_corrupt");
+
+    assert!(server.shutdown().await, "the server shuts down cleanly");
+    drop(server);
+    drop(tmpfs);
+}
+
+/// Regression: one damaged doc failed the whole group commit it was in. `Store::commit` decodes
+/// each doc's row, so a doc whose row went bad failed the transaction for every doc that shared
+/// the batch, and all their peers were closed with 1011 "storage failure", unacknowledged edits
+/// dropped. Now the writer commits the batch again without the damaged doc: only its peers are
+/// closed, with 1011 "document damaged", and the other docs' edits are stored and delivered.
+#[tokio::test]
+async fn a_doc_found_damaged_by_a_commit_is_refused_alone() {
+    // The damaged doc's last change time, a value found nowhere else in the file.
+    const MARK: u64 = 0x5eed_f00d_cafe_0003;
+    let tmpfs = Tmpfs::mount(TMPFS_SIZE);
+    let data_dir = tempfile::tempdir_in(&tmpfs.dir).expect("data dir on the tmpfs");
+    let db_path = data_dir.path().join(tandem_server::DB_FILE_NAME);
+    {
+        let store = tandem_store::Store::open(&db_path).expect("create the store");
+        for (doc, now_ms) in [("bad", MARK), ("good", 1)] {
+            let update = append_update(&Doc::new(), &format!("{doc};"));
+            let op = tandem_store::WriteOp::Append {
+                doc,
+                seq: 1,
+                update: &update,
+                author: None,
+            };
+            store.commit(&[op], now_ms, true).expect("store the doc");
+        }
+    }
+    let mut server = TestServer::start_in(data_dir, |_| {}).await;
+    server.wait_healthy().await;
+    let mut bad = Peer::connect(server.addr, "bad").await;
+    let mut bad_watcher = Peer::connect(server.addr, "bad").await;
+    let mut good = Peer::connect(server.addr, "good").await;
+    let mut good_watcher = Peer::connect(server.addr, "good").await;
+    assert_eq!((bad.text(), good.text()), ("bad;".into(), "good;".into()));
+
+    // The bad doc's row goes bad on disk; a full disk makes the store drop its cache, and once
+    // space returns the next commits read the rows from disk.
+    flip_bit_of(&db_path, MARK);
+    let n_files = fill_disk(&server).await;
+    for index in 0..n_files {
+        let res = server
+            .request("DELETE", &format!("/api/files/fill/{index}.bin"), &[], b"")
+            .await;
+        assert_eq!(res.status, 204, "delete {index}: {}", res.text());
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store_health(&server).await["writable"] != true {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Both edits at once, as group commit would batch them.
+    good.append_text("more;").await;
+    bad.append_text("lost;").await;
+    good_watcher.wait_text(|text| text == "good;more;").await;
+    assert_eq!(
+        bad_watcher.expect_close().await,
+        (1011, "document damaged".to_owned())
+    );
+    assert_eq!(
+        bad.expect_close().await,
+        (1011, "document damaged".to_owned())
+    );
+    let res = server.request("GET", "/api/docs/bad", &[], b"").await;
+    assert_eq!(res.status, 500, "{}", res.text());
+    assert_eq!(res.json()["error"], "doc_corrupt");
+    assert_eq!(
+        (good.closed.clone(), good_watcher.closed.clone()),
+        (None, None)
+    );
+    assert_eq!(stored_text(&server, "good").await, "good;more;");
+
+    drop((bad, bad_watcher, good, good_watcher));
+    assert!(server.shutdown().await, "the server shuts down cleanly");
+    drop(server);
+    drop(tmpfs);
+}
+
+/// Flips one bit in the middle of every occurrence of `mark` (a record's little-endian field) in
+/// the database file, in place, as a damaged disk would under a running server.
+fn flip_bit_of(db_path: &Path, mark: u64) {
+    use std::os::unix::fs::FileExt;
+    let bytes = std::fs::read(db_path).expect("read db");
+    let mark = mark.to_le_bytes();
+    let found: Vec<usize> = bytes
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, window)| *window == mark)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "the record is in the file");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db_path)
+        .expect("open db");
+    for at in found {
+        file.write_at(&[bytes[at + 3] ^ 0x01], (at + 3) as u64)
+            .expect("flip a bit");
+    }
+    file.sync_all().expect("sync db");
+}
+
+/// Uploads files until one is refused with 507; returns how many were stored.
+async fn fill_disk(server: &TestServer) -> usize {
+    let mut n_files = 0;
+    loop {
+        assert!(n_files < MAX_FILL_FILES, "the tmpfs never filled up");
+        let res = server
+            .request(
+                "PUT",
+                &format!("/api/files/fill/{n_files}.bin"),
+                &[],
+                &fill_bytes(n_files),
+            )
+            .await;
+        match res.status {
+            200 | 201 => n_files += 1,
+            status => {
+                assert_eq!(status, 507, "{}", res.text());
+                return n_files;
+            }
+        }
+    }
 }

@@ -618,3 +618,71 @@ async fn automatic_versions_reach_webhooks_though_the_feed_leaves_them_out() {
         () = test => {}
     }
 }
+
+/// Regression: one damaged webhook row disabled every webhook. `Store::list_webhooks` failed as
+/// a whole, so the server refused to start; a damaged outbox row stopped every delivery, and
+/// the admin could not delete the damaged webhook (its removal decoded every outbox row). Now
+/// the damaged row is left out (and logged once): the server starts, lists and delivers to the
+/// other webhooks, and deletes the damaged one.
+#[tokio::test]
+async fn a_damaged_webhook_is_left_out_and_the_others_keep_delivering() {
+    const DAMAGED_PATH: &str = "damaged-hook-path";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let mut server = server_with(|_| {}).await;
+    let healthy = add_webhook(&server, &url, &["doc.changed"], "s").await;
+    let damaged_url = format!("http://127.0.0.1:9/{DAMAGED_PATH}");
+    let damaged = add_webhook(&server, &damaged_url, &["doc.changed"], "s2").await;
+    assert!(server.shutdown().await, "clean shutdown");
+
+    // Flip one bit inside the damaged webhook's URL, wherever the file holds it.
+    let db = server.data_dir().join(tandem_server::DB_FILE_NAME);
+    let mut bytes = std::fs::read(&db).unwrap();
+    let needle = DAMAGED_PATH.as_bytes();
+    let found: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, window)| *window == needle)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "the webhook is in the file");
+    for at in found {
+        bytes[at + needle.len() / 2] ^= 0x01;
+    }
+    std::fs::write(&db, bytes).unwrap();
+
+    server.restart().await;
+    server.wait_healthy().await;
+    let listed = server.request("GET", "/api/webhooks", &[], b"").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let ids: Vec<Value> = listed.json()["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|webhook| webhook["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![Value::from(healthy.as_str())]);
+    let removed = server
+        .request("DELETE", &format!("/api/webhooks/{damaged}"), &[], b"")
+        .await;
+    assert_eq!(removed.status, 204, "{}", removed.text());
+
+    let (sender, mut received) = mpsc::unbounded_channel();
+    let test = async {
+        let mut peer = server.connect("notes").await;
+        peer.append_text("hello").await;
+        let request = next_request(&mut received).await;
+        assert_signed(&request, "s");
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        assert_eq!(body["data"]["doc"], "notes");
+        wait_deliveries(&server, &healthy, |log| {
+            log["pending"].as_array().unwrap().is_empty()
+                && log["deliveries"][0]["outcome"] == "delivered"
+        })
+        .await;
+    };
+    tokio::select! {
+        () = serve(listener, Arc::default(), sender) => unreachable!("the receiver runs until dropped"),
+        () = test => {}
+    }
+}

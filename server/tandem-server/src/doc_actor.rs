@@ -463,6 +463,8 @@ struct DocActor {
     reload_due: bool,
     /// HTTP snapshots that waited for a refused commit: answered again after the reload.
     snapshots_after_reload: Vec<oneshot::Sender<Result<DocSnapshot, JoinError>>>,
+    /// Why storage failed for this doc, once it did: the answer to every later join.
+    refusal: Option<JoinError>,
     /// Everyone who wrote to this doc since it opened, with their encoded store form; an
     /// author's index here is what the hot path carries.
     authors: Vec<(Actor, Arc<[u8]>)>,
@@ -504,8 +506,7 @@ impl DocActor {
         let (durable_tx, durable_rx) = watch::channel(Durability {
             durable_seq: last_seq,
             durable_version: history.last_version_id,
-            failed: false,
-            storage_fault: false,
+            ..Durability::default()
         });
         let interval = hub.config().auto_version_interval;
         let mut actor = DocActor {
@@ -529,6 +530,7 @@ impl DocActor {
             stopping: false,
             reload_due: false,
             snapshots_after_reload: Vec::new(),
+            refusal: None,
             authors: Vec::new(),
             author_index: HashMap::new(),
             restores: JoinSet::new(),
@@ -657,12 +659,13 @@ impl DocActor {
         match command {
             DocCommand::Join { peer, link, reply } => {
                 if self.stopping {
-                    // Stopping because storage failed is not a shutdown: the peer may retry.
-                    let error = if self.durable_rx.borrow().failed {
+                    // Stopping because storage failed is not a shutdown: the peer may retry, or
+                    // the doc is damaged and stays refused.
+                    let error = self.refusal.unwrap_or(if self.durable_rx.borrow().failed {
                         JoinError::Unavailable
                     } else {
                         JoinError::ShuttingDown
-                    };
+                    });
                     refuse(DocCommand::Join { peer, link, reply }, error);
                     return;
                 }
@@ -1228,6 +1231,11 @@ impl DocActor {
 
     fn on_durable(&mut self) {
         let state = *self.durable_rx.borrow_and_update();
+        if state.failed && state.corrupt {
+            error!("stored doc is damaged; refusing its peers");
+            self.fail_damaged();
+            return;
+        }
         if state.failed && state.storage_fault {
             self.refuse_unstored();
             return;
@@ -1469,8 +1477,7 @@ impl DocActor {
                 let (durable_tx, durable_rx) = watch::channel(Durability {
                     durable_seq: last_seq,
                     durable_version: history.last_version_id,
-                    failed: false,
-                    storage_fault: false,
+                    ..Durability::default()
                 });
                 self.durable_tx = durable_tx;
                 self.durable_rx = durable_rx;
@@ -1506,11 +1513,12 @@ impl DocActor {
                     let _ = reply.send(Ok(snapshot));
                 }
             }
-            Err(reason) => {
+            Err(LoadFailure::Corrupt(reason)) => {
+                error!(error = %reason, "stored doc is damaged; refusing its peers");
+                self.fail_damaged();
+            }
+            Err(LoadFailure::Failed(reason)) => {
                 error!(error = %reason, "cannot reload doc after a refused commit; closing it");
-                for reply in std::mem::take(&mut self.snapshots_after_reload) {
-                    let _ = reply.send(Err(JoinError::Unavailable));
-                }
                 self.fail_storage();
             }
         }
@@ -1540,27 +1548,64 @@ impl DocActor {
                     "doc reloaded from storage"
                 );
             }
-            Err(reason) => {
+            Err(LoadFailure::Corrupt(reason)) => {
+                error!(error = %reason, "stored doc is damaged; refusing its peers");
+                self.fail_damaged();
+            }
+            Err(LoadFailure::Failed(reason)) => {
                 error!(error = %reason, "cannot reload doc; closing it");
                 self.fail_storage();
             }
         }
     }
 
-    /// Storage is unusable for this doc: close every peer with 1011 and stop accepting.
+    /// Storage is unusable for this doc: close every peer with 1011 "storage failure", answer
+    /// HTTP waiters 503, and stop accepting.
     fn fail_storage(&mut self) {
-        self.pending.clear();
+        self.fail(JoinError::Unavailable, &CloseReason::StorageFailure);
+    }
+
+    /// The doc's stored records are damaged (a commit or a reload met them): close every peer
+    /// with 1011 "document damaged", answer HTTP waiters 500 `doc_corrupt`, and stop accepting.
+    /// Nothing after `durable_seq` was stored: the writer left this doc's updates out.
+    fn fail_damaged(&mut self) {
+        self.fail(JoinError::Corrupt, &CloseReason::DocCorrupt);
+    }
+
+    /// Closes every peer with `reason`, answers whatever waits with `refusal`, and stops.
+    fn fail(&mut self, refusal: JoinError, reason: &CloseReason) {
+        for (_, delivery) in std::mem::take(&mut self.pending) {
+            match delivery {
+                Delivery::ToPeer(..) | Delivery::ToOthers(..) => {}
+                Delivery::Snapshot(reply, _) => {
+                    let _ = reply.send(Err(refusal));
+                }
+                Delivery::Covers(reply, _) => {
+                    let _ = reply.send(Err(refusal));
+                }
+                Delivery::Applied(reply, _) => {
+                    let _ = reply.send(Err(refusal));
+                }
+                Delivery::Restored(restored) => {
+                    let _ = restored.reply.send(Err(refusal));
+                }
+            }
+        }
+        for reply in std::mem::take(&mut self.snapshots_after_reload) {
+            let _ = reply.send(Err(refusal));
+        }
         self.unreported.clear();
         for pending in self.history.pending.drain(..) {
             if let Some(reply) = pending.reply {
-                let _ = reply.send(Err(JoinError::Unavailable));
+                let _ = reply.send(Err(refusal));
             }
         }
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
-            self.remove_peer(peer, Some(CloseReason::StorageFailure));
+            self.remove_peer(peer, Some(reason.clone()));
         }
         self.hub.remove_if_generation(&self.doc, self.generation);
+        self.refusal = Some(refusal);
         self.stopping = true;
     }
 

@@ -42,6 +42,16 @@
 //! - Compactions commit in a transaction of their own, after the batch's updates: a failed
 //!   transaction then never holds a snapshot that would include a refused update, so the
 //!   roll-back only ever removes log entries and versions.
+//!
+//! # A damaged doc
+//!
+//! A commit that fails because one doc's stored records are damaged (`StoreError::Corrupt` naming
+//! that doc: its `docs` row or a version fails its checksum) is committed again without that
+//! doc's commands, so the other docs of the batch, which group commit put there by chance, are
+//! stored and acknowledged as if the damaged doc had not been there. Only the damaged doc's
+//! channel is marked failed, with `corrupt`; its actor closes its peers with 1011 "document
+//! damaged". A failed transaction stores nothing, so there is nothing to roll back for it; each
+//! retry leaves out one more doc, so a batch is tried at most once per doc in it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tandem_core::DocId;
-use tandem_store::{Store, VersionRecord, WriteOp};
+use tandem_store::{Store, StoreError, VersionRecord, WriteOp};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Capacity of the channel into the writer. When it is full, doc actors wait, which in turn
@@ -72,6 +82,9 @@ pub(crate) struct Durability {
     /// The failure was a storage fault (a full disk, an I/O error): the store is read-only for a
     /// while, not broken. The actor drops what was refused and goes on.
     pub(crate) storage_fault: bool,
+    /// The failure was this doc's stored records being damaged: the batch was committed
+    /// without this doc's commands, and the actor refuses the doc (1011 "document damaged").
+    pub(crate) corrupt: bool,
 }
 
 /// A request to the writer thread.
@@ -330,16 +343,13 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         })
         .collect();
     let started = std::time::Instant::now();
-    let res = if ops.is_empty() {
-        Ok(())
-    } else {
-        store.commit(&ops, now_ms(), fsync)
-    };
+    let (res, damaged) = commit_without_damaged(store, &ops, fsync);
     tracing::debug!(
         n_ops = ops.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "commit"
     );
+    let is_damaged = |doc: &DocId| damaged.iter().any(|name| name == doc.as_str());
     let storage_fault = match &res {
         Ok(()) => false,
         Err(error) => {
@@ -391,7 +401,7 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         // Before any actor hears of the failure (and reloads): nothing of it stays stored. A doc
         // with two actors' channels in the batch keeps the higher of what each was told.
         let mut durable_by_doc: HashMap<&DocId, Durability> = HashMap::new();
-        for (doc, report, _) in &reports {
+        for (doc, report, _) in reports.iter().filter(|(doc, _, _)| !is_damaged(doc)) {
             let told = *report.borrow();
             let durable = durable_by_doc.entry(doc).or_default();
             durable.durable_seq = durable.durable_seq.max(told.durable_seq);
@@ -401,7 +411,14 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
             roll_back(store, doc, durable);
         }
     }
-    for (_, report, highest) in reports {
+    for (doc, report, highest) in reports {
+        if is_damaged(doc) {
+            report.send_modify(|state| {
+                state.failed = true;
+                state.corrupt = true;
+            });
+            continue;
+        }
         report.send_modify(|state| match res {
             Ok(()) => {
                 state.durable_seq = state.durable_seq.max(highest.durable_seq);
@@ -413,6 +430,10 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
             }
         });
     }
+    let compactions: Vec<WriteOp<'_>> = compactions
+        .into_iter()
+        .filter(|op| !damaged.iter().any(|name| name == op_doc(op)))
+        .collect();
     if res.is_ok() && !compactions.is_empty() {
         // A failed compaction loses nothing: the log it would have replaced stays.
         match store.commit(&compactions, now_ms(), fsync) {
@@ -425,6 +446,52 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 tracing::warn!(%error, n_ops = compactions.len(), "compaction failed; the logs stay");
             }
         }
+    }
+}
+
+/// Commits `ops`; while that fails because the stored records of one doc in it are damaged,
+/// commits again without that doc's ops (see the module documentation). Returns the result of
+/// the last try and the damaged docs left out.
+fn commit_without_damaged(
+    store: &Store,
+    ops: &[WriteOp<'_>],
+    fsync: bool,
+) -> (Result<(), StoreError>, Vec<String>) {
+    let mut damaged: Vec<String> = Vec::new();
+    let mut kept: Vec<WriteOp<'_>> = ops.to_vec();
+    loop {
+        if kept.is_empty() {
+            return (Ok(()), damaged);
+        }
+        let res = store.commit(&kept, now_ms(), fsync);
+        let doc = match &res {
+            Err(error @ StoreError::Corrupt { doc, .. }) if error.is_damage() => doc,
+            _ => return (res, damaged),
+        };
+        let before = kept.len();
+        kept.retain(|op| op_doc(op) != doc);
+        if kept.len() == before {
+            // Not a doc of this batch: nothing to leave out.
+            return (res, damaged);
+        }
+        if let Err(error) = &res {
+            tracing::error!(
+                doc = %doc,
+                %error,
+                n_ops = kept.len(),
+                "stored doc is damaged; committing the rest of the batch without it"
+            );
+        }
+        damaged.push(doc.clone());
+    }
+}
+
+/// The doc an op writes to.
+fn op_doc<'a>(op: &WriteOp<'a>) -> &'a str {
+    match *op {
+        WriteOp::Append { doc, .. }
+        | WriteOp::Compact { doc, .. }
+        | WriteOp::Version { doc, .. } => doc,
     }
 }
 
@@ -591,6 +658,83 @@ mod tests {
         );
         busy_durable.changed().await.unwrap();
         assert_eq!(busy_durable.borrow_and_update().durable_seq, 2);
+
+        stop_writer(&writer).await;
+    }
+
+    /// Regression: a batch holding a doc whose stored `docs` row is damaged failed as a whole
+    /// (`Store::commit` decodes each doc's row), so group commit failed every healthy doc that
+    /// happened to share the batch, and their peers were closed with "storage failure". Now the
+    /// writer commits the batch again without the damaged doc, and only that doc's channel
+    /// fails, marked `corrupt`.
+    #[tokio::test]
+    async fn a_damaged_doc_fails_only_itself_and_the_rest_of_its_batch_commits() {
+        // The damaged doc's last change time, a value found nowhere else in the file.
+        const MARK: u64 = 0x5eed_f00d_cafe_0001;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let op = WriteOp::Append {
+                doc: "bad",
+                seq: 1,
+                update: &[0, 0],
+                author: None,
+            };
+            store.commit(&[op], MARK, true).unwrap();
+        }
+        // Flip one bit of the stored row, as a damaged disk would.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mark = MARK.to_le_bytes();
+        let found: Vec<usize> = bytes
+            .windows(mark.len())
+            .enumerate()
+            .filter(|(_, window)| *window == mark)
+            .map(|(at, _)| at)
+            .collect();
+        assert!(!found.is_empty(), "the row is in the file");
+        for at in found {
+            bytes[at + 3] ^= 0x01;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let store = Arc::new(Store::open(&path).unwrap());
+        assert!(store.doc_meta("bad").is_err_and(|error| error.is_damage()));
+
+        let config = PersistConfig {
+            fsync: true,
+            cache_bytes: 1 << 20,
+            commit_interval: Duration::from_secs(2),
+            reserve_bytes: 0,
+        };
+        let writer = spawn_writer(store.clone(), config).unwrap();
+        let good = DocId::new("good").unwrap();
+        let bad = DocId::new("bad").unwrap();
+        let (good_report, mut good_durable) = watch::channel(Durability::default());
+        let (bad_report, mut bad_durable) = watch::channel(Durability::default());
+        writer.send(append(&good, 1, &good_report)).await.unwrap();
+        good_durable.changed().await.unwrap();
+        // `good` is now busy: its next update waits for the interval, and the update of `bad`
+        // sent meanwhile joins the same batch.
+        writer.send(append(&good, 2, &good_report)).await.unwrap();
+        writer.send(append(&bad, 2, &bad_report)).await.unwrap();
+        good_durable.changed().await.unwrap();
+        assert_eq!(
+            *good_durable.borrow(),
+            Durability {
+                durable_seq: 2,
+                ..Durability::default()
+            }
+        );
+        bad_durable.changed().await.unwrap();
+        assert_eq!(
+            *bad_durable.borrow(),
+            Durability {
+                failed: true,
+                corrupt: true,
+                ..Durability::default()
+            }
+        );
+        assert_eq!(store.load_doc("good").unwrap().last_seq, 2);
 
         stop_writer(&writer).await;
     }

@@ -176,7 +176,11 @@ impl Store {
             let mut users = Vec::new();
             for entry in table.iter()? {
                 let (sub, value) = entry?;
-                users.push(read_user(sub.value(), value.value())?);
+                match read_user(sub.value(), value.value()) {
+                    Ok(user) => users.push(user),
+                    // The account's sign-in stays refused; the others are listed.
+                    Err(error) => self.skip_damaged(USERS.name(), sub.value(), &error),
+                }
             }
             Ok(users)
         })
@@ -213,6 +217,29 @@ mod tests {
             admin: sub == "root",
             created_ms: 1_795_400_000_000,
         }
+    }
+
+    /// Regression: one damaged account failed `list_users` as a whole (the admin's account
+    /// list). Now it is left out; its own sign-in stays refused.
+    #[test]
+    fn a_damaged_account_is_left_out_of_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store.put_user(&record("ada")).unwrap();
+        store.put_user(&record("bob")).unwrap();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut users = txn.open_table(USERS).unwrap();
+                let mut stored = users.get("ada").unwrap().unwrap().value().to_vec();
+                stored[4] ^= 0x20;
+                users.insert("ada", stored.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(store.list_users().unwrap(), vec![record("bob")]);
+        assert!(store.get_user("ada").is_err_and(|error| error.is_damage()));
     }
 
     #[test]

@@ -269,8 +269,9 @@ impl Store {
                 let Some(value) = entries.get(id)? else {
                     continue;
                 };
-                let entry =
-                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
+                let Some(entry) = self.read_activity(id, value.value()) else {
+                    continue;
+                };
                 if entry.kind == kind && entry.actor_id() == actor {
                     return Ok(Some(entry));
                 }
@@ -343,8 +344,9 @@ impl Store {
                 let Some(value) = entries.get(id)? else {
                     continue;
                 };
-                let entry =
-                    ActivityEntry::decode(id, unseal_entry("activity", id, value.value())?)?;
+                let Some(entry) = self.read_activity(id, value.value()) else {
+                    continue;
+                };
                 if let Some(since) = query.since_ms {
                     if entry.started_ms.saturating_add(query.max_span_ms) < since {
                         break;
@@ -390,10 +392,11 @@ impl Store {
                     for row in entries.iter()? {
                         let (key, value) = row?;
                         let id = key.value();
-                        let entry = ActivityEntry::decode(
-                            id,
-                            unseal_entry("activity", id, value.value())?,
-                        )?;
+                        // A damaged entry gives no times nor index keys to remove it by: it
+                        // stays, refused, and the pruning goes on past it.
+                        let Some(entry) = self.read_activity(id, value.value()) else {
+                            continue;
+                        };
                         if entry.started_ms >= cutoff_ms.saturating_add(max_span_ms)
                             || doomed.len() >= MAX_PRUNE
                         {
@@ -414,6 +417,22 @@ impl Store {
                 Ok(n_removed)
             })
         })
+    }
+}
+
+impl Store {
+    /// Entry `id` as stored, or `None` (logged once) if it is damaged: lists and scans leave
+    /// it out (`damaged.rs`).
+    fn read_activity(&self, id: u64, stored: &[u8]) -> Option<ActivityEntry> {
+        match unseal_entry("activity", id, stored)
+            .and_then(|payload| ActivityEntry::decode(id, payload))
+        {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                self.skip_damaged(ACTIVITY.name(), &id.to_string(), &error);
+                None
+            }
+        }
     }
 }
 
@@ -773,6 +792,51 @@ mod tests {
         );
         assert_eq!(store.prune_activity(300, 1000).unwrap(), 0);
         assert_eq!(store.next_activity_id().unwrap(), 4);
+    }
+
+    /// Regression: one damaged activity entry failed `prune_activity` on every run, so the feed
+    /// grew without bound, and failed every page of the feed. Now the damaged entry is left
+    /// out (and never served), pruning goes on past it, and the other entries are listed.
+    #[test]
+    fn a_damaged_entry_is_left_out_and_pruning_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        write(
+            &store,
+            vec![
+                entry(1, "d", "ada", 100),
+                entry(2, "d", "ada", 150),
+                entry(3, "d", "ada", 200),
+                entry(4, "d", "ada", 5000),
+            ],
+        );
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut entries = txn.open_table(ACTIVITY).unwrap();
+                let mut stored = entries.get(2).unwrap().unwrap().value().to_vec();
+                stored[4] ^= 0x20;
+                entries.insert(2, stored.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(
+            ids(&store.list_activity(&query(10), |_| true).unwrap().0),
+            vec![4, 3, 1]
+        );
+        assert_eq!(
+            store
+                .latest_activity("d", "doc.edited", "ada")
+                .unwrap()
+                .map(|e| e.id),
+            Some(4)
+        );
+        assert_eq!(store.prune_activity(300, 1000).unwrap(), 2);
+        assert_eq!(
+            ids(&store.list_activity(&query(10), |_| true).unwrap().0),
+            vec![4]
+        );
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! redb trusts its own pages and can panic on a damaged one (debug builds assert on a page
 //! that "cannot" be invalid, where release builds return `Corrupted`). Like a yrs panic in the
 //! doc actor, such a panic must fail only the operation that met it: the open functions run
-//! through [`contain`] and every public `Store` method that reads or writes through
-//! [`Store::contain`], which catch the panic and return [`StoreError::Panicked`] (`release_cache`
-//! only reopens the file). redb's in-memory state after a panic is not trusted: the handle is
-//! dropped and the next operation reopens the file, which runs redb's own checks again.
+//! through [`contain`] and every other public `Store` method that reaches the database or the
+//! disk through [`Store::contain`], which catch the panic and return [`StoreError::Panicked`]
+//! (methods without an error to return, `set_reserve` and `report_io_error`, log it). Reopening
+//! the file (`release_cache` on the writer thread, the read-only transition) is contained as
+//! well, so a panic there cannot kill the writer thread. redb's in-memory state after a panic is
+//! not trusted: the handle is dropped and the next operation reopens the file, which runs redb's
+//! own checks again.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -284,7 +284,11 @@ impl Store {
             let mut out = Vec::new();
             for row in table.iter()? {
                 let (path, bytes) = row?;
-                out.push(read_entry(path.value(), bytes.value())?);
+                match read_entry(path.value(), bytes.value()) {
+                    Ok(entry) => out.push(entry),
+                    // Reading the file by its path still fails; the others are listed.
+                    Err(error) => self.skip_damaged(FILES.name(), path.value(), &error),
+                }
             }
             Ok(out)
         })
@@ -453,7 +457,10 @@ impl Store {
             let mut out = Vec::new();
             for row in table.iter()? {
                 let (id, bytes) = row?;
-                out.push(read_upload(id.value(), bytes.value())?);
+                match read_upload(id.value(), bytes.value()) {
+                    Ok(record) => out.push(record),
+                    Err(error) => self.skip_damaged(UPLOADS.name(), id.value(), &error),
+                }
             }
             Ok(out)
         })

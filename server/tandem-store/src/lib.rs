@@ -13,6 +13,7 @@
 //! - `schema`: tables, key layout, `FORMAT_VERSION`, its check and the migration from 1 to 2.
 //! - `checksum`: the checksum sealing every value that carries content (format version 2).
 //! - `contain`: panics inside redb (a damaged page) turned into `StoreError::Panicked`.
+//! - `damaged`: a damaged row met by a list or a scan is left out and logged once.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
@@ -26,6 +27,7 @@ mod accounts;
 mod activity;
 mod checksum;
 mod contain;
+mod damaged;
 pub mod error;
 mod files;
 mod history;
@@ -69,6 +71,8 @@ pub struct Store {
     space: Space,
     /// The format version the file was migrated from when it was opened, if it was.
     migrated_from: Option<u64>,
+    /// Damaged rows a list or scan left out, each logged once (`damaged.rs`).
+    damaged: damaged::DamagedRows,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
@@ -175,6 +179,7 @@ impl Store {
                 reopen: Some((path.to_owned(), cache_bytes)),
                 space: Space::new(Some(path)),
                 migrated_from,
+                damaged: damaged::DamagedRows::default(),
             })
         })
     }
@@ -190,24 +195,27 @@ impl Store {
     /// open any more, so an idle server gives that memory back. Waits for operations in flight;
     /// a no-op for a custom backend.
     pub fn release_cache(&self) -> Result<(), StoreError> {
-        self.reopen()
+        self.contain("release_cache", || self.reopen())
     }
 
     /// Closes and reopens the file: drops the page cache, and clears redb's "previous I/O
     /// error" state after a failed write. Waits for operations in flight; a no-op for a custom
-    /// backend.
+    /// backend. Contained: the writer thread and the read-only transition call it, and a panic
+    /// while closing or opening a damaged file must fail only this call.
     fn reopen(&self) -> Result<(), StoreError> {
         let Some((path, cache_bytes)) = &self.reopen else {
             return Ok(());
         };
-        let mut db = self
-            .db
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The old handle must be closed before the file can be opened again.
-        drop(db.take());
-        *db = Some(open_file(path, *cache_bytes)?);
-        Ok(())
+        self.contain("reopen", || {
+            let mut db = self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // The old handle must be closed before the file can be opened again.
+            drop(db.take());
+            *db = Some(open_file(path, *cache_bytes)?);
+            Ok(())
+        })
     }
 
     /// Drops the database handle after a panic inside redb, whose in-memory state is then not
@@ -262,6 +270,7 @@ impl Store {
                 reopen: None,
                 space: Space::new(None),
                 migrated_from,
+                damaged: damaged::DamagedRows::default(),
             })
         })
     }
@@ -444,7 +453,11 @@ impl Store {
             for entry in docs.iter()? {
                 let (name, row) = entry?;
                 let name = name.value();
-                out.push(doc_meta(name, decode_doc_row(name, row.value())?));
+                match decode_doc_row(name, row.value()) {
+                    Ok(row) => out.push(doc_meta(name, row)),
+                    // The doc stays refused when opened; the others are listed.
+                    Err(error) => self.skip_damaged(DOCS.name(), name, &error),
+                }
             }
             Ok(out)
         })
@@ -480,6 +493,8 @@ fn doc_meta(name: &str, row: DocRow) -> DocMeta {
 }
 
 fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    #[cfg(test)]
+    tests::panic_if_asked();
     match Database::builder().set_cache_size(cache_bytes).create(path) {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::AlreadyOpen),
@@ -489,7 +504,20 @@ fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    thread_local! {
+        /// Makes `open_file` panic on this thread, as redb may on a damaged file.
+        static PANIC_ON_OPEN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn panic_if_asked() {
+        if PANIC_ON_OPEN.with(Cell::get) {
+            panic!("damaged page while opening");
+        }
+    }
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -811,6 +839,30 @@ mod tests {
         assert_eq!(store.load_doc("e").unwrap().last_seq, 2);
         store.commit(&[append("e", 3, b"3")], 2, true).unwrap();
         assert_eq!(store.load_doc("e").unwrap().last_seq, 3);
+    }
+
+    /// Regression: reopening the file (`release_cache` on the writer thread, the read-only
+    /// transition of `report_io_error` and `set_reserve`) ran outside `catch_unwind`, so a panic
+    /// while opening a damaged file unwound out of the store and killed the writer thread. Now
+    /// each fails with `Panicked` (or logs it), the handle is dropped, and the next operation
+    /// opens the file again.
+    #[test]
+    fn a_panic_while_reopening_fails_only_that_call() {
+        let (dir, store) = two_docs_with_snapshots();
+        PANIC_ON_OPEN.with(|panic| panic.set(true));
+        let released = store.release_cache();
+        store.report_io_error(&std::io::Error::other("write failed"));
+        store.set_reserve(1024);
+        PANIC_ON_OPEN.with(|panic| panic.set(false));
+        assert!(
+            matches!(&released, Err(StoreError::Panicked { detail, .. }) if detail == "damaged page while opening"),
+            "{released:?}"
+        );
+        assert!(!store.health().writable, "the I/O error made it read-only");
+        assert_eq!(store.load_doc("e").unwrap().last_seq, 2);
+        assert!(store.release_cache().is_ok());
+        assert_eq!(store.load_doc("d").unwrap().last_seq, 2);
+        drop(dir);
     }
 
     #[test]

@@ -134,20 +134,22 @@ impl Store {
     /// when the disk fills up so that deletes can still commit (see the module documentation).
     /// A disk too full for it makes the store read-only at once.
     pub fn set_reserve(&self, bytes: u64) {
-        let mut state = self.space.lock();
-        state.reserve_bytes = bytes;
-        let Some(path) = &self.space.reserve_path else {
-            return;
-        };
-        if bytes == 0 {
-            remove_reserve(path);
-            return;
-        }
-        if let Err(error) = write_reserve(path, bytes) {
-            let reason = io_reason(&error);
-            drop(state);
-            self.enter_read_only(reason, &error);
-        }
+        self.contain_logged("set_reserve", || {
+            let mut state = self.space.lock();
+            state.reserve_bytes = bytes;
+            let Some(path) = &self.space.reserve_path else {
+                return;
+            };
+            if bytes == 0 {
+                remove_reserve(path);
+                return;
+            }
+            if let Err(error) = write_reserve(path, bytes) {
+                let reason = io_reason(&error);
+                drop(state);
+                self.enter_read_only(reason, &error);
+            }
+        });
     }
 
     /// Whether the store accepts writes, and why not.
@@ -162,6 +164,15 @@ impl Store {
     /// Checks whether a read-only store may write again (at most every [`PROBE_INTERVAL`]);
     /// if so, writes the reserve again and makes it writable. Returns whether it is writable.
     pub fn try_resume(&self) -> bool {
+        self.contain("try_resume", || Ok::<bool, StoreError>(self.probe_resume()))
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "checking whether writes may resume failed");
+                false
+            })
+    }
+
+    /// [`Store::try_resume`], inside an operation that is contained already.
+    fn probe_resume(&self) -> bool {
         if !self.space.read_only.load(Ordering::Acquire) {
             return true;
         }
@@ -206,13 +217,27 @@ impl Store {
     /// A write outside the database (an uploaded file's bytes) hit an I/O error: the disk is
     /// as full for the database, so the store becomes read-only too.
     pub fn report_io_error(&self, error: &std::io::Error) {
-        self.enter_read_only(io_reason(error), error);
+        self.contain_logged("report_io_error", || {
+            self.enter_read_only(io_reason(error), error);
+        });
+    }
+
+    /// Runs `work`, which returns nothing, with its panics contained (see `contain.rs`); a
+    /// caught panic is logged, since the caller has no error to hear of.
+    fn contain_logged(&self, operation: &'static str, work: impl FnOnce()) {
+        let res = self.contain(operation, || {
+            work();
+            Ok::<(), StoreError>(())
+        });
+        if let Err(error) = res {
+            tracing::error!(%error, "a store operation failed");
+        }
     }
 
     /// Refuses `kind` writes while read-only (after a check whether it may resume); otherwise the
     /// open database.
     pub(crate) fn writable_db(&self, kind: WriteKind) -> Result<DbGuard<'_>, StoreError> {
-        if kind == WriteKind::Grow && !self.try_resume() {
+        if kind == WriteKind::Grow && !self.probe_resume() {
             let reason = self.space.lock().reason.unwrap_or(ReadOnlyReason::Io);
             return Err(StoreError::ReadOnly { reason });
         }

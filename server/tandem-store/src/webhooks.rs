@@ -229,6 +229,11 @@ fn truncated(table: &'static str, key: &str) -> StoreError {
     }
 }
 
+/// The outbox row `seq`, if its checksum matches and it decodes.
+fn read_outbox(seq: u64, stored: &[u8]) -> Result<OutboxDelivery, StoreError> {
+    OutboxDelivery::decode(seq, unseal_entry("webhook_outbox", seq, stored)?)
+}
+
 /// Opens a table for reading; a file from before webhooks existed has none, which reads empty.
 macro_rules! open_or_empty {
     ($txn:expr, $table:expr, $empty:expr) => {
@@ -269,12 +274,14 @@ impl Store {
                     for row in outbox.iter()? {
                         let (key, value) = row?;
                         let seq = key.value();
-                        let delivery = OutboxDelivery::decode(
-                            seq,
-                            unseal_entry("webhook_outbox", seq, value.value())?,
-                        )?;
-                        if delivery.webhook_id == id {
-                            doomed.push(key.value());
+                        // A damaged row names no webhook for sure: it stays, refused, and the
+                        // webhook (even a damaged one) is removed all the same.
+                        match read_outbox(seq, value.value()) {
+                            Ok(delivery) if delivery.webhook_id == id => doomed.push(seq),
+                            Ok(_) => {}
+                            Err(error) => {
+                                self.skip_damaged(WEBHOOK_OUTBOX.name(), &seq.to_string(), &error);
+                            }
                         }
                     }
                     for seq in doomed {
@@ -300,10 +307,12 @@ impl Store {
             for row in table.iter()? {
                 let (id, value) = row?;
                 let id = id.value();
-                webhooks.push(WebhookRecord::decode(
-                    id,
-                    unseal_entry("webhooks", id, value.value())?,
-                )?);
+                match unseal_entry("webhooks", id, value.value())
+                    .and_then(|payload| WebhookRecord::decode(id, payload))
+                {
+                    Ok(webhook) => webhooks.push(webhook),
+                    Err(error) => self.skip_damaged(WEBHOOKS.name(), id, &error),
+                }
             }
             Ok(webhooks)
         })
@@ -316,13 +325,18 @@ impl Store {
             let txn = db.begin_read()?;
             let table = open_or_empty!(txn, WEBHOOK_OUTBOX, Vec::new());
             let mut deliveries = Vec::new();
-            for row in table.iter()?.take(limit) {
+            for row in table.iter()? {
+                if deliveries.len() == limit {
+                    break;
+                }
                 let (seq, value) = row?;
                 let seq = seq.value();
-                deliveries.push(OutboxDelivery::decode(
-                    seq,
-                    unseal_entry("webhook_outbox", seq, value.value())?,
-                )?);
+                match read_outbox(seq, value.value()) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(error) => {
+                        self.skip_damaged(WEBHOOK_OUTBOX.name(), &seq.to_string(), &error);
+                    }
+                }
             }
             Ok(deliveries)
         })
@@ -345,10 +359,13 @@ impl Store {
             for row in table.iter()? {
                 let (seq, value) = row?;
                 let seq = seq.value();
-                let delivery = OutboxDelivery::decode(
-                    seq,
-                    unseal_entry("webhook_outbox", seq, value.value())?,
-                )?;
+                let delivery = match read_outbox(seq, value.value()) {
+                    Ok(delivery) => delivery,
+                    Err(error) => {
+                        self.skip_damaged(WEBHOOK_OUTBOX.name(), &seq.to_string(), &error);
+                        continue;
+                    }
+                };
                 if delivery.next_attempt_ms <= now_ms && due.len() < limit {
                     due.push(delivery);
                 } else {
@@ -486,7 +503,10 @@ impl Store {
             for row in table.range((id, 0)..=(id, u64::MAX))?.rev() {
                 let (key, value) = row?;
                 let key = format!("{id}/{}", key.value().1);
-                attempts.push(DeliveryAttempt::decode(&key, value.value())?);
+                match DeliveryAttempt::decode(&key, value.value()) {
+                    Ok(attempt) => attempts.push(attempt),
+                    Err(error) => self.skip_damaged(WEBHOOK_LOG.name(), &key, &error),
+                }
             }
             Ok(attempts)
         })
@@ -572,6 +592,71 @@ mod tests {
         assert_eq!(store.list_outbox(10).unwrap().len(), 1);
         let log = store.list_deliveries("wh1").unwrap();
         assert_eq!(log, vec![attempt(2, "delivered"), attempt(1, "retry")]);
+    }
+
+    /// Regression: one damaged webhook, outbox or log row failed every list as a whole, so the
+    /// server refused to start (`list_webhooks`), the worker stopped every delivery
+    /// (`due_deliveries`), and an admin could not delete the damaged webhook (`remove_webhook`
+    /// decoded every outbox row). Now a damaged row is left out of lists and scans and stays
+    /// refused; everything else keeps working.
+    #[test]
+    fn a_damaged_row_is_left_out_and_the_rest_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store.put_webhook(&webhook("wh1")).unwrap();
+        store.put_webhook(&webhook("wh2")).unwrap();
+        store
+            .write_activity(&ActivityWrite {
+                deliveries: vec![delivery("wh1", 1), delivery("wh2", 2), delivery("wh1", 3)],
+                ..ActivityWrite::default()
+            })
+            .unwrap();
+        let d3 = store.list_outbox(10).unwrap().remove(2);
+        store
+            .finish_attempt(&d3, &attempt(1, "retry"), Some(10), 10)
+            .unwrap();
+        store
+            .finish_attempt(&d3, &attempt(2, "retry"), Some(10), 10)
+            .unwrap();
+        {
+            let db = store.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut webhooks = txn.open_table(WEBHOOKS).unwrap();
+                let mut stored = webhooks.get("wh2").unwrap().unwrap().value().to_vec();
+                stored[4] ^= 0x20;
+                webhooks.insert("wh2", stored.as_slice()).unwrap();
+                let mut outbox = txn.open_table(WEBHOOK_OUTBOX).unwrap();
+                let mut stored = outbox.get(1).unwrap().unwrap().value().to_vec();
+                stored[4] ^= 0x20;
+                outbox.insert(1, stored.as_slice()).unwrap();
+                let mut log = txn.open_table(WEBHOOK_LOG).unwrap();
+                let key = {
+                    let (first, _) = log.iter().unwrap().next().unwrap().unwrap();
+                    let (webhook, seq) = first.value();
+                    (webhook.to_owned(), seq)
+                };
+                log.insert((key.0.as_str(), key.1), [RECORD_VERSION].as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        assert_eq!(store.list_webhooks().unwrap(), vec![webhook("wh1")]);
+        let ids = |deliveries: &[OutboxDelivery]| -> Vec<String> {
+            deliveries.iter().map(|d| d.delivery_id.clone()).collect()
+        };
+        assert_eq!(ids(&store.list_outbox(10).unwrap()), ["d2", "d3"]);
+        let (due, _) = store.due_deliveries(50, 10).unwrap();
+        assert_eq!(ids(&due), ["d2", "d3"]);
+        assert_eq!(
+            store.list_deliveries("wh1").unwrap(),
+            vec![attempt(2, "retry")]
+        );
+        // The damaged webhook can be deleted, with its deliveries; the damaged row stays out.
+        assert!(store.remove_webhook("wh2").unwrap());
+        assert!(store.list_webhooks().unwrap() == vec![webhook("wh1")]);
+        assert_eq!(ids(&store.list_outbox(10).unwrap()), ["d3"]);
     }
 
     #[test]
