@@ -498,3 +498,148 @@ async fn requests_hyper_cannot_parse_get_json_errors_even_after_keep_alive() {
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.json()["error"], "bad_request");
 }
+
+/// Reads one response from a keep-alive connection: its status, head and `Content-Length` body.
+async fn read_one_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before a complete head: {bytes:?}");
+        bytes.push(byte[0]);
+    }
+    let (status, head, _) = parse_response(&bytes);
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
+        .await
+        .expect("a body in time")
+        .expect("read body");
+    (status, head, body)
+}
+
+/// Opens `GET /api/events` from `local` with `headers` and waits for the head of its answer,
+/// which stays open; returns the stream and the status.
+async fn open_event_stream(
+    local: IpAddr,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16) {
+    let mut stream = connect_from(local, addr).await.expect("connect");
+    let mut request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before a complete head");
+        bytes.push(byte[0]);
+    }
+    let (status, _, _) = parse_response(&bytes);
+    (stream, status)
+}
+
+/// Bug: behind a proxy the per-address cap held only for WebSockets. axum drops a request's
+/// extensions, and the `RequestPermit` in them, once the handler returns, so one forwarded
+/// client could hold any number of `GET /api/events` streams (or slow downloads) uncounted.
+/// Fix: the listener hangs the permit on the response body, which lets it go only at the end of
+/// the stream.
+#[tokio::test]
+async fn a_forwarded_clients_event_streams_count_against_its_cap() {
+    let server = TestServer::start_with(|config| {
+        config.listener.max_connections_per_address = 2;
+    })
+    .await;
+    let alice = [("X-Forwarded-For", "203.0.113.7")];
+    let (first, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    let (_second, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &alice, b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_connections");
+    let (_refused_stream, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 503);
+    // Another client of the same proxy still gets in.
+    let bob = [("X-Forwarded-For", "203.0.113.8")];
+    let (_bob, status) = open_event_stream(LOCAL, server.addr, &bob).await;
+    assert_eq!(status, 200);
+    // Closing one of alice's streams frees its slot, once the server notices.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = http_request_from(LOCAL, server.addr, "GET", "/healthz", &alice, b"").await;
+        if response.status == 200 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bug: the listener rewrote any write that looked like hyper's bare error head into a JSON
+/// answer, and hyper writes each chunk of a `Content-Length` body on its own, so a file whose
+/// bytes are such a head came back as the JSON error (a wrong body and a desynchronised
+/// keep-alive stream). Fix: the rewrite only happens while no response is being written.
+#[tokio::test]
+async fn a_file_that_holds_an_error_head_downloads_intact_over_keep_alive() {
+    let server = TestServer::start().await;
+    let head: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    // The server reads a file in 64 KiB chunks, so the head is a chunk, written on its own.
+    let mut content = vec![b'a'; 2 * 64 * 1024];
+    content.extend_from_slice(head);
+    let put = server
+        .request("PUT", "/api/files/edges/head.bin", &[], &content)
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let range = "bytes=65536-";
+    let requests = [
+        (
+            "GET /api/files/edges/head.bin HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            200,
+            &content[..],
+        ),
+        (
+            format!("GET /api/files/edges/head.bin HTTP/1.1\r\nHost: x\r\nRange: {range}\r\n\r\n"),
+            206,
+            &content[65536..],
+        ),
+    ];
+    for (request, expected_status, expected_body) in requests {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let (status, response_head, body) = read_one_response(&mut stream).await;
+        assert_eq!(status, expected_status, "{response_head}");
+        assert_eq!(body, expected_body, "{:?}", String::from_utf8_lossy(&body));
+    }
+    // The connection is still in step: a further request gets its own answer.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _, body) = read_one_response(&mut stream).await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_slice(&body).expect("healthz json");
+    assert_eq!(health["status"], "ok", "{health}");
+}

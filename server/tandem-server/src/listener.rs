@@ -16,7 +16,9 @@
 //!   balancer with `--proxy-protocol` (one TCP connection is one client); and per request for a
 //!   trusted HTTP proxy, because one keep-alive connection of a proxy carries many clients in
 //!   turn. That per-request count is a [`RequestPermit`] in the request's extensions, which the
-//!   WebSocket upgrade moves into the connection task, so it lasts as long as the WebSocket; a
+//!   WebSocket upgrade moves into the connection task, so it lasts as long as the WebSocket; any
+//!   other response's body holds it until its last byte is out (an event stream, a slow
+//!   download), as axum drops the request's extensions when the handler returns; a
 //!   request over the cap gets the same JSON 503 and the proxy's connection stays open. A
 //!   process on this machine (a loopback peer no proxy speaks for) is not counted per address:
 //!   a local load test or script is bounded by the total cap only. Every request carries a
@@ -33,7 +35,8 @@
 //!   beyond 2^64 - 3, too many or too long headers, a malformed request line) itself, with an
 //!   empty `400`, `414` or `431`, and closes the connection. [`CountedIo`] recognises that head
 //!   as it is written and sends the same status with our JSON error body instead (see
-//!   [`json_parse_error`] for why nothing else can match it).
+//!   [`json_parse_error`] for why nothing else can match it), but only while no response is
+//!   being written on the connection ([`ResponseTracker`]).
 //!
 //! Why our own loop rather than `axum::serve`: `axum::serve` has no hook between accept and
 //! HTTP (no TLS, no caps, no deadline) and sets no header timeout. We drive hyper's HTTP/1.1
@@ -45,6 +48,7 @@
 //! every task is on the lifecycle tracker, so `lib.rs::run` waits for them.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,7 +61,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use hyper::Request;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -472,24 +476,41 @@ where
 {
     // Set once hyper has parsed the first request's headers; disarms the upgrade deadline.
     let got_request = Arc::new(AtomicBool::new(false));
+    // What the connection's responses are doing, for `CountedIo`'s rewrite of hyper's errors.
+    let responses = io.responses.clone();
     let service = tower::service_fn({
         let got_request = got_request.clone();
         let shared = shared.clone();
         move |mut request: Request<Incoming>| {
             got_request.store(true, Ordering::Relaxed);
+            // Counted here, when hyper dispatches the request, before any byte of the answer.
+            let response_end = responses.dispatch();
             let admitted = shared.admit(source, request.headers());
             let app = shared.app.clone();
             async move {
-                match admitted {
+                let (response, permit) = match admitted {
                     Ok((client, permit)) => {
                         request.extensions_mut().insert(client);
-                        if let Some(permit) = permit {
-                            request.extensions_mut().insert(permit);
+                        if let Some(permit) = &permit {
+                            request.extensions_mut().insert(permit.clone());
                         }
-                        app.oneshot(request).await
+                        let Ok(response) = app.oneshot(request).await;
+                        (response, permit)
                     }
-                    Err(hit) => Ok(refusal_for_request(hit)),
+                    Err(hit) => (refusal_for_request(hit), None),
+                };
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    response_end.upgraded();
                 }
+                // axum drops the request's extensions once its extractors have run, so the
+                // body carries the permit until the last byte of a stream or download is out.
+                Ok::<_, Infallible>(response.map(|body| {
+                    axum::body::Body::new(TrackedBody {
+                        inner: body,
+                        _permit: permit,
+                        _end: response_end,
+                    })
+                }))
             }
         }
     });
@@ -575,10 +596,96 @@ impl Shared {
 
 /// The per-address count of one client a trusted proxy forwards, carried in its request's
 /// extensions (an `Arc`, because extensions are `Clone`). The WebSocket upgrade moves it into the
-/// connection task; for any other request it goes when the request does.
+/// connection task; for any other request the response body holds a clone ([`TrackedBody`]).
 #[derive(Clone)]
 pub(crate) struct RequestPermit {
     _permit: Arc<ConnectionPermit>,
+}
+
+/// Where one connection's responses stand, so that [`CountedIo`] rewrites hyper's error head only
+/// between responses. A body chunk of ours may be exactly those bytes (a downloaded file that
+/// holds them, served by `Range`), and hyper writes each chunk of a `Content-Length` body as its
+/// own write; rewriting it would corrupt the download and desynchronise the keep-alive stream.
+/// hyper serves one request at a time, but may parse the next head from its buffer before the
+/// last answer is flushed, hence counters rather than a flag.
+#[derive(Default)]
+struct ResponseTracker {
+    /// Requests handed to the service.
+    dispatched: AtomicUsize,
+    /// Their responses whose body has ended or been dropped.
+    ended: AtomicUsize,
+    /// `ended` as it was at the last completed flush of the socket: those responses are out.
+    flushed: AtomicUsize,
+    /// A response switched protocols: the socket carries WebSocket frames from then on.
+    upgraded: AtomicBool,
+}
+
+impl ResponseTracker {
+    /// Counts one more dispatched request; its [`ResponseEnd`] counts the end of its response.
+    fn dispatch(self: &Arc<Self>) -> ResponseEnd {
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+        ResponseEnd(self.clone())
+    }
+
+    /// Whether no response is being written: every dispatched response has ended and been
+    /// flushed, and none upgraded the connection.
+    fn idle(&self) -> bool {
+        !self.upgraded.load(Ordering::Relaxed)
+            && self.flushed.load(Ordering::Relaxed) == self.dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Called once a flush of the socket has completed: every response ended before it is out.
+    fn flushed(&self) {
+        let ended = self.ended.load(Ordering::Relaxed);
+        self.flushed.store(ended, Ordering::Relaxed);
+    }
+}
+
+/// The end of one response, counted when it is dropped (its body ended, or was dropped unread).
+struct ResponseEnd(Arc<ResponseTracker>);
+
+impl ResponseEnd {
+    /// Marks the connection as upgraded (a `101` answer): no rewrite ever again.
+    fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ResponseEnd {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its request's [`RequestPermit`] and [`ResponseEnd`] until its
+/// last frame has been read, or until hyper drops it (a HEAD request, a closed connection).
+/// Without it a forwarded client's `GET /api/events` streams and slow downloads went uncounted
+/// per address, because axum drops the request (and the permit in its extensions) as soon as
+/// the handler returns.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _permit: Option<RequestPermit>,
+    _end: ResponseEnd,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Accept errors that concern only the connection being accepted (as `axum::serve` decides).
@@ -752,6 +859,8 @@ struct CountedIo<I> {
     _address_permit: Option<ConnectionPermit>,
     /// Our replacement for hyper's error head, while it is being written.
     rewrite: Option<Rewrite>,
+    /// Whether a response is in progress: hyper's error head is looked for only between them.
+    responses: Arc<ResponseTracker>,
 }
 
 /// Our answer written in place of one hyper wrote: `reported` is the length of hyper's bytes,
@@ -773,6 +882,7 @@ impl<I> CountedIo<I> {
             _permit: permit,
             _address_permit: address_permit,
             rewrite: None,
+            responses: Arc::default(),
         }
     }
 }
@@ -802,12 +912,12 @@ impl<I: AsyncWrite + Unpin> CountedIo<I> {
 ///
 /// hyper writes that answer (`proto/h1/role.rs`, `Server::on_error`) as a bare head: the status
 /// line of a `400`, `414` or `431`, `connection: close`, `content-length: 0` and `date`, nothing
-/// else, in one write,
-/// and then closes the connection. Nothing else on a connection can be those exact bytes: every
-/// response of ours carries a `content-type` or other headers; a WebSocket frame from the server
-/// never starts with `H`; and a body follows its head in the same write or comes in chunks whose
-/// size line starts them. So matching the whole write is exact, and as hyper closes the
-/// connection after it, the added body cannot confuse a keep-alive client.
+/// else, in one write, and then closes the connection.
+/// A head of ours never matches, as every response of ours carries a `content-type` or other
+/// headers. A body chunk can be exactly those bytes (hyper writes each chunk of a
+/// `Content-Length` body on its own), so [`CountedIo`] asks only between responses, never while
+/// one is being written and never after an upgrade ([`ResponseTracker`]). As hyper closes the
+/// connection after its error head, the added body cannot confuse a keep-alive client.
 fn json_parse_error(written: &[u8]) -> Option<Vec<u8>> {
     let head = std::str::from_utf8(written)
         .ok()?
@@ -886,6 +996,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         if this.rewrite.is_none()
+            && this.responses.idle()
             && may_be_error_head(buf, buf.len())
             && let Some(bytes) = json_parse_error(buf)
         {
@@ -911,7 +1022,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let total_len: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if this.rewrite.is_none() {
+        if this.rewrite.is_none() && this.responses.idle() {
             let first = bufs.iter().find(|buf| !buf.is_empty());
             if first.is_some_and(|first| may_be_error_head(first, total_len)) {
                 let whole: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
@@ -937,7 +1048,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        // hyper flushes the socket only once its own buffer is written out, so every response
+        // whose body had ended is now on the wire.
+        this.responses.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -1131,6 +1247,46 @@ mod tests {
         ] {
             assert!(json_parse_error(other).is_none(), "{:?}", String::from_utf8_lossy(other));
         }
+    }
+
+    /// Bug: a body chunk that was exactly hyper's error head (a downloaded file holding those
+    /// bytes) was rewritten into our JSON answer, corrupting the download. Fix: the rewrite
+    /// happens only between responses, and never after an upgrade.
+    #[tokio::test]
+    async fn a_body_chunk_like_an_error_head_passes_untouched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let caps = Arc::new(ConnectionCaps::new(1, 1));
+        let permit = caps.try_acquire_total().expect("permit");
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut io = CountedIo::new(near, permit, None);
+        let responses = io.responses.clone();
+        let mut received = vec![0u8; head.len()];
+        // A response in progress: its chunk is written as it is.
+        let response = responses.dispatch();
+        io.write_all(head).await.expect("write");
+        io.flush().await.expect("flush");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
+        // Ended but not yet flushed: still the response's bytes.
+        drop(response);
+        io.write_all(head).await.expect("write");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
+        io.flush().await.expect("flush");
+        // Between responses the same bytes are hyper's error head, and get the JSON body.
+        assert!(responses.idle());
+        let expected = json_parse_error(head).expect("rewritten");
+        io.write_all(head).await.expect("write");
+        let mut rewritten = vec![0u8; expected.len()];
+        far.read_exact(&mut rewritten).await.expect("read");
+        assert_eq!(rewritten, expected);
+        // After an upgrade never again.
+        responses.dispatch().upgraded();
+        io.flush().await.expect("flush");
+        io.write_all(head).await.expect("write");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
     }
 
     #[tokio::test]
