@@ -206,8 +206,9 @@ async fn a_forwarded_client_is_capped_per_address_while_others_get_in() {
                 .expect("local"),
         );
     }
-    // RFC 7239 `Forwarded` names a client too.
-    let carol = [("Forwarded", "for=\"[2001:db8::7]:4711\";proto=http")];
+    // An IPv6 client is counted by its /64 (RFC 7239 `Forwarded` has its own test, as only the
+    // header `--forwarded-header` names is read).
+    let carol = [("X-Forwarded-For", "[2001:db8::7]:4711")];
     let _carol = websocket(LOCAL, server.addr, "doc", &carol)
         .await
         .expect("carol");
@@ -535,8 +536,18 @@ async fn open_event_stream(
     addr: SocketAddr,
     headers: &[(&str, &str)],
 ) -> (TcpStream, u16) {
+    open_event_stream_after(local, addr, "", headers).await
+}
+
+/// [`open_event_stream`] with `prefix` (a PROXY header) sent before the request.
+async fn open_event_stream_after(
+    local: IpAddr,
+    addr: SocketAddr,
+    prefix: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16) {
     let mut stream = connect_from(local, addr).await.expect("connect");
-    let mut request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut request = format!("{prefix}GET /api/events HTTP/1.1\r\nHost: {addr}\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -575,6 +586,7 @@ async fn a_forwarded_clients_event_streams_count_against_its_cap() {
     let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &alice, b"").await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.json()["error"], "too_many_connections");
+    assert_error_id(&refused);
     let (_refused_stream, status) = open_event_stream(LOCAL, server.addr, &alice).await;
     assert_eq!(status, 503);
     // Another client of the same proxy still gets in.
@@ -642,4 +654,171 @@ async fn a_file_that_holds_an_error_head_downloads_intact_over_keep_alive() {
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_slice(&body).expect("healthz json");
     assert_eq!(health["status"], "ok", "{health}");
+}
+
+/// Asserts a 5xx body carries an `error_id` of 16 hex digits.
+fn assert_error_id(response: &HttpResponse) {
+    let json = response.json();
+    let error_id = json["error_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error_id: {json}"));
+    assert!(
+        error_id.len() == 16 && error_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{error_id}"
+    );
+}
+
+/// Bug: the 503 over a connection cap had no `error_id`, though every 5xx body should carry
+/// one (and the refusal's log line name it). Fix: the connection refusal has one too.
+#[tokio::test]
+async fn a_connection_refused_over_the_cap_gets_an_error_id() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "none".parse().expect("none");
+        config.listener.max_connections = 1;
+    })
+    .await;
+    let _held = websocket(LOCAL, server.addr, "doc", &[])
+        .await
+        .expect("the one slot");
+    let refused = server.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_connections");
+    assert_error_id(&refused);
+}
+
+/// Bug: the `Forwarded` parser ignored `\` escapes in quoted strings, so a client's
+/// `Forwarded: for=6.6.6.6, x="\",y"` swallowed the element the proxy appended after it
+/// (`, for=203.0.113.7`) and the client-chosen 6.6.6.6 was believed; and `X-Forwarded-For`
+/// always won, so behind a proxy that writes only `Forwarded` a client chose its address in
+/// `X-Forwarded-For`. Fix: escapes are honoured, a broken element ends the walk, and only the
+/// header `--forwarded-header` names is read.
+#[tokio::test]
+async fn a_client_cannot_choose_its_address_through_forwarded() {
+    let server = TestServer::start_with(|config| {
+        config.listener.forwarded_header = tandem_server::ForwardedHeader::Forwarded;
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let alice = [("Forwarded", "for=203.0.113.7")];
+    let (_alice, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    for forged in [
+        [("Forwarded", r#"for=6.6.6.6, x="\",y", for=203.0.113.7"#)],
+        [("Forwarded", r#"for=6.6.6.6, x="\",y""#)],
+    ] {
+        let mut headers = forged.to_vec();
+        if headers[0].1.ends_with('"') {
+            // The proxy appends its own element on a line of its own.
+            headers.push(("Forwarded", "for=203.0.113.7"));
+        }
+        let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &headers, b"").await;
+        assert_eq!(refused.status, 503, "{headers:?}: {}", refused.text());
+        assert!(
+            refused.text().contains("address 203.0.113.7,"),
+            "{}",
+            refused.text()
+        );
+    }
+    // X-Forwarded-For is not read when the proxy writes Forwarded.
+    let headers = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Forwarded", "for=203.0.113.7"),
+    ];
+    let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &headers, b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("address 203.0.113.7,"),
+        "{}",
+        refused.text()
+    );
+    // Another client still gets in.
+    let bob = [("Forwarded", "for=203.0.113.8")];
+    let ok = http_request_from(LOCAL, server.addr, "GET", "/healthz", &bob, b"").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Bug: a trusted peer whose forwarding header named no client beyond the trusted hops (only
+/// trusted hops, or garbage) was not counted per address at all, like a local process, so a
+/// client could escape the per-address cap with a broken header. Fix: only a loopback peer
+/// with no forwarding header is a local process; any other such request is counted under the
+/// peer's own address.
+#[tokio::test]
+async fn a_forwarding_header_that_names_nobody_counts_under_the_peer() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "127.0.0.2/32".parse().expect("cidr");
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let proxy = loopback(2);
+    let (_held, status) =
+        open_event_stream(proxy, server.addr, &[("X-Forwarded-For", "127.0.0.2")]).await;
+    assert_eq!(status, 200);
+    for named in ["127.0.0.2", "garbage", "unknown, 127.0.0.2"] {
+        let headers = [("X-Forwarded-For", named)];
+        let refused = http_request_from(proxy, server.addr, "GET", "/healthz", &headers, b"").await;
+        assert_eq!(refused.status, 503, "{named}: {}", refused.text());
+        assert!(
+            refused.text().contains("address 127.0.0.2,"),
+            "{}",
+            refused.text()
+        );
+    }
+    // A client the proxy names is still counted under its own address.
+    let ok = http_request_from(
+        proxy,
+        server.addr,
+        "GET",
+        "/healthz",
+        &[("X-Forwarded-For", "203.0.113.7")],
+        b"",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Bug: a PROXY header that names no client (v1 `UNKNOWN`, a v2 `PROXY` of a unix socket) was
+/// taken as the balancer's own connection, so the relayed client's own `X-Forwarded-For` was
+/// believed and it chose the address it was counted under. Fix: such a connection is counted
+/// under the balancer's address and its forwarding headers are not believed.
+#[tokio::test]
+async fn a_proxy_header_that_names_nobody_counts_under_the_balancer() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "127.0.0.2/32".parse().expect("cidr");
+        config.listener.proxy_protocol = true;
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let balancer = loopback(2);
+    let (_held, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY UNKNOWN\r\n",
+        &[("X-Forwarded-For", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut refused, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY UNKNOWN\r\n",
+        &[("X-Forwarded-For", "203.0.113.10")],
+    )
+    .await;
+    assert_eq!(status, 503);
+    let mut body = Vec::new();
+    tokio::time::timeout(WAIT, refused.read_to_end(&mut body))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("address 127.0.0.2,"), "{body}");
+    // A PROXY header that names a client still counts that client.
+    let (_client, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY TCP4 203.0.113.11 127.0.0.1 5555 80\r\n",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
 }

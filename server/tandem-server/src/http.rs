@@ -625,7 +625,7 @@ fn max_body_bytes(state: &AppState) -> usize {
 const ERROR_ID_BYTES: usize = 8;
 
 /// A fresh `error_id`: 16 random hex digits, enough that two failures never share one.
-fn new_error_id() -> String {
+pub(crate) fn new_error_id() -> String {
     use std::fmt::Write;
     let bytes: [u8; ERROR_ID_BYTES] = rand::random();
     bytes.iter().fold(String::new(), |mut out, byte| {

@@ -20,8 +20,10 @@
 //!   other response's body holds it until its last byte is out (an event stream, a slow
 //!   download), as axum drops the request's extensions when the handler returns; a
 //!   request over the cap gets the same JSON 503 and the proxy's connection stays open. A
-//!   process on this machine (a loopback peer no proxy speaks for) is not counted per address:
-//!   a local load test or script is bounded by the total cap only. Every request carries a
+//!   process on this machine (a loopback peer that sends no forwarding header) is not counted
+//!   per address: a local load test or script is bounded by the total cap only. Any other
+//!   trusted peer that names no client beyond the trusted hops is counted under its own
+//!   address, and so is a balancer whose PROXY header names no client. Every request carries a
 //!   [`ClientAddr`], which the sign-in limiter and the `conn` span use.
 //! - **TLS.** Each handshake runs in the connection's own task, never in the accept loop, so a
 //!   slow or silent client cannot stall accepting. Certificates come from `tls.rs`.
@@ -71,7 +73,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
-use crate::proxy::{self, ClientAddr, ProxyHeader, TrustedProxies};
+use crate::proxy::{self, ClientAddr, ForwardedHeader, ProxyHeader, TrustedProxies};
 use crate::shutdown::Lifecycle;
 use crate::tls::TlsFiles;
 
@@ -91,6 +93,8 @@ pub struct ListenerConfig {
     pub trusted_proxies: TrustedProxies,
     /// Read a PROXY protocol header (v1 or v2) first on connections from a trusted peer.
     pub proxy_protocol: bool,
+    /// The forwarding header a trusted proxy names the client in; the other is ignored.
+    pub forwarded_header: ForwardedHeader,
 }
 
 /// Longest time a refused connection is given to receive its 503. The answer is a courtesy: a
@@ -124,6 +128,7 @@ struct Shared {
     caps: Arc<ConnectionCaps>,
     trusted_proxies: TrustedProxies,
     proxy_protocol: bool,
+    forwarded_header: ForwardedHeader,
     /// Refusal tasks running now, bounded by [`MAX_PENDING_REFUSALS`].
     pending_refusals: Arc<AtomicUsize>,
     lifecycle: Lifecycle,
@@ -155,6 +160,7 @@ impl Listener {
         info!(
             trusted_proxies = %trusted,
             proxy_protocol = config.proxy_protocol,
+            forwarded_header = ?config.forwarded_header,
             "client addresses"
         );
         if config.proxy_protocol && config.trusted_proxies.nets().is_empty() {
@@ -171,6 +177,7 @@ impl Listener {
             )),
             trusted_proxies: config.trusted_proxies.clone(),
             proxy_protocol: config.proxy_protocol,
+            forwarded_header: config.forwarded_header,
             pending_refusals: Arc::new(AtomicUsize::new(0)),
             lifecycle,
         };
@@ -244,7 +251,8 @@ impl Listener {
 
     /// Answers a connection over a cap with a 503 in its own short task, then closes it.
     fn refuse(&self, stream: TcpStream, remote: SocketAddr, hit: CapHit) {
-        warn!(%remote, cap = hit.name(), max = hit.max(), "too many connections; refusing one");
+        let error_id = crate::http::new_error_id();
+        warn!(%remote, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one");
         let pending = self.shared.pending_refusals.fetch_add(1, Ordering::Relaxed);
         let guard = RefusalGuard(self.shared.pending_refusals.clone());
         if pending >= MAX_PENDING_REFUSALS {
@@ -255,7 +263,7 @@ impl Listener {
         let span = tracing::info_span!("refuse", %remote);
         self.shared.lifecycle.spawn(span, async move {
             let _guard = guard;
-            deliver_refusal(tls, stream, hit).await;
+            deliver_refusal(tls, stream, hit, &error_id).await;
         });
     }
 }
@@ -271,14 +279,14 @@ struct Source {
 
 /// Answers a connection over a cap with the 503 (after the TLS handshake, if any), bounded by
 /// [`REFUSAL_TIMEOUT`].
-async fn deliver_refusal<S>(tls: Option<TlsAcceptor>, stream: S, hit: CapHit)
+async fn deliver_refusal<S>(tls: Option<TlsAcceptor>, stream: S, hit: CapHit, error_id: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         match tls {
-            None => answer_refusal(stream, hit).await,
-            Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit).await,
+            None => answer_refusal(stream, hit, error_id).await,
+            Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit, error_id).await,
         }
     })
     .await;
@@ -297,11 +305,11 @@ impl Drop for RefusalGuard {
 }
 
 /// Writes the 503, closes our side, and reads what the client sent until it closes its side.
-async fn answer_refusal<S>(mut stream: S, hit: CapHit) -> std::io::Result<()>
+async fn answer_refusal<S>(mut stream: S, hit: CapHit, error_id: &str) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&refusal_response(hit)).await?;
+    stream.write_all(&refusal_response(hit, error_id)).await?;
     stream.shutdown().await?;
     let mut drained = 0;
     let mut buf = [0u8; 4096];
@@ -314,30 +322,35 @@ where
     Ok(())
 }
 
-/// The JSON body of every answer over a cap (`protocol-spec/http.md`).
-fn refusal_body(hit: CapHit) -> serde_json::Value {
+/// The JSON body of every answer over a cap (`protocol-spec/http.md`), with the `error_id` of
+/// its log line, like every 5xx body.
+fn refusal_body(hit: CapHit, error_id: &str) -> serde_json::Value {
     let message = match hit {
         CapHit::Total { max } => format!("too many open connections to this server, limit {max}"),
         CapHit::PerAddress { max, ip } => {
             format!("too many open connections from address {ip}, limit {max}")
         }
     };
-    serde_json::json!({ "error": "too_many_connections", "message": message })
+    serde_json::json!({
+        "error": "too_many_connections",
+        "message": message,
+        "error_id": error_id,
+    })
 }
 
 /// The answer to one request over the per-address cap from a trusted proxy: the same JSON 503,
 /// without closing the proxy's connection, which carries other clients too.
-fn refusal_for_request(hit: CapHit) -> Response {
+fn refusal_for_request(hit: CapHit, error_id: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(refusal_body(hit)),
+        axum::Json(refusal_body(hit, error_id)),
     )
         .into_response()
 }
 
 /// The fixed answer to a connection over a cap (`protocol-spec/http.md`).
-fn refusal_response(hit: CapHit) -> Vec<u8> {
-    let body = refusal_body(hit).to_string();
+fn refusal_response(hit: CapHit, error_id: &str) -> Vec<u8> {
+    let body = refusal_body(hit, error_id).to_string();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\n\
          Content-Type: application/json\r\n\
@@ -384,32 +397,46 @@ async fn serve_connection(
             }
         };
         read_ahead = rest;
-        if let Some(ProxyHeader::Client(client)) = said {
-            let span = tracing::Span::current();
-            span.record("remote", tracing::field::display(client));
-            span.record("proxy", tracing::field::display(source.client.peer));
-            source = Source {
-                client: ClientAddr {
-                    ip: client.ip().to_canonical(),
-                    peer: source.client.peer,
-                    proxied: true,
-                },
-                trusted: shared.trusted_proxies.contains(client.ip()),
-            };
-            // One TCP connection from a balancer is one client: count it like a direct one.
-            if !source.trusted {
-                match shared.caps.try_acquire_address(source.client.ip) {
-                    Ok(permit) => address_permit = Some(permit),
-                    Err(hit) => {
-                        warn!(
-                            cap = hit.name(),
-                            max = hit.max(),
-                            "too many connections; refusing one"
-                        );
-                        let stream = ReadAhead::new(stream, read_ahead);
-                        deliver_refusal(shared.tls.clone(), stream, hit).await;
-                        return;
-                    }
+        let relayed = match said {
+            Some(ProxyHeader::Client(client)) => {
+                let span = tracing::Span::current();
+                span.record("remote", tracing::field::display(client));
+                span.record("proxy", tracing::field::display(source.client.peer));
+                source = Source {
+                    client: ClientAddr {
+                        ip: client.ip().to_canonical(),
+                        peer: source.client.peer,
+                        proxied: true,
+                    },
+                    trusted: shared.trusted_proxies.contains(client.ip()),
+                };
+                true
+            }
+            // A relayed connection whose source the balancer cannot name: its bytes (forwarding
+            // headers included) are not the balancer's, so they are counted under the
+            // balancer's address and believed no more than a direct client's.
+            Some(ProxyHeader::Unknown) => {
+                source.trusted = false;
+                true
+            }
+            // The balancer's own connection, or a plain request from the trusted peer.
+            Some(ProxyHeader::Local) | None => false,
+        };
+        // One TCP connection from a balancer is one client: count it like a direct one.
+        if relayed && !source.trusted {
+            match shared.caps.try_acquire_address(source.client.ip) {
+                Ok(permit) => address_permit = Some(permit),
+                Err(hit) => {
+                    let error_id = crate::http::new_error_id();
+                    warn!(
+                        cap = hit.name(),
+                        max = hit.max(),
+                        error_id = %error_id,
+                        "too many connections; refusing one"
+                    );
+                    let stream = ReadAhead::new(stream, read_ahead);
+                    deliver_refusal(shared.tls.clone(), stream, hit, &error_id).await;
+                    return;
                 }
             }
         }
@@ -497,7 +524,7 @@ where
                         let Ok(response) = app.oneshot(request).await;
                         (response, permit)
                     }
-                    Err(hit) => (refusal_for_request(hit), None),
+                    Err((hit, error_id)) => (refusal_for_request(hit, &error_id), None),
                 };
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     response_end.upgraded();
@@ -555,31 +582,37 @@ where
 }
 
 impl Shared {
-    /// The client of one request, and its per-address permit when a trusted proxy forwards it;
-    /// or the cap that client is over.
+    /// The client of one request, and its per-address permit when a trusted peer's request is
+    /// counted; or the cap that client is over, with the `error_id` its refusal was logged with.
     fn admit(
         &self,
         source: Source,
         headers: &HeaderMap,
-    ) -> Result<(ClientAddr, Option<RequestPermit>), CapHit> {
+    ) -> Result<(ClientAddr, Option<RequestPermit>), (CapHit, String)> {
         if !source.trusted {
             return Ok((source.client, None));
         }
-        // A trusted peer without a forwarding header speaks for itself (a health check, a local
-        // process): counted in the total only, like its connection.
-        let Some(ip) = proxy::forwarded_client(headers, &self.trusted_proxies) else {
-            return Ok((source.client, None));
+        let named = proxy::forwarded_client(headers, &self.trusted_proxies, self.forwarded_header);
+        let (client, counted_ip) = match named {
+            // A client beyond the trusted hops: counted under its own address.
+            Some(Some(ip)) if !self.trusted_proxies.contains(ip) => {
+                let client = ClientAddr {
+                    ip,
+                    peer: source.client.peer,
+                    proxied: true,
+                };
+                (client, ip)
+            }
+            // A process on this machine with no forwarding header speaks for itself (a health
+            // check, a local script): counted in the total only, like its connection.
+            None if source.client.is_local() => return Ok((source.client, None)),
+            // Any other trusted peer that names no client beyond the trusted hops (no header, a
+            // header of trusted hops only, or one that names nobody) is counted under its own
+            // address: a remote proxy's requests are bounded like anyone's, and a broken header
+            // does not escape the per-address cap.
+            _ => (source.client, source.client.ip),
         };
-        let client = ClientAddr {
-            ip,
-            peer: source.client.peer,
-            proxied: true,
-        };
-        // Every hop trusted: a proxy's own request, like the one without a header.
-        if self.trusted_proxies.contains(ip) {
-            return Ok((client, None));
-        }
-        match self.caps.try_acquire_address(ip) {
+        match self.caps.try_acquire_address(counted_ip) {
             Ok(permit) => Ok((
                 client,
                 Some(RequestPermit {
@@ -587,8 +620,9 @@ impl Shared {
                 }),
             )),
             Err(hit) => {
-                warn!(client = %ip, cap = hit.name(), max = hit.max(), "too many connections; refusing one request");
-                Err(hit)
+                let error_id = crate::http::new_error_id();
+                warn!(client = %counted_ip, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one request");
+                Err((hit, error_id))
             }
         }
     }
@@ -1171,10 +1205,13 @@ mod tests {
 
     #[test]
     fn the_refusal_is_a_complete_json_503_that_closes() {
-        let response = refusal_response(CapHit::PerAddress {
-            max: 3,
-            ip: ip("10.0.0.1"),
-        });
+        let response = refusal_response(
+            CapHit::PerAddress {
+                max: 3,
+                ip: ip("10.0.0.1"),
+            },
+            "00112233aabbccdd",
+        );
         let text = String::from_utf8(response).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(
@@ -1188,6 +1225,7 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(body).expect("json body");
         assert_eq!(json["error"], "too_many_connections");
+        assert_eq!(json["error_id"], "00112233aabbccdd");
         assert!(
             json["message"]
                 .as_str()
