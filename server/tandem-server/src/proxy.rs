@@ -628,6 +628,30 @@ mod tests {
         assert_eq!(len, v2.len());
         assert_eq!(parse_proxy_header(&v2[..10]), Ok(None));
 
+        // A relayed unix-socket connection names no client; a LOCAL one is the balancer's own.
+        let unix = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            ppp::v2::Unix::new([0; 108], [0; 108]),
+        )
+        .build()
+        .expect("v2 unix header");
+        assert_eq!(
+            parse_proxy_header(&unix),
+            Ok(Some((ProxyHeader::Unknown, unix.len())))
+        );
+        let local = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        .expect("v2 local header");
+        assert_eq!(
+            parse_proxy_header(&local),
+            Ok(Some((ProxyHeader::Local, local.len())))
+        );
+
         assert!(!may_be_proxy_header(b"GET / HTTP/1.1\r\n"));
         assert_eq!(
             parse_proxy_header(b"PROXY TCP4 nonsense\r\n"),
