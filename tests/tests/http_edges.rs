@@ -271,6 +271,8 @@ async fn malformed_webhook_urls_are_refused_and_not_listed() {
 /// private addresses, so an admin token reached internal services (SSRF). By default such
 /// targets are refused with 400 `bad_webhook`, in every spelling the URL parser reads, and
 /// through a name that resolves to them (`localhost`); `--webhook-allow-private` allows them.
+/// A review found 198.18.0.0/15, 192.0.0.0/24 and 64:ff9b:1::/48 still accepted; they are
+/// refused too.
 #[tokio::test]
 async fn webhooks_to_internal_addresses_are_refused_unless_allowed() {
     let mut server = started(|_| {}).await;
@@ -287,6 +289,10 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allowed() {
         "http://2130706433/hook",
         "http://0x7f.1/hook",
         "http://localhost:8080/hook",
+        // Benchmarking, IETF protocol assignments and local-use NAT64 are internal too.
+        "http://198.18.0.1/hook",
+        "http://192.0.0.8/hook",
+        "http://[64:ff9b:1::a00:1]/hook",
     ] {
         let response = add_webhook(&server, url).await;
         assert_error(&response, 400, "bad_webhook");
@@ -629,4 +635,76 @@ async fn head_and_get_agree_on_every_download_route() {
         }
         assert_eq!(head_headers, get_headers, "{path} {headers:?}");
     }
+}
+
+/// Bug: the name a client gives in `X-Tandem-User` (authentication off) lost only its control
+/// characters, so a direction override (U+202E) reached the activity feed and the file's
+/// metadata, where it reorders what follows. Fix: every character `name::is_forbidden` refuses
+/// in other names is dropped from it too.
+#[tokio::test]
+async fn a_claimed_user_name_loses_direction_overrides_and_separators() {
+    let server = started(|_| {}).await;
+    let put = server
+        .request(
+            "PUT",
+            "/api/files/edges/claimed.txt",
+            &[("X-Tandem-User", "%E2%80%AEevil%E2%80%A8%E2%81%A6name%01")],
+            b"x",
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    // The activity recorder stores the entry shortly after the upload's answer.
+    let deadline = tokio::time::Instant::now() + tandem_tests::WAIT;
+    let entries = loop {
+        let entries = list(&server, "/api/activity", "entries").await;
+        if !entries.is_empty() {
+            break entries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no activity entry");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let names: Vec<&str> = entries
+        .iter()
+        .filter_map(|entry| entry["actor"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["evilname"], "{entries:?}");
+}
+
+/// Bug: some answers had no JSON body: axum's `405 Method Not Allowed` was empty and the
+/// refusals of a WebSocket upgrade were plain text. Fix: both carry `{"error", "message"}`,
+/// with their status and headers (`Allow` on a 405) unchanged.
+#[tokio::test]
+async fn method_not_allowed_and_upgrade_refusals_are_json_errors() {
+    let server = started(|_| {}).await;
+    let response = server.request("DELETE", "/healthz", &[], b"").await;
+    assert_error(&response, 405, "method_not_allowed");
+    let allow = response.header("allow").expect("an Allow header");
+    assert!(allow.contains("GET"), "{allow}");
+    let response = server.request("POST", "/ws/doc", &[], b"x").await;
+    assert_error(&response, 405, "method_not_allowed");
+    // A GET of a WebSocket path that is not an upgrade.
+    let response = server.request("GET", "/ws/doc", &[], b"").await;
+    assert_error(&response, 400, "bad_upgrade");
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("upgrade")),
+        "{}",
+        response.text()
+    );
+    let response = server
+        .request(
+            "GET",
+            "/ws/doc",
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "8"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            b"",
+        )
+        .await;
+    assert_error(&response, 400, "bad_upgrade");
+    assert!(response.text().contains("13"), "{}", response.text());
 }

@@ -206,8 +206,9 @@ async fn a_forwarded_client_is_capped_per_address_while_others_get_in() {
                 .expect("local"),
         );
     }
-    // RFC 7239 `Forwarded` names a client too.
-    let carol = [("Forwarded", "for=\"[2001:db8::7]:4711\";proto=http")];
+    // An IPv6 client is counted by its /64 (RFC 7239 `Forwarded` has its own test, as only the
+    // header `--forwarded-header` names is read).
+    let carol = [("X-Forwarded-For", "[2001:db8::7]:4711")];
     let _carol = websocket(LOCAL, server.addr, "doc", &carol)
         .await
         .expect("carol");
@@ -497,4 +498,335 @@ async fn requests_hyper_cannot_parse_get_json_errors_even_after_keep_alive() {
     assert_eq!(response.status, 400);
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.json()["error"], "bad_request");
+}
+
+/// Reads one response from a keep-alive connection: its status, head and `Content-Length` body.
+async fn read_one_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before a complete head: {bytes:?}");
+        bytes.push(byte[0]);
+    }
+    let (status, head, _) = parse_response(&bytes);
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut body))
+        .await
+        .expect("a body in time")
+        .expect("read body");
+    (status, head, body)
+}
+
+/// Opens `GET /api/events` from `local` with `headers` and waits for the head of its answer,
+/// which stays open; returns the stream and the status.
+async fn open_event_stream(
+    local: IpAddr,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16) {
+    open_event_stream_after(local, addr, "", headers).await
+}
+
+/// [`open_event_stream`] with `prefix` (a PROXY header) sent before the request.
+async fn open_event_stream_after(
+    local: IpAddr,
+    addr: SocketAddr,
+    prefix: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16) {
+    let mut stream = connect_from(local, addr).await.expect("connect");
+    let mut request = format!("{prefix}GET /api/events HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("a head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before a complete head");
+        bytes.push(byte[0]);
+    }
+    let (status, _, _) = parse_response(&bytes);
+    (stream, status)
+}
+
+/// Bug: behind a proxy the per-address cap held only for WebSockets. axum drops a request's
+/// extensions, and the `RequestPermit` in them, once the handler returns, so one forwarded
+/// client could hold any number of `GET /api/events` streams (or slow downloads) uncounted.
+/// Fix: the listener hangs the permit on the response body, which lets it go only at the end of
+/// the stream.
+#[tokio::test]
+async fn a_forwarded_clients_event_streams_count_against_its_cap() {
+    let server = TestServer::start_with(|config| {
+        config.listener.max_connections_per_address = 2;
+    })
+    .await;
+    let alice = [("X-Forwarded-For", "203.0.113.7")];
+    let (first, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    let (_second, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &alice, b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_connections");
+    assert_error_id(&refused);
+    let (_refused_stream, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 503);
+    // Another client of the same proxy still gets in.
+    let bob = [("X-Forwarded-For", "203.0.113.8")];
+    let (_bob, status) = open_event_stream(LOCAL, server.addr, &bob).await;
+    assert_eq!(status, 200);
+    // Closing one of alice's streams frees its slot, once the server notices.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = http_request_from(LOCAL, server.addr, "GET", "/healthz", &alice, b"").await;
+        if response.status == 200 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bug: the listener rewrote any write that looked like hyper's bare error head into a JSON
+/// answer, and hyper writes each chunk of a `Content-Length` body on its own, so a file whose
+/// bytes are such a head came back as the JSON error (a wrong body and a desynchronised
+/// keep-alive stream). Fix: the rewrite only happens while no response is being written.
+#[tokio::test]
+async fn a_file_that_holds_an_error_head_downloads_intact_over_keep_alive() {
+    let server = TestServer::start().await;
+    let head: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    // The server reads a file in 64 KiB chunks, and hyper writes out what it holds once it
+    // holds about 400 KiB (7 chunks): the 8th chunk of a response, the head, goes on its own.
+    let mut content = vec![b'a'; 8 * 64 * 1024];
+    content.extend_from_slice(head);
+    let put = server
+        .request("PUT", "/api/files/edges/head.bin", &[], &content)
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let range = "bytes=65536-";
+    let requests = [
+        (
+            "GET /api/files/edges/head.bin HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            200,
+            &content[..],
+        ),
+        (
+            format!("GET /api/files/edges/head.bin HTTP/1.1\r\nHost: x\r\nRange: {range}\r\n\r\n"),
+            206,
+            &content[65536..],
+        ),
+    ];
+    for (request, expected_status, expected_body) in requests {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let (status, response_head, body) = read_one_response(&mut stream).await;
+        assert_eq!(status, expected_status, "{response_head}");
+        let tail = &body[body.len().saturating_sub(80)..];
+        assert!(
+            body == expected_body,
+            "{expected_status}: {} bytes of {}, ending {:?}",
+            body.len(),
+            expected_body.len(),
+            String::from_utf8_lossy(tail)
+        );
+    }
+    // The connection is still in step: a further request gets its own answer.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _, body) = read_one_response(&mut stream).await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_slice(&body).expect("healthz json");
+    assert_eq!(health["status"], "ok", "{health}");
+}
+
+/// Asserts a 5xx body carries an `error_id` of 16 hex digits.
+fn assert_error_id(response: &HttpResponse) {
+    let json = response.json();
+    let error_id = json["error_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error_id: {json}"));
+    assert!(
+        error_id.len() == 16 && error_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{error_id}"
+    );
+}
+
+/// Bug: the 503 over a connection cap had no `error_id`, though every 5xx body should carry
+/// one (and the refusal's log line name it). Fix: the connection refusal has one too.
+#[tokio::test]
+async fn a_connection_refused_over_the_cap_gets_an_error_id() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "none".parse().expect("none");
+        config.listener.max_connections = 1;
+    })
+    .await;
+    let _held = websocket(LOCAL, server.addr, "doc", &[])
+        .await
+        .expect("the one slot");
+    let refused = server.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_connections");
+    assert_error_id(&refused);
+}
+
+/// Bug: the `Forwarded` parser ignored `\` escapes in quoted strings, so a client's
+/// `Forwarded: for=6.6.6.6, x="\",y"` swallowed the element the proxy appended after it
+/// (`, for=203.0.113.7`) and the client-chosen 6.6.6.6 was believed; and `X-Forwarded-For`
+/// always won, so behind a proxy that writes only `Forwarded` a client chose its address in
+/// `X-Forwarded-For`. Fix: escapes are honoured, a broken element ends the walk, and only the
+/// header `--forwarded-header` names is read.
+#[tokio::test]
+async fn a_client_cannot_choose_its_address_through_forwarded() {
+    let server = TestServer::start_with(|config| {
+        config.listener.forwarded_header = tandem_server::ForwardedHeader::Forwarded;
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let alice = [("Forwarded", "for=203.0.113.7")];
+    let (_alice, status) = open_event_stream(LOCAL, server.addr, &alice).await;
+    assert_eq!(status, 200);
+    for forged in [
+        [("Forwarded", r#"for=6.6.6.6, x="\",y", for=203.0.113.7"#)],
+        [("Forwarded", r#"for=6.6.6.6, x="\",y""#)],
+    ] {
+        let mut headers = forged.to_vec();
+        if headers[0].1.ends_with('"') {
+            // The proxy appends its own element on a line of its own.
+            headers.push(("Forwarded", "for=203.0.113.7"));
+        }
+        let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &headers, b"").await;
+        assert_eq!(refused.status, 503, "{headers:?}: {}", refused.text());
+        assert!(
+            refused.text().contains("address 203.0.113.7,"),
+            "{}",
+            refused.text()
+        );
+    }
+    // X-Forwarded-For is not read when the proxy writes Forwarded.
+    let headers = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Forwarded", "for=203.0.113.7"),
+    ];
+    let refused = http_request_from(LOCAL, server.addr, "GET", "/healthz", &headers, b"").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("address 203.0.113.7,"),
+        "{}",
+        refused.text()
+    );
+    // Another client still gets in.
+    let bob = [("Forwarded", "for=203.0.113.8")];
+    let ok = http_request_from(LOCAL, server.addr, "GET", "/healthz", &bob, b"").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Bug: a trusted peer whose forwarding header named no client beyond the trusted hops (only
+/// trusted hops, or garbage) was not counted per address at all, like a local process, so a
+/// client could escape the per-address cap with a broken header. Fix: only a loopback peer
+/// with no forwarding header is a local process; any other such request is counted under the
+/// peer's own address.
+#[tokio::test]
+async fn a_forwarding_header_that_names_nobody_counts_under_the_peer() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "127.0.0.2/32".parse().expect("cidr");
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let proxy = loopback(2);
+    let (_held, status) =
+        open_event_stream(proxy, server.addr, &[("X-Forwarded-For", "127.0.0.2")]).await;
+    assert_eq!(status, 200);
+    for named in ["127.0.0.2", "garbage", "unknown, 127.0.0.2"] {
+        let headers = [("X-Forwarded-For", named)];
+        let refused = http_request_from(proxy, server.addr, "GET", "/healthz", &headers, b"").await;
+        assert_eq!(refused.status, 503, "{named}: {}", refused.text());
+        assert!(
+            refused.text().contains("address 127.0.0.2,"),
+            "{}",
+            refused.text()
+        );
+    }
+    // A client the proxy names is still counted under its own address.
+    let ok = http_request_from(
+        proxy,
+        server.addr,
+        "GET",
+        "/healthz",
+        &[("X-Forwarded-For", "203.0.113.7")],
+        b"",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Bug: a PROXY header that names no client (v1 `UNKNOWN`, a v2 `PROXY` of a unix socket) was
+/// taken as the balancer's own connection, so the relayed client's own `X-Forwarded-For` was
+/// believed and it chose the address it was counted under. Fix: such a connection is counted
+/// under the balancer's address and its forwarding headers are not believed.
+#[tokio::test]
+async fn a_proxy_header_that_names_nobody_counts_under_the_balancer() {
+    let server = TestServer::start_with(|config| {
+        config.listener.trusted_proxies = "127.0.0.2/32".parse().expect("cidr");
+        config.listener.proxy_protocol = true;
+        config.listener.max_connections_per_address = 1;
+    })
+    .await;
+    let balancer = loopback(2);
+    let (_held, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY UNKNOWN\r\n",
+        &[("X-Forwarded-For", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut refused, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY UNKNOWN\r\n",
+        &[("X-Forwarded-For", "203.0.113.10")],
+    )
+    .await;
+    assert_eq!(status, 503);
+    let mut body = Vec::new();
+    tokio::time::timeout(WAIT, refused.read_to_end(&mut body))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("address 127.0.0.2,"), "{body}");
+    // A PROXY header that names a client still counts that client.
+    let (_client, status) = open_event_stream_after(
+        balancer,
+        server.addr,
+        "PROXY TCP4 203.0.113.11 127.0.0.1 5555 80\r\n",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
 }

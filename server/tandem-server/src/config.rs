@@ -26,7 +26,7 @@ use crate::files::FilesConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
-use crate::proxy::{TrustedProxies, TrustedProxyArg};
+use crate::proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
 use crate::tls::TlsFiles;
 use crate::webhook::WebhookConfig;
 
@@ -318,6 +318,11 @@ pub struct ServeArgs {
     /// empty beside such data [default: false].
     #[arg(long, env = "TANDEM_INIT", num_args = 0..=1, default_missing_value = "true")]
     pub init: Option<bool>,
+    /// The header a trusted proxy names the client in: `xff` (X-Forwarded-For, which nginx and
+    /// haproxy append to) or `forwarded` (RFC 7239, for a proxy that writes only that one); the
+    /// other header is ignored, since a proxy passes it through from the client [default: xff].
+    #[arg(long, env = "TANDEM_FORWARDED_HEADER")]
+    pub forwarded_header: Option<ForwardedHeader>,
 }
 
 /// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
@@ -628,6 +633,10 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     TrustedProxies::new(entries.into_iter().filter_map(|e| e.0).collect())
                 }),
             proxy_protocol: args.proxy_protocol.or(file.proxy_protocol).unwrap_or(false),
+            forwarded_header: args
+                .forwarded_header
+                .or(file.forwarded_header)
+                .unwrap_or_default(),
         },
         auth: AuthConfig {
             // Off by default only where nobody else can connect.
@@ -1029,6 +1038,18 @@ mod tests {
             "10.0.0.0/8".parse::<TrustedProxies>().unwrap()
         );
         assert!(config.listener.proxy_protocol);
+        assert_eq!(
+            config.listener.forwarded_header,
+            ForwardedHeader::XForwardedFor
+        );
+        let args: ServeArgs = toml::from_str("forwarded_header = \"forwarded\"").unwrap();
+        assert_eq!(
+            resolve(args, ServeArgs::default())
+                .listener
+                .forwarded_header,
+            ForwardedHeader::Forwarded
+        );
+        assert!(toml::from_str::<ServeArgs>("forwarded_header = \"both\"").is_err());
         let args = Cli::parse_from(["tandem", "serve", "--trusted-proxies", "none"]);
         let Some(Command::Serve(args)) = args.command else {
             panic!("serve");

@@ -76,8 +76,10 @@ impl Actor {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| percent_decode_str(value).decode_utf8().ok())
             .map(|name| {
+                // The characters refused in every other name (controls, direction overrides,
+                // line separators) are dropped: the header is optional and unverified anyway.
                 name.chars()
-                    .filter(|c| !c.is_control())
+                    .filter(|&c| !crate::name::is_forbidden(c))
                     .take(MAX_CLAIMED_NAME_CHARS)
                     .collect::<String>()
             })

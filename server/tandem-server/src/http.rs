@@ -134,6 +134,7 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
             ));
     streaming
         .merge(timed)
+        .layer(middleware::map_response(json_for_bare_errors))
         // The span names the path only: a query may carry a token (`?token=`), which is never
         // logged. `remote` is the client, through trusted proxies (`proxy.rs`).
         .layer(
@@ -150,6 +151,32 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
                 )
             }),
         )
+}
+
+/// axum's own answers that have no body, a `405` for a method the route does not take (with its
+/// `Allow` header) and the request timeout's `408`, given the JSON error body every other error
+/// has; status and headers stay as they are.
+async fn json_for_bare_errors(response: Response) -> Response {
+    use hyper::body::Body as _;
+    let (code, message) = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this method is not allowed here; the Allow header lists those that are",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
+        _ => return response,
+    };
+    if response.body().size_hint().exact() != Some(0) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// The account endpoints take small JSON bodies; the route's limit overrides the router's.
@@ -625,7 +652,7 @@ fn max_body_bytes(state: &AppState) -> usize {
 const ERROR_ID_BYTES: usize = 8;
 
 /// A fresh `error_id`: 16 random hex digits, enough that two failures never share one.
-fn new_error_id() -> String {
+pub(crate) fn new_error_id() -> String {
     use std::fmt::Write;
     let bytes: [u8; ERROR_ID_BYTES] = rand::random();
     bytes.iter().fold(String::new(), |mut out, byte| {
@@ -703,4 +730,40 @@ async fn log_api_errors(request: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Bug: the request timeout answered `408` with an empty body, unlike every other error.
+    /// Fix: `json_for_bare_errors` gives it the JSON shape. Driven through the real
+    /// `TimeoutLayer`, with a timeout short enough for a test (the server's is 30 s).
+    #[tokio::test]
+    async fn the_request_timeout_answers_408_with_a_json_body() {
+        let app: Router = Router::new()
+            .route("/slow", get(std::future::pending::<()>))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(10),
+            ))
+            .layer(middleware::map_response(json_for_bare_errors));
+        let request = Request::builder()
+            .uri("/slow")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"], "request_timeout", "{json}");
+        assert!(json["message"].is_string());
+    }
 }

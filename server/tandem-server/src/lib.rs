@@ -71,7 +71,7 @@ pub use files::FilesConfig;
 pub use hub::HubConfig;
 pub use listener::ListenerConfig;
 pub use persist::PersistConfig;
-pub use proxy::{TrustedProxies, TrustedProxyArg};
+pub use proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
 pub use shutdown::signal;
 pub use tls::{TlsError, TlsFiles};
 

@@ -16,10 +16,14 @@
 //!   balancer with `--proxy-protocol` (one TCP connection is one client); and per request for a
 //!   trusted HTTP proxy, because one keep-alive connection of a proxy carries many clients in
 //!   turn. That per-request count is a [`RequestPermit`] in the request's extensions, which the
-//!   WebSocket upgrade moves into the connection task, so it lasts as long as the WebSocket; a
+//!   WebSocket upgrade moves into the connection task, so it lasts as long as the WebSocket; any
+//!   other response's body holds it until its last byte is out (an event stream, a slow
+//!   download), as axum drops the request's extensions when the handler returns; a
 //!   request over the cap gets the same JSON 503 and the proxy's connection stays open. A
-//!   process on this machine (a loopback peer no proxy speaks for) is not counted per address:
-//!   a local load test or script is bounded by the total cap only. Every request carries a
+//!   process on this machine (a loopback peer that sends no forwarding header) is not counted
+//!   per address: a local load test or script is bounded by the total cap only. Any other
+//!   trusted peer that names no client beyond the trusted hops is counted under its own
+//!   address, and so is a balancer whose PROXY header names no client. Every request carries a
 //!   [`ClientAddr`], which the sign-in limiter and the `conn` span use.
 //! - **TLS.** Each handshake runs in the connection's own task, never in the accept loop, so a
 //!   slow or silent client cannot stall accepting. Certificates come from `tls.rs`.
@@ -33,7 +37,8 @@
 //!   beyond 2^64 - 3, too many or too long headers, a malformed request line) itself, with an
 //!   empty `400`, `414` or `431`, and closes the connection. [`CountedIo`] recognises that head
 //!   as it is written and sends the same status with our JSON error body instead (see
-//!   [`json_parse_error`] for why nothing else can match it).
+//!   [`json_parse_error`] for why nothing else can match it), but only while no response is
+//!   being written on the connection ([`ResponseTracker`]).
 //!
 //! Why our own loop rather than `axum::serve`: `axum::serve` has no hook between accept and
 //! HTTP (no TLS, no caps, no deadline) and sets no header timeout. We drive hyper's HTTP/1.1
@@ -45,6 +50,7 @@
 //! every task is on the lifecycle tracker, so `lib.rs::run` waits for them.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,7 +63,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use hyper::Request;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -67,7 +73,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
-use crate::proxy::{self, ClientAddr, ProxyHeader, TrustedProxies};
+use crate::proxy::{self, ClientAddr, ForwardedHeader, ProxyHeader, TrustedProxies};
 use crate::shutdown::Lifecycle;
 use crate::tls::TlsFiles;
 
@@ -87,6 +93,8 @@ pub struct ListenerConfig {
     pub trusted_proxies: TrustedProxies,
     /// Read a PROXY protocol header (v1 or v2) first on connections from a trusted peer.
     pub proxy_protocol: bool,
+    /// The forwarding header a trusted proxy names the client in; the other is ignored.
+    pub forwarded_header: ForwardedHeader,
 }
 
 /// Longest time a refused connection is given to receive its 503. The answer is a courtesy: a
@@ -120,6 +128,7 @@ struct Shared {
     caps: Arc<ConnectionCaps>,
     trusted_proxies: TrustedProxies,
     proxy_protocol: bool,
+    forwarded_header: ForwardedHeader,
     /// Refusal tasks running now, bounded by [`MAX_PENDING_REFUSALS`].
     pending_refusals: Arc<AtomicUsize>,
     lifecycle: Lifecycle,
@@ -151,6 +160,7 @@ impl Listener {
         info!(
             trusted_proxies = %trusted,
             proxy_protocol = config.proxy_protocol,
+            forwarded_header = ?config.forwarded_header,
             "client addresses"
         );
         if config.proxy_protocol && config.trusted_proxies.nets().is_empty() {
@@ -167,6 +177,7 @@ impl Listener {
             )),
             trusted_proxies: config.trusted_proxies.clone(),
             proxy_protocol: config.proxy_protocol,
+            forwarded_header: config.forwarded_header,
             pending_refusals: Arc::new(AtomicUsize::new(0)),
             lifecycle,
         };
@@ -240,7 +251,8 @@ impl Listener {
 
     /// Answers a connection over a cap with a 503 in its own short task, then closes it.
     fn refuse(&self, stream: TcpStream, remote: SocketAddr, hit: CapHit) {
-        warn!(%remote, cap = hit.name(), max = hit.max(), "too many connections; refusing one");
+        let error_id = crate::http::new_error_id();
+        warn!(%remote, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one");
         let pending = self.shared.pending_refusals.fetch_add(1, Ordering::Relaxed);
         let guard = RefusalGuard(self.shared.pending_refusals.clone());
         if pending >= MAX_PENDING_REFUSALS {
@@ -251,7 +263,7 @@ impl Listener {
         let span = tracing::info_span!("refuse", %remote);
         self.shared.lifecycle.spawn(span, async move {
             let _guard = guard;
-            deliver_refusal(tls, stream, hit).await;
+            deliver_refusal(tls, stream, hit, &error_id).await;
         });
     }
 }
@@ -267,14 +279,14 @@ struct Source {
 
 /// Answers a connection over a cap with the 503 (after the TLS handshake, if any), bounded by
 /// [`REFUSAL_TIMEOUT`].
-async fn deliver_refusal<S>(tls: Option<TlsAcceptor>, stream: S, hit: CapHit)
+async fn deliver_refusal<S>(tls: Option<TlsAcceptor>, stream: S, hit: CapHit, error_id: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         match tls {
-            None => answer_refusal(stream, hit).await,
-            Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit).await,
+            None => answer_refusal(stream, hit, error_id).await,
+            Some(acceptor) => answer_refusal(acceptor.accept(stream).await?, hit, error_id).await,
         }
     })
     .await;
@@ -293,11 +305,11 @@ impl Drop for RefusalGuard {
 }
 
 /// Writes the 503, closes our side, and reads what the client sent until it closes its side.
-async fn answer_refusal<S>(mut stream: S, hit: CapHit) -> std::io::Result<()>
+async fn answer_refusal<S>(mut stream: S, hit: CapHit, error_id: &str) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&refusal_response(hit)).await?;
+    stream.write_all(&refusal_response(hit, error_id)).await?;
     stream.shutdown().await?;
     let mut drained = 0;
     let mut buf = [0u8; 4096];
@@ -310,30 +322,35 @@ where
     Ok(())
 }
 
-/// The JSON body of every answer over a cap (`protocol-spec/http.md`).
-fn refusal_body(hit: CapHit) -> serde_json::Value {
+/// The JSON body of every answer over a cap (`protocol-spec/http.md`), with the `error_id` of
+/// its log line, like every 5xx body.
+fn refusal_body(hit: CapHit, error_id: &str) -> serde_json::Value {
     let message = match hit {
         CapHit::Total { max } => format!("too many open connections to this server, limit {max}"),
         CapHit::PerAddress { max, ip } => {
             format!("too many open connections from address {ip}, limit {max}")
         }
     };
-    serde_json::json!({ "error": "too_many_connections", "message": message })
+    serde_json::json!({
+        "error": "too_many_connections",
+        "message": message,
+        "error_id": error_id,
+    })
 }
 
 /// The answer to one request over the per-address cap from a trusted proxy: the same JSON 503,
 /// without closing the proxy's connection, which carries other clients too.
-fn refusal_for_request(hit: CapHit) -> Response {
+fn refusal_for_request(hit: CapHit, error_id: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(refusal_body(hit)),
+        axum::Json(refusal_body(hit, error_id)),
     )
         .into_response()
 }
 
 /// The fixed answer to a connection over a cap (`protocol-spec/http.md`).
-fn refusal_response(hit: CapHit) -> Vec<u8> {
-    let body = refusal_body(hit).to_string();
+fn refusal_response(hit: CapHit, error_id: &str) -> Vec<u8> {
+    let body = refusal_body(hit, error_id).to_string();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\n\
          Content-Type: application/json\r\n\
@@ -380,32 +397,46 @@ async fn serve_connection(
             }
         };
         read_ahead = rest;
-        if let Some(ProxyHeader::Client(client)) = said {
-            let span = tracing::Span::current();
-            span.record("remote", tracing::field::display(client));
-            span.record("proxy", tracing::field::display(source.client.peer));
-            source = Source {
-                client: ClientAddr {
-                    ip: client.ip().to_canonical(),
-                    peer: source.client.peer,
-                    proxied: true,
-                },
-                trusted: shared.trusted_proxies.contains(client.ip()),
-            };
-            // One TCP connection from a balancer is one client: count it like a direct one.
-            if !source.trusted {
-                match shared.caps.try_acquire_address(source.client.ip) {
-                    Ok(permit) => address_permit = Some(permit),
-                    Err(hit) => {
-                        warn!(
-                            cap = hit.name(),
-                            max = hit.max(),
-                            "too many connections; refusing one"
-                        );
-                        let stream = ReadAhead::new(stream, read_ahead);
-                        deliver_refusal(shared.tls.clone(), stream, hit).await;
-                        return;
-                    }
+        let relayed = match said {
+            Some(ProxyHeader::Client(client)) => {
+                let span = tracing::Span::current();
+                span.record("remote", tracing::field::display(client));
+                span.record("proxy", tracing::field::display(source.client.peer));
+                source = Source {
+                    client: ClientAddr {
+                        ip: client.ip().to_canonical(),
+                        peer: source.client.peer,
+                        proxied: true,
+                    },
+                    trusted: shared.trusted_proxies.contains(client.ip()),
+                };
+                true
+            }
+            // A relayed connection whose source the balancer cannot name: its bytes (forwarding
+            // headers included) are not the balancer's, so they are counted under the
+            // balancer's address and believed no more than a direct client's.
+            Some(ProxyHeader::Unknown) => {
+                source.trusted = false;
+                true
+            }
+            // The balancer's own connection, or a plain request from the trusted peer.
+            Some(ProxyHeader::Local) | None => false,
+        };
+        // One TCP connection from a balancer is one client: count it like a direct one.
+        if relayed && !source.trusted {
+            match shared.caps.try_acquire_address(source.client.ip) {
+                Ok(permit) => address_permit = Some(permit),
+                Err(hit) => {
+                    let error_id = crate::http::new_error_id();
+                    warn!(
+                        cap = hit.name(),
+                        max = hit.max(),
+                        error_id = %error_id,
+                        "too many connections; refusing one"
+                    );
+                    let stream = ReadAhead::new(stream, read_ahead);
+                    deliver_refusal(shared.tls.clone(), stream, hit, &error_id).await;
+                    return;
                 }
             }
         }
@@ -472,24 +503,41 @@ where
 {
     // Set once hyper has parsed the first request's headers; disarms the upgrade deadline.
     let got_request = Arc::new(AtomicBool::new(false));
+    // What the connection's responses are doing, for `CountedIo`'s rewrite of hyper's errors.
+    let responses = io.responses.clone();
     let service = tower::service_fn({
         let got_request = got_request.clone();
         let shared = shared.clone();
         move |mut request: Request<Incoming>| {
             got_request.store(true, Ordering::Relaxed);
+            // Counted here, when hyper dispatches the request, before any byte of the answer.
+            let response_end = responses.dispatch();
             let admitted = shared.admit(source, request.headers());
             let app = shared.app.clone();
             async move {
-                match admitted {
+                let (response, permit) = match admitted {
                     Ok((client, permit)) => {
                         request.extensions_mut().insert(client);
-                        if let Some(permit) = permit {
-                            request.extensions_mut().insert(permit);
+                        if let Some(permit) = &permit {
+                            request.extensions_mut().insert(permit.clone());
                         }
-                        app.oneshot(request).await
+                        let Ok(response) = app.oneshot(request).await;
+                        (response, permit)
                     }
-                    Err(hit) => Ok(refusal_for_request(hit)),
+                    Err((hit, error_id)) => (refusal_for_request(hit, &error_id), None),
+                };
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    response_end.upgraded();
                 }
+                // axum drops the request's extensions once its extractors have run, so the
+                // body carries the permit until the last byte of a stream or download is out.
+                Ok::<_, Infallible>(response.map(|body| {
+                    axum::body::Body::new(TrackedBody {
+                        inner: body,
+                        _permit: permit,
+                        _end: response_end,
+                    })
+                }))
             }
         }
     });
@@ -534,31 +582,37 @@ where
 }
 
 impl Shared {
-    /// The client of one request, and its per-address permit when a trusted proxy forwards it;
-    /// or the cap that client is over.
+    /// The client of one request, and its per-address permit when a trusted peer's request is
+    /// counted; or the cap that client is over, with the `error_id` its refusal was logged with.
     fn admit(
         &self,
         source: Source,
         headers: &HeaderMap,
-    ) -> Result<(ClientAddr, Option<RequestPermit>), CapHit> {
+    ) -> Result<(ClientAddr, Option<RequestPermit>), (CapHit, String)> {
         if !source.trusted {
             return Ok((source.client, None));
         }
-        // A trusted peer without a forwarding header speaks for itself (a health check, a local
-        // process): counted in the total only, like its connection.
-        let Some(ip) = proxy::forwarded_client(headers, &self.trusted_proxies) else {
-            return Ok((source.client, None));
+        let named = proxy::forwarded_client(headers, &self.trusted_proxies, self.forwarded_header);
+        let (client, counted_ip) = match named {
+            // A client beyond the trusted hops: counted under its own address.
+            Some(Some(ip)) if !self.trusted_proxies.contains(ip) => {
+                let client = ClientAddr {
+                    ip,
+                    peer: source.client.peer,
+                    proxied: true,
+                };
+                (client, ip)
+            }
+            // A process on this machine with no forwarding header speaks for itself (a health
+            // check, a local script): counted in the total only, like its connection.
+            None if source.client.is_local() => return Ok((source.client, None)),
+            // Any other trusted peer that names no client beyond the trusted hops (no header, a
+            // header of trusted hops only, or one that names nobody) is counted under its own
+            // address: a remote proxy's requests are bounded like anyone's, and a broken header
+            // does not escape the per-address cap.
+            _ => (source.client, source.client.ip),
         };
-        let client = ClientAddr {
-            ip,
-            peer: source.client.peer,
-            proxied: true,
-        };
-        // Every hop trusted: a proxy's own request, like the one without a header.
-        if self.trusted_proxies.contains(ip) {
-            return Ok((client, None));
-        }
-        match self.caps.try_acquire_address(ip) {
+        match self.caps.try_acquire_address(counted_ip) {
             Ok(permit) => Ok((
                 client,
                 Some(RequestPermit {
@@ -566,8 +620,9 @@ impl Shared {
                 }),
             )),
             Err(hit) => {
-                warn!(client = %ip, cap = hit.name(), max = hit.max(), "too many connections; refusing one request");
-                Err(hit)
+                let error_id = crate::http::new_error_id();
+                warn!(client = %counted_ip, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one request");
+                Err((hit, error_id))
             }
         }
     }
@@ -575,10 +630,96 @@ impl Shared {
 
 /// The per-address count of one client a trusted proxy forwards, carried in its request's
 /// extensions (an `Arc`, because extensions are `Clone`). The WebSocket upgrade moves it into the
-/// connection task; for any other request it goes when the request does.
+/// connection task; for any other request the response body holds a clone ([`TrackedBody`]).
 #[derive(Clone)]
 pub(crate) struct RequestPermit {
     _permit: Arc<ConnectionPermit>,
+}
+
+/// Where one connection's responses stand, so that [`CountedIo`] rewrites hyper's error head only
+/// between responses. A body chunk of ours may be exactly those bytes (a downloaded file that
+/// holds them, served by `Range`), and hyper writes each chunk of a `Content-Length` body as its
+/// own write; rewriting it would corrupt the download and desynchronise the keep-alive stream.
+/// hyper serves one request at a time, but may parse the next head from its buffer before the
+/// last answer is flushed, hence counters rather than a flag.
+#[derive(Default)]
+struct ResponseTracker {
+    /// Requests handed to the service.
+    dispatched: AtomicUsize,
+    /// Their responses whose body has ended or been dropped.
+    ended: AtomicUsize,
+    /// `ended` as it was at the last completed flush of the socket: those responses are out.
+    flushed: AtomicUsize,
+    /// A response switched protocols: the socket carries WebSocket frames from then on.
+    upgraded: AtomicBool,
+}
+
+impl ResponseTracker {
+    /// Counts one more dispatched request; its [`ResponseEnd`] counts the end of its response.
+    fn dispatch(self: &Arc<Self>) -> ResponseEnd {
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+        ResponseEnd(self.clone())
+    }
+
+    /// Whether no response is being written: every dispatched response has ended and been
+    /// flushed, and none upgraded the connection.
+    fn idle(&self) -> bool {
+        !self.upgraded.load(Ordering::Relaxed)
+            && self.flushed.load(Ordering::Relaxed) == self.dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Called once a flush of the socket has completed: every response ended before it is out.
+    fn flushed(&self) {
+        let ended = self.ended.load(Ordering::Relaxed);
+        self.flushed.store(ended, Ordering::Relaxed);
+    }
+}
+
+/// The end of one response, counted when it is dropped (its body ended, or was dropped unread).
+struct ResponseEnd(Arc<ResponseTracker>);
+
+impl ResponseEnd {
+    /// Marks the connection as upgraded (a `101` answer): no rewrite ever again.
+    fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ResponseEnd {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its request's [`RequestPermit`] and [`ResponseEnd`] until its
+/// last frame has been read, or until hyper drops it (a HEAD request, a closed connection).
+/// Without it a forwarded client's `GET /api/events` streams and slow downloads went uncounted
+/// per address, because axum drops the request (and the permit in its extensions) as soon as
+/// the handler returns.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _permit: Option<RequestPermit>,
+    _end: ResponseEnd,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Accept errors that concern only the connection being accepted (as `axum::serve` decides).
@@ -752,6 +893,8 @@ struct CountedIo<I> {
     _address_permit: Option<ConnectionPermit>,
     /// Our replacement for hyper's error head, while it is being written.
     rewrite: Option<Rewrite>,
+    /// Whether a response is in progress: hyper's error head is looked for only between them.
+    responses: Arc<ResponseTracker>,
 }
 
 /// Our answer written in place of one hyper wrote: `reported` is the length of hyper's bytes,
@@ -773,6 +916,7 @@ impl<I> CountedIo<I> {
             _permit: permit,
             _address_permit: address_permit,
             rewrite: None,
+            responses: Arc::default(),
         }
     }
 }
@@ -802,12 +946,12 @@ impl<I: AsyncWrite + Unpin> CountedIo<I> {
 ///
 /// hyper writes that answer (`proto/h1/role.rs`, `Server::on_error`) as a bare head: the status
 /// line of a `400`, `414` or `431`, `connection: close`, `content-length: 0` and `date`, nothing
-/// else, in one write,
-/// and then closes the connection. Nothing else on a connection can be those exact bytes: every
-/// response of ours carries a `content-type` or other headers; a WebSocket frame from the server
-/// never starts with `H`; and a body follows its head in the same write or comes in chunks whose
-/// size line starts them. So matching the whole write is exact, and as hyper closes the
-/// connection after it, the added body cannot confuse a keep-alive client.
+/// else, in one write, and then closes the connection.
+/// A head of ours never matches, as every response of ours carries a `content-type` or other
+/// headers. A body chunk can be exactly those bytes (hyper writes each chunk of a
+/// `Content-Length` body on its own), so [`CountedIo`] asks only between responses, never while
+/// one is being written and never after an upgrade ([`ResponseTracker`]). As hyper closes the
+/// connection after its error head, the added body cannot confuse a keep-alive client.
 fn json_parse_error(written: &[u8]) -> Option<Vec<u8>> {
     let head = std::str::from_utf8(written)
         .ok()?
@@ -886,6 +1030,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         if this.rewrite.is_none()
+            && this.responses.idle()
             && may_be_error_head(buf, buf.len())
             && let Some(bytes) = json_parse_error(buf)
         {
@@ -911,7 +1056,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let total_len: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if this.rewrite.is_none() {
+        if this.rewrite.is_none() && this.responses.idle() {
             let first = bufs.iter().find(|buf| !buf.is_empty());
             if first.is_some_and(|first| may_be_error_head(first, total_len)) {
                 let whole: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
@@ -937,7 +1082,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        // hyper flushes the socket only once its own buffer is written out, so every response
+        // whose body had ended is now on the wire.
+        this.responses.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -1055,10 +1205,13 @@ mod tests {
 
     #[test]
     fn the_refusal_is_a_complete_json_503_that_closes() {
-        let response = refusal_response(CapHit::PerAddress {
-            max: 3,
-            ip: ip("10.0.0.1"),
-        });
+        let response = refusal_response(
+            CapHit::PerAddress {
+                max: 3,
+                ip: ip("10.0.0.1"),
+            },
+            "00112233aabbccdd",
+        );
         let text = String::from_utf8(response).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(
@@ -1072,6 +1225,7 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(body).expect("json body");
         assert_eq!(json["error"], "too_many_connections");
+        assert_eq!(json["error_id"], "00112233aabbccdd");
         assert!(
             json["message"]
                 .as_str()
@@ -1131,6 +1285,46 @@ mod tests {
         ] {
             assert!(json_parse_error(other).is_none(), "{:?}", String::from_utf8_lossy(other));
         }
+    }
+
+    /// Bug: a body chunk that was exactly hyper's error head (a downloaded file holding those
+    /// bytes) was rewritten into our JSON answer, corrupting the download. Fix: the rewrite
+    /// happens only between responses, and never after an upgrade.
+    #[tokio::test]
+    async fn a_body_chunk_like_an_error_head_passes_untouched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let caps = Arc::new(ConnectionCaps::new(1, 1));
+        let permit = caps.try_acquire_total().expect("permit");
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut io = CountedIo::new(near, permit, None);
+        let responses = io.responses.clone();
+        let mut received = vec![0u8; head.len()];
+        // A response in progress: its chunk is written as it is.
+        let response = responses.dispatch();
+        io.write_all(head).await.expect("write");
+        io.flush().await.expect("flush");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
+        // Ended but not yet flushed: still the response's bytes.
+        drop(response);
+        io.write_all(head).await.expect("write");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
+        io.flush().await.expect("flush");
+        // Between responses the same bytes are hyper's error head, and get the JSON body.
+        assert!(responses.idle());
+        let expected = json_parse_error(head).expect("rewritten");
+        io.write_all(head).await.expect("write");
+        let mut rewritten = vec![0u8; expected.len()];
+        far.read_exact(&mut rewritten).await.expect("read");
+        assert_eq!(rewritten, expected);
+        // After an upgrade never again.
+        responses.dispatch().upgraded();
+        io.flush().await.expect("flush");
+        io.write_all(head).await.expect("write");
+        far.read_exact(&mut received).await.expect("read");
+        assert_eq!(&received[..], &head[..]);
     }
 
     #[tokio::test]

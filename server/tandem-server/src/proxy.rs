@@ -6,9 +6,11 @@
 //! so a client cannot choose the address it is counted under. A forwarding header is read from
 //! the right: each proxy appends the address it received the request from, so the rightmost
 //! address that is not itself a trusted proxy is the first one no trusted hop can vouch beyond,
-//! and everything to its left is the client's own (forgeable) claim. `X-Forwarded-For` wins when
-//! both headers are present, because the common proxies (nginx, haproxy, the cloud balancers)
-//! append to it and pass a client's `Forwarded` through untouched.
+//! and everything to its left is the client's own (forgeable) claim. Only one of the two headers
+//! is read, the one `--forwarded-header` names (`X-Forwarded-For` by default, which the common
+//! proxies append to): a proxy passes the other through untouched, so believing it would let the
+//! client choose its address. In `Forwarded`, quoted strings and their `\` escapes are honoured,
+//! and an element without `for=`, or whose quote never closes, ends the walk like an unknown node.
 //!
 //! This module parses; `listener.rs` decides where the result is counted.
 
@@ -136,29 +138,61 @@ impl ClientAddr {
     }
 }
 
-/// The client a trusted peer forwards this request for, from `X-Forwarded-For` or, without it,
-/// `Forwarded`; `None` when neither names one. Call it only for a trusted peer.
-pub(crate) fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<IpAddr> {
-    if headers.contains_key(&X_FORWARDED_FOR) {
-        let hops = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
-            .map(|hop| parse_xff_hop(hop.trim_ascii()));
-        return rightmost_untrusted(hops, trusted);
+/// Which forwarding header names the client (`--forwarded-header`). Only that one is read; the
+/// other is ignored, because a proxy passes a header it does not write through untouched, and a
+/// client could then choose its own address in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, which nginx (`$proxy_add_x_forwarded_for`), haproxy (`option
+    /// forwardfor`) and the cloud balancers append to.
+    #[default]
+    #[value(name = "xff")]
+    #[serde(rename = "xff")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, for a proxy that appends only to it.
+    #[value(name = "forwarded")]
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// What a trusted peer's forwarding header says about the client of one request: `None` when
+/// the header is absent; otherwise the rightmost address no trusted hop can vouch beyond, or
+/// `Some(None)` when the header names no address to believe. Call it only for a trusted peer.
+pub(crate) fn forwarded_client(
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+    header: ForwardedHeader,
+) -> Option<Option<IpAddr>> {
+    match header {
+        ForwardedHeader::XForwardedFor => {
+            if !headers.contains_key(&X_FORWARDED_FOR) {
+                return None;
+            }
+            let hops = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+                .map(|hop| parse_xff_hop(hop.trim_ascii()));
+            Some(rightmost_untrusted(hops, trusted))
+        }
+        ForwardedHeader::Forwarded => {
+            if !headers.contains_key(FORWARDED) {
+                return None;
+            }
+            let hops = headers
+                .get_all(FORWARDED)
+                .iter()
+                .flat_map(|value| split_forwarded_elements(value.as_bytes()))
+                .map(|element| element.and_then(forwarded_for));
+            Some(rightmost_untrusted(hops, trusted))
+        }
     }
-    let hops = headers
-        .get_all(FORWARDED)
-        .iter()
-        .flat_map(|value| split_forwarded_elements(value.as_bytes()))
-        .filter_map(forwarded_for);
-    rightmost_untrusted(hops, trusted)
 }
 
 /// Walks the hops from the right and returns the first one that is not a trusted proxy. A hop
-/// that cannot be parsed (`unknown`, an obfuscated name, garbage) ends the walk: nothing to its
-/// left can be vouched for, so the last trusted hop is taken as the client. When every hop is
-/// trusted the leftmost is the client.
+/// that cannot be parsed (`unknown`, an obfuscated name, an element without `for=`, garbage)
+/// ends the walk: nothing to its left can be vouched for, so the last trusted hop is taken as
+/// the client. When every hop is trusted the leftmost is the client.
 fn rightmost_untrusted(
     hops: impl Iterator<Item = Option<IpAddr>>,
     trusted: &TrustedProxies,
@@ -194,41 +228,77 @@ fn parse_node(text: &str) -> Option<IpAddr> {
     IpAddr::from_str(inner).ok()
 }
 
-/// The comma-separated elements of one `Forwarded` value (RFC 7239 §4), honouring quotes.
-fn split_forwarded_elements(value: &[u8]) -> Vec<&[u8]> {
-    let mut elements = Vec::new();
+/// Splits `value` at each `separator` outside a quoted string, honouring the `\` escapes of
+/// quoted strings (RFC 7230 quoted-pair). The last part is `None` when its quote never closes:
+/// it swallowed the rest of the value, so it cannot be trusted to end where it seems to.
+fn split_outside_quotes(value: &[u8], separator: u8) -> Vec<Option<&[u8]>> {
+    let mut parts = Vec::new();
     let mut start = 0;
     let mut quoted = false;
+    let mut escaped = false;
     for (index, &byte) in value.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match byte {
+            b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                elements.push(&value[start..index]);
+            _ if byte == separator && !quoted => {
+                parts.push(Some(&value[start..index]));
                 start = index + 1;
             }
             _ => {}
         }
     }
-    elements.push(&value[start..]);
-    elements
+    parts.push((!quoted).then_some(&value[start..]));
+    parts
 }
 
-/// The `for=` node of one `Forwarded` element: `Some(None)` when it is present but not an
-/// address (`unknown`, `_hidden`), `None` when the element has no `for=`.
-fn forwarded_for(element: &[u8]) -> Option<Option<IpAddr>> {
-    let element = std::str::from_utf8(element).ok()?;
-    element.split(';').find_map(|pair| {
+/// The comma-separated elements of one `Forwarded` value (RFC 7239 section 4); `None` for an
+/// element whose quote never closes.
+fn split_forwarded_elements(value: &[u8]) -> Vec<Option<&[u8]>> {
+    split_outside_quotes(value, b',')
+}
+
+/// The address in the `for=` of one `Forwarded` element; `None` when there is none to believe:
+/// no `for=`, two of them, an unknown or obfuscated node (`unknown`, `_hidden`), or a malformed
+/// pair.
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let mut node = None;
+    for pair in split_outside_quotes(element, b';') {
+        let pair = std::str::from_utf8(pair?).ok()?.trim();
+        if pair.is_empty() {
+            continue;
+        }
         let (key, value) = pair.split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
+            continue;
+        }
+        if node.is_some() {
             return None;
         }
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
-        Some(parse_node(value))
-    })
+        node = Some(unquote(value.trim())?);
+    }
+    parse_node(&node?)
+}
+
+/// A `Forwarded` value as a token, or a quoted string with its escapes resolved.
+fn unquote(value: &str) -> Option<String> {
+    let Some(inner) = value.strip_prefix('"') else {
+        return (!value.contains(['"', '\\'])).then(|| value.to_owned());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let mut text = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return None,
+            c => text.push(c),
+        }
+    }
+    Some(text)
 }
 
 /// What a PROXY header said about the connection.
@@ -236,8 +306,12 @@ fn forwarded_for(element: &[u8]) -> Option<Option<IpAddr>> {
 pub(crate) enum ProxyHeader {
     /// The balancer relays a client at this address.
     Client(SocketAddr),
-    /// The balancer speaks for itself (v2 `LOCAL`, v1 `UNKNOWN`: a health check, say).
+    /// The balancer speaks for itself (v2 `LOCAL`: its own health check, say).
     Local,
+    /// The balancer relays a connection whose source it cannot name (v1 `UNKNOWN`, a v2 `PROXY`
+    /// of a unix socket or an unspecified family): its bytes are someone else's, so they are
+    /// counted under the balancer's address and their forwarding headers are not believed.
+    Unknown,
 }
 
 /// Why a PROXY header was refused.
@@ -290,7 +364,7 @@ pub(crate) fn parse_proxy_header(
                     IpAddr::V6(ip.source_address),
                     ip.source_port,
                 )),
-                ppp::v1::Addresses::Unknown => ProxyHeader::Local,
+                ppp::v1::Addresses::Unknown => ProxyHeader::Unknown,
             };
             Ok(Some((said, header_len)))
         }
@@ -306,8 +380,9 @@ pub(crate) fn parse_proxy_header(
                 (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(ip)) => ProxyHeader::Client(
                     SocketAddr::new(IpAddr::V6(ip.source_address), ip.source_port),
                 ),
-                // LOCAL, or a family we do not route (unix sockets, unspecified).
-                _ => ProxyHeader::Local,
+                (ppp::v2::Command::Local, _) => ProxyHeader::Local,
+                // A family we do not route (unix sockets, unspecified).
+                (ppp::v2::Command::Proxy, _) => ProxyHeader::Unknown,
             };
             Ok(Some((said, header_len)))
         }
@@ -352,73 +427,146 @@ mod tests {
 
     #[test]
     fn the_rightmost_untrusted_forwarded_for_address_is_the_client() {
+        use ForwardedHeader::{Forwarded, XForwardedFor};
         let proxies = trusted(&["10.0.0.0/8", "127.0.0.1"]);
-        let cases: &[(&[Header], Option<&str>)] = &[
-            (&[("x-forwarded-for", "203.0.113.7")], Some("203.0.113.7")),
+        // The header read, the request's headers, and what it names (`None`: no header).
+        type Case<'a> = (ForwardedHeader, &'a [Header], Option<Option<&'a str>>);
+        let cases: &[Case] = &[
+            (
+                XForwardedFor,
+                &[("x-forwarded-for", "203.0.113.7")],
+                Some(Some("203.0.113.7")),
+            ),
             // A client's forged entry sits to the left of the one the proxy appended.
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "1.2.3.4, 203.0.113.7")],
-                Some("203.0.113.7"),
+                Some(Some("203.0.113.7")),
             ),
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.1.2.3")],
-                Some("203.0.113.7"),
+                Some(Some("203.0.113.7")),
             ),
             // Several header lines form one list, in order.
             (
+                XForwardedFor,
                 &[
                     ("x-forwarded-for", "1.2.3.4"),
                     ("x-forwarded-for", "203.0.113.7 , 10.0.0.9"),
                 ],
-                Some("203.0.113.7"),
+                Some(Some("203.0.113.7")),
             ),
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "[2001:db8::1]:4711")],
-                Some("2001:db8::1"),
+                Some(Some("2001:db8::1")),
             ),
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "::ffff:203.0.113.7")],
-                Some("203.0.113.7"),
+                Some(Some("203.0.113.7")),
             ),
             // Every hop trusted: the leftmost is the client.
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "10.0.0.1, 10.0.0.2")],
-                Some("10.0.0.1"),
+                Some(Some("10.0.0.1")),
             ),
             // Garbage ends the walk at the last trusted hop.
             (
+                XForwardedFor,
                 &[("x-forwarded-for", "203.0.113.7, garbage, 10.0.0.2")],
-                Some("10.0.0.2"),
+                Some(Some("10.0.0.2")),
             ),
-            (&[("x-forwarded-for", "garbage")], None),
+            (XForwardedFor, &[("x-forwarded-for", "garbage")], Some(None)),
+            // Only the configured header is read: a client's Forwarded, passed through by a
+            // proxy that appends to X-Forwarded-For, is ignored, and the other way round.
+            (XForwardedFor, &[("forwarded", "for=6.6.6.6")], None),
             (
-                &[(
-                    "forwarded",
-                    r#"for=198.51.100.1;proto=https, for="[2001:db8:cafe::17]:4711""#,
-                )],
-                Some("2001:db8:cafe::17"),
-            ),
-            (
-                &[("forwarded", "For=198.51.100.1, for=10.0.0.3;by=x")],
-                Some("198.51.100.1"),
-            ),
-            (&[("forwarded", "for=unknown")], None),
-            (&[("forwarded", "proto=https")], None),
-            // X-Forwarded-For wins over a Forwarded the proxy passed through.
-            (
+                XForwardedFor,
                 &[
                     ("forwarded", "for=6.6.6.6"),
                     ("x-forwarded-for", "203.0.113.7"),
                 ],
-                Some("203.0.113.7"),
+                Some(Some("203.0.113.7")),
             ),
-            (&[], None),
+            (Forwarded, &[("x-forwarded-for", "6.6.6.6")], None),
+            (
+                Forwarded,
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("forwarded", "for=203.0.113.7"),
+                ],
+                Some(Some("203.0.113.7")),
+            ),
+            (
+                Forwarded,
+                &[(
+                    "forwarded",
+                    r#"for=198.51.100.1;proto=https, for="[2001:db8:cafe::17]:4711""#,
+                )],
+                Some(Some("2001:db8:cafe::17")),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", "For=198.51.100.1, for=10.0.0.3;by=x")],
+                Some(Some("198.51.100.1")),
+            ),
+            (Forwarded, &[("forwarded", "for=unknown")], Some(None)),
+            (Forwarded, &[("forwarded", "proto=https")], Some(None)),
+            // An escaped quote does not end a quoted string: the proxy's element is still its
+            // own, and the client's 6.6.6.6 is never reached.
+            (
+                Forwarded,
+                &[("forwarded", r#"for=6.6.6.6, x="\",y", for=203.0.113.7"#)],
+                Some(Some("203.0.113.7")),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", r#"for=6.6.6.6, x="\",y", for=10.0.0.3"#)],
+                Some(Some("10.0.0.3")),
+            ),
+            // A quoted semicolon is part of its value, not a new pair.
+            (
+                Forwarded,
+                &[("forwarded", r#"x="a;for=7.7.7.7", for=10.0.0.3"#)],
+                Some(Some("10.0.0.3")),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", r#"x="a;for=7.7.7.7";for=203.0.113.7"#)],
+                Some(Some("203.0.113.7")),
+            ),
+            // An element without `for=`, or whose quote never closes, ends the walk.
+            (
+                Forwarded,
+                &[("forwarded", "for=6.6.6.6, proto=http, for=10.0.0.3")],
+                Some(Some("10.0.0.3")),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", r#"for=6.6.6.6, x="open, for=10.0.0.3"#)],
+                Some(None),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", r#"for=6.6.6.6, x="\", for=10.0.0.3"#)],
+                Some(None),
+            ),
+            (
+                Forwarded,
+                &[("forwarded", "for=1.2.3.4;for=5.6.7.8")],
+                Some(None),
+            ),
+            (XForwardedFor, &[], None),
+            (Forwarded, &[], None),
         ];
-        for (pairs, expected) in cases {
+        for (header, pairs, expected) in cases {
             assert_eq!(
-                forwarded_client(&headers(pairs), &proxies),
-                expected.map(ip),
-                "{pairs:?}"
+                forwarded_client(&headers(pairs), &proxies, *header),
+                expected.map(|named| named.map(ip)),
+                "{header:?} {pairs:?}"
             );
         }
     }
@@ -454,7 +602,7 @@ mod tests {
         let unknown = b"PROXY UNKNOWN\r\n";
         assert_eq!(
             parse_proxy_header(unknown),
-            Ok(Some((ProxyHeader::Local, unknown.len())))
+            Ok(Some((ProxyHeader::Unknown, unknown.len())))
         );
 
         let v2 = ppp::v2::Builder::with_addresses(
@@ -479,6 +627,30 @@ mod tests {
         );
         assert_eq!(len, v2.len());
         assert_eq!(parse_proxy_header(&v2[..10]), Ok(None));
+
+        // A relayed unix-socket connection names no client; a LOCAL one is the balancer's own.
+        let unix = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            ppp::v2::Unix::new([0; 108], [0; 108]),
+        )
+        .build()
+        .expect("v2 unix header");
+        assert_eq!(
+            parse_proxy_header(&unix),
+            Ok(Some((ProxyHeader::Unknown, unix.len())))
+        );
+        let local = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        .expect("v2 local header");
+        assert_eq!(
+            parse_proxy_header(&local),
+            Ok(Some((ProxyHeader::Local, local.len())))
+        );
 
         assert!(!may_be_proxy_header(b"GET / HTTP/1.1\r\n"));
         assert_eq!(

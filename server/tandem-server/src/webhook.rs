@@ -773,6 +773,12 @@ fn refused_kind_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("link-local")
     } else if a == 100 && (64..128).contains(&b) {
         Some("shared")
+    } else if a == 198 && (18..20).contains(&b) {
+        // 198.18.0.0/15, for benchmarking network devices: lab and internal gear lives there.
+        Some("benchmarking")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        // 192.0.0.0/24, IETF protocol assignments (DS-Lite and NAT64 gateways among them).
+        Some("protocol assignment")
     } else if a == 0 {
         Some("unspecified")
     } else if ip.is_multicast() {
@@ -805,6 +811,10 @@ fn refused_kind_v6(ip: Ipv6Addr) -> Option<&'static str> {
     // NAT64 reaches the IPv4 address in its last 32 bits, 6to4 the one in bits 16..48.
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return refused_kind_v4(embedded(segments[6], segments[7]));
+    }
+    // 64:ff9b:1::/48, NAT64 for local use (RFC 8215): a translator inside the network.
+    if segments[..3] == [0x64, 0xff9b, 1] {
+        return Some("private");
     }
     if segments[0] == 0x2002 {
         return refused_kind_v4(embedded(segments[1], segments[2]));
@@ -1302,6 +1312,10 @@ mod tests {
             "fd12:3456::1",
             "fe80::1",
             "ff02::1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.8",
+            "64:ff9b:1::a00:1",
         ];
         for ip in refused {
             let ip: IpAddr = ip.parse().unwrap();
@@ -1311,6 +1325,8 @@ mod tests {
             "93.184.216.34",
             "1.1.1.1",
             "100.128.0.1",
+            "198.20.0.1",
+            "192.0.2.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
         ] {

@@ -22,16 +22,36 @@ pub(crate) struct Upgrade {
     on_upgrade: OnUpgrade,
 }
 
-/// Why a request is not a WebSocket upgrade; answered like axum did.
+/// Why a request is not a WebSocket upgrade: axum's statuses and reasons, in our JSON error
+/// shape (`protocol-spec/http.md`).
 #[derive(Debug)]
 pub(crate) struct NotAnUpgrade {
     status: StatusCode,
     reason: &'static str,
 }
 
+impl NotAnUpgrade {
+    /// The `error` code of the JSON body.
+    fn code(&self) -> &'static str {
+        match self.status {
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+            _ => "bad_upgrade",
+        }
+    }
+}
+
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
-        (self.status, self.reason).into_response()
+        let body = axum::Json(serde_json::json!({
+            "error": self.code(),
+            "message": self.reason,
+        }));
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = [(header::ALLOW, HeaderValue::from_static("GET"))];
+            return (self.status, allow, body).into_response();
+        }
+        (self.status, body).into_response()
     }
 }
 
