@@ -34,6 +34,7 @@ use crate::account::{self, AccountError, Accounts};
 use crate::activity;
 use crate::auth::{Auth, AuthError, Claims, Grant, WS_PROTOCOL, token_from};
 use crate::connection::{self, ConnectionConfig};
+use crate::error_id;
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
 use crate::hub::{Hub, JoinError};
@@ -648,19 +649,6 @@ fn max_body_bytes(state: &AppState) -> usize {
     usize::try_from(state.hub.config().limits.max_frame_bytes).unwrap_or(usize::MAX)
 }
 
-/// Hex digits of an `error_id`.
-const ERROR_ID_BYTES: usize = 8;
-
-/// A fresh `error_id`: 16 random hex digits, enough that two failures never share one.
-pub(crate) fn new_error_id() -> String {
-    use std::fmt::Write;
-    let bytes: [u8; ERROR_ID_BYTES] = rand::random();
-    bytes.iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
-}
-
 /// Carried in the response extensions so `log_api_errors` can log the error in the request span.
 #[derive(Clone)]
 struct LoggedApiError {
@@ -680,7 +668,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let is_token_error = matches!(self, ApiError::Auth(_));
-        let error_id = status.is_server_error().then(new_error_id);
+        let error_id = status.is_server_error().then(error_id::new);
         let mut json = serde_json::json!({ "error": code, "message": message });
         if let Some(error_id) = &error_id {
             json["error_id"] = serde_json::Value::from(error_id.as_str());

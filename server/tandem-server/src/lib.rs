@@ -17,6 +17,7 @@
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `data_dir`: start-up refusal of a missing or empty database beside an earlier store's data.
 //! - `http`: the axum router, REST handlers, `ApiError`.
+//! - `error_id`: the random id of a 5xx answer, shared with its log line.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
 //! - `outbox`: the bounded queue of frames from a doc actor to one connection.
@@ -40,6 +41,7 @@ pub mod config;
 mod connection;
 mod data_dir;
 mod doc_actor;
+mod error_id;
 mod events;
 mod files;
 mod http;

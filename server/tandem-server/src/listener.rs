@@ -251,7 +251,7 @@ impl Listener {
 
     /// Answers a connection over a cap with a 503 in its own short task, then closes it.
     fn refuse(&self, stream: TcpStream, remote: SocketAddr, hit: CapHit) {
-        let error_id = crate::http::new_error_id();
+        let error_id = crate::error_id::new();
         warn!(%remote, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one");
         let pending = self.shared.pending_refusals.fetch_add(1, Ordering::Relaxed);
         let guard = RefusalGuard(self.shared.pending_refusals.clone());
@@ -427,7 +427,7 @@ async fn serve_connection(
             match shared.caps.try_acquire_address(source.client.ip) {
                 Ok(permit) => address_permit = Some(permit),
                 Err(hit) => {
-                    let error_id = crate::http::new_error_id();
+                    let error_id = crate::error_id::new();
                     warn!(
                         cap = hit.name(),
                         max = hit.max(),
@@ -620,7 +620,7 @@ impl Shared {
                 }),
             )),
             Err(hit) => {
-                let error_id = crate::http::new_error_id();
+                let error_id = crate::error_id::new();
                 warn!(client = %counted_ip, cap = hit.name(), max = hit.max(), error_id = %error_id, "too many connections; refusing one request");
                 Err((hit, error_id))
             }

@@ -24,7 +24,7 @@ use crate::checksum;
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str};
 use crate::schema::{BLOBS, DOCS, FILE_USAGE, FILES, UPLOADS};
-use crate::space::WriteKind;
+use crate::space::{WriteError, WriteKind};
 
 /// The version byte at the start of every encoded [`FileEntry`].
 const FILE_ENTRY_VERSION: u8 = 1;
@@ -187,6 +187,16 @@ pub struct Deleted {
 /// The workspace of a path: its first segment, or `""` for a path without `/`.
 pub fn workspace_of(path: &str) -> &str {
     path.split_once('/').map_or("", |(first, _)| first)
+}
+
+/// A file write's storage faults make the store read-only like any other write's (`space.rs`).
+impl WriteError for FileError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            FileError::Store(error) => Some(error),
+            _ => None,
+        }
+    }
 }
 
 impl Store {

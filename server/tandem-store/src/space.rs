@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable};
 
 use crate::error::{ReadOnlyReason, StoreError, io_reason};
-use crate::files::FileError;
 use crate::schema::{
     DOCS, DocRow, UPDATE_AUTHORS, UPDATES, VERSION_STATES, VERSIONS, decode_doc_row, encode_doc_row,
 };
@@ -91,15 +90,6 @@ pub(crate) trait WriteError: From<StoreError> {
 impl WriteError for StoreError {
     fn store_error(&self) -> Option<&StoreError> {
         Some(self)
-    }
-}
-
-impl WriteError for FileError {
-    fn store_error(&self) -> Option<&StoreError> {
-        match self {
-            FileError::Store(error) => Some(error),
-            _ => None,
-        }
     }
 }
 
