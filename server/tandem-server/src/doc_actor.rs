@@ -550,16 +550,7 @@ impl DocActor {
                 n_named,
             },
         };
-        for author in history.authors_since {
-            let idx = actor.intern(
-                Actor {
-                    sub: author.sub,
-                    name: author.name,
-                },
-                HTTP_PEER,
-            );
-            actor.history.authors_since.push(idx);
-        }
+        actor.reset_authors_since(history.authors_since);
         if last_seq > actor.history.version_seq {
             actor.history.auto_due = Some(actor.history.last_at + interval);
         }
@@ -723,6 +714,22 @@ impl DocActor {
                 } = *restore;
                 self.start_restore(version, state, actor, reply);
             }
+        }
+    }
+
+    /// Replaces the authors of the edits since the newest version by those the store lists
+    /// (after a load or a reload), interning each.
+    fn reset_authors_since(&mut self, authors: Vec<Author>) {
+        self.history.authors_since.clear();
+        for author in authors {
+            let idx = self.intern(
+                Actor {
+                    sub: author.sub,
+                    name: author.name,
+                },
+                HTTP_PEER,
+            );
+            self.history.authors_since.push(idx);
         }
     }
 
@@ -1493,17 +1500,7 @@ impl DocActor {
                 self.history.durable_id = history.last_version_id;
                 self.history.version_seq = history.last_version.as_ref().map_or(0, |v| v.seq);
                 self.history.n_named = n_named;
-                self.history.authors_since.clear();
-                for author in history.authors_since {
-                    let idx = self.intern(
-                        Actor {
-                            sub: author.sub,
-                            name: author.name,
-                        },
-                        HTTP_PEER,
-                    );
-                    self.history.authors_since.push(idx);
-                }
+                self.reset_authors_since(history.authors_since);
                 debug!(last_seq, "doc reloaded from storage after a refused commit");
                 for reply in std::mem::take(&mut self.snapshots_after_reload) {
                     let snapshot = DocSnapshot {
