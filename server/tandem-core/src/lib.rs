@@ -10,8 +10,9 @@
 //!   close codes; the decoder of Yjs snapshots posted over HTTP.
 //! - [`shared_doc`]: `SharedDoc` (a yrs `Doc` plus presence), `receive(peer, message) -> Effects`,
 //!   and `covers(snapshot)`, whether the doc holds everything a replica has.
-//! - [`awareness`]: presence states, each owned by the connection that introduced it, and the
-//!   user each one names.
+//! - [`awareness`]: presence states, each owned by the connection that introduced it.
+//! - [`presence`]: what a presence state's JSON says (the user it names), read once while it is
+//!   decoded, and the stamping of a verified identity into it.
 //! - [`doc_id`]: `DocId`, a document name validated once at the edge.
 //! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
 //! - [`restore`]: the update that takes a doc back to an earlier state as a change on top.
@@ -23,13 +24,15 @@ pub mod doc_id;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod presence;
 pub mod protocol;
 pub mod rate;
 pub mod restore;
 pub mod shared_doc;
 
-pub use awareness::{Identity, PeerId, PresentUser};
+pub use awareness::PeerId;
 pub use doc_id::{DocId, DocIdError};
 pub use limits::Limits;
+pub use presence::{Identity, PresentUser};
 pub use protocol::{Message, ProtocolError};
 pub use shared_doc::{Effects, LoadError, PeerAccess, ReceiveError, SharedDoc};

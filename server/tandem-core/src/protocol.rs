@@ -17,8 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, IdSet, Snapshot, StateVector, Update};
 
-use crate::awareness::{PresentUser, read_state};
 use crate::limits::Limits;
+use crate::presence::{PresentUser, read_state};
 
 /// Top-level tag of a Sync message (y-protocols `messageSync`).
 pub const MSG_SYNC: u64 = 0;
@@ -89,7 +89,7 @@ pub struct AwarenessEntry {
     /// The state as JSON text; `null` removes the client.
     pub json: Arc<str>,
     /// The user the state names, read from `json` when the entry was decoded (see
-    /// `awareness::read_state`); `None` for removals and for states that name no user.
+    /// `presence::read_state`); `None` for removals and for states that name no user.
     /// Encoders ignore it: `json` is what travels.
     pub user: Option<PresentUser>,
 }

@@ -19,8 +19,9 @@ use yrs::{
     Update,
 };
 
-use crate::awareness::{AwarenessTable, Identity, PeerId, PresentUser};
+use crate::awareness::{AwarenessTable, PeerId};
 use crate::limits::Limits;
+use crate::presence::{Identity, PresentUser};
 use crate::protocol::{
     Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1,
     encode_sync_step2, encode_sync_update,

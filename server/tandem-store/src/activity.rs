@@ -17,7 +17,8 @@ use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_str, put_u32};
 use crate::schema::{
-    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, WEBHOOK_OUTBOX, WEBHOOKS,
+    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, NEXT_OUTBOX_SEQ,
+    WEBHOOK_OUTBOX, WEBHOOKS,
 };
 use crate::space::WriteKind;
 use crate::webhooks::OutboxDelivery;
@@ -26,10 +27,6 @@ use crate::webhooks::OutboxDelivery;
 const ENTRY_VERSION: u8 = 1;
 /// Counter key: the id the next entry gets.
 const NEXT_ENTRY_ID: &str = "activity_next_id";
-/// Counter key: the seq the next outbox delivery gets.
-pub(crate) const NEXT_OUTBOX_SEQ: &str = "webhook_outbox_next_seq";
-/// Counter key: the seq the next delivery-log row gets.
-pub(crate) const NEXT_LOG_SEQ: &str = "webhook_log_next_seq";
 /// Entries of one path looked at when searching for an edit session to extend.
 const MAX_SESSION_SEARCH: usize = 256;
 /// Paths a folder (`prefix`) query merges the index rows of; a folder with more paths is read

@@ -102,6 +102,11 @@ pub(crate) const ACTIVITY_BY_ACTOR: TableDefinition<'static, (&str, u64), ()> =
 /// Counters of the activity and webhook tables: `name -> next value`.
 pub(crate) const ACTIVITY_COUNTERS: TableDefinition<'static, &str, u64> =
     TableDefinition::new("activity_counters");
+/// `ACTIVITY_COUNTERS` key: the seq the next outbox delivery gets. Here, not in `activity.rs`
+/// or `webhooks.rs`, because both write it.
+pub(crate) const NEXT_OUTBOX_SEQ: &str = "webhook_outbox_next_seq";
+/// `ACTIVITY_COUNTERS` key: the seq the next delivery-log row gets (both modules write it).
+pub(crate) const NEXT_LOG_SEQ: &str = "webhook_log_next_seq";
 /// Webhook registrations: `webhook id -> encoded WebhookRecord`.
 pub(crate) const WEBHOOKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("webhooks");
 /// Deliveries not yet acknowledged: `seq -> encoded OutboxDelivery`.

@@ -14,11 +14,10 @@
 use redb::{ReadableDatabase, ReadableTable, TableHandle};
 
 use crate::Store;
-use crate::activity::NEXT_LOG_SEQ;
 use crate::checksum::{self, unseal_entry};
 use crate::error::StoreError;
 use crate::record::{Reader, put_opt_str, put_str, put_u32};
-use crate::schema::{ACTIVITY_COUNTERS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
+use crate::schema::{ACTIVITY_COUNTERS, NEXT_LOG_SEQ, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS};
 use crate::space::WriteKind;
 
 /// The version byte at the start of every encoded record of this module.
