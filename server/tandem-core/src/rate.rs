@@ -5,7 +5,11 @@
 //! monotonic clock of its own (the connection's `Instant` of start), so every behaviour here is
 //! deterministic and unit-tested with virtual time.
 //!
-//! Read next: `tandem-server/src/connection.rs`, whose reader checks every frame here before it
+//! Hand-written rather than a kept limiter crate (`governor`), on purpose: those read a clock
+//! themselves, which this crate must not, and a breach here must report the rate the peer
+//! actually sustained (for the close reason and the log line), which they do not expose.
+//!
+//! Read next: `tandem-hub/src/connection.rs`, whose reader checks every frame here before it
 //! is decoded (bytes) and after (messages, awareness).
 
 use crate::limits::{AWARENESS_BURST_SECONDS, Limits, MESSAGE_BURST_SECONDS};
