@@ -3,12 +3,12 @@
 // `/d/<name>` a document (names may contain `/`); either shows the sign-in form first when the
 // server wants a token and there is no session, and goes on to the same page afterwards.
 import './style.css'
-import { decodeDocPath, docNameProblem } from './api'
-import { mountDoc } from './doc'
-import { h } from './dom'
-import { discoverAuth, hasAccess, keepSessionFresh, onSignedOut } from './session'
-import { mountSignIn } from './signin'
-import { mountWorkspace } from './workspace'
+import { decodeDocPath, docNameProblem } from './api/names'
+import { discoverAuth, hasAccess, keepSessionFresh, onSignedOut } from './auth/session'
+import { mountSignIn } from './auth/signin'
+import { mountDoc } from './doc/page'
+import { mountWorkspace } from './workspace/page'
+import { h } from './ui/dom'
 
 const root = document.getElementById('app')!
 

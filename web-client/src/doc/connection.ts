@@ -10,14 +10,14 @@
 // With sign-in on, the token travels as the `token` query parameter (y-websocket's `params`,
 // which it reads again on every connect). The server closes a connection whose token expired
 // with 4401; y-websocket treats 4400-4499 as final and stops, so this class renews the token
-// (session.ts) and then reconnects. A read-only token's updates are answered with the
-// y-protocols "permission denied" message, which y-websocket only logs: it is caught here.
-import { readAuthMessage } from 'y-protocols/auth'
-import { IndexeddbPersistence } from 'y-indexeddb'
-import { messageAuth, WebsocketProvider } from 'y-websocket'
+// (auth/session.ts) and then reconnects. A read-only token's updates are answered with the
+// y-protocols "permission denied" message, which y-websocket only logs: it is caught here,
+// through provider.ts, the only file that touches the two libraries' internals.
 import * as Y from 'yjs'
-import { encodeDocPath, serverCovers } from './api'
-import { authMode, currentSession, ensureFreshToken, onTokenChange } from './session'
+import { serverCovers } from '../api/docs'
+import { encodeDocPath } from '../api/names'
+import { authMode, currentSession, ensureFreshToken, onTokenChange } from '../auth/session'
+import { IndexeddbPersistence, onPermissionDenied, WebsocketProvider, whenLocalSettled } from './provider'
 
 export type Network = 'connecting' | 'connected' | 'reconnecting' | 'offline'
 
@@ -64,14 +64,11 @@ export class DocConnection {
 
   constructor (readonly name: string, readonly doc: Y.Doc) {
     this.local = new IndexeddbPersistence(`tandem:${name}`, doc)
-    const localDone = (): void => {
-      if (this.localLoaded) return
+    // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
+    whenLocalSettled(this.local, () => {
       this.localLoaded = true
       this.emit()
-    }
-    this.local.whenSynced.then(localDone, localDone)
-    // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
-    ;(this.local as unknown as { _db: Promise<unknown> })._db.catch(localDone)
+    })
     // The room name is the URL path after /ws/: percent-encode each segment, keep the slashes.
     // Always try to connect: navigator.onLine is false on machines with only a loopback or LAN
     // link, where the server may well be reachable. The 'offline' event disconnects (the network
@@ -108,12 +105,10 @@ export class DocConnection {
       this.lastSessionCheck = Date.now()
       void ensureFreshToken(true)
     })
-    // y-websocket's own handler only logs a denial; each provider has its own handler table.
-    this.provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
-      readAuthMessage(decoder, doc, (_doc, reason) => {
-        for (const listener of this.deniedListeners) listener(reason)
-      })
-    }
+    // y-websocket's own handler only logs a denial.
+    onPermissionDenied(this.provider, doc, (reason) => {
+      for (const listener of this.deniedListeners) listener(reason)
+    })
     this.provider.on('status', ({ status }: { status: string }) => {
       if (status === 'connected') this.everConnected = true
       this.opened = status === 'connected'

@@ -3,9 +3,12 @@
 // between it and now, line by line; restore (a new edit on top, which everyone connected sees
 // at once and which can itself be undone from the list); and the document's activity.
 import { diffLines } from 'diff'
-import { ActivityFeed } from './activity'
-import { ApiError, listVersions, restoreVersion, saveVersion, versionContent, type VersionSummary } from './api'
-import { ago, h } from './dom'
+import { listVersions, restoreVersion, saveVersion, versionContent } from '../api/docs'
+import { errorMessage } from '../api/http'
+import type { VersionSummary } from '../api/types'
+import { h } from '../ui/dom'
+import { ago } from '../ui/format'
+import { ActivityFeed } from '../workspace/activity'
 
 /** The text of a version: its root `Y.Text` named `textName`, as the server's JSON gives it. */
 function textOf (content: Record<string, unknown>, textName: string): string {
@@ -72,7 +75,7 @@ export class HistoryPanel {
       save.disabled = true
       saveVersion(options.doc, name)
         .then(() => { nameInput.value = ''; this.problem.textContent = ''; return this.refresh() })
-        .catch((error: unknown) => { this.problem.textContent = message(error) })
+        .catch((error: unknown) => { this.problem.textContent = errorMessage(error) })
         .finally(() => { save.disabled = false })
     })
     this.feed = new ActivityFeed(options.doc)
@@ -90,7 +93,7 @@ export class HistoryPanel {
       this.versions = await listVersions(this.options.doc)
       this.renderList()
     } catch (error) {
-      this.problem.textContent = message(error)
+      this.problem.textContent = errorMessage(error)
     }
   }
 
@@ -118,7 +121,7 @@ export class HistoryPanel {
     try {
       text = textOf(await versionContent(this.options.doc, version.id), this.options.textName)
     } catch (error) {
-      this.detail.replaceChildren(h('p', { class: 'form-error' }, message(error)))
+      this.detail.replaceChildren(h('p', { class: 'form-error' }, errorMessage(error)))
       return
     }
     const preview = h('pre', { class: 'history-preview', id: 'history-preview' }, text)
@@ -142,15 +145,11 @@ export class HistoryPanel {
       restore.disabled = true
       restoreVersion(this.options.doc, version.id)
         .then(() => this.refresh())
-        .catch((error: unknown) => { this.problem.textContent = message(error) })
+        .catch((error: unknown) => { this.problem.textContent = errorMessage(error) })
         .finally(() => { restore.disabled = false })
     })
     this.detail.replaceChildren(
       h('div', { class: 'history-tabs' }, showChanges, showPreview, h('span', { class: 'spacer' }), restore),
       body)
   }
-}
-
-function message (error: unknown): string {
-  return error instanceof ApiError || error instanceof Error ? error.message : String(error)
 }

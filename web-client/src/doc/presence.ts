@@ -3,7 +3,7 @@
 // Signed in, the name is the account's (the server stamps it into `user` anyway); only the
 // colour is a choice then.
 import type { Awareness } from 'y-protocols/awareness'
-import { currentSession } from './session'
+import { currentSession } from '../auth/session'
 
 export interface LocalUser {
   name: string
@@ -39,6 +39,20 @@ export function loadUser (): LocalUser {
   const user = withLight(`Anonymous ${pick(ANIMALS)}`, pick(PALETTE))
   saveUser(user)
   return user
+}
+
+/**
+ * The display name stored in this browser, trimmed; null when none is stored. With sign-in off
+ * it names this browser to the server (api/http.ts `anonymousName`); the storage key stays private
+ * to this file.
+ */
+export function storedUserName (): string | null {
+  try {
+    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null') as { name?: unknown } | null
+    return typeof stored?.name === 'string' && stored.name.trim() !== '' ? stored.name.trim() : null
+  } catch {
+    return null
+  }
 }
 
 /** The identity to show and publish: the stored one, named after the account when signed in. */

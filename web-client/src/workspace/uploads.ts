@@ -4,8 +4,11 @@
 // client remembers its upload URL per file), so a large build never starts over. Each upload
 // shows a progress bar; the finished file appears in everyone's tree through the live events.
 import * as tus from 'tus-js-client'
-import { bytes, h } from './dom'
-import { anonymousName, currentSession } from './session'
+import { anonymousName, errorMessage } from '../api/http'
+import { docNameProblem } from '../api/names'
+import { currentSession } from '../auth/session'
+import { h } from '../ui/dom'
+import { bytes } from '../ui/format'
 
 /** Files up to this size are hashed in the browser, so the server can check the bytes it got. */
 const HASH_LIMIT_BYTES = 64 * 1024 * 1024
@@ -82,6 +85,67 @@ export class UploadList {
       cancel.textContent = 'Dismiss'
       cancel.onclick = () => row.remove()
       throw error
+    }
+  }
+}
+
+/**
+ * The upload controls: a folder to upload into, a file picker, dropping files on a target (the
+ * tree), the list of uploads in progress, and the line where problems are reported.
+ */
+export class UploadBar {
+  readonly uploads = new UploadList()
+  readonly problem = h('p', { class: 'form-error', id: 'upload-error', role: 'alert' })
+  private readonly folderInput = h('input', {
+    id: 'upload-folder',
+    placeholder: 'folder (optional), e.g. builds',
+    'aria-label': 'Upload into folder',
+    autocomplete: 'off'
+  })
+  private readonly picker = h('input', { id: 'upload-input', type: 'file', multiple: true, hidden: true })
+  private readonly button = h('button', { class: 'button ghost', type: 'button', id: 'upload-button' }, 'Upload files')
+  readonly el = h('div', { class: 'upload-bar' }, this.folderInput, this.button, this.picker)
+
+  constructor () {
+    this.button.addEventListener('click', () => this.picker.click())
+    this.picker.addEventListener('change', () => {
+      if (this.picker.files !== null) this.start(this.picker.files)
+      this.picker.value = ''
+    })
+  }
+
+  /** Files dropped on `target` are uploaded like picked ones. */
+  acceptDrops (target: HTMLElement): void {
+    target.addEventListener('dragover', (event) => {
+      event.preventDefault()
+      target.classList.add('dropping')
+    })
+    target.addEventListener('dragleave', () => target.classList.remove('dropping'))
+    target.addEventListener('drop', (event) => {
+      event.preventDefault()
+      target.classList.remove('dropping')
+      if (event.dataTransfer !== null) this.start(event.dataTransfer.files)
+    })
+  }
+
+  /** Shows `text` on the problem line (empty clears it). */
+  report (text: string): void {
+    this.problem.textContent = text
+  }
+
+  private start (chosen: FileList | File[]): void {
+    const folder = this.folderInput.value.trim().replace(/^\/+|\/+$/g, '')
+    this.report('')
+    for (const file of chosen) {
+      const path = folder ? `${folder}/${file.name}` : file.name
+      const nameProblem = docNameProblem(path)
+      if (nameProblem !== null) {
+        this.report(`${path}: ${nameProblem}`)
+        continue
+      }
+      this.uploads.upload(file, path).catch((error: unknown) => {
+        this.report(`${path}: ${errorMessage(error)}`)
+      })
     }
   }
 }

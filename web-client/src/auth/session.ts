@@ -1,15 +1,18 @@
 // Signing in, when the server asks for it (protocol-spec/auth.md). `GET /api/auth` says whether
 // it does. With `jwt`, the session (token, expiry, account id and name) is kept in localStorage,
-// every API call carries `Authorization: Bearer <token>` (`apiFetch`), and a timer renews the
-// token through `POST /api/token/refresh` at about 80% of its lifetime. Any 401 drops the session;
-// the page then shows the sign-in form again (main.ts). With `none` there is no token anywhere.
+// every API call carries `Authorization: Bearer <token>` (`apiFetch`, api/http.ts), and a timer
+// renews the token through `POST /api/token/refresh` at about 80% of its lifetime. Any 401 drops
+// the session; the page then shows the sign-in form again (main.ts). With `none` there is no
+// token anywhere. This module imports nothing of the client's own but the role rule, so every
+// other part may depend on it.
 //
 // The token's payload is read (not verified: the server does that) for two things only: its
 // lifetime (`iat`..`exp`, so a wrong local clock does not matter) and the role it grants on a
 // document, so a read-only document opens read-only.
 
+import { type Role, roleFromPatterns } from './roles'
+
 export type AuthMode = 'none' | 'jwt'
-export type Role = 'read' | 'write' | 'admin'
 
 export interface Session {
   token: string
@@ -94,33 +97,6 @@ export function onTokenChange (listener: (token: string) => void): () => void {
   return () => tokenListeners.delete(listener)
 }
 
-/**
- * The name this browser goes by with authentication off (the identity dialog's, kept in
- * localStorage by presence.ts), percent-encoded for the `X-Tandem-User` header: the server
- * names the author of uploads, versions and restores with it (unverified, like presence).
- */
-export function anonymousName (): string | null {
-  try {
-    const stored = JSON.parse(localStorage.getItem('tandem.user') ?? 'null') as { name?: unknown } | null
-    return typeof stored?.name === 'string' && stored.name.trim() !== '' ? encodeURIComponent(stored.name.trim()) : null
-  } catch {
-    return null
-  }
-}
-
-/** `fetch` with the session's token; a 401 ends the session. */
-export async function apiFetch (path: string, init: RequestInit = {}): Promise<Response> {
-  const token = session?.token
-  const headers = new Headers(init.headers)
-  if (token !== undefined) headers.set('authorization', `Bearer ${token}`)
-  const name = token === undefined ? anonymousName() : null
-  if (name !== null) headers.set('x-tandem-user', name)
-  const response = await fetch(path, { ...init, headers })
-  // Only if the refused token is still the current one: a renewal may have replaced it meanwhile.
-  if (response.status === 401 && token !== undefined && session?.token === token) signOut()
-  return response
-}
-
 /** `POST /api/login`; on success the session is stored and kept fresh. */
 export async function signIn (username: string, password: string): Promise<Session> {
   let response: Response
@@ -185,56 +161,6 @@ export function roleFor (doc: string): Role | null | undefined {
   const claims = decodeClaims(session.token)
   if (claims === null || typeof claims.docs !== 'object' || claims.docs === null) return undefined
   return roleFromPatterns(claims.docs as Record<string, unknown>, doc)
-}
-
-/**
- * The server's rule (server/tandem-server/src/auth.rs `Claims::role_for`): among the patterns
- * that match, the most specific (most characters other than `*`) decides; among equally specific
- * ones the higher role wins. `*` matches any run of characters, `/` included.
- */
-export function roleFromPatterns (docs: Record<string, unknown>, doc: string): Role | null {
-  let best: Role | null = null
-  let bestLiterals = -1
-  for (const [pattern, role] of Object.entries(docs)) {
-    if (!isRole(role) || !patternMatches(pattern, doc)) continue
-    const literals = [...pattern].filter((c) => c !== '*').length
-    if (literals > bestLiterals || (literals === bestLiterals && RANK[role] > RANK[best!])) {
-      best = role
-      bestLiterals = literals
-    }
-  }
-  return best
-}
-
-const RANK: Record<Role, number> = { read: 1, write: 2, admin: 3 }
-
-function isRole (value: unknown): value is Role {
-  return value === 'read' || value === 'write' || value === 'admin'
-}
-
-/** `*` stands for any run of characters; greedy with one backtrack point, as on the server. */
-export function patternMatches (pattern: string, name: string): boolean {
-  const p = [...pattern]
-  const n = [...name]
-  let pi = 0
-  let ni = 0
-  let star = -1
-  let starN = 0
-  while (ni < n.length) {
-    if (pi < p.length && p[pi] === '*') {
-      star = pi++
-      starN = ni
-    } else if (pi < p.length && p[pi] === n[ni]) {
-      pi++
-      ni++
-    } else if (star >= 0) {
-      pi = star + 1
-      ni = ++starN
-    } else {
-      return false
-    }
-  }
-  return p.slice(pi).every((c) => c === '*')
 }
 
 function decodeClaims (token: string): Record<string, unknown> | null {

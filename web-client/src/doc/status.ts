@@ -1,6 +1,6 @@
 // The status pill: connection state at a glance, and whether every edit has reached the server.
 import type { SyncState } from './connection'
-import { h } from './dom'
+import { h } from '../ui/dom'
 
 interface Look { tone: 'ok' | 'busy' | 'warn' | 'off', text: string, detail: string }
 

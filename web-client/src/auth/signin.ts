@@ -1,6 +1,6 @@
 // The sign-in page, shown instead of any page while the server wants a token and there is no
 // session (session.ts), and the "Sign out" button of the top bar.
-import { h } from './dom'
+import { h } from '../ui/dom'
 import { onTokenChange, SignInError, signIn, signOut, waitText } from './session'
 
 /**

@@ -2,9 +2,12 @@
 // (one line per editing session, not per keystroke), who uploaded, renamed or deleted which
 // file, who saved or restored a version. Kept live by the `activity` events: a new entry is
 // added at the top, an extended session is updated in place.
-import { docHref, fileHref, listActivity } from './api'
-import { ago, h } from './dom'
-import type { ActivityEntry } from './events'
+import { listActivity } from '../api/activity'
+import { fileHref } from '../api/files'
+import { docHref } from '../api/names'
+import type { ActivityEntry } from '../api/types'
+import { h } from '../ui/dom'
+import { ago } from '../ui/format'
 
 const PAGE = 30
 
