@@ -170,7 +170,7 @@ export class DocConnection {
     if (this.state.network !== 'connected') return // the next 'sync' event asks again
     this.checking = true
     const version = this.changeVersion
-    let covered = false
+    let covered: boolean
     try {
       covered = await serverCovers(this.name, Y.encodeSnapshot(Y.snapshot(this.doc)))
     } catch {

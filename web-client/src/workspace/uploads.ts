@@ -53,7 +53,7 @@ export class UploadList {
           },
           // A refusal (403, 413, 507, 409) will not change on a retry.
           onShouldRetry (error, _attempt, options) {
-            const status = (error as tus.DetailedError).originalResponse?.getStatus() ?? 0
+            const status = error.originalResponse?.getStatus() ?? 0
             if (status >= 400 && status < 500 && status !== 409 && status !== 423) return false
             if (status === 507) return false
             return options.retryDelays !== null && options.retryDelays !== undefined

@@ -1,0 +1,31 @@
+// Lint rules for the web client (`npm run lint`, run by scripts/build-web.sh). Type-aware: the
+// rules that need types (floating promises, misused promises) catch the mistakes this event-driven
+// code is prone to. Formatting is Prettier's job (`npm run format:check`), so every stylistic rule
+// is off (eslint-config-prettier).
+import js from '@eslint/js'
+import prettier from 'eslint-config-prettier'
+import tseslint from 'typescript-eslint'
+
+export default tseslint.config(
+  { ignores: ['dist/', 'node_modules/', 'public/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommendedTypeChecked,
+  {
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname }
+    },
+    rules: {
+      // `void promise` marks a deliberately unawaited call.
+      '@typescript-eslint/no-floating-promises': ['error', { ignoreVoid: true }],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+      // Y.Text's own toString is its text.
+      '@typescript-eslint/no-base-to-string': ['error', { ignoredTypeNames: ['YText', 'Text'] }],
+      eqeqeq: ['error', 'always', { null: 'ignore' }]
+    }
+  },
+  {
+    files: ['eslint.config.js'],
+    extends: [tseslint.configs.disableTypeChecked]
+  },
+  prettier
+)
