@@ -12,24 +12,29 @@ import { h } from './ui/dom'
 
 const root = document.getElementById('app')!
 
-function showPage (): void {
+function showPage(): void {
   const path = location.pathname
   if (path.startsWith('/d/')) {
     const name = decodeDocPath(path.slice(3))
     if (name !== null && docNameProblem(name) === null) {
       mountDoc(root, name)
     } else {
-      root.replaceChildren(h('main', { class: 'workspace' },
-        h('h1', {}, 'Not a document name'),
-        h('p', {}, 'This address does not name a document. ', h('a', { href: '/' }, 'Back to the workspace'), '.')))
+      root.replaceChildren(
+        h(
+          'main',
+          { class: 'workspace' },
+          h('h1', {}, 'Not a document name'),
+          h('p', {}, 'This address does not name a document. ', h('a', { href: '/' }, 'Back to the workspace'), '.')
+        )
+      )
     }
   } else {
     mountWorkspace(root)
   }
 }
 
-async function start (): Promise<void> {
-  if (await discoverAuth() === 'jwt') {
+async function start(): Promise<void> {
+  if ((await discoverAuth()) === 'jwt') {
     // Signed out (here, in another tab, or the server refused the token): a reload drops the
     // page's connections and comes back to the sign-in form, on the same address.
     onSignedOut(() => location.reload())

@@ -3,17 +3,17 @@ import { readEventStream } from './event-stream'
 import type { LiveEvent } from './types'
 
 /** A body that delivers `chunks` one read at a time, as a network would. */
-function body (...chunks: string[]): ReadableStream<Uint8Array> {
+function body(...chunks: string[]): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder()
   return new ReadableStream({
-    start (controller) {
+    start(controller) {
       for (const chunk of chunks) controller.enqueue(encoder.encode(chunk))
       controller.close()
     }
   })
 }
 
-async function read (...chunks: string[]): Promise<LiveEvent[]> {
+async function read(...chunks: string[]): Promise<LiveEvent[]> {
   const events: LiveEvent[] = []
   await readEventStream(body(...chunks), (event) => events.push(event))
   return events
@@ -32,7 +32,7 @@ describe('readEventStream', () => {
     const bytes = new TextEncoder().encode(text)
     const events: LiveEvent[] = []
     const stream = new ReadableStream<Uint8Array>({
-      start (controller) {
+      start(controller) {
         for (const b of bytes) controller.enqueue(new Uint8Array([b]))
         controller.close()
       }
@@ -43,11 +43,9 @@ describe('readEventStream', () => {
 
   it('accepts CRLF and CR-only line ends', async () => {
     // A CR that ends a chunk may be half of a CRLF, so the CR-only event is followed by more.
-    expect(await read('data: {"type":"hello"}\r\n\r\ndata: {"type":"resync"}\r\r', 'data: {"type":"hello"}\n\n')).toEqual([
-      { type: 'hello' },
-      { type: 'resync' },
-      { type: 'hello' }
-    ])
+    expect(
+      await read('data: {"type":"hello"}\r\n\r\ndata: {"type":"resync"}\r\r', 'data: {"type":"hello"}\n\n')
+    ).toEqual([{ type: 'hello' }, { type: 'resync' }, { type: 'hello' }])
   })
 
   it('joins multi-line data with newlines', async () => {

@@ -9,9 +9,12 @@ import type { LiveEvent } from './types'
  * Calls `onEvent` with every JSON event of `body` until it ends. An event whose data is not
  * JSON is skipped: it is not ours to interpret.
  */
-export async function readEventStream (body: ReadableStream<Uint8Array>, onEvent: (event: LiveEvent) => void): Promise<void> {
+export async function readEventStream(
+  body: ReadableStream<Uint8Array>,
+  onEvent: (event: LiveEvent) => void
+): Promise<void> {
   const parser = createParser({
-    onEvent (message) {
+    onEvent(message) {
       // A throwing listener must not end the stream (and so force a reconnect): the stream
       // would reopen into the same event forever.
       try {

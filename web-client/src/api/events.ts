@@ -15,7 +15,7 @@ const RETRY_MAX_MS = 15000
  * Calls `onEvent` with every event until the returned function is called. `onState` hears
  * whether the stream is connected.
  */
-export function subscribeEvents (
+export function subscribeEvents(
   onEvent: (event: LiveEvent) => void,
   onState: (connected: boolean) => void = () => {}
 ): () => void {

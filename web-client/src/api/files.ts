@@ -5,7 +5,7 @@ import { getJson, sendJson } from './http'
 import { encodeDocPath } from './names'
 import type { FileSummary } from './types'
 
-export async function listFiles (): Promise<FileSummary[]> {
+export async function listFiles(): Promise<FileSummary[]> {
   return (await getJson<{ files: FileSummary[] }>('/api/files', 'GET /api/files')).files
 }
 
@@ -14,7 +14,7 @@ export async function listFiles (): Promise<FileSummary[]> {
  * with a session the token travels as the `token` parameter, which the server accepts like the
  * WebSocket's (and never logs).
  */
-export function fileHref (path: string, version?: number): string {
+export function fileHref(path: string, version?: number): string {
   const query = new URLSearchParams()
   if (version !== undefined) query.set('version', String(version))
   const token = currentSession()?.token
@@ -23,15 +23,15 @@ export function fileHref (path: string, version?: number): string {
   return `/api/files/${encodeDocPath(path)}${suffix}`
 }
 
-export async function fileVersions (path: string): Promise<FileSummary[]> {
+export async function fileVersions(path: string): Promise<FileSummary[]> {
   const url = `/api/file-versions/${encodeDocPath(path)}`
   return (await getJson<{ versions: FileSummary[] }>(url, 'file versions')).versions
 }
 
-export async function moveFile (from: string, to: string): Promise<void> {
+export async function moveFile(from: string, to: string): Promise<void> {
   await sendJson('POST', '/api/file-moves', { from, to }, 'rename')
 }
 
-export async function deleteFile (path: string): Promise<void> {
+export async function deleteFile(path: string): Promise<void> {
   await sendJson('DELETE', `/api/files/${encodeDocPath(path)}`, undefined, 'delete')
 }

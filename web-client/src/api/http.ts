@@ -7,7 +7,11 @@ import { storedUserName } from '../doc/presence'
 
 /** The JSON error body every endpoint answers a refusal with. */
 export class ApiError extends Error {
-  constructor (readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string
+  ) {
     super(message)
   }
 }
@@ -17,14 +21,14 @@ export class ApiError extends Error {
  * the `X-Tandem-User` header: the server names the author of uploads, versions and restores
  * with it (unverified, like presence). Null when signed in, or when no name is stored.
  */
-export function anonymousName (): string | null {
+export function anonymousName(): string | null {
   if (currentSession() !== null) return null
   const name = storedUserName()
   return name !== null ? encodeURIComponent(name) : null
 }
 
 /** `fetch` with the session's token; a 401 ends the session. */
-export async function apiFetch (path: string, init: RequestInit = {}): Promise<Response> {
+export async function apiFetch(path: string, init: RequestInit = {}): Promise<Response> {
   const token = currentSession()?.token
   const headers = new Headers(init.headers)
   if (token !== undefined) headers.set('authorization', `Bearer ${token}`)
@@ -36,9 +40,9 @@ export async function apiFetch (path: string, init: RequestInit = {}): Promise<R
   return response
 }
 
-async function failure (response: Response, what: string): Promise<ApiError> {
+async function failure(response: Response, what: string): Promise<ApiError> {
   try {
-    const body = (await response.json()) as { error?: string, message?: string }
+    const body = (await response.json()) as { error?: string; message?: string }
     return new ApiError(response.status, body.error ?? 'error', body.message ?? `${what}: ${response.status}`)
   } catch {
     return new ApiError(response.status, 'error', `${what}: ${response.status}`)
@@ -46,14 +50,14 @@ async function failure (response: Response, what: string): Promise<ApiError> {
 }
 
 /** `GET path` as JSON; `what` names the call in the error a refusal becomes. */
-export async function getJson<T> (path: string, what: string): Promise<T> {
+export async function getJson<T>(path: string, what: string): Promise<T> {
   const response = await apiFetch(path, { headers: { accept: 'application/json' } })
   if (!response.ok) throw await failure(response, what)
   return (await response.json()) as T
 }
 
 /** `method path` with a JSON body (none when `body` is undefined); null for a 204. */
-export async function sendJson<T> (method: string, path: string, body: unknown, what: string): Promise<T | null> {
+export async function sendJson<T>(method: string, path: string, body: unknown, what: string): Promise<T | null> {
   const response = await apiFetch(path, {
     method,
     headers: { 'content-type': 'application/json', accept: 'application/json' },
@@ -64,6 +68,6 @@ export async function sendJson<T> (method: string, path: string, body: unknown, 
 }
 
 /** The words to show for a failed call. */
-export function errorMessage (error: unknown): string {
+export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error)
 }

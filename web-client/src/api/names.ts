@@ -17,7 +17,7 @@ export type DocNameError = 'empty' | 'too_long' | 'forbidden_character' | 'bad_s
 const FORBIDDEN = /[\u0000-\u001f\u007f-\u009f\\]/u
 
 /** The server's rule for a decoded name, checked in the server's order; null when valid. */
-export function docNameError (name: string): DocNameError | null {
+export function docNameError(name: string): DocNameError | null {
   if (name.length === 0) return 'empty'
   if (new TextEncoder().encode(name).length > MAX_DOC_NAME_BYTES) return 'too_long'
   if (FORBIDDEN.test(name)) return 'forbidden_character'
@@ -33,18 +33,18 @@ const PROBLEMS: Record<DocNameError, string> = {
 }
 
 /** What is wrong with a name, in words the page shows; null when the server would accept it. */
-export function docNameProblem (name: string): string | null {
+export function docNameProblem(name: string): string | null {
   const error = docNameError(name)
   return error === null ? null : PROBLEMS[error]
 }
 
 /** A document name as a URL path: each segment percent-encoded, the slashes kept. */
-export function encodeDocPath (name: string): string {
+export function encodeDocPath(name: string): string {
   return name.split('/').map(encodeURIComponent).join('/')
 }
 
 /** The inverse of `encodeDocPath`; null for a malformed path. */
-export function decodeDocPath (path: string): string | null {
+export function decodeDocPath(path: string): string | null {
   try {
     return path.split('/').map(decodeURIComponent).join('/')
   } catch {
@@ -53,6 +53,6 @@ export function decodeDocPath (path: string): string | null {
 }
 
 /** The page of a document. */
-export function docHref (name: string): string {
+export function docHref(name: string): string {
   return `/d/${encodeDocPath(name)}`
 }

@@ -79,11 +79,11 @@ export interface ActivityFilter {
 export type LiveEvent =
   | { type: 'hello' }
   | { type: 'resync' }
-  | { type: 'doc_changed', doc: string, actor: Actor, at_ms: number }
-  | { type: 'doc_presence', doc: string, peers: number }
-  | { type: 'file_uploaded', path: string, version: number, actor: Actor }
-  | { type: 'file_renamed', from: string, to: string, actor: Actor }
-  | { type: 'file_deleted', path: string, actor: Actor }
-  | { type: 'version_created', doc: string, version: number }
-  | { type: 'version_restored', doc: string, version: number }
-  | { type: 'activity', entry: ActivityEntry }
+  | { type: 'doc_changed'; doc: string; actor: Actor; at_ms: number }
+  | { type: 'doc_presence'; doc: string; peers: number }
+  | { type: 'file_uploaded'; path: string; version: number; actor: Actor }
+  | { type: 'file_renamed'; from: string; to: string; actor: Actor }
+  | { type: 'file_deleted'; path: string; actor: Actor }
+  | { type: 'version_created'; doc: string; version: number }
+  | { type: 'version_restored'; doc: string; version: number }
+  | { type: 'activity'; entry: ActivityEntry }

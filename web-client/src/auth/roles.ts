@@ -7,7 +7,7 @@ export type Role = 'read' | 'write' | 'admin'
 
 const RANK: Record<Role, number> = { read: 1, write: 2, admin: 3 }
 
-export function isRole (value: unknown): value is Role {
+export function isRole(value: unknown): value is Role {
   return value === 'read' || value === 'write' || value === 'admin'
 }
 
@@ -16,7 +16,7 @@ export function isRole (value: unknown): value is Role {
  * among equally specific ones the higher role wins. Entries whose value is not a role are
  * ignored. Null when nothing matches.
  */
-export function roleFromPatterns (docs: Record<string, unknown>, doc: string): Role | null {
+export function roleFromPatterns(docs: Record<string, unknown>, doc: string): Role | null {
   let best: Role | null = null
   let bestLiterals = -1
   for (const [pattern, role] of Object.entries(docs)) {
@@ -35,7 +35,7 @@ export function roleFromPatterns (docs: Record<string, unknown>, doc: string): R
  * the server. The server compares UTF-8 bytes and this compares code points: for valid strings
  * the two agree, because a literal's UTF-8 can only match at a character boundary.
  */
-export function patternMatches (pattern: string, name: string): boolean {
+export function patternMatches(pattern: string, name: string): boolean {
   const p = [...pattern]
   const n = [...name]
   let pi = 0

@@ -27,7 +27,11 @@ export interface Session {
 
 /** Why signing in failed, in words the sign-in page shows as they are. */
 export class SignInError extends Error {
-  constructor (readonly kind: 'bad_credentials' | 'too_many_attempts' | 'network' | 'server', message: string, readonly retryAfterS = 0) {
+  constructor(
+    readonly kind: 'bad_credentials' | 'too_many_attempts' | 'network' | 'server',
+    message: string,
+    readonly retryAfterS = 0
+  ) {
     super(message)
   }
 }
@@ -49,11 +53,14 @@ const tokenListeners = new Set<(token: string) => void>()
 let signedOutHandler: () => void = () => {}
 
 /** Asks the server whether it wants a token; offline, the answer of the last visit is used. */
-export async function discoverAuth (): Promise<AuthMode> {
+export async function discoverAuth(): Promise<AuthMode> {
   try {
-    const response = await fetch('/api/auth', { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(DISCOVER_TIMEOUT_MS) })
+    const response = await fetch('/api/auth', {
+      headers: { accept: 'application/json' },
+      signal: AbortSignal.timeout(DISCOVER_TIMEOUT_MS)
+    })
     if (response.ok) {
-      const body = await response.json() as { mode?: string }
+      const body = (await response.json()) as { mode?: string }
       mode = body.mode === 'jwt' ? 'jwt' : 'none'
       remember(MODE_KEY, mode)
     } else if (response.status === 404) {
@@ -72,33 +79,33 @@ export async function discoverAuth (): Promise<AuthMode> {
   return mode
 }
 
-export function authMode (): AuthMode {
+export function authMode(): AuthMode {
   return mode
 }
 
 /** The signed-in account, or null (always null with authentication off). */
-export function currentSession (): Session | null {
+export function currentSession(): Session | null {
   return session
 }
 
 /** Whether the page can go ahead: no sign-in needed, or a session that has not expired. */
-export function hasAccess (): boolean {
+export function hasAccess(): boolean {
   return mode === 'none' || (session !== null && session.expiresMs > Date.now())
 }
 
 /** Called once the session is gone (signed out here or in another tab, or refused by the server). */
-export function onSignedOut (handler: () => void): void {
+export function onSignedOut(handler: () => void): void {
   signedOutHandler = handler
 }
 
 /** Calls `listener` with every new token (renewals here or in another tab). */
-export function onTokenChange (listener: (token: string) => void): () => void {
+export function onTokenChange(listener: (token: string) => void): () => void {
   tokenListeners.add(listener)
   return () => tokenListeners.delete(listener)
 }
 
 /** `POST /api/login`; on success the session is stored and kept fresh. */
-export async function signIn (username: string, password: string): Promise<Session> {
+export async function signIn(username: string, password: string): Promise<Session> {
   let response: Response
   try {
     response = await fetch('/api/login', {
@@ -118,19 +125,20 @@ export async function signIn (username: string, password: string): Promise<Sessi
     const wait = retryAfterSeconds(response.headers.get('retry-after'))
     throw new SignInError('server', `The server is busy. Try again in ${waitText(wait)}.`)
   }
-  if (!response.ok) throw new SignInError('server', `The server could not sign you in (error ${response.status}). Try again later.`)
+  if (!response.ok)
+    throw new SignInError('server', `The server could not sign you in (error ${response.status}). Try again later.`)
   adopt(await readSession(response))
   return session!
 }
 
 /** Ends the session here and in every other tab of this site. */
-export function signOut (): void {
+export function signOut(): void {
   forget(SESSION_KEY)
   endSession()
 }
 
 /** Starts the renewal timer, and follows sign-ins, renewals and sign-outs in other tabs. */
-export function keepSessionFresh (): void {
+export function keepSessionFresh(): void {
   scheduleRenewal()
   window.addEventListener('storage', (event) => {
     if (event.key !== SESSION_KEY || mode !== 'jwt') return
@@ -149,55 +157,64 @@ export function keepSessionFresh (): void {
  * closed a connection with 4401, or could not be joined). Resolves false if there is no session
  * or the server could not be asked; a refused renewal ends the session.
  */
-export async function ensureFreshToken (force = false): Promise<boolean> {
+export async function ensureFreshToken(force = false): Promise<boolean> {
   if (session === null) return false
   if (!force && Date.now() < renewAtMs(session)) return true
   return await renew()
 }
 
 /** The role the session's token grants on `doc`; undefined when it cannot be told. */
-export function roleFor (doc: string): Role | null | undefined {
+export function roleFor(doc: string): Role | null | undefined {
   if (session === null) return undefined
   const claims = decodeClaims(session.token)
   if (claims === null || typeof claims.docs !== 'object' || claims.docs === null) return undefined
   return roleFromPatterns(claims.docs as Record<string, unknown>, doc)
 }
 
-function decodeClaims (token: string): Record<string, unknown> | null {
+function decodeClaims(token: string): Record<string, unknown> | null {
   const payload = token.split('.')[1]
   if (payload === undefined) return null
   try {
-    const base64 = payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '=')
+    const base64 = payload
+      .replace(/-/g, '+')
+      .replace(/_/g, '/')
+      .padEnd(Math.ceil(payload.length / 4) * 4, '=')
     const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))
     const claims: unknown = JSON.parse(new TextDecoder().decode(bytes))
-    return typeof claims === 'object' && claims !== null ? claims as Record<string, unknown> : null
+    return typeof claims === 'object' && claims !== null ? (claims as Record<string, unknown>) : null
   } catch {
     return null
   }
 }
 
-function renewAtMs (s: Session): number {
+function renewAtMs(s: Session): number {
   return s.receivedMs + RENEW_AT * (s.expiresMs - s.receivedMs)
 }
 
-function scheduleRenewal (): void {
+function scheduleRenewal(): void {
   clearTimeout(renewTimer)
   if (session === null) return
   const delay = Math.max(0, renewAtMs(session) - Date.now())
   // setTimeout keeps at most 2^31-1 ms; a later renewal is rescheduled on the way.
-  renewTimer = setTimeout(() => {
-    if (session !== null && Date.now() >= renewAtMs(session)) void renew()
-    else scheduleRenewal()
-  }, Math.min(delay, 2 ** 31 - 1))
+  renewTimer = setTimeout(
+    () => {
+      if (session !== null && Date.now() >= renewAtMs(session)) void renew()
+      else scheduleRenewal()
+    },
+    Math.min(delay, 2 ** 31 - 1)
+  )
 }
 
 /** One renewal at a time; concurrent callers share it. */
-function renew (): Promise<boolean> {
+function renew(): Promise<boolean> {
   renewing ??= (async () => {
     const token = session?.token
     if (token === undefined) return false
     try {
-      const response = await fetch('/api/token/refresh', { method: 'POST', headers: { authorization: `Bearer ${token}`, accept: 'application/json' } })
+      const response = await fetch('/api/token/refresh', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, accept: 'application/json' }
+      })
       if (session?.token !== token) return session !== null // another tab renewed or signed out meanwhile
       // 401: the token or the account is gone; other 4xx (a token this server did not sign):
       // renewing will never work. Either way, sign in again.
@@ -221,8 +238,8 @@ function renew (): Promise<boolean> {
   return renewing
 }
 
-async function readSession (response: Response): Promise<Session> {
-  const body = await response.json() as { token: string, expires_at: number, sub: string, name?: string }
+async function readSession(response: Response): Promise<Session> {
+  const body = (await response.json()) as { token: string; expires_at: number; sub: string; name?: string }
   const claims = decodeClaims(body.token)
   const iat = typeof claims?.iat === 'number' ? claims.iat : null
   // The lifetime as the server sees it, laid on the local clock.
@@ -238,29 +255,36 @@ async function readSession (response: Response): Promise<Session> {
   }
 }
 
-function adopt (next: Session): void {
+function adopt(next: Session): void {
   remember(SESSION_KEY, JSON.stringify(next))
   setSession(next)
 }
 
-function setSession (next: Session): void {
+function setSession(next: Session): void {
   session = next
   scheduleRenewal()
   for (const listener of tokenListeners) listener(next.token)
 }
 
-function endSession (): void {
+function endSession(): void {
   clearTimeout(renewTimer)
   if (session === null) return
   session = null
   signedOutHandler()
 }
 
-function loadSession (): Session | null {
+function loadSession(): Session | null {
   try {
     const stored = JSON.parse(recall(SESSION_KEY) ?? 'null') as Partial<Session> | null
-    if (stored && typeof stored.token === 'string' && typeof stored.sub === 'string' && typeof stored.name === 'string' &&
-      typeof stored.expiresAt === 'number' && typeof stored.receivedMs === 'number' && typeof stored.expiresMs === 'number') {
+    if (
+      stored &&
+      typeof stored.token === 'string' &&
+      typeof stored.sub === 'string' &&
+      typeof stored.name === 'string' &&
+      typeof stored.expiresAt === 'number' &&
+      typeof stored.receivedMs === 'number' &&
+      typeof stored.expiresMs === 'number'
+    ) {
       return stored as Session
     }
   } catch {
@@ -270,7 +294,7 @@ function loadSession (): Session | null {
 }
 
 /** `Retry-After` as seconds (it may also be an HTTP date); at least 1. */
-function retryAfterSeconds (header: string | null): number {
+function retryAfterSeconds(header: string | null): number {
   if (header === null) return 60
   const seconds = Number(header)
   if (Number.isFinite(seconds)) return Math.max(1, Math.ceil(seconds))
@@ -278,13 +302,13 @@ function retryAfterSeconds (header: string | null): number {
   return Number.isNaN(date) ? 60 : Math.max(1, Math.ceil((date - Date.now()) / 1000))
 }
 
-export function waitText (seconds: number): string {
+export function waitText(seconds: number): string {
   if (seconds < 90) return `${seconds} second${seconds === 1 ? '' : 's'}`
   const minutes = Math.ceil(seconds / 60)
   return `${minutes} minutes`
 }
 
-function remember (key: string, value: string): void {
+function remember(key: string, value: string): void {
   try {
     localStorage.setItem(key, value)
   } catch {
@@ -292,7 +316,7 @@ function remember (key: string, value: string): void {
   }
 }
 
-function recall (key: string): string | null {
+function recall(key: string): string | null {
   try {
     return localStorage.getItem(key)
   } catch {
@@ -300,7 +324,7 @@ function recall (key: string): string | null {
   }
 }
 
-function forget (key: string): void {
+function forget(key: string): void {
   try {
     localStorage.removeItem(key)
   } catch {

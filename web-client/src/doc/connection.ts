@@ -35,7 +35,7 @@ const CLOSE_TOKEN_EXPIRED = 4401
 /** After connection attempts that never opened, the session is checked at most this often. */
 const SESSION_CHECK_MS = 30000
 
-function webSocketBase (): string {
+function webSocketBase(): string {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
   return `${scheme}//${location.host}/ws`
 }
@@ -59,10 +59,19 @@ export class DocConnection {
   private lastSessionCheck = 0
   private readonly stopTokenWatch: () => void
   private readonly deniedListeners = new Set<(reason: string) => void>()
-  private readonly onOnline = (): void => { this.provider.connect(); this.emit() }
-  private readonly onOffline = (): void => { this.provider.disconnect(); this.emit() }
+  private readonly onOnline = (): void => {
+    this.provider.connect()
+    this.emit()
+  }
+  private readonly onOffline = (): void => {
+    this.provider.disconnect()
+    this.emit()
+  }
 
-  constructor (readonly name: string, readonly doc: Y.Doc) {
+  constructor(
+    readonly name: string,
+    readonly doc: Y.Doc
+  ) {
     this.local = new IndexeddbPersistence(`tandem:${name}`, doc)
     // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
     whenLocalSettled(this.local, () => {
@@ -129,7 +138,7 @@ export class DocConnection {
     window.addEventListener('offline', this.onOffline)
   }
 
-  get state (): SyncState {
+  get state(): SyncState {
     let network: Network
     if (this.provider.wsconnected && this.provider.synced) network = 'connected'
     else if (!navigator.onLine) network = 'offline'
@@ -140,23 +149,23 @@ export class DocConnection {
   }
 
   /** Calls `listener` now and on every change of `state`. */
-  subscribe (listener: (state: SyncState) => void): () => void {
+  subscribe(listener: (state: SyncState) => void): () => void {
     this.listeners.add(listener)
     listener(this.state)
     return () => this.listeners.delete(listener)
   }
 
   /** Calls `listener` when the server refuses this browser's changes (a read-only token). */
-  onPermissionDenied (listener: (reason: string) => void): void {
+  onPermissionDenied(listener: (reason: string) => void): void {
     this.deniedListeners.add(listener)
   }
 
-  private emit (): void {
+  private emit(): void {
     const state = this.state
     for (const listener of this.listeners) listener(state)
   }
 
-  private scheduleCheck (delayMs: number): void {
+  private scheduleCheck(delayMs: number): void {
     if (this.checkTimer !== undefined || this.checking || this.destroyed) return
     this.checkTimer = setTimeout(() => {
       this.checkTimer = undefined
@@ -165,7 +174,7 @@ export class DocConnection {
   }
 
   /** Asks the server whether it has stored everything this doc holds; retries until it has. */
-  private async check (): Promise<void> {
+  private async check(): Promise<void> {
     if (this.changeVersion <= this.storedVersion && this.localLoaded) return
     if (this.state.network !== 'connected') return // the next 'sync' event asks again
     this.checking = true
@@ -183,7 +192,7 @@ export class DocConnection {
     if (this.changeVersion > this.storedVersion) this.scheduleCheck(covered ? CHECK_DELAY_MS : RETRY_DELAY_MS)
   }
 
-  destroy (): void {
+  destroy(): void {
     this.destroyed = true
     clearTimeout(this.checkTimer)
     window.removeEventListener('online', this.onOnline)

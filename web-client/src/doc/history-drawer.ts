@@ -7,7 +7,13 @@ import { HistoryPanel, type HistoryOptions } from './history'
 export class HistoryDrawer {
   readonly toggle = h(
     'button',
-    { class: 'button small ghost', type: 'button', id: 'history-toggle', 'aria-expanded': 'false', 'aria-controls': 'history' },
+    {
+      class: 'button small ghost',
+      type: 'button',
+      id: 'history-toggle',
+      'aria-expanded': 'false',
+      'aria-controls': 'history'
+    },
     'History'
   )
   readonly host = h('div', { class: 'history-host', hidden: true })
@@ -15,7 +21,7 @@ export class HistoryDrawer {
   private panel: HistoryPanel | null = null
 
   /** `page` gets the `with-history` class while the drawer is open. */
-  constructor (
+  constructor(
     private readonly options: HistoryOptions,
     page: HTMLElement
   ) {
@@ -34,7 +40,7 @@ export class HistoryDrawer {
   }
 
   /** Keeps an opened panel current; before the first opening there is nothing to update. */
-  onEvent (event: LiveEvent): void {
+  onEvent(event: LiveEvent): void {
     const panel = this.panel
     if (panel === null) return
     switch (event.type) {

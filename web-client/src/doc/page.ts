@@ -24,7 +24,7 @@ import { brand, breadcrumbs } from './topbar'
 export const TEXT_NAME = 'content'
 
 /** The page for a document the session's token grants nothing on (the server would refuse it). */
-function mountNoAccess (root: HTMLElement, name: string): void {
+function mountNoAccess(root: HTMLElement, name: string): void {
   document.title = 'No access · Tandem'
   root.replaceChildren(
     h('header', { class: 'topbar' }, brand(), h('span', { class: 'spacer' }), signOutButton()),
@@ -47,7 +47,7 @@ function mountNoAccess (root: HTMLElement, name: string): void {
   )
 }
 
-export function mountDoc (root: HTMLElement, name: string): void {
+export function mountDoc(root: HTMLElement, name: string): void {
   const role = roleFor(name)
   if (role === null) {
     mountNoAccess(root, name)
@@ -69,7 +69,12 @@ export function mountDoc (root: HTMLElement, name: string): void {
   const editorHost = h('section', { class: 'editor', id: 'editor', 'aria-label': `Editor for ${name}` })
   const readOnlyBadge = h(
     'span',
-    { class: 'badge', id: 'read-only', hidden: !readOnly, title: 'Your account can read this document but not change it.' },
+    {
+      class: 'badge',
+      id: 'read-only',
+      hidden: !readOnly,
+      title: 'Your account can read this document but not change it.'
+    },
     'Read-only'
   )
   const page = h('main', { class: 'doc-page' }, editorHost)
@@ -77,7 +82,15 @@ export function mountDoc (root: HTMLElement, name: string): void {
     { doc: name, textName: TEXT_NAME, readOnly, currentText: () => doc.getText(TEXT_NAME).toString() },
     page
   )
-  page.append(h('aside', { class: 'people', 'aria-label': 'People here' }, h('h2', {}, 'Here now ', people.count), people.list, history.host))
+  page.append(
+    h(
+      'aside',
+      { class: 'people', 'aria-label': 'People here' },
+      h('h2', {}, 'Here now ', people.count),
+      people.list,
+      history.host
+    )
+  )
 
   root.replaceChildren(
     h(

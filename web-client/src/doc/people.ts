@@ -10,12 +10,12 @@ export class PeopleList {
   readonly count = h('span', { class: 'count', id: 'users-count' })
   readonly list = h('ul', { id: 'users', class: 'people-list' })
 
-  constructor (private readonly awareness: Awareness) {
+  constructor(private readonly awareness: Awareness) {
     awareness.on('change', () => this.render())
     this.render()
   }
 
-  private render (): void {
+  private render(): void {
     const present = presentUsers(this.awareness)
     this.count.textContent = String(present.length)
     this.list.replaceChildren(

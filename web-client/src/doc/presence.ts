@@ -18,19 +18,25 @@ export const PALETTE = ['#e11d48', '#ea580c', '#ca8a04', '#16a34a', '#0891b2', '
 
 const ANIMALS = ['Otter', 'Heron', 'Lynx', 'Marten', 'Ibex', 'Puffin', 'Gecko', 'Bison', 'Koala', 'Raven']
 
-function pick<T> (items: T[]): T {
+function pick<T>(items: T[]): T {
   return items[Math.floor(Math.random() * items.length)]
 }
 
-function withLight (name: string, color: string): LocalUser {
+function withLight(name: string, color: string): LocalUser {
   return { name, color, colorLight: `${color}33` }
 }
 
 /** The stored identity, or a fresh random one (stored at once, so it stays the same). */
-export function loadUser (): LocalUser {
+export function loadUser(): LocalUser {
   try {
     const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null') as Partial<LocalUser> | null
-    if (stored && typeof stored.name === 'string' && stored.name.trim() && typeof stored.color === 'string' && /^#[0-9a-f]{6}$/i.test(stored.color)) {
+    if (
+      stored &&
+      typeof stored.name === 'string' &&
+      stored.name.trim() &&
+      typeof stored.color === 'string' &&
+      /^#[0-9a-f]{6}$/i.test(stored.color)
+    ) {
       return withLight(stored.name.trim().slice(0, 64), stored.color)
     }
   } catch {
@@ -46,7 +52,7 @@ export function loadUser (): LocalUser {
  * it names this browser to the server (api/http.ts `anonymousName`); the storage key stays private
  * to this file.
  */
-export function storedUserName (): string | null {
+export function storedUserName(): string | null {
   try {
     const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? 'null') as { name?: unknown } | null
     return typeof stored?.name === 'string' && stored.name.trim() !== '' ? stored.name.trim() : null
@@ -56,13 +62,13 @@ export function storedUserName (): string | null {
 }
 
 /** The identity to show and publish: the stored one, named after the account when signed in. */
-export function localUser (): LocalUser {
+export function localUser(): LocalUser {
   const user = loadUser()
   const account = currentSession()
   return account !== null ? withLight(account.name, user.color) : user
 }
 
-export function saveUser (user: LocalUser): void {
+export function saveUser(user: LocalUser): void {
   try {
     localStorage.setItem(STORAGE_KEY, JSON.stringify({ name: user.name, color: user.color }))
   } catch {
@@ -71,12 +77,12 @@ export function saveUser (user: LocalUser): void {
 }
 
 /** A user as edited in the identity dialog. */
-export function makeUser (name: string, color: string): LocalUser {
+export function makeUser(name: string, color: string): LocalUser {
   return withLight(name.trim().slice(0, 64) || 'Anonymous', color)
 }
 
 /** Publishes `user` in the awareness state that every peer of the document sees. */
-export function publishUser (awareness: Awareness, user: LocalUser): void {
+export function publishUser(awareness: Awareness, user: LocalUser): void {
   awareness.setLocalStateField('user', user)
 }
 
@@ -88,7 +94,7 @@ export interface Presence {
   self: boolean
 }
 
-export function presentUsers (awareness: Awareness): Presence[] {
+export function presentUsers(awareness: Awareness): Presence[] {
   const people: Presence[] = []
   for (const [clientId, state] of awareness.getStates()) {
     const user = (state as { user?: Partial<LocalUser> }).user

@@ -23,7 +23,7 @@ export const PINNED = { 'y-websocket': '3.1.0', 'y-indexeddb': '9.0.12' } as con
 export { IndexeddbPersistence, WebsocketProvider }
 
 /** Calls `onDenied` with the reason whenever the server refuses this provider's changes. */
-export function onPermissionDenied (provider: WebsocketProvider, doc: Y.Doc, onDenied: (reason: string) => void): void {
+export function onPermissionDenied(provider: WebsocketProvider, doc: Y.Doc, onDenied: (reason: string) => void): void {
   provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
     readAuthMessage(decoder, doc, (_doc, reason) => onDenied(reason))
   }
@@ -33,7 +33,7 @@ export function onPermissionDenied (provider: WebsocketProvider, doc: Y.Doc, onD
  * Calls `done` once (at most) when the IndexedDB copy has been read into the document, or when
  * there turns out to be no IndexedDB to read.
  */
-export function whenLocalSettled (local: IndexeddbPersistence, done: () => void): void {
+export function whenLocalSettled(local: IndexeddbPersistence, done: () => void): void {
   let called = false
   const once = (): void => {
     if (called) return

@@ -2,7 +2,7 @@
 // document's path as breadcrumbs (the last segment is `#doc-name`).
 import { h } from '../ui/dom'
 
-export function brand (): HTMLElement {
+export function brand(): HTMLElement {
   return h(
     'a',
     { class: 'brand', href: '/', 'aria-label': 'Tandem workspace' },
@@ -11,7 +11,7 @@ export function brand (): HTMLElement {
   )
 }
 
-export function breadcrumbs (name: string): HTMLElement {
+export function breadcrumbs(name: string): HTMLElement {
   const segments = name.split('/')
   const crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Document path' })
   crumbs.append(h('a', { href: '/', class: 'crumb-root' }, 'Workspace'))

@@ -5,7 +5,7 @@ type Attrs = Record<string, string | number | boolean | EventListener | undefine
 type Child = Node | string | null | undefined | false
 
 /** Creates `<tag>` with attributes (`on*` keys become listeners) and children. */
-export function h<K extends keyof HTMLElementTagNameMap> (
+export function h<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   attrs: Attrs = {},
   ...children: Child[]

@@ -8,7 +8,7 @@ import { ago, bytes } from '../ui/format'
 import type { FileActions } from './tree-view'
 
 /** The actions, reporting a refusal through `report`. */
-export function fileActions (report: (problem: string) => void): FileActions {
+export function fileActions(report: (problem: string) => void): FileActions {
   const fail = (error: unknown): void => report(errorMessage(error))
   return {
     rename: (file) => {

@@ -25,12 +25,12 @@ export class LiveListing implements Listing {
    * (to age the "… ago" texts). Redrawing only then keeps keyboard focus in the tree.
    * `onError` runs when the server cannot be reached; the next event or reload tries again.
    */
-  constructor (
+  constructor(
     private readonly onChange: () => void,
     private readonly onError: () => void
   ) {}
 
-  async reload (): Promise<void> {
+  async reload(): Promise<void> {
     if (this.inFlight) {
       this.again = true
       return
@@ -60,7 +60,7 @@ export class LiveListing implements Listing {
 }
 
 /** Calls `fn` once, `ms` after the last of a burst of calls. */
-export function debounce (fn: () => void, ms: number): () => void {
+export function debounce(fn: () => void, ms: number): () => void {
   let timer: ReturnType<typeof setTimeout> | undefined
   return () => {
     clearTimeout(timer)

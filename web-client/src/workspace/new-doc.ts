@@ -9,7 +9,7 @@ export interface NewDocForm {
   problem: HTMLElement
 }
 
-export function newDocForm (): NewDocForm {
+export function newDocForm(): NewDocForm {
   const nameInput = h('input', {
     id: 'new-doc-name',
     name: 'name',

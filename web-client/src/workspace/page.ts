@@ -24,7 +24,7 @@ import { UploadBar } from './uploads'
 /** Events arriving together cause one reload of the listing. */
 const RELOAD_DEBOUNCE_MS = 250
 
-function topbar (): HTMLElement {
+function topbar(): HTMLElement {
   return h(
     'header',
     { class: 'topbar' },
@@ -35,7 +35,7 @@ function topbar (): HTMLElement {
   )
 }
 
-export function mountWorkspace (root: HTMLElement): void {
+export function mountWorkspace(root: HTMLElement): void {
   document.title = 'Workspace · Tandem'
   const filter = h('input', {
     id: 'filter',

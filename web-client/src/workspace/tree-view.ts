@@ -17,7 +17,7 @@ export interface FileActions {
   versions: (file: FileSummary, host: HTMLElement) => void
 }
 
-function docRow (doc: DocSummary): HTMLElement {
+function docRow(doc: DocSummary): HTMLElement {
   const base = doc.name.slice(doc.name.lastIndexOf('/') + 1)
   const users = doc.users ?? []
   const here =
@@ -47,13 +47,17 @@ function docRow (doc: DocSummary): HTMLElement {
   )
 }
 
-function fileRow (file: FileSummary, actions: FileActions): HTMLElement {
+function fileRow(file: FileSummary, actions: FileActions): HTMLElement {
   const base = file.path.slice(file.path.lastIndexOf('/') + 1)
   const versionsHost = h('div', { class: 'file-versions' })
   const meta = `${file.uploader.name} · ${ago(file.uploaded_ms)} · ${bytes(file.size)}`
   const versionsButton =
     file.n_versions > 1
-      ? h('button', { class: 'link-button file-history', type: 'button', title: 'Earlier versions' }, `v${file.version}`)
+      ? h(
+          'button',
+          { class: 'link-button file-history', type: 'button', title: 'Earlier versions' },
+          `v${file.version}`
+        )
       : null
   versionsButton?.addEventListener('click', () => actions.versions(file, versionsHost))
   const rename = h('button', { class: 'link-button', type: 'button', title: `Rename ${file.path}` }, 'Rename')
@@ -86,10 +90,10 @@ export class TreeView {
   /** Paths of folders the user closed; they stay closed across redraws (not across a filter). */
   private readonly collapsed = new Set<string>()
 
-  constructor (private readonly actions: FileActions) {}
+  constructor(private readonly actions: FileActions) {}
 
   /** Redraws the tree for `listing`, filtered by the text of the filter box. */
-  show (listing: Listing, filterText: string): void {
+  show(listing: Listing, filterText: string): void {
     const shown = filterListing(listing, filterText)
     if (shown.docs.length + shown.files.length === 0) {
       this.el.replaceChildren(
@@ -114,7 +118,7 @@ export class TreeView {
     this.el.replaceChildren(this.list(buildTree(shown.docs, shown.files), forceOpen))
   }
 
-  private list (folder: Folder, forceOpen: boolean): HTMLElement {
+  private list(folder: Folder, forceOpen: boolean): HTMLElement {
     const list = h('ul', { class: 'tree' })
     for (const [name, child] of [...folder.folders].sort(([a], [b]) => a.localeCompare(b))) {
       list.append(this.folder(name, child, forceOpen))
@@ -124,7 +128,7 @@ export class TreeView {
     return list
   }
 
-  private folder (name: string, folder: Folder, forceOpen: boolean): HTMLElement {
+  private folder(name: string, folder: Folder, forceOpen: boolean): HTMLElement {
     const details = h(
       'details',
       { open: forceOpen || !this.collapsed.has(folder.path) },

@@ -2,11 +2,11 @@ import { describe, expect, it } from 'vitest'
 import type { DocSummary, FileSummary } from '../api/types'
 import { buildTree, countEntries, filterListing, summaryText } from './tree'
 
-function doc (name: string, extra: Partial<DocSummary> = {}): DocSummary {
+function doc(name: string, extra: Partial<DocSummary> = {}): DocSummary {
   return { name, size_bytes: 0, peers: 0, updated_ms: null, loaded: false, ...extra }
 }
 
-function file (path: string): FileSummary {
+function file(path: string): FileSummary {
   return {
     path,
     name: path.slice(path.lastIndexOf('/') + 1),

@@ -21,7 +21,7 @@ export interface Listing {
  * Folders from the names' `/` segments, in the order the entries come; a document and a file
  * of the same name both stay. Subfolders are kept in first-seen order (the view sorts them).
  */
-export function buildTree (docs: DocSummary[], files: FileSummary[]): Folder {
+export function buildTree(docs: DocSummary[], files: FileSummary[]): Folder {
   const root: Folder = { path: '', folders: new Map(), docs: [], files: [] }
   const folderOf = (name: string): Folder => {
     let folder = root
@@ -41,14 +41,14 @@ export function buildTree (docs: DocSummary[], files: FileSummary[]): Folder {
 }
 
 /** Documents and files in `folder` and all its subfolders. */
-export function countEntries (folder: Folder): number {
+export function countEntries(folder: Folder): number {
   let n = folder.docs.length + folder.files.length
   for (const child of folder.folders.values()) n += countEntries(child)
   return n
 }
 
 /** The entries whose name contains `query`, ignoring case and surrounding space. */
-export function filterListing (listing: Listing, query: string): Listing {
+export function filterListing(listing: Listing, query: string): Listing {
   const q = query.trim().toLowerCase()
   if (q === '') return listing
   return {
@@ -58,7 +58,7 @@ export function filterListing (listing: Listing, query: string): Listing {
 }
 
 /** "3 documents · 1 file · 2 people editing now". */
-export function summaryText (listing: Listing): string {
+export function summaryText(listing: Listing): string {
   const people = listing.docs.reduce((n, d) => n + (d.users?.length ?? d.peers), 0)
   return [
     plural(listing.docs.length, 'document'),

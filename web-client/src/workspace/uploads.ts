@@ -15,7 +15,7 @@ const HASH_LIMIT_BYTES = 64 * 1024 * 1024
 /** Each PATCH carries at most this much, so a cut-off request loses little. */
 const CHUNK_BYTES = 16 * 1024 * 1024
 
-async function sha256Hex (file: File): Promise<string | null> {
+async function sha256Hex(file: File): Promise<string | null> {
   if (file.size > HASH_LIMIT_BYTES || crypto.subtle === undefined) return null
   const digest = await crypto.subtle.digest('SHA-256', await file.arrayBuffer())
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('')
@@ -26,15 +26,25 @@ export class UploadList {
   readonly el = h('ul', { class: 'uploads', id: 'uploads', 'aria-live': 'polite' })
 
   /** Uploads `file` to the workspace path `path`. Resolves when stored, rejects with the reason. */
-  async upload (file: File, path: string): Promise<void> {
+  async upload(file: File, path: string): Promise<void> {
     const bar = h('progress', { max: 100, value: 0, 'aria-label': `Uploading ${path}` })
     const label = h('span', { class: 'upload-progress' }, 'starting…')
     const cancel = h('button', { class: 'button small ghost', type: 'button' }, 'Cancel')
-    const row = h('li', { class: 'upload', 'data-path': path, 'data-state': 'running' },
-      h('span', { class: 'upload-name' }, path), bar, label, cancel)
+    const row = h(
+      'li',
+      { class: 'upload', 'data-path': path, 'data-state': 'running' },
+      h('span', { class: 'upload-name' }, path),
+      bar,
+      label,
+      cancel
+    )
     this.el.append(row)
     const sha256 = await sha256Hex(file)
-    const metadata: Record<string, string> = { path, filename: file.name, filetype: file.type || 'application/octet-stream' }
+    const metadata: Record<string, string> = {
+      path,
+      filename: file.name,
+      filetype: file.type || 'application/octet-stream'
+    }
     if (sha256 !== null) metadata.sha256 = sha256
     try {
       await new Promise<void>((resolve, reject) => {
@@ -45,26 +55,30 @@ export class UploadList {
           metadata,
           removeFingerprintOnSuccess: true,
           // The token may have been renewed since the upload began.
-          onBeforeRequest (request) {
+          onBeforeRequest(request) {
             const token = currentSession()?.token
             if (token !== undefined) request.setHeader('Authorization', `Bearer ${token}`)
             const name = token === undefined ? anonymousName() : null
             if (name !== null) request.setHeader('X-Tandem-User', name)
           },
           // A refusal (403, 413, 507, 409) will not change on a retry.
-          onShouldRetry (error, _attempt, options) {
+          onShouldRetry(error, _attempt, options) {
             const status = error.originalResponse?.getStatus() ?? 0
             if (status >= 400 && status < 500 && status !== 409 && status !== 423) return false
             if (status === 507) return false
             return options.retryDelays !== null && options.retryDelays !== undefined
           },
-          onProgress (sent, total) {
-            const percent = total > 0 ? Math.floor(sent / total * 100) : 100
+          onProgress(sent, total) {
+            const percent = total > 0 ? Math.floor((sent / total) * 100) : 100
             bar.value = percent
             label.textContent = `${percent}% · ${bytes(sent)} of ${bytes(total)}`
           },
-          onSuccess () { resolve() },
-          onError (error) { reject(error) }
+          onSuccess() {
+            resolve()
+          },
+          onError(error) {
+            reject(error)
+          }
         })
         cancel.addEventListener('click', () => {
           void upload.abort(true).then(() => reject(new Error('cancelled')))
@@ -106,7 +120,7 @@ export class UploadBar {
   private readonly button = h('button', { class: 'button ghost', type: 'button', id: 'upload-button' }, 'Upload files')
   readonly el = h('div', { class: 'upload-bar' }, this.folderInput, this.button, this.picker)
 
-  constructor () {
+  constructor() {
     this.button.addEventListener('click', () => this.picker.click())
     this.picker.addEventListener('change', () => {
       if (this.picker.files !== null) this.start(this.picker.files)
@@ -115,7 +129,7 @@ export class UploadBar {
   }
 
   /** Files dropped on `target` are uploaded like picked ones. */
-  acceptDrops (target: HTMLElement): void {
+  acceptDrops(target: HTMLElement): void {
     target.addEventListener('dragover', (event) => {
       event.preventDefault()
       target.classList.add('dropping')
@@ -129,11 +143,11 @@ export class UploadBar {
   }
 
   /** Shows `text` on the problem line (empty clears it). */
-  report (text: string): void {
+  report(text: string): void {
     this.problem.textContent = text
   }
 
-  private start (chosen: FileList | File[]): void {
+  private start(chosen: FileList | File[]): void {
     const folder = this.folderInput.value.trim().replace(/^\/+|\/+$/g, '')
     this.report('')
     for (const file of chosen) {
@@ -151,7 +165,7 @@ export class UploadBar {
 }
 
 /** The server's message for a refused upload, or the client's. */
-function uploadProblem (error: unknown): string {
+function uploadProblem(error: unknown): string {
   const response = (error as tus.DetailedError).originalResponse
   const body = response?.getBody()
   if (body) {
