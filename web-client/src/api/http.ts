@@ -2,8 +2,8 @@
 // session's token to every call (or, with sign-in off, the browser's chosen name), a 401 ends
 // the session, and a refusal's JSON error body becomes an `ApiError`. The endpoint wrappers live
 // beside this file (docs.ts, files.ts, activity.ts); the shapes they return are in types.ts.
+import { storedUserName } from '../auth/profile'
 import { currentSession, signOut } from '../auth/session'
-import { storedUserName } from '../doc/presence'
 
 /** The JSON error body every endpoint answers a refusal with. */
 export class ApiError extends Error {

@@ -1,9 +1,9 @@
 // The user chip in the top bar and the dialog that sets the display name and colour. Signed in,
 // the dialog shows the account's name as plain text: only the colour can change.
+import { type LocalUser, loadUser, makeUser, PALETTE, saveUser } from '../auth/profile'
 import { currentSession } from '../auth/session'
 import { h } from '../ui/dom'
 import { initials } from '../ui/format'
-import { type LocalUser, loadUser, makeUser, PALETTE, saveUser } from './presence'
 
 /** `color` if it is a plain `#rrggbb` colour, else a neutral grey: colours come from other people. */
 export function safeColor(color: string | null | undefined): string {

@@ -7,6 +7,7 @@
 // (people.ts), `HistoryDrawer` the history panel (history-drawer.ts).
 import * as Y from 'yjs'
 import { subscribeEvents } from '../api/events'
+import { localUser } from '../auth/profile'
 import { currentSession, roleFor } from '../auth/session'
 import { signOutButton } from '../auth/signin'
 import { h } from '../ui/dom'
@@ -16,7 +17,7 @@ import { HistoryDrawer } from './history-drawer'
 import { identityChip } from './identity'
 import { languageFor } from './languages'
 import { PeopleList } from './people'
-import { localUser, publishUser } from './presence'
+import { publishUser } from './presence'
 import { statusPill } from './status'
 import { brand, breadcrumbs } from './topbar'
 

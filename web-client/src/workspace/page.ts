@@ -8,10 +8,10 @@
 // uploads (uploads.ts), `ActivityFeed` the feed's entries (activity.ts).
 import { subscribeEvents } from '../api/events'
 import type { LiveEvent } from '../api/types'
+import { localUser } from '../auth/profile'
 import { currentSession } from '../auth/session'
 import { signOutButton } from '../auth/signin'
 import { identityChip } from '../doc/identity'
-import { localUser } from '../doc/presence'
 import { h } from '../ui/dom'
 import { ActivityFeed } from './activity'
 import { fileActions } from './file-actions'
