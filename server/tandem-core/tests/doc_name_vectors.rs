@@ -58,10 +58,16 @@ fn doc_name_vectors_match_doc_id() {
     }
 
     let invalid = cases(&vectors, "invalid");
-    assert!(invalid.len() >= MIN_INVALID, "only {} invalid names", invalid.len());
+    assert!(
+        invalid.len() >= MIN_INVALID,
+        "only {} invalid names",
+        invalid.len()
+    );
     for case in invalid {
         let name = name(case);
-        let expected = case["error"].as_str().expect("an invalid case has an `error`");
+        let expected = case["error"]
+            .as_str()
+            .expect("an invalid case has an `error`");
         match DocId::new(name) {
             Ok(_) => panic!("{name:?} ({}) was accepted", case["note"]),
             Err(error) => assert_eq!(class(&error), expected, "{name:?} ({})", case["note"]),

@@ -907,7 +907,11 @@ mod role_pattern_vectors {
     fn pattern_matches_follows_the_vectors() {
         let vectors = vectors();
         let cases = vectors["matches"].as_array().expect("`matches` is a list");
-        assert!(cases.len() >= MIN_MATCHES, "only {} match cases", cases.len());
+        assert!(
+            cases.len() >= MIN_MATCHES,
+            "only {} match cases",
+            cases.len()
+        );
         for case in cases {
             let (pattern, doc) = (text(case, "pattern"), text(case, "doc"));
             let expected = case["matches"].as_bool().expect("`matches` is a boolean");
@@ -926,8 +930,8 @@ mod role_pattern_vectors {
         let cases = vectors["roles"].as_array().expect("`roles` is a list");
         assert!(cases.len() >= MIN_ROLES, "only {} role cases", cases.len());
         for case in cases {
-            let docs: BTreeMap<String, Role> =
-                serde_json::from_value(case["docs"].clone()).expect("`docs` maps patterns to roles");
+            let docs: BTreeMap<String, Role> = serde_json::from_value(case["docs"].clone())
+                .expect("`docs` maps patterns to roles");
             let expected: Option<Role> =
                 serde_json::from_value(case["role"].clone()).expect("`role` is a role or null");
             let claims = Claims {
@@ -942,7 +946,12 @@ mod role_pattern_vectors {
                 session: None,
             };
             let doc = text(case, "doc");
-            assert_eq!(claims.role_for(doc), expected, "doc {doc:?} ({})", case["note"]);
+            assert_eq!(
+                claims.role_for(doc),
+                expected,
+                "doc {doc:?} ({})",
+                case["note"]
+            );
         }
     }
 }
