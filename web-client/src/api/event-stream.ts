@@ -2,6 +2,8 @@
 // framing (`data:` lines, `event:`/`id:`/comment lines, LF, CRLF or CR line ends, a blank line
 // ending an event) is left to `eventsource-parser`; this file only decodes the bytes and reads
 // each event's data as JSON. Pure: it takes any `ReadableStream`, so the unit tests feed it one.
+// eventsource-parser stays on 3.x (and vitest on 4.x): their next majors want Node 22, and the
+// unit tests run on Node 20, the version on the CI machines.
 import { createParser } from 'eventsource-parser'
 import type { LiveEvent } from './types'
 
