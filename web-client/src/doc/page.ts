@@ -57,7 +57,8 @@ export function mountDoc(root: HTMLElement, name: string): void {
   const readOnly = role === 'read'
   document.title = `${name.slice(name.lastIndexOf('/') + 1)} · Tandem`
 
-  // The document and its connections; the awareness `user` is published before connecting.
+  // The document and its connections. The socket opens asynchronously, so the awareness `user`
+  // set here is already in the first awareness message the others get.
   const doc = new Y.Doc()
   const connection = new DocConnection(name, doc)
   const awareness = connection.provider.awareness
