@@ -1,10 +1,28 @@
-// Lint rules for the web client (`npm run lint`, run by scripts/build-web.sh). Type-aware: the
+// Lint rules for the web client (`npm run lint`; `.ci/run` runs it through build-web.sh --lint). Type-aware: the
 // rules that need types (floating promises, misused promises) catch the mistakes this event-driven
 // code is prone to. Formatting is Prettier's job (`npm run format:check`), so every stylistic rule
 // is off (eslint-config-prettier).
 import js from '@eslint/js'
 import prettier from 'eslint-config-prettier'
 import tseslint from 'typescript-eslint'
+
+/** Files matching `files` may not import from the folders `above` them. */
+function layer(files, above) {
+  return {
+    files: [files],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: above.map((folder) => ({
+            group: [`../${folder}/*`, `../../${folder}/*`],
+            message: `${files} sits below ${folder}/: move the shared part down instead`
+          }))
+        }
+      ]
+    }
+  }
+}
 
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', 'public/'] },
@@ -23,6 +41,10 @@ export default tseslint.config(
       eqeqeq: ['error', 'always', { null: 'ignore' }]
     }
   },
+  // The feature folders depend one way: ui <- auth <- api <- doc, workspace <- main.ts.
+  layer('src/ui/**', ['auth', 'api', 'doc', 'workspace']),
+  layer('src/auth/**', ['api', 'doc', 'workspace']),
+  layer('src/api/**', ['doc', 'workspace']),
   {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked]
