@@ -1,7 +1,7 @@
-// Lint rules for the web client (`npm run lint`; `.ci/run` runs it through build-web.sh --lint). Type-aware: the
-// rules that need types (floating promises, misused promises) catch the mistakes this event-driven
-// code is prone to. Formatting is Prettier's job (`npm run format:check`), so every stylistic rule
-// is off (eslint-config-prettier).
+// Lint rules for the web client (`npm run lint`; `.ci/run` runs it via build-web.sh --lint).
+// Type-aware: the rules that need types (floating promises, misused promises) catch the mistakes
+// this event-driven code is prone to. Formatting is Prettier's job (`npm run format:check`), so
+// every stylistic rule is off (eslint-config-prettier).
 import js from '@eslint/js'
 import prettier from 'eslint-config-prettier'
 import tseslint from 'typescript-eslint'
