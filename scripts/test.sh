@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README's test command. Runs every test: the web client's type check and build, Rust unit,
-# store and integration tests, then the Node suite against the real `tandem` binary: interop
+# README's test command. Runs every test: the web client's type check, build and unit tests,
+# Rust unit, store and integration tests, then the Node suite against the real `tandem` binary: interop
 # (unmodified yjs + y-websocket clients) and browser (the web client in headless Chromium,
 # driven by playwright-core; `.ci/run` installs Debian's chromium on a fresh machine).
 set -euo pipefail
@@ -15,8 +15,10 @@ export CHROMIUM_PATH
 # tests/tests/proxy.rs runs a real haproxy for the PROXY protocol; it fails without one.
 [ -x /usr/sbin/haproxy ] || { echo "test.sh: haproxy is required at /usr/sbin/haproxy (apt-get install -y haproxy)" >&2; exit 1; }
 
-# The debug binary reads web-client/dist from disk, so build the client first.
+# The debug binary reads web-client/dist from disk, so build the client first, then run its
+# unit tests (vitest: the pure parts, and the vectors in protocol-spec/vectors shared with Rust).
 bash scripts/build-web.sh
+(cd web-client && npm test --silent)
 cargo build -p tandem-server --bin tandem
 cargo test --workspace
 (

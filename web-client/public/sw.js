@@ -7,7 +7,7 @@ const SHELL = '/index.html'
 const STATIC = ['/favicon.svg', '/manifest.webmanifest']
 
 /** The /assets/ URLs an index.html names. */
-function assetsOf (html) {
+function assetsOf(html) {
   return [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1])
 }
 
@@ -17,37 +17,45 @@ function assetsOf (html) {
  * updates run one after another, so two navigations across a deploy cannot prune each other's.
  */
 let shellUpdates = Promise.resolve()
-function storeShell (response) {
-  shellUpdates = shellUpdates.catch(() => {}).then(async () => {
-    const cache = await caches.open(CACHE)
-    const html = await response.clone().text()
-    const wanted = new Set(assetsOf(html))
-    await Promise.all([...wanted].map(async (url) => {
-      if (!(await cache.match(url))) await cache.add(url)
-    }))
-    await cache.put(SHELL, response)
-    for (const request of await cache.keys()) {
-      const path = new URL(request.url).pathname
-      if (path.startsWith('/assets/') && !wanted.has(path)) await cache.delete(request)
-    }
-  })
+function storeShell(response) {
+  shellUpdates = shellUpdates
+    .catch(() => {})
+    .then(async () => {
+      const cache = await caches.open(CACHE)
+      const html = await response.clone().text()
+      const wanted = new Set(assetsOf(html))
+      await Promise.all(
+        [...wanted].map(async (url) => {
+          if (!(await cache.match(url))) await cache.add(url)
+        })
+      )
+      await cache.put(SHELL, response)
+      for (const request of await cache.keys()) {
+        const path = new URL(request.url).pathname
+        if (path.startsWith('/assets/') && !wanted.has(path)) await cache.delete(request)
+      }
+    })
   return shellUpdates
 }
 
 self.addEventListener('install', (event) => {
-  event.waitUntil((async () => {
-    const response = await fetch('/', { cache: 'no-cache' })
-    if (response.ok) await storeShell(response)
-    await (await caches.open(CACHE)).addAll(STATIC).catch(() => {})
-    await self.skipWaiting()
-  })())
+  event.waitUntil(
+    (async () => {
+      const response = await fetch('/', { cache: 'no-cache' })
+      if (response.ok) await storeShell(response)
+      await (await caches.open(CACHE)).addAll(STATIC).catch(() => {})
+      await self.skipWaiting()
+    })()
+  )
 })
 
 self.addEventListener('activate', (event) => {
-  event.waitUntil((async () => {
-    for (const key of await caches.keys()) if (key !== CACHE) await caches.delete(key)
-    await self.clients.claim()
-  })())
+  event.waitUntil(
+    (async () => {
+      for (const key of await caches.keys()) if (key !== CACHE) await caches.delete(key)
+      await self.clients.claim()
+    })()
+  )
 })
 
 self.addEventListener('fetch', (event) => {
@@ -57,39 +65,45 @@ self.addEventListener('fetch', (event) => {
   if (url.pathname.startsWith('/api/') || url.pathname.startsWith('/ws/') || url.pathname === '/healthz') return
 
   if (request.mode === 'navigate') {
-    event.respondWith((async () => {
-      try {
-        const response = await fetch(request)
-        if (response.ok && (response.headers.get('content-type') || '').startsWith('text/html')) {
-          event.waitUntil(storeShell(response.clone()).catch(() => {}))
+    event.respondWith(
+      (async () => {
+        try {
+          const response = await fetch(request)
+          if (response.ok && (response.headers.get('content-type') || '').startsWith('text/html')) {
+            event.waitUntil(storeShell(response.clone()).catch(() => {}))
+          }
+          return response
+        } catch (error) {
+          const cached = await caches.match(SHELL)
+          if (cached) return cached
+          throw error
         }
-        return response
-      } catch (error) {
-        const cached = await caches.match(SHELL)
-        if (cached) return cached
-        throw error
-      }
-    })())
+      })()
+    )
     return
   }
 
   if (url.pathname.startsWith('/assets/')) {
-    event.respondWith((async () => {
-      const cached = await caches.match(request)
-      if (cached) return cached
-      const response = await fetch(request)
-      if (response.ok) {
-        const cache = await caches.open(CACHE)
-        event.waitUntil(cache.put(request, response.clone()))
-      }
-      return response
-    })())
+    event.respondWith(
+      (async () => {
+        const cached = await caches.match(request)
+        if (cached) return cached
+        const response = await fetch(request)
+        if (response.ok) {
+          const cache = await caches.open(CACHE)
+          event.waitUntil(cache.put(request, response.clone()))
+        }
+        return response
+      })()
+    )
     return
   }
 
-  event.respondWith(fetch(request).catch(async (error) => {
-    const cached = await caches.match(request)
-    if (cached) return cached
-    throw error
-  }))
+  event.respondWith(
+    fetch(request).catch(async (error) => {
+      const cached = await caches.match(request)
+      if (cached) return cached
+      throw error
+    })
+  )
 })

@@ -875,3 +875,83 @@ mod tests {
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
     }
 }
+
+/// The role-pattern vectors of `protocol-spec/vectors/role-patterns.json`, checked against
+/// `pattern_matches` and `Claims::role_for`. The web client's unit tests
+/// (`web-client/src/auth/roles.test.ts`) read the same file; Rust is the contract.
+#[cfg(test)]
+mod role_pattern_vectors {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+
+    use super::{Claims, Role, pattern_matches};
+
+    const VECTORS: &str = include_str!("../../../protocol-spec/vectors/role-patterns.json");
+
+    /// Fewer vectors than this means the file was lost or cut short.
+    const MIN_MATCHES: usize = 20;
+    const MIN_ROLES: usize = 8;
+
+    fn vectors() -> Value {
+        serde_json::from_str(VECTORS).expect("role-patterns.json is JSON")
+    }
+
+    fn text<'a>(case: &'a Value, key: &str) -> &'a str {
+        case[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("role-patterns.json: no string `{key}` in {case}"))
+    }
+
+    #[test]
+    fn pattern_matches_follows_the_vectors() {
+        let vectors = vectors();
+        let cases = vectors["matches"].as_array().expect("`matches` is a list");
+        assert!(
+            cases.len() >= MIN_MATCHES,
+            "only {} match cases",
+            cases.len()
+        );
+        for case in cases {
+            let (pattern, doc) = (text(case, "pattern"), text(case, "doc"));
+            let expected = case["matches"].as_bool().expect("`matches` is a boolean");
+            assert_eq!(
+                pattern_matches(pattern, doc),
+                expected,
+                "pattern {pattern:?}, doc {doc:?} ({})",
+                case["note"]
+            );
+        }
+    }
+
+    #[test]
+    fn role_for_follows_the_vectors() {
+        let vectors = vectors();
+        let cases = vectors["roles"].as_array().expect("`roles` is a list");
+        assert!(cases.len() >= MIN_ROLES, "only {} role cases", cases.len());
+        for case in cases {
+            let docs: BTreeMap<String, Role> = serde_json::from_value(case["docs"].clone())
+                .expect("`docs` maps patterns to roles");
+            let expected: Option<Role> =
+                serde_json::from_value(case["role"].clone()).expect("`role` is a role or null");
+            let claims = Claims {
+                sub: "vector".into(),
+                name: None,
+                docs,
+                admin: false,
+                exp: 0,
+                nbf: None,
+                iat: None,
+                iss: None,
+                session: None,
+            };
+            let doc = text(case, "doc");
+            assert_eq!(
+                claims.role_for(doc),
+                expected,
+                "doc {doc:?} ({})",
+                case["note"]
+            );
+        }
+    }
+}

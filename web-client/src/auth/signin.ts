@@ -1,28 +1,50 @@
 // The sign-in page, shown instead of any page while the server wants a token and there is no
 // session (session.ts), and the "Sign out" button of the top bar.
-import { h } from './dom'
+import { h } from '../ui/dom'
 import { onTokenChange, SignInError, signIn, signOut, waitText } from './session'
 
 /**
  * Shows the sign-in form in `root`; calls `done` once signed in (here, or in another tab of the
  * same site), and the caller then shows the page the address names.
  */
-export function mountSignIn (root: HTMLElement, done: () => void): void {
+export function mountSignIn(root: HTMLElement, done: () => void): void {
   document.title = 'Sign in · Tandem'
-  const username = h('input', { id: 'signin-username', name: 'username', autocomplete: 'username', autocapitalize: 'none', spellcheck: 'false', required: true, maxlength: 256 })
-  const password = h('input', { id: 'signin-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, maxlength: 1024 })
+  const username = h('input', {
+    id: 'signin-username',
+    name: 'username',
+    autocomplete: 'username',
+    autocapitalize: 'none',
+    spellcheck: 'false',
+    required: true,
+    maxlength: 256
+  })
+  const password = h('input', {
+    id: 'signin-password',
+    name: 'password',
+    type: 'password',
+    autocomplete: 'current-password',
+    required: true,
+    maxlength: 1024
+  })
   const error = h('p', { class: 'form-error', id: 'signin-error', role: 'alert' })
   const submit = h('button', { class: 'button primary', type: 'submit', id: 'signin-submit' }, 'Sign in')
-  const form = h('form', { class: 'signin-card', id: 'sign-in', 'aria-labelledby': 'signin-title' },
+  const form = h(
+    'form',
+    { class: 'signin-card', id: 'sign-in', 'aria-labelledby': 'signin-title' },
     h('div', { class: 'brand' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem')),
     h('h1', { id: 'signin-title' }, 'Sign in'),
-    h('p', { class: 'subtitle' }, location.pathname.startsWith('/d/') ? 'Sign in to open this document.' : 'Sign in to see your documents.'),
+    h(
+      'p',
+      { class: 'subtitle' },
+      location.pathname.startsWith('/d/') ? 'Sign in to open this document.' : 'Sign in to see your documents.'
+    ),
     h('label', { for: 'signin-username' }, 'Username'),
     username,
     h('label', { for: 'signin-password' }, 'Password'),
     password,
     error,
-    submit)
+    submit
+  )
   root.replaceChildren(h('main', { class: 'signin' }, form))
 
   let finished = false
@@ -84,6 +106,10 @@ export function mountSignIn (root: HTMLElement, done: () => void): void {
 }
 
 /** The top bar's "Sign out": ends the session in every tab; the sign-in page follows. */
-export function signOutButton (): HTMLElement {
-  return h('button', { type: 'button', class: 'button ghost small', id: 'sign-out', onclick: () => signOut() }, 'Sign out')
+export function signOutButton(): HTMLElement {
+  return h(
+    'button',
+    { type: 'button', class: 'button ghost small', id: 'sign-out', onclick: () => signOut() },
+    'Sign out'
+  )
 }

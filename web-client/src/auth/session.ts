@@ -1,15 +1,18 @@
 // Signing in, when the server asks for it (protocol-spec/auth.md). `GET /api/auth` says whether
 // it does. With `jwt`, the session (token, expiry, account id and name) is kept in localStorage,
-// every API call carries `Authorization: Bearer <token>` (`apiFetch`), and a timer renews the
-// token through `POST /api/token/refresh` at about 80% of its lifetime. Any 401 drops the session;
-// the page then shows the sign-in form again (main.ts). With `none` there is no token anywhere.
+// every API call carries `Authorization: Bearer <token>` (`apiFetch`, api/http.ts), and a timer
+// renews the token through `POST /api/token/refresh` at about 80% of its lifetime. Any 401 drops
+// the session; the page then shows the sign-in form again (main.ts). With `none` there is no
+// token anywhere. This module imports nothing of the client's own but the role rule, so every
+// other part may depend on it.
 //
 // The token's payload is read (not verified: the server does that) for two things only: its
 // lifetime (`iat`..`exp`, so a wrong local clock does not matter) and the role it grants on a
 // document, so a read-only document opens read-only.
 
+import { type Role, roleFromPatterns } from './roles'
+
 export type AuthMode = 'none' | 'jwt'
-export type Role = 'read' | 'write' | 'admin'
 
 export interface Session {
   token: string
@@ -24,7 +27,11 @@ export interface Session {
 
 /** Why signing in failed, in words the sign-in page shows as they are. */
 export class SignInError extends Error {
-  constructor (readonly kind: 'bad_credentials' | 'too_many_attempts' | 'network' | 'server', message: string, readonly retryAfterS = 0) {
+  constructor(
+    readonly kind: 'bad_credentials' | 'too_many_attempts' | 'network' | 'server',
+    message: string,
+    readonly retryAfterS = 0
+  ) {
     super(message)
   }
 }
@@ -46,11 +53,14 @@ const tokenListeners = new Set<(token: string) => void>()
 let signedOutHandler: () => void = () => {}
 
 /** Asks the server whether it wants a token; offline, the answer of the last visit is used. */
-export async function discoverAuth (): Promise<AuthMode> {
+export async function discoverAuth(): Promise<AuthMode> {
   try {
-    const response = await fetch('/api/auth', { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(DISCOVER_TIMEOUT_MS) })
+    const response = await fetch('/api/auth', {
+      headers: { accept: 'application/json' },
+      signal: AbortSignal.timeout(DISCOVER_TIMEOUT_MS)
+    })
     if (response.ok) {
-      const body = await response.json() as { mode?: string }
+      const body = (await response.json()) as { mode?: string }
       mode = body.mode === 'jwt' ? 'jwt' : 'none'
       remember(MODE_KEY, mode)
     } else if (response.status === 404) {
@@ -69,60 +79,33 @@ export async function discoverAuth (): Promise<AuthMode> {
   return mode
 }
 
-export function authMode (): AuthMode {
+export function authMode(): AuthMode {
   return mode
 }
 
 /** The signed-in account, or null (always null with authentication off). */
-export function currentSession (): Session | null {
+export function currentSession(): Session | null {
   return session
 }
 
 /** Whether the page can go ahead: no sign-in needed, or a session that has not expired. */
-export function hasAccess (): boolean {
+export function hasAccess(): boolean {
   return mode === 'none' || (session !== null && session.expiresMs > Date.now())
 }
 
 /** Called once the session is gone (signed out here or in another tab, or refused by the server). */
-export function onSignedOut (handler: () => void): void {
+export function onSignedOut(handler: () => void): void {
   signedOutHandler = handler
 }
 
 /** Calls `listener` with every new token (renewals here or in another tab). */
-export function onTokenChange (listener: (token: string) => void): () => void {
+export function onTokenChange(listener: (token: string) => void): () => void {
   tokenListeners.add(listener)
   return () => tokenListeners.delete(listener)
 }
 
-/**
- * The name this browser goes by with authentication off (the identity dialog's, kept in
- * localStorage by presence.ts), percent-encoded for the `X-Tandem-User` header: the server
- * names the author of uploads, versions and restores with it (unverified, like presence).
- */
-export function anonymousName (): string | null {
-  try {
-    const stored = JSON.parse(localStorage.getItem('tandem.user') ?? 'null') as { name?: unknown } | null
-    return typeof stored?.name === 'string' && stored.name.trim() !== '' ? encodeURIComponent(stored.name.trim()) : null
-  } catch {
-    return null
-  }
-}
-
-/** `fetch` with the session's token; a 401 ends the session. */
-export async function apiFetch (path: string, init: RequestInit = {}): Promise<Response> {
-  const token = session?.token
-  const headers = new Headers(init.headers)
-  if (token !== undefined) headers.set('authorization', `Bearer ${token}`)
-  const name = token === undefined ? anonymousName() : null
-  if (name !== null) headers.set('x-tandem-user', name)
-  const response = await fetch(path, { ...init, headers })
-  // Only if the refused token is still the current one: a renewal may have replaced it meanwhile.
-  if (response.status === 401 && token !== undefined && session?.token === token) signOut()
-  return response
-}
-
 /** `POST /api/login`; on success the session is stored and kept fresh. */
-export async function signIn (username: string, password: string): Promise<Session> {
+export async function signIn(username: string, password: string): Promise<Session> {
   let response: Response
   try {
     response = await fetch('/api/login', {
@@ -142,19 +125,20 @@ export async function signIn (username: string, password: string): Promise<Sessi
     const wait = retryAfterSeconds(response.headers.get('retry-after'))
     throw new SignInError('server', `The server is busy. Try again in ${waitText(wait)}.`)
   }
-  if (!response.ok) throw new SignInError('server', `The server could not sign you in (error ${response.status}). Try again later.`)
+  if (!response.ok)
+    throw new SignInError('server', `The server could not sign you in (error ${response.status}). Try again later.`)
   adopt(await readSession(response))
   return session!
 }
 
 /** Ends the session here and in every other tab of this site. */
-export function signOut (): void {
+export function signOut(): void {
   forget(SESSION_KEY)
   endSession()
 }
 
 /** Starts the renewal timer, and follows sign-ins, renewals and sign-outs in other tabs. */
-export function keepSessionFresh (): void {
+export function keepSessionFresh(): void {
   scheduleRenewal()
   window.addEventListener('storage', (event) => {
     if (event.key !== SESSION_KEY || mode !== 'jwt') return
@@ -173,105 +157,64 @@ export function keepSessionFresh (): void {
  * closed a connection with 4401, or could not be joined). Resolves false if there is no session
  * or the server could not be asked; a refused renewal ends the session.
  */
-export async function ensureFreshToken (force = false): Promise<boolean> {
+export async function ensureFreshToken(force = false): Promise<boolean> {
   if (session === null) return false
   if (!force && Date.now() < renewAtMs(session)) return true
   return await renew()
 }
 
 /** The role the session's token grants on `doc`; undefined when it cannot be told. */
-export function roleFor (doc: string): Role | null | undefined {
+export function roleFor(doc: string): Role | null | undefined {
   if (session === null) return undefined
   const claims = decodeClaims(session.token)
   if (claims === null || typeof claims.docs !== 'object' || claims.docs === null) return undefined
   return roleFromPatterns(claims.docs as Record<string, unknown>, doc)
 }
 
-/**
- * The server's rule (server/tandem-server/src/auth.rs `Claims::role_for`): among the patterns
- * that match, the most specific (most characters other than `*`) decides; among equally specific
- * ones the higher role wins. `*` matches any run of characters, `/` included.
- */
-export function roleFromPatterns (docs: Record<string, unknown>, doc: string): Role | null {
-  let best: Role | null = null
-  let bestLiterals = -1
-  for (const [pattern, role] of Object.entries(docs)) {
-    if (!isRole(role) || !patternMatches(pattern, doc)) continue
-    const literals = [...pattern].filter((c) => c !== '*').length
-    if (literals > bestLiterals || (literals === bestLiterals && RANK[role] > RANK[best!])) {
-      best = role
-      bestLiterals = literals
-    }
-  }
-  return best
-}
-
-const RANK: Record<Role, number> = { read: 1, write: 2, admin: 3 }
-
-function isRole (value: unknown): value is Role {
-  return value === 'read' || value === 'write' || value === 'admin'
-}
-
-/** `*` stands for any run of characters; greedy with one backtrack point, as on the server. */
-export function patternMatches (pattern: string, name: string): boolean {
-  const p = [...pattern]
-  const n = [...name]
-  let pi = 0
-  let ni = 0
-  let star = -1
-  let starN = 0
-  while (ni < n.length) {
-    if (pi < p.length && p[pi] === '*') {
-      star = pi++
-      starN = ni
-    } else if (pi < p.length && p[pi] === n[ni]) {
-      pi++
-      ni++
-    } else if (star >= 0) {
-      pi = star + 1
-      ni = ++starN
-    } else {
-      return false
-    }
-  }
-  return p.slice(pi).every((c) => c === '*')
-}
-
-function decodeClaims (token: string): Record<string, unknown> | null {
+function decodeClaims(token: string): Record<string, unknown> | null {
   const payload = token.split('.')[1]
   if (payload === undefined) return null
   try {
-    const base64 = payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '=')
+    const base64 = payload
+      .replace(/-/g, '+')
+      .replace(/_/g, '/')
+      .padEnd(Math.ceil(payload.length / 4) * 4, '=')
     const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))
     const claims: unknown = JSON.parse(new TextDecoder().decode(bytes))
-    return typeof claims === 'object' && claims !== null ? claims as Record<string, unknown> : null
+    return typeof claims === 'object' && claims !== null ? (claims as Record<string, unknown>) : null
   } catch {
     return null
   }
 }
 
-function renewAtMs (s: Session): number {
+function renewAtMs(s: Session): number {
   return s.receivedMs + RENEW_AT * (s.expiresMs - s.receivedMs)
 }
 
-function scheduleRenewal (): void {
+function scheduleRenewal(): void {
   clearTimeout(renewTimer)
   if (session === null) return
   const delay = Math.max(0, renewAtMs(session) - Date.now())
   // setTimeout keeps at most 2^31-1 ms; a later renewal is rescheduled on the way.
-  renewTimer = setTimeout(() => {
-    if (session !== null && Date.now() >= renewAtMs(session)) void renew()
-    else scheduleRenewal()
-  }, Math.min(delay, 2 ** 31 - 1))
+  renewTimer = setTimeout(
+    () => {
+      if (session !== null && Date.now() >= renewAtMs(session)) void renew()
+      else scheduleRenewal()
+    },
+    Math.min(delay, 2 ** 31 - 1)
+  )
 }
 
 /** One renewal at a time; concurrent callers share it. */
-function renew (): Promise<boolean> {
+function renew(): Promise<boolean> {
   renewing ??= (async () => {
     const token = session?.token
     if (token === undefined) return false
     try {
-      const response = await fetch('/api/token/refresh', { method: 'POST', headers: { authorization: `Bearer ${token}`, accept: 'application/json' } })
+      const response = await fetch('/api/token/refresh', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, accept: 'application/json' }
+      })
       if (session?.token !== token) return session !== null // another tab renewed or signed out meanwhile
       // 401: the token or the account is gone; other 4xx (a token this server did not sign):
       // renewing will never work. Either way, sign in again.
@@ -295,8 +238,8 @@ function renew (): Promise<boolean> {
   return renewing
 }
 
-async function readSession (response: Response): Promise<Session> {
-  const body = await response.json() as { token: string, expires_at: number, sub: string, name?: string }
+async function readSession(response: Response): Promise<Session> {
+  const body = (await response.json()) as { token: string; expires_at: number; sub: string; name?: string }
   const claims = decodeClaims(body.token)
   const iat = typeof claims?.iat === 'number' ? claims.iat : null
   // The lifetime as the server sees it, laid on the local clock.
@@ -312,29 +255,36 @@ async function readSession (response: Response): Promise<Session> {
   }
 }
 
-function adopt (next: Session): void {
+function adopt(next: Session): void {
   remember(SESSION_KEY, JSON.stringify(next))
   setSession(next)
 }
 
-function setSession (next: Session): void {
+function setSession(next: Session): void {
   session = next
   scheduleRenewal()
   for (const listener of tokenListeners) listener(next.token)
 }
 
-function endSession (): void {
+function endSession(): void {
   clearTimeout(renewTimer)
   if (session === null) return
   session = null
   signedOutHandler()
 }
 
-function loadSession (): Session | null {
+function loadSession(): Session | null {
   try {
     const stored = JSON.parse(recall(SESSION_KEY) ?? 'null') as Partial<Session> | null
-    if (stored && typeof stored.token === 'string' && typeof stored.sub === 'string' && typeof stored.name === 'string' &&
-      typeof stored.expiresAt === 'number' && typeof stored.receivedMs === 'number' && typeof stored.expiresMs === 'number') {
+    if (
+      stored &&
+      typeof stored.token === 'string' &&
+      typeof stored.sub === 'string' &&
+      typeof stored.name === 'string' &&
+      typeof stored.expiresAt === 'number' &&
+      typeof stored.receivedMs === 'number' &&
+      typeof stored.expiresMs === 'number'
+    ) {
       return stored as Session
     }
   } catch {
@@ -344,7 +294,7 @@ function loadSession (): Session | null {
 }
 
 /** `Retry-After` as seconds (it may also be an HTTP date); at least 1. */
-function retryAfterSeconds (header: string | null): number {
+function retryAfterSeconds(header: string | null): number {
   if (header === null) return 60
   const seconds = Number(header)
   if (Number.isFinite(seconds)) return Math.max(1, Math.ceil(seconds))
@@ -352,13 +302,13 @@ function retryAfterSeconds (header: string | null): number {
   return Number.isNaN(date) ? 60 : Math.max(1, Math.ceil((date - Date.now()) / 1000))
 }
 
-export function waitText (seconds: number): string {
+export function waitText(seconds: number): string {
   if (seconds < 90) return `${seconds} second${seconds === 1 ? '' : 's'}`
   const minutes = Math.ceil(seconds / 60)
   return `${minutes} minutes`
 }
 
-function remember (key: string, value: string): void {
+function remember(key: string, value: string): void {
   try {
     localStorage.setItem(key, value)
   } catch {
@@ -366,7 +316,7 @@ function remember (key: string, value: string): void {
   }
 }
 
-function recall (key: string): string | null {
+function recall(key: string): string | null {
   try {
     return localStorage.getItem(key)
   } catch {
@@ -374,7 +324,7 @@ function recall (key: string): string | null {
   }
 }
 
-function forget (key: string): void {
+function forget(key: string): void {
   try {
     localStorage.removeItem(key)
   } catch {

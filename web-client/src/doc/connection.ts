@@ -10,14 +10,14 @@
 // With sign-in on, the token travels as the `token` query parameter (y-websocket's `params`,
 // which it reads again on every connect). The server closes a connection whose token expired
 // with 4401; y-websocket treats 4400-4499 as final and stops, so this class renews the token
-// (session.ts) and then reconnects. A read-only token's updates are answered with the
-// y-protocols "permission denied" message, which y-websocket only logs: it is caught here.
-import { readAuthMessage } from 'y-protocols/auth'
-import { IndexeddbPersistence } from 'y-indexeddb'
-import { messageAuth, WebsocketProvider } from 'y-websocket'
+// (auth/session.ts) and then reconnects. A read-only token's updates are answered with the
+// y-protocols "permission denied" message, which y-websocket only logs: it is caught here,
+// through provider.ts, the only file that touches the two libraries' internals.
 import * as Y from 'yjs'
-import { encodeDocPath, serverCovers } from './api'
-import { authMode, currentSession, ensureFreshToken, onTokenChange } from './session'
+import { serverCovers } from '../api/docs'
+import { encodeDocPath } from '../api/names'
+import { authMode, currentSession, ensureFreshToken, onTokenChange } from '../auth/session'
+import { IndexeddbPersistence, onPermissionDenied, WebsocketProvider, whenLocalSettled } from './provider'
 
 export type Network = 'connecting' | 'connected' | 'reconnecting' | 'offline'
 
@@ -35,7 +35,7 @@ const CLOSE_TOKEN_EXPIRED = 4401
 /** After connection attempts that never opened, the session is checked at most this often. */
 const SESSION_CHECK_MS = 30000
 
-function webSocketBase (): string {
+function webSocketBase(): string {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
   return `${scheme}//${location.host}/ws`
 }
@@ -59,19 +59,25 @@ export class DocConnection {
   private lastSessionCheck = 0
   private readonly stopTokenWatch: () => void
   private readonly deniedListeners = new Set<(reason: string) => void>()
-  private readonly onOnline = (): void => { this.provider.connect(); this.emit() }
-  private readonly onOffline = (): void => { this.provider.disconnect(); this.emit() }
+  private readonly onOnline = (): void => {
+    this.provider.connect()
+    this.emit()
+  }
+  private readonly onOffline = (): void => {
+    this.provider.disconnect()
+    this.emit()
+  }
 
-  constructor (readonly name: string, readonly doc: Y.Doc) {
+  constructor(
+    readonly name: string,
+    readonly doc: Y.Doc
+  ) {
     this.local = new IndexeddbPersistence(`tandem:${name}`, doc)
-    const localDone = (): void => {
-      if (this.localLoaded) return
+    // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
+    whenLocalSettled(this.local, () => {
       this.localLoaded = true
       this.emit()
-    }
-    this.local.whenSynced.then(localDone, localDone)
-    // IndexedDB may be unavailable (private mode, quota): then there is no local copy to wait for.
-    ;(this.local as unknown as { _db: Promise<unknown> })._db.catch(localDone)
+    })
     // The room name is the URL path after /ws/: percent-encode each segment, keep the slashes.
     // Always try to connect: navigator.onLine is false on machines with only a loopback or LAN
     // link, where the server may well be reachable. The 'offline' event disconnects (the network
@@ -108,12 +114,10 @@ export class DocConnection {
       this.lastSessionCheck = Date.now()
       void ensureFreshToken(true)
     })
-    // y-websocket's own handler only logs a denial; each provider has its own handler table.
-    this.provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
-      readAuthMessage(decoder, doc, (_doc, reason) => {
-        for (const listener of this.deniedListeners) listener(reason)
-      })
-    }
+    // y-websocket's own handler only logs a denial.
+    onPermissionDenied(this.provider, doc, (reason) => {
+      for (const listener of this.deniedListeners) listener(reason)
+    })
     this.provider.on('status', ({ status }: { status: string }) => {
       if (status === 'connected') this.everConnected = true
       this.opened = status === 'connected'
@@ -134,7 +138,7 @@ export class DocConnection {
     window.addEventListener('offline', this.onOffline)
   }
 
-  get state (): SyncState {
+  get state(): SyncState {
     let network: Network
     if (this.provider.wsconnected && this.provider.synced) network = 'connected'
     else if (!navigator.onLine) network = 'offline'
@@ -145,23 +149,23 @@ export class DocConnection {
   }
 
   /** Calls `listener` now and on every change of `state`. */
-  subscribe (listener: (state: SyncState) => void): () => void {
+  subscribe(listener: (state: SyncState) => void): () => void {
     this.listeners.add(listener)
     listener(this.state)
     return () => this.listeners.delete(listener)
   }
 
   /** Calls `listener` when the server refuses this browser's changes (a read-only token). */
-  onPermissionDenied (listener: (reason: string) => void): void {
+  onPermissionDenied(listener: (reason: string) => void): void {
     this.deniedListeners.add(listener)
   }
 
-  private emit (): void {
+  private emit(): void {
     const state = this.state
     for (const listener of this.listeners) listener(state)
   }
 
-  private scheduleCheck (delayMs: number): void {
+  private scheduleCheck(delayMs: number): void {
     if (this.checkTimer !== undefined || this.checking || this.destroyed) return
     this.checkTimer = setTimeout(() => {
       this.checkTimer = undefined
@@ -170,12 +174,12 @@ export class DocConnection {
   }
 
   /** Asks the server whether it has stored everything this doc holds; retries until it has. */
-  private async check (): Promise<void> {
+  private async check(): Promise<void> {
     if (this.changeVersion <= this.storedVersion && this.localLoaded) return
     if (this.state.network !== 'connected') return // the next 'sync' event asks again
     this.checking = true
     const version = this.changeVersion
-    let covered = false
+    let covered: boolean
     try {
       covered = await serverCovers(this.name, Y.encodeSnapshot(Y.snapshot(this.doc)))
     } catch {
@@ -188,7 +192,7 @@ export class DocConnection {
     if (this.changeVersion > this.storedVersion) this.scheduleCheck(covered ? CHECK_DELAY_MS : RETRY_DELAY_MS)
   }
 
-  destroy (): void {
+  destroy(): void {
     this.destroyed = true
     clearTimeout(this.checkTimer)
     window.removeEventListener('online', this.onOnline)

@@ -11,17 +11,25 @@ import * as Y from 'yjs'
 const HEX_COLOR = /^#[0-9a-f]{6}$/i
 const FALLBACK_COLOR = '#64748b'
 
-interface Cursor { anchor: unknown, head: unknown }
+interface Cursor {
+  anchor: unknown
+  head: unknown
+}
 
 /** The caret with its name label. Equal only when both colour and name are. */
 class CaretWidget extends WidgetType {
-  constructor (readonly color: string, readonly name: string) { super() }
+  constructor(
+    readonly color: string,
+    readonly name: string
+  ) {
+    super()
+  }
 
-  eq (other: CaretWidget): boolean {
+  eq(other: CaretWidget): boolean {
     return other.color === this.color && other.name === this.name
   }
 
-  toDOM (): HTMLElement {
+  toDOM(): HTMLElement {
     const caret = document.createElement('span')
     caret.className = 'tandem-caret'
     caret.style.borderColor = this.color
@@ -33,33 +41,44 @@ class CaretWidget extends WidgetType {
     return caret
   }
 
-  ignoreEvent (): boolean { return true }
+  ignoreEvent(): boolean {
+    return true
+  }
 }
 
-function sameCursor (published: Cursor | null | undefined, anchor: Y.RelativePosition, head: Y.RelativePosition): boolean {
+function sameCursor(
+  published: Cursor | null | undefined,
+  anchor: Y.RelativePosition,
+  head: Y.RelativePosition
+): boolean {
   if (published == null) return false
   try {
-    return Y.compareRelativePositions(Y.createRelativePositionFromJSON(published.anchor), anchor) &&
+    return (
+      Y.compareRelativePositions(Y.createRelativePositionFromJSON(published.anchor), anchor) &&
       Y.compareRelativePositions(Y.createRelativePositionFromJSON(published.head), head)
+    )
   } catch {
     return false
   }
 }
 
 /** An absolute index in `ytext` for a peer's relative position, or null if it is elsewhere. */
-function resolve (ytext: Y.Text, json: unknown): number | null {
+function resolve(ytext: Y.Text, json: unknown): number | null {
   if (json == null || typeof json !== 'object') return null
   try {
-    const position = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(json), ytext.doc as Y.Doc)
+    const position = Y.createAbsolutePositionFromRelativePosition(
+      Y.createRelativePositionFromJSON(json),
+      ytext.doc as Y.Doc
+    )
     return position !== null && position.type === ytext ? position.index : null
   } catch {
     return null
   }
 }
 
-function remoteDecorations (view: EditorView, ytext: Y.Text, awareness: Awareness): DecorationSet {
+function remoteDecorations(view: EditorView, ytext: Y.Text, awareness: Awareness): DecorationSet {
   const length = view.state.doc.length
-  const ranges: Array<{ from: number, to: number, deco: Decoration }> = []
+  const ranges: Array<{ from: number; to: number; deco: Decoration }> = []
   for (const [clientId, state] of awareness.getStates()) {
     if (clientId === awareness.clientID) continue
     const cursor = (state as { cursor?: Cursor | null }).cursor
@@ -67,17 +86,25 @@ function remoteDecorations (view: EditorView, ytext: Y.Text, awareness: Awarenes
     const anchor = resolve(ytext, cursor.anchor)
     const head = resolve(ytext, cursor.head)
     if (anchor === null || head === null) continue
-    const user = (state as { user?: { name?: unknown, color?: unknown, colorLight?: unknown } }).user ?? {}
+    const user = (state as { user?: { name?: unknown; color?: unknown; colorLight?: unknown } }).user ?? {}
     const color = typeof user.color === 'string' && HEX_COLOR.test(user.color) ? user.color : FALLBACK_COLOR
     const name = typeof user.name === 'string' && user.name.trim() !== '' ? user.name.slice(0, 64) : 'Anonymous'
     const from = Math.min(anchor, head, length)
     const to = Math.min(Math.max(anchor, head), length)
     if (from < to) {
-      ranges.push({ from, to, deco: Decoration.mark({ class: 'tandem-selection', attributes: { style: `background-color: ${color}33` } }) })
+      ranges.push({
+        from,
+        to,
+        deco: Decoration.mark({ class: 'tandem-selection', attributes: { style: `background-color: ${color}33` } })
+      })
     }
     const at = Math.min(head, length)
     // A caret at the end of a forward selection sits inside it; at the start, outside.
-    ranges.push({ from: at, to: at, deco: Decoration.widget({ widget: new CaretWidget(color, name), side: head > anchor ? -1 : 1 }) })
+    ranges.push({
+      from: at,
+      to: at,
+      deco: Decoration.widget({ widget: new CaretWidget(color, name), side: head > anchor ? -1 : 1 })
+    })
   }
   ranges.sort((a, b) => a.from - b.from || a.deco.startSide - b.deco.startSide)
   const builder = new RangeSetBuilder<Decoration>()
@@ -89,49 +116,52 @@ function remoteDecorations (view: EditorView, ytext: Y.Text, awareness: Awarenes
  * Publishes this editor's selection as the awareness `cursor` field (while it has focus) and
  * draws every other peer's caret, name label and selection.
  */
-export function remoteCursors (ytext: Y.Text, awareness: Awareness): Extension {
-  const plugin = ViewPlugin.fromClass(class {
-    decorations: DecorationSet
-    private destroyed = false
-    private readonly onChange: (change: { added: number[], updated: number[], removed: number[] }) => void
+export function remoteCursors(ytext: Y.Text, awareness: Awareness): Extension {
+  const plugin = ViewPlugin.fromClass(
+    class {
+      decorations: DecorationSet
+      private destroyed = false
+      private readonly onChange: (change: { added: number[]; updated: number[]; removed: number[] }) => void
 
-    constructor (readonly view: EditorView) {
-      this.decorations = remoteDecorations(view, ytext, awareness)
-      this.onChange = ({ added, updated, removed }) => {
-        if ([...added, ...updated, ...removed].some((id) => id !== awareness.clientID)) {
-          // Redraw in a fresh update; dispatching inside another update is not allowed.
-          queueMicrotask(() => {
-            if (this.destroyed) return
-            this.decorations = remoteDecorations(this.view, ytext, awareness)
-            this.view.dispatch({})
-          })
+      constructor(readonly view: EditorView) {
+        this.decorations = remoteDecorations(view, ytext, awareness)
+        this.onChange = ({ added, updated, removed }) => {
+          if ([...added, ...updated, ...removed].some((id) => id !== awareness.clientID)) {
+            // Redraw in a fresh update; dispatching inside another update is not allowed.
+            queueMicrotask(() => {
+              if (this.destroyed) return
+              this.decorations = remoteDecorations(this.view, ytext, awareness)
+              this.view.dispatch({})
+            })
+          }
+        }
+        awareness.on('change', this.onChange)
+      }
+
+      update(update: ViewUpdate): void {
+        this.publish(update)
+        if (update.docChanged) this.decorations = remoteDecorations(update.view, ytext, awareness)
+      }
+
+      private publish(update: ViewUpdate): void {
+        const local = awareness.getLocalState()
+        if (local === null) return
+        if (!(update.view.hasFocus && update.view.dom.ownerDocument.hasFocus())) return
+        const selection = update.state.selection.main
+        const anchor = Y.createRelativePositionFromTypeIndex(ytext, selection.anchor)
+        const head = Y.createRelativePositionFromTypeIndex(ytext, selection.head)
+        if (!sameCursor(local.cursor as Cursor | null | undefined, anchor, head)) {
+          awareness.setLocalStateField('cursor', { anchor, head })
         }
       }
-      awareness.on('change', this.onChange)
-    }
 
-    update (update: ViewUpdate): void {
-      this.publish(update)
-      if (update.docChanged) this.decorations = remoteDecorations(update.view, ytext, awareness)
-    }
-
-    private publish (update: ViewUpdate): void {
-      const local = awareness.getLocalState()
-      if (local === null) return
-      if (!(update.view.hasFocus && update.view.dom.ownerDocument.hasFocus())) return
-      const selection = update.state.selection.main
-      const anchor = Y.createRelativePositionFromTypeIndex(ytext, selection.anchor)
-      const head = Y.createRelativePositionFromTypeIndex(ytext, selection.head)
-      if (!sameCursor(local.cursor as Cursor | null | undefined, anchor, head)) {
-        awareness.setLocalStateField('cursor', { anchor, head })
+      destroy(): void {
+        this.destroyed = true
+        awareness.off('change', this.onChange)
       }
-    }
-
-    destroy (): void {
-      this.destroyed = true
-      awareness.off('change', this.onChange)
-    }
-  }, { decorations: (value) => value.decorations })
+    },
+    { decorations: (value) => value.decorations }
+  )
 
   const theme = EditorView.baseTheme({
     '.tandem-caret': {

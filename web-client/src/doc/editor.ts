@@ -2,12 +2,27 @@
 // UndoManager, which tracks only this client's edits, so undo never reverts someone else's work.
 import { autocompletion, closeBrackets, closeBracketsKeymap, completionKeymap } from '@codemirror/autocomplete'
 import { defaultKeymap, indentWithTab } from '@codemirror/commands'
-import { bracketMatching, defaultHighlightStyle, foldGutter, foldKeymap, indentOnInput, syntaxHighlighting } from '@codemirror/language'
+import {
+  bracketMatching,
+  defaultHighlightStyle,
+  foldGutter,
+  foldKeymap,
+  indentOnInput,
+  syntaxHighlighting
+} from '@codemirror/language'
 import { highlightSelectionMatches, searchKeymap } from '@codemirror/search'
 import { Compartment, EditorState, type Extension } from '@codemirror/state'
 import {
-  crosshairCursor, drawSelection, dropCursor, EditorView, highlightActiveLine, highlightActiveLineGutter,
-  highlightSpecialChars, keymap, lineNumbers, rectangularSelection
+  crosshairCursor,
+  drawSelection,
+  dropCursor,
+  EditorView,
+  highlightActiveLine,
+  highlightActiveLineGutter,
+  highlightSpecialChars,
+  keymap,
+  lineNumbers,
+  rectangularSelection
 } from '@codemirror/view'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import type { Awareness } from 'y-protocols/awareness'
@@ -17,7 +32,10 @@ import { tandemHighlight } from './highlight'
 
 const look = EditorView.theme({
   '&': { height: '100%', fontSize: '14.5px' },
-  '.cm-scroller': { fontFamily: 'ui-monospace, SFMono-Regular, "JetBrains Mono", Menlo, Consolas, monospace', lineHeight: '1.6' },
+  '.cm-scroller': {
+    fontFamily: 'ui-monospace, SFMono-Regular, "JetBrains Mono", Menlo, Consolas, monospace',
+    lineHeight: '1.6'
+  },
   '.cm-content': { padding: '16px 0' },
   '.cm-line': { padding: '0 20px 0 8px' },
   '.cm-gutters': { backgroundColor: 'transparent', border: 'none', color: '#94a3b8' },
@@ -27,7 +45,7 @@ const look = EditorView.theme({
 })
 
 /** Everything of CodeMirror's basic setup except its own history, which Yjs's undo replaces. */
-function setup (): Extension {
+function setup(): Extension {
   return [
     lineNumbers(),
     highlightActiveLineGutter(),
@@ -67,19 +85,31 @@ export interface Editor {
 }
 
 /** Read-only: no edits through commands (`readOnly`) and none through the DOM (`editable`). */
-function readOnlyExtension (readOnly: boolean): Extension {
+function readOnlyExtension(readOnly: boolean): Extension {
   return readOnly ? [EditorState.readOnly.of(true), EditorView.editable.of(false)] : []
 }
 
 /** Mounts an editor for `ytext` into `parent`. */
-export function createEditor (parent: HTMLElement, ytext: Y.Text, awareness: Awareness, language: Extension, readOnly = false): Editor {
+export function createEditor(
+  parent: HTMLElement,
+  ytext: Y.Text,
+  awareness: Awareness,
+  language: Extension,
+  readOnly = false
+): Editor {
   const undoManager = new Y.UndoManager(ytext)
   const access = new Compartment()
   const state = EditorState.create({
     doc: ytext.toString(),
-    extensions: [setup(), language, look, access.of(readOnlyExtension(readOnly)),
+    extensions: [
+      setup(),
+      language,
+      look,
+      access.of(readOnlyExtension(readOnly)),
       // Awareness is left out of yCollab: remoteCursors draws the cursors (see cursors.ts).
-      yCollab(ytext, null, { undoManager }), remoteCursors(ytext, awareness)]
+      yCollab(ytext, null, { undoManager }),
+      remoteCursors(ytext, awareness)
+    ]
   })
   const view = new EditorView({ state, parent })
   const setReadOnly = (next: boolean): void => {

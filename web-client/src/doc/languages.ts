@@ -32,7 +32,7 @@ const LANGUAGES: Record<string, Language> = {
 }
 
 /** The language of a document name, e.g. `src/main.rs` -> Rust; plain text when unknown. */
-export function languageFor (name: string): { label: string, extension: Extension } {
+export function languageFor(name: string): { label: string; extension: Extension } {
   const base = name.slice(name.lastIndexOf('/') + 1)
   const dot = base.lastIndexOf('.')
   const ext = dot > 0 ? base.slice(dot + 1).toLowerCase() : ''

@@ -1,10 +1,14 @@
 // The status pill: connection state at a glance, and whether every edit has reached the server.
 import type { SyncState } from './connection'
-import { h } from './dom'
+import { h } from '../ui/dom'
 
-interface Look { tone: 'ok' | 'busy' | 'warn' | 'off', text: string, detail: string }
+interface Look {
+  tone: 'ok' | 'busy' | 'warn' | 'off'
+  text: string
+  detail: string
+}
 
-function describe (state: SyncState): Look {
+function describe(state: SyncState): Look {
   switch (state.network) {
     case 'connected':
       return state.unsaved
@@ -32,13 +36,19 @@ function describe (state: SyncState): Look {
 }
 
 /** A pill that follows `SyncState`; data attributes expose the state to tests and styles. */
-export function statusPill (): { el: HTMLElement, update: (state: SyncState) => void } {
+export function statusPill(): { el: HTMLElement; update: (state: SyncState) => void } {
   const text = h('span', { class: 'status-text' })
   const note = h('span', { class: 'status-note' })
-  const el = h('div', { id: 'status', class: 'status', role: 'status', 'aria-live': 'polite' }, h('span', { class: 'status-dot' }), text, note)
+  const el = h(
+    'div',
+    { id: 'status', class: 'status', role: 'status', 'aria-live': 'polite' },
+    h('span', { class: 'status-dot' }),
+    text,
+    note
+  )
   return {
     el,
-    update (state) {
+    update(state) {
       const look = describe(state)
       el.dataset.network = state.network
       el.dataset.saved = String(!state.unsaved)

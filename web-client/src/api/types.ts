@@ -1,0 +1,89 @@
+// The contract types: the JSON shapes of the HTTP API and of the live event stream, as far as
+// the client reads them. protocol-spec/ is the contract (http.md, files.md, history.md,
+// activity.md); a field changes there first and then here, in this one file.
+
+/** Who did something, as the server names them. */
+export interface Actor {
+  sub: string | null
+  name: string
+}
+
+/** A person present in a document, as `GET /api/docs` reports it. */
+export interface PresentUser {
+  name: string
+  color: string | null
+}
+
+/** One row of `GET /api/docs`. */
+export interface DocSummary {
+  name: string
+  size_bytes: number
+  peers: number
+  updated_ms: number | null
+  loaded: boolean
+  users?: PresentUser[]
+}
+
+/** One stored file, or one version of it (`GET /api/files`, protocol-spec/files.md). */
+export interface FileSummary {
+  path: string
+  name: string
+  size: number
+  content_type: string
+  sha256: string
+  version: number
+  uploader: Actor
+  uploaded_ms: number
+  n_versions: number
+}
+
+/** One saved version of a document (`GET /api/docs/{name}/versions`, protocol-spec/history.md). */
+export interface VersionSummary {
+  id: number
+  kind: 'named' | 'auto' | 'restore'
+  name: string | null
+  author: Actor
+  created_ms: number
+  seq: number
+  size_bytes: number
+  authors?: Actor[]
+}
+
+/** One line of the activity feed (`GET /api/activity`, protocol-spec/activity.md). */
+export interface ActivityEntry {
+  id: number
+  kind: string
+  path: string
+  actor: Actor
+  started_ms: number
+  ended_ms: number
+  n_updates?: number
+  details?: Record<string, unknown>
+}
+
+/** A page of the activity feed, newest first; `next` is the cursor of the page after it. */
+export interface ActivityPage {
+  entries: ActivityEntry[]
+  next: string | number | null
+}
+
+/** The query of `GET /api/activity`. */
+export interface ActivityFilter {
+  doc?: string
+  user?: string
+  before?: string | number
+  limit?: number
+}
+
+/** The messages of `GET /api/events` (the `type` tag), as far as the client uses them. */
+export type LiveEvent =
+  | { type: 'hello' }
+  | { type: 'resync' }
+  | { type: 'doc_changed'; doc: string; actor: Actor; at_ms: number }
+  | { type: 'doc_presence'; doc: string; peers: number }
+  | { type: 'file_uploaded'; path: string; version: number; actor: Actor }
+  | { type: 'file_renamed'; from: string; to: string; actor: Actor }
+  | { type: 'file_deleted'; path: string; actor: Actor }
+  | { type: 'version_created'; doc: string; version: number }
+  | { type: 'version_restored'; doc: string; version: number }
+  | { type: 'activity'; entry: ActivityEntry }
