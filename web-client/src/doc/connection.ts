@@ -57,6 +57,13 @@ export class DocConnection {
   private waitingForToken = false
   private opened = false
   private lastSessionCheck = 0
+  /**
+   * The last connection attempt failed and a plain request to the server failed too. The
+   * browser's `navigator.onLine` cannot be trusted for this: it stays true on a page opened
+   * from the service worker while the network is down, and on a LAN without a default route.
+   */
+  private unreachable = false
+  private probing = false
   private readonly stopTokenWatch: () => void
   private readonly deniedListeners = new Set<(reason: string) => void>()
   private readonly onOnline = (): void => {
@@ -108,6 +115,7 @@ export class DocConnection {
       })
     })
     this.provider.on('connection-close', () => {
+      if (!this.opened) this.probeReachable()
       // A refused upgrade looks like any network failure to a browser. If the server did not
       // let us in, ask it about the session (a refused renewal signs out); but not too often.
       if (this.opened || authMode() !== 'jwt' || Date.now() - this.lastSessionCheck < SESSION_CHECK_MS) return
@@ -119,7 +127,10 @@ export class DocConnection {
       for (const listener of this.deniedListeners) listener(reason)
     })
     this.provider.on('status', ({ status }: { status: string }) => {
-      if (status === 'connected') this.everConnected = true
+      if (status === 'connected') {
+        this.everConnected = true
+        this.unreachable = false
+      }
       this.opened = status === 'connected'
       this.emit()
     })
@@ -141,7 +152,7 @@ export class DocConnection {
   get state(): SyncState {
     let network: Network
     if (this.provider.wsconnected && this.provider.synced) network = 'connected'
-    else if (!navigator.onLine) network = 'offline'
+    else if (!navigator.onLine || this.unreachable) network = 'offline'
     else network = this.everConnected ? 'reconnecting' : 'connecting'
     // Until the local copy is read, edits from an earlier visit may still be missing upstream.
     const unsaved = !this.localLoaded || this.changeVersion > this.storedVersion
@@ -158,6 +169,23 @@ export class DocConnection {
   /** Calls `listener` when the server refuses this browser's changes (a read-only token). */
   onPermissionDenied(listener: (reason: string) => void): void {
     this.deniedListeners.add(listener)
+  }
+
+  /** After a failed attempt: is the server reachable at all? (The service worker lets /healthz through.) */
+  private probeReachable(): void {
+    if (this.probing || this.destroyed) return
+    this.probing = true
+    fetch('/healthz', { cache: 'no-store' }).then(
+      () => this.setUnreachable(false),
+      () => this.setUnreachable(true)
+    )
+  }
+
+  private setUnreachable(unreachable: boolean): void {
+    this.probing = false
+    if (this.destroyed || this.opened || this.unreachable === unreachable) return
+    this.unreachable = unreachable
+    this.emit()
   }
 
   private emit(): void {
