@@ -699,9 +699,7 @@ mod tests {
     #[test]
     fn serve_help_shows_the_defaults_the_config_falls_back_to() {
         let command = Cli::command_with_defaults(&defaults());
-        let serve = command
-            .find_subcommand("serve")
-            .expect("serve subcommand");
+        let serve = command.find_subcommand("serve").expect("serve subcommand");
         let help = |id: &str| {
             serve
                 .get_arguments()
@@ -749,5 +747,27 @@ mod tests {
         );
         assert!(config.persist.fsync);
         assert!(!config.init);
+    }
+
+    #[test]
+    fn the_subcommands_default_to_the_directory_and_address_serve_defaults_to() {
+        // `--data-dir` and `--server` of `user`, `webhook` and `token` are clap literals (the
+        // argument types cannot import this module); this keeps them equal to `serve`'s.
+        let Some(Command::User(crate::cli::UserCommand::List(args))) =
+            Cli::try_parse_from(["tandem", "user", "list"])
+                .unwrap()
+                .command
+        else {
+            panic!("user list");
+        };
+        if std::env::var_os("TANDEM_DATA_DIR").is_none() {
+            assert_eq!(args.target.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        }
+        if std::env::var_os("TANDEM_SERVER").is_none() {
+            assert_eq!(
+                args.target.server,
+                format!("http://{}", SocketAddr::new(DEFAULT_BIND, DEFAULT_PORT))
+            );
+        }
     }
 }
