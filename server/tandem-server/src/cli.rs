@@ -548,11 +548,11 @@ impl std::fmt::Display for HumanDuration {
             return write!(f, "{}ms", duration.as_millis());
         }
         let seconds = duration.as_secs();
-        if seconds % DAY_S == 0 && seconds / DAY_S > 3 {
+        if seconds.is_multiple_of(DAY_S) && seconds / DAY_S > 3 {
             write!(f, "{}days", seconds / DAY_S)
-        } else if seconds % 3600 == 0 {
+        } else if seconds.is_multiple_of(3600) {
             write!(f, "{}h", seconds / 3600)
-        } else if seconds % 60 == 0 {
+        } else if seconds.is_multiple_of(60) {
             write!(f, "{}m", seconds / 60)
         } else {
             write!(f, "{seconds}s")
@@ -760,5 +760,18 @@ mod tests {
         assert_eq!(merged.port, Some(7000));
         assert_eq!(merged.bind, Some(IpAddr::from([0, 0, 0, 0])));
         assert_eq!(merged.data_dir, None);
+    }
+
+    /// The architecture invariant of this module (ARCHITECTURE.md): `config` and `command`
+    /// import the argument types, never the other way round, so the two never import each other.
+    #[test]
+    fn the_argument_types_import_neither_the_config_nor_the_commands() {
+        let source = include_str!("cli.rs");
+        for module in ["config", "command"] {
+            for prefix in ["crate::", "super::"] {
+                let path = [prefix, module, "::"].concat();
+                assert!(!source.contains(&path), "cli.rs names {path}");
+            }
+        }
     }
 }

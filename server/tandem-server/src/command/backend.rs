@@ -390,20 +390,18 @@ impl Remote {
     }
 }
 
-/// A client error with its causes, on one line: reqwest's own text names only the URL
-/// ("error sending request for url (...)"), the cause says what happened.
+/// What went wrong, as the innermost cause says it ("Connection refused (os error 111)"):
+/// reqwest's own text only names the request ("error sending request for url (...)") and the
+/// layers between add nothing a user can act on.
 fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         return format!("no answer within {HTTP_TIMEOUT:?}");
     }
-    let mut line = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(cause) = innermost.source() {
+        innermost = cause;
     }
-    line
+    innermost.to_string()
 }
 
 fn admin_token(data_dir: &Path) -> Result<String, CommandError> {
