@@ -1,35 +1,63 @@
 //! Configuration: command-line flags, `TANDEM_*` environment variables and an optional TOML file,
-//! validated once into a typed [`Config`] split by subsystem.
+//! layered over the built-in defaults and validated once into a typed [`Config`] split by
+//! subsystem.
 //!
 //! Precedence, highest first: flag, environment variable, config file, built-in default.
-//! clap resolves flag and environment; every field is optional there, so a value missing from
-//! both falls through to the file and then to the default.
+//! clap resolves flag and environment into a [`ServeArgs`] whose every field is optional; the
+//! file deserialises into the same type; [`defaults`] is a third one. [`resolve`] stacks the
+//! three with [`ServeArgs::or`] and builds each sub-config from the result. The argument types
+//! live in `cli.rs`; this module never names a subcommand.
+//!
+//! Every default is written once, in [`defaults`], from the constants and `Default`s of the
+//! subsystems; `--help` renders the same values (`Cli::command_with_defaults`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
 use tandem_core::Limits;
-use tandem_core::limits::{
-    DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER, DEFAULT_MAX_AWARENESS_PER_SECOND,
-    DEFAULT_MAX_AWARENESS_STATE_BYTES, DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_MAX_DOC_BYTES,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGES_PER_SECOND,
-};
 
 use crate::account::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
+use crate::cli::{HumanDuration, LogFormat, ServeArgs};
 use crate::connection::ConnectionConfig;
 use crate::files::FilesConfig;
 use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
 use crate::persist::PersistConfig;
-use crate::proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
+use crate::proxy::TrustedProxies;
 use crate::tls::TlsFiles;
 use crate::webhook::WebhookConfig;
 
+// Defaults of the sub-configs that have no `Default` of their own. They sit here until their
+// types grow one; everything else comes from `Limits`, `AccountConfig`, `FilesConfig`,
+// `ActivityConfig`, `WebhookConfig` and the store's constants.
+
+/// Loopback only: zero configuration must not expose the documents (`--insecure-no-auth`).
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Default of `--port`.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default of `--data-dir`, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Log filter when neither `--log`, the file nor `RUST_LOG` sets one.
+pub const DEFAULT_LOG: &str = "info";
+/// Default of `--doc-unload-grace`.
+pub const DEFAULT_DOC_UNLOAD_GRACE: Duration = Duration::from_secs(30);
+/// Default of `--ping-interval`.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default of `--pong-timeout`: three missed pings.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default of `--shutdown-timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--compact-after-updates`.
+pub const DEFAULT_COMPACT_AFTER_UPDATES: u64 = 1000;
+/// Default of `--compact-after-bytes`.
+pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
+/// Default of `--auto-version-interval`.
+pub const DEFAULT_AUTO_VERSION_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// Default of `--max-auto-versions`.
+pub const DEFAULT_MAX_AUTO_VERSIONS: u64 = 100;
 /// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
 /// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
 /// any connection drains them; the queue holds several such bursts, so only a peer that stops
@@ -39,372 +67,12 @@ pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 /// Named versions per doc, and restore versions kept per doc.
 pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
-
-/// Command line of the `tandem` binary.
-#[derive(Debug, Parser)]
-#[command(
-    name = "tandem",
-    version,
-    about = "Tandem: a real-time collaborative editing server"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-/// What the binary was asked to do.
-// Parsed once per process; boxing `ServeArgs` would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (the default when no command is given).
-    /// Settings precedence: flag > environment variable > config file > default.
-    Serve(ServeArgs),
-    /// Manage the accounts of password sign-in (works beside a running server).
-    #[command(subcommand)]
-    User(crate::command::UserCommand),
-    /// Tokens signed with the server's own key.
-    #[command(subcommand)]
-    Token(crate::command::TokenCommand),
-    /// Manage webhooks (works beside a running server).
-    #[command(subcommand)]
-    Webhook(crate::command::WebhookCommand),
-}
-
-impl Cli {
-    /// The command; `serve` with its defaults when none was given.
-    pub fn into_command(self) -> Command {
-        match self.command {
-            Some(command) => command,
-            None => Command::Serve(Cli::default_serve_args()),
-        }
-    }
-
-    fn default_serve_args() -> ServeArgs {
-        // Parse `serve` with no flags so the environment still applies.
-        match Cli::parse_from(["tandem", "serve"]).command {
-            Some(Command::Serve(args)) => args,
-            _ => ServeArgs::default(),
-        }
-    }
-}
-
-/// Flags of `tandem serve`. Precedence: flag > environment > config file > default.
-#[derive(Debug, Default, Args, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct ServeArgs {
-    /// TOML file with any of these settings (keys as the flags, with '_' for '-').
-    #[arg(long, env = "TANDEM_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1].
-    #[arg(long, env = "TANDEM_BIND")]
-    pub bind: Option<IpAddr>,
-    /// Port to listen on; 0 picks a free port [default: 8080].
-    #[arg(long, env = "TANDEM_PORT")]
-    pub port: Option<u16>,
-    /// Directory of the database file `tandem.redb` [default: ./data].
-    #[arg(long, env = "TANDEM_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Serve the web client from this directory instead of the copy built into the binary.
-    #[arg(long, env = "TANDEM_WEB_DIR")]
-    pub web_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `tandem_server=debug` [default: info, or RUST_LOG].
-    #[arg(long, env = "TANDEM_LOG")]
-    pub log: Option<String>,
-    /// Log format [default: pretty].
-    #[arg(long, env = "TANDEM_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Largest WebSocket frame in bytes [default: 16777216].
-    #[arg(long, env = "TANDEM_MAX_FRAME_BYTES")]
-    pub max_frame_bytes: Option<u64>,
-    /// Largest awareness state in bytes [default: 65536].
-    #[arg(long, env = "TANDEM_MAX_AWARENESS_STATE_BYTES")]
-    pub max_awareness_state_bytes: Option<usize>,
-    /// Awareness client ids one connection may own [default: 4].
-    #[arg(long, env = "TANDEM_MAX_AWARENESS_CLIENTS_PER_PEER")]
-    pub max_awareness_clients_per_peer: Option<usize>,
-    /// Presence not renewed for this long is removed [default: 30s].
-    #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT")]
-    pub awareness_timeout: Option<HumanDuration>,
-    /// A doc with no peers leaves memory after this long [default: 30s].
-    #[arg(long, env = "TANDEM_DOC_UNLOAD_GRACE")]
-    pub doc_unload_grace: Option<HumanDuration>,
-    /// Interval between pings to each peer [default: 5s].
-    #[arg(long, env = "TANDEM_PING_INTERVAL")]
-    pub ping_interval: Option<HumanDuration>,
-    /// A peer that sends nothing for this long after a ping is closed and its presence removed
-    /// [default: 15s].
-    #[arg(long, env = "TANDEM_PONG_TIMEOUT")]
-    pub pong_timeout: Option<HumanDuration>,
-    /// Longest wait for docs to flush at shutdown [default: 10s].
-    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT")]
-    pub shutdown_timeout: Option<HumanDuration>,
-    /// fsync every commit before anything is broadcast; `false` only for benchmarks [default: true].
-    #[arg(long, env = "TANDEM_FSYNC")]
-    pub fsync: Option<bool>,
-    /// Shortest time between the starts of two commits holding one doc's updates: a doc that
-    /// keeps changing gathers what arrives meanwhile into its next commit, so a busy doc fsyncs
-    /// less often. An update of a doc not committed within the interval commits at once (with
-    /// whatever else is queued); `0s` commits whatever is queued as soon as the previous commit
-    /// ends [default: 5ms].
-    #[arg(long, env = "TANDEM_COMMIT_INTERVAL")]
-    pub commit_interval: Option<HumanDuration>,
-    /// Threads that run connections and doc actors [default: one less than the CPUs, at least 1].
-    #[arg(long, env = "TANDEM_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
-    /// Upper bound of the database page cache in bytes [default: 33554432].
-    #[arg(long, env = "TANDEM_DB_CACHE_BYTES")]
-    pub db_cache_bytes: Option<usize>,
-    /// Compact a doc's log after this many updates [default: 1000].
-    #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES")]
-    pub compact_after_updates: Option<u64>,
-    /// Compact a doc's log after this many bytes [default: 8388608].
-    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES")]
-    pub compact_after_bytes: Option<u64>,
-    /// A doc with edits not yet in a version gets an automatic version once this long has
-    /// passed since its last version (and when it unloads) [default: 10m].
-    #[arg(long, env = "TANDEM_AUTO_VERSION_INTERVAL")]
-    pub auto_version_interval: Option<HumanDuration>,
-    /// Automatic versions kept per doc, at least 1; older ones are pruned [default: 100].
-    #[arg(long, env = "TANDEM_MAX_AUTO_VERSIONS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_auto_versions: Option<u64>,
-    /// Named versions per doc, at least 1: saving one more is refused (`too_many_versions`);
-    /// also the number of restore versions kept per doc, older ones pruned [default: 1000].
-    #[arg(long, env = "TANDEM_MAX_NAMED_VERSIONS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_named_versions: Option<u64>,
-    /// Frames queued for one peer before it counts as a slow consumer [default: 8192].
-    #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
-    pub outbox_capacity: Option<usize>,
-    /// PEM certificate chain; with --tls-key the port serves https and wss. Re-read when it changes.
-    #[arg(long, env = "TANDEM_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert. Re-read when it changes.
-    #[arg(long, env = "TANDEM_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Open TCP connections in total; more are answered 503 and closed [default: 20000].
-    #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Open TCP connections from one IP address; more are answered 503 and closed [default: 512].
-    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_ADDRESS")]
-    pub max_connections_per_address: Option<usize>,
-    /// A connection that has not finished its TLS handshake and sent its first request's headers
-    /// within this time is dropped; also bounds the headers of every later request [default: 10s].
-    #[arg(long, env = "TANDEM_UPGRADE_TIMEOUT")]
-    pub upgrade_timeout: Option<HumanDuration>,
-    /// Authentication: `none` or `jwt` [default: none on a loopback address, jwt otherwise].
-    #[arg(long, env = "TANDEM_AUTH")]
-    pub auth: Option<AuthMode>,
-    /// Allow `--auth none` on a non-loopback address: anyone who reaches the port may read and
-    /// change every document. Logged as a warning at start-up.
-    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
-    pub insecure_no_auth: Option<bool>,
-    /// File with the HS256 shared secret of an identity provider (at least 32 bytes).
-    #[arg(long, env = "TANDEM_JWT_SECRET_FILE")]
-    pub jwt_secret_file: Option<PathBuf>,
-    /// A public key in PEM and the one algorithm it verifies, as `ALG=PATH` (RS256, RS384, RS512,
-    /// PS256, PS384, PS512, ES256, ES384, EdDSA). Repeat or separate with commas for several.
-    #[arg(long, env = "TANDEM_JWT_PUBLIC_KEY", value_delimiter = ',')]
-    pub jwt_public_key: Option<Vec<PublicKeyArg>>,
-    /// A JWKS file (JSON Web Key Set); a token picks its key by `kid`.
-    #[arg(long, env = "TANDEM_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Accepted token algorithms, comma-separated [default: those of the configured keys].
-    #[arg(long, env = "TANDEM_JWT_ALGORITHMS", value_delimiter = ',')]
-    pub jwt_algorithms: Option<Vec<JwtAlgorithm>>,
-    /// Accepted issuers (`iss`), comma-separated; unset checks none.
-    #[arg(long, env = "TANDEM_JWT_ISSUER", value_delimiter = ',')]
-    pub jwt_issuer: Option<Vec<String>>,
-    /// Accepted audiences (`aud`), comma-separated; unset checks none.
-    #[arg(long, env = "TANDEM_JWT_AUDIENCE", value_delimiter = ',')]
-    pub jwt_audience: Option<Vec<String>>,
-    /// Clock skew tolerated on `exp` and `nbf` [default: 30s].
-    #[arg(long, env = "TANDEM_JWT_LEEWAY")]
-    pub jwt_leeway: Option<HumanDuration>,
-    /// Lifetime of the tokens `POST /api/login` and `POST /api/token/refresh` return [default: 1h].
-    #[arg(long, env = "TANDEM_LOGIN_TOKEN_TTL")]
-    pub login_token_ttl: Option<HumanDuration>,
-    /// Window over which failed sign-ins are counted [default: 15m].
-    #[arg(long, env = "TANDEM_LOGIN_FAILURE_WINDOW")]
-    pub login_failure_window: Option<HumanDuration>,
-    /// Failed sign-ins per account in the window before it is refused with 429 [default: 5].
-    #[arg(long, env = "TANDEM_LOGIN_MAX_FAILURES_PER_ACCOUNT")]
-    pub login_max_failures_per_account: Option<u32>,
-    /// Failed sign-ins per client address in the window before it is refused with 429
-    /// [default: 20].
-    #[arg(long, env = "TANDEM_LOGIN_MAX_FAILURES_PER_ADDRESS")]
-    pub login_max_failures_per_address: Option<u32>,
-    /// Messages one connection may send per second, with bursts of twice that; over it the
-    /// connection is closed with 4429; 0 disables [default: 500].
-    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SECOND")]
-    pub max_messages_per_second: Option<u64>,
-    /// Bytes one connection may send per second, with bursts up to --max-frame-bytes; over it
-    /// the connection is closed with 4429; 0 disables [default: 8388608].
-    #[arg(long, env = "TANDEM_MAX_BYTES_PER_SECOND")]
-    pub max_bytes_per_second: Option<u64>,
-    /// Awareness messages one connection may send per second, with bursts of twice that; over it
-    /// the connection is closed with 4429; 0 disables [default: 60].
-    #[arg(long, env = "TANDEM_MAX_AWARENESS_PER_SECOND")]
-    pub max_awareness_per_second: Option<u64>,
-    /// Largest stored size of one document (snapshot plus update log) in bytes; an update that
-    /// would pass it is refused and its sender closed with 1009 [default: 268435456].
-    #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
-    pub max_doc_bytes: Option<u64>,
-    /// Largest uploaded file in bytes [default: 2147483648].
-    #[arg(long, env = "TANDEM_MAX_FILE_BYTES")]
-    pub max_file_bytes: Option<u64>,
-    /// Bytes of files (all versions) each workspace may store; 0 is unlimited
-    /// [default: 21474836480].
-    #[arg(long, env = "TANDEM_WORKSPACE_QUOTA_BYTES")]
-    pub workspace_quota_bytes: Option<u64>,
-    /// An unfinished resumable upload is deleted, with its bytes, this long after it was created
-    /// [default: 24h].
-    #[arg(long, env = "TANDEM_UPLOAD_EXPIRY")]
-    pub upload_expiry: Option<HumanDuration>,
-    /// How often expired uploads and orphaned file bytes are removed [default: 5m].
-    #[arg(long, env = "TANDEM_FILE_CLEANUP_INTERVAL")]
-    pub file_cleanup_interval: Option<HumanDuration>,
-    /// Versions kept per file: storing one more drops the oldest; 0 is unlimited
-    /// [default: 100].
-    #[arg(long, env = "TANDEM_MAX_FILE_VERSIONS")]
-    pub max_file_versions: Option<usize>,
-    /// Edits of one author on one doc within this time of the last one extend the same
-    /// activity entry (an edit session) [default: 5m].
-    #[arg(long, env = "TANDEM_ACTIVITY_SESSION_GAP")]
-    pub activity_session_gap: Option<HumanDuration>,
-    /// Activity entries older than this are deleted [default: 90days].
-    #[arg(long, env = "TANDEM_ACTIVITY_RETENTION")]
-    pub activity_retention: Option<HumanDuration>,
-    /// A `doc.changed` webhook is sent after the doc has been quiet this long [default: 2s].
-    #[arg(long, env = "TANDEM_WEBHOOK_DEBOUNCE")]
-    pub webhook_debounce: Option<HumanDuration>,
-    /// ... but no later than this after the first change it reports [default: 30s].
-    #[arg(long, env = "TANDEM_WEBHOOK_MAX_DELAY")]
-    pub webhook_max_delay: Option<HumanDuration>,
-    /// First retry delay of a failed delivery; it doubles on each failure [default: 1s].
-    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_BASE")]
-    pub webhook_retry_base: Option<HumanDuration>,
-    /// Longest retry delay [default: 1h].
-    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX")]
-    pub webhook_retry_max: Option<HumanDuration>,
-    /// A delivery not acknowledged this long after it was queued is given up and logged as
-    /// failed [default: 72h].
-    #[arg(long, env = "TANDEM_WEBHOOK_GIVE_UP")]
-    pub webhook_give_up: Option<HumanDuration>,
-    /// Time limit of one delivery attempt, connection included [default: 10s].
-    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT")]
-    pub webhook_timeout: Option<HumanDuration>,
-    /// Allow webhooks to loopback, private, link-local and other internal addresses; without it
-    /// they are refused at registration and at every delivery, so the webhook API cannot reach
-    /// internal services [default: false].
-    #[arg(long, env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
-    pub webhook_allow_private: Option<bool>,
-    /// Proxies whose X-Forwarded-For or Forwarded header (and PROXY header, with
-    /// --proxy-protocol) names the client: addresses or CIDR blocks, comma-separated, or `none`
-    /// to trust nobody [default: 127.0.0.0/8,::1].
-    #[arg(long, env = "TANDEM_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Option<Vec<TrustedProxyArg>>,
-    /// Read a PROXY protocol header (v1 or v2) at the start of each connection from a trusted
-    /// proxy, for TCP balancers such as haproxy's `send-proxy` [default: false].
-    #[arg(long, env = "TANDEM_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
-    pub proxy_protocol: Option<bool>,
-    /// Bytes of the reserve file `reserve` in the data directory: deleted when the disk fills up,
-    /// so that deletes still commit, and written again when space returns; `0` disables it
-    /// [default: 4194304].
-    #[arg(long, env = "TANDEM_DISK_RESERVE_BYTES")]
-    pub disk_reserve_bytes: Option<u64>,
-    /// Create a new, empty database even though the data directory holds blobs, uploads or a
-    /// server key; without it the server refuses to start when `tandem.redb` is missing or
-    /// empty beside such data [default: false].
-    #[arg(long, env = "TANDEM_INIT", num_args = 0..=1, default_missing_value = "true")]
-    pub init: Option<bool>,
-    /// The header a trusted proxy names the client in: `xff` (X-Forwarded-For, which nginx and
-    /// haproxy append to) or `forwarded` (RFC 7239, for a proxy that writes only that one); the
-    /// other header is ignored, since a proxy passes it through from the client [default: xff].
-    #[arg(long, env = "TANDEM_FORWARDED_HEADER")]
-    pub forwarded_header: Option<ForwardedHeader>,
-}
-
-/// A JWT algorithm name as accepted on the command line (`RS256`, `EdDSA`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JwtAlgorithm(pub jsonwebtoken::Algorithm);
-
-impl std::str::FromStr for JwtAlgorithm {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        text.trim()
-            .parse()
-            .map(JwtAlgorithm)
-            .map_err(|_| format!("unknown JWT algorithm {text:?}"))
-    }
-}
-
-impl<'de> Deserialize<'de> for JwtAlgorithm {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// `ALG=PATH`: a public key file and the one algorithm it verifies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicKeyArg {
-    /// The algorithm.
-    pub algorithm: jsonwebtoken::Algorithm,
-    /// The PEM file.
-    pub path: PathBuf,
-}
-
-impl std::str::FromStr for PublicKeyArg {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (algorithm, path) = text
-            .split_once('=')
-            .ok_or_else(|| format!("expected ALG=PATH, got {text:?}"))?;
-        Ok(PublicKeyArg {
-            algorithm: algorithm.parse::<JwtAlgorithm>()?.0,
-            path: PathBuf::from(path),
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for PublicKeyArg {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Pretty,
-    /// One JSON object per line.
-    Json,
-}
-
-/// A duration written as `500ms`, `10s`, `2m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl std::str::FromStr for HumanDuration {
-    type Err = humantime::DurationError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(text).map(HumanDuration)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default of `--max-connections-per-address`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 512;
+/// Default of `--upgrade-timeout`.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The validated configuration of one server process.
 #[derive(Debug, Clone)]
@@ -443,6 +111,73 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Create the database even beside existing data (`--init`).
     pub init: bool,
+}
+
+/// The built-in layer under the file: every setting that has one fixed default. Settings left
+/// `None` here either have none (`--web-dir`, the JWT keys, TLS) or one that depends on other
+/// settings or on the machine, computed in [`resolve`]: `log` (`RUST_LOG`), `worker_threads`
+/// (the CPUs), `auth` (the bind address), `trusted_proxies` and `forwarded_header`.
+pub fn defaults() -> ServeArgs {
+    let limits = Limits::default();
+    let accounts = AccountConfig::default();
+    let files = FilesConfig::default();
+    let activity = ActivityConfig::default();
+    let webhooks = WebhookConfig::default();
+    let some = |duration: Duration| Some(HumanDuration(duration));
+    ServeArgs {
+        bind: Some(DEFAULT_BIND),
+        port: Some(DEFAULT_PORT),
+        data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
+        log_format: Some(LogFormat::default()),
+        max_frame_bytes: Some(limits.max_frame_bytes),
+        max_awareness_state_bytes: Some(limits.max_awareness_state_bytes),
+        max_awareness_clients_per_peer: Some(limits.max_awareness_clients_per_peer),
+        awareness_timeout: some(Duration::from_millis(limits.awareness_timeout_ms)),
+        max_messages_per_second: Some(limits.max_messages_per_second),
+        max_bytes_per_second: Some(limits.max_bytes_per_second),
+        max_awareness_per_second: Some(limits.max_awareness_per_second),
+        max_doc_bytes: Some(limits.max_doc_bytes),
+        doc_unload_grace: some(DEFAULT_DOC_UNLOAD_GRACE),
+        ping_interval: some(DEFAULT_PING_INTERVAL),
+        pong_timeout: some(DEFAULT_PONG_TIMEOUT),
+        shutdown_timeout: some(DEFAULT_SHUTDOWN_TIMEOUT),
+        fsync: Some(true),
+        commit_interval: some(DEFAULT_COMMIT_INTERVAL),
+        db_cache_bytes: Some(tandem_store::DEFAULT_CACHE_BYTES),
+        disk_reserve_bytes: Some(tandem_store::space::DEFAULT_RESERVE_BYTES),
+        compact_after_updates: Some(DEFAULT_COMPACT_AFTER_UPDATES),
+        compact_after_bytes: Some(DEFAULT_COMPACT_AFTER_BYTES),
+        auto_version_interval: some(DEFAULT_AUTO_VERSION_INTERVAL),
+        max_auto_versions: Some(DEFAULT_MAX_AUTO_VERSIONS),
+        max_named_versions: Some(DEFAULT_MAX_NAMED_VERSIONS),
+        outbox_capacity: Some(DEFAULT_OUTBOX_CAPACITY),
+        max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+        max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+        upgrade_timeout: some(DEFAULT_UPGRADE_TIMEOUT),
+        insecure_no_auth: Some(false),
+        jwt_leeway: some(crate::auth::DEFAULT_LEEWAY),
+        login_token_ttl: some(accounts.login_token_ttl),
+        login_failure_window: some(accounts.failure_window),
+        login_max_failures_per_account: Some(accounts.max_failures_per_account),
+        login_max_failures_per_address: Some(accounts.max_failures_per_address),
+        max_file_bytes: Some(files.max_file_bytes),
+        workspace_quota_bytes: Some(files.workspace_quota_bytes),
+        upload_expiry: some(files.upload_expiry),
+        file_cleanup_interval: some(files.cleanup_interval),
+        max_file_versions: Some(files.max_file_versions),
+        activity_session_gap: some(activity.session_gap),
+        activity_retention: some(activity.retention),
+        webhook_debounce: some(webhooks.debounce),
+        webhook_max_delay: some(webhooks.max_delay),
+        webhook_retry_base: some(webhooks.retry_base),
+        webhook_retry_max: some(webhooks.retry_max),
+        webhook_give_up: some(webhooks.give_up),
+        webhook_timeout: some(webhooks.timeout),
+        webhook_allow_private: Some(webhooks.allow_private),
+        proxy_protocol: Some(false),
+        init: Some(false),
+        ..ServeArgs::default()
+    }
 }
 
 /// Reads the file named by `--config`, if any, and merges it under the flags.
@@ -494,252 +229,137 @@ fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
-/// Merges flags/environment (`args`) over the file (`file`) over the defaults.
+/// A setting [`defaults`] sets, after the merge. A miss is a bug in `defaults`, caught by the
+/// tests that resolve the defaults alone.
+macro_rules! set {
+    ($layered:ident . $field:ident) => {
+        $layered
+            .$field
+            .expect(concat!("config::defaults() sets ", stringify!($field)))
+    };
+}
+
+/// Merges flags/environment (`args`) over the file (`file`) over the [`defaults`].
 pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
-    let duration =
-        |flag: Option<HumanDuration>, from_file: Option<HumanDuration>, default_s: u64| {
-            flag.or(from_file)
-                .map_or(Duration::from_secs(default_s), |d| d.0)
-        };
-    let bind = args
-        .bind
-        .or(file.bind)
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let port = args.port.or(file.port).unwrap_or(8080);
+    let layered = args.or(file);
+    // `RUST_LOG` ranks between the file and the default.
+    let log = layered
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| DEFAULT_LOG.into());
+    let s = layered.or(defaults());
+    let bind = set!(s.bind);
     let limits = Limits {
-        max_frame_bytes: args
-            .max_frame_bytes
-            .or(file.max_frame_bytes)
-            .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
-        max_awareness_state_bytes: args
-            .max_awareness_state_bytes
-            .or(file.max_awareness_state_bytes)
-            .unwrap_or(DEFAULT_MAX_AWARENESS_STATE_BYTES),
-        max_awareness_clients_per_peer: args
-            .max_awareness_clients_per_peer
-            .or(file.max_awareness_clients_per_peer)
-            .unwrap_or(DEFAULT_MAX_AWARENESS_CLIENTS_PER_PEER),
-        awareness_timeout_ms: duration(args.awareness_timeout, file.awareness_timeout, 30)
-            .as_millis() as u64,
-        max_messages_per_second: args
-            .max_messages_per_second
-            .or(file.max_messages_per_second)
-            .unwrap_or(DEFAULT_MAX_MESSAGES_PER_SECOND),
-        max_bytes_per_second: args
-            .max_bytes_per_second
-            .or(file.max_bytes_per_second)
-            .unwrap_or(DEFAULT_MAX_BYTES_PER_SECOND),
-        max_awareness_per_second: args
-            .max_awareness_per_second
-            .or(file.max_awareness_per_second)
-            .unwrap_or(DEFAULT_MAX_AWARENESS_PER_SECOND),
-        max_doc_bytes: args
-            .max_doc_bytes
-            .or(file.max_doc_bytes)
-            .unwrap_or(DEFAULT_MAX_DOC_BYTES),
+        max_frame_bytes: set!(s.max_frame_bytes),
+        max_awareness_state_bytes: set!(s.max_awareness_state_bytes),
+        max_awareness_clients_per_peer: set!(s.max_awareness_clients_per_peer),
+        awareness_timeout_ms: set!(s.awareness_timeout).0.as_millis() as u64,
+        max_messages_per_second: set!(s.max_messages_per_second),
+        max_bytes_per_second: set!(s.max_bytes_per_second),
+        max_awareness_per_second: set!(s.max_awareness_per_second),
+        max_doc_bytes: set!(s.max_doc_bytes),
     };
     Config {
-        addr: SocketAddr::new(bind, port),
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("data")),
-        web_dir: args.web_dir.or(file.web_dir),
-        log: args
-            .log
-            .or(file.log)
-            .or_else(|| std::env::var("RUST_LOG").ok())
-            .unwrap_or_else(|| "info".into()),
-        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        addr: SocketAddr::new(bind, set!(s.port)),
+        data_dir: set!(s.data_dir),
+        web_dir: s.web_dir,
+        log,
+        log_format: set!(s.log_format),
         hub: HubConfig {
-            doc_unload_grace: duration(args.doc_unload_grace, file.doc_unload_grace, 30),
-            compact_after_updates: args
-                .compact_after_updates
-                .or(file.compact_after_updates)
-                .unwrap_or(1000),
-            compact_after_bytes: args
-                .compact_after_bytes
-                .or(file.compact_after_bytes)
-                .unwrap_or(8 * 1024 * 1024),
-            outbox_capacity: args
-                .outbox_capacity
-                .or(file.outbox_capacity)
-                .unwrap_or(DEFAULT_OUTBOX_CAPACITY)
-                .max(1),
-            auto_version_interval: duration(
-                args.auto_version_interval,
-                file.auto_version_interval,
-                600,
-            ),
-            max_auto_versions: args
-                .max_auto_versions
-                .or(file.max_auto_versions)
-                .unwrap_or(100),
-            max_named_versions: args
-                .max_named_versions
-                .or(file.max_named_versions)
-                .unwrap_or(DEFAULT_MAX_NAMED_VERSIONS),
+            doc_unload_grace: set!(s.doc_unload_grace).0,
+            compact_after_updates: set!(s.compact_after_updates),
+            compact_after_bytes: set!(s.compact_after_bytes),
+            outbox_capacity: set!(s.outbox_capacity).max(1),
+            auto_version_interval: set!(s.auto_version_interval).0,
+            max_auto_versions: set!(s.max_auto_versions),
+            max_named_versions: set!(s.max_named_versions),
             limits,
         },
         connection: ConnectionConfig {
-            ping_interval: duration(args.ping_interval, file.ping_interval, 5),
-            pong_timeout: duration(args.pong_timeout, file.pong_timeout, 15),
+            ping_interval: set!(s.ping_interval).0,
+            pong_timeout: set!(s.pong_timeout).0,
         },
         persist: PersistConfig {
-            fsync: args.fsync.or(file.fsync).unwrap_or(true),
-            commit_interval: args
-                .commit_interval
-                .or(file.commit_interval)
-                .map_or(DEFAULT_COMMIT_INTERVAL, |d| d.0),
-            cache_bytes: args
-                .db_cache_bytes
-                .or(file.db_cache_bytes)
-                .unwrap_or(tandem_store::DEFAULT_CACHE_BYTES),
-            reserve_bytes: args
-                .disk_reserve_bytes
-                .or(file.disk_reserve_bytes)
-                .unwrap_or(tandem_store::space::DEFAULT_RESERVE_BYTES),
+            fsync: set!(s.fsync),
+            commit_interval: set!(s.commit_interval).0,
+            cache_bytes: set!(s.db_cache_bytes),
+            reserve_bytes: set!(s.disk_reserve_bytes),
         },
-        shutdown_timeout: duration(args.shutdown_timeout, file.shutdown_timeout, 10),
-        worker_threads: args
+        shutdown_timeout: set!(s.shutdown_timeout).0,
+        worker_threads: s
             .worker_threads
-            .or(file.worker_threads)
             .unwrap_or_else(default_worker_threads)
             .max(1),
         listener: ListenerConfig {
             // `load` has refused a lone cert or key; `resolve` keeps TLS off for one.
-            tls: match (
-                args.tls_cert.or(file.tls_cert),
-                args.tls_key.or(file.tls_key),
-            ) {
+            tls: match (s.tls_cert, s.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,
             },
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(20_000)
-                .max(1),
-            max_connections_per_address: args
-                .max_connections_per_address
-                .or(file.max_connections_per_address)
-                .unwrap_or(512)
-                .max(1),
-            upgrade_timeout: duration(args.upgrade_timeout, file.upgrade_timeout, 10),
-            trusted_proxies: args
+            max_connections: set!(s.max_connections).max(1),
+            max_connections_per_address: set!(s.max_connections_per_address).max(1),
+            upgrade_timeout: set!(s.upgrade_timeout).0,
+            trusted_proxies: s
                 .trusted_proxies
-                .or(file.trusted_proxies)
                 .map_or_else(TrustedProxies::loopback, |entries| {
                     TrustedProxies::new(entries.into_iter().filter_map(|e| e.0).collect())
                 }),
-            proxy_protocol: args.proxy_protocol.or(file.proxy_protocol).unwrap_or(false),
-            forwarded_header: args
-                .forwarded_header
-                .or(file.forwarded_header)
-                .unwrap_or_default(),
+            proxy_protocol: set!(s.proxy_protocol),
+            forwarded_header: s.forwarded_header.unwrap_or_default(),
         },
         auth: AuthConfig {
             // Off by default only where nobody else can connect.
-            mode: args.auth.or(file.auth).unwrap_or(if bind.is_loopback() {
+            mode: s.auth.unwrap_or(if bind.is_loopback() {
                 AuthMode::None
             } else {
                 AuthMode::Jwt
             }),
-            insecure_no_auth: args
-                .insecure_no_auth
-                .or(file.insecure_no_auth)
-                .unwrap_or(false),
-            secret_file: args.jwt_secret_file.or(file.jwt_secret_file),
-            public_keys: args
+            insecure_no_auth: set!(s.insecure_no_auth),
+            secret_file: s.jwt_secret_file,
+            public_keys: s
                 .jwt_public_key
-                .or(file.jwt_public_key)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|key| (key.algorithm, key.path))
                 .collect(),
-            jwks_file: args.jwks_file.or(file.jwks_file),
-            algorithms: args
+            jwks_file: s.jwks_file,
+            algorithms: s
                 .jwt_algorithms
-                .or(file.jwt_algorithms)
                 .map(|list| list.into_iter().map(|algorithm| algorithm.0).collect()),
-            issuers: args.jwt_issuer.or(file.jwt_issuer).unwrap_or_default(),
-            audiences: args.jwt_audience.or(file.jwt_audience).unwrap_or_default(),
-            leeway: args
-                .jwt_leeway
-                .or(file.jwt_leeway)
-                .map_or(crate::auth::DEFAULT_LEEWAY, |leeway| leeway.0),
+            issuers: s.jwt_issuer.unwrap_or_default(),
+            audiences: s.jwt_audience.unwrap_or_default(),
+            leeway: set!(s.jwt_leeway).0,
         },
-        accounts: {
-            let defaults = AccountConfig::default();
-            AccountConfig {
-                login_token_ttl: args
-                    .login_token_ttl
-                    .or(file.login_token_ttl)
-                    .map_or(defaults.login_token_ttl, |ttl| ttl.0),
-                failure_window: args
-                    .login_failure_window
-                    .or(file.login_failure_window)
-                    .map_or(defaults.failure_window, |window| window.0),
-                max_failures_per_account: args
-                    .login_max_failures_per_account
-                    .or(file.login_max_failures_per_account)
-                    .unwrap_or(defaults.max_failures_per_account)
-                    .max(1),
-                max_failures_per_address: args
-                    .login_max_failures_per_address
-                    .or(file.login_max_failures_per_address)
-                    .unwrap_or(defaults.max_failures_per_address)
-                    .max(1),
-            }
+        accounts: AccountConfig {
+            login_token_ttl: set!(s.login_token_ttl).0,
+            failure_window: set!(s.login_failure_window).0,
+            max_failures_per_account: set!(s.login_max_failures_per_account).max(1),
+            max_failures_per_address: set!(s.login_max_failures_per_address).max(1),
         },
-        files: {
-            let defaults = FilesConfig::default();
-            FilesConfig {
-                max_file_bytes: args
-                    .max_file_bytes
-                    .or(file.max_file_bytes)
-                    .unwrap_or(defaults.max_file_bytes),
-                workspace_quota_bytes: args
-                    .workspace_quota_bytes
-                    .or(file.workspace_quota_bytes)
-                    .unwrap_or(defaults.workspace_quota_bytes),
-                upload_expiry: args
-                    .upload_expiry
-                    .or(file.upload_expiry)
-                    .map_or(defaults.upload_expiry, |expiry| expiry.0),
-                cleanup_interval: args
-                    .file_cleanup_interval
-                    .or(file.file_cleanup_interval)
-                    .map_or(defaults.cleanup_interval, |interval| interval.0),
-                max_file_versions: args
-                    .max_file_versions
-                    .or(file.max_file_versions)
-                    .unwrap_or(defaults.max_file_versions),
-                ..defaults
-            }
+        files: FilesConfig {
+            max_file_bytes: set!(s.max_file_bytes),
+            workspace_quota_bytes: set!(s.workspace_quota_bytes),
+            upload_expiry: set!(s.upload_expiry).0,
+            cleanup_interval: set!(s.file_cleanup_interval).0,
+            max_file_versions: set!(s.max_file_versions),
+            ..FilesConfig::default()
         },
         activity: ActivityConfig {
-            session_gap: duration(args.activity_session_gap, file.activity_session_gap, 5 * 60),
-            retention: duration(
-                args.activity_retention,
-                file.activity_retention,
-                90 * 24 * 3600,
-            ),
+            session_gap: set!(s.activity_session_gap).0,
+            retention: set!(s.activity_retention).0,
         },
         webhooks: WebhookConfig {
-            debounce: duration(args.webhook_debounce, file.webhook_debounce, 2),
-            max_delay: duration(args.webhook_max_delay, file.webhook_max_delay, 30),
-            retry_base: duration(args.webhook_retry_base, file.webhook_retry_base, 1)
-                .max(Duration::from_millis(1)),
-            retry_max: duration(args.webhook_retry_max, file.webhook_retry_max, 3600),
-            give_up: duration(args.webhook_give_up, file.webhook_give_up, 72 * 3600),
-            timeout: duration(args.webhook_timeout, file.webhook_timeout, 10),
-            allow_private: args
-                .webhook_allow_private
-                .or(file.webhook_allow_private)
-                .unwrap_or(false),
+            debounce: set!(s.webhook_debounce).0,
+            max_delay: set!(s.webhook_max_delay).0,
+            // A zero base would retry a failing receiver in a busy loop.
+            retry_base: set!(s.webhook_retry_base).0.max(Duration::from_millis(1)),
+            retry_max: set!(s.webhook_retry_max).0,
+            give_up: set!(s.webhook_give_up).0,
+            timeout: set!(s.webhook_timeout).0,
+            allow_private: set!(s.webhook_allow_private),
         },
-        init: args.init.or(file.init).unwrap_or(false),
+        init: set!(s.init),
     }
 }
 
@@ -768,6 +388,10 @@ fn default_worker_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::proxy::ForwardedHeader;
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
@@ -1070,5 +694,80 @@ mod tests {
         assert!(nets.contains("10.9.9.9".parse().unwrap()));
         assert!(!nets.contains("127.0.0.1".parse().unwrap()));
         assert!(toml::from_str::<ServeArgs>("trusted_proxies = [\"nonsense\"]").is_err());
+    }
+
+    #[test]
+    fn serve_help_shows_the_defaults_the_config_falls_back_to() {
+        let command = Cli::command_with_defaults(&defaults());
+        let serve = command.find_subcommand("serve").expect("serve subcommand");
+        let help = |id: &str| {
+            serve
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(|arg| arg.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_else(|| panic!("no help for {id}"))
+        };
+        for (id, shown) in [
+            ("port", "[default: 8080]"),
+            ("data_dir", "[default: data]"),
+            ("max_frame_bytes", "[default: 16777216]"),
+            ("commit_interval", "[default: 5ms]"),
+            ("auto_version_interval", "[default: 10m]"),
+            ("activity_retention", "[default: 90days]"),
+            ("webhook_give_up", "[default: 72h]"),
+            ("fsync", "[default: true]"),
+            ("log_format", "[default: pretty]"),
+            ("log", "[default: info, or RUST_LOG]"),
+        ] {
+            assert!(help(id).ends_with(shown), "{id}: {}", help(id));
+        }
+        // Flags without one fixed default keep the description in their doc comment only.
+        assert!(!help("web_dir").contains("[default"));
+        assert_eq!(help("auth").matches("[default").count(), 1);
+    }
+
+    #[test]
+    fn the_defaults_alone_resolve_to_every_subsystem_default() {
+        let config = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(config.addr, SocketAddr::new(DEFAULT_BIND, DEFAULT_PORT));
+        assert_eq!(config.hub.limits, Limits::default());
+        assert_eq!(
+            config.accounts.login_token_ttl,
+            AccountConfig::default().login_token_ttl
+        );
+        assert_eq!(
+            config.files.orphan_grace,
+            FilesConfig::default().orphan_grace
+        );
+        assert_eq!(config.webhooks.give_up, WebhookConfig::default().give_up);
+        assert_eq!(
+            config.persist.cache_bytes,
+            tandem_store::DEFAULT_CACHE_BYTES
+        );
+        assert!(config.persist.fsync);
+        assert!(!config.init);
+    }
+
+    #[test]
+    fn the_subcommands_default_to_the_directory_and_address_serve_defaults_to() {
+        // `--data-dir` and `--server` of `user`, `webhook` and `token` are clap literals (the
+        // argument types cannot import this module); this keeps them equal to `serve`'s.
+        let Some(Command::User(crate::cli::UserCommand::List(args))) =
+            Cli::try_parse_from(["tandem", "user", "list"])
+                .unwrap()
+                .command
+        else {
+            panic!("user list");
+        };
+        if std::env::var_os("TANDEM_DATA_DIR").is_none() {
+            assert_eq!(args.target.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        }
+        if std::env::var_os("TANDEM_SERVER").is_none() {
+            assert_eq!(
+                args.target.server,
+                format!("http://{}", SocketAddr::new(DEFAULT_BIND, DEFAULT_PORT))
+            );
+        }
     }
 }

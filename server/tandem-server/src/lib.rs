@@ -12,9 +12,11 @@
 //! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
 //! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
-//! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, offline or
-//!   through a running server.
-//! - [`config`]: flags, environment and TOML file into one validated `Config`.
+//! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
+//!   `config` nor `command`, which both import it.
+//! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, one file each,
+//!   offline or through a running server (one `Backend` for both).
+//! - [`config`]: defaults, TOML file, environment and flags layered into one validated `Config`.
 //! - `data_dir`: start-up refusal of a missing or empty database beside an earlier store's data.
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `error_id`: the random id of a 5xx answer, shared with its log line.
@@ -36,6 +38,7 @@ pub mod account;
 pub mod activity;
 pub mod alloc;
 pub mod auth;
+pub mod cli;
 pub mod command;
 pub mod config;
 mod connection;

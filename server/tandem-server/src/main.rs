@@ -1,9 +1,10 @@
 //! The `tandem` binary: parse configuration, set up logging, bind, and run until SIGTERM/ctrl-c;
-//! or run one of the one-shot commands of `command.rs` (`tandem user ...`, `tandem token mint`).
+//! or run one of the one-shot commands of `command/` (`tandem user ...`, `tandem webhook ...`,
+//! `tandem token mint`).
 
 use anyhow::Context;
-use clap::Parser;
-use tandem_server::config::{Cli, Command, Config, LogFormat};
+use tandem_server::Config;
+use tandem_server::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc with background threads returns freed pages to the OS after its decay time, so the
@@ -16,7 +17,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     install_panic_hook();
-    match Cli::parse().into_command() {
+    // The help of `tandem serve` shows the same defaults the configuration falls back to.
+    match Cli::parse_with_defaults(&tandem_server::config::defaults()).into_command() {
         Command::Serve(args) => {
             let res = tandem_server::config::load(args).and_then(|config| {
                 tokio::runtime::Builder::new_multi_thread()
