@@ -17,28 +17,20 @@ use tandem_core::limits::{
     DEFAULT_MAX_AWARENESS_STATE_BYTES, DEFAULT_MAX_BYTES_PER_SECOND, DEFAULT_MAX_DOC_BYTES,
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGES_PER_SECOND,
 };
+use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
+pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 
 use crate::account::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
-use crate::connection::ConnectionConfig;
 use crate::files::FilesConfig;
-use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
-use crate::persist::PersistConfig;
 use crate::proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
 use crate::tls::TlsFiles;
 use crate::webhook::WebhookConfig;
 
-/// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
-/// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
-/// any connection drains them; the queue holds several such bursts, so only a peer that stops
-/// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
-pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
 /// Default of `--commit-interval`: see `persist` for why and what it costs.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
-/// Named versions per doc, and restore versions kept per doc.
-pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 
 /// Command line of the `tandem` binary.
 #[derive(Debug, Parser)]
@@ -580,6 +572,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 .or(file.max_named_versions)
                 .unwrap_or(DEFAULT_MAX_NAMED_VERSIONS),
             limits,
+            ..HubConfig::default()
         },
         connection: ConnectionConfig {
             ping_interval: duration(args.ping_interval, file.ping_interval, 5),

@@ -33,17 +33,17 @@ use tracing::Instrument;
 use crate::account::{self, AccountError, Accounts};
 use crate::activity;
 use crate::auth::{Auth, AuthError, Claims, Grant, WS_PROTOCOL, token_from};
-use crate::connection::{self, ConnectionConfig};
 use crate::error_id;
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
-use crate::hub::{Hub, JoinError};
 use crate::listener::RequestPermit;
 use crate::proxy::ClientAddr;
 use crate::versions::{self, VersionPath};
 use crate::web_client;
 use crate::webhook::{self, Webhooks};
 use crate::ws_upgrade::Upgrade;
+use tandem_hub::connection::{self, ConnectionConfig};
+use tandem_hub::{Hub, JoinError, PeerAddr};
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
@@ -488,13 +488,17 @@ async fn upgrade(
     lifecycle.spawn(tracing::Span::none(), async move {
         match socket.await {
             Ok(socket) => {
+                let remote = PeerAddr {
+                    ip: client.ip,
+                    proxy: client.proxy(),
+                };
                 connection::run(
                     socket,
                     doc,
-                    grant,
+                    grant.peer_grant(),
                     state.hub,
                     state.connection,
-                    client,
+                    remote,
                     permit,
                 )
                 .await;
