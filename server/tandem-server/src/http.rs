@@ -25,6 +25,8 @@ use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
+use tandem_hub::connection::{self, ConnectionConfig};
+use tandem_hub::{Hub, JoinError, PeerAddr};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -42,8 +44,6 @@ use crate::versions::{self, VersionPath};
 use crate::web_client;
 use crate::webhook::{self, Webhooks};
 use crate::ws_upgrade::Upgrade;
-use tandem_hub::connection::{self, ConnectionConfig};
-use tandem_hub::{Hub, JoinError, PeerAddr};
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
 /// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
