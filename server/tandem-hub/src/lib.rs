@@ -11,6 +11,7 @@
 //!
 //! - this file: [`Hub`], the cheap-clone facade (join, snapshot, covers, apply, versions,
 //!   restore, presence), and [`HubConfig`].
+//! - `registry`: `DocId -> DocHandle`, single-flight open, removal by generation.
 //! - [`connection`]: one task per WebSocket peer: read loop, bounded outbox, ping, close.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload;
 //!   its `history` module keeps authors, versions, restores and change reports.
@@ -21,18 +22,6 @@
 //! - [`lifecycle`]: the cancellation token, task tracker and signal future.
 //! - [`clock`]: wall-clock milliseconds and the optional-deadline sleep.
 //! - [`alloc`]: the allocator's per-thread caches emptied once no doc is open.
-//!
-//! # The registry
-//!
-//! Opening is single-flight by construction: `get_or_open` inserts the handle of a freshly
-//! spawned doc actor under the `DashMap` entry lock, and that actor loads the stored state before
-//! it reads its inbox. Concurrent first connections therefore share one load, and no peer is ever
-//! served an empty doc while it loads (commands simply queue in the inbox).
-//!
-//! The hub never evicts anyone. A doc actor removes its own entry (`remove_if_generation`) when
-//! it has been idle for the grace period and everything it accepted is durable; a connection that
-//! raced with that removal gets `JoinError::Retry` and opens a fresh actor, which loads the state
-//! the old one made durable.
 
 pub mod alloc;
 pub mod clock;
@@ -43,14 +32,13 @@ pub mod lifecycle;
 mod outbox;
 mod peer;
 pub mod persist;
+mod registry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tandem_core::{DocId, Limits, PeerAccess, PeerId, PresentUser, ProtocolError, SharedDoc};
 use tandem_store::{Store, VersionRecord};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +54,8 @@ use crate::peer::Closer;
 pub use crate::peer::{PeerAddr, PeerGrant};
 pub use crate::persist::PersistConfig;
 use crate::persist::{PersistCommand, Writer};
+pub use crate::registry::DocHandle;
+use crate::registry::Registry;
 
 /// Capacity of each doc actor's inbox. A full inbox makes connections stop reading their sockets.
 pub(crate) const DOC_INBOX_CAPACITY: usize = 1024;
@@ -127,25 +117,15 @@ pub struct Hub {
 }
 
 struct HubInner {
-    docs: DashMap<DocId, DocHandle>,
+    /// The open docs; see `registry` for how opening and unloading race safely.
+    docs: Registry,
     store: Arc<Store>,
     persist: Writer,
     config: HubConfig,
     lifecycle: Lifecycle,
     /// Where doc actors publish their events; called synchronously, in order.
     events: Arc<dyn DocEventSink>,
-    next_generation: AtomicU64,
     next_peer: AtomicU64,
-}
-
-/// The address of one running doc actor.
-#[derive(Clone)]
-pub struct DocHandle {
-    pub(crate) tx: mpsc::Sender<DocCommand>,
-    /// Distinguishes successive actors of the same doc, so an unloading actor removes only itself.
-    pub(crate) generation: u64,
-    /// Live peer count, written by the actor, read by `GET /api/docs`.
-    pub n_peers: Arc<AtomicUsize>,
 }
 
 /// Why a peer could not join a doc.
@@ -191,13 +171,12 @@ impl Hub {
     ) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
-                docs: DashMap::new(),
+                docs: Registry::default(),
                 store,
                 persist,
                 config,
                 lifecycle,
                 events,
-                next_generation: AtomicU64::new(1),
                 next_peer: AtomicU64::new(1),
             }),
         }
@@ -237,31 +216,20 @@ impl Hub {
         if self.inner.lifecycle.is_shutting_down() {
             return Err(JoinError::ShuttingDown);
         }
-        // The entry lock is held only for the spawn, which does not block or await.
-        match self.inner.docs.entry(doc.clone()) {
-            Entry::Occupied(entry) => Ok(entry.get().clone()),
-            Entry::Vacant(entry) => {
-                let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-                let handle = doc_actor::spawn(self.clone(), doc.clone(), generation);
-                entry.insert(handle.clone());
-                Ok(handle)
-            }
-        }
+        Ok(self.inner.docs.get_or_insert_with(doc, |generation| {
+            doc_actor::spawn(self.clone(), doc.clone(), generation)
+        }))
     }
 
     /// The handle of `doc`'s actor if it is open; never opens.
     pub fn get(&self, doc: &DocId) -> Option<DocHandle> {
-        self.inner.docs.get(doc).map(|handle| handle.clone())
+        self.inner.docs.get(doc)
     }
 
     /// Removes `doc` only if its entry still belongs to actor `generation`.
     /// When that leaves no doc open, asks the writer to give memory back.
     pub(crate) fn remove_if_generation(&self, doc: &DocId, generation: u64) -> bool {
-        let removed = self
-            .inner
-            .docs
-            .remove_if(doc, |_, handle| handle.generation == generation)
-            .is_some();
+        let removed = self.inner.docs.remove_if_generation(doc, generation);
         if removed && self.inner.docs.is_empty() {
             alloc::release();
             // Best effort: with the writer's queue full, the server is anything but idle.
@@ -461,10 +429,6 @@ impl Hub {
 
     /// The open docs and their actors' handles (each carries its live peer count).
     pub fn open_docs(&self) -> Vec<(DocId, DocHandle)> {
-        self.inner
-            .docs
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().clone()))
-            .collect()
+        self.inner.docs.entries()
     }
 }
