@@ -800,7 +800,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let lifecycle = crate::shutdown::Lifecycle::default();
+        let lifecycle = tandem_hub::Lifecycle::default();
         lifecycle.spawn(
             tracing::Span::none(),
             recorder.run(records, lifecycle.cancel.clone()),

@@ -30,6 +30,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tandem_core::{DocId, Identity, PeerAccess};
+use tandem_hub::PeerGrant;
 
 /// File in the data directory holding the server's own signing secret.
 pub const SERVER_KEY_FILE: &str = "server-key";
@@ -229,6 +230,20 @@ impl Grant {
         PeerAccess {
             can_write: self.can_write(),
             identity: self.identity.clone(),
+        }
+    }
+
+    /// What a WebSocket connection keeps of this grant (the hub knows nothing of tokens).
+    pub fn peer_grant(&self) -> PeerGrant {
+        PeerGrant {
+            access: self.access(),
+            expires_at: self.expires_at,
+            // As the connection's span has always named it (the role's `Debug` form).
+            role: match self.role {
+                Role::Read => "Read",
+                Role::Write => "Write",
+                Role::Admin => "Admin",
+            },
         }
     }
 }

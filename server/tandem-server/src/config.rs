@@ -16,16 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tandem_core::Limits;
+use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
+pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 
 use crate::account::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::cli::{HumanDuration, LogFormat, ServeArgs};
-use crate::connection::ConnectionConfig;
 use crate::files::FilesConfig;
-use crate::hub::HubConfig;
 use crate::listener::ListenerConfig;
-use crate::persist::PersistConfig;
 use crate::proxy::TrustedProxies;
 use crate::tls::TlsFiles;
 use crate::webhook::WebhookConfig;
@@ -58,15 +57,8 @@ pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_AUTO_VERSION_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// Default of `--max-auto-versions`.
 pub const DEFAULT_MAX_AUTO_VERSIONS: u64 = 100;
-/// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
-/// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
-/// any connection drains them; the queue holds several such bursts, so only a peer that stops
-/// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
-pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
 /// Default of `--commit-interval`: see `persist` for why and what it costs.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
-/// Named versions per doc, and restore versions kept per doc.
-pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 /// Default of `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default of `--max-connections-per-address`.
@@ -275,6 +267,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             max_auto_versions: set!(s.max_auto_versions),
             max_named_versions: set!(s.max_named_versions),
             limits,
+            ..HubConfig::default()
         },
         connection: ConnectionConfig {
             ping_interval: set!(s.ping_interval).0,

@@ -1,15 +1,7 @@
-//! Workspace events: what happened to docs and files, for the live tree, the activity feed and
-//! webhooks.
+//! `GET /api/events`, the live stream of workspace events, and who an HTTP request is credited to.
 //!
-//! Producers (doc actors, file handlers, the version API) call [`Events::publish`]. Each event
-//! goes two ways:
-//! - to the activity recorder over an unbounded queue, losslessly: it stores the activity entry
-//!   and queues webhook deliveries (`activity.rs`, `webhook.rs`);
-//! - to every `GET /api/events` stream over a broadcast channel. A stream that falls behind gets
-//!   a `resync` event and reloads what it shows; nothing else waits for it.
-//!
-//! Events are coarse by construction: a doc actor reports edits at most once per
-//! [`DOC_CHANGED_INTERVAL`] per author, never per keystroke, so the queue stays small.
+//! The events themselves and the bus they travel on are `bus.rs`; this module only serves them
+//! over HTTP.
 //!
 //! Invariant: a stream only carries events about paths its token may read.
 
@@ -22,19 +14,16 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use serde::Serialize;
-use tandem_core::Identity;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use percent_encoding::percent_decode_str;
 
 use crate::auth::{Claims, Grant};
+pub(crate) use crate::bus::{Event, Events};
 use crate::http::{ApiError, AppState};
+pub(crate) use tandem_hub::Actor;
+pub(crate) use tandem_hub::clock::now_ms;
 
-/// Events a slow `/api/events` stream may fall behind by before it is told to resync.
-const LIVE_CAPACITY: usize = 1024;
-/// How often a doc actor reports ongoing edits of one author (`Event::DocChanged`).
-pub(crate) const DOC_CHANGED_INTERVAL: Duration = Duration::from_secs(1);
 /// The header an unauthenticated client names itself with.
 const USER_HEADER: &str = "x-tandem-user";
 /// Longest name taken from it.
@@ -42,189 +31,28 @@ const MAX_CLAIMED_NAME_CHARS: usize = 64;
 /// Comment lines that keep idle streams (and proxies in front of them) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Who did something: the token's `sub` and name, or with authentication off the name the peer
-/// chose for its presence (or `peer N`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Actor {
-    /// The verified account id; `None` when authentication is off.
-    pub(crate) sub: Option<String>,
-    /// What to show.
-    pub(crate) name: String,
-}
-
-impl Actor {
-    /// The actor behind a verified identity, or `fallback` (authentication off).
-    pub(crate) fn from_identity(identity: Option<&Identity>, fallback: impl Into<String>) -> Actor {
-        match identity {
-            Some(identity) => Actor {
-                sub: Some(identity.sub.to_string()),
-                name: identity.name.to_string(),
-            },
-            None => Actor {
-                sub: None,
-                name: fallback.into(),
-            },
-        }
-    }
-
-    /// Who made an HTTP request: the token's identity, or with authentication off the name the
-    /// client gives in `X-Tandem-User` (percent-encoded UTF-8, unverified like presence names;
-    /// the web client sends its identity dialog's name), else `anonymous`.
-    pub(crate) fn of_request(grant: &Grant, headers: &HeaderMap) -> Actor {
-        let claimed = headers
-            .get(USER_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| percent_decode_str(value).decode_utf8().ok())
-            .map(|name| {
-                // The characters refused in every other name (controls, direction overrides,
-                // line separators) are dropped: the header is optional and unverified anyway.
-                name.chars()
-                    .filter(|&c| !crate::name::is_forbidden(c))
-                    .take(MAX_CLAIMED_NAME_CHARS)
-                    .collect::<String>()
-            })
-            .map(|name| name.trim().to_owned())
-            .filter(|name| !name.is_empty());
-        Actor::from_identity(
-            grant.identity.as_ref(),
-            claimed.unwrap_or_else(|| "anonymous".to_owned()),
-        )
-    }
-
-    /// The id activity filters match: the `sub`, or the name when authentication is off.
-    pub(crate) fn id(&self) -> &str {
-        self.sub.as_deref().unwrap_or(&self.name)
-    }
-}
-
-/// Something that happened in the workspace. Serialised with a `type` tag; the shapes are part
-/// of `protocol-spec/http.md` (`GET /api/events`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum Event {
-    /// Durable updates of one author on one doc since the last report (at most one report per
-    /// author and doc per [`DOC_CHANGED_INTERVAL`], and one when the doc unloads).
-    DocChanged {
-        doc: String,
-        actor: Actor,
-        first_seq: u64,
-        last_seq: u64,
-        n_updates: u64,
-        at_ms: u64,
-    },
-    /// The number of connected peers of a doc changed.
-    DocPresence { doc: String, peers: usize },
-    /// A file (or a new version of it) was stored.
-    FileUploaded {
-        path: String,
-        version: u64,
-        size: u64,
-        sha256: String,
-        content_type: String,
-        actor: Actor,
-        at_ms: u64,
-    },
-    /// A file moved, with all its versions.
-    FileRenamed {
-        from: String,
-        to: String,
-        actor: Actor,
-        at_ms: u64,
-    },
-    /// A file and its versions were deleted.
-    FileDeleted {
-        path: String,
-        actor: Actor,
-        at_ms: u64,
-    },
-    /// A version of a doc was saved (`kind`: `named`, `auto` or `restore`), once it is durable.
-    VersionCreated {
-        doc: String,
-        version: u64,
-        name: Option<String>,
-        kind: String,
-        actor: Actor,
-        at_ms: u64,
-    },
-    /// A doc was taken back to an earlier version (by a new update on top).
-    VersionRestored {
-        doc: String,
-        version: u64,
-        actor: Actor,
-        at_ms: u64,
-    },
-    /// An activity entry was stored or extended; published by the activity recorder only.
-    Activity {
-        /// The paths the entry is about, for filtering; not serialised twice.
-        #[serde(skip)]
-        paths: Vec<String>,
-        entry: serde_json::Value,
-    },
-}
-
-impl Event {
-    /// The doc names and file paths this event reveals.
-    pub(crate) fn paths(&self) -> Vec<&str> {
-        match self {
-            Event::DocChanged { doc, .. }
-            | Event::DocPresence { doc, .. }
-            | Event::VersionCreated { doc, .. }
-            | Event::VersionRestored { doc, .. } => vec![doc],
-            Event::FileUploaded { path, .. } | Event::FileDeleted { path, .. } => vec![path],
-            Event::FileRenamed { from, to, .. } => vec![from, to],
-            Event::Activity { paths, .. } => paths.iter().map(String::as_str).collect(),
-        }
-    }
-
-    /// Whether a holder of `claims` may see it (`None`: authentication is off). Every path must
-    /// be readable, so a rename never reveals a name the reader could not list.
-    pub(crate) fn visible_to(&self, claims: Option<&Claims>) -> bool {
-        claims.is_none_or(|claims| {
-            self.paths()
-                .iter()
-                .all(|path| claims.role_for(path).is_some())
+/// Who made an HTTP request: the token's identity, or with authentication off the name the
+/// client gives in `X-Tandem-User` (percent-encoded UTF-8, unverified like presence names;
+/// the web client sends its identity dialog's name), else `anonymous`.
+pub(crate) fn actor_of_request(grant: &Grant, headers: &HeaderMap) -> Actor {
+    let claimed = headers
+        .get(USER_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| percent_decode_str(value).decode_utf8().ok())
+        .map(|name| {
+            // The characters refused in every other name (controls, direction overrides,
+            // line separators) are dropped: the header is optional and unverified anyway.
+            name.chars()
+                .filter(|&c| !crate::name::is_forbidden(c))
+                .take(MAX_CLAIMED_NAME_CHARS)
+                .collect::<String>()
         })
-    }
-}
-
-/// The bus. Cheap to clone.
-#[derive(Clone)]
-pub(crate) struct Events {
-    live: broadcast::Sender<Arc<Event>>,
-    record: mpsc::UnboundedSender<Event>,
-}
-
-impl Events {
-    /// The bus and the receiving end of the recorder's queue.
-    pub(crate) fn new() -> (Events, mpsc::UnboundedReceiver<Event>) {
-        let (live, _) = broadcast::channel(LIVE_CAPACITY);
-        let (record, records) = mpsc::unbounded_channel();
-        (Events { live, record }, records)
-    }
-
-    /// Records `event` (activity, webhooks) and shows it to live streams.
-    pub(crate) fn publish(&self, event: Event) {
-        // The recorder stops only at shutdown; events after that are not recorded.
-        let _ = self.record.send(event.clone());
-        self.publish_live(event);
-    }
-
-    /// Shows `event` to live streams only (the recorder's own `Activity` events).
-    pub(crate) fn publish_live(&self, event: Event) {
-        // No stream open is not an error.
-        let _ = self.live.send(Arc::new(event));
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.live.subscribe()
-    }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    Actor::from_identity(
+        grant.identity.as_ref(),
+        claimed.unwrap_or_else(|| "anonymous".to_owned()),
+    )
 }
 
 /// `GET /api/events`: a `text/event-stream` of the events the token may see. Every SSE message
@@ -280,12 +108,7 @@ fn event_stream(
             return Some((Ok(hello), state));
         }
         loop {
-            let expiry = async {
-                match state.expires_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = tandem_hub::clock::sleep_until(state.expires_at);
             let received = tokio::select! {
                 () = state.cancel.cancelled() => return None,
                 () = expiry => return None,
@@ -314,9 +137,8 @@ fn event_stream(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use axum::http::HeaderValue;
+    use tandem_core::Identity;
 
     use super::*;
     use crate::auth::Role;
@@ -332,16 +154,16 @@ mod tests {
     #[test]
     fn an_unauthenticated_request_is_named_by_its_header_cleaned() {
         let mut headers = HeaderMap::new();
-        assert_eq!(Actor::of_request(&open_grant(), &headers).name, "anonymous");
+        assert_eq!(actor_of_request(&open_grant(), &headers).name, "anonymous");
         headers.insert(USER_HEADER, HeaderValue::from_static("Z%C3%BCrich%0Ateam"));
-        let actor = Actor::of_request(&open_grant(), &headers);
+        let actor = actor_of_request(&open_grant(), &headers);
         assert_eq!((actor.sub, actor.name.as_str()), (None, "Zürichteam"));
         headers.insert(USER_HEADER, HeaderValue::from_static("%20%20"));
-        assert_eq!(Actor::of_request(&open_grant(), &headers).name, "anonymous");
+        assert_eq!(actor_of_request(&open_grant(), &headers).name, "anonymous");
         let long = "x".repeat(500);
         headers.insert(USER_HEADER, HeaderValue::from_str(&long).unwrap());
         assert_eq!(
-            Actor::of_request(&open_grant(), &headers).name.len(),
+            actor_of_request(&open_grant(), &headers).name.len(),
             MAX_CLAIMED_NAME_CHARS
         );
     }
@@ -357,45 +179,11 @@ mod tests {
             }),
             ..open_grant()
         };
-        let actor = Actor::of_request(&grant, &headers);
+        let actor = actor_of_request(&grant, &headers);
         assert_eq!(
             (actor.sub.as_deref(), actor.name.as_str()),
             (Some("ann"), "Ann")
         );
         assert_eq!(actor.id(), "ann");
-    }
-
-    #[test]
-    fn a_rename_is_visible_only_to_who_may_read_both_paths() {
-        let actor = Actor {
-            sub: None,
-            name: "a".into(),
-        };
-        let event = Event::FileRenamed {
-            from: "team/a.bin".into(),
-            to: "private/a.bin".into(),
-            actor,
-            at_ms: 1,
-        };
-        let claims = |docs: &[(&str, Role)]| Claims {
-            sub: "x".into(),
-            name: None,
-            docs: docs
-                .iter()
-                .map(|(p, r)| ((*p).to_owned(), *r))
-                .collect::<BTreeMap<_, _>>(),
-            admin: false,
-            exp: u64::MAX,
-            nbf: None,
-            iat: None,
-            iss: None,
-            session: None,
-        };
-        assert!(event.visible_to(None));
-        assert!(!event.visible_to(Some(&claims(&[("team/*", Role::Read)]))));
-        assert!(event.visible_to(Some(&claims(&[
-            ("team/*", Role::Read),
-            ("private/*", Role::Write)
-        ]))));
     }
 }

@@ -777,9 +777,9 @@ fn actor_of(uploader: &Uploader) -> Actor {
     }
 }
 
-/// The uploader behind a request (see `Actor::of_request`).
+/// The uploader behind a request (see `actor_of_request`).
 fn uploader_of(grant: &Grant, headers: &HeaderMap) -> Uploader {
-    let actor = Actor::of_request(grant, headers);
+    let actor = crate::events::actor_of_request(grant, headers);
     Uploader {
         sub: actor.sub,
         name: actor.name,
@@ -1205,7 +1205,7 @@ async fn move_file(
     state.events.publish(Event::FileRenamed {
         from: from.to_string(),
         to: to.to_string(),
-        actor: Actor::of_request(&grant, &headers),
+        actor: crate::events::actor_of_request(&grant, &headers),
         at_ms: now_ms(),
     });
     let json = FileJson::new(&entry, entry.current());
@@ -1244,7 +1244,7 @@ async fn delete_file(
     tracing::info!(path = %path, "file deleted");
     state.events.publish(Event::FileDeleted {
         path: path.to_string(),
-        actor: Actor::of_request(&grant, &headers),
+        actor: crate::events::actor_of_request(&grant, &headers),
         at_ms: now_ms(),
     });
     Ok(StatusCode::NO_CONTENT.into_response())

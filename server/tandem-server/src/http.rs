@@ -25,6 +25,8 @@ use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use tandem_core::protocol::{SnapshotError, decode_snapshot, decode_update};
 use tandem_core::{DocId, DocIdError, PresentUser, ProtocolError};
+use tandem_hub::connection::{self, ConnectionConfig};
+use tandem_hub::{Hub, JoinError, PeerAddr};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -33,11 +35,9 @@ use tracing::Instrument;
 use crate::account::{self, AccountError, Accounts};
 use crate::activity;
 use crate::auth::{Auth, AuthError, Claims, Grant, WS_PROTOCOL, token_from};
-use crate::connection::{self, ConnectionConfig};
 use crate::error_id;
 use crate::events::{self, Events};
 use crate::files::{self, FileApiError, Files};
-use crate::hub::{Hub, JoinError};
 use crate::listener::RequestPermit;
 use crate::proxy::ClientAddr;
 use crate::versions::{self, VersionPath};
@@ -488,13 +488,17 @@ async fn upgrade(
     lifecycle.spawn(tracing::Span::none(), async move {
         match socket.await {
             Ok(socket) => {
+                let remote = PeerAddr {
+                    ip: client.ip,
+                    proxy: client.proxy(),
+                };
                 connection::run(
                     socket,
                     doc,
-                    grant,
+                    grant.peer_grant(),
                     state.hub,
                     state.connection,
-                    client,
+                    remote,
                     permit,
                 )
                 .await;

@@ -1,4 +1,5 @@
-//! The Tandem server: the I/O shell around `tandem-core` and `tandem-store`.
+//! The Tandem server: the services and the HTTP API around the real-time engine `tandem-hub`
+//! (which owns open docs, doc actors, WebSocket connections, the redb writer and the lifecycle).
 //!
 //! [`run`] serves a listener until a shutdown future resolves, then closes every connection
 //! with 1001, flushes every open doc and stops the redb writer. The binary (`main.rs`) only
@@ -7,7 +8,6 @@
 //!
 //! # Layout
 //!
-//! - [`alloc`]: the allocator's per-thread caches emptied once no doc is open.
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
 //! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
@@ -21,40 +21,30 @@
 //! - `http`: the axum router, REST handlers, `ApiError`.
 //! - `error_id`: the random id of a 5xx answer, shared with its log line.
 //! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
-//! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
-//! - `outbox`: the bounded queue of frames from a doc actor to one connection.
-//! - `hub`: `DocId -> DocHandle`, single-flight open.
-//! - `events`: the workspace event bus and the `GET /api/events` stream.
+//! - `bus`: the workspace events and their bus (activity, webhooks, live streams); the hub's
+//!   `DocEventSink`.
+//! - `events`: the `GET /api/events` stream, and who an HTTP request is credited to.
 //! - `files`: uploads (PUT and tus), downloads with ranges, versions, blobs, cleanup.
 //! - `name`: the characters a version, display or file name may not contain.
-//! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload.
-//! - `persist`: the redb writer thread with group commit.
-//! - `shutdown`: the cancellation token, task tracker and signal future.
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
 //! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
 pub mod account;
 pub mod activity;
-pub mod alloc;
 pub mod auth;
+mod bus;
 pub mod cli;
 pub mod command;
 pub mod config;
-mod connection;
 mod data_dir;
-mod doc_actor;
 mod error_id;
 mod events;
 mod files;
 mod http;
-mod hub;
 mod listener;
 mod name;
-mod outbox;
-mod persist;
 mod proxy;
-mod shutdown;
 mod tls;
 mod versions;
 mod web_client;
@@ -65,19 +55,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tandem_hub::{Hub, Lifecycle};
 use tandem_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use config::Config;
-pub use connection::ConnectionConfig;
 pub use files::FilesConfig;
-pub use hub::HubConfig;
 pub use listener::ListenerConfig;
-pub use persist::PersistConfig;
 pub use proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
-pub use shutdown::signal;
+pub use tandem_hub::alloc;
+pub use tandem_hub::lifecycle::signal;
+pub use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
 pub use tls::{TlsError, TlsFiles};
 
 /// File name of the database inside the data directory.
@@ -217,36 +206,34 @@ pub async fn run_with_ready(
         ),
         auth::AuthMode::None => info!("authentication: none (loopback only)"),
     }
-    let persist =
-        persist::spawn_writer(store.clone(), config.persist.clone()).map_err(|source| {
-            ServerError::Io {
-                context: "starting redb writer",
-                source,
-            }
+    let persist = tandem_hub::persist::spawn_writer(store.clone(), config.persist.clone())
+        .map_err(|source| ServerError::Io {
+            context: "starting redb writer",
+            source,
         })?;
     if !config.persist.fsync {
         warn!("fsync is off: acknowledged edits can be lost on power failure (benchmarks only)");
     }
 
-    let lifecycle = shutdown::Lifecycle::default();
-    let (events, records) = events::Events::new();
-    let hub = hub::Hub::new(
-        store,
+    let lifecycle = Lifecycle::default();
+    let (events, records) = bus::Events::new();
+    let hub = Hub::new(
+        store.clone(),
         persist.clone(),
         config.hub.clone(),
         lifecycle.clone(),
-        events.clone(),
+        Arc::new(events.clone()),
     );
     // The activity recorder has its own lifecycle: it must outlive the doc actors, whose final
     // events it records, so it is closed only after the main tracker is empty (below).
-    let webhooks = webhook::Webhooks::load(hub.store().clone(), &config.webhooks)
+    let webhooks = webhook::Webhooks::load(store.clone(), &config.webhooks)
         .await
         .map_err(|source| ServerError::Store {
             path: db_path.clone(),
             source,
         })?;
     let recorder = activity::Recorder::new(
-        hub.store().clone(),
+        store.clone(),
         events.clone(),
         webhooks.clone(),
         config.activity.clone(),
@@ -257,7 +244,7 @@ pub async fn run_with_ready(
         path: db_path.clone(),
         source,
     })?;
-    let recorder_lifecycle = shutdown::Lifecycle::default();
+    let recorder_lifecycle = Lifecycle::default();
     recorder_lifecycle.spawn(
         tracing::info_span!("activity"),
         recorder.run(records, recorder_lifecycle.cancel.clone()),
@@ -270,11 +257,12 @@ pub async fn run_with_ready(
             lifecycle.cancel.clone(),
         ),
     );
-    let files = files::Files::open(hub.store().clone(), config.files.clone(), &config.data_dir)
-        .map_err(|source| ServerError::Io {
+    let files = files::Files::open(store.clone(), config.files.clone(), &config.data_dir).map_err(
+        |source| ServerError::Io {
             context: "opening file storage",
             source,
-        })?;
+        },
+    )?;
     // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
     if creating_store {
         info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
@@ -291,7 +279,7 @@ pub async fn run_with_ready(
         auth,
         hub: hub.clone(),
         connection: config.connection.clone(),
-        accounts: account::Accounts::new(hub.store().clone(), config.accounts.clone()),
+        accounts: account::Accounts::new(store.clone(), config.accounts.clone()),
         webhooks,
     };
     let web = web_client::Source::new(config.web_dir.clone());
@@ -352,14 +340,8 @@ pub async fn run_with_ready(
         warn!(timeout = ?config.shutdown_timeout, "activity recorder did not finish in time");
     }
     drop(hub);
-    let (done_tx, done_rx) = oneshot::channel();
-    if persist
-        .send(persist::PersistCommand::Close { done: done_tx })
-        .await
-        .is_ok()
-    {
-        let _ = tokio::time::timeout(config.shutdown_timeout, done_rx).await;
-    }
+    drop(store);
+    persist.close(config.shutdown_timeout).await;
     info!(flushed_docs = n_open_docs, clean, "shutdown complete");
     Ok(ShutdownSummary { clean })
 }

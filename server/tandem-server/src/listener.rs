@@ -74,8 +74,8 @@ use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
 use crate::proxy::{self, ClientAddr, ForwardedHeader, ProxyHeader, TrustedProxies};
-use crate::shutdown::Lifecycle;
 use crate::tls::TlsFiles;
+use tandem_hub::Lifecycle;
 
 /// Settings of the accept loop.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::shutdown::Lifecycle;
+use tandem_hub::Lifecycle;
 
 /// How often the certificate and key files are checked for changes (modification time and
 /// length). Certificates are renewed days before they expire, so seconds of delay cost nothing,

@@ -11,11 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tandem_core::{DocId, ProtocolError, SharedDoc};
+use tandem_hub::RestoreRefused;
 use tandem_store::{Author, VersionRecord};
 
 use crate::auth::{AuthError, Grant};
-use crate::doc_actor::RestoreRefused;
-use crate::events::Actor;
+use crate::events::{Actor, actor_of_request};
 use crate::http::{ApiError, AppState};
 
 /// Longest version name, in characters.
@@ -101,9 +101,9 @@ impl From<VersionRecord> for VersionJson {
     }
 }
 
-/// The actor HTTP updates, versions and restores are credited to (`Actor::of_request`).
+/// The actor HTTP updates, versions and restores are credited to (`actor_of_request`).
 pub(crate) fn http_actor(grant: &Grant, headers: &HeaderMap) -> Actor {
-    Actor::of_request(grant, headers)
+    actor_of_request(grant, headers)
 }
 
 async fn blocking<T: Send + 'static>(

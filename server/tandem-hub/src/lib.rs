@@ -1,38 +1,71 @@
-//! The hub: the registry of open docs, `DocId -> DocHandle`.
+//! Tandem's real-time engine: the registry of open docs, one actor task per open doc, one task
+//! per WebSocket connection, the redb writer, and the lifecycle they all run under.
 //!
-//! Opening is single-flight by construction: `get_or_open` inserts the handle of a freshly
-//! spawned doc actor under the `DashMap` entry lock, and that actor loads the stored state before
-//! it reads its inbox. Concurrent first connections therefore share one load, and no peer is ever
-//! served an empty doc while it loads (commands simply queue in the inbox).
+//! The hub sits on `tandem-core` (the sans-IO protocol and doc) and `tandem-store` (redb), and
+//! knows nothing of HTTP, tokens, accounts, files, activity or webhooks: it takes a
+//! [`PeerGrant`] instead of a token, emits [`DocEvent`]s through a [`DocEventSink`] the server
+//! provides, and serves any byte stream as a WebSocket. `tests/boundary.rs` keeps its dependency
+//! list from growing past that.
 //!
-//! The hub never evicts anyone. A doc actor removes its own entry (`remove_if_generation`) when
-//! it has been idle for the grace period and everything it accepted is durable; a connection that
-//! raced with that removal gets `JoinError::Retry` and opens a fresh actor, which loads the state
-//! the old one made durable.
+//! # Layout
+//!
+//! - this file: [`Hub`], the cheap-clone facade (join, snapshot, covers, apply, versions,
+//!   restore, presence), and [`HubConfig`].
+//! - `registry`: `DocId -> DocHandle`, single-flight open, removal by generation.
+//! - [`connection`]: one task per WebSocket peer: read loop, bounded outbox, ping, close.
+//! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload;
+//!   its `history` module keeps authors, versions, restores and change reports.
+//! - [`event`]: what the hub tells the world, and the sink it tells it through.
+//! - `peer`: a peer's grant and address, and why and how its connection is closed.
+//! - `outbox`: the bounded queue of frames from a doc actor to one connection.
+//! - [`persist`]: the redb writer thread with group commit.
+//! - [`lifecycle`]: the cancellation token, task tracker and signal future.
+//! - [`clock`]: wall-clock milliseconds and the optional-deadline sleep.
+//! - [`alloc`]: the allocator's per-thread caches emptied once no doc is open.
+
+pub mod alloc;
+pub mod clock;
+pub mod connection;
+mod doc_actor;
+pub mod event;
+pub mod lifecycle;
+mod outbox;
+mod peer;
+pub mod persist;
+mod registry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tandem_core::{DocId, Limits, PeerAccess, PeerId, PresentUser, ProtocolError, SharedDoc};
 use tandem_store::{Store, VersionRecord};
 use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
 
-use crate::connection::Closer;
-use crate::doc_actor::{
-    self, ApplyCommand, DocCommand, DocSnapshot, RestoreCommand, RestoreRefused, SaveVersionCommand,
-};
-use crate::events::{Actor, Events};
+pub use crate::connection::ConnectionConfig;
+use crate::doc_actor::{ApplyCommand, DocCommand, RestoreCommand, SaveVersionCommand};
+pub use crate::doc_actor::{DocSnapshot, RestoreRefused};
+pub use crate::event::{Actor, DocEvent, DocEventSink};
+pub use crate::lifecycle::Lifecycle;
 use crate::outbox::OutboxSender;
-use crate::persist::PersistCommand;
-use crate::shutdown::Lifecycle;
+use crate::peer::Closer;
+pub use crate::peer::{PeerAddr, PeerGrant};
+pub use crate::persist::PersistConfig;
+use crate::persist::{PersistCommand, Writer};
+pub use crate::registry::DocHandle;
+use crate::registry::Registry;
 
 /// Capacity of each doc actor's inbox. A full inbox makes connections stop reading their sockets.
 pub(crate) const DOC_INBOX_CAPACITY: usize = 1024;
+/// Frames queued for one peer before it is closed as a slow consumer. A group commit releases up
+/// to `persist::MAX_BATCH_OPS` (2,048) deliveries to every peer of a busy doc at once, faster than
+/// any connection drains them; the queue holds several such bursts, so only a peer that stops
+/// reading is closed. The queue grows in blocks as it fills, so an idle peer does not pay for it.
+pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
+/// Named versions per doc, and restore versions kept per doc.
+pub const DEFAULT_MAX_NAMED_VERSIONS: u64 = 1000;
 /// How many times a join retries when it meets a doc that is unloading.
 const MAX_JOIN_ATTEMPTS: usize = 4;
 
@@ -56,38 +89,48 @@ pub struct HubConfig {
     pub max_named_versions: u64,
     /// Per-peer and per-doc limits.
     pub limits: Limits,
+    /// How often a doc reports the ongoing edits of one author ([`DocEvent::Changed`]).
+    pub doc_changed_interval: Duration,
+}
+
+impl Default for HubConfig {
+    /// The server's defaults.
+    fn default() -> HubConfig {
+        HubConfig {
+            doc_unload_grace: Duration::from_secs(30),
+            compact_after_updates: 1000,
+            compact_after_bytes: 8 * 1024 * 1024,
+            outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
+            auto_version_interval: Duration::from_secs(600),
+            max_auto_versions: 100,
+            max_named_versions: DEFAULT_MAX_NAMED_VERSIONS,
+            limits: Limits::default(),
+            doc_changed_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A cheap-clone handle to the registry.
 #[derive(Clone)]
-pub(crate) struct Hub {
+pub struct Hub {
     inner: Arc<HubInner>,
 }
 
 struct HubInner {
-    docs: DashMap<DocId, DocHandle>,
+    /// The open docs; see `registry` for how opening and unloading race safely.
+    docs: Registry,
     store: Arc<Store>,
-    persist: mpsc::Sender<PersistCommand>,
+    persist: Writer,
     config: HubConfig,
     lifecycle: Lifecycle,
-    events: Events,
-    next_generation: AtomicU64,
+    /// Where doc actors publish their events; called synchronously, in order.
+    events: Arc<dyn DocEventSink>,
     next_peer: AtomicU64,
-}
-
-/// The address of one running doc actor.
-#[derive(Clone)]
-pub(crate) struct DocHandle {
-    pub(crate) tx: mpsc::Sender<DocCommand>,
-    /// Distinguishes successive actors of the same doc, so an unloading actor removes only itself.
-    pub(crate) generation: u64,
-    /// Live peer count, written by the actor, read by `GET /api/docs`.
-    pub(crate) n_peers: Arc<AtomicUsize>,
 }
 
 /// Why a peer could not join a doc.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-pub(crate) enum JoinError {
+pub enum JoinError {
     /// The actor was unloading; try a fresh one.
     #[error("doc is unloading")]
     Retry,
@@ -117,46 +160,50 @@ pub(crate) struct PeerLink {
 }
 
 impl Hub {
-    pub(crate) fn new(
+    /// The registry over `store`, writing through `persist` (from [`persist::spawn_writer`]),
+    /// running its tasks under `lifecycle` and publishing to `events`.
+    pub fn new(
         store: Arc<Store>,
-        persist: mpsc::Sender<PersistCommand>,
+        persist: Writer,
         config: HubConfig,
         lifecycle: Lifecycle,
-        events: Events,
+        events: Arc<dyn DocEventSink>,
     ) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
-                docs: DashMap::new(),
+                docs: Registry::default(),
                 store,
                 persist,
                 config,
                 lifecycle,
                 events,
-                next_generation: AtomicU64::new(1),
                 next_peer: AtomicU64::new(1),
             }),
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<Store> {
+    /// The store the hub loads docs from.
+    pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }
 
-    pub(crate) fn config(&self) -> &HubConfig {
+    /// The settings it runs with.
+    pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
-    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+    /// The token and tracker its tasks run under.
+    pub fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
     }
 
-    /// The workspace event bus.
-    pub(crate) fn events(&self) -> &Events {
-        &self.inner.events
+    /// Where doc actors publish their events.
+    pub(crate) fn events(&self) -> &dyn DocEventSink {
+        &*self.inner.events
     }
 
     pub(crate) fn persist(&self) -> &mpsc::Sender<PersistCommand> {
-        &self.inner.persist
+        &self.inner.persist.tx
     }
 
     /// A fresh connection id, unique for the life of the process.
@@ -169,35 +216,28 @@ impl Hub {
         if self.inner.lifecycle.is_shutting_down() {
             return Err(JoinError::ShuttingDown);
         }
-        // The entry lock is held only for the spawn, which does not block or await.
-        match self.inner.docs.entry(doc.clone()) {
-            Entry::Occupied(entry) => Ok(entry.get().clone()),
-            Entry::Vacant(entry) => {
-                let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-                let handle = doc_actor::spawn(self.clone(), doc.clone(), generation);
-                entry.insert(handle.clone());
-                Ok(handle)
-            }
-        }
+        Ok(self.inner.docs.get_or_insert_with(doc, |generation| {
+            doc_actor::spawn(self.clone(), doc.clone(), generation)
+        }))
     }
 
     /// The handle of `doc`'s actor if it is open; never opens.
-    pub(crate) fn get(&self, doc: &DocId) -> Option<DocHandle> {
-        self.inner.docs.get(doc).map(|handle| handle.clone())
+    pub fn get(&self, doc: &DocId) -> Option<DocHandle> {
+        self.inner.docs.get(doc)
     }
 
     /// Removes `doc` only if its entry still belongs to actor `generation`.
     /// When that leaves no doc open, asks the writer to give memory back.
     pub(crate) fn remove_if_generation(&self, doc: &DocId, generation: u64) -> bool {
-        let removed = self
-            .inner
-            .docs
-            .remove_if(doc, |_, handle| handle.generation == generation)
-            .is_some();
+        let removed = self.inner.docs.remove_if_generation(doc, generation);
         if removed && self.inner.docs.is_empty() {
-            crate::alloc::release();
+            alloc::release();
             // Best effort: with the writer's queue full, the server is anything but idle.
-            let _ = self.inner.persist.try_send(PersistCommand::ReleaseMemory);
+            let _ = self
+                .inner
+                .persist
+                .tx
+                .try_send(PersistCommand::ReleaseMemory);
         }
         removed
     }
@@ -238,14 +278,14 @@ impl Hub {
     }
 
     /// The doc's current state, loading it if needed. `None` if it does not exist.
-    pub(crate) async fn snapshot(&self, doc: &DocId) -> Result<Option<DocSnapshot>, JoinError> {
+    pub async fn snapshot(&self, doc: &DocId) -> Result<Option<DocSnapshot>, JoinError> {
         self.ask_stored(doc, |reply| DocCommand::Snapshot { reply })
             .await
     }
 
     /// Whether `doc` durably holds everything `snapshot` describes, loading the doc if needed.
     /// A doc that does not exist is answered as an empty doc, and is not created.
-    pub(crate) async fn covers(&self, doc: &DocId, snapshot: Snapshot) -> Result<bool, JoinError> {
+    pub async fn covers(&self, doc: &DocId, snapshot: Snapshot) -> Result<bool, JoinError> {
         let snapshot = Arc::new(snapshot);
         let answer = self
             .ask_stored(doc, |reply| DocCommand::Covers {
@@ -259,7 +299,7 @@ impl Hub {
 
     /// Applies a v1 update sent over HTTP to `doc`, opening (or creating) it. `Ok(Ok(changed))`
     /// once it is durable and relayed to the doc's peers; `Ok(Err(_))` if the update was refused.
-    pub(crate) async fn apply_update(
+    pub async fn apply_update(
         &self,
         doc: &DocId,
         update: Bytes,
@@ -290,7 +330,7 @@ impl Hub {
 
     /// Saves `doc`'s current state as a version named `name`, once durable; refused when the
     /// doc has `max_named_versions` already. `None` if the doc does not exist.
-    pub(crate) async fn save_version(
+    pub async fn save_version(
         &self,
         doc: &DocId,
         name: String,
@@ -308,7 +348,7 @@ impl Hub {
 
     /// Takes `doc` back to `state` (that of version `version`) by a new update from `actor`;
     /// returns the `restore` version saved just before. `None` if the doc does not exist.
-    pub(crate) async fn restore(
+    pub async fn restore(
         &self,
         doc: &DocId,
         version: u64,
@@ -328,11 +368,7 @@ impl Hub {
 
     /// The users present in an open doc, or nothing if its actor does not answer within `timeout`
     /// (a busy or unloading doc must not stall whoever asks about many docs).
-    pub(crate) async fn present_users(
-        &self,
-        handle: &DocHandle,
-        timeout: Duration,
-    ) -> Vec<PresentUser> {
+    pub async fn present_users(&self, handle: &DocHandle, timeout: Duration) -> Vec<PresentUser> {
         let ask = async {
             let (reply, users) = oneshot::channel();
             handle.tx.send(DocCommand::Presence { reply }).await.ok()?;
@@ -392,11 +428,7 @@ impl Hub {
     }
 
     /// The open docs and their actors' handles (each carries its live peer count).
-    pub(crate) fn open_docs(&self) -> Vec<(DocId, DocHandle)> {
-        self.inner
-            .docs
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().clone()))
-            .collect()
+    pub fn open_docs(&self) -> Vec<(DocId, DocHandle)> {
+        self.inner.docs.entries()
     }
 }

@@ -55,7 +55,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tandem_core::DocId;
@@ -133,16 +133,35 @@ pub struct PersistConfig {
     pub reserve_bytes: u64,
 }
 
-/// Starts the writer thread; returns the sender doc actors use.
-pub(crate) fn spawn_writer(
-    store: Arc<Store>,
-    config: PersistConfig,
-) -> std::io::Result<mpsc::Sender<PersistCommand>> {
+/// The address of the writer thread: cheap to clone, one per doc actor and one for shutdown.
+#[derive(Clone)]
+pub struct Writer {
+    pub(crate) tx: mpsc::Sender<PersistCommand>,
+}
+
+impl Writer {
+    /// Tells the writer to commit what is queued and stop, and waits up to `timeout` for it.
+    /// Sent once, after every doc actor has exited.
+    pub async fn close(&self, timeout: Duration) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self
+            .tx
+            .send(PersistCommand::Close { done: done_tx })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(timeout, done_rx).await;
+        }
+    }
+}
+
+/// Starts the writer thread; returns the handle doc actors send to.
+pub fn spawn_writer(store: Arc<Store>, config: PersistConfig) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel(PERSIST_QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("tandem-redb-writer".into())
         .spawn(move || run(store, rx, &config))?;
-    Ok(tx)
+    Ok(Writer { tx })
 }
 
 fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &PersistConfig) {
@@ -436,7 +455,7 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         .collect();
     if res.is_ok() && !compactions.is_empty() {
         // A failed compaction loses nothing: the log it would have replaced stays.
-        match store.commit(&compactions, now_ms(), fsync) {
+        match store.commit(&compactions, crate::clock::now_ms(), fsync) {
             Ok(()) => {}
             // Read-only: logged once by the store; the next compaction covers these logs too.
             Err(error) if error.read_only_reason().is_some() => {
@@ -463,7 +482,7 @@ fn commit_without_damaged(
         if kept.is_empty() {
             return (Ok(()), damaged);
         }
-        let res = store.commit(&kept, now_ms(), fsync);
+        let res = store.commit(&kept, crate::clock::now_ms(), fsync);
         let doc = match &res {
             Err(error @ StoreError::Corrupt { doc, .. }) if error.is_damage() => doc,
             _ => return (res, damaged),
@@ -539,14 +558,6 @@ impl PersistCommand {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch, recorded as a doc's "last change".
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,7 +584,7 @@ mod tests {
             commit_interval,
             reserve_bytes: 0,
         };
-        let writer = spawn_writer(store.clone(), config).unwrap();
+        let writer = spawn_writer(store.clone(), config).unwrap().tx;
         (dir, store, writer)
     }
 
@@ -706,7 +717,7 @@ mod tests {
             commit_interval: Duration::from_secs(2),
             reserve_bytes: 0,
         };
-        let writer = spawn_writer(store.clone(), config).unwrap();
+        let writer = spawn_writer(store.clone(), config).unwrap().tx;
         let good = DocId::new("good").unwrap();
         let bad = DocId::new("bad").unwrap();
         let (good_report, mut good_durable) = watch::channel(Durability::default());
@@ -785,7 +796,7 @@ mod tests {
             commit_interval: Duration::ZERO,
             reserve_bytes: 0,
         };
-        let writer = spawn_writer(store.clone(), config).unwrap();
+        let writer = spawn_writer(store.clone(), config).unwrap().tx;
         let doc = DocId::new("full").unwrap();
         let filler = tmpfs.0.path().join("filler");
         {

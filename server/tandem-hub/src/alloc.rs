@@ -6,7 +6,7 @@
 //! those blocks belong to stay resident, for as long as the server stays idle. [`release`]
 //! (called when the hub's last doc is gone) asks every such thread to empty its cache: the
 //! writer does it at once after dropping redb's page cache, each worker the next time it
-//! parks ([`on_worker_park`], hooked into the runtime by `main.rs`): the one that ran the
+//! parks ([`on_worker_park`], hooked into the runtime by the server's `main.rs`): the one that ran the
 //! unload right after it, one that was already parked whenever it next has work.
 //!
 //! Emptying is switching the thread's cache off and on again through jemalloc's

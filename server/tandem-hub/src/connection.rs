@@ -12,39 +12,44 @@
 //! request, and the join runs in the upgrade's task, which ends when the connection's own task
 //! starts (a future keeps room for everything it ever awaits).
 //!
-//! Every connection ends with exactly one [`CloseReason`] (or a close by the peer), logged once
+//! Every connection ends with exactly one `CloseReason` (or a close by the peer), logged once
 //! in the `conn` span and sent as the close frame.
+//!
+//! The task is generic over the byte stream under the WebSocket ([`Transport`]): the server hands
+//! it an upgraded HTTP connection, tests an in-memory duplex. It knows the peer only as a
+//! [`PeerGrant`] and a [`PeerAddr`]; tokens, HTTP and the upgrade stay in the server.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tandem_core::protocol::{
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER,
-    decode_frame, truncate_reason,
-};
+use tandem_core::protocol::{decode_frame, truncate_reason};
 use tandem_core::rate::ConnectionRates;
 use tandem_core::{DocId, Limits, PeerId, ProtocolError};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
-use crate::auth::Grant;
+use crate::clock::sleep_until;
 use crate::doc_actor::DocCommand;
-use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
-use crate::listener::RequestPermit;
 use crate::outbox::{self, OutboxReceiver};
-use crate::proxy::ClientAddr;
-use crate::ws_upgrade::Socket;
+use crate::peer::{CloseReason, Closer, PeerAddr, PeerGrant};
+use crate::{DocHandle, Hub, JoinError, PeerLink};
+
+/// What a connection's socket must be: a byte stream the WebSocket runs over (an upgraded HTTP
+/// connection in the server, an in-memory duplex in tests).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for S {}
 
 /// Settings of every connection.
 #[derive(Debug, Clone)]
@@ -69,102 +74,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// slow consumer is closed while its socket is still full of updates it may yet read.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why the server closes a connection. Each maps to one close code and reason.
-#[derive(Debug, Clone)]
-pub(crate) enum CloseReason {
-    /// The peer sent something the protocol does not allow.
-    Protocol(ProtocolError),
-    /// The peer's outbox filled up: it reads slower than the doc changes. It may reconnect.
-    SlowConsumer,
-    /// The peer answered no ping in time.
-    PongTimeout,
-    /// The server is shutting down.
-    Shutdown,
-    /// The doc's storage failed; nothing unsaved was sent. The peer may retry later.
-    StorageFailure,
-    /// The peer's update was refused because the store is read-only (a full disk); nothing of
-    /// it was stored or sent. The peer keeps its edits and resyncs after reconnecting.
-    StorageFull,
-    /// The doc could not be opened.
-    Unavailable,
-    /// The doc's stored records are damaged; it cannot be served until the file is repaired.
-    DocCorrupt,
-    /// The peer's token expired; it may fetch a fresh one and reconnect.
-    TokenExpired,
-}
-
-/// Close code sent when the token of a connection expires (HTTP 401's number, in the 4000 range
-/// that RFC 6455 leaves to applications).
-pub(crate) const CLOSE_TOKEN_EXPIRED: u16 = 4401;
-
-impl CloseReason {
-    fn close_frame(&self) -> (u16, String) {
-        match self {
-            CloseReason::Protocol(error) => error.close_frame(),
-            CloseReason::SlowConsumer => (CLOSE_POLICY_VIOLATION, "slow consumer".into()),
-            CloseReason::PongTimeout => (CLOSE_POLICY_VIOLATION, "ping timeout".into()),
-            CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
-            CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
-            CloseReason::StorageFull => (CLOSE_TRY_AGAIN_LATER, "storage full, retry later".into()),
-            CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
-            CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
-            CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
-        }
-    }
-
-    fn log(&self, peer: PeerId) {
-        let (code, reason) = self.close_frame();
-        match self {
-            // Limits: the log line names the limit and what the peer did.
-            CloseReason::Protocol(ProtocolError::RateLimited {
-                limit_per_s,
-                observed_per_s,
-                ..
-            }) => warn!(%peer, code, reason, limit_per_s, observed_per_s, "closing connection"),
-            CloseReason::Protocol(ProtocolError::DocTooLarge {
-                doc_bytes,
-                update_bytes,
-                max,
-            }) => {
-                warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection")
-            }
-            CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
-                warn!(%peer, code, reason, "closing connection")
-            }
-            CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {
-                tracing::error!(%peer, code, reason, "closing connection")
-            }
-            CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
-            // The store logs the full disk once; each refused writer is routine.
-            CloseReason::StorageFull => tracing::info!(%peer, code, reason, "closing connection"),
-            CloseReason::TokenExpired => tracing::info!(%peer, code, reason, "closing connection"),
-        }
-    }
-}
-
-/// How the doc actor asks one connection to close: the first reason wins, the rest are ignored.
-#[derive(Clone, Default)]
-pub(crate) struct Closer(Arc<CloserSlot>);
-
-#[derive(Default)]
-struct CloserSlot {
-    reason: OnceLock<CloseReason>,
-    wake: Notify,
-}
-
-impl Closer {
-    /// Asks the connection to close with `reason`, unless it already has one.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        let _ = self.0.reason.set(reason);
-        // Stored as a permit if the connection is not waiting right now.
-        self.0.wake.notify_one();
-    }
-
-    fn reason(&self) -> Option<CloseReason> {
-        self.0.reason.get().cloned()
-    }
-}
-
 /// A command to the doc actor waiting for room in its inbox. The boxed `reserve_owned` keeps
 /// the connection's place in the inbox's queue while the outbox is drained meanwhile.
 type PendingSend = Pin<
@@ -174,18 +83,25 @@ type PendingSend = Pin<
     >,
 >;
 
-/// Serves one upgraded WebSocket: joins the doc, then hands the connection to its own task.
-pub(crate) async fn run(
-    socket: Socket,
+/// Serves one WebSocket: joins the doc, then hands the connection to its own task.
+///
+/// `guard` is held until the connection ends and dropped then (the server passes the client's
+/// per-address slot); the hub does nothing else with it.
+pub async fn run<S: Transport, G: Send + 'static>(
+    socket: WebSocketStream<S>,
     doc: DocId,
-    grant: Grant,
+    grant: PeerGrant,
     hub: Hub,
     config: ConnectionConfig,
-    client: ClientAddr,
-    permit: Option<RequestPermit>,
+    client: PeerAddr,
+    guard: G,
 ) {
     let peer = hub.next_peer_id();
-    let sub = grant.identity.as_ref().map(|identity| identity.sub.clone());
+    let sub = grant
+        .access
+        .identity
+        .as_ref()
+        .map(|identity| identity.sub.clone());
     // A root span: the connection outlives the TCP and request spans it came from, and keeping
     // them alive would cost every idle connection their memory. `remote` is the client through
     // trusted proxies; `proxy` the proxy it came through, if any.
@@ -195,38 +111,38 @@ pub(crate) async fn run(
         %peer,
         doc = %doc,
         remote = %client.ip,
-        proxy = client.proxy().map(tracing::field::display),
+        proxy = client.proxy.map(tracing::field::display),
         sub = sub.as_deref(),
-        role = ?grant.role,
+        role = grant.role,
     );
     drop(sub);
     if let Some(conn) = join(socket, &doc, grant, &hub, config, peer)
         .instrument(span.clone())
         .await
     {
-        // The client's per-address slot (behind a proxy) is held until the connection ends.
+        // The embedder's guard (the client's per-address slot) lives as long as the connection.
         hub.lifecycle().spawn(span, async move {
-            let _permit = permit;
+            let _guard = guard;
             conn.serve().await;
         });
     }
 }
 
 /// Joins `peer` to `doc`; on failure closes the socket with the reason and returns `None`.
-async fn join(
-    mut socket: Socket,
+async fn join<S: Transport>(
+    mut socket: WebSocketStream<S>,
     doc: &DocId,
-    grant: Grant,
+    grant: PeerGrant,
     hub: &Hub,
     config: ConnectionConfig,
     peer: PeerId,
-) -> Option<Conn> {
+) -> Option<Conn<S>> {
     let (outbox_tx, outbox) = outbox::outbox(hub.config().outbox_capacity);
     let closer = Closer::default();
     let link = PeerLink {
         outbox: outbox_tx,
         closer: closer.clone(),
-        access: grant.access(),
+        access: grant.access,
     };
     let doc_handle = match hub.join(doc, peer, link).await {
         Ok(handle) => handle,
@@ -267,7 +183,11 @@ async fn join(
 }
 
 /// Logs `reason` and sends it as the close frame, then closes the socket.
-async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReason>) {
+async fn close_with<S: Transport>(
+    socket: &mut WebSocketStream<S>,
+    peer: PeerId,
+    reason: Option<CloseReason>,
+) {
     if let Some(reason) = &reason {
         reason.log(peer);
     }
@@ -301,8 +221,8 @@ async fn close_with(socket: &mut Socket, peer: PeerId, reason: Option<CloseReaso
 }
 
 /// One joined connection: everything its task holds.
-struct Conn {
-    socket: Socket,
+struct Conn<S> {
+    socket: WebSocketStream<S>,
     outbox: OutboxReceiver,
     doc: DocHandle,
     closer: Closer,
@@ -318,7 +238,7 @@ struct Conn {
     config: ConnectionConfig,
 }
 
-impl Conn {
+impl<S: Transport> Conn<S> {
     /// The connection's task: serves the peer, leaves the doc, closes the socket.
     ///
     /// An `async move` block rather than an `async fn`: an `async fn` keeps its by-value
@@ -346,7 +266,7 @@ impl Conn {
         let shutdown = self.shutdown.clone();
         let shutdown = shutdown.cancelled();
         tokio::pin!(shutdown);
-        let expiry = sleep_until_opt(self.expires_at);
+        let expiry = sleep_until(self.expires_at);
         tokio::pin!(expiry);
         let closer = self.closer.clone();
         let inbox = self.doc.tx.clone();
@@ -363,7 +283,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 // The reason is read at the top of the loop; the wake-up only ends the wait.
-                () = closer.0.wake.notified() => {}
+                () = closer.woken() => {}
                 () = &mut shutdown => return Some(CloseReason::Shutdown),
                 frame = self.outbox.recv() => match frame {
                     Some(frame) => {
@@ -531,12 +451,5 @@ impl Conn {
         io.write_all(&head).await?;
         io.write_all(&frame).await?;
         Ok(())
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

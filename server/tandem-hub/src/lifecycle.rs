@@ -1,7 +1,8 @@
 //! Shutdown plumbing: the signal future, and the order in which the server winds down.
 //!
-//! Every task the server spawns goes through one `TaskTracker` and observes one
-//! `CancellationToken` (`Lifecycle`). The sequence, driven by `lib.rs::run`:
+//! Every task the hub and the server spawn goes through one `TaskTracker` and observes one
+//! `CancellationToken` (`Lifecycle`). This module owns only the plumbing; it must not learn what
+//! the tasks are. The sequence, driven by the server's `run`:
 //!
 //! 1. The shutdown future resolves (SIGTERM or ctrl-c in the binary; anything in tests).
 //! 2. The token is cancelled. The accept loop (`listener.rs`) stops accepting, and each HTTP
@@ -12,11 +13,10 @@
 //! 4. `tracker.wait()` runs under `shutdown_timeout`.
 //! 5. The activity recorder, which runs under a lifecycle of its own so it outlives the doc
 //!    actors, is cancelled only now: it records the actors' final edit reports, writes pending
-//!    webhook deliveries to the outbox, commits and stops (`activity.rs`).
+//!    webhook deliveries to the outbox, commits and stops (the server's `activity`).
 //! 6. The writer is told to close, commits what is queued and drops the database.
 //!
-//! WebSocket tasks are spawned by axum's `on_upgrade`, not by us, so they are wrapped with
-//! `TaskTracker::track_future`: axum does not drain upgraded connections.
+//! Upgraded WebSocket connections are spawned through it too: hyper does not drain them.
 
 use std::future::Future;
 
@@ -26,16 +26,16 @@ use tracing::Instrument;
 
 /// The cancellation token and task tracker shared by everything the server runs.
 #[derive(Clone, Default)]
-pub(crate) struct Lifecycle {
+pub struct Lifecycle {
     /// Cancelled once, when shutdown begins. Never un-cancelled.
-    pub(crate) cancel: CancellationToken,
+    pub cancel: CancellationToken,
     /// Counts every live task; `run` waits on it before closing the store.
-    pub(crate) tracker: TaskTracker,
+    pub tracker: TaskTracker,
 }
 
 impl Lifecycle {
-    /// Spawns `future` on the tracker inside `span`. The only place the server spawns tasks.
-    pub(crate) fn spawn<F>(&self, span: tracing::Span, future: F)
+    /// Spawns `future` on the tracker inside `span`. The only place tasks are spawned.
+    pub fn spawn<F>(&self, span: tracing::Span, future: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -43,7 +43,7 @@ impl Lifecycle {
     }
 
     /// Whether shutdown has begun.
-    pub(crate) fn is_shutting_down(&self) -> bool {
+    pub fn is_shutting_down(&self) -> bool {
         self.cancel.is_cancelled()
     }
 }
