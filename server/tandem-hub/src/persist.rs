@@ -7,17 +7,16 @@
 //! is in flight, new commands queue up and form the next group: this is group commit, and it is
 //! what keeps throughput up with an fsync per commit.
 //!
-//! A commit costs about the same whatever it holds: on this project's 2-vCPU test VM, ten page
-//! writes and an fsync took about 0.3 ms of CPU, mostly in the kernel, and at 1,000 edits/s
-//! arriving one by one the writer committed nearly every edit alone and used more CPU than all
-//! the connections together. So a doc that keeps changing is committed at most every
+//! A commit costs about the same whatever it holds (its page writes and fsync are mostly kernel
+//! time), so a writer that commits every edit alone spends more CPU than all the connections
+//! together. So a doc that keeps changing is committed at most every
 //! [`PersistConfig::commit_interval`] (5 ms by default): when everything queued belongs to docs
 //! that were in a commit started less than the interval ago, the writer waits out the rest of
 //! the first of those intervals before it takes what is queued (sleeping, not waiting on the
 //! channel, which also spares the senders a wake-up). An update of any other doc commits at once
-//! with everything queued, so quiet docs get no added latency even on a busy server (the
-//! many-documents benchmark, 500 docs at one edit a second each: p50 5 ms with one interval for
-//! the whole writer, 0.9 ms per doc); a hot doc adds at most the interval.
+//! with everything queued, so quiet docs get no added latency even on a busy server, and a hot
+//! doc adds at most the interval. The measurements behind this are in `benches/RESULTS.md`
+//! ("Figures behind design choices").
 //!
 //! After the commit returns, each doc's `watch` channel is advanced to the highest seq of that doc
 //! in the batch: "durable up to N". Doc actors release broadcasts and replies only up to that

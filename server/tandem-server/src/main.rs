@@ -8,9 +8,8 @@ use tandem_server::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc with background threads returns freed pages to the OS after its decay time, so the
-/// server's memory comes back down after documents unload. Measured with `hubload memory`
-/// (300 docs, 600 connections, three load/unload cycles): glibc malloc kept the first cycle's
-/// high-water mark (3.6x the start-up RSS), jemalloc comes back to 1.7x; mimalloc kept 2.6x.
+/// server's memory comes back down after documents unload, which glibc malloc did not do
+/// (`hubload memory`; the figures are in `benches/RESULTS.md`, "Figures behind design choices").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
