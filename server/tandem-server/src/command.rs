@@ -25,11 +25,12 @@ use hyper_util::rt::TokioIo;
 use tandem_store::{Store, StoreError};
 
 use crate::DB_FILE_NAME;
-use crate::account::{
+use crate::accounts::{
     self, MAX_PASSWORD_BYTES, PutUserRequest, UserView, hash_password, new_record, validate_docs,
     validate_name, validate_password, validate_sub,
 };
-use crate::auth::{AuthLoadError, Claims, Role, mint_offline, unix_now};
+use crate::auth::{AuthLoadError, Claims, Role, mint_offline};
+use crate::clock::unix_now_s;
 use crate::config::HumanDuration;
 use crate::webhook;
 
@@ -197,7 +198,7 @@ impl std::str::FromStr for DocRole {
         let (pattern, role) = text
             .rsplit_once('=')
             .ok_or_else(|| format!("expected PATTERN=ROLE, got {text:?}"))?;
-        let role = account::parse_role(role)
+        let role = accounts::parse_role(role)
             .ok_or_else(|| format!("unknown role {role:?}: use read, write or admin"))?;
         Ok(DocRole {
             pattern: pattern.to_owned(),
@@ -286,7 +287,7 @@ async fn add_webhook(args: WebhookAddArgs) -> Result<String, CommandError> {
     };
     let (id, secret, via) = match open(&args.target)? {
         Backend::Local(store) => {
-            let record = webhook::new_record(request, account::unix_now_ms())
+            let record = webhook::new_record(request, crate::clock::unix_now_ms())
                 .map_err(CommandError::Invalid)?;
             store
                 .put_webhook(&record)
@@ -499,7 +500,7 @@ async fn add_user(args: UserAddArgs) -> Result<String, CommandError> {
                 .or_else(|| existing.as_ref().map(|user| user.name.clone()));
             let created_ms = existing
                 .as_ref()
-                .map_or_else(account::unix_now_ms, |user| user.created_ms);
+                .map_or_else(crate::clock::unix_now_ms, |user| user.created_ms);
             let record = new_record(
                 &args.sub,
                 name.as_deref(),
@@ -623,7 +624,7 @@ fn mint_token(args: &TokenMintArgs) -> Result<String, CommandError> {
     if let Some(name) = &args.name {
         validate_name(name).map_err(CommandError::Invalid)?;
     }
-    let now = unix_now();
+    let now = unix_now_s();
     let claims = Claims {
         sub: args.sub.clone(),
         name: args.name.clone(),
@@ -768,7 +769,7 @@ impl Remote {
 }
 
 fn admin_token(data_dir: &Path) -> Result<String, CommandError> {
-    let now = unix_now();
+    let now = unix_now_s();
     let claims = Claims {
         sub: ADMIN_TOKEN_SUB.into(),
         name: None,

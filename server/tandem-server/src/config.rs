@@ -18,7 +18,7 @@ use tandem_core::limits::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGES_PER_SECOND,
 };
 
-use crate::account::AccountConfig;
+use crate::accounts::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::connection::ConnectionConfig;

@@ -38,13 +38,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use crate::api::ws_upgrade::Socket;
 use crate::auth::Grant;
 use crate::doc_actor::DocCommand;
 use crate::hub::{DocHandle, Hub, JoinError, PeerLink};
 use crate::listener::RequestPermit;
 use crate::outbox::{self, OutboxReceiver};
 use crate::proxy::ClientAddr;
-use crate::ws_upgrade::Socket;
 
 /// Settings of every connection.
 #[derive(Debug, Clone)]

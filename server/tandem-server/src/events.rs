@@ -28,8 +28,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use percent_encoding::percent_decode_str;
 
+use crate::api::{ApiError, AppState};
 use crate::auth::{Claims, Grant};
-use crate::http::{ApiError, AppState};
 
 /// Events a slow `/api/events` stream may fall behind by before it is told to resync.
 const LIVE_CAPACITY: usize = 1024;
@@ -235,7 +235,7 @@ pub(crate) async fn stream(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = crate::http::request_claims(&state, &headers, &uri)?;
+    let claims = crate::api::extract::request_claims(&state, &headers, &uri)?;
     let expires_at = claims.as_ref().map(|claims| {
         let exp = SystemTime::UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp))

@@ -8,17 +8,18 @@
 //! # Layout
 //!
 //! - [`alloc`]: the allocator's per-thread caches emptied once no doc is open.
+//! - `clock`: the wall clock, seconds and milliseconds since the Unix epoch.
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
 //! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
-//! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
+//! - [`accounts`]: the accounts service: password sign-in, token refresh, the `users` table.
 //! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, offline or
 //!   through a running server.
 //! - [`config`]: flags, environment and TOML file into one validated `Config`.
 //! - `data_dir`: start-up refusal of a missing or empty database beside an earlier store's data.
-//! - `http`: the axum router, REST handlers, `ApiError`.
+//! - `api`: the HTTP layer over the services: `AppState`, the router, `ApiError`, the
+//!   extractors and one file per resource (docs, versions, files, accounts, webhooks, ...).
 //! - `error_id`: the random id of a 5xx answer, shared with its log line.
-//! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `connection`: one WebSocket peer: reader, writer, ping, close with a reason.
 //! - `outbox`: the bounded queue of frames from a doc actor to one connection.
 //! - `hub`: `DocId -> DocHandle`, single-flight open.
@@ -32,10 +33,12 @@
 //! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
-pub mod account;
+pub mod accounts;
 pub mod activity;
 pub mod alloc;
+mod api;
 pub mod auth;
+mod clock;
 pub mod command;
 pub mod config;
 mod connection;
@@ -44,7 +47,6 @@ mod doc_actor;
 mod error_id;
 mod events;
 mod files;
-mod http;
 mod hub;
 mod listener;
 mod name;
@@ -52,11 +54,10 @@ mod outbox;
 mod persist;
 mod proxy;
 mod shutdown;
+#[cfg(test)]
+mod tidy;
 mod tls;
-mod versions;
-mod web_client;
 pub mod webhook;
-mod ws_upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -282,20 +283,20 @@ pub async fn run_with_ready(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
     );
-    let state = http::AppState {
+    let state = api::AppState {
         files,
         events,
         auth,
         hub: hub.clone(),
         connection: config.connection.clone(),
-        accounts: account::Accounts::new(hub.store().clone(), config.accounts.clone()),
+        accounts: accounts::Accounts::new(hub.store().clone(), config.accounts.clone()),
         webhooks,
     };
-    let web = web_client::Source::new(config.web_dir.clone());
+    let web = api::web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {
         warn!(source = ?web, "no web client to serve; build it with `bash scripts/run.sh`");
     }
-    let app = http::router(state, web);
+    let app = api::router(state, web);
 
     let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
         context: "reading local address",

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use tandem_core::{DocId, ProtocolError, SharedDoc};
 use tandem_store::{Author, VersionRecord};
 
+use crate::api::{ApiError, AppState};
 use crate::auth::{AuthError, Grant};
 use crate::doc_actor::RestoreRefused;
 use crate::events::Actor;
-use crate::http::{ApiError, AppState};
 
 /// Longest version name, in characters.
 pub(crate) const MAX_VERSION_NAME_CHARS: usize = 200;
