@@ -372,8 +372,7 @@ impl Files {
                 used: taken,
                 size,
                 limit,
-            }
-            .into());
+            });
         }
         reserve(inner)?;
         Ok(Some((taken, limit)))

@@ -1,25 +1,24 @@
 //! The delivery worker: POSTs what is due in the outbox, signed with the webhook's secret,
 //! records every attempt, and reschedules failures with exponential back-off and jitter. Every
-//! attempt connects only to addresses `target.rs` checked just before.
+//! attempt connects only to addresses `target.rs` checked just before, through one reqwest
+//! client (no redirects, no proxy, connect and total timeouts).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, header};
-use hyper_util::rt::TokioIo;
 use rand::Rng;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header;
 use sha2::Sha256;
 use tandem_store::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, WebhookRecord};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use url::Host;
 
-use super::target::{Target, TargetError, resolve};
+use super::target::{Target, TargetError, resolve, resolve_name};
 use super::{LOG_KEEP, WebhookConfig, Webhooks};
 use crate::clock::{unix_now_ms, unix_now_s};
 
@@ -198,29 +197,44 @@ async fn deliver(
     }
 }
 
-/// An HTTP/1.1 client for deliveries: one connection per attempt, no redirects followed,
-/// https through rustls with the public roots, only to addresses [`resolve`] checked.
+/// The HTTP client of deliveries: reqwest over rustls (ring, the public roots), HTTP/1.1, no
+/// redirects followed, no proxy from the environment, a fresh connection per attempt, and a
+/// resolver ([`CheckedResolver`]) that answers only with addresses it checked. A host written
+/// as an address never reaches a resolver, so [`Client::exchange`] checks it itself.
 struct Client {
+    http: reqwest::Client,
     timeout: Duration,
     allow_private: bool,
-    tls: tokio_rustls::TlsConnector,
 }
 
 impl Client {
     fn new(timeout: Duration, allow_private: bool) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect for us, to addresses no check saw.
+            .no_proxy()
+            // Each attempt resolves and checks again: no connection outlives its attempt.
+            .pool_max_idle_per_host(0)
+            .dns_resolver(Arc::new(CheckedResolver { allow_private }))
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent("tandem-webhook")
+            .build()
+            .expect("a client with a preconfigured rustls config and no system roots builds");
         Client {
+            http,
             timeout,
             allow_private,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }
     }
 
@@ -245,74 +259,111 @@ impl Client {
         delivery: &OutboxDelivery,
     ) -> Result<u16, String> {
         let target = Target::parse(&webhook.url)?;
+        let refused = |error: TargetError| {
+            if let TargetError::Refused { .. } = error {
+                warn!(webhook = %webhook.id, delivery = %delivery.delivery_id, %error, "webhook attempt refused");
+            }
+            error.to_string()
+        };
+        if !matches!(target.host, Host::Domain(_)) {
+            resolve(&target.host, target.port, self.allow_private)
+                .await
+                .map_err(refused)?;
+        }
         let timestamp = unix_now_s();
         let signature = sign(&webhook.secret, timestamp, &delivery.body);
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(&target.path)
-            .header(header::HOST, &target.host_header)
+        let sent = self
+            .http
+            .post(target.url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, "tandem-webhook")
             .header(header::CONNECTION, "close")
             .header("tandem-webhook-id", &webhook.id)
             .header("tandem-delivery-id", &delivery.delivery_id)
             .header("tandem-event", &delivery.event)
             .header("tandem-timestamp", timestamp.to_string())
             .header("tandem-signature", format!("t={timestamp},v1={signature}"))
-            .body(Full::new(Bytes::from(delivery.body.clone())))
-            .map_err(|error| format!("building the request: {error}"))?;
-        let addrs = match resolve(&target, self.allow_private).await {
-            Ok(addrs) => addrs,
+            .body(delivery.body.clone())
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
             Err(error) => {
-                if let TargetError::Refused { .. } = error {
-                    warn!(webhook = %webhook.id, delivery = %delivery.delivery_id, %error, "webhook attempt refused");
-                }
-                return Err(error.to_string());
+                return Err(match target_error(&error) {
+                    Some(TargetError::Refused { host, addr, kind }) => {
+                        refused(TargetError::Refused {
+                            host: host.clone(),
+                            addr: *addr,
+                            kind,
+                        })
+                    }
+                    Some(error) => error.to_string(),
+                    None => describe(&error),
+                });
             }
         };
-        // Only the addresses just checked: a second lookup could answer differently.
-        let stream = tokio::net::TcpStream::connect(addrs.as_slice())
-            .await
-            .map_err(|error| format!("connecting: {error}"))?;
-        if target.https {
-            let name = rustls_pki_types::ServerName::try_from(target.host_name())
-                .map_err(|error| format!("server name: {error}"))?;
-            let stream = self
-                .tls
-                .connect(name, stream)
-                .await
-                .map_err(|error| format!("tls: {error}"))?;
-            send(stream, request).await
-        } else {
-            send(stream, request).await
+        let status = response.status().as_u16();
+        // Read (a bounded part of) the answer so the receiver is not cut off mid-write.
+        let mut n_read = 0;
+        while n_read < MAX_ANSWER_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => n_read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
         }
+        Ok(status)
     }
 }
 
-/// One HTTP/1.1 exchange over `stream`: the request out, the status and a bounded part of the
-/// answer in.
-async fn send(
-    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    request: Request<Full<Bytes>>,
-) -> Result<u16, String> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| format!("http: {error}"))?;
-    // The connection future does the I/O beside the request instead of being spawned.
-    let exchange = async move {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|error| format!("http: {error}"))?;
-        let status = response.status().as_u16();
-        // Read (a bounded part of) the answer so the receiver is not cut off mid-write.
-        let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await;
-        Ok(status)
+/// Resolves webhook hosts for reqwest, refusing a name any of whose addresses is internal
+/// (unless `allow_private`): the connection then goes only to the addresses just checked, so a
+/// rebinding resolver cannot swap in another between the check and the connect.
+struct CheckedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addrs = resolve_name(name.as_str(), allow_private)
+                .await
+                .map_err(|error| -> Box<dyn std::error::Error + Send + Sync> { Box::new(error) })?;
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The [`TargetError`] behind a failed request, if the resolver refused it.
+fn target_error(error: &reqwest::Error) -> Option<&TargetError> {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if let Some(refusal) = error.downcast_ref::<TargetError>() {
+            return Some(refusal);
+        }
+        source = error.source();
+    }
+    None
+}
+
+/// A failed request in a few words, its deepest cause last, never its URL (which may carry a
+/// token in its query).
+fn describe(error: &reqwest::Error) -> String {
+    let mut cause = None;
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        cause = Some(error.to_string());
+        source = error.source();
+    }
+    let what = if error.is_connect() {
+        "connecting"
+    } else {
+        "http"
     };
-    let (result, _) = tokio::join!(exchange, connection);
-    result
+    match cause {
+        Some(cause) => format!("{what}: {cause}"),
+        None => format!("{what}: the request failed"),
+    }
 }
 
 #[cfg(test)]

@@ -386,16 +386,16 @@ mod tests {
             (
                 target.host_name().as_str(),
                 target.port,
-                target.path.as_str()
+                target.path().as_str()
             ),
             ("127.0.0.1", 9, "/a/b?c=d")
         );
         let target = Target::parse("https://[::1]/").unwrap();
         assert_eq!(
             (
-                target.host_header.as_str(),
+                target.host_header().as_str(),
                 target.port,
-                target.path.as_str()
+                target.path().as_str()
             ),
             ("[::1]", 443, "/")
         );

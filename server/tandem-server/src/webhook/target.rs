@@ -7,13 +7,10 @@ use url::{Host, Url};
 
 /// A webhook URL taken apart.
 pub(super) struct Target {
-    pub(super) https: bool,
     pub(super) host: Host<String>,
     pub(super) port: u16,
-    /// `host[:port]` for the `Host` header (an IPv6 host in brackets, a default port left out).
-    pub(super) host_header: String,
-    /// Path and query; a fragment is never sent.
-    pub(super) path: String,
+    /// The URL as parsed: the delivery client sends to it, so it reads it the same way.
+    pub(super) url: Url,
 }
 
 impl Target {
@@ -29,34 +26,46 @@ impl Target {
             return Err("the URL must not contain a user name or password".into());
         }
         let host = url.host().ok_or("the URL has no host")?.to_owned();
-        let host_text = url.host_str().ok_or("the URL has no host")?;
         // `port()` is `None` for the scheme's default, which the parser drops.
         let port = url.port().unwrap_or(if https { 443 } else { 80 });
-        let host_header = match url.port() {
-            Some(port) => format!("{host_text}:{port}"),
-            None => host_text.to_owned(),
-        };
-        let mut path = url.path().to_owned();
-        if let Some(query) = url.query() {
-            path.push('?');
-            path.push_str(query);
-        }
-        Ok(Target {
-            https,
-            host,
-            port,
-            host_header,
-            path,
-        })
+        Ok(Target { host, port, url })
     }
 
     /// The host as TLS names it: a DNS name, or an address without brackets.
+    #[cfg(test)]
     pub(super) fn host_name(&self) -> String {
-        match &self.host {
-            Host::Domain(name) => name.clone(),
-            Host::Ipv4(ip) => ip.to_string(),
-            Host::Ipv6(ip) => ip.to_string(),
+        host_name(&self.host)
+    }
+
+    /// `host[:port]` as the `Host` header sends it (an IPv6 host in brackets, a default port
+    /// left out).
+    #[cfg(test)]
+    pub(super) fn host_header(&self) -> String {
+        let host_text = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(port) => format!("{host_text}:{port}"),
+            None => host_text.to_owned(),
         }
+    }
+
+    /// Path and query as the request line sends them; a fragment is never sent.
+    #[cfg(test)]
+    pub(super) fn path(&self) -> String {
+        let mut path = self.url.path().to_owned();
+        if let Some(query) = self.url.query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        path
+    }
+}
+
+/// A host as TLS names it: a DNS name, or an address without brackets.
+fn host_name(host: &Host<String>) -> String {
+    match host {
+        Host::Domain(name) => name.clone(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => ip.to_string(),
     }
 }
 
@@ -75,15 +84,16 @@ pub(super) enum TargetError {
     },
 }
 
-/// The addresses of `target`, every one of them checked unless `allow_private`.
+/// The addresses of `host` (with `port`), every one of them checked unless `allow_private`.
 pub(super) async fn resolve(
-    target: &Target,
+    host: &Host<String>,
+    port: u16,
     allow_private: bool,
 ) -> Result<Vec<SocketAddr>, TargetError> {
-    let addrs: Vec<SocketAddr> = match &target.host {
-        Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), target.port)],
-        Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), target.port)],
-        Host::Domain(name) => tokio::net::lookup_host((name.as_str(), target.port))
+    let addrs: Vec<SocketAddr> = match host {
+        Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
+        Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
+        Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
             .await
             .map_err(|error| TargetError::Unresolved {
                 host: name.clone(),
@@ -93,7 +103,7 @@ pub(super) async fn resolve(
     };
     if addrs.is_empty() {
         return Err(TargetError::Unresolved {
-            host: target.host_name(),
+            host: host_name(host),
             detail: "no address".into(),
         });
     }
@@ -101,7 +111,7 @@ pub(super) async fn resolve(
         for addr in &addrs {
             if let Some(kind) = refused_kind(addr.ip()) {
                 return Err(TargetError::Refused {
-                    host: target.host_name(),
+                    host: host_name(host),
                     addr: addr.ip(),
                     kind,
                 });
@@ -109,6 +119,15 @@ pub(super) async fn resolve(
         }
     }
     Ok(addrs)
+}
+
+/// The addresses `name` resolves to (with port 0), every one of them checked unless
+/// `allow_private`: the resolver of the delivery client.
+pub(super) async fn resolve_name(
+    name: &str,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, TargetError> {
+    resolve(&Host::Domain(name.to_owned()), 0, allow_private).await
 }
 
 /// What kind of internal address `ip` is, if it is one a webhook may not reach by default:
@@ -194,7 +213,7 @@ fn refused_kind_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// resolves and checks it again.
 pub(super) async fn check_new_target(url: &str, allow_private: bool) -> Result<(), String> {
     let target = Target::parse(url).map_err(|error| format!("url: {error}"))?;
-    match resolve(&target, allow_private).await {
+    match resolve(&target.host, target.port, allow_private).await {
         Ok(_) | Err(TargetError::Unresolved { .. }) => Ok(()),
         Err(error @ TargetError::Refused { .. }) => Err(format!("url: {error}")),
     }
@@ -223,15 +242,15 @@ mod tests {
         }
         let target = Target::parse("http://example.test:80/").unwrap();
         assert_eq!(
-            (target.port, target.host_header.as_str()),
+            (target.port, target.host_header().as_str()),
             (80, "example.test")
         );
         let target = Target::parse("http://example.test:8080").unwrap();
         assert_eq!(
             (
                 target.port,
-                target.host_header.as_str(),
-                target.path.as_str()
+                target.host_header().as_str(),
+                target.path().as_str()
             ),
             (8080, "example.test:8080", "/")
         );
