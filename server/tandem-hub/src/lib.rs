@@ -183,17 +183,17 @@ impl Hub {
     }
 
     /// The store the hub loads docs from.
-    pub fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }
 
     /// The settings it runs with.
-    pub fn config(&self) -> &HubConfig {
+    pub(crate) fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
     /// The token and tracker its tasks run under.
-    pub fn lifecycle(&self) -> &Lifecycle {
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
     }
 

@@ -585,13 +585,6 @@ fn mint_with(key: &EncodingKey, claims: &Claims) -> String {
         .expect("HS256 signing with an in-memory secret and serialisable claims cannot fail")
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
 /// The token a request carries: `Authorization: Bearer`, else the `token` query parameter,
 /// else a `Sec-WebSocket-Protocol` entry `tandem.token.<jwt>`.
 pub fn token_from(headers: &HeaderMap, uri: &Uri) -> Option<String> {
@@ -783,6 +776,7 @@ fn load_or_create_server_key(data_dir: &Path) -> Result<Vec<u8>, AuthLoadError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::unix_now_s;
 
     #[test]
     fn patterns_match_with_star_as_any_run() {
@@ -866,9 +860,9 @@ mod tests {
             name: Some("Ada".into()),
             docs: BTreeMap::from([("team/*".into(), Role::Write)]),
             admin: false,
-            exp: unix_now() + 60,
+            exp: unix_now_s() + 60,
             nbf: None,
-            iat: Some(unix_now()),
+            iat: Some(unix_now_s()),
             iss: None,
             session: None,
         };
@@ -884,7 +878,7 @@ mod tests {
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
         assert!(matches!(auth.verify(&tampered), Err(AuthError::Invalid(_))));
         let expired = auth.mint(&Claims {
-            exp: unix_now() - 3600,
+            exp: unix_now_s() - 3600,
             ..claims
         });
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));

@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::account;
+use crate::accounts;
 use crate::auth::{AuthMode, Role};
 use crate::proxy::{ForwardedHeader, TrustedProxyArg};
 
@@ -715,7 +715,7 @@ impl std::str::FromStr for DocRole {
         let (pattern, role) = text
             .rsplit_once('=')
             .ok_or_else(|| format!("expected PATTERN=ROLE, got {text:?}"))?;
-        let role = account::parse_role(role)
+        let role = accounts::parse_role(role)
             .ok_or_else(|| format!("unknown role {role:?}: use read, write or admin"))?;
         Ok(DocRole {
             pattern: pattern.to_owned(),

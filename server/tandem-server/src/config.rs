@@ -19,7 +19,7 @@ use tandem_core::Limits;
 use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
 pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 
-use crate::account::AccountConfig;
+use crate::accounts::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::cli::{HumanDuration, LogFormat, ServeArgs};

@@ -3,16 +3,11 @@
 //! (`protocol-spec/http.md`). Its own module because both the HTTP layer and the accept loop
 //! (whose connection-cap 503s never reach the router) hand them out.
 
-use std::fmt::Write;
-
 /// Random bytes of an `error_id`, written as twice as many hex digits.
 const ERROR_ID_BYTES: usize = 8;
 
 /// A fresh `error_id`: 16 random hex digits, enough that two failures never share one.
 pub(crate) fn new() -> String {
     let bytes: [u8; ERROR_ID_BYTES] = rand::random();
-    bytes.iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    hex::encode(bytes)
 }

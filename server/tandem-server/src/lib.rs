@@ -9,47 +9,46 @@
 //! # Layout
 //!
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
-//! - [`activity`]: the activity recorder (edit sessions, batching) and `GET /api/activity`.
+//! - `clock`: the wall clock, seconds and milliseconds since the Unix epoch.
+//! - [`accounts`]: the accounts service: password sign-in, token refresh, the `users` table.
+//! - [`activity`]: the activity recorder (edit sessions, batching).
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
-//! - [`account`]: password sign-in, token refresh and the account API over the `users` table.
+//! - `files`: the files service: uploads, versions, blobs, cleanup.
 //! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
 //!   `config` nor `command`, which both import it.
 //! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, one file each,
 //!   offline or through a running server (one `Backend` for both).
 //! - [`config`]: defaults, TOML file, environment and flags layered into one validated `Config`.
 //! - `data_dir`: start-up refusal of a missing or empty database beside an earlier store's data.
-//! - `http`: the axum router, REST handlers, `ApiError`.
+//! - `api`: the HTTP layer over the services: `AppState`, the router, `ApiError`, the
+//!   extractors and one file per resource (docs, versions, files, accounts, webhooks, ...).
 //! - `error_id`: the random id of a 5xx answer, shared with its log line.
-//! - `web_client`: the browser client's files, embedded or from `--web-dir`, with caching rules.
 //! - `bus`: the workspace events and their bus (activity, webhooks, live streams); the hub's
 //!   `DocEventSink`.
-//! - `events`: the `GET /api/events` stream, and who an HTTP request is credited to.
-//! - `files`: uploads (PUT and tus), downloads with ranges, versions, blobs, cleanup.
 //! - `name`: the characters a version, display or file name may not contain.
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
 //! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
 
-pub mod account;
+pub mod accounts;
 pub mod activity;
+mod api;
 pub mod auth;
 mod bus;
 pub mod cli;
+mod clock;
 pub mod command;
 pub mod config;
 mod data_dir;
 mod error_id;
-mod events;
 mod files;
-mod http;
 mod listener;
 mod name;
 mod proxy;
+#[cfg(test)]
+mod tidy;
 mod tls;
-mod versions;
-mod web_client;
 pub mod webhook;
-mod ws_upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -273,20 +272,23 @@ pub async fn run_with_ready(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
     );
-    let state = http::AppState {
+    let state = api::AppState {
         files,
         events,
         auth,
         hub: hub.clone(),
+        store: store.clone(),
+        lifecycle: lifecycle.clone(),
+        limits: config.hub.limits.clone(),
         connection: config.connection.clone(),
-        accounts: account::Accounts::new(store.clone(), config.accounts.clone()),
+        accounts: accounts::Accounts::new(store.clone(), config.accounts.clone()),
         webhooks,
     };
-    let web = web_client::Source::new(config.web_dir.clone());
+    let web = api::web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {
         warn!(source = ?web, "no web client to serve; build it with `bash scripts/run.sh`");
     }
-    let app = http::router(state, web);
+    let app = api::router(state, web);
 
     let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
         context: "reading local address",

@@ -23,9 +23,10 @@ use tandem_store::{Store, StoreError};
 
 use super::CommandError;
 use crate::DB_FILE_NAME;
-use crate::account::{self, PutUserRequest, UserView, hash_password, new_record};
-use crate::auth::{Claims, Role, mint_offline, unix_now};
+use crate::accounts::{PutUserRequest, UserView, hash_password, new_record};
+use crate::auth::{Claims, Role, mint_offline};
 use crate::cli::Target;
+use crate::clock::unix_now_s;
 use crate::webhook::{self, AttemptView, NewWebhook, WebhookView};
 
 /// Lifetime of the administrator token a command mints to call a running server.
@@ -93,7 +94,7 @@ impl Backend {
                     .or_else(|| existing.as_ref().map(|record| record.name.clone()));
                 let created_ms = existing
                     .as_ref()
-                    .map_or_else(account::unix_now_ms, |record| record.created_ms);
+                    .map_or_else(crate::clock::unix_now_ms, |record| record.created_ms);
                 let record = new_record(
                     user.sub,
                     name.as_deref(),
@@ -158,7 +159,7 @@ impl Backend {
     ) -> Result<(String, String), CommandError> {
         match self {
             Backend::Local { store, path } => {
-                let record = webhook::new_record(request, account::unix_now_ms())
+                let record = webhook::new_record(request, crate::clock::unix_now_ms())
                     .map_err(CommandError::Invalid)?;
                 store.put_webhook(&record).map_err(store_error(path))?;
                 Ok((record.id, record.secret))
@@ -405,7 +406,7 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 fn admin_token(data_dir: &Path) -> Result<String, CommandError> {
-    let now = unix_now();
+    let now = unix_now_s();
     let claims = Claims {
         sub: ADMIN_TOKEN_SUB.into(),
         name: None,

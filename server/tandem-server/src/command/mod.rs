@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use tandem_store::StoreError;
 
-use crate::account::validate_docs;
+use crate::accounts::validate_docs;
 use crate::auth::{AuthLoadError, Role};
 use crate::cli::{DocRole, TokenCommand, UserCommand, WebhookCommand};
 

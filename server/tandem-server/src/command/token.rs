@@ -2,9 +2,10 @@
 //! directory), offline; the server need not run, and no database is opened.
 
 use super::{CommandError, docs_of};
-use crate::account::{validate_name, validate_sub};
-use crate::auth::{Claims, mint_offline, unix_now};
+use crate::accounts::{validate_name, validate_sub};
+use crate::auth::{Claims, mint_offline};
 use crate::cli::TokenMintArgs;
+use crate::clock::unix_now_s;
 
 /// The token for `args`, valid from now for `--ttl` (at least one second).
 pub(super) fn mint(args: &TokenMintArgs) -> Result<String, CommandError> {
@@ -12,7 +13,7 @@ pub(super) fn mint(args: &TokenMintArgs) -> Result<String, CommandError> {
     if let Some(name) = &args.name {
         validate_name(name).map_err(CommandError::Invalid)?;
     }
-    let now = unix_now();
+    let now = unix_now_s();
     let claims = Claims {
         sub: args.sub.clone(),
         name: args.name.clone(),

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Read};
 
 use super::backend::{Backend, NewUser};
 use super::{CommandError, docs_of};
-use crate::account::{
+use crate::accounts::{
     MAX_PASSWORD_BYTES, UserView, validate_name, validate_password, validate_sub,
 };
 use crate::cli::{UserAddArgs, UserListArgs, UserRemoveArgs};

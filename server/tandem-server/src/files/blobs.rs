@@ -203,7 +203,7 @@ pub(crate) fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buffer[..n]);
         len += n as u64;
     }
-    Ok((hex(&hasher.finalize()), len))
+    Ok((hex::encode(hasher.finalize()), len))
 }
 
 /// A fresh upload id: 128 random bits as 32 lower-case hex digits.
@@ -219,16 +219,6 @@ pub(crate) fn is_upload_id(text: &str) -> bool {
 /// Whether `text` is a SHA-256 in lower-case hex.
 pub(crate) fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
 }
 
 /// fsync of a directory, so a rename or creation in it is durable.

@@ -1,4 +1,4 @@
-//! Resumable uploads: tus 1.0.0 with the creation, termination and expiration extensions, so
+//! Resumable uploads over HTTP: tus 1.0.0 with the creation, termination and expiration extensions, so
 //! an unmodified tus client (tus-js-client in the web client) can upload large files and resume
 //! after a cut connection.
 //!
@@ -13,7 +13,6 @@
 //! to sync what it got, and then checks the offset.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -23,17 +22,17 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tandem_core::DocId;
 use tandem_store::{FileVersion, UploadRecord};
-use tokio::sync::OwnedMutexGuard;
-use tokio_util::sync::CancellationToken;
 
-use super::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
-use super::{
-    FileApiError, Files, ReceiveError, check_new_path, check_not_doc, content_length,
-    content_type_for, last_segment, parse_sha256, publish_uploaded, receive, write_grant,
-};
+use super::AppState;
+use super::error::ApiError;
+use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
 use crate::auth::Grant;
-use crate::events::now_ms;
-use crate::http::{ApiError, AppState};
+use crate::clock::unix_now_ms;
+use crate::files::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
+use crate::files::upload::{
+    ReceiveError, content_type_for, forget_slot, parse_sha256, receive, take_slot,
+};
+use crate::files::{FileError, Files, last_segment};
 
 /// The one protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
@@ -41,8 +40,6 @@ const TUS_VERSION: &str = "1.0.0";
 const TUS_EXTENSIONS: &str = "creation,termination,expiration";
 /// The media type of PATCH bodies.
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
-/// How long a PATCH waits for the one it replaces to stop and sync.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
 const TUS_VERSION_HEADER: HeaderName = HeaderName::from_static("tus-version");
@@ -51,74 +48,6 @@ const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
 const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 /// The version number a completing PATCH stored (ours, not tus's).
 const FILE_VERSION_HEADER: HeaderName = HeaderName::from_static("tandem-file-version");
-
-/// The PATCH currently writing one upload.
-pub(crate) struct UploadSlot {
-    /// Held by the PATCH writing the upload.
-    lock: Arc<tokio::sync::Mutex<()>>,
-    /// Cancels the holder of `lock`, so a newer PATCH (the client resuming) takes over.
-    current: Mutex<CancellationToken>,
-}
-
-/// Whether a PATCH is writing upload `id` (the cleanup leaves it alone).
-pub(super) fn is_busy(files: &Files, id: &str) -> bool {
-    let slots = files
-        .inner
-        .slots
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    slots
-        .get(id)
-        .is_some_and(|slot| slot.lock.try_lock().is_err())
-}
-
-/// Drops the slot of a finished, terminated or expired upload.
-pub(super) fn forget_slot(files: &Files, id: &str) {
-    files
-        .inner
-        .slots
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(id);
-}
-
-/// Becomes the one writer of upload `id`: cancels the current one and waits for it to finish.
-/// The returned token is cancelled by the next taker or by shutdown (`parent`).
-async fn take_slot(
-    files: &Files,
-    id: &str,
-    parent: &CancellationToken,
-) -> Result<(OwnedMutexGuard<()>, CancellationToken), ApiError> {
-    let slot = {
-        let mut slots = files
-            .inner
-            .slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots
-            .entry(id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(UploadSlot {
-                    lock: Arc::new(tokio::sync::Mutex::new(())),
-                    current: Mutex::new(CancellationToken::new()),
-                })
-            })
-            .clone()
-    };
-    slot.current
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .cancel();
-    let guard = tokio::time::timeout(TAKEOVER_TIMEOUT, slot.lock.clone().lock_owned())
-        .await
-        .map_err(|_| FileApiError::UploadBusy)?;
-    let token = parent.child_token();
-    *slot
-        .current
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = token.clone();
-    Ok((guard, token))
-}
 
 /// Adds `Tus-Resumable` to every answer, and `Tus-Version` to a 412.
 fn tus_response(res: Result<Response, ApiError>) -> Response {
@@ -136,7 +65,7 @@ fn tus_response(res: Result<Response, ApiError>) -> Response {
 fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(TUS_RESUMABLE) {
         Some(value) if value == TUS_VERSION => Ok(()),
-        _ => Err(FileApiError::TusVersion.into()),
+        _ => Err(FileError::TusVersion.into()),
     }
 }
 
@@ -153,7 +82,7 @@ fn expires_header(expires_ms: u64) -> HeaderValue {
 }
 
 fn bad(message: &str) -> ApiError {
-    FileApiError::BadRequest(message.to_owned()).into()
+    FileError::BadRequest(message.to_owned()).into()
 }
 
 /// `Upload-Metadata`: comma-separated `key base64(value)` pairs (the value may be absent).
@@ -247,9 +176,9 @@ async fn create_upload(
     let id = new_upload_id();
     let file_path = files.inner.disk.upload_path(&id);
     if let Err(error) = UploadFile::create(&file_path).await {
-        return Err(files.io_failure(error, "creating upload file").await);
+        return Err(files.io_failure(error, "creating upload file").await.into());
     }
-    let created_ms = now_ms();
+    let created_ms = unix_now_ms();
     let expiry_ms = u64::try_from(files.config().upload_expiry.as_millis()).unwrap_or(u64::MAX);
     let record = UploadRecord {
         id: id.clone(),
@@ -258,7 +187,7 @@ async fn create_upload(
         sha256,
         content_type,
         name,
-        uploader: super::uploader_of(&grant, headers),
+        uploader: super::files::uploader_of(&grant, headers),
         created_ms,
         expires_ms: created_ms.saturating_add(expiry_ms),
     };
@@ -276,7 +205,7 @@ async fn create_upload(
     };
     if let Err(error) = stored {
         let _ = tokio::fs::remove_file(&file_path).await;
-        return Err(error);
+        return Err(error.into());
     }
     tracing::info!(id, path = %path, length, "upload created");
     let mut response = StatusCode::CREATED.into_response();
@@ -304,14 +233,14 @@ async fn load_upload(
     id: &str,
 ) -> Result<(UploadRecord, Grant), ApiError> {
     if !is_upload_id(id) {
-        return Err(FileApiError::UploadNotFound.into());
+        return Err(FileError::UploadNotFound.into());
     }
     let key = id.to_owned();
     let record = state
         .files
         .blocking(move |inner| Ok(inner.store.upload(&key)?))
         .await?
-        .ok_or(FileApiError::UploadNotFound)?;
+        .ok_or(FileError::UploadNotFound)?;
     let path = DocId::new(&record.path).map_err(|_| ApiError::Internal)?;
     let grant = write_grant(state, headers, uri, &path)?;
     let same_uploader = match (&record.uploader.sub, &grant.identity) {
@@ -319,10 +248,10 @@ async fn load_upload(
         _ => true,
     };
     if !same_uploader {
-        return Err(FileApiError::UploadNotFound.into());
+        return Err(FileError::UploadNotFound.into());
     }
-    if record.expires_ms <= now_ms() {
-        return Err(FileApiError::UploadExpired.into());
+    if record.expires_ms <= unix_now_ms() {
+        return Err(FileError::UploadExpired.into());
     }
     Ok((record, grant))
 }
@@ -336,7 +265,7 @@ async fn offset_of(files: &Files, id: &str) -> Result<u64, ApiError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(id, "upload record without bytes; removed");
             remove_upload(files, id).await;
-            Err(FileApiError::UploadNotFound.into())
+            Err(FileError::UploadNotFound.into())
         }
         Err(error) => {
             tracing::error!(%error, id, "reading upload file failed");
@@ -394,17 +323,17 @@ async fn patch_upload(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.trim().eq_ignore_ascii_case(OFFSET_OCTET_STREAM));
     if !is_offset_stream {
-        return Err(FileApiError::PatchContentType.into());
+        return Err(FileError::PatchContentType.into());
     }
     let claimed =
         header_u64(headers, &UPLOAD_OFFSET).ok_or_else(|| bad("Upload-Offset is required"))?;
     let (record, _grant) = load_upload(state, uri, headers, id).await?;
     let files = &state.files;
-    let lifecycle_cancel = &state.hub.lifecycle().cancel;
+    let lifecycle_cancel = &state.lifecycle.cancel;
     let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
     let offset = offset_of(files, id).await?;
     if offset != claimed {
-        return Err(FileApiError::OffsetMismatch {
+        return Err(FileError::OffsetMismatch {
             actual: offset,
             claimed,
         }
@@ -412,7 +341,7 @@ async fn patch_upload(
     }
     let declared_len = content_length(headers);
     // A body past the declared length is over its limit: 413, as tusd answers.
-    let past_length = || FileApiError::TooLarge { max: record.length };
+    let past_length = || FileError::TooLarge { max: record.length };
     if declared_len.is_some_and(|len| offset.saturating_add(len) > record.length) {
         return Err(past_length().into());
     }
@@ -420,11 +349,11 @@ async fn patch_upload(
     files.check_writable().await?;
     let mut file = match UploadFile::append(&file_path).await {
         Ok(file) => file,
-        Err(error) => return Err(files.io_failure(error, "opening upload file").await),
+        Err(error) => return Err(files.io_failure(error, "opening upload file").await.into()),
     };
     let mut received = 0u64;
     let res = receive(
-        body,
+        body.into_data_stream(),
         &mut file,
         None,
         record.length - offset,
@@ -445,24 +374,24 @@ async fn patch_upload(
                 offset = new_offset,
                 "upload patch cut off; bytes kept for resuming"
             );
-            return Err(FileApiError::Incomplete {
+            return Err(FileError::Incomplete {
                 received,
                 expected: declared_len.unwrap_or(received),
             }
             .into());
         }
-        Err(ReceiveError::Idle) => return Err(FileApiError::IdleTimeout.into()),
+        Err(ReceiveError::Idle) => return Err(FileError::IdleTimeout.into()),
         Err(ReceiveError::ShuttingDown) if lifecycle_cancel.is_cancelled() => {
             return Err(ApiError::ShuttingDown);
         }
-        Err(ReceiveError::ShuttingDown) => return Err(FileApiError::UploadBusy.into()),
+        Err(ReceiveError::ShuttingDown) => return Err(FileError::UploadBusy.into()),
         Err(ReceiveError::TooLarge) => return Err(past_length().into()),
         Err(ReceiveError::Io(error)) => {
-            return Err(files.io_failure(error, "writing upload").await);
+            return Err(files.io_failure(error, "writing upload").await.into());
         }
     }
     if let Err(error) = synced {
-        return Err(files.io_failure(error, "syncing upload").await);
+        return Err(files.io_failure(error, "syncing upload").await.into());
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
@@ -511,7 +440,7 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
         if let Some(declared) = &record.sha256
             && *declared != sha256
         {
-            return Err(FileApiError::Sha256Mismatch {
+            return Err(FileError::Sha256Mismatch {
                 declared: declared.clone(),
                 actual: sha256.clone(),
             }
@@ -526,7 +455,7 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             content_type: record.content_type.clone(),
             name: record.name.clone(),
             uploader: record.uploader.clone(),
-            uploaded_ms: now_ms(),
+            uploaded_ms: unix_now_ms(),
         };
         files
             .commit(
@@ -536,6 +465,7 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
                 Some(record.id.clone()),
             )
             .await
+            .map_err(ApiError::from)
     }
     .await;
     match res {
@@ -547,9 +477,9 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             let refused = matches!(
                 &error,
                 ApiError::File(
-                    FileApiError::Sha256Mismatch { .. }
-                        | FileApiError::QuotaExceeded { .. }
-                        | FileApiError::PathTaken { .. }
+                    FileError::Sha256Mismatch { .. }
+                        | FileError::QuotaExceeded { .. }
+                        | FileError::PathTaken { .. }
                 )
             );
             if refused {
@@ -570,7 +500,7 @@ async fn remove_upload(files: &Files, id: &str) {
             inner.store.remove_upload(&key)?;
             inner.disk.remove_upload(&key).map_err(|error| {
                 tracing::warn!(%error, "removing upload bytes failed");
-                ApiError::Internal
+                FileError::Internal
             })
         })
         .await;
@@ -590,7 +520,7 @@ pub(super) async fn terminate(
         async {
             check_version(&headers)?;
             load_upload(&state, &uri, &headers, &id).await?;
-            let (guard, _) = take_slot(&state.files, &id, &state.hub.lifecycle().cancel).await?;
+            let (guard, _) = take_slot(&state.files, &id, &state.lifecycle.cancel).await?;
             remove_upload(&state.files, &id).await;
             drop(guard);
             forget_slot(&state.files, &id);

@@ -14,9 +14,10 @@ use tandem_core::{DocId, ProtocolError, SharedDoc};
 use tandem_hub::RestoreRefused;
 use tandem_store::{Author, VersionRecord};
 
+use super::events::actor_of_request;
+use crate::api::{ApiError, AppState};
 use crate::auth::{AuthError, Grant};
-use crate::events::{Actor, actor_of_request};
-use crate::http::{ApiError, AppState};
+use tandem_hub::Actor;
 
 /// Longest version name, in characters.
 pub(crate) const MAX_VERSION_NAME_CHARS: usize = 200;
@@ -127,7 +128,7 @@ async fn blocking<T: Send + 'static>(
 
 /// `GET /api/docs/{name}/versions`: newest first.
 pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
-    let store = state.hub.store().clone();
+    let store = state.store.clone();
     let versions = blocking(move || store.list_versions(doc.as_str())).await?;
     let versions: Vec<VersionJson> = versions.into_iter().map(VersionJson::from).collect();
     Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
@@ -140,7 +141,7 @@ pub(crate) async fn get(
     doc: DocId,
     id: u64,
 ) -> Result<Response, ApiError> {
-    let store = state.hub.store().clone();
+    let store = state.store.clone();
     let version = blocking(move || store.version(doc.as_str(), id)).await?;
     let Some((_, bytes)) = version else {
         return Err(ApiError::VersionNotFound);
@@ -159,7 +160,7 @@ pub(crate) async fn get(
         )
             .into_response());
     }
-    let limits = state.hub.config().limits.clone();
+    let limits = state.limits.clone();
     let json = tokio::task::spawn_blocking(move || {
         SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json())
     })
@@ -244,7 +245,7 @@ pub(crate) async fn restore(
     if !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
-    let store = state.hub.store().clone();
+    let store = state.store.clone();
     let name = doc.clone();
     let version = blocking(move || store.version(name.as_str(), id)).await?;
     let Some((_, old_state)) = version else {
@@ -309,7 +310,7 @@ pub(crate) async fn history(
             _ => {}
         }
     }
-    let store = state.hub.store().clone();
+    let store = state.store.clone();
     let entries = blocking(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
     let entries: Vec<EntryJson> = entries
         .into_iter()

@@ -20,8 +20,10 @@ use tandem_core::DocId;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{FileApiError, Files, grant_for, last_segment, load_entry, path_from};
-use crate::http::{ApiError, AppState};
+use super::AppState;
+use super::error::ApiError;
+use super::files::{grant_for, load_entry, path_from};
+use crate::files::{FileError, Files, last_segment};
 
 /// Bytes read from the blob at a time while streaming.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -158,7 +160,7 @@ async fn open_blob(
                 .iter()
                 .any(|version| version.sha256 == sha256)
             {
-                return Err(FileApiError::NotFound.into());
+                return Err(FileError::NotFound.into());
             }
             // Still named: opened once more, in case the same bytes were uploaded again
             // between the delete that removed the blob and the read of the entry.
@@ -198,7 +200,7 @@ pub(crate) async fn get_file(
         match pair.split_once('=') {
             Some(("version", value)) => {
                 wanted_version = Some(value.parse::<u64>().map_err(|_| {
-                    FileApiError::BadRequest("version must be a positive integer".into())
+                    FileError::BadRequest("version must be a positive integer".into())
                 })?);
             }
             Some(("inline", value)) => inline = value == "1" || value == "true",
@@ -212,7 +214,7 @@ pub(crate) async fn get_file(
             .versions
             .iter()
             .find(|version| version.version == number)
-            .ok_or(FileApiError::VersionNotFound)?,
+            .ok_or(FileError::VersionNotFound)?,
     };
     let len = version.size;
     // Before any answer, so HEAD, GET and conditional requests all see a lost blob.
@@ -261,7 +263,7 @@ pub(crate) async fn get_file(
     };
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if range == RangeAnswer::Unsatisfiable {
-        let mut response = ApiError::from(FileApiError::RangeNotSatisfiable).into_response();
+        let mut response = ApiError::from(FileError::RangeNotSatisfiable).into_response();
         response.headers_mut().extend(common);
         response
             .headers_mut()

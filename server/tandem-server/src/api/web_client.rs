@@ -299,14 +299,7 @@ fn content_type(path: &str) -> HeaderValue {
 
 /// A strong entity tag from a SHA-256: its first [`ETAG_HASH_BYTES`] bytes as hex, quoted.
 fn etag_of(sha256: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    let mut etag = String::with_capacity(2 + 2 * ETAG_HASH_BYTES);
-    etag.push('"');
-    for byte in &sha256[..ETAG_HASH_BYTES] {
-        let _ = write!(etag, "{byte:02x}");
-    }
-    etag.push('"');
-    etag
+    format!("\"{}\"", hex::encode(&sha256[..ETAG_HASH_BYTES]))
 }
 
 /// The entity tag in the request's `If-None-Match` that names this file: `etag` itself, or

@@ -18,11 +18,11 @@ use tokio::sync::broadcast;
 
 use percent_encoding::percent_decode_str;
 
+use crate::api::{ApiError, AppState};
 use crate::auth::{Claims, Grant};
-pub(crate) use crate::bus::{Event, Events};
-use crate::http::{ApiError, AppState};
-pub(crate) use tandem_hub::Actor;
-pub(crate) use tandem_hub::clock::now_ms;
+use tandem_hub::Actor;
+
+use crate::bus::Event;
 
 /// The header an unauthenticated client names itself with.
 const USER_HEADER: &str = "x-tandem-user";
@@ -63,7 +63,7 @@ pub(crate) async fn stream(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = crate::http::request_claims(&state, &headers, &uri)?;
+    let claims = super::extract::request_claims(&state, &headers, &uri)?;
     let expires_at = claims.as_ref().map(|claims| {
         let exp = SystemTime::UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp))
@@ -74,7 +74,7 @@ pub(crate) async fn stream(
         tokio::time::Instant::now() + left
     });
     let receiver = state.events.subscribe();
-    let cancel = state.hub.lifecycle().cancel.clone();
+    let cancel = state.lifecycle.cancel.clone();
     let stream = event_stream(receiver, claims, expires_at, cancel);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

@@ -1,0 +1,635 @@
+//! Accounts for teams without an identity provider: the service behind password sign-in,
+//! token refresh and the admin API over the `users` table of `tandem-store` (the handlers are
+//! `api/accounts.rs`).
+//!
+//! A successful sign-in yields a token signed with the server's own key (`Auth::mint`), with
+//! the account's roles as its claims; from then on it is an ordinary token (`auth.rs`). A refresh
+//! re-reads the account, so removing an account or changing its roles takes effect at the next
+//! refresh at the latest.
+//!
+//! Invariants:
+//! - Passwords are hashed with Argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes, one
+//!   lane, the OWASP recommendation) in `spawn_blocking`, at most [`MAX_CONCURRENT_HASHES`] at a
+//!   time and at most [`MAX_QUEUED_HASHES`] waiting, so a flood of sign-ins cannot take more than
+//!   two cores or queue without bound.
+//! - A name that is not an account is checked against [`DUMMY_PASSWORD_HASH`], so the answer
+//!   takes as long as for a real account and says the same thing: which accounts exist does not
+//!   leak through sign-in.
+//! - Failed attempts are limited per account and per client address (`limiter.rs`); over a
+//!   limit, the request is refused before any hashing.
+//! - Nothing here logs a password, a hash or a token.
+//! - This is a service: it returns [`AccountError`] and never names HTTP or the API layer.
+//!
+//! `command.rs` drives the same store operations from the command line.
+
+mod limiter;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use serde::{Deserialize, Serialize};
+use tandem_store::{Store, StoreError, UserRecord};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::auth::{Claims, Role};
+use crate::clock::{unix_now_ms, unix_now_s};
+use limiter::LoginLimiter;
+
+/// Default lifetime of a token from `POST /api/login` or a refresh.
+pub const DEFAULT_LOGIN_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+/// Default window over which failed sign-ins are counted. Long enough that guessing is slow
+/// (5 guesses per account per 15 min is 480 a day), short enough that someone who mistyped
+/// five times is back within a coffee break.
+pub const DEFAULT_LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Default failed sign-ins allowed per account in the window: enough for typos, few enough for
+/// online guessing to be hopeless against any real password.
+pub const DEFAULT_MAX_FAILURES_PER_ACCOUNT: u32 = 5;
+/// Default failed sign-ins allowed per client address in the window, across accounts: one
+/// address spraying one password over many accounts is stopped after 20, while an office
+/// behind one NAT still has room for several people's typos.
+pub const DEFAULT_MAX_FAILURES_PER_ADDRESS: u32 = 20;
+
+/// Password hashes running at once. Each takes one core for ~40 ms and 19 MiB.
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+/// Requests waiting for a hashing slot; more are answered 503 `login_busy` at once.
+pub const MAX_QUEUED_HASHES: usize = 64;
+/// How long after a sign-in its tokens may still be refreshed: a working day and a night, so an
+/// open tab survives until the next morning but a stolen token does not live forever.
+const MAX_LOGIN_SESSION: Duration = Duration::from_secs(24 * 3600);
+/// Longest account id, in bytes.
+pub const MAX_SUB_BYTES: usize = 128;
+/// Longest display name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Shortest password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password, in bytes (hashing cost grows with it).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Most document patterns one account may have.
+pub const MAX_DOC_PATTERNS: usize = 64;
+/// Longest document pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 512;
+
+/// The hash names that are not accounts are checked against: Argon2id with the default
+/// parameters (a test checks they match), of a random password nobody knows.
+const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$li6IBelavxHOb7DA+/cUIA$zNww34GbLejICowh5Q+6mSv2447qQUSTW3nXrWyPNCo";
+
+/// Settings of sign-in.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// Lifetime of the tokens `POST /api/login` and refresh return.
+    pub login_token_ttl: Duration,
+    /// Window over which failed sign-ins are counted.
+    pub failure_window: Duration,
+    /// Failed sign-ins per account in the window before it is refused (429).
+    pub max_failures_per_account: u32,
+    /// Failed sign-ins per client address in the window before it is refused (429).
+    pub max_failures_per_address: u32,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        AccountConfig {
+            login_token_ttl: DEFAULT_LOGIN_TOKEN_TTL,
+            failure_window: DEFAULT_LOGIN_FAILURE_WINDOW,
+            max_failures_per_account: DEFAULT_MAX_FAILURES_PER_ACCOUNT,
+            max_failures_per_address: DEFAULT_MAX_FAILURES_PER_ADDRESS,
+        }
+    }
+}
+
+/// Why an account operation was refused. `api/error.rs` maps each to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Wrong password or no such account; deliberately the same answer for both.
+    #[error("bad username or password (account {account:?}, address {address})")]
+    BadCredentials {
+        /// The name tried (cut to `MAX_SUB_BYTES`).
+        account: String,
+        /// The client address.
+        address: IpAddr,
+    },
+    /// Too many failures for the account or from the address.
+    #[error(
+        "too many failed sign-ins for account {account:?} or from address {address}; retry in {} s",
+        retry_after.as_secs()
+    )]
+    TooManyAttempts {
+        /// The name tried.
+        account: String,
+        /// The client address.
+        address: IpAddr,
+        /// When the oldest counted failure leaves the window.
+        retry_after: Duration,
+    },
+    /// Every hashing slot and queue place is taken.
+    #[error("too many sign-ins in progress; retry shortly")]
+    Busy,
+    /// A token of an identity provider: refresh it there.
+    #[error("only tokens this server signed can be refreshed here")]
+    NotRefreshable,
+    /// The sign-in this token descends from is older than `MAX_LOGIN_SESSION`.
+    #[error("this session is too old to renew; sign in again")]
+    SessionTooOld,
+    /// The token's account no longer exists.
+    #[error("the account {0:?} does not exist")]
+    UnknownAccount(String),
+    /// `DELETE /api/users/{sub}` of an account that does not exist.
+    #[error("no user {0:?}")]
+    UserNotFound(String),
+    /// A field of an account is invalid.
+    #[error("{0}")]
+    BadUser(String),
+    /// The store failed or is read-only.
+    #[error("account store: {0}")]
+    Store(#[source] StoreError),
+    /// A blocking task failed, or a stored account holds a role this build does not know.
+    #[error("internal error")]
+    Internal,
+}
+
+/// Accounts, sign-in and the hashing budget. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Accounts {
+    inner: Arc<AccountsInner>,
+}
+
+struct AccountsInner {
+    store: Arc<Store>,
+    config: AccountConfig,
+    hashing: Hashing,
+    limiter: LoginLimiter,
+}
+
+impl Accounts {
+    pub(crate) fn new(store: Arc<Store>, config: AccountConfig) -> Accounts {
+        let limiter = LoginLimiter::new(&config);
+        Accounts {
+            inner: Arc::new(AccountsInner {
+                store,
+                config,
+                hashing: Hashing::new(),
+                limiter,
+            }),
+        }
+    }
+
+    /// Runs `operation` on the store in a blocking task.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Store) -> Result<T, tandem_store::StoreError> + Send + 'static,
+    ) -> Result<T, AccountError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || operation(&store))
+            .await
+            .map_err(|_| AccountError::Internal)?
+            .map_err(AccountError::Store)
+    }
+
+    /// Whether any account exists.
+    pub(crate) async fn any_users(&self) -> Result<bool, AccountError> {
+        Ok(self.with_store(|store| store.count_users()).await? > 0)
+    }
+
+    /// Every account.
+    pub(crate) async fn list_users(&self) -> Result<Vec<UserRecord>, AccountError> {
+        self.with_store(|store| store.list_users()).await
+    }
+
+    /// Checks a password sign-in from `address` (the client through trusted proxies, so a
+    /// proxy's clients are limited one by one) and returns the account.
+    pub(crate) async fn sign_in(
+        &self,
+        username: &str,
+        password: String,
+        address: IpAddr,
+    ) -> Result<UserRecord, AccountError> {
+        let accounts = &self.inner;
+        // Names longer than any account are cut, which keeps the limiter's keys bounded.
+        let account: String = truncate(username, MAX_SUB_BYTES).to_owned();
+        let attempt = match accounts.limiter.check(&account, address, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(retry_after) => {
+                return Err(AccountError::TooManyAttempts {
+                    account,
+                    address,
+                    retry_after,
+                });
+            }
+        };
+        let user = if validate_sub(username).is_ok() {
+            let sub = username.to_owned();
+            self.with_store(move |store| store.get_user(&sub)).await?
+        } else {
+            None
+        };
+        let hash = user
+            .as_ref()
+            .map_or(DUMMY_PASSWORD_HASH.to_owned(), |user| {
+                user.password_hash.clone()
+            });
+        let matches = accounts
+            .hashing
+            .run(move || verify_password(&password, &hash))
+            .await?;
+        let Some(user) = user.filter(|_| matches) else {
+            attempt.failed(Instant::now());
+            return Err(AccountError::BadCredentials { account, address });
+        };
+        drop(attempt);
+        accounts.limiter.reset_account(&account);
+        info!(account = %user.sub, %address, "signed in");
+        Ok(user)
+    }
+
+    /// The account behind the claims of a token this server signed, if its sign-in session may
+    /// still be renewed, with that session's start. Only sign-in sessions are renewed, and not
+    /// forever: a minted token (narrow on purpose) cannot be turned into its account's full
+    /// rights, and a stolen session dies with age.
+    pub(crate) async fn renewable(
+        &self,
+        claims: Claims,
+    ) -> Result<(UserRecord, u64), AccountError> {
+        let Some(session) = claims.session else {
+            return Err(AccountError::NotRefreshable);
+        };
+        if unix_now_s().saturating_sub(session) > MAX_LOGIN_SESSION.as_secs() {
+            return Err(AccountError::SessionTooOld);
+        }
+        let sub = claims.sub.clone();
+        let user = self
+            .with_store(move |store| store.get_user(&sub))
+            .await?
+            .ok_or(AccountError::UnknownAccount(claims.sub))?;
+        Ok((user, session))
+    }
+
+    /// The claims of a fresh token for `user`, in the sign-in session that began at `session`.
+    pub(crate) fn token_claims(
+        &self,
+        user: &UserRecord,
+        session: u64,
+    ) -> Result<Claims, AccountError> {
+        let now = unix_now_s();
+        let ttl = self.inner.config.login_token_ttl.as_secs().max(1);
+        Ok(Claims {
+            sub: user.sub.clone(),
+            name: Some(user.name.clone()).filter(|name| !name.trim().is_empty()),
+            docs: record_docs(user)?,
+            admin: user.admin,
+            exp: now.saturating_add(ttl),
+            nbf: None,
+            iat: Some(now),
+            iss: None,
+            session: Some(session),
+        })
+    }
+
+    /// Creates or changes the account `sub` (already validated). Returns the stored account and
+    /// whether it was created. Absent fields keep their current value; a new account needs a
+    /// password.
+    pub(crate) async fn put_user(
+        &self,
+        sub: String,
+        request: PutUserRequest,
+    ) -> Result<(UserRecord, bool), AccountError> {
+        if let Some(name) = &request.name {
+            validate_name(name).map_err(AccountError::BadUser)?;
+        }
+        if let Some(password) = &request.password {
+            validate_password(password).map_err(AccountError::BadUser)?;
+        }
+        if let Some(docs) = &request.docs {
+            validate_docs(docs).map_err(AccountError::BadUser)?;
+        }
+        let existing = {
+            let sub = sub.clone();
+            self.with_store(move |store| store.get_user(&sub)).await?
+        };
+        let password_hash = match (request.password, &existing) {
+            (Some(password), _) => {
+                self.inner
+                    .hashing
+                    .run(move || hash_password(&password))
+                    .await?
+            }
+            (None, Some(existing)) => existing.password_hash.clone(),
+            (None, None) => {
+                return Err(AccountError::BadUser("a new user needs a password".into()));
+            }
+        };
+        let docs = match (request.docs, &existing) {
+            (Some(docs), _) => docs,
+            (None, Some(existing)) => record_docs(existing)?,
+            (None, None) => BTreeMap::new(),
+        };
+        let name = request
+            .name
+            .or_else(|| existing.as_ref().map(|user| user.name.clone()));
+        let admin = request
+            .admin
+            .or(existing.as_ref().map(|user| user.admin))
+            .unwrap_or(false);
+        let created_ms = existing
+            .as_ref()
+            .map_or_else(unix_now_ms, |user| user.created_ms);
+        let record = new_record(
+            &sub,
+            name.as_deref(),
+            password_hash,
+            &docs,
+            admin,
+            created_ms,
+        );
+        let stored = record.clone();
+        self.with_store(move |store| store.put_user(&stored))
+            .await?;
+        let created = existing.is_none();
+        info!(account = %sub, created, admin, n_patterns = docs.len(), "account saved");
+        Ok((record, created))
+    }
+
+    /// Removes the account `sub`.
+    pub(crate) async fn remove_user(&self, sub: String) -> Result<(), AccountError> {
+        let removed = {
+            let sub = sub.clone();
+            self.with_store(move |store| store.remove_user(&sub))
+                .await?
+        };
+        if !removed {
+            return Err(AccountError::UserNotFound(sub));
+        }
+        warn!(account = %sub, "account removed");
+        Ok(())
+    }
+}
+
+/// The CPU budget for password hashing: a bounded queue in front of a few slots.
+struct Hashing {
+    /// Taken without waiting for the whole time a request wants to hash; bounds the queue.
+    queue: Arc<Semaphore>,
+    /// Taken (waiting) for the hash itself, and moved into the blocking task so it is held
+    /// until the hash finishes even if the request is dropped meanwhile.
+    slots: Arc<Semaphore>,
+}
+
+impl Hashing {
+    fn new() -> Hashing {
+        Hashing {
+            queue: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES + MAX_QUEUED_HASHES)),
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES)),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        let _queued = self
+            .queue
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AccountError::Busy)?;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the hashing semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|_| AccountError::Internal)
+    }
+}
+
+/// Hashes `password` with Argon2id (default parameters, random 16-byte salt) into a PHC string.
+/// Blocking: ~40 ms of one core.
+pub fn hash_password(password: &str) -> String {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .expect("Argon2 with default parameters hashes any password within MAX_PASSWORD_BYTES")
+        .to_string()
+}
+
+/// Whether `password` matches the PHC string `hash`. Blocking, as long as hashing. A hash that
+/// does not parse matches nothing.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// Checks an account id: 1 to [`MAX_SUB_BYTES`] ASCII letters, digits and `.`, `_`, `@`, `-`,
+/// starting with a letter or digit, so it is safe in a URL path, a log line and a file name.
+pub fn validate_sub(sub: &str) -> Result<(), String> {
+    let valid_chars = sub
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'@' | b'-'));
+    let starts_well = sub
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if sub.len() > MAX_SUB_BYTES || !valid_chars || !starts_well {
+        return Err(format!(
+            "user name must be 1 to {MAX_SUB_BYTES} letters, digits, '.', '_', '@' or '-', \
+             starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a display name: at most [`MAX_NAME_BYTES`] bytes, nothing `name.rs` forbids
+/// (control characters, direction overrides, line separators).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES || crate::name::has_forbidden(name) {
+        return Err(format!(
+            "display name must be at most {MAX_NAME_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a new password: [`MIN_PASSWORD_CHARS`] characters to [`MAX_PASSWORD_BYTES`] bytes.
+pub fn validate_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "password must be at least {MIN_PASSWORD_CHARS} characters and at most \
+             {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks document patterns: at most [`MAX_DOC_PATTERNS`], each 1 to [`MAX_PATTERN_BYTES`]
+/// bytes without control characters.
+pub fn validate_docs(docs: &BTreeMap<String, Role>) -> Result<(), String> {
+    if docs.len() > MAX_DOC_PATTERNS {
+        return Err(format!("at most {MAX_DOC_PATTERNS} document patterns"));
+    }
+    for pattern in docs.keys() {
+        if pattern.is_empty()
+            || pattern.len() > MAX_PATTERN_BYTES
+            || pattern.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "document pattern {pattern:?} must be 1 to {MAX_PATTERN_BYTES} bytes without \
+                 control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The name of a role as stored and sent: `read`, `write`, `admin`.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Read => "read",
+        Role::Write => "write",
+        Role::Admin => "admin",
+    }
+}
+
+/// A role from its name.
+pub fn parse_role(name: &str) -> Option<Role> {
+    match name {
+        "read" => Some(Role::Read),
+        "write" => Some(Role::Write),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// The roles of a stored account; a role name this build does not know is an error, so a stored
+/// typo never silently grants or removes access.
+fn record_docs(user: &UserRecord) -> Result<BTreeMap<String, Role>, AccountError> {
+    user.docs
+        .iter()
+        .map(|(pattern, role)| match parse_role(role) {
+            Some(role) => Ok((pattern.clone(), role)),
+            None => {
+                tracing::error!(account = %user.sub, role, "stored account has an unknown role");
+                Err(AccountError::Internal)
+            }
+        })
+        .collect()
+}
+
+/// A stored account from validated fields.
+pub fn new_record(
+    sub: &str,
+    name: Option<&str>,
+    password_hash: String,
+    docs: &BTreeMap<String, Role>,
+    admin: bool,
+    created_ms: u64,
+) -> UserRecord {
+    UserRecord {
+        sub: sub.to_owned(),
+        name: name.unwrap_or(sub).to_owned(),
+        password_hash,
+        docs: docs
+            .iter()
+            .map(|(pattern, role)| (pattern.clone(), role_name(*role).to_owned()))
+            .collect(),
+        admin,
+        created_ms,
+    }
+}
+
+/// One account in `GET /api/users` and the answer of `PUT /api/users/{sub}`; never the hash.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    /// The account id.
+    pub sub: String,
+    /// The display name.
+    pub name: String,
+    /// Pattern to role name.
+    pub docs: BTreeMap<String, String>,
+    /// May manage accounts.
+    pub admin: bool,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(user: UserRecord) -> Self {
+        UserView {
+            sub: user.sub,
+            name: user.name,
+            docs: user.docs,
+            admin: user.admin,
+            created_ms: user.created_ms,
+        }
+    }
+}
+
+/// Body of `PUT /api/users/{sub}`. Absent fields keep their current value (new accounts: the
+/// sub as name, no documents, not admin); a new account needs a password.
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PutUserRequest {
+    /// The display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Pattern to role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<BTreeMap<String, Role>>,
+    /// May manage accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<bool>,
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn passwords_verify_and_the_dummy_hash_uses_the_default_parameters() {
+        let hash = hash_password("correct horse");
+        assert!(hash.starts_with("$argon2id$v=19$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("correct horsf", &hash));
+        assert!(!verify_password("anything", "not a phc string"));
+        // Same cost for unknown names as for real accounts.
+        let params_of = |phc: &str| phc.split('$').nth(3).map(str::to_owned);
+        assert_eq!(params_of(DUMMY_PASSWORD_HASH), params_of(&hash));
+        assert!(!verify_password("", DUMMY_PASSWORD_HASH));
+    }
+
+    #[test]
+    fn account_fields_are_validated() {
+        for good in ["ada", "ada.lovelace@example.org", "a-b_c", "7"] {
+            assert_eq!(validate_sub(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(MAX_SUB_BYTES + 1);
+        for bad in ["", ".ada", "ada lovelace", "ada/x", "ädа", long.as_str()] {
+            assert!(validate_sub(bad).is_err(), "{bad}");
+        }
+        assert!(validate_password("short").is_err());
+        assert!(validate_password("long enough").is_ok());
+        assert!(validate_name("Ada\nLovelace").is_err());
+        assert!(validate_name("Ada\u{202e}ecalevol").is_err());
+        assert!(validate_name("Ada \u{1f469}\u{200d}\u{1f4bb}").is_ok());
+        let docs = BTreeMap::from([(String::new(), Role::Read)]);
+        assert!(validate_docs(&docs).is_err());
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+}

@@ -1,0 +1,461 @@
+//! The file endpoints (`protocol-spec/files.md`): `PUT|DELETE /api/files/{path}`,
+//! `GET /api/files`, `GET /api/file-versions/{path}` and `POST /api/file-moves`, and the routes
+//! of downloads (`download.rs`) and tus uploads (`tus.rs`). The rules (quota, versions, blobs,
+//! durability before visibility) live in the files service (`files/`).
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tandem_core::{DocId, DocIdError};
+use tandem_store::{FileEntry, FileVersion, Uploader, workspace_of};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{AppJson, JsonBody, doc_id_from, request_grant};
+use crate::auth::{AuthError, Grant};
+use crate::clock::unix_now_ms;
+use tandem_hub::Actor;
+
+use crate::bus::Event;
+use crate::files::blobs::{UploadFile, new_upload_id};
+use crate::files::upload::{ReceiveError, TempGuard, content_type_for, parse_sha256, receive};
+use crate::files::{FileError, Files, actor_of, last_segment};
+
+/// Largest JSON body of `POST /api/file-moves`.
+const MAX_MOVE_BODY_BYTES: usize = 8 * 1024;
+/// The header carrying the SHA-256 a client declares for a PUT.
+const SHA256_HEADER: &str = "x-tandem-sha256";
+
+/// A file as the API shows it (`protocol-spec/files.md`).
+#[derive(Debug, Serialize)]
+pub(crate) struct FileJson {
+    path: String,
+    /// The last segment of the path.
+    name: String,
+    size: u64,
+    content_type: String,
+    sha256: String,
+    version: u64,
+    uploader: Actor,
+    uploaded_ms: u64,
+    n_versions: usize,
+    /// The file name the version was uploaded with.
+    original_name: String,
+}
+
+impl FileJson {
+    pub(super) fn new(entry: &FileEntry, version: &FileVersion) -> FileJson {
+        FileJson {
+            path: entry.path.clone(),
+            name: last_segment(&entry.path).to_owned(),
+            size: version.size,
+            content_type: version.content_type.clone(),
+            sha256: version.sha256.clone(),
+            version: version.version,
+            uploader: actor_of(&version.uploader),
+            uploaded_ms: version.uploaded_ms,
+            n_versions: entry.versions.len(),
+            original_name: version.name.clone(),
+        }
+    }
+}
+
+/// Routes whose bodies stream (uploads) or whose answers may take long (downloads): outside the
+/// request timeout and the body limit of the rest of the API. Each enforces its own limits.
+pub(crate) fn streaming_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/files/{*path}",
+            get(super::download::get_file)
+                .head(super::download::get_file)
+                .put(put_file)
+                .delete(delete_file),
+        )
+        .route(
+            "/api/uploads",
+            post(super::tus::create).options(super::tus::options),
+        )
+        .route(
+            "/api/uploads/{id}",
+            axum::routing::head(super::tus::head)
+                .patch(super::tus::patch)
+                .delete(super::tus::terminate)
+                .options(super::tus::options),
+        )
+}
+
+/// Routes with small requests and answers, under the API's timeout and body limit.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/files", get(list_files))
+        .route("/api/file-versions/{*path}", get(list_versions))
+        .route(
+            "/api/file-moves",
+            post(move_file).layer(axum::extract::DefaultBodyLimit::max(MAX_MOVE_BODY_BYTES)),
+        )
+}
+
+/// The uploader behind a request (see `actor_of_request`).
+pub(super) fn uploader_of(grant: &Grant, headers: &HeaderMap) -> Uploader {
+    let actor = super::events::actor_of_request(grant, headers);
+    Uploader {
+        sub: actor.sub,
+        name: actor.name,
+    }
+}
+
+/// The validated file path after `prefix` in the request path.
+pub(super) fn path_from(uri: &Uri, prefix: &str) -> Result<DocId, ApiError> {
+    doc_id_from(uri, prefix)
+}
+
+/// Refuses a path a new file may not take: on top of the `DocId` rules, no character that
+/// `name.rs` forbids (existing files stay reachable under the `DocId` rules alone).
+pub(super) fn check_new_path(path: &DocId) -> Result<(), ApiError> {
+    if crate::name::has_forbidden(path.as_str()) {
+        return Err(ApiError::BadDocName(DocIdError::ForbiddenCharacter));
+    }
+    Ok(())
+}
+
+/// What the request's token may do on `path` (at least read).
+pub(super) fn grant_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    path: &DocId,
+) -> Result<Grant, ApiError> {
+    request_grant(state, headers, uri, path)
+}
+
+/// Like [`grant_for`], but the write role is required.
+pub(super) fn write_grant(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    path: &DocId,
+) -> Result<Grant, ApiError> {
+    let grant = grant_for(state, headers, uri, path)?;
+    if !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    Ok(grant)
+}
+
+/// Refuses `path` if it names a doc, open or stored. The store checks stored docs again in the
+/// transaction that creates the file.
+pub(super) async fn check_not_doc(state: &AppState, path: &DocId) -> Result<(), ApiError> {
+    let taken = || -> ApiError {
+        FileError::PathTaken {
+            path: path.to_string(),
+        }
+        .into()
+    };
+    if state.hub.get(path).is_some() {
+        return Err(taken());
+    }
+    let store = state.store.clone();
+    let name = path.to_string();
+    let stored = tokio::task::spawn_blocking(move || store.doc_meta(&name))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|_| ApiError::Internal)?;
+    if stored.is_some() {
+        return Err(taken());
+    }
+    Ok(())
+}
+
+/// The `Content-Length` of a request, if it has a valid one.
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
+/// `PUT /api/files/{path}`: the body is the file.
+pub(super) async fn put_file(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = path_from(&uri, "/api/files/")?;
+    check_new_path(&path)?;
+    let grant = write_grant(&state, &headers, &uri, &path)?;
+    check_not_doc(&state, &path).await?;
+    let files = &state.files;
+    files.check_writable().await?;
+    let declared_len = content_length(&headers);
+    let id = new_upload_id();
+    // Until this request ends, the slot keeps the cleanup off its file and holds its quota.
+    let (slot, quota) = files.admit_put(path.as_str(), &id, declared_len).await?;
+    let declared_sha = match headers.get(SHA256_HEADER) {
+        Some(value) => Some(parse_sha256(value.to_str().unwrap_or_default())?),
+        None => None,
+    };
+    let name = last_segment(path.as_str()).to_owned();
+    let content_type = content_type_for(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok()),
+        &name,
+    );
+    // While streaming: the smaller of the file limit and what the quota leaves.
+    let max_file = files.config().max_file_bytes;
+    let max = quota.map_or(max_file, |(used, limit)| {
+        max_file.min(limit.saturating_sub(used))
+    });
+
+    let temp_path = files.inner.disk.upload_path(&id);
+    let mut file = match UploadFile::create(&temp_path).await {
+        Ok(file) => file,
+        Err(error) => return Err(files.io_failure(error, "creating upload file").await.into()),
+    };
+    let guard = TempGuard::new(temp_path);
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let cancel = state.lifecycle.cancel.clone();
+    let res = receive(
+        body.into_data_stream(),
+        &mut file,
+        Some(&mut hasher),
+        max,
+        &mut received,
+        declared_len.is_none().then_some(&*slot.bytes),
+        &cancel,
+    )
+    .await;
+    match res {
+        Ok(()) => {}
+        Err(ReceiveError::TooLarge) => {
+            return Err(match quota {
+                Some((used, limit)) if max < max_file => FileError::QuotaExceeded {
+                    workspace: workspace_of(path.as_str()).to_owned(),
+                    used,
+                    size: received,
+                    limit,
+                },
+                _ => FileError::TooLarge { max: max_file },
+            }
+            .into());
+        }
+        Err(ReceiveError::Cut) => {
+            tracing::info!(path = %path, received, "upload cut off; discarded");
+            return Err(FileError::Incomplete {
+                received,
+                expected: declared_len.unwrap_or(received),
+            }
+            .into());
+        }
+        Err(ReceiveError::Idle) => return Err(FileError::IdleTimeout.into()),
+        Err(ReceiveError::ShuttingDown) => return Err(ApiError::ShuttingDown),
+        Err(ReceiveError::Io(error)) => {
+            return Err(files.io_failure(error, "writing upload").await.into());
+        }
+    }
+    if let Some(expected) = declared_len
+        && expected != received
+    {
+        return Err(FileError::Incomplete { received, expected }.into());
+    }
+    if let Err(error) = file.sync().await {
+        return Err(files.io_failure(error, "syncing upload").await.into());
+    }
+    drop(file);
+    let sha256 = hex::encode(hasher.finalize());
+    if let Some(declared) = declared_sha
+        && declared != sha256
+    {
+        return Err(FileError::Sha256Mismatch {
+            declared,
+            actual: sha256,
+        }
+        .into());
+    }
+    let uploader = uploader_of(&grant, &headers);
+    let version = FileVersion {
+        version: 0,
+        sha256,
+        size: received,
+        content_type,
+        name,
+        uploader,
+        uploaded_ms: unix_now_ms(),
+    };
+    let entry = files
+        .commit(guard.keep(), path.to_string(), version, None)
+        .await?;
+    drop(slot);
+    publish_uploaded(&state, &entry);
+    let json = FileJson::new(&entry, entry.current());
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "file": json })),
+    )
+        .into_response())
+}
+
+/// Announces the current version of `entry`.
+pub(super) fn publish_uploaded(state: &AppState, entry: &FileEntry) {
+    let current = entry.current();
+    tracing::info!(
+        path = entry.path,
+        version = current.version,
+        size = current.size,
+        "file stored"
+    );
+    state.events.publish(Event::FileUploaded {
+        path: entry.path.clone(),
+        version: current.version,
+        size: current.size,
+        sha256: current.sha256.clone(),
+        content_type: current.content_type.clone(),
+        actor: actor_of(&current.uploader),
+        at_ms: current.uploaded_ms,
+    });
+}
+
+/// `GET /api/files`: the current version of every file the token may read.
+pub(super) async fn list_files(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = crate::api::extract::request_claims(&state, &headers, &uri)?;
+    let entries = state
+        .files
+        .blocking(|inner| Ok(inner.store.list_files()?))
+        .await?;
+    let files: Vec<FileJson> = entries
+        .iter()
+        .filter(|entry| {
+            claims
+                .as_ref()
+                .is_none_or(|claims| claims.role_for(&entry.path).is_some())
+        })
+        .map(|entry| FileJson::new(entry, entry.current()))
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "files": files })).into_response())
+}
+
+/// `GET /api/file-versions/{path}`: every version, newest first.
+pub(super) async fn list_versions(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = path_from(&uri, "/api/file-versions/")?;
+    grant_for(&state, &headers, &uri, &path)?;
+    let entry = load_entry(&state.files, &path).await?;
+    let versions: Vec<FileJson> = entry
+        .versions
+        .iter()
+        .rev()
+        .map(|version| FileJson::new(&entry, version))
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
+}
+
+/// The entry at `path`, or 404.
+pub(super) async fn load_entry(files: &Files, path: &DocId) -> Result<FileEntry, ApiError> {
+    let name = path.to_string();
+    files
+        .blocking(move |inner| Ok(inner.store.file(&name)?))
+        .await?
+        .ok_or_else(|| FileError::NotFound.into())
+}
+
+/// The body of `POST /api/file-moves`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MoveRequest {
+    from: String,
+    to: String,
+}
+
+impl JsonBody for MoveRequest {
+    const MAX_BYTES: usize = MAX_MOVE_BODY_BYTES;
+    fn rejection(_: serde_json::Error) -> ApiError {
+        ApiError::BadBody
+    }
+}
+
+/// `POST /api/file-moves`: renames a file with all its versions (write on both paths).
+pub(super) async fn move_file(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    AppJson(request): AppJson<MoveRequest>,
+) -> Result<Response, ApiError> {
+    let from = DocId::new(&request.from).map_err(ApiError::BadDocName)?;
+    let to = DocId::new(&request.to).map_err(ApiError::BadDocName)?;
+    check_new_path(&to)?;
+    let grant = write_grant(&state, &headers, &uri, &from)?;
+    write_grant(&state, &headers, &uri, &to)?;
+    check_not_doc(&state, &to).await?;
+    let files = state.files.clone();
+    let quota = files.quota();
+    let (from_name, to_name) = (from.to_string(), to.to_string());
+    let entry = state
+        .files
+        .blocking(move |inner| {
+            let entry = inner.store.move_file(&from_name, &to_name, quota)?;
+            files.set_path(Some(&to_name), Some(&from_name));
+            Ok(entry)
+        })
+        .await?;
+    tracing::info!(from = %from, to = %to, "file moved");
+    state.events.publish(Event::FileRenamed {
+        from: from.to_string(),
+        to: to.to_string(),
+        actor: super::events::actor_of_request(&grant, &headers),
+        at_ms: unix_now_ms(),
+    });
+    let json = FileJson::new(&entry, entry.current());
+    Ok(axum::Json(serde_json::json!({ "file": json })).into_response())
+}
+
+/// `DELETE /api/files/{path}`: removes the file and all its versions; blobs nothing else
+/// names are deleted from disk.
+pub(super) async fn delete_file(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = path_from(&uri, "/api/files/")?;
+    let grant = write_grant(&state, &headers, &uri, &path)?;
+    let files = state.files.clone();
+    let name = path.to_string();
+    state
+        .files
+        .blocking(move |inner| {
+            let _blobs = inner
+                .blob_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let deleted = inner.store.delete_file(&name)?;
+            files.set_path(None, Some(&name));
+            for sha256 in &deleted.unreferenced {
+                if let Err(error) = inner.disk.remove_blob(sha256) {
+                    // The cleanup task removes it later.
+                    tracing::warn!(%error, sha256, "removing blob failed");
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(path = %path, "file deleted");
+    state.events.publish(Event::FileDeleted {
+        path: path.to_string(),
+        actor: super::events::actor_of_request(&grant, &headers),
+        at_ms: unix_now_ms(),
+    });
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,249 @@
+//! The HTTP layer: [`AppState`], the router, the error mapping (`error.rs`), the shared
+//! extractors (`extract.rs`) and one file per resource. The web client's files are the router's
+//! fallback (`web_client.rs`), so `/healthz`, `/api/...` and `/ws/...` always win.
+//!
+//! Handlers return `Result<_, ApiError>`; `ApiError` becomes a status and a JSON body
+//! `{"error": code, "message": text}` (see `protocol-spec/http.md`), logged once by the
+//! `log_api_errors` middleware inside the request span.
+//! A body over its route's limit is always a 413 `body_too_large`.
+//!
+//! Boundary: this layer sits above the services (`accounts`, `files`, `activity`, `webhook`)
+//! and the hub. It may call them; they never name it, nor HTTP (the tidy test checks that).
+
+pub(crate) mod accounts;
+pub(crate) mod activity;
+pub(crate) mod docs;
+pub(crate) mod download;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod extract;
+pub(crate) mod files;
+pub(crate) mod tus;
+pub(crate) mod versions;
+pub(crate) mod web_client;
+pub(crate) mod webhooks;
+pub(crate) mod ws;
+pub(crate) mod ws_upgrade;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub(crate) use error::ApiError;
+
+use tandem_core::Limits;
+use tandem_hub::{ConnectionConfig, Hub, Lifecycle};
+use tandem_store::Store;
+
+use crate::accounts::Accounts;
+use crate::auth::Auth;
+use crate::bus::Events;
+use crate::files::Files;
+use crate::proxy::ClientAddr;
+use crate::webhook::Webhooks;
+use error::log_api_errors;
+
+/// Longest time an ordinary HTTP request may take (WebSocket sessions are not requests).
+const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The workspace event bus (`events.rs`): producers publish, `/api/events` streams.
+    pub(crate) events: Events,
+    /// Verifies tokens; every handler that touches a doc asks it for a grant first.
+    pub(crate) auth: Auth,
+    /// The real-time engine: joins, snapshots, applies and versions go through its doc actors.
+    pub(crate) hub: Hub,
+    /// The store, for what handlers read directly (lists, versions, activity), never for writes
+    /// to a doc, which go through its actor.
+    pub(crate) store: Arc<Store>,
+    /// The token and tracker that upgraded connections and long streams run under.
+    pub(crate) lifecycle: Lifecycle,
+    /// The bounds on frames, bodies and docs (the hub's).
+    pub(crate) limits: Limits,
+    pub(crate) connection: ConnectionConfig,
+    /// Sign-in, refresh and the account API (`accounts/`).
+    pub(crate) accounts: Accounts,
+    /// Uploaded files (`files/`).
+    pub(crate) files: Files,
+    /// Webhook registrations and the delivery worker's wake-up (`webhook/`).
+    pub(crate) webhooks: Webhooks,
+}
+
+/// Builds the router: the API first, then the web client from `web` for every other path.
+pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
+    // Request bodies (snapshots) are bounded like WebSocket frames.
+    let max_body_bytes = max_body_bytes(&state);
+    let api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/docs", get(docs::list_docs))
+        .route("/api/events", get(events::stream))
+        .route("/api/docs/{*name}", get(docs::get_doc).post(docs::post_doc))
+        .route("/ws/{*name}", get(ws::upgrade))
+        .route("/ws", get(ws::missing_doc_name))
+        .route("/ws/", get(ws::missing_doc_name))
+        .route("/api/auth", get(accounts::auth_info))
+        .route(
+            "/api/login",
+            post(accounts::login).layer(account_body_limit()),
+        )
+        .route(
+            "/api/token/refresh",
+            post(accounts::refresh).layer(account_body_limit()),
+        )
+        .route("/api/users", get(accounts::list_users))
+        .route(
+            "/api/users/{sub}",
+            put(accounts::put_user)
+                .delete(accounts::delete_user)
+                .layer(account_body_limit()),
+        )
+        .merge(files::routes())
+        .route("/api/activity", get(activity::feed))
+        .route(
+            "/api/webhooks",
+            get(webhooks::list)
+                .post(webhooks::add)
+                .layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BODY_BYTES)),
+        )
+        .route("/api/webhooks/{id}", delete(webhooks::remove))
+        .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(log_api_errors))
+        .with_state(state.clone());
+    // Uploads and downloads stream for as long as they take: outside the request timeout and
+    // the body limit (they enforce their own size limits and a per-chunk idle timeout).
+    let streaming = files::streaming_routes()
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_api_errors))
+        .with_state(state);
+    let timed =
+        api.fallback_service(web_client::router(web))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                HTTP_REQUEST_TIMEOUT,
+            ));
+    streaming
+        .merge(timed)
+        .layer(middleware::map_response(json_for_bare_errors))
+        // The span names the path only: a query may carry a token (`?token=`), which is never
+        // logged. `remote` is the client, through trusted proxies (`proxy.rs`).
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let remote = request
+                    .extensions()
+                    .get::<ClientAddr>()
+                    .map(|client| client.ip);
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    remote = remote.map(tracing::field::display),
+                )
+            }),
+        )
+}
+
+/// axum's own answers that have no body, a `405` for a method the route does not take (with its
+/// `Allow` header) and the request timeout's `408`, given the JSON error body every other error
+/// has; status and headers stay as they are.
+async fn json_for_bare_errors(response: Response) -> Response {
+    use hyper::body::Body as _;
+    let (code, message) = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this method is not allowed here; the Allow header lists those that are",
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
+        _ => return response,
+    };
+    if response.body().size_hint().exact() != Some(0) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The account endpoints take small JSON bodies; the route's limit overrides the router's.
+fn account_body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(accounts::MAX_ACCOUNT_BODY_BYTES)
+}
+
+/// Liveness and the store's state. Always 200 while the process serves: a read-only store
+/// (a full disk) still serves reads, so it is reported, not failed (`protocol-spec/http.md`).
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.store.clone();
+    // A check of the free space at most every `PROBE_INTERVAL`: polling `/healthz` is enough
+    // to bring a read-only store back once space returns.
+    let health = tokio::task::spawn_blocking(move || {
+        store.try_resume();
+        store.health()
+    })
+    .await
+    .ok();
+    let store = match health {
+        Some(health) => serde_json::json!({
+            "writable": health.writable,
+            "reason": health.reason.map(|reason| reason.as_str()),
+        }),
+        None => serde_json::json!({ "writable": false, "reason": "unknown" }),
+    };
+    axum::Json(serde_json::json!({ "status": "ok", "store": store }))
+}
+
+/// The limit of request bodies on the API routes without one of their own: that of WebSocket
+/// frames, since the largest such body is a snapshot or an update.
+pub(crate) fn max_body_bytes(state: &AppState) -> usize {
+    usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Bug: the request timeout answered `408` with an empty body, unlike every other error.
+    /// Fix: `json_for_bare_errors` gives it the JSON shape. Driven through the real
+    /// `TimeoutLayer`, with a timeout short enough for a test (the server's is 30 s).
+    #[tokio::test]
+    async fn the_request_timeout_answers_408_with_a_json_body() {
+        let app: Router = Router::new()
+            .route("/slow", get(std::future::pending::<()>))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(10),
+            ))
+            .layer(middleware::map_response(json_for_bare_errors));
+        let request = Request::builder()
+            .uri("/slow")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"], "request_timeout", "{json}");
+        assert!(json["message"].is_string());
+    }
+}

@@ -1,0 +1,96 @@
+//! The WebSocket upgrade of `GET /ws/{name}`: the doc name and the token are checked like any
+//! request's, then the connection is handed to `connection::run` in a tracked task.
+//!
+//! It only admits and hands over; the connection's life (frames, pings, close reasons) belongs to
+//! the hub's `connection.rs`, and the RFC 6455 handshake to `ws_upgrade.rs`.
+
+use axum::extract::{Extension, Request, State};
+use axum::response::{IntoResponse, Response};
+use tandem_core::DocIdError;
+use tandem_hub::PeerAddr;
+use tandem_hub::connection;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::DocGrant;
+use super::ws_upgrade::Upgrade;
+use crate::auth::WS_PROTOCOL;
+use crate::files::FileError;
+use crate::listener::RequestPermit;
+use crate::proxy::ClientAddr;
+
+/// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
+/// connection; larger frames still arrive (the buffer grows for them), idle peers stay cheap.
+const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Bytes tungstenite buffers before writing to the socket; the writer flushes after each batch.
+const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// `GET /ws/{name}`.
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientAddr>,
+    // The name and the token are checked before the upgrade headers, so a bad name is always a
+    // 400 and a missing or bad token a 401/403, with a JSON body, before any upgrade.
+    DocGrant { doc, grant }: DocGrant,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    // A file's path cannot also be a doc (the workspace tree would be ambiguous).
+    if state.files.is_file(doc.as_str()) {
+        return Err(FileError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    // A browser that sent its token as a subprotocol must get one of its offers back.
+    let upgrade =
+        match Upgrade::from_request(request.method(), request.headers(), on_upgrade, WS_PROTOCOL) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => return Ok(refusal.into_response()),
+        };
+    if state.lifecycle.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let max_frame = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    // A client forwarded by a trusted proxy holds its per-address slot for the WebSocket's life.
+    let permit = request.extensions_mut().remove::<RequestPermit>();
+    let (response, socket) = upgrade.accept(config);
+    let lifecycle = state.lifecycle.clone();
+    // Tracked, so shutdown waits for the connection to close. No span here: the connection
+    // makes its own root span, so the request's does not live as long as the connection.
+    lifecycle.spawn(tracing::Span::none(), async move {
+        match socket.await {
+            Ok(socket) => {
+                let remote = PeerAddr {
+                    ip: client.ip,
+                    proxy: client.proxy(),
+                };
+                connection::run(
+                    socket,
+                    doc,
+                    grant.peer_grant(),
+                    state.hub,
+                    state.connection,
+                    remote,
+                    permit,
+                )
+                .await;
+            }
+            Err(error) => tracing::debug!(%error, remote = %client.ip, "websocket upgrade failed"),
+        }
+    });
+    Ok(response)
+}
+
+/// `GET /ws` and `GET /ws/`: a connection must name its doc.
+pub(super) async fn missing_doc_name() -> ApiError {
+    ApiError::BadDocName(DocIdError::Empty)
+}

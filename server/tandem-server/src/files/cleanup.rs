@@ -1,0 +1,148 @@
+//! The cleanup of interrupted uploads and orphaned blobs: once at start-up with no grace, then
+//! every `cleanup_interval`. It never removes the bytes of an upload in progress, and removes a
+//! blob file only under the blob lock, when no committed version names it.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Files, upload};
+use crate::clock::unix_now_ms;
+
+impl Files {
+    /// One pass of the cleanup; `grace` is how old orphaned files must be to go (zero at
+    /// start-up, when nothing can be in progress).
+    pub(super) fn cleanup(&self, grace: Duration) {
+        let inner = &self.inner;
+        let now = SystemTime::now();
+        let old_enough =
+            |modified: SystemTime| now.duration_since(modified).is_ok_and(|age| age >= grace);
+        let now_ms = unix_now_ms();
+        let mut n_expired = 0usize;
+        let mut n_orphans = 0usize;
+        let records = match inner.store.list_uploads() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "listing uploads for cleanup failed");
+                return;
+            }
+        };
+        let mut live = HashSet::new();
+        for record in records {
+            if record.expires_ms > now_ms || upload::is_busy(self, &record.id) {
+                live.insert(record.id);
+                continue;
+            }
+            match inner.store.remove_upload(&record.id) {
+                Ok(_) => {
+                    if let Err(error) = inner.disk.remove_upload(&record.id) {
+                        tracing::warn!(%error, id = record.id, "removing expired upload failed");
+                    }
+                    upload::forget_slot(self, &record.id);
+                    n_expired += 1;
+                }
+                Err(error) => tracing::error!(%error, "removing expired upload record failed"),
+            }
+        }
+        match inner.disk.upload_files() {
+            Ok(files) => {
+                // Read after the listing: a PUT registers before it creates its file, so every
+                // PUT file listed that is still in progress is in `puts` now.
+                live.extend(
+                    inner
+                        .puts
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .keys()
+                        .cloned(),
+                );
+                for (id, modified) in files {
+                    if !live.contains(&id) && old_enough(modified) {
+                        // No record: a PUT that died with the process, or an expired upload.
+                        if inner.disk.remove_upload(&id).is_ok() {
+                            n_orphans += 1;
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "listing upload files failed"),
+        }
+        {
+            let _blobs = inner
+                .blob_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match inner.disk.blob_files() {
+                Ok(blobs) => {
+                    let mut unreferenced = Vec::new();
+                    for (sha256, modified) in blobs {
+                        let referenced = match inner.store.blob(&sha256) {
+                            Ok(row) => row.is_some_and(|row| row.refcount > 0),
+                            // Unsure: keep it.
+                            Err(_) => true,
+                        };
+                        if !referenced && old_enough(modified) {
+                            unreferenced.push(sha256);
+                        }
+                    }
+                    // The `blobs` rows are counters without checksums: a blob goes only if the
+                    // file entries, each checked against its checksum, agree that no version
+                    // names it. Any error reading them keeps every blob.
+                    let named = if unreferenced.is_empty() {
+                        Ok(HashSet::new())
+                    } else {
+                        inner.store.list_files().map(|entries| {
+                            entries
+                                .into_iter()
+                                .flat_map(|entry| entry.versions)
+                                .map(|version| version.sha256)
+                                .collect::<HashSet<String>>()
+                        })
+                    };
+                    match named {
+                        Ok(named) => {
+                            for sha256 in unreferenced {
+                                if !named.contains(&sha256)
+                                    && inner.disk.remove_blob(&sha256).is_ok()
+                                {
+                                    n_orphans += 1;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "reading file entries failed; keeping every blob");
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "listing blob files failed"),
+            }
+        }
+        if n_expired + n_orphans > 0 {
+            tracing::info!(n_expired, n_orphans, "file cleanup removed leftovers");
+        }
+    }
+
+    /// Cleans up once with no grace, before the server accepts requests.
+    pub(crate) async fn cleanup_at_start(&self) {
+        let files = self.clone();
+        let _ = tokio::task::spawn_blocking(move || files.cleanup(Duration::ZERO)).await;
+    }
+
+    /// The cleanup task: every `cleanup_interval` until `cancel`.
+    pub(crate) async fn run_cleanup(self, cancel: CancellationToken) {
+        let interval = self
+            .config()
+            .cleanup_interval
+            .max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let files = self.clone();
+            let grace = files.config().orphan_grace;
+            let _ = tokio::task::spawn_blocking(move || files.cleanup(grace)).await;
+        }
+    }
+}
