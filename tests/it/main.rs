@@ -6,7 +6,7 @@
 //! The tests share one process, so nothing here may assume it is alone in it: servers listen on
 //! port 0 in their own temporary directories, the open-file limit is only ever raised (by
 //! `proxy.rs`), no test sets environment variables, and the one log subscriber of the process
-//! is installed once, by `http_edges.rs`, which reads what every server of the process logs.
+//! is installed once, by `tandem_tests::capture_logs`, and captures every server's lines.
 
 mod accounts;
 mod activity;
