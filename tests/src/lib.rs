@@ -345,6 +345,28 @@ pub fn tandem_bin() -> PathBuf {
         build
             .args(["build", "--quiet", "-p", "tandem-server", "--bin", "tandem"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` runs this process with the package's variables set (`CARGO_PKG_NAME`,
+        // `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...). Build scripts such as ring's ask to rerun when
+        // those change in cargo's own environment, so a nested cargo that inherits them rebuilt
+        // ring and everything above it, and the next `cargo test` rebuilt it all back (about
+        // two minutes a run on a busy machine). The nested build gets the environment a shell
+        // gives cargo.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref());
+            if set_by_cargo {
+                build.env_remove(name.as_ref());
+            }
+        }
         if profile_dir
             .file_name()
             .is_some_and(|name| name == "release")
