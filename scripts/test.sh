@@ -12,7 +12,7 @@ done
 CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
 [ -x "$CHROMIUM_PATH" ] || { echo "test.sh: Chromium is required at $CHROMIUM_PATH (apt-get install -y chromium)" >&2; exit 1; }
 export CHROMIUM_PATH
-# tests/tests/proxy.rs runs a real haproxy for the PROXY protocol; it fails without one.
+# tests/it/proxy.rs runs a real haproxy for the PROXY protocol; it fails without one.
 [ -x /usr/sbin/haproxy ] || { echo "test.sh: haproxy is required at /usr/sbin/haproxy (apt-get install -y haproxy)" >&2; exit 1; }
 
 # The debug binary reads web-client/dist from disk, so build the client first, then run its

@@ -3,6 +3,12 @@
 //! speaking the y-websocket protocol over tokio-tungstenite.
 //!
 //! Tests wait on events with timeouts, never on sleeps.
+//!
+//! Every helper more than one test module needs lives here, once: servers with authentication
+//! and the tokens they accept (`auth.rs`: [`TestServer::start_jwt`], [`TestServer::token`],
+//! [`idp_token`]), the server-sent events reader ([`EventStream`], [`TestServer::events`]), the
+//! process's captured log lines (`logs.rs`), polling for state no event announces
+//! ([`wait_until`]), and refused upgrades ([`upgrade_refusal`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
+mod auth;
+mod logs;
+
+pub use logs::{capture_logs, logged_text};
+
+pub use auth::{
+    JWT_SECRET, admin_claims, bearer, hs256, idp_token, jwt_claims, mint, own_claims, unix_now,
+};
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -37,6 +52,9 @@ pub struct TestServer {
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<ShutdownSummary, tandem_server::ServerError>>>,
+    /// Directories the settings point into (a secret file, say), kept as long as the server
+    /// because a restart reads them again.
+    keep: Vec<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -48,6 +66,13 @@ impl TestServer {
     /// A server with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         TestServer::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// [`TestServer::start_with`], once `GET /healthz` answers.
+    pub async fn start_healthy(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let server = TestServer::start_with(adjust).await;
+        server.wait_healthy().await;
+        server
     }
 
     /// A server on a data directory prepared beforehand (by `tandem user add`, say), with
@@ -64,6 +89,7 @@ impl TestServer {
             config,
             stop: None,
             task: None,
+            keep: Vec::new(),
         };
         server.launch().await;
         server
@@ -256,6 +282,13 @@ impl TestServer {
         fetched
     }
 
+    /// `GET /api/events` without credentials, after its `hello`; panics unless it is answered 200.
+    pub async fn events(&self) -> EventStream {
+        EventStream::open(self.addr, &[])
+            .await
+            .unwrap_or_else(|status| panic!("GET /api/events answered {status}"))
+    }
+
     /// Sends a raw HTTP/1.1 GET and returns (status, body).
     pub async fn http_get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
         http_get(self.addr, path, accept).await
@@ -281,6 +314,20 @@ impl Drop for TestServer {
     }
 }
 
+/// Waits (bounded by [`WAIT`]) until `check` holds, polling what the server shows every 20 ms:
+/// for state that no event announces (files on disk, a stored doc). `what` names it in the
+/// failure.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The `tandem` binary of this workspace, built once per test process (`cargo build -p
 /// tandem-server --bin tandem`, a no-op when it is fresh) so command-line tests run the real
 /// thing. Integration tests of another package get no `CARGO_BIN_EXE_tandem`, so the binary is
@@ -298,6 +345,28 @@ pub fn tandem_bin() -> PathBuf {
         build
             .args(["build", "--quiet", "-p", "tandem-server", "--bin", "tandem"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` runs this process with the package's variables set (`CARGO_PKG_NAME`,
+        // `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...). Build scripts such as ring's ask to rerun when
+        // those change in cargo's own environment, so a nested cargo that inherits them rebuilt
+        // ring and everything above it, and the next `cargo test` rebuilt it all back (about
+        // two minutes a run on a busy machine). The nested build gets the environment a shell
+        // gives cargo.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref());
+            if set_by_cargo {
+                build.env_remove(name.as_ref());
+            }
+        }
         if profile_dir
             .file_name()
             .is_some_and(|name| name == "release")
@@ -588,6 +657,22 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&body[..size]);
         body = &body[size + 2..];
+    }
+}
+
+/// What a refused WebSocket upgrade answered: its status and JSON body. Panics if the upgrade
+/// was accepted or failed without an HTTP answer.
+pub fn upgrade_refusal<T>(
+    attempt: Result<T, tokio_tungstenite::tungstenite::Error>,
+) -> (u16, serde_json::Value) {
+    match attempt {
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}"))
+                .expect("JSON error body");
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
     }
 }
 
@@ -1014,5 +1099,22 @@ impl EventStream {
                 return event;
             }
         }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> serde_json::Value {
+        self.next_matching(|event| event["type"] == kind).await
+    }
+
+    /// [`EventStream::next_matching`] that fails the test unless the event comes `within` (a
+    /// promise of the server's, tighter than [`WAIT`]).
+    pub async fn next_matching_within(
+        &mut self,
+        within: Duration,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        tokio::time::timeout(within, self.next_matching(predicate))
+            .await
+            .unwrap_or_else(|_| panic!("no matching event within {within:?}"))
     }
 }

@@ -182,7 +182,9 @@ async fn a_peer_still_receiving_a_big_document_is_not_closed_for_silence() {
     probe.wait_text(|text| text.len() == size).await;
 
     // The joiner asks for everything, then does not read for two seconds: 12 MB do not fit in
-    // loopback's socket buffers, so the server's writer waits on it meanwhile.
+    // loopback's socket buffers, so the server's writer waits on it meanwhile. The sleep is the
+    // behaviour under test (a peer that cannot be written to), not a wait for an event; it is
+    // longer than `ping_interval + pong_timeout`, so silence counted wrongly would close it.
     let mut joiner = Peer::connect_raw(server.addr, "big").await;
     joiner
         .send(encode_sync_step1(&yrs::StateVector::default()))

@@ -2,55 +2,15 @@
 //! sign-in, token refresh, the admin API and the limits on failed sign-ins over HTTP, and the
 //! tokens they hand out used on real WebSockets.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tandem_server::Config;
-use tandem_server::auth::{AuthMode, Claims, mint_offline};
-use tandem_tests::{HttpResponse, TestServer, WAIT, run_tandem};
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tandem_server::auth::AuthMode;
+use tandem_tests::{
+    HttpResponse, TestServer, WAIT, bearer, hs256, run_tandem, unix_now, upgrade_refusal,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// A server with `--auth jwt` and `adjust` applied on top.
-async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let server = TestServer::start_with(|config| {
-        config.auth.mode = AuthMode::Jwt;
-        adjust(config);
-    })
-    .await;
-    server.wait_healthy().await;
-    server
-}
-
-/// An administrator token signed with the key in `data_dir`, as `tandem token mint --admin`.
-fn admin_token(data_dir: &Path) -> String {
-    let claims = Claims {
-        sub: "root".into(),
-        name: None,
-        docs: Default::default(),
-        admin: true,
-        exp: now() + 300,
-        nbf: None,
-        iat: None,
-        iss: None,
-        session: None,
-    };
-    mint_offline(data_dir, &claims).expect("mint an admin token")
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 async fn login(server: &TestServer, username: &str, password: &str) -> HttpResponse {
     let body = json!({ "username": username, "password": password }).to_string();
@@ -110,16 +70,11 @@ fn error_code(response: &HttpResponse, status: u16) -> String {
 
 /// The status and JSON error code of a refused WebSocket upgrade.
 async fn refused_upgrade(server: &TestServer, doc: &str, token: &str) -> (u16, String) {
-    match server.try_connect_with_token(doc, token).await {
-        Ok(_) => panic!("the upgrade to {doc} was accepted"),
-        Err(WsError::Http(response)) => {
-            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}"))
-                .expect("JSON error body");
-            let code = body["error"].as_str().unwrap_or_default().to_owned();
-            (response.status().as_u16(), code)
-        }
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-    }
+    let (status, body) = upgrade_refusal(server.try_connect_with_token(doc, token).await);
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// Opens `doc` with `token`, writes `text` and waits for it to come back through a second peer.
@@ -165,7 +120,7 @@ async fn an_account_added_offline_signs_in_and_opens_only_its_documents() {
     assert_eq!(body["name"], "Ada Lovelace");
     let expires_at = body["expires_at"].as_u64().expect("expires_at");
     assert!(
-        (now() + 3500..=now() + 3700).contains(&expires_at),
+        (unix_now() + 3500..=unix_now() + 3700).contains(&expires_at),
         "default lifetime is one hour: {expires_at}"
     );
     let token = body["token"].as_str().expect("token");
@@ -184,8 +139,8 @@ async fn an_account_added_offline_signs_in_and_opens_only_its_documents() {
 
 #[tokio::test]
 async fn wrong_and_unknown_names_get_the_same_refusal() {
-    let server = jwt_server(|_| {}).await;
-    let admin = admin_token(server.data_dir());
+    let server = TestServer::start_jwt(|_| {}).await;
+    let admin = server.admin_token();
     let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let wrong = login(&server, "ada", "not the password").await;
@@ -205,13 +160,13 @@ async fn wrong_and_unknown_names_get_the_same_refusal() {
 #[tokio::test]
 async fn wrong_passwords_lock_the_account_until_the_window_passes() {
     let window = Duration::from_secs(2);
-    let server = jwt_server(|config| {
+    let server = TestServer::start_jwt(|config| {
         config.accounts.failure_window = window;
         config.accounts.max_failures_per_account = 3;
         config.accounts.max_failures_per_address = 100;
     })
     .await;
-    let admin = admin_token(server.data_dir());
+    let admin = server.admin_token();
     let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
     assert_eq!(created.status, 201, "{}", created.text());
 
@@ -258,12 +213,12 @@ async fn wrong_passwords_lock_the_account_until_the_window_passes() {
 
 #[tokio::test]
 async fn one_address_is_limited_across_accounts() {
-    let server = jwt_server(|config| {
+    let server = TestServer::start_jwt(|config| {
         config.accounts.max_failures_per_account = 100;
         config.accounts.max_failures_per_address = 4;
     })
     .await;
-    let admin = admin_token(server.data_dir());
+    let admin = server.admin_token();
     let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
     assert_eq!(created.status, 201, "{}", created.text());
     for name in ["amy", "bob", "cy", "dee"] {
@@ -279,12 +234,8 @@ async fn one_address_is_limited_across_accounts() {
 
 #[tokio::test]
 async fn refresh_follows_the_account_and_stops_when_it_is_removed() {
-    let secret_dir = tempfile::tempdir().expect("temp dir");
-    let secret = b"an hs256 secret of an identity provider, for tests";
-    let secret_file = secret_dir.path().join("secret");
-    std::fs::write(&secret_file, secret).expect("write secret");
-    let server = jwt_server(|config| config.auth.secret_file = Some(secret_file.clone())).await;
-    let admin = admin_token(server.data_dir());
+    let server = TestServer::start_jwt_shared(|_| {}).await;
+    let admin = server.admin_token();
     let created = put_user(
         &server,
         &admin,
@@ -373,12 +324,8 @@ async fn refresh_follows_the_account_and_stops_when_it_is_removed() {
     assert_eq!(error_code(&again, 404), "user_not_found");
 
     // Tokens of an identity provider are refreshed there, not here.
-    let external = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({ "sub": "ada", "exp": now() + 300, "docs": { "*": "read" } }),
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("sign");
+    let external =
+        hs256(&json!({ "sub": "ada", "exp": unix_now() + 300, "docs": { "*": "read" } }));
     assert_eq!(
         error_code(&refresh(&server, &external).await, 400),
         "not_refreshable"
@@ -389,7 +336,7 @@ async fn refresh_follows_the_account_and_stops_when_it_is_removed() {
 
 #[tokio::test]
 async fn user_commands_go_through_the_running_server() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(|_| {}).await;
     let dir = server.data_dir().to_str().expect("utf-8 path").to_owned();
     let url = format!("http://{}", server.addr);
     let target = ["--data-dir", dir.as_str(), "--server", url.as_str()];
@@ -439,7 +386,7 @@ async fn user_commands_go_through_the_running_server() {
 
 #[tokio::test]
 async fn a_minted_token_opens_its_documents_without_signing_in() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(|_| {}).await;
     let dir = server.data_dir().to_str().expect("utf-8 path").to_owned();
     let minted = run_tandem(
         &[

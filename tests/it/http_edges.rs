@@ -3,63 +3,15 @@
 //! a blob lost from disk, and the `error_id` of every 5xx. Each test checks the status, the JSON
 //! error and that nothing changed.
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_tests::{HttpResponse, TestServer, WAIT};
+use tandem_tests::{HttpResponse, TestServer, WAIT, capture_logs, logged_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
 const DOC: &str = "edges/notes";
-
-/// Appends what the log writes to a shared buffer.
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every warning and error the servers of this test process log, as text. The first call
-/// installs the process's log subscriber, so a test calls it before it starts its server.
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init()
-            .expect("the only log subscriber of this process");
-        logs
-    })
-}
-
-fn logged_text() -> String {
-    let logs = captured_logs()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    String::from_utf8_lossy(&logs).into_owned()
-}
-
-async fn started(adjust: impl FnOnce(&mut tandem_server::Config)) -> TestServer {
-    let server = TestServer::start_with(adjust).await;
-    server.wait_healthy().await;
-    server
-}
 
 /// Stores `text` in `doc` through `POST .../update`, which answers once it is durable.
 async fn write_doc(server: &TestServer, doc: &str, text: &str) {
@@ -184,7 +136,7 @@ async fn send_oversized(
 /// was declared or found while streaming, and nothing is created.
 #[tokio::test]
 async fn every_body_over_its_limit_is_413_body_too_large_and_changes_nothing() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     write_doc(&server, DOC, "before").await;
     let twenty_mb = 20 * 1024 * 1024;
     for chunked in [false, true] {
@@ -249,7 +201,7 @@ async fn add_webhook(server: &TestServer, url: &str) -> HttpResponse {
 /// `bad_webhook`, as are other schemes and credentials in the URL; nothing is registered.
 #[tokio::test]
 async fn malformed_webhook_urls_are_refused_and_not_listed() {
-    let server = started(|config| config.webhooks.allow_private = true).await;
+    let server = TestServer::start_healthy(|config| config.webhooks.allow_private = true).await;
     for url in [
         "http://127.0.0.1:99999/hook",
         "http://127.0.0.1:65536/hook",
@@ -275,7 +227,7 @@ async fn malformed_webhook_urls_are_refused_and_not_listed() {
 /// refused too.
 #[tokio::test]
 async fn webhooks_to_internal_addresses_are_refused_unless_allowed() {
-    let mut server = started(|_| {}).await;
+    let mut server = TestServer::start_healthy(|_| {}).await;
     for url in [
         "http://127.0.0.1:8080/hook",
         "http://169.254.169.254/latest/meta-data/",
@@ -321,7 +273,7 @@ async fn webhooks_to_internal_addresses_are_refused_unless_allowed() {
 async fn a_delivery_to_an_internal_address_is_refused_and_logged_as_a_failed_attempt() {
     let receiver = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/hook", receiver.local_addr().expect("addr"));
-    let mut server = started(|config| {
+    let mut server = TestServer::start_healthy(|config| {
         config.webhooks.allow_private = true;
         config.webhooks.retry_base = Duration::from_secs(60);
     })
@@ -370,7 +322,7 @@ async fn a_delivery_to_an_internal_address_is_refused_and_logged_as_a_failed_att
 /// or direction overrides are refused with 400 `bad_version_name`, and no version is made.
 #[tokio::test]
 async fn a_version_name_with_a_control_character_is_refused_and_nothing_is_saved() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     write_doc(&server, DOC, "text").await;
     let path = format!("/api/docs/{DOC}/versions");
     for name in [
@@ -396,7 +348,7 @@ async fn a_version_name_with_a_control_character_is_refused_and_nothing_is_saved
 #[tokio::test]
 async fn file_names_with_control_characters_are_refused() {
     use base64::Engine;
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let put = server
         .request("PUT", "/api/files/edges/ok.txt", &[], b"ok")
         .await;
@@ -444,7 +396,7 @@ async fn file_names_with_control_characters_are_refused() {
 /// `bad_user`: no account is made and none is renamed.
 #[tokio::test]
 async fn display_names_with_control_characters_are_refused() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let put_user = |sub: &'static str, body: Value| {
         let server = &server;
         async move {
@@ -500,8 +452,8 @@ fn comparable(response: &HttpResponse) -> Vec<(String, String)> {
 /// request names the same `error_id`, so an operator finds it from what the user reports.
 #[tokio::test]
 async fn a_lost_blob_is_a_storage_fault_for_head_and_get_alike() {
-    captured_logs();
-    let server = started(|_| {}).await;
+    capture_logs();
+    let server = TestServer::start_healthy(|_| {}).await;
     let put = server
         .request("PUT", "/api/files/edges/lost.bin", &[], b"some bytes")
         .await;
@@ -566,7 +518,7 @@ type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16);
 /// not modified, missing), a doc, a version, and the web client.
 #[tokio::test]
 async fn head_and_get_agree_on_every_download_route() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let put = server
         .request("PUT", "/api/files/edges/both.txt", &[], b"0123456789")
         .await;
@@ -643,7 +595,7 @@ async fn head_and_get_agree_on_every_download_route() {
 /// in other names is dropped from it too.
 #[tokio::test]
 async fn a_claimed_user_name_loses_direction_overrides_and_separators() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let put = server
         .request(
             "PUT",
@@ -675,7 +627,7 @@ async fn a_claimed_user_name_loses_direction_overrides_and_separators() {
 /// with their status and headers (`Allow` on a 405) unchanged.
 #[tokio::test]
 async fn method_not_allowed_and_upgrade_refusals_are_json_errors() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let response = server.request("DELETE", "/healthz", &[], b"").await;
     assert_error(&response, 405, "method_not_allowed");
     let allow = response.header("allow").expect("an Allow header");

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tandem_server::Config;
-use tandem_tests::{TestServer, WAIT, run_tandem};
+use tandem_tests::{TestServer, WAIT, admin_claims, bearer, run_tandem};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -90,16 +90,14 @@ async fn serve(
 /// receivers listen on 127.0.0.1, so private targets are allowed (`--webhook-allow-private`);
 /// `http_edges.rs` shows the default refusing them.
 async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let server = TestServer::start_with(|config| {
+    TestServer::start_healthy(|config| {
         config.webhooks.allow_private = true;
         config.hub.doc_unload_grace = Duration::from_millis(100);
         config.webhooks.debounce = Duration::from_millis(1000);
         config.webhooks.retry_base = Duration::from_millis(100);
         adjust(config);
     })
-    .await;
-    server.wait_healthy().await;
-    server
+    .await
 }
 
 async fn add_webhook(server: &TestServer, url: &str, events: &[&str], secret: &str) -> String {
@@ -238,6 +236,7 @@ async fn a_receiver_failing_twice_gets_one_signed_logical_delivery_of_a_typing_b
             ]
         );
         // Acknowledged once: nothing more arrives (longer than the debounce and the retries).
+        // The sleep is what is tested: there is no event for "no delivery".
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(
             received.try_recv().is_err(),
@@ -466,29 +465,14 @@ async fn webhook_commands_work_offline_and_through_a_running_server() {
 
 #[tokio::test]
 async fn only_administrators_manage_webhooks_when_authentication_is_on() {
-    use tandem_server::auth::{AuthMode, Claims, mint_offline};
+    use tandem_server::auth::{AuthMode, Claims};
     let server = server_with(|config| config.auth.mode = AuthMode::Jwt).await;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
     let token = |admin: bool| {
-        let claims = Claims {
-            sub: if admin { "root" } else { "ada" }.into(),
-            name: None,
-            docs: Default::default(),
+        let sub = if admin { "root" } else { "ada" };
+        bearer(&server.mint(&Claims {
             admin,
-            exp,
-            nbf: None,
-            iat: None,
-            iss: None,
-            session: None,
-        };
-        format!(
-            "Bearer {}",
-            mint_offline(server.data_dir(), &claims).unwrap()
-        )
+            ..admin_claims(sub)
+        }))
     };
     let body = json!({"url": "http://127.0.0.1:9/", "events": ["file.uploaded"]}).to_string();
     let anonymous = server

@@ -4,7 +4,7 @@
 //! Tokens are made here with `jsonwebtoken` from the test-only keys in `tests/fixtures/jwt`.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -13,12 +13,13 @@ use serde_json::{Value, json};
 use tandem_core::protocol::Message as YMessage;
 use tandem_server::auth::{AuthConfig, AuthMode};
 use tandem_server::{Config, ServerError};
-use tandem_tests::{Peer, TestServer, WAIT};
+use tandem_tests::{
+    Peer, TestServer, WAIT, bearer, hs256, idp_token, jwt_claims, own_claims, unix_now,
+    upgrade_refusal,
+};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-const SECRET: &[u8] = b"an hs256 secret of at least thirty-two bytes, for tests";
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,50 +31,20 @@ fn fixture_bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("fixture key")
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// Claims for `sub` with `docs`, valid for five minutes.
-fn claims(sub: &str, docs: Value) -> Value {
-    let mut claims = json!({ "sub": sub, "name": format!("{sub} (verified)"), "exp": now() + 300 });
-    claims["docs"] = docs;
-    claims
-}
-
 fn sign(algorithm: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
     let mut header = Header::new(algorithm);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).expect("sign")
 }
 
-fn hs256(claims: &Value) -> String {
-    sign(
-        Algorithm::HS256,
-        None,
-        claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-}
-
-/// A server with `--auth jwt`, the HS256 secret and the RSA public key (RS256).
-async fn jwt_server(adjust: impl FnOnce(&mut AuthConfig)) -> TestServer {
-    let secret_dir = tempfile::tempdir().expect("temp dir");
-    let secret_file = secret_dir.path().join("secret");
-    std::fs::write(&secret_file, SECRET).expect("write secret");
-    // The secret is read at start-up; the directory may go once the server runs.
-    let server = TestServer::start_with(|config: &mut Config| {
-        config.auth.mode = AuthMode::Jwt;
-        config.auth.secret_file = Some(secret_file.clone());
+/// A server with `--auth jwt` that accepts the shared HS256 secret and the RSA public key
+/// (RS256), its authentication settings adjusted by `adjust`.
+async fn keyed_server(adjust: impl FnOnce(&mut AuthConfig)) -> TestServer {
+    TestServer::start_jwt_shared(|config| {
         config.auth.public_keys = vec![(Algorithm::RS256, fixture("rsa-public.pem"))];
         adjust(&mut config.auth);
     })
-    .await;
-    server.wait_healthy().await;
-    server
+    .await
 }
 
 fn ws_request(server: &TestServer, doc: &str, token: Option<&str>) -> Request {
@@ -95,25 +66,15 @@ async fn connect(server: &TestServer, doc: &str, token: &str) -> Peer {
 
 /// The HTTP status and JSON error code of a refused upgrade.
 async fn refused(request: Request) -> (u16, String) {
-    use tokio_tungstenite::tungstenite::Error;
-    match Peer::try_connect_request(request).await {
-        Ok(_) => panic!("the upgrade was accepted"),
-        Err(Error::Http(response)) => {
-            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}"))
-                .expect("JSON error body");
-            let code = body["error"].as_str().unwrap_or_default().to_owned();
-            assert!(
-                body["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{body}"
-            );
-            (response.status().as_u16(), code)
-        }
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+    let (status, body) = upgrade_refusal(Peer::try_connect_request(request).await);
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 async fn doc_text(server: &TestServer, doc: &str, token: &str) -> Value {
@@ -132,9 +93,9 @@ async fn doc_text(server: &TestServer, doc: &str, token: &str) -> Value {
 
 #[tokio::test]
 async fn upgrades_without_a_valid_token_are_refused_with_401_json() {
-    let server = jwt_server(|_| {}).await;
+    let server = keyed_server(|_| {}).await;
     let doc = "team/plan";
-    let good = claims("ada", json!({ "team/*": "write" }));
+    let good = jwt_claims("ada", json!({ "team/*": "write" }));
     let b64 = |value: &Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string().as_bytes())
     };
@@ -143,14 +104,14 @@ async fn upgrades_without_a_valid_token_are_refused_with_401_json() {
         (
             "expired",
             Some(hs256(
-                &json!({ "sub": "ada", "docs": { "*": "write" }, "exp": now() - 3600 }),
+                &json!({ "sub": "ada", "docs": { "*": "write" }, "exp": unix_now() - 3600 }),
             )),
             "token_expired",
         ),
         (
             "not yet valid",
             Some(hs256(
-                &json!({ "sub": "ada", "docs": { "*": "write" }, "exp": now() + 7200, "nbf": now() + 3600 }),
+                &json!({ "sub": "ada", "docs": { "*": "write" }, "exp": unix_now() + 7200, "nbf": unix_now() + 3600 }),
             )),
             "token_not_yet_valid",
         ),
@@ -191,7 +152,7 @@ async fn upgrades_without_a_valid_token_are_refused_with_401_json() {
         ),
         (
             "unknown role",
-            Some(hs256(&claims("ada", json!({ "team/*": "owner" })))),
+            Some(idp_token("ada", json!({ "team/*": "owner" }))),
             "invalid_token",
         ),
         ("garbage", Some("not.a.token".into()), "invalid_token"),
@@ -215,8 +176,8 @@ async fn upgrades_without_a_valid_token_are_refused_with_401_json() {
 
 #[tokio::test]
 async fn a_token_for_one_folder_opens_nothing_else() {
-    let server = jwt_server(|_| {}).await;
-    let token = hs256(&claims("ada", json!({ "a/*": "write" })));
+    let server = keyed_server(|_| {}).await;
+    let token = idp_token("ada", json!({ "a/*": "write" }));
     let (status, code) = refused(ws_request(&server, "b/x", Some(&token))).await;
     assert_eq!((status, code.as_str()), (403, "forbidden"));
     let (status, code) = refused(ws_request(&server, "a", Some(&token))).await;
@@ -224,7 +185,7 @@ async fn a_token_for_one_folder_opens_nothing_else() {
     let mut peer = connect(&server, "a/x", &token).await;
     peer.append_text("mine").await;
     // HTTP follows the same rule, and the listing shows only what the token grants.
-    let other = hs256(&claims("bo", json!({ "b/*": "write" })));
+    let other = idp_token("bo", json!({ "b/*": "write" }));
     let mut bo = connect(&server, "b/y", &other).await;
     bo.append_text("theirs").await;
     let auth = bearer(&token);
@@ -255,8 +216,8 @@ async fn a_token_for_one_folder_opens_nothing_else() {
 
 #[tokio::test]
 async fn the_token_may_travel_as_header_or_subprotocol() {
-    let server = jwt_server(|_| {}).await;
-    let token = hs256(&claims("ada", json!({ "*": "write" })));
+    let server = keyed_server(|_| {}).await;
+    let token = idp_token("ada", json!({ "*": "write" }));
     let mut request = ws_request(&server, "doc", None);
     request.headers_mut().insert(
         "authorization",
@@ -290,13 +251,10 @@ async fn the_token_may_travel_as_header_or_subprotocol() {
 
 #[tokio::test]
 async fn read_only_peers_sync_but_cannot_change_anything() {
-    let server = jwt_server(|_| {}).await;
+    let server = keyed_server(|_| {}).await;
     let doc = "team/spec";
-    let writer_token = hs256(&claims("wendy", json!({ "team/*": "write" })));
-    let reader_token = hs256(&claims(
-        "rita",
-        json!({ "team/*": "write", "team/spec": "read" }),
-    ));
+    let writer_token = idp_token("wendy", json!({ "team/*": "write" }));
+    let reader_token = idp_token("rita", json!({ "team/*": "write", "team/spec": "read" }));
     let mut writer = connect(&server, doc, &writer_token).await;
     writer.append_text("hello").await;
     let mut reader = connect(&server, doc, &reader_token).await;
@@ -359,9 +317,9 @@ async fn read_only_peers_sync_but_cannot_change_anything() {
 
 #[tokio::test]
 async fn a_read_only_peer_sending_garbage_only_loses_its_own_connection() {
-    let server = jwt_server(|_| {}).await;
-    let writer_token = hs256(&claims("wendy", json!({ "*": "write" })));
-    let reader_token = hs256(&claims("rita", json!({ "*": "read" })));
+    let server = keyed_server(|_| {}).await;
+    let writer_token = idp_token("wendy", json!({ "*": "write" }));
+    let reader_token = idp_token("rita", json!({ "*": "read" }));
     let mut writer = connect(&server, "doc", &writer_token).await;
     writer.append_text("safe").await;
     let mut reader = connect(&server, "doc", &reader_token).await;
@@ -381,9 +339,9 @@ async fn a_read_only_peer_sending_garbage_only_loses_its_own_connection() {
 
 #[tokio::test]
 async fn presence_carries_the_verified_identity_not_the_claimed_one() {
-    let server = jwt_server(|_| {}).await;
-    let alice = hs256(&claims("alice", json!({ "*": "write" })));
-    let bob = hs256(&claims("bob", json!({ "*": "write" })));
+    let server = keyed_server(|_| {}).await;
+    let alice = idp_token("alice", json!({ "*": "write" }));
+    let bob = idp_token("bob", json!({ "*": "write" }));
     let mut mallory = connect(&server, "doc", &alice).await;
     let mut observer = connect(&server, "doc", &bob).await;
     mallory
@@ -416,9 +374,9 @@ async fn presence_carries_the_verified_identity_not_the_claimed_one() {
 
 #[tokio::test]
 async fn a_connection_is_closed_with_4401_when_its_token_expires() {
-    let server = jwt_server(|auth| auth.leeway = Duration::ZERO).await;
-    let short = hs256(&json!({ "sub": "ada", "docs": { "*": "write" }, "exp": now() + 2 }));
-    let long = hs256(&claims("bo", json!({ "*": "write" })));
+    let server = keyed_server(|auth| auth.leeway = Duration::ZERO).await;
+    let short = hs256(&json!({ "sub": "ada", "docs": { "*": "write" }, "exp": unix_now() + 2 }));
+    let long = idp_token("bo", json!({ "*": "write" }));
     let mut expiring = connect(&server, "doc", &short).await;
     let mut staying = connect(&server, "doc", &long).await;
     let (code, reason) = tokio::time::timeout(WAIT, expiring.expect_close())
@@ -444,14 +402,14 @@ async fn jwks_keys_are_picked_by_kid_for_es256_and_eddsa() {
         keys: vec![ec_jwk, ed_jwk],
     };
     std::fs::write(&jwks_file, serde_json::to_vec(&set).expect("jwks")).expect("write jwks");
-    let server = jwt_server(|auth| {
+    let server = keyed_server(|auth| {
         auth.jwks_file = Some(jwks_file.clone());
         auth.public_keys = Vec::new();
         auth.issuers = vec!["https://idp.test".into()];
         auth.audiences = vec!["tandem".into()];
     })
     .await;
-    let mut good = claims("ada", json!({ "*": "write" }));
+    let mut good = jwt_claims("ada", json!({ "*": "write" }));
     good["iss"] = json!("https://idp.test");
     good["aud"] = json!("tandem");
     let es = sign(Algorithm::ES256, Some("ec-1"), &good, &ec_private);
@@ -516,7 +474,7 @@ async fn auth_off_is_refused_beyond_loopback_unless_insecure_is_explicit() {
 
 #[tokio::test]
 async fn pem_public_keys_verify_es256_and_eddsa_and_nothing_else() {
-    let server = jwt_server(|auth| {
+    let server = keyed_server(|auth| {
         auth.secret_file = None;
         auth.public_keys = vec![
             (Algorithm::ES256, fixture("ec-public.pem")),
@@ -524,7 +482,7 @@ async fn pem_public_keys_verify_es256_and_eddsa_and_nothing_else() {
         ];
     })
     .await;
-    let good = claims("ada", json!({ "*": "write" }));
+    let good = jwt_claims("ada", json!({ "*": "write" }));
     let ec = EncodingKey::from_ec_pem(&fixture_bytes("ec-private.pem")).expect("ec key");
     let ed = EncodingKey::from_ed_pem(&fixture_bytes("ed-private.pem")).expect("ed key");
     let mut first = connect(&server, "doc", &sign(Algorithm::ES256, None, &good, &ec)).await;
@@ -543,26 +501,16 @@ async fn pem_public_keys_verify_es256_and_eddsa_and_nothing_else() {
 /// `tandem token mint`) were refused unless the list happened to name HS256.
 #[tokio::test]
 async fn the_servers_own_tokens_work_whatever_algorithms_are_listed() {
-    let server = jwt_server(|auth| auth.algorithms = Some(vec![Algorithm::RS256])).await;
-    let own = tandem_server::auth::mint_offline(
-        server.data_dir(),
-        &tandem_server::auth::Claims {
-            sub: "ci".into(),
-            name: None,
-            docs: [("*".to_owned(), tandem_server::auth::Role::Write)].into(),
-            admin: false,
-            exp: now() + 300,
-            nbf: None,
-            iat: None,
-            iss: None,
-            session: None,
-        },
-    )
-    .expect("mint");
+    let server = keyed_server(|auth| auth.algorithms = Some(vec![Algorithm::RS256])).await;
+    let own = server.mint(&tandem_server::auth::Claims {
+        name: None,
+        exp: unix_now() + 300,
+        ..own_claims("ci", &[("*", tandem_server::auth::Role::Write)])
+    });
     let mut peer = connect(&server, "doc", &own).await;
     peer.append_text("own").await;
     // The shared HS256 secret is configured, but HS256 is not in the list: refused.
-    let shared = hs256(&claims("ada", json!({ "*": "write" })));
+    let shared = idp_token("ada", json!({ "*": "write" }));
     let (status, code) = refused(ws_request(&server, "doc", Some(&shared))).await;
     assert_eq!((status, code.as_str()), (401, "invalid_token"));
 }

@@ -2,55 +2,29 @@
 //! and `GET /api/activity` shows one edit session per author and doc, with the right actor,
 //! filtered, paged, and limited to what each token may read.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use tandem_server::Config;
-use tandem_server::auth::{AuthMode, Claims, Role, mint_offline};
-use tandem_tests::{TestServer, WAIT};
+use tandem_server::auth::{Claims, Role};
+use tandem_tests::{EventStream, TestServer, WAIT, bearer, own_claims, unix_now};
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+/// Docs leave memory soon after their last peer (so a restart or unload test need not wait).
+fn quick_unload(config: &mut Config) {
+    config.hub.doc_unload_grace = Duration::from_millis(100);
 }
 
-/// A server with `--auth jwt`, docs leaving memory soon after their last peer, and `adjust`.
-async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let server = TestServer::start_with(|config| {
-        config.auth.mode = AuthMode::Jwt;
-        config.hub.doc_unload_grace = Duration::from_millis(100);
-        adjust(config);
-    })
-    .await;
-    server.wait_healthy().await;
-    server
-}
-
-/// A token for `sub` (shown as `name`) with `docs`, signed with the server's key.
+/// A token of `server` for `sub`, shown as `name`, with `docs`.
 fn token(server: &TestServer, sub: &str, name: &str, docs: &[(&str, Role)]) -> String {
-    let claims = Claims {
-        sub: sub.into(),
+    server.mint(&Claims {
         name: Some(name.into()),
-        docs: docs
-            .iter()
-            .map(|(pattern, role)| ((*pattern).to_owned(), *role))
-            .collect::<BTreeMap<_, _>>(),
-        admin: false,
-        exp: now_s() + 600,
-        nbf: None,
-        iat: None,
-        iss: None,
-        session: None,
-    };
-    mint_offline(server.data_dir(), &claims).expect("mint a token")
+        ..own_claims(sub, docs)
+    })
 }
 
 /// `GET /api/activity?<query>` with `token`; panics unless 200.
 async fn activity(server: &TestServer, token: &str, query: &str) -> Value {
-    let auth = format!("Bearer {token}");
+    let auth = bearer(token);
     let response = server
         .request(
             "GET",
@@ -104,7 +78,7 @@ fn n_updates_of(entries: &[Value], sub: &str, doc: &str) -> u64 {
 
 #[tokio::test]
 async fn bursts_of_edits_make_one_entry_per_author_with_the_right_actor() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(quick_unload).await;
     let ada = token(&server, "ada", "Ada L.", &[("*", Role::Write)]);
     let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
     // Bursts separated by more than the doc actor's report interval, so each author's edits
@@ -138,7 +112,7 @@ async fn bursts_of_edits_make_one_entry_per_author_with_the_right_actor() {
 
 #[tokio::test]
 async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(quick_unload).await;
     let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
     let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
     type_burst(&server, &ada, "a/one", 2).await;
@@ -174,7 +148,7 @@ async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() 
     assert_eq!(paths(&both), ["bob:a/one"]);
     let folder = activity(&server, &ada, "prefix=a/").await;
     assert_eq!(paths(&folder), ["bob:a/one", "ada:a/two", "ada:a/one"]);
-    let future = now_s() * 1000 + 60_000;
+    let future = unix_now() * 1000 + 60_000;
     let none = activity(&server, &ada, &format!("since={future}")).await;
     assert_eq!(none["entries"], serde_json::json!([]));
     // `since` keeps the entries that ended at or after it, whatever their order.
@@ -205,7 +179,7 @@ async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() 
     assert_eq!(seen, ids);
 
     for bad in ["limit=0", "before=abc", "since=yesterday", "colour=red"] {
-        let auth = format!("Bearer {ada}");
+        let auth = bearer(&ada);
         let response = server
             .request(
                 "GET",
@@ -223,7 +197,7 @@ async fn the_feed_filters_by_doc_user_time_and_folder_and_pages_with_a_cursor() 
 
 #[tokio::test]
 async fn a_reader_of_one_doc_sees_only_that_docs_entries() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(quick_unload).await;
     let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
     let reader = token(&server, "rita", "Rita", &[("docs/a", Role::Read)]);
     type_burst(&server, &ada, "docs/a", 2).await;
@@ -241,7 +215,7 @@ async fn a_reader_of_one_doc_sees_only_that_docs_entries() {
 
 #[tokio::test]
 async fn edit_sessions_survive_a_restart() {
-    let mut server = jwt_server(|_| {}).await;
+    let mut server = TestServer::start_jwt(quick_unload).await;
     let ada = token(&server, "ada", "Ada", &[("*", Role::Write)]);
     type_burst(&server, &ada, "notes", 3).await;
     wait_activity(&server, &ada, "", |entries| {
@@ -259,43 +233,19 @@ async fn edit_sessions_survive_a_restart() {
     assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
-/// Reads `GET /api/events` (over HTTP/1.0, so the body is not chunked) until an `activity`
-/// event whose entry `accept`s; returns the entry.
-async fn next_activity(
-    events: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-    accept: impl Fn(&Value) -> bool,
-) -> Value {
-    use tokio::io::AsyncBufReadExt;
-    let read = async {
-        loop {
-            let mut line = String::new();
-            let n = events.read_line(&mut line).await.expect("read the stream");
-            assert!(n > 0, "the event stream ended");
-            let Some(data) = line.trim_end().strip_prefix("data: ") else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(data).expect("events are JSON");
-            if event["type"] == "activity" && accept(&event["entry"]) {
-                return event["entry"].clone();
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("an activity event in time")
+/// The entry of the next `activity` event on `events` whose entry `accept`s.
+async fn next_activity(events: &mut EventStream, accept: impl Fn(&Value) -> bool) -> Value {
+    let event = events
+        .next_matching(|event| event["type"] == "activity" && accept(&event["entry"]))
+        .await;
+    event["entry"].clone()
 }
 
 #[tokio::test]
 async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows() {
-    use tokio::io::AsyncWriteExt;
     let server = TestServer::start().await;
     server.wait_healthy().await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .unwrap();
-    let mut events = tokio::io::BufReader::new(stream);
+    let mut events = server.events().await;
     let mut peer = server.connect("live").await;
     for i in 0..3 {
         peer.append_text(&format!("{i}")).await;
@@ -328,7 +278,7 @@ async fn act(
     body: &[u8],
     expect: u16,
 ) -> Value {
-    let auth = format!("Bearer {token}");
+    let auth = bearer(token);
     let response = server
         .request(
             method,
@@ -352,7 +302,7 @@ async fn act(
 
 #[tokio::test]
 async fn every_file_and_version_action_is_in_the_feed_with_the_user_who_did_it() {
-    let server = jwt_server(|_| {}).await;
+    let server = TestServer::start_jwt(quick_unload).await;
     let ada = token(&server, "ada", "Ada L.", &[("*", Role::Write)]);
     let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
 

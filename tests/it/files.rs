@@ -4,15 +4,14 @@
 //!
 //! Every request is real HTTP/1.1 to the real server with a real redb file and data directory.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tandem_server::Config;
-use tandem_server::auth::{AuthMode, Claims, Role, mint_offline};
-use tandem_tests::{HttpResponse, Peer, TestServer, WAIT};
+use tandem_server::auth::Role;
+use tandem_tests::{HttpResponse, Peer, TestServer, WAIT, bearer, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -72,18 +71,6 @@ fn files_under(server: &TestServer, dir: &str) -> Vec<String> {
     let mut out = Vec::new();
     walk(&server.data_dir().join(dir), &mut out);
     out
-}
-
-/// Waits (bounded by [`WAIT`]) until `check` holds, polling the server's visible state.
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Sends a request head and the first bytes of a body that claims to be longer, waits until
@@ -789,48 +776,12 @@ async fn too_large_files_and_full_workspaces_are_refused_with_clear_errors() {
     assert!(files_under(&server, "uploads").is_empty());
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-fn token(server: &TestServer, sub: &str, docs: &[(&str, Role)]) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        name: Some(format!("{sub} (verified)")),
-        docs: docs
-            .iter()
-            .map(|(pattern, role)| ((*pattern).to_owned(), *role))
-            .collect::<BTreeMap<_, _>>(),
-        admin: false,
-        exp: now() + 300,
-        nbf: None,
-        iat: None,
-        iss: None,
-        session: None,
-    };
-    mint_offline(server.data_dir(), &claims).expect("mint a token")
-}
-
 #[tokio::test]
 async fn a_read_only_token_may_download_but_not_upload_rename_or_delete() {
-    let server =
-        TestServer::start_with(|config: &mut Config| config.auth.mode = AuthMode::Jwt).await;
-    server.wait_healthy().await;
-    let writer = format!(
-        "Bearer {}",
-        token(&server, "ada", &[("team/*", Role::Write)])
-    );
-    let reader = format!(
-        "Bearer {}",
-        token(&server, "bob", &[("team/*", Role::Read)])
-    );
-    let outsider = format!(
-        "Bearer {}",
-        token(&server, "eve", &[("other/*", Role::Write)])
-    );
+    let server = TestServer::start_jwt(|_| {}).await;
+    let writer = bearer(&server.token("ada", &[("team/*", Role::Write)]));
+    let reader = bearer(&server.token("bob", &[("team/*", Role::Read)]));
+    let outsider = bearer(&server.token("eve", &[("other/*", Role::Write)]));
 
     let stored = put(
         &server,
@@ -923,56 +874,22 @@ async fn a_read_only_token_may_download_but_not_upload_rename_or_delete() {
     assert_eq!(across.status, 403);
 }
 
-/// Reads SSE `data:` lines from a raw `GET /api/events` until one satisfies `wanted`.
-async fn next_event(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-    wanted: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-            let message: Vec<u8> = buffer.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&message);
-            for line in text.lines() {
-                // Chunked framing puts size lines between messages; only data lines matter.
-                if let Some(json) = line.strip_prefix("data: ")
-                    && let Ok(value) = serde_json::from_str::<Value>(json)
-                    && wanted(&value)
-                {
-                    return value;
-                }
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("event within a second")
-            .expect("read events");
-        assert!(n > 0, "event stream ended");
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-}
+/// What "within a second" promises other clients.
+const SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn uploads_renames_and_deletes_reach_another_clients_event_stream_within_a_second() {
     let server = TestServer::start().await;
-    let mut events = TcpStream::connect(server.addr).await.unwrap();
-    events
-        .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
-        .await
-        .unwrap();
-    let mut buffer = Vec::new();
-    next_event(&mut events, &mut buffer, |event| event["type"] == "hello").await;
+    // Opening waits for the stream's `hello`, so every event below happens after it.
+    let mut events = server.events().await;
 
     assert_eq!(
         put(&server, "team/new.bin", b"fresh", &[]).await.status,
         201
     );
-    let uploaded = next_event(&mut events, &mut buffer, |event| {
-        event["type"] == "file_uploaded"
-    })
-    .await;
+    let uploaded = events
+        .next_matching_within(SECOND, |event| event["type"] == "file_uploaded")
+        .await;
     assert_eq!(uploaded["path"], "team/new.bin");
     assert_eq!(uploaded["version"], 1);
     assert_eq!(uploaded["size"], 5);
@@ -990,10 +907,9 @@ async fn uploads_renames_and_deletes_reach_another_clients_event_stream_within_a
         )
         .await;
     assert_eq!(moved.status, 200);
-    let renamed = next_event(&mut events, &mut buffer, |event| {
-        event["type"] == "file_renamed"
-    })
-    .await;
+    let renamed = events
+        .next_matching_within(SECOND, |event| event["type"] == "file_renamed")
+        .await;
     assert_eq!(
         (renamed["from"].clone(), renamed["to"].clone()),
         (json!("team/new.bin"), json!("team/renamed.bin"))
@@ -1006,10 +922,9 @@ async fn uploads_renames_and_deletes_reach_another_clients_event_stream_within_a
             .status,
         204
     );
-    let deleted = next_event(&mut events, &mut buffer, |event| {
-        event["type"] == "file_deleted"
-    })
-    .await;
+    let deleted = events
+        .next_matching_within(SECOND, |event| event["type"] == "file_deleted")
+        .await;
     assert_eq!(deleted["path"], "team/renamed.bin");
 }
 

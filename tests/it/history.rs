@@ -1,55 +1,13 @@
 //! History, black-box: who wrote each update, named/automatic/restore versions, restore as a
 //! live update on top, and what survives compaction and restarts.
 //!
-//! Tokens are HS256 JWTs signed here with a test secret, as in `auth.rs`.
+//! Tokens are HS256 JWTs signed with the harness's test secret (`tandem_tests::idp_token`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tandem_server::Config;
-use tandem_server::auth::AuthMode;
-use tandem_tests::{HttpResponse, TestServer, WAIT};
+use tandem_tests::{HttpResponse, TestServer, WAIT, bearer, idp_token, wait_until};
 use yrs::{Doc, Text, Transact};
-
-const SECRET: &[u8] = b"an hs256 secret of at least thirty-two bytes, for tests";
-
-fn token(sub: &str, docs: &Value) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 300;
-    let claims =
-        json!({ "sub": sub, "name": format!("{sub} (verified)"), "exp": exp, "docs": docs });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .expect("sign")
-}
-
-/// A server with `--auth jwt` and the test secret, settings adjusted by `adjust`.
-async fn jwt_server(adjust: impl FnOnce(&mut Config)) -> (tempfile::TempDir, TestServer) {
-    let secret_dir = tempfile::tempdir().expect("temp dir");
-    let secret_file = secret_dir.path().join("secret");
-    std::fs::write(&secret_file, SECRET).expect("write secret");
-    let server = TestServer::start_with(|config: &mut Config| {
-        config.auth.mode = AuthMode::Jwt;
-        config.auth.secret_file = Some(secret_file.clone());
-        adjust(config);
-    })
-    .await;
-    server.wait_healthy().await;
-    (secret_dir, server)
-}
-
-async fn started(adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let server = TestServer::start_with(adjust).await;
-    server.wait_healthy().await;
-    server
-}
 
 async fn call(
     server: &TestServer,
@@ -58,7 +16,7 @@ async fn call(
     token: Option<&str>,
     body: &[u8],
 ) -> HttpResponse {
-    let auth = token.map(|t| format!("Bearer {t}"));
+    let auth = token.map(bearer);
     let mut headers = vec![("Accept", "application/json")];
     match &auth {
         Some(auth) => headers.push(("Authorization", auth)),
@@ -137,30 +95,19 @@ async fn current_text(server: &TestServer, doc: &str) -> Value {
 /// Polls (bounded by [`WAIT`]) until the server holds `text` (the server echoes nothing to the
 /// peer that sent an edit, so this is how a test knows the edit arrived).
 async fn wait_stored(server: &TestServer, doc: &str, text: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while current_text(server, doc).await != text {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{doc} never held {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&format!("{doc} holds {text:?}"), async || {
+        current_text(server, doc).await == text
+    })
+    .await;
 }
 
 /// [`wait_stored`] with a token.
 async fn wait_stored_as(server: &TestServer, doc: &str, token: &str, text: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until(&format!("{doc} holds {text:?}"), async || {
         let response = call(server, "GET", &format!("/api/docs/{doc}"), Some(token), b"").await;
-        if response.status == 200 && response.json()["t"] == text {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{doc} never held {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        response.status == 200 && response.json()["t"] == text
+    })
+    .await;
 }
 
 /// Polls (bounded by [`WAIT`]) until `check` holds for the doc's versions.
@@ -191,9 +138,9 @@ fn subs(actors: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn two_authors_are_recorded_per_update_and_in_the_version() {
-    let (_secret, server) = jwt_server(|_| {}).await;
-    let ada = token("ada", &json!({ "team/*": "write" }));
-    let bob = token("bob", &json!({ "team/*": "write" }));
+    let server = TestServer::start_jwt_shared(|_| {}).await;
+    let ada = idp_token("ada", json!({ "team/*": "write" }));
+    let bob = idp_token("bob", json!({ "team/*": "write" }));
     let mut a = server.connect_with_token("team/notes", &ada).await;
     let mut b = server.connect_with_token("team/notes", &bob).await;
     a.append_text("from ada. ").await;
@@ -208,8 +155,8 @@ async fn two_authors_are_recorded_per_update_and_in_the_version() {
         text.insert(&mut txn, 0, "via http");
         txn.encode_update_v1()
     };
-    let cy = token("cy", &json!({ "team/*": "write" }));
-    let auth = format!("Bearer {cy}");
+    let cy = idp_token("cy", json!({ "team/*": "write" }));
+    let auth = bearer(&cy);
     let response = server
         .request(
             "POST",
@@ -280,7 +227,7 @@ async fn two_authors_are_recorded_per_update_and_in_the_version() {
 
 #[tokio::test]
 async fn a_restore_reaches_connected_peers_live_and_can_be_undone() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let mut a = server.connect("doc").await;
     let mut b = server.connect("doc").await;
     // With authentication off, edits are credited to the presence name, else `peer N`.
@@ -388,7 +335,7 @@ async fn a_restore_reaches_connected_peers_live_and_can_be_undone() {
 
 #[tokio::test]
 async fn versions_survive_compaction_and_restarts_and_unload_takes_an_auto_version() {
-    let mut server = started(|config| {
+    let mut server = TestServer::start_healthy(|config| {
         config.hub.compact_after_updates = 3;
         config.hub.doc_unload_grace = Duration::from_millis(100);
     })
@@ -444,7 +391,7 @@ async fn versions_survive_compaction_and_restarts_and_unload_takes_an_auto_versi
 
 #[tokio::test]
 async fn an_automatic_version_follows_a_period_of_activity_and_old_ones_are_pruned() {
-    let server = started(|config| {
+    let server = TestServer::start_healthy(|config| {
         config.hub.auto_version_interval = Duration::from_millis(150);
         config.hub.max_auto_versions = 2;
     })
@@ -471,16 +418,17 @@ async fn an_automatic_version_follows_a_period_of_activity_and_old_ones_are_prun
         version_json(&server, "busy", &list[0]["id"], None).await,
         json!({ "t": "edit 0 edit 1 edit 2 edit 3 " })
     );
-    // No edits, no further versions.
+    // No edits, no further versions. The sleep is what is tested (nothing happens), so it is not
+    // an event to wait on: it spans more than two automatic-version intervals of 150 ms.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(versions(&server, "busy", None).await.len(), 3);
 }
 
 #[tokio::test]
 async fn a_reader_may_list_and_read_versions_but_not_name_or_restore_them() {
-    let (_secret, server) = jwt_server(|_| {}).await;
-    let writer = token("ada", &json!({ "team/*": "write" }));
-    let reader = token("rita", &json!({ "team/*": "read" }));
+    let server = TestServer::start_jwt_shared(|_| {}).await;
+    let writer = idp_token("ada", json!({ "team/*": "write" }));
+    let reader = idp_token("rita", json!({ "team/*": "read" }));
     let mut peer = server.connect_with_token("team/plan", &writer).await;
     peer.append_text("plan").await;
     wait_stored_as(&server, "team/plan", &writer, "plan").await;
@@ -520,111 +468,10 @@ async fn a_reader_may_list_and_read_versions_but_not_name_or_restore_them() {
     assert_eq!(versions(&server, "team/plan", Some(&writer)).await.len(), 1);
 }
 
-/// A `GET /api/events` stream read event by event (de-chunked by hand: the stream never ends).
-struct EventStream {
-    stream: tokio::net::TcpStream,
-    /// Bytes received and not yet parsed.
-    raw: Vec<u8>,
-    /// Whether the response head was skipped.
-    in_body: bool,
-    /// De-chunked body not yet split into events.
-    body: String,
-}
-
-impl EventStream {
-    async fn open(server: &TestServer) -> EventStream {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect");
-        stream
-            .write_all(
-                b"GET /api/events HTTP/1.1\r\nHost: tandem\r\nAccept: text/event-stream\r\n\r\n",
-            )
-            .await
-            .expect("send request");
-        let mut events = EventStream {
-            stream,
-            raw: Vec::new(),
-            in_body: false,
-            body: String::new(),
-        };
-        let hello = events.next().await;
-        assert_eq!(hello["type"], "hello");
-        events
-    }
-
-    /// The next event's JSON, waiting at most [`WAIT`].
-    async fn next(&mut self) -> Value {
-        use tokio::io::AsyncReadExt;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(end) = self.body.find("\n\n") {
-                let event: String = self.body.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                return serde_json::from_str(&data).expect("event JSON");
-            }
-            self.dechunk();
-            if self.body.contains("\n\n") {
-                continue;
-            }
-            let mut buf = [0u8; 4096];
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let n = tokio::time::timeout(left, self.stream.read(&mut buf))
-                .await
-                .expect("an event in time")
-                .expect("read");
-            assert!(n > 0, "event stream closed");
-            self.raw.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn dechunk(&mut self) {
-        if !self.in_body {
-            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                return;
-            };
-            self.raw.drain(..end + 4);
-            self.in_body = true;
-        }
-        loop {
-            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
-                return;
-            };
-            let size_text = std::str::from_utf8(&self.raw[..line_end]).expect("chunk size");
-            let size = usize::from_str_radix(size_text.trim(), 16).expect("hex chunk size");
-            if self.raw.len() < line_end + 2 + size + 2 {
-                return;
-            }
-            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
-            self.raw.drain(..line_end + 2 + size + 2);
-            self.body
-                .push_str(&String::from_utf8(chunk).expect("utf-8 events"));
-        }
-    }
-
-    /// The next event of type `kind`, skipping others.
-    async fn next_of(&mut self, kind: &str) -> Value {
-        loop {
-            let event = self.next().await;
-            if event["type"] == kind {
-                return event;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn edits_versions_and_restores_are_published_as_events() {
-    let server = started(|_| {}).await;
-    let mut events = EventStream::open(&server).await;
+    let server = TestServer::start_healthy(|_| {}).await;
+    let mut events = server.events().await;
     let mut peer = server.connect("ev").await;
     peer.send_awareness(5, 1, r#"{"user":{"name":"Dora"}}"#)
         .await;
@@ -681,7 +528,7 @@ async fn refuse_third(server: &TestServer) {
 
 #[tokio::test]
 async fn named_versions_are_capped_and_restore_versions_pruned_to_the_same_count() {
-    let mut server = started(|config| config.hub.max_named_versions = 2).await;
+    let mut server = TestServer::start_healthy(|config| config.hub.max_named_versions = 2).await;
     let mut peer = server.connect("capped").await;
     peer.append_text("one").await;
     wait_stored(&server, "capped", "one").await;
@@ -719,7 +566,7 @@ async fn named_versions_are_capped_and_restore_versions_pruned_to_the_same_count
 async fn a_client_renaming_itself_on_every_edit_is_credited_as_its_peer_past_the_author_cap() {
     // The cap is 1024 authors per open doc (`MAX_AUTHORS_PER_DOC`).
     let cap = 1024;
-    let server = started(|config| {
+    let server = TestServer::start_healthy(|config| {
         config.hub.limits.max_messages_per_second = 0;
         config.hub.limits.max_awareness_per_second = 0;
     })
@@ -764,7 +611,7 @@ async fn a_client_renaming_itself_on_every_edit_is_credited_as_its_peer_past_the
 
 #[tokio::test]
 async fn edits_made_while_a_restore_is_computed_are_not_held_up_and_survive_it() {
-    let server = started(|_| {}).await;
+    let server = TestServer::start_healthy(|_| {}).await;
     let mut writer = server.connect("big").await;
     let mut observer = server.connect("big").await;
     // Two unrelated random texts of 0s and 1s: their character diff is long to compute and
