@@ -14,6 +14,13 @@ fn quick_unload(config: &mut Config) {
     config.hub.doc_unload_grace = Duration::from_millis(100);
 }
 
+/// Quick unloads, and edits reported every 50 ms instead of every second, so a test waits on
+/// the reports rather than sleeping past the default interval.
+fn quick_reports(config: &mut Config) {
+    quick_unload(config);
+    config.hub.doc_changed_interval = Duration::from_millis(50);
+}
+
 /// A token of `server` for `sub`, shown as `name`, with `docs`.
 fn token(server: &TestServer, sub: &str, name: &str, docs: &[(&str, Role)]) -> String {
     server.mint(&Claims {
@@ -78,21 +85,21 @@ fn n_updates_of(entries: &[Value], sub: &str, doc: &str) -> u64 {
 
 #[tokio::test]
 async fn bursts_of_edits_make_one_entry_per_author_with_the_right_actor() {
-    let server = TestServer::start_jwt(quick_unload).await;
+    let server = TestServer::start_jwt(quick_reports).await;
     let ada = token(&server, "ada", "Ada L.", &[("*", Role::Write)]);
     let bob = token(&server, "bob", "Bob", &[("*", Role::Write)]);
-    // Bursts separated by more than the doc actor's report interval, so each author's edits
-    // arrive as several reports that the session gathers into one entry.
-    for _ in 0..2 {
+    // Two rounds of bursts, the second only once the first is recorded: each author's edits
+    // arrive as several reports, which the session gathers into one entry.
+    let mut entries = Vec::new();
+    for round in 1..=2 {
         type_burst(&server, &ada, "team/notes", 15).await;
         type_burst(&server, &bob, "team/notes", 10).await;
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        entries = wait_activity(&server, &ada, "doc=team/notes", |entries| {
+            n_updates_of(entries, "ada", "team/notes") == 15 * round
+                && n_updates_of(entries, "bob", "team/notes") == 10 * round
+        })
+        .await;
     }
-    let entries = wait_activity(&server, &ada, "doc=team/notes", |entries| {
-        n_updates_of(entries, "ada", "team/notes") == 30
-            && n_updates_of(entries, "bob", "team/notes") == 20
-    })
-    .await;
     assert_eq!(entries.len(), 2, "one entry per author: {entries:?}");
     let bob_entry = &entries[0];
     let ada_entry = &entries[1];
@@ -243,7 +250,7 @@ async fn next_activity(events: &mut EventStream, accept: impl Fn(&Value) -> bool
 
 #[tokio::test]
 async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(quick_reports).await;
     server.wait_healthy().await;
     let mut events = server.events().await;
     let mut peer = server.connect("live").await;
@@ -260,9 +267,8 @@ async fn live_streams_get_each_entry_when_it_is_stored_and_again_when_it_grows()
     assert_eq!(status, 200);
     let page: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(page["entries"][0]["id"], entry["id"]);
-    // Later edits (after the doc actor's report interval) extend the same entry, which is
-    // shown again with its id.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A later edit (reported one short report interval after the first) extends the same
+    // entry, which is shown again with its id.
     peer.append_text("more").await;
     let grown = next_activity(&mut events, |grown| grown["n_updates"] == 4).await;
     assert_eq!(grown["id"], entry["id"], "{grown}");
