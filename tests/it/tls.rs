@@ -112,12 +112,19 @@ async fn https_serves_healthz_and_plain_http_on_the_tls_port_harms_nobody() {
     late.wait_text(|text| text == "kept!").await;
 }
 
+/// How often the rotation test's server checks its certificate files.
+const POLL: Duration = Duration::from_millis(100);
+
 #[tokio::test]
 async fn a_rotated_certificate_is_served_and_a_broken_one_is_ignored() {
     let first = TestCert::generate();
     let second = TestCert::generate();
     let third = TestCert::generate();
-    let server = TestServer::start_tls(&first.cert_pem, &first.key_pem, |_| {}).await;
+    // The files are checked every 100 ms here instead of every 2 s.
+    let server = TestServer::start_tls(&first.cert_pem, &first.key_pem, |config| {
+        config.listener.tls_poll_interval = POLL;
+    })
+    .await;
     let tls = tls_client_config(&[&first.der, &second.der, &third.der]);
     assert_eq!(presented_certificate(server.addr, &tls).await, first.der);
 
@@ -125,21 +132,21 @@ async fn a_rotated_certificate_is_served_and_a_broken_one_is_ignored() {
     wait_for_certificate(&server, &tls, &second.der).await;
 
     // Garbage where the certificate was: the reload fails and the last good pair stays. The
-    // window covers at least two polls of the files (every 2 s, `TLS_POLL_INTERVAL`, not
-    // configurable); every handshake in it must succeed with the second certificate, so the
-    // window itself is what is tested and there is no event to wait on.
+    // window covers several polls of the files (`POLL`); every handshake in it must succeed
+    // with the second certificate, so the window itself is what is tested and there is no
+    // event to wait on.
     server.rotate_tls_pair("-----BEGIN GARBAGE-----\nnot pem at all\n", &second.key_pem);
-    let window_end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let window_end = tokio::time::Instant::now() + 5 * POLL;
     while tokio::time::Instant::now() < window_end {
         assert_eq!(presented_certificate(server.addr, &tls).await, second.der);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(POLL / 4).await;
     }
     // A key from another pair (it does not match the certificate) is refused the same way.
     server.rotate_tls_pair(&third.cert_pem, &first.key_pem);
-    let window_end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let window_end = tokio::time::Instant::now() + 5 * POLL;
     while tokio::time::Instant::now() < window_end {
         assert_eq!(presented_certificate(server.addr, &tls).await, second.der);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(POLL / 4).await;
     }
 
     // The reload task is still alive: a good pair is picked up again.

@@ -300,6 +300,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                 }),
             proxy_protocol: set!(s.proxy_protocol),
             forwarded_header: s.forwarded_header.unwrap_or_default(),
+            tls_poll_interval: crate::tls::DEFAULT_TLS_POLL_INTERVAL,
         },
         auth: AuthConfig {
             // Off by default only where nobody else can connect.

@@ -313,7 +313,7 @@ pub async fn run_with_ready(
     });
 
     let acceptor = tls.map(|(acceptor, reloader)| {
-        reloader.spawn(&lifecycle);
+        reloader.spawn(&lifecycle, config.listener.tls_poll_interval);
         acceptor
     });
     // Returns once the token is cancelled; open connections wind down in their tracked tasks.

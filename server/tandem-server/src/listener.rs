@@ -95,6 +95,8 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// The forwarding header a trusted proxy names the client in; the other is ignored.
     pub forwarded_header: ForwardedHeader,
+    /// How often the TLS certificate and key files are checked for a new pair.
+    pub tls_poll_interval: Duration,
 }
 
 /// Longest time a refused connection is given to receive its 503. The answer is a courtesy: a

@@ -27,8 +27,9 @@ use tandem_hub::Lifecycle;
 /// How often the certificate and key files are checked for changes (modification time and
 /// length). Certificates are renewed days before they expire, so seconds of delay cost nothing,
 /// and two `stat` calls every 2 s cost nothing either; file-change notification APIs differ per
-/// platform and miss some replacements (a symlink swapped under a watched path).
-const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// platform and miss some replacements (a symlink swapped under a watched path). The default of
+/// `ListenerConfig::tls_poll_interval` (tests shorten it).
+pub const DEFAULT_TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The PEM files of the certificate chain (leaf first) and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,18 +153,18 @@ pub(crate) async fn open(files: &TlsFiles) -> Result<(TlsAcceptor, Reloader), Tl
 }
 
 impl Reloader {
-    /// Starts the tracked task that polls the files every [`TLS_POLL_INTERVAL`] until shutdown.
-    pub(crate) fn spawn(self, lifecycle: &Lifecycle) {
+    /// Starts the tracked task that polls the files every `poll_interval` until shutdown.
+    pub(crate) fn spawn(self, lifecycle: &Lifecycle, poll_interval: Duration) {
         let span = tracing::info_span!(
             "tls-reload",
             cert = %self.files.cert.display(),
             key = %self.files.key.display()
         );
-        lifecycle.spawn(span, self.run(lifecycle.clone()));
+        lifecycle.spawn(span, self.run(lifecycle.clone(), poll_interval));
     }
 
-    async fn run(mut self, lifecycle: Lifecycle) {
-        let mut interval = tokio::time::interval(TLS_POLL_INTERVAL);
+    async fn run(mut self, lifecycle: Lifecycle, poll_interval: Duration) {
+        let mut interval = tokio::time::interval(poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
