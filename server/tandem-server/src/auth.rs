@@ -776,7 +776,7 @@ fn load_or_create_server_key(data_dir: &Path) -> Result<Vec<u8>, AuthLoadError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::unix_now_s;
+    use tandem_hub::clock::now_s;
 
     #[test]
     fn patterns_match_with_star_as_any_run() {
@@ -860,9 +860,9 @@ mod tests {
             name: Some("Ada".into()),
             docs: BTreeMap::from([("team/*".into(), Role::Write)]),
             admin: false,
-            exp: unix_now_s() + 60,
+            exp: now_s() + 60,
             nbf: None,
-            iat: Some(unix_now_s()),
+            iat: Some(now_s()),
             iss: None,
             session: None,
         };
@@ -878,7 +878,7 @@ mod tests {
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
         assert!(matches!(auth.verify(&tampered), Err(AuthError::Invalid(_))));
         let expired = auth.mint(&Claims {
-            exp: unix_now_s() - 3600,
+            exp: now_s() - 3600,
             ..claims
         });
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));

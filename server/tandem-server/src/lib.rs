@@ -9,7 +9,6 @@
 //! # Layout
 //!
 //! - [`auth`]: tokens to grants: JWT verification, roles per doc pattern, the server's own key.
-//! - `clock`: the wall clock, seconds and milliseconds since the Unix epoch.
 //! - [`accounts`]: the accounts service: password sign-in, token refresh, the `users` table.
 //! - [`activity`]: the activity recorder (edit sessions, batching).
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
@@ -26,6 +25,8 @@
 //! - `bus`: the workspace events and their bus (activity, webhooks, live streams); the hub's
 //!   `DocEventSink`.
 //! - `name`: the characters a version, display or file name may not contain.
+//! - `outbound`: the one outbound HTTP client's settings (reqwest over rustls with ring, no
+//!   redirects, no proxy), for webhook delivery and the commands' remote backend.
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
 //! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
@@ -36,7 +37,6 @@ mod api;
 pub mod auth;
 mod bus;
 pub mod cli;
-mod clock;
 pub mod command;
 pub mod config;
 mod data_dir;
@@ -44,6 +44,7 @@ mod error_id;
 mod files;
 mod listener;
 mod name;
+mod outbound;
 mod proxy;
 #[cfg(test)]
 mod tidy;

@@ -37,8 +37,8 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::auth::{Claims, Role};
-use crate::clock::{unix_now_ms, unix_now_s};
 use limiter::LoginLimiter;
+use tandem_hub::clock::{now_ms, now_s};
 
 /// Default lifetime of a token from `POST /api/login` or a refresh.
 pub const DEFAULT_LOGIN_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
@@ -257,7 +257,7 @@ impl Accounts {
         let Some(session) = claims.session else {
             return Err(AccountError::NotRefreshable);
         };
-        if unix_now_s().saturating_sub(session) > MAX_LOGIN_SESSION.as_secs() {
+        if now_s().saturating_sub(session) > MAX_LOGIN_SESSION.as_secs() {
             return Err(AccountError::SessionTooOld);
         }
         let sub = claims.sub.clone();
@@ -274,7 +274,7 @@ impl Accounts {
         user: &UserRecord,
         session: u64,
     ) -> Result<Claims, AccountError> {
-        let now = unix_now_s();
+        let now = now_s();
         let ttl = self.inner.config.login_token_ttl.as_secs().max(1);
         Ok(Claims {
             sub: user.sub.clone(),
@@ -336,7 +336,7 @@ impl Accounts {
             .unwrap_or(false);
         let created_ms = existing
             .as_ref()
-            .map_or_else(unix_now_ms, |user| user.created_ms);
+            .map_or_else(now_ms, |user| user.created_ms);
         let record = new_record(
             &sub,
             name.as_deref(),

@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::bus::{Event, Events};
-use crate::clock::unix_now_ms;
 use crate::webhook::{self, WebhookConfig, Webhooks};
 pub(crate) use sessions::Sessions;
+use tandem_hub::clock::{now_ms, sleep_until};
 
 /// Longest time an event waits in memory before its batch is committed.
 pub(crate) const BATCH_INTERVAL: Duration = Duration::from_millis(200);
@@ -161,8 +161,8 @@ impl Recorder {
                         self.handle(event).await;
                     }
                 }
-                () = sleep_until_opt(flush_at) => self.commit().await,
-                () = sleep_until_opt(debounce_at) => {
+                () = sleep_until(flush_at) => self.commit().await,
+                () = sleep_until(debounce_at) => {
                     let due = self.debouncer.take_due(Instant::now());
                     self.queue_changes(due);
                 }
@@ -233,7 +233,7 @@ impl Recorder {
                 webhooks
                     .iter()
                     .filter(|hook| webhook::matches(hook, name, &paths))
-                    .map(|hook| webhook::new_delivery(hook, name, &data, unix_now_ms())),
+                    .map(|hook| webhook::new_delivery(hook, name, &data, now_ms())),
             );
         }
         if let Some(entry) = entry {
@@ -255,9 +255,7 @@ impl Recorder {
                 webhooks
                     .iter()
                     .filter(|hook| webhook::matches(hook, webhook::DOC_CHANGED, &[&doc]))
-                    .map(|hook| {
-                        webhook::new_delivery(hook, webhook::DOC_CHANGED, &data, unix_now_ms())
-                    }),
+                    .map(|hook| webhook::new_delivery(hook, webhook::DOC_CHANGED, &data, now_ms())),
             );
         }
         self.batch.since.get_or_insert_with(Instant::now);
@@ -317,11 +315,11 @@ impl Recorder {
             self.webhooks.wake();
         }
         self.batch = Batch::default();
-        self.sessions.forget_ended(unix_now_ms());
+        self.sessions.forget_ended(now_ms());
     }
 
     async fn prune(&mut self) {
-        let cutoff = unix_now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
         let store = self.store.clone();
         let span = MAX_SESSION.as_millis() as u64;
         match tokio::task::spawn_blocking(move || store.prune_activity(cutoff, span)).await {
@@ -330,13 +328,6 @@ impl Recorder {
             Ok(Err(error)) => error!(%error, "pruning activity"),
             Err(error) => error!(%error, "pruning activity"),
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -407,7 +398,7 @@ mod tests {
                 created_ms: 1,
             })
             .unwrap();
-        let now = unix_now_ms();
+        let now = now_ms();
         // More events than one batch holds, closed at once: all of them must be stored.
         record(&store, |events| {
             for seq in 1..=300 {

@@ -90,7 +90,7 @@ pub(super) async fn login(
         .accounts
         .sign_in(&request.username, request.password, client.ip)
         .await?;
-    let session = crate::clock::unix_now_s();
+    let session = tandem_hub::clock::now_s();
     Ok(axum::Json(token_for(&state, &user, session)?).into_response())
 }
 

@@ -18,8 +18,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{AppJson, JsonBody, doc_id_from, request_grant};
 use crate::auth::{AuthError, Grant};
-use crate::clock::unix_now_ms;
 use tandem_hub::Actor;
+use tandem_hub::clock::now_ms;
 
 use crate::bus::Event;
 use crate::files::blobs::{UploadFile, new_upload_id};
@@ -287,7 +287,7 @@ pub(super) async fn put_file(
         content_type,
         name,
         uploader,
-        uploaded_ms: unix_now_ms(),
+        uploaded_ms: now_ms(),
     };
     let entry = files
         .commit(guard.keep(), path.to_string(), version, None)
@@ -416,7 +416,7 @@ pub(super) async fn move_file(
         from: from.to_string(),
         to: to.to_string(),
         actor: super::events::actor_of_request(&grant, &headers),
-        at_ms: unix_now_ms(),
+        at_ms: now_ms(),
     });
     let json = FileJson::new(&entry, entry.current());
     Ok(axum::Json(serde_json::json!({ "file": json })).into_response())
@@ -455,7 +455,7 @@ pub(super) async fn delete_file(
     state.events.publish(Event::FileDeleted {
         path: path.to_string(),
         actor: super::events::actor_of_request(&grant, &headers),
-        at_ms: unix_now_ms(),
+        at_ms: now_ms(),
     });
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -27,12 +27,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
 use crate::auth::Grant;
-use crate::clock::unix_now_ms;
 use crate::files::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
 use crate::files::upload::{
     ReceiveError, content_type_for, forget_slot, parse_sha256, receive, take_slot,
 };
 use crate::files::{FileError, Files, last_segment};
+use tandem_hub::clock::now_ms;
 
 /// The one protocol version spoken.
 const TUS_VERSION: &str = "1.0.0";
@@ -178,7 +178,7 @@ async fn create_upload(
     if let Err(error) = UploadFile::create(&file_path).await {
         return Err(files.io_failure(error, "creating upload file").await.into());
     }
-    let created_ms = unix_now_ms();
+    let created_ms = now_ms();
     let expiry_ms = u64::try_from(files.config().upload_expiry.as_millis()).unwrap_or(u64::MAX);
     let record = UploadRecord {
         id: id.clone(),
@@ -250,7 +250,7 @@ async fn load_upload(
     if !same_uploader {
         return Err(FileError::UploadNotFound.into());
     }
-    if record.expires_ms <= unix_now_ms() {
+    if record.expires_ms <= now_ms() {
         return Err(FileError::UploadExpired.into());
     }
     Ok((record, grant))
@@ -455,7 +455,7 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             content_type: record.content_type.clone(),
             name: record.name.clone(),
             uploader: record.uploader.clone(),
-            uploaded_ms: unix_now_ms(),
+            uploaded_ms: now_ms(),
         };
         files
             .commit(

@@ -26,8 +26,8 @@ use crate::DB_FILE_NAME;
 use crate::accounts::{PutUserRequest, UserView, hash_password, new_record};
 use crate::auth::{Claims, Role, mint_offline};
 use crate::cli::Target;
-use crate::clock::unix_now_s;
 use crate::webhook::{self, AttemptView, NewWebhook, WebhookView};
+use tandem_hub::clock::now_s;
 
 /// Lifetime of the administrator token a command mints to call a running server.
 pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -94,7 +94,7 @@ impl Backend {
                     .or_else(|| existing.as_ref().map(|record| record.name.clone()));
                 let created_ms = existing
                     .as_ref()
-                    .map_or_else(crate::clock::unix_now_ms, |record| record.created_ms);
+                    .map_or_else(tandem_hub::clock::now_ms, |record| record.created_ms);
                 let record = new_record(
                     user.sub,
                     name.as_deref(),
@@ -159,7 +159,7 @@ impl Backend {
     ) -> Result<(String, String), CommandError> {
         match self {
             Backend::Local { store, path } => {
-                let record = webhook::new_record(request, crate::clock::unix_now_ms())
+                let record = webhook::new_record(request, tandem_hub::clock::now_ms())
                     .map_err(CommandError::Invalid)?;
                 store.put_webhook(&record).map_err(store_error(path))?;
                 Ok((record.id, record.secret))
@@ -302,9 +302,7 @@ impl Remote {
             .host()
             .ok_or_else(|| unreachable("the URL has no host".into()))?;
         let origin = format!("http://{host}:{}", uri.port_u16().unwrap_or(80));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        let client = crate::outbound::client_builder()
             .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|error| unreachable(format!("starting the HTTP client: {error}")))?;
@@ -406,7 +404,7 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 fn admin_token(data_dir: &Path) -> Result<String, CommandError> {
-    let now = unix_now_s();
+    let now = now_s();
     let claims = Claims {
         sub: ADMIN_TOKEN_SUB.into(),
         name: None,

@@ -5,7 +5,7 @@ use super::{CommandError, docs_of};
 use crate::accounts::{validate_name, validate_sub};
 use crate::auth::{Claims, mint_offline};
 use crate::cli::TokenMintArgs;
-use crate::clock::unix_now_s;
+use tandem_hub::clock::now_s;
 
 /// The token for `args`, valid from now for `--ttl` (at least one second).
 pub(super) fn mint(args: &TokenMintArgs) -> Result<String, CommandError> {
@@ -13,7 +13,7 @@ pub(super) fn mint(args: &TokenMintArgs) -> Result<String, CommandError> {
     if let Some(name) = &args.name {
         validate_name(name).map_err(CommandError::Invalid)?;
     }
-    let now = unix_now_s();
+    let now = now_s();
     let claims = Claims {
         sub: args.sub.clone(),
         name: args.name.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::{Files, upload};
-use crate::clock::unix_now_ms;
+use tandem_hub::clock::now_ms;
 
 impl Files {
     /// One pass of the cleanup; `grace` is how old orphaned files must be to go (zero at
@@ -18,7 +18,7 @@ impl Files {
         let now = SystemTime::now();
         let old_enough =
             |modified: SystemTime| now.duration_since(modified).is_ok_and(|age| age >= grace);
-        let now_ms = unix_now_ms();
+        let now_ms = now_ms();
         let mut n_expired = 0usize;
         let mut n_orphans = 0usize;
         let records = match inner.store.list_uploads() {

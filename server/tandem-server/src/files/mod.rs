@@ -45,8 +45,8 @@ use std::time::Duration;
 
 use tandem_store::{FileEntry, FileVersion, Store, StoreError, Uploader, workspace_of};
 
-use crate::clock::unix_now_ms;
 use tandem_hub::Actor;
+use tandem_hub::clock::now_ms;
 
 pub(crate) use blobs::Disk;
 
@@ -399,7 +399,7 @@ impl Files {
     fn taken(&self, workspace: &str) -> Result<u64, FileError> {
         let inner = &self.inner;
         let used = inner.store.workspace_usage(workspace)?;
-        let now = unix_now_ms();
+        let now = now_ms();
         let tus: u64 = inner
             .store
             .list_uploads()?

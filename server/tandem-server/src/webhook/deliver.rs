@@ -20,7 +20,7 @@ use url::Host;
 
 use super::target::{Target, TargetError, resolve, resolve_name};
 use super::{LOG_KEEP, WebhookConfig, Webhooks};
-use crate::clock::{unix_now_ms, unix_now_s};
+use tandem_hub::clock::{now_ms, now_s};
 
 /// Due deliveries the worker takes from the outbox per pass.
 const OUTBOX_BATCH: usize = 256;
@@ -74,7 +74,7 @@ pub(crate) async fn run_worker(
     loop {
         // The first pass takes pending deliveries whatever their schedule. A failed read was
         // logged; the next wake-up tries again.
-        let now = unix_now_ms();
+        let now = now_ms();
         let due_at = if first_pass { u64::MAX } else { now };
         first_pass = false;
         let (due, next_due_ms) = webhooks
@@ -148,7 +148,7 @@ async fn deliver(
             next_attempt_ms: None,
         };
     };
-    let at_ms = unix_now_ms();
+    let at_ms = now_ms();
     let result = client.post(&webhook, &delivery).await;
     let acknowledged = result
         .status
@@ -159,7 +159,7 @@ async fn deliver(
     } else {
         let jitter = rand::rng().random::<f64>();
         let delay = retry_delay(config, n_failures, jitter);
-        let next_ms = unix_now_ms().saturating_add(delay.as_millis() as u64);
+        let next_ms = now_ms().saturating_add(delay.as_millis() as u64);
         let deadline = delivery
             .created_ms
             .saturating_add(config.give_up.as_millis() as u64);
@@ -209,20 +209,8 @@ struct Client {
 
 impl Client {
     fn new(timeout: Duration, allow_private: bool) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would connect for us, to addresses no check saw.
-            .no_proxy()
+        // No proxy (`outbound`): a proxy would connect for us, to addresses no check saw.
+        let http = crate::outbound::client_builder()
             // Each attempt resolves and checks again: no connection outlives its attempt.
             .pool_max_idle_per_host(0)
             .dns_resolver(Arc::new(CheckedResolver { allow_private }))
@@ -270,7 +258,7 @@ impl Client {
                 .await
                 .map_err(refused)?;
         }
-        let timestamp = unix_now_s();
+        let timestamp = now_s();
         let signature = sign(&webhook.secret, timestamp, &delivery.body);
         let sent = self
             .http

@@ -36,11 +36,11 @@ use tandem_store::{DeliveryAttempt, OutboxDelivery, Store, StoreError, WebhookRe
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
-use crate::clock::unix_now_ms;
 pub(crate) use deliver::run_worker;
 pub(crate) use route::{
     Change, Debouncer, PendingChange, event_data, event_name, matches, new_delivery, wants,
 };
+use tandem_hub::clock::now_ms;
 
 /// The event name of debounced document changes.
 pub(crate) const DOC_CHANGED: &str = "doc.changed";
@@ -171,7 +171,7 @@ impl Webhooks {
 
     /// Checks and stores a new registration, and returns it with its secret.
     pub(crate) async fn add(&self, request: NewWebhook) -> Result<WebhookRecord, WebhookError> {
-        let record = new_record(request, unix_now_ms()).map_err(WebhookError::Bad)?;
+        let record = new_record(request, now_ms()).map_err(WebhookError::Bad)?;
         target::check_new_target(&record.url, self.allow_private)
             .await
             .map_err(WebhookError::Bad)?;
