@@ -1,8 +1,8 @@
 //! The workspace bus: what happened to docs and files, for the live tree, the activity feed and
 //! webhooks.
 //!
-//! Producers (the hub's doc actors through [`DocEventSink`], edits, presence and versions
-//! included, and the file handlers) call [`Events::publish`]. Each event goes two ways:
+//! Producers (the hub's doc actors through [`DocEventSink`], versions included, and the file
+//! handlers) call [`Events::publish`]. Each event goes two ways:
 //! - to the activity recorder over an unbounded queue, losslessly: it stores the activity entry
 //!   and queues webhook deliveries (`activity/`, `webhook/`);
 //! - to every `GET /api/events` stream over a broadcast channel. A stream that falls behind gets
