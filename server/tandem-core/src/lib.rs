@@ -2,7 +2,8 @@
 //!
 //! Nothing in this crate performs I/O, spawns a task, reads a clock or the environment, or
 //! panics on bytes from a peer. That is what makes it deterministic, property-testable and
-//! fuzzable. The server crate (`tandem-server`) is the I/O shell around it.
+//! fuzzable. The real-time engine (`tandem-hub`) and the server (`tandem-server`) are the I/O
+//! shell around it.
 //!
 //! # Layout
 //!

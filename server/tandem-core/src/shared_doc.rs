@@ -7,7 +7,7 @@
 //! Applying an update runs inside `catch_unwind`; a panic or an apply error poisons the in-memory
 //! state, and the caller must reload the doc from durable storage.
 //!
-//! Read next: `tandem-server/src/doc_actor.rs`, the owner of each `SharedDoc`.
+//! Read next: `tandem-hub/src/doc_actor/mod.rs`, the owner of each `SharedDoc`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

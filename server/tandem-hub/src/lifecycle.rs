@@ -7,7 +7,7 @@
 //! 1. The shutdown future resolves (SIGTERM or ctrl-c in the binary; anything in tests).
 //! 2. The token is cancelled. The accept loop (`listener.rs`) stops accepting, and each HTTP
 //!    connection finishes its request in flight and closes (hyper's `graceful_shutdown`); the hub
-//!    refuses new joins; every connection's writer sends close 1001 and its reader stops.
+//!    refuses new joins; every connection's task sends close 1001 and ends.
 //! 3. Each doc actor sees the token, drains what its peers already sent, hands it to the writer,
 //!    waits until the writer reports all of it durable, and exits.
 //! 4. `tracker.wait()` runs under `shutdown_timeout`.

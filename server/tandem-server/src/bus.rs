@@ -1,10 +1,10 @@
 //! The workspace bus: what happened to docs and files, for the live tree, the activity feed and
 //! webhooks.
 //!
-//! Producers (the hub's doc actors through [`DocEventSink`], file handlers, the version API)
-//! call [`Events::publish`]. Each event goes two ways:
+//! Producers (the hub's doc actors through [`DocEventSink`], versions included, and the file
+//! handlers) call [`Events::publish`]. Each event goes two ways:
 //! - to the activity recorder over an unbounded queue, losslessly: it stores the activity entry
-//!   and queues webhook deliveries (`activity.rs`, `webhook.rs`);
+//!   and queues webhook deliveries (`activity/`, `webhook/`);
 //! - to every `GET /api/events` stream over a broadcast channel. A stream that falls behind gets
 //!   a `resync` event and reloads what it shows; nothing else waits for it.
 //!
@@ -15,7 +15,7 @@
 //!
 //! Invariant: the JSON of an [`Event`] is the contract of `GET /api/events` and of webhooks
 //! (`protocol-spec/http.md`); a `DocEvent` converts into exactly the shape it had before the hub
-//! defined it. This module must not know of HTTP: the stream handler is `events.rs`.
+//! defined it. This module must not know of HTTP: the stream handler is `api/events.rs`.
 
 use std::sync::Arc;
 

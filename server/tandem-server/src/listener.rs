@@ -9,7 +9,7 @@
 //!   effort, bounded by [`REFUSAL_TIMEOUT`]) and is closed; nobody else notices. A
 //!   [`ConnectionPermit`] lives *inside* the connection's I/O object, so it is released when the
 //!   socket is dropped, which for a WebSocket is long after hyper hands the upgraded socket to
-//!   `connection.rs`.
+//!   the hub's `connection.rs`.
 //! - **Client address.** The total is counted at accept, for every socket. The per-address count
 //!   happens where the client's address is first known, which depends on who connected: at
 //!   accept for an untrusted peer (the peer is the client); after the PROXY header for a trusted

@@ -3,7 +3,7 @@
 //!
 //! The store keeps each account as an opaque, versioned record ([`UserRecord`]) and checks
 //! nothing about it beyond its encoding: password hashing, the role names and the rules for
-//! account names belong to the server (`tandem-server/src/account.rs`). The byte layout is in
+//! account names belong to the server (`tandem-server/src/accounts/`). The byte layout is in
 //! `protocol-spec/storage.md`.
 //!
 //! Invariant: a record is written whole, in one durable transaction; a reader sees the old record

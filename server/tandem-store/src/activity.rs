@@ -3,7 +3,7 @@
 //! The store keeps entries as opaque, versioned records ([`ActivityEntry`]) under increasing
 //! ids, with two indexes (by path and by actor) so that a filtered page reads only the rows of
 //! that path or actor. What an entry means (edit sessions, kinds, the `details` JSON) belongs to
-//! the server (`tandem-server/src/activity.rs`). The byte layout is in `protocol-spec/storage.md`.
+//! the server (`tandem-server/src/activity/`). The byte layout is in `protocol-spec/storage.md`.
 //!
 //! Invariants: an entry and its index rows are written in one transaction; the paths and actor
 //! of an entry never change once written (only its end time, counts and details do), so its

@@ -1,9 +1,10 @@
 //! Tandem's storage: per-document update logs, snapshots and metadata in one redb file.
 //!
 //! The API is synchronous and knows nothing of tokio, yrs or the wire protocol: updates are
-//! opaque bytes, document names opaque keys (never filesystem paths). The server calls
-//! [`Store::commit`] from one writer thread (redb allows one writer at a time) and the read
-//! methods from blocking tasks; redb lets reads run beside the writer.
+//! opaque bytes, document names opaque keys (never filesystem paths). The hub's writer thread
+//! (`tandem_hub::persist`) calls [`Store::commit`] (redb allows one writer at a time), and the
+//! hub and the server call the read methods from blocking tasks; redb lets reads run beside
+//! the writer.
 //!
 //! Invariant: when `commit(.., durable = true)` returns `Ok`, every operation in it is on disk
 //! (redb `Durability::Immediate`), and a crash at any point leaves either all or none of them.

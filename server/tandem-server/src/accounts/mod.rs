@@ -20,7 +20,7 @@
 //! - Nothing here logs a password, a hash or a token.
 //! - This is a service: it returns [`AccountError`] and never names HTTP or the API layer.
 //!
-//! `command.rs` drives the same store operations from the command line.
+//! `command/` drives the same store operations from the command line.
 
 mod limiter;
 

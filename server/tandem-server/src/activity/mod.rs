@@ -1,9 +1,9 @@
 //! The activity recorder; `GET /api/activity` is `api/activity.rs`, edit sessions `sessions.rs`.
 //!
-//! The recorder is one task that consumes the lossless event queue of the bus (`events.rs`) in
+//! The recorder is one task that consumes the lossless event queue of the bus (`bus.rs`) in
 //! order. It turns events into activity entries (edits of one author on one doc grouped into
 //! sessions, one entry per file or version action), queues webhook deliveries for them
-//! (`webhook.rs`, with `doc.changed` debounced per doc), and writes both in batches: one durable
+//! (`webhook/`, with `doc.changed` debounced per doc), and writes both in batches: one durable
 //! redb transaction per [`BATCH_INTERVAL`] or [`BATCH_MAX_EVENTS`] events, so a busy server does
 //! not fsync per event. Only after a batch is committed are its entries shown to live streams
 //! (`Event::Activity`) and the webhook worker woken.

@@ -6,7 +6,7 @@
 //! `index.html`, so a missing script is a 404 rather than HTML parsed as JavaScript. When no
 //! client is available (none was built into the binary and `--web-dir` is not given, or the
 //! directory holds no `index.html`), `/` and `/d/...` serve a placeholder page that says how to
-//! build one. The API routes are matched before any of this (see `http::router`).
+//! build one. The API routes are matched before any of this (see `api::router`).
 //!
 //! Caching: Vite names every file under `assets/` after a hash of its content, so those are
 //! `immutable` for a year. Everything else (`index.html`, `sw.js`, the icon, the manifest) is

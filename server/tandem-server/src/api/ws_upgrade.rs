@@ -1,8 +1,10 @@
 //! The WebSocket upgrade (RFC 6455 §4.2), done here instead of through axum's `WebSocketUpgrade`
-//! so that connections get tokio-tungstenite's stream itself: it can send one message as
-//! several frames, which axum's wrapper cannot. A big sync step 2 then goes out in fragments
-//! and each connection's write buffer stays at one fragment, instead of keeping a copy of the
-//! whole document per joiner for as long as the connection lasts.
+//! so that connections get tokio-tungstenite's stream itself. The hub's `connection::run` takes
+//! that stream (the hub knows nothing of axum), and it writes a big message (such as a big
+//! doc's sync step 2, shared by the joiners that sent the same state vector) as one frame
+//! straight to the underlying socket once tungstenite's buffer is flushed, which axum's wrapper
+//! cannot: nothing is copied per joiner into a write buffer that would keep its capacity for as
+//! long as the connection lasts.
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
