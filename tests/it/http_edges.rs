@@ -132,7 +132,7 @@ async fn send_oversized(
 
 /// Regression: a 20 MB body to `POST /api/docs/{name}/versions` got 400 `bad_body`, because the
 /// versions handler mapped every body rejection to `bad_body`. Every route that reads a body now
-/// maps a `LengthLimitError` to 413 `body_too_large` (`http::body_within_limit`), whether the size
+/// maps a `LengthLimitError` to 413 `body_too_large` (`api::error::body_within_limit`), whether the size
 /// was declared or found while streaming, and nothing is created.
 #[tokio::test]
 async fn every_body_over_its_limit_is_413_body_too_large_and_changes_nothing() {

@@ -495,7 +495,7 @@ impl Auth {
 
     /// Verifies a token the server signed itself (`POST /api/login`, `tandem token mint`) and
     /// returns its claims; a token of an identity provider is `Invalid` here even if `verify`
-    /// accepts it. `POST /api/token/refresh` uses this (`account.rs`).
+    /// accepts it. `POST /api/token/refresh` uses this (`api/accounts.rs`).
     pub fn verify_own(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;

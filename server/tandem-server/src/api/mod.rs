@@ -57,7 +57,7 @@ const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// The workspace event bus (`events.rs`): producers publish, `/api/events` streams.
+    /// The workspace event bus (`bus.rs`): producers publish, `/api/events` streams.
     pub(crate) events: Events,
     /// Verifies tokens; every handler that touches a doc asks it for a grant first.
     pub(crate) auth: Auth,
