@@ -12,10 +12,11 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
 use tandem_core::DocId;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -185,6 +186,23 @@ async fn open_blob(
     Ok(file)
 }
 
+/// The query of a download; other parameters (`token`) are not ours.
+#[derive(Deserialize)]
+struct DownloadQuery {
+    /// The version to serve, the current one if absent. The only parameter that can be bad.
+    version: Option<u64>,
+    /// `1` or `true` serves the file `inline` rather than as an `attachment`; any other value
+    /// is `false`.
+    #[serde(default, deserialize_with = "flag")]
+    inline: bool,
+}
+
+/// A query flag: set by `1` or `true`, clear by anything else.
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    Ok(value == "1" || value == "true")
+}
+
 /// `GET`/`HEAD /api/files/{path}[?version=N][&inline=1]`.
 pub(crate) async fn get_file(
     State(state): State<AppState>,
@@ -194,21 +212,11 @@ pub(crate) async fn get_file(
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
     grant_for(&state, &headers, &uri, &path)?;
-    let mut wanted_version = None;
-    let mut inline = false;
-    for pair in uri.query().unwrap_or_default().split('&') {
-        match pair.split_once('=') {
-            Some(("version", value)) => {
-                wanted_version = Some(value.parse::<u64>().map_err(|_| {
-                    FileError::BadRequest("version must be a positive integer".into())
-                })?);
-            }
-            Some(("inline", value)) => inline = value == "1" || value == "true",
-            _ => {}
-        }
-    }
+    // After the grant, so a bad token is refused before a bad query value.
+    let Query(DownloadQuery { version, inline }) = Query::try_from_uri(&uri)
+        .map_err(|_| FileError::BadRequest("version must be a positive integer".into()))?;
     let entry = load_entry(&state.files, &path).await?;
-    let version = match wanted_version {
+    let version = match version {
         None => entry.current(),
         Some(number) => entry
             .versions
