@@ -56,6 +56,10 @@ pub(crate) enum RangeAnswer {
 }
 
 /// Interprets a `Range` header for a file of `len` bytes (RFC 9110 section 14).
+///
+/// Hand-written rather than `headers::Range`: that one knows only a lower-case `bytes=` with no
+/// space around the unit, and silently drops the specs it cannot parse, so `bytes=0-9,x` would
+/// look like one range; here any list of several, and anything malformed, serves the whole file.
 pub(crate) fn parse_range(value: &str, len: u64) -> RangeAnswer {
     let Some((unit, spec)) = value.trim().split_once('=') else {
         return RangeAnswer::Full;
@@ -124,6 +128,9 @@ pub(crate) fn content_disposition(name: &str, inline: bool) -> String {
 }
 
 /// Whether an `If-None-Match` list matches `etag` (weak comparison).
+///
+/// Hand-written rather than `headers::IfNoneMatch`: in debug builds that one trips a
+/// `debug_assert` (a panic) on a tag with a space in it, which any client can send.
 fn none_match(value: &str, etag: &str) -> bool {
     value.split(',').map(str::trim).any(|candidate| {
         candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
@@ -131,6 +138,10 @@ fn none_match(value: &str, etag: &str) -> bool {
 }
 
 /// Whether `If-Range` lets the range apply: the strong ETag, or exactly the last-modified time.
+///
+/// Hand-written rather than `headers::IfRange`: that one lets a range apply for any date at or
+/// after `Last-Modified`, where RFC 9110 section 13.1.5 asks for an exact match, and it treats a
+/// value it cannot parse as no `If-Range` at all, where we serve the whole file.
 fn if_range_holds(value: &str, etag: &str, modified_secs: u64) -> bool {
     let value = value.trim();
     if value.starts_with('"') || value.starts_with("W/") {
