@@ -25,48 +25,6 @@ pub(crate) const MAX_VERSION_NAME_CHARS: usize = 200;
 const DEFAULT_HISTORY_LIMIT: usize = 100;
 const MAX_HISTORY_LIMIT: usize = 1000;
 
-/// What a request under `/api/docs/{name}/...` asks of the history API.
-pub(crate) enum VersionPath<'a> {
-    /// `.../versions`
-    List(&'a str),
-    /// `.../versions/{id}`
-    One(&'a str, u64),
-    /// `.../versions/{id}/restore`
-    Restore(&'a str, u64),
-    /// `.../history`
-    History(&'a str),
-}
-
-impl<'a> VersionPath<'a> {
-    /// Matches the raw (still percent-encoded) path after `/api/docs/`. The suffix wins, so
-    /// `GET` cannot read the content of a doc whose own name ends like this (`%2F` is refused in
-    /// names, so there is no escape); its versions stay reachable (`.../x/versions/versions`).
-    pub(crate) fn parse(path: &'a str) -> Option<VersionPath<'a>> {
-        if let Some(name) = path.strip_suffix("/versions") {
-            return Some(VersionPath::List(name));
-        }
-        if let Some(name) = path.strip_suffix("/history") {
-            return Some(VersionPath::History(name));
-        }
-        if let Some(rest) = path.strip_suffix("/restore") {
-            let (name, id) = split_id(rest)?;
-            return Some(VersionPath::Restore(name, id));
-        }
-        let (name, id) = split_id(path)?;
-        Some(VersionPath::One(name, id))
-    }
-}
-
-/// `<name>/versions/<id>` into the name and the id.
-fn split_id(path: &str) -> Option<(&str, u64)> {
-    let (head, id) = path.rsplit_once('/')?;
-    let name = head.strip_suffix("/versions")?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((name, id.parse().ok()?))
-}
-
 /// One version, as the API shows it.
 #[derive(Serialize)]
 pub(crate) struct VersionJson {
@@ -322,32 +280,4 @@ pub(crate) async fn history(
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_paths_match_by_suffix() {
-        assert!(matches!(
-            VersionPath::parse("a/b/versions"),
-            Some(VersionPath::List("a/b"))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/versions/12"),
-            Some(VersionPath::One("a", 12))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/versions/12/restore"),
-            Some(VersionPath::Restore("a", 12))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/history"),
-            Some(VersionPath::History("a"))
-        ));
-        assert!(VersionPath::parse("a/versions/x").is_none());
-        assert!(VersionPath::parse("a/versions/").is_none());
-        assert!(VersionPath::parse("plain").is_none());
-    }
 }
