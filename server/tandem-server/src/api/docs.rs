@@ -23,7 +23,7 @@ use tandem_core::{DocId, PresentUser, ProtocolError};
 use super::error::{ApiError, body_within_limit};
 use super::extract::{MaybeClaims, request_grant};
 use super::versions;
-use super::{AppState, max_body_bytes};
+use super::{AppState, blocking, max_body_bytes};
 use crate::auth::{AuthError, Grant};
 use crate::files::FileError;
 
@@ -154,12 +154,7 @@ pub(super) async fn list_docs(
             .is_none_or(|claims| claims.role_for(name).is_some())
     };
     let store = state.store.clone();
-    let stored = async {
-        tokio::task::spawn_blocking(move || store.list_docs())
-            .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(|_| ApiError::Internal)
-    };
+    let stored = blocking(move || store.list_docs(), |_| ApiError::Internal);
     // Every open doc is asked at once; each answer is bounded by PRESENCE_TIMEOUT.
     let live =
         futures_util::future::join_all(state.hub.open_docs().into_iter().map(|(doc, handle)| {

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tandem_core::{DocId, ProtocolError, SharedDoc};
 use tandem_hub::RestoreRefused;
-use tandem_store::{Author, VersionRecord};
+use tandem_store::{Author, StoreError, VersionRecord};
 
 use super::events::actor_of_request;
-use crate::api::{ApiError, AppState};
+use crate::api::{ApiError, AppState, blocking};
 use crate::auth::{AuthError, Grant};
 use tandem_hub::Actor;
 
@@ -65,29 +65,29 @@ pub(crate) fn http_actor(grant: &Grant, headers: &HeaderMap) -> Actor {
     actor_of_request(grant, headers)
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, tandem_store::StoreError> + Send + 'static,
+/// Runs a read of the doc's history on the blocking pool: damaged history is a 500
+/// `doc_corrupt`, any other failure a 500 `internal`, both logged.
+async fn read_history<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|error| {
-            // A record of a layout this build does not know stays `internal` (`history.md`).
-            let unknown_layout = matches!(error, tandem_store::StoreError::CorruptRecord { .. });
-            if error.is_damage() && !unknown_layout {
-                tracing::error!(%error, "stored history of the doc is damaged");
-                ApiError::DocCorrupt
-            } else {
-                tracing::error!(%error, "history read failed");
-                ApiError::Internal
-            }
-        })
+    blocking(work, |error| {
+        // A record of a layout this build does not know stays `internal` (`history.md`).
+        let unknown_layout = matches!(error, StoreError::CorruptRecord { .. });
+        if error.is_damage() && !unknown_layout {
+            tracing::error!(%error, "stored history of the doc is damaged");
+            ApiError::DocCorrupt
+        } else {
+            tracing::error!(%error, "history read failed");
+            ApiError::Internal
+        }
+    })
+    .await
 }
 
 /// `GET /api/docs/{name}/versions`: newest first.
 pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let versions = blocking(move || store.list_versions(doc.as_str())).await?;
+    let versions = read_history(move || store.list_versions(doc.as_str())).await?;
     let versions: Vec<VersionJson> = versions.into_iter().map(VersionJson::from).collect();
     Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
 }
@@ -100,7 +100,7 @@ pub(crate) async fn get(
     id: u64,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let version = blocking(move || store.version(doc.as_str(), id)).await?;
+    let version = read_history(move || store.version(doc.as_str(), id)).await?;
     let Some((_, bytes)) = version else {
         return Err(ApiError::VersionNotFound);
     };
@@ -119,15 +119,14 @@ pub(crate) async fn get(
             .into_response());
     }
     let limits = state.limits.clone();
-    let json = tokio::task::spawn_blocking(move || {
-        SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json())
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|error| {
-        tracing::error!(%error, version = id, "a stored version does not load");
-        ApiError::Internal
-    })?;
+    let json = blocking(
+        move || SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json()),
+        |error| {
+            tracing::error!(%error, version = id, "a stored version does not load");
+            ApiError::Internal
+        },
+    )
+    .await?;
     Ok(axum::Json(json).into_response())
 }
 
@@ -205,7 +204,7 @@ pub(crate) async fn restore(
     }
     let store = state.store.clone();
     let name = doc.clone();
-    let version = blocking(move || store.version(name.as_str(), id)).await?;
+    let version = read_history(move || store.version(name.as_str(), id)).await?;
     let Some((_, old_state)) = version else {
         return Err(ApiError::VersionNotFound);
     };
@@ -269,7 +268,8 @@ pub(crate) async fn history(
         }
     }
     let store = state.store.clone();
-    let entries = blocking(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
+    let entries =
+        read_history(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
     let entries: Vec<EntryJson> = entries
         .into_iter()
         .map(|entry| EntryJson {
