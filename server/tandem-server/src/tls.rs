@@ -29,7 +29,7 @@ use tandem_hub::Lifecycle;
 /// and two `stat` calls every 2 s cost nothing either; file-change notification APIs differ per
 /// platform and miss some replacements (a symlink swapped under a watched path). The default of
 /// `ListenerConfig::tls_poll_interval` (tests shorten it).
-pub const DEFAULT_TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The PEM files of the certificate chain (leaf first) and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
