@@ -121,6 +121,37 @@ pub enum Role {
     Admin,
 }
 
+/// A role name that is none of `read`, `write`, `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use read, write or admin")]
+pub struct UnknownRole(pub String);
+
+impl std::fmt::Display for Role {
+    /// The name of a role as stored, sent and typed: `read`, `write`, `admin` (the same as its
+    /// serde name).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    /// A role from its exact name, as [`Display`](std::fmt::Display) writes it.
+    fn from_str(name: &str) -> Result<Self, UnknownRole> {
+        match name {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            _ => Err(UnknownRole(name.to_owned())),
+        }
+    }
+}
+
 /// The claims Tandem reads from a token (`protocol-spec/auth.md`). Unknown claims are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -777,6 +808,21 @@ fn load_or_create_server_key(data_dir: &Path) -> Result<Vec<u8>, AuthLoadError> 
 mod tests {
     use super::*;
     use tandem_hub::clock::now_s;
+
+    #[test]
+    fn role_names_round_trip_and_match_the_json_names() {
+        for role in [Role::Read, Role::Write, Role::Admin] {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+            assert_eq!(
+                serde_json::to_value(role).expect("json"),
+                serde_json::Value::from(role.to_string())
+            );
+        }
+        assert_eq!(
+            "Read".parse::<Role>().map_err(|error| error.to_string()),
+            Err("unknown role \"Read\": use read, write or admin".to_owned())
+        );
+    }
 
     #[test]
     fn patterns_match_with_star_as_any_run() {

@@ -17,7 +17,6 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::accounts;
 use crate::auth::{AuthMode, Role};
 use crate::proxy::{ForwardedHeader, TrustedProxyArg};
 
@@ -715,8 +714,7 @@ impl std::str::FromStr for DocRole {
         let (pattern, role) = text
             .rsplit_once('=')
             .ok_or_else(|| format!("expected PATTERN=ROLE, got {text:?}"))?;
-        let role = accounts::parse_role(role)
-            .ok_or_else(|| format!("unknown role {role:?}: use read, write or admin"))?;
+        let role = role.parse::<Role>().map_err(|error| error.to_string())?;
         Ok(DocRole {
             pattern: pattern.to_owned(),
             role,

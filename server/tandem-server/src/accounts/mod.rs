@@ -487,33 +487,14 @@ pub fn validate_docs(docs: &BTreeMap<String, Role>) -> Result<(), String> {
     Ok(())
 }
 
-/// The name of a role as stored and sent: `read`, `write`, `admin`.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Read => "read",
-        Role::Write => "write",
-        Role::Admin => "admin",
-    }
-}
-
-/// A role from its name.
-pub fn parse_role(name: &str) -> Option<Role> {
-    match name {
-        "read" => Some(Role::Read),
-        "write" => Some(Role::Write),
-        "admin" => Some(Role::Admin),
-        _ => None,
-    }
-}
-
 /// The roles of a stored account; a role name this build does not know is an error, so a stored
 /// typo never silently grants or removes access.
 fn record_docs(user: &UserRecord) -> Result<BTreeMap<String, Role>, AccountError> {
     user.docs
         .iter()
-        .map(|(pattern, role)| match parse_role(role) {
-            Some(role) => Ok((pattern.clone(), role)),
-            None => {
+        .map(|(pattern, role)| match role.parse::<Role>() {
+            Ok(role) => Ok((pattern.clone(), role)),
+            Err(_) => {
                 tracing::error!(account = %user.sub, role, "stored account has an unknown role");
                 Err(AccountError::Internal)
             }
@@ -536,7 +517,7 @@ pub fn new_record(
         password_hash,
         docs: docs
             .iter()
-            .map(|(pattern, role)| (pattern.clone(), role_name(*role).to_owned()))
+            .map(|(pattern, role)| (pattern.clone(), role.to_string()))
             .collect(),
         admin,
         created_ms,

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use tandem_store::{ActivityEntry, ActivityQuery};
 use tracing::error;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{AppQuery, MaybeClaims};
+use super::{AppState, blocking};
 use crate::activity::{MAX_SESSION, entry_json};
 use crate::auth::Claims;
 
@@ -68,15 +68,14 @@ pub(super) async fn feed(
         max_scan: MAX_SCAN,
     };
     let store = state.store.clone();
-    let (page, next) = tokio::task::spawn_blocking(move || {
-        store.list_activity(&query, |entry| visible(claims.as_ref(), entry))
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|error| {
-        error!(%error, "reading activity");
-        ApiError::Internal
-    })?;
+    let (page, next) = blocking(
+        move || store.list_activity(&query, |entry| visible(claims.as_ref(), entry)),
+        |error| {
+            error!(%error, "reading activity");
+            ApiError::Internal
+        },
+    )
+    .await?;
     let entries: Vec<Value> = page.iter().map(entry_json).collect();
     let next = next.map(|id| id.to_string());
     Ok(axum::Json(json!({ "entries": entries, "next": next })).into_response())

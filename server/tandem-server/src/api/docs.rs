@@ -1,6 +1,7 @@
 //! The documents API: `GET /api/docs` (every stored or open doc, with its present users), and
 //! `GET|POST /api/docs/{name}` with its suffixes: the content (`GET`), `.../covers` (read) and
-//! `.../update` (write); the history suffixes go to `versions.rs`.
+//! `.../update` (write); the history suffixes go to `versions.rs`. `DocRoute::parse` is the one
+//! place that tells these routes apart.
 //!
 //! Document names are parsed into `DocId` here, at the edge, from the raw (still
 //! percent-encoded) path, so that `%2F` can be told apart from `/`. It reads and writes docs only
@@ -13,27 +14,100 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tandem_core::protocol::{decode_snapshot, decode_update};
 use tandem_core::{DocId, PresentUser, ProtocolError};
 
 use super::error::{ApiError, body_within_limit};
-use super::extract::{MaybeClaims, doc_id_from, request_grant};
-use super::versions::{self, VersionPath};
-use super::{AppState, max_body_bytes};
-use crate::auth::AuthError;
+use super::extract::{MaybeClaims, request_grant};
+use super::versions;
+use super::{AppState, blocking, max_body_bytes};
+use crate::auth::{AuthError, Grant};
 use crate::files::FileError;
 
 /// How long `GET /api/docs` waits for one open doc to list its present users. A doc busy with a
 /// burst of updates answers late and is listed with no users rather than delaying the listing.
 const PRESENCE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The path suffix of `POST /api/docs/{name}/covers`.
-const COVERS_SUFFIX: &str = "/covers";
-/// The path suffix of `POST /api/docs/{name}/update`.
-const UPDATE_SUFFIX: &str = "/update";
+/// What a request under `/api/docs/` asks for: the doc's raw (still percent-encoded) name and
+/// which of its endpoints.
+#[derive(Debug, PartialEq, Eq)]
+enum DocRoute<'a> {
+    /// `GET .../{name}`: the content.
+    Content(&'a str),
+    /// `POST .../{name}/covers` (read).
+    Covers(&'a str),
+    /// `POST .../{name}/update` (write).
+    Update(&'a str),
+    /// `GET .../{name}/versions` (list) and `POST` (name a version).
+    Versions(&'a str),
+    /// `GET .../{name}/versions/{id}`.
+    Version(&'a str, u64),
+    /// `POST .../{name}/versions/{id}/restore`.
+    Restore(&'a str, u64),
+    /// `GET .../{name}/history`.
+    History(&'a str),
+}
+
+impl<'a> DocRoute<'a> {
+    /// Matches the raw path after `/api/docs/` of a `POST` or a read (`GET`, `HEAD`); `None` is
+    /// a 404, answered before the name is looked at.
+    ///
+    /// The history suffixes (`versions.rs`) win over doc names, so a `GET` cannot read the
+    /// content of a doc whose own name ends like one (`%2F` is refused in names, so there is no
+    /// escape); its versions stay reachable (`.../x/versions/versions`). A `POST` to a doc
+    /// itself, or to a read-only history path, is a 404.
+    fn parse(method: &Method, path: &'a str) -> Option<DocRoute<'a>> {
+        let is_post = *method == Method::POST;
+        let history = if let Some(name) = path.strip_suffix("/versions") {
+            Some(DocRoute::Versions(name))
+        } else if let Some(name) = path.strip_suffix("/history") {
+            Some(DocRoute::History(name))
+        } else if let Some(rest) = path.strip_suffix("/restore") {
+            split_version_id(rest).map(|(name, id)| DocRoute::Restore(name, id))
+        } else {
+            split_version_id(path).map(|(name, id)| DocRoute::Version(name, id))
+        };
+        match (history, is_post) {
+            (Some(DocRoute::Restore(..)), false)
+            | (Some(DocRoute::Version(..) | DocRoute::History(_)), true) => None,
+            (Some(route), _) => Some(route),
+            (None, false) => Some(DocRoute::Content(path)),
+            (None, true) => {
+                if let Some(name) = path.strip_suffix("/covers") {
+                    Some(DocRoute::Covers(name))
+                } else {
+                    path.strip_suffix("/update").map(DocRoute::Update)
+                }
+            }
+        }
+    }
+
+    /// The raw name of the doc the route is on.
+    fn raw_name(&self) -> &'a str {
+        match *self {
+            DocRoute::Content(name)
+            | DocRoute::Covers(name)
+            | DocRoute::Update(name)
+            | DocRoute::Versions(name)
+            | DocRoute::Version(name, _)
+            | DocRoute::Restore(name, _)
+            | DocRoute::History(name) => name,
+        }
+    }
+}
+
+/// `<name>/versions/<id>` into the name and the id (digits only).
+fn split_version_id(path: &str) -> Option<(&str, u64)> {
+    let (head, id) = path.rsplit_once('/')?;
+    let name = head.strip_suffix("/versions")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, id.parse().ok()?))
+}
 
 /// One row of `GET /api/docs`.
 #[derive(Serialize)]
@@ -80,12 +154,7 @@ pub(super) async fn list_docs(
             .is_none_or(|claims| claims.role_for(name).is_some())
     };
     let store = state.store.clone();
-    let stored = async {
-        tokio::task::spawn_blocking(move || store.list_docs())
-            .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(|_| ApiError::Internal)
-    };
+    let stored = blocking(move || store.list_docs(), |_| ApiError::Internal);
     // Every open doc is asked at once; each answer is bounded by PRESENCE_TIMEOUT.
     let live =
         futures_util::future::join_all(state.hub.open_docs().into_iter().map(|(doc, handle)| {
@@ -135,32 +204,76 @@ pub(super) async fn list_docs(
 /// `GET /api/docs/{name}` and the history reads under it.
 pub(super) async fn get_doc(
     State(state): State<AppState>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (route, doc) = doc_route(&method, &uri)?;
+    request_grant(&state, &headers, &uri, &doc)?;
+    match route {
+        DocRoute::Content(_) => content(&state, &headers, &doc).await,
+        DocRoute::Versions(_) => versions::list(&state, doc).await,
+        DocRoute::Version(_, id) => versions::get(&state, &headers, doc, id).await,
+        DocRoute::History(_) => versions::history(&state, uri.query(), doc).await,
+        // `DocRoute::parse` gives these to `POST` only.
+        DocRoute::Covers(_) | DocRoute::Update(_) | DocRoute::Restore(..) => {
+            Err(ApiError::NotFound)
+        }
+    }
+}
+
+/// `POST /api/docs/{name}/covers` (read), `.../update` (write), and the history writes:
+/// `.../versions` (name a version) and `.../versions/{id}/restore`. Any other POST path under
+/// `/api/docs/` is a 404.
+pub(super) async fn post_doc(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (route, doc) = doc_route(&method, &uri)?;
+    let grant = request_grant(&state, &headers, &uri, &doc)?;
+    match route {
+        DocRoute::Versions(_) => {
+            let body = body_within_limit(body, max_body_bytes(&state))?;
+            versions::create(&state, &grant, &headers, doc, &body).await
+        }
+        DocRoute::Restore(_, id) => {
+            // A restore takes no body; one over the limit is still refused, never ignored.
+            body_within_limit(body, max_body_bytes(&state))?;
+            versions::restore(&state, &grant, &headers, doc, id).await
+        }
+        DocRoute::Covers(_) => {
+            let body = body_within_limit(body, max_body_bytes(&state))?;
+            // Linear in the body, which is bounded by the frame limit.
+            let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
+            let covers = state.hub.covers(&doc, snapshot).await?;
+            Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
+        }
+        DocRoute::Update(_) => update(&state, &grant, &headers, doc, body).await,
+        // `DocRoute::parse` gives these to reads only.
+        DocRoute::Content(_) | DocRoute::Version(..) | DocRoute::History(_) => {
+            Err(ApiError::NotFound)
+        }
+    }
+}
+
+/// The route of a request under `/api/docs/` and its doc: an unknown route is a 404, a bad
+/// name a 400, both before the token is looked at.
+fn doc_route<'a>(method: &Method, uri: &'a Uri) -> Result<(DocRoute<'a>, DocId), ApiError> {
     let path = uri
         .path()
         .strip_prefix("/api/docs/")
         .ok_or(ApiError::NotFound)?;
-    // The history API (`versions.rs`): its path suffixes win over doc names.
-    if let Some(version_path) = VersionPath::parse(path) {
-        let raw_name = match version_path {
-            VersionPath::List(name) | VersionPath::One(name, _) | VersionPath::History(name) => {
-                name
-            }
-            VersionPath::Restore(..) => return Err(ApiError::NotFound),
-        };
-        let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
-        request_grant(&state, &headers, &uri, &doc)?;
-        return match version_path {
-            VersionPath::List(_) => versions::list(&state, doc).await,
-            VersionPath::One(_, id) => versions::get(&state, &headers, doc, id).await,
-            _ => versions::history(&state, uri.query(), doc).await,
-        };
-    }
-    let doc = doc_id_from(&uri, "/api/docs/")?;
-    request_grant(&state, &headers, &uri, &doc)?;
-    let snapshot = state.hub.snapshot(&doc).await.map_err(ApiError::from)?;
+    let route = DocRoute::parse(method, path).ok_or(ApiError::NotFound)?;
+    let doc = DocId::from_url_path(route.raw_name()).map_err(ApiError::BadDocName)?;
+    Ok((route, doc))
+}
+
+/// `GET /api/docs/{name}`: the content, as JSON if asked for, else as v1 update bytes.
+async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<Response, ApiError> {
+    let snapshot = state.hub.snapshot(doc).await.map_err(ApiError::from)?;
     let Some(snapshot) = snapshot else {
         return Err(ApiError::DocNotFound);
     };
@@ -182,71 +295,70 @@ pub(super) async fn get_doc(
     }
 }
 
-/// `POST /api/docs/{name}/covers` (read) and `POST /api/docs/{name}/update` (write). Any other
-/// POST path under `/api/docs/` is a 404.
-pub(super) async fn post_doc(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
+/// `POST /api/docs/{name}/update`: the body is one Yjs v1 update, decoded and checked as a
+/// WebSocket one would be, then applied through the doc's actor.
+async fn update(
+    state: &AppState,
+    grant: &Grant,
+    headers: &HeaderMap,
+    doc: DocId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let path = uri
-        .path()
-        .strip_prefix("/api/docs/")
-        .ok_or(ApiError::NotFound)?;
-    // The history API (`versions.rs`): its path suffixes win over doc names.
-    match VersionPath::parse(path) {
-        Some(VersionPath::List(raw_name)) => {
-            let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
-            let grant = request_grant(&state, &headers, &uri, &doc)?;
-            let body = body_within_limit(body, max_body_bytes(&state))?;
-            return versions::create(&state, &grant, &headers, doc, &body).await;
-        }
-        Some(VersionPath::Restore(raw_name, id)) => {
-            let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
-            let grant = request_grant(&state, &headers, &uri, &doc)?;
-            // A restore takes no body; one over the limit is still refused, never ignored.
-            body_within_limit(body, max_body_bytes(&state))?;
-            return versions::restore(&state, &grant, &headers, doc, id).await;
-        }
-        Some(VersionPath::One(..) | VersionPath::History(_)) => return Err(ApiError::NotFound),
-        None => {}
-    }
-    let (raw_name, is_update) = if let Some(name) = path.strip_suffix(COVERS_SUFFIX) {
-        (name, false)
-    } else if let Some(name) = path.strip_suffix(UPDATE_SUFFIX) {
-        (name, true)
-    } else {
-        return Err(ApiError::NotFound);
-    };
-    let doc = DocId::from_url_path(raw_name).map_err(ApiError::BadDocName)?;
-    let grant = request_grant(&state, &headers, &uri, &doc)?;
-    if is_update && !grant.can_write() {
+    if !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
-    if is_update && state.files.is_file(doc.as_str()) {
+    if state.files.is_file(doc.as_str()) {
         return Err(FileError::PathTaken {
             path: doc.to_string(),
         }
         .into());
     }
-    let body = body_within_limit(body, max_body_bytes(&state))?;
-    if is_update {
-        // The body is one Yjs v1 update, decoded and checked as a WebSocket one would be.
-        decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
-        let applied = state
-            .hub
-            .apply_update(&doc, body, versions::http_actor(&grant, &headers))
-            .await?
-            .map_err(|error| match error {
-                // Refused before it was applied: nothing changed, nothing was stored.
-                ProtocolError::DocTooLarge { max, .. } => ApiError::DocTooLarge { max },
-                other => ApiError::BadUpdate(other),
-            })?;
-        return Ok(axum::Json(serde_json::json!({ "applied": applied })).into_response());
+    let body = body_within_limit(body, max_body_bytes(state))?;
+    decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
+    let applied = state
+        .hub
+        .apply_update(&doc, body, versions::http_actor(grant, headers))
+        .await?
+        .map_err(|error| match error {
+            // Refused before it was applied: nothing changed, nothing was stored.
+            ProtocolError::DocTooLarge { max, .. } => ApiError::DocTooLarge { max },
+            other => ApiError::BadUpdate(other),
+        })?;
+    Ok(axum::Json(serde_json::json!({ "applied": applied })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_by_suffix_and_method() {
+        let get = |path| DocRoute::parse(&Method::GET, path);
+        let post = |path| DocRoute::parse(&Method::POST, path);
+        assert_eq!(get("a/b"), Some(DocRoute::Content("a/b")));
+        assert_eq!(get("a/b/versions"), Some(DocRoute::Versions("a/b")));
+        assert_eq!(post("a/b/versions"), Some(DocRoute::Versions("a/b")));
+        assert_eq!(get("a/versions/12"), Some(DocRoute::Version("a", 12)));
+        assert_eq!(post("a/versions/12"), None);
+        assert_eq!(
+            post("a/versions/12/restore"),
+            Some(DocRoute::Restore("a", 12))
+        );
+        assert_eq!(get("a/versions/12/restore"), None);
+        assert_eq!(get("a/history"), Some(DocRoute::History("a")));
+        assert_eq!(post("a/history"), None);
+        assert_eq!(post("a/covers"), Some(DocRoute::Covers("a")));
+        assert_eq!(post("a/update"), Some(DocRoute::Update("a")));
+        assert_eq!(get("a/covers"), Some(DocRoute::Content("a/covers")));
+        assert_eq!(post("a"), None);
+        // Not a version id: the whole path is a doc name.
+        assert_eq!(get("a/versions/x"), Some(DocRoute::Content("a/versions/x")));
+        assert_eq!(get("a/versions/"), Some(DocRoute::Content("a/versions/")));
+        assert_eq!(get("a/x/restore"), Some(DocRoute::Content("a/x/restore")));
+        assert_eq!(post("a/x/restore"), None);
+        assert_eq!(
+            post("a/versions/3/covers"),
+            Some(DocRoute::Covers("a/versions/3"))
+        );
     }
-    // Linear in the body, which is bounded by the frame limit.
-    let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
-    let covers = state.hub.covers(&doc, snapshot).await?;
-    Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
 }

@@ -12,10 +12,11 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
 use tandem_core::DocId;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -55,6 +56,10 @@ pub(crate) enum RangeAnswer {
 }
 
 /// Interprets a `Range` header for a file of `len` bytes (RFC 9110 section 14).
+///
+/// Hand-written rather than `headers::Range`: that one knows only a lower-case `bytes=` with no
+/// space around the unit, and silently drops the specs it cannot parse, so `bytes=0-9,x` would
+/// look like one range; here any list of several, and anything malformed, serves the whole file.
 pub(crate) fn parse_range(value: &str, len: u64) -> RangeAnswer {
     let Some((unit, spec)) = value.trim().split_once('=') else {
         return RangeAnswer::Full;
@@ -123,6 +128,9 @@ pub(crate) fn content_disposition(name: &str, inline: bool) -> String {
 }
 
 /// Whether an `If-None-Match` list matches `etag` (weak comparison).
+///
+/// Hand-written rather than `headers::IfNoneMatch`: in debug builds that one trips a
+/// `debug_assert` (a panic) on a tag with a space in it, which any client can send.
 fn none_match(value: &str, etag: &str) -> bool {
     value.split(',').map(str::trim).any(|candidate| {
         candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
@@ -130,6 +138,10 @@ fn none_match(value: &str, etag: &str) -> bool {
 }
 
 /// Whether `If-Range` lets the range apply: the strong ETag, or exactly the last-modified time.
+///
+/// Hand-written rather than `headers::IfRange`: that one lets a range apply for any date at or
+/// after `Last-Modified`, where RFC 9110 section 13.1.5 asks for an exact match, and it treats a
+/// value it cannot parse as no `If-Range` at all, where we serve the whole file.
 fn if_range_holds(value: &str, etag: &str, modified_secs: u64) -> bool {
     let value = value.trim();
     if value.starts_with('"') || value.starts_with("W/") {
@@ -185,6 +197,23 @@ async fn open_blob(
     Ok(file)
 }
 
+/// The query of a download; other parameters (`token`) are not ours.
+#[derive(Deserialize)]
+struct DownloadQuery {
+    /// The version to serve, the current one if absent. The only parameter that can be bad.
+    version: Option<u64>,
+    /// `1` or `true` serves the file `inline` rather than as an `attachment`; any other value
+    /// is `false`.
+    #[serde(default, deserialize_with = "flag")]
+    inline: bool,
+}
+
+/// A query flag: set by `1` or `true`, clear by anything else.
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    Ok(value == "1" || value == "true")
+}
+
 /// `GET`/`HEAD /api/files/{path}[?version=N][&inline=1]`.
 pub(crate) async fn get_file(
     State(state): State<AppState>,
@@ -194,21 +223,11 @@ pub(crate) async fn get_file(
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
     grant_for(&state, &headers, &uri, &path)?;
-    let mut wanted_version = None;
-    let mut inline = false;
-    for pair in uri.query().unwrap_or_default().split('&') {
-        match pair.split_once('=') {
-            Some(("version", value)) => {
-                wanted_version = Some(value.parse::<u64>().map_err(|_| {
-                    FileError::BadRequest("version must be a positive integer".into())
-                })?);
-            }
-            Some(("inline", value)) => inline = value == "1" || value == "true",
-            _ => {}
-        }
-    }
+    // After the grant, so a bad token is refused before a bad query value.
+    let Query(DownloadQuery { version, inline }) = Query::try_from_uri(&uri)
+        .map_err(|_| FileError::BadRequest("version must be a positive integer".into()))?;
     let entry = load_entry(&state.files, &path).await?;
-    let version = match wanted_version {
+    let version = match version {
         None => entry.current(),
         Some(number) => entry
             .versions

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use tandem_core::{DocId, DocIdError};
 use tandem_store::{FileEntry, FileVersion, Uploader, workspace_of};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{AppJson, JsonBody, doc_id_from, request_grant};
+use super::{AppState, blocking};
 use crate::auth::{AuthError, Grant};
 use tandem_hub::Actor;
 use tandem_hub::clock::now_ms;
@@ -161,10 +161,7 @@ pub(super) async fn check_not_doc(state: &AppState, path: &DocId) -> Result<(), 
     }
     let store = state.store.clone();
     let name = path.to_string();
-    let stored = tokio::task::spawn_blocking(move || store.doc_meta(&name))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)?;
+    let stored = blocking(move || store.doc_meta(&name), |_| ApiError::Internal).await?;
     if stored.is_some() {
         return Err(taken());
     }

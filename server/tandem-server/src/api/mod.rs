@@ -206,6 +206,23 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok", "store": store }))
 }
 
+/// Runs `work` on the blocking pool (store reads, hashing: nothing blocking runs on the
+/// runtime's threads). A task that panicked is a 500 `internal`; `on_error` maps the work's own
+/// error, and logs it if it should be.
+pub(crate) async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+    on_error: impl FnOnce(E) -> ApiError,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(on_error)
+}
+
 /// The limit of request bodies on the API routes without one of their own: that of WebSocket
 /// frames, since the largest such body is a snapshot or an update.
 pub(crate) fn max_body_bytes(state: &AppState) -> usize {

@@ -23,9 +23,9 @@ use base64::Engine;
 use tandem_core::DocId;
 use tandem_store::{FileVersion, UploadRecord};
 
-use super::AppState;
 use super::error::ApiError;
 use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
+use super::{AppState, blocking};
 use crate::auth::Grant;
 use crate::files::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
 use crate::files::upload::{
@@ -420,13 +420,14 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
     let files = &state.files;
     let file_path = files.inner.disk.upload_path(&record.id);
     let hashed_path = file_path.clone();
-    let (sha256, len) = tokio::task::spawn_blocking(move || hash_file(&hashed_path))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|error| {
+    let (sha256, len) = blocking(
+        move || hash_file(&hashed_path),
+        |error| {
             tracing::error!(%error, id = record.id, "hashing upload failed");
             ApiError::Internal
-        })?;
+        },
+    )
+    .await?;
     let res = async {
         if len != record.length {
             tracing::error!(

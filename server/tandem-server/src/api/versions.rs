@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tandem_core::{DocId, ProtocolError, SharedDoc};
 use tandem_hub::RestoreRefused;
-use tandem_store::{Author, VersionRecord};
+use tandem_store::{Author, StoreError, VersionRecord};
 
 use super::events::actor_of_request;
-use crate::api::{ApiError, AppState};
+use crate::api::{ApiError, AppState, blocking};
 use crate::auth::{AuthError, Grant};
 use tandem_hub::Actor;
 
@@ -24,48 +24,6 @@ pub(crate) const MAX_VERSION_NAME_CHARS: usize = 200;
 /// Default and largest page of `GET /api/docs/{name}/history`.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
 const MAX_HISTORY_LIMIT: usize = 1000;
-
-/// What a request under `/api/docs/{name}/...` asks of the history API.
-pub(crate) enum VersionPath<'a> {
-    /// `.../versions`
-    List(&'a str),
-    /// `.../versions/{id}`
-    One(&'a str, u64),
-    /// `.../versions/{id}/restore`
-    Restore(&'a str, u64),
-    /// `.../history`
-    History(&'a str),
-}
-
-impl<'a> VersionPath<'a> {
-    /// Matches the raw (still percent-encoded) path after `/api/docs/`. The suffix wins, so
-    /// `GET` cannot read the content of a doc whose own name ends like this (`%2F` is refused in
-    /// names, so there is no escape); its versions stay reachable (`.../x/versions/versions`).
-    pub(crate) fn parse(path: &'a str) -> Option<VersionPath<'a>> {
-        if let Some(name) = path.strip_suffix("/versions") {
-            return Some(VersionPath::List(name));
-        }
-        if let Some(name) = path.strip_suffix("/history") {
-            return Some(VersionPath::History(name));
-        }
-        if let Some(rest) = path.strip_suffix("/restore") {
-            let (name, id) = split_id(rest)?;
-            return Some(VersionPath::Restore(name, id));
-        }
-        let (name, id) = split_id(path)?;
-        Some(VersionPath::One(name, id))
-    }
-}
-
-/// `<name>/versions/<id>` into the name and the id.
-fn split_id(path: &str) -> Option<(&str, u64)> {
-    let (head, id) = path.rsplit_once('/')?;
-    let name = head.strip_suffix("/versions")?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((name, id.parse().ok()?))
-}
 
 /// One version, as the API shows it.
 #[derive(Serialize)]
@@ -107,29 +65,29 @@ pub(crate) fn http_actor(grant: &Grant, headers: &HeaderMap) -> Actor {
     actor_of_request(grant, headers)
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, tandem_store::StoreError> + Send + 'static,
+/// Runs a read of the doc's history on the blocking pool: damaged history is a 500
+/// `doc_corrupt`, any other failure a 500 `internal`, both logged.
+async fn read_history<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|error| {
-            // A record of a layout this build does not know stays `internal` (`history.md`).
-            let unknown_layout = matches!(error, tandem_store::StoreError::CorruptRecord { .. });
-            if error.is_damage() && !unknown_layout {
-                tracing::error!(%error, "stored history of the doc is damaged");
-                ApiError::DocCorrupt
-            } else {
-                tracing::error!(%error, "history read failed");
-                ApiError::Internal
-            }
-        })
+    blocking(work, |error| {
+        // A record of a layout this build does not know stays `internal` (`history.md`).
+        let unknown_layout = matches!(error, StoreError::CorruptRecord { .. });
+        if error.is_damage() && !unknown_layout {
+            tracing::error!(%error, "stored history of the doc is damaged");
+            ApiError::DocCorrupt
+        } else {
+            tracing::error!(%error, "history read failed");
+            ApiError::Internal
+        }
+    })
+    .await
 }
 
 /// `GET /api/docs/{name}/versions`: newest first.
 pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let versions = blocking(move || store.list_versions(doc.as_str())).await?;
+    let versions = read_history(move || store.list_versions(doc.as_str())).await?;
     let versions: Vec<VersionJson> = versions.into_iter().map(VersionJson::from).collect();
     Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
 }
@@ -142,7 +100,7 @@ pub(crate) async fn get(
     id: u64,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let version = blocking(move || store.version(doc.as_str(), id)).await?;
+    let version = read_history(move || store.version(doc.as_str(), id)).await?;
     let Some((_, bytes)) = version else {
         return Err(ApiError::VersionNotFound);
     };
@@ -161,15 +119,14 @@ pub(crate) async fn get(
             .into_response());
     }
     let limits = state.limits.clone();
-    let json = tokio::task::spawn_blocking(move || {
-        SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json())
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|error| {
-        tracing::error!(%error, version = id, "a stored version does not load");
-        ApiError::Internal
-    })?;
+    let json = blocking(
+        move || SharedDoc::load(limits, [bytes.as_slice()]).map(|doc| doc.to_json()),
+        |error| {
+            tracing::error!(%error, version = id, "a stored version does not load");
+            ApiError::Internal
+        },
+    )
+    .await?;
     Ok(axum::Json(json).into_response())
 }
 
@@ -247,7 +204,7 @@ pub(crate) async fn restore(
     }
     let store = state.store.clone();
     let name = doc.clone();
-    let version = blocking(move || store.version(name.as_str(), id)).await?;
+    let version = read_history(move || store.version(name.as_str(), id)).await?;
     let Some((_, old_state)) = version else {
         return Err(ApiError::VersionNotFound);
     };
@@ -311,7 +268,8 @@ pub(crate) async fn history(
         }
     }
     let store = state.store.clone();
-    let entries = blocking(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
+    let entries =
+        read_history(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
     let entries: Vec<EntryJson> = entries
         .into_iter()
         .map(|entry| EntryJson {
@@ -322,32 +280,4 @@ pub(crate) async fn history(
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_paths_match_by_suffix() {
-        assert!(matches!(
-            VersionPath::parse("a/b/versions"),
-            Some(VersionPath::List("a/b"))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/versions/12"),
-            Some(VersionPath::One("a", 12))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/versions/12/restore"),
-            Some(VersionPath::Restore("a", 12))
-        ));
-        assert!(matches!(
-            VersionPath::parse("a/history"),
-            Some(VersionPath::History("a"))
-        ));
-        assert!(VersionPath::parse("a/versions/x").is_none());
-        assert!(VersionPath::parse("a/versions/").is_none());
-        assert!(VersionPath::parse("plain").is_none());
-    }
 }

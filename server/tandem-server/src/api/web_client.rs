@@ -305,6 +305,9 @@ fn etag_of(sha256: &[u8; 32]) -> String {
 /// The entity tag in the request's `If-None-Match` that names this file: `etag` itself, or
 /// `etag` with a content coding appended (the tag of its gzipped body). `If-None-Match`
 /// compares weakly, so a `W/` prefix is ignored; `*` matches any file that exists.
+///
+/// Not `headers::IfNoneMatch`: it answers only whether some tag matches one given `ETag`, and
+/// the 304 here must name the tag that matched, which may carry any content coding.
 fn matching_tag(request: &HeaderMap, etag: &str) -> Option<HeaderValue> {
     let unclosed = etag.strip_suffix('"').unwrap_or(etag);
     for value in request.get_all(header::IF_NONE_MATCH) {
