@@ -434,6 +434,13 @@ impl<S: Transport> Conn<S> {
     /// payload. tungstenite would copy it into a write buffer that keeps its capacity for the life
     /// of the connection; this way the server copies nothing per joiner, and the peer gets one
     /// frame it can read into one buffer instead of fragments it has to join.
+    ///
+    /// This is a contract with tungstenite's internals, kept on purpose: after `flush` nothing
+    /// of an earlier message is left in its buffer, and a server frame needs no mask, so bytes
+    /// written to the inner stream form a valid frame between two of its own. tokio-tungstenite
+    /// is pinned to one minor version in the root `Cargo.toml`; on an upgrade, the tests that
+    /// guard this are `tls::wss_delivers_big_messages_between_small_ones` and
+    /// `server::a_peer_still_receiving_a_big_document_is_not_closed_for_silence` in `tests/it`.
     async fn send_frame(&mut self, frame: Bytes) -> Result<(), WsError> {
         if frame.len() <= DIRECT_WRITE_BYTES {
             return self.socket.feed(WsMessage::Binary(frame)).await;
