@@ -355,6 +355,7 @@ pub async fn idle(server: &Server, connections: usize) -> Result<Figures> {
     figures.insert("idle_cpu_pct", cpu_pct(idle_cpu, Duration::from_secs(5)));
     figures.insert("after_close_mb", after as f64 / MB);
     figures.insert("after_vs_baseline", after as f64 / baseline as f64);
+    figures.insert("baseline_anon_mb", baseline_anon as f64 / MB);
     figures.insert("after_close_anon_mb", after_anon as f64 / MB);
     figures.insert(
         "after_vs_baseline_anon",
