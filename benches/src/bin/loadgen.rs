@@ -7,15 +7,19 @@
 //! Usage: `loadgen [SCENARIO…] [--targets tandem,relay,y-websocket,hocuspocus,y-sweet] [--reps 3]`
 //! with scenarios `fanout many-docs saturation idle idle-docs presence cold-join join-storm
 //! durability` (all when none is named). `--quick` shrinks every scenario to a smoke test.
+//! With `LOADGEN_TANDEM_BEFORE=/path/to/tandem`, the target `tandem-before` races an earlier
+//! build against `tandem`, with the same flags, and every table gets a line of ratios.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use tandem_benches::loadgen::report::{Figures, Scenario};
+use hdrhistogram::Histogram;
+use tandem_benches::loadgen::disk;
+use tandem_benches::loadgen::report::{Figures, Scenario, pretty};
 use tandem_benches::loadgen::scenario;
-use tandem_benches::loadgen::target::{Paths, Server, Target};
+use tandem_benches::loadgen::target::{Build, Paths, Server, Target};
 
 /// Peers that read through tungstenite get a fresh buffer for every big message (a 20 MB sync
 /// step 2 in the join scenarios): with the system allocator those were fresh pages from the
@@ -112,8 +116,11 @@ async fn run_scenario(
     eprintln!("== {name}");
     let targets: Vec<Target> = match name {
         "durability" => vec![
-            Target::Tandem { fsync: true },
-            Target::Tandem { fsync: false },
+            Target::TANDEM,
+            Target::Tandem {
+                fsync: false,
+                build: Build::Current,
+            },
         ]
         .into_iter()
         .filter(|target| paths.available(*target))
@@ -154,10 +161,22 @@ async fn run_scenario(
         "join-storm" => vec![format!("joiners={}", q(150, 10))],
         _ => vec!["-".to_owned()],
     };
+    // The disk's floor, sampled before every run of the many-documents scenario.
+    let mut floor = (name == "many-docs")
+        .then(|| Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"));
     for rep in 0..reps {
         for variant in &variants {
             for &target in &targets {
                 eprintln!("  rep {} {variant} {}", rep + 1, target.name());
+                if let Some(floor) = &mut floor {
+                    let writes = disk::dsync_writes(FLOOR_WRITES)?;
+                    eprintln!(
+                        "    fsync floor: {FLOOR_WRITES} O_DSYNC writes of 4 KiB, p50 {} ms, p99 {} ms",
+                        pretty(ms(writes.value_at_quantile(0.5))),
+                        pretty(ms(writes.value_at_quantile(0.99)))
+                    );
+                    floor.add(&writes)?;
+                }
                 let server = match Server::start(target, paths).await {
                     Ok(server) => server,
                     Err(error) => {
@@ -208,5 +227,133 @@ async fn run_scenario(
             }
         }
     }
+    if let Some(floor) = &floor {
+        check_many_docs(&mut scenario, &variants, floor);
+    }
+    if name == "idle-docs" {
+        check_unloaded(&mut scenario, &variants);
+    }
+    compare_builds(&mut scenario, &variants);
     Ok(scenario)
+}
+
+/// O_DSYNC writes timed before each many-documents run.
+const FLOOR_WRITES: usize = 200;
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// The many-documents target: each Tandem build's p99 at most the relay's p99 plus two
+/// commits, a commit taken as one 4 KiB O_DSYNC write measured in the same run. Checked with
+/// the floor's p99 (a tail against tails) and, stricter, with its p50.
+fn check_many_docs(scenario: &mut Scenario, variants: &[String], floor: &Histogram<u64>) {
+    let (p50, p99) = (
+        ms(floor.value_at_quantile(0.5)),
+        ms(floor.value_at_quantile(0.99)),
+    );
+    scenario.same_run("fsync_floor_writes", floor.len() as f64);
+    scenario.same_run("fsync_floor_p50_ms", p50);
+    scenario.same_run("fsync_floor_p99_ms", p99);
+    scenario.same_run("fsync_floor_max_ms", ms(floor.max()));
+    scenario.note(format!(
+        "fsync floor (same run, {} appends of 4 KiB with O_DSYNC on the servers' filesystem): p50 {} ms, p99 {} ms, max {} ms",
+        floor.len(),
+        pretty(p50),
+        pretty(p99),
+        pretty(ms(floor.max()))
+    ));
+    for variant in variants {
+        let Some(relay) = scenario.median(variant, "relay", "p99_ms") else {
+            continue;
+        };
+        for target in scenario.targets() {
+            if !target.starts_with("tandem") {
+                continue;
+            }
+            let Some(tandem) = scenario.median(variant, &target, "p99_ms") else {
+                continue;
+            };
+            let verdict = |budget: f64| {
+                format!(
+                    "{} ms: {} ({}× the budget)",
+                    pretty(budget),
+                    if tandem <= budget { "met" } else { "missed" },
+                    pretty(tandem / budget)
+                )
+            };
+            scenario.note(format!(
+                "{variant} {target}: p99 {} ms against the relay's p99 {} ms + 2 × fsync p99 {} ms = {}; with 2 × fsync p50 {} ms = {}",
+                pretty(tandem),
+                pretty(relay),
+                pretty(p99),
+                verdict(relay + 2.0 * p99),
+                pretty(p50),
+                verdict(relay + 2.0 * p50),
+            ));
+        }
+    }
+}
+
+/// The memory target: anonymous RSS after every doc unloaded within 10% of the baseline taken
+/// after one doc was loaded and unloaded.
+fn check_unloaded(scenario: &mut Scenario, variants: &[String]) {
+    for variant in variants {
+        for target in scenario.targets() {
+            let figure = |name: &str| scenario.median(variant, &target, name);
+            let (Some(one_doc), Some(after), Some(ratio)) = (
+                figure("one_doc_anon_mb"),
+                figure("after_unload_anon_mb"),
+                figure("after_vs_one_doc_anon"),
+            ) else {
+                continue;
+            };
+            scenario.note(format!(
+                "{variant} {target}: RssAnon after every doc unloaded {} MB against {} MB after one doc loaded and unloaded: {}× ({} the 1.10× target)",
+                pretty(after),
+                pretty(one_doc),
+                pretty(ratio),
+                if ratio <= 1.10 { "within" } else { "outside" }
+            ));
+        }
+    }
+}
+
+/// When both Tandem builds ran: every figure of `tandem` over `tandem-before`, from medians.
+fn compare_builds(scenario: &mut Scenario, variants: &[String]) {
+    let targets = scenario.targets();
+    for (after, before) in [
+        ("tandem", "tandem-before"),
+        ("tandem-nofsync", "tandem-before-nofsync"),
+    ] {
+        if !targets.iter().any(|t| t == after) || !targets.iter().any(|t| t == before) {
+            continue;
+        }
+        for variant in variants {
+            let ratios: Vec<String> = scenario
+                .columns()
+                .iter()
+                .filter_map(|column| {
+                    let a = scenario.median(variant, after, column)?;
+                    let b = scenario.median(variant, before, column)?;
+                    let ratio = if b == 0.0 {
+                        if a == 0.0 {
+                            "=".to_owned()
+                        } else {
+                            "–".to_owned()
+                        }
+                    } else {
+                        format!("{}×", pretty(a / b))
+                    };
+                    Some(format!("{column} {ratio}"))
+                })
+                .collect();
+            if !ratios.is_empty() {
+                scenario.note(format!(
+                    "{variant} {after} / {before}: {}",
+                    ratios.join(", ")
+                ));
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod bulk;
+pub mod disk;
 pub mod peer;
 pub mod report;
 pub mod scenario;

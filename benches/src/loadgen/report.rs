@@ -29,6 +29,10 @@ pub struct Scenario {
     rows: Vec<((String, String), Vec<Figures>)>,
     /// Failed runs: (variant, target, error).
     failures: Vec<(String, String, String)>,
+    /// Figures measured in the same run that belong to no target (the disk's fsync floor).
+    same_run: BTreeMap<&'static str, f64>,
+    /// Lines printed under the table: what those figures are, and the targets checked with them.
+    notes: Vec<String>,
 }
 
 impl Scenario {
@@ -38,7 +42,35 @@ impl Scenario {
             columns: Vec::new(),
             rows: Vec::new(),
             failures: Vec::new(),
+            same_run: BTreeMap::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// Records a figure of the run that belongs to no target.
+    pub fn same_run(&mut self, name: &'static str, value: f64) {
+        self.same_run.insert(name, value);
+    }
+
+    /// Adds a line to print under the table.
+    pub fn note(&mut self, line: String) {
+        self.notes.push(line);
+    }
+
+    /// The figures' names, in the order first seen.
+    pub fn columns(&self) -> &[&'static str] {
+        &self.columns
+    }
+
+    /// The targets with at least one recorded run, in first-seen order.
+    pub fn targets(&self) -> Vec<String> {
+        let mut targets: Vec<String> = Vec::new();
+        for ((_, target), _) in &self.rows {
+            if !targets.contains(target) {
+                targets.push(target.clone());
+            }
+        }
+        targets
     }
 
     pub fn record(&mut self, variant: &str, target: &str, figures: Figures) {
@@ -92,7 +124,14 @@ impl Scenario {
             .iter()
             .map(|(variant, target, error)| json!({ "variant": variant, "target": target, "error": error }))
             .collect();
-        json!({ "scenario": self.name, "rows": rows, "failures": failures }).to_string()
+        json!({
+            "scenario": self.name,
+            "rows": rows,
+            "failures": failures,
+            "same_run": self.same_run,
+            "notes": self.notes,
+        })
+        .to_string()
     }
 
     /// A Markdown table of medians, one row per (variant, target).
@@ -115,6 +154,12 @@ impl Scenario {
                 }
             }
             out.push('\n');
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                out.push_str(&format!("- {note}\n"));
+            }
         }
         for (variant, target, error) in &self.failures {
             out.push_str(&format!("\nFailed: {variant} on {target}: {error}\n"));

@@ -13,8 +13,9 @@ use tokio::process::{Child, Command};
 /// One server implementation, with the settings it runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Our server; `fsync` is `--fsync` (durable before broadcast either way).
-    Tandem { fsync: bool },
+    /// Our server; `fsync` is `--fsync` (durable before broadcast either way), `build` which
+    /// binary: the one under test, or a second one raced against it with the same flags.
+    Tandem { fsync: bool, build: Build },
     /// `relay`: forwards frames between the peers of a path, no CRDT work. The floor.
     Relay,
     /// `@y/websocket-server` 0.1.1 (Node), no persistence.
@@ -25,11 +26,41 @@ pub enum Target {
     YSweet,
 }
 
+/// Which Tandem binary a target runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `target/release/tandem` (or `$LOADGEN_TANDEM`): the build under test.
+    Current,
+    /// `$LOADGEN_TANDEM_BEFORE`: an earlier build, so a change is measured before and after in
+    /// one interleaved run rather than in two runs an hour apart on a VM whose figures drift.
+    Before,
+}
+
 impl Target {
+    /// Tandem as shipped: fsync on, the build under test.
+    pub const TANDEM: Target = Target::Tandem {
+        fsync: true,
+        build: Build::Current,
+    };
+
     pub fn name(self) -> &'static str {
         match self {
-            Target::Tandem { fsync: true } => "tandem",
-            Target::Tandem { fsync: false } => "tandem-nofsync",
+            Target::Tandem {
+                fsync: true,
+                build: Build::Current,
+            } => "tandem",
+            Target::Tandem {
+                fsync: false,
+                build: Build::Current,
+            } => "tandem-nofsync",
+            Target::Tandem {
+                fsync: true,
+                build: Build::Before,
+            } => "tandem-before",
+            Target::Tandem {
+                fsync: false,
+                build: Build::Before,
+            } => "tandem-before-nofsync",
             Target::Relay => "relay",
             Target::YWebsocket => "y-websocket",
             Target::Hocuspocus => "hocuspocus",
@@ -39,8 +70,19 @@ impl Target {
 
     pub fn parse(name: &str) -> Result<Target> {
         Ok(match name {
-            "tandem" => Target::Tandem { fsync: true },
-            "tandem-nofsync" => Target::Tandem { fsync: false },
+            "tandem" => Target::TANDEM,
+            "tandem-nofsync" => Target::Tandem {
+                fsync: false,
+                build: Build::Current,
+            },
+            "tandem-before" => Target::Tandem {
+                fsync: true,
+                build: Build::Before,
+            },
+            "tandem-before-nofsync" => Target::Tandem {
+                fsync: false,
+                build: Build::Before,
+            },
             "relay" => Target::Relay,
             "y-websocket" | "ywebsocket" => Target::YWebsocket,
             "hocuspocus" => Target::Hocuspocus,
@@ -53,12 +95,19 @@ impl Target {
     pub fn persists(self) -> bool {
         matches!(self, Target::Tandem { .. } | Target::YSweet)
     }
+
+    /// Whether this is one of the Tandem builds.
+    pub fn is_tandem(self) -> bool {
+        matches!(self, Target::Tandem { .. })
+    }
 }
 
 /// Where the binaries and scripts live.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub tandem: PathBuf,
+    /// The `tandem-before` binary, when `$LOADGEN_TANDEM_BEFORE` names one.
+    pub tandem_before: Option<PathBuf>,
     pub relay: PathBuf,
     pub peers: PathBuf,
     pub node: PathBuf,
@@ -67,15 +116,28 @@ pub struct Paths {
 impl Paths {
     /// Defaults relative to the workspace root: release builds (under `$CARGO_TARGET_DIR` when
     /// it is set, as cargo does, so two builds can be raced) and `benches/peers`.
+    /// `$LOADGEN_TANDEM` names another `tandem` binary to test, `$LOADGEN_TANDEM_BEFORE` the
+    /// binary of the `tandem-before` target.
     pub fn from_root(root: &Path) -> Paths {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
         Paths {
-            tandem: target.join("release/tandem"),
+            tandem: std::env::var_os("LOADGEN_TANDEM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target.join("release/tandem")),
+            tandem_before: std::env::var_os("LOADGEN_TANDEM_BEFORE").map(PathBuf::from),
             relay: target.join("release/relay"),
             peers: root.join("benches/peers"),
             node: PathBuf::from(std::env::var("NODE").unwrap_or_else(|_| "node".into())),
+        }
+    }
+
+    /// The binary of one Tandem build, if it is configured.
+    pub fn tandem_of(&self, build: Build) -> Option<&Path> {
+        match build {
+            Build::Current => Some(&self.tandem),
+            Build::Before => self.tandem_before.as_deref(),
         }
     }
 
@@ -86,7 +148,7 @@ impl Paths {
     /// The targets whose binaries or scripts are present.
     pub fn available(&self, target: Target) -> bool {
         match target {
-            Target::Tandem { .. } => self.tandem.exists(),
+            Target::Tandem { build, .. } => self.tandem_of(build).is_some_and(|path| path.exists()),
             Target::Relay => self.relay.exists(),
             Target::YWebsocket | Target::Hocuspocus => self.peers.join("node_modules").exists(),
             Target::YSweet => self.y_sweet().exists(),
@@ -107,8 +169,12 @@ impl Server {
     pub async fn start(target: Target, paths: &Paths) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut command = match target {
-            Target::Tandem { fsync } => {
-                let mut command = Command::new(&paths.tandem);
+            Target::Tandem { fsync, build } => {
+                // Both builds get exactly the same arguments, `LOADGEN_TANDEM_ARGS` included.
+                let binary = paths
+                    .tandem_of(build)
+                    .with_context(|| format!("{}: no binary configured", target.name()))?;
+                let mut command = Command::new(binary);
                 command
                     .arg("serve")
                     .args(["--port", "0", "--log", "warn", "--data-dir"])
@@ -254,6 +320,23 @@ impl Server {
     /// pages of the executable and other mapped files, which the kernel shares and can drop.
     pub fn rss_anon(&self) -> u64 {
         status_kib(self.pid, "RssAnon:").unwrap_or(0) * 1024
+    }
+
+    /// With `$LOADGEN_MEMORY_DUMPS` set to a directory, copies the server's
+    /// `/proc/<pid>/smaps` and `status` there as `<target>-<pid>-<label>.smaps` and `.status`,
+    /// so what stays resident between two readings can be told apart mapping by mapping (heap
+    /// arenas, thread stacks, the executable's pages). Does nothing otherwise.
+    pub fn dump_memory(&self, label: &str) {
+        let Some(dir) = std::env::var_os("LOADGEN_MEMORY_DUMPS").map(PathBuf::from) else {
+            return;
+        };
+        let stem = format!("{}-{}-{label}", self.target.name(), self.pid);
+        for file in ["smaps", "status"] {
+            let from = format!("/proc/{}/{file}", self.pid);
+            if let Err(error) = std::fs::copy(&from, dir.join(format!("{stem}.{file}"))) {
+                eprintln!("    copying {from}: {error}");
+            }
+        }
     }
 
     /// Peak resident set size since start (or the last `reset_peak`), in bytes.
