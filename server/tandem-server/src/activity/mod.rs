@@ -334,26 +334,9 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_hub::Actor;
     use tandem_store::ActivityQuery;
 
-    fn actor(sub: &str) -> Actor {
-        Actor {
-            sub: Some(sub.into()),
-            name: sub.to_uppercase(),
-        }
-    }
-
-    fn changed(doc: &str, who: &str, first_seq: u64, last_seq: u64, at_ms: u64) -> Event {
-        Event::DocChanged {
-            doc: doc.into(),
-            actor: actor(who),
-            first_seq,
-            last_seq,
-            n_updates: last_seq - first_seq + 1,
-            at_ms,
-        }
-    }
+    use super::sessions::tests::{actor, changed};
 
     /// Runs a recorder over `store` and hands its bus to `feed`, then closes the recorder the
     /// way `lib.rs::run` does and waits for it to stop.

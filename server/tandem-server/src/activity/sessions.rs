@@ -243,17 +243,26 @@ fn seq_of(details: &str, field: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::activity::entry_json;
-    fn actor(sub: &str) -> Actor {
+
+    /// An actor named after its account id; shared with the recorder's tests.
+    pub(in crate::activity) fn actor(sub: &str) -> Actor {
         Actor {
             sub: Some(sub.into()),
             name: sub.to_uppercase(),
         }
     }
 
-    fn changed(doc: &str, who: &str, first_seq: u64, last_seq: u64, at_ms: u64) -> Event {
+    /// A `doc.changed` report of seqs `first_seq..=last_seq`; shared with the recorder's tests.
+    pub(in crate::activity) fn changed(
+        doc: &str,
+        who: &str,
+        first_seq: u64,
+        last_seq: u64,
+        at_ms: u64,
+    ) -> Event {
         Event::DocChanged {
             doc: doc.into(),
             actor: actor(who),
