@@ -26,6 +26,17 @@ use crate::protocol::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
 
+/// Peer ids from here up stand for other nodes in cluster mode (one per node per doc), never for
+/// a connection: connections count up from 1 and never get this far.
+pub const REMOTE_PEER_BASE: u64 = 1 << 63;
+
+impl PeerId {
+    /// Whether this id stands for another node rather than a connection of this one.
+    pub fn is_remote(self) -> bool {
+        self.0 >= REMOTE_PEER_BASE
+    }
+}
+
 impl std::fmt::Display for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -97,7 +108,10 @@ impl AwarenessTable {
                     // y-protocols: a higher clock wins; an equal clock may still remove.
                     let newer = entry.clock > state.entry.clock
                         || (entry.clock == state.entry.clock && entry.is_removal());
-                    if state.owner != peer {
+                    // A state another node relayed yields to any newer clock: its client may have
+                    // moved here (or to a third node) when its node went away.
+                    let takeover = state.owner != peer && state.owner.is_remote() && newer;
+                    if state.owner != peer && !takeover {
                         if newer {
                             n_foreign += 1;
                         }
@@ -106,7 +120,12 @@ impl AwarenessTable {
                     if !newer {
                         continue;
                     }
-                    false
+                    if takeover && !entry.is_removal() {
+                        self.remove(entry.client_id);
+                        true
+                    } else {
+                        false
+                    }
                 }
                 None if entry.is_removal() => continue,
                 None => true,
@@ -130,7 +149,8 @@ impl AwarenessTable {
             };
             if is_new {
                 let owned = self.owned.entry(peer).or_default();
-                if owned.len() >= limits.max_awareness_clients_per_peer {
+                // Another node speaks for all of its connections: its own node checked each.
+                if !peer.is_remote() && owned.len() >= limits.max_awareness_clients_per_peer {
                     return Err(ProtocolError::TooManyAwarenessClients {
                         max: limits.max_awareness_clients_per_peer,
                     });
@@ -194,6 +214,19 @@ impl AwarenessTable {
     /// Every known state as one frame (sent on join and in answer to QueryAwareness).
     pub fn encode_all(&self) -> Bytes {
         encode_awareness(self.states.values().map(|state| &state.entry))
+    }
+
+    /// Every state owned by a connection of this node (not relayed by another node) as one
+    /// frame; `None` if there is none.
+    pub fn encode_local(&self) -> Option<Bytes> {
+        let mut local = self
+            .states
+            .values()
+            .filter(|state| !state.owner.is_remote())
+            .map(|state| &state.entry)
+            .peekable();
+        local.peek()?;
+        Some(encode_awareness(local))
     }
 
     /// Number of known client states.

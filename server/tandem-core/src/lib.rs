@@ -31,7 +31,7 @@ pub mod rate;
 pub mod restore;
 pub mod shared_doc;
 
-pub use awareness::PeerId;
+pub use awareness::{PeerId, REMOTE_PEER_BASE};
 pub use doc_id::{DocId, DocIdError};
 pub use limits::Limits;
 pub use presence::{Identity, PresentUser};

@@ -23,7 +23,7 @@ use crate::awareness::{AwarenessTable, PeerId};
 use crate::limits::Limits;
 use crate::presence::{Identity, PresentUser};
 use crate::protocol::{
-    Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1,
+    AwarenessPayload, Message, ProtocolError, UpdatePayload, encode_auth_denied, encode_sync_step1,
     encode_sync_step2, encode_sync_update,
 };
 
@@ -276,6 +276,64 @@ impl SharedDoc {
                 "update made the crdt engine panic",
             ))),
         }
+    }
+
+    /// Applies an update another node already accepted and made durable (cluster mode): no
+    /// size or permission check (that node made them), no persist. Returns the frame to relay
+    /// to every peer.
+    pub fn apply_remote(&mut self, update: &[u8]) -> Result<Bytes, ProtocolError> {
+        let decoded = Update::decode_v1(update)
+            .map_err(|_| ProtocolError::InvalidUpdate("a relayed update does not decode"))?;
+        self.step2_cache = None;
+        let doc = &self.doc;
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            doc.transact_mut().apply_update(decoded)
+        }));
+        match res {
+            Ok(Ok(())) => {
+                self.stored_bytes = self.stored_bytes.saturating_add(update.len() as u64);
+                Ok(encode_sync_update(update))
+            }
+            Ok(Err(_)) => Err(ProtocolError::InvalidUpdate(
+                "a relayed update refers to an invalid parent",
+            )),
+            Err(_) => Err(ProtocolError::InvalidUpdate(
+                "a relayed update made the crdt engine panic",
+            )),
+        }
+    }
+
+    /// Applies presence another node relayed for its peers; `peer` stands for that node
+    /// ([`PeerId::is_remote`]). Returns the frame to send to this node's peers, if anything
+    /// changed. Identities were stamped by that node; colours are checked again.
+    pub fn receive_remote_awareness(
+        &mut self,
+        peer: PeerId,
+        payload: &AwarenessPayload,
+        now_ms: u64,
+    ) -> Option<Bytes> {
+        self.awareness
+            .apply_as(peer, None, payload, now_ms, &self.limits)
+            .ok()
+            .and_then(|outcome| outcome.broadcast)
+    }
+
+    /// What the doc holds beyond `state_vector`, as an update frame to relay; `None` if nothing.
+    pub fn encode_diff(&self, state_vector: &StateVector) -> Option<Bytes> {
+        if self.state_vector() == *state_vector {
+            return None;
+        }
+        let doc = &self.doc;
+        let diff = catch_unwind(AssertUnwindSafe(|| {
+            doc.transact().encode_diff_v1(state_vector)
+        }))
+        .ok()?;
+        Some(encode_sync_update(&diff))
+    }
+
+    /// The presence of this node's own peers as one frame, to answer another node that asks.
+    pub fn encode_local_awareness(&self) -> Option<Bytes> {
+        self.awareness.encode_local()
     }
 
     /// Removes `peer`'s presence; returns the removal frame to send to the remaining peers.

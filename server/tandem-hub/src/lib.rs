@@ -18,6 +18,8 @@
 //! - [`event`]: what the hub tells the world, and the sink it tells it through.
 //! - `peer`: a peer's grant and address, and why and how its connection is closed.
 //! - `outbox`: the bounded queue of frames from a doc actor to one connection.
+//! - [`log`]: the document log the actors write through ([`DocLog`]): redb on one node, a
+//!   shared engine in cluster mode; and what other nodes did to an open doc ([`RemoteInput`]).
 //! - [`persist`]: the redb writer thread with group commit.
 //! - [`lifecycle`]: the cancellation token, task tracker and signal future.
 //! - [`clock`]: wall-clock milliseconds and the optional-deadline sleep.
@@ -29,6 +31,7 @@ pub mod connection;
 mod doc_actor;
 pub mod event;
 pub mod lifecycle;
+pub mod log;
 mod outbox;
 mod peer;
 pub mod persist;
@@ -40,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_core::{DocId, Limits, PeerAccess, PeerId, PresentUser, ProtocolError, SharedDoc};
-use tandem_store::{Store, VersionRecord};
+use tandem_store::VersionRecord;
 use tokio::sync::{mpsc, oneshot};
 use yrs::Snapshot;
 
@@ -49,11 +52,11 @@ use crate::doc_actor::{ApplyCommand, DocCommand, RestoreCommand, SaveVersionComm
 pub use crate::doc_actor::{DocSnapshot, RestoreRefused};
 pub use crate::event::{Actor, DocEvent, DocEventSink};
 pub use crate::lifecycle::Lifecycle;
+pub use crate::log::{DocLog, Feed, LoadFailure, LoadedLog, LogCommand, RedbLog, RemoteInput};
 use crate::outbox::OutboxSender;
 use crate::peer::Closer;
 pub use crate::peer::{PeerAddr, PeerGrant};
 pub use crate::persist::PersistConfig;
-use crate::persist::{PersistCommand, Writer};
 pub use crate::registry::DocHandle;
 use crate::registry::Registry;
 
@@ -119,8 +122,8 @@ pub struct Hub {
 struct HubInner {
     /// The open docs; see `registry` for how opening and unloading race safely.
     docs: Registry,
-    store: Arc<Store>,
-    persist: Writer,
+    /// Where updates go before anyone sees them, and where docs load from.
+    log: Arc<dyn DocLog>,
     config: HubConfig,
     lifecycle: Lifecycle,
     /// Where doc actors publish their events; called synchronously, in order.
@@ -160,11 +163,10 @@ pub(crate) struct PeerLink {
 }
 
 impl Hub {
-    /// The registry over `store`, writing through `persist` (from [`persist::spawn_writer`]),
-    /// running its tasks under `lifecycle` and publishing to `events`.
+    /// The registry over `log` (a [`RedbLog`] on one node), running its tasks under
+    /// `lifecycle` and publishing to `events`.
     pub fn new(
-        store: Arc<Store>,
-        persist: Writer,
+        log: Arc<dyn DocLog>,
         config: HubConfig,
         lifecycle: Lifecycle,
         events: Arc<dyn DocEventSink>,
@@ -172,8 +174,7 @@ impl Hub {
         Hub {
             inner: Arc::new(HubInner {
                 docs: Registry::default(),
-                store,
-                persist,
+                log,
                 config,
                 lifecycle,
                 events,
@@ -182,9 +183,9 @@ impl Hub {
         }
     }
 
-    /// The store the hub loads docs from.
-    pub(crate) fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    /// The log docs load from and write through.
+    pub(crate) fn log(&self) -> &dyn DocLog {
+        &*self.inner.log
     }
 
     /// The settings it runs with.
@@ -202,8 +203,8 @@ impl Hub {
         &*self.inner.events
     }
 
-    pub(crate) fn persist(&self) -> &mpsc::Sender<PersistCommand> {
-        &self.inner.persist.tx
+    pub(crate) fn persist(&self) -> &mpsc::Sender<LogCommand> {
+        self.inner.log.sender()
     }
 
     /// A fresh connection id, unique for the life of the process.
@@ -230,14 +231,13 @@ impl Hub {
     /// When that leaves no doc open, asks the writer to give memory back.
     pub(crate) fn remove_if_generation(&self, doc: &DocId, generation: u64) -> bool {
         let removed = self.inner.docs.remove_if_generation(doc, generation);
+        if removed {
+            self.inner.log.unfollow(doc, generation);
+        }
         if removed && self.inner.docs.is_empty() {
             alloc::release();
             // Best effort: with the writer's queue full, the server is anything but idle.
-            let _ = self
-                .inner
-                .persist
-                .tx
-                .try_send(PersistCommand::ReleaseMemory);
+            let _ = self.persist().try_send(LogCommand::ReleaseMemory);
         }
         removed
     }
@@ -390,21 +390,17 @@ impl Hub {
         make: impl Fn(oneshot::Sender<Result<T, JoinError>>) -> DocCommand,
     ) -> Result<Option<T>, JoinError> {
         if self.get(doc).is_none() {
-            let store = self.inner.store.clone();
-            let name = doc.clone();
-            let exists = tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
+            let exists = self
+                .inner
+                .log
+                .exists(doc)
                 .await
-                .map_err(|_| JoinError::Unavailable)?
-                .map_err(|error| {
-                    // The doc's row failed its checksum (or redb found its page corrupt): the
-                    // doc exists and is damaged.
-                    if error.is_damage() {
-                        JoinError::Corrupt
-                    } else {
-                        JoinError::Unavailable
-                    }
-                })?
-                .is_some();
+                .map_err(|error| match error {
+                    // The doc's row failed its checksum (or redb found its page corrupt): the doc
+                    // exists and is damaged.
+                    LoadFailure::Corrupt(_) => JoinError::Corrupt,
+                    LoadFailure::Failed(_) => JoinError::Unavailable,
+                })?;
             if !exists {
                 return Ok(None);
             }

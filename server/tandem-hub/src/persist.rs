@@ -1,7 +1,7 @@
 //! The redb writer: one dedicated thread that commits updates for every doc, in groups.
 //!
 //! redb allows one writer at a time and its API is synchronous, so all writes go through this
-//! thread. Doc actors send [`PersistCommand`]s over a bounded channel. The thread takes the first
+//! thread. Doc actors send [`LogCommand`]s over a bounded channel. The thread takes the first
 //! command, then everything else already queued (up to [`MAX_BATCH_OPS`] / [`MAX_BATCH_BYTES`]),
 //! and commits the batch in one transaction with `Durability::Immediate` (fsync). While one commit
 //! is in flight, new commands queue up and form the next group: this is group commit, and it is
@@ -56,10 +56,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tandem_core::DocId;
-use tandem_store::{Store, StoreError, VersionRecord, WriteOp};
+use tandem_store::{Store, StoreError, WriteOp};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::log::{Durability, LogCommand};
 
 /// Capacity of the channel into the writer. When it is full, doc actors wait, which in turn
 /// stops connections from reading: backpressure all the way to the sockets.
@@ -68,56 +69,6 @@ pub(crate) const PERSIST_QUEUE_CAPACITY: usize = 4096;
 pub(crate) const MAX_BATCH_OPS: usize = 2048;
 /// Most update bytes in one transaction (a large paste still commits alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
-
-/// What the writer reports back to one doc actor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Durability {
-    /// Every update of the doc with a seq at or below this is committed.
-    pub(crate) durable_seq: u64,
-    /// Every version of the doc with an id at or below this is committed.
-    pub(crate) durable_version: u64,
-    /// A commit containing this doc's updates failed; nothing after `durable_seq` is on disk.
-    pub(crate) failed: bool,
-    /// The failure was a storage fault (a full disk, an I/O error): the store is read-only for a
-    /// while, not broken. The actor drops what was refused and goes on.
-    pub(crate) storage_fault: bool,
-    /// The failure was this doc's stored records being damaged: the batch was committed
-    /// without this doc's commands, and the actor refuses the doc (1011 "document damaged").
-    pub(crate) corrupt: bool,
-}
-
-/// A request to the writer thread.
-pub(crate) enum PersistCommand {
-    /// Append one update to a doc's log, with who sent it (an encoded `tandem_store::Author`,
-    /// shared by all the updates of one author, so this costs no allocation per update).
-    Append {
-        doc: DocId,
-        seq: u64,
-        update: Bytes,
-        author: Option<Arc<[u8]>>,
-        report: watch::Sender<Durability>,
-    },
-    /// Store a version of a doc (metadata and state), pruning old automatic ones.
-    Version {
-        doc: DocId,
-        record: Box<VersionRecord>,
-        state: Vec<u8>,
-        max_kept: u64,
-        report: watch::Sender<Durability>,
-    },
-    /// Replace the log up to `upto_seq` by a snapshot, in one transaction.
-    Compact {
-        doc: DocId,
-        upto_seq: u64,
-        snapshot: Vec<u8>,
-        /// The doc actor's channel: a compaction queued behind a failed commit is dropped.
-        report: watch::Sender<Durability>,
-    },
-    /// No doc is open any more: commit what is queued, then drop redb's page cache.
-    ReleaseMemory,
-    /// Commit what is queued and stop. Sent once, after every doc actor has exited.
-    Close { done: oneshot::Sender<()> },
-}
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -135,7 +86,7 @@ pub struct PersistConfig {
 /// The address of the writer thread: cheap to clone, one per doc actor and one for shutdown.
 #[derive(Clone)]
 pub struct Writer {
-    pub(crate) tx: mpsc::Sender<PersistCommand>,
+    pub tx: mpsc::Sender<LogCommand>,
 }
 
 impl Writer {
@@ -145,7 +96,7 @@ impl Writer {
         let (done_tx, done_rx) = oneshot::channel();
         if self
             .tx
-            .send(PersistCommand::Close { done: done_tx })
+            .send(LogCommand::Close { done: done_tx })
             .await
             .is_ok()
         {
@@ -163,7 +114,7 @@ pub fn spawn_writer(store: Arc<Store>, config: PersistConfig) -> std::io::Result
     Ok(Writer { tx })
 }
 
-fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &PersistConfig) {
+fn run(store: Arc<Store>, mut rx: mpsc::Receiver<LogCommand>, config: &PersistConfig) {
     let mut n_commits: u64 = 0;
     let mut close: Option<oneshot::Sender<()>> = None;
     // Docs whose updates were in a commit that started within the last interval: hot docs.
@@ -196,7 +147,7 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
             let started = Instant::now();
             recent.retain(|_, last| started.duration_since(*last) < config.commit_interval);
             let mut previous: Option<&DocId> = None;
-            for doc in batch.iter().filter_map(PersistCommand::doc) {
+            for doc in batch.iter().filter_map(LogCommand::doc) {
                 // Batches are runs of one doc's updates: hash each run once.
                 if previous != Some(doc) {
                     recent.insert(doc.clone(), started);
@@ -221,7 +172,7 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<PersistCommand>, config: &Persi
 /// What the writer takes from the channel for one commit.
 #[derive(Default)]
 struct Group {
-    batch: Vec<PersistCommand>,
+    batch: Vec<LogCommand>,
     n_bytes: usize,
     /// `ReleaseMemory` arrived: commit, then drop the page cache.
     release: bool,
@@ -232,18 +183,14 @@ struct Group {
 impl Group {
     /// Takes `next` and whatever else is queued, until the channel is empty, the group is full,
     /// or a `ReleaseMemory` or `Close` ends it.
-    fn gather(
-        &mut self,
-        mut next: Option<PersistCommand>,
-        rx: &mut mpsc::Receiver<PersistCommand>,
-    ) {
+    fn gather(&mut self, mut next: Option<LogCommand>, rx: &mut mpsc::Receiver<LogCommand>) {
         while let Some(command) = next.take() {
             match command {
-                PersistCommand::Close { done } => {
+                LogCommand::Close { done } => {
                     self.close = Some(done);
                     return;
                 }
-                PersistCommand::ReleaseMemory => {
+                LogCommand::ReleaseMemory => {
                     self.release = true;
                     return;
                 }
@@ -273,13 +220,13 @@ impl Group {
 /// (commit now) when the batch holds anything else: an update of a quiet doc, a version, a
 /// compaction.
 fn hot_until(
-    batch: &[PersistCommand],
+    batch: &[LogCommand],
     recent: &HashMap<DocId, Instant>,
     interval: Duration,
 ) -> Option<Instant> {
     let mut due: Option<Instant> = None;
     for command in batch {
-        let PersistCommand::Append { doc, .. } = command else {
+        let LogCommand::Append { doc, .. } = command else {
             return None;
         };
         let until = *recent.get(doc)? + interval;
@@ -303,9 +250,9 @@ fn release_memory(store: &Store) {
     }
 }
 
-fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
+fn commit(store: &Store, batch: &[LogCommand], fsync: bool) {
     // Commands queued behind a failed commit of their doc actor: dropped (see the module docs).
-    let live = |command: &&PersistCommand| {
+    let live = |command: &&LogCommand| {
         command
             .report()
             .is_none_or(|report| !report.borrow().failed)
@@ -314,7 +261,7 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
         .iter()
         .filter(live)
         .filter_map(|command| match command {
-            PersistCommand::Append {
+            LogCommand::Append {
                 doc,
                 seq,
                 update,
@@ -326,7 +273,7 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 update,
                 author: author.as_deref(),
             }),
-            PersistCommand::Version {
+            LogCommand::Version {
                 doc,
                 record,
                 state,
@@ -338,16 +285,16 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
                 state,
                 max_kept: *max_kept,
             }),
-            PersistCommand::Compact { .. }
-            | PersistCommand::ReleaseMemory
-            | PersistCommand::Close { .. } => None,
+            LogCommand::Compact { .. } | LogCommand::ReleaseMemory | LogCommand::Close { .. } => {
+                None
+            }
         })
         .collect();
     let compactions: Vec<WriteOp<'_>> = batch
         .iter()
         .filter(live)
         .filter_map(|command| match command {
-            PersistCommand::Compact {
+            LogCommand::Compact {
                 doc,
                 upto_seq,
                 snapshot,
@@ -389,10 +336,10 @@ fn commit(store: &Store, batch: &[PersistCommand], fsync: bool) {
     let mut by_doc: HashMap<&DocId, usize> = HashMap::new();
     for command in batch.iter().filter(live) {
         let (doc, report, seq, version) = match command {
-            PersistCommand::Append {
+            LogCommand::Append {
                 doc, seq, report, ..
             } => (doc, report, *seq, 0),
-            PersistCommand::Version {
+            LogCommand::Version {
                 doc,
                 record,
                 report,
@@ -527,32 +474,32 @@ fn roll_back(store: &Store, doc: &DocId, durable: Durability) {
     }
 }
 
-impl PersistCommand {
+impl LogCommand {
     /// The doc actor's channel, for the commands that carry one.
     fn report(&self) -> Option<&watch::Sender<Durability>> {
         match self {
-            PersistCommand::Append { report, .. }
-            | PersistCommand::Version { report, .. }
-            | PersistCommand::Compact { report, .. } => Some(report),
-            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => None,
+            LogCommand::Append { report, .. }
+            | LogCommand::Version { report, .. }
+            | LogCommand::Compact { report, .. } => Some(report),
+            LogCommand::ReleaseMemory | LogCommand::Close { .. } => None,
         }
     }
 
     fn doc(&self) -> Option<&DocId> {
         match self {
-            PersistCommand::Append { doc, .. }
-            | PersistCommand::Version { doc, .. }
-            | PersistCommand::Compact { doc, .. } => Some(doc),
-            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => None,
+            LogCommand::Append { doc, .. }
+            | LogCommand::Version { doc, .. }
+            | LogCommand::Compact { doc, .. } => Some(doc),
+            LogCommand::ReleaseMemory | LogCommand::Close { .. } => None,
         }
     }
 
     fn n_bytes(&self) -> usize {
         match self {
-            PersistCommand::Append { update, .. } => update.len(),
-            PersistCommand::Compact { snapshot, .. } => snapshot.len(),
-            PersistCommand::Version { state, .. } => state.len(),
-            PersistCommand::ReleaseMemory | PersistCommand::Close { .. } => 0,
+            LogCommand::Append { update, .. } => update.len(),
+            LogCommand::Compact { snapshot, .. } => snapshot.len(),
+            LogCommand::Version { state, .. } => state.len(),
+            LogCommand::ReleaseMemory | LogCommand::Close { .. } => 0,
         }
     }
 }
@@ -560,9 +507,10 @@ impl PersistCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    fn append(doc: &DocId, seq: u64, report: &watch::Sender<Durability>) -> PersistCommand {
-        PersistCommand::Append {
+    fn append(doc: &DocId, seq: u64, report: &watch::Sender<Durability>) -> LogCommand {
+        LogCommand::Append {
             doc: doc.clone(),
             seq,
             update: Bytes::from_static(&[0, 0]),
@@ -574,7 +522,7 @@ mod tests {
     /// A writer with fsync on a fresh store; keep the directory for as long as the store.
     fn start_writer(
         commit_interval: Duration,
-    ) -> (tempfile::TempDir, Arc<Store>, mpsc::Sender<PersistCommand>) {
+    ) -> (tempfile::TempDir, Arc<Store>, mpsc::Sender<LogCommand>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
         let config = PersistConfig {
@@ -587,9 +535,9 @@ mod tests {
         (dir, store, writer)
     }
 
-    async fn stop_writer(writer: &mpsc::Sender<PersistCommand>) {
+    async fn stop_writer(writer: &mpsc::Sender<LogCommand>) {
         let (done, closed) = oneshot::channel();
-        writer.send(PersistCommand::Close { done }).await.unwrap();
+        writer.send(LogCommand::Close { done }).await.unwrap();
         closed.await.unwrap();
     }
 
@@ -804,7 +752,7 @@ mod tests {
             while file.write_all(&[1u8; 64 * 1024]).is_ok() {}
         }
         let (old_report, mut old_durable) = watch::channel(Durability::default());
-        let big = |seq| PersistCommand::Append {
+        let big = |seq| LogCommand::Append {
             doc: doc.clone(),
             seq,
             update: Bytes::from(vec![7u8; 512 * 1024]),
@@ -827,7 +775,7 @@ mod tests {
         writer.send(big(2)).await.unwrap();
         let (new_report, mut new_durable) = watch::channel(Durability::default());
         writer
-            .send(PersistCommand::Append {
+            .send(LogCommand::Append {
                 doc: doc.clone(),
                 seq: 1,
                 update: Bytes::from_static(b"fresh"),

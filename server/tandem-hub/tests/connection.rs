@@ -57,8 +57,7 @@ impl TestHub {
         let lifecycle = Lifecycle::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         let hub = Hub::new(
-            store,
-            writer.clone(),
+            Arc::new(tandem_hub::RedbLog::new(store, writer.clone())),
             config,
             lifecycle.clone(),
             Arc::new(Recorder(events_tx)),

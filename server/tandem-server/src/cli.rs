@@ -341,6 +341,29 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_FORWARDED_HEADER")]
     #[serde(skip_serializing)]
     pub forwarded_header: Option<ForwardedHeader>,
+    /// Cluster mode: the Redis every node shares (`redis://host:port/db`), holding each doc's
+    /// update log; it must run with `appendonly yes` and `appendfsync always`. Needs
+    /// `--postgres-url` and `--blob-dir` too.
+    #[arg(long, env = "TANDEM_REDIS_URL")]
+    #[serde(skip_serializing)]
+    pub redis_url: Option<String>,
+    /// Cluster mode: the Postgres every node shares (`postgres://user@host:port/db`), holding
+    /// snapshots and shared metadata; migrated at start.
+    #[arg(long, env = "TANDEM_POSTGRES_URL")]
+    #[serde(skip_serializing)]
+    pub postgres_url: Option<String>,
+    /// Cluster mode: the directory every node mounts for file blobs.
+    #[arg(long, env = "TANDEM_BLOB_DIR")]
+    #[serde(skip_serializing)]
+    pub blob_dir: Option<PathBuf>,
+    /// Cluster mode: what an update waits for before anyone sees it: `local` (Redis fsynced
+    /// it) or `replica` (and one replica received it, `WAIT 1`).
+    #[arg(long, env = "TANDEM_CLUSTER_DURABILITY")]
+    pub cluster_durability: Option<ClusterDurability>,
+    /// Cluster mode: stream entries younger than this stay after a compaction, for nodes whose
+    /// tail is a little behind.
+    #[arg(long, env = "TANDEM_CLUSTER_TRIM_MARGIN")]
+    pub cluster_trim_margin: Option<HumanDuration>,
 }
 
 impl ServeArgs {
@@ -430,6 +453,11 @@ impl ServeArgs {
             disk_reserve_bytes: self.disk_reserve_bytes.or(lower.disk_reserve_bytes),
             init: self.init.or(lower.init),
             forwarded_header: self.forwarded_header.or(lower.forwarded_header),
+            redis_url: self.redis_url.or(lower.redis_url),
+            postgres_url: self.postgres_url.or(lower.postgres_url),
+            blob_dir: self.blob_dir.or(lower.blob_dir),
+            cluster_durability: self.cluster_durability.or(lower.cluster_durability),
+            cluster_trim_margin: self.cluster_trim_margin.or(lower.cluster_trim_margin),
         }
     }
 
@@ -500,6 +528,17 @@ impl<'de> Deserialize<'de> for PublicKeyArg {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// What an update waits for in cluster mode (`--cluster-durability`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterDurability {
+    /// Redis wrote and fsynced it.
+    #[default]
+    Local,
+    /// ... and at least one replica received it.
+    Replica,
 }
 
 /// Log output format.

@@ -22,7 +22,7 @@ pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 use crate::accounts::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
-use crate::cli::{HumanDuration, LogFormat, ServeArgs};
+use crate::cli::{ClusterDurability, HumanDuration, LogFormat, ServeArgs};
 use crate::files::FilesConfig;
 use crate::listener::ListenerConfig;
 use crate::proxy::TrustedProxies;
@@ -103,7 +103,23 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Create the database even beside existing data (`--init`).
     pub init: bool,
+    /// Cluster mode, when `--redis-url`, `--postgres-url` and `--blob-dir` are given.
+    pub cluster: Option<ClusterSettings>,
 }
+
+/// The settings of cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The engines and what an update waits for.
+    pub engines: tandem_cluster::ClusterConfig,
+    /// The directory every node mounts for file blobs.
+    pub blob_dir: PathBuf,
+}
+
+/// Default of `--cluster-trim-margin`.
+pub const DEFAULT_CLUSTER_TRIM_MARGIN: Duration = Duration::from_secs(60);
+/// How long `--cluster-durability replica` waits for a replica.
+pub const CLUSTER_REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The built-in layer under the file: every setting that has one fixed default. Settings left
 /// `None` here either have none (`--web-dir`, the JWT keys, TLS) or one that depends on other
@@ -137,6 +153,8 @@ pub fn defaults() -> ServeArgs {
         commit_interval: some(DEFAULT_COMMIT_INTERVAL),
         db_cache_bytes: Some(tandem_store::DEFAULT_CACHE_BYTES),
         disk_reserve_bytes: Some(tandem_store::space::DEFAULT_RESERVE_BYTES),
+        cluster_durability: Some(ClusterDurability::Local),
+        cluster_trim_margin: some(DEFAULT_CLUSTER_TRIM_MARGIN),
         compact_after_updates: Some(DEFAULT_COMPACT_AFTER_UPDATES),
         compact_after_bytes: Some(DEFAULT_COMPACT_AFTER_BYTES),
         auto_version_interval: some(DEFAULT_AUTO_VERSION_INTERVAL),
@@ -180,6 +198,7 @@ pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
     };
     check_tls_pair(&args, &file)?;
     check_version_caps(&file)?;
+    check_cluster_settings(&args, &file)?;
     let config = resolve(args, file);
     config
         .auth
@@ -198,6 +217,37 @@ fn check_tls_pair(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
         (None, Some(_)) => anyhow::bail!("tls_key is set but tls_cert is not: TLS needs both"),
         _ => Ok(()),
     }
+}
+
+/// Cluster mode takes all three engines' settings or none.
+fn check_cluster_settings(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
+    let given = [
+        (
+            "redis_url",
+            args.redis_url.is_some() || file.redis_url.is_some(),
+        ),
+        (
+            "postgres_url",
+            args.postgres_url.is_some() || file.postgres_url.is_some(),
+        ),
+        (
+            "blob_dir",
+            args.blob_dir.is_some() || file.blob_dir.is_some(),
+        ),
+    ];
+    let n_given = given.iter().filter(|(_, set)| *set).count();
+    if n_given != 0 && n_given != given.len() {
+        let missing: Vec<&str> = given
+            .iter()
+            .filter(|(_, set)| !*set)
+            .map(|(key, _)| *key)
+            .collect();
+        anyhow::bail!(
+            "cluster mode needs redis_url, postgres_url and blob_dir together; missing: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The version caps are at least 1: a cap of 0 would prune the automatic version just
@@ -354,6 +404,23 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             allow_private: set!(s.webhook_allow_private),
         },
         init: set!(s.init),
+        cluster: match (s.redis_url, s.postgres_url, s.blob_dir) {
+            (Some(redis_url), Some(postgres_url), Some(blob_dir)) => Some(ClusterSettings {
+                engines: tandem_cluster::ClusterConfig {
+                    redis_url,
+                    postgres_url,
+                    durability: match set!(s.cluster_durability) {
+                        ClusterDurability::Local => tandem_cluster::Durability::Local,
+                        ClusterDurability::Replica => tandem_cluster::Durability::Replica,
+                    },
+                    replica_timeout: CLUSTER_REPLICA_TIMEOUT,
+                    trim_margin: set!(s.cluster_trim_margin).0,
+                },
+                blob_dir,
+            }),
+            // `load` refused a partial set.
+            _ => None,
+        },
     }
 }
 

@@ -103,6 +103,10 @@ pub enum ServerError {
     /// the text says which file and what to do.
     #[error("{0}")]
     UnsafeDataDir(String),
+    /// Cluster mode could not start: an engine is unreachable, or Redis's persistence settings
+    /// would lose updates.
+    #[error("cluster mode: {0}")]
+    Cluster(#[source] tandem_cluster::ClusterError),
 }
 
 /// Where the server serves, passed to the `ready` callback of [`run_with_ready`].
@@ -215,11 +219,24 @@ pub async fn run_with_ready(
         warn!("fsync is off: acknowledged edits can be lost on power failure (benchmarks only)");
     }
 
+    // Cluster mode: documents live in Redis and Postgres, shared by every node.
+    let cluster = match &config.cluster {
+        Some(settings) => Some(
+            tandem_cluster::ClusterLog::start(settings.engines.clone())
+                .await
+                .map_err(ServerError::Cluster)?,
+        ),
+        None => None,
+    };
+    let log: Arc<dyn tandem_hub::DocLog> = match &cluster {
+        Some(cluster) => cluster.clone(),
+        None => Arc::new(tandem_hub::RedbLog::new(store.clone(), persist.clone())),
+    };
+
     let lifecycle = Lifecycle::default();
     let (events, records) = bus::Events::new();
     let hub = Hub::new(
-        store.clone(),
-        persist.clone(),
+        log,
         config.hub.clone(),
         lifecycle.clone(),
         Arc::new(events.clone()),
@@ -343,6 +360,9 @@ pub async fn run_with_ready(
         warn!(timeout = ?config.shutdown_timeout, "activity recorder did not finish in time");
     }
     drop(hub);
+    if let Some(cluster) = cluster {
+        cluster.close(config.shutdown_timeout).await;
+    }
     drop(store);
     persist.close(config.shutdown_timeout).await;
     info!(flushed_docs = n_open_docs, clean, "shutdown complete");

@@ -33,7 +33,7 @@ use super::{Delivery, DocActor, HTTP_PEER, RestoreRefused, RestoredDelivery, Ver
 use crate::JoinError;
 use crate::clock;
 use crate::event::{Actor, DocEvent};
-use crate::persist::PersistCommand;
+use crate::log::LogCommand;
 
 /// How long the text diffs of one restore may take before the rest of a text is replaced whole.
 const RESTORE_DIFF_BUDGET: Duration = Duration::from_secs(1);
@@ -214,7 +214,7 @@ impl DocActor {
                 })
                 .collect(),
         };
-        let command = PersistCommand::Version {
+        let command = LogCommand::Version {
             doc: self.doc.clone(),
             record: Box::new(record.clone()),
             state,

@@ -47,9 +47,11 @@ use yrs::Snapshot;
 
 use crate::clock::{self, sleep_until};
 use crate::event::{Actor, DocEvent};
+use crate::log::{
+    Durability, Feed, LoadFailure, LoadedLog, LogCommand, REMOTE_FEED_CAPACITY, RemoteInput,
+};
 use crate::outbox::TrySendError;
 use crate::peer::CloseReason;
-use crate::persist::{Durability, PersistCommand};
 use crate::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
 
 use self::history::{ChangedRun, RestoreDone, VersionState, last_version_instant};
@@ -238,47 +240,25 @@ struct Loaded {
     history: HistoryHead,
     /// How many named versions the doc has.
     n_named: u64,
-}
-
-/// Why a doc did not load.
-#[derive(Debug, thiserror::Error)]
-enum LoadFailure {
-    /// Its stored records are damaged: a checksum failed, the log has a gap, redb panicked on
-    /// its pages, or the stored updates do not decode. Retrying does not help.
-    #[error("{0}")]
-    Corrupt(String),
-    /// Anything else (an I/O error, a failed task); a later open may succeed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<tandem_store::StoreError> for LoadFailure {
-    fn from(error: tandem_store::StoreError) -> Self {
-        if error.is_damage() {
-            LoadFailure::Corrupt(error.to_string())
-        } else {
-            LoadFailure::Failed(error.to_string())
-        }
-    }
+    /// Where in a shared log the load ended (cluster mode).
+    position: Option<Arc<str>>,
 }
 
 async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, LoadFailure> {
-    let store = hub.store().clone();
     let limits = hub.config().limits.clone();
-    let name = doc.clone();
+    let LoadedLog {
+        stored,
+        history,
+        n_named,
+        position,
+    } = hub.log().load(doc).await?;
+    // Decoding a big doc is CPU work: off the runtime.
     tokio::task::spawn_blocking(move || {
-        let stored = store.load_doc(name.as_str())?;
         // The stored updates passed their checksums; if yrs still refuses them, they were
         // stored damaged, and serving a partial doc would be wrong content.
         let shared = SharedDoc::load(limits, stored.iter()).map_err(|error| {
             LoadFailure::Corrupt(format!("stored updates do not apply: {error}"))
         })?;
-        let history = store.history_head(name.as_str())?;
-        let n_named = store
-            .list_versions(name.as_str())?
-            .iter()
-            .filter(|v| v.kind == VersionKind::Named)
-            .count() as u64;
         Ok(Loaded {
             shared,
             last_seq: stored.last_seq,
@@ -286,6 +266,7 @@ async fn load(hub: &Hub, doc: &DocId) -> Result<Loaded, LoadFailure> {
             n_log_bytes: stored.updates.iter().map(|u| u.len() as u64).sum(),
             history,
             n_named,
+            position,
         })
     })
     .await
@@ -405,6 +386,21 @@ struct DocActor {
     changed_due: Option<Instant>,
     last_changed_report: Option<Instant>,
     history: VersionState,
+    /// What other nodes did to the doc (cluster mode); `None` on one node.
+    remote: Option<RemoteState>,
+}
+
+/// What a doc actor keeps about other nodes (cluster mode).
+struct RemoteState {
+    /// The feed from the log.
+    rx: mpsc::Receiver<RemoteInput>,
+    /// The sending side, kept to follow again after a resync.
+    feed: Feed,
+    /// The newest log position applied: a compaction's snapshot covers everything up to it.
+    position: Option<Arc<str>>,
+    /// The pseudo-peer standing for each other node's presence states.
+    nodes: HashMap<Arc<str>, PeerId>,
+    next_node_peer: u64,
 }
 
 impl DocActor {
@@ -423,7 +419,24 @@ impl DocActor {
             n_log_bytes,
             history,
             n_named,
+            position,
         } = loaded;
+        let remote = hub.log().is_shared().then(|| {
+            let (tx, rx) = mpsc::channel(REMOTE_FEED_CAPACITY);
+            let feed = Feed {
+                tx,
+                resync: Arc::new(tokio::sync::Notify::new()),
+            };
+            hub.log()
+                .follow(&doc, generation, position.clone(), feed.clone());
+            RemoteState {
+                rx,
+                feed,
+                position,
+                nodes: HashMap::new(),
+                next_node_peer: tandem_core::REMOTE_PEER_BASE,
+            }
+        });
         let (durable_tx, durable_rx) = watch::channel(Durability {
             durable_seq: last_seq,
             durable_version: history.last_version_id,
@@ -470,6 +483,7 @@ impl DocActor {
                 pending: VecDeque::new(),
                 n_named,
             },
+            remote,
         };
         actor.reset_authors_since(history.authors_since);
         if last_seq > actor.history.version_seq {
@@ -507,6 +521,12 @@ impl DocActor {
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
+                },
+                // What other nodes did (cluster mode); or the log dropped input for this doc,
+                // and the actor reloads and merges what is durable.
+                event = next_remote(&mut self.remote) => match event {
+                    Some(input) => self.handle_remote(input),
+                    None => Box::pin(self.resync()).await,
                 },
                 _ = awareness_sweep.tick() => {
                     let now_ms = self.now_ms();
@@ -724,6 +744,9 @@ impl DocActor {
             }
             if let Some(frame) = effects.broadcast_all {
                 self.send_to_all(&frame);
+                if self.remote.is_some() {
+                    self.hub.log().publish_presence(&self.doc, &frame);
+                }
             }
         }
         self.compact_if_due();
@@ -752,7 +775,7 @@ impl DocActor {
             self.history.auto_due =
                 Some(self.history.last_at + self.hub.config().auto_version_interval);
         }
-        let command = PersistCommand::Append {
+        let command = LogCommand::Append {
             doc: self.doc.clone(),
             seq: self.submitted_seq,
             update,
@@ -789,10 +812,14 @@ impl DocActor {
         };
         let snapshot_bytes = snapshot.len() as u64;
         debug!(upto_seq = self.submitted_seq, snapshot_bytes, "compacting");
-        let command = PersistCommand::Compact {
+        let command = LogCommand::Compact {
             doc: self.doc.clone(),
             upto_seq: self.submitted_seq,
             snapshot,
+            position: self
+                .remote
+                .as_ref()
+                .and_then(|remote| remote.position.clone()),
             report: self.durable_tx.clone(),
         };
         // try_send: compaction is an optimisation; if the writer is busy it happens next time.
@@ -939,6 +966,9 @@ impl DocActor {
         debug!(%peer, n_peers = self.peers.len(), "peer left");
         if let Some(frame) = self.shared.remove_peer(peer) {
             self.send_to_all(&frame);
+            if self.remote.is_some() {
+                self.hub.log().publish_presence(&self.doc, &frame);
+            }
         }
         if self.peers.is_empty() {
             self.idle_since = Some(Instant::now());
@@ -1028,6 +1058,7 @@ impl DocActor {
                     n_log_bytes,
                     history,
                     n_named,
+                    position: _,
                 } = loaded;
                 let previous = std::mem::replace(
                     &mut self.shared,
@@ -1206,6 +1237,143 @@ impl DocActor {
             doc: self.doc.to_string(),
             peers: self.peers.len(),
         });
+    }
+}
+
+/// The next input from other nodes, or `None` when the log asks for a resync; never ready on
+/// one node. (The actor holds the feed's sender too, so the channel never closes.)
+async fn next_remote(remote: &mut Option<RemoteState>) -> Option<RemoteInput> {
+    let Some(remote) = remote else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        biased;
+        () = remote.feed.resync.notified() => None,
+        input = remote.rx.recv() => input,
+    }
+}
+
+impl DocActor {
+    /// Applies what another node did to the doc.
+    fn handle_remote(&mut self, input: RemoteInput) {
+        match input {
+            RemoteInput::Updates { updates, position } => {
+                for update in &updates {
+                    match self.shared.apply_remote(update) {
+                        Ok(frame) => {
+                            self.n_updates_since_compact += 1;
+                            self.n_bytes_since_compact += update.len() as u64;
+                            self.n_log_entries += 1;
+                            // Durable already (another node appended it): relay at once.
+                            self.send_to_all(&frame);
+                        }
+                        Err(error) => {
+                            error!(%error, "an update relayed from another node does not apply; skipped")
+                        }
+                    }
+                }
+                if let Some(remote) = self.remote.as_mut() {
+                    remote.position = Some(position);
+                }
+                if !updates.is_empty() {
+                    debug!(n = updates.len(), "applied updates from other nodes");
+                    self.compact_if_due();
+                }
+            }
+            RemoteInput::Awareness { node, frame } => {
+                let payload = match tandem_core::protocol::decode_frame(
+                    &frame,
+                    &self.hub.config().limits,
+                ) {
+                    Ok(messages) => messages.into_iter().find_map(|message| match message {
+                        Message::Awareness(payload) => Some(payload),
+                        _ => None,
+                    }),
+                    Err(error) => {
+                        warn!(%error, %node, "presence relayed from another node does not decode");
+                        None
+                    }
+                };
+                let Some(payload) = payload else { return };
+                let peer = self.node_peer(node);
+                let now_ms = self.now_ms();
+                if let Some(frame) = self.shared.receive_remote_awareness(peer, &payload, now_ms) {
+                    self.send_to_all(&frame);
+                }
+            }
+            RemoteInput::PresenceQuery => {
+                if let Some(frame) = self.shared.encode_local_awareness() {
+                    self.hub.log().publish_presence(&self.doc, &frame);
+                }
+            }
+            RemoteInput::NodeGone { node } => {
+                let Some(peer) = self
+                    .remote
+                    .as_mut()
+                    .and_then(|remote| remote.nodes.remove(&node))
+                else {
+                    return;
+                };
+                debug!(%node, "another node is gone; removing its peers' presence");
+                if let Some(frame) = self.shared.remove_peer(peer) {
+                    self.send_to_all(&frame);
+                }
+            }
+        }
+    }
+
+    /// The pseudo-peer that owns `node`'s presence states in this doc.
+    fn node_peer(&mut self, node: Arc<str>) -> PeerId {
+        let remote = self
+            .remote
+            .as_mut()
+            .expect("remote input arrives only in cluster mode");
+        *remote.nodes.entry(node).or_insert_with(|| {
+            let peer = PeerId(remote.next_node_peer);
+            remote.next_node_peer += 1;
+            peer
+        })
+    }
+
+    /// The log dropped input for this doc (its feed was full, or the log lost its place): load
+    /// what is durable, merge it into the doc, relay the difference, and follow again from the
+    /// position the load ended at.
+    async fn resync(&mut self) {
+        let loaded = match self.hub.log().load(&self.doc).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                // Try again when the log next asks; the peers keep what they have.
+                warn!(%error, "cannot resync the doc from the log");
+                if let Some(remote) = self.remote.as_ref() {
+                    remote.feed.resync.notify_one();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            }
+        };
+        let before = self.shared.state_vector();
+        let mut merged = 0usize;
+        for update in loaded.stored.iter() {
+            if self.shared.apply_remote(update).is_ok() {
+                merged += 1;
+            }
+        }
+        let diff = self.shared.encode_diff(&before);
+        if let Some(frame) = diff {
+            self.send_to_all(&frame);
+        }
+        if let Some(remote) = self.remote.as_mut() {
+            // Drop what the old feed still holds: the load covered it.
+            while remote.rx.try_recv().is_ok() {}
+            remote.position = loaded.position.clone();
+            self.hub.log().follow(
+                &self.doc,
+                self.generation,
+                loaded.position,
+                remote.feed.clone(),
+            );
+        }
+        info!(merged, "doc resynced from the log");
     }
 }
 

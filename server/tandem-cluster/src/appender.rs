@@ -1,0 +1,229 @@
+//! The appender: turns the doc actors' [`LogCommand`]s into `XADD`s, in groups.
+//!
+//! One task takes the first command and everything else already queued (up to
+//! [`MAX_BATCH_OPS`]) and sends every append of the group to Redis as one pipeline. Redis, with
+//! `appendfsync always`, writes and fsyncs its append-only file once per event-loop turn before
+//! it answers any command of that turn, so the whole group costs one round trip and about one
+//! fsync: group commit across every doc, as the redb writer does on one node. While a group is
+//! in flight, new commands queue and form the next group: a quiet doc waits for nothing but its
+//! own round trip, a busy server for at most one group ahead of it.
+//!
+//! Once Redis has answered, each doc's `watch` is advanced to the highest seq of that doc in the
+//! group: "durable up to N". If the pipeline fails (Redis down, a timeout), every doc in the
+//! group is told `failed` + `storage_fault`: its actor closes the senders of what was refused
+//! with 1013 and reloads; they resend on reconnect, which CRDTs make harmless even if Redis did
+//! store an append whose answer was lost. Commands queued behind a failure of their doc are
+//! dropped, never appended (the actor has moved on to a fresh channel).
+//!
+//! Versions go to Postgres after the group's appends; compactions run beside the appender
+//! (`snapshot::compact`), each once the updates it covers are durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tandem_core::DocId;
+use tandem_hub::LogCommand;
+use tandem_hub::log::Durability;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::{Durability as ClusterDurability, Shared, keys, snapshot};
+
+/// Most commands in one group.
+const MAX_BATCH_OPS: usize = 2048;
+/// Most update bytes in one group (a large paste still goes alone).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The appender's task.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>) {
+    let mut n_groups: u64 = 0;
+    let mut close: Option<oneshot::Sender<()>> = None;
+    while close.is_none() {
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut group: Vec<LogCommand> = Vec::new();
+        let mut n_bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                LogCommand::Close { done } => {
+                    close = Some(done);
+                    break;
+                }
+                LogCommand::ReleaseMemory => {}
+                LogCommand::Compact {
+                    doc,
+                    upto_seq,
+                    snapshot,
+                    position,
+                    report,
+                } => {
+                    // Beside the appender: it waits for its updates, then for a lease.
+                    let task_shared = shared.clone();
+                    shared.lifecycle.spawn(
+                        tracing::debug_span!("compact", doc = %doc),
+                        async move {
+                            snapshot::compact(
+                                &task_shared,
+                                doc,
+                                upto_seq,
+                                snapshot,
+                                position,
+                                report,
+                            )
+                            .await;
+                        },
+                    );
+                }
+                command => {
+                    n_bytes += match &command {
+                        LogCommand::Append { update, .. } => update.len(),
+                        LogCommand::Version { state, .. } => state.len(),
+                        _ => 0,
+                    };
+                    group.push(command);
+                }
+            }
+            if group.len() >= MAX_BATCH_OPS || n_bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !group.is_empty() {
+            write_group(&shared, group).await;
+            n_groups += 1;
+        }
+    }
+    tracing::info!(n_groups, "cluster appender stopped");
+    if let Some(done) = close {
+        let _ = done.send(());
+    }
+}
+
+/// Appends a group's updates in one pipeline, stores its versions, and reports.
+async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
+    // Commands of a doc whose channel already failed are dropped (see the module docs).
+    let live = |report: &watch::Sender<Durability>| !report.borrow().failed;
+    let mut pipe = redis::pipe();
+    let mut n_appends = 0usize;
+    // Per doc: the highest seq appended in this group, and its channel.
+    let mut appended: HashMap<DocId, (u64, watch::Sender<Durability>)> = HashMap::new();
+    let mut versions = Vec::new();
+    for command in group {
+        match command {
+            LogCommand::Append {
+                doc,
+                seq,
+                update,
+                author,
+                report,
+            } => {
+                if !live(&report) {
+                    continue;
+                }
+                let xadd = pipe
+                    .cmd("XADD")
+                    .arg(keys::doc_stream(&doc))
+                    .arg("*")
+                    .arg("u")
+                    .arg(update.as_ref())
+                    .arg("n")
+                    .arg(shared.node.as_ref());
+                if let Some(author) = &author {
+                    xadd.arg("a").arg(author.as_ref());
+                }
+                n_appends += 1;
+                let entry = appended.entry(doc).or_insert((seq, report));
+                entry.0 = entry.0.max(seq);
+            }
+            LogCommand::Version {
+                doc,
+                record,
+                state,
+                max_kept: _,
+                report,
+            } if live(&report) => versions.push((doc, record, state, report)),
+            _ => {}
+        }
+    }
+    if n_appends > 0 {
+        if shared.config.durability == ClusterDurability::Replica {
+            pipe.cmd("WAIT")
+                .arg(1)
+                .arg(shared.config.replica_timeout.as_millis() as u64);
+        }
+        let started = std::time::Instant::now();
+        let mut redis = shared.redis.clone();
+        let res: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut redis).await;
+        let res = res
+            .map_err(|error| error.to_string())
+            .and_then(|replies| check_replies(&replies, shared.config.durability));
+        match res {
+            Ok(()) => {
+                debug!(
+                    n_appends,
+                    n_docs = appended.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "group appended"
+                );
+                for (_, (seq, report)) in appended {
+                    report.send_modify(|durability| {
+                        durability.durable_seq = durability.durable_seq.max(seq);
+                    });
+                }
+            }
+            Err(error) => {
+                warn!(%error, n_appends, "appending to redis failed; refusing the group's updates");
+                for (_, (_, report)) in appended {
+                    report.send_modify(|durability| {
+                        durability.failed = true;
+                        durability.storage_fault = true;
+                    });
+                }
+                // Versions queued behind refused updates would describe state nobody has.
+                for (_, _, _, report) in versions.drain(..) {
+                    report.send_modify(|durability| {
+                        durability.failed = true;
+                        durability.storage_fault = true;
+                    });
+                }
+            }
+        }
+    }
+    for (doc, record, state, report) in versions {
+        if !live(&report) {
+            continue;
+        }
+        match snapshot::store_version(shared, &doc, &record, &state).await {
+            Ok(()) => report.send_modify(|durability| {
+                durability.durable_version = durability.durable_version.max(record.id);
+            }),
+            Err(error) => {
+                warn!(%doc, %error, "storing a version in postgres failed");
+                report.send_modify(|durability| {
+                    durability.failed = true;
+                    durability.storage_fault = true;
+                });
+            }
+        }
+    }
+}
+
+/// An error inside the pipeline's replies (e.g. a stream at its memory limit), or too few
+/// replicas, fails the whole group: nothing of it is reported durable.
+fn check_replies(replies: &[redis::Value], durability: ClusterDurability) -> Result<(), String> {
+    if let Some(redis::Value::ServerError(error)) = replies
+        .iter()
+        .find(|reply| matches!(reply, redis::Value::ServerError(_)))
+    {
+        return Err(format!("an append was refused: {error:?}"));
+    }
+    if durability == ClusterDurability::Replica
+        && let Some(redis::Value::Int(n_replicas)) = replies.last()
+        && *n_replicas < 1
+    {
+        return Err("no replica acknowledged the appends in time".into());
+    }
+    Ok(())
+}
