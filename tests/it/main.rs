@@ -11,6 +11,7 @@
 mod accounts;
 mod activity;
 mod auth;
+mod cluster;
 mod damaged_store;
 mod disk_full;
 mod events;

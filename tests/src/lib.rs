@@ -33,6 +33,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 mod auth;
+pub mod engines;
 mod logs;
 
 pub use logs::{capture_logs, logged_text};
@@ -66,6 +67,31 @@ impl TestServer {
     /// A server with settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         TestServer::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// A cluster node on `redis` and `postgres`, with blobs in `blob_dir`, and settings adjusted
+    /// by `adjust`.
+    pub async fn start_node(
+        redis: &engines::Redis,
+        postgres: &engines::Postgres,
+        blob_dir: &Path,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let settings = tandem_server::config::ClusterSettings {
+            engines: tandem_cluster::ClusterConfig {
+                redis_url: redis.url(),
+                postgres_url: postgres.url(),
+                durability: tandem_cluster::Durability::Local,
+                replica_timeout: Duration::from_secs(2),
+                trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+            },
+            blob_dir: blob_dir.to_path_buf(),
+        };
+        TestServer::start_with(move |config| {
+            config.cluster = Some(settings);
+            adjust(config);
+        })
+        .await
     }
 
     /// [`TestServer::start_with`], once `GET /healthz` answers.

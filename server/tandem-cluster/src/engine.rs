@@ -166,6 +166,8 @@ const MIGRATIONS: &[&str] = &[
         state bytea NOT NULL,
         PRIMARY KEY (doc, id, node)
     );",
+    crate::meta::ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION,
+    crate::meta::FILES_HISTORY_MIGRATION,
 ];
 
 /// The schema version this build migrates to.

@@ -22,10 +22,12 @@
 //! - `tail`: the one blocking `XREAD` loop that follows every open doc's stream.
 //! - `presence`: presence over pub/sub, node heartbeats, and removing a gone node's peers.
 //! - `snapshot`: snapshots and versions in Postgres, loading a doc, and compaction.
+//! - [`meta`]: the services' shared state in Postgres ([`PgMeta`]).
 
 mod appender;
 pub mod engine;
 mod keys;
+pub mod meta;
 mod presence;
 mod snapshot;
 mod tail;
@@ -40,6 +42,8 @@ use tandem_hub::log::LogFuture;
 use tandem_hub::{DocLog, Feed, Lifecycle, LoadFailure, LoadedLog, LogCommand};
 use tokio::sync::{Notify, mpsc};
 use tracing::info;
+
+pub use crate::meta::PgMeta;
 
 /// Capacity of the channel into the appender; a full channel makes doc actors wait, and so
 /// connections stop reading (backpressure, as with redb's writer).
@@ -142,6 +146,8 @@ struct Shared {
 pub struct ClusterLog {
     shared: Arc<Shared>,
     commands: mpsc::Sender<LogCommand>,
+    /// The services' tables.
+    meta: Arc<PgMeta>,
     /// Cluster mode's own tasks. They outlive the doc actors (whose last appends and presence
     /// removals they carry), so they run under a lifecycle of their own, stopped by
     /// [`ClusterLog::close`] after the server's tracker is empty.
@@ -185,11 +191,22 @@ impl ClusterLog {
         );
         presence::spawn(shared.clone(), presence_rx, &lifecycle).await?;
         info!(node = %node, durability = ?shared.config.durability, "cluster mode: joined");
+        let meta = Arc::new(PgMeta::new(
+            shared.pg.clone(),
+            shared.node.clone(),
+            shared.redis.clone(),
+        ));
         Ok(Arc::new(ClusterLog {
             shared,
             commands,
+            meta,
             lifecycle,
         }))
+    }
+
+    /// The services' tables in Postgres.
+    pub fn meta(&self) -> &Arc<PgMeta> {
+        &self.meta
     }
 
     /// This node's id.

@@ -13,6 +13,7 @@
 //! - [`activity`]: the activity recorder (edit sessions, batching).
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
 //! - `files`: the files service: uploads, versions, blobs, cleanup.
+//! - `tables`: the storage each service works on: the local store, or cluster mode's shared one.
 //! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
 //!   `config` nor `command`, which both import it.
 //! - [`command`]: `tandem user ...`, `tandem webhook ...` and `tandem token mint`, one file each,
@@ -46,6 +47,7 @@ mod listener;
 mod name;
 mod outbound;
 mod proxy;
+mod tables;
 #[cfg(test)]
 mod tidy;
 mod tls;
@@ -243,14 +245,20 @@ pub async fn run_with_ready(
     );
     // The activity recorder has its own lifecycle: it must outlive the doc actors, whose final
     // events it records, so it is closed only after the main tracker is empty (below).
-    let webhooks = webhook::Webhooks::load(store.clone(), &config.webhooks)
+    // Where the services keep their data: the local store, or the shared database in cluster
+    // mode (`tables.rs`).
+    let tables = match &cluster {
+        Some(cluster) => tables::Tables::shared(&store, cluster.meta()),
+        None => tables::Tables::local(&store),
+    };
+    let webhooks = webhook::Webhooks::load(tables.webhooks.clone(), &config.webhooks)
         .await
         .map_err(|source| ServerError::Store {
             path: db_path.clone(),
             source,
         })?;
     let recorder = activity::Recorder::new(
-        store.clone(),
+        tables.activity.clone(),
         events.clone(),
         webhooks.clone(),
         config.activity.clone(),
@@ -274,12 +282,16 @@ pub async fn run_with_ready(
             lifecycle.cancel.clone(),
         ),
     );
-    let files = files::Files::open(store.clone(), config.files.clone(), &config.data_dir).map_err(
-        |source| ServerError::Io {
-            context: "opening file storage",
-            source,
-        },
-    )?;
+    let files = files::Files::open(
+        tables.files.clone(),
+        store.clone(),
+        config.files.clone(),
+        &config.data_dir,
+    )
+    .map_err(|source| ServerError::Io {
+        context: "opening file storage",
+        source,
+    })?;
     // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
     if creating_store {
         info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
@@ -299,7 +311,8 @@ pub async fn run_with_ready(
         lifecycle: lifecycle.clone(),
         limits: config.hub.limits.clone(),
         connection: config.connection.clone(),
-        accounts: accounts::Accounts::new(store.clone(), config.accounts.clone()),
+        accounts: accounts::Accounts::new(tables.users.clone(), config.accounts.clone()),
+        tables,
         webhooks,
     };
     let web = api::web_client::Source::new(config.web_dir.clone());

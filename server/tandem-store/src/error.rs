@@ -67,6 +67,15 @@ pub enum StoreError {
         /// The panic's message.
         detail: String,
     },
+    /// A shared database (cluster mode's Postgres) could not be reached or failed the
+    /// operation. Retry later; nothing of the failed operation was stored.
+    #[error("{backend} unavailable: {detail}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// What went wrong (never a secret).
+        detail: String,
+    },
     /// The file was written by a different format version. Migrate or use a matching build.
     #[error("unsupported store format version {found}, this build reads version {expected}")]
     UnsupportedFormat {
@@ -132,6 +141,7 @@ impl StoreError {
             StoreError::Closed
             | StoreError::AlreadyOpen
             | StoreError::ReadOnly { .. }
+            | StoreError::Unavailable { .. }
             | StoreError::UnsupportedFormat { .. } => false,
         }
     }

@@ -22,6 +22,8 @@
 //! - `record`: the binary encoding of versioned records (`put_str`, `Reader`).
 //! - `activity`: the activity feed (`ActivityEntry`) and its indexes.
 //! - `webhooks`: webhook registrations, the delivery outbox and the delivery log.
+//! - [`meta`]: the storage contracts of the server's services, implemented here by [`Store`] and
+//!   in cluster mode by Postgres.
 //! - `space`: read-only after a failed write (a full disk), the reserve file, and resuming.
 
 mod accounts;
@@ -32,6 +34,7 @@ mod damaged;
 pub mod error;
 mod files;
 mod history;
+pub mod meta;
 mod record;
 pub mod schema;
 pub mod space;

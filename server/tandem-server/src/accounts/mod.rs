@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
-use tandem_store::{Store, StoreError, UserRecord};
+use tandem_store::meta::UserTable;
+use tandem_store::{StoreError, UserRecord};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -159,14 +160,14 @@ pub(crate) struct Accounts {
 }
 
 struct AccountsInner {
-    store: Arc<Store>,
+    store: Arc<dyn UserTable>,
     config: AccountConfig,
     hashing: Hashing,
     limiter: LoginLimiter,
 }
 
 impl Accounts {
-    pub(crate) fn new(store: Arc<Store>, config: AccountConfig) -> Accounts {
+    pub(crate) fn new(store: Arc<dyn UserTable>, config: AccountConfig) -> Accounts {
         let limiter = LoginLimiter::new(&config);
         Accounts {
             inner: Arc::new(AccountsInner {
@@ -181,10 +182,10 @@ impl Accounts {
     /// Runs `operation` on the store in a blocking task.
     async fn with_store<T: Send + 'static>(
         &self,
-        operation: impl FnOnce(&Store) -> Result<T, tandem_store::StoreError> + Send + 'static,
+        operation: impl FnOnce(&dyn UserTable) -> Result<T, tandem_store::StoreError> + Send + 'static,
     ) -> Result<T, AccountError> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || operation(&store))
+        tokio::task::spawn_blocking(move || operation(&*store))
             .await
             .map_err(|_| AccountError::Internal)?
             .map_err(AccountError::Store)

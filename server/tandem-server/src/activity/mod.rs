@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_store::{ActivityEntry, ActivityWrite, OutboxDelivery, Store};
+use tandem_store::meta::ActivityTable;
+use tandem_store::{ActivityEntry, ActivityWrite, OutboxDelivery};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +97,7 @@ struct Batch {
 
 /// The recorder task's state.
 pub(crate) struct Recorder {
-    store: Arc<Store>,
+    store: Arc<dyn ActivityTable>,
     events: Events,
     webhooks: Webhooks,
     config: ActivityConfig,
@@ -107,7 +108,7 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     pub(crate) async fn new(
-        store: Arc<Store>,
+        store: Arc<dyn ActivityTable>,
         events: Events,
         webhooks: Webhooks,
         config: ActivityConfig,
@@ -334,7 +335,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_store::ActivityQuery;
+    use tandem_store::{ActivityQuery, Store};
 
     use super::sessions::tests::{actor, changed};
 

@@ -67,9 +67,9 @@ pub(super) async fn feed(
         max_span_ms: MAX_SESSION.as_millis() as u64,
         max_scan: MAX_SCAN,
     };
-    let store = state.store.clone();
+    let store = state.tables.activity.clone();
     let (page, next) = blocking(
-        move || store.list_activity(&query, |entry| visible(claims.as_ref(), entry)),
+        move || store.list_activity(&query, &mut |entry| visible(claims.as_ref(), entry)),
         |error| {
             error!(%error, "reading activity");
             ApiError::Internal

@@ -153,7 +153,7 @@ pub(super) async fn list_docs(
             .as_ref()
             .is_none_or(|claims| claims.role_for(name).is_some())
     };
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let stored = blocking(move || store.list_docs(), |_| ApiError::Internal);
     // Every open doc is asked at once; each answer is bounded by PRESENCE_TIMEOUT.
     let live =

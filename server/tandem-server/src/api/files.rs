@@ -159,7 +159,7 @@ pub(super) async fn check_not_doc(state: &AppState, path: &DocId) -> Result<(), 
     if state.hub.get(path).is_some() {
         return Err(taken());
     }
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let name = path.to_string();
     let stored = blocking(move || store.doc_meta(&name), |_| ApiError::Internal).await?;
     if stored.is_some() {

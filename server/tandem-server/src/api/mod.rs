@@ -43,6 +43,8 @@ use tandem_core::Limits;
 use tandem_hub::{ConnectionConfig, Hub, Lifecycle};
 use tandem_store::Store;
 
+use crate::tables::Tables;
+
 use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::bus::Events;
@@ -63,9 +65,11 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     /// The real-time engine: joins, snapshots, applies and versions go through its doc actors.
     pub(crate) hub: Hub,
-    /// The store, for what handlers read directly (lists, versions, activity), never for writes
-    /// to a doc, which go through its actor.
+    /// The local store, for its health (a full disk).
     pub(crate) store: Arc<Store>,
+    /// What handlers read directly (lists, versions, activity), never for writes to a doc, which
+    /// go through its actor: local on one node, shared in cluster mode.
+    pub(crate) tables: Tables,
     /// The token and tracker that upgraded connections and long streams run under.
     pub(crate) lifecycle: Lifecycle,
     /// The bounds on frames, bodies and docs (the hub's).

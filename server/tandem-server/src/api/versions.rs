@@ -86,7 +86,7 @@ async fn read_history<T: Send + 'static>(
 
 /// `GET /api/docs/{name}/versions`: newest first.
 pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let versions = read_history(move || store.list_versions(doc.as_str())).await?;
     let versions: Vec<VersionJson> = versions.into_iter().map(VersionJson::from).collect();
     Ok(axum::Json(serde_json::json!({ "versions": versions })).into_response())
@@ -99,7 +99,7 @@ pub(crate) async fn get(
     doc: DocId,
     id: u64,
 ) -> Result<Response, ApiError> {
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let version = read_history(move || store.version(doc.as_str(), id)).await?;
     let Some((_, bytes)) = version else {
         return Err(ApiError::VersionNotFound);
@@ -202,7 +202,7 @@ pub(crate) async fn restore(
     if !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let name = doc.clone();
     let version = read_history(move || store.version(name.as_str(), id)).await?;
     let Some((_, old_state)) = version else {
@@ -267,7 +267,7 @@ pub(crate) async fn history(
             _ => {}
         }
     }
-    let store = state.store.clone();
+    let store = state.tables.history.clone();
     let entries =
         read_history(move || store.update_authors(doc.as_str(), before_seq, limit)).await?;
     let entries: Vec<EntryJson> = entries

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tandem_store::meta::FileTable;
 use tandem_store::{FileEntry, FileVersion, Store, StoreError, Uploader, workspace_of};
 
 use tandem_hub::Actor;
@@ -95,7 +96,10 @@ pub(crate) struct Files {
 }
 
 pub(crate) struct FilesInner {
-    pub(crate) store: Arc<Store>,
+    /// File metadata: the local store on one node, the shared database in cluster mode.
+    pub(crate) store: Arc<dyn FileTable>,
+    /// The local store, whose space state (read-only on a full disk) uploads follow.
+    space: Arc<Store>,
     config: FilesConfig,
     pub(crate) disk: Disk,
     /// See the module invariants. A std mutex: it is only taken on the blocking pool.
@@ -223,7 +227,8 @@ impl From<StoreError> for FileError {
 impl Files {
     /// Opens the directories under `data_dir` and loads the set of file paths.
     pub(crate) fn open(
-        store: Arc<Store>,
+        store: Arc<dyn FileTable>,
+        space: Arc<Store>,
         config: FilesConfig,
         data_dir: &Path,
     ) -> std::io::Result<Files> {
@@ -236,6 +241,7 @@ impl Files {
         Ok(Files {
             inner: Arc::new(FilesInner {
                 store,
+                space,
                 config,
                 disk,
                 blob_lock: Mutex::new(()),
@@ -293,7 +299,7 @@ impl Files {
     /// Refuses a new upload while the store is read-only (a full disk): its bytes would take the
     /// room the reserve freed for deletes. Checks first whether space returned.
     pub(crate) async fn check_writable(&self) -> Result<(), FileError> {
-        let writable = self.blocking(|inner| Ok(inner.store.try_resume())).await?;
+        let writable = self.blocking(|inner| Ok(inner.space.try_resume())).await?;
         if writable {
             Ok(())
         } else {
@@ -311,7 +317,7 @@ impl Files {
     ) -> FileError {
         if tandem_store::error::io_reason(error) == tandem_store::ReadOnlyReason::DiskFull {
             tracing::debug!(%error, what, "refused: the disk is full");
-            self.inner.store.report_io_error(error);
+            self.inner.space.report_io_error(error);
             FileError::InsufficientStorage
         } else {
             tracing::error!(%error, what, "file write failed");

@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tandem_store::{DeliveryAttempt, OutboxDelivery, Store, StoreError, WebhookRecord};
+use tandem_store::meta::WebhookTable;
+use tandem_store::{DeliveryAttempt, OutboxDelivery, StoreError, WebhookRecord};
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
@@ -114,7 +115,7 @@ pub(crate) enum WebhookError {
 /// The registered webhooks, cached for the recorder, and the worker's wake-up. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Webhooks {
-    store: Arc<Store>,
+    store: Arc<dyn WebhookTable>,
     /// The current registrations; replaced whole after every change through the API.
     registry: Arc<watch::Sender<Arc<Vec<WebhookRecord>>>>,
     /// Wakes the worker when deliveries were queued.
@@ -126,7 +127,7 @@ pub(crate) struct Webhooks {
 impl Webhooks {
     /// Loads the registrations.
     pub(crate) async fn load(
-        store: Arc<Store>,
+        store: Arc<dyn WebhookTable>,
         config: &WebhookConfig,
     ) -> Result<Webhooks, StoreError> {
         let list = {
@@ -155,10 +156,10 @@ impl Webhooks {
 
     async fn with_store<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&dyn WebhookTable) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, WebhookError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || op(&store))
+        tokio::task::spawn_blocking(move || op(&*store))
             .await
             .map_err(|_| WebhookError::Internal)?
             .map_err(WebhookError::Store)

