@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # README's test command. Runs every test: the web client's type check, build and unit tests,
 # Rust unit, store and integration tests, then the Node suite against the real `tandem` binary: interop
-# (unmodified yjs + y-websocket clients) and browser (the web client in headless Chromium,
-# driven by playwright-core; `.ci/run` installs Debian's chromium on a fresh machine).
+# (unmodified yjs + y-websocket clients), cluster (several nodes on a real Redis and Postgres
+# behind a balancer; `.ci/run` installs Debian's redis-server and postgresql) and browser (the
+# web client in headless Chromium, driven by playwright-core; `.ci/run` installs Debian's chromium
+# on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,9 @@ CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
 export CHROMIUM_PATH
 # tests/it/proxy.rs runs a real haproxy for the PROXY protocol; it fails without one.
 [ -x /usr/sbin/haproxy ] || { echo "test.sh: haproxy is required at /usr/sbin/haproxy (apt-get install -y haproxy)" >&2; exit 1; }
+# tests/e2e/cluster/ starts a Redis (AOF) and a Postgres 15 for the nodes to share.
+[ -x /usr/bin/redis-server ] || { echo "test.sh: redis-server is required at /usr/bin/redis-server (apt-get install -y redis-server)" >&2; exit 1; }
+[ -x /usr/lib/postgresql/15/bin/initdb ] || { echo "test.sh: Postgres 15 is required at /usr/lib/postgresql/15/bin (apt-get install -y postgresql)" >&2; exit 1; }
 
 # The debug binary reads web-client/dist from disk, so build the client first, then run its
 # unit tests (vitest: the pure parts, and the vectors in protocol-spec/vectors shared with Rust).

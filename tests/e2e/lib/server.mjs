@@ -59,6 +59,8 @@ export class TandemServer {
         resolve(this.exit)
       })
     })
+    // 'close' comes after 'exit' once stdout and stderr are drained: all of stderr is in.
+    this.closed = new Promise((resolve) => child.on('close', () => resolve(this.exit)))
     this.port = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`tandem printed no listening line within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS)
       child.on('error', (err) => { clearTimeout(timer); reject(err) })
@@ -149,8 +151,10 @@ export function tandemCommand (args, input = '') {
 }
 
 /**
- * Everything one test starts: servers, y-websocket clients, raw sockets, child processes.
- * `cleanup` ends all of them; `logs` gives every server's stderr for a failure report.
+ * Everything one test starts: servers, y-websocket clients, raw sockets, child processes, and
+ * owned resources (a cluster's Redis, Postgres and balancer: see cluster.mjs).
+ * `cleanup` ends all of them; `logs` gives every server's stderr, and every owned resource's
+ * log, for a failure report.
  */
 export class Scenario {
   constructor () {
@@ -159,6 +163,7 @@ export class Scenario {
     this.clients = []
     this.sockets = []
     this.processes = []
+    this.owned = []
     this.nDataDirs = 0
   }
 
@@ -167,20 +172,35 @@ export class Scenario {
     return join(this.root, `data-${this.nDataDirs++}`)
   }
 
+  /**
+   * A new server on `dataDir`, registered for cleanup and logs but not started yet: for a test
+   * that needs the server object even when `start()` fails (it reads `exit` and `stderr`).
+   */
+  server (args = [], dataDir = this.newDataDir()) {
+    const server = new TandemServer({ args, dataDir })
+    this.servers.push(server)
+    return server
+  }
+
   /** A new server on `dataDir`, by default a new, empty one. */
   startServer (args = [], dataDir = this.newDataDir()) {
-    return this.#start(new TandemServer({ args, dataDir }))
+    return this.server(args, dataDir).start()
   }
 
   /** A new server process with the same flags on the same data directory (the old one must have exited). */
   restart (server) {
     if (server.running) throw new Error('restart of a server that is still running')
-    return this.#start(new TandemServer({ args: server.args, dataDir: server.dataDir }))
+    return this.server(server.args, server.dataDir).start()
   }
 
-  async #start (server) {
-    this.servers.push(server)
-    return server.start()
+  /**
+   * Registers something the test started that is no server: `resource.stop()` runs at cleanup
+   * (after the servers are killed, the last owned first) and `resource.logs()`, if any, joins
+   * the failure report.
+   */
+  own (resource) {
+    this.owned.push(resource)
+    return resource
   }
 
   /** A stock y-websocket client on `docName` (see client.mjs `connect`). */
@@ -204,9 +224,12 @@ export class Scenario {
   }
 
   logs () {
-    return this.servers.map((server, idx) =>
-      `--- tandem #${idx} (port ${server.port}, data ${server.dataDir}, exit ${JSON.stringify(server.exit)}) stderr ---\n${server.stderr}`
-    ).join('\n')
+    return [
+      ...this.servers.map((server, idx) =>
+        `--- tandem #${idx} (port ${server.port}, data ${server.dataDir}, exit ${JSON.stringify(server.exit)}) stderr ---\n${server.stderr}`
+      ),
+      ...this.owned.filter((resource) => typeof resource.logs === 'function').map((resource) => resource.logs())
+    ].join('\n')
   }
 
   async cleanup () {
@@ -214,7 +237,14 @@ export class Scenario {
     for (const ws of this.sockets) ws.terminate()
     for (const child of this.processes) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     for (const server of this.servers) await server.kill()
+    // Every owned resource gets its stop even when an earlier one fails; the first failure is
+    // reported once the temp directory is gone.
+    const failures = []
+    for (const resource of [...this.owned].reverse()) {
+      try { await resource.stop() } catch (err) { failures.push(err) }
+    }
     rmSync(this.root, { recursive: true, force: true })
+    if (failures.length > 0) throw failures[0]
   }
 }
 
