@@ -280,3 +280,26 @@ async fn replica_durability_acknowledges_only_what_a_replica_received() {
         (1013, "storage unavailable, retry later")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_of_a_doc_nobody_edits_any_more_is_trimmed_to_nothing() {
+    let cluster = Cluster::start();
+    let quick = |config: &mut Config| {
+        config.hub.doc_unload_grace = Duration::from_millis(100);
+        if let Some(cluster) = config.cluster.as_mut() {
+            cluster.engines.trim_margin = Duration::from_secs(1);
+        }
+    };
+    let one = cluster.node(quick).await;
+    let mut writer = Peer::connect(one.addr, "quiet.md").await;
+    for i in 0..25 {
+        writer.append_text(&format!("<{i}>")).await;
+    }
+    let text = writer.wait_text(|text| text.contains("<24>")).await;
+    writer.close().await;
+    // The doc unloads (its last compaction keeps the young entries), then the janitor trims.
+    let empty = async || cluster.redis.cli(&["XLEN", "tandem:doc:quiet.md"]) == "0";
+    tandem_tests::wait_until("the stream trimmed to nothing", empty).await;
+    let mut reader = Peer::connect(one.addr, "quiet.md").await;
+    assert_eq!(reader.wait_text(|loaded| loaded == text).await, text);
+}

@@ -168,6 +168,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     crate::meta::ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION,
     crate::meta::FILES_HISTORY_MIGRATION,
+    // 4: the janitor's mark (janitor.rs).
+    "ALTER TABLE tandem_docs ADD COLUMN trimmed boolean NOT NULL DEFAULT false",
 ];
 
 /// The schema version this build migrates to.

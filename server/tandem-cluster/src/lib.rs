@@ -22,10 +22,12 @@
 //! - `tail`: the one blocking `XREAD` loop that follows every open doc's stream.
 //! - `presence`: presence over pub/sub, node heartbeats, and removing a gone node's peers.
 //! - `snapshot`: snapshots and versions in Postgres, loading a doc, and compaction.
+//! - `janitor`: trims the streams of docs nobody edits any more.
 //! - [`meta`]: the services' shared state in Postgres ([`PgMeta`]).
 
 mod appender;
 pub mod engine;
+mod janitor;
 mod keys;
 pub mod meta;
 mod presence;
@@ -184,6 +186,10 @@ impl ClusterLog {
         lifecycle.spawn(
             tracing::info_span!("cluster-tail"),
             tail::run(shared.clone(), lifecycle.cancel.clone()),
+        );
+        lifecycle.spawn(
+            tracing::info_span!("cluster-janitor"),
+            janitor::run(shared.clone(), lifecycle.cancel.clone()),
         );
         lifecycle.spawn(
             tracing::info_span!("cluster-wake"),

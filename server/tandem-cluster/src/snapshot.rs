@@ -269,7 +269,8 @@ pub(crate) async fn compact(
             let margin_ms = shared.config.trim_margin.as_millis() as u64;
             let keep_from = tandem_hub::clock::now_ms().saturating_sub(margin_ms);
             let min_id = if ms <= keep_from {
-                format!("{ms}-{seq}")
+                // Everything up to and including the snapshot's position goes.
+                format!("{ms}-{}", seq + 1)
             } else {
                 format!("{keep_from}-0")
             };
@@ -321,7 +322,7 @@ async fn write_snapshot(
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET snapshot = EXCLUDED.snapshot, \
                position_ms = EXCLUDED.position_ms, position_seq = EXCLUDED.position_seq, \
-               fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms \
+               fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms, trimmed = false \
              WHERE tandem_docs.fence < EXCLUDED.fence \
                AND (tandem_docs.position_ms, tandem_docs.position_seq) \
                  < (EXCLUDED.position_ms, EXCLUDED.position_seq)",
