@@ -303,3 +303,24 @@ async fn the_stream_of_a_doc_nobody_edits_any_more_is_trimmed_to_nothing() {
     let mut reader = Peer::connect(one.addr, "quiet.md").await;
     assert_eq!(reader.wait_text(|loaded| loaded == text).await, text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_one_node_signs_is_good_on_every_node() {
+    let cluster = Cluster::start();
+    let jwt = |config: &mut Config| config.auth.mode = tandem_server::auth::AuthMode::Jwt;
+    let one = cluster.node(jwt).await;
+    let two = cluster.node(jwt).await;
+    let claims = tandem_tests::own_claims("ada", &[("team/*", tandem_server::auth::Role::Write)]);
+    // Signed with node one's key file, which holds the key the cluster shares.
+    let token = one.mint(&claims);
+    let mut on_two = two.connect_with_token("team/plan.md", &token).await;
+    on_two.append_text("signed on one, used on two").await;
+    let mut on_one = one.connect_with_token("team/plan.md", &token).await;
+    on_one
+        .wait_text(|text| text == "signed on one, used on two")
+        .await;
+    assert_eq!(
+        std::fs::read(one.data_dir().join("server-key")).expect("node one's key"),
+        std::fs::read(two.data_dir().join("server-key")).expect("node two's key"),
+    );
+}

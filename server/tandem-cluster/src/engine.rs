@@ -170,7 +170,35 @@ const MIGRATIONS: &[&str] = &[
     crate::meta::FILES_HISTORY_MIGRATION,
     // 4: the janitor's mark (janitor.rs).
     "ALTER TABLE tandem_docs ADD COLUMN trimmed boolean NOT NULL DEFAULT false",
+    // 5: secrets every node shares (the server's token-signing key).
+    "CREATE TABLE tandem_secrets (name text PRIMARY KEY, value bytea NOT NULL)",
 ];
+
+/// The secret `name` every node shares: the first node to ask stores `candidate`, and every
+/// node (that one included) gets what is stored.
+pub(crate) async fn shared_secret(
+    pool: &Pool,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, ClusterError> {
+    let pg_error = |error: tokio_postgres::Error| ClusterError::Postgres(error.to_string());
+    let client = pool
+        .get()
+        .await
+        .map_err(|error| ClusterError::Postgres(error.to_string()))?;
+    client
+        .execute(
+            "INSERT INTO tandem_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&name, &candidate],
+        )
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_one("SELECT value FROM tandem_secrets WHERE name = $1", &[&name])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.get(0))
+}
 
 /// The schema version this build migrates to.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

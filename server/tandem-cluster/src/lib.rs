@@ -225,6 +225,15 @@ impl ClusterLog {
         &self.meta
     }
 
+    /// The secret `name` every node shares (the first node to ask stores `candidate`).
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+    ) -> Result<Vec<u8>, ClusterError> {
+        engine::shared_secret(&self.shared.pg, name, candidate).await
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.shared.node

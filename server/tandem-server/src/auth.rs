@@ -749,6 +749,51 @@ fn trim_trailing_newline(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
+/// A fresh random server key, as [`load_or_create_server_key`] makes one.
+pub fn new_server_key() -> Vec<u8> {
+    let mut secret = vec![0u8; SERVER_KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+    secret
+}
+
+/// Makes `secret` the server key in `data_dir` (cluster mode: the key every node shares, kept
+/// in Postgres), replacing a different one; returns whether it replaced one. Written to a
+/// temporary file, synced and renamed, owner-only, so a concurrent reader sees the old key or
+/// the new one.
+pub fn install_server_key(data_dir: &Path, secret: &[u8]) -> Result<bool, AuthLoadError> {
+    use base64::Engine;
+    use std::io::Write;
+    let path = data_dir.join(SERVER_KEY_FILE);
+    let text = base64::engine::general_purpose::STANDARD.encode(secret);
+    let replaced = match std::fs::read(&path) {
+        Ok(existing) if trim_trailing_newline(&existing) == text.as_bytes() => return Ok(false),
+        Ok(_) => true,
+        Err(_) => false,
+    };
+    let io_error = |context: &'static str| {
+        let path = path.clone();
+        move |source| AuthLoadError::Io {
+            context,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io_error("creating the data directory"))?;
+    let temp = data_dir.join(format!("{SERVER_KEY_FILE}.new"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&temp)
+        .map_err(io_error("writing the server key"))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("writing the server key"))?;
+    std::fs::rename(&temp, &path).map_err(io_error("writing the server key"))?;
+    Ok(replaced)
+}
+
 /// Reads the server's secret, or creates it (random, owner-only permissions) on first use.
 fn load_or_create_server_key(data_dir: &Path) -> Result<Vec<u8>, AuthLoadError> {
     use base64::Engine;

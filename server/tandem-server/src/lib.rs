@@ -199,6 +199,30 @@ pub async fn run_with_ready(
         .auth
         .check_bind(bound_ip)
         .map_err(ServerError::Config)?;
+    // Cluster mode: documents live in Redis and Postgres, shared by every node.
+    let cluster = match &config.cluster {
+        Some(settings) => Some(
+            tandem_cluster::ClusterLog::start(settings.engines.clone())
+                .await
+                .map_err(ServerError::Cluster)?,
+        ),
+        None => None,
+    };
+    // Cluster mode: every node signs and verifies its own tokens (sign-in, refresh) with one
+    // key, kept in Postgres, so a token from one node is good on all.
+    if let Some(cluster) = &cluster {
+        let key = cluster
+            .shared_secret("server-key", &auth::new_server_key())
+            .await
+            .map_err(ServerError::Cluster)?;
+        let replaced = auth::install_server_key(&config.data_dir, &key)
+            .map_err(|error| ServerError::Config(error.to_string()))?;
+        if replaced {
+            warn!(
+                "the cluster's server key replaced this node's own: tokens it signed before stop working"
+            );
+        }
+    }
     let auth = auth::Auth::load(&config.auth, &config.data_dir)
         .map_err(|error| ServerError::Config(error.to_string()))?;
     match auth.mode() {
@@ -221,15 +245,6 @@ pub async fn run_with_ready(
         warn!("fsync is off: acknowledged edits can be lost on power failure (benchmarks only)");
     }
 
-    // Cluster mode: documents live in Redis and Postgres, shared by every node.
-    let cluster = match &config.cluster {
-        Some(settings) => Some(
-            tandem_cluster::ClusterLog::start(settings.engines.clone())
-                .await
-                .map_err(ServerError::Cluster)?,
-        ),
-        None => None,
-    };
     let log: Arc<dyn tandem_hub::DocLog> = match &cluster {
         Some(cluster) => cluster.clone(),
         None => Arc::new(tandem_hub::RedbLog::new(store.clone(), persist.clone())),
