@@ -324,3 +324,28 @@ async fn a_token_one_node_signs_is_good_on_every_node() {
         std::fs::read(two.data_dir().join("server-key")).expect("node two's key"),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reach_redis_fails_its_health_check_until_redis_is_back() {
+    let mut cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let health = async |node: &TestServer| {
+        let (status, body) = node.http_get("/healthz", "application/json").await;
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        (status, body)
+    };
+    let (status, body) = health(&one).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cluster"]["redis"], true, "{body}");
+    assert_eq!(body["cluster"]["postgres"], true, "{body}");
+
+    cluster.redis.kill();
+    let (status, body) = health(&one).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["cluster"]["redis"], false, "{body}");
+
+    cluster.redis.restart();
+    let healthy = async || health(&one).await.0 == 200;
+    tandem_tests::wait_until("healthy again once redis is back", healthy).await;
+}

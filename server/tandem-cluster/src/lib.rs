@@ -111,6 +111,15 @@ pub enum ClusterError {
     Postgres(String),
 }
 
+/// What [`ClusterLog::health`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// Redis answered: edits can be appended.
+    pub redis: bool,
+    /// Postgres answered: docs can be loaded, accounts read, files stored.
+    pub postgres: bool,
+}
+
 /// One doc this node follows: where its tail is, and where to deliver.
 struct Follow {
     /// The actor generation that asked; a newer one replaces it.
@@ -232,6 +241,32 @@ impl ClusterLog {
         candidate: &[u8],
     ) -> Result<Vec<u8>, ClusterError> {
         engine::shared_secret(&self.shared.pg, name, candidate).await
+    }
+
+    /// Whether this node reaches Redis and Postgres now (each asked with a short timeout).
+    pub async fn health(&self) -> ClusterHealth {
+        const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+        let redis = async {
+            let mut redis = self.shared.redis.clone();
+            redis::cmd("PING")
+                .query_async::<String>(&mut redis)
+                .await
+                .is_ok()
+        };
+        let postgres = async {
+            match self.shared.pg.get().await {
+                Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        let (redis, postgres) = tokio::join!(
+            tokio::time::timeout(PROBE_TIMEOUT, redis),
+            tokio::time::timeout(PROBE_TIMEOUT, postgres)
+        );
+        ClusterHealth {
+            redis: redis.unwrap_or(false),
+            postgres: postgres.unwrap_or(false),
+        }
     }
 
     /// This node's id.

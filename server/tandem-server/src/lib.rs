@@ -357,6 +357,7 @@ pub async fn run_with_ready(
         accounts: accounts::Accounts::new(tables.users.clone(), config.accounts.clone()),
         tables,
         webhooks,
+        cluster: cluster.clone(),
     };
     let web = api::web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {

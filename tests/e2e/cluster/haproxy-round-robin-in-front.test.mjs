@@ -1,8 +1,8 @@
 // The deployment README's Cluster section shows, end to end: Debian's haproxy in `mode tcp`,
-// `balance roundrobin`, passing the client's address with the PROXY protocol v2, in front of
-// three nodes started with `--proxy-protocol`. Stock y-websocket clients connect only to
-// haproxy, land on different nodes, and converge on one text; every node then counts its share
-// of the peers, so the edits really crossed between nodes.
+// `balance roundrobin`, health-checking `GET /healthz`, passing the client's address with the
+// PROXY protocol v2, in front of three nodes started with `--proxy-protocol`. Stock y-websocket
+// clients connect only to haproxy, land on different nodes, and converge on one text; every
+// node then counts its share of the peers, so the edits really crossed between nodes.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -42,7 +42,8 @@ test('haproxy in mode tcp, round-robin with PROXY v2, in front of three nodes: c
     '  default_backend nodes',
     'backend nodes',
     '  balance roundrobin',
-    ...cluster.nodes.map((node, i) => `  server n${i} 127.0.0.1:${node.port} send-proxy-v2`),
+    '  option httpchk GET /healthz',
+    ...cluster.nodes.map((node, i) => `  server n${i} 127.0.0.1:${node.port} check inter 500 send-proxy-v2 check-send-proxy`),
     ''
   ].join('\n'))
   const haproxy = spawn(HAPROXY, ['-db', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] })

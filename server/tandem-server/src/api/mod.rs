@@ -67,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) hub: Hub,
     /// The local store, for its health (a full disk).
     pub(crate) store: Arc<Store>,
+    /// Cluster mode's engines, for their health; `None` on one node.
+    pub(crate) cluster: Option<Arc<tandem_cluster::ClusterLog>>,
     /// What handlers read directly (lists, versions, activity), never for writes to a doc, which
     /// go through its actor: local on one node, shared in cluster mode.
     pub(crate) tables: Tables,
@@ -188,8 +190,10 @@ fn account_body_limit() -> DefaultBodyLimit {
     DefaultBodyLimit::max(accounts::MAX_ACCOUNT_BODY_BYTES)
 }
 
-/// Liveness and the store's state. Always 200 while the process serves: a read-only store
-/// (a full disk) still serves reads, so it is reported, not failed (`protocol-spec/http.md`).
+/// Liveness and the store's state. 200 while the process serves: a read-only store (a full
+/// disk) still serves reads, so it is reported, not failed (`protocol-spec/http.md`). In
+/// cluster mode the engines are reported too, and a node that cannot reach Redis answers 503,
+/// so a balancer's health check sends people to a node that can take their edits.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.clone();
     // A check of the free space at most every `PROBE_INTERVAL`: polling `/healthz` is enough
@@ -207,7 +211,26 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         }),
         None => serde_json::json!({ "writable": false, "reason": "unknown" }),
     };
-    axum::Json(serde_json::json!({ "status": "ok", "store": store }))
+    let Some(cluster) = &state.cluster else {
+        return (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "status": "ok", "store": store })),
+        );
+    };
+    let engines = cluster.health().await;
+    let (status, word) = if engines.redis {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "status": word,
+            "store": store,
+            "cluster": { "node": cluster.node(), "redis": engines.redis, "postgres": engines.postgres },
+        })),
+    )
 }
 
 /// Runs `work` on the blocking pool (store reads, hashing: nothing blocking runs on the
