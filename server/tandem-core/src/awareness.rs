@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::limits::Limits;
-use crate::presence::{Identity, PresentUser, vouch_state};
+use crate::presence::{Identity, PresentUser, state_sub, vouch_state};
 use crate::protocol::{
     AWARENESS_NULL_STATE, AwarenessEntry, AwarenessPayload, ProtocolError, encode_awareness,
     encode_awareness_raw,
@@ -108,9 +108,15 @@ impl AwarenessTable {
                     // y-protocols: a higher clock wins; an equal clock may still remove.
                     let newer = entry.clock > state.entry.clock
                         || (entry.clock == state.entry.clock && entry.is_removal());
-                    // A state another node relayed yields to any newer clock: its client may have
-                    // moved here (or to a third node) when its node went away.
-                    let takeover = state.owner != peer && state.owner.is_remote() && newer;
+                    // A state another node relayed yields to a newer clock from the same person:
+                    // its client may have moved here (or to a third node) when its node went
+                    // away. Someone else's connection cannot take it (it would hide them).
+                    let takeover = state.owner != peer
+                        && state.owner.is_remote()
+                        && newer
+                        && identity.is_none_or(|identity| {
+                            state_sub(&state.entry.json).is_none_or(|sub| *sub == *identity.sub)
+                        });
                     if state.owner != peer && !takeover {
                         if newer {
                             n_foreign += 1;
@@ -347,6 +353,45 @@ mod tests {
             .apply(node, &payload(&[(7, 2, "null")]), 0, &limits)
             .unwrap();
         assert_eq!(&*decode(&table.encode_all())[0].json, r#"{"user":"here"}"#);
+    }
+
+    #[test]
+    fn with_identities_only_the_same_person_takes_a_relayed_state_over() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let node = PeerId(REMOTE_PEER_BASE);
+        let ada = Identity {
+            sub: "ada".into(),
+            name: "Ada".into(),
+        };
+        let mallory = Identity {
+            sub: "mallory".into(),
+            name: "Mallory".into(),
+        };
+        table
+            .apply(
+                node,
+                &payload(&[(7, 1, r#"{"user":{"name":"Ada","sub":"ada"}}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        let outcome = table
+            .apply_as(
+                PeerId(1),
+                Some(&mallory),
+                &payload(&[(7, 5, "{}")]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(outcome.n_foreign, 1, "someone else cannot hide Ada");
+        assert_eq!(table.owned_by(node), &[7]);
+        let outcome = table
+            .apply_as(PeerId(2), Some(&ada), &payload(&[(7, 5, "{}")]), 0, &limits)
+            .unwrap();
+        assert_eq!(outcome.n_foreign, 0);
+        assert_eq!(table.owned_by(PeerId(2)), &[7]);
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub fn read_state(json: &str) -> Result<Option<PresentUser>, serde_json::Error> 
     Ok(user)
 }
 
+/// The `user.sub` a state was stamped with, if it has one (a state relayed by another node
+/// carries the identity that node verified).
+pub fn state_sub(json: &str) -> Option<String> {
+    let state: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some(state.get("user")?.get("sub")?.as_str()?.to_owned())
+}
+
 /// Whether `color` is a plain `#rgb`, `#rgba`, `#rrggbb` or `#rrggbbaa` colour: nothing a style
 /// attribute could be made to do more with.
 pub fn is_plain_color(color: &str) -> bool {
