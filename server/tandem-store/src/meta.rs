@@ -31,6 +31,8 @@ pub trait UserTable: Send + Sync + 'static {
 pub trait ActivityTable: Send + Sync + 'static {
     /// See [`Store::next_activity_id`].
     fn next_activity_id(&self) -> Result<u64, StoreError>;
+    /// See [`Store::reserve_activity_ids`].
+    fn reserve_activity_ids(&self) -> Result<std::ops::Range<u64>, StoreError>;
     /// See [`Store::write_activity`].
     fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError>;
     /// See [`Store::latest_activity`].
@@ -162,6 +164,9 @@ impl UserTable for Store {
 impl ActivityTable for Store {
     fn next_activity_id(&self) -> Result<u64, StoreError> {
         Store::next_activity_id(self)
+    }
+    fn reserve_activity_ids(&self) -> Result<std::ops::Range<u64>, StoreError> {
+        Store::reserve_activity_ids(self)
     }
     fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
         Store::write_activity(self, write)
