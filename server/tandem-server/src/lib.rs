@@ -282,6 +282,16 @@ pub async fn run_with_ready(
             lifecycle.cancel.clone(),
         ),
     );
+    if cluster.is_some() {
+        // Any node may change the registrations; each node's cache follows the shared table.
+        lifecycle.spawn(
+            tracing::info_span!("webhook-refresh"),
+            webhooks.clone().run_refresh(
+                webhook::CLUSTER_REFRESH_INTERVAL,
+                lifecycle.cancel.clone(),
+            ),
+        );
+    }
     let files = files::Files::open(
         tables.files.clone(),
         store.clone(),
