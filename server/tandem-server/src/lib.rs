@@ -286,10 +286,9 @@ pub async fn run_with_ready(
         // Any node may change the registrations; each node's cache follows the shared table.
         lifecycle.spawn(
             tracing::info_span!("webhook-refresh"),
-            webhooks.clone().run_refresh(
-                webhook::CLUSTER_REFRESH_INTERVAL,
-                lifecycle.cancel.clone(),
-            ),
+            webhooks
+                .clone()
+                .run_refresh(webhook::CLUSTER_REFRESH_INTERVAL, lifecycle.cancel.clone()),
         );
     }
     let files = files::Files::open(

@@ -82,8 +82,7 @@ CREATE TABLE tandem_webhook_log (
 CREATE INDEX tandem_webhook_log_by_webhook ON tandem_webhook_log (webhook_id, seq);
 "#;
 
-const USER_COLUMNS: &str =
-    "sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles";
+const USER_COLUMNS: &str = "sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles";
 
 fn user_from_row(row: &tokio_postgres::Row) -> Result<UserRecord, StoreError> {
     let patterns: Vec<String> = row.try_get("doc_patterns").map_err(unavailable)?;

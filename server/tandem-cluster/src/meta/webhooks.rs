@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use tandem_hub::clock::now_ms;
 use tandem_store::meta::WebhookTable;
-use tandem_store::{
-    DeliveryAttempt, FinishedAttempt, OutboxDelivery, StoreError, WebhookRecord,
-};
+use tandem_store::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, StoreError, WebhookRecord};
 
 use super::{PgMeta, to_i64, to_u64, unavailable};
 
