@@ -118,6 +118,36 @@ async fn an_account_made_on_one_node_signs_in_on_another_and_its_removal_holds_e
     assert_eq!(refused.json()["error"], "bad_credentials");
 }
 
+/// Regression: failed sign-ins were counted per node, so behind a round-robin balancer N
+/// nodes gave an attacker N times the guesses. The failures are counted in Postgres too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_on_every_node_count_against_one_limit() {
+    let cluster = Cluster::start();
+    let three_failures = |config: &mut Config| {
+        with_accounts(config);
+        config.accounts.max_failures_per_account = 3;
+    };
+    let one = cluster.node(three_failures).await;
+    let two = cluster.node(three_failures).await;
+    let created = put_user(
+        &one,
+        "ada",
+        &json!({ "name": "Ada", "password": PASSWORD, "docs": { "*": "read" } }),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    for node in [&one, &two, &one] {
+        let wrong = login(node, "ada", "a guess").await;
+        assert_eq!(wrong.status, 401, "{}", wrong.text());
+    }
+    // Node two saw one failure itself; the other two were on node one.
+    let refused = login(&two, "ada", PASSWORD).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_attempts");
+    assert!(refused.header("retry-after").is_some());
+}
+
 /// Quick edit reports, so the feed shows edits soon after they are made.
 fn quick_reports(config: &mut Config) {
     config.hub.doc_changed_interval = Duration::from_millis(50);

@@ -320,7 +320,11 @@ pub async fn run_with_ready(
         lifecycle: lifecycle.clone(),
         limits: config.hub.limits.clone(),
         connection: config.connection.clone(),
-        accounts: accounts::Accounts::new(tables.users.clone(), config.accounts.clone()),
+        accounts: accounts::Accounts::new(
+            tables.users.clone(),
+            tables.sign_in_failures.clone(),
+            config.accounts.clone(),
+        ),
         tables,
         webhooks,
     };

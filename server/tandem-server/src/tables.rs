@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use tandem_store::Store;
-use tandem_store::meta::{ActivityTable, FileTable, HistoryTable, UserTable, WebhookTable};
+use tandem_store::meta::{
+    ActivityTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
+};
 
 /// The tables of every service.
 #[derive(Clone)]
@@ -20,6 +22,8 @@ pub(crate) struct Tables {
     pub(crate) files: Arc<dyn FileTable>,
     /// Docs' versions and authors, and the list of stored docs.
     pub(crate) history: Arc<dyn HistoryTable>,
+    /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
+    pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
 }
 
 impl Tables {
@@ -31,6 +35,7 @@ impl Tables {
             webhooks: store.clone(),
             files: store.clone(),
             history: store.clone(),
+            sign_in_failures: None,
         }
     }
 
@@ -42,6 +47,7 @@ impl Tables {
             webhooks: pg.clone(),
             files: local.clone(),
             history: local.clone(),
+            sign_in_failures: Some(pg.clone()),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Accounts in Postgres: `tandem_users`, one row per account, written whole by one statement,
-//! so a reader sees the old account or the new one, never a mix (as `tandem_store::accounts`).
+//! so a reader sees the old account or the new one, never a mix (as `tandem_store::accounts`);
+//! and `tandem_sign_in_failures`, the failed sign-ins every node counts (one row per failure
+//! and key, kept for the failure window).
 //!
 //! This file also holds migration 2, the tables of accounts, the activity feed and webhooks
 //! (`protocol-spec/cluster.md`, "Postgres: accounts, activity, webhooks").
 
 use std::collections::BTreeMap;
 
-use tandem_store::meta::UserTable;
+use tandem_store::meta::{FailureLog, UserTable};
 use tandem_store::{StoreError, UserRecord};
 
 use super::{PgMeta, to_i64, to_u64, unavailable};
@@ -23,6 +25,14 @@ CREATE TABLE tandem_users (
     doc_patterns text[] NOT NULL,
     doc_roles text[] NOT NULL
 );
+
+CREATE TABLE tandem_sign_in_failures (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key text COLLATE "C" NOT NULL,
+    at_ms bigint NOT NULL
+);
+CREATE INDEX tandem_sign_in_failures_by_key ON tandem_sign_in_failures (key, at_ms);
+CREATE INDEX tandem_sign_in_failures_by_time ON tandem_sign_in_failures (at_ms);
 
 CREATE SEQUENCE tandem_activity_ids AS bigint START WITH 1;
 CREATE TABLE tandem_activity (
@@ -194,6 +204,78 @@ impl UserTable for PgMeta {
                 .map_err(unavailable)?;
             let n: i64 = row.try_get(0).map_err(unavailable)?;
             Ok(to_u64(n))
+        })
+    }
+}
+
+impl FailureLog for PgMeta {
+    fn failures(
+        &self,
+        keys: &[&str],
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Vec<(u64, Option<u64>)>, StoreError> {
+        let after = to_i64(now_ms.saturating_sub(window_ms));
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT key, count(*), min(at_ms) FROM tandem_sign_in_failures
+                     WHERE key = ANY($1) AND at_ms > $2 GROUP BY key",
+                    &[&keys, &after],
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut counts = vec![(0, None); keys.len()];
+            for row in &rows {
+                let key: String = row.try_get(0).map_err(unavailable)?;
+                let n: i64 = row.try_get(1).map_err(unavailable)?;
+                let oldest: Option<i64> = row.try_get(2).map_err(unavailable)?;
+                for (idx, wanted) in keys.iter().enumerate() {
+                    if *wanted == key {
+                        counts[idx] = (to_u64(n), oldest.map(to_u64));
+                    }
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    fn record_failure(&self, keys: &[&str], now_ms: u64, window_ms: u64) -> Result<(), StoreError> {
+        let cutoff = to_i64(now_ms.saturating_sub(window_ms));
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO tandem_sign_in_failures (key, at_ms)
+                 SELECT k, $2 FROM unnest($1::text[]) AS k",
+                &[&keys, &to_i64(now_ms)],
+            )
+            .await
+            .map_err(unavailable)?;
+            // Each failure cost a password hash, so what expires per call stays small.
+            tx.execute(
+                "DELETE FROM tandem_sign_in_failures WHERE at_ms <= $1",
+                &[&cutoff],
+            )
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM tandem_sign_in_failures WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
     }
 }
