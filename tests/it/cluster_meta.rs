@@ -423,3 +423,381 @@ async fn with_postgres_down_sign_in_answers_503_and_live_editing_goes_on() {
     .await;
     assert_eq!(login(&two, "ada", PASSWORD).await.status, 200);
 }
+
+/// The Postgres tables of one cluster, beside a redb store: the same calls must give the same
+/// answers (the contracts of `tandem_store::meta` say "exactly what the `Store` method does").
+struct Both {
+    _redis: Redis,
+    _postgres: Postgres,
+    _dir: tempfile::TempDir,
+    cluster: Arc<tandem_cluster::ClusterLog>,
+    store: Arc<tandem_store::Store>,
+}
+
+impl Both {
+    async fn start() -> Both {
+        let redis = Redis::start();
+        let postgres = Postgres::start();
+        let cluster = tandem_cluster::ClusterLog::start(tandem_cluster::ClusterConfig {
+            redis_url: redis.url(),
+            postgres_url: postgres.url(),
+            durability: tandem_cluster::Durability::Local,
+            replica_timeout: Duration::from_secs(2),
+            trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+        })
+        .await
+        .expect("cluster starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
+        Both {
+            _redis: redis,
+            _postgres: postgres,
+            _dir: dir,
+            cluster,
+            store,
+        }
+    }
+
+    fn pg(&self) -> &tandem_cluster::PgMeta {
+        self.cluster.meta()
+    }
+}
+
+fn user(sub: &str) -> tandem_store::UserRecord {
+    tandem_store::UserRecord {
+        sub: sub.into(),
+        name: format!("{sub} the user"),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        docs: [("team/*", "write"), ("team/archive/*", "read")]
+            .into_iter()
+            .map(|(pattern, role)| (pattern.to_owned(), role.to_owned()))
+            .collect(),
+        admin: sub == "root",
+        created_ms: 1_795_400_000_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_accounts_answer_as_the_store_does() {
+    use tandem_store::meta::UserTable;
+    let both = Both::start().await;
+    let tables: [&dyn UserTable; 2] = [&*both.store, both.pg()];
+    let mut answers = Vec::new();
+    for table in tables {
+        table.put_user(&user("bob")).unwrap();
+        table.put_user(&user("ada")).unwrap();
+        table.put_user(&user("root")).unwrap();
+        let changed = tandem_store::UserRecord {
+            docs: Default::default(),
+            name: String::new(),
+            ..user("ada")
+        };
+        table.put_user(&changed).unwrap();
+        answers.push((
+            table.get_user("ada").unwrap(),
+            table.get_user("nobody").unwrap(),
+            table.list_users().unwrap(),
+            table.count_users().unwrap(),
+            table.remove_user("bob").unwrap(),
+            table.remove_user("bob").unwrap(),
+            table.count_users().unwrap(),
+        ));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[1].2.len(), 3);
+}
+
+fn entry(id: u64, path: &str, actor: &str, started_ms: u64) -> tandem_store::ActivityEntry {
+    tandem_store::ActivityEntry {
+        id,
+        kind: "doc.edited".into(),
+        path: path.into(),
+        other_paths: Vec::new(),
+        actor_sub: Some(actor.into()),
+        actor_name: actor.to_uppercase(),
+        started_ms,
+        ended_ms: started_ms + 10,
+        n_updates: 3,
+        details: "{}".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_feed_pages_filters_and_prunes_as_the_store_does() {
+    use tandem_store::ActivityQuery;
+    use tandem_store::meta::ActivityTable;
+    let both = Both::start().await;
+    let tables: [&dyn ActivityTable; 2] = [&*both.store, both.pg()];
+    let query = |limit: usize| ActivityQuery {
+        limit,
+        max_span_ms: 1000,
+        max_scan: 10_000,
+        ..ActivityQuery::default()
+    };
+    let ids = |page: &[tandem_store::ActivityEntry]| page.iter().map(|e| e.id).collect::<Vec<_>>();
+    let mut answers = Vec::new();
+    for table in tables {
+        let mut entries: Vec<_> = (1..=7)
+            .map(|id| entry(id, if id % 2 == 0 { "a" } else { "f/b" }, "ada", id * 100))
+            .collect();
+        entries[6].actor_sub = Some("bob".into());
+        entries[6].other_paths = vec!["old/b".into()];
+        entries.push(tandem_store::ActivityEntry {
+            kind: "file.uploaded".into(),
+            actor_sub: None,
+            ..entry(8, "f/c_d", "Anon", 800)
+        });
+        table
+            .write_activity(&tandem_store::ActivityWrite {
+                entries,
+                deliveries: Vec::new(),
+                next_entry_id: 9,
+            })
+            .unwrap();
+        // An extended session replaces its entry.
+        let mut longer = entry(2, "a", "ada", 200);
+        longer.ended_ms = 650;
+        longer.n_updates = 40;
+        table
+            .write_activity(&tandem_store::ActivityWrite {
+                entries: vec![longer],
+                deliveries: Vec::new(),
+                next_entry_id: 9,
+            })
+            .unwrap();
+        let mut answer: Vec<(Vec<u64>, Option<u64>)> = Vec::new();
+        let mut list = |q: ActivityQuery| {
+            let (page, next) = table.list_activity(&q, &mut |_| true).unwrap();
+            answer.push((ids(&page), next));
+        };
+        list(query(3));
+        list(ActivityQuery {
+            before_id: Some(6),
+            ..query(3)
+        });
+        list(ActivityQuery {
+            before_id: Some(3),
+            ..query(3)
+        });
+        for path in ["a", "old/b", "f/b"] {
+            list(ActivityQuery {
+                path: Some(path.into()),
+                ..query(10)
+            });
+        }
+        for prefix in ["f/", "old/", "f/c_", "f/c%", "x"] {
+            list(ActivityQuery {
+                prefix: Some(prefix.into()),
+                ..query(10)
+            });
+        }
+        for actor in ["bob", "ada", "Anon"] {
+            list(ActivityQuery {
+                actor: Some(actor.into()),
+                ..query(10)
+            });
+        }
+        list(ActivityQuery {
+            since_ms: Some(500),
+            ..query(10)
+        });
+        list(ActivityQuery {
+            max_scan: 2,
+            ..query(10)
+        });
+        let (hidden, _) = table
+            .list_activity(&query(10), &mut |e| e.path != "a")
+            .unwrap();
+        answer.push((ids(&hidden), None));
+        let latest = table.latest_activity("a", "doc.edited", "ada").unwrap();
+        let none = table.latest_activity("a", "file.uploaded", "ada").unwrap();
+        let pruned = table.prune_activity(300, 1000).unwrap();
+        let after = table.list_activity(&query(20), &mut |_| true).unwrap();
+        answers.push((answer, latest, none, pruned, after));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[1].3, 1, "only entry 1 ended before the cutoff");
+    assert_eq!(answers[1].4.0.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_webhooks_queue_finish_and_log_as_the_store_does() {
+    use tandem_store::meta::{ActivityTable, WebhookTable};
+    use tandem_store::{DeliveryAttempt, FinishedAttempt, OutboxDelivery, WebhookRecord};
+    let both = Both::start().await;
+    let webhook = |id: &str| WebhookRecord {
+        id: id.into(),
+        url: format!("https://example.com/{id}"),
+        events: vec!["doc.changed".into(), "file.uploaded".into()],
+        secret: "s".into(),
+        docs: (id == "wh_b").then(|| "team/*".into()),
+        created_ms: 5,
+    };
+    let delivery = |webhook_id: &str, n: u64| OutboxDelivery {
+        seq: 0,
+        delivery_id: format!("dlv_{webhook_id}_{n}"),
+        webhook_id: webhook_id.into(),
+        event: "doc.changed".into(),
+        body: format!("{{\"n\":{n}}}"),
+        created_ms: 100 + n,
+        attempts: 0,
+        next_attempt_ms: 100 + n,
+    };
+    let attempt = |delivery: &OutboxDelivery, outcome: &str| DeliveryAttempt {
+        delivery_id: delivery.delivery_id.clone(),
+        event: delivery.event.clone(),
+        at_ms: 1000,
+        status: (outcome != "retry").then_some(200),
+        error: (outcome == "retry").then(|| "connection refused".into()),
+        duration_ms: 7,
+        outcome: outcome.into(),
+    };
+    let store: (&dyn WebhookTable, &dyn ActivityTable) = (&*both.store, &*both.store);
+    let pg: (&dyn WebhookTable, &dyn ActivityTable) = (both.pg(), both.pg());
+    let mut answers = Vec::new();
+    for (hooks, activity) in [store, pg] {
+        hooks.put_webhook(&webhook("wh_b")).unwrap();
+        hooks.put_webhook(&webhook("wh_a")).unwrap();
+        let seqs = activity
+            .write_activity(&tandem_store::ActivityWrite {
+                entries: Vec::new(),
+                deliveries: vec![
+                    delivery("wh_a", 1),
+                    delivery("gone", 2),
+                    delivery("wh_b", 3),
+                    delivery("wh_a", 4),
+                ],
+                next_entry_id: 1,
+            })
+            .unwrap();
+        let outbox = hooks.list_outbox(10).unwrap();
+        let (due, next_due) = hooks.due_deliveries(103, 10).unwrap();
+        let finished = hooks
+            .finish_attempts(
+                &[
+                    FinishedAttempt {
+                        delivery: due[0].clone(),
+                        attempt: Some(attempt(&due[0], "retry")),
+                        next_attempt_ms: Some(5000),
+                    },
+                    FinishedAttempt {
+                        delivery: due[1].clone(),
+                        attempt: Some(attempt(&due[1], "delivered")),
+                        next_attempt_ms: None,
+                    },
+                ],
+                1,
+            )
+            .unwrap();
+        let after_finish = hooks.list_outbox(10).unwrap();
+        let log_a = hooks.list_deliveries("wh_a").unwrap();
+        let log_b = hooks.list_deliveries("wh_b").unwrap();
+        let (later, later_next) = hooks.due_deliveries(6000, 10).unwrap();
+        // Not attempted, its webhook still there: it stays (and, in Postgres, is free again).
+        let unattempted = hooks
+            .finish_attempts(
+                &later
+                    .iter()
+                    .map(|delivery| FinishedAttempt {
+                        delivery: delivery.clone(),
+                        attempt: None,
+                        next_attempt_ms: None,
+                    })
+                    .collect::<Vec<_>>(),
+                10,
+            )
+            .unwrap();
+        let (again, _) = hooks.due_deliveries(6000, 10).unwrap();
+        let removed = (
+            hooks.remove_webhook("wh_a").unwrap(),
+            hooks.remove_webhook("wh_a").unwrap(),
+        );
+        answers.push((
+            (seqs, outbox, due, next_due, finished, after_finish),
+            (log_a, log_b, later, later_next, unattempted, again),
+            (
+                removed,
+                hooks.list_outbox(10).unwrap(),
+                hooks.list_deliveries("wh_a").unwrap(),
+                hooks.list_webhooks().unwrap(),
+            ),
+        ));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(
+        answers[1].0.0,
+        vec![1, 2, 3],
+        "the delivery to a missing webhook is dropped"
+    );
+}
+
+/// What the one-node store never needed: a delivery one node claimed is not handed to another
+/// until that node finishes it or its claim lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_delivery_is_not_due_for_another_node_until_finished() {
+    use tandem_store::meta::{ActivityTable, WebhookTable};
+    let cluster = Cluster::start();
+    let config = || tandem_cluster::ClusterConfig {
+        redis_url: cluster.redis.url(),
+        postgres_url: cluster.postgres.url(),
+        durability: tandem_cluster::Durability::Local,
+        replica_timeout: Duration::from_secs(2),
+        trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+    };
+    let one = tandem_cluster::ClusterLog::start(config()).await.unwrap();
+    let two = tandem_cluster::ClusterLog::start(config()).await.unwrap();
+    let (one, two) = (one.meta(), two.meta());
+    one.put_webhook(&tandem_store::WebhookRecord {
+        id: "wh".into(),
+        url: "https://example.com/".into(),
+        events: vec!["doc.changed".into()],
+        secret: "s".into(),
+        docs: None,
+        created_ms: 1,
+    })
+    .unwrap();
+    let queued = tandem_store::OutboxDelivery {
+        seq: 0,
+        delivery_id: "dlv_1".into(),
+        webhook_id: "wh".into(),
+        event: "doc.changed".into(),
+        body: "{}".into(),
+        created_ms: 1,
+        attempts: 0,
+        next_attempt_ms: 1,
+    };
+    one.write_activity(&tandem_store::ActivityWrite {
+        entries: Vec::new(),
+        deliveries: vec![queued],
+        next_entry_id: 1,
+    })
+    .unwrap();
+    let (claimed, _) = one.due_deliveries(u64::MAX, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (none, next_due) = two.due_deliveries(u64::MAX, 10).unwrap();
+    assert!(none.is_empty(), "claimed by node one: {none:?}");
+    let now = tandem_tests::unix_now() * 1000;
+    assert!(
+        next_due.is_some_and(|at| at > now + 60_000),
+        "due again when the claim lapses: {next_due:?}"
+    );
+    // Node two cannot finish what node one claimed; node one's finish reschedules it for all.
+    let retry = tandem_store::FinishedAttempt {
+        delivery: claimed[0].clone(),
+        attempt: Some(tandem_store::DeliveryAttempt {
+            delivery_id: "dlv_1".into(),
+            event: "doc.changed".into(),
+            at_ms: 2,
+            status: Some(500),
+            error: None,
+            duration_ms: 1,
+            outcome: "retry".into(),
+        }),
+        next_attempt_ms: Some(3),
+    };
+    assert_eq!(two.finish_attempts(&[retry.clone()], 10).unwrap(), 0);
+    assert_eq!(one.finish_attempts(&[retry], 10).unwrap(), 1);
+    let (taken_over, _) = two.due_deliveries(u64::MAX, 10).unwrap();
+    assert_eq!(taken_over.len(), 1);
+    assert_eq!(taken_over[0].attempts, 1);
+}

@@ -92,6 +92,10 @@ impl ActivityTable for PgMeta {
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(unavailable)?;
+            // An entry is extended whole by the node whose recorder holds its session. Two
+            // nodes can hold the same session (one author editing one doc through both, each
+            // adopting the stored entry): then the times only widen and the count only grows,
+            // so a race under-counts updates at worst and never moves an entry back.
             for entry in &write.entries {
                 let id = to_i64(entry.id);
                 tx.execute(
@@ -100,8 +104,10 @@ impl ActivityTable for PgMeta {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (id) DO UPDATE SET
                          kind = EXCLUDED.kind, actor_name = EXCLUDED.actor_name,
-                         started_ms = EXCLUDED.started_ms, ended_ms = EXCLUDED.ended_ms,
-                         n_updates = EXCLUDED.n_updates, details = EXCLUDED.details",
+                         started_ms = least(tandem_activity.started_ms, EXCLUDED.started_ms),
+                         ended_ms = greatest(tandem_activity.ended_ms, EXCLUDED.ended_ms),
+                         n_updates = greatest(tandem_activity.n_updates, EXCLUDED.n_updates),
+                         details = EXCLUDED.details",
                     &[
                         &id,
                         &entry.kind,
