@@ -795,7 +795,11 @@ async fn a_claimed_delivery_is_not_due_for_another_node_until_finished() {
         }),
         next_attempt_ms: Some(3),
     };
-    assert_eq!(two.finish_attempts(&[retry.clone()], 10).unwrap(), 0);
+    assert_eq!(
+        two.finish_attempts(std::slice::from_ref(&retry), 10)
+            .unwrap(),
+        0
+    );
     assert_eq!(one.finish_attempts(&[retry], 10).unwrap(), 1);
     let (taken_over, _) = two.due_deliveries(u64::MAX, 10).unwrap();
     assert_eq!(taken_over.len(), 1);
