@@ -75,25 +75,43 @@ async fn a_doc_loads_from_its_snapshot_plus_the_stream_after_it_on_any_node() {
     let cluster = Cluster::start();
     let compact_often = |config: &mut Config| {
         config.hub.compact_after_updates = 10;
-        config.hub.doc_unload_grace = Duration::from_millis(200);
+        if let Some(cluster) = config.cluster.as_mut() {
+            // Trim everything a snapshot covers at once: the load must come from it.
+            cluster.engines.trim_margin = Duration::ZERO;
+        }
     };
     let one = cluster.node(compact_often).await;
     let two = cluster.node(compact_often).await;
     let mut writer = Peer::connect(one.addr, "compacted.md").await;
-    for i in 0..35 {
-        writer.append_text(&format!("[{i}]")).await;
+    // A steady writer: each compaction covers what the node's tail had read by then, so the
+    // stream is trimmed as the tail keeps up.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut n_written = 0u64;
+    let trimmed_below = |n_written: u64| {
+        let len: u64 = cluster
+            .redis
+            .cli(&["XLEN", "tandem:doc:compacted.md"])
+            .parse()
+            .unwrap_or(u64::MAX);
+        len + 10 < n_written
+    };
+    while !trimmed_below(n_written) {
+        assert!(n_written < 500, "the stream was never trimmed");
+        pace.tick().await;
+        writer.append_text(&format!("[{n_written}]")).await;
+        n_written += 1;
     }
-    let text = writer.wait_text(|text| text.contains("[34]")).await;
-    let snapshots = async || {
+    let last = format!("[{}]", n_written - 1);
+    let text = writer.wait_text(|text| text.contains(&last)).await;
+    assert_eq!(
         cluster
             .postgres
-            .psql("SELECT count(*) FROM tandem_docs WHERE name = 'compacted.md'")
-            == "1"
-    };
-    tandem_tests::wait_until("a snapshot in postgres", snapshots).await;
-    drop(writer);
-    one.wait_unloaded("compacted.md").await;
+            .psql("SELECT count(*) FROM tandem_docs WHERE name = 'compacted.md'"),
+        "1",
+        "the snapshot is in postgres"
+    );
 
+    // Node two never had the doc open: it loads the snapshot and the entries after it.
     let mut reader = Peer::connect(two.addr, "compacted.md").await;
     assert_eq!(reader.wait_text(|loaded| loaded == text).await, text);
 }
@@ -164,5 +182,101 @@ async fn a_redis_that_would_ack_before_fsync_is_refused_at_start() {
     assert!(
         message.contains("appendfsync everysec") && message.contains("appendfsync always"),
         "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_happens_on_one_node_reaches_the_live_streams_of_the_others() {
+    let cluster = Cluster::start();
+    let one = cluster
+        .node(|config| {
+            config.hub.doc_changed_interval = Duration::from_millis(50);
+        })
+        .await;
+    let two = cluster.node(|_| {}).await;
+    let mut events = two.events().await;
+    let mut writer = Peer::connect(one.addr, "live/tree.md").await;
+    writer.append_text("seen everywhere").await;
+    let changed = events
+        .next_matching(|event| event["type"] == "doc_changed" && event["doc"] == "live/tree.md")
+        .await;
+    assert_eq!(changed["n_updates"], 1, "{changed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_open_docs_keep_editing_and_cold_loads_wait_for_it() {
+    let mut cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let mut alice = Peer::connect(one.addr, "pg-down/open.md").await;
+    let mut bob = Peer::connect(two.addr, "pg-down/open.md").await;
+    alice.append_text("before;").await;
+    bob.wait_text(|text| text == "before;").await;
+
+    cluster.postgres.stop();
+    // The doc is open on both nodes: editing goes on through Redis alone.
+    alice.append_text("during;").await;
+    bob.wait_text(|text| text == "before;during;").await;
+    bob.append_text("back;").await;
+    alice.wait_text(|text| text == "before;during;back;").await;
+    // A doc nobody has open needs its snapshot row: the join is refused, to be retried.
+    let mut cold = Peer::connect_raw(two.addr, "pg-down/cold.md").await;
+    let (code, reason) = cold.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1013, "document unavailable"));
+
+    cluster.postgres.restart();
+    let reachable = async || {
+        let mut retry = Peer::connect_raw(two.addr, "pg-down/cold.md").await;
+        retry.append_text("loaded").await;
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            retry.wait_text(|t| t == "loaded"),
+        )
+        .await
+        .is_ok()
+            && retry.closed.is_none()
+    };
+    tandem_tests::wait_until("a cold load once postgres is back", reachable).await;
+    let mut late = Peer::connect(one.addr, "pg-down/open.md").await;
+    late.wait_text(|text| text == "before;during;back;").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_durability_acknowledges_only_what_a_replica_received() {
+    let primary = Redis::start();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let synced = async || {
+        primary
+            .cli(&["INFO", "replication"])
+            .contains("connected_slaves:1")
+    };
+    tandem_tests::wait_until("the replica attached", synced).await;
+    let postgres = Postgres::start();
+    let blobs = tempfile::tempdir().expect("temp dir");
+    let replicated = |config: &mut Config| {
+        if let Some(cluster) = config.cluster.as_mut() {
+            cluster.engines.durability = tandem_cluster::Durability::Replica;
+            cluster.engines.replica_timeout = Duration::from_millis(300);
+        }
+    };
+    let one = TestServer::start_node(&primary, &postgres, blobs.path(), replicated).await;
+    one.wait_healthy().await;
+    let two = TestServer::start_node(&primary, &postgres, blobs.path(), replicated).await;
+    two.wait_healthy().await;
+    let mut alice = Peer::connect(one.addr, "replicated.md").await;
+    let mut bob = Peer::connect(two.addr, "replicated.md").await;
+    alice.append_text("on two machines").await;
+    bob.wait_text(|text| text == "on two machines").await;
+    let on_replica = async || replica.cli(&["XLEN", "tandem:doc:replicated.md"]) == "1";
+    tandem_tests::wait_until("the update on the replica", on_replica).await;
+
+    // Without a replica to wait for, the sender's update is refused: not acknowledged, not
+    // relayed by its node, and the sender is told to retry.
+    drop(replica);
+    alice.append_text(" and one").await;
+    let (code, reason) = alice.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1013, "storage unavailable, retry later")
     );
 }

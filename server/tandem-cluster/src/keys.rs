@@ -30,6 +30,9 @@ pub(crate) fn doc_of_presence(channel: &str) -> Option<&str> {
     channel.strip_prefix(PREFIX)?.strip_prefix("presence:")
 }
 
+/// The pub/sub channel of workspace events (the live tree, the feed's live updates).
+pub(crate) const EVENTS_CHANNEL: &str = "tandem:events";
+
 /// A node's heartbeat key; it expires when the node stops renewing it.
 pub(crate) fn node_heartbeat(node: &str) -> String {
     format!("{PREFIX}node:{node}")

@@ -204,6 +204,16 @@ impl ClusterLog {
         }))
     }
 
+    /// Shows a workspace event (the server's JSON) to every other node's live streams.
+    pub fn publish_event(&self, payload: Bytes) {
+        presence::publish_event(&self.shared, payload);
+    }
+
+    /// The workspace events other nodes publish. Call once.
+    pub fn subscribe_events(&self) -> mpsc::Receiver<Bytes> {
+        presence::subscribe_events(&self.shared)
+    }
+
     /// The services' tables in Postgres.
     pub fn meta(&self) -> &Arc<PgMeta> {
         &self.meta

@@ -14,7 +14,8 @@
 //! removed from every open doc and the removal broadcast, within `HEARTBEAT_TTL` plus one check.
 //!
 //! A message is `[kind: u8][node id length: u8][node id][frame]`; kind 1 is an awareness frame
-//! (a whole y-websocket awareness message), kind 2 a query (no frame).
+//! (a whole y-websocket awareness message), kind 2 a query (no frame), kind 3 a workspace event
+//! (the server's JSON, on the one channel `tandem:events`, for every node's live streams).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -44,11 +45,13 @@ const MAX_PUBLISH_BATCH: usize = 256;
 pub(crate) enum Kind {
     Awareness = 1,
     Query = 2,
+    Event = 3,
 }
 
 /// A message to publish.
 pub(crate) struct Outgoing {
-    doc: DocId,
+    /// The doc whose channel it goes to; `None` for a workspace event.
+    doc: Option<DocId>,
     kind: Kind,
     frame: Bytes,
 }
@@ -62,6 +65,32 @@ pub(crate) struct State {
     wanted_changed: Notify,
     /// Other nodes heard from, whose heartbeats are checked.
     known: Mutex<HashSet<Arc<str>>>,
+    /// Where workspace events from other nodes go (bounded; dropped when full).
+    events: Mutex<Option<mpsc::Sender<Bytes>>>,
+}
+
+/// Workspace events from other nodes waiting for the server; beyond this they are dropped
+/// (the live streams' clients resync on their next reconnect).
+pub(crate) const EVENTS_CAPACITY: usize = 1024;
+
+/// Publishes a workspace event to every other node (best effort, like presence).
+pub(crate) fn publish_event(shared: &Shared, payload: Bytes) {
+    let _ = shared.presence_tx.try_send(Outgoing {
+        doc: None,
+        kind: Kind::Event,
+        frame: payload,
+    });
+}
+
+/// The workspace events other nodes publish, from now on. One receiver per process.
+pub(crate) fn subscribe_events(shared: &Shared) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(EVENTS_CAPACITY);
+    *shared
+        .presence
+        .events
+        .lock()
+        .expect("presence lock poisoned") = Some(tx);
+    rx
 }
 
 /// Starts the publisher, the subscriber and the heartbeat.
@@ -96,7 +125,7 @@ pub(crate) async fn spawn(
 /// Queues a presence message for `doc` (dropped if the queue is full).
 pub(crate) fn publish(shared: &Shared, doc: &DocId, kind: Kind, frame: Bytes) {
     let _ = shared.presence_tx.try_send(Outgoing {
-        doc: doc.clone(),
+        doc: Some(doc.clone()),
         kind,
         frame,
     });
@@ -150,6 +179,7 @@ fn decode(message: &[u8]) -> Option<(Kind, &str, &[u8])> {
     let kind = match kind {
         1 => Kind::Awareness,
         2 => Kind::Query,
+        3 => Kind::Event,
         _ => return None,
     };
     Some((kind, std::str::from_utf8(node).ok()?, frame))
@@ -172,8 +202,12 @@ async fn run_publisher(
         let mut next = Some(first);
         let mut n = 0;
         while let Some(message) = next.take() {
+            let channel = match &message.doc {
+                Some(doc) => keys::presence_channel(doc),
+                None => keys::EVENTS_CHANNEL.to_string(),
+            };
             pipe.cmd("PUBLISH")
-                .arg(keys::presence_channel(&message.doc))
+                .arg(channel)
                 .arg(encode(&shared.node, message.kind, &message.frame).as_ref())
                 .ignore();
             n += 1;
@@ -209,6 +243,9 @@ async fn run_subscriber(shared: Arc<Shared>, cancel: CancellationToken) {
         };
         backoff = Duration::from_millis(50);
         let (mut sink, mut stream) = pubsub.split();
+        if sink.subscribe(keys::EVENTS_CHANNEL).await.is_err() {
+            continue;
+        }
         let mut subscribed: HashSet<DocId> = HashSet::new();
         'connected: loop {
             // Bring the subscriptions in line with the docs open here.
@@ -251,15 +288,26 @@ async fn run_subscriber(shared: Arc<Shared>, cancel: CancellationToken) {
 
 /// Hands a presence message to its doc's actor.
 fn route(shared: &Shared, message: &redis::Msg) {
-    let Some(doc) = keys::doc_of_presence(message.get_channel_name()) else {
-        return;
-    };
     let Some((kind, node, frame)) = decode(message.get_payload_bytes()) else {
         return;
     };
     if node == shared.node.as_ref() {
         return;
     }
+    if kind == Kind::Event {
+        let events = shared
+            .presence
+            .events
+            .lock()
+            .expect("presence lock poisoned");
+        if let Some(events) = events.as_ref() {
+            let _ = events.try_send(Bytes::copy_from_slice(frame));
+        }
+        return;
+    }
+    let Some(doc) = keys::doc_of_presence(message.get_channel_name()) else {
+        return;
+    };
     let node: Arc<str> = {
         let mut known = shared
             .presence
@@ -281,6 +329,7 @@ fn route(shared: &Shared, message: &redis::Msg) {
             frame: Bytes::copy_from_slice(frame),
         },
         Kind::Query => RemoteInput::PresenceQuery,
+        Kind::Event => return,
     };
     let Ok(doc) = DocId::new(doc) else {
         return;

@@ -326,6 +326,74 @@ mod tests {
     }
 
     #[test]
+    fn a_state_relayed_by_another_node_yields_to_a_newer_clock_here() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let node = PeerId(REMOTE_PEER_BASE);
+        let local = PeerId(1);
+        table
+            .apply(node, &payload(&[(7, 1, r#"{"user":"moved"}"#)]), 0, &limits)
+            .unwrap();
+        // The client reconnected to this node: its newer state takes the id over.
+        let outcome = table
+            .apply(local, &payload(&[(7, 2, r#"{"user":"here"}"#)]), 0, &limits)
+            .unwrap();
+        assert_eq!(outcome.n_foreign, 0);
+        assert!(outcome.broadcast.is_some());
+        assert_eq!(table.owned_by(local), &[7]);
+        assert!(table.owned_by(node).is_empty());
+        // The other node's removal of its stale copy no longer touches it.
+        table
+            .apply(node, &payload(&[(7, 2, "null")]), 0, &limits)
+            .unwrap();
+        assert_eq!(&*decode(&table.encode_all())[0].json, r#"{"user":"here"}"#);
+    }
+
+    #[test]
+    fn a_state_of_a_connection_here_never_yields_to_a_relayed_one() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let local = PeerId(1);
+        let node = PeerId(REMOTE_PEER_BASE + 3);
+        table
+            .apply(local, &payload(&[(8, 1, r#"{"user":"mine"}"#)]), 0, &limits)
+            .unwrap();
+        let outcome = table
+            .apply(
+                node,
+                &payload(&[(8, 9, r#"{"user":"theirs"}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(outcome.n_foreign, 1);
+        assert_eq!(table.owned_by(local), &[8]);
+    }
+
+    #[test]
+    fn a_node_speaks_for_more_clients_than_one_connection_may_and_is_left_out_of_local_presence() {
+        let limits = Limits::default();
+        let mut table = AwarenessTable::default();
+        let node = PeerId(REMOTE_PEER_BASE);
+        let n = limits.max_awareness_clients_per_peer as u64 + 3;
+        let entries: Vec<(u64, u32, &str)> = (0..n).map(|id| (100 + id, 1, "{}")).collect();
+        table.apply(node, &payload(&entries), 0, &limits).unwrap();
+        assert_eq!(table.len() as u64, n);
+        assert!(table.encode_local().is_none());
+        table
+            .apply(
+                PeerId(5),
+                &payload(&[(1, 1, r#"{"user":"local"}"#)]),
+                0,
+                &limits,
+            )
+            .unwrap();
+        let local = decode(&table.encode_local().expect("one local state"));
+        assert_eq!(local.len(), 1);
+        assert_eq!(local[0].client_id, 1);
+    }
+
+    #[test]
     fn a_peer_cannot_overwrite_or_remove_another_peers_state() {
         let limits = Limits::default();
         let mut table = AwarenessTable::default();

@@ -544,6 +544,29 @@ mod tests {
     }
 
     #[test]
+    fn an_update_relayed_from_another_node_applies_without_persisting_and_diffs_are_exact() {
+        let mut here = SharedDoc::new(Limits::default());
+        let elsewhere = Client::new(9);
+        let frame = elsewhere.edit(0, Some("from afar"), 0);
+        let update = match decode_frame(&frame, &Limits::default()).unwrap().pop() {
+            Some(Message::Update(payload)) => payload.raw,
+            other => panic!("expected an update, got {other:?}"),
+        };
+        let before = here.state_vector();
+        let relay = here.apply_remote(&update).expect("applies");
+        let reader = Client::new(3);
+        reader.apply_frame(&relay);
+        assert_eq!(reader.text(), "from afar");
+        let diff = here.encode_diff(&before).expect("something new");
+        let second = Client::new(4);
+        second.apply_frame(&diff);
+        assert_eq!(second.text(), "from afar");
+        assert!(here.encode_diff(&here.state_vector()).is_none());
+        assert!(here.apply_remote(b"not an update").is_err());
+        assert_eq!(here.to_json()["t"], "from afar");
+    }
+
+    #[test]
     fn sync_step1_is_answered_with_the_missing_state() {
         let mut doc = SharedDoc::new(Limits::default());
         let writer = Client::new(1);

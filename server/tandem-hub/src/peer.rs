@@ -53,6 +53,10 @@ pub(crate) enum CloseReason {
     /// The peer's update was refused because the store is read-only (a full disk); nothing of
     /// it was stored or sent. The peer keeps its edits and resyncs after reconnecting.
     StorageFull,
+    /// The peer's update was refused because the shared log (cluster mode's Redis) cannot be
+    /// reached; nothing of it was relayed. The peer keeps its edits and resyncs after
+    /// reconnecting, once the log is back.
+    StorageUnavailable,
     /// The doc could not be opened.
     Unavailable,
     /// The doc's stored records are damaged; it cannot be served until the file is repaired.
@@ -74,6 +78,10 @@ impl CloseReason {
             CloseReason::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
             CloseReason::StorageFailure => (CLOSE_INTERNAL_ERROR, "storage failure".into()),
             CloseReason::StorageFull => (CLOSE_TRY_AGAIN_LATER, "storage full, retry later".into()),
+            CloseReason::StorageUnavailable => (
+                CLOSE_TRY_AGAIN_LATER,
+                "storage unavailable, retry later".into(),
+            ),
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
             CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
@@ -104,7 +112,9 @@ impl CloseReason {
             }
             CloseReason::Shutdown => debug!(%peer, code, reason, "closing connection"),
             // The store logs the full disk once; each refused writer is routine.
-            CloseReason::StorageFull => tracing::info!(%peer, code, reason, "closing connection"),
+            CloseReason::StorageFull | CloseReason::StorageUnavailable => {
+                tracing::info!(%peer, code, reason, "closing connection")
+            }
             CloseReason::TokenExpired => tracing::info!(%peer, code, reason, "closing connection"),
         }
     }

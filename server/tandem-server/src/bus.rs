@@ -8,6 +8,10 @@
 //! - to every `GET /api/events` stream over a broadcast channel. A stream that falls behind gets
 //!   a `resync` event and reloads what it shows; nothing else waits for it.
 //!
+//! In cluster mode each event is also relayed to the other nodes' live streams (never to their
+//! recorders: the node where something happened records it, once), and the events other nodes
+//! relay arrive as [`Event::Relayed`], for live streams only.
+//!
 //! Events are coarse by construction: a doc actor reports edits at most once per
 //! `HubConfig::doc_changed_interval` per author, never per keystroke, so the queue stays small.
 //! The hub's events are published synchronously from the doc actor, so the recorder sees a doc's
@@ -91,6 +95,21 @@ pub(crate) enum Event {
         paths: Vec<String>,
         entry: serde_json::Value,
     },
+    /// An event another node published (cluster mode), as its JSON: live streams only.
+    #[serde(skip)]
+    Relayed {
+        /// The paths it reveals, for filtering.
+        paths: Vec<String>,
+        /// Its JSON, as that node serialised it.
+        json: Arc<str>,
+    },
+}
+
+/// How a relayed event travels between nodes.
+#[derive(Serialize, serde::Deserialize)]
+struct Envelope {
+    paths: Vec<String>,
+    event: Box<serde_json::value::RawValue>,
 }
 
 impl Event {
@@ -103,8 +122,41 @@ impl Event {
             | Event::VersionRestored { doc, .. } => vec![doc],
             Event::FileUploaded { path, .. } | Event::FileDeleted { path, .. } => vec![path],
             Event::FileRenamed { from, to, .. } => vec![from, to],
-            Event::Activity { paths, .. } => paths.iter().map(String::as_str).collect(),
+            Event::Activity { paths, .. } | Event::Relayed { paths, .. } => {
+                paths.iter().map(String::as_str).collect()
+            }
         }
+    }
+
+    /// Its JSON, as `GET /api/events` and webhooks carry it.
+    pub(crate) fn to_json(&self) -> Option<String> {
+        match self {
+            Event::Relayed { json, .. } => Some(json.to_string()),
+            event => serde_json::to_string(event).ok(),
+        }
+    }
+
+    /// The envelope another node reads back with [`Event::from_relay`]; `None` for what is not
+    /// relayed (peer counts are per node; relayed events are not relayed again).
+    fn to_relay(&self) -> Option<bytes::Bytes> {
+        if matches!(self, Event::DocPresence { .. } | Event::Relayed { .. }) {
+            return None;
+        }
+        let json = self.to_json()?;
+        let envelope = Envelope {
+            paths: self.paths().into_iter().map(str::to_owned).collect(),
+            event: serde_json::value::RawValue::from_string(json).ok()?,
+        };
+        serde_json::to_vec(&envelope).ok().map(bytes::Bytes::from)
+    }
+
+    /// An event another node relayed; `None` if it does not parse.
+    pub(crate) fn from_relay(payload: &[u8]) -> Option<Event> {
+        let envelope: Envelope = serde_json::from_slice(payload).ok()?;
+        Some(Event::Relayed {
+            paths: envelope.paths,
+            json: Arc::from(envelope.event.get()),
+        })
     }
 
     /// Whether a holder of `claims` may see it (`None`: authentication is off). Every path must
@@ -172,14 +224,33 @@ impl From<DocEvent> for Event {
 pub(crate) struct Events {
     live: broadcast::Sender<Arc<Event>>,
     record: mpsc::UnboundedSender<Event>,
+    /// Cluster mode: hands each local event's envelope to the other nodes.
+    relay: Option<Relay>,
 }
+
+/// What relays an event's envelope to the other nodes (cluster mode).
+pub(crate) type Relay = Arc<dyn Fn(bytes::Bytes) + Send + Sync>;
 
 impl Events {
     /// The bus and the receiving end of the recorder's queue.
     pub(crate) fn new() -> (Events, mpsc::UnboundedReceiver<Event>) {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let (record, records) = mpsc::unbounded_channel();
-        (Events { live, record }, records)
+        (
+            Events {
+                live,
+                record,
+                relay: None,
+            },
+            records,
+        )
+    }
+
+    /// The bus, relaying every local event through `relay` too (cluster mode). Set before the
+    /// bus is cloned.
+    pub(crate) fn with_relay(mut self, relay: Relay) -> Events {
+        self.relay = Some(relay);
+        self
     }
 
     /// Records `event` (activity, webhooks) and shows it to live streams.
@@ -191,7 +262,18 @@ impl Events {
 
     /// Shows `event` to live streams only (the recorder's own `Activity` events).
     pub(crate) fn publish_live(&self, event: Event) {
+        if let Some(relay) = &self.relay
+            && let Some(envelope) = event.to_relay()
+        {
+            relay(envelope);
+        }
         // No stream open is not an error.
+        let _ = self.live.send(Arc::new(event));
+    }
+
+    /// Shows an event another node relayed to live streams only (it is neither recorded nor
+    /// relayed again).
+    pub(crate) fn publish_relayed(&self, event: Event) {
         let _ = self.live.send(Arc::new(event));
     }
 

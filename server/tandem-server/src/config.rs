@@ -471,6 +471,38 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_takes_its_three_engines_together_from_any_source() {
+        let file: ServeArgs = toml::from_str(
+            "redis_url = \"redis://10.0.0.5:6379/0\"\ncluster_durability = \"replica\"",
+        )
+        .unwrap();
+        let error = check_cluster_settings(&ServeArgs::default(), &file).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("missing: postgres_url, blob_dir"),
+            "{error}"
+        );
+        let args = ServeArgs {
+            postgres_url: Some("postgres://tandem@10.0.0.6/tandem".into()),
+            blob_dir: Some("/mnt/blobs".into()),
+            cluster_trim_margin: Some(HumanDuration(Duration::from_secs(5))),
+            ..ServeArgs::default()
+        };
+        check_cluster_settings(&args, &file).unwrap();
+        let cluster = resolve(args, file).cluster.expect("cluster mode");
+        assert_eq!(cluster.engines.redis_url, "redis://10.0.0.5:6379/0");
+        assert_eq!(
+            cluster.engines.durability,
+            tandem_cluster::Durability::Replica
+        );
+        assert_eq!(cluster.engines.trim_margin, Duration::from_secs(5));
+        assert_eq!(cluster.blob_dir, PathBuf::from("/mnt/blobs"));
+        let one_node = resolve(ServeArgs::default(), ServeArgs::default());
+        assert!(one_node.cluster.is_none(), "one node by default");
+    }
+
+    #[test]
     fn tls_needs_both_cert_and_key_from_any_source() {
         let file: ServeArgs = toml::from_str("tls_cert = \"cert.pem\"").unwrap();
         let error = check_tls_pair(&ServeArgs::default(), &file).unwrap_err();

@@ -237,6 +237,34 @@ pub async fn run_with_ready(
 
     let lifecycle = Lifecycle::default();
     let (events, records) = bus::Events::new();
+    // Cluster mode: every local event also goes to the other nodes' live streams, and theirs
+    // come to ours (never to our recorder: each event is recorded where it happened).
+    let events = match &cluster {
+        Some(cluster) => {
+            let relay = cluster.clone();
+            let mut relayed = cluster.subscribe_events();
+            let local = events.with_relay(Arc::new(move |envelope| relay.publish_event(envelope)));
+            let live = local.clone();
+            let cancel = lifecycle.cancel.clone();
+            lifecycle.spawn(tracing::info_span!("cluster-events"), async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        payload = relayed.recv() => match payload {
+                            Some(payload) => {
+                                if let Some(event) = bus::Event::from_relay(&payload) {
+                                    live.publish_relayed(event);
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            });
+            local
+        }
+        None => events,
+    };
     let hub = Hub::new(
         log,
         config.hub.clone(),

@@ -1009,6 +1009,12 @@ impl DocActor {
             "storage full: updates refused; reloading the doc from storage"
         );
         self.reload_due = true;
+        // HTTP writers hear 507 for a full disk, 503 for an unreachable shared log.
+        let refused = if self.remote.is_some() {
+            JoinError::Unavailable
+        } else {
+            JoinError::StorageFull
+        };
         let durable_seq = self.durable_seq;
         let mut to_close: Vec<PeerId> = Vec::new();
         for (seq, delivery) in std::mem::take(&mut self.pending) {
@@ -1021,25 +1027,31 @@ impl DocActor {
                 Delivery::ToOthers(sender, _) => to_close.push(sender),
                 Delivery::Snapshot(reply, _) => self.snapshots_after_reload.push(reply),
                 Delivery::Covers(reply, _) => {
-                    let _ = reply.send(Err(JoinError::StorageFull));
+                    let _ = reply.send(Err(refused));
                 }
                 Delivery::Applied(reply, _) => {
-                    let _ = reply.send(Err(JoinError::StorageFull));
+                    let _ = reply.send(Err(refused));
                 }
                 Delivery::Restored(restored) => {
-                    let _ = restored.reply.send(Err(JoinError::StorageFull));
+                    let _ = restored.reply.send(Err(refused));
                 }
             }
         }
         for pending in self.history.pending.drain(..) {
             if let Some(reply) = pending.reply {
-                let _ = reply.send(Err(JoinError::StorageFull));
+                let _ = reply.send(Err(refused));
             }
         }
         self.unreported.retain(|(seq, _)| *seq <= durable_seq);
+        // On one node a refusal is a full disk; in cluster mode, an unreachable log.
+        let reason = if self.remote.is_some() {
+            CloseReason::StorageUnavailable
+        } else {
+            CloseReason::StorageFull
+        };
         for peer in to_close {
             if peer != HTTP_PEER {
-                self.remove_peer(peer, Some(CloseReason::StorageFull));
+                self.remove_peer(peer, Some(reason.clone()));
             }
         }
     }
@@ -1098,6 +1110,12 @@ impl DocActor {
             Err(LoadFailure::Corrupt(reason)) => {
                 error!(error = %reason, "stored doc is damaged; refusing its peers");
                 self.fail_damaged();
+            }
+            Err(LoadFailure::Failed(reason)) if self.remote.is_some() => {
+                // Cluster mode: the shared log is unreachable. The peers come back (and resync)
+                // once it is reachable again; nothing they were sent is lost.
+                warn!(error = %reason, "cannot reload doc: the shared log is unreachable; closing it");
+                self.fail(JoinError::Unavailable, &CloseReason::StorageUnavailable);
             }
             Err(LoadFailure::Failed(reason)) => {
                 error!(error = %reason, "cannot reload doc after a refused commit; closing it");

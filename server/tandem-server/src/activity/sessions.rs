@@ -172,7 +172,9 @@ impl Sessions {
                 *at_ms,
                 json!({"version": version}),
             ),
-            Event::DocPresence { .. } | Event::Activity { .. } => return None,
+            Event::DocPresence { .. } | Event::Activity { .. } | Event::Relayed { .. } => {
+                return None;
+            }
         };
         let entry = ActivityEntry {
             id: self.take_id()?,

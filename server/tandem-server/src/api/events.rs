@@ -119,7 +119,7 @@ fn event_stream(
                     if !event.visible_to(state.claims.as_ref()) {
                         continue;
                     }
-                    let Ok(json) = serde_json::to_string(&*event) else {
+                    let Some(json) = event.to_json() else {
                         continue;
                     };
                     return Some((Ok(SseEvent::default().data(json)), state));

@@ -23,7 +23,7 @@ pub(crate) fn event_name(event: &Event) -> Option<&'static str> {
         Event::FileDeleted { .. } => Some("file.deleted"),
         Event::VersionCreated { .. } => Some("version.created"),
         Event::VersionRestored { .. } => Some("version.restored"),
-        Event::DocPresence { .. } | Event::Activity { .. } => None,
+        Event::DocPresence { .. } | Event::Activity { .. } | Event::Relayed { .. } => None,
     }
 }
 
