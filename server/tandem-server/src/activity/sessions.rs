@@ -312,6 +312,25 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn new_entries_take_reserved_ids_only_and_sessions_extend_without_one() {
+        // Cluster mode: a block of one id at a time, from a sequence other nodes draw from too.
+        let mut sessions = Sessions::new(Duration::from_secs(300), 7..8);
+        let a1 = sessions.record(&changed("d", "ada", 1, 1, 1_000)).unwrap();
+        assert_eq!(a1.id, 7);
+        assert!(sessions.needs_ids());
+        assert!(
+            sessions.record(&changed("d", "bob", 2, 2, 1_100)).is_none(),
+            "no id left: no entry, never a reused id"
+        );
+        let a2 = sessions.record(&changed("d", "ada", 3, 3, 1_200)).unwrap();
+        assert_eq!((a2.id, a2.n_updates), (7, 2), "extending needs no id");
+        sessions.give_ids(12..13);
+        let b1 = sessions.record(&changed("d", "bob", 4, 4, 1_300)).unwrap();
+        assert_eq!(b1.id, 12);
+        assert_eq!(sessions.next_id(), 13);
+    }
+
+    #[test]
     fn a_stored_session_is_extended_after_a_restart_and_a_long_one_is_split() {
         let mut sessions = Sessions::new(Duration::from_secs(300), 10..u64::MAX);
         let stored = ActivityEntry {
