@@ -371,6 +371,15 @@ async fn deliver_exactly_once(url: &str, receipts: &Mutex<Receipts>) {
     for (delivery_id, n) in &receipts.per_delivery {
         assert_eq!(*n, 1, "delivery {delivery_id} was sent {n} times");
     }
+    // Each event was queued once, by the node it happened on (one edit, one upload each).
+    let mut events = receipts.events.clone();
+    events.sort();
+    let mut expected: Vec<(String, String)> = wanted
+        .iter()
+        .map(|(event, path)| ((*event).to_owned(), (*path).to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(events, expected);
     let attempts = log["deliveries"].as_array().expect("attempts");
     assert_eq!(attempts.len(), receipts.per_delivery.len(), "{log}");
     for attempt in attempts {
