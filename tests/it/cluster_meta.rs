@@ -814,3 +814,84 @@ async fn a_claimed_delivery_is_not_due_for_another_node_until_finished() {
     assert_eq!(taken_over.len(), 1);
     assert_eq!(taken_over[0].attempts, 1);
 }
+
+/// A node that dies holding a claim: once the claim lapses, another node takes the delivery
+/// over, and what the first might still report about it is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_hands_the_delivery_to_another_node() {
+    use tandem_store::meta::{ActivityTable, WebhookTable};
+    let cluster = Cluster::start();
+    let config = || tandem_cluster::ClusterConfig {
+        redis_url: cluster.redis.url(),
+        postgres_url: cluster.postgres.url(),
+        durability: tandem_cluster::Durability::Local,
+        replica_timeout: Duration::from_secs(2),
+        trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+    };
+    let one = tandem_cluster::ClusterLog::start(config()).await.unwrap();
+    let two = tandem_cluster::ClusterLog::start(config()).await.unwrap();
+    let (one, two) = (one.meta(), two.meta());
+    one.put_webhook(&tandem_store::WebhookRecord {
+        id: "wh".into(),
+        url: "https://example.com/".into(),
+        events: vec!["file.uploaded".into()],
+        secret: "s".into(),
+        docs: None,
+        created_ms: 1,
+    })
+    .unwrap();
+    one.write_activity(&tandem_store::ActivityWrite {
+        entries: Vec::new(),
+        deliveries: vec![tandem_store::OutboxDelivery {
+            seq: 0,
+            delivery_id: "dlv_1".into(),
+            webhook_id: "wh".into(),
+            event: "file.uploaded".into(),
+            body: "{}".into(),
+            created_ms: 1,
+            attempts: 0,
+            next_attempt_ms: 1,
+        }],
+        next_entry_id: 1,
+    })
+    .unwrap();
+    let (claimed, _) = one.due_deliveries(u64::MAX, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Node one dies; its claim lapses (here at once, instead of after `DELIVERY_CLAIM`).
+    cluster
+        .postgres
+        .psql("UPDATE tandem_webhook_outbox SET claimed_until_ms = 0");
+    let (taken_over, _) = two.due_deliveries(u64::MAX, 10).unwrap();
+    assert_eq!(taken_over, claimed, "due again once the claim lapsed");
+    let (none, _) = one.due_deliveries(u64::MAX, 10).unwrap();
+    assert!(none.is_empty(), "claimed by node two now: {none:?}");
+    let delivered = |delivery: &tandem_store::OutboxDelivery| tandem_store::FinishedAttempt {
+        delivery: delivery.clone(),
+        attempt: Some(tandem_store::DeliveryAttempt {
+            delivery_id: "dlv_1".into(),
+            event: "file.uploaded".into(),
+            at_ms: 2,
+            status: Some(200),
+            error: None,
+            duration_ms: 1,
+            outcome: "delivered".into(),
+        }),
+        next_attempt_ms: None,
+    };
+    assert_eq!(
+        one.finish_attempts(&[delivered(&claimed[0])], 10).unwrap(),
+        0
+    );
+    assert_eq!(two.list_outbox(10).unwrap().len(), 1, "still node two's");
+    assert_eq!(
+        two.finish_attempts(&[delivered(&taken_over[0])], 10)
+            .unwrap(),
+        1
+    );
+    assert!(one.list_outbox(10).unwrap().is_empty());
+    assert_eq!(
+        one.list_deliveries("wh").unwrap().len(),
+        1,
+        "one attempt logged"
+    );
+}
