@@ -325,6 +325,15 @@ pub async fn run_with_ready(
             lifecycle.cancel.clone(),
         ),
     );
+    if cluster.is_some() {
+        // Any node may change the registrations; each node's cache follows the shared table.
+        lifecycle.spawn(
+            tracing::info_span!("webhook-refresh"),
+            webhooks
+                .clone()
+                .run_refresh(webhook::CLUSTER_REFRESH_INTERVAL, lifecycle.cancel.clone()),
+        );
+    }
     let files = files::Files::open(
         tables.files.clone(),
         store.clone(),
@@ -354,7 +363,11 @@ pub async fn run_with_ready(
         lifecycle: lifecycle.clone(),
         limits: config.hub.limits.clone(),
         connection: config.connection.clone(),
-        accounts: accounts::Accounts::new(tables.users.clone(), config.accounts.clone()),
+        accounts: accounts::Accounts::new(
+            tables.users.clone(),
+            tables.sign_in_failures.clone(),
+            config.accounts.clone(),
+        ),
         tables,
         webhooks,
         cluster: cluster.clone(),

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use tandem_store::Store;
-use tandem_store::meta::{ActivityTable, FileTable, HistoryTable, UserTable, WebhookTable};
+use tandem_store::meta::{
+    ActivityTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
+};
 
 /// The tables of every service.
 #[derive(Clone)]
@@ -20,6 +22,8 @@ pub(crate) struct Tables {
     pub(crate) files: Arc<dyn FileTable>,
     /// Docs' versions and authors, and the list of stored docs.
     pub(crate) history: Arc<dyn HistoryTable>,
+    /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
+    pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
 }
 
 impl Tables {
@@ -31,18 +35,19 @@ impl Tables {
             webhooks: store.clone(),
             files: store.clone(),
             history: store.clone(),
+            sign_in_failures: None,
         }
     }
 
     /// Cluster mode: what the shared database (`pg`) holds, the rest in the local store.
     pub(crate) fn shared(local: &Arc<Store>, pg: &Arc<tandem_cluster::PgMeta>) -> Tables {
-        let _ = pg;
         Tables {
-            users: local.clone(),
-            activity: local.clone(),
-            webhooks: local.clone(),
+            users: pg.clone(),
+            activity: pg.clone(),
+            webhooks: pg.clone(),
             files: local.clone(),
             history: local.clone(),
+            sign_in_failures: Some(pg.clone()),
         }
     }
 }

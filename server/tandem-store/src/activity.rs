@@ -192,6 +192,15 @@ impl Store {
         })
     }
 
+    /// Ids for new entries that no other writer of this feed gets, as a range the caller
+    /// takes from in order. The redb file is held by one process, whose recorder is its only
+    /// writer of entries, so this hands out every id from [`Store::next_activity_id`] on; the
+    /// recorder's [`ActivityWrite::next_entry_id`] records how far it got. A shared database
+    /// (cluster mode) hands out a short block instead, since several nodes record at once.
+    pub fn reserve_activity_ids(&self) -> Result<std::ops::Range<u64>, StoreError> {
+        Ok(self.next_activity_id()?..u64::MAX)
+    }
+
     /// Writes entries and queues deliveries in one durable transaction. A delivery to a webhook
     /// that no longer exists (removed after the caller read the registrations) is dropped.
     /// Returns the seqs given to the deliveries queued, in order.

@@ -27,10 +27,32 @@ pub trait UserTable: Send + Sync + 'static {
     fn count_users(&self) -> Result<u64, StoreError>;
 }
 
+/// Failed sign-ins counted by every node together (`accounts` service, cluster mode). One node
+/// counts them in memory (`tandem-server/src/accounts/limiter.rs`) and needs no table; behind
+/// a balancer each node adds this shared count, so N nodes do not give an attacker N times the
+/// attempts. Times are milliseconds since the Unix epoch; a key names an account or an address.
+pub trait FailureLog: Send + Sync + 'static {
+    /// For each of `keys`, in order: how many failures it has after `now_ms - window_ms`, and
+    /// when the oldest of them happened.
+    fn failures(
+        &self,
+        keys: &[&str],
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Vec<(u64, Option<u64>)>, StoreError>;
+    /// Records one failure at `now_ms` under each of `keys`, and forgets every failure older
+    /// than the window.
+    fn record_failure(&self, keys: &[&str], now_ms: u64, window_ms: u64) -> Result<(), StoreError>;
+    /// Forgets the failures of `key` (a successful sign-in clears its account's count).
+    fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+}
+
 /// The activity feed and the webhook deliveries queued with it (`activity` service).
 pub trait ActivityTable: Send + Sync + 'static {
     /// See [`Store::next_activity_id`].
     fn next_activity_id(&self) -> Result<u64, StoreError>;
+    /// See [`Store::reserve_activity_ids`].
+    fn reserve_activity_ids(&self) -> Result<std::ops::Range<u64>, StoreError>;
     /// See [`Store::write_activity`].
     fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError>;
     /// See [`Store::latest_activity`].
@@ -162,6 +184,9 @@ impl UserTable for Store {
 impl ActivityTable for Store {
     fn next_activity_id(&self) -> Result<u64, StoreError> {
         Store::next_activity_id(self)
+    }
+    fn reserve_activity_ids(&self) -> Result<std::ops::Range<u64>, StoreError> {
+        Store::reserve_activity_ids(self)
     }
     fn write_activity(&self, write: &ActivityWrite) -> Result<Vec<u64>, StoreError> {
         Store::write_activity(self, write)

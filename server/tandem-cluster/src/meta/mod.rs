@@ -31,8 +31,6 @@ pub(crate) const ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION: &str = users::MIGRATION;
 pub(crate) const FILES_HISTORY_MIGRATION: &str = files::MIGRATION;
 
 /// The services' tables in Postgres. Cheap to share (`Arc`).
-// Until the contracts are implemented on it (this commit only opens the seam).
-#[allow(dead_code)]
 pub struct PgMeta {
     pub(crate) pool: deadpool_postgres::Pool,
     /// The runtime the queries run on.
@@ -40,10 +38,11 @@ pub struct PgMeta {
     /// This node's id (claims on webhook deliveries name it).
     pub(crate) node: Arc<str>,
     /// Redis, for what is not a table (the list of docs reads the streams too).
+    // Until the history contract is implemented on it.
+    #[allow(dead_code)]
     pub(crate) redis: redis::aio::ConnectionManager,
 }
 
-#[allow(dead_code)]
 impl PgMeta {
     pub(crate) fn new(
         pool: deadpool_postgres::Pool,
@@ -75,10 +74,20 @@ impl PgMeta {
 }
 
 /// Any Postgres failure, as the services' error: retry later, nothing was stored.
-#[allow(dead_code)]
 pub(crate) fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable {
         backend: "postgres",
         detail: error.to_string(),
     }
+}
+
+/// A count or time of the contracts as a Postgres `bigint`; beyond `i64::MAX` (never reached by
+/// ids, counts or milliseconds) it saturates.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` read back; a negative one (never written) reads as 0.
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }

@@ -176,6 +176,44 @@ impl LoginLimiter {
     }
 }
 
+/// The keys of an attempt in the shared failure log of cluster mode (`FailureLog`): the
+/// account, then the address (as the local limiter groups addresses).
+pub(super) fn shared_keys(account: &str, address: IpAddr) -> [String; 2] {
+    [
+        format!("account:{account}"),
+        format!("address:{}", crate::listener::client_key(address)),
+    ]
+}
+
+impl LoginLimiter {
+    /// What the shared counts of [`shared_keys`] (from `FailureLog::failures`, in that order)
+    /// say at `now_ms`: `Some(retry_after)` when the account or the address has reached its
+    /// limit across the nodes, as [`LoginLimiter::check`] decides for this node's own count.
+    pub(super) fn shared_verdict(
+        &self,
+        counts: &[(u64, Option<u64>)],
+        now_ms: u64,
+    ) -> Option<Duration> {
+        let limits = [self.max_per_account, self.max_per_address];
+        let window_ms = self.window.as_millis() as u64;
+        let mut retry_after = None::<Duration>;
+        for (&(n_failures, oldest_ms), limit) in counts.iter().zip(limits) {
+            if n_failures >= u64::from(limit) {
+                let until_ms = oldest_ms.unwrap_or(now_ms).saturating_add(window_ms);
+                let wait = Duration::from_millis(until_ms.saturating_sub(now_ms))
+                    .max(Duration::from_secs(1));
+                retry_after = Some(retry_after.map_or(wait, |other| other.max(wait)));
+            }
+        }
+        retry_after
+    }
+
+    /// The failure window, for the shared log.
+    pub(super) fn window(&self) -> Duration {
+        self.window
+    }
+}
+
 /// One sign-in attempt admitted by [`LoginLimiter::check`]: pending until dropped. A failed
 /// attempt is recorded with [`Attempt::failed`]; any other ending (success, a storage error, a
 /// dropped request) only releases it.
@@ -220,6 +258,35 @@ mod tests {
         now: Instant,
     ) -> Result<(), Duration> {
         limiter.check(account, address, now).map(drop)
+    }
+
+    #[test]
+    fn the_shared_counts_refuse_at_either_limit_until_the_oldest_failure_leaves_the_window() {
+        let limiter = LoginLimiter::new(&AccountConfig {
+            max_failures_per_account: 3,
+            max_failures_per_address: 5,
+            failure_window: Duration::from_secs(60),
+            ..AccountConfig::default()
+        });
+        let now_ms = 1_000_000;
+        assert_eq!(
+            limiter.shared_verdict(&[(2, Some(now_ms - 10)), (4, Some(now_ms - 10))], now_ms),
+            None
+        );
+        assert_eq!(
+            limiter.shared_verdict(&[(3, Some(now_ms - 20_000)), (3, None)], now_ms),
+            Some(Duration::from_secs(40))
+        );
+        assert_eq!(
+            limiter.shared_verdict(&[(0, None), (5, Some(now_ms - 59_900))], now_ms),
+            Some(Duration::from_secs(1)),
+            "never less than a second"
+        );
+        let [account, address] = shared_keys("ada", "192.0.2.7".parse().unwrap());
+        assert_eq!(
+            (account.as_str(), address.as_str()),
+            ("account:ada", "address:192.0.2.7")
+        );
     }
 
     #[test]

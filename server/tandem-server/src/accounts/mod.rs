@@ -16,7 +16,8 @@
 //!   takes as long as for a real account and says the same thing: which accounts exist does not
 //!   leak through sign-in.
 //! - Failed attempts are limited per account and per client address (`limiter.rs`); over a
-//!   limit, the request is refused before any hashing.
+//!   limit, the request is refused before any hashing. In cluster mode the failures are also
+//!   counted in the shared database (`FailureLog`), and the limits hold for all nodes together.
 //! - Nothing here logs a password, a hash or a token.
 //! - This is a service: it returns [`AccountError`] and never names HTTP or the API layer.
 //!
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::{Deserialize, Serialize};
-use tandem_store::meta::UserTable;
+use tandem_store::meta::{FailureLog, UserTable};
 use tandem_store::{StoreError, UserRecord};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -161,22 +162,46 @@ pub(crate) struct Accounts {
 
 struct AccountsInner {
     store: Arc<dyn UserTable>,
+    /// Cluster mode: the failures every node counts, checked after this node's own limiter.
+    shared_failures: Option<Arc<dyn FailureLog>>,
     config: AccountConfig,
     hashing: Hashing,
     limiter: LoginLimiter,
 }
 
 impl Accounts {
-    pub(crate) fn new(store: Arc<dyn UserTable>, config: AccountConfig) -> Accounts {
+    /// The service over `store`; `shared_failures` (cluster mode) adds the failures counted by
+    /// every node to this node's.
+    pub(crate) fn new(
+        store: Arc<dyn UserTable>,
+        shared_failures: Option<Arc<dyn FailureLog>>,
+        config: AccountConfig,
+    ) -> Accounts {
         let limiter = LoginLimiter::new(&config);
         Accounts {
             inner: Arc::new(AccountsInner {
                 store,
+                shared_failures,
                 config,
                 hashing: Hashing::new(),
                 limiter,
             }),
         }
+    }
+
+    /// Runs `operation` on the shared failure log, if there is one, in a blocking task.
+    async fn with_failures<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&dyn FailureLog) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Option<T>, AccountError> {
+        let Some(log) = self.inner.shared_failures.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || operation(&*log))
+            .await
+            .map_err(|_| AccountError::Internal)?
+            .map(Some)
+            .map_err(AccountError::Store)
     }
 
     /// Runs `operation` on the store in a blocking task.
@@ -222,6 +247,25 @@ impl Accounts {
                 });
             }
         };
+        let shared_keys = limiter::shared_keys(&account, address);
+        let window_ms = accounts.limiter.window().as_millis() as u64;
+        let counts = {
+            let keys = shared_keys.clone();
+            self.with_failures(move |log| {
+                let keys = [keys[0].as_str(), keys[1].as_str()];
+                log.failures(&keys, now_ms(), window_ms)
+            })
+            .await?
+        };
+        if let Some(retry_after) =
+            counts.and_then(|counts| accounts.limiter.shared_verdict(&counts, now_ms()))
+        {
+            return Err(AccountError::TooManyAttempts {
+                account,
+                address,
+                retry_after,
+            });
+        }
         let user = if validate_sub(username).is_ok() {
             let sub = username.to_owned();
             self.with_store(move |store| store.get_user(&sub)).await?
@@ -239,10 +283,28 @@ impl Accounts {
             .await?;
         let Some(user) = user.filter(|_| matches) else {
             attempt.failed(Instant::now());
+            let keys = shared_keys;
+            let recorded = self
+                .with_failures(move |log| {
+                    let keys = [keys[0].as_str(), keys[1].as_str()];
+                    log.record_failure(&keys, now_ms(), window_ms)
+                })
+                .await;
+            if let Err(error) = recorded {
+                // This node's own limiter counted it; the answer stays the same.
+                warn!(%error, %account, "recording a failed sign-in in the shared log");
+            }
             return Err(AccountError::BadCredentials { account, address });
         };
         drop(attempt);
         accounts.limiter.reset_account(&account);
+        let [account_key, _] = shared_keys;
+        if let Err(error) = self
+            .with_failures(move |log| log.clear_failures(&account_key))
+            .await
+        {
+            warn!(%error, %account, "clearing failed sign-ins in the shared log");
+        }
         info!(account = %user.sub, %address, "signed in");
         Ok(user)
     }

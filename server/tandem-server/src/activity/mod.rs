@@ -44,6 +44,9 @@ pub(crate) const BATCH_MAX_EVENTS: usize = 256;
 pub(crate) const MAX_SESSION: Duration = Duration::from_secs(12 * 3600);
 /// How often entries past the retention are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Pause before asking the store for entry ids again after it failed (a shared database that
+/// is briefly unreachable); events wait in the queue meanwhile.
+const RESERVE_RETRY: Duration = Duration::from_millis(500);
 
 /// Kinds of activity entries.
 pub(crate) const DOC_EDITED: &str = "doc.edited";
@@ -114,9 +117,9 @@ impl Recorder {
         config: ActivityConfig,
         webhook_config: &WebhookConfig,
     ) -> Result<Recorder, tandem_store::StoreError> {
-        let next_id = {
+        let ids = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.next_activity_id())
+            tokio::task::spawn_blocking(move || store.reserve_activity_ids())
                 .await
                 .map_err(|_| tandem_store::StoreError::Closed)??
         };
@@ -124,7 +127,7 @@ impl Recorder {
             store,
             events,
             webhooks,
-            sessions: Sessions::new(config.session_gap, next_id),
+            sessions: Sessions::new(config.session_gap, ids),
             config,
             debouncer: webhook::Debouncer::new(webhook_config),
             batch: Batch::default(),
@@ -150,7 +153,7 @@ impl Recorder {
                 // already in the queue, so draining it without waiting loses nothing.
                 () = close.cancelled() => {
                     while let Ok(event) = records.try_recv() {
-                        self.handle(event).await;
+                        self.handle(event, &close).await;
                     }
                     break;
                 }
@@ -159,7 +162,7 @@ impl Recorder {
                         break;
                     }
                     for event in received.drain(..) {
-                        self.handle(event).await;
+                        self.handle(event, &close).await;
                     }
                 }
                 () = sleep_until(flush_at) => self.commit().await,
@@ -183,10 +186,13 @@ impl Recorder {
         );
     }
 
-    async fn handle(&mut self, event: Event) {
+    async fn handle(&mut self, event: Event, close: &CancellationToken) {
         if webhook::event_name(&event).is_none() {
             // Presence and live activity: neither recorded nor delivered.
             return;
+        }
+        if self.sessions.needs_ids() {
+            self.reserve_ids(close).await;
         }
         if let Event::DocChanged { doc, actor, .. } = &event
             && self.sessions.needs_lookup(doc, actor.id())
@@ -242,6 +248,30 @@ impl Recorder {
         }
         self.batch.n_events += 1;
         self.batch.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Reserves ids for the next entries, retrying while the store fails until it answers or
+    /// `close` is cancelled (then one try: the entry of an event that finds no id is not made,
+    /// and logged; its webhook deliveries are still queued).
+    async fn reserve_ids(&mut self, close: &CancellationToken) {
+        loop {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.reserve_activity_ids()).await {
+                Ok(Ok(ids)) => {
+                    self.sessions.give_ids(ids);
+                    return;
+                }
+                Ok(Err(error)) => error!(%error, "reserving activity entry ids"),
+                Err(error) => error!(%error, "reserving activity entry ids"),
+            }
+            if close.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                () = close.cancelled() => return,
+                () = tokio::time::sleep(RESERVE_RETRY) => {}
+            }
+        }
     }
 
     /// Turns debounced doc changes into deliveries of the current batch.

@@ -3,6 +3,7 @@
 //! (`mod.rs`) feeds it events and writes what it returns.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -19,8 +20,9 @@ use crate::bus::Event;
 pub(crate) struct Sessions {
     gap_ms: u64,
     max_session_ms: u64,
-    /// The id the next entry gets.
-    next_id: u64,
+    /// The ids the next entries get, in order: reserved from the store by the recorder
+    /// (`ActivityTable::reserve_activity_ids`), so that no other node's recorder uses them.
+    ids: Range<u64>,
     /// The newest edit session of each (doc, actor id) seen lately. One per author and doc
     /// edited within the gap, so it holds only what extending the entry needs: the rest of the
     /// entry follows from the key and the event that extends it.
@@ -41,17 +43,30 @@ struct Session {
 }
 
 impl Sessions {
-    pub(crate) fn new(gap: Duration, next_id: u64) -> Sessions {
+    /// Sessions whose entries take their ids from `ids`.
+    pub(crate) fn new(gap: Duration, ids: Range<u64>) -> Sessions {
         Sessions {
             gap_ms: gap.as_millis() as u64,
             max_session_ms: MAX_SESSION.as_millis() as u64,
-            next_id,
+            ids,
             open: HashMap::new(),
         }
     }
 
+    /// The id the next entry gets (the start of the reserved range).
     pub(crate) fn next_id(&self) -> u64 {
-        self.next_id
+        self.ids.start
+    }
+
+    /// Whether every reserved id is taken: the recorder reserves more before the next event,
+    /// or the entry that event would create is not made.
+    pub(crate) fn needs_ids(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Ids freshly reserved, replacing the spent range.
+    pub(crate) fn give_ids(&mut self, ids: Range<u64>) {
+        self.ids = ids;
     }
 
     /// Whether an edit by `actor` on `doc` should first look for a stored session.
@@ -81,7 +96,8 @@ impl Sessions {
             .retain(|_, session| session.ended_ms.saturating_add(gap_ms) >= now_ms);
     }
 
-    /// The entry `event` creates or extends, if it makes one.
+    /// The entry `event` creates or extends, if it makes one (and, for a new entry, if an id
+    /// is left).
     pub(crate) fn record(&mut self, event: &Event) -> Option<ActivityEntry> {
         let (kind, path, other_paths, actor, at_ms, details) = match event {
             Event::DocChanged {
@@ -91,7 +107,7 @@ impl Sessions {
                 last_seq,
                 n_updates,
                 at_ms,
-            } => return Some(self.edit(doc, actor, *first_seq, *last_seq, *n_updates, *at_ms)),
+            } => return self.edit(doc, actor, *first_seq, *last_seq, *n_updates, *at_ms),
             Event::FileUploaded {
                 path,
                 version,
@@ -161,7 +177,7 @@ impl Sessions {
             }
         };
         let entry = ActivityEntry {
-            id: self.take_id(),
+            id: self.take_id()?,
             kind: kind.to_owned(),
             path: path.clone(),
             other_paths,
@@ -175,10 +191,8 @@ impl Sessions {
         Some(entry)
     }
 
-    fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+    fn take_id(&mut self) -> Option<u64> {
+        self.ids.next()
     }
 
     fn edit(
@@ -189,7 +203,7 @@ impl Sessions {
         last_seq: u64,
         n_updates: u64,
         at_ms: u64,
-    ) -> ActivityEntry {
+    ) -> Option<ActivityEntry> {
         let key: (Box<str>, Box<str>) = (doc.into(), actor.id().into());
         if let Some(session) = self.open.get_mut(&key) {
             let within_gap = at_ms <= session.ended_ms.saturating_add(self.gap_ms);
@@ -200,11 +214,11 @@ impl Sessions {
                 session.first_seq = Some(session.first_seq.unwrap_or(first_seq).min(first_seq));
                 session.last_seq = Some(session.last_seq.unwrap_or(last_seq).max(last_seq));
                 // The name shown is the latest one the author used.
-                return edit_entry(&key, session, actor);
+                return Some(edit_entry(&key, session, actor));
             }
         }
         let session = Session {
-            id: self.take_id(),
+            id: self.take_id()?,
             started_ms: at_ms,
             ended_ms: at_ms,
             n_updates,
@@ -214,7 +228,7 @@ impl Sessions {
         };
         let entry = edit_entry(&key, &session, actor);
         self.open.insert(key, session);
-        entry
+        Some(entry)
     }
 }
 
@@ -277,7 +291,7 @@ pub(super) mod tests {
 
     #[test]
     fn edits_within_the_gap_extend_one_entry_per_author_and_doc() {
-        let mut sessions = Sessions::new(Duration::from_secs(300), 1);
+        let mut sessions = Sessions::new(Duration::from_secs(300), 1..u64::MAX);
         let a1 = sessions.record(&changed("d", "ada", 1, 5, 1_000)).unwrap();
         let b1 = sessions.record(&changed("d", "bob", 6, 6, 1_500)).unwrap();
         let a2 = sessions.record(&changed("d", "ada", 7, 9, 2_000)).unwrap();
@@ -298,8 +312,27 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn new_entries_take_reserved_ids_only_and_sessions_extend_without_one() {
+        // Cluster mode: a block of one id at a time, from a sequence other nodes draw from too.
+        let mut sessions = Sessions::new(Duration::from_secs(300), 7..8);
+        let a1 = sessions.record(&changed("d", "ada", 1, 1, 1_000)).unwrap();
+        assert_eq!(a1.id, 7);
+        assert!(sessions.needs_ids());
+        assert!(
+            sessions.record(&changed("d", "bob", 2, 2, 1_100)).is_none(),
+            "no id left: no entry, never a reused id"
+        );
+        let a2 = sessions.record(&changed("d", "ada", 3, 3, 1_200)).unwrap();
+        assert_eq!((a2.id, a2.n_updates), (7, 2), "extending needs no id");
+        sessions.give_ids(12..13);
+        let b1 = sessions.record(&changed("d", "bob", 4, 4, 1_300)).unwrap();
+        assert_eq!(b1.id, 12);
+        assert_eq!(sessions.next_id(), 13);
+    }
+
+    #[test]
     fn a_stored_session_is_extended_after_a_restart_and_a_long_one_is_split() {
-        let mut sessions = Sessions::new(Duration::from_secs(300), 10);
+        let mut sessions = Sessions::new(Duration::from_secs(300), 10..u64::MAX);
         let stored = ActivityEntry {
             id: 4,
             kind: DOC_EDITED.into(),
@@ -353,7 +386,7 @@ pub(super) mod tests {
 
     #[test]
     fn file_and_version_actions_make_one_entry_each() {
-        let mut sessions = Sessions::new(Duration::from_secs(300), 1);
+        let mut sessions = Sessions::new(Duration::from_secs(300), 1..u64::MAX);
         let renamed = sessions
             .record(&Event::FileRenamed {
                 from: "a/x.zip".into(),

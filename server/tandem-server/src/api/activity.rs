@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_store::{ActivityEntry, ActivityQuery};
-use tracing::error;
 
 use super::error::ApiError;
 use super::extract::{AppQuery, MaybeClaims};
@@ -70,10 +69,7 @@ pub(super) async fn feed(
     let store = state.tables.activity.clone();
     let (page, next) = blocking(
         move || store.list_activity(&query, &mut |entry| visible(claims.as_ref(), entry)),
-        |error| {
-            error!(%error, "reading activity");
-            ApiError::Internal
-        },
+        |error| ApiError::from_store(&error, "reading activity"),
     )
     .await?;
     let entries: Vec<Value> = page.iter().map(entry_json).collect();
@@ -126,7 +122,7 @@ mod tests {
             "sub": "ada", "exp": 1, "docs": {"a/*": "read"}
         }))
         .unwrap();
-        let mut sessions = Sessions::new(Duration::from_secs(300), 1);
+        let mut sessions = Sessions::new(Duration::from_secs(300), 1..u64::MAX);
         let inside = sessions.record(&changed("a/doc", "bob", 1)).unwrap();
         let outside = sessions.record(&changed("b/doc", "bob", 1)).unwrap();
         let moved_out = sessions

@@ -74,15 +74,21 @@ pub(crate) enum ApiError {
     StorageFault,
     #[error("storage full, retry later")]
     InsufficientStorage,
+    #[error("shared storage temporarily unavailable, retry later")]
+    StorageUnavailable,
 }
 
 impl ApiError {
-    /// A failed store operation: 507 if the store is read-only (a full disk), 500 otherwise.
+    /// A failed store operation: 507 if the store is read-only (a full disk), 503 if cluster
+    /// mode's shared database is unreachable (nothing was stored; retry later), 500 otherwise.
     /// Logs the error (once, here) unless it is the routine refusal of a read-only store.
     pub(crate) fn from_store(error: &tandem_store::StoreError, what: &'static str) -> ApiError {
         if error.read_only_reason().is_some() {
             tracing::debug!(%error, what, "refused: the store is read-only");
             ApiError::InsufficientStorage
+        } else if matches!(error, tandem_store::StoreError::Unavailable { .. }) {
+            tracing::warn!(%error, what, "shared storage unavailable");
+            ApiError::StorageUnavailable
         } else {
             tracing::error!(%error, what, "store operation failed");
             ApiError::Internal
@@ -226,6 +232,9 @@ impl ApiError {
             ApiError::InsufficientStorage => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
+            ApiError::StorageUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
         }
     }
 }
@@ -318,4 +327,36 @@ pub(super) async fn log_api_errors(request: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: cluster mode's shared database being unreachable answered 500 `internal`,
+    /// which tells a client the request itself failed for good. It is 503 now, in the JSON
+    /// error shape: nothing was stored, retry later.
+    #[tokio::test]
+    async fn an_unavailable_shared_database_is_a_503_with_the_json_error_shape() {
+        let error = tandem_store::StoreError::Unavailable {
+            backend: "postgres",
+            detail: "connection refused".into(),
+        };
+        let response = ApiError::from_store(&error, "account store").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "storage_unavailable");
+        assert_eq!(
+            json["message"],
+            "shared storage temporarily unavailable, retry later"
+        );
+        assert!(json["error_id"].is_string(), "{json}");
+        assert!(
+            !body.windows(18).any(|w| w == b"connection refused"),
+            "no internal detail in the body"
+        );
+    }
 }

@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use tandem_store::meta::WebhookTable;
 use tandem_store::{DeliveryAttempt, OutboxDelivery, StoreError, WebhookRecord};
 use tokio::sync::{Notify, watch};
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 pub(crate) use deliver::run_worker;
 pub(crate) use route::{
@@ -60,6 +61,9 @@ pub(crate) const LOG_KEEP: usize = 200;
 const MAX_URL_BYTES: usize = 2048;
 /// Longest secret accepted.
 const MAX_SECRET_BYTES: usize = 256;
+/// How often a cluster node re-reads the registrations, which any node may change: a webhook
+/// registered on one node is delivered to by the others within this time.
+pub(crate) const CLUSTER_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of webhook delivery.
 #[derive(Debug, Clone)]
@@ -224,6 +228,38 @@ impl Webhooks {
         let list = self.with_store(|store| store.list_webhooks()).await?;
         self.registry.send_replace(Arc::new(list));
         Ok(())
+    }
+
+    /// Re-reads the registrations every `interval` until `cancel` (cluster mode: the other
+    /// nodes change them too). The cache changes only when the list did; a failed read keeps
+    /// the list it has and is logged once until a read succeeds again.
+    pub(crate) async fn run_refresh(self, interval: Duration, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.with_store(|store| store.list_webhooks()).await {
+                Ok(list) => {
+                    failing = false;
+                    self.registry.send_if_modified(|current| {
+                        let changed = **current != list;
+                        if changed {
+                            *current = Arc::new(list);
+                        }
+                        changed
+                    });
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    warn!(%error, "re-reading the webhook registrations");
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
