@@ -282,18 +282,25 @@ pub async fn run_with_ready(
             lifecycle.cancel.clone(),
         ),
     );
+    // In cluster mode the bytes go to the blob directory every node mounts.
+    let (files_dir, sharing) = match &config.cluster {
+        Some(settings) => (settings.blob_dir.as_path(), files::Sharing::Cluster),
+        None => (config.data_dir.as_path(), files::Sharing::Local),
+    };
     let files = files::Files::open(
         tables.files.clone(),
         store.clone(),
         config.files.clone(),
-        &config.data_dir,
+        files_dir,
+        sharing,
     )
     .map_err(|source| ServerError::Io {
         context: "opening file storage",
         source,
     })?;
-    // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
-    if creating_store {
+    // Nothing is in progress yet on this node: leftovers of a crash go now (without a grace
+    // period, unless other nodes share the blob directory: `files/cleanup.rs`).
+    if creating_store && sharing == files::Sharing::Local {
         info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
     } else {
         files.cleanup_at_start().await;

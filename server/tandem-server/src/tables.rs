@@ -36,13 +36,12 @@ impl Tables {
 
     /// Cluster mode: what the shared database (`pg`) holds, the rest in the local store.
     pub(crate) fn shared(local: &Arc<Store>, pg: &Arc<tandem_cluster::PgMeta>) -> Tables {
-        let _ = pg;
         Tables {
             users: local.clone(),
             activity: local.clone(),
             webhooks: local.clone(),
-            files: local.clone(),
-            history: local.clone(),
+            files: pg.clone(),
+            history: pg.clone(),
         }
     }
 }
