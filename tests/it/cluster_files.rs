@@ -1,0 +1,300 @@
+//! Files and history in cluster mode, with real engines: several nodes in this process share a
+//! Redis, a Postgres and one blob directory, and each request may go to any of them, as behind
+//! a load balancer. File metadata, uploads in progress, versions and the list of docs are in
+//! Postgres (and Redis), the bytes in the shared directory; nothing may depend on which node
+//! served the previous request.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem_server::Config;
+use tandem_tests::{Peer, TestServer, wait_until};
+
+use crate::cluster::Cluster;
+use crate::files::{
+    create_upload, get, listed_paths, patch, put, random_bytes, sha256_hex, upload_offset,
+};
+use crate::history::{name_version, restore, versions};
+
+/// Files under `dir`, recursively (names only).
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+async fn move_file(server: &TestServer, from: &str, to: &str) -> tandem_tests::HttpResponse {
+    server
+        .request(
+            "POST",
+            "/api/file-moves",
+            &[("Content-Type", "application/json")],
+            json!({ "from": from, "to": to }).to_string().as_bytes(),
+        )
+        .await
+}
+
+async fn doc_names(server: &TestServer) -> Vec<String> {
+    let response = get(server, "/api/docs", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["docs"]
+        .as_array()
+        .expect("a docs array")
+        .iter()
+        .map(|doc| doc["name"].as_str().expect("a name").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_through_one_node_is_served_versioned_renamed_and_deleted_through_others() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let three = cluster.node(|_| {}).await;
+
+    let first = random_bytes(3 * 1024 * 1024 + 17, 21);
+    let put_first = put(&one, "team/app.bin", &first, &[]).await;
+    assert_eq!(put_first.status, 201, "{}", put_first.text());
+    let on_one = get(&one, "/api/files/team/app.bin", &[]).await;
+    let etag = on_one.header("etag").expect("an etag").to_owned();
+    for node in [&two, &three] {
+        let download = get(node, "/api/files/team/app.bin", &[]).await;
+        assert_eq!(download.status, 200, "{}", download.text());
+        assert_eq!(sha256_hex(&download.body), sha256_hex(&first));
+        assert_eq!(download.header("etag"), Some(etag.as_str()));
+    }
+    // The bytes are in the shared directory, not in any node's data directory.
+    assert!(files_under(&cluster.blobs.path().join("blobs")).contains(&sha256_hex(&first)));
+    assert!(files_under(&one.data_dir().join("blobs")).is_empty());
+
+    // A path that is a file on another node cannot become a doc here.
+    match Peer::try_connect_raw(three.addr, "team/app.bin").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 409);
+        }
+        other => panic!("expected a 409 refusal, got {:?}", other.map(|_| ())),
+    }
+
+    let second = random_bytes(70_000, 22);
+    let put_second = put(&two, "team/app.bin", &second, &[]).await;
+    assert_eq!(put_second.status, 201, "{}", put_second.text());
+    assert_eq!(put_second.json()["file"]["version"], 2);
+    let listed = get(&one, "/api/file-versions/team/app.bin", &[]).await;
+    assert_eq!(listed.status, 200);
+    let list = listed.json()["versions"].as_array().unwrap().clone();
+    assert_eq!(
+        list.iter().map(|v| v["version"].clone()).collect::<Vec<_>>(),
+        [json!(2), json!(1)]
+    );
+    assert_eq!(list[0]["sha256"], sha256_hex(&second).as_str());
+    assert_eq!(
+        get(&three, "/api/files/team/app.bin?version=1", &[])
+            .await
+            .body,
+        first
+    );
+
+    let moved = move_file(&three, "team/app.bin", "archive/app.bin").await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert_eq!(get(&one, "/api/files/team/app.bin", &[]).await.status, 404);
+    assert_eq!(
+        get(&two, "/api/files/archive/app.bin", &[]).await.body,
+        second
+    );
+    assert_eq!(listed_paths(&one).await, ["archive/app.bin"]);
+    // The old path is free again, on every node; the new one is taken on every node.
+    assert_eq!(put(&one, "team/app.bin", b"new", &[]).await.status, 201);
+    let taken = move_file(&two, "team/app.bin", "archive/app.bin").await;
+    assert_eq!(taken.status, 409);
+    assert_eq!(taken.json()["error"], "path_taken");
+
+    let deleted = two
+        .request("DELETE", "/api/files/archive/app.bin", &[], b"")
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(
+        get(&one, "/api/files/archive/app.bin", &[]).await.status,
+        404
+    );
+    assert_eq!(listed_paths(&three).await, ["team/app.bin"]);
+    // Both blobs of the deleted file are gone from the shared directory; the new one stays.
+    let blobs = files_under(&cluster.blobs.path().join("blobs"));
+    assert_eq!(blobs, [sha256_hex(b"new")], "{blobs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_quota_holds_across_nodes() {
+    let cluster = Cluster::start();
+    let quota = |config: &mut Config| config.files.workspace_quota_bytes = 15_000;
+    let one = cluster.node(quota).await;
+    let two = cluster.node(quota).await;
+    assert_eq!(
+        put(&one, "team/a.bin", &[3u8; 8000], &[]).await.status,
+        201
+    );
+    let full = put(&two, "team/b.bin", &[4u8; 8000], &[]).await;
+    assert_eq!(full.status, 507, "{}", full.text());
+    assert_eq!(full.json()["error"], "quota_exceeded");
+    let moved_in = move_file(&two, "team/a.bin", "team/c.bin").await;
+    assert_eq!(moved_in.status, 200, "a move within the workspace is free");
+    assert_eq!(
+        put(&two, "other/b.bin", &[4u8; 8000], &[]).await.status,
+        201
+    );
+    // Deleting through one node frees the quota for the other.
+    assert_eq!(
+        one.request("DELETE", "/api/files/team/c.bin", &[], b"")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        put(&two, "team/b.bin", &[4u8; 8000], &[]).await.status,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tus_upload_started_on_one_node_resumes_and_completes_on_another() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let data = random_bytes(2 * 1024 * 1024 + 5, 31);
+    let sha = sha256_hex(&data);
+    let location = create_upload(&one, "team/big.bin", data.len(), Some(&sha)).await;
+    let half = data.len() / 2;
+    let first = patch(&one, &location, 0, &data[..half]).await;
+    assert_eq!(first.status, 204, "{}", first.text());
+    // Its bytes so far are in the shared directory.
+    assert_eq!(files_under(&cluster.blobs.path().join("uploads")).len(), 1);
+
+    assert_eq!(
+        upload_offset(&two, &location).await,
+        (200, Some(half as u64))
+    );
+    let stale = patch(&two, &location, 0, b"again").await;
+    assert_eq!(stale.status, 409, "the offset is the shared file's");
+    let rest = patch(&two, &location, half, &data[half..]).await;
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    assert_eq!(rest.header("tandem-file-version"), Some("1"));
+
+    let download = get(&one, "/api/files/team/big.bin", &[]).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(sha256_hex(&download.body), sha);
+    assert_eq!(upload_offset(&one, &location).await.0, 404);
+    assert!(files_under(&cluster.blobs.path().join("uploads")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_shared_restorable_anywhere_and_their_ids_unique_across_nodes() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let doc = "team/plan.md";
+    // The doc is open on both nodes, so both actors hand out version ids.
+    let mut alice = Peer::connect(one.addr, doc).await;
+    let mut bob = Peer::connect(two.addr, doc).await;
+    alice.append_text("first draft").await;
+    bob.wait_text(|text| text == "first draft").await;
+
+    let draft = name_version(&one, doc, "draft", None).await;
+    let listed = versions(&two, doc, None).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], draft["id"]);
+    assert_eq!(listed[0]["name"], "draft");
+
+    let from_two = name_version(&two, doc, "from two", None).await;
+    let from_one = name_version(&one, doc, "from one", None).await;
+    let ids: Vec<Value> = [&draft, &from_two, &from_one]
+        .iter()
+        .map(|version| version["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!(2), json!(3)]);
+    for node in [&one, &two] {
+        let names: Vec<(Value, Value)> = versions(node, doc, None)
+            .await
+            .iter()
+            .map(|v| (v["id"].clone(), v["name"].clone()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (json!(3), json!("from one")),
+                (json!(2), json!("from two")),
+                (json!(1), json!("draft")),
+            ]
+        );
+    }
+
+    bob.append_text(" and more").await;
+    alice.wait_text(|text| text == "first draft and more").await;
+    let before = restore(&two, doc, &draft["id"], None).await;
+    assert_eq!(before["kind"], "restore");
+    assert_eq!(before["id"], 4);
+    // The restore reaches the peer on the other node live.
+    alice.wait_text(|text| text == "first draft").await;
+    let listed = versions(&one, doc, None).await;
+    assert_eq!(
+        listed.iter().map(|v| v["id"].clone()).collect::<Vec<_>>(),
+        [json!(4), json!(3), json!(2), json!(1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_the_docs_written_on_any_node() {
+    let cluster = Cluster::start();
+    let compact_often = |config: &mut Config| {
+        config.hub.compact_after_updates = 10;
+        config.hub.doc_unload_grace = Duration::from_millis(200);
+    };
+    let one = cluster.node(compact_often).await;
+    let two = cluster.node(compact_often).await;
+    let three = cluster.node(compact_often).await;
+    let mut alpha = Peer::connect(one.addr, "alpha.md").await;
+    alpha.append_text("a").await;
+    let mut beta = Peer::connect(two.addr, "beta.md").await;
+    beta.append_text("b").await;
+    let mut gamma = Peer::connect(one.addr, "gamma.md").await;
+    for i in 0..25 {
+        gamma.append_text(&format!("[{i}]")).await;
+    }
+    gamma.wait_text(|text| text.contains("[24]")).await;
+    wait_until("a snapshot of gamma.md", async || {
+        cluster
+            .postgres
+            .psql("SELECT count(*) FROM tandem_docs WHERE name = 'gamma.md'")
+            == "1"
+    })
+    .await;
+    drop(gamma);
+    one.wait_unloaded("gamma.md").await;
+
+    wait_until("three lists alpha.md and beta.md", async || {
+        let names = doc_names(&three).await;
+        names.iter().any(|n| n == "alpha.md") && names.iter().any(|n| n == "beta.md")
+    })
+    .await;
+    for node in [&one, &two, &three] {
+        let names = doc_names(node).await;
+        assert_eq!(names, ["alpha.md", "beta.md", "gamma.md"], "{names:?}");
+    }
+    // A doc written on another node (only in its stream) is not free for a file.
+    let refused = put(&three, "alpha.md", b"bytes", &[]).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(refused.json()["error"], "path_taken");
+    drop((alpha, beta));
+}
