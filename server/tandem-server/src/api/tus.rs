@@ -12,7 +12,7 @@
 //! that its previous connection died, so a new PATCH cancels the one in progress, waits for it
 //! to sync what it got, and then checks the offset. Across nodes (cluster mode: the record is in
 //! Postgres, the file in the shared blob directory) the PATCH also holds the file's `flock`
-//! until it has answered; a PATCH on another node meanwhile is refused as busy (409), and the
+//! until it has answered; a PATCH on another node meanwhile is refused as busy (423), and the
 //! client retries after a HEAD.
 
 use std::collections::HashMap;
