@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tandem_server::Config;
 use tandem_tests::{Peer, TestServer, wait_until};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
 use crate::files::{
@@ -35,6 +37,25 @@ fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     walk(dir, &mut out);
     out
+}
+
+/// Whether some process holds a `flock` on `path`, read from `/proc/locks` (taking the lock to
+/// find out would make the server's own attempt fail).
+fn is_flocked(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let inode = meta.ino().to_string();
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .and_then(|device_inode| device_inode.rsplit(':').next())
+                == Some(inode.as_str())
+    })
 }
 
 async fn move_file(server: &TestServer, from: &str, to: &str) -> tandem_tests::HttpResponse {
@@ -97,7 +118,9 @@ async fn a_file_written_through_one_node_is_served_versioned_renamed_and_deleted
     assert_eq!(listed.status, 200);
     let list = listed.json()["versions"].as_array().unwrap().clone();
     assert_eq!(
-        list.iter().map(|v| v["version"].clone()).collect::<Vec<_>>(),
+        list.iter()
+            .map(|v| v["version"].clone())
+            .collect::<Vec<_>>(),
         [json!(2), json!(1)]
     );
     assert_eq!(list[0]["sha256"], sha256_hex(&second).as_str());
@@ -142,10 +165,7 @@ async fn the_workspace_quota_holds_across_nodes() {
     let quota = |config: &mut Config| config.files.workspace_quota_bytes = 15_000;
     let one = cluster.node(quota).await;
     let two = cluster.node(quota).await;
-    assert_eq!(
-        put(&one, "team/a.bin", &[3u8; 8000], &[]).await.status,
-        201
-    );
+    assert_eq!(put(&one, "team/a.bin", &[3u8; 8000], &[]).await.status, 201);
     let full = put(&two, "team/b.bin", &[4u8; 8000], &[]).await;
     assert_eq!(full.status, 507, "{}", full.text());
     assert_eq!(full.json()["error"], "quota_exceeded");
@@ -162,10 +182,7 @@ async fn the_workspace_quota_holds_across_nodes() {
             .status,
         204
     );
-    assert_eq!(
-        put(&two, "team/b.bin", &[4u8; 8000], &[]).await.status,
-        201
-    );
+    assert_eq!(put(&two, "team/b.bin", &[4u8; 8000], &[]).await.status, 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +214,103 @@ async fn a_tus_upload_started_on_one_node_resumes_and_completes_on_another() {
     assert_eq!(sha256_hex(&download.body), sha);
     assert_eq!(upload_offset(&one, &location).await.0, 404);
     assert!(files_under(&cluster.blobs.path().join("uploads")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_patch_at_a_time_writes_an_upload_across_nodes() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let data = random_bytes(1024 * 1024, 41);
+    let location = create_upload(&one, "team/busy.bin", data.len(), None).await;
+    // A PATCH on node one that has sent part of its body and is still receiving.
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        one.addr,
+        data.len()
+    );
+    let mut stream = TcpStream::connect(one.addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&data[..300_000]).await.expect("part");
+    stream.flush().await.expect("flush");
+    // Once node one holds the upload's lock, node two refuses to write to it.
+    let id = location.rsplit('/').next().expect("an upload id");
+    let file = cluster.blobs.path().join("uploads").join(id);
+    wait_until("node one locks the upload file", async || is_flocked(&file)).await;
+    let busy = patch(&two, &location, 0, b"").await;
+    assert_eq!(busy.status, 423, "{}", busy.text());
+    assert_eq!(busy.json()["error"], "upload_busy");
+    drop(stream);
+    // Node one keeps what it received; node two resumes from there and completes it.
+    let mut offset = 0;
+    wait_until("node one has synced the cut PATCH", async || {
+        let (status, reported) = upload_offset(&two, &location).await;
+        offset = reported.unwrap_or(0) as usize;
+        status == 200 && offset > 0
+    })
+    .await;
+    let rest = patch(&two, &location, offset, &data[offset..]).await;
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    let download = get(&one, "/api/files/team/busy.bin", &[]).await;
+    assert_eq!(sha256_hex(&download.body), sha256_hex(&data));
+}
+
+/// Concurrent writes through two nodes: Postgres transactions that conflict are retried, so
+/// the usage of the workspace is always the sum of its versions' charges, and each blob's
+/// refcount the number of versions naming it, with a file on disk for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_two_nodes_keep_usage_and_refcounts_exact() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let shared = random_bytes(5000, 51);
+    let puts = (0..8).map(|i| {
+        let node = if i % 2 == 0 { &one } else { &two };
+        let path = format!("team/f{i}.bin");
+        let shared = &shared;
+        async move { put(node, &path, shared, &[]).await.status }
+    });
+    let statuses = futures_util::future::join_all(puts).await;
+    assert!(statuses.iter().all(|status| *status == 201), "{statuses:?}");
+    let changes = (0..8).map(|i| {
+        let node = if i % 2 == 0 { &two } else { &one };
+        let path = format!("team/f{i}.bin");
+        async move {
+            if i < 4 {
+                node.request("DELETE", &format!("/api/files/{path}"), &[], b"")
+                    .await
+                    .status
+            } else {
+                put(node, &path, &random_bytes(6000, i), &[]).await.status
+            }
+        }
+    });
+    let statuses = futures_util::future::join_all(changes).await;
+    assert_eq!(statuses, [204, 204, 204, 204, 201, 201, 201, 201]);
+
+    let psql = |sql: &str| cluster.postgres.psql(sql);
+    let charged =
+        psql("SELECT sum(greatest(size, 4096)) FROM tandem_file_versions WHERE path LIKE 'team/%'");
+    assert_eq!(
+        psql("SELECT used FROM tandem_file_usage WHERE workspace = 'team'"),
+        charged
+    );
+    assert_eq!(charged, (4 * 5000 + 4 * 6000).to_string());
+    assert_eq!(
+        psql(
+            "SELECT count(*) FROM tandem_blobs b WHERE refcount <> \
+             (SELECT count(*) FROM tandem_file_versions v WHERE v.sha256 = b.sha256)"
+        ),
+        "0"
+    );
+    let mut named: Vec<String> = psql("SELECT DISTINCT sha256 FROM tandem_file_versions")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    named.sort();
+    let mut on_disk = files_under(&cluster.blobs.path().join("blobs"));
+    on_disk.sort();
+    assert_eq!(on_disk, named);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,7 +556,12 @@ pub(crate) async fn upload_offset(server: &TestServer, location: &str) -> (u16, 
     )
 }
 
-pub(crate) async fn patch(server: &TestServer, location: &str, offset: usize, body: &[u8]) -> HttpResponse {
+pub(crate) async fn patch(
+    server: &TestServer,
+    location: &str,
+    offset: usize,
+    body: &[u8],
+) -> HttpResponse {
     let offset = offset.to_string();
     server
         .request(

@@ -29,7 +29,12 @@ pub(crate) async fn call(
     server.request(method, path, &headers, body).await
 }
 
-pub(crate) async fn name_version(server: &TestServer, doc: &str, name: &str, token: Option<&str>) -> Value {
+pub(crate) async fn name_version(
+    server: &TestServer,
+    doc: &str,
+    name: &str,
+    token: Option<&str>,
+) -> Value {
     let body = json!({ "name": name }).to_string();
     let response = call(
         server,
@@ -60,7 +65,12 @@ pub(crate) async fn versions(server: &TestServer, doc: &str, token: Option<&str>
 }
 
 /// The JSON content of version `id`.
-pub(crate) async fn version_json(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+pub(crate) async fn version_json(
+    server: &TestServer,
+    doc: &str,
+    id: &Value,
+    token: Option<&str>,
+) -> Value {
     let response = call(
         server,
         "GET",
@@ -73,7 +83,12 @@ pub(crate) async fn version_json(server: &TestServer, doc: &str, id: &Value, tok
     response.json()
 }
 
-pub(crate) async fn restore(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+pub(crate) async fn restore(
+    server: &TestServer,
+    doc: &str,
+    id: &Value,
+    token: Option<&str>,
+) -> Value {
     let response = call(
         server,
         "POST",

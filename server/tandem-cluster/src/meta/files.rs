@@ -22,6 +22,7 @@ use tandem_store::{
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, Row, Transaction};
 
+use super::history::redis_unavailable;
 use super::{PgMeta, unavailable};
 use crate::keys;
 
@@ -338,17 +339,17 @@ impl PgMeta {
     pub(super) async fn stream_exists(&self, doc: &str) -> Result<bool, tandem_store::StoreError> {
         let mut redis = self.redis.clone();
         redis::cmd("EXISTS")
-            .arg(format!("{}doc:{doc}", keys::PREFIX))
+            .arg(keys::doc_stream_of(doc))
             .query_async(&mut redis)
             .await
-            .map_err(|error| tandem_store::StoreError::Unavailable {
-                backend: "redis",
-                detail: error.to_string(),
-            })
+            .map_err(redis_unavailable)
     }
 
-    /// Runs a read on a pooled connection.
-    fn read<T, F>(&self, work: impl FnOnce(deadpool_postgres::Client) -> F) -> Result<T, FileError>
+    /// Runs `work`, a read or a single statement (atomic by itself), on a pooled connection.
+    fn on_client<T, F>(
+        &self,
+        work: impl FnOnce(deadpool_postgres::Client) -> F,
+    ) -> Result<T, FileError>
     where
         F: Future<Output = Result<T, tokio_postgres::Error>>,
     {
@@ -416,7 +417,7 @@ impl FileTable for PgMeta {
                 Ok((
                     FileEntry {
                         path: path.to_owned(),
-                        versions: versions.clone(),
+                        versions,
                     },
                     unreferenced,
                 ))
@@ -426,7 +427,7 @@ impl FileTable for PgMeta {
     }
 
     fn file(&self, path: &str) -> Result<Option<FileEntry>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let rows = client
                 .query(
                     &format!(
@@ -444,7 +445,7 @@ impl FileTable for PgMeta {
     }
 
     fn list_files(&self) -> Result<Vec<FileEntry>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let rows = client
                 .query(
                     &format!(
@@ -471,7 +472,7 @@ impl FileTable for PgMeta {
     }
 
     fn file_paths(&self) -> Result<Vec<String>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let rows = client
                 .query(
                     "SELECT DISTINCT path COLLATE \"C\" FROM tandem_file_versions \
@@ -528,11 +529,8 @@ impl FileTable for PgMeta {
                 path: path.to_owned(),
                 versions,
             };
-            tx.execute(
-                "DELETE FROM tandem_file_versions WHERE path = $1",
-                &[&path],
-            )
-            .await?;
+            tx.execute("DELETE FROM tandem_file_versions WHERE path = $1", &[&path])
+                .await?;
             sub_usage(tx, workspace_of(path), entry.total_size()).await?;
             let mut unreferenced = Vec::new();
             for version in &entry.versions {
@@ -546,7 +544,7 @@ impl FileTable for PgMeta {
     }
 
     fn blob(&self, sha256: &str) -> Result<Option<BlobRow>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let row = client
                 .query_opt(
                     "SELECT size, refcount FROM tandem_blobs WHERE sha256 = $1",
@@ -561,7 +559,7 @@ impl FileTable for PgMeta {
     }
 
     fn workspace_usage(&self, workspace: &str) -> Result<u64, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             Ok(client
                 .query_opt(
                     "SELECT used FROM tandem_file_usage WHERE workspace = $1",
@@ -573,7 +571,7 @@ impl FileTable for PgMeta {
     }
 
     fn put_upload(&self, record: &UploadRecord) -> Result<(), FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             client
                 .execute(
                     &format!(
@@ -605,7 +603,7 @@ impl FileTable for PgMeta {
     }
 
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let row = client
                 .query_opt(
                     &format!("SELECT {UPLOAD_COLUMNS} FROM tandem_uploads WHERE id = $1"),
@@ -617,7 +615,7 @@ impl FileTable for PgMeta {
     }
 
     fn list_uploads(&self) -> Result<Vec<UploadRecord>, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             let rows = client
                 .query(
                     &format!(
@@ -631,7 +629,7 @@ impl FileTable for PgMeta {
     }
 
     fn remove_upload(&self, id: &str) -> Result<bool, FileError> {
-        self.read(async |client| {
+        self.on_client(async |client| {
             Ok(client
                 .execute("DELETE FROM tandem_uploads WHERE id = $1", &[&id])
                 .await?

@@ -31,7 +31,8 @@ const SEQ_BITS: u32 = 16;
 const VERSION_COLUMNS: &str = "id, kind, name, author_sub, author_name, created_ms, seq, \
      size_bytes, author_subs, author_names";
 
-fn redis_unavailable(error: impl std::fmt::Display) -> StoreError {
+/// A Redis failure, as the services' error (see `unavailable`).
+pub(super) fn redis_unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable {
         backend: "redis",
         detail: error.to_string(),
@@ -139,9 +140,14 @@ impl PgMeta {
         }
         let mut pipe = redis::pipe();
         for doc in docs {
-            let key = format!("{}doc:{doc}", keys::PREFIX);
+            let key = keys::doc_stream_of(doc);
             pipe.cmd("XLEN").arg(&key);
-            pipe.cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1);
+            pipe.cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
             pipe.cmd("MEMORY").arg("USAGE").arg(&key);
         }
         let mut redis = self.redis.clone();
@@ -160,8 +166,7 @@ impl PgMeta {
             if n_entries == 0 {
                 continue;
             }
-            let last: Option<redis::streams::StreamRangeReply> =
-                redis::from_redis_value(last).ok();
+            let last: Option<redis::streams::StreamRangeReply> = redis::from_redis_value(last).ok();
             let last_id = last.and_then(|reply| reply.ids.into_iter().next().map(|e| e.id));
             let n_bytes: u64 = redis::from_redis_value(memory).unwrap_or(0);
             out.insert(
@@ -185,7 +190,7 @@ impl PgMeta {
             let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{}doc:*", keys::PREFIX))
+                .arg(keys::doc_stream_of("*"))
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .arg("TYPE")
@@ -194,10 +199,7 @@ impl PgMeta {
                 .await
                 .map_err(redis_unavailable)?;
             for key in keys {
-                if let Some(doc) = std::str::from_utf8(&key)
-                    .ok()
-                    .and_then(keys::doc_of_stream)
-                {
+                if let Some(doc) = std::str::from_utf8(&key).ok().and_then(keys::doc_of_stream) {
                     docs.push(doc.to_owned());
                 }
             }
@@ -217,26 +219,23 @@ impl PgMeta {
         one: Option<&str>,
     ) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
         let client = self.client().await?;
-        let rows = match one {
-            Some(doc) => {
-                client
+        let rows =
+            match one {
+                Some(doc) => client
                     .query(
                         "SELECT name, octet_length(snapshot)::bigint, updated_ms FROM tandem_docs \
                          WHERE name = $1",
                         &[&doc],
                     )
-                    .await
-            }
-            None => {
-                client
+                    .await,
+                None => client
                     .query(
                         "SELECT name, octet_length(snapshot)::bigint, updated_ms FROM tandem_docs",
                         &[],
                     )
-                    .await
+                    .await,
             }
-        }
-        .map_err(unavailable)?;
+            .map_err(unavailable)?;
         Ok(rows
             .iter()
             .map(|row| {
@@ -348,15 +347,11 @@ impl HistoryTable for PgMeta {
                 ..HistoryHead::default()
             };
             drop(client);
-            head.last_version = self
-                .versions(doc, None)
-                .await?
-                .iter()
-                .find_map(version_of);
+            head.last_version = self.versions(doc, None).await?.iter().find_map(version_of);
             let after = head.last_version.as_ref().map_or(0, |v| v.created_ms);
             let mut redis = self.redis.clone();
             let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(format!("{}doc:{doc}", keys::PREFIX))
+                .arg(keys::doc_stream_of(doc))
                 .arg(format!("{}", after.saturating_add(1)))
                 .arg("+")
                 .query_async(&mut redis)
@@ -390,7 +385,7 @@ impl HistoryTable for PgMeta {
             // or the stream is exhausted.
             while out.len() < limit {
                 let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                    .arg(format!("{}doc:{doc}", keys::PREFIX))
+                    .arg(keys::doc_stream_of(doc))
                     .arg(&end)
                     .arg("-")
                     .arg("COUNT")
@@ -456,10 +451,7 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(c >> SEQ_BITS, 1_700_000_000_001);
         assert_eq!(entry_below(b).as_deref(), Some("1700000000000-6"));
-        assert_eq!(
-            entry_below(c),
-            Some(format!("1700000000000-{}", u64::MAX))
-        );
+        assert_eq!(entry_below(c), Some(format!("1700000000000-{}", u64::MAX)));
         assert_eq!(entry_below(0), None);
         assert_eq!(
             entry_below(u64::MAX).as_deref().map(keys::parse_stream_id),

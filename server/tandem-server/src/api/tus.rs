@@ -294,7 +294,9 @@ async fn lock_upload_file(files: &Files, id: &str) -> Result<std::fs::File, ApiE
     match locked {
         Some(file) => Ok(file),
         // The bytes are gone: `offset_of` removes the record and answers 404.
-        None => offset_of(files, id).await.and(Err(FileError::UploadNotFound.into())),
+        None => offset_of(files, id)
+            .await
+            .and(Err(FileError::UploadNotFound.into())),
     }
 }
 

@@ -71,7 +71,11 @@ impl BlobLock {
     /// The lock of `disk`; `shared` when other nodes use the same directory.
     pub(crate) fn open(disk: &Disk, shared: bool) -> io::Result<BlobLock> {
         let shared = if shared {
-            let path = disk.blobs.parent().unwrap_or(&disk.blobs).join("blobs.lock");
+            let path = disk
+                .blobs
+                .parent()
+                .unwrap_or(&disk.blobs)
+                .join("blobs.lock");
             Some(
                 fs::OpenOptions::new()
                     .create(true)
