@@ -454,10 +454,10 @@ impl DocActor {
             mut stored_id,
             waiting_restore,
         } = pending;
-        // The log sends the stored id before it reports the version durable.
+        // The log sends the stored id before it reports the version durable. The actor's own
+        // numbering (`next_id`, `durable_id`) goes on unchanged: it only orders what is queued.
         if let Ok(id) = stored_id.try_recv() {
             record.id = id;
-            self.history.next_id = self.history.next_id.max(id + 1);
         }
         let at_ms = clock::now_ms();
         self.hub.events().publish(DocEvent::VersionCreated {
