@@ -428,6 +428,36 @@ async fn every_node_lists_the_docs_written_on_any_node() {
         let names = doc_names(node).await;
         assert_eq!(names, ["alpha.md", "beta.md", "gamma.md"], "{names:?}");
     }
+    // Who wrote each update is read from the stream on any node, newest first, in pages.
+    for i in 0..3 {
+        alpha.append_text(&format!("{i}")).await;
+    }
+    let history = |query: String| {
+        let three = &three;
+        async move {
+            let response = get(three, &format!("/api/docs/alpha.md/history?{query}"), &[]).await;
+            assert_eq!(response.status, 200, "{}", response.text());
+            response.json()["entries"]
+                .as_array()
+                .expect("entries")
+                .clone()
+        }
+    };
+    wait_until("node three sees alpha.md's four updates", async || {
+        history("limit=10".into()).await.len() == 4
+    })
+    .await;
+    let first = history("limit=2".into()).await;
+    let before = first[1]["seq"].as_u64().expect("a seq");
+    let rest = history(format!("limit=2&before_seq={before}")).await;
+    let seqs: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .map(|entry| entry["seq"].as_u64().expect("a seq"))
+        .collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] > pair[1]), "{seqs:?}");
+    assert_eq!(seqs.len(), 4);
+    assert!(rest.iter().all(|entry| entry["n_bytes"].as_u64() > Some(0)));
     // A doc written on another node (only in its stream) is not free for a file.
     let refused = put(&three, "alpha.md", b"bytes", &[]).await;
     assert_eq!(refused.status, 409);
