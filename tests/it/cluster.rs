@@ -9,14 +9,14 @@ use tandem_tests::engines::{Postgres, Redis};
 use tandem_tests::{Peer, TestServer, WAIT};
 
 /// Two nodes on one pair of engines, and the blob directory they share.
-struct Cluster {
-    redis: Redis,
-    postgres: Postgres,
-    blobs: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) redis: Redis,
+    pub(crate) postgres: Postgres,
+    pub(crate) blobs: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
         Cluster {
             redis: Redis::start(),
             postgres: Postgres::start(),
@@ -24,7 +24,7 @@ impl Cluster {
         }
     }
 
-    async fn node(&self, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    pub(crate) async fn node(&self, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let node =
             TestServer::start_node(&self.redis, &self.postgres, self.blobs.path(), adjust).await;
         node.wait_healthy().await;

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 const MIB: usize = 1024 * 1024;
 
 /// `n` pseudo-random bytes (xorshift; different seeds give different files).
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(n + 8);
     while out.len() < n {
@@ -31,14 +31,14 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
 }
 
-async fn put(
+pub(crate) async fn put(
     server: &TestServer,
     path: &str,
     body: &[u8],
@@ -49,7 +49,7 @@ async fn put(
         .await
 }
 
-async fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+pub(crate) async fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
     server.request("GET", path, headers, b"").await
 }
 
@@ -87,7 +87,7 @@ async fn send_and_cut(server: &TestServer, head: &str, partial: &[u8]) {
     drop(stream);
 }
 
-async fn listed_paths(server: &TestServer) -> Vec<String> {
+pub(crate) async fn listed_paths(server: &TestServer) -> Vec<String> {
     let response = get(server, "/api/files", &[]).await;
     assert_eq!(response.status, 200);
     response.json()["files"]
@@ -508,19 +508,19 @@ async fn a_wrong_hash_or_a_cut_body_leaves_nothing_visible_and_no_bytes() {
     assert!(files_under(&server, "blobs").is_empty());
 }
 
-fn b64(text: &str) -> String {
+pub(crate) fn b64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-fn tus<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn tus<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut headers = vec![("Tus-Resumable", "1.0.0")];
     headers.extend_from_slice(extra);
     headers
 }
 
 /// Creates a tus upload and returns its URL path.
-async fn create_upload(
+pub(crate) async fn create_upload(
     server: &TestServer,
     path: &str,
     length: usize,
@@ -547,7 +547,7 @@ async fn create_upload(
     location
 }
 
-async fn upload_offset(server: &TestServer, location: &str) -> (u16, Option<u64>) {
+pub(crate) async fn upload_offset(server: &TestServer, location: &str) -> (u16, Option<u64>) {
     let head = server.request("HEAD", location, &tus(&[]), b"").await;
     (
         head.status,
@@ -556,7 +556,12 @@ async fn upload_offset(server: &TestServer, location: &str) -> (u16, Option<u64>
     )
 }
 
-async fn patch(server: &TestServer, location: &str, offset: usize, body: &[u8]) -> HttpResponse {
+pub(crate) async fn patch(
+    server: &TestServer,
+    location: &str,
+    offset: usize,
+    body: &[u8],
+) -> HttpResponse {
     let offset = offset.to_string();
     server
         .request(

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tandem_tests::{HttpResponse, TestServer, WAIT, bearer, idp_token, wait_until};
 use yrs::{Doc, Text, Transact};
 
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     method: &str,
     path: &str,
@@ -29,7 +29,12 @@ async fn call(
     server.request(method, path, &headers, body).await
 }
 
-async fn name_version(server: &TestServer, doc: &str, name: &str, token: Option<&str>) -> Value {
+pub(crate) async fn name_version(
+    server: &TestServer,
+    doc: &str,
+    name: &str,
+    token: Option<&str>,
+) -> Value {
     let body = json!({ "name": name }).to_string();
     let response = call(
         server,
@@ -43,7 +48,7 @@ async fn name_version(server: &TestServer, doc: &str, name: &str, token: Option<
     response.json()["version"].clone()
 }
 
-async fn versions(server: &TestServer, doc: &str, token: Option<&str>) -> Vec<Value> {
+pub(crate) async fn versions(server: &TestServer, doc: &str, token: Option<&str>) -> Vec<Value> {
     let response = call(
         server,
         "GET",
@@ -60,7 +65,12 @@ async fn versions(server: &TestServer, doc: &str, token: Option<&str>) -> Vec<Va
 }
 
 /// The JSON content of version `id`.
-async fn version_json(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+pub(crate) async fn version_json(
+    server: &TestServer,
+    doc: &str,
+    id: &Value,
+    token: Option<&str>,
+) -> Value {
     let response = call(
         server,
         "GET",
@@ -73,7 +83,12 @@ async fn version_json(server: &TestServer, doc: &str, id: &Value, token: Option<
     response.json()
 }
 
-async fn restore(server: &TestServer, doc: &str, id: &Value, token: Option<&str>) -> Value {
+pub(crate) async fn restore(
+    server: &TestServer,
+    doc: &str,
+    id: &Value,
+    token: Option<&str>,
+) -> Value {
     let response = call(
         server,
         "POST",
@@ -94,7 +109,7 @@ async fn current_text(server: &TestServer, doc: &str) -> Value {
 
 /// Polls (bounded by [`WAIT`]) until the server holds `text` (the server echoes nothing to the
 /// peer that sent an edit, so this is how a test knows the edit arrived).
-async fn wait_stored(server: &TestServer, doc: &str, text: &str) {
+pub(crate) async fn wait_stored(server: &TestServer, doc: &str, text: &str) {
     wait_until(&format!("{doc} holds {text:?}"), async || {
         current_text(server, doc).await == text
     })

@@ -12,6 +12,7 @@ mod accounts;
 mod activity;
 mod auth;
 mod cluster;
+mod cluster_files;
 mod cluster_meta;
 mod damaged_store;
 mod disk_full;

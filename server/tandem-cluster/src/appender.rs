@@ -141,9 +141,10 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
                 doc,
                 record,
                 state,
-                max_kept: _,
+                max_kept,
                 report,
-            } if live(&report) => versions.push((doc, record, state, report)),
+                stored_id,
+            } if live(&report) => versions.push((doc, record, state, max_kept, report, stored_id)),
             _ => {}
         }
     }
@@ -182,7 +183,7 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
                     });
                 }
                 // Versions queued behind refused updates would describe state nobody has.
-                for (_, _, _, report) in versions.drain(..) {
+                for (_, _, _, _, report, _) in versions.drain(..) {
                     report.send_modify(|durability| {
                         durability.failed = true;
                         durability.storage_fault = true;
@@ -191,14 +192,21 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
             }
         }
     }
-    for (doc, record, state, report) in versions {
+    for (doc, record, state, max_kept, report, stored_id) in versions {
         if !live(&report) {
             continue;
         }
-        match snapshot::store_version(shared, &doc, &record, &state).await {
-            Ok(()) => report.send_modify(|durability| {
-                durability.durable_version = durability.durable_version.max(record.id);
-            }),
+        match snapshot::store_version(shared, &doc, &record, &state, max_kept).await {
+            Ok(id) => {
+                // Before the report: the actor reads the id when it sees the version durable.
+                if id != record.id {
+                    debug!(%doc, asked = record.id, stored = id, "version id taken by another node");
+                }
+                let _ = stored_id.send(id);
+                report.send_modify(|durability| {
+                    durability.durable_version = durability.durable_version.max(record.id);
+                });
+            }
             Err(error) => {
                 warn!(%doc, %error, "storing a version in postgres failed");
                 report.send_modify(|durability| {

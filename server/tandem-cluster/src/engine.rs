@@ -163,8 +163,12 @@ const MIGRATIONS: &[&str] = &[
         author_sub text,
         author_name text NOT NULL,
         created_ms bigint NOT NULL,
+        seq bigint NOT NULL,
+        size_bytes bigint NOT NULL,
+        author_subs text[] NOT NULL,
+        author_names text[] NOT NULL,
         state bytea NOT NULL,
-        PRIMARY KEY (doc, id, node)
+        PRIMARY KEY (doc, id)
     );",
     crate::meta::ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION,
     crate::meta::FILES_HISTORY_MIGRATION,

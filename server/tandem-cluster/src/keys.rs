@@ -12,6 +12,11 @@ pub(crate) const STREAM_START: &str = "0-0";
 
 /// The stream holding a doc's updates after its snapshot.
 pub(crate) fn doc_stream(doc: &DocId) -> String {
+    doc_stream_of(doc.as_str())
+}
+
+/// [`doc_stream`] of a name read back from a table (already checked when it was stored).
+pub(crate) fn doc_stream_of(doc: &str) -> String {
     format!("{PREFIX}doc:{doc}")
 }
 

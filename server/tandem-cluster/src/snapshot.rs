@@ -137,14 +137,16 @@ pub(crate) async fn load(shared: &Shared, doc: &DocId) -> Result<LoadedLog, Load
     ))
 }
 
-/// The newest version id of `doc` and how many named versions it has.
+/// The highest version id handed out for `doc` and how many named versions it has.
 async fn version_head(
     client: &deadpool_postgres::Client,
     doc: &DocId,
 ) -> Result<(u64, u64), LoadFailure> {
     let row = client
         .query_one(
-            "SELECT coalesce(max(id), 0), count(*) FILTER (WHERE kind = 'named') \
+            "SELECT greatest(coalesce(max(id), 0), \
+             (SELECT last_id FROM tandem_version_ids WHERE doc = $1)), \
+             count(*) FILTER (WHERE kind = 'named') \
              FROM tandem_versions WHERE doc = $1",
             &[&doc.as_str()],
         )
@@ -172,38 +174,79 @@ pub(crate) async fn exists(shared: &Shared, doc: &DocId) -> Result<bool, LoadFai
     Ok(snapshot_position(&client, doc).await?.is_some())
 }
 
-/// Stores a version of `doc`.
+/// Stores a version of `doc` and returns the id it was stored under; then, for an automatic
+/// or a restore version, prunes the doc's oldest of that kind beyond `max_kept` (never the one
+/// just stored), as the redb store does.
+///
+/// Ids are unique per doc across nodes: `tandem_version_ids` holds the highest id handed out,
+/// and the version gets the actor's id if it is above that, else the next one. The counter's row
+/// lock serialises two nodes storing versions of one doc; on one node the actor's ids are kept
+/// as they are. The doc actor learns a changed id before it reports the version.
 pub(crate) async fn store_version(
     shared: &Shared,
     doc: &DocId,
     record: &VersionRecord,
     state: &[u8],
-) -> Result<(), String> {
-    let client = shared.pg.get().await.map_err(|error| error.to_string())?;
-    client
-        .execute(
-            "INSERT INTO tandem_versions \
-             (doc, id, node, kind, name, author_sub, author_name, created_ms, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            &[
-                &doc.as_str(),
-                &(record.id as i64),
-                &shared.node.as_ref(),
-                &match record.kind {
-                    VersionKind::Named => "named",
-                    VersionKind::Auto => "auto",
-                    VersionKind::Restore => "restore",
-                },
-                &record.name,
-                &record.author.sub,
-                &record.author.name,
-                &(record.created_ms as i64),
-                &state,
-            ],
+    max_kept: u64,
+) -> Result<u64, String> {
+    let mut client = shared.pg.get().await.map_err(|error| error.to_string())?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|error| error.to_string())?;
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO tandem_version_ids (doc, last_id) VALUES ($1, $2) \
+             ON CONFLICT (doc) DO UPDATE \
+             SET last_id = greatest(tandem_version_ids.last_id + 1, EXCLUDED.last_id) \
+             RETURNING last_id",
+            &[&doc.as_str(), &(record.id as i64)],
+        )
+        .await
+        .map_err(|error| error.to_string())?
+        .get(0);
+    let kind = record.kind.as_str();
+    let (author_subs, author_names): (Vec<Option<&str>>, Vec<&str>) = record
+        .authors
+        .iter()
+        .map(|author| (author.sub.as_deref(), author.name.as_str()))
+        .unzip();
+    tx.execute(
+        "INSERT INTO tandem_versions \
+         (doc, id, node, kind, name, author_sub, author_name, created_ms, seq, size_bytes, \
+          author_subs, author_names, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &doc.as_str(),
+            &id,
+            &shared.node.as_ref(),
+            &kind,
+            &record.name,
+            &record.author.sub,
+            &record.author.name,
+            &(record.created_ms as i64),
+            &(record.seq as i64),
+            &(record.size_bytes as i64),
+            &author_subs,
+            &author_names,
+            &state,
+        ],
+    )
+    .await
+    .map_err(|error| error.to_string())?;
+    if record.kind != VersionKind::Named {
+        let keep_older = max_kept.max(1) as i64 - 1;
+        tx.execute(
+            "DELETE FROM tandem_versions WHERE doc = $1 AND kind = $2 AND id < $3 AND id NOT IN \
+             (SELECT id FROM tandem_versions WHERE doc = $1 AND kind = $2 AND id < $3 \
+              ORDER BY id DESC LIMIT $4)",
+            &[&doc.as_str(), &kind, &id, &keep_older],
         )
         .await
         .map_err(|error| error.to_string())?;
-    Ok(())
+    }
+    tx.commit().await.map_err(|error| error.to_string())?;
+    Ok(id as u64)
 }
 
 /// Compacts `doc`'s stream into `snapshot` (see the module docs).

@@ -77,6 +77,10 @@ pub enum LogCommand {
         max_kept: u64,
         /// The doc actor's channel.
         report: watch::Sender<Durability>,
+        /// The id the version was stored under, sent before `report` counts it durable, if the
+        /// log had to pick another one than `record.id` or says so anyway (cluster mode: another
+        /// node took that id). Dropped unsent means "stored as `record.id`" (redb).
+        stored_id: oneshot::Sender<u64>,
     },
     /// Replace the log up to `upto_seq` by a snapshot.
     Compact {

@@ -291,7 +291,7 @@ pub async fn run_with_ready(
     // Where the services keep their data: the local store, or the shared database in cluster
     // mode (`tables.rs`).
     let tables = match &cluster {
-        Some(cluster) => tables::Tables::shared(&store, cluster.meta()),
+        Some(cluster) => tables::Tables::shared(cluster.meta()),
         None => tables::Tables::local(&store),
     };
     let webhooks = webhook::Webhooks::load(tables.webhooks.clone(), &config.webhooks)
@@ -334,18 +334,25 @@ pub async fn run_with_ready(
                 .run_refresh(webhook::CLUSTER_REFRESH_INTERVAL, lifecycle.cancel.clone()),
         );
     }
+    // In cluster mode the bytes go to the blob directory every node mounts.
+    let (files_dir, sharing) = match &config.cluster {
+        Some(settings) => (settings.blob_dir.as_path(), files::Sharing::Cluster),
+        None => (config.data_dir.as_path(), files::Sharing::Local),
+    };
     let files = files::Files::open(
         tables.files.clone(),
         store.clone(),
         config.files.clone(),
-        &config.data_dir,
+        files_dir,
+        sharing,
     )
     .map_err(|source| ServerError::Io {
         context: "opening file storage",
         source,
     })?;
-    // Nothing is in progress yet: leftovers of a crash go now, without a grace period.
-    if creating_store {
+    // Nothing is in progress yet on this node: leftovers of a crash go now (without a grace
+    // period, unless other nodes share the blob directory: `files/cleanup.rs`).
+    if creating_store && sharing == files::Sharing::Local {
         info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
     } else {
         files.cleanup_at_start().await;

@@ -39,14 +39,14 @@ impl Tables {
         }
     }
 
-    /// Cluster mode: what the shared database (`pg`) holds, the rest in the local store.
-    pub(crate) fn shared(local: &Arc<Store>, pg: &Arc<tandem_cluster::PgMeta>) -> Tables {
+    /// Cluster mode: everything in the shared database.
+    pub(crate) fn shared(pg: &Arc<tandem_cluster::PgMeta>) -> Tables {
         Tables {
             users: pg.clone(),
             activity: pg.clone(),
             webhooks: pg.clone(),
-            files: local.clone(),
-            history: local.clone(),
+            files: pg.clone(),
+            history: pg.clone(),
             sign_in_failures: Some(pg.clone()),
         }
     }

@@ -68,6 +68,12 @@ pub(super) struct PendingVersion {
     pub(super) reply: Option<oneshot::Sender<VersionAnswer>>,
     /// For a restore that changed nothing: the restored version, reported once this commits.
     pub(super) restored: Option<u64>,
+    /// The id the log stored it under, if another than `record.id` (a shared log, when another
+    /// node took that id meanwhile); read once the version is durable.
+    pub(super) stored_id: oneshot::Receiver<u64>,
+    /// The answer to the restore this version precedes, if the restore's update became durable
+    /// first (a shared log stores versions after the updates of their group).
+    pub(super) waiting_restore: Option<Box<RestoredDelivery>>,
 }
 
 /// The actor's view of the doc's versions.
@@ -214,8 +220,10 @@ impl DocActor {
                 })
                 .collect(),
         };
+        let (stored_id_tx, stored_id) = oneshot::channel();
         let command = LogCommand::Version {
             doc: self.doc.clone(),
+            stored_id: stored_id_tx,
             record: Box::new(record.clone()),
             state,
             // The cap of this record's kind: the store prunes automatic and restore versions
@@ -253,6 +261,8 @@ impl DocActor {
             actor,
             reply,
             restored,
+            stored_id,
+            waiting_restore: None,
         });
         Some(record)
     }
@@ -437,11 +447,18 @@ impl DocActor {
     /// A version is on disk: announce it and answer whoever asked for it.
     pub(super) fn version_durable(&mut self, pending: PendingVersion) {
         let PendingVersion {
-            record,
+            mut record,
             actor,
             reply,
             restored,
+            mut stored_id,
+            waiting_restore,
         } = pending;
+        // The log sends the stored id before it reports the version durable. The actor's own
+        // numbering (`next_id`, `durable_id`) goes on unchanged: it only orders what is queued.
+        if let Ok(id) = stored_id.try_recv() {
+            record.id = id;
+        }
         let at_ms = clock::now_ms();
         self.hub.events().publish(DocEvent::VersionCreated {
             doc: self.doc.to_string(),
@@ -458,6 +475,10 @@ impl DocActor {
                 actor,
                 at_ms,
             });
+        }
+        if let Some(mut waiting) = waiting_restore {
+            waiting.record.id = record.id;
+            self.finish_restored(*waiting);
         }
         if let Some(reply) = reply {
             let _ = reply.send(Ok(Ok(record)));

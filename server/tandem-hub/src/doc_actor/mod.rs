@@ -911,21 +911,36 @@ impl DocActor {
                 let _ = reply.send(Ok(Ok(applied)));
             }
             Delivery::Restored(restored) => {
-                let RestoredDelivery {
-                    reply,
-                    record,
-                    version,
-                    actor,
-                } = *restored;
-                self.hub.events().publish(DocEvent::VersionRestored {
-                    doc: self.doc.to_string(),
-                    version,
-                    actor,
-                    at_ms: clock::now_ms(),
-                });
-                let _ = reply.send(Ok(Ok(record)));
+                // A shared log may store the `restore` version after the update (and under
+                // another id): then the answer waits for the version (`version_durable`).
+                let waiting = self
+                    .history
+                    .pending
+                    .iter_mut()
+                    .find(|pending| pending.record.id == restored.record.id);
+                match waiting {
+                    Some(pending) => pending.waiting_restore = Some(restored),
+                    None => self.finish_restored(*restored),
+                }
             }
         }
+    }
+
+    /// A restore is applied and its `restore` version stored: announce it and answer.
+    fn finish_restored(&mut self, restored: RestoredDelivery) {
+        let RestoredDelivery {
+            reply,
+            record,
+            version,
+            actor,
+        } = restored;
+        self.hub.events().publish(DocEvent::VersionRestored {
+            doc: self.doc.to_string(),
+            version,
+            actor,
+            at_ms: clock::now_ms(),
+        });
+        let _ = reply.send(Ok(Ok(record)));
     }
 
     fn send_to_all(&mut self, frame: &Bytes) {
@@ -1040,6 +1055,9 @@ impl DocActor {
         for pending in self.history.pending.drain(..) {
             if let Some(reply) = pending.reply {
                 let _ = reply.send(Err(refused));
+            }
+            if let Some(waiting) = pending.waiting_restore {
+                let _ = waiting.reply.send(Err(JoinError::StorageFull));
             }
         }
         self.unreported.retain(|(seq, _)| *seq <= durable_seq);
@@ -1198,6 +1216,9 @@ impl DocActor {
         for pending in self.history.pending.drain(..) {
             if let Some(reply) = pending.reply {
                 let _ = reply.send(Err(refusal));
+            }
+            if let Some(waiting) = pending.waiting_restore {
+                let _ = waiting.reply.send(Err(refusal));
             }
         }
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();

@@ -307,7 +307,7 @@ async fn update(
     if !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
-    if state.files.is_file(doc.as_str()) {
+    if state.files.is_file(doc.as_str()).await? {
         return Err(FileError::PathTaken {
             path: doc.to_string(),
         }

@@ -433,10 +433,10 @@ pub(super) async fn delete_file(
     state
         .files
         .blocking(move |inner| {
-            let _blobs = inner
-                .blob_lock
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _blobs = match inner.blob_lock.lock() {
+                Ok(guard) => guard,
+                Err(error) => return Err(files.io_failure_blocking(&error, "blob lock")),
+            };
             let deleted = inner.store.delete_file(&name)?;
             files.set_path(None, Some(&name));
             for sha256 in &deleted.unreferenced {

@@ -10,7 +10,10 @@
 //!
 //! One PATCH writes an upload at a time. A client that resumes may reach us before we noticed
 //! that its previous connection died, so a new PATCH cancels the one in progress, waits for it
-//! to sync what it got, and then checks the offset.
+//! to sync what it got, and then checks the offset. Across nodes (cluster mode: the record is in
+//! Postgres, the file in the shared blob directory) the PATCH also holds the file's `flock`
+//! until it has answered; a PATCH on another node meanwhile is refused as busy (423), and the
+//! client retries after a HEAD.
 
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -274,6 +277,29 @@ async fn offset_of(files: &Files, id: &str) -> Result<u64, ApiError> {
     }
 }
 
+/// Takes upload `id`'s `flock` (see the module docs): busy if a PATCH on another node holds it.
+async fn lock_upload_file(files: &Files, id: &str) -> Result<std::fs::File, ApiError> {
+    let key = id.to_owned();
+    let locked = files
+        .blocking(move |inner| match inner.disk.lock_upload(&key) {
+            Ok(Some(file)) => Ok(Some(file)),
+            Ok(None) => Err(FileError::UploadBusy),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => {
+                tracing::error!(%error, "locking upload file failed");
+                Err(FileError::Internal)
+            }
+        })
+        .await?;
+    match locked {
+        Some(file) => Ok(file),
+        // The bytes are gone: `offset_of` removes the record and answers 404.
+        None => offset_of(files, id)
+            .await
+            .and(Err(FileError::UploadNotFound.into())),
+    }
+}
+
 /// `HEAD /api/uploads/{id}`: the offset to resume from.
 pub(super) async fn head(
     State(state): State<AppState>,
@@ -331,6 +357,8 @@ async fn patch_upload(
     let files = &state.files;
     let lifecycle_cancel = &state.lifecycle.cancel;
     let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
+    // The writer across nodes; held until this PATCH has answered (and completed the upload).
+    let _writer = lock_upload_file(files, id).await?;
     let offset = offset_of(files, id).await?;
     if offset != claimed {
         return Err(FileError::OffsetMismatch {

@@ -36,7 +36,7 @@ pub(super) async fn upgrade(
     mut request: Request,
 ) -> Result<Response, ApiError> {
     // A file's path cannot also be a doc (the workspace tree would be ambiguous).
-    if state.files.is_file(doc.as_str()) {
+    if state.files.is_file(doc.as_str()).await? {
         return Err(FileError::PathTaken {
             path: doc.to_string(),
         }

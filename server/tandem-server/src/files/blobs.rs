@@ -1,11 +1,18 @@
 //! The bytes of files on disk: content-addressed blobs and uploads in progress.
 //!
-//! Layout under the data directory (`protocol-spec/files.md`):
+//! Layout under the data directory, or in cluster mode under the blob directory every node mounts
+//! (`protocol-spec/files.md`, `protocol-spec/cluster.md`):
 //! - `blobs/<first 2 hex>/<sha256 hex>`: one file per distinct content, written once, never
 //!   changed. It appears only by `rename` of a complete, fsynced upload file, so a blob file is
 //!   always whole.
 //! - `uploads/<upload id>`: the bytes of an upload in progress (a PUT body being received, or a
 //!   tus upload). Never listed, never served.
+//! - `blobs.lock` (cluster mode only): the file every node `flock`s while it holds the blob lock
+//!   ([`BlobLock`]), so that "store a blob, then commit the version naming it" on one node never
+//!   interleaves with "commit a delete, then remove the blob's file" on another.
+//!
+//! A tus upload's file is also `flock`ed by the PATCH writing it ([`Disk::lock_upload`]), so
+//! that one PATCH writes an upload at a time across all nodes.
 //!
 //! Everything here is blocking filesystem work except [`UploadFile`]; callers run it on the
 //! blocking pool. Names read back from the directories are checked (hex of the right length)
@@ -14,6 +21,7 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -31,16 +39,103 @@ pub(crate) struct Disk {
     uploads: PathBuf,
 }
 
+/// Serialises the work that must not interleave with a blob's file appearing or going (see
+/// `files/mod.rs`): a mutex between this node's threads and, when other nodes share the
+/// directory, an exclusive `flock` on `blobs.lock` between nodes.
+pub(crate) struct BlobLock {
+    local: Mutex<()>,
+    /// `blobs.lock`, in cluster mode. Only locked while `local` is held, so one open file per
+    /// node is enough (`flock` locks belong to the open file, not the process).
+    shared: Option<fs::File>,
+}
+
+/// The blob lock, held until dropped.
+pub(crate) struct BlobGuard<'a> {
+    _local: MutexGuard<'a, ()>,
+    shared: Option<&'a fs::File>,
+}
+
+impl Drop for BlobGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.shared
+            && let Err(error) = file.unlock()
+        {
+            // Closing the file would release it; it stays open, so this is a bug or a dead
+            // mount, and the next locker will block.
+            tracing::error!(%error, "releasing the blob lock failed");
+        }
+    }
+}
+
+impl BlobLock {
+    /// The lock of `disk`; `shared` when other nodes use the same directory.
+    pub(crate) fn open(disk: &Disk, shared: bool) -> io::Result<BlobLock> {
+        let shared = if shared {
+            let path = disk
+                .blobs
+                .parent()
+                .unwrap_or(&disk.blobs)
+                .join("blobs.lock");
+            Some(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)?,
+            )
+        } else {
+            None
+        };
+        Ok(BlobLock {
+            local: Mutex::new(()),
+            shared,
+        })
+    }
+
+    /// Waits for the lock. Blocking: call it on the blocking pool.
+    pub(crate) fn lock(&self) -> io::Result<BlobGuard<'_>> {
+        let local = self
+            .local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(file) = &self.shared {
+            file.lock()?;
+        }
+        Ok(BlobGuard {
+            _local: local,
+            shared: self.shared.as_ref(),
+        })
+    }
+}
+
 impl Disk {
-    /// Creates `blobs/` and `uploads/` under `data_dir` if needed.
-    pub(crate) fn open(data_dir: &Path) -> io::Result<Disk> {
+    /// Creates `blobs/` and `uploads/` under `dir` if needed.
+    pub(crate) fn open(dir: &Path) -> io::Result<Disk> {
         let disk = Disk {
-            blobs: data_dir.join("blobs"),
-            uploads: data_dir.join("uploads"),
+            blobs: dir.join("blobs"),
+            uploads: dir.join("uploads"),
         };
         fs::create_dir_all(&disk.blobs)?;
         fs::create_dir_all(&disk.uploads)?;
         Ok(disk)
+    }
+
+    /// Takes the exclusive `flock` of upload `id`'s file without waiting: `Ok(None)` if another
+    /// writer (on any node sharing the directory) holds it. Released when the file is closed.
+    pub(crate) fn lock_upload(&self, id: &str) -> io::Result<Option<fs::File>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .open(self.upload_path(id))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+
+    /// Whether a writer (on any node) holds upload `id`'s `flock` now.
+    pub(crate) fn is_upload_locked(&self, id: &str) -> bool {
+        matches!(self.lock_upload(id), Ok(None))
     }
 
     /// Where blob `sha256` (checked hex) lives.

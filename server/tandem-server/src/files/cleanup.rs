@@ -1,6 +1,11 @@
 //! The cleanup of interrupted uploads and orphaned blobs: once at start-up with no grace, then
 //! every `cleanup_interval`. It never removes the bytes of an upload in progress, and removes a
 //! blob file only under the blob lock, when no committed version names it.
+//!
+//! In cluster mode other nodes write into the same directory at any time, so even the start-up
+//! pass keeps the grace period: a file another node is writing is younger than it (a PUT's
+//! body must make progress every `UPLOAD_IDLE_TIMEOUT`, shorter than the grace), and an expired
+//! tus upload whose file a PATCH on any node has `flock`ed is left alone.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -30,7 +35,10 @@ impl Files {
         };
         let mut live = HashSet::new();
         for record in records {
-            if record.expires_ms > now_ms || upload::is_busy(self, &record.id) {
+            if record.expires_ms > now_ms
+                || upload::is_busy(self, &record.id)
+                || inner.disk.is_upload_locked(&record.id)
+            {
                 live.insert(record.id);
                 continue;
             }
@@ -69,10 +77,13 @@ impl Files {
             Err(error) => tracing::error!(%error, "listing upload files failed"),
         }
         {
-            let _blobs = inner
-                .blob_lock
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _blobs = match inner.blob_lock.lock() {
+                Ok(guard) => guard,
+                Err(error) => {
+                    tracing::error!(%error, "taking the blob lock failed; no blob removed");
+                    return;
+                }
+            };
             match inner.disk.blob_files() {
                 Ok(blobs) => {
                     let mut unreferenced = Vec::new();
@@ -123,10 +134,16 @@ impl Files {
         }
     }
 
-    /// Cleans up once with no grace, before the server accepts requests.
+    /// Cleans up once before the server accepts requests: with no grace on one node, where
+    /// nothing can be in progress yet; with the usual grace in cluster mode, where other nodes
+    /// may be writing.
     pub(crate) async fn cleanup_at_start(&self) {
         let files = self.clone();
-        let _ = tokio::task::spawn_blocking(move || files.cleanup(Duration::ZERO)).await;
+        let grace = match self.sharing() {
+            super::Sharing::Local => Duration::ZERO,
+            super::Sharing::Cluster => self.config().orphan_grace,
+        };
+        let _ = tokio::task::spawn_blocking(move || files.cleanup(grace)).await;
     }
 
     /// The cleanup task: every `cleanup_interval` until `cancel`.

@@ -20,7 +20,19 @@
 //!   (or a running PATCH), a PUT an entry in `puts`.
 //! - The blob lock serialises "rename into blobs + commit" with "commit of a delete + remove
 //!   unreferenced blob files" and with the cleanup of orphaned blobs, so a blob file is never
-//!   removed while a committed version names it.
+//!   removed while a committed version names it. In cluster mode it is also a `flock` in the
+//!   shared blob directory, so this holds across nodes (`blobs.rs`).
+//!
+//! # Cluster mode
+//!
+//! The metadata is in Postgres (`tandem_cluster::PgMeta`) and the bytes, blobs and uploads in
+//! progress alike, in the blob directory every node mounts ([`Sharing::Cluster`]). Any node can
+//! serve any file and continue any tus upload: the record is shared, the offset is the length of
+//! the shared file, and the PATCH writing an upload holds its `flock`. The set of file paths is
+//! not cached (another node may add one at any time): `is_file` asks Postgres. The cleanup never
+//! sweeps without a grace period, since other nodes may be writing. A PUT's reservation of quota
+//! is known only to its node; the quota itself is checked in the transaction that stores a
+//! version, so it holds across nodes.
 //! - Request bodies are streamed to disk chunk by chunk and never held whole in memory; each
 //!   chunk must arrive within [`UPLOAD_IDLE_TIMEOUT`].
 //!
@@ -49,7 +61,7 @@ use tandem_store::{FileEntry, FileVersion, Store, StoreError, Uploader, workspac
 use tandem_hub::Actor;
 use tandem_hub::clock::now_ms;
 
-pub(crate) use blobs::Disk;
+pub(crate) use blobs::{BlobLock, Disk};
 
 /// A request body that sends nothing for this long is abandoned (a tus upload keeps what it
 /// received; a PUT is discarded).
@@ -89,6 +101,15 @@ impl Default for FilesConfig {
     }
 }
 
+/// Whether other nodes share the files' directory and metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// One node: the data directory and the local store.
+    Local,
+    /// Cluster mode: the blob directory every node mounts and the shared database.
+    Cluster,
+}
+
 /// File storage as the handlers see it. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Files {
@@ -102,11 +123,13 @@ pub(crate) struct FilesInner {
     space: Arc<Store>,
     config: FilesConfig,
     pub(crate) disk: Disk,
-    /// See the module invariants. A std mutex: it is only taken on the blocking pool.
-    pub(crate) blob_lock: Mutex<()>,
+    /// See the module invariants. Blocking: only taken on the blocking pool.
+    pub(crate) blob_lock: BlobLock,
     /// Every file path, so the WebSocket upgrade can refuse a file's path without a redb read.
-    /// Updated after each commit that adds, moves or removes a path.
-    paths: RwLock<HashSet<String>>,
+    /// Updated after each commit that adds, moves or removes a path. `None` in cluster mode,
+    /// where other nodes change paths too: the store is asked instead.
+    paths: Option<RwLock<HashSet<String>>>,
+    sharing: Sharing,
     /// One slot per tus upload with a PATCH running or recently run (`tus.rs`).
     slots: Mutex<HashMap<String, Arc<upload::UploadSlot>>>,
     /// Every PUT being received, by upload id: its workspace and the bytes it reserves.
@@ -225,27 +248,36 @@ impl From<StoreError> for FileError {
 }
 
 impl Files {
-    /// Opens the directories under `data_dir` and loads the set of file paths.
+    /// Opens the directories under `dir` (the data directory, or the shared blob directory in
+    /// cluster mode) and, on one node, loads the set of file paths.
     pub(crate) fn open(
         store: Arc<dyn FileTable>,
         space: Arc<Store>,
         config: FilesConfig,
-        data_dir: &Path,
+        dir: &Path,
+        sharing: Sharing,
     ) -> std::io::Result<Files> {
-        let disk = Disk::open(data_dir)?;
-        let paths = store
-            .file_paths()
-            .map_err(std::io::Error::other)?
-            .into_iter()
-            .collect();
+        let disk = Disk::open(dir)?;
+        let blob_lock = BlobLock::open(&disk, sharing == Sharing::Cluster)?;
+        let paths = match sharing {
+            Sharing::Local => Some(RwLock::new(
+                store
+                    .file_paths()
+                    .map_err(std::io::Error::other)?
+                    .into_iter()
+                    .collect(),
+            )),
+            Sharing::Cluster => None,
+        };
         Ok(Files {
             inner: Arc::new(FilesInner {
                 store,
                 space,
                 config,
                 disk,
-                blob_lock: Mutex::new(()),
-                paths: RwLock::new(paths),
+                blob_lock,
+                paths,
+                sharing,
                 slots: Mutex::new(HashMap::new()),
                 puts: Mutex::new(HashMap::new()),
                 reserve_lock: Mutex::new(()),
@@ -253,13 +285,23 @@ impl Files {
         })
     }
 
-    /// Whether `path` is a stored file (for the WebSocket upgrade).
-    pub(crate) fn is_file(&self, path: &str) -> bool {
-        self.inner
-            .paths
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(path)
+    /// Whether `path` is a stored file (for the WebSocket upgrade): from the set of paths on
+    /// one node, from the shared store in cluster mode.
+    pub(crate) async fn is_file(&self, path: &str) -> Result<bool, FileError> {
+        if let Some(paths) = &self.inner.paths {
+            return Ok(paths
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(path));
+        }
+        let path = path.to_owned();
+        self.blocking(move |inner| Ok(inner.store.file(&path)?.is_some()))
+            .await
+    }
+
+    /// Whether other nodes share the files.
+    pub(crate) fn sharing(&self) -> Sharing {
+        self.inner.sharing
     }
 
     pub(crate) fn config(&self) -> &FilesConfig {
@@ -271,9 +313,10 @@ impl Files {
     }
 
     pub(crate) fn set_path(&self, add: Option<&str>, remove: Option<&str>) {
-        let mut paths = self
-            .inner
-            .paths
+        let Some(paths) = &self.inner.paths else {
+            return;
+        };
+        let mut paths = paths
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(path) = remove {
@@ -478,10 +521,10 @@ impl Files {
         let files = self.clone();
         let entry = self
             .blocking(move |inner| {
-                let _blobs = inner
-                    .blob_lock
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _blobs = match inner.blob_lock.lock() {
+                    Ok(guard) => guard,
+                    Err(error) => return Err(files.io_failure_blocking(&error, "blob lock")),
+                };
                 let sha256 = version.sha256.clone();
                 let stored = match upload_id {
                     Some(_) => inner.disk.link_blob(&temp, &sha256),
