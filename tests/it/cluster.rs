@@ -219,14 +219,21 @@ async fn with_postgres_down_open_docs_keep_editing_and_cold_loads_wait_for_it() 
     bob.wait_text(|text| text == "before;during;").await;
     bob.append_text("back;").await;
     alice.wait_text(|text| text == "before;during;back;").await;
-    // A doc nobody has open needs its snapshot row: the join is refused, to be retried.
-    let mut cold = Peer::connect_raw(two.addr, "pg-down/cold.md").await;
-    let (code, reason) = cold.expect_close().await;
-    assert_eq!((code, reason.as_str()), (1013, "document unavailable"));
+    // Someone reconnecting to the open doc gets in, and sees everything.
+    let mut back = Peer::connect(two.addr, "pg-down/open.md").await;
+    back.wait_text(|text| text == "before;during;back;").await;
+    // A doc nobody has open needs Postgres (is the path a file? its snapshot): refused, to be
+    // retried, with a clear answer.
+    let (status, body) =
+        tandem_tests::upgrade_refusal(Peer::try_connect_raw(two.addr, "pg-down/cold.md").await);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
 
     cluster.postgres.restart();
     let reachable = async || {
-        let mut retry = Peer::connect_raw(two.addr, "pg-down/cold.md").await;
+        let Ok(mut retry) = Peer::try_connect_raw(two.addr, "pg-down/cold.md").await else {
+            return false;
+        };
         retry.append_text("loaded").await;
         tokio::time::timeout(
             Duration::from_millis(500),
@@ -348,4 +355,69 @@ async fn a_node_that_cannot_reach_redis_fails_its_health_check_until_redis_is_ba
     cluster.redis.restart();
     let healthy = async || health(&one).await.0 == 200;
     tandem_tests::wait_until("healthy again once redis is back", healthy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_user_add_writes_the_clusters_accounts_without_any_node_running() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::start();
+    let bin = tokio::task::spawn_blocking(tandem_tests::tandem_bin)
+        .await
+        .expect("building the binary");
+    let empty_dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "user",
+            "add",
+            "ada",
+            "--doc",
+            "team/*=write",
+            "--password-stdin",
+        ])
+        .arg("--data-dir")
+        .arg(empty_dir.path())
+        .args(["--redis-url", &cluster.redis.url()])
+        .args(["--postgres-url", &cluster.postgres.url()])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tandem user add");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(b"correct horse battery staple\n")
+        .await
+        .expect("write the password");
+    drop(stdin);
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("tandem user add ends")
+        .expect("its output");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A node started afterwards, on a data directory of its own, signs the account in.
+    let node = cluster
+        .node(|config| config.auth.mode = tandem_server::auth::AuthMode::Jwt)
+        .await;
+    let body = serde_json::json!({ "username": "ada", "password": "correct horse battery staple" });
+    let response = node
+        .request(
+            "POST",
+            "/api/login",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
 }

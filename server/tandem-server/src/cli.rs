@@ -673,6 +673,13 @@ pub struct Target {
     /// The server running on that directory, asked when it holds the database open.
     #[arg(long, env = "TANDEM_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// Cluster mode: the Redis the nodes share; with `--postgres-url`, the command works on the
+    /// cluster's shared tables instead of a data directory.
+    #[arg(long, env = "TANDEM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Cluster mode: the Postgres the nodes share.
+    #[arg(long, env = "TANDEM_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
 }
 
 /// Flags of `tandem user add`.

@@ -35,7 +35,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(command) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // One worker, but multi-threaded: in cluster mode the shared tables block on their
+            // queries (`PgMeta::block`), which a current-thread runtime cannot.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
@@ -43,7 +46,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Token(command) => finish(tandem_server::command::run_token(command)),
         Command::Webhook(command) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // One worker, but multi-threaded: in cluster mode the shared tables block on their
+            // queries (`PgMeta::block`), which a current-thread runtime cannot.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;

@@ -35,8 +35,10 @@ pub(super) async fn upgrade(
     DocGrant { doc, grant }: DocGrant,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    // A file's path cannot also be a doc (the workspace tree would be ambiguous).
-    if state.files.is_file(doc.as_str()).await? {
+    // A file's path cannot also be a doc (the workspace tree would be ambiguous). A doc open
+    // here is a doc: no need to ask (in cluster mode, Postgres, which may be down while open
+    // docs keep working).
+    if state.hub.get(&doc).is_none() && state.files.is_file(doc.as_str()).await? {
         return Err(FileError::PathTaken {
             path: doc.to_string(),
         }

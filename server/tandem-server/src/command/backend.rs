@@ -2,7 +2,10 @@
 //! once against these operations.
 //!
 //! redb lets one process open a file at a time. When no server runs on the data directory, the
-//! command opens `<data-dir>/tandem.redb` itself ([`Backend::Local`]). While a server runs on it,
+//! command opens `<data-dir>/tandem.redb` itself ([`Backend::Local`]). In cluster mode
+//! (`--redis-url` and `--postgres-url`, or their environment variables, as the nodes get them)
+//! it works on the shared database directly, the same tables every node reads, whether or not
+//! a node runs. While a server runs on it,
 //! the store reports [`StoreError::AlreadyOpen`], and the command goes through that server's
 //! account and webhook API (`protocol-spec/http.md`) at `--server` instead
 //! ([`Backend::Remote`]), with an administrator token signed by the server's key from the same
@@ -19,7 +22,10 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode, Uri, header};
 use serde::de::DeserializeOwned;
-use tandem_store::{Store, StoreError};
+use std::sync::Arc;
+
+use tandem_store::meta::{UserTable, WebhookTable};
+use tandem_store::{DeliveryAttempt, Store, StoreError, UserRecord, WebhookRecord};
 
 use super::CommandError;
 use crate::DB_FILE_NAME;
@@ -38,13 +44,46 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer read from the server (a long account list is well below).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The tables a command works on directly: the local store's, or the cluster's in Postgres.
+pub(super) struct LocalTables {
+    users: Arc<dyn UserTable>,
+    webhooks: Arc<dyn WebhookTable>,
+}
+
+impl LocalTables {
+    fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.users.get_user(sub)
+    }
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.users.put_user(user)
+    }
+    fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
+        self.users.remove_user(sub)
+    }
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.users.list_users()
+    }
+    fn put_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.webhooks.put_webhook(webhook)
+    }
+    fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.webhooks.list_webhooks()
+    }
+    fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.webhooks.remove_webhook(id)
+    }
+    fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        self.webhooks.list_deliveries(id)
+    }
+}
+
 /// The store when this process can open it, else the server that has it open.
 pub(super) enum Backend {
-    /// The database, opened by this process.
+    /// The tables, opened by this process: the local store, or the cluster's shared database.
     Local {
-        /// The open store.
-        store: Store,
-        /// Its file, for error messages.
+        /// The open tables.
+        store: LocalTables,
+        /// The file (or the database's redacted URL), for error messages.
         path: PathBuf,
     },
     /// The server that holds the database open.
@@ -63,14 +102,51 @@ pub(super) struct NewUser<'a> {
 
 impl Backend {
     /// Opens the store of `target`, or, when a server holds it, prepares to call that server.
-    pub(super) fn open(target: &Target) -> Result<Backend, CommandError> {
+    pub(super) async fn open(target: &Target) -> Result<Backend, CommandError> {
+        match (&target.redis_url, &target.postgres_url) {
+            (Some(redis_url), Some(postgres_url)) => {
+                let config = tandem_cluster::ClusterConfig {
+                    redis_url: redis_url.clone(),
+                    postgres_url: postgres_url.clone(),
+                    durability: tandem_cluster::Durability::Local,
+                    replica_timeout: Duration::from_secs(2),
+                    trim_margin: crate::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+                };
+                let meta = tandem_cluster::PgMeta::connect(&config)
+                    .await
+                    .map_err(|error| CommandError::Invalid(format!("cluster mode: {error}")))?;
+                let meta = Arc::new(meta);
+                return Ok(Backend::Local {
+                    store: LocalTables {
+                        users: meta.clone(),
+                        webhooks: meta,
+                    },
+                    path: PathBuf::from(tandem_cluster::engine::redact(postgres_url)),
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CommandError::Invalid(
+                    "cluster mode needs both --redis-url and --postgres-url".into(),
+                ));
+            }
+        }
         let path = target.data_dir.join(DB_FILE_NAME);
         // The same refusal as the server's: creating an empty store beside an earlier store's
         // blobs would let the server's cleanup delete them.
         crate::data_dir::check_store_file(&target.data_dir, &path, false)
             .map_err(|error| CommandError::Invalid(error.to_string()))?;
         match Store::open(&path) {
-            Ok(store) => Ok(Backend::Local { store, path }),
+            Ok(store) => {
+                let store = Arc::new(store);
+                Ok(Backend::Local {
+                    store: LocalTables {
+                        users: store.clone(),
+                        webhooks: store,
+                    },
+                    path,
+                })
+            }
             Err(StoreError::AlreadyOpen) => Ok(Backend::Remote(Remote::new(target)?)),
             Err(source) => Err(CommandError::Store { path, source }),
         }

@@ -20,7 +20,7 @@ pub(super) async fn add(args: UserAddArgs) -> Result<String, CommandError> {
     let docs = docs_of(&args.docs)?;
     let password = read_password(&args.sub, args.password_stdin)?;
     validate_password(&password).map_err(CommandError::Invalid)?;
-    let backend = Backend::open(&args.target)?;
+    let backend = Backend::open(&args.target).await?;
     let created = backend
         .put_user(NewUser {
             sub: &args.sub,
@@ -37,7 +37,10 @@ pub(super) async fn add(args: UserAddArgs) -> Result<String, CommandError> {
 /// Removes an account; one that does not exist is an error.
 pub(super) async fn remove(args: UserRemoveArgs) -> Result<String, CommandError> {
     validate_sub(&args.sub).map_err(CommandError::Invalid)?;
-    let removed = Backend::open(&args.target)?.remove_user(&args.sub).await?;
+    let removed = Backend::open(&args.target)
+        .await?
+        .remove_user(&args.sub)
+        .await?;
     if !removed {
         return Err(CommandError::NoSuchUser(args.sub));
     }
@@ -46,7 +49,7 @@ pub(super) async fn remove(args: UserRemoveArgs) -> Result<String, CommandError>
 
 /// Lists the accounts, one per line.
 pub(super) async fn list(args: UserListArgs) -> Result<String, CommandError> {
-    let users = Backend::open(&args.target)?.list_users().await?;
+    let users = Backend::open(&args.target).await?.list_users().await?;
     Ok(format_users(&users))
 }
 

@@ -14,7 +14,7 @@ pub(super) async fn add(args: WebhookAddArgs) -> Result<String, CommandError> {
         secret: args.secret,
         docs: args.docs,
     };
-    let backend = Backend::open(&args.target)?;
+    let backend = Backend::open(&args.target).await?;
     let (id, secret) = backend.add_webhook(request).await?;
     Ok(format!(
         "added webhook {id}{}\nsecret {secret}",
@@ -24,7 +24,7 @@ pub(super) async fn add(args: WebhookAddArgs) -> Result<String, CommandError> {
 
 /// Lists the webhooks, one per line: id, URL, events, doc pattern.
 pub(super) async fn list(target: &Target) -> Result<String, CommandError> {
-    let webhooks = Backend::open(target)?.list_webhooks().await?;
+    let webhooks = Backend::open(target).await?.list_webhooks().await?;
     if webhooks.is_empty() {
         return Ok("no webhooks".into());
     }
@@ -45,7 +45,8 @@ pub(super) async fn list(target: &Target) -> Result<String, CommandError> {
 
 /// Removes a webhook; one that does not exist is an error.
 pub(super) async fn remove(args: WebhookIdArgs) -> Result<String, CommandError> {
-    let removed = Backend::open(&args.target)?
+    let removed = Backend::open(&args.target)
+        .await?
         .remove_webhook(&args.id)
         .await?;
     if !removed {
@@ -56,7 +57,11 @@ pub(super) async fn remove(args: WebhookIdArgs) -> Result<String, CommandError> 
 
 /// A webhook's delivery attempts, newest first, one per line.
 pub(super) async fn log(args: WebhookIdArgs) -> Result<String, CommandError> {
-    let Some(attempts) = Backend::open(&args.target)?.webhook_log(&args.id).await? else {
+    let Some(attempts) = Backend::open(&args.target)
+        .await?
+        .webhook_log(&args.id)
+        .await?
+    else {
         return Err(CommandError::NoSuchWebhook(args.id));
     };
     if attempts.is_empty() {
