@@ -222,6 +222,20 @@ async fn with_postgres_down_open_docs_keep_editing_and_cold_loads_wait_for_it() 
     // Someone reconnecting to the open doc gets in, and sees everything.
     let mut back = Peer::connect(two.addr, "pg-down/open.md").await;
     back.wait_text(|text| text == "before;during;back;").await;
+    // A version needs Postgres: that request alone fails, and the doc goes on.
+    let response = one
+        .request(
+            "POST",
+            "/api/docs/pg-down/open.md/versions",
+            &[("Content-Type", "application/json")],
+            br#"{"name": "while postgres is down"}"#,
+        )
+        .await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    alice.append_text("still;").await;
+    bob.wait_text(|text| text == "before;during;back;still;")
+        .await;
+    assert!(alice.closed.is_none() && bob.closed.is_none());
     // A doc nobody has open needs Postgres (is the path a file? its snapshot): refused, to be
     // retried, with a clear answer.
     let (status, body) =
@@ -245,7 +259,8 @@ async fn with_postgres_down_open_docs_keep_editing_and_cold_loads_wait_for_it() 
     };
     tandem_tests::wait_until("a cold load once postgres is back", reachable).await;
     let mut late = Peer::connect(one.addr, "pg-down/open.md").await;
-    late.wait_text(|text| text == "before;during;back;").await;
+    late.wait_text(|text| text == "before;during;back;still;")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,11 +15,15 @@
 //! store an append whose answer was lost. Commands queued behind a failure of their doc are
 //! dropped, never appended (the actor has moved on to a fresh channel).
 //!
-//! Versions go to Postgres after the group's appends; compactions run beside the appender
+//! Versions go to Postgres on a task of their own ([`run_versions`]), in order, after the group's
+//! appends, each under a timeout: a slow or unreachable Postgres never holds up the appends of
+//! any doc, and a version it cannot store is refused alone (the doc actor answers that request
+//! with an error; its doc and peers are untouched). Compactions run beside the appender
 //! (`snapshot::compact`), each once the updates it covers are durable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tandem_core::DocId;
 use tandem_hub::LogCommand;
@@ -33,9 +37,72 @@ use crate::{Durability as ClusterDurability, Shared, keys, snapshot};
 const MAX_BATCH_OPS: usize = 2048;
 /// Most update bytes in one group (a large paste still goes alone).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Versions waiting for Postgres; beyond this a version is refused at once.
+const VERSION_QUEUE_CAPACITY: usize = 256;
+/// How long storing one version may take before it is refused.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A version for the version task.
+pub(crate) struct VersionJob {
+    doc: DocId,
+    record: Box<tandem_store::VersionRecord>,
+    state: Vec<u8>,
+    max_kept: u64,
+    report: watch::Sender<Durability>,
+    stored_id: oneshot::Sender<u64>,
+}
+
+impl VersionJob {
+    /// Tells the doc actor the version was not stored, without failing its doc.
+    fn refuse(self) {
+        let _ = self.stored_id.send(tandem_hub::log::VERSION_NOT_STORED);
+        let id = self.record.id;
+        self.report.send_modify(|durability| {
+            durability.durable_version = durability.durable_version.max(id);
+        });
+    }
+}
+
+/// Stores versions in order, each under [`VERSION_TIMEOUT`]; stops once the appender has
+/// stopped and the queue is empty.
+pub(crate) async fn run_versions(shared: Arc<Shared>, mut jobs: mpsc::Receiver<VersionJob>) {
+    while let Some(job) = jobs.recv().await {
+        if job.report.borrow().failed {
+            continue;
+        }
+        let stored = tokio::time::timeout(
+            VERSION_TIMEOUT,
+            snapshot::store_version(&shared, &job.doc, &job.record, &job.state, job.max_kept),
+        )
+        .await
+        .unwrap_or_else(|_| Err("postgres did not answer in time".into()));
+        match stored {
+            Ok(id) => {
+                if id != job.record.id {
+                    debug!(doc = %job.doc, asked = job.record.id, stored = id, "version id taken by another node");
+                }
+                // Before the report: the actor reads the id when it sees the version durable.
+                let _ = job.stored_id.send(id);
+                let asked = job.record.id;
+                job.report.send_modify(|durability| {
+                    durability.durable_version = durability.durable_version.max(asked);
+                });
+            }
+            Err(error) => {
+                warn!(doc = %job.doc, %error, "storing a version in postgres failed; refusing it");
+                job.refuse();
+            }
+        }
+    }
+}
 
 /// The appender's task.
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>) {
+    let (versions, version_jobs) = mpsc::channel(VERSION_QUEUE_CAPACITY);
+    shared.lifecycle.spawn(
+        tracing::info_span!("cluster-versions"),
+        run_versions(shared.clone(), version_jobs),
+    );
     let mut n_groups: u64 = 0;
     let mut close: Option<oneshot::Sender<()>> = None;
     while close.is_none() {
@@ -91,7 +158,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>)
             next = rx.try_recv().ok();
         }
         if !group.is_empty() {
-            write_group(&shared, group).await;
+            write_group(&shared, group, &versions).await;
             n_groups += 1;
         }
     }
@@ -102,7 +169,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>)
 }
 
 /// Appends a group's updates in one pipeline, stores its versions, and reports.
-async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
+async fn write_group(shared: &Shared, group: Vec<LogCommand>, jobs: &mpsc::Sender<VersionJob>) {
     // Commands of a doc whose channel already failed are dropped (see the module docs).
     let live = |report: &watch::Sender<Durability>| !report.borrow().failed;
     let mut pipe = redis::pipe();
@@ -196,24 +263,22 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>) {
         if !live(&report) {
             continue;
         }
-        match snapshot::store_version(shared, &doc, &record, &state, max_kept).await {
-            Ok(id) => {
-                // Before the report: the actor reads the id when it sees the version durable.
-                if id != record.id {
-                    debug!(%doc, asked = record.id, stored = id, "version id taken by another node");
+        let job = VersionJob {
+            doc,
+            record,
+            state,
+            max_kept,
+            report,
+            stored_id,
+        };
+        if let Err(error) = jobs.try_send(job) {
+            let job = match error {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
                 }
-                let _ = stored_id.send(id);
-                report.send_modify(|durability| {
-                    durability.durable_version = durability.durable_version.max(record.id);
-                });
-            }
-            Err(error) => {
-                warn!(%doc, %error, "storing a version in postgres failed");
-                report.send_modify(|durability| {
-                    durability.failed = true;
-                    durability.storage_fault = true;
-                });
-            }
+            };
+            warn!(doc = %job.doc, "too many versions waiting for postgres; refusing one");
+            job.refuse();
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! A compaction trims its stream only below `now - trim_margin`, so the last edits of a doc stay
 //! in Redis after its last node unloaded it, with no compaction to come. Every
-//! [`JANITOR_EVERY`], each node claims the snapshot rows written more than the margin ago and
-//! not trimmed since (`UPDATE ... SET trimmed = true ... RETURNING`, so two nodes never claim
+//! [`JANITOR_EVERY`], each node claims the snapshot rows whose position is older than the margin
+//! (on Redis's clock, the clock of stream ids) and not trimmed since (`UPDATE ... SET trimmed = true ... RETURNING`, so two nodes never claim
 //! the same row) and trims each stream below its snapshot's position: every entry there is in
 //! the snapshot, and older than the margin, which is exactly what a compaction would have
 //! trimmed had it run that late. A compaction that writes a newer snapshot clears the mark.
@@ -44,19 +44,23 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
 /// One round: claims rows and trims their streams. Returns how many it trimmed.
 async fn sweep(shared: &Shared) -> Result<usize, String> {
     let margin_ms = shared.config.trim_margin.as_millis() as i64;
-    let cutoff = tandem_hub::clock::now_ms() as i64 - margin_ms;
+    // Redis's clock, which stream ids (and so snapshot positions) come from.
+    let mut redis = shared.redis.clone();
+    let now_ms = crate::snapshot::redis_now_ms(&mut redis)
+        .await
+        .map_err(|error| error.to_string())?;
+    let cutoff = now_ms as i64 - margin_ms;
     let client = shared.pg.get().await.map_err(|error| error.to_string())?;
     let rows = client
         .query(
             "UPDATE tandem_docs SET trimmed = true WHERE name IN ( \
-               SELECT name FROM tandem_docs WHERE NOT trimmed AND updated_ms < $1 \
+               SELECT name FROM tandem_docs WHERE NOT trimmed AND position_ms < $1 \
                LIMIT $2 FOR UPDATE SKIP LOCKED) \
              RETURNING name, position_ms, position_seq",
             &[&cutoff, &MAX_ROWS],
         )
         .await
         .map_err(|error| error.to_string())?;
-    let mut redis = shared.redis.clone();
     let mut n = 0;
     for row in rows {
         let name: String = row.get(0);

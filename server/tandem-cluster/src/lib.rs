@@ -151,7 +151,13 @@ struct Shared {
     lifecycle: Lifecycle,
     /// Which presence channels to listen to, and which other nodes were heard from.
     presence: presence::State,
+    /// Loads in progress at once (`MAX_CONCURRENT_LOADS`).
+    loads: tokio::sync::Semaphore,
 }
+
+/// Docs loaded at once by one node: a burst (every open doc resyncing after Redis returned)
+/// queues here instead of taking the whole Postgres pool.
+const MAX_CONCURRENT_LOADS: usize = 4;
 
 /// The document log of cluster mode: implements the hub's [`DocLog`].
 pub struct ClusterLog {
@@ -185,6 +191,7 @@ impl ClusterLog {
             presence_tx,
             lifecycle: lifecycle.clone(),
             presence: presence::State::default(),
+            loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
         });
         let (commands, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
         // The appender stops on `LogCommand::Close`, sent after the last actor has flushed.
@@ -314,6 +321,13 @@ impl DocLog for ClusterLog {
         let position = position.unwrap_or_else(|| Arc::from(keys::STREAM_START));
         let is_new = {
             let mut follows = self.shared.follows.lock().expect("follows lock poisoned");
+            // An older actor of the doc (one that is stopping) never takes a newer one's place.
+            if follows
+                .get(doc)
+                .is_some_and(|follow| follow.generation > generation)
+            {
+                return;
+            }
             follows
                 .insert(
                     doc.clone(),

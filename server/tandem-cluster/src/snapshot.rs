@@ -16,8 +16,9 @@
 //! 1. wait until the updates the snapshot covers are durable (a refused one must not be in it);
 //! 2. take a fencing token (`INCR tandem:fence:<doc>`) and the lease
 //!    (`SET tandem:lease:<doc> <node>:<token> NX PX 30000`); without the lease, give up;
-//! 3. write the snapshot row only if its token and position are newer than the stored ones
-//!    (a compactor whose lease expired while it was paused cannot overwrite a newer snapshot);
+//! 3. write the snapshot row only if its position is newer than the stored one (a compactor
+//!    whose lease expired while it was paused cannot overwrite a newer snapshot: the position
+//!    is the fencing token, and unlike Redis's counter it survives Redis losing its data);
 //! 4. only after that commit, trim the stream below the snapshot's position, keeping entries
 //!    younger than `trim_margin` for nodes whose tail is a little behind;
 //! 5. release the lease if it is still ours.
@@ -65,6 +66,13 @@ async fn snapshot_position(
 
 /// Everything durable about `doc`: its snapshot and the stream after it.
 pub(crate) async fn load(shared: &Shared, doc: &DocId) -> Result<LoadedLog, LoadFailure> {
+    // A bounded number at a time (every open doc resyncs at once after Redis returns), so loads
+    // never take all of the pool from appends' versions, compactions and the services.
+    let _permit = shared
+        .loads
+        .acquire()
+        .await
+        .map_err(|error| failed("loading stopped", error))?;
     let client = shared
         .pg
         .get()
@@ -304,35 +312,49 @@ pub(crate) async fn compact(
         debug!(%doc, "another node is compacting");
         return;
     }
-    // 3. The snapshot, fenced.
+    // 3. The snapshot, merged with the stored one, written only if its position is newer.
     let written = write_snapshot(shared, &doc, &snapshot, (ms, seq), fence).await;
     match written {
-        Ok(true) => {
-            // 4. Trim, only now that the snapshot has committed.
-            let margin_ms = shared.config.trim_margin.as_millis() as u64;
-            let keep_from = tandem_hub::clock::now_ms().saturating_sub(margin_ms);
-            let min_id = if ms <= keep_from {
-                // Everything up to and including the snapshot's position goes.
-                format!("{ms}-{}", seq + 1)
-            } else {
-                format!("{keep_from}-0")
-            };
-            let trimmed: redis::RedisResult<u64> = redis::cmd("XTRIM")
-                .arg(keys::doc_stream(&doc))
-                .arg("MINID")
-                .arg(&min_id)
-                .query_async(&mut redis)
-                .await;
-            match trimmed {
-                Ok(n) => {
-                    info!(%doc, snapshot_bytes = snapshot.len(), trimmed = n, fence, "compacted")
+        Ok(Written::Newer { stored_had_more }) => {
+            if stored_had_more {
+                // This node had missed updates the stored snapshot holds (its tail fell behind a
+                // trim): the snapshot keeps them anyway; the open doc reloads to show them.
+                warn!(%doc, "this node had missed updates a snapshot holds; resyncing the doc");
+                crate::tail::resync(shared, &doc);
+            }
+            // 4. Trim, only now that the snapshot has committed; the margin is measured on
+            // Redis's clock, the clock the stream ids come from.
+            match redis_now_ms(&mut redis).await {
+                Ok(now_ms) => {
+                    let margin_ms = shared.config.trim_margin.as_millis() as u64;
+                    let keep_from = now_ms.saturating_sub(margin_ms);
+                    let min_id = if ms < keep_from {
+                        // Everything up to and including the snapshot's position goes.
+                        format!("{ms}-{}", seq + 1)
+                    } else {
+                        format!("{keep_from}-0")
+                    };
+                    let trimmed: redis::RedisResult<u64> = redis::cmd("XTRIM")
+                        .arg(keys::doc_stream(&doc))
+                        .arg("MINID")
+                        .arg(&min_id)
+                        .query_async(&mut redis)
+                        .await;
+                    match trimmed {
+                        Ok(n) => {
+                            info!(%doc, snapshot_bytes = snapshot.len(), trimmed = n, fence, "compacted")
+                        }
+                        Err(error) => {
+                            warn!(%doc, %error, "snapshot stored but trimming failed; the next compaction trims")
+                        }
+                    }
                 }
                 Err(error) => {
-                    warn!(%doc, %error, "snapshot stored but trimming failed; the next compaction trims")
+                    warn!(%doc, %error, "snapshot stored but redis's clock unreadable; the next compaction trims")
                 }
             }
         }
-        Ok(false) => debug!(%doc, fence, "a newer snapshot is stored; nothing to do"),
+        Ok(Written::Older) => debug!(%doc, fence, "a newer snapshot is stored; nothing to do"),
         Err(error) => warn!(%doc, %error, "storing a snapshot in postgres failed"),
     }
     // 5. Release the lease if it is still ours.
@@ -346,39 +368,89 @@ pub(crate) async fn compact(
         .await;
 }
 
-/// Writes the snapshot row unless a newer one (by fence and position) is stored. Returns
-/// whether it wrote.
+/// What [`write_snapshot`] did.
+pub(crate) enum Written {
+    /// The row now holds the new snapshot merged with the one it replaced.
+    Newer {
+        /// The replaced snapshot held insertions the new one lacked.
+        stored_had_more: bool,
+    },
+    /// A snapshot at this position or a later one is stored; nothing was written.
+    Older,
+}
+
+/// Stores `snapshot` as the doc's snapshot at stream position `(ms, seq)`, unless one at that
+/// position or later is stored. The stream position is the fencing token that decides: a
+/// snapshot holds everything up to its position, so only a newer position may replace it,
+/// whoever writes it and however late (Redis's fence counter, which restarts if Redis loses its
+/// data, only names the lease and is kept for diagnosis). The stored snapshot is merged into
+/// the new one under the row's lock, so a replacement never drops what the stored one held,
+/// even if the compacting node's tail had missed updates a trim removed.
 async fn write_snapshot(
     shared: &Shared,
     doc: &DocId,
     snapshot: &[u8],
     (ms, seq): (u64, u64),
     fence: i64,
-) -> Result<bool, String> {
-    let client = tokio::time::timeout(Duration::from_secs(5), shared.pg.get())
+) -> Result<Written, String> {
+    let mut client = tokio::time::timeout(Duration::from_secs(5), shared.pg.get())
         .await
         .map_err(|_| "postgres did not answer".to_string())?
         .map_err(|error| error.to_string())?;
-    let n = client
-        .execute(
-            "INSERT INTO tandem_docs (name, snapshot, position_ms, position_seq, fence, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (name) DO UPDATE SET snapshot = EXCLUDED.snapshot, \
-               position_ms = EXCLUDED.position_ms, position_seq = EXCLUDED.position_seq, \
-               fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms, trimmed = false \
-             WHERE tandem_docs.fence < EXCLUDED.fence \
-               AND (tandem_docs.position_ms, tandem_docs.position_seq) \
-                 < (EXCLUDED.position_ms, EXCLUDED.position_seq)",
-            &[
-                &doc.as_str(),
-                &snapshot,
-                &(ms as i64),
-                &(seq as i64),
-                &fence,
-                &(tandem_hub::clock::now_ms() as i64),
-            ],
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|error| error.to_string())?;
+    let stored = tx
+        .query_opt(
+            "SELECT snapshot, position_ms, position_seq FROM tandem_docs WHERE name = $1 FOR UPDATE",
+            &[&doc.as_str()],
         )
         .await
         .map_err(|error| error.to_string())?;
-    Ok(n == 1)
+    let (update, stored_had_more) = match stored {
+        Some(row) => {
+            let stored_position = (row.get::<_, i64>(1), row.get::<_, i64>(2));
+            if stored_position >= (ms as i64, seq as i64) {
+                return Ok(Written::Older);
+            }
+            let stored: Vec<u8> = row.get(0);
+            let newer = snapshot.to_vec();
+            // CPU work proportional to the doc: off the runtime.
+            let merged =
+                tokio::task::spawn_blocking(move || tandem_core::merge_snapshots(&stored, &newer))
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .map_err(|error| error.to_string())?;
+            (merged.update, merged.stored_had_more)
+        }
+        None => (snapshot.to_vec(), false),
+    };
+    tx.execute(
+        "INSERT INTO tandem_docs (name, snapshot, position_ms, position_seq, fence, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (name) DO UPDATE SET snapshot = EXCLUDED.snapshot, \
+           position_ms = EXCLUDED.position_ms, position_seq = EXCLUDED.position_seq, \
+           fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms, trimmed = false",
+        &[
+            &doc.as_str(),
+            &update,
+            &(ms as i64),
+            &(seq as i64),
+            &fence,
+            &(tandem_hub::clock::now_ms() as i64),
+        ],
+    )
+    .await
+    .map_err(|error| error.to_string())?;
+    tx.commit().await.map_err(|error| error.to_string())?;
+    Ok(Written::Newer { stored_had_more })
+}
+
+/// Redis's own clock, in milliseconds: the clock stream ids are made from.
+pub(crate) async fn redis_now_ms(
+    redis: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<u64> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
+    Ok(seconds * 1000 + micros / 1000)
 }

@@ -9,9 +9,13 @@
 //!
 //! A doc's feed is bounded: when it is full, the tail stops following the doc and asks its
 //! actor to resync (reload from the log, merge, follow again), exactly as a slow peer is closed
-//! rather than skipped. When Redis is unreachable the tail retries; once it is back, every
-//! followed doc resyncs, because a compaction elsewhere may have trimmed entries it had not
-//! read yet.
+//! rather than skipped. When Redis is unreachable the tail retries with a growing pause; once it
+//! is back, every followed doc resyncs, because a compaction elsewhere may have trimmed entries
+//! it had not read yet. So do they when the tail itself went longer than half the trim margin
+//! without a round (a frozen process, a stalled connection): compactions keep entries that
+//! young, so a tail that reads at least that often reads every entry before it can be trimmed.
+//! (A snapshot written by a node that missed entries anyway loses nothing: compaction merges
+//! the stored snapshot into it, and resyncs that node's doc; see `snapshot.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +45,8 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut lost = false;
     let mut backoff = Duration::from_millis(50);
+    let stall = (shared.config.trim_margin / 2).max(BLOCK * 3);
+    let mut last_round = std::time::Instant::now();
     loop {
         if cancel.is_cancelled() {
             break;
@@ -104,12 +110,26 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     warn!(%error, "reading streams from redis failed; retrying");
                 }
                 lost = true;
+                // Also while Redis loads its append-only file after a restart: no hot loop.
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         conn = Some(connection);
         backoff = Duration::from_millis(50);
-        if lost {
+        let stalled = last_round.elapsed() > stall;
+        last_round = std::time::Instant::now();
+        if lost || stalled {
+            if stalled && !lost {
+                warn!(
+                    stalled_ms = stall.as_millis() as u64,
+                    "the tail went too long without reading; docs resync"
+                );
+            }
             lost = false;
             resync_all(&shared);
             continue;
@@ -184,7 +204,17 @@ fn deliver(shared: &Shared, doc: &DocId, epoch: u64, updates: Vec<Bytes>, positi
         }
         Err(TrySendError::Closed(_)) => {
             follows.remove(doc);
+            drop(follows);
+            crate::presence::unsubscribe(shared, doc);
         }
+    }
+}
+
+/// Asks `doc`'s actor to reload and merge what is durable (it missed updates).
+pub(crate) fn resync(shared: &Shared, doc: &DocId) {
+    let follows = shared.follows.lock().expect("follows lock poisoned");
+    if let Some(follow) = follows.get(doc) {
+        follow.feed.resync.notify_one();
     }
 }
 

@@ -36,4 +36,6 @@ pub use doc_id::{DocId, DocIdError};
 pub use limits::Limits;
 pub use presence::{Identity, PresentUser};
 pub use protocol::{Message, ProtocolError};
-pub use shared_doc::{Effects, LoadError, PeerAccess, ReceiveError, SharedDoc};
+pub use shared_doc::{
+    Effects, LoadError, MergedSnapshot, PeerAccess, ReceiveError, SharedDoc, merge_snapshots,
+};

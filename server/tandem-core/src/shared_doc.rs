@@ -27,6 +27,41 @@ use crate::protocol::{
     encode_sync_step2, encode_sync_update,
 };
 
+/// A stored snapshot merged into a newer one (cluster mode's compaction).
+#[derive(Debug)]
+pub struct MergedSnapshot {
+    /// Both states as one v1 update.
+    pub update: Vec<u8>,
+    /// The stored snapshot held insertions the newer one lacked: whoever made the newer one
+    /// had missed some updates.
+    pub stored_had_more: bool,
+}
+
+/// Merges `stored` (a snapshot already stored) into `newer` (one about to replace it), so that
+/// the replacement never loses anything the stored one held, whatever its maker had missed.
+/// Both are whole-doc v1 updates; an error means one does not decode.
+pub fn merge_snapshots(stored: &[u8], newer: &[u8]) -> Result<MergedSnapshot, LoadError> {
+    let refused = |reason: &'static str| LoadError { index: 0, reason };
+    catch_unwind(AssertUnwindSafe(|| {
+        let stored_sv = Update::decode_v1(stored)
+            .map_err(|_| refused("the stored snapshot does not decode"))?
+            .state_vector();
+        let newer_sv = Update::decode_v1(newer)
+            .map_err(|_| refused("the new snapshot does not decode"))?
+            .state_vector();
+        let stored_had_more = stored_sv
+            .iter()
+            .any(|(client, clock)| *clock > newer_sv.get(client));
+        let update = yrs::merge_updates_v1([stored, newer])
+            .map_err(|_| refused("the snapshots do not merge"))?;
+        Ok(MergedSnapshot {
+            update,
+            stored_had_more,
+        })
+    }))
+    .unwrap_or_else(|_| Err(refused("the crdt engine panicked merging snapshots")))
+}
+
 /// The reason sent with the y-protocols Auth "permission denied" answer to a read-only peer's
 /// update.
 pub const READ_ONLY_DENIAL: &str = "read-only: this connection may not change the document";
@@ -564,6 +599,46 @@ mod tests {
         assert!(here.encode_diff(&here.state_vector()).is_none());
         assert!(here.apply_remote(b"not an update").is_err());
         assert_eq!(here.to_json()["t"], "from afar");
+    }
+
+    #[test]
+    fn a_merged_snapshot_keeps_what_the_stored_one_held_and_says_when_the_newer_lacked_it() {
+        let full = |client: &Client| {
+            encode_sync_update(
+                &client
+                    .doc
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            )
+        };
+        let raw = |frame: &Bytes| match decode_frame(frame, &Limits::default()).unwrap().pop() {
+            Some(Message::Update(payload)) => payload.raw.to_vec(),
+            other => panic!("expected an update, got {other:?}"),
+        };
+        let stored_maker = Client::new(1);
+        stored_maker.edit(0, Some("kept "), 0);
+        let newer_maker = Client::new(2);
+        newer_maker.edit(0, Some("new"), 0);
+        let stored = raw(&full(&stored_maker));
+        let newer = raw(&full(&newer_maker));
+
+        let merged = merge_snapshots(&stored, &newer).expect("merges");
+        assert!(
+            merged.stored_had_more,
+            "the newer snapshot lacked the stored one's text"
+        );
+        let reader = Client::new(3);
+        reader.apply_frame(&encode_sync_update(&merged.update));
+        assert!(reader.text().contains("kept ") && reader.text().contains("new"));
+
+        // A newer snapshot that already holds the stored one's content: nothing was missed.
+        let caught_up = Client::new(4);
+        caught_up.apply_frame(&encode_sync_update(&stored));
+        caught_up.edit(0, Some("more "), 0);
+        let newer = raw(&full(&caught_up));
+        let merged = merge_snapshots(&stored, &newer).expect("merges");
+        assert!(!merged.stored_had_more);
+        assert!(merge_snapshots(b"junk", &newer).is_err());
     }
 
     #[test]

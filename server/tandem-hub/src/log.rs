@@ -79,7 +79,8 @@ pub enum LogCommand {
         report: watch::Sender<Durability>,
         /// The id the version was stored under, sent before `report` counts it durable, if the
         /// log had to pick another one than `record.id` or says so anyway (cluster mode: another
-        /// node took that id). Dropped unsent means "stored as `record.id`" (redb).
+        /// node took that id). Dropped unsent means "stored as `record.id`" (redb);
+        /// [`VERSION_NOT_STORED`] means the version alone was refused (the doc goes on).
         stored_id: oneshot::Sender<u64>,
     },
     /// Replace the log up to `upto_seq` by a snapshot.
@@ -104,6 +105,10 @@ pub enum LogCommand {
         done: oneshot::Sender<()>,
     },
 }
+
+/// The stored id that says a version was not stored (ids count from 1): the request that
+/// asked for it fails, and nothing else does.
+pub const VERSION_NOT_STORED: u64 = 0;
 
 /// A doc as its log holds it.
 #[derive(Debug, Default)]

@@ -27,7 +27,7 @@ use tandem_core::{Message, PeerAccess, PeerId, ReceiveError};
 use tandem_store::{Author, VersionKind, VersionRecord};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::{Delivery, DocActor, HTTP_PEER, RestoreRefused, RestoredDelivery, VersionAnswer};
 use crate::JoinError;
@@ -457,6 +457,27 @@ impl DocActor {
         // The log sends the stored id before it reports the version durable. The actor's own
         // numbering (`next_id`, `durable_id`) goes on unchanged: it only orders what is queued.
         if let Ok(id) = stored_id.try_recv() {
+            if id == crate::log::VERSION_NOT_STORED {
+                // Cluster mode's Postgres could not store it: only this request fails.
+                warn!(
+                    version = record.id,
+                    "the version was not stored; refusing the request"
+                );
+                if let Some(waiting) = waiting_restore {
+                    // The restore itself is an update, stored and seen; its undo point is not.
+                    self.hub.events().publish(DocEvent::VersionRestored {
+                        doc: self.doc.to_string(),
+                        version: waiting.version,
+                        actor: waiting.actor.clone(),
+                        at_ms: clock::now_ms(),
+                    });
+                    let _ = waiting.reply.send(Err(JoinError::Unavailable));
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(JoinError::Unavailable));
+                }
+                return;
+            }
             record.id = id;
         }
         let at_ms = clock::now_ms();

@@ -401,7 +401,16 @@ struct RemoteState {
     /// The pseudo-peer standing for each other node's presence states.
     nodes: HashMap<Arc<str>, PeerId>,
     next_node_peer: u64,
+    /// When to try a failed resync again.
+    retry_at: Option<Instant>,
+    /// Resyncs failed in a row.
+    resync_failures: u32,
 }
+
+/// The first pause before a failed resync is tried again; it doubles up to [`RESYNC_RETRY_MAX`].
+const RESYNC_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between two resync attempts.
+const RESYNC_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl DocActor {
     fn new(
@@ -435,6 +444,8 @@ impl DocActor {
                 position,
                 nodes: HashMap::new(),
                 next_node_peer: tandem_core::REMOTE_PEER_BASE,
+                retry_at: None,
+                resync_failures: 0,
             }
         });
         let (durable_tx, durable_rx) = watch::channel(Durability {
@@ -526,6 +537,7 @@ impl DocActor {
                 // and the actor reloads and merges what is durable.
                 event = next_remote(&mut self.remote) => match event {
                     Some(input) => self.handle_remote(input),
+                    None if self.stopping => {}
                     None => Box::pin(self.resync()).await,
                 },
                 _ = awareness_sweep.tick() => {
@@ -1287,7 +1299,12 @@ async fn next_remote(remote: &mut Option<RemoteState>) -> Option<RemoteInput> {
     };
     tokio::select! {
         biased;
-        () = remote.feed.resync.notified() => None,
+        // A failed resync waits out its pause; a resync asked meanwhile waits with it.
+        () = sleep_until(remote.retry_at), if remote.retry_at.is_some() => {
+            remote.retry_at = None;
+            None
+        }
+        () = remote.feed.resync.notified(), if remote.retry_at.is_none() => None,
         input = remote.rx.recv() => input,
     }
 }
@@ -1381,15 +1398,24 @@ impl DocActor {
         let loaded = match self.hub.log().load(&self.doc).await {
             Ok(loaded) => loaded,
             Err(error) => {
-                // Try again when the log next asks; the peers keep what they have.
-                warn!(%error, "cannot resync the doc from the log");
-                if let Some(remote) = self.remote.as_ref() {
-                    remote.feed.resync.notify_one();
+                // Try again later, from the actor's loop (which goes on serving the peers, who
+                // keep what they have); said once per run of failures.
+                if let Some(remote) = self.remote.as_mut() {
+                    if remote.resync_failures == 0 {
+                        warn!(%error, "cannot resync the doc from the log; retrying");
+                    }
+                    remote.resync_failures = remote.resync_failures.saturating_add(1);
+                    let backoff = RESYNC_RETRY_MIN
+                        .saturating_mul(1 << remote.resync_failures.min(6))
+                        .min(RESYNC_RETRY_MAX);
+                    remote.retry_at = Some(Instant::now() + backoff);
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 return;
             }
         };
+        if let Some(remote) = self.remote.as_mut() {
+            remote.resync_failures = 0;
+        }
         let before = self.shared.state_vector();
         let mut merged = 0usize;
         for update in loaded.stored.iter() {
@@ -1402,8 +1428,13 @@ impl DocActor {
             self.send_to_all(&frame);
         }
         if let Some(remote) = self.remote.as_mut() {
-            // Drop what the old feed still holds: the load covered it.
-            while remote.rx.try_recv().is_ok() {}
+            // Drop the updates the old feed still holds (the load covered them); keep presence.
+            let mut kept = Vec::new();
+            while let Ok(input) = remote.rx.try_recv() {
+                if !matches!(input, RemoteInput::Updates { .. }) {
+                    kept.push(input);
+                }
+            }
             remote.position = loaded.position.clone();
             self.hub.log().follow(
                 &self.doc,
@@ -1411,6 +1442,9 @@ impl DocActor {
                 loaded.position,
                 remote.feed.clone(),
             );
+            for input in kept {
+                self.handle_remote(input);
+            }
         }
         info!(merged, "doc resynced from the log");
     }

@@ -107,6 +107,8 @@ pub(crate) struct Recorder {
     sessions: Sessions,
     debouncer: webhook::Debouncer,
     batch: Batch,
+    /// Commits failed in a row (an unreachable shared database): logged once per run.
+    n_commit_failures: u32,
 }
 
 impl Recorder {
@@ -131,6 +133,7 @@ impl Recorder {
             config,
             debouncer: webhook::Debouncer::new(webhook_config),
             batch: Batch::default(),
+            n_commit_failures: 0,
         })
     }
 
@@ -254,16 +257,26 @@ impl Recorder {
     /// `close` is cancelled (then one try: the entry of an event that finds no id is not made,
     /// and logged; its webhook deliveries are still queued).
     async fn reserve_ids(&mut self, close: &CancellationToken) {
+        let mut n_failures = 0u32;
         loop {
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.reserve_activity_ids()).await {
-                Ok(Ok(ids)) => {
-                    self.sessions.give_ids(ids);
-                    return;
-                }
-                Ok(Err(error)) => error!(%error, "reserving activity entry ids"),
-                Err(error) => error!(%error, "reserving activity entry ids"),
+            let failure =
+                match tokio::task::spawn_blocking(move || store.reserve_activity_ids()).await {
+                    Ok(Ok(ids)) => {
+                        if n_failures > 0 {
+                            info!(n_failures, "activity entry ids reserved again");
+                        }
+                        self.sessions.give_ids(ids);
+                        return;
+                    }
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                };
+            // Once per outage (the shared database down), not every retry.
+            if n_failures == 0 {
+                error!(error = %failure, "reserving activity entry ids failed; retrying");
             }
+            n_failures = n_failures.saturating_add(1);
             if close.is_cancelled() {
                 return;
             }
@@ -318,15 +331,21 @@ impl Recorder {
             }
         };
         if let Err(error) = result {
-            if error.read_only_reason().is_some() {
-                // The store logged the full disk once; the batch waits for space.
+            if error.read_only_reason().is_some() || self.n_commit_failures > 0 {
+                // The store logged the full disk once, or this run of failures was logged: the
+                // batch waits for space or for the database.
                 debug!(%error, n_entries = write.entries.len(), "storing activity refused; retrying");
             } else {
                 error!(%error, n_entries = write.entries.len(), "storing activity failed; retrying");
             }
+            self.n_commit_failures = self.n_commit_failures.saturating_add(1);
             self.batch.deliveries = write.deliveries;
             self.batch.since = Some(Instant::now());
             return;
+        }
+        if self.n_commit_failures > 0 {
+            info!(n_failures = self.n_commit_failures, "activity stored again");
+            self.n_commit_failures = 0;
         }
         debug!(
             n_entries = write.entries.len(),

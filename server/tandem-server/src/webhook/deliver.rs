@@ -26,6 +26,8 @@ use tandem_hub::clock::{now_ms, now_s};
 const OUTBOX_BATCH: usize = 256;
 /// Pause of the worker after a pass that changed nothing in the outbox.
 const NO_PROGRESS_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two tries to write a pass's results while the store fails.
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Attempts in flight at once.
 const MAX_CONCURRENT_ATTEMPTS: usize = 8;
 /// Bytes of a receiver's answer read (and ignored) at most.
@@ -100,12 +102,37 @@ pub(crate) async fn run_worker(
             finished = attempts => finished,
         };
         // The results of the pass in one transaction, so deliveries compete little with
-        // document edits for the store's single writer.
-        let progressed = n_due == 0
-            || webhooks
-                .with_store(move |store| store.finish_attempts(&finished, LOG_KEEP))
-                .await
-                .is_ok_and(|n_changed| n_changed > 0);
+        // document edits for the store's single writer. If the store fails (cluster mode's
+        // Postgres briefly down), the results are kept and written again before anything new
+        // is claimed: dropping them would send what a receiver already acknowledged once more,
+        // when its claim lapsed.
+        let mut progressed = n_due == 0;
+        if n_due > 0 {
+            let finished = Arc::new(finished);
+            let mut pause = NO_PROGRESS_PAUSE;
+            loop {
+                let results = finished.clone();
+                match webhooks
+                    .with_store(move |store| store.finish_attempts(&results, LOG_KEEP))
+                    .await
+                {
+                    Ok(n_changed) => {
+                        progressed = n_changed > 0;
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(FINISH_RETRY_MAX);
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
         if n_due > 0 {
             if !progressed {
                 // The outbox did not change (the store failed, or nothing could be attempted):
