@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 use super::peer::{self, Apply, Command, Framing, PeerHandle, PeerOptions, Report, Shared, TEXT};
-use super::report::{Figures, add_latencies};
+use super::report::{Figures, add_latencies, pretty};
 use super::target::{Server, Target, own_cpu};
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -361,6 +361,8 @@ pub async fn saturation(
     let before = shared.deliveries();
     let cpu0 = server.cpu();
     let node_cpu0 = server.node_cpu();
+    // Redis's own account of the window: calls and time per command.
+    let _ = server.redis_cli(&["config", "resetstat"]);
     let engines0 = EngineCpu::read(server);
     let started = Instant::now();
     let sent = drive_edits(&writers, fixed_rate, Duration::from_secs(4), 1).await;
@@ -380,6 +382,9 @@ pub async fn saturation(
             "fixed_postgres_cpu_pct",
         ],
     );
+    if let Some(stats) = server.redis_cli(&["info", "commandstats"]) {
+        add_command_stats(&stats, sent, &mut figures);
+    }
     let fixed = take_latencies(&peers).await?;
     figures.insert("fixed_deliveries", delivered as f64);
     figures.insert(
@@ -478,6 +483,47 @@ pub async fn saturation(
     };
     figures.insert("diverged_peers", diverged as f64);
     Ok(figures)
+}
+
+/// From Redis's `INFO commandstats` over a window of `updates` appends: every command's calls
+/// and time on stderr, and as figures the `XREAD`s per update and Redis's time in commands per
+/// update (its CPU beyond that is the event loop, the replies and the fsync of every turn).
+fn add_command_stats(stats: &str, updates: u64, figures: &mut Figures) {
+    let mut total_usec = 0.0;
+    for line in stats.lines() {
+        let Some((command, fields)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let Some(command) = command.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let field = |name: &str| -> Option<f64> {
+            fields
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        let (Some(calls), Some(usec)) = (field("calls"), field("usec")) else {
+            continue;
+        };
+        eprintln!(
+            "    redis {command}: {calls} calls, {} per update, {} µs per call",
+            pretty(calls / updates.max(1) as f64),
+            pretty(usec / calls.max(1.0))
+        );
+        total_usec += usec;
+        if command == "xread" {
+            figures.insert(
+                "fixed_redis_xread_per_update",
+                calls / updates.max(1) as f64,
+            );
+        }
+    }
+    figures.insert(
+        "fixed_redis_command_us_per_update",
+        total_usec / updates.max(1) as f64,
+    );
 }
 
 /// Idle connections: RSS per connection (spread over 100 docs), then memory after they leave.
@@ -909,7 +955,11 @@ pub async fn recovery(server: &mut Server, n: usize) -> Result<Figures> {
         let options = options_on(server, node, "recovery", Apply::Immediate);
         let shared = shared.clone();
         rejoins.push(async move {
-            let ended = peer.task.await;
+            // The whole handle moves in: its command sender must outlive the task, or the task
+            // may take the sender's end for a close and end without an error.
+            let PeerHandle { commands, task, .. } = peer;
+            let ended = task.await;
+            drop(commands);
             ensure!(
                 !matches!(ended, Ok(Ok(_))),
                 "a peer of the killed node ended without an error"

@@ -438,6 +438,11 @@ impl Server {
         Some(tree_cpu_time(engines.postmaster_pid))
     }
 
+    /// A cluster's Redis: runs `redis-cli <args>` against it and returns the output.
+    pub fn redis_cli(&self, args: &[&str]) -> Option<String> {
+        Some(self.engines.as_ref()?.redis.cli(args))
+    }
+
     /// Resident set size now, in bytes (summed over a cluster's nodes).
     pub fn rss(&self) -> u64 {
         self.alive()
