@@ -7,6 +7,8 @@
 #   bash benches/run.sh                 # everything (about an hour on 2 cores)
 #   bash benches/run.sh fanout idle     # some loadgen scenarios only, no criterion
 #   REPS=1 bash benches/run.sh --quick  # smoke run: small sizes, a few minutes
+#   bash benches/run.sh cluster-same cluster-cross cluster-append cluster-throughput \
+#     cluster-join-storm cluster-recovery --targets tandem,tandem-cluster,relay   # issue 19
 #
 # Traffic stays on 127.0.0.1; every scenario is bounded in time and connections.
 set -euo pipefail

@@ -6,7 +6,10 @@
 //!
 //! Usage: `loadgen [SCENARIO…] [--targets tandem,relay,y-websocket,hocuspocus,y-sweet] [--reps 3]`
 //! with scenarios `fanout many-docs saturation idle idle-docs presence cold-join join-storm
-//! durability` (all when none is named). `--quick` shrinks every scenario to a smoke test.
+//! durability` (all when none is named), and the cluster scenarios `cluster-same cluster-cross
+//! cluster-append cluster-throughput cluster-join-storm cluster-recovery` for the
+//! `tandem-cluster` target (`--targets tandem,tandem-cluster,relay`; run only when named).
+//! `--quick` shrinks every scenario to a smoke test.
 //! With `LOADGEN_TANDEM_BEFORE=/path/to/tandem`, the target `tandem-before` races an earlier
 //! build against `tandem`, with the same flags, and every table gets a line of ratios.
 
@@ -18,7 +21,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tandem_benches::loadgen::disk;
 use tandem_benches::loadgen::report::{Figures, Scenario, pretty};
-use tandem_benches::loadgen::scenario;
+use tandem_benches::loadgen::scenario::{self, Placement};
 use tandem_benches::loadgen::target::{Build, Paths, Server, Target};
 
 /// Peers that read through tungstenite get a fresh buffer for every big message (a 20 MB sync
@@ -61,6 +64,16 @@ const ALL: &[&str] = &[
     "presence",
     "cold-join",
     "join-storm",
+];
+
+/// The scenarios of cluster mode (issue 19), run only when named.
+const CLUSTER: &[&str] = &[
+    "cluster-same",
+    "cluster-cross",
+    "cluster-append",
+    "cluster-throughput",
+    "cluster-join-storm",
+    "cluster-recovery",
 ];
 
 #[tokio::main]
@@ -111,7 +124,13 @@ async fn run_scenario(
         "presence" => "presence",
         "cold-join" => "cold-join",
         "join-storm" => "join-storm",
-        other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?}"),
+        "cluster-same" => "cluster-same",
+        "cluster-cross" => "cluster-cross",
+        "cluster-append" => "cluster-append",
+        "cluster-throughput" => "cluster-throughput",
+        "cluster-join-storm" => "cluster-join-storm",
+        "cluster-recovery" => "cluster-recovery",
+        other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?} or {CLUSTER:?}"),
     });
     eprintln!("== {name}");
     let targets: Vec<Target> = match name {
@@ -126,17 +145,24 @@ async fn run_scenario(
         .filter(|target| paths.available(*target))
         .collect(),
         // A relay has no document to join.
-        "cold-join" | "join-storm" => targets
+        "cold-join" | "join-storm" | "cluster-join-storm" => targets
             .iter()
             .copied()
             .filter(|t| *t != Target::Relay)
+            .collect(),
+        // Only a cluster has a node to kill.
+        "cluster-recovery" => targets
+            .iter()
+            .copied()
+            .filter(|t| *t == Target::TandemCluster)
             .collect(),
         _ => targets.to_vec(),
     };
     // Docs built once and shared by every run.
     let history =
         (name == "cold-join").then(|| scenario::history_doc(q(120_000, 5_000), 1, 10_000, 1));
-    let big = (name == "join-storm").then(|| scenario::history_doc(q(25_000, 500), 1000, 2_000, 2));
+    let big = matches!(name, "join-storm" | "cluster-join-storm")
+        .then(|| scenario::history_doc(q(25_000, 500), 1000, 2_000, 2));
     let steps: &[f64] = if quick {
         &[200.0, 400.0]
     } else {
@@ -144,6 +170,14 @@ async fn run_scenario(
             1_000.0, 2_000.0, 4_000.0, 6_000.0, 8_000.0, 10_000.0, 12_000.0, 16_000.0, 20_000.0,
             24_000.0, 32_000.0, 40_000.0, 48_000.0, 56_000.0, 64_000.0, 72_000.0, 80_000.0,
             96_000.0, 112_000.0, 128_000.0,
+        ]
+    };
+    // Cluster throughput: fewer, wider steps, so a run of three targets stays within minutes.
+    let cluster_steps: &[f64] = if quick {
+        &[200.0, 400.0]
+    } else {
+        &[
+            2_000.0, 4_000.0, 8_000.0, 12_000.0, 16_000.0, 24_000.0, 32_000.0, 48_000.0, 64_000.0,
         ]
     };
     let variants: Vec<String> = match name {
@@ -158,7 +192,18 @@ async fn run_scenario(
         "many-docs" => vec![format!("docs={}x4", q(500, 20))],
         "idle-docs" => vec![format!("docs={}", q(1_000, 50))],
         "presence" => vec![format!("peers={}", q(500, 40))],
-        "join-storm" => vec![format!("joiners={}", q(150, 10))],
+        "join-storm" | "cluster-join-storm" => vec![format!("joiners={}", q(150, 10))],
+        "cluster-same" => [(2, 2), (50, 5)]
+            .iter()
+            .map(|(n, small)| format!("n={}", q(*n, *small)))
+            .collect(),
+        "cluster-cross" => [(3, 3), (50, 5)]
+            .iter()
+            .map(|(n, small)| format!("n={}", q(*n, *small)))
+            .collect(),
+        "cluster-append" => vec!["n=2".to_owned()],
+        "cluster-throughput" => vec![format!("peers={}", 20)],
+        "cluster-recovery" => vec![format!("peers={}", q(30, 6))],
         _ => vec!["-".to_owned()],
     };
     // The disk's floor, sampled before every run of the many-documents scenario.
@@ -177,7 +222,7 @@ async fn run_scenario(
                     );
                     floor.add(&writes)?;
                 }
-                let server = match Server::start(target, paths).await {
+                let mut server = match Server::start(target, paths).await {
                     Ok(server) => server,
                     Err(error) => {
                         scenario.fail(variant, target.name(), &error);
@@ -193,13 +238,59 @@ async fn run_scenario(
                         .unwrap_or(1)
                 };
                 let result: Result<Figures> = match name {
-                    "fanout" => scenario::fanout(&server, number("n="), 20.0, secs(5, 2)).await,
+                    "fanout" => {
+                        scenario::fanout(&server, number("n="), 20.0, secs(5, 2), Placement::Same)
+                            .await
+                    }
+                    "cluster-same" => {
+                        scenario::fanout(&server, number("n="), 20.0, secs(5, 2), Placement::Same)
+                            .await
+                    }
+                    "cluster-cross" => {
+                        scenario::fanout(&server, number("n="), 20.0, secs(5, 2), Placement::Cross)
+                            .await
+                    }
+                    // The append's cost per update: enough updates (2,000) for CPU ticks of
+                    // 10 ms to count, at a rate where each update is still its own group.
+                    "cluster-append" => {
+                        scenario::fanout(&server, 2, 500.0, secs(4, 1), Placement::Same).await
+                    }
+                    "cluster-throughput" => {
+                        scenario::saturation(
+                            &server,
+                            number("peers="),
+                            q(1_000, 100) as f64,
+                            cluster_steps,
+                            secs(3, 1),
+                            Placement::Spread,
+                        )
+                        .await
+                    }
+                    "cluster-join-storm" => {
+                        let (updates, len) = big.as_ref().expect("big doc");
+                        scenario::join_storm(
+                            &server,
+                            updates,
+                            *len,
+                            number("joiners="),
+                            Placement::Spread,
+                        )
+                        .await
+                    }
+                    "cluster-recovery" => scenario::recovery(&mut server, number("peers=")).await,
                     "many-docs" => {
                         scenario::many_docs(&server, number("docs="), 4, secs(10, 2)).await
                     }
                     "saturation" | "durability" => {
-                        scenario::saturation(&server, 20, q(1_000, 100) as f64, steps, secs(3, 1))
-                            .await
+                        scenario::saturation(
+                            &server,
+                            20,
+                            q(1_000, 100) as f64,
+                            steps,
+                            secs(3, 1),
+                            Placement::Same,
+                        )
+                        .await
                     }
                     "idle" => scenario::idle(&server, number("conns=")).await,
                     "idle-docs" => scenario::idle_docs(&server, number("docs=")).await,
@@ -212,7 +303,14 @@ async fn run_scenario(
                     }
                     "join-storm" => {
                         let (updates, len) = big.as_ref().expect("big doc");
-                        scenario::join_storm(&server, updates, *len, number("joiners=")).await
+                        scenario::join_storm(
+                            &server,
+                            updates,
+                            *len,
+                            number("joiners="),
+                            Placement::Same,
+                        )
+                        .await
                     }
                     _ => unreachable!("checked above"),
                 };
@@ -234,6 +332,7 @@ async fn run_scenario(
         check_unloaded(&mut scenario, &variants);
     }
     compare_builds(&mut scenario, &variants);
+    check_cluster(&mut scenario, &variants);
     Ok(scenario)
 }
 
@@ -319,12 +418,93 @@ fn check_unloaded(scenario: &mut Scenario, variants: &[String]) {
     }
 }
 
-/// When both Tandem builds ran: every figure of `tandem` over `tandem-before`, from medians.
+/// The targets of issue 19 for cluster mode, each checked with medians of the same run.
+fn check_cluster(scenario: &mut Scenario, variants: &[String]) {
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    for variant in variants {
+        let cluster = |figure: &str| scenario.median(variant, "tandem-cluster", figure);
+        let single = |figure: &str| scenario.median(variant, "tandem", figure);
+        let mut notes = Vec::new();
+        match scenario.name {
+            "cluster-same" | "cluster-cross" => {
+                let (budget_ms, p99_factor) = if scenario.name == "cluster-same" {
+                    (0.3, None)
+                } else {
+                    (0.6, Some(1.5))
+                };
+                if let (Some(c50), Some(s50)) = (cluster("p50_ms"), single("p50_ms")) {
+                    notes.push(format!(
+                        "{variant}: cluster p50 {} ms against single-node p50 {} ms + {budget_ms} ms: {}",
+                        pretty(c50),
+                        pretty(s50),
+                        verdict(c50 <= s50 + budget_ms)
+                    ));
+                }
+                if let (Some(factor), Some(c99), Some(s99)) =
+                    (p99_factor, cluster("p99_ms"), single("p99_ms"))
+                {
+                    notes.push(format!(
+                        "{variant}: cluster p99 {} ms against {factor} × single-node p99 {} ms: {} ({}×)",
+                        pretty(c99),
+                        pretty(s99),
+                        verdict(c99 <= factor * s99),
+                        pretty(c99 / s99)
+                    ));
+                }
+            }
+            "cluster-throughput" => {
+                if let (Some(c), Some(s)) = (
+                    cluster("max_deliveries_per_s"),
+                    single("max_deliveries_per_s"),
+                ) {
+                    notes.push(format!(
+                        "{variant}: cluster {} deliveries/s against 0.7 × single-node {}: {} ({}×)",
+                        pretty(c),
+                        pretty(s),
+                        verdict(c >= 0.7 * s),
+                        pretty(c / s.max(1.0))
+                    ));
+                }
+            }
+            "cluster-join-storm" => {
+                if let (Some(synced), Some(opens)) =
+                    (cluster("received_ms"), cluster("doc_opens_max_per_node"))
+                {
+                    notes.push(format!(
+                        "{variant}: the last joiner synced {} ms after the storm began (under 3,000 ms: {}); the doc decoded at most {} time(s) per node (once: {})",
+                        pretty(synced),
+                        verdict(synced < 3_000.0),
+                        pretty(opens),
+                        verdict(opens <= 1.0)
+                    ));
+                }
+            }
+            "cluster-recovery" => {
+                if let Some(p99) = cluster("resync_p99_ms") {
+                    notes.push(format!(
+                        "{variant}: p99 from the kill to sync step 2 on another node {} ms (within 3,000 ms: {})",
+                        pretty(p99),
+                        verdict(p99 <= 3_000.0)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for note in notes {
+            scenario.note(note);
+        }
+    }
+}
+
+/// When both Tandem builds ran: every figure of `tandem` over `tandem-before`, from medians;
+/// when the cluster ran, every figure of `tandem-cluster` over `tandem` and over `relay`.
 fn compare_builds(scenario: &mut Scenario, variants: &[String]) {
     let targets = scenario.targets();
     for (after, before) in [
         ("tandem", "tandem-before"),
         ("tandem-nofsync", "tandem-before-nofsync"),
+        ("tandem-cluster", "tandem"),
+        ("tandem-cluster", "relay"),
     ] {
         if !targets.iter().any(|t| t == after) || !targets.iter().any(|t| t == before) {
             continue;

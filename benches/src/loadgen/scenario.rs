@@ -13,10 +13,40 @@ use tokio::sync::oneshot;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 use super::peer::{self, Apply, Command, Framing, PeerHandle, PeerOptions, Report, Shared, TEXT};
-use super::report::{Figures, add_latencies};
+use super::report::{Figures, add_latencies, pretty};
 use super::target::{Server, Target, own_cpu};
 
 const MB: f64 = 1024.0 * 1024.0;
+
+/// Which node each peer of a doc connects to, on a cluster (a single server is every node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Every peer on node 1.
+    Same,
+    /// The first peer (the writer) on node 1, the others spread over the other nodes in turn.
+    Cross,
+    /// Peer `i` on node `i mod nodes`.
+    Spread,
+}
+
+impl Placement {
+    /// The node (from 0) of peer `peer_idx`.
+    pub fn node(self, peer_idx: usize, n_nodes: usize) -> usize {
+        match self {
+            Placement::Same => 0,
+            Placement::Cross if n_nodes > 1 && peer_idx > 0 => 1 + (peer_idx - 1) % (n_nodes - 1),
+            Placement::Cross => 0,
+            Placement::Spread => peer_idx % n_nodes.max(1),
+        }
+    }
+
+    /// The node of each of `n` peers.
+    pub fn nodes(self, n: usize, n_nodes: usize) -> Vec<usize> {
+        (0..n)
+            .map(|peer_idx| self.node(peer_idx, n_nodes))
+            .collect()
+    }
+}
 
 /// Connects `n` peers to `doc`, at most `concurrency` handshakes at a time.
 pub async fn connect_peers(
@@ -27,23 +57,46 @@ pub async fn connect_peers(
     shared: &Arc<Shared>,
     concurrency: usize,
 ) -> Result<Vec<PeerHandle>> {
-    let mut peers = Vec::with_capacity(n);
+    connect_peers_on(server, doc, &vec![0; n], apply, shared, concurrency).await
+}
+
+/// Connects one peer to `doc` on each node of `nodes`, at most `concurrency` handshakes at a
+/// time; the peers come back in the order of `nodes`.
+pub async fn connect_peers_on(
+    server: &Server,
+    doc: &str,
+    nodes: &[usize],
+    apply: Apply,
+    shared: &Arc<Shared>,
+    concurrency: usize,
+) -> Result<Vec<PeerHandle>> {
+    let mut peers: Vec<Option<PeerHandle>> = (0..nodes.len()).map(|_| None).collect();
     let mut pending = FuturesUnordered::new();
-    for _ in 0..n {
+    for (peer_idx, &node) in nodes.iter().enumerate() {
         if pending.len() >= concurrency {
-            peers.push(pending.next().await.expect("pending")?);
+            let (done_idx, peer): (usize, Result<PeerHandle>) =
+                pending.next().await.expect("pending");
+            peers[done_idx] = Some(peer?);
         }
-        pending.push(peer::connect(options(server, doc, apply), shared.clone()));
+        let connect = peer::connect(options_on(server, node, doc, apply), shared.clone());
+        pending.push(async move { (peer_idx, connect.await) });
     }
-    while let Some(peer) = pending.next().await {
-        peers.push(peer?);
+    while let Some((done_idx, peer)) = pending.next().await {
+        peers[done_idx] = Some(peer?);
     }
-    Ok(peers)
+    Ok(peers
+        .into_iter()
+        .map(|peer| peer.expect("every peer connected"))
+        .collect())
 }
 
 fn options(server: &Server, doc: &str, apply: Apply) -> PeerOptions {
+    options_on(server, 0, doc, apply)
+}
+
+fn options_on(server: &Server, node: usize, doc: &str, apply: Apply) -> PeerOptions {
     PeerOptions {
-        url: server.ws_url(doc),
+        url: server.ws_url_on(node, doc),
         framing: match server.target {
             Target::Hocuspocus => Framing::Hocuspocus {
                 doc: doc.to_owned(),
@@ -145,19 +198,66 @@ fn cpu_pct(cpu: Duration, wall: Duration) -> f64 {
     cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
 }
 
-/// Fan-out: one writer typing at `rate` edits/s to `n - 1` readers of one doc.
-pub async fn fanout(server: &Server, n: usize, rate: f64, duration: Duration) -> Result<Figures> {
+/// CPU time of a cluster's Redis and Postgres, read together with the nodes'.
+#[derive(Clone, Copy)]
+struct EngineCpu {
+    redis: Option<Duration>,
+    postgres: Option<Duration>,
+}
+
+impl EngineCpu {
+    fn read(server: &Server) -> EngineCpu {
+        EngineCpu {
+            redis: server.redis_cpu(),
+            postgres: server.postgres_cpu(),
+        }
+    }
+
+    /// On a cluster, adds Redis's CPU % over `wall`, its CPU microseconds per update, and
+    /// Postgres's CPU %, since `before`, under `names` in that order.
+    fn add_since(
+        self,
+        before: EngineCpu,
+        wall: Duration,
+        updates: u64,
+        figures: &mut Figures,
+        names: [&'static str; 3],
+    ) {
+        let (Some(redis), Some(redis0)) = (self.redis, before.redis) else {
+            return;
+        };
+        let redis = redis.saturating_sub(redis0);
+        figures.insert(names[0], cpu_pct(redis, wall));
+        figures.insert(names[1], redis.as_secs_f64() * 1e6 / updates.max(1) as f64);
+        if let (Some(postgres), Some(postgres0)) = (self.postgres, before.postgres) {
+            figures.insert(names[2], cpu_pct(postgres.saturating_sub(postgres0), wall));
+        }
+    }
+}
+
+/// Fan-out: one writer typing at `rate` edits/s to `n - 1` readers of one doc, placed on a
+/// cluster's nodes by `placement`.
+pub async fn fanout(
+    server: &Server,
+    n: usize,
+    rate: f64,
+    duration: Duration,
+    placement: Placement,
+) -> Result<Figures> {
     let shared = Arc::new(Shared::default());
     server.prepare_doc("fanout").await?;
-    let peers = connect_peers(server, "fanout", n, Apply::Immediate, &shared, 64).await?;
+    let nodes = placement.nodes(n, server.n_nodes());
+    let peers = connect_peers_on(server, "fanout", &nodes, Apply::Immediate, &shared, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = server.cpu();
+    let engines0 = EngineCpu::read(server);
     let started = Instant::now();
     let sent = drive_edits(&[&peers[0]], rate, duration, 1).await;
     let expected = sent * (n as u64 - 1);
     let delivered = wait_deliveries(&shared, expected, Duration::from_secs(10)).await;
     let wall = started.elapsed();
     let cpu = server.cpu() - cpu0;
+    let engines = EngineCpu::read(server);
     let reports = close_all(peers).await?;
     check_converged(&reports)?;
     let mut figures = Figures::new();
@@ -167,6 +267,21 @@ pub async fn fanout(server: &Server, n: usize, rate: f64, duration: Duration) ->
         delivered as f64 / duration.as_secs_f64(),
     );
     figures.insert("server_cpu_pct", cpu_pct(cpu, wall));
+    figures.insert(
+        "server_cpu_us_per_update",
+        cpu.as_secs_f64() * 1e6 / sent.max(1) as f64,
+    );
+    engines.add_since(
+        engines0,
+        wall,
+        sent,
+        &mut figures,
+        [
+            "redis_cpu_pct",
+            "redis_cpu_us_per_update",
+            "postgres_cpu_pct",
+        ],
+    );
     figures.insert("lost", expected.saturating_sub(delivered) as f64);
     Ok(figures)
 }
@@ -230,10 +345,13 @@ pub async fn saturation(
     fixed_rate: f64,
     steps: &[f64],
     step: Duration,
+    placement: Placement,
 ) -> Result<Figures> {
     let shared = Arc::new(Shared::default());
     server.prepare_doc("saturation").await?;
-    let peers = connect_peers(server, "saturation", peers_n, Apply::Deferred, &shared, 32).await?;
+    let nodes = placement.nodes(peers_n, server.n_nodes());
+    let peers =
+        connect_peers_on(server, "saturation", &nodes, Apply::Deferred, &shared, 32).await?;
     let writers: Vec<&PeerHandle> = peers.iter().collect();
     let receivers = peers_n as u64 - 1;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -242,16 +360,51 @@ pub async fn saturation(
     // Fixed rate.
     let before = shared.deliveries();
     let cpu0 = server.cpu();
+    let node_cpu0 = server.node_cpu();
+    // Redis's own account of the window: calls and time per command.
+    let _ = server.redis_cli(&["config", "resetstat"]);
+    let engines0 = EngineCpu::read(server);
+    let started = Instant::now();
     let sent = drive_edits(&writers, fixed_rate, Duration::from_secs(4), 1).await;
     let delivered =
         wait_deliveries(&shared, before + sent * receivers, Duration::from_secs(10)).await - before;
+    let wall = started.elapsed();
     let cpu = server.cpu() - cpu0;
+    let node_cpu = server.node_cpu();
+    EngineCpu::read(server).add_since(
+        engines0,
+        wall,
+        sent,
+        &mut figures,
+        [
+            "fixed_redis_cpu_pct",
+            "fixed_redis_cpu_us_per_update",
+            "fixed_postgres_cpu_pct",
+        ],
+    );
+    if let Some(stats) = server.redis_cli(&["info", "commandstats"]) {
+        add_command_stats(&stats, sent, &mut figures);
+    }
     let fixed = take_latencies(&peers).await?;
     figures.insert("fixed_deliveries", delivered as f64);
     figures.insert(
         "cpu_s_per_m_deliveries",
         cpu.as_secs_f64() / delivered.max(1) as f64 * 1e6,
     );
+    if server.is_cluster() {
+        // Each node's share: it delivers to its own peers and relays what the others appended.
+        const NODE_FIGURES: [&str; 3] = [
+            "node1_cpu_s_per_m_deliveries",
+            "node2_cpu_s_per_m_deliveries",
+            "node3_cpu_s_per_m_deliveries",
+        ];
+        for (name, (after, before)) in NODE_FIGURES.iter().zip(node_cpu.iter().zip(&node_cpu0)) {
+            figures.insert(
+                *name,
+                after.saturating_sub(*before).as_secs_f64() / delivered.max(1) as f64 * 1e6,
+            );
+        }
+    }
     figures.insert(
         "fixed_p99_ms",
         fixed.value_at_quantile(0.99) as f64 / 1000.0,
@@ -261,11 +414,13 @@ pub async fn saturation(
     let mut best = 0.0f64;
     let mut best_cpu_pct = 0.0f64;
     let mut best_own_cpu_pct = 0.0f64;
+    let mut best_redis_cpu_pct = None;
     let mut limit = "none (last step passed)".to_owned();
     for &rate in steps {
         let before = shared.deliveries();
         let cpu0 = server.cpu();
         let own0 = own_cpu();
+        let redis0 = server.redis_cpu();
         let started = Instant::now();
         let sent = drive_edits(&writers, rate, step, 1).await;
         let expected = sent * receivers;
@@ -274,14 +429,19 @@ pub async fn saturation(
         let wall = started.elapsed();
         let cpu = server.cpu() - cpu0;
         let own = own_cpu() - own0;
+        let redis_pct = server
+            .redis_cpu()
+            .zip(redis0)
+            .map(|(after, before)| cpu_pct(after.saturating_sub(before), wall));
         let latencies = take_latencies(&peers).await?;
         let p99_ms = latencies.value_at_quantile(0.99) as f64 / 1000.0;
         let per_s = delivered as f64 / step.as_secs_f64();
         eprintln!(
-            "    {} rate {rate}/s: sent {sent}, delivered {delivered}/{expected}, p99 {p99_ms:.1} ms, server CPU {:.0}%, load generator CPU {:.0}%",
+            "    {} rate {rate}/s: sent {sent}, delivered {delivered}/{expected}, p99 {p99_ms:.1} ms, server CPU {:.0}%, load generator CPU {:.0}%{}",
             server.target.name(),
             cpu_pct(cpu, wall),
-            cpu_pct(own, wall)
+            cpu_pct(own, wall),
+            redis_pct.map_or(String::new(), |pct| format!(", Redis CPU {pct:.0}%"))
         );
         if (sent as f64) < rate * step.as_secs_f64() * 0.95 {
             limit = format!("peers could not send {rate}/s (sockets backed up)");
@@ -298,11 +458,15 @@ pub async fn saturation(
         best = best.max(per_s);
         best_cpu_pct = cpu_pct(cpu, wall);
         best_own_cpu_pct = cpu_pct(own, wall);
+        best_redis_cpu_pct = redis_pct;
     }
     eprintln!("    {}: stopped by {limit}", server.target.name());
     figures.insert("max_deliveries_per_s", best);
     figures.insert("server_cpu_pct_at_max", best_cpu_pct);
     figures.insert("loadgen_cpu_pct_at_max", best_own_cpu_pct);
+    if let Some(pct) = best_redis_cpu_pct {
+        figures.insert("redis_cpu_pct_at_max", pct);
+    }
     // Past the last step a server may have dropped updates or peers; that is a result here,
     // not a failed run: how many peers ended with a different text.
     let reports = close_all(peers).await?;
@@ -319,6 +483,47 @@ pub async fn saturation(
     };
     figures.insert("diverged_peers", diverged as f64);
     Ok(figures)
+}
+
+/// From Redis's `INFO commandstats` over a window of `updates` appends: every command's calls
+/// and time on stderr, and as figures the `XREAD`s per update and Redis's time in commands per
+/// update (its CPU beyond that is the event loop, the replies and the fsync of every turn).
+fn add_command_stats(stats: &str, updates: u64, figures: &mut Figures) {
+    let mut total_usec = 0.0;
+    for line in stats.lines() {
+        let Some((command, fields)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let Some(command) = command.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let field = |name: &str| -> Option<f64> {
+            fields
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        let (Some(calls), Some(usec)) = (field("calls"), field("usec")) else {
+            continue;
+        };
+        eprintln!(
+            "    redis {command}: {calls} calls, {} per update, {} µs per call",
+            pretty(calls / updates.max(1) as f64),
+            pretty(usec / calls.max(1.0))
+        );
+        total_usec += usec;
+        if command == "xread" {
+            figures.insert(
+                "fixed_redis_xread_per_update",
+                calls / updates.max(1) as f64,
+            );
+        }
+    }
+    figures.insert(
+        "fixed_redis_command_us_per_update",
+        total_usec / updates.max(1) as f64,
+    );
 }
 
 /// Idle connections: RSS per connection (spread over 100 docs), then memory after they leave.
@@ -610,11 +815,15 @@ async fn join_once(
 
 /// Join storm: `joiners` peers at once on a big doc; time until the last one has its step 2,
 /// and the server's peak RSS during the storm.
+///
+/// On a cluster the doc is uploaded through node 1 and the joiners spread over every node by
+/// `placement`; each node's log then tells how many times it decoded the doc ("doc opened").
 pub async fn join_storm(
     server: &Server,
     updates: &[Vec<u8>],
     len: usize,
     joiners: usize,
+    placement: Placement,
 ) -> Result<Figures> {
     let loader = upload(server, "big", updates, len).await?;
     let state_bytes: usize = updates.iter().map(Vec::len).sum();
@@ -632,7 +841,11 @@ pub async fn join_storm(
         } else {
             Apply::Bulk
         };
-        pending.push(peer::connect(options(server, "big", apply), shared.clone()));
+        let node = placement.node(i, server.n_nodes());
+        pending.push(peer::connect(
+            options_on(server, node, "big", apply),
+            shared.clone(),
+        ));
     }
     let mut peers = Vec::with_capacity(joiners);
     while let Some(peer) = pending.next().await {
@@ -676,5 +889,131 @@ pub async fn join_storm(
     figures.insert("server_cpu_s", cpu.as_secs_f64());
     figures.insert("rss_before_mb", rss_before as f64 / MB);
     figures.insert("peak_rss_mb", peak as f64 / MB);
+    if server.is_cluster() {
+        add_doc_opens(server, &mut figures);
+    }
     Ok(figures)
+}
+
+/// From the nodes' logs: how many times the node that decoded the doc most often did (the
+/// target is once per node), on how many nodes, and the longest load.
+fn add_doc_opens(server: &Server, figures: &mut Figures) {
+    let per_node = server.node_log_lines("doc opened");
+    let load_ms = |line: &str| -> Option<f64> {
+        let rest = &line[line.find("load_ms=")? + "load_ms=".len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    eprintln!(
+        "    doc opened, per node: {:?}",
+        per_node.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    figures.insert(
+        "doc_opens_max_per_node",
+        per_node.iter().map(Vec::len).max().unwrap_or(0) as f64,
+    );
+    figures.insert(
+        "nodes_that_opened",
+        per_node.iter().filter(|lines| !lines.is_empty()).count() as f64,
+    );
+    let longest = per_node
+        .iter()
+        .flatten()
+        .filter_map(|line| load_ms(line))
+        .fold(0.0f64, f64::max);
+    figures.insert("longest_load_ms", longest);
+}
+
+/// Recovery: `n` peers of one doc spread over a cluster's nodes, the first (on node 1)
+/// typing at 20 edits/s; after a second the last node is killed with SIGKILL. Each peer it held
+/// sees its connection end and connects again, to the other nodes in turn (what a balancer
+/// does); the figure is the time from the kill to each such peer's sync step 2 on its new
+/// node. The writer types for another two seconds, and every peer's text must then agree.
+pub async fn recovery(server: &mut Server, n: usize) -> Result<Figures> {
+    ensure!(server.n_nodes() > 1, "recovery needs a cluster");
+    let killed = server.n_nodes() - 1;
+    let shared = Arc::new(Shared::default());
+    let nodes = Placement::Spread.nodes(n, server.n_nodes());
+    let peers = connect_peers_on(server, "recovery", &nodes, Apply::Immediate, &shared, 32).await?;
+    let (affected, survivors): (Vec<_>, Vec<_>) = peers
+        .into_iter()
+        .zip(&nodes)
+        .partition(|(_, node)| **node == killed);
+    let survivors: Vec<PeerHandle> = survivors.into_iter().map(|(peer, _)| peer).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drive_edits(&[&survivors[0]], 20.0, Duration::from_secs(1), 1).await;
+
+    let killed_at = Instant::now();
+    server.kill_node(killed).await?;
+    let mut rejoins = FuturesUnordered::new();
+    for (rejoin_idx, (peer, _)) in affected.into_iter().enumerate() {
+        // What a y-websocket client does when its socket ends: connect again, at once (its
+        // first reconnect has no back-off), through the balancer to a node that is up.
+        let node = rejoin_idx % killed;
+        let options = options_on(server, node, "recovery", Apply::Immediate);
+        let shared = shared.clone();
+        rejoins.push(async move {
+            // The whole handle moves in: its command sender must outlive the task, or the task
+            // may take the sender's end for a close and end without an error.
+            let PeerHandle { commands, task, .. } = peer;
+            let ended = task.await;
+            drop(commands);
+            ensure!(
+                !matches!(ended, Ok(Ok(_))),
+                "a peer of the killed node ended without an error"
+            );
+            let rejoined = peer::connect(options, shared).await?;
+            Ok::<_, anyhow::Error>((killed_at.elapsed(), rejoined))
+        });
+    }
+    let writer = [&survivors[0]];
+    let typing = drive_edits(&writer, 20.0, Duration::from_secs(2), 1);
+    let rejoined = async {
+        let mut all = Vec::new();
+        while let Some(done) = rejoins.next().await {
+            all.push(done?);
+        }
+        Ok::<_, anyhow::Error>(all)
+    };
+    let (_, rejoined) = tokio::join!(typing, rejoined);
+    let rejoined = rejoined?;
+    // The writer's last edits reach everyone (the rejoined peers included) before the check.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut recovery = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+    let mut peers = survivors;
+    for (after, peer) in rejoined {
+        recovery.saturating_record(after.as_micros().max(1) as u64);
+        peers.push(peer);
+    }
+    let reports = close_all(peers).await?;
+    check_converged(&reports)?;
+    let mut figures = Figures::new();
+    figures.insert("affected_peers", recovery.len() as f64);
+    figures.insert(
+        "resync_p50_ms",
+        recovery.value_at_quantile(0.5) as f64 / 1000.0,
+    );
+    figures.insert(
+        "resync_p99_ms",
+        recovery.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    figures.insert("resync_max_ms", recovery.max() as f64 / 1000.0);
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn placements_put_the_writer_on_node_1_and_spread_the_rest() {
+        assert_eq!(Placement::Same.nodes(4, 3), vec![0, 0, 0, 0]);
+        assert_eq!(Placement::Cross.nodes(5, 3), vec![0, 1, 2, 1, 2]);
+        assert_eq!(Placement::Spread.nodes(5, 3), vec![0, 1, 2, 0, 1]);
+        // A single server is every node.
+        assert_eq!(Placement::Cross.nodes(3, 1), vec![0, 0, 0]);
+        assert_eq!(Placement::Spread.nodes(3, 1), vec![0, 0, 0]);
+    }
 }

@@ -24,6 +24,10 @@ pub enum Target {
     Hocuspocus,
     /// y-sweet (Rust), with a directory store.
     YSweet,
+    /// Three Tandem nodes (the build under test, fsync on, the flags `tandem` gets) in cluster
+    /// mode on one Redis (`appendonly yes`, `appendfsync always`) and one Postgres 15, all on
+    /// this machine and started afresh for every run.
+    TandemCluster,
 }
 
 /// Which Tandem binary a target runs.
@@ -65,6 +69,7 @@ impl Target {
             Target::YWebsocket => "y-websocket",
             Target::Hocuspocus => "hocuspocus",
             Target::YSweet => "y-sweet",
+            Target::TandemCluster => "tandem-cluster",
         }
     }
 
@@ -87,18 +92,22 @@ impl Target {
             "y-websocket" | "ywebsocket" => Target::YWebsocket,
             "hocuspocus" => Target::Hocuspocus,
             "y-sweet" | "ysweet" => Target::YSweet,
+            "tandem-cluster" => Target::TandemCluster,
             other => bail!("unknown target {other:?}"),
         })
     }
 
     /// Whether a doc outlives its last connection (so a doc can be loaded cold).
     pub fn persists(self) -> bool {
-        matches!(self, Target::Tandem { .. } | Target::YSweet)
+        matches!(
+            self,
+            Target::Tandem { .. } | Target::TandemCluster | Target::YSweet
+        )
     }
 
     /// Whether this is one of the Tandem builds.
     pub fn is_tandem(self) -> bool {
-        matches!(self, Target::Tandem { .. })
+        matches!(self, Target::Tandem { .. } | Target::TandemCluster)
     }
 }
 
@@ -152,48 +161,78 @@ impl Paths {
             Target::Relay => self.relay.exists(),
             Target::YWebsocket | Target::Hocuspocus => self.peers.join("node_modules").exists(),
             Target::YSweet => self.y_sweet().exists(),
+            Target::TandemCluster => {
+                self.tandem.exists()
+                    && Path::new(tandem_tests::engines::PG_BIN)
+                        .join("initdb")
+                        .exists()
+                    && std::process::Command::new("redis-server")
+                        .arg("--version")
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|status| status.success())
+            }
         }
     }
 }
 
-/// A running server, killed when dropped.
+/// A running server, killed when dropped: one process, or the three nodes of a cluster with
+/// their Redis and Postgres.
 pub struct Server {
     pub target: Target,
+    /// The address of the first (or only) process.
     pub addr: SocketAddr,
+    /// The server's processes: one, or a cluster's nodes in order (node 1 first).
+    processes: Vec<Process>,
+    _dir: tempfile::TempDir,
+    /// A cluster's Redis and Postgres, stopped after its nodes.
+    engines: Option<Engines>,
+}
+
+/// One server process.
+struct Process {
     child: Child,
     pid: u32,
-    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    /// Where its stderr (its log) goes, for a cluster node.
+    log: Option<PathBuf>,
+    /// False once [`Server::kill_node`] killed it: its CPU time and memory are gone with it.
+    alive: bool,
 }
+
+/// The shared engines of a cluster, started afresh for every run (a fresh server per run, as
+/// for every other target): a few seconds of `initdb` per run, against state left over by a
+/// previous run (streams, snapshots, compaction leases) that would change what a load costs.
+struct Engines {
+    redis: tandem_tests::engines::Redis,
+    postgres: tandem_tests::engines::Postgres,
+    redis_pid: u32,
+    /// The postmaster; its backends are its children.
+    postmaster_pid: u32,
+    _blobs: tempfile::TempDir,
+}
+
+/// How many nodes a cluster target runs.
+pub const CLUSTER_NODES: usize = 3;
+
+/// The log filter of cluster nodes: the `tandem` target's `warn`, plus the doc actor's info
+/// lines (a handful per doc: opened, unloaded, resynced), so a run can count how many times
+/// each node decoded a doc ("doc opened").
+const CLUSTER_LOG_FILTER: &str = "warn,tandem_hub::doc_actor=info";
 
 impl Server {
     pub async fn start(target: Target, paths: &Paths) -> Result<Server> {
         let dir = tempfile::tempdir()?;
+        if target == Target::TandemCluster {
+            return Server::start_cluster(paths, dir).await;
+        }
         let mut command = match target {
             Target::Tandem { fsync, build } => {
                 // Both builds get exactly the same arguments, `LOADGEN_TANDEM_ARGS` included.
                 let binary = paths
                     .tandem_of(build)
                     .with_context(|| format!("{}: no binary configured", target.name()))?;
-                let mut command = Command::new(binary);
-                command
-                    .arg("serve")
-                    .args(["--port", "0", "--log", "warn", "--data-dir"])
-                    .arg(dir.path())
-                    .args(["--fsync", if fsync { "true" } else { "false" }])
-                    // Load tests from one address: the per-connection and per-address limits
-                    // that protect a real deployment would trip on purpose here.
-                    .args(["--max-messages-per-second", "0"])
-                    .args(["--max-bytes-per-second", "0"])
-                    .args(["--max-awareness-per-second", "0"])
-                    .args(["--max-connections", "100000"])
-                    .args(["--max-connections-per-address", "100000"])
-                    .args(["--doc-unload-grace", "1s"])
-                    .args(
-                        std::env::var("LOADGEN_TANDEM_ARGS")
-                            .unwrap_or_default()
-                            .split_whitespace(),
-                    );
-                command
+                tandem_command(binary, dir.path(), fsync, "warn")
             }
             Target::Relay => {
                 let mut command = Command::new(&paths.relay);
@@ -222,6 +261,7 @@ impl Server {
                 command.env("RUST_LOG", "warn");
                 command
             }
+            Target::TandemCluster => unreachable!("started above"),
         };
         command
             .stdin(Stdio::null())
@@ -240,46 +280,99 @@ impl Server {
                 wait_for_port(addr).await?;
                 addr
             }
-            _ => {
-                let stdout = child.stdout.take().context("stdout")?;
-                let mut lines = BufReader::new(stdout).lines();
-                let line = tokio::time::timeout(Duration::from_secs(30), async {
-                    while let Some(line) = lines.next_line().await? {
-                        if line.contains("http://") {
-                            return Ok::<_, anyhow::Error>(line);
-                        }
-                    }
-                    bail!("{} exited before listening", target.name())
-                })
-                .await
-                .context("server start timed out")??;
-                // Keep draining stdout so a chatty server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                let addr = line
-                    .rsplit("http://")
-                    .next()
-                    .and_then(|rest| rest.split(|c: char| c == '/' || c.is_whitespace()).next())
-                    .context("address in the listening line")?;
-                addr.parse().with_context(|| format!("address {addr:?}"))?
-            }
+            _ => listening_addr(&mut child, target.name()).await?,
         };
         Ok(Server {
             target,
             addr,
-            child,
-            pid,
+            processes: vec![Process {
+                child,
+                pid,
+                addr,
+                log: None,
+                alive: true,
+            }],
             _dir: dir,
+            engines: None,
         })
+    }
+
+    /// Redis and Postgres, then three nodes of the build under test with the flags `tandem`
+    /// gets and the cluster's, each with a data directory and a log file of its own.
+    async fn start_cluster(paths: &Paths, dir: tempfile::TempDir) -> Result<Server> {
+        let engines = tokio::task::spawn_blocking(Engines::start).await??;
+        let mut processes = Vec::with_capacity(CLUSTER_NODES);
+        for node in 0..CLUSTER_NODES {
+            let data = dir.path().join(format!("node-{}", node + 1));
+            std::fs::create_dir(&data)?;
+            let log = dir.path().join(format!("node-{}.log", node + 1));
+            let mut command = tandem_command(&paths.tandem, &data, true, CLUSTER_LOG_FILTER);
+            command
+                .arg("--redis-url")
+                .arg(engines.redis.url())
+                .arg("--postgres-url")
+                .arg(engines.postgres.url())
+                .arg("--blob-dir")
+                .arg(engines._blobs.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log)?)
+                .kill_on_drop(true);
+            let mut child = command.spawn().context("starting a cluster node")?;
+            let pid = child.id().context("child pid")?;
+            let addr = match listening_addr(&mut child, "tandem-cluster node").await {
+                Ok(addr) => addr,
+                Err(error) => {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(error.context(format!(
+                        "node {} log: {}",
+                        node + 1,
+                        text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                    )));
+                }
+            };
+            processes.push(Process {
+                child,
+                pid,
+                addr,
+                log: Some(log),
+                alive: true,
+            });
+        }
+        Ok(Server {
+            target: Target::TandemCluster,
+            addr: processes[0].addr,
+            processes,
+            _dir: dir,
+            engines: Some(engines),
+        })
+    }
+
+    /// How many nodes serve peers: 3 for a cluster, 1 otherwise.
+    pub fn n_nodes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Whether this is a cluster (with Redis and Postgres beside its nodes).
+    pub fn is_cluster(&self) -> bool {
+        self.engines.is_some()
     }
 
     /// The WebSocket URL of `doc`.
     pub fn ws_url(&self, doc: &str) -> String {
+        self.ws_url_on(0, doc)
+    }
+
+    /// The WebSocket URL of `doc` on node `node` (counted from 0, taken modulo the number of
+    /// nodes: a single server is every node).
+    pub fn ws_url_on(&self, node: usize, doc: &str) -> String {
+        let addr = self.processes[node % self.processes.len()].addr;
         match self.target {
-            Target::YSweet => format!("ws://{}/d/{doc}/ws/{doc}", self.addr),
+            Target::YSweet => format!("ws://{addr}/d/{doc}/ws/{doc}"),
             // Hocuspocus takes the doc name from every message, not the path.
-            Target::Hocuspocus => format!("ws://{}/", self.addr),
-            Target::Tandem { .. } => format!("ws://{}/ws/{doc}", self.addr),
-            _ => format!("ws://{}/{doc}", self.addr),
+            Target::Hocuspocus => format!("ws://{addr}/"),
+            Target::Tandem { .. } | Target::TandemCluster => format!("ws://{addr}/ws/{doc}"),
+            _ => format!("ws://{addr}/{doc}"),
         }
     }
 
@@ -306,20 +399,63 @@ impl Server {
         Ok(())
     }
 
-    /// User + system CPU time of the server process so far.
-    pub fn cpu(&self) -> Duration {
-        cpu_time(self.pid).unwrap_or_default()
+    fn alive(&self) -> impl Iterator<Item = &Process> {
+        self.processes.iter().filter(|process| process.alive)
     }
 
-    /// Resident set size now, in bytes.
+    /// User + system CPU time of the server so far: for a cluster, the sum over its live nodes
+    /// (Redis and Postgres apart: [`Server::redis_cpu`], [`Server::postgres_cpu`]).
+    pub fn cpu(&self) -> Duration {
+        self.alive()
+            .map(|process| cpu_time(process.pid).unwrap_or_default())
+            .sum()
+    }
+
+    /// CPU time of each node so far (zero for a killed one).
+    pub fn node_cpu(&self) -> Vec<Duration> {
+        self.processes
+            .iter()
+            .map(|process| {
+                if process.alive {
+                    cpu_time(process.pid).unwrap_or_default()
+                } else {
+                    Duration::ZERO
+                }
+            })
+            .collect()
+    }
+
+    /// A cluster's Redis: CPU time so far.
+    pub fn redis_cpu(&self) -> Option<Duration> {
+        let engines = self.engines.as_ref()?;
+        cpu_time(engines.redis_pid)
+    }
+
+    /// A cluster's Postgres: CPU time so far of the postmaster and its backends, those that
+    /// exited included (the postmaster reaped them: their time is in its children's fields).
+    pub fn postgres_cpu(&self) -> Option<Duration> {
+        let engines = self.engines.as_ref()?;
+        Some(tree_cpu_time(engines.postmaster_pid))
+    }
+
+    /// A cluster's Redis: runs `redis-cli <args>` against it and returns the output.
+    pub fn redis_cli(&self, args: &[&str]) -> Option<String> {
+        Some(self.engines.as_ref()?.redis.cli(args))
+    }
+
+    /// Resident set size now, in bytes (summed over a cluster's nodes).
     pub fn rss(&self) -> u64 {
-        status_kib(self.pid, "VmRSS:").unwrap_or(0) * 1024
+        self.alive()
+            .map(|process| status_kib(process.pid, "VmRSS:").unwrap_or(0) * 1024)
+            .sum()
     }
 
     /// Anonymous resident memory now (heap, stacks), in bytes: the resident set without the
     /// pages of the executable and other mapped files, which the kernel shares and can drop.
     pub fn rss_anon(&self) -> u64 {
-        status_kib(self.pid, "RssAnon:").unwrap_or(0) * 1024
+        self.alive()
+            .map(|process| status_kib(process.pid, "RssAnon:").unwrap_or(0) * 1024)
+            .sum()
     }
 
     /// With `$LOADGEN_MEMORY_DUMPS` set to a directory, copies the server's
@@ -330,29 +466,184 @@ impl Server {
         let Some(dir) = std::env::var_os("LOADGEN_MEMORY_DUMPS").map(PathBuf::from) else {
             return;
         };
-        let stem = format!("{}-{}-{label}", self.target.name(), self.pid);
-        for file in ["smaps", "status"] {
-            let from = format!("/proc/{}/{file}", self.pid);
-            if let Err(error) = std::fs::copy(&from, dir.join(format!("{stem}.{file}"))) {
-                eprintln!("    copying {from}: {error}");
+        for process in self.alive() {
+            let stem = format!("{}-{}-{label}", self.target.name(), process.pid);
+            for file in ["smaps", "status"] {
+                let from = format!("/proc/{}/{file}", process.pid);
+                if let Err(error) = std::fs::copy(&from, dir.join(format!("{stem}.{file}"))) {
+                    eprintln!("    copying {from}: {error}");
+                }
             }
         }
     }
 
-    /// Peak resident set size since start (or the last `reset_peak`), in bytes.
+    /// Peak resident set size since start (or the last `reset_peak`), in bytes (summed over a
+    /// cluster's nodes: an upper bound of their peak together).
     pub fn peak_rss(&self) -> u64 {
-        status_kib(self.pid, "VmHWM:").unwrap_or(0) * 1024
+        self.alive()
+            .map(|process| status_kib(process.pid, "VmHWM:").unwrap_or(0) * 1024)
+            .sum()
     }
 
     /// Starts a new peak-RSS window (Linux `clear_refs` 5).
     pub fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
+        for process in self.alive() {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", process.pid), "5");
+        }
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    /// Kills node `node` with SIGKILL, by its PID, and waits for it to be gone.
+    pub async fn kill_node(&mut self, node: usize) -> Result<()> {
+        let process = self.processes.get_mut(node).context("no such node")?;
+        process.child.start_kill()?;
+        process.alive = false;
+        tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await??;
+        Ok(())
     }
+
+    /// For each node, the lines of its log that contain `needle` (empty for a server whose log
+    /// is not kept).
+    pub fn node_log_lines(&self, needle: &str) -> Vec<Vec<String>> {
+        self.processes
+            .iter()
+            .map(|process| {
+                process
+                    .log
+                    .as_ref()
+                    .and_then(|log| std::fs::read_to_string(log).ok())
+                    .map(|text| {
+                        text.lines()
+                            .filter(|line| line.contains(needle))
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Kills every process by its PID; then, for a cluster, Redis (SIGKILL by its PID) and
+    /// Postgres (`pg_ctl stop -m immediate`, which signals the postmaster's PID). A node's
+    /// warnings and errors are printed first (a few), since its log goes to a file; with
+    /// `$LOADGEN_NODE_LOGS` set to a directory, each node's log is copied there as
+    /// `node-<n>-<pid>.log`.
+    pub async fn stop(mut self) {
+        for process in &mut self.processes {
+            if process.alive {
+                let _ = process.child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await;
+            }
+        }
+        if let Some(dir) = std::env::var_os("LOADGEN_NODE_LOGS").map(PathBuf::from) {
+            for (node, process) in self.processes.iter().enumerate() {
+                if let Some(log) = &process.log {
+                    let to = dir.join(format!("node-{}-{}.log", node + 1, process.pid));
+                    if let Err(error) = std::fs::copy(log, &to) {
+                        eprintln!("    copying {}: {error}", log.display());
+                    }
+                }
+            }
+        }
+        for (node, lines) in self.node_log_lines("").iter().enumerate() {
+            let problems: Vec<&String> = lines
+                .iter()
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                // Every node says so at start-up: the benches serve no web client.
+                .filter(|line| !line.contains("no web client"))
+                .collect();
+            if !problems.is_empty() {
+                eprintln!(
+                    "    node {}: {} warnings/errors, the first: {}",
+                    node + 1,
+                    problems.len(),
+                    problems
+                        .iter()
+                        .take(3)
+                        .map(|line| line.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+            }
+        }
+        if let Some(engines) = self.engines.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(engines)).await;
+        }
+    }
+}
+
+impl Engines {
+    fn start() -> Result<Engines> {
+        let redis = tandem_tests::engines::Redis::start();
+        let postgres = tandem_tests::engines::Postgres::start();
+        let info = redis.cli(&["info", "server"]);
+        let redis_pid = info
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("process_id:"))
+            .context("process_id in redis INFO")?
+            .parse()?;
+        // The checkpointer lives as long as the postmaster, whose child it is.
+        let checkpointer: u32 = postgres
+            .psql("select pid from pg_stat_activity where backend_type = 'checkpointer'")
+            .parse()
+            .context("the checkpointer's pid")?;
+        let postmaster_pid = parent_pid(checkpointer).context("the postmaster's pid")?;
+        Ok(Engines {
+            redis,
+            postgres,
+            redis_pid,
+            postmaster_pid,
+            _blobs: tempfile::tempdir()?,
+        })
+    }
+}
+
+/// `tandem serve` with the flags every Tandem target gets.
+fn tandem_command(binary: &Path, data: &Path, fsync: bool, log: &str) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .args(["--port", "0", "--log", log, "--data-dir"])
+        .arg(data)
+        .args(["--fsync", if fsync { "true" } else { "false" }])
+        // Load tests from one address: the per-connection and per-address limits
+        // that protect a real deployment would trip on purpose here.
+        .args(["--max-messages-per-second", "0"])
+        .args(["--max-bytes-per-second", "0"])
+        .args(["--max-awareness-per-second", "0"])
+        .args(["--max-connections", "100000"])
+        .args(["--max-connections-per-address", "100000"])
+        .args(["--doc-unload-grace", "1s"])
+        .args(
+            std::env::var("LOADGEN_TANDEM_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        );
+    command
+}
+
+/// Reads the child's stdout up to its "listening on http://…" line and returns the address;
+/// keeps draining stdout afterwards.
+async fn listening_addr(child: &mut Child, name: &str) -> Result<SocketAddr> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("http://") {
+                return Ok::<_, anyhow::Error>(line);
+            }
+        }
+        bail!("{name} exited before listening")
+    })
+    .await
+    .context("server start timed out")??;
+    // Keep draining stdout so a chatty server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|rest| rest.split(|c: char| c == '/' || c.is_whitespace()).next())
+        .context("address in the listening line")?;
+    addr.parse().with_context(|| format!("address {addr:?}"))
 }
 
 /// User + system CPU time of the load generator itself so far (its peers, not the server).
@@ -369,6 +660,46 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(
         ticks * 1000 / clock_ticks_per_second(),
     ))
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name (state is field 0).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // The state is a letter; the rest are numbers (read as 0 where one is negative).
+    Some(
+        rest.split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    u32::try_from(*stat_fields(pid)?.get(1)?).ok()
+}
+
+/// CPU time of `pid`, of its children that it has waited for (`cutime`, `cstime`), and of its
+/// live children.
+fn tree_cpu_time(pid: u32) -> Duration {
+    let ticks_of = |fields: &[u64], n: usize| -> u64 { fields.iter().skip(11).take(n).sum() };
+    let mut ticks = stat_fields(pid).map_or(0, |fields| ticks_of(&fields, 4));
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(fields) = stat_fields(child)
+                && fields.get(1) == Some(&u64::from(pid))
+            {
+                ticks += ticks_of(&fields, 2);
+            }
+        }
+    }
+    Duration::from_millis(ticks * 1000 / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> u64 {
