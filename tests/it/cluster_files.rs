@@ -243,7 +243,11 @@ async fn one_patch_at_a_time_writes_an_upload_across_nodes() {
     drop(stream);
     // Node one keeps what it received; node two resumes from there and completes it.
     let mut offset = 0;
-    wait_until("node one has synced the cut PATCH", async || {
+    // (Its lock goes once it has synced what it received: until then node two stays refused.)
+    wait_until("node one has synced the cut PATCH and let go", async || {
+        if is_flocked(&file) {
+            return false;
+        }
         let (status, reported) = upload_offset(&two, &location).await;
         offset = reported.unwrap_or(0) as usize;
         status == 200 && offset > 0
