@@ -436,3 +436,34 @@ async fn tandem_user_add_writes_the_clusters_accounts_without_any_node_running()
         String::from_utf8_lossy(&response.body)
     );
 }
+
+/// A key damaged in Redis (here, a doc's stream replaced by a string) once made a node's one
+/// blocking read fail for every doc it follows (the failure y/hub's issue 61 describes). The
+/// node now finds the key, stops following that doc alone, and refuses its writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stream_stops_only_its_own_doc() {
+    let cluster = Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let mut writer = Peer::connect(one.addr, "fine.md").await;
+    let mut reader = Peer::connect(two.addr, "fine.md").await;
+    let mut unlucky = Peer::connect(two.addr, "damaged.md").await;
+    unlucky.append_text("before").await;
+    let written = async || cluster.redis.cli(&["XLEN", "tandem:doc:damaged.md"]) == "1";
+    tandem_tests::wait_until("the damaged doc's first update stored", written).await;
+    writer.append_text("one;").await;
+    reader.wait_text(|text| text == "one;").await;
+
+    cluster.redis.cli(&["DEL", "tandem:doc:damaged.md"]);
+    cluster
+        .redis
+        .cli(&["SET", "tandem:doc:damaged.md", "not a stream"]);
+    writer.append_text("two;").await;
+    reader.wait_text(|text| text == "one;two;").await;
+    // The damaged doc's writer is refused, not acknowledged.
+    unlucky.append_text(" after").await;
+    let (code, _) = unlucky.expect_close().await;
+    assert_eq!(code, 1013);
+    writer.append_text("three;").await;
+    reader.wait_text(|text| text == "one;two;three;").await;
+}

@@ -29,7 +29,7 @@ use tandem_core::DocId;
 use tandem_hub::LogCommand;
 use tandem_hub::log::Durability;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{Durability as ClusterDurability, Shared, keys, snapshot};
 
@@ -173,6 +173,11 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>, jobs: &mpsc::Sende
     // Commands of a doc whose channel already failed are dropped (see the module docs).
     let live = |report: &watch::Sender<Durability>| !report.borrow().failed;
     let mut pipe = redis::pipe();
+    // One command's error (a key that is not a stream, Redis out of memory) comes back as that
+    // command's reply, so it fails only its own doc, never the others grouped with it.
+    pipe.ignore_errors();
+    // The doc of each XADD, in pipeline order.
+    let mut order: Vec<DocId> = Vec::new();
     let mut n_appends = 0usize;
     // Per doc: the highest seq appended in this group, and its channel.
     let mut appended: HashMap<DocId, (u64, watch::Sender<Durability>)> = HashMap::new();
@@ -201,6 +206,7 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>, jobs: &mpsc::Sende
                     xadd.arg("a").arg(author.as_ref());
                 }
                 n_appends += 1;
+                order.push(doc.clone());
                 let entry = appended.entry(doc).or_insert((seq, report));
                 entry.0 = entry.0.max(seq);
             }
@@ -226,9 +232,27 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>, jobs: &mpsc::Sende
         let res: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut redis).await;
         let res = res
             .map_err(|error| error.to_string())
-            .and_then(|replies| check_replies(&replies, shared.config.durability));
+            .and_then(|replies| check_replies(&replies, &order, shared.config.durability));
         match res {
-            Ok(()) => {
+            Ok(refused) => {
+                // Docs whose own appends Redis refused: only they fail, with what came back.
+                for (doc, error) in refused {
+                    error!(%doc, %error, "redis refused an append of this doc; refusing its updates");
+                    if let Some((_, report)) = appended.remove(&doc) {
+                        report.send_modify(|durability| {
+                            durability.failed = true;
+                            durability.storage_fault = true;
+                        });
+                    }
+                    for (_, _, _, _, report, _) in
+                        versions.iter().filter(|version| version.0 == doc)
+                    {
+                        report.send_modify(|durability| {
+                            durability.failed = true;
+                            durability.storage_fault = true;
+                        });
+                    }
+                }
                 debug!(
                     n_appends,
                     n_docs = appended.len(),
@@ -283,20 +307,29 @@ async fn write_group(shared: &Shared, group: Vec<LogCommand>, jobs: &mpsc::Sende
     }
 }
 
-/// An error inside the pipeline's replies (e.g. a stream at its memory limit), or too few
-/// replicas, fails the whole group: nothing of it is reported durable.
-fn check_replies(replies: &[redis::Value], durability: ClusterDurability) -> Result<(), String> {
-    if let Some(redis::Value::ServerError(error)) = replies
-        .iter()
-        .find(|reply| matches!(reply, redis::Value::ServerError(_)))
-    {
-        return Err(format!("an append was refused: {error:?}"));
+/// The docs whose appends Redis refused (each with the error), given the pipeline's replies in
+/// the order of `order`; too few replicas (or a failed `WAIT`) fails the whole group.
+fn check_replies(
+    replies: &[redis::Value],
+    order: &[DocId],
+    durability: ClusterDurability,
+) -> Result<Vec<(DocId, String)>, String> {
+    if durability == ClusterDurability::Replica {
+        match replies.get(order.len()) {
+            Some(redis::Value::Int(n_replicas)) if *n_replicas >= 1 => {}
+            Some(redis::Value::Int(_)) => {
+                return Err("no replica acknowledged the appends in time".into());
+            }
+            other => return Err(format!("WAIT answered {other:?}")),
+        }
     }
-    if durability == ClusterDurability::Replica
-        && let Some(redis::Value::Int(n_replicas)) = replies.last()
-        && *n_replicas < 1
-    {
-        return Err("no replica acknowledged the appends in time".into());
+    let mut refused: Vec<(DocId, String)> = Vec::new();
+    for (doc, reply) in order.iter().zip(replies) {
+        if let redis::Value::ServerError(error) = reply
+            && !refused.iter().any(|(seen, _)| seen == doc)
+        {
+            refused.push((doc.clone(), format!("{error:?}")));
+        }
     }
-    Ok(())
+    Ok(refused)
 }

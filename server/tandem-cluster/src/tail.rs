@@ -27,7 +27,7 @@ use tandem_core::DocId;
 use tandem_hub::RemoteInput;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{Shared, keys};
 
@@ -105,6 +105,30 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         };
         let reply = match reply {
             Ok(reply) => reply,
+            // Redis answered with an error about the command (one key holds something that is
+            // not a stream): find the key and stop following its doc, so that one damaged doc
+            // never stops the fan-out of every other doc on this node.
+            Err(error) if error.code().is_some() => {
+                let keys: Vec<&str> = targets.iter().map(|(_, key, _, _)| key.as_str()).collect();
+                let bad = not_streams(&mut connection, &keys).await;
+                conn = Some(connection);
+                if bad.is_empty() {
+                    warn!(%error, "reading streams from redis failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                } else {
+                    for (doc, key, _, _) in
+                        targets.iter().filter(|(_, key, _, _)| bad.contains(key))
+                    {
+                        error!(%doc, key, "the doc's stream is not a stream; no longer following it");
+                        evict(&shared, doc);
+                    }
+                }
+                continue;
+            }
             Err(error) => {
                 if !lost {
                     warn!(%error, "reading streams from redis failed; retrying");
@@ -208,6 +232,39 @@ fn deliver(shared: &Shared, doc: &DocId, epoch: u64, updates: Vec<Bytes>, positi
             crate::presence::unsubscribe(shared, doc);
         }
     }
+}
+
+/// The keys of `keys` that hold something other than a stream (a missing key is fine: a doc
+/// not written yet).
+async fn not_streams(connection: &mut MultiplexedConnection, keys: &[&str]) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("TYPE").arg(*key);
+    }
+    let types: Vec<String> = match pipe.query_async(connection).await {
+        Ok(types) => types,
+        Err(_) => return Vec::new(),
+    };
+    keys.iter()
+        .zip(types)
+        .filter(|(_, kind)| kind != "stream" && kind != "none")
+        .map(|(key, _)| (*key).to_owned())
+        .collect()
+}
+
+/// Stops following `doc` and asks its actor to resync: its load fails while the key is bad,
+/// and the actor refuses its peers (1013) rather than serve a doc it cannot store.
+fn evict(shared: &Shared, doc: &DocId) {
+    let feed = shared
+        .follows
+        .lock()
+        .expect("follows lock poisoned")
+        .remove(doc)
+        .map(|follow| follow.feed);
+    if let Some(feed) = feed {
+        feed.resync.notify_one();
+    }
+    crate::presence::unsubscribe(shared, doc);
 }
 
 /// Asks `doc`'s actor to reload and merge what is durable (it missed updates).
