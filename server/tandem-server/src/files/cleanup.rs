@@ -76,7 +76,25 @@ impl Files {
             }
             Err(error) => tracing::error!(%error, "listing upload files failed"),
         }
-        {
+        // Orphaned blobs, in two steps so that the blob lock (in cluster mode a lock every
+        // node waits on) is held only for the few candidates: first, without the lock, the blob
+        // files no row references; then, under the lock, each candidate checked again (an
+        // upload may have taken it meanwhile) and against the file entries.
+        let candidates: Vec<String> = match inner.disk.blob_files() {
+            Ok(blobs) => blobs
+                .into_iter()
+                .filter(|(sha256, modified)| {
+                    old_enough(*modified)
+                        && matches!(inner.store.blob(sha256), Ok(row) if row.is_none_or(|row| row.refcount == 0))
+                })
+                .map(|(sha256, _)| sha256)
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "listing blob files failed");
+                Vec::new()
+            }
+        };
+        if !candidates.is_empty() {
             let _blobs = match inner.blob_lock.lock() {
                 Ok(guard) => guard,
                 Err(error) => {
@@ -84,49 +102,38 @@ impl Files {
                     return;
                 }
             };
-            match inner.disk.blob_files() {
-                Ok(blobs) => {
-                    let mut unreferenced = Vec::new();
-                    for (sha256, modified) in blobs {
-                        let referenced = match inner.store.blob(&sha256) {
-                            Ok(row) => row.is_some_and(|row| row.refcount > 0),
-                            // Unsure: keep it.
-                            Err(_) => true,
-                        };
-                        if !referenced && old_enough(modified) {
-                            unreferenced.push(sha256);
-                        }
-                    }
-                    // The `blobs` rows are counters without checksums: a blob goes only if the
-                    // file entries, each checked against its checksum, agree that no version
-                    // names it. Any error reading them keeps every blob.
-                    let named = if unreferenced.is_empty() {
-                        Ok(HashSet::new())
-                    } else {
-                        inner.store.list_files().map(|entries| {
-                            entries
-                                .into_iter()
-                                .flat_map(|entry| entry.versions)
-                                .map(|version| version.sha256)
-                                .collect::<HashSet<String>>()
-                        })
-                    };
-                    match named {
-                        Ok(named) => {
-                            for sha256 in unreferenced {
-                                if !named.contains(&sha256)
-                                    && inner.disk.remove_blob(&sha256).is_ok()
-                                {
-                                    n_orphans += 1;
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "reading file entries failed; keeping every blob");
+            let unreferenced: Vec<String> = candidates
+                .into_iter()
+                .filter(|sha256| {
+                    // Unsure (a failed read): keep it.
+                    matches!(inner.store.blob(sha256), Ok(row) if row.is_none_or(|row| row.refcount == 0))
+                })
+                .collect();
+            // The `blobs` rows are counters without checksums: a blob goes only if the file
+            // entries, each checked against its checksum, agree that no version names it. Any
+            // error reading them keeps every blob.
+            let named = if unreferenced.is_empty() {
+                Ok(HashSet::new())
+            } else {
+                inner.store.list_files().map(|entries| {
+                    entries
+                        .into_iter()
+                        .flat_map(|entry| entry.versions)
+                        .map(|version| version.sha256)
+                        .collect::<HashSet<String>>()
+                })
+            };
+            match named {
+                Ok(named) => {
+                    for sha256 in unreferenced {
+                        if !named.contains(&sha256) && inner.disk.remove_blob(&sha256).is_ok() {
+                            n_orphans += 1;
                         }
                     }
                 }
-                Err(error) => tracing::error!(%error, "listing blob files failed"),
+                Err(error) => {
+                    tracing::error!(%error, "reading file entries failed; keeping every blob");
+                }
             }
         }
         if n_expired + n_orphans > 0 {
