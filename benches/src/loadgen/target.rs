@@ -272,6 +272,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", target.name()))?;
         let pid = child.id().context("child pid")?;
+        pin_to_server_cpus(pid);
         let addr = match target {
             Target::YSweet => {
                 // y-sweet prints no machine-readable line; wait for its port.
@@ -320,6 +321,7 @@ impl Server {
                 .kill_on_drop(true);
             let mut child = command.spawn().context("starting a cluster node")?;
             let pid = child.id().context("child pid")?;
+            pin_to_server_cpus(pid);
             let addr = match listening_addr(&mut child, "tandem-cluster node").await {
                 Ok(addr) => addr,
                 Err(error) => {
@@ -587,6 +589,8 @@ impl Engines {
             .parse()
             .context("the checkpointer's pid")?;
         let postmaster_pid = parent_pid(checkpointer).context("the postmaster's pid")?;
+        pin_to_server_cpus(redis_pid);
+        pin_to_server_cpus(postmaster_pid);
         Ok(Engines {
             redis,
             postgres,
@@ -672,6 +676,38 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
             .map(|field| field.parse().unwrap_or(0))
             .collect(),
     )
+}
+
+/// With `LOADGEN_SERVER_CPUS` set (a `taskset` CPU list such as `1`), moves every thread of
+/// `pid` and of its child processes onto those CPUs, so that the servers under test (a single
+/// node; or three nodes, Redis and Postgres) get the same CPU budget whatever their number of
+/// processes. Run the load generator itself under `taskset -c` on the other CPUs.
+fn pin_to_server_cpus(pid: u32) {
+    let Ok(cpus) = std::env::var("LOADGEN_SERVER_CPUS") else {
+        return;
+    };
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                && parent_pid(child) == Some(pid)
+            {
+                pids.push(child);
+            }
+        }
+    }
+    for pid in pids {
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpus, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status();
+        if !matches!(status, Ok(status) if status.success()) {
+            eprintln!("warning: could not pin pid {pid} to CPUs {cpus}");
+        }
+    }
 }
 
 fn parent_pid(pid: u32) -> Option<u32> {

@@ -317,9 +317,11 @@ pub(crate) async fn compact(
     match written {
         Ok(Written::Newer { stored_had_more }) => {
             if stored_had_more {
-                // This node had missed updates the stored snapshot holds (its tail fell behind a
-                // trim): the snapshot keeps them anyway; the open doc reloads to show them.
-                warn!(%doc, "this node had missed updates a snapshot holds; resyncing the doc");
+                // The stored snapshot holds updates this doc lacks: usually the compacting
+                // node's own appends after its snapshot's position, which the tail brings here
+                // soon; or updates this node missed (its tail fell behind a trim). The
+                // snapshot keeps them either way; the open doc reloads so that it shows them.
+                info!(%doc, "the stored snapshot holds updates this node has not applied; resyncing the doc");
                 crate::tail::resync(shared, &doc);
             }
             // 4. Trim, only now that the snapshot has committed; the margin is measured on
