@@ -166,6 +166,7 @@ async fn a_redis_that_would_ack_before_fsync_is_refused_at_start() {
             durability: tandem_cluster::Durability::Local,
             replica_timeout: Duration::from_secs(2),
             trim_margin: Duration::from_secs(60),
+            commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
         },
         blob_dir: blobs.path().to_path_buf(),
     });

@@ -453,6 +453,7 @@ impl Both {
             durability: tandem_cluster::Durability::Local,
             replica_timeout: Duration::from_secs(2),
             trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+            commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
         })
         .await
         .expect("cluster starts");
@@ -752,6 +753,7 @@ async fn a_claimed_delivery_is_not_due_for_another_node_until_finished() {
         durability: tandem_cluster::Durability::Local,
         replica_timeout: Duration::from_secs(2),
         trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+        commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
     };
     let one = tandem_cluster::ClusterLog::start(config()).await.unwrap();
     let two = tandem_cluster::ClusterLog::start(config()).await.unwrap();
@@ -827,6 +829,7 @@ async fn a_lapsed_claim_hands_the_delivery_to_another_node() {
         durability: tandem_cluster::Durability::Local,
         replica_timeout: Duration::from_secs(2),
         trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+        commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
     };
     let one = tandem_cluster::ClusterLog::start(config()).await.unwrap();
     let two = tandem_cluster::ClusterLog::start(config()).await.unwrap();

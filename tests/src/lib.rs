@@ -84,6 +84,7 @@ impl TestServer {
                 durability: tandem_cluster::Durability::Local,
                 replica_timeout: Duration::from_secs(2),
                 trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+                commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
             },
             blob_dir: blob_dir.to_path_buf(),
         };

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_core::DocId;
 use tandem_hub::LogCommand;
@@ -96,27 +96,36 @@ pub(crate) async fn run_versions(shared: Arc<Shared>, mut jobs: mpsc::Receiver<V
     }
 }
 
-/// The appender's task.
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>) {
-    let (versions, version_jobs) = mpsc::channel(VERSION_QUEUE_CAPACITY);
-    shared.lifecycle.spawn(
-        tracing::info_span!("cluster-versions"),
-        run_versions(shared.clone(), version_jobs),
-    );
-    let mut n_groups: u64 = 0;
-    let mut close: Option<oneshot::Sender<()>> = None;
-    while close.is_none() {
-        let Some(first) = rx.recv().await else {
-            break;
-        };
-        let mut group: Vec<LogCommand> = Vec::new();
-        let mut n_bytes = 0usize;
-        let mut next = Some(first);
+/// The commands of one group, gathered from the queue.
+#[derive(Default)]
+struct Group {
+    commands: Vec<LogCommand>,
+    n_bytes: usize,
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Group {
+    /// Whether the group can take more: not full and not closing.
+    fn open(&self) -> bool {
+        self.close.is_none()
+            && self.commands.len() < MAX_BATCH_OPS
+            && self.n_bytes < MAX_BATCH_BYTES
+    }
+
+    /// Adds `first` and then whatever else is queued, until the group is full or closing.
+    /// Compactions start at once beside the appender (each waits for its own updates).
+    fn gather(
+        &mut self,
+        shared: &Arc<Shared>,
+        first: Option<LogCommand>,
+        rx: &mut mpsc::Receiver<LogCommand>,
+    ) {
+        let mut next = first;
         while let Some(command) = next.take() {
             match command {
                 LogCommand::Close { done } => {
-                    close = Some(done);
-                    break;
+                    self.close = Some(done);
+                    return;
                 }
                 LogCommand::ReleaseMemory => {}
                 LogCommand::Compact {
@@ -144,21 +153,85 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>)
                     );
                 }
                 command => {
-                    n_bytes += match &command {
+                    self.n_bytes += match &command {
                         LogCommand::Append { update, .. } => update.len(),
                         LogCommand::Version { state, .. } => state.len(),
                         _ => 0,
                     };
-                    group.push(command);
+                    self.commands.push(command);
                 }
             }
-            if group.len() >= MAX_BATCH_OPS || n_bytes >= MAX_BATCH_BYTES {
-                break;
+            if !self.open() {
+                return;
             }
             next = rx.try_recv().ok();
         }
-        if !group.is_empty() {
-            write_group(&shared, group, &versions).await;
+    }
+}
+
+/// When a group holding only appends of hot docs (docs in a group that started less than
+/// `interval` ago) should go: the end of the first of those intervals. `None` (go at once) if
+/// it holds anything else: an append of another doc, or a version.
+fn hot_until(
+    commands: &[LogCommand],
+    recent: &HashMap<DocId, Instant>,
+    interval: Duration,
+) -> Option<Instant> {
+    let mut due: Option<Instant> = None;
+    for command in commands {
+        let LogCommand::Append { doc, .. } = command else {
+            return None;
+        };
+        let until = *recent.get(doc)? + interval;
+        due = Some(due.map_or(until, |due| due.min(until)));
+    }
+    due
+}
+
+/// The appender's task.
+///
+/// A doc that keeps changing is appended at most every `commit_interval`, as on one node
+/// (`tandem_hub::persist`): when everything queued belongs to docs that were in a group started
+/// less than the interval ago, the task waits out the rest of the first of those intervals and
+/// then takes everything queued. Each group is one Redis event-loop turn (one AOF write and
+/// fsync), one wake-up of every node's tail and one batch of relays there, so a doc edited
+/// hundreds of times a second costs a few hundred groups, not one per keystroke. An append of
+/// any other doc goes at once with everything queued: a quiet doc adds no latency.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>) {
+    let (versions, version_jobs) = mpsc::channel(VERSION_QUEUE_CAPACITY);
+    shared.lifecycle.spawn(
+        tracing::info_span!("cluster-versions"),
+        run_versions(shared.clone(), version_jobs),
+    );
+    let interval = shared.config.commit_interval;
+    // Docs whose appends were in a group that started within the last interval: hot docs.
+    let mut recent: HashMap<DocId, Instant> = HashMap::new();
+    let mut n_groups: u64 = 0;
+    let mut close: Option<oneshot::Sender<()>> = None;
+    while close.is_none() {
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut group = Group::default();
+        group.gather(&shared, Some(first), &mut rx);
+        if group.open()
+            && let Some(due) = hot_until(&group.commands, &recent, interval)
+        {
+            tokio::time::sleep_until(due.into()).await;
+            group.gather(&shared, rx.try_recv().ok(), &mut rx);
+        }
+        close = group.close.take();
+        if !group.commands.is_empty() {
+            let started = Instant::now();
+            recent.retain(|_, last| started.duration_since(*last) < interval);
+            for command in &group.commands {
+                if let LogCommand::Append { doc, .. } = command
+                    && !recent.contains_key(doc)
+                {
+                    recent.insert(doc.clone(), started);
+                }
+            }
+            write_group(&shared, group.commands, &versions).await;
             n_groups += 1;
         }
     }
@@ -332,4 +405,48 @@ fn check_replies(
         }
     }
     Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn append(doc: &DocId) -> LogCommand {
+        let (report, _) = watch::channel(Durability::default());
+        LogCommand::Append {
+            doc: doc.clone(),
+            seq: 1,
+            update: Bytes::from_static(b"u"),
+            author: None,
+            report,
+        }
+    }
+
+    #[test]
+    fn only_a_group_of_hot_docs_waits_and_only_until_the_first_interval_ends() {
+        let interval = Duration::from_millis(5);
+        let hot = DocId::new("team/hot.md").unwrap();
+        let warm = DocId::new("team/warm.md").unwrap();
+        let cold = DocId::new("team/cold.md").unwrap();
+        let now = Instant::now();
+        let recent = HashMap::from([
+            (hot.clone(), now),
+            (warm.clone(), now - Duration::from_millis(3)),
+        ]);
+        assert_eq!(
+            hot_until(&[append(&hot)], &recent, interval),
+            Some(now + interval)
+        );
+        // The earliest end among the docs queued.
+        assert_eq!(
+            hot_until(&[append(&hot), append(&warm)], &recent, interval),
+            Some(now + Duration::from_millis(2))
+        );
+        // A doc not appended lately goes at once, and takes the hot ones with it.
+        assert_eq!(
+            hot_until(&[append(&hot), append(&cold)], &recent, interval),
+            None
+        );
+    }
 }

@@ -89,6 +89,9 @@ pub struct ClusterConfig {
     /// Stream entries younger than this are kept by a compaction even when a snapshot covers
     /// them, for nodes whose tail is a little behind.
     pub trim_margin: Duration,
+    /// A doc that keeps changing is appended at most this often (the `--commit-interval` of
+    /// one node); an append of a doc not appended within it goes at once.
+    pub commit_interval: Duration,
 }
 
 /// Why cluster mode did not start.

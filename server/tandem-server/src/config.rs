@@ -415,6 +415,7 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     },
                     replica_timeout: CLUSTER_REPLICA_TIMEOUT,
                     trim_margin: set!(s.cluster_trim_margin).0,
+                    commit_interval: set!(s.commit_interval).0,
                 },
                 blob_dir,
             }),

@@ -111,6 +111,7 @@ impl Backend {
                     durability: tandem_cluster::Durability::Local,
                     replica_timeout: Duration::from_secs(2),
                     trim_margin: crate::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+                    commit_interval: crate::config::DEFAULT_COMMIT_INTERVAL,
                 };
                 let meta = tandem_cluster::PgMeta::connect(&config)
                     .await
