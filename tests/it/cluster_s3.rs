@@ -13,7 +13,9 @@ use tandem_tests::{TestServer, WAIT, wait_until};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::files::{create_upload, get, patch, put, random_bytes, sha256_hex, upload_offset};
+use crate::files::{
+    create_upload, get, listed_paths, patch, put, random_bytes, sha256_hex, upload_offset,
+};
 
 /// The key prefix every node is given.
 const PREFIX: &str = "team-files/eu";
@@ -315,4 +317,74 @@ async fn a_node_refuses_to_start_with_an_unreachable_store_or_two_places_for_blo
         message.contains("blob store s3://tandem/files is not reachable"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_gone_requests_fail_with_503_and_nothing_is_committed() {
+    let mut cluster = S3Cluster::start();
+    let node = cluster.node(|_| {}).await;
+    assert_eq!(put(&node, "team/kept.txt", b"kept", &[]).await.status, 201);
+    cluster.s3.kill();
+
+    let refused = put(&node, "team/lost.txt", b"never stored", &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "storage_unavailable");
+    let paths = listed_paths(&node).await;
+    assert_eq!(
+        paths,
+        ["team/kept.txt"],
+        "nothing committed for the failed PUT"
+    );
+    let download = get(&node, "/api/files/team/kept.txt", &[]).await;
+    assert_eq!(download.status, 503, "{}", download.text());
+    assert_eq!(download.json()["error"], "storage_unavailable");
+    let deleted = node
+        .request("DELETE", "/api/files/team/kept.txt", &[], b"")
+        .await;
+    // The delete commits (the metadata is in Postgres); the blob object is left for the cleanup.
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_removes_orphaned_objects_and_keeps_what_versions_and_uploads_name() {
+    let cluster = S3Cluster::start();
+    let node = cluster
+        .node(|config| {
+            // Short, but longer than any body here takes to arrive (the grace also guards the
+            // node's local files of bodies being received).
+            config.files.orphan_grace = Duration::from_secs(1);
+            config.files.cleanup_interval = Duration::from_millis(100);
+        })
+        .await;
+    assert_eq!(put(&node, "team/kept.txt", b"kept", &[]).await.status, 201);
+    let upload = create_upload(&node, "team/slow.bin", 10, None).await;
+    assert_eq!(patch(&node, &upload, 0, b"12345").await.status, 204);
+    let live_id = upload.rsplit('/').next().expect("an upload id").to_owned();
+    // Left by a node that died: a blob no version names, a staged PUT, an upload's segment.
+    let orphan_sha = sha256_hex(b"");
+    let dead_id = "0123456789abcdef0123456789abcdef";
+    cluster
+        .s3
+        .put_empty(&format!("{PREFIX}/blobs/{orphan_sha}"));
+    cluster.s3.put_empty(&format!("{PREFIX}/staging/{dead_id}"));
+    cluster
+        .s3
+        .put_empty(&format!("{PREFIX}/uploads/{dead_id}/00000000000000000000"));
+
+    wait_until("the cleanup removed the orphans", async || {
+        !cluster.objects("blobs").contains(&orphan_sha)
+            && cluster.objects("staging").is_empty()
+            && cluster.objects("uploads").len() == 1
+    })
+    .await;
+    assert_eq!(cluster.objects("blobs"), [sha256_hex(b"kept")]);
+    assert_eq!(
+        cluster.objects("uploads"),
+        [format!("{live_id}/00000000000000000000")]
+    );
+    assert_eq!(
+        get(&node, "/api/files/team/kept.txt", &[]).await.body,
+        b"kept"
+    );
+    assert_eq!(upload_offset(&node, &upload).await, (200, Some(5)));
 }

@@ -395,10 +395,24 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
+impl S3Server {
+    /// Stores an empty object at `key` (as another writer, or a crash, would leave one).
+    pub fn put_empty(&self, key: &str) {
+        let (status, body) =
+            http(self.port, "PUT", &format!("/{}/{key}", self.bucket)).expect("put object");
+        assert_eq!(status, 200, "storing {key}: {body}");
+    }
+
+    /// Kills it (SIGKILL): requests to it fail from now on.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
