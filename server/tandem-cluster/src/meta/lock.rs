@@ -1,6 +1,12 @@
 //! [`SharedLocks`] on Postgres: session-level advisory locks (`pg_advisory_lock`), each held on
-//! one pooled connection for the guard's lifetime. A lock belongs to the session, so a node that
-//! dies (or loses its connection) releases its locks with it; no lease to expire, no cleanup.
+//! one connection for the guard's lifetime. A lock belongs to the session, so a node that dies
+//! (or loses its connection) releases its locks with it; no lease to expire, no cleanup.
+//!
+//! A lock waited for ([`SharedLocks::lock`], the blob lock: at most one holder per node, held
+//! briefly) keeps its pooled connection and unlocks it before it goes back to the pool. A lock
+//! taken without waiting ([`SharedLocks::try_lock`], a tus PATCH's: one per upload being
+//! written, held as long as a body takes to arrive) takes its connection out of the pool for
+//! good, so that many of them never starve the node's pool; releasing it closes the connection.
 //!
 //! The lock's name becomes the `bigint` key by 64-bit FNV-1a of `tandem:` and the name: fixed
 //! by this file, so every node (and every build) computes the same key
@@ -24,7 +30,13 @@ pub(crate) fn lock_key(name: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-/// A held advisory lock: the session that holds it.
+/// A held advisory lock on a connection taken out of the pool: closing it (when this is
+/// dropped) ends the session, and Postgres releases the lock.
+struct DetachedLock {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+/// A held advisory lock on a pooled connection: the session that holds it.
 struct PgLock {
     /// `None` once released.
     client: Option<deadpool_postgres::Object>,
@@ -91,10 +103,8 @@ impl SharedLocks for PgMeta {
                 .map_err(unavailable)?
                 .get(0);
             Ok(taken.then(|| {
-                SharedLockGuard::new(PgLock {
-                    client: Some(client),
-                    key,
-                    handle: self.handle.clone(),
+                SharedLockGuard::new(DetachedLock {
+                    _client: deadpool_postgres::Object::take(client),
                 })
             }))
         })
