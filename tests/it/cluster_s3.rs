@@ -292,29 +292,39 @@ async fn a_node_refuses_to_start_with_an_unreachable_store_or_two_places_for_blo
         ],
         ..S3Location::parse("s3://tandem/files").expect("a location")
     };
-    let mut config = Config::for_data_dir(tempfile::tempdir().expect("temp dir").keep());
-    config.cluster = Some(tandem_server::config::ClusterSettings {
-        engines: tandem_cluster::ClusterConfig {
-            redis_url: redis.url(),
-            postgres_url: postgres.url(),
-            durability: tandem_cluster::Durability::Local,
-            replica_timeout: Duration::from_secs(2),
-            trim_margin: Duration::from_secs(60),
-        },
-        blobs: BlobStorage::S3(location),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let start = async |adjust: &dyn Fn(&mut Config)| {
+        let mut config = Config::for_data_dir(tempfile::tempdir().expect("temp dir").keep());
+        config.cluster = Some(tandem_server::config::ClusterSettings {
+            engines: tandem_cluster::ClusterConfig {
+                redis_url: redis.url(),
+                postgres_url: postgres.url(),
+                durability: tandem_cluster::Durability::Local,
+                replica_timeout: Duration::from_secs(2),
+                trim_margin: Duration::from_secs(60),
+            },
+            blobs: BlobStorage::S3(location.clone()),
+        });
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let res = tokio::time::timeout(
+            WAIT * 3,
+            tandem_server::run(config, listener, std::future::pending()),
+        )
         .await
-        .expect("bind");
-    let res = tokio::time::timeout(
-        WAIT * 3,
-        tandem_server::run(config, listener, std::future::pending()),
-    )
-    .await
-    .expect("start-up ends");
-    let message = res.expect_err("refused").to_string();
+        .expect("start-up ends");
+        res.expect_err("refused").to_string()
+    };
+    let message = start(&|_| {}).await;
     assert!(
         message.contains("blob store s3://tandem/files is not reachable"),
+        "{message}"
+    );
+    // Files larger than one server-side copy can make could never be stored.
+    let message = start(&|config| config.files.max_file_bytes = 6 << 30).await;
+    assert!(
+        message.contains("more than the 5368709120 bytes one S3 copy can make"),
         "{message}"
     );
 }

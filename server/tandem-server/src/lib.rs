@@ -344,6 +344,13 @@ pub async fn run_with_ready(
         (Some(settings), Some(cluster)) => match &settings.blobs {
             config::BlobStorage::Dir(dir) => (dir.as_path(), files::Sharing::Cluster, None),
             config::BlobStorage::S3(location) => {
+                if config.files.max_file_bytes > files::s3::MAX_COPY_BYTES {
+                    return Err(ServerError::BlobStore(format!(
+                        "max_file_bytes {} is more than the {} bytes one S3 copy can make; lower it to use blob_store",
+                        config.files.max_file_bytes,
+                        files::s3::MAX_COPY_BYTES
+                    )));
+                }
                 let s3 = files::s3::S3::connect(location)
                     .await
                     .map_err(ServerError::BlobStore)?;

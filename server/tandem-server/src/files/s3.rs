@@ -44,8 +44,15 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 /// Bytes read from a local file at a time while sending it.
 const READ_BYTES: usize = 256 * 1024;
+/// How long one request may take, start to end, except the streaming reads: a part or a small
+/// object sent, a HEAD, a listing, a server-side copy (of up to [`MAX_COPY_BYTES`]).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest object one server-side copy (S3 `CopyObject`) makes: 5 GiB.
+pub(crate) const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// How long a failing request is retried (by `object_store`, with backoff) before it fails.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long connecting to the store may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries of one request.
 const MAX_RETRIES: usize = 3;
 /// Digits of a segment's start offset in its key: every `u64` fits, and keys sort as numbers.
@@ -61,7 +68,11 @@ pub(crate) struct Segment {
 /// The store and the prefix of every key. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct S3 {
+    /// Every request but the streaming reads, each bounded by [`REQUEST_TIMEOUT`].
     store: Arc<AmazonS3>,
+    /// Streaming reads (downloads, joining tus segments): no limit on the whole request, which
+    /// lasts as long as its reader takes; connecting is still bounded.
+    streaming: Arc<AmazonS3>,
     /// `<prefix>/` or empty.
     prefix: String,
     /// The runtime the requests run on, for [`S3::block`].
@@ -89,33 +100,46 @@ fn is_not_found(error: &object_store::Error) -> bool {
 }
 
 impl S3 {
-    /// Builds the client from the `AWS_*` environment and `location`'s options, then checks
+    /// Builds the clients from the `AWS_*` environment and `location`'s options, then checks
     /// that the bucket answers (one listing under the prefix).
     pub(crate) async fn connect(location: &S3Location) -> Result<S3, String> {
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(&location.bucket)
-            .with_retry(RetryConfig {
-                max_retries: MAX_RETRIES,
-                retry_timeout: RETRY_TIMEOUT,
-                ..RetryConfig::default()
-            })
-            // No limit on a whole request: a download streams for as long as its client reads.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout_disabled()
-                    .with_connect_timeout(Duration::from_secs(5)),
-            );
-        for (key, value) in &location.options {
-            let key: AmazonS3ConfigKey = key
-                .parse()
-                .map_err(|_| format!("unknown S3 setting {key:?}"))?;
-            builder = builder.with_config(key, value);
-        }
-        let store = builder
-            .build()
-            .map_err(|error| format!("blob store {location}: {error}"))?;
+        // The client options go in first, and the settings after them: some settings
+        // (`aws_allow_http`) live in the client options, which a later `with_client_options`
+        // would replace. So this reads the `AWS_*` environment as `AmazonS3Builder::from_env`
+        // does, after them, then `location`'s own settings.
+        let environment: Vec<(String, String)> = std::env::vars()
+            .filter(|(key, _)| key.starts_with("AWS_"))
+            .map(|(key, value)| (key.to_ascii_lowercase(), value))
+            .collect();
+        let build = |client: ClientOptions| -> Result<Arc<AmazonS3>, String> {
+            let mut builder = AmazonS3Builder::new()
+                .with_client_options(client.with_connect_timeout(CONNECT_TIMEOUT))
+                .with_retry(RetryConfig {
+                    max_retries: MAX_RETRIES,
+                    retry_timeout: RETRY_TIMEOUT,
+                    ..RetryConfig::default()
+                });
+            for (key, value) in &environment {
+                // An `AWS_*` variable that is no S3 setting is ignored, as `from_env` does.
+                if let Ok(key) = key.parse::<AmazonS3ConfigKey>() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            for (key, value) in &location.options {
+                let key: AmazonS3ConfigKey = key
+                    .parse()
+                    .map_err(|_| format!("unknown S3 setting {key:?}"))?;
+                builder = builder.with_config(key, value);
+            }
+            builder
+                .with_bucket_name(&location.bucket)
+                .build()
+                .map(Arc::new)
+                .map_err(|error| format!("blob store {location}: {error}"))
+        };
         let s3 = S3 {
-            store: Arc::new(store),
+            store: build(ClientOptions::new().with_timeout(REQUEST_TIMEOUT))?,
+            streaming: build(ClientOptions::new().with_timeout_disabled())?,
             prefix: if location.prefix.is_empty() {
                 String::new()
             } else {
@@ -204,7 +228,7 @@ impl S3 {
             let key = self.segment_key(id, segment.start);
             let res = async {
                 let mut stream = self
-                    .store
+                    .streaming
                     .get(&key)
                     .await
                     .map_err(|error| unavailable(&error))?
@@ -344,7 +368,7 @@ impl S3 {
             ..GetOptions::default()
         };
         let result = self
-            .store
+            .streaming
             .get_opts(key, options)
             .await
             .map_err(|error| unavailable(&error))?;
