@@ -334,6 +334,7 @@ async fn with_the_store_gone_requests_fail_with_503_and_nothing_is_committed() {
     let mut cluster = S3Cluster::start();
     let node = cluster.node(|_| {}).await;
     assert_eq!(put(&node, "team/kept.txt", b"kept", &[]).await.status, 201);
+    let upload = create_upload(&node, "team/resumable.bin", 6, None).await;
     cluster.s3.kill();
 
     let refused = put(&node, "team/lost.txt", b"never stored", &[]).await;
@@ -348,6 +349,10 @@ async fn with_the_store_gone_requests_fail_with_503_and_nothing_is_committed() {
     let download = get(&node, "/api/files/team/kept.txt", &[]).await;
     assert_eq!(download.status, 503, "{}", download.text());
     assert_eq!(download.json()["error"], "storage_unavailable");
+    // A PATCH fails too (its offset is the store's segments); the upload stays, for later.
+    let patched = patch(&node, &upload, 0, b"abc").await;
+    assert_eq!(patched.status, 503, "{}", patched.text());
+    assert_eq!(patched.json()["error"], "storage_unavailable");
     let deleted = node
         .request("DELETE", "/api/files/team/kept.txt", &[], b"")
         .await;

@@ -40,7 +40,8 @@ use crate::config::S3Location;
 /// Bytes gathered before they are sent as one part; an object no larger goes in one PUT.
 /// (S3 parts other than the last must be at least 5 MiB.)
 const PART_BYTES: usize = 8 * 1024 * 1024;
-/// Parts of one object in flight at once.
+/// Parts of one object in flight at once. With the part being filled, an object being sent
+/// holds up to `(PARTS_IN_FLIGHT + 1) * PART_BYTES` in memory (24 MiB) until it is complete.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Bytes read from a local file at a time while sending it.
 const READ_BYTES: usize = 256 * 1024;
@@ -483,6 +484,40 @@ mod tests {
 
     fn seg(start: u64, size: u64) -> Segment {
         Segment { start, size }
+    }
+
+    #[tokio::test]
+    async fn keys_follow_the_layout_under_the_prefix() {
+        let store = Arc::new(
+            AmazonS3Builder::new()
+                .with_bucket_name("bucket")
+                .with_region("us-east-1")
+                .build()
+                .expect("a client needs no network"),
+        );
+        let s3 = |prefix: &str| S3 {
+            store: store.clone(),
+            streaming: store.clone(),
+            prefix: prefix.to_owned(),
+            handle: tokio::runtime::Handle::current(),
+            location: "s3://bucket".to_owned(),
+        };
+        let sha = "ab".repeat(32);
+        let id = "0123456789abcdef0123456789abcdef";
+        let prefixed = s3("team/eu/");
+        assert_eq!(
+            prefixed.blob_key(&sha).as_ref(),
+            format!("team/eu/blobs/{sha}")
+        );
+        assert_eq!(
+            prefixed.staging_key(id).as_ref(),
+            format!("team/eu/staging/{id}")
+        );
+        assert_eq!(
+            prefixed.segment_key(id, 5_000_000).as_ref(),
+            format!("team/eu/uploads/{id}/00000000000005000000")
+        );
+        assert_eq!(s3("").blob_key(&sha).as_ref(), format!("blobs/{sha}"));
     }
 
     #[test]
