@@ -168,7 +168,7 @@ async fn a_redis_that_would_ack_before_fsync_is_refused_at_start() {
             trim_margin: Duration::from_secs(60),
             commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
         },
-        blob_dir: blobs.path().to_path_buf(),
+        blobs: tandem_server::config::BlobStorage::Dir(blobs.path().to_path_buf()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

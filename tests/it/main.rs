@@ -14,6 +14,7 @@ mod auth;
 mod cluster;
 mod cluster_files;
 mod cluster_meta;
+mod cluster_s3;
 mod damaged_store;
 mod disk_full;
 mod events;

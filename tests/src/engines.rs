@@ -298,3 +298,150 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// Where `moto_server` is looked for when it is not on `PATH` (pyenv's shims).
+const MOTO_FALLBACK: &str = "/root/.pyenv/shims/moto_server";
+
+/// An S3-compatible server of our own: `moto_server` (Python, `pip install 'moto[server]'`),
+/// keeping its objects in memory, with one bucket created. Stopped by PID when dropped.
+pub struct S3Server {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The bucket created at start.
+    pub bucket: String,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl S3Server {
+    /// Starts `moto_server` in a temporary directory and creates `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let program = if Command::new("moto_server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
+            "moto_server"
+        } else {
+            MOTO_FALLBACK
+        };
+        let child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (python3 -m pip install 'moto[server]')");
+        let server = S3Server {
+            port,
+            bucket: bucket.to_owned(),
+            _dir: dir,
+            child,
+        };
+        wait_for("moto_server", || {
+            http(port, "GET", "/").is_some_and(|(status, _)| status == 200)
+        });
+        let (status, body) = http(port, "PUT", &format!("/{bucket}")).expect("create bucket");
+        assert_eq!(status, 200, "creating bucket {bucket}: {body}");
+        server
+    }
+
+    /// The endpoint a client is given.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The settings a node needs over its environment (`object_store`'s `AmazonS3ConfigKey`
+    /// names): this endpoint over plain http, a region and moto's dummy credentials.
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint()),
+            ("aws_allow_http", "true".to_owned()),
+            ("aws_region", "us-east-1".to_owned()),
+            ("aws_access_key_id", "testing".to_owned()),
+            ("aws_secret_access_key", "testing".to_owned()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+    }
+
+    /// The keys of every object in the bucket under `prefix`, sorted (S3's `ListObjectsV2`
+    /// over HTTP, read from its XML).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/{}?list-type=2&prefix={prefix}", self.bucket);
+            if let Some(token) = &token {
+                path.push_str(&format!("&continuation-token={token}"));
+            }
+            let (status, body) = http(self.port, "GET", &path).expect("list objects");
+            assert_eq!(status, 200, "listing {prefix}: {body}");
+            keys.extend(xml_values(&body, "Key"));
+            token = xml_values(&body, "NextContinuationToken")
+                .into_iter()
+                .next();
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.sort();
+        keys
+    }
+}
+
+impl S3Server {
+    /// Stores an empty object at `key` (as another writer, or a crash, would leave one).
+    pub fn put_empty(&self, key: &str) {
+        let (status, body) =
+            http(self.port, "PUT", &format!("/{}/{key}", self.bucket)).expect("put object");
+        assert_eq!(status, 200, "storing {key}: {body}");
+    }
+
+    /// Kills it (SIGKILL): requests to it fail from now on.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(value, _)| value.to_owned()))
+        .collect()
+}
+
+/// One HTTP/1.1 request without a body to 127.0.0.1:`port`: the status and body, or `None` if
+/// nothing answered.
+fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -77,6 +77,18 @@ impl TestServer {
         blob_dir: &Path,
         adjust: impl FnOnce(&mut Config),
     ) -> TestServer {
+        let blobs = tandem_server::config::BlobStorage::Dir(blob_dir.to_path_buf());
+        TestServer::start_node_with(redis, postgres, blobs, adjust).await
+    }
+
+    /// A cluster node on `redis` and `postgres`, with blobs in `blobs` (a directory or an S3
+    /// store), and settings adjusted by `adjust`.
+    pub async fn start_node_with(
+        redis: &engines::Redis,
+        postgres: &engines::Postgres,
+        blobs: tandem_server::config::BlobStorage,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let settings = tandem_server::config::ClusterSettings {
             engines: tandem_cluster::ClusterConfig {
                 redis_url: redis.url(),
@@ -86,7 +98,7 @@ impl TestServer {
                 trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
                 commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
             },
-            blob_dir: blob_dir.to_path_buf(),
+            blobs,
         };
         TestServer::start_with(move |config| {
             config.cluster = Some(settings);

@@ -343,7 +343,7 @@ pub struct ServeArgs {
     pub forwarded_header: Option<ForwardedHeader>,
     /// Cluster mode: the Redis every node shares (`redis://host:port/db`), holding each doc's
     /// update log; it must run with `appendonly yes` and `appendfsync always`. Needs
-    /// `--postgres-url` and `--blob-dir` too.
+    /// `--postgres-url` and one of `--blob-dir` or `--blob-store` too.
     #[arg(long, env = "TANDEM_REDIS_URL")]
     #[serde(skip_serializing)]
     pub redis_url: Option<String>,
@@ -356,6 +356,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_BLOB_DIR")]
     #[serde(skip_serializing)]
     pub blob_dir: Option<PathBuf>,
+    /// Cluster mode, instead of `--blob-dir`: file blobs on an S3-compatible store,
+    /// `s3://bucket/optional/prefix`. Endpoint, region and credentials come from the `AWS_*`
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a plain-http endpoint).
+    #[arg(long, env = "TANDEM_BLOB_STORE")]
+    #[serde(skip_serializing)]
+    pub blob_store: Option<String>,
     /// Cluster mode: what an update waits for before anyone sees it: `local` (Redis fsynced
     /// it) or `replica` (and one replica received it, `WAIT 1`).
     #[arg(long, env = "TANDEM_CLUSTER_DURABILITY")]
@@ -456,6 +463,7 @@ impl ServeArgs {
             redis_url: self.redis_url.or(lower.redis_url),
             postgres_url: self.postgres_url.or(lower.postgres_url),
             blob_dir: self.blob_dir.or(lower.blob_dir),
+            blob_store: self.blob_store.or(lower.blob_store),
             cluster_durability: self.cluster_durability.or(lower.cluster_durability),
             cluster_trim_margin: self.cluster_trim_margin.or(lower.cluster_trim_margin),
         }

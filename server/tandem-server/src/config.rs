@@ -103,7 +103,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Create the database even beside existing data (`--init`).
     pub init: bool,
-    /// Cluster mode, when `--redis-url`, `--postgres-url` and `--blob-dir` are given.
+    /// Cluster mode, when `--redis-url`, `--postgres-url` and `--blob-dir` or `--blob-store`
+    /// are given.
     pub cluster: Option<ClusterSettings>,
 }
 
@@ -112,8 +113,77 @@ pub struct Config {
 pub struct ClusterSettings {
     /// The engines and what an update waits for.
     pub engines: tandem_cluster::ClusterConfig,
-    /// The directory every node mounts for file blobs.
-    pub blob_dir: PathBuf,
+    /// Where the nodes keep the bytes of files.
+    pub blobs: BlobStorage,
+}
+
+/// Where cluster mode keeps the bytes of files (`protocol-spec/cluster.md`).
+#[derive(Debug, Clone)]
+pub enum BlobStorage {
+    /// A directory every node mounts (`--blob-dir`).
+    Dir(PathBuf),
+    /// An S3-compatible store (`--blob-store s3://bucket/prefix`).
+    S3(S3Location),
+}
+
+/// A bucket and key prefix of an S3-compatible store, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix of every key, without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    /// Settings applied over the `AWS_*` environment, as (`object_store` `AmazonS3ConfigKey`
+    /// name, value): `aws_endpoint`, `aws_region`, `aws_access_key_id`, ... Empty from the
+    /// command line (the environment is the place for them); tests and embedders set them.
+    pub options: Vec<(String, String)>,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]` (`--blob-store`).
+    pub fn parse(url: &str) -> Result<S3Location, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("blob_store {url:?} must start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        if !bucket_ok {
+            return Err(format!(
+                "blob_store {url:?}: the bucket must be lower-case letters, digits, '-' and '.'"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix_ok = prefix.is_empty()
+            || prefix.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if !prefix_ok {
+            return Err(format!(
+                "blob_store {url:?}: the prefix must be non-empty printable segments, no '.' or '..'"
+            ));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            options: Vec::new(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
 }
 
 /// Default of `--cluster-trim-margin`.
@@ -219,8 +289,20 @@ fn check_tls_pair(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Cluster mode takes all three engines' settings or none.
+/// Cluster mode takes Redis, Postgres and exactly one place for blobs (a shared directory or an
+/// S3-compatible store), or none of them. An S3 store is cluster mode only: one node keeps its
+/// files in its data directory, and the store's locks live in Postgres.
 fn check_cluster_settings(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<()> {
+    let blob_dir = args.blob_dir.is_some() || file.blob_dir.is_some();
+    let blob_store = args.blob_store.as_ref().or(file.blob_store.as_ref());
+    if blob_dir && blob_store.is_some() {
+        anyhow::bail!(
+            "blob_dir and blob_store are mutually exclusive: give cluster mode one place for file blobs"
+        );
+    }
+    if let Some(url) = blob_store {
+        S3Location::parse(url).map_err(|message| anyhow::anyhow!(message))?;
+    }
     let given = [
         (
             "redis_url",
@@ -230,10 +312,7 @@ fn check_cluster_settings(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<
             "postgres_url",
             args.postgres_url.is_some() || file.postgres_url.is_some(),
         ),
-        (
-            "blob_dir",
-            args.blob_dir.is_some() || file.blob_dir.is_some(),
-        ),
+        ("blob_dir or blob_store", blob_dir || blob_store.is_some()),
     ];
     let n_given = given.iter().filter(|(_, set)| *set).count();
     if n_given != 0 && n_given != given.len() {
@@ -242,8 +321,13 @@ fn check_cluster_settings(args: &ServeArgs, file: &ServeArgs) -> anyhow::Result<
             .filter(|(_, set)| !*set)
             .map(|(key, _)| *key)
             .collect();
+        let only_store = if blob_store.is_some() {
+            " (blob_store is for cluster mode only; one node keeps files in its data directory)"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "cluster mode needs redis_url, postgres_url and blob_dir together; missing: {}",
+            "cluster mode needs redis_url, postgres_url and blob_dir or blob_store together; missing: {}{only_store}",
             missing.join(", ")
         );
     }
@@ -404,8 +488,12 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
             allow_private: set!(s.webhook_allow_private),
         },
         init: set!(s.init),
-        cluster: match (s.redis_url, s.postgres_url, s.blob_dir) {
-            (Some(redis_url), Some(postgres_url), Some(blob_dir)) => Some(ClusterSettings {
+        cluster: match (
+            s.redis_url,
+            s.postgres_url,
+            blob_storage(s.blob_dir, s.blob_store),
+        ) {
+            (Some(redis_url), Some(postgres_url), Some(blobs)) => Some(ClusterSettings {
                 engines: tandem_cluster::ClusterConfig {
                     redis_url,
                     postgres_url,
@@ -417,11 +505,20 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
                     trim_margin: set!(s.cluster_trim_margin).0,
                     commit_interval: set!(s.commit_interval).0,
                 },
-                blob_dir,
+                blobs,
             }),
             // `load` refused a partial set.
             _ => None,
         },
+    }
+}
+
+/// The place for blobs `load` checked: a directory or a store, not both.
+fn blob_storage(dir: Option<PathBuf>, store: Option<String>) -> Option<BlobStorage> {
+    match (dir, store) {
+        (Some(dir), _) => Some(BlobStorage::Dir(dir)),
+        (None, Some(url)) => S3Location::parse(&url).ok().map(BlobStorage::S3),
+        (None, None) => None,
     }
 }
 
@@ -481,7 +578,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("missing: postgres_url, blob_dir"),
+                .contains("missing: postgres_url, blob_dir or blob_store"),
             "{error}"
         );
         let args = ServeArgs {
@@ -498,9 +595,61 @@ mod tests {
             tandem_cluster::Durability::Replica
         );
         assert_eq!(cluster.engines.trim_margin, Duration::from_secs(5));
-        assert_eq!(cluster.blob_dir, PathBuf::from("/mnt/blobs"));
+        assert!(matches!(&cluster.blobs, BlobStorage::Dir(dir) if dir == Path::new("/mnt/blobs")));
         let one_node = resolve(ServeArgs::default(), ServeArgs::default());
         assert!(one_node.cluster.is_none(), "one node by default");
+    }
+
+    #[test]
+    fn blobs_go_to_one_directory_or_one_s3_store_and_the_store_only_in_cluster_mode() {
+        let engines = ServeArgs {
+            redis_url: Some("redis://10.0.0.5:6379/0".into()),
+            postgres_url: Some("postgres://tandem@10.0.0.6/tandem".into()),
+            ..ServeArgs::default()
+        };
+        let file: ServeArgs = toml::from_str("blob_store = \"s3://tandem-files/prod/eu\"").unwrap();
+        check_cluster_settings(&engines, &file).unwrap();
+        let cluster = resolve(engines, file).cluster.expect("cluster mode");
+        let BlobStorage::S3(location) = &cluster.blobs else {
+            panic!("an S3 store: {:?}", cluster.blobs);
+        };
+        assert_eq!(location.bucket, "tandem-files");
+        assert_eq!(location.prefix, "prod/eu");
+
+        let both = ServeArgs {
+            blob_dir: Some("/mnt/blobs".into()),
+            blob_store: Some("s3://tandem-files".into()),
+            ..ServeArgs::default()
+        };
+        let error = check_cluster_settings(&both, &ServeArgs::default()).unwrap_err();
+        assert!(error.to_string().contains("mutually exclusive"), "{error}");
+        let alone = ServeArgs {
+            blob_store: Some("s3://tandem-files".into()),
+            ..ServeArgs::default()
+        };
+        let error = check_cluster_settings(&alone, &ServeArgs::default()).unwrap_err();
+        assert!(error.to_string().contains("cluster mode only"), "{error}");
+    }
+
+    #[test]
+    fn s3_locations_parse_into_bucket_and_prefix() {
+        let parsed = S3Location::parse("s3://bucket-1/a/b/").unwrap();
+        assert_eq!(
+            (parsed.bucket.as_str(), parsed.prefix.as_str()),
+            ("bucket-1", "a/b")
+        );
+        assert_eq!(parsed.to_string(), "s3://bucket-1/a/b");
+        assert_eq!(S3Location::parse("s3://bucket").unwrap().prefix, "");
+        for bad in [
+            "bucket/x",
+            "s3://",
+            "s3://Bucket",
+            "s3://b/a//c",
+            "s3://b/../x",
+            "https://b",
+        ] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub enum ServerError {
     /// would lose updates.
     #[error("cluster mode: {0}")]
     Cluster(#[source] tandem_cluster::ClusterError),
+    /// Cluster mode's S3-compatible blob store is misconfigured or unreachable.
+    #[error("{0}")]
+    BlobStore(String),
 }
 
 /// Where the server serves, passed to the `ready` callback of [`run_with_ready`].
@@ -334,10 +337,33 @@ pub async fn run_with_ready(
                 .run_refresh(webhook::CLUSTER_REFRESH_INTERVAL, lifecycle.cancel.clone()),
         );
     }
-    // In cluster mode the bytes go to the blob directory every node mounts.
-    let (files_dir, sharing) = match &config.cluster {
-        Some(settings) => (settings.blob_dir.as_path(), files::Sharing::Cluster),
-        None => (config.data_dir.as_path(), files::Sharing::Local),
+    // In cluster mode the bytes go to the blob directory every node mounts, or to the S3
+    // store (checked reachable now; its locks are Postgres's), the bodies being received to
+    // this node's data directory.
+    let (files_dir, sharing, s3) = match (&config.cluster, &cluster) {
+        (Some(settings), Some(cluster)) => match &settings.blobs {
+            config::BlobStorage::Dir(dir) => (dir.as_path(), files::Sharing::Cluster, None),
+            config::BlobStorage::S3(location) => {
+                if config.files.max_file_bytes > files::s3::MAX_COPY_BYTES {
+                    return Err(ServerError::BlobStore(format!(
+                        "max_file_bytes {} is more than the {} bytes one S3 copy can make; lower it to use blob_store",
+                        config.files.max_file_bytes,
+                        files::s3::MAX_COPY_BYTES
+                    )));
+                }
+                let s3 = files::s3::S3::connect(location)
+                    .await
+                    .map_err(ServerError::BlobStore)?;
+                info!(store = %location, "file blobs on an S3-compatible store");
+                let locks: Arc<dyn tandem_store::meta::SharedLocks> = cluster.meta().clone();
+                (
+                    config.data_dir.as_path(),
+                    files::Sharing::Cluster,
+                    Some((s3, locks)),
+                )
+            }
+        },
+        _ => (config.data_dir.as_path(), files::Sharing::Local, None),
     };
     let files = files::Files::open(
         tables.files.clone(),
@@ -345,6 +371,7 @@ pub async fn run_with_ready(
         config.files.clone(),
         files_dir,
         sharing,
+        s3,
     )
     .map_err(|source| ServerError::Io {
         context: "opening file storage",

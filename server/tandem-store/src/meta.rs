@@ -142,6 +142,33 @@ pub trait FileTable: Send + Sync + 'static {
     fn remove_upload(&self, id: &str) -> Result<bool, FileError>;
 }
 
+/// Exclusive locks every node of a cluster shares, named by a string (`files`: the blob lock,
+/// and the one writer of a tus upload when the bytes are on an S3-compatible store). Only
+/// cluster mode has one: one node serialises with its own mutexes and file locks.
+///
+/// A lock is held until its [`SharedLockGuard`] is dropped, and also released when the holder
+/// dies (its session with the shared database ends), so a crashed node never blocks the others.
+pub trait SharedLocks: Send + Sync + 'static {
+    /// Waits until the lock `name` is free and takes it. Blocking.
+    fn lock(&self, name: &str) -> Result<SharedLockGuard, StoreError>;
+    /// Takes the lock `name` if it is free now; `Ok(None)` if someone holds it. Blocking.
+    fn try_lock(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError>;
+}
+
+/// A held [`SharedLocks`] lock, released when dropped (the release may block briefly).
+pub struct SharedLockGuard {
+    _held: Box<dyn std::any::Any + Send>,
+}
+
+impl SharedLockGuard {
+    /// Wraps what holds the lock and releases it in its `Drop`.
+    pub fn new(held: impl std::any::Any + Send) -> SharedLockGuard {
+        SharedLockGuard {
+            _held: Box::new(held),
+        }
+    }
+}
+
 /// Docs' stored versions and authors, and the list of stored docs (`api` docs and versions).
 pub trait HistoryTable: Send + Sync + 'static {
     /// See [`Store::list_versions`].

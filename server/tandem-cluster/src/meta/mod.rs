@@ -17,6 +17,7 @@
 mod activity;
 mod files;
 mod history;
+mod lock;
 mod users;
 mod webhooks;
 

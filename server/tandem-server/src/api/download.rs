@@ -18,16 +18,11 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tandem_core::DocId;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::AppState;
 use super::error::ApiError;
 use super::files::{grant_for, load_entry, path_from};
-use crate::files::{FileError, Files, last_segment};
-
-/// Bytes read from the blob at a time while streaming.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+use crate::files::{BlobReader, FileError, Files, last_segment};
 
 /// Characters kept as they are in an RFC 5987 `filename*` value (its `attr-char`).
 const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
@@ -153,19 +148,23 @@ fn if_range_holds(value: &str, etag: &str, modified_secs: u64) -> bool {
         .is_some_and(|date| date.as_secs() == modified_secs)
 }
 
-/// Opens the blob of `sha256` of `len` bytes, a version of the file at `path`. A blob missing
-/// from disk is a 404 only if no version of the file names it any more (deleted after the entry
-/// was read: a delete commits before it removes the blob); otherwise it is a storage fault.
+/// Opens the blob of `sha256` of `len` bytes, a version of the file at `path`. A missing blob
+/// is a 404 only if no version of the file names it any more (deleted after the entry was read:
+/// a delete commits before it removes the blob); otherwise it is a storage fault.
 async fn open_blob(
     files: &Files,
     path: &DocId,
     sha256: &str,
     len: u64,
-) -> Result<tokio::fs::File, ApiError> {
-    let blob = files.inner.disk.blob_path(sha256);
-    let file = match tokio::fs::File::open(&blob).await {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+) -> Result<BlobReader, ApiError> {
+    let open = async || match files.open_blob(sha256).await {
+        Ok(opened) => Ok(opened),
+        Err(FileError::Internal) => Err(ApiError::StorageFault),
+        Err(error) => Err(ApiError::from(error)),
+    };
+    let (blob, stored_len) = match open().await? {
+        Some(opened) => opened,
+        None => {
             let entry = load_entry(files, path).await?;
             if !entry
                 .versions
@@ -176,25 +175,20 @@ async fn open_blob(
             }
             // Still named: opened once more, in case the same bytes were uploaded again
             // between the delete that removed the blob and the read of the entry.
-            match tokio::fs::File::open(&blob).await {
-                Ok(file) => file,
-                Err(error) => {
-                    tracing::error!(%error, path = %path, sha256, "the blob of a stored file is missing");
+            match open().await? {
+                Some(opened) => opened,
+                None => {
+                    tracing::error!(path = %path, sha256, "the blob of a stored file is missing");
                     return Err(ApiError::StorageFault);
                 }
             }
         }
-        Err(error) => {
-            tracing::error!(%error, path = %path, sha256, "opening blob failed");
-            return Err(ApiError::StorageFault);
-        }
     };
-    let on_disk = file.metadata().await.map(|meta| meta.len()).ok();
-    if on_disk != Some(len) {
-        tracing::error!(path = %path, sha256, ?on_disk, len, "blob has the wrong length");
+    if stored_len != len {
+        tracing::error!(path = %path, sha256, stored_len, len, "blob has the wrong length");
         return Err(ApiError::StorageFault);
     }
-    Ok(file)
+    Ok(blob)
 }
 
 /// The query of a download; other parameters (`token`) are not ours.
@@ -237,7 +231,7 @@ pub(crate) async fn get_file(
     };
     let len = version.size;
     // Before any answer, so HEAD, GET and conditional requests all see a lost blob.
-    let mut file = open_blob(&state.files, &path, &version.sha256, len).await?;
+    let blob = open_blob(&state.files, &path, &version.sha256, len).await?;
     let etag = format!("\"{}\"", version.sha256);
     let modified = UNIX_EPOCH + Duration::from_millis(version.uploaded_ms);
     let modified_secs = version.uploaded_ms / 1000;
@@ -322,13 +316,9 @@ pub(crate) async fn get_file(
     if method == Method::HEAD {
         return Ok((status, common).into_response());
     }
-    // Once open, a delete no longer affects this download.
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|_| ApiError::Internal)?;
-    }
-    let stream = ReaderStream::with_capacity(file.take(n_bytes), READ_CHUNK_BYTES);
+    // On disk, once open, a delete no longer affects this download. On S3 a delete between the
+    // check above and this read fails the read (the blob had just stopped being named).
+    let stream = blob.stream(start, n_bytes).await?;
     Ok((status, common, Body::from_stream(stream)).into_response())
 }
 

@@ -286,8 +286,9 @@ pub(super) async fn put_file(
         uploader,
         uploaded_ms: now_ms(),
     };
+    let staged = files.stage_put(guard, &id).await?;
     let entry = files
-        .commit(guard.keep(), path.to_string(), version, None)
+        .commit(staged, path.to_string(), version, None)
         .await?;
     drop(slot);
     publish_uploaded(&state, &entry);
@@ -420,7 +421,7 @@ pub(super) async fn move_file(
 }
 
 /// `DELETE /api/files/{path}`: removes the file and all its versions; blobs nothing else
-/// names are deleted from disk.
+/// names are deleted from the disk or store.
 pub(super) async fn delete_file(
     State(state): State<AppState>,
     uri: Uri,
@@ -433,14 +434,11 @@ pub(super) async fn delete_file(
     state
         .files
         .blocking(move |inner| {
-            let _blobs = match inner.blob_lock.lock() {
-                Ok(guard) => guard,
-                Err(error) => return Err(files.io_failure_blocking(&error, "blob lock")),
-            };
+            let _blobs = files.lock_blobs()?;
             let deleted = inner.store.delete_file(&name)?;
             files.set_path(None, Some(&name));
             for sha256 in &deleted.unreferenced {
-                if let Err(error) = inner.disk.remove_blob(sha256) {
+                if let Err(error) = files.remove_blob(sha256) {
                     // The cleanup task removes it later.
                     tracing::warn!(%error, sha256, "removing blob failed");
                 }

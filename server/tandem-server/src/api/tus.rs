@@ -6,14 +6,16 @@
 //! redb and creates its empty file; each `PATCH` appends to the file. The offset is the file's
 //! length, so there is nothing else to keep in step: whatever a PATCH received before it was cut
 //! off is flushed and fsynced before it answers (or gives up), and `HEAD` reports it. The PATCH
-//! that reaches the declared length completes the upload like a PUT (`Files::commit`).
+//! that reaches the declared length completes the upload like a PUT (`Files::commit`). With an
+//! S3 store a PATCH receives into a local file and stores it as one segment object when it ends
+//! (cut off or not); the offset is the end of the contiguous segments (`files/backend.rs`).
 //!
 //! One PATCH writes an upload at a time. A client that resumes may reach us before we noticed
 //! that its previous connection died, so a new PATCH cancels the one in progress, waits for it
 //! to sync what it got, and then checks the offset. Across nodes (cluster mode: the record is in
-//! Postgres, the file in the shared blob directory) the PATCH also holds the file's `flock`
-//! until it has answered; a PATCH on another node meanwhile is refused as busy (423), and the
-//! client retries after a HEAD.
+//! Postgres, the file in the shared blob directory) the PATCH also holds the file's `flock` (with
+//! an S3 store: a Postgres advisory lock named after the upload) until it has answered; a PATCH
+//! on another node meanwhile is refused as busy (423), and the client retries after a HEAD.
 
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -26,13 +28,14 @@ use base64::Engine;
 use tandem_core::DocId;
 use tandem_store::{FileVersion, UploadRecord};
 
+use super::AppState;
 use super::error::ApiError;
 use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
-use super::{AppState, blocking};
 use crate::auth::Grant;
-use crate::files::blobs::{UploadFile, hash_file, is_upload_id, new_upload_id};
+use crate::files::backend::{UploadWriter, WriterLock};
+use crate::files::blobs::{is_upload_id, new_upload_id};
 use crate::files::upload::{
-    ReceiveError, content_type_for, forget_slot, parse_sha256, receive, take_slot,
+    ReceiveError, TempGuard, content_type_for, forget_slot, parse_sha256, receive, take_slot,
 };
 use crate::files::{FileError, Files, last_segment};
 use tandem_hub::clock::now_ms;
@@ -177,10 +180,7 @@ async fn create_upload(
         .unwrap_or_else(|| last_segment(path.as_str()).to_owned());
     let content_type = content_type_for(metadata.get("filetype").map(String::as_str), &name);
     let id = new_upload_id();
-    let file_path = files.inner.disk.upload_path(&id);
-    if let Err(error) = UploadFile::create(&file_path).await {
-        return Err(files.io_failure(error, "creating upload file").await.into());
-    }
+    files.create_upload_bytes(&id).await?;
     let created_ms = now_ms();
     let expiry_ms = u64::try_from(files.config().upload_expiry.as_millis()).unwrap_or(u64::MAX);
     let record = UploadRecord {
@@ -207,7 +207,10 @@ async fn create_upload(
             .await
     };
     if let Err(error) = stored {
-        let _ = tokio::fs::remove_file(&file_path).await;
+        let (removing, key) = (files.clone(), id.clone());
+        let _ = files
+            .blocking(move |_| Ok(removing.remove_upload_bytes(&key)))
+            .await;
         return Err(error.into());
     }
     tracing::info!(id, path = %path, length, "upload created");
@@ -259,42 +262,28 @@ async fn load_upload(
     Ok((record, grant))
 }
 
-/// Bytes received so far: the length of the upload's file. A record whose file is gone (left
-/// by a crash of an older version, or bytes removed by hand) can never complete: it is removed,
-/// so it stops holding quota, and the upload is not found.
+/// Bytes received so far (`Files::upload_offset`). A record whose bytes are gone (a file left
+/// by a crash of an older version, or removed by hand) can never complete: it is removed, so it
+/// stops holding quota, and the upload is not found.
 async fn offset_of(files: &Files, id: &str) -> Result<u64, ApiError> {
-    match tokio::fs::metadata(files.inner.disk.upload_path(id)).await {
-        Ok(meta) => Ok(meta.len()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+    match files.upload_offset(id).await? {
+        Some(offset) => Ok(offset),
+        None => {
             tracing::warn!(id, "upload record without bytes; removed");
             remove_upload(files, id).await;
             Err(FileError::UploadNotFound.into())
         }
-        Err(error) => {
-            tracing::error!(%error, id, "reading upload file failed");
-            Err(ApiError::Internal)
-        }
     }
 }
 
-/// Takes upload `id`'s `flock` (see the module docs): busy if a PATCH on another node holds it.
-async fn lock_upload_file(files: &Files, id: &str) -> Result<std::fs::File, ApiError> {
-    let key = id.to_owned();
-    let locked = files
-        .blocking(move |inner| match inner.disk.lock_upload(&key) {
-            Ok(Some(file)) => Ok(Some(file)),
-            Ok(None) => Err(FileError::UploadBusy),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => {
-                tracing::error!(%error, "locking upload file failed");
-                Err(FileError::Internal)
-            }
-        })
-        .await?;
-    match locked {
-        Some(file) => Ok(file),
+/// Takes upload `id`'s one-writer lock (see the module docs): busy if a PATCH on another node
+/// holds it.
+async fn lock_writer(files: &Files, id: &str) -> Result<UploadWriter, ApiError> {
+    match files.lock_upload_writer(id).await? {
+        WriterLock::Held(writer) => Ok(writer),
+        WriterLock::Busy => Err(FileError::UploadBusy.into()),
         // The bytes are gone: `offset_of` removes the record and answers 404.
-        None => offset_of(files, id)
+        WriterLock::Missing => offset_of(files, id)
             .await
             .and(Err(FileError::UploadNotFound.into())),
     }
@@ -358,7 +347,7 @@ async fn patch_upload(
     let lifecycle_cancel = &state.lifecycle.cancel;
     let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
     // The writer across nodes; held until this PATCH has answered (and completed the upload).
-    let _writer = lock_upload_file(files, id).await?;
+    let _writer = lock_writer(files, id).await?;
     let offset = offset_of(files, id).await?;
     if offset != claimed {
         return Err(FileError::OffsetMismatch {
@@ -373,12 +362,10 @@ async fn patch_upload(
     if declared_len.is_some_and(|len| offset.saturating_add(len) > record.length) {
         return Err(past_length().into());
     }
-    let file_path = files.inner.disk.upload_path(id);
     files.check_writable().await?;
-    let mut file = match UploadFile::append(&file_path).await {
-        Ok(file) => file,
-        Err(error) => return Err(files.io_failure(error, "opening upload file").await.into()),
-    };
+    // On S3 the body goes to a local file first, then to the store as one segment.
+    let (mut file, temp) = files.open_patch(id).await?;
+    let temp = temp.map(TempGuard::new);
     let mut received = 0u64;
     let res = receive(
         body.into_data_stream(),
@@ -390,9 +377,20 @@ async fn patch_upload(
         &token,
     )
     .await;
-    // Whatever arrived is kept and durable before we answer or give up, so HEAD reports it.
+    // Whatever arrived is kept and durable before we answer or give up, so HEAD reports it
+    // (on S3: once its segment is stored; if that fails, the offset stays where it was).
     let synced = file.sync().await;
     drop(file);
+    let stored = match &synced {
+        Ok(()) => {
+            files
+                .store_patch(id, offset, temp.as_ref().map(TempGuard::path), received)
+                .await
+        }
+        Err(_) => Ok(()),
+    };
+    drop(temp);
+    let received = if stored.is_ok() { received } else { 0 };
     let new_offset = offset + received;
     match res {
         Ok(()) => {}
@@ -421,6 +419,7 @@ async fn patch_upload(
     if let Err(error) = synced {
         return Err(files.io_failure(error, "syncing upload").await.into());
     }
+    stored?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -446,16 +445,7 @@ async fn patch_upload(
 /// empty body) retries the completion.
 async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
     let files = &state.files;
-    let file_path = files.inner.disk.upload_path(&record.id);
-    let hashed_path = file_path.clone();
-    let (sha256, len) = blocking(
-        move || hash_file(&hashed_path),
-        |error| {
-            tracing::error!(%error, id = record.id, "hashing upload failed");
-            ApiError::Internal
-        },
-    )
-    .await?;
+    let (sha256, len, staged) = files.stage_upload(&record.id).await?;
     let res = async {
         if len != record.length {
             tracing::error!(
@@ -488,7 +478,7 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
         };
         files
             .commit(
-                file_path.clone(),
+                staged,
                 record.path.clone(),
                 version,
                 Some(record.id.clone()),
@@ -523,11 +513,11 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
 
 /// Removes upload `id`'s record and bytes (errors are logged; the cleanup retries).
 async fn remove_upload(files: &Files, id: &str) {
-    let key = id.to_owned();
+    let (key, removing) = (id.to_owned(), files.clone());
     let res = files
         .blocking(move |inner| {
             inner.store.remove_upload(&key)?;
-            inner.disk.remove_upload(&key).map_err(|error| {
+            removing.remove_upload_bytes(&key).map_err(|error| {
                 tracing::warn!(%error, "removing upload bytes failed");
                 FileError::Internal
             })

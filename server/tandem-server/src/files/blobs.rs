@@ -7,7 +7,8 @@
 //!   always whole.
 //! - `uploads/<upload id>`: the bytes of an upload in progress (a PUT body being received, or a
 //!   tus upload). Never listed, never served.
-//! - `blobs.lock` (cluster mode only): the file every node `flock`s while it holds the blob lock
+//! - `blobs.lock` (cluster mode on a shared directory): the file every node `flock`s while it
+//!   holds the blob lock
 //!   ([`BlobLock`]), so that "store a blob, then commit the version naming it" on one node never
 //!   interleaves with "commit a delete, then remove the blob's file" on another.
 //!
@@ -21,10 +22,11 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use tandem_store::meta::{SharedLockGuard, SharedLocks};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 /// Bytes buffered before a write to an upload file (fewer, larger writes on the blocking pool).
@@ -39,25 +41,49 @@ pub(crate) struct Disk {
     uploads: PathBuf,
 }
 
-/// Serialises the work that must not interleave with a blob's file appearing or going (see
-/// `files/mod.rs`): a mutex between this node's threads and, when other nodes share the
-/// directory, an exclusive `flock` on `blobs.lock` between nodes.
+/// Serialises the work that must not interleave with a blob appearing or going (see
+/// `files/mod.rs`): a mutex between this node's threads and, when other nodes share the blobs,
+/// a lock between nodes: an exclusive `flock` on `blobs.lock` in a shared directory, or the
+/// shared lock `blobs` (a Postgres advisory lock) when the blobs are on an S3-compatible store.
 pub(crate) struct BlobLock {
     local: Mutex<()>,
-    /// `blobs.lock`, in cluster mode. Only locked while `local` is held, so one open file per
-    /// node is enough (`flock` locks belong to the open file, not the process).
-    shared: Option<fs::File>,
+    across: Across,
+}
+
+/// The lock between nodes.
+enum Across {
+    /// One node.
+    None,
+    /// `blobs.lock`. Only locked while `local` is held, so one open file per node is enough
+    /// (`flock` locks belong to the open file, not the process).
+    Flock(fs::File),
+    /// The cluster's shared locks.
+    Shared(Arc<dyn SharedLocks>),
+}
+
+/// The name of the blob lock among the cluster's shared locks.
+pub(crate) const BLOB_LOCK_NAME: &str = "blobs";
+
+/// Why the blob lock could not be taken.
+#[derive(Debug)]
+pub(crate) enum LockError {
+    /// The `flock`.
+    Io(io::Error),
+    /// The shared lock's database.
+    Shared(tandem_store::StoreError),
 }
 
 /// The blob lock, held until dropped.
 pub(crate) struct BlobGuard<'a> {
+    flock: Option<&'a fs::File>,
+    /// Released (when dropped) before `_local`.
+    _shared: Option<SharedLockGuard>,
     _local: MutexGuard<'a, ()>,
-    shared: Option<&'a fs::File>,
 }
 
 impl Drop for BlobGuard<'_> {
     fn drop(&mut self) {
-        if let Some(file) = self.shared
+        if let Some(file) = self.flock
             && let Err(error) = file.unlock()
         {
             // Closing the file would release it; it stays open, so this is a bug or a dead
@@ -70,13 +96,13 @@ impl Drop for BlobGuard<'_> {
 impl BlobLock {
     /// The lock of `disk`; `shared` when other nodes use the same directory.
     pub(crate) fn open(disk: &Disk, shared: bool) -> io::Result<BlobLock> {
-        let shared = if shared {
+        let across = if shared {
             let path = disk
                 .blobs
                 .parent()
                 .unwrap_or(&disk.blobs)
                 .join("blobs.lock");
-            Some(
+            Across::Flock(
                 fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)
@@ -84,31 +110,59 @@ impl BlobLock {
                     .open(path)?,
             )
         } else {
-            None
+            Across::None
         };
         Ok(BlobLock {
             local: Mutex::new(()),
-            shared,
+            across,
         })
     }
 
+    /// The lock of blobs on an S3-compatible store: the cluster's shared lock `blobs`.
+    pub(crate) fn shared(locks: Arc<dyn SharedLocks>) -> BlobLock {
+        BlobLock {
+            local: Mutex::new(()),
+            across: Across::Shared(locks),
+        }
+    }
+
     /// Waits for the lock. Blocking: call it on the blocking pool.
-    pub(crate) fn lock(&self) -> io::Result<BlobGuard<'_>> {
+    pub(crate) fn lock(&self) -> Result<BlobGuard<'_>, LockError> {
         let local = self
             .local
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(file) = &self.shared {
-            file.lock()?;
-        }
-        Ok(BlobGuard {
+        let mut guard = BlobGuard {
+            flock: None,
+            _shared: None,
             _local: local,
-            shared: self.shared.as_ref(),
-        })
+        };
+        match &self.across {
+            Across::None => {}
+            Across::Flock(file) => {
+                file.lock().map_err(LockError::Io)?;
+                guard.flock = Some(file);
+            }
+            Across::Shared(locks) => {
+                guard._shared = Some(locks.lock(BLOB_LOCK_NAME).map_err(LockError::Shared)?);
+            }
+        }
+        Ok(guard)
     }
 }
 
 impl Disk {
+    /// The local directory of a node whose blobs are on an S3-compatible store: only
+    /// `uploads/` (bodies being received before they are sent to the store) is used.
+    pub(crate) fn open_local(dir: &Path) -> io::Result<Disk> {
+        let disk = Disk {
+            blobs: dir.join("blobs"),
+            uploads: dir.join("uploads"),
+        };
+        fs::create_dir_all(&disk.uploads)?;
+        Ok(disk)
+    }
+
     /// Creates `blobs/` and `uploads/` under `dir` if needed.
     pub(crate) fn open(dir: &Path) -> io::Result<Disk> {
         let disk = Disk {

@@ -2,10 +2,13 @@
 //! every `cleanup_interval`. It never removes the bytes of an upload in progress, and removes a
 //! blob file only under the blob lock, when no committed version names it.
 //!
-//! In cluster mode other nodes write into the same directory at any time, so even the start-up
-//! pass keeps the grace period: a file another node is writing is younger than it (a PUT's
-//! body must make progress every `UPLOAD_IDLE_TIMEOUT`, shorter than the grace), and an expired
-//! tus upload whose file a PATCH on any node has `flock`ed is left alone.
+//! In cluster mode other nodes write into the same directory or store at any time, so even the
+//! start-up pass keeps the grace period: a file or object another node is writing is younger
+//! than it (a PUT's body must make progress every `UPLOAD_IDLE_TIMEOUT`, shorter than the
+//! grace), and an expired tus upload whose one-writer lock a PATCH on any node holds (its
+//! `flock`, or the shared lock on S3) is left alone. On S3 the node's own bodies being received
+//! are local files, swept the same way; one being sent to the store is open, so removing its
+//! name does not disturb the sending.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -37,14 +40,14 @@ impl Files {
         for record in records {
             if record.expires_ms > now_ms
                 || upload::is_busy(self, &record.id)
-                || inner.disk.is_upload_locked(&record.id)
+                || self.is_upload_locked(&record.id)
             {
                 live.insert(record.id);
                 continue;
             }
             match inner.store.remove_upload(&record.id) {
                 Ok(_) => {
-                    if let Err(error) = inner.disk.remove_upload(&record.id) {
+                    if let Err(error) = self.remove_upload_bytes(&record.id) {
                         tracing::warn!(%error, id = record.id, "removing expired upload failed");
                     }
                     upload::forget_slot(self, &record.id);
@@ -53,7 +56,7 @@ impl Files {
                 Err(error) => tracing::error!(%error, "removing expired upload record failed"),
             }
         }
-        match inner.disk.upload_files() {
+        match self.list_upload_bytes() {
             Ok(files) => {
                 // Read after the listing: a PUT registers before it creates its file, so every
                 // PUT file listed that is still in progress is in `puts` now.
@@ -68,19 +71,19 @@ impl Files {
                 for (id, modified) in files {
                     if !live.contains(&id) && old_enough(modified) {
                         // No record: a PUT that died with the process, or an expired upload.
-                        if inner.disk.remove_upload(&id).is_ok() {
+                        if self.remove_upload_bytes(&id).is_ok() {
                             n_orphans += 1;
                         }
                     }
                 }
             }
-            Err(error) => tracing::error!(%error, "listing upload files failed"),
+            Err(error) => tracing::error!(%error, "listing upload bytes failed"),
         }
         // Orphaned blobs, in two steps so that the blob lock (in cluster mode a lock every
         // node waits on) is held only for the few candidates: first, without the lock, the blob
         // files no row references; then, under the lock, each candidate checked again (an
         // upload may have taken it meanwhile) and against the file entries.
-        let candidates: Vec<String> = match inner.disk.blob_files() {
+        let candidates: Vec<String> = match self.list_blobs() {
             Ok(blobs) => blobs
                 .into_iter()
                 .filter(|(sha256, modified)| {
@@ -90,12 +93,12 @@ impl Files {
                 .map(|(sha256, _)| sha256)
                 .collect(),
             Err(error) => {
-                tracing::error!(%error, "listing blob files failed");
+                tracing::error!(%error, "listing blobs failed");
                 Vec::new()
             }
         };
         if !candidates.is_empty() {
-            let _blobs = match inner.blob_lock.lock() {
+            let _blobs = match self.lock_blobs() {
                 Ok(guard) => guard,
                 Err(error) => {
                     tracing::error!(%error, "taking the blob lock failed; no blob removed");
@@ -126,7 +129,7 @@ impl Files {
             match named {
                 Ok(named) => {
                     for sha256 in unreferenced {
-                        if !named.contains(&sha256) && inner.disk.remove_blob(&sha256).is_ok() {
+                        if !named.contains(&sha256) && self.remove_blob(&sha256).is_ok() {
                             n_orphans += 1;
                         }
                     }

@@ -2,11 +2,14 @@
 //! versions, renames and deletes, and the cleanup of interrupted uploads. The contract is
 //! `protocol-spec/files.md`; the handlers are `api/files.rs`, `api/download.rs` and `api/tus.rs`.
 //!
-//! The bytes live on disk, content-addressed (`blobs.rs`); the metadata and refcounts in redb
-//! (`tandem_store::files`). An upload is received into `uploads/<id>` with its SHA-256 computed
-//! as it arrives; completing it fsyncs the file, checks size and hash, renames it into the blobs
-//! (or drops it when the blob exists) and then records the version in one durable transaction.
-//! Only then is it listed, served, or announced on the event bus.
+//! The bytes live content-addressed on disk (`blobs.rs`) or, in cluster mode, optionally on an
+//! S3-compatible store (`s3.rs`), behind the operations of `backend.rs`; the metadata and
+//! refcounts in redb (`tandem_store::files`) or Postgres. An upload is received into
+//! `uploads/<id>` with its SHA-256 computed as it arrives; completing it fsyncs the file, checks
+//! size and hash, stages it (on S3: sends it to a staging object), places it among the blobs
+//! under the blob lock (a rename, or a server-side copy; nothing when the blob exists) and then
+//! records the version in one durable transaction. Only then is it listed, served, or announced
+//! on the event bus.
 //!
 //! Invariants:
 //! - Nothing is visible (listed, downloadable, announced) before the transaction that records
@@ -18,17 +21,23 @@
 //!   check and the reservation happen together under `reserve_lock`.
 //! - The cleanup never removes the bytes of an upload in progress: a tus upload has a record
 //!   (or a running PATCH), a PUT an entry in `puts`.
-//! - The blob lock serialises "rename into blobs + commit" with "commit of a delete + remove
-//!   unreferenced blob files" and with the cleanup of orphaned blobs, so a blob file is never
-//!   removed while a committed version names it. In cluster mode it is also a `flock` in the
-//!   shared blob directory, so this holds across nodes (`blobs.rs`).
+//! - The blob lock serialises "place into blobs + commit" with "commit of a delete + remove
+//!   unreferenced blobs" and with the cleanup of orphaned blobs, so a blob is never removed
+//!   while a committed version names it. In cluster mode it is also a `flock` in the shared
+//!   blob directory, or a Postgres advisory lock with an S3 store, so this holds across nodes
+//!   (`blobs.rs`).
+//! - No version names a blob before the blob is durable: the rename is fsynced, the S3 copy has
+//!   returned. A failure of the store fails the request (503) and commits nothing.
 //!
 //! # Cluster mode
 //!
 //! The metadata is in Postgres (`tandem_cluster::PgMeta`) and the bytes, blobs and uploads in
-//! progress alike, in the blob directory every node mounts ([`Sharing::Cluster`]). Any node can
-//! serve any file and continue any tus upload: the record is shared, the offset is the length of
-//! the shared file, and the PATCH writing an upload holds its `flock`. The set of file paths is
+//! progress alike, in the blob directory every node mounts ([`Sharing::Cluster`]) or on the S3
+//! store (blobs, staging objects and tus segments; a body being received is in the node's own
+//! data directory until it is complete). Any node can serve any file and continue any tus
+//! upload: the record is shared, the offset is the length of the shared file (the end of the
+//! contiguous segments on S3), and the PATCH writing an upload holds its `flock` (the shared
+//! lock `upload:<id>` on S3). The set of file paths is
 //! not cached (another node may add one at any time): `is_file` asks Postgres. The cleanup never
 //! sweeps without a grace period, since other nodes may be writing. A PUT's reservation of quota
 //! is known only to its node; the quota itself is checked in the transaction that stores a
@@ -40,17 +49,21 @@
 //!
 //! # Layout
 //!
-//! - `blobs`: the directories, upload files, hashing.
+//! - `backend`: the operations on bytes the service uses, on a directory or an S3 store.
+//! - `blobs`: the directories, upload files, hashing, the blob lock.
+//! - `s3`: the S3 store's layout and requests.
 //! - `upload`: a body streamed to its upload file, the media type, the declared hash, the
 //!   one-writer slot of a tus upload.
 //! - `cleanup`: interrupted uploads and orphaned blobs, at start-up and periodically.
 
+pub(crate) mod backend;
 pub(crate) mod blobs;
 mod cleanup;
+pub(crate) mod s3;
 pub(crate) mod upload;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -61,7 +74,8 @@ use tandem_store::{FileEntry, FileVersion, Store, StoreError, Uploader, workspac
 use tandem_hub::Actor;
 use tandem_hub::clock::now_ms;
 
-pub(crate) use blobs::{BlobLock, Disk};
+pub(crate) use backend::{Backend, BlobReader, Staged};
+pub(crate) use blobs::{BlobGuard, BlobLock, Disk, LockError};
 
 /// A request body that sends nothing for this long is abandoned (a tus upload keeps what it
 /// received; a PUT is discarded).
@@ -122,7 +136,11 @@ pub(crate) struct FilesInner {
     /// The local store, whose space state (read-only on a full disk) uploads follow.
     space: Arc<Store>,
     config: FilesConfig,
+    /// With [`Backend::Dir`] the blobs and uploads; with [`Backend::S3`] only the bodies being
+    /// received before they go to the store.
     pub(crate) disk: Disk,
+    /// Where the blobs are (`backend.rs`).
+    pub(crate) backend: Backend,
     /// See the module invariants. Blocking: only taken on the blocking pool.
     pub(crate) blob_lock: BlobLock,
     /// Every file path, so the WebSocket upgrade can refuse a file's path without a redb read.
@@ -248,17 +266,33 @@ impl From<StoreError> for FileError {
 }
 
 impl Files {
-    /// Opens the directories under `dir` (the data directory, or the shared blob directory in
-    /// cluster mode) and, on one node, loads the set of file paths.
+    /// Opens the file storage: on one node, or in cluster mode on a shared directory, the
+    /// directories under `dir` (the data directory or the blob directory); with an S3 store
+    /// (`s3`: the store and the cluster's shared locks), the node's local `dir` for bodies
+    /// being received. On one node it also loads the set of file paths.
     pub(crate) fn open(
         store: Arc<dyn FileTable>,
         space: Arc<Store>,
         config: FilesConfig,
         dir: &Path,
         sharing: Sharing,
+        s3: Option<(s3::S3, Arc<dyn tandem_store::meta::SharedLocks>)>,
     ) -> std::io::Result<Files> {
-        let disk = Disk::open(dir)?;
-        let blob_lock = BlobLock::open(&disk, sharing == Sharing::Cluster)?;
+        let (disk, backend, blob_lock) = match s3 {
+            None => {
+                let disk = Disk::open(dir)?;
+                let blob_lock = BlobLock::open(&disk, sharing == Sharing::Cluster)?;
+                (disk, Backend::Dir, blob_lock)
+            }
+            Some((s3, locks)) => (
+                Disk::open_local(dir)?,
+                Backend::S3 {
+                    s3,
+                    locks: locks.clone(),
+                },
+                BlobLock::shared(locks),
+            ),
+        };
         let paths = match sharing {
             Sharing::Local => Some(RwLock::new(
                 store
@@ -275,6 +309,7 @@ impl Files {
                 space,
                 config,
                 disk,
+                backend,
                 blob_lock,
                 paths,
                 sharing,
@@ -282,6 +317,14 @@ impl Files {
                 puts: Mutex::new(HashMap::new()),
                 reserve_lock: Mutex::new(()),
             }),
+        })
+    }
+
+    /// Takes the blob lock (see the module invariants). Blocking.
+    pub(crate) fn lock_blobs(&self) -> Result<BlobGuard<'_>, FileError> {
+        self.inner.blob_lock.lock().map_err(|error| match error {
+            LockError::Io(error) => self.io_failure_blocking(&error, "blob lock"),
+            LockError::Shared(error) => FileError::Store(error),
         })
     }
 
@@ -504,16 +547,16 @@ impl Files {
         Ok((slot, quota))
     }
 
-    /// Makes the complete, fsynced upload file `temp` (of `version.size` bytes and hash
-    /// `version.sha256`) a blob and records it as the next version of `path`, removing tus
-    /// upload `upload_id` in the same transaction. Nothing is visible before this returns.
+    /// Makes the `staged` bytes (of `version.size` bytes and hash `version.sha256`) a blob and
+    /// records them as the next version of `path`, removing tus upload `upload_id` in the same
+    /// transaction. Nothing is visible before this returns.
     ///
-    /// A PUT's file is renamed into the blobs (and removed if that fails). A tus upload's file
-    /// is linked into the blobs and removed only once the record is gone, so an upload whose
-    /// commit failed (or never ran, after a crash) still has its bytes and completes on retry.
+    /// A PUT's staged bytes are gone afterwards, whatever happened. A tus upload's bytes are
+    /// removed only once the record is gone, so an upload whose commit failed (or never ran,
+    /// after a crash) still has them and completes on retry.
     pub(crate) async fn commit(
         &self,
-        temp: PathBuf,
+        staged: Staged,
         path: String,
         version: FileVersion,
         upload_id: Option<String>,
@@ -521,24 +564,18 @@ impl Files {
         let files = self.clone();
         let entry = self
             .blocking(move |inner| {
-                let _blobs = match inner.blob_lock.lock() {
+                let is_upload = upload_id.is_some();
+                let blobs = match files.lock_blobs() {
                     Ok(guard) => guard,
-                    Err(error) => return Err(files.io_failure_blocking(&error, "blob lock")),
+                    Err(error) => {
+                        files.discard_staged(&staged, is_upload);
+                        return Err(error);
+                    }
                 };
                 let sha256 = version.sha256.clone();
-                let stored = match upload_id {
-                    Some(_) => inner.disk.link_blob(&temp, &sha256),
-                    None => inner.disk.store_blob(&temp, &sha256),
-                };
-                if let Err(error) = stored {
-                    let refused = files.io_failure_blocking(&error, "storing blob");
-                    if upload_id.is_none()
-                        && let Err(error) = std::fs::remove_file(&temp)
-                        && error.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(%error, "removing upload bytes failed");
-                    }
-                    return Err(refused);
+                if let Err(error) = files.place_blob(&staged, &sha256, is_upload) {
+                    files.discard_staged(&staged, is_upload);
+                    return Err(error);
                 }
                 let quota = files.quota();
                 let res = inner.store.put_file_version(
@@ -552,24 +589,29 @@ impl Files {
                     Ok((entry, unreferenced)) => {
                         files.set_path(Some(&entry.path), None);
                         for sha256 in &unreferenced {
-                            if let Err(error) = inner.disk.remove_blob(sha256) {
+                            if let Err(error) = files.remove_blob(sha256) {
                                 // The cleanup task removes it later.
                                 tracing::warn!(%error, sha256, "removing blob failed");
                             }
                         }
-                        if let Some(id) = &upload_id
-                            && let Err(error) = inner.disk.remove_upload(id)
-                        {
-                            // No record names it now: the cleanup removes it later.
-                            tracing::warn!(%error, id, "removing upload bytes failed");
+                        // The staged bytes are no blob: removing them needs no lock.
+                        drop(blobs);
+                        if let Some(id) = &upload_id {
+                            // No record names them now: the cleanup removes them later if this fails.
+                            if let Err(error) = files.remove_upload_bytes(id) {
+                                tracing::warn!(%error, id, "removing upload bytes failed");
+                            }
+                        } else {
+                            files.discard_staged(&staged, false);
                         }
                         Ok(entry)
                     }
                     Err(error) => {
+                        files.discard_staged(&staged, is_upload);
                         // A blob no committed version names is removed at once (it may have
                         // been stored just now); one that is named stays.
                         if matches!(inner.store.blob(&sha256), Ok(None))
-                            && let Err(error) = inner.disk.remove_blob(&sha256)
+                            && let Err(error) = files.remove_blob(&sha256)
                         {
                             tracing::warn!(%error, "removing unreferenced blob failed");
                         }

@@ -114,6 +114,11 @@ impl TempGuard {
         TempGuard { path: Some(path) }
     }
 
+    /// The file.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.path.as_deref().expect("set until kept")
+    }
+
     /// Hands the file on: it is no longer removed on drop.
     pub(crate) fn keep(mut self) -> PathBuf {
         self.path.take().expect("kept once")
