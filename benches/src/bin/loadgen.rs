@@ -202,7 +202,9 @@ async fn run_scenario(
             .map(|(n, small)| format!("n={}", q(*n, *small)))
             .collect(),
         "cluster-append" => vec!["n=2".to_owned()],
-        "cluster-throughput" => vec![format!("peers={}", 20)],
+        // Round-robin spreads a doc's peers over every node; a balancer routing by document
+        // (README, "Cluster") puts them all on one.
+        "cluster-throughput" => vec!["peers=20".to_owned(), "peers=20 by-doc".to_owned()],
         "cluster-recovery" => vec![format!("peers={}", q(30, 6))],
         _ => vec!["-".to_owned()],
     };
@@ -232,7 +234,7 @@ async fn run_scenario(
                 let number = |prefix: &str| -> usize {
                     variant
                         .trim_start_matches(prefix)
-                        .split('x')
+                        .split(|c: char| c == 'x' || c.is_whitespace())
                         .next()
                         .and_then(|n| n.parse().ok())
                         .unwrap_or(1)
@@ -262,7 +264,11 @@ async fn run_scenario(
                             q(1_000, 100) as f64,
                             cluster_steps,
                             secs(3, 1),
-                            Placement::Spread,
+                            if variant.ends_with("by-doc") {
+                                Placement::Same
+                            } else {
+                                Placement::Spread
+                            },
                         )
                         .await
                     }
