@@ -301,6 +301,7 @@ async fn a_node_refuses_to_start_with_an_unreachable_store_or_two_places_for_blo
                 durability: tandem_cluster::Durability::Local,
                 replica_timeout: Duration::from_secs(2),
                 trim_margin: Duration::from_secs(60),
+                commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
             },
             blobs: BlobStorage::S3(location.clone()),
         });
