@@ -396,9 +396,65 @@ async function settled (promises) {
   if (failed) throw failed.reason
 }
 
-/** The flags that make `tandem serve` a cluster node on these shared services. */
-export function clusterFlags ({ redis, postgres, blobDir }) {
-  return ['--redis-url', redis.url, '--postgres-url', postgres.url, '--blob-dir', blobDir]
+/** Where `moto_server` is when it is not on PATH (pyenv's shims). */
+const MOTO_FALLBACK = '/root/.pyenv/shims/moto_server'
+/** The bucket `startMoto` creates. */
+export const MOTO_BUCKET = 'tandem'
+
+/**
+ * An S3-compatible server of our own: moto (`pip install 'moto[server]'`) on a free loopback
+ * port, in memory, with bucket `MOTO_BUCKET`; `env` is what a node needs to reach it.
+ */
+export async function startMoto () {
+  const program = existsSync(MOTO_FALLBACK) && !process.env.PATH.split(':').some((dir) => existsSync(join(dir, 'moto_server')))
+    ? MOTO_FALLBACK
+    : 'moto_server'
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-moto-'))
+  const child = spawn(program, ['-H', '127.0.0.1', '-p', String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  child.stderr.on('data', (chunk) => { log = appendLog(log, chunk) })
+  const url = `http://127.0.0.1:${port}`
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      process.kill(child.pid, 'SIGKILL')
+      await exited
+    }
+    rmSync(dir, { recursive: true, force: true })
+  }
+  try {
+    await waitUntil(async () => {
+      if (child.exitCode !== null) throw new Error(`moto_server exited: ${log}`)
+      try { return (await fetch(`${url}/`)).ok } catch { return false }
+    }, START_TIMEOUT_MS, 'moto_server answering')
+    const made = await fetch(`${url}/${MOTO_BUCKET}`, { method: 'PUT' })
+    if (!made.ok) throw new Error(`creating the bucket: ${made.status} ${await made.text()}`)
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return {
+    url,
+    stop,
+    logs: () => log,
+    env: {
+      AWS_ENDPOINT_URL: url,
+      AWS_ALLOW_HTTP: 'true',
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'testing',
+      AWS_SECRET_ACCESS_KEY: 'testing'
+    }
+  }
+}
+
+/**
+ * The flags that make `tandem serve` a cluster node on these shared services: file bytes in
+ * `blobDir`, or with `s3` in that bucket (the nodes then need the store's `AWS_*` variables).
+ */
+export function clusterFlags ({ redis, postgres, blobDir, s3 = null }) {
+  const blobs = s3 ? ['--blob-store', `s3://${MOTO_BUCKET}/files`] : ['--blob-dir', blobDir]
+  return ['--redis-url', redis.url, '--postgres-url', postgres.url, ...blobs]
 }
 
 /**
@@ -406,8 +462,10 @@ export function clusterFlags ({ redis, postgres, blobDir }) {
  * flags `clusterFlags(...)` then `args`) and a balancer in front of the running ones.
  */
 export class Cluster {
-  constructor ({ scenario, args }) {
+  constructor ({ scenario, args, s3 = false }) {
     this.ownsScenario = !scenario
+    this.wantsS3 = s3
+    this.s3 = null
     this.scenario = scenario ?? new Scenario()
     this.extraArgs = args
     this.nodes = [] // the current process of each node slot
@@ -420,7 +478,7 @@ export class Cluster {
   }
 
   get args () {
-    return [...clusterFlags({ redis: this.redis, postgres: this.postgres, blobDir: this.blobDir }), ...this.extraArgs]
+    return [...clusterFlags({ redis: this.redis, postgres: this.postgres, blobDir: this.blobDir, s3: this.s3 }), ...this.extraArgs]
   }
 
   /** The ports of the nodes that are running. */
@@ -468,6 +526,7 @@ export class Cluster {
     await attempt(() => this.balancer?.close())
     await attempt(() => this.redis?.stop())
     await attempt(() => this.postgres?.stop())
+    await attempt(() => this.s3?.stop())
     if (this.ownsScenario) await attempt(() => this.scenario.cleanup())
     if (failures.length > 0) throw failures[0]
   }
@@ -483,12 +542,14 @@ export class Cluster {
 }
 
 /**
- * A running cluster: `{ nodes, balancer, redis, postgres, killNode(i), restartNode(i), stop() }`.
+ * A running cluster: `{ nodes, balancer, redis, postgres, s3, killNode(i), restartNode(i), stop() }`.
  * With `scenario` (a test's `s`) its nodes' logs join the failure report and the scenario's
- * cleanup stops it; without one, call `stop()`. `random` picks the balancer's backends.
+ * cleanup stops it; without one, call `stop()`. `random` picks the balancer's backends; with
+ * `s3` the nodes keep file bytes in a bucket on a moto server of their own instead of a
+ * shared directory.
  */
-export async function startCluster ({ nodes = 3, args = [], scenario = null, random } = {}) {
-  const cluster = new Cluster({ scenario, args })
+export async function startCluster ({ nodes = 3, args = [], scenario = null, random, s3 = false } = {}) {
+  const cluster = new Cluster({ scenario, args, s3 })
   scenario?.own(cluster)
   try {
     mkdirSync(cluster.blobDir, { recursive: true })
@@ -497,8 +558,12 @@ export async function startCluster ({ nodes = 3, args = [], scenario = null, ran
     await settled([
       startRedis().then((redis) => { cluster.redis = redis }),
       startPostgres().then((postgres) => { cluster.postgres = postgres }),
-      new Balancer({ random }).start().then((balancer) => { cluster.balancer = balancer })
+      new Balancer({ random }).start().then((balancer) => { cluster.balancer = balancer }),
+      s3 ? startMoto().then((moto) => { cluster.s3 = moto }) : null
     ])
+    // The nodes inherit this process's environment (lib/server.mjs), so the store's settings
+    // go there; each test file runs in a process of its own.
+    if (cluster.s3) Object.assign(process.env, cluster.s3.env)
     await cluster.startNodes(nodes)
   } catch (err) {
     if (!scenario) await cluster.stop().catch(() => {})
