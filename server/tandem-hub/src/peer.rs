@@ -63,6 +63,12 @@ pub(crate) enum CloseReason {
     DocCorrupt,
     /// The peer's token expired; it may fetch a fresh one and reconnect.
     TokenExpired,
+    /// A Hocuspocus socket asked for more documents than it may open at once.
+    TooManyDocs { max: usize },
+    /// A Hocuspocus socket sent a message for a document it never sent a token for.
+    NotAuthenticated,
+    /// A Hocuspocus socket had too many tokens refused.
+    TooManyRefusals { max: usize },
 }
 
 /// Close code sent when the token of a connection expires (HTTP 401's number, in the 4000 range
@@ -85,6 +91,18 @@ impl CloseReason {
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
             CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
+            CloseReason::TooManyDocs { max } => (
+                CLOSE_POLICY_VIOLATION,
+                format!("too many documents on one connection, limit {max}"),
+            ),
+            CloseReason::NotAuthenticated => (
+                CLOSE_POLICY_VIOLATION,
+                "message for a document not authenticated on this connection".into(),
+            ),
+            CloseReason::TooManyRefusals { max } => (
+                CLOSE_POLICY_VIOLATION,
+                format!("too many refused authentications, limit {max}"),
+            ),
         }
     }
 
@@ -104,7 +122,12 @@ impl CloseReason {
             }) => {
                 warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection")
             }
-            CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
+            CloseReason::Protocol(_)
+            | CloseReason::SlowConsumer
+            | CloseReason::PongTimeout
+            | CloseReason::TooManyDocs { .. }
+            | CloseReason::NotAuthenticated
+            | CloseReason::TooManyRefusals { .. } => {
                 warn!(%peer, code, reason, "closing connection")
             }
             CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tandem_core::Limits;
+pub use tandem_hub::hocuspocus::DEFAULT_MAX_DOCS_PER_SOCKET;
 use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
 pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 
@@ -161,6 +162,7 @@ pub fn defaults() -> ServeArgs {
         max_auto_versions: Some(DEFAULT_MAX_AUTO_VERSIONS),
         max_named_versions: Some(DEFAULT_MAX_NAMED_VERSIONS),
         outbox_capacity: Some(DEFAULT_OUTBOX_CAPACITY),
+        max_docs_per_socket: Some(DEFAULT_MAX_DOCS_PER_SOCKET as u64),
         max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
         upgrade_timeout: some(DEFAULT_UPGRADE_TIMEOUT),
@@ -322,6 +324,9 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
         connection: ConnectionConfig {
             ping_interval: set!(s.ping_interval).0,
             pong_timeout: set!(s.pong_timeout).0,
+            max_docs_per_socket: usize::try_from(set!(s.max_docs_per_socket))
+                .unwrap_or(usize::MAX)
+                .max(1),
         },
         persist: PersistConfig {
             fsync: set!(s.fsync),
