@@ -154,6 +154,41 @@ async fn the_handshake_is_the_verified_exchange_and_updates_are_acknowledged() {
     assert!(relayed.len() > 4);
 }
 
+/// The provider flushes what it queued while offline (updates, awareness) before its providers
+/// send their tokens: those messages wait for the token and are handled in order after it.
+#[tokio::test]
+async fn messages_before_the_token_are_handled_once_it_is_accepted() {
+    let server = TestServer::start().await;
+    let mut socket = HpSocket::open(&server).await;
+    socket
+        .send(with_key(
+            "early",
+            &encode_sync_update(&text_update("offline edit")),
+        ))
+        .await;
+    socket.send(with_key("early", &[0, 0, 1, 0])).await;
+    socket.send(auth("early", "")).await;
+    assert_eq!(
+        socket.recv().await,
+        with_key("early", b"\x02\x02\x0aread-write")
+    );
+    assert_eq!(
+        socket.recv_starting(&with_key("early", &[8])).await,
+        with_key("early", &[8, 1]),
+        "the early update is acknowledged once stored"
+    );
+    let step2 = socket.recv_starting(&with_key("early", &[0, 1])).await;
+    assert!(
+        step2.len() > 10,
+        "the early step 1 is answered with the content"
+    );
+    let mut peer = server.connect("early").await;
+    assert_eq!(
+        peer.wait_text(|t| t == "offline edit").await,
+        "offline edit"
+    );
+}
+
 #[tokio::test]
 async fn closing_one_doc_keeps_the_socket_and_its_other_docs() {
     let server = TestServer::start().await;
@@ -210,10 +245,12 @@ async fn hostile_frames_close_only_their_own_socket() {
             "too many documents on one connection, limit 8",
         ),
         (
-            "a message for a document never opened",
-            vec![with_key("never-opened", &[0, 0, 1, 0])],
+            "messages for documents never opened",
+            (0..1001)
+                .map(|i| with_key(&format!("never-opened-{i}"), &[3]))
+                .collect(),
             1008,
-            "message for a document not authenticated on this connection",
+            "too many messages before authentication, limit 1000 messages or 5242880 bytes",
         ),
         (
             "garbage after a valid auth",

@@ -18,14 +18,17 @@
 //! - At most `max_docs_per_socket` docs are attached at once; a token for one more closes the
 //!   socket. Refused tokens are answered with permission-denied and keep the socket, up to
 //!   [`MAX_REFUSALS_PER_SOCKET`].
-//! - A message for a doc the socket never sent a token for closes the socket. Messages for a doc
-//!   whose token was refused, or that the client closed, are dropped: the provider sends its
-//!   sync and awareness right behind the token, before the refusal can reach it.
+//! - A message for a doc whose token has not arrived yet waits for it in a bounded queue (the
+//!   provider flushes what it queued while offline before its providers send their tokens), and
+//!   is handled in order once the token is accepted. More than [`MAX_EARLY_MESSAGES`] messages
+//!   or [`MAX_EARLY_BYTES`] bytes waiting close the socket. Messages for a doc whose token was
+//!   refused, or that the client closed, are dropped: the provider sends its sync and awareness
+//!   right behind the token, before the refusal can reach it.
 //! - The hub never sees a token: it asks the server's [`Authorizer`] for a [`PeerGrant`].
 //!
 //! Read next: `connection.rs` (the y-websocket task this mirrors), `protocol-spec/hocuspocus.md`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,6 +65,11 @@ pub const DEFAULT_MAX_DOCS_PER_SOCKET: usize = 64;
 /// Refused tokens one socket may send before it is closed: enough for a client whose token
 /// went stale for a few docs, far too few to probe names or tokens.
 pub const MAX_REFUSALS_PER_SOCKET: usize = 32;
+
+/// Messages one socket may hold for docs whose token has not arrived (Hocuspocus: 1000).
+pub const MAX_EARLY_MESSAGES: usize = 1000;
+/// Bytes of frames one socket may hold for docs whose token has not arrived (Hocuspocus: 5 MiB).
+pub const MAX_EARLY_BYTES: usize = 5 * 1024 * 1024;
 
 /// Routing keys remembered as refused or closed, whose stray messages are dropped quietly.
 const MAX_QUIET_KEYS: usize = 256;
@@ -117,6 +125,8 @@ pub async fn run<S: Transport, G: Send + 'static>(
         started: Instant::now(),
         attachments: Vec::new(),
         quiet: HashSet::new(),
+        early: VecDeque::new(),
+        early_bytes: 0,
         n_refusals: 0,
         next_poll: 0,
     };
@@ -160,6 +170,10 @@ struct Mux<S> {
     attachments: Vec<Attachment>,
     /// Keys refused or closed by the client: their stray messages are dropped. Bounded.
     quiet: HashSet<String>,
+    /// Messages for docs whose token has not arrived, in arrival order, with their frame sizes.
+    /// At most [`MAX_EARLY_MESSAGES`] and [`MAX_EARLY_BYTES`] (`early_bytes`).
+    early: VecDeque<(String, HpMessage, usize)>,
+    early_bytes: usize,
     n_refusals: usize,
     /// Where the next outbox poll starts, so that a busy doc cannot starve the others.
     next_poll: usize,
@@ -337,8 +351,12 @@ impl<S: Transport> Mux<S> {
                 self.send_now(answer).await.map_err(|_| None)?;
                 Ok(None)
             }
-            // A CLOSE for a doc not attached: nothing to detach.
-            (HpMessage::Close, None) => Ok(None),
+            // A CLOSE for a doc not attached: nothing to detach, but what waited for its token
+            // is dropped.
+            (HpMessage::Close, None) => {
+                self.take_early(&key);
+                Ok(None)
+            }
             (HpMessage::Doc(doc_message), Some(idx)) => {
                 let attachment = &self.attachments[idx];
                 Ok(Some(ToDoc {
@@ -356,12 +374,21 @@ impl<S: Transport> Mux<S> {
                     command: DocCommand::Stateless(Box::new((attachment.peer, payload))),
                 }))
             }
-            (HpMessage::Doc(_) | HpMessage::Stateless(_), None) => {
+            (message @ (HpMessage::Doc(_) | HpMessage::Stateless(_)), None) => {
                 if self.quiet.contains(&key) {
-                    Ok(None)
-                } else {
-                    Err(Some(CloseReason::NotAuthenticated))
+                    return Ok(None);
                 }
+                if self.early.len() >= MAX_EARLY_MESSAGES
+                    || self.early_bytes.saturating_add(frame.len()) > MAX_EARLY_BYTES
+                {
+                    return Err(Some(CloseReason::TooManyEarlyMessages {
+                        max_messages: MAX_EARLY_MESSAGES,
+                        max_bytes: MAX_EARLY_BYTES,
+                    }));
+                }
+                self.early_bytes += frame.len();
+                self.early.push_back((key, message, frame.len()));
+                Ok(None)
             }
         }
     }
@@ -394,6 +421,7 @@ impl<S: Transport> Mux<S> {
                     }));
                 }
                 let frame = encode_permission_denied(&key, &reason);
+                self.take_early(&key);
                 self.remember_quiet(key);
                 return self.send_now(frame).await.map_err(|_| None);
             }
@@ -436,6 +464,20 @@ impl<S: Transport> Mux<S> {
         // already in it) is only drained once the attachment is in the list.
         let frame = encode_authenticated(&key, scope);
         let sent = self.send_now(frame).await;
+        // What arrived for this doc before its token, in order, behind the join.
+        for message in self.take_early(&key) {
+            let command = match message {
+                HpMessage::Doc(message) => DocCommand::Receive {
+                    peer,
+                    messages: vec![message],
+                },
+                HpMessage::Stateless(payload) => DocCommand::Stateless(Box::new((peer, payload))),
+                HpMessage::Auth { .. } | HpMessage::Close => continue,
+            };
+            if handle.tx.send(command).await.is_err() {
+                return Err(Some(CloseReason::Unavailable));
+            }
+        }
         self.attachments.push(Attachment {
             prefix: encode_key(&key),
             key,
@@ -446,6 +488,25 @@ impl<S: Transport> Mux<S> {
             expires_at,
         });
         sent.map_err(|_| None)
+    }
+
+    /// Removes and returns, in order, the messages that waited for `key`'s token.
+    fn take_early(&mut self, key: &str) -> Vec<HpMessage> {
+        if !self.early.iter().any(|(early_key, _, _)| early_key == key) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.early.len());
+        for (early_key, message, n_bytes) in self.early.drain(..) {
+            if early_key == key {
+                self.early_bytes -= n_bytes;
+                taken.push(message);
+            } else {
+                kept.push_back((early_key, message, n_bytes));
+            }
+        }
+        self.early = kept;
+        taken
     }
 
     fn remember_quiet(&mut self, key: String) {

@@ -65,8 +65,12 @@ pub(crate) enum CloseReason {
     TokenExpired,
     /// A Hocuspocus socket asked for more documents than it may open at once.
     TooManyDocs { max: usize },
-    /// A Hocuspocus socket sent a message for a document it never sent a token for.
-    NotAuthenticated,
+    /// A Hocuspocus socket sent more messages for documents it has no token for yet than may
+    /// wait for their token.
+    TooManyEarlyMessages {
+        max_messages: usize,
+        max_bytes: usize,
+    },
     /// A Hocuspocus socket had too many tokens refused.
     TooManyRefusals { max: usize },
 }
@@ -95,9 +99,14 @@ impl CloseReason {
                 CLOSE_POLICY_VIOLATION,
                 format!("too many documents on one connection, limit {max}"),
             ),
-            CloseReason::NotAuthenticated => (
+            CloseReason::TooManyEarlyMessages {
+                max_messages,
+                max_bytes,
+            } => (
                 CLOSE_POLICY_VIOLATION,
-                "message for a document not authenticated on this connection".into(),
+                format!(
+                    "too many messages before authentication, limit {max_messages} messages or {max_bytes} bytes"
+                ),
             ),
             CloseReason::TooManyRefusals { max } => (
                 CLOSE_POLICY_VIOLATION,
@@ -126,7 +135,7 @@ impl CloseReason {
             | CloseReason::SlowConsumer
             | CloseReason::PongTimeout
             | CloseReason::TooManyDocs { .. }
-            | CloseReason::NotAuthenticated
+            | CloseReason::TooManyEarlyMessages { .. }
             | CloseReason::TooManyRefusals { .. } => {
                 warn!(%peer, code, reason, "closing connection")
             }

@@ -1,5 +1,6 @@
 // Hostile Hocuspocus frames on raw `ws` sockets to `/ws`: a document name of 1 MB, thousands of
-// documents on one socket, a message for a document never opened, garbage between valid frames.
+// documents on one socket, a flood of messages for documents never opened, garbage between
+// valid frames.
 // Each closes only its own socket, with a code and a reason; an unmodified provider and a
 // y-websocket client on the same document keep co-editing throughout.
 import { test } from 'node:test'
@@ -30,7 +31,12 @@ test('hostile hocuspocus frames close only their own socket', { timeout: 90000 }
       code: 1008,
       reason: 'too many documents on one connection, limit 64'
     },
-    { what: 'a message for a document never opened', frames: [frame('never/opened.md', 3)], code: 1008, reason: 'message for a document not authenticated on this connection' },
+    {
+      what: 'messages for documents never opened',
+      frames: Array.from({ length: 1001 }, (_, i) => frame(`never/opened-${i}.md`, 3)),
+      code: 1008,
+      reason: 'too many messages before authentication, limit 1000 messages or 5242880 bytes'
+    },
     {
       what: 'garbage between valid frames',
       frames: [authFrame(doc), frame(doc, 3), new Uint8Array([0x05, 0x01, 0x02]), frame(doc, 3)],
