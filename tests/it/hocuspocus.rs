@@ -335,3 +335,68 @@ async fn a_refused_token_answers_permission_denied_and_keeps_the_socket() {
         with_key("team/b.md", b"\x02\x02\x08readonly")
     );
 }
+
+#[tokio::test]
+async fn stateless_messages_reach_the_docs_other_hocuspocus_peers_only() {
+    let server = TestServer::start().await;
+    let mut sender = HpSocket::open(&server).await;
+    let mut receiver = HpSocket::open(&server).await;
+    sender.attach("room").await;
+    receiver.attach("room").await;
+    let mut peer = server.connect("room").await;
+    sender.send(with_key("room", b"\x05\x05hello")).await;
+    assert_eq!(
+        receiver.recv_starting(&with_key("room", &[5])).await,
+        with_key("room", b"\x05\x05hello")
+    );
+    // The sender gets no echo: the next frame it sees for the room is the ack of its update.
+    sender
+        .send(with_key("room", &encode_sync_update(&text_update("after"))))
+        .await;
+    let next = sender.recv().await;
+    assert_eq!(next, with_key("room", &[8, 1]));
+    // The y-websocket peer got the update and nothing it could not read.
+    assert_eq!(peer.wait_text(|t| t == "after").await, "after");
+    assert_eq!(peer.closed, None);
+}
+
+#[tokio::test]
+async fn a_session_aware_key_is_answered_with_that_key_for_the_named_doc() {
+    let server = TestServer::start().await;
+    let mut socket = HpSocket::open(&server).await;
+    let key = "team/doc.md\0s3ss10n";
+    socket.attach(key).await;
+    socket
+        .send(with_key(
+            key,
+            &encode_sync_update(&text_update("via session")),
+        ))
+        .await;
+    assert_eq!(
+        socket.recv_starting(&with_key(key, &[8])).await,
+        with_key(key, &[8, 1])
+    );
+    let mut peer = server.connect("team/doc.md").await;
+    assert_eq!(peer.wait_text(|t| t == "via session").await, "via session");
+}
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_socket_with_4401() {
+    let server = TestServer::start_jwt(|config: &mut Config| {
+        config.auth.leeway = std::time::Duration::ZERO;
+    })
+    .await;
+    let mut claims = tandem_tests::own_claims("ada", &[("*", tandem_server::auth::Role::Write)]);
+    claims.exp = tandem_tests::unix_now() + 2;
+    let token = server.mint(&claims);
+    let mut socket = HpSocket::open(&server).await;
+    socket.send(auth("short", &token)).await;
+    assert_eq!(
+        socket.recv().await,
+        with_key("short", b"\x02\x02\x0aread-write")
+    );
+    assert_eq!(
+        socket.expect_close().await,
+        (4401, "token expired".to_owned())
+    );
+}

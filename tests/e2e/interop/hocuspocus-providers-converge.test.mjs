@@ -88,3 +88,22 @@ test('a y-websocket client and a provider on one doc converge both ways and see 
   await waitUntil(() => ywsClient.provider.awareness.getStates().get(hp.doc.clientID)?.user?.name === 'Hope', 10000, 'y-websocket sees Hope')
   await waitUntil(() => hp.provider.unsyncedChanges === 0, 10000, 'the provider has everything acknowledged')
 }))
+
+test('a stateless message reaches the other providers of the doc, not the sender', { timeout: 60000 }, scenario(async (s) => {
+  const server = await s.startServer()
+  const doc = 'team/hp-stateless.md'
+  const a = attach(s, server, doc)
+  const b = attach(s, server, doc)
+  await Promise.all([settled(a), settled(b)])
+  const receivedByA = []
+  const receivedByB = []
+  a.provider.on('stateless', ({ payload }) => receivedByA.push(payload))
+  b.provider.on('stateless', ({ payload }) => receivedByB.push(payload))
+  a.provider.sendStateless(JSON.stringify({ cursor: 7 }))
+  await waitUntil(() => receivedByB.length === 1, 10000, 'b got the stateless message')
+  assert.deepEqual(JSON.parse(receivedByB[0]), { cursor: 7 })
+  // Ordering on one socket: once a's own later edit is acknowledged, no echo can still be on its way.
+  a.text.insert(0, 'x')
+  await waitUntil(() => a.provider.unsyncedChanges === 0, 10000, 'a is acknowledged')
+  assert.deepEqual(receivedByA, [])
+}))
