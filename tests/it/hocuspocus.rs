@@ -400,3 +400,28 @@ async fn an_expiring_token_closes_the_socket_with_4401() {
         (4401, "token expired".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_slow_hocuspocus_socket_is_closed_and_others_keep_receiving() {
+    let server = TestServer::start_with(|config: &mut Config| config.hub.outbox_capacity = 8).await;
+    let mut writer = server.connect("firehose").await;
+    let mut reader = server.connect("firehose").await;
+    let mut sleeper = HpSocket::open(&server).await;
+    sleeper.attach("quiet-doc").await;
+    sleeper.attach("firehose").await;
+    let chunk = "z".repeat(64 * 1024);
+    let total = 200 * chunk.len();
+    // The reader keeps up; the sleeper never reads, so its socket buffers fill, then the
+    // outbox of its "firehose" attachment, and then the whole socket is closed.
+    for i in 1..=200 {
+        writer.append_text(&chunk).await;
+        if i % 4 == 0 {
+            reader.wait_text(|t| t.len() >= i * chunk.len()).await;
+        }
+    }
+    assert_eq!(reader.wait_text(|t| t.len() == total).await.len(), total);
+    assert_eq!(
+        sleeper.expect_close().await,
+        (1008, "slow consumer".to_owned())
+    );
+}
