@@ -612,6 +612,31 @@ mod tests {
     }
 
     #[test]
+    fn max_docs_per_socket_comes_from_flags_over_the_file_over_the_default() {
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(
+            defaults.connection.max_docs_per_socket,
+            DEFAULT_MAX_DOCS_PER_SOCKET
+        );
+        let file: ServeArgs = toml::from_str("max_docs_per_socket = 5").unwrap();
+        assert_eq!(
+            resolve(ServeArgs::default(), file.clone())
+                .connection
+                .max_docs_per_socket,
+            5
+        );
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-docs-per-socket", "9"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        assert_eq!(resolve(args, file).connection.max_docs_per_socket, 9);
+        assert!(Cli::try_parse_from(["tandem", "serve", "--max-docs-per-socket", "0"]).is_err());
+    }
+
+    #[test]
     fn authentication_is_on_by_default_beyond_loopback() {
         let local = resolve(ServeArgs::default(), ServeArgs::default());
         assert_eq!(local.auth.mode, AuthMode::None);
