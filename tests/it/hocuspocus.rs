@@ -425,3 +425,28 @@ async fn a_slow_hocuspocus_socket_is_closed_and_others_keep_receiving() {
         (1008, "slow consumer".to_owned())
     );
 }
+
+#[tokio::test]
+async fn the_message_rate_counts_per_socket_across_its_docs() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.hub.limits.max_messages_per_second = 5;
+    })
+    .await;
+    let mut socket = HpSocket::open(&server).await;
+    // Two docs, each well under the burst of 10 on its own, together over it.
+    for i in 0..12 {
+        let key = if i % 2 == 0 { "rate-a" } else { "rate-b" };
+        if socket
+            .ws
+            .send(WsMessage::Binary(auth(key, "")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        socket.expect_close().await,
+        (4429, "message rate limit exceeded".to_owned())
+    );
+}
