@@ -20,6 +20,7 @@ mod disk_full;
 mod events;
 mod files;
 mod history;
+mod hocuspocus;
 mod http_edges;
 mod limits;
 mod listener;

@@ -295,18 +295,19 @@ async fn hostile_frames_close_only_their_connection() {
 #[tokio::test]
 async fn bad_doc_names_are_refused_before_the_upgrade() {
     let server = TestServer::start().await;
-    for path in [
-        "/ws/a/../b",
-        "/ws/a%2Fb",
-        "/ws/a//b",
-        "/ws/",
-        "/ws/a/",
-        "/ws/%ff",
-    ] {
+    for path in ["/ws/a/../b", "/ws/a%2Fb", "/ws/a//b", "/ws/a/", "/ws/%ff"] {
         let (status, body) = server.http_get(path, "*/*").await;
         assert_eq!(status, 400, "path {path}");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json error body");
         assert_eq!(json["error"], "bad_doc_name", "path {path}");
+    }
+    // `/ws` and `/ws/` name no doc: they are the Hocuspocus endpoint, where a GET that is no
+    // upgrade is refused as such.
+    for path in ["/ws", "/ws/"] {
+        let (status, body) = server.http_get(path, "*/*").await;
+        assert_eq!(status, 400, "path {path}");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json error body");
+        assert_eq!(json["error"], "bad_upgrade", "path {path}");
     }
 }
 

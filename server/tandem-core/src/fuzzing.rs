@@ -5,6 +5,8 @@
 //!
 //! - [`decode_frame`]: any bytes decode to `Ok` or `Err`; an accepted frame, fed to a
 //!   `SharedDoc` holding some content, is handled or refused without a panic.
+//! - [`decode_hocuspocus_frame`]: the same for a Hocuspocus frame (a routing key, then one
+//!   message).
 //! - [`apply_updates`]: a sequence of [`Op`]s from several peers (arbitrary updates and frames,
 //!   real edits from per-peer yrs replicas, mutated edits, syncs, leaves, HTTP-style reads) goes
 //!   through `SharedDoc::receive` without a panic. After a poisoning error the doc reloads from
@@ -23,6 +25,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Array, ArrayPrelim, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, Update};
 
 use crate::awareness::PeerId;
+use crate::hocuspocus::{self, ClientFrame, HpMessage};
 use crate::limits::Limits;
 use crate::protocol::{self, Message, ProtocolError, encode_sync_step1, encode_sync_update};
 use crate::shared_doc::{ReceiveError, SharedDoc, SnapshotRefused};
@@ -255,6 +258,28 @@ pub fn decode_frame(data: &[u8]) {
     // What HTTP serves must not panic on whatever the frame built.
     let _ = doc.to_json();
     let _ = doc.encode_state();
+}
+
+/// Body of the `decode_hocuspocus_frame` target: any bytes decode to `Ok` or `Err` as a
+/// Hocuspocus frame; an accepted document message is handled by a `SharedDoc` without a panic,
+/// exactly as one from a y-websocket peer.
+pub fn decode_hocuspocus_frame(data: &[u8]) {
+    let limits = Limits::default();
+    let frame = Bytes::copy_from_slice(data);
+    let Ok(ClientFrame::ToDoc { key, message }) = hocuspocus::decode_client_frame(&frame, &limits)
+    else {
+        return;
+    };
+    assert!(
+        key.len() as u64 <= hocuspocus::MAX_ROUTING_KEY_BYTES,
+        "an accepted routing key is within its limit"
+    );
+    let HpMessage::Doc(message) = message else {
+        return;
+    };
+    let (mut doc, _) = seeded_doc(&limits);
+    let _ = doc.receive(PeerId(1), message, 0);
+    let _ = doc.to_json();
 }
 
 /// A peer's own replica, as a y-websocket client holds it.
@@ -684,6 +709,26 @@ mod tests {
             let seeds = corpus("decode_frame");
             let (_, bytes) = seed.get(&seeds);
             decode_frame(&mutate(bytes.clone(), &edits));
+        }
+
+        #[test]
+        fn decode_hocuspocus_frame_target_survives_arbitrary_bytes(
+            bytes in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            decode_hocuspocus_frame(&bytes);
+        }
+
+        #[test]
+        fn decode_hocuspocus_frame_target_survives_mutated_seeds(
+            seed in any::<prop::sample::Index>(),
+            edits in prop::collection::vec((any::<u8>(), any::<u16>(), any::<u8>()), 1..6),
+        ) {
+            // The y-websocket seeds behind a routing key.
+            let seeds = corpus("decode_frame");
+            let (_, bytes) = seed.get(&seeds);
+            let mut frame = vec![3, b'd', b'o', b'c'];
+            frame.extend_from_slice(bytes);
+            decode_hocuspocus_frame(&mutate(frame, &edits));
         }
 
         #[test]

@@ -9,6 +9,8 @@
 //!
 //! - [`protocol`]: frame bytes to typed messages, with limits; encoders; `ProtocolError` and its
 //!   close codes; the decoder of Yjs snapshots posted over HTTP.
+//! - [`hocuspocus`]: the Hocuspocus framing (a routing key before each message), its limits and
+//!   the server's answers.
 //! - [`shared_doc`]: `SharedDoc` (a yrs `Doc` plus presence), `receive(peer, message) -> Effects`,
 //!   and `covers(snapshot)`, whether the doc holds everything a replica has.
 //! - [`awareness`]: presence states, each owned by the connection that introduced it.
@@ -24,6 +26,7 @@ pub mod awareness;
 pub mod doc_id;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hocuspocus;
 pub mod limits;
 pub mod presence;
 pub mod protocol;

@@ -157,6 +157,22 @@ pub enum ProtocolError {
         /// The average rate the peer sustained since its bucket was last full.
         observed_per_s: u64,
     },
+    /// A Hocuspocus stateless message larger than its limit.
+    #[error("stateless message too large: {len} bytes, limit {max}")]
+    StatelessTooLarge {
+        /// Size of the refused payload in bytes.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A Hocuspocus document name (routing key) longer than its limit.
+    #[error("document name too long: {len} bytes, limit {max}")]
+    NameTooLong {
+        /// Announced length of the name in bytes.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// An update that would take the document past its size limit; it was not applied.
     #[error("document too large")]
     DocTooLarge {
@@ -228,7 +244,9 @@ impl ProtocolError {
             }
             ProtocolError::FrameTooLarge { .. }
             | ProtocolError::AwarenessTooLarge { .. }
-            | ProtocolError::DocTooLarge { .. } => CLOSE_MESSAGE_TOO_BIG,
+            | ProtocolError::DocTooLarge { .. }
+            | ProtocolError::StatelessTooLarge { .. }
+            | ProtocolError::NameTooLong { .. } => CLOSE_MESSAGE_TOO_BIG,
             ProtocolError::TooManyAwarenessClients { .. } => CLOSE_POLICY_VIOLATION,
             ProtocolError::RateLimited { .. } => CLOSE_RATE_LIMITED,
         };
@@ -271,15 +289,7 @@ pub fn decode_frame(frame: &Bytes, limits: &Limits) -> Result<Vec<Message>, Prot
 
 fn decode_message(reader: &mut Reader<'_>, limits: &Limits) -> Result<Message, ProtocolError> {
     match reader.read_var_u64()? {
-        MSG_SYNC => match reader.read_var_u64()? {
-            SYNC_STEP_1 => {
-                let payload = reader.read_buf()?;
-                Ok(Message::SyncStep1(decode_state_vector(&payload)?))
-            }
-            SYNC_STEP_2 => Ok(Message::SyncStep2(decode_update(reader.read_buf()?)?)),
-            SYNC_UPDATE => Ok(Message::Update(decode_update(reader.read_buf()?)?)),
-            other => Err(ProtocolError::UnsupportedSyncMessage(other)),
-        },
+        MSG_SYNC => decode_sync(reader),
         MSG_AWARENESS => {
             let raw = reader.read_buf()?;
             let entries = decode_awareness(&raw, limits)?;
@@ -294,6 +304,19 @@ fn decode_message(reader: &mut Reader<'_>, limits: &Limits) -> Result<Message, P
         }
         MSG_QUERY_AWARENESS => Ok(Message::QueryAwareness),
         other => Err(ProtocolError::UnsupportedMessage(other)),
+    }
+}
+
+/// Decodes the body of a Sync message (its sub-tag and payload), the tag already read.
+pub(crate) fn decode_sync(reader: &mut Reader<'_>) -> Result<Message, ProtocolError> {
+    match reader.read_var_u64()? {
+        SYNC_STEP_1 => {
+            let payload = reader.read_buf()?;
+            Ok(Message::SyncStep1(decode_state_vector(&payload)?))
+        }
+        SYNC_STEP_2 => Ok(Message::SyncStep2(decode_update(reader.read_buf()?)?)),
+        SYNC_UPDATE => Ok(Message::Update(decode_update(reader.read_buf()?)?)),
+        other => Err(ProtocolError::UnsupportedSyncMessage(other)),
     }
 }
 
@@ -578,7 +601,7 @@ fn write_buf(out: &mut BytesMut, payload: &[u8]) {
 }
 
 /// A bounds-checked cursor over one frame. Every read fails with `Malformed` instead of panicking.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     source: Option<&'a Bytes>,
     pos: usize,
@@ -586,7 +609,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A reader over a shared frame; byte strings are returned as zero-copy slices of it.
-    fn new(frame: &'a Bytes) -> Self {
+    pub(crate) fn new(frame: &'a Bytes) -> Self {
         Reader {
             bytes: frame,
             source: Some(frame),
@@ -603,11 +626,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
@@ -623,7 +646,7 @@ impl<'a> Reader<'a> {
     /// lib0 var-uint of at most ten bytes whose value fits 64 bits; longer or overflowing
     /// encodings are refused. Redundant zero groups (`0x80 0x00` for 0) are accepted, as lib0
     /// accepts them.
-    fn read_var_u64(&mut self) -> Result<u64, ProtocolError> {
+    pub(crate) fn read_var_u64(&mut self) -> Result<u64, ProtocolError> {
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
             let byte = self.read_u8()?;
@@ -641,7 +664,7 @@ impl<'a> Reader<'a> {
 
     /// A length-prefixed byte string. The length is checked against the remaining bytes before
     /// anything is sliced or allocated.
-    fn read_buf(&mut self) -> Result<Bytes, ProtocolError> {
+    pub(crate) fn read_buf(&mut self) -> Result<Bytes, ProtocolError> {
         let len = self.read_var_u64()?;
         if len > self.remaining() as u64 {
             return Err(ProtocolError::Malformed("length prefix exceeds frame"));
@@ -655,7 +678,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn read_string(&mut self) -> Result<&'a str, ProtocolError> {
+    pub(crate) fn read_string(&mut self) -> Result<&'a str, ProtocolError> {
         let len = self.read_var_u64()?;
         if len > self.remaining() as u64 {
             return Err(ProtocolError::Malformed("length prefix exceeds frame"));

@@ -154,6 +154,12 @@ impl ConnectionRates {
         Ok(())
     }
 
+    /// Accounts for one message that is not a y-websocket [`Message`] (a Hocuspocus Auth,
+    /// Close, Stateless or Pong): it counts against the message rate like any other.
+    pub fn check_other_message(&mut self, now_ms: u64) -> Result<(), ProtocolError> {
+        take(&mut self.messages, RateKind::Message, 1, now_ms)
+    }
+
     /// Accounts for a WebSocket control frame (ping or pong) of `frame_bytes`: one message and
     /// its bytes, so that a ping flood is bounded like any other.
     pub fn check_control_frame(

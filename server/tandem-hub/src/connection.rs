@@ -43,7 +43,7 @@ use crate::clock::sleep_until;
 use crate::doc_actor::DocCommand;
 use crate::outbox::{self, OutboxReceiver};
 use crate::peer::{CloseReason, Closer, PeerAddr, PeerGrant};
-use crate::{DocHandle, Hub, JoinError, PeerLink};
+use crate::{Dialect, DocHandle, Hub, JoinError, PeerLink};
 
 /// What a connection's socket must be: a byte stream the WebSocket runs over (an upgraded HTTP
 /// connection in the server, an in-memory duplex in tests).
@@ -58,13 +58,15 @@ pub struct ConnectionConfig {
     pub ping_interval: Duration,
     /// A peer that sends nothing (not even a pong) for this long is closed and its presence removed.
     pub pong_timeout: Duration,
+    /// Most documents one Hocuspocus socket may have open at once.
+    pub max_docs_per_socket: usize,
 }
 
 /// Messages larger than this skip tungstenite's write buffer: see [`Conn::send_frame`].
-const DIRECT_WRITE_BYTES: usize = 64 * 1024;
+pub(crate) const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 
 /// Most frames the writer sends before it flushes the socket.
-const MAX_FRAMES_PER_FLUSH: usize = 64;
+pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Longest time a closing connection waits for the peer's answering close frame, reading and
 /// dropping what arrives meanwhile (see `close_with`).
@@ -76,7 +78,7 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A command to the doc actor waiting for room in its inbox. The boxed `reserve_owned` keeps
 /// the connection's place in the inbox's queue while the outbox is drained meanwhile.
-type PendingSend = Pin<
+pub(crate) type PendingSend = Pin<
     Box<
         dyn Future<Output = Result<mpsc::OwnedPermit<DocCommand>, mpsc::error::SendError<()>>>
             + Send,
@@ -143,6 +145,7 @@ async fn join<S: Transport>(
         outbox: outbox_tx,
         closer: closer.clone(),
         access: grant.access,
+        dialect: Dialect::YWebsocket,
     };
     let doc_handle = match hub.join(doc, peer, link).await {
         Ok(handle) => handle,
@@ -183,7 +186,7 @@ async fn join<S: Transport>(
 }
 
 /// Logs `reason` and sends it as the close frame, then closes the socket.
-async fn close_with<S: Transport>(
+pub(crate) async fn close_with<S: Transport>(
     socket: &mut WebSocketStream<S>,
     peer: PeerId,
     reason: Option<CloseReason>,
@@ -393,27 +396,7 @@ impl<S: Transport> Conn<S> {
     }
 
     fn read_error(&self, error: WsError) -> Option<CloseReason> {
-        use tokio_tungstenite::tungstenite::error::CapacityError;
-        match error {
-            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
-                    len: size as u64,
-                    max: max_size as u64,
-                }))
-            }
-            WsError::Capacity(_) => Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
-                len: self.limits.max_frame_bytes.saturating_add(1),
-                max: self.limits.max_frame_bytes,
-            })),
-            WsError::Utf8(_) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),
-            WsError::Protocol(_) => Some(CloseReason::Protocol(ProtocolError::Malformed(
-                "invalid websocket framing",
-            ))),
-            error => {
-                debug!(peer = %self.peer, %error, "socket read failed");
-                None
-            }
-        }
+        read_error_reason(error, &self.limits, self.peer)
     }
 
     /// Sends `first` and whatever else is queued (up to a bound), then flushes once.
@@ -445,18 +428,58 @@ impl<S: Transport> Conn<S> {
         if frame.len() <= DIRECT_WRITE_BYTES {
             return self.socket.feed(WsMessage::Binary(frame)).await;
         }
-        self.socket.flush().await?;
-        let header = FrameHeader {
-            is_final: true,
-            opcode: OpCode::Data(Data::Binary),
-            ..FrameHeader::default()
-        };
-        let len = frame.len() as u64;
-        let mut head = Vec::with_capacity(header.len(len));
-        header.format(len, &mut head)?;
-        let io = self.socket.get_mut();
-        io.write_all(&head).await?;
-        io.write_all(&frame).await?;
-        Ok(())
+        write_unbuffered(&mut self.socket, &[&frame]).await
     }
+}
+
+/// The close reason for a socket read that failed (`None`: the socket is simply gone).
+pub(crate) fn read_error_reason(
+    error: WsError,
+    limits: &Limits,
+    peer: PeerId,
+) -> Option<CloseReason> {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
+                len: size as u64,
+                max: max_size as u64,
+            }))
+        }
+        WsError::Capacity(_) => Some(CloseReason::Protocol(ProtocolError::FrameTooLarge {
+            len: limits.max_frame_bytes.saturating_add(1),
+            max: limits.max_frame_bytes,
+        })),
+        WsError::Utf8(_) => Some(CloseReason::Protocol(ProtocolError::TextFrame)),
+        WsError::Protocol(_) => Some(CloseReason::Protocol(ProtocolError::Malformed(
+            "invalid websocket framing",
+        ))),
+        error => {
+            debug!(%peer, %error, "socket read failed");
+            None
+        }
+    }
+}
+
+/// Writes one binary message made of `parts` straight to the socket under tungstenite, after
+/// flushing its buffer: see [`Conn::send_frame`] for why this is sound and what guards it.
+pub(crate) async fn write_unbuffered<S: Transport>(
+    socket: &mut WebSocketStream<S>,
+    parts: &[&[u8]],
+) -> Result<(), WsError> {
+    socket.flush().await?;
+    let header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Binary),
+        ..FrameHeader::default()
+    };
+    let len = parts.iter().map(|part| part.len() as u64).sum::<u64>();
+    let mut head = Vec::with_capacity(header.len(len));
+    header.format(len, &mut head)?;
+    let io = socket.get_mut();
+    io.write_all(&head).await?;
+    for part in parts {
+        io.write_all(part).await?;
+    }
+    Ok(())
 }

@@ -15,6 +15,8 @@
 //! - [`connection`]: one task per WebSocket peer: read loop, bounded outbox, ping, close.
 //! - `doc_actor`: the owner task of each open doc: ordering, durability gate, fan-out, unload;
 //!   its `history` module keeps authors, versions, restores and change reports.
+//! - [`hocuspocus`]: one task per Hocuspocus WebSocket: many docs over one socket, each joined
+//!   as a peer like a y-websocket connection, with per-doc authorisation asked of the server.
 //! - [`event`]: what the hub tells the world, and the sink it tells it through.
 //! - `peer`: a peer's grant and address, and why and how its connection is closed.
 //! - `outbox`: the bounded queue of frames from a doc actor to one connection.
@@ -30,6 +32,7 @@ pub mod clock;
 pub mod connection;
 mod doc_actor;
 pub mod event;
+pub mod hocuspocus;
 pub mod lifecycle;
 pub mod log;
 mod outbox;
@@ -160,6 +163,19 @@ pub(crate) struct PeerLink {
     pub(crate) closer: Closer,
     /// What the peer may do, from its token.
     pub(crate) access: PeerAccess,
+    /// Which protocol the peer speaks: what the doc actor answers its updates with.
+    pub(crate) dialect: Dialect,
+}
+
+/// The protocol a peer speaks. Both get the same frames from the doc actor (a Hocuspocus
+/// connection adds the routing key on the way out); they differ in how an update is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// y-websocket: no acknowledgement; a read-only peer's update gets Auth "permission denied".
+    YWebsocket,
+    /// Hocuspocus: every Sync step 2 or update gets a SyncStatus, sent once it is durable;
+    /// `0` for a read-only peer's non-empty update.
+    Hocuspocus,
 }
 
 impl Hub {
@@ -258,6 +274,7 @@ impl Hub {
                     outbox: link.outbox.clone(),
                     closer: link.closer.clone(),
                     access: link.access.clone(),
+                    dialect: link.dialect,
                 }),
                 reply,
             };

@@ -139,7 +139,7 @@ impl OutboxReceiver {
         self.0.lock().pop()
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut state = self.0.lock();
         if let Some(frame) = state.pop() {
             return Poll::Ready(Some(frame));

@@ -63,6 +63,16 @@ pub(crate) enum CloseReason {
     DocCorrupt,
     /// The peer's token expired; it may fetch a fresh one and reconnect.
     TokenExpired,
+    /// A Hocuspocus socket asked for more documents than it may open at once.
+    TooManyDocs { max: usize },
+    /// A Hocuspocus socket sent more messages for documents it has no token for yet than may
+    /// wait for their token.
+    TooManyEarlyMessages {
+        max_messages: usize,
+        max_bytes: usize,
+    },
+    /// A Hocuspocus socket had too many tokens refused.
+    TooManyRefusals { max: usize },
 }
 
 /// Close code sent when the token of a connection expires (HTTP 401's number, in the 4000 range
@@ -85,6 +95,23 @@ impl CloseReason {
             CloseReason::Unavailable => (CLOSE_TRY_AGAIN_LATER, "document unavailable".into()),
             CloseReason::DocCorrupt => (CLOSE_INTERNAL_ERROR, "document damaged".into()),
             CloseReason::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired".into()),
+            CloseReason::TooManyDocs { max } => (
+                CLOSE_POLICY_VIOLATION,
+                format!("too many documents on one connection, limit {max}"),
+            ),
+            CloseReason::TooManyEarlyMessages {
+                max_messages,
+                max_bytes,
+            } => (
+                CLOSE_POLICY_VIOLATION,
+                format!(
+                    "too many messages before authentication, limit {max_messages} messages or {max_bytes} bytes"
+                ),
+            ),
+            CloseReason::TooManyRefusals { max } => (
+                CLOSE_POLICY_VIOLATION,
+                format!("too many refused authentications, limit {max}"),
+            ),
         }
     }
 
@@ -104,7 +131,12 @@ impl CloseReason {
             }) => {
                 warn!(%peer, code, reason, doc_bytes, update_bytes, max_doc_bytes = max, "closing connection")
             }
-            CloseReason::Protocol(_) | CloseReason::SlowConsumer | CloseReason::PongTimeout => {
+            CloseReason::Protocol(_)
+            | CloseReason::SlowConsumer
+            | CloseReason::PongTimeout
+            | CloseReason::TooManyDocs { .. }
+            | CloseReason::TooManyEarlyMessages { .. }
+            | CloseReason::TooManyRefusals { .. } => {
                 warn!(%peer, code, reason, "closing connection")
             }
             CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {

@@ -88,6 +88,7 @@ impl TestHub {
         let config = ConnectionConfig {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(60),
+            max_docs_per_socket: 64,
         };
         self.lifecycle.spawn(
             tracing::Span::none(),

@@ -194,6 +194,10 @@ pub struct ServeArgs {
     /// Frames queued for one peer before it counts as a slow consumer.
     #[arg(long, env = "TANDEM_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
+    /// Most documents one Hocuspocus socket (`/ws`) may have open at once; a token for one
+    /// more closes the socket (1008).
+    #[arg(long, env = "TANDEM_MAX_DOCS_PER_SOCKET", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_docs_per_socket: Option<u64>,
     /// PEM certificate chain; with --tls-key the port serves https and wss. Re-read when it changes.
     #[arg(long, env = "TANDEM_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -409,6 +413,7 @@ impl ServeArgs {
             max_auto_versions: self.max_auto_versions.or(lower.max_auto_versions),
             max_named_versions: self.max_named_versions.or(lower.max_named_versions),
             outbox_capacity: self.outbox_capacity.or(lower.outbox_capacity),
+            max_docs_per_socket: self.max_docs_per_socket.or(lower.max_docs_per_socket),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             max_connections: self.max_connections.or(lower.max_connections),

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tandem_core::Limits;
+pub use tandem_hub::hocuspocus::DEFAULT_MAX_DOCS_PER_SOCKET;
 use tandem_hub::{ConnectionConfig, HubConfig, PersistConfig};
 pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 
@@ -231,6 +232,7 @@ pub fn defaults() -> ServeArgs {
         max_auto_versions: Some(DEFAULT_MAX_AUTO_VERSIONS),
         max_named_versions: Some(DEFAULT_MAX_NAMED_VERSIONS),
         outbox_capacity: Some(DEFAULT_OUTBOX_CAPACITY),
+        max_docs_per_socket: Some(DEFAULT_MAX_DOCS_PER_SOCKET as u64),
         max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
         upgrade_timeout: some(DEFAULT_UPGRADE_TIMEOUT),
@@ -406,6 +408,9 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
         connection: ConnectionConfig {
             ping_interval: set!(s.ping_interval).0,
             pong_timeout: set!(s.pong_timeout).0,
+            max_docs_per_socket: usize::try_from(set!(s.max_docs_per_socket))
+                .unwrap_or(usize::MAX)
+                .max(1),
         },
         persist: PersistConfig {
             fsync: set!(s.fsync),
@@ -754,6 +759,31 @@ mod tests {
             .hub
             .limits;
         assert_eq!(defaults, Limits::default());
+    }
+
+    #[test]
+    fn max_docs_per_socket_comes_from_flags_over_the_file_over_the_default() {
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(
+            defaults.connection.max_docs_per_socket,
+            DEFAULT_MAX_DOCS_PER_SOCKET
+        );
+        let file: ServeArgs = toml::from_str("max_docs_per_socket = 5").unwrap();
+        assert_eq!(
+            resolve(ServeArgs::default(), file.clone())
+                .connection
+                .max_docs_per_socket,
+            5
+        );
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tandem", "serve", "--max-docs-per-socket", "9"])
+                .unwrap()
+                .command
+        else {
+            panic!("serve command")
+        };
+        assert_eq!(resolve(args, file).connection.max_docs_per_socket, 9);
+        assert!(Cli::try_parse_from(["tandem", "serve", "--max-docs-per-socket", "0"]).is_err());
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tandem_core::hocuspocus::{encode_stateless, encode_sync_status};
 use tandem_core::restore::RestoreError;
 use tandem_core::shared_doc::SnapshotRefused;
 use tandem_core::{DocId, Message, PeerId, PresentUser, ProtocolError, ReceiveError, SharedDoc};
@@ -52,7 +53,7 @@ use crate::log::{
 };
 use crate::outbox::TrySendError;
 use crate::peer::CloseReason;
-use crate::{DOC_INBOX_CAPACITY, DocHandle, Hub, JoinError, PeerLink};
+use crate::{DOC_INBOX_CAPACITY, Dialect, DocHandle, Hub, JoinError, PeerLink};
 
 use self::history::{ChangedRun, RestoreDone, VersionState, last_version_instant};
 
@@ -92,6 +93,8 @@ pub(crate) enum DocCommand {
     },
     /// The peer's connection ended.
     Leave { peer: PeerId },
+    /// A Hocuspocus stateless payload from `peer`, for the doc's other Hocuspocus peers.
+    Stateless(Box<(PeerId, Bytes)>),
     /// The doc's durable state, for HTTP.
     Snapshot {
         reply: oneshot::Sender<Result<DocSnapshot, JoinError>>,
@@ -298,7 +301,7 @@ fn refuse(command: DocCommand, error: JoinError) {
         DocCommand::Restore(restore) => {
             let _ = restore.reply.send(Err(error));
         }
-        DocCommand::Receive { .. } | DocCommand::Leave { .. } => {}
+        DocCommand::Receive { .. } | DocCommand::Leave { .. } | DocCommand::Stateless(_) => {}
     }
 }
 
@@ -625,6 +628,10 @@ impl DocActor {
             }
             DocCommand::Receive { peer, messages } => self.receive(peer, messages).await,
             DocCommand::Leave { peer } => self.remove_peer(peer, None),
+            DocCommand::Stateless(stateless) => {
+                let (sender, payload) = *stateless;
+                self.relay_stateless(sender, &payload);
+            }
             DocCommand::Snapshot { reply } => {
                 let snapshot = DocSnapshot {
                     update: self.shared.encode_state(),
@@ -721,7 +728,16 @@ impl DocActor {
             return;
         };
         let access = link.access.clone();
+        let acknowledges = link.dialect == Dialect::Hocuspocus;
         for message in messages {
+            // A Hocuspocus peer gets a SyncStatus for each step 2 or update: `1` once what it
+            // sent is durable (an empty one has nothing to store), `0` if it was refused.
+            let ack = match &message {
+                Message::SyncStep2(payload) | Message::Update(payload) if acknowledges => {
+                    Some(access.can_write || payload.update.is_empty())
+                }
+                _ => None,
+            };
             let now_ms = self.now_ms();
             let effects = match self.shared.receive_as(peer, &access, message, now_ms) {
                 Ok(effects) => effects,
@@ -748,11 +764,20 @@ impl DocActor {
                     return;
                 }
             }
-            for frame in effects.reply {
-                self.enqueue(Delivery::ToPeer(peer, frame));
+            // The only reply to a refused update is y-protocols' Auth "permission denied",
+            // which a Hocuspocus peer gets as SyncStatus `0` instead.
+            if !(acknowledges && effects.n_denied_updates > 0) {
+                for frame in effects.reply {
+                    self.enqueue(Delivery::ToPeer(peer, frame));
+                }
             }
             if let Some(frame) = effects.broadcast_others {
                 self.enqueue(Delivery::ToOthers(peer, frame));
+            }
+            // Queued after the append: released only once the commit holding the update (and
+            // everything accepted before it) has returned.
+            if let Some(applied) = ack {
+                self.enqueue(Delivery::ToPeer(peer, encode_sync_status(applied)));
             }
             if let Some(frame) = effects.broadcast_all {
                 self.send_to_all(&frame);
@@ -953,6 +978,24 @@ impl DocActor {
             at_ms: clock::now_ms(),
         });
         let _ = reply.send(Ok(Ok(record)));
+    }
+
+    /// Relays a Hocuspocus stateless payload to the doc's other Hocuspocus peers, at once: it
+    /// carries no document state, so there is nothing to wait for.
+    fn relay_stateless(&mut self, sender: PeerId, payload: &[u8]) {
+        let targets: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(peer, (link, _))| **peer != sender && link.dialect == Dialect::Hocuspocus)
+            .map(|(peer, _)| *peer)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let frame = encode_stateless(payload);
+        for peer in targets {
+            self.send_to(peer, frame.clone());
+        }
     }
 
     fn send_to_all(&mut self, frame: &Bytes) {

@@ -95,8 +95,8 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/docs/{*name}", get(docs::get_doc).post(docs::post_doc))
         .route("/ws/{*name}", get(ws::upgrade))
-        .route("/ws", get(ws::missing_doc_name))
-        .route("/ws/", get(ws::missing_doc_name))
+        .route("/ws", get(ws::upgrade_hocuspocus))
+        .route("/ws/", get(ws::upgrade_hocuspocus))
         .route("/api/auth", get(accounts::auth_info))
         .route(
             "/api/login",

@@ -1,14 +1,19 @@
-//! The WebSocket upgrade of `GET /ws/{name}`: the doc name and the token are checked like any
-//! request's, then the connection is handed to `connection::run` in a tracked task.
+//! The WebSocket upgrades: `GET /ws/{name}` (y-websocket), whose doc name and token are checked
+//! like any request's before the connection is handed to `connection::run` in a tracked task;
+//! and `GET /ws` (Hocuspocus), handed to `hocuspocus::run` with an [`Authorizer`] that checks
+//! each document's token inside the socket the same way.
 //!
 //! It only admits and hands over; the connection's life (frames, pings, close reasons) belongs to
 //! the hub's `connection.rs`, and the RFC 6455 handshake to `ws_upgrade.rs`.
 
 use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
-use tandem_core::DocIdError;
+use std::sync::Arc;
+
+use tandem_core::DocId;
 use tandem_hub::PeerAddr;
 use tandem_hub::connection;
+use tandem_hub::hocuspocus::{self, AuthorizeFuture, Authorizer};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::AppState;
@@ -56,12 +61,7 @@ pub(super) async fn upgrade(
     if state.lifecycle.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
-    let max_frame = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
+    let config = socket_config(&state);
     // A client forwarded by a trusted proxy holds its per-address slot for the WebSocket's life.
     let permit = request.extensions_mut().remove::<RequestPermit>();
     let (response, socket) = upgrade.accept(config);
@@ -92,7 +92,93 @@ pub(super) async fn upgrade(
     Ok(response)
 }
 
-/// `GET /ws` and `GET /ws/`: a connection must name its doc.
-pub(super) async fn missing_doc_name() -> ApiError {
-    ApiError::BadDocName(DocIdError::Empty)
+/// `GET /ws` and `GET /ws/`: a Hocuspocus connection. Nothing is checked at the upgrade but the
+/// upgrade itself: the provider cannot send headers, and the documents, each with its own token,
+/// are named inside the socket (`protocol-spec/hocuspocus.md`). Each token goes through
+/// [`HocuspocusAuth`], the same checks as the upgrade of `GET /ws/{name}`.
+pub(super) async fn upgrade_hocuspocus(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientAddr>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let upgrade =
+        match Upgrade::from_request(request.method(), request.headers(), on_upgrade, WS_PROTOCOL) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => return Ok(refusal.into_response()),
+        };
+    if state.lifecycle.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let config = socket_config(&state);
+    let permit = request.extensions_mut().remove::<RequestPermit>();
+    let (response, socket) = upgrade.accept(config);
+    let lifecycle = state.lifecycle.clone();
+    lifecycle.spawn(tracing::Span::none(), async move {
+        match socket.await {
+            Ok(socket) => {
+                let remote = PeerAddr {
+                    ip: client.ip,
+                    proxy: client.proxy(),
+                };
+                let hub = state.hub.clone();
+                let connection = state.connection.clone();
+                let authorizer = Arc::new(HocuspocusAuth { state });
+                hocuspocus::run(socket, hub, connection, authorizer, remote, permit).await;
+            }
+            Err(error) => tracing::debug!(%error, remote = %client.ip, "websocket upgrade failed"),
+        }
+    });
+    Ok(response)
+}
+
+/// The tungstenite settings of every WebSocket: small buffers, the frame size limit.
+fn socket_config(state: &AppState) -> WebSocketConfig {
+    let max_frame = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// What a Hocuspocus token may do on one doc: the checks of `GET /ws/{name}`'s upgrade (the
+/// name, the token and its role, a file's path that is not a doc), answered as the reason of a
+/// permission-denied instead of an HTTP status.
+struct HocuspocusAuth {
+    state: AppState,
+}
+
+impl Authorizer for HocuspocusAuth {
+    fn authorize<'a>(&'a self, doc_name: &'a str, token: &'a str) -> AuthorizeFuture<'a> {
+        Box::pin(async move {
+            let doc =
+                DocId::new(doc_name).map_err(|error| format!("bad document name: {error}"))?;
+            // The provider sends "" when it has no token: that is no token.
+            let token = Some(token).filter(|token| !token.is_empty());
+            let grant = self
+                .state
+                .auth
+                .grant(token, &doc)
+                .map_err(|error| error.to_string())?;
+            if self.state.hub.get(&doc).is_none() {
+                match self.state.files.is_file(doc.as_str()).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return Err(FileError::PathTaken {
+                            path: doc.to_string(),
+                        }
+                        .to_string());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot tell whether a doc name is a file's path");
+                        return Err("document unavailable, retry later".to_owned());
+                    }
+                }
+            }
+            Ok((doc, grant.peer_grant()))
+        })
+    }
 }
