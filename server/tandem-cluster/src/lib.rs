@@ -371,3 +371,16 @@ impl DocLog for ClusterLog {
         true
     }
 }
+
+// In the crate root, not in `meta`: `engine` migrates the tables `meta` defines, so `meta`
+// depending on `engine` would make the two a cycle.
+impl PgMeta {
+    /// The services' tables for a process that is not a node (the `tandem user` and `tandem
+    /// webhook` commands): connects to both engines as a node would (checking Redis's
+    /// persistence and migrating Postgres). Its methods need a multi-threaded runtime.
+    pub async fn connect(config: &crate::ClusterConfig) -> Result<PgMeta, crate::ClusterError> {
+        let engines = crate::engine::connect(config).await?;
+        let node: Arc<str> = Arc::from(format!("cli-{}", crate::keys::new_node_id()));
+        Ok(PgMeta::new(engines.pg, node, engines.redis))
+    }
+}

@@ -55,11 +55,12 @@ use crate::doc_actor::{ApplyCommand, DocCommand, RestoreCommand, SaveVersionComm
 pub use crate::doc_actor::{DocSnapshot, RestoreRefused};
 pub use crate::event::{Actor, DocEvent, DocEventSink};
 pub use crate::lifecycle::Lifecycle;
-pub use crate::log::{DocLog, Feed, LoadFailure, LoadedLog, LogCommand, RedbLog, RemoteInput};
+pub use crate::log::{DocLog, Feed, LoadFailure, LoadedLog, LogCommand, RemoteInput};
 use crate::outbox::OutboxSender;
 use crate::peer::Closer;
 pub use crate::peer::{PeerAddr, PeerGrant};
 pub use crate::persist::PersistConfig;
+pub use crate::persist::RedbLog;
 pub use crate::registry::DocHandle;
 use crate::registry::Registry;
 

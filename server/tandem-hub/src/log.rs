@@ -4,7 +4,7 @@
 //! The actor speaks to the log through [`LogCommand`]s on one bounded channel and hears back
 //! through a `watch` of [`Durability`] per doc: "durable up to seq N". That protocol is the same
 //! for every implementation of [`DocLog`]:
-//! - one node: redb, through the writer thread of [`crate::persist`] ([`RedbLog`]);
+//! - one node: redb (`RedbLog`, beside the writer thread in `persist.rs`);
 //! - cluster mode: a shared engine (`tandem-cluster`: Redis streams and Postgres snapshots),
 //!   which also feeds each open doc what other nodes appended ([`RemoteInput`]) and carries
 //!   presence between nodes.
@@ -24,10 +24,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_core::DocId;
-use tandem_store::{HistoryHead, Store, StoredDoc, VersionKind, VersionRecord};
+use tandem_store::{HistoryHead, StoredDoc, VersionRecord};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-
-use crate::persist::Writer;
 
 /// A future a [`DocLog`] returns; boxed so the trait can be used as `dyn DocLog`.
 pub type LogFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -221,60 +219,5 @@ pub trait DocLog: Send + Sync + 'static {
     /// Whether updates of other nodes can arrive (cluster mode).
     fn is_shared(&self) -> bool {
         false
-    }
-}
-
-/// The one-node log: redb, written by the writer thread of [`crate::persist`].
-pub struct RedbLog {
-    store: Arc<Store>,
-    writer: Writer,
-}
-
-impl RedbLog {
-    /// The log over `store`, writing through `writer` (from [`crate::persist::spawn_writer`]).
-    pub fn new(store: Arc<Store>, writer: Writer) -> RedbLog {
-        RedbLog { store, writer }
-    }
-}
-
-impl DocLog for RedbLog {
-    fn sender(&self) -> &mpsc::Sender<LogCommand> {
-        &self.writer.tx
-    }
-
-    fn load(&self, doc: &DocId) -> LogFuture<Result<LoadedLog, LoadFailure>> {
-        let store = self.store.clone();
-        let name = doc.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let stored = store.load_doc(name.as_str())?;
-                let history = store.history_head(name.as_str())?;
-                let n_named = store
-                    .list_versions(name.as_str())?
-                    .iter()
-                    .filter(|v| v.kind == VersionKind::Named)
-                    .count() as u64;
-                Ok::<_, LoadFailure>(LoadedLog {
-                    stored,
-                    history,
-                    n_named,
-                    position: None,
-                })
-            })
-            .await
-            .map_err(|error| LoadFailure::Failed(format!("load task failed: {error}")))?
-        })
-    }
-
-    fn exists(&self, doc: &DocId) -> LogFuture<Result<bool, LoadFailure>> {
-        let store = self.store.clone();
-        let name = doc.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
-                .await
-                .map_err(|error| LoadFailure::Failed(format!("lookup task failed: {error}")))?
-                .map(|meta| meta.is_some())
-                .map_err(LoadFailure::from)
-        })
     }
 }

@@ -57,10 +57,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::DocId;
-use tandem_store::{Store, StoreError, WriteOp};
+use tandem_store::{Store, StoreError, VersionKind, WriteOp};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::log::{Durability, LogCommand};
+use crate::log::{DocLog, Durability, LoadFailure, LoadedLog, LogCommand, LogFuture};
 
 /// Capacity of the channel into the writer. When it is full, doc actors wait, which in turn
 /// stops connections from reading: backpressure all the way to the sockets.
@@ -501,6 +501,61 @@ impl LogCommand {
             LogCommand::Version { state, .. } => state.len(),
             LogCommand::ReleaseMemory | LogCommand::Close { .. } => 0,
         }
+    }
+}
+
+/// The one-node log: redb, written by the writer thread of this module.
+pub struct RedbLog {
+    store: Arc<Store>,
+    writer: Writer,
+}
+
+impl RedbLog {
+    /// The log over `store`, writing through `writer` (from [`spawn_writer`]).
+    pub fn new(store: Arc<Store>, writer: Writer) -> RedbLog {
+        RedbLog { store, writer }
+    }
+}
+
+impl DocLog for RedbLog {
+    fn sender(&self) -> &mpsc::Sender<LogCommand> {
+        &self.writer.tx
+    }
+
+    fn load(&self, doc: &DocId) -> LogFuture<Result<LoadedLog, LoadFailure>> {
+        let store = self.store.clone();
+        let name = doc.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let stored = store.load_doc(name.as_str())?;
+                let history = store.history_head(name.as_str())?;
+                let n_named = store
+                    .list_versions(name.as_str())?
+                    .iter()
+                    .filter(|v| v.kind == VersionKind::Named)
+                    .count() as u64;
+                Ok::<_, LoadFailure>(LoadedLog {
+                    stored,
+                    history,
+                    n_named,
+                    position: None,
+                })
+            })
+            .await
+            .map_err(|error| LoadFailure::Failed(format!("load task failed: {error}")))?
+        })
+    }
+
+    fn exists(&self, doc: &DocId) -> LogFuture<Result<bool, LoadFailure>> {
+        let store = self.store.clone();
+        let name = doc.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.doc_meta(name.as_str()))
+                .await
+                .map_err(|error| LoadFailure::Failed(format!("lookup task failed: {error}")))?
+                .map(|meta| meta.is_some())
+                .map_err(LoadFailure::from)
+        })
     }
 }
 

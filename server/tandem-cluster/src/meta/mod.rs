@@ -60,15 +60,6 @@ impl PgMeta {
         }
     }
 
-    /// The services' tables for a process that is not a node (the `tandem user` and `tandem
-    /// webhook` commands): connects to both engines as a node would (checking Redis's
-    /// persistence and migrating Postgres). Its methods need a multi-threaded runtime.
-    pub async fn connect(config: &crate::ClusterConfig) -> Result<PgMeta, crate::ClusterError> {
-        let engines = crate::engine::connect(config).await?;
-        let node: Arc<str> = Arc::from(format!("cli-{}", crate::keys::new_node_id()));
-        Ok(PgMeta::new(engines.pg, node, engines.redis))
-    }
-
     /// Runs `work` on the runtime and waits for it: from a blocking thread (where the services
     /// call the contracts) or, through `block_in_place`, from a runtime worker.
     pub(crate) fn block<T>(&self, work: impl Future<Output = T>) -> T {

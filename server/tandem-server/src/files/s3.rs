@@ -35,7 +35,66 @@ use tandem_store::StoreError;
 use tokio::io::AsyncReadExt;
 
 use super::FileError;
-use crate::config::S3Location;
+
+/// A bucket and key prefix of an S3-compatible store, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix of every key, without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    /// Settings applied over the `AWS_*` environment, as (`object_store` `AmazonS3ConfigKey`
+    /// name, value): `aws_endpoint`, `aws_region`, `aws_access_key_id`, ... Empty from the
+    /// command line (the environment is the place for them); tests and embedders set them.
+    pub options: Vec<(String, String)>,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]` (`--blob-store`).
+    pub fn parse(url: &str) -> Result<S3Location, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("blob_store {url:?} must start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        if !bucket_ok {
+            return Err(format!(
+                "blob_store {url:?}: the bucket must be lower-case letters, digits, '-' and '.'"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix_ok = prefix.is_empty()
+            || prefix.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if !prefix_ok {
+            return Err(format!(
+                "blob_store {url:?}: the prefix must be non-empty printable segments, no '.' or '..'"
+            ));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            options: Vec::new(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
 
 /// Bytes gathered before they are sent as one part; an object no larger goes in one PUT.
 /// (S3 parts other than the last must be at least 5 MiB.)
