@@ -153,6 +153,11 @@ pub trait SharedLocks: Send + Sync + 'static {
     fn lock(&self, name: &str) -> Result<SharedLockGuard, StoreError>;
     /// Takes the lock `name` if it is free now; `Ok(None)` if someone holds it. Blocking.
     fn try_lock(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError>;
+    /// [`SharedLocks::try_lock`] for a lock held only for a moment (a few queries, no body to
+    /// wait for), which may then borrow a connection from a pool. Blocking.
+    fn try_lock_brief(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError> {
+        self.try_lock(name)
+    }
 }
 
 /// A held [`SharedLocks`] lock, released when dropped (the release may block briefly).

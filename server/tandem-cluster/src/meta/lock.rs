@@ -7,6 +7,9 @@
 //! taken without waiting ([`SharedLocks::try_lock`], a tus PATCH's: one per upload being
 //! written, held as long as a body takes to arrive) takes its connection out of the pool for
 //! good, so that many of them never starve the node's pool; releasing it closes the connection.
+//! The files service caps how many of those a node holds. One taken without waiting for a
+//! moment ([`SharedLocks::try_lock_brief`], the cleanup's) keeps its pooled connection like a
+//! waited-for one.
 //!
 //! The lock's name becomes the `bigint` key by 64-bit FNV-1a of `tandem:` and the name: fixed
 //! by this file, so every node (and every build) computes the same key
@@ -105,6 +108,25 @@ impl SharedLocks for PgMeta {
             Ok(taken.then(|| {
                 SharedLockGuard::new(DetachedLock {
                     _client: deadpool_postgres::Object::take(client),
+                })
+            }))
+        })
+    }
+
+    fn try_lock_brief(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError> {
+        let key = lock_key(name);
+        self.block(async {
+            let client = self.client().await?;
+            let taken: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+                .map_err(unavailable)?
+                .get(0);
+            Ok(taken.then(|| {
+                SharedLockGuard::new(PgLock {
+                    client: Some(client),
+                    key,
+                    handle: self.handle.clone(),
                 })
             }))
         })

@@ -187,11 +187,6 @@ impl Disk {
         }
     }
 
-    /// Whether a writer (on any node) holds upload `id`'s `flock` now.
-    pub(crate) fn is_upload_locked(&self, id: &str) -> bool {
-        matches!(self.lock_upload(id), Ok(None))
-    }
-
     /// Where blob `sha256` (checked hex) lives.
     pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
         self.blobs.join(&sha256[..2]).join(sha256)

@@ -152,6 +152,8 @@ pub(crate) struct FilesInner {
     slots: Mutex<HashMap<String, Arc<upload::UploadSlot>>>,
     /// Every PUT being received, by upload id: its workspace and the bytes it reserves.
     puts: Mutex<HashMap<String, PutReservation>>,
+    /// The ids of the local files PATCHes on S3 are receiving into (`backend::PatchTemp`).
+    patches: Mutex<HashSet<String>>,
     /// Held while checking the quota and reserving for a new upload (see the invariants).
     reserve_lock: Mutex<()>,
 }
@@ -289,6 +291,7 @@ impl Files {
                 Backend::S3 {
                     s3,
                     locks: locks.clone(),
+                    writers: Arc::new(tokio::sync::Semaphore::new(backend::MAX_UPLOAD_WRITERS)),
                 },
                 BlobLock::shared(locks),
             ),
@@ -315,6 +318,7 @@ impl Files {
                 sharing,
                 slots: Mutex::new(HashMap::new()),
                 puts: Mutex::new(HashMap::new()),
+                patches: Mutex::new(HashSet::new()),
                 reserve_lock: Mutex::new(()),
             }),
         })
