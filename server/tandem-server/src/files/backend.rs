@@ -28,7 +28,7 @@ use tokio_util::io::ReaderStream;
 use super::blobs::{UploadFile, hash_file};
 use super::s3::{self, S3};
 use super::upload::TempGuard;
-use super::{FileError, Files};
+use super::{BlobGuard, FileError, Files};
 
 /// Bytes read from a blob file at a time while streaming it.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -269,8 +269,13 @@ impl Files {
     }
 
     /// Removes blob `sha256`; a missing blob is not an error. The caller holds the blob lock
-    /// and has seen the blob's refcount row gone. Blocking.
-    pub(crate) fn remove_blob(&self, sha256: &str) -> Result<(), String> {
+    /// (`blobs`) and has seen the blob's refcount row gone. If the lock turns out lost (its
+    /// Postgres session ended: another node may have taken it and committed a version naming
+    /// the blob), nothing is removed; the cleanup looks again later, under the lock. Blocking.
+    pub(crate) fn remove_blob(&self, blobs: &BlobGuard<'_>, sha256: &str) -> Result<(), String> {
+        if !blobs.still_held() {
+            return Err("the blob lock was lost; the blob is left for the cleanup".into());
+        }
         match &self.inner.backend {
             Backend::Dir => self
                 .inner

@@ -128,7 +128,7 @@ impl Files {
             }
         };
         if !candidates.is_empty() {
-            let _blobs = match self.lock_blobs() {
+            let blobs = match self.lock_blobs() {
                 Ok(guard) => guard,
                 Err(error) => {
                     tracing::error!(%error, "taking the blob lock failed; no blob removed");
@@ -159,7 +159,7 @@ impl Files {
             match named {
                 Ok(named) => {
                     for sha256 in unreferenced {
-                        if !named.contains(&sha256) && self.remove_blob(&sha256).is_ok() {
+                        if !named.contains(&sha256) && self.remove_blob(&blobs, &sha256).is_ok() {
                             n_orphans += 1;
                         }
                     }

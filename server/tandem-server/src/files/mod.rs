@@ -593,7 +593,7 @@ impl Files {
                     Ok((entry, unreferenced)) => {
                         files.set_path(Some(&entry.path), None);
                         for sha256 in &unreferenced {
-                            if let Err(error) = files.remove_blob(sha256) {
+                            if let Err(error) = files.remove_blob(&blobs, sha256) {
                                 // The cleanup task removes it later.
                                 tracing::warn!(%error, sha256, "removing blob failed");
                             }
@@ -613,9 +613,18 @@ impl Files {
                     Err(error) => {
                         files.discard_staged(&staged, is_upload);
                         // A blob no committed version names is removed at once (it may have
-                        // been stored just now); one that is named stays.
-                        if matches!(inner.store.blob(&sha256), Ok(None))
-                            && let Err(error) = files.remove_blob(&sha256)
+                        // been stored just now); one that is named stays. Only after a definite
+                        // refusal, though: after a failure of the shared database (`Unavailable`)
+                        // the transaction may have committed all the same (the answer was lost) and another
+                        // connection not see it yet, so the blob stays for the cleanup, which
+                        // checks again under the lock once the grace has passed.
+                        let uncertain = matches!(
+                            error,
+                            tandem_store::FileError::Store(StoreError::Unavailable { .. })
+                        );
+                        if !uncertain
+                            && matches!(inner.store.blob(&sha256), Ok(None))
+                            && let Err(error) = files.remove_blob(&blobs, &sha256)
                         {
                             tracing::warn!(%error, "removing unreferenced blob failed");
                         }
