@@ -441,7 +441,7 @@ async fn patch_upload(
 async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
     let files = &state.files;
     let (sha256, len, staged) = files.stage_upload(&record.id).await?;
-    let res = async {
+    let checked = async {
         if len != record.length {
             tracing::error!(
                 id = record.id,
@@ -471,7 +471,11 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             uploader: record.uploader.clone(),
             uploaded_ms: now_ms(),
         };
-        files
+        Ok(version)
+    }
+    .await;
+    let res = match checked {
+        Ok(version) => files
             .commit(
                 staged,
                 record.path.clone(),
@@ -479,9 +483,20 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
                 Some(record.id.clone()),
             )
             .await
-            .map_err(ApiError::from)
-    }
-    .await;
+            .map_err(ApiError::from),
+        Err(error) => {
+            // Not to become a version: the staging object goes now, not at its expiry (on
+            // disk the upload's own file is the staged bytes, and stays for a retry).
+            let discarding = files.clone();
+            let _ = files
+                .blocking(move |_| {
+                    discarding.discard_staged(&staged, true);
+                    Ok(())
+                })
+                .await;
+            Err(error)
+        }
+    };
     match res {
         Ok(entry) => {
             publish_uploaded(state, &entry);
