@@ -493,3 +493,44 @@ async fn a_terminate_waits_for_the_writer_on_another_node() {
     assert_eq!(upload_offset(&one, &location).await.0, 404);
     assert!(cluster.objects("uploads").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_writes_at_most_sixteen_uploads_at_once_and_answers_busy_beyond() {
+    let cluster = S3Cluster::start();
+    let node = cluster.node(|_| {}).await;
+    let mut writing = Vec::new();
+    for n in 0..16 {
+        let location = create_upload(&node, &format!("team/{n}.bin"), 100, None).await;
+        let head = format!(
+            "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 100\r\n\r\n",
+            node.addr
+        );
+        let mut stream = TcpStream::connect(node.addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(&[1; 10]).await.expect("part");
+        stream.flush().await.expect("flush");
+        writing.push(stream);
+    }
+    wait_until("sixteen PATCHes hold their uploads", async || {
+        cluster.advisory_locks() == "16"
+    })
+    .await;
+    // Each holds a Postgres session; a seventeenth upload has to wait its turn.
+    let next = create_upload(&node, "team/next.bin", 3, None).await;
+    let busy = patch(&node, &next, 0, b"abc").await;
+    assert_eq!(busy.status, 423, "{}", busy.text());
+    assert_eq!(busy.json()["error"], "upload_busy");
+    assert_eq!(cluster.advisory_locks(), "16");
+
+    drop(writing.pop());
+    wait_until("one PATCH let go", async || {
+        cluster.advisory_locks() == "15"
+    })
+    .await;
+    let stored = patch(&node, &next, 0, b"abc").await;
+    assert_eq!(stored.status, 204, "{}", stored.text());
+    assert_eq!(
+        get(&node, "/api/files/team/next.bin", &[]).await.body,
+        b"abc"
+    );
+}

@@ -73,10 +73,11 @@ pub(crate) enum Staged {
 pub(crate) enum UploadWriter {
     /// The upload file, `flock`ed; closing it unlocks.
     Flock(#[allow(dead_code)] std::fs::File),
-    /// The shared lock `upload:<id>` (released first), and this node's permit to hold one.
+    /// This node's permit to hold one (given back first, so that once the lock is seen
+    /// released the permit is free too), and the shared lock `upload:<id>`.
     Shared(
-        #[allow(dead_code)] SharedLockGuard,
         #[allow(dead_code)] OwnedSemaphorePermit,
+        #[allow(dead_code)] SharedLockGuard,
     ),
     /// The shared lock `upload:<id>`, held for a moment by the cleanup or a terminate.
     Brief(#[allow(dead_code)] SharedLockGuard),
@@ -375,7 +376,7 @@ impl Files {
                     return Ok(WriterLock::Busy);
                 };
                 Ok(match locks.try_lock(&upload_lock_name(&key))? {
-                    Some(guard) => WriterLock::Held(UploadWriter::Shared(guard, permit)),
+                    Some(guard) => WriterLock::Held(UploadWriter::Shared(permit, guard)),
                     None => WriterLock::Busy,
                 })
             }
