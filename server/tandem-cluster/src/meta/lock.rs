@@ -16,8 +16,8 @@
 //! (`protocol-spec/cluster.md`).
 
 use std::time::Duration;
-use tandem_store::StoreError;
 
+use tandem_store::StoreError;
 use tandem_store::meta::{HeldLock, SharedLockGuard, SharedLocks};
 
 use super::{PgMeta, unavailable};
