@@ -898,3 +898,38 @@ async fn a_lapsed_claim_hands_the_delivery_to_another_node() {
         "one attempt logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_lock_whose_session_ended_reports_itself_lost_and_is_free_for_others() {
+    use tandem_store::meta::SharedLocks;
+    let both = Both::start().await;
+    let pg = both.pg();
+    let blobs = pg.lock("blobs").expect("the blob lock");
+    let writer = pg.try_lock("upload:0123").expect("asked").expect("free");
+    assert!(blobs.still_held());
+    assert!(writer.still_held());
+    assert!(pg.try_lock_brief("blobs").expect("asked").is_none());
+
+    // Their sessions end under them (idle_session_timeout, a failover, a network blip).
+    both._postgres
+        .psql("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'");
+    wait_until("the sessions are gone", async || {
+        both._postgres
+            .psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            == "0"
+    })
+    .await;
+    assert!(!blobs.still_held(), "the blob lock is lost");
+    assert!(!writer.still_held(), "the writer lock is lost");
+    let taken = pg
+        .try_lock_brief("blobs")
+        .expect("asked")
+        .expect("free for another holder");
+    assert!(taken.still_held());
+    // Dropping the lost guards does not release the new holder's lock.
+    drop(blobs);
+    drop(writer);
+    assert!(taken.still_held());
+    drop(taken);
+    assert!(pg.try_lock_brief("blobs").expect("asked").is_some());
+}

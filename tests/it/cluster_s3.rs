@@ -10,7 +10,7 @@ use tandem_server::Config;
 use tandem_server::config::{BlobStorage, S3Location};
 use tandem_tests::engines::{Postgres, Redis, S3Server, free_port};
 use tandem_tests::{TestServer, WAIT, wait_until};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::files::{
@@ -370,15 +370,17 @@ async fn the_cleanup_removes_orphaned_objects_and_keeps_what_versions_and_upload
             // node's local files of bodies being received).
             config.files.orphan_grace = Duration::from_secs(1);
             config.files.cleanup_interval = Duration::from_millis(100);
+            // Objects in the store without a record wait this long: a PUT on another node may
+            // still be placing its staging object.
+            config.files.upload_expiry = Duration::from_secs(6);
         })
         .await;
     assert_eq!(put(&node, "team/kept.txt", b"kept", &[]).await.status, 201);
-    let upload = create_upload(&node, "team/slow.bin", 10, None).await;
-    assert_eq!(patch(&node, &upload, 0, b"12345").await.status, 204);
-    let live_id = upload.rsplit('/').next().expect("an upload id").to_owned();
-    // Left by a node that died: a blob no version names, a staged PUT, an upload's segment.
+    // Left by a node that died (or, for all this node knows, still working on them): a blob no
+    // version names, a staged PUT, an upload's segment.
     let orphan_sha = sha256_hex(b"");
     let dead_id = "0123456789abcdef0123456789abcdef";
+    let planted = std::time::Instant::now();
     cluster
         .s3
         .put_empty(&format!("{PREFIX}/blobs/{orphan_sha}"));
@@ -387,10 +389,26 @@ async fn the_cleanup_removes_orphaned_objects_and_keeps_what_versions_and_upload
         .s3
         .put_empty(&format!("{PREFIX}/uploads/{dead_id}/00000000000000000000"));
 
-    wait_until("the cleanup removed the orphans", async || {
+    // The orphaned blob goes after the orphan grace; the staging object and the segment stay
+    // through many more passes, until they are as old as an upload may be.
+    wait_until("the cleanup removed the orphaned blob", async || {
         !cluster.objects("blobs").contains(&orphan_sha)
-            && cluster.objects("staging").is_empty()
-            && cluster.objects("uploads").len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(planted.elapsed())).await;
+    assert!(planted.elapsed() < Duration::from_secs(5), "test too slow");
+    assert_eq!(cluster.objects("staging"), [dead_id]);
+    assert_eq!(
+        cluster.objects("uploads"),
+        [format!("{dead_id}/00000000000000000000")]
+    );
+
+    // A live upload, younger than the leftovers (it expires 6 s after it is created).
+    let upload = create_upload(&node, "team/slow.bin", 10, None).await;
+    assert_eq!(patch(&node, &upload, 0, b"12345").await.status, 204);
+    let live_id = upload.rsplit('/').next().expect("an upload id").to_owned();
+    wait_until("the cleanup removed the old leftovers", async || {
+        cluster.objects("staging").is_empty() && cluster.objects("uploads").len() == 1
     })
     .await;
     assert_eq!(cluster.objects("blobs"), [sha256_hex(b"kept")]);
@@ -403,4 +421,116 @@ async fn the_cleanup_removes_orphaned_objects_and_keeps_what_versions_and_upload
         b"kept"
     );
     assert_eq!(upload_offset(&node, &upload).await, (200, Some(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_trickling_for_longer_than_the_orphan_grace_keeps_its_local_bytes() {
+    let cluster = S3Cluster::start();
+    let node = cluster
+        .node(|config| {
+            config.files.orphan_grace = Duration::from_millis(300);
+            config.files.cleanup_interval = Duration::from_millis(50);
+        })
+        .await;
+    let data = random_bytes(64 * 1024, 81);
+    let location = create_upload(&node, "team/trickle.bin", data.len(), None).await;
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        node.addr,
+        data.len()
+    );
+    let mut stream = TcpStream::connect(node.addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Small pieces stay in the node's write buffer: its local file does not change for far
+    // longer than the grace, while the cleanup runs many times.
+    for piece in data.chunks(8 * 1024) {
+        stream.write_all(piece).await.expect("a piece");
+        stream.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let download = get(&node, "/api/files/team/trickle.bin", &[]).await;
+    assert_eq!(download.status, 200, "{}", download.text());
+    assert!(download.body == data, "byte-identical");
+    assert!(files_under(&node.data_dir().join("uploads")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_waits_for_the_writer_on_another_node() {
+    let cluster = S3Cluster::start();
+    let one = cluster.node(|_| {}).await;
+    let two = cluster.node(|_| {}).await;
+    let location = create_upload(&one, "team/gone.bin", 100, None).await;
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 100\r\n\r\n",
+        one.addr
+    );
+    let mut stream = TcpStream::connect(one.addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&[7; 10]).await.expect("part");
+    stream.flush().await.expect("flush");
+    wait_until("node one holds the upload's lock", async || {
+        cluster.advisory_locks() == "1"
+    })
+    .await;
+    let tus = [("Tus-Resumable", "1.0.0")];
+    let busy = two.request("DELETE", &location, &tus, b"").await;
+    assert_eq!(busy.status, 423, "{}", busy.text());
+    assert_eq!(upload_offset(&two, &location).await.0, 200);
+    drop(stream);
+    wait_until("node one let go of the upload", async || {
+        cluster.advisory_locks() == "0"
+    })
+    .await;
+    let deleted = two.request("DELETE", &location, &tus, b"").await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(upload_offset(&one, &location).await.0, 404);
+    assert!(cluster.objects("uploads").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_writes_at_most_sixteen_uploads_at_once_and_answers_busy_beyond() {
+    let cluster = S3Cluster::start();
+    let node = cluster.node(|_| {}).await;
+    let mut writing = Vec::new();
+    for n in 0..16 {
+        let location = create_upload(&node, &format!("team/{n}.bin"), 100, None).await;
+        let head = format!(
+            "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 100\r\n\r\n",
+            node.addr
+        );
+        let mut stream = TcpStream::connect(node.addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(&[1; 10]).await.expect("part");
+        stream.flush().await.expect("flush");
+        writing.push(stream);
+    }
+    wait_until("sixteen PATCHes hold their uploads", async || {
+        cluster.advisory_locks() == "16"
+    })
+    .await;
+    // Each holds a Postgres session; a seventeenth upload has to wait its turn.
+    let next = create_upload(&node, "team/next.bin", 3, None).await;
+    let busy = patch(&node, &next, 0, b"abc").await;
+    assert_eq!(busy.status, 423, "{}", busy.text());
+    assert_eq!(busy.json()["error"], "upload_busy");
+    assert_eq!(cluster.advisory_locks(), "16");
+
+    drop(writing.pop());
+    wait_until("one PATCH let go", async || {
+        cluster.advisory_locks() == "15"
+    })
+    .await;
+    let stored = patch(&node, &next, 0, b"abc").await;
+    assert_eq!(stored.status, 204, "{}", stored.text());
+    assert_eq!(
+        get(&node, "/api/files/team/next.bin", &[]).await.body,
+        b"abc"
+    );
 }

@@ -153,19 +153,38 @@ pub trait SharedLocks: Send + Sync + 'static {
     fn lock(&self, name: &str) -> Result<SharedLockGuard, StoreError>;
     /// Takes the lock `name` if it is free now; `Ok(None)` if someone holds it. Blocking.
     fn try_lock(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError>;
+    /// [`SharedLocks::try_lock`] for a lock held only for a moment (a few queries, no body to
+    /// wait for), which may then borrow a connection from a pool. Blocking.
+    fn try_lock_brief(&self, name: &str) -> Result<Option<SharedLockGuard>, StoreError> {
+        self.try_lock(name)
+    }
 }
 
 /// A held [`SharedLocks`] lock, released when dropped (the release may block briefly).
 pub struct SharedLockGuard {
-    _held: Box<dyn std::any::Any + Send>,
+    held: Box<dyn HeldLock>,
+}
+
+/// What holds a [`SharedLocks`] lock: it releases the lock in its `Drop`.
+pub trait HeldLock: Send + 'static {
+    /// Whether the lock is still held now: `false` once the holder's session with the shared
+    /// database has ended (another node may have taken the lock since) or cannot be reached.
+    /// Blocking.
+    fn still_held(&self) -> bool;
 }
 
 impl SharedLockGuard {
-    /// Wraps what holds the lock and releases it in its `Drop`.
-    pub fn new(held: impl std::any::Any + Send) -> SharedLockGuard {
+    /// Wraps what holds the lock.
+    pub fn new(held: impl HeldLock) -> SharedLockGuard {
         SharedLockGuard {
-            _held: Box::new(held),
+            held: Box::new(held),
         }
+    }
+
+    /// See [`HeldLock::still_held`]. Check it right before an irreversible step that relies on
+    /// the lock (removing a blob). Blocking.
+    pub fn still_held(&self) -> bool {
+        self.held.still_held()
     }
 }
 

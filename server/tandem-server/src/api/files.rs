@@ -434,11 +434,11 @@ pub(super) async fn delete_file(
     state
         .files
         .blocking(move |inner| {
-            let _blobs = files.lock_blobs()?;
+            let blobs = files.lock_blobs()?;
             let deleted = inner.store.delete_file(&name)?;
             files.set_path(None, Some(&name));
             for sha256 in &deleted.unreferenced {
-                if let Err(error) = files.remove_blob(sha256) {
+                if let Err(error) = files.remove_blob(&blobs, sha256) {
                     // The cleanup task removes it later.
                     tracing::warn!(%error, sha256, "removing blob failed");
                 }

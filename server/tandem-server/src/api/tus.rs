@@ -35,7 +35,7 @@ use crate::auth::Grant;
 use crate::files::backend::{UploadWriter, WriterLock};
 use crate::files::blobs::{is_upload_id, new_upload_id};
 use crate::files::upload::{
-    ReceiveError, TempGuard, content_type_for, forget_slot, parse_sha256, receive, take_slot,
+    ReceiveError, content_type_for, forget_slot, parse_sha256, receive, take_slot,
 };
 use crate::files::{FileError, Files, last_segment};
 use tandem_hub::clock::now_ms;
@@ -365,7 +365,6 @@ async fn patch_upload(
     files.check_writable().await?;
     // On S3 the body goes to a local file first, then to the store as one segment.
     let (mut file, temp) = files.open_patch(id).await?;
-    let temp = temp.map(TempGuard::new);
     let mut received = 0u64;
     let res = receive(
         body.into_data_stream(),
@@ -382,11 +381,7 @@ async fn patch_upload(
     let synced = file.sync().await;
     drop(file);
     let stored = match &synced {
-        Ok(()) => {
-            files
-                .store_patch(id, offset, temp.as_ref().map(TempGuard::path), received)
-                .await
-        }
+        Ok(()) => files.store_patch(id, offset, temp.as_ref(), received).await,
         Err(_) => Ok(()),
     };
     drop(temp);
@@ -446,7 +441,7 @@ async fn patch_upload(
 async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
     let files = &state.files;
     let (sha256, len, staged) = files.stage_upload(&record.id).await?;
-    let res = async {
+    let checked = async {
         if len != record.length {
             tracing::error!(
                 id = record.id,
@@ -476,7 +471,11 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
             uploader: record.uploader.clone(),
             uploaded_ms: now_ms(),
         };
-        files
+        Ok(version)
+    }
+    .await;
+    let res = match checked {
+        Ok(version) => files
             .commit(
                 staged,
                 record.path.clone(),
@@ -484,9 +483,20 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
                 Some(record.id.clone()),
             )
             .await
-            .map_err(ApiError::from)
-    }
-    .await;
+            .map_err(ApiError::from),
+        Err(error) => {
+            // Not to become a version: the staging object goes now, not at its expiry (on
+            // disk the upload's own file is the staged bytes, and stays for a retry).
+            let discarding = files.clone();
+            let _ = files
+                .blocking(move |_| {
+                    discarding.discard_staged(&staged, true);
+                    Ok(())
+                })
+                .await;
+            Err(error)
+        }
+    };
     match res {
         Ok(entry) => {
             publish_uploaded(state, &entry);
@@ -514,17 +524,24 @@ async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiErr
 /// Removes upload `id`'s record and bytes (errors are logged; the cleanup retries).
 async fn remove_upload(files: &Files, id: &str) {
     let (key, removing) = (id.to_owned(), files.clone());
-    let res = files
-        .blocking(move |inner| {
-            inner.store.remove_upload(&key)?;
-            removing.remove_upload_bytes(&key).map_err(|error| {
-                tracing::warn!(%error, "removing upload bytes failed");
-                FileError::Internal
-            })
+    let _ = files
+        .blocking(move |_| {
+            remove_upload_blocking(&removing, &key);
+            Ok(())
         })
         .await;
-    if res.is_err() {
-        tracing::warn!(id, "removing upload failed; the cleanup will retry");
+}
+
+/// [`remove_upload`] on the blocking pool.
+fn remove_upload_blocking(files: &Files, id: &str) {
+    let res = files
+        .inner
+        .store
+        .remove_upload(id)
+        .map_err(|error| error.to_string())
+        .and_then(|_| files.remove_upload_bytes(id));
+    if let Err(error) = res {
+        tracing::warn!(%error, id, "removing upload failed; the cleanup will retry");
     }
 }
 
@@ -540,7 +557,19 @@ pub(super) async fn terminate(
             check_version(&headers)?;
             load_upload(&state, &uri, &headers, &id).await?;
             let (guard, _) = take_slot(&state.files, &id, &state.lifecycle.cancel).await?;
-            remove_upload(&state.files, &id).await;
+            // A PATCH on another node may be writing it: removed only under the one-writer
+            // lock, held until the record and the bytes are gone.
+            let (key, files) = (id.clone(), state.files.clone());
+            state
+                .files
+                .blocking(move |_| {
+                    let Some(_idle) = files.hold_idle_upload(&key) else {
+                        return Err(FileError::UploadBusy);
+                    };
+                    remove_upload_blocking(&files, &key);
+                    Ok(())
+                })
+                .await?;
             drop(guard);
             forget_slot(&state.files, &id);
             tracing::info!(id, "upload terminated");

@@ -22,12 +22,13 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tandem_store::meta::{SharedLockGuard, SharedLocks};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::ReaderStream;
 
 use super::blobs::{UploadFile, hash_file};
 use super::s3::{self, S3};
 use super::upload::TempGuard;
-use super::{FileError, Files};
+use super::{BlobGuard, FileError, Files};
 
 /// Bytes read from a blob file at a time while streaming it.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -38,7 +39,25 @@ pub(crate) enum Backend {
     Dir,
     /// Blobs, staged uploads and tus segments on the store; the node's `disk` holds only the
     /// bodies being received. `locks` elect the one writer of a tus upload.
-    S3 { s3: S3, locks: Arc<dyn SharedLocks> },
+    /// `writers` caps the one-writer locks this node holds at once (each takes a Postgres
+    /// connection out of the pool for as long as a body takes to arrive).
+    S3 {
+        s3: S3,
+        locks: Arc<dyn SharedLocks>,
+        writers: Arc<Semaphore>,
+    },
+}
+
+/// How many tus uploads a node with an S3 store writes at once, each holding one Postgres
+/// connection for its one-writer lock; a PATCH beyond that is answered 423 (`upload_busy`).
+pub(crate) const MAX_UPLOAD_WRITERS: usize = 16;
+
+/// The bytes of uploads, by id, with when they last grew (see [`Files::list_upload_bytes`]).
+pub(crate) struct UploadBytes {
+    /// Files in the node's (or with a blob directory, the shared) `uploads/`.
+    pub(crate) local: Vec<(String, SystemTime)>,
+    /// Segments and staging objects in the S3 store.
+    pub(crate) stored: Vec<(String, SystemTime)>,
 }
 
 /// A complete upload, ready to become a blob.
@@ -54,9 +73,19 @@ pub(crate) enum Staged {
 pub(crate) enum UploadWriter {
     /// The upload file, `flock`ed; closing it unlocks.
     Flock(#[allow(dead_code)] std::fs::File),
-    /// The shared lock `upload:<id>`.
-    Shared(#[allow(dead_code)] SharedLockGuard),
+    /// This node's permit to hold one (given back first, so that once the lock is seen
+    /// released the permit is free too), and the shared lock `upload:<id>`.
+    Shared(
+        #[allow(dead_code)] OwnedSemaphorePermit,
+        #[allow(dead_code)] SharedLockGuard,
+    ),
+    /// The shared lock `upload:<id>`, held for a moment by the cleanup or a terminate.
+    Brief(#[allow(dead_code)] SharedLockGuard),
 }
+
+/// An upload no writer holds, locked against one while it is removed
+/// ([`Files::hold_idle_upload`]); `None` inside for a disk upload whose file is gone.
+pub(crate) struct IdleUpload(#[allow(dead_code)] Option<UploadWriter>);
 
 /// Whether taking the one-writer lock of an upload worked.
 pub(crate) enum WriterLock {
@@ -241,8 +270,13 @@ impl Files {
     }
 
     /// Removes blob `sha256`; a missing blob is not an error. The caller holds the blob lock
-    /// and has seen the blob's refcount row gone. Blocking.
-    pub(crate) fn remove_blob(&self, sha256: &str) -> Result<(), String> {
+    /// (`blobs`) and has seen the blob's refcount row gone. If the lock turns out lost (its
+    /// Postgres session ended: another node may have taken it and committed a version naming
+    /// the blob), nothing is removed; the cleanup looks again later, under the lock. Blocking.
+    pub(crate) fn remove_blob(&self, blobs: &BlobGuard<'_>, sha256: &str) -> Result<(), String> {
+        if !blobs.still_held() {
+            return Err("the blob lock was lost; the blob is left for the cleanup".into());
+        }
         match &self.inner.backend {
             Backend::Dir => self
                 .inner
@@ -263,14 +297,15 @@ impl Files {
         }
     }
 
-    /// Every upload with bytes (local files, and on S3 segments or staging objects) and when
-    /// it last grew. Blocking.
-    pub(crate) fn list_upload_bytes(&self) -> Result<Vec<(String, SystemTime)>, String> {
-        let mut out = self.inner.disk.upload_files().map_err(|e| e.to_string())?;
-        if let Backend::S3 { s3, .. } = &self.inner.backend {
-            out.extend(s3.block(s3.upload_objects()).map_err(|e| e.to_string())?);
-        }
-        Ok(out)
+    /// Every upload with bytes and when it last grew: the node's local files, and (on S3) the
+    /// uploads with segments or a staging object in the store. Blocking.
+    pub(crate) fn list_upload_bytes(&self) -> Result<UploadBytes, String> {
+        let local = self.inner.disk.upload_files().map_err(|e| e.to_string())?;
+        let stored = match &self.inner.backend {
+            Backend::Dir => Vec::new(),
+            Backend::S3 { s3, .. } => s3.block(s3.upload_objects()).map_err(|e| e.to_string())?,
+        };
+        Ok(UploadBytes { local, stored })
     }
 
     /// Removes the bytes of upload `id`, wherever they are; missing bytes are not an error.
@@ -315,7 +350,9 @@ impl Files {
         }
     }
 
-    /// Takes the one-writer lock of tus upload `id` without waiting.
+    /// Takes the one-writer lock of tus upload `id` without waiting. On S3 a node holds at
+    /// most [`MAX_UPLOAD_WRITERS`] of them (each is a Postgres session): beyond that the upload
+    /// is `Busy` too, and the client retries later.
     pub(crate) async fn lock_upload_writer(&self, id: &str) -> Result<WriterLock, FileError> {
         let key = id.to_owned();
         self.blocking(move |inner| match &inner.backend {
@@ -330,22 +367,38 @@ impl Files {
                     Err(FileError::Internal)
                 }
             },
-            Backend::S3 { locks, .. } => Ok(match locks.try_lock(&upload_lock_name(&key))? {
-                Some(guard) => WriterLock::Held(UploadWriter::Shared(guard)),
-                None => WriterLock::Busy,
-            }),
+            Backend::S3 { locks, writers, .. } => {
+                let Ok(permit) = writers.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        max = MAX_UPLOAD_WRITERS,
+                        "refusing a PATCH: this node writes as many uploads as it may"
+                    );
+                    return Ok(WriterLock::Busy);
+                };
+                Ok(match locks.try_lock(&upload_lock_name(&key))? {
+                    Some(guard) => WriterLock::Held(UploadWriter::Shared(permit, guard)),
+                    None => WriterLock::Busy,
+                })
+            }
         })
         .await
     }
 
-    /// Whether a writer (on any node) holds upload `id`'s one-writer lock now. Blocking.
-    pub(crate) fn is_upload_locked(&self, id: &str) -> bool {
+    /// Takes upload `id`'s one-writer lock for a moment, if no writer (on any node) holds
+    /// it: `Some` to hold while removing the upload, `None` if a writer holds it or that is
+    /// unsure (the database failed). Blocking.
+    pub(crate) fn hold_idle_upload(&self, id: &str) -> Option<IdleUpload> {
         match &self.inner.backend {
-            Backend::Dir => self.inner.disk.is_upload_locked(id),
-            // Unsure (the database failed): treat it as locked, so nothing is removed.
-            Backend::S3 { locks, .. } => {
-                !matches!(locks.try_lock(&upload_lock_name(id)), Ok(Some(_)))
-            }
+            Backend::Dir => match self.inner.disk.lock_upload(id) {
+                Ok(Some(file)) => Some(IdleUpload(Some(UploadWriter::Flock(file)))),
+                Ok(None) => None,
+                // No file to lock (it is gone): nothing can be writing it.
+                Err(_) => Some(IdleUpload(None)),
+            },
+            Backend::S3 { locks, .. } => match locks.try_lock_brief(&upload_lock_name(id)) {
+                Ok(Some(guard)) => Some(IdleUpload(Some(UploadWriter::Brief(guard)))),
+                _ => None,
+            },
         }
     }
 
@@ -355,14 +408,16 @@ impl Files {
     pub(crate) async fn open_patch(
         &self,
         id: &str,
-    ) -> Result<(UploadFile, Option<PathBuf>), FileError> {
+    ) -> Result<(UploadFile, Option<PatchTemp>), FileError> {
         let res = match self.s3() {
             None => UploadFile::append(&self.inner.disk.upload_path(id))
                 .await
                 .map(|file| (file, None)),
             Some(_) => {
-                let temp = self.inner.disk.upload_path(&super::blobs::new_upload_id());
-                UploadFile::create(&temp)
+                // Registered before the file exists, so the cleanup, which reads the set after
+                // listing the files, never takes it for an orphan however slowly it grows.
+                let temp = PatchTemp::register(self);
+                UploadFile::create(temp.path())
                     .await
                     .map(|file| (file, Some(temp)))
             }
@@ -380,14 +435,57 @@ impl Files {
         &self,
         id: &str,
         offset: u64,
-        temp: Option<&std::path::Path>,
+        temp: Option<&PatchTemp>,
         received: u64,
     ) -> Result<(), FileError> {
         match (self.s3(), temp) {
             (Some(s3), Some(temp)) if received > 0 => {
-                s3.put_file(&s3.segment_key(id, offset), temp).await
+                s3.put_file(&s3.segment_key(id, offset), temp.path()).await
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The local file a PATCH on S3 receives its body into, under an id of its own; registered in
+/// [`FilesInner::patches`](super::FilesInner) while it exists, so the cleanup leaves it alone
+/// (its modification time moves only when the write buffer is flushed). Dropping it removes
+/// the file, then the registration.
+pub(crate) struct PatchTemp {
+    files: Files,
+    id: String,
+    file: Option<TempGuard>,
+}
+
+impl PatchTemp {
+    fn register(files: &Files) -> PatchTemp {
+        let id = super::blobs::new_upload_id();
+        files
+            .inner
+            .patches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.clone());
+        PatchTemp {
+            file: Some(TempGuard::new(files.inner.disk.upload_path(&id))),
+            files: files.clone(),
+            id,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.file.as_ref().expect("set until dropped").path()
+    }
+}
+
+impl Drop for PatchTemp {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        self.files
+            .inner
+            .patches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
     }
 }

@@ -93,6 +93,17 @@ impl Drop for BlobGuard<'_> {
     }
 }
 
+impl BlobGuard<'_> {
+    /// Whether the lock is still held: always with a `flock` (or on one node); with the
+    /// cluster's shared lock, only while the session holding it lives (asked of Postgres).
+    /// Blocking.
+    pub(crate) fn still_held(&self) -> bool {
+        self._shared
+            .as_ref()
+            .is_none_or(SharedLockGuard::still_held)
+    }
+}
+
 impl BlobLock {
     /// The lock of `disk`; `shared` when other nodes use the same directory.
     pub(crate) fn open(disk: &Disk, shared: bool) -> io::Result<BlobLock> {
@@ -185,11 +196,6 @@ impl Disk {
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(error)) => Err(error),
         }
-    }
-
-    /// Whether a writer (on any node) holds upload `id`'s `flock` now.
-    pub(crate) fn is_upload_locked(&self, id: &str) -> bool {
-        matches!(self.lock_upload(id), Ok(None))
     }
 
     /// Where blob `sha256` (checked hex) lives.

@@ -3,12 +3,16 @@
 //! blob file only under the blob lock, when no committed version names it.
 //!
 //! In cluster mode other nodes write into the same directory or store at any time, so even the
-//! start-up pass keeps the grace period: a file or object another node is writing is younger
-//! than it (a PUT's body must make progress every `UPLOAD_IDLE_TIMEOUT`, shorter than the
-//! grace), and an expired tus upload whose one-writer lock a PATCH on any node holds (its
-//! `flock`, or the shared lock on S3) is left alone. On S3 the node's own bodies being received
-//! are local files, swept the same way; one being sent to the store is open, so removing its
-//! name does not disturb the sending.
+//! start-up pass keeps the grace period: a file another node is writing is younger than it (a
+//! PUT's body must make progress every `UPLOAD_IDLE_TIMEOUT`, shorter than the grace), and an
+//! expired tus upload whose one-writer lock a PATCH on any node holds (its `flock`, or the
+//! shared lock on S3) is left alone; the cleanup holds that lock itself while it removes one.
+//!
+//! On S3 the node's own bodies being received are local files, swept like the others but never
+//! while registered (a PUT's in `puts`, a PATCH's in `patches`). In the store, staging objects
+//! and segments without a record are removed only once older than `upload_expiry` (24 h by
+//! default): a PUT's staging object is known only to the node that wrote it, and its age says
+//! when its (multipart) upload began, not when it ended.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -38,13 +42,16 @@ impl Files {
         };
         let mut live = HashSet::new();
         for record in records {
-            if record.expires_ms > now_ms
-                || upload::is_busy(self, &record.id)
-                || self.is_upload_locked(&record.id)
-            {
+            if record.expires_ms > now_ms || upload::is_busy(self, &record.id) {
                 live.insert(record.id);
                 continue;
             }
+            // Held until the record and the bytes are gone, so no PATCH (on any node) starts
+            // writing the upload meanwhile.
+            let Some(_idle) = self.hold_idle_upload(&record.id) else {
+                live.insert(record.id);
+                continue;
+            };
             match inner.store.remove_upload(&record.id) {
                 Ok(_) => {
                     if let Err(error) = self.remove_upload_bytes(&record.id) {
@@ -57,9 +64,10 @@ impl Files {
             }
         }
         match self.list_upload_bytes() {
-            Ok(files) => {
-                // Read after the listing: a PUT registers before it creates its file, so every
-                // PUT file listed that is still in progress is in `puts` now.
+            Ok(bytes) => {
+                // Read after the listing: a PUT, or a PATCH receiving into a file of its own,
+                // registers before it creates its file, so every such file listed that is still
+                // in progress is in `puts` or `patches` now.
                 live.extend(
                     inner
                         .puts
@@ -68,8 +76,30 @@ impl Files {
                         .keys()
                         .cloned(),
                 );
-                for (id, modified) in files {
-                    if !live.contains(&id) && old_enough(modified) {
+                live.extend(
+                    inner
+                        .patches
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .iter()
+                        .cloned(),
+                );
+                // In the store, a PUT's staging object has no record, and only the node
+                // receiving it knows it is in progress; its age is when its upload began, which
+                // for a large body waiting for the blob lock may be long ago. So objects without
+                // a record go only once as old as an unfinished tus upload may be.
+                let stored_grace = grace.max(inner.config.upload_expiry);
+                let stored_old_enough = |modified: SystemTime| {
+                    now.duration_since(modified)
+                        .is_ok_and(|age| age >= stored_grace)
+                };
+                let local = bytes.local.into_iter().map(|(id, at)| (id, old_enough(at)));
+                let stored = bytes
+                    .stored
+                    .into_iter()
+                    .map(|(id, at)| (id, stored_old_enough(at)));
+                for (id, old) in local.chain(stored) {
+                    if old && !live.contains(&id) {
                         // No record: a PUT that died with the process, or an expired upload.
                         if self.remove_upload_bytes(&id).is_ok() {
                             n_orphans += 1;
@@ -98,7 +128,7 @@ impl Files {
             }
         };
         if !candidates.is_empty() {
-            let _blobs = match self.lock_blobs() {
+            let blobs = match self.lock_blobs() {
                 Ok(guard) => guard,
                 Err(error) => {
                     tracing::error!(%error, "taking the blob lock failed; no blob removed");
@@ -129,7 +159,7 @@ impl Files {
             match named {
                 Ok(named) => {
                     for sha256 in unreferenced {
-                        if !named.contains(&sha256) && self.remove_blob(&sha256).is_ok() {
+                        if !named.contains(&sha256) && self.remove_blob(&blobs, &sha256).is_ok() {
                             n_orphans += 1;
                         }
                     }

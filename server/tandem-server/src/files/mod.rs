@@ -152,6 +152,8 @@ pub(crate) struct FilesInner {
     slots: Mutex<HashMap<String, Arc<upload::UploadSlot>>>,
     /// Every PUT being received, by upload id: its workspace and the bytes it reserves.
     puts: Mutex<HashMap<String, PutReservation>>,
+    /// The ids of the local files PATCHes on S3 are receiving into (`backend::PatchTemp`).
+    patches: Mutex<HashSet<String>>,
     /// Held while checking the quota and reserving for a new upload (see the invariants).
     reserve_lock: Mutex<()>,
 }
@@ -289,6 +291,7 @@ impl Files {
                 Backend::S3 {
                     s3,
                     locks: locks.clone(),
+                    writers: Arc::new(tokio::sync::Semaphore::new(backend::MAX_UPLOAD_WRITERS)),
                 },
                 BlobLock::shared(locks),
             ),
@@ -315,6 +318,7 @@ impl Files {
                 sharing,
                 slots: Mutex::new(HashMap::new()),
                 puts: Mutex::new(HashMap::new()),
+                patches: Mutex::new(HashSet::new()),
                 reserve_lock: Mutex::new(()),
             }),
         })
@@ -589,7 +593,7 @@ impl Files {
                     Ok((entry, unreferenced)) => {
                         files.set_path(Some(&entry.path), None);
                         for sha256 in &unreferenced {
-                            if let Err(error) = files.remove_blob(sha256) {
+                            if let Err(error) = files.remove_blob(&blobs, sha256) {
                                 // The cleanup task removes it later.
                                 tracing::warn!(%error, sha256, "removing blob failed");
                             }
@@ -609,9 +613,18 @@ impl Files {
                     Err(error) => {
                         files.discard_staged(&staged, is_upload);
                         // A blob no committed version names is removed at once (it may have
-                        // been stored just now); one that is named stays.
-                        if matches!(inner.store.blob(&sha256), Ok(None))
-                            && let Err(error) = files.remove_blob(&sha256)
+                        // been stored just now); one that is named stays. Only after a definite
+                        // refusal, though: after a failure of the shared database (`Unavailable`)
+                        // the transaction may have committed all the same (the answer was lost) and another
+                        // connection not see it yet, so the blob stays for the cleanup, which
+                        // checks again under the lock once the grace has passed.
+                        let uncertain = matches!(
+                            error,
+                            tandem_store::FileError::Store(StoreError::Unavailable { .. })
+                        );
+                        if !uncertain
+                            && matches!(inner.store.blob(&sha256), Ok(None))
+                            && let Err(error) = files.remove_blob(&blobs, &sha256)
                         {
                             tracing::warn!(%error, "removing unreferenced blob failed");
                         }

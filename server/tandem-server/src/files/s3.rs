@@ -107,6 +107,9 @@ const READ_BYTES: usize = 256 * 1024;
 /// How long one request may take, start to end, except the streaming reads: a part or a small
 /// object sent, a HEAD, a listing, a server-side copy (of up to [`MAX_COPY_BYTES`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a streaming read may wait for its answer or its next chunk before it fails (the
+/// whole read is unbounded: it lasts as long as its reader takes).
+const READ_IDLE_TIMEOUT: Duration = super::UPLOAD_IDLE_TIMEOUT;
 /// The largest object one server-side copy (S3 `CopyObject`) makes: 5 GiB.
 pub(crate) const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// How long a failing request is retried (by `object_store`, with backoff) before it fails.
@@ -287,12 +290,13 @@ impl S3 {
         for segment in segments {
             let key = self.segment_key(id, segment.start);
             let res = async {
-                let mut stream = self
-                    .streaming
-                    .get(&key)
+                let got = tokio::time::timeout(READ_IDLE_TIMEOUT, self.streaming.get(&key))
                     .await
-                    .map_err(|error| unavailable(&error))?
-                    .into_stream();
+                    .map_err(|_| unavailable(&stalled_read()))?;
+                let mut stream = idle_limited(
+                    got.map_err(|error| unavailable(&error))?.into_stream(),
+                    stalled_read,
+                );
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|error| unavailable(&error))?;
                     hasher.update(&chunk);
@@ -427,13 +431,50 @@ impl S3 {
             range: Some(GetRange::Bounded(range)),
             ..GetOptions::default()
         };
-        let result = self
-            .streaming
-            .get_opts(key, options)
+        let result = tokio::time::timeout(READ_IDLE_TIMEOUT, self.streaming.get_opts(key, options))
             .await
+            .map_err(|_| unavailable(&stalled_read()))?
             .map_err(|error| unavailable(&error))?;
-        Ok(result.into_stream().map_err(std::io::Error::other).boxed())
+        Ok(idle_limited(
+            result.into_stream().map_err(std::io::Error::other),
+            stalled_io,
+        ))
     }
+}
+
+/// `stream`, failing with `TimedOut` (and ending) when a chunk takes longer than
+/// [`READ_IDLE_TIMEOUT`]: a stalled read never holds its reader (and any lock it holds) forever.
+fn idle_limited<E: Send + 'static>(
+    stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    stalled: fn() -> E,
+) -> BoxStream<'static, Result<Bytes, E>> {
+    futures_util::stream::unfold(Some(stream.boxed()), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(READ_IDLE_TIMEOUT, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((Err(stalled()), None)),
+        }
+    })
+    .boxed()
+}
+
+/// A read that waited longer than [`READ_IDLE_TIMEOUT`], as the store's error.
+fn stalled_read() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: Box::new(stalled_io()),
+    }
+}
+
+fn stalled_io() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "the store sent nothing for {} s",
+            READ_IDLE_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 /// Writes one object: buffered up to a part, then as a multipart upload if it grows beyond.
