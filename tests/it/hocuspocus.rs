@@ -450,3 +450,47 @@ async fn the_message_rate_counts_per_socket_across_its_docs() {
         (4429, "message rate limit exceeded".to_owned())
     );
 }
+
+/// A read-only peer could talk to every writer of a doc through stateless messages; they are
+/// dropped now. The read-only peer's awareness, sent right behind on the same socket, goes
+/// through the same doc actor in order, so the writer seeing it first proves the drop.
+#[tokio::test]
+async fn stateless_messages_from_a_read_only_peer_are_dropped() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let write = server.token("ada", &[("*", tandem_server::auth::Role::Write)]);
+    let read = server.token("bob", &[("*", tandem_server::auth::Role::Read)]);
+    let mut writer = HpSocket::open(&server).await;
+    writer.send(auth("room", &write)).await;
+    assert_eq!(
+        writer.recv().await,
+        with_key("room", b"\x02\x02\x0aread-write")
+    );
+    let mut reader = HpSocket::open(&server).await;
+    reader.send(auth("room", &read)).await;
+    assert_eq!(
+        reader.recv().await,
+        with_key("room", b"\x02\x02\x08readonly")
+    );
+    reader.send(with_key("room", b"\x05\x03spy")).await;
+    let state = br#"{"user":{"name":"bob"}}"#;
+    let mut awareness = BytesMut::new();
+    write_var_u64(&mut awareness, 1);
+    write_var_u64(&mut awareness, 4242);
+    write_var_u64(&mut awareness, 1);
+    write_var_u64(&mut awareness, state.len() as u64);
+    awareness.put_slice(state);
+    let mut body = BytesMut::from(&[1u8][..]);
+    write_var_u64(&mut body, awareness.len() as u64);
+    body.put_slice(&awareness);
+    reader.send(with_key("room", &body)).await;
+    loop {
+        let frame = writer.recv().await;
+        assert!(
+            !frame.starts_with(&with_key("room", &[5])),
+            "a read-only peer's stateless message reached a writer"
+        );
+        if frame.starts_with(&with_key("room", &[1])) && frame.windows(3).any(|w| w == b"bob") {
+            break;
+        }
+    }
+}
