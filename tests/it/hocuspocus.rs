@@ -55,10 +55,12 @@ impl HpSocket {
         }
     }
 
-    /// Reads until the server closes; the close code and reason.
+    /// Reads until the server closes, for at most [`WAIT`] in all (the server's pings must not
+    /// extend the wait); the close code and reason.
     async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(Some(Ok(WsMessage::Close(Some(close))))) => {
                     return (u16::from(close.code), close.reason.to_string());
                 }
