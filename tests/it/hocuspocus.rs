@@ -55,10 +55,12 @@ impl HpSocket {
         }
     }
 
-    /// Reads until the server closes; the close code and reason.
+    /// Reads until the server closes, for at most [`WAIT`] in all (the server's pings must not
+    /// extend the wait); the close code and reason.
     async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(Some(Ok(WsMessage::Close(Some(close))))) => {
                     return (u16::from(close.code), close.reason.to_string());
                 }
@@ -245,9 +247,9 @@ async fn hostile_frames_close_only_their_own_socket() {
             "too many documents on one connection, limit 8",
         ),
         (
-            "messages for documents never opened",
-            (0..1001)
-                .map(|i| with_key(&format!("never-opened-{i}"), &[3]))
+            "messages for documents never opened, after an accepted token",
+            std::iter::once(auth("opened", ""))
+                .chain((0..1001).map(|i| with_key(&format!("never-opened-{i}"), &[3])))
                 .collect(),
             1008,
             "too many messages before authentication, limit 1000 messages or 5242880 bytes",
@@ -401,18 +403,35 @@ async fn an_expiring_token_closes_the_socket_with_4401() {
     );
 }
 
+/// A socket whose client stopped reading used to block its task in a write for good: deaf to
+/// its closer and its pings, it kept a ghost peer on its other docs, which never unloaded. Every
+/// write is now bounded by the pong timeout. The sleeper here never reads again until the end,
+/// so nothing but that bound can detach it.
 #[tokio::test]
-async fn a_slow_hocuspocus_socket_is_closed_and_others_keep_receiving() {
-    let server = TestServer::start_with(|config: &mut Config| config.hub.outbox_capacity = 8).await;
+async fn a_socket_that_stops_reading_is_dropped_and_its_other_docs_unload() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.hub.outbox_capacity = 8;
+        config.hub.doc_unload_grace = std::time::Duration::from_millis(100);
+        config.connection.ping_interval = std::time::Duration::from_millis(500);
+        config.connection.pong_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
     let mut writer = server.connect("firehose").await;
     let mut reader = server.connect("firehose").await;
     let mut sleeper = HpSocket::open(&server).await;
     sleeper.attach("quiet-doc").await;
+    sleeper
+        .send(with_key(
+            "quiet-doc",
+            &encode_sync_update(&text_update("kept")),
+        ))
+        .await;
+    sleeper.recv_starting(&with_key("quiet-doc", &[8])).await;
     sleeper.attach("firehose").await;
     let chunk = "z".repeat(64 * 1024);
     let total = 200 * chunk.len();
     // The reader keeps up; the sleeper never reads, so its socket buffers fill, then the
-    // outbox of its "firehose" attachment, and then the whole socket is closed.
+    // outbox of its "firehose" attachment.
     for i in 1..=200 {
         writer.append_text(&chunk).await;
         if i % 4 == 0 {
@@ -420,9 +439,185 @@ async fn a_slow_hocuspocus_socket_is_closed_and_others_keep_receiving() {
         }
     }
     assert_eq!(reader.wait_text(|t| t.len() == total).await.len(), total);
+    // The doc only the sleeper had open loses its last peer and unloads.
+    server.wait_unloaded("quiet-doc").await;
+    // The server hung up: what the socket still holds ends without a close frame (a write
+    // was abandoned half done), well within the wait.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match sleeper.ws.next().await {
+                Some(Ok(WsMessage::Close(close))) => break Some(close),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.expect("the server hangs up"), None);
+}
+
+/// Before its first accepted token, a socket may hold only a few messages: with authentication
+/// on, an anonymous socket used to hold 1000 decoded messages or 5 MiB by never sending a token.
+#[tokio::test]
+async fn a_socket_without_a_token_may_hold_only_a_few_messages() {
+    let server = TestServer::start_jwt(|config: &mut Config| {
+        config.hub.limits.max_messages_per_second = 100_000;
+    })
+    .await;
+    let mut socket = HpSocket::open(&server).await;
+    for _ in 0..65 {
+        socket.send(with_key("never-authed", &[0, 0, 1, 0])).await;
+    }
     assert_eq!(
-        sleeper.expect_close().await,
-        (1008, "slow consumer".to_owned())
+        socket.expect_close().await,
+        (
+            1008,
+            "too many messages before authentication, limit 64 messages or 65536 bytes".to_owned()
+        )
+    );
+    // Bytes count as well: two updates of 40 KiB are over 64 KiB.
+    let mut socket = HpSocket::open(&server).await;
+    let big = encode_sync_update(&text_update(&"b".repeat(40 * 1024)));
+    socket.send(with_key("never-authed", &big)).await;
+    socket.send(with_key("never-authed", &big)).await;
+    assert_eq!(
+        socket.expect_close().await.0,
+        1008,
+        "over the bytes an anonymous socket may hold"
+    );
+}
+
+/// With authentication on, an anonymous socket answering pings used to stay open for good. A
+/// socket with no accepted token within the pong timeout is closed; one with a token stays.
+#[tokio::test]
+async fn a_socket_with_no_accepted_token_is_closed_after_the_pong_timeout() {
+    let server = TestServer::start_jwt(|config: &mut Config| {
+        config.connection.pong_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = server.token("ada", &[("*", tandem_server::auth::Role::Write)]);
+    let mut anonymous = HpSocket::open(&server).await;
+    let mut member = HpSocket::open(&server).await;
+    member.send(auth("kept", &token)).await;
+    assert_eq!(
+        member.recv().await,
+        with_key("kept", b"\x02\x02\x0aread-write")
+    );
+    anonymous.send(auth("kept", "not a jwt")).await;
+    assert!(
+        anonymous
+            .recv()
+            .await
+            .starts_with(&with_key("kept", &[2, 1]))
+    );
+    assert_eq!(
+        anonymous.expect_close().await,
+        (1008, "no document authenticated in time".to_owned())
+    );
+    // The pong timeout has passed for the member too, which keeps working.
+    member
+        .send(with_key(
+            "kept",
+            &encode_sync_update(&text_update("still here")),
+        ))
+        .await;
+    assert_eq!(
+        member.recv_starting(&with_key("kept", &[8])).await,
+        with_key("kept", &[8, 1])
+    );
+}
+
+/// A read-only peer could talk to every writer of a doc through stateless messages; they are
+/// dropped now. The read-only peer's awareness, sent right behind on the same socket, goes
+/// through the same doc actor in order, so the writer seeing it first proves the drop.
+#[tokio::test]
+async fn stateless_messages_from_a_read_only_peer_are_dropped() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let write = server.token("ada", &[("*", tandem_server::auth::Role::Write)]);
+    let read = server.token("bob", &[("*", tandem_server::auth::Role::Read)]);
+    let mut writer = HpSocket::open(&server).await;
+    writer.send(auth("room", &write)).await;
+    assert_eq!(
+        writer.recv().await,
+        with_key("room", b"\x02\x02\x0aread-write")
+    );
+    let mut reader = HpSocket::open(&server).await;
+    reader.send(auth("room", &read)).await;
+    assert_eq!(
+        reader.recv().await,
+        with_key("room", b"\x02\x02\x08readonly")
+    );
+    reader.send(with_key("room", b"\x05\x03spy")).await;
+    let state = br#"{"user":{"name":"bob"}}"#;
+    let mut awareness = BytesMut::new();
+    write_var_u64(&mut awareness, 1);
+    write_var_u64(&mut awareness, 4242);
+    write_var_u64(&mut awareness, 1);
+    write_var_u64(&mut awareness, state.len() as u64);
+    awareness.put_slice(state);
+    let mut body = BytesMut::from(&[1u8][..]);
+    write_var_u64(&mut body, awareness.len() as u64);
+    body.put_slice(&awareness);
+    reader.send(with_key("room", &body)).await;
+    loop {
+        let frame = writer.recv().await;
+        assert!(
+            !frame.starts_with(&with_key("room", &[5])),
+            "a read-only peer's stateless message reached a writer"
+        );
+        if frame.starts_with(&with_key("room", &[1])) && frame.windows(3).any(|w| w == b"bob") {
+            break;
+        }
+    }
+}
+
+/// The socket remembered only the first 256 refused or closed keys: strays for any key closed
+/// later waited for a token that would never come, until the socket was closed for holding too
+/// many. The latest keys are remembered now, the oldest forgotten first.
+#[tokio::test]
+async fn strays_for_a_key_closed_after_many_others_are_dropped() {
+    let server = TestServer::start_with(|config: &mut Config| {
+        config.hub.limits.max_messages_per_second = 100_000;
+    })
+    .await;
+    let mut socket = HpSocket::open(&server).await;
+    let n_keys = 300;
+    for i in 0..n_keys {
+        let key = format!("closed-{i}");
+        socket.send(auth(&key, "")).await;
+        socket.send(with_key(&key, &[7])).await;
+        socket
+            .recv_starting(&with_key(&key, b"\x07\x12provider_initiated"))
+            .await;
+    }
+    let last = format!("closed-{}", n_keys - 1);
+    for _ in 0..1001 {
+        socket.send(with_key(&last, &[3])).await;
+    }
+    socket.send(auth("anchor", "")).await;
+    assert_eq!(
+        socket.recv_starting(&with_key("anchor", &[2])).await,
+        with_key("anchor", b"\x02\x02\x0aread-write")
+    );
+}
+
+/// A server that cannot check a token now (Postgres down in cluster mode, so it cannot tell a
+/// doc from a file's path) used to answer permission-denied, which the provider takes as final.
+/// It closes the socket with 1013 now, as a y-websocket upgrade answers 503: the provider
+/// reconnects and tries again.
+#[tokio::test]
+async fn a_token_that_cannot_be_checked_now_closes_the_socket_with_1013() {
+    let mut postgres = tandem_tests::engines::Postgres::start();
+    let redis = tandem_tests::engines::Redis::start();
+    let blobs = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_node(&redis, &postgres, blobs.path(), |_| {}).await;
+    let mut socket = HpSocket::open(&server).await;
+    socket.attach("open-before").await;
+    postgres.stop();
+    socket.send(auth("new-doc", "")).await;
+    assert_eq!(
+        socket.expect_close().await,
+        (1013, "storage unavailable, retry later".to_owned())
     );
 }
 

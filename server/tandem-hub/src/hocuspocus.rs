@@ -20,15 +20,25 @@
 //!   [`MAX_REFUSALS_PER_SOCKET`].
 //! - A message for a doc whose token has not arrived yet waits for it in a bounded queue (the
 //!   provider flushes what it queued while offline before its providers send their tokens), and
-//!   is handled in order once the token is accepted. More than [`MAX_EARLY_MESSAGES`] messages
-//!   or [`MAX_EARLY_BYTES`] bytes waiting close the socket. Messages for a doc whose token was
-//!   refused, or that the client closed, are dropped: the provider sends its sync and awareness
-//!   right behind the token, before the refusal can reach it.
+//!   is handled in order once the token is accepted. The queue holds the frames' bytes, copied,
+//!   and decodes them again on replay: what a socket holds is exactly what is counted. Until the
+//!   socket has an accepted token it may hold [`MAX_UNAUTHENTICATED_EARLY_MESSAGES`] messages or
+//!   [`MAX_UNAUTHENTICATED_EARLY_BYTES`] bytes, afterwards [`MAX_EARLY_MESSAGES`] or
+//!   [`MAX_EARLY_BYTES`]; one more closes the socket. A socket with no accepted token after the
+//!   pong timeout is closed, so an anonymous socket cannot hold memory by answering pings.
+//! - Messages for a doc whose token was refused, or that the client closed, are dropped: the
+//!   provider sends its sync and awareness right behind the token, before the refusal can reach
+//!   it. The last [`MAX_QUIET_KEYS`] such keys are remembered (the oldest is forgotten first):
+//!   strays follow their refusal or close at once.
+//! - A refusal is an answer about the token; a server that cannot answer (its storage is
+//!   unreachable) closes the socket with 1013 instead, so that the provider retries.
+//! - Every write to the socket is bounded by the pong timeout: a client that stops reading is
+//!   closed as a slow consumer, its docs detached, even if none of its outboxes is full.
 //! - The hub never sees a token: it asks the server's [`Authorizer`] for a [`PeerGrant`].
 //!
 //! Read next: `connection.rs` (the y-websocket task this mirrors), `protocol-spec/hocuspocus.md`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,19 +76,37 @@ pub const DEFAULT_MAX_DOCS_PER_SOCKET: usize = 64;
 /// went stale for a few docs, far too few to probe names or tokens.
 pub const MAX_REFUSALS_PER_SOCKET: usize = 32;
 
-/// Messages one socket may hold for docs whose token has not arrived (Hocuspocus: 1000).
+/// Messages one socket with an accepted token may hold for docs whose token has not arrived
+/// (Hocuspocus: 1000).
 pub const MAX_EARLY_MESSAGES: usize = 1000;
-/// Bytes of frames one socket may hold for docs whose token has not arrived (Hocuspocus: 5 MiB).
+/// Bytes of frames one socket with an accepted token may hold for docs whose token has not
+/// arrived (Hocuspocus: 5 MiB).
 pub const MAX_EARLY_BYTES: usize = 5 * 1024 * 1024;
 
-/// Routing keys remembered as refused or closed, whose stray messages are dropped quietly.
+/// Messages a socket with no accepted token yet may hold: a provider's Auth, Step 1 and
+/// awareness for a few docs, sent back to back, with room to spare; too few to make an anonymous
+/// socket worth holding open.
+pub const MAX_UNAUTHENTICATED_EARLY_MESSAGES: usize = 64;
+/// Bytes of frames a socket with no accepted token yet may hold.
+pub const MAX_UNAUTHENTICATED_EARLY_BYTES: usize = 64 * 1024;
+
+/// Routing keys remembered as refused or closed, whose stray messages are dropped quietly. The
+/// oldest is forgotten first; strays arrive right behind their refusal or close.
 const MAX_QUIET_KEYS: usize = 256;
 
 /// The answer to a client's CLOSE, as Hocuspocus gives it.
 const CLOSE_REASON_PROVIDER: &str = "provider_initiated";
 
-/// Why the server refused a token for one doc: the reason is sent as permission-denied.
-pub type Refusal = String;
+/// Why the server gives no grant for one doc.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The name or the token may not open the doc: the reason is sent as permission-denied and
+    /// the socket stays open. The provider treats it as final for that doc.
+    Denied(String),
+    /// The server cannot tell now (its storage is unreachable): the socket closes with 1013,
+    /// and the provider reconnects and sends its tokens again.
+    Unavailable,
+}
 
 /// A boxed future, as the [`Authorizer`] returns it.
 pub type AuthorizeFuture<'a> =
@@ -124,7 +152,9 @@ pub async fn run<S: Transport, G: Send + 'static>(
         conn,
         started: Instant::now(),
         attachments: Vec::new(),
-        quiet: HashSet::new(),
+        authenticated: false,
+        write_stalled: false,
+        quiet: VecDeque::new(),
         early: VecDeque::new(),
         early_bytes: 0,
         n_refusals: 0,
@@ -168,11 +198,18 @@ struct Mux<S> {
     started: Instant,
     /// At most `config.max_docs_per_socket`; few, so a linear search is the fastest lookup.
     attachments: Vec<Attachment>,
-    /// Keys refused or closed by the client: their stray messages are dropped. Bounded.
-    quiet: HashSet<String>,
-    /// Messages for docs whose token has not arrived, in arrival order, with their frame sizes.
-    /// At most [`MAX_EARLY_MESSAGES`] and [`MAX_EARLY_BYTES`] (`early_bytes`).
-    early: VecDeque<(String, HpMessage, usize)>,
+    /// Whether any token was accepted on this socket: it lifts the early queue's limits to the
+    /// Hocuspocus ones and ends the deadline for a first token. Never goes back to false.
+    authenticated: bool,
+    /// A write did not finish within the pong timeout: the socket may hold half a frame, so no
+    /// close frame can follow.
+    write_stalled: bool,
+    /// Keys refused or closed by the client, newest last: their stray messages are dropped. At
+    /// most [`MAX_QUIET_KEYS`]; few, so a linear search is the fastest lookup.
+    quiet: VecDeque<String>,
+    /// Frames for docs whose token has not arrived, in arrival order, with their routing keys:
+    /// copies, so that `early_bytes` is what they hold. Bounded by [`Mux::early_limits`].
+    early: VecDeque<(String, Bytes)>,
     early_bytes: usize,
     n_refusals: usize,
     /// Where the next outbox poll starts, so that a busy doc cannot starve the others.
@@ -197,7 +234,15 @@ impl<S: Transport> Mux<S> {
                 })
                 .await;
         }
-        close_with(&mut self.socket, self.conn, reason).await;
+        if self.write_stalled {
+            // The socket took nothing for a pong timeout and may hold half a frame: a close
+            // frame behind it would be garbage, and would not be taken either. Just hang up.
+            if let Some(reason) = &reason {
+                reason.log(self.conn);
+            }
+        } else {
+            close_with(&mut self.socket, self.conn, reason).await;
+        }
         debug!("hocuspocus socket closed");
     }
 
@@ -216,6 +261,8 @@ impl<S: Transport> Mux<S> {
         let closer = self.closer.clone();
         let mut last_seen_ms = 0u64;
         let mut ping_sent_ms: Option<u64> = None;
+        // A socket must present an accepted token as soon as an idle one must answer a ping.
+        let auth_deadline = Instant::now().checked_add(self.config.pong_timeout);
         // A command waiting for room in a doc's inbox; nothing is read from the socket meanwhile.
         let mut pending: Option<(DocCommand, PendingSend)> = None;
         loop {
@@ -235,8 +282,10 @@ impl<S: Transport> Mux<S> {
                         return Some(CloseReason::Unavailable);
                     };
                     self.next_poll = idx + 1;
-                    if self.send_batch(idx, frame).await.is_err() {
-                        return None;
+                    let timeout = self.config.pong_timeout;
+                    let sent = bounded_write(timeout, self.send_batch(idx, frame)).await;
+                    if let Err(reason) = self.note_write(sent) {
+                        return reason;
                     }
                 }
                 permit = async { pending.as_mut().expect("guarded").1.as_mut().await }, if pending.is_some() => {
@@ -272,6 +321,9 @@ impl<S: Transport> Mux<S> {
                     }
                 }
                 () = sleep_until(expires_at) => return Some(CloseReason::TokenExpired),
+                () = sleep_until(auth_deadline), if !self.authenticated => {
+                    return Some(CloseReason::AuthTimeout);
+                }
                 _ = ping.tick() => {
                     // As in `connection.rs`: silence counts from the first unanswered ping.
                     let now_ms = self.now_ms();
@@ -283,8 +335,11 @@ impl<S: Transport> Mux<S> {
                     {
                         return Some(CloseReason::PongTimeout);
                     }
-                    if self.socket.send(WsMessage::Ping(Bytes::new())).await.is_err() {
-                        return None;
+                    let timeout = self.config.pong_timeout;
+                    let ping = self.socket.send(WsMessage::Ping(Bytes::new()));
+                    let sent = bounded_write(timeout, ping).await;
+                    if let Err(reason) = self.note_write(sent) {
+                        return reason;
                     }
                     if ping_sent_ms.is_none() {
                         ping_sent_ms = Some(self.now_ms());
@@ -348,7 +403,7 @@ impl<S: Transport> Mux<S> {
                 debug!(peer = %attachment.peer, "doc detached by the client");
                 let answer = encode_close(&attachment.key, CLOSE_REASON_PROVIDER);
                 self.remember_quiet(attachment.key);
-                self.send_now(answer).await.map_err(|_| None)?;
+                self.send_now(answer).await?;
                 Ok(None)
             }
             // A CLOSE for a doc not attached: nothing to detach, but what waited for its token
@@ -374,20 +429,23 @@ impl<S: Transport> Mux<S> {
                     command: DocCommand::Stateless(Box::new((attachment.peer, payload))),
                 }))
             }
-            (message @ (HpMessage::Doc(_) | HpMessage::Stateless(_)), None) => {
+            (HpMessage::Doc(_) | HpMessage::Stateless(_), None) => {
                 if self.quiet.contains(&key) {
                     return Ok(None);
                 }
-                if self.early.len() >= MAX_EARLY_MESSAGES
-                    || self.early_bytes.saturating_add(frame.len()) > MAX_EARLY_BYTES
+                let (max_messages, max_bytes) = self.early_limits();
+                if self.early.len() >= max_messages
+                    || self.early_bytes.saturating_add(frame.len()) > max_bytes
                 {
                     return Err(Some(CloseReason::TooManyEarlyMessages {
-                        max_messages: MAX_EARLY_MESSAGES,
-                        max_bytes: MAX_EARLY_BYTES,
+                        max_messages,
+                        max_bytes,
                     }));
                 }
+                // A copy: the received frame may share a larger buffer, which would then be held
+                // uncounted.
                 self.early_bytes += frame.len();
-                self.early.push_back((key, message, frame.len()));
+                self.early.push_back((key, Bytes::copy_from_slice(&frame)));
                 Ok(None)
             }
         }
@@ -399,7 +457,7 @@ impl<S: Transport> Mux<S> {
             // A token again for an attached doc (the provider re-sends it when asked): the
             // attachment keeps the grant it joined with.
             let frame = encode_authenticated(&key, attachment.scope);
-            return self.send_now(frame).await.map_err(|_| None);
+            return self.send_now(frame).await;
         }
         let max = self.config.max_docs_per_socket;
         if self.attachments.len() >= max {
@@ -409,7 +467,9 @@ impl<S: Transport> Mux<S> {
         let authorized = self.authorizer.authorize(doc_name, token).await;
         let (doc, grant) = match authorized {
             Ok(granted) => granted,
-            Err(reason) => {
+            // Not an answer about the token: the provider would take permission-denied as final.
+            Err(Refusal::Unavailable) => return Err(Some(CloseReason::StorageUnavailable)),
+            Err(Refusal::Denied(reason)) => {
                 self.n_refusals += 1;
                 warn!(
                     doc_name_bytes = doc_name.len(),
@@ -423,7 +483,7 @@ impl<S: Transport> Mux<S> {
                 let frame = encode_permission_denied(&key, &reason);
                 self.take_early(&key);
                 self.remember_quiet(key);
-                return self.send_now(frame).await.map_err(|_| None);
+                return self.send_now(frame).await;
             }
         };
         let peer = self.hub.next_peer_id();
@@ -459,13 +519,23 @@ impl<S: Transport> Mux<S> {
                 .unwrap_or(Duration::ZERO);
             Instant::now().checked_add(left)
         });
-        self.quiet.remove(&key);
+        self.authenticated = true;
+        self.quiet.retain(|quiet| *quiet != key);
         // Authenticated goes out before anything of the doc: its outbox (the handshake is
         // already in it) is only drained once the attachment is in the list.
         let frame = encode_authenticated(&key, scope);
         let sent = self.send_now(frame).await;
-        // What arrived for this doc before its token, in order, behind the join.
-        for message in self.take_early(&key) {
+        // What arrived for this doc before its token, in order, behind the join. Each frame
+        // decoded when it arrived, under the same limits, so it decodes again.
+        for frame in self.take_early(&key) {
+            let message = match decode_client_frame(&frame, &self.limits) {
+                Ok(ClientFrame::ToDoc { message, .. }) => message,
+                Ok(ClientFrame::Pong) => continue,
+                Err(error) => {
+                    let _ = handle.tx.send(DocCommand::Leave { peer }).await;
+                    return Err(Some(CloseReason::Protocol(error)));
+                }
+            };
             let command = match message {
                 HpMessage::Doc(message) => DocCommand::Receive {
                     peer,
@@ -487,37 +557,67 @@ impl<S: Transport> Mux<S> {
             scope,
             expires_at,
         });
-        sent.map_err(|_| None)
+        sent
     }
 
-    /// Removes and returns, in order, the messages that waited for `key`'s token.
-    fn take_early(&mut self, key: &str) -> Vec<HpMessage> {
-        if !self.early.iter().any(|(early_key, _, _)| early_key == key) {
+    /// How many messages and bytes may wait for their tokens on this socket now.
+    fn early_limits(&self) -> (usize, usize) {
+        if self.authenticated {
+            (MAX_EARLY_MESSAGES, MAX_EARLY_BYTES)
+        } else {
+            (
+                MAX_UNAUTHENTICATED_EARLY_MESSAGES,
+                MAX_UNAUTHENTICATED_EARLY_BYTES,
+            )
+        }
+    }
+
+    /// Removes and returns, in order, the frames that waited for `key`'s token.
+    fn take_early(&mut self, key: &str) -> Vec<Bytes> {
+        if !self.early.iter().any(|(early_key, _)| early_key == key) {
             return Vec::new();
         }
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.early.len());
-        for (early_key, message, n_bytes) in self.early.drain(..) {
+        for (early_key, frame) in self.early.drain(..) {
             if early_key == key {
-                self.early_bytes -= n_bytes;
-                taken.push(message);
+                self.early_bytes -= frame.len();
+                taken.push(frame);
             } else {
-                kept.push_back((early_key, message, n_bytes));
+                kept.push_back((early_key, frame));
             }
         }
         self.early = kept;
         taken
     }
 
+    /// Remembers `key` as refused or closed, forgetting the oldest such key beyond the bound.
     fn remember_quiet(&mut self, key: String) {
-        if self.quiet.len() < MAX_QUIET_KEYS {
-            self.quiet.insert(key);
+        if self.quiet.contains(&key) {
+            return;
         }
+        if self.quiet.len() >= MAX_QUIET_KEYS {
+            self.quiet.pop_front();
+        }
+        self.quiet.push_back(key);
     }
 
-    /// Sends one frame the task made itself (auth answers) and flushes.
-    async fn send_now(&mut self, frame: Bytes) -> Result<(), WsError> {
-        self.socket.send(WsMessage::Binary(frame)).await
+    /// Notes the outcome of a [`bounded_write`]: one that timed out leaves the socket unusable.
+    fn note_write(
+        &mut self,
+        res: Result<(), Option<CloseReason>>,
+    ) -> Result<(), Option<CloseReason>> {
+        if matches!(res, Err(Some(CloseReason::SlowConsumer))) {
+            self.write_stalled = true;
+        }
+        res
+    }
+
+    /// Sends one frame the task made itself (auth answers) and flushes, bounded like every write.
+    async fn send_now(&mut self, frame: Bytes) -> Result<(), Option<CloseReason>> {
+        let timeout = self.config.pong_timeout;
+        let res = bounded_write(timeout, self.socket.send(WsMessage::Binary(frame))).await;
+        self.note_write(res)
     }
 
     /// Sends `first` and whatever else attachment `idx` has queued (up to a bound), then flushes.
@@ -544,6 +644,21 @@ impl<S: Transport> Mux<S> {
             return self.socket.feed(WsMessage::Binary(message.freeze())).await;
         }
         write_unbuffered(&mut self.socket, &[prefix, &frame]).await
+    }
+}
+
+/// Runs one write to the socket, bounded by `timeout` (the pong timeout). `Err(None)`: the
+/// socket failed. `Err(Some(SlowConsumer))`: the client took nothing for that long, it stopped
+/// reading, and the write was abandoned, maybe half done. Unbounded, such a write would hold the
+/// task forever, deaf to its closer, its pings and its other docs, which would never unload.
+async fn bounded_write(
+    timeout: Duration,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), Option<CloseReason>> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(CloseReason::SlowConsumer)),
     }
 }
 

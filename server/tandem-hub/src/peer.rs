@@ -73,6 +73,8 @@ pub(crate) enum CloseReason {
     },
     /// A Hocuspocus socket had too many tokens refused.
     TooManyRefusals { max: usize },
+    /// A Hocuspocus socket had no token accepted within the pong timeout of opening.
+    AuthTimeout,
 }
 
 /// Close code sent when the token of a connection expires (HTTP 401's number, in the 4000 range
@@ -112,6 +114,10 @@ impl CloseReason {
                 CLOSE_POLICY_VIOLATION,
                 format!("too many refused authentications, limit {max}"),
             ),
+            CloseReason::AuthTimeout => (
+                CLOSE_POLICY_VIOLATION,
+                "no document authenticated in time".into(),
+            ),
         }
     }
 
@@ -136,7 +142,8 @@ impl CloseReason {
             | CloseReason::PongTimeout
             | CloseReason::TooManyDocs { .. }
             | CloseReason::TooManyEarlyMessages { .. }
-            | CloseReason::TooManyRefusals { .. } => {
+            | CloseReason::TooManyRefusals { .. }
+            | CloseReason::AuthTimeout => {
                 warn!(%peer, code, reason, "closing connection")
             }
             CloseReason::StorageFailure | CloseReason::Unavailable | CloseReason::DocCorrupt => {

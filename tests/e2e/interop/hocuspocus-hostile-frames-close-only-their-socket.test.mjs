@@ -1,6 +1,6 @@
 // Hostile Hocuspocus frames on raw `ws` sockets to `/ws`: a document name of 1 MB, thousands of
-// documents on one socket, a flood of messages for documents never opened, garbage between
-// valid frames.
+// documents on one socket, a flood of messages for documents never opened (before and after an
+// accepted token), garbage between valid frames.
 // Each closes only its own socket, with a code and a reason; an unmodified provider and a
 // y-websocket client on the same document keep co-editing throughout.
 import { test } from 'node:test'
@@ -32,8 +32,14 @@ test('hostile hocuspocus frames close only their own socket', { timeout: 90000 }
       reason: 'too many documents on one connection, limit 64'
     },
     {
-      what: 'messages for documents never opened',
-      frames: Array.from({ length: 1001 }, (_, i) => frame(`never/opened-${i}.md`, 3)),
+      what: 'messages for documents never opened, on a socket with no accepted token',
+      frames: Array.from({ length: 65 }, (_, i) => frame(`never/opened-${i}.md`, 3)),
+      code: 1008,
+      reason: 'too many messages before authentication, limit 64 messages or 65536 bytes'
+    },
+    {
+      what: 'messages for documents never opened, after an accepted token',
+      frames: [authFrame(doc), ...Array.from({ length: 1001 }, (_, i) => frame(`never/opened-${i}.md`, 3))],
       code: 1008,
       reason: 'too many messages before authentication, limit 1000 messages or 5242880 bytes'
     },

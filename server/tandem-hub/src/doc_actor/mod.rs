@@ -980,9 +980,18 @@ impl DocActor {
         let _ = reply.send(Ok(Ok(record)));
     }
 
-    /// Relays a Hocuspocus stateless payload to the doc's other Hocuspocus peers, at once: it
-    /// carries no document state, so there is nothing to wait for.
+    /// Relays a Hocuspocus stateless payload to the doc's other Hocuspocus peers on this node, at
+    /// once: it carries no document state, so there is nothing to wait for. A peer without write
+    /// access may not talk to the writers: its payload is dropped, as a read-only peer's update
+    /// is not relayed. Nothing crosses nodes in cluster mode (`protocol-spec/hocuspocus.md`).
     fn relay_stateless(&mut self, sender: PeerId, payload: &[u8]) {
+        let Some((link, _)) = self.peers.get(&sender) else {
+            return;
+        };
+        if !link.access.can_write {
+            debug!(peer = %sender, bytes = payload.len(), "stateless message from a read-only peer dropped");
+            return;
+        }
         let targets: Vec<PeerId> = self
             .peers
             .iter()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tandem_core::DocId;
 use tandem_hub::PeerAddr;
 use tandem_hub::connection;
-use tandem_hub::hocuspocus::{self, AuthorizeFuture, Authorizer};
+use tandem_hub::hocuspocus::{self, AuthorizeFuture, Authorizer, Refusal};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::AppState;
@@ -154,27 +154,32 @@ struct HocuspocusAuth {
 impl Authorizer for HocuspocusAuth {
     fn authorize<'a>(&'a self, doc_name: &'a str, token: &'a str) -> AuthorizeFuture<'a> {
         Box::pin(async move {
-            let doc =
-                DocId::new(doc_name).map_err(|error| format!("bad document name: {error}"))?;
+            let doc = DocId::new(doc_name)
+                .map_err(|error| Refusal::Denied(format!("bad document name: {error}")))?;
             // The provider sends "" when it has no token: that is no token.
             let token = Some(token).filter(|token| !token.is_empty());
             let grant = self
                 .state
                 .auth
                 .grant(token, &doc)
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| Refusal::Denied(error.to_string()))?;
             if self.state.hub.get(&doc).is_none() {
                 match self.state.files.is_file(doc.as_str()).await {
                     Ok(false) => {}
                     Ok(true) => {
-                        return Err(FileError::PathTaken {
-                            path: doc.to_string(),
-                        }
-                        .to_string());
+                        return Err(Refusal::Denied(
+                            FileError::PathTaken {
+                                path: doc.to_string(),
+                            }
+                            .to_string(),
+                        ));
                     }
+                    // Not an answer about the token (Postgres may be unreachable in cluster
+                    // mode): the socket closes with 1013 and the provider retries, as a
+                    // y-websocket upgrade answers 503.
                     Err(error) => {
                         tracing::warn!(%error, "cannot tell whether a doc name is a file's path");
-                        return Err("document unavailable, retry later".to_owned());
+                        return Err(Refusal::Unavailable);
                     }
                 }
             }
