@@ -662,3 +662,96 @@ async fn writers_flooding_a_busy_doc_keep_receiving_and_are_not_closed() {
     assert_eq!(text.get_string(&doc.transact()).len(), WRITERS * EDITS);
     drop(sinks);
 }
+
+/// Starts the real binary with `--log-format format`, stops it with SIGTERM, and returns its
+/// standard error (where the logs go).
+async fn logs_of_a_run(format: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let bin = tokio::task::spawn_blocking(tandem_tests::tandem_bin)
+        .await
+        .expect("building the binary");
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log",
+            "info",
+            "--log-format",
+            format,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tandem");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stdout.next_line().await.expect("read stdout") {
+            if line.contains("http://") {
+                return;
+            }
+        }
+        panic!("tandem exited before listening");
+    })
+    .await
+    .expect("tandem listens in time");
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("tandem stops in time after SIGTERM")
+        .expect("tandem output");
+    assert!(output.status.success(), "a clean shutdown exits 0");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_json_object_per_line_with_level_target_and_message() {
+    let stderr = logs_of_a_run("json").await;
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.is_empty()).collect();
+    let mut messages = Vec::new();
+    for line in &lines {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("a log line is not JSON ({error}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(record[key].is_string(), "no {key} in {line}");
+        }
+        let message = record["fields"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fields.message in {line}"));
+        messages.push(message.to_owned());
+    }
+    // Start-up and shutdown both logged, with their structured fields kept as JSON values.
+    assert!(messages.iter().any(|m| m == "listening"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m == "shutdown complete"),
+        "{messages:?}"
+    );
+    let shutdown = lines
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("checked above"))
+        .find(|record| record["fields"]["message"] == "shutdown complete")
+        .expect("checked above");
+    assert_eq!(shutdown["fields"]["clean"], serde_json::Value::Bool(true));
+
+    // The default format is for people: the same run logs lines that are not JSON.
+    let pretty = logs_of_a_run("pretty").await;
+    assert!(pretty.contains("listening"), "{pretty}");
+    assert!(
+        pretty
+            .lines()
+            .filter(|line| !line.is_empty())
+            .all(|line| serde_json::from_str::<serde_json::Value>(line).is_err()),
+        "{pretty}"
+    );
+}
