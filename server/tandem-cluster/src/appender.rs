@@ -224,11 +224,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>)
         if !group.commands.is_empty() {
             let started = Instant::now();
             recent.retain(|_, last| started.duration_since(*last) < interval);
+            let mut previous: Option<&DocId> = None;
             for command in &group.commands {
+                // Groups are runs of one doc's appends: hash each run once.
                 if let LogCommand::Append { doc, .. } = command
-                    && !recent.contains_key(doc)
+                    && previous != Some(doc)
                 {
                     recent.insert(doc.clone(), started);
+                    previous = Some(doc);
                 }
             }
             write_group(&shared, group.commands, &versions).await;
