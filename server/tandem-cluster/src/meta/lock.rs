@@ -173,11 +173,7 @@ impl SharedLocks for PgMeta {
         let key = lock_key(name);
         self.block(async {
             let client = self.client().await?;
-            let taken: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await
-                .map_err(unavailable)?
-                .get(0);
+            let taken = try_advisory_lock(&client, key).await?;
             Ok(taken.then(|| {
                 SharedLockGuard::new(DetachedLock {
                     client: deadpool_postgres::Object::take(client),
@@ -192,11 +188,7 @@ impl SharedLocks for PgMeta {
         let key = lock_key(name);
         self.block(async {
             let client = self.client().await?;
-            let taken: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await
-                .map_err(unavailable)?
-                .get(0);
+            let taken = try_advisory_lock(&client, key).await?;
             Ok(taken.then(|| {
                 SharedLockGuard::new(PgLock {
                     client: Some(client),
@@ -206,6 +198,18 @@ impl SharedLocks for PgMeta {
             }))
         })
     }
+}
+
+/// `pg_try_advisory_lock(key)` on `client`'s session: whether it took the lock.
+async fn try_advisory_lock(
+    client: &deadpool_postgres::Client,
+    key: i64,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(unavailable)?
+        .get(0))
 }
 
 #[cfg(test)]

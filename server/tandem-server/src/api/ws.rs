@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::DocGrant;
-use super::ws_upgrade::Upgrade;
+use super::ws_upgrade::{Socket, Upgrade};
 use crate::auth::WS_PROTOCOL;
 use crate::files::FileError;
 use crate::listener::RequestPermit;
@@ -38,7 +38,7 @@ pub(super) async fn upgrade(
     // The name and the token are checked before the upgrade headers, so a bad name is always a
     // 400 and a missing or bad token a 401/403, with a JSON body, before any upgrade.
     DocGrant { doc, grant }: DocGrant,
-    mut request: Request,
+    request: Request,
 ) -> Result<Response, ApiError> {
     // A file's path cannot also be a doc (the workspace tree would be ambiguous). A doc open
     // here is a doc: no need to ask (in cluster mode, Postgres, which may be down while open
@@ -49,6 +49,60 @@ pub(super) async fn upgrade(
         }
         .into());
     }
+    accept(
+        state,
+        client,
+        request,
+        move |socket, state, remote, permit| async move {
+            connection::run(
+                socket,
+                doc,
+                grant.peer_grant(),
+                state.hub,
+                state.connection,
+                remote,
+                permit,
+            )
+            .await;
+        },
+    )
+}
+
+/// `GET /ws` and `GET /ws/`: a Hocuspocus connection. Nothing is checked at the upgrade but the
+/// upgrade itself: the provider cannot send headers, and the documents, each with its own token,
+/// are named inside the socket (`protocol-spec/hocuspocus.md`). Each token goes through
+/// [`HocuspocusAuth`], the same checks as the upgrade of `GET /ws/{name}`.
+pub(super) async fn upgrade_hocuspocus(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientAddr>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    accept(
+        state,
+        client,
+        request,
+        |socket, state, remote, permit| async move {
+            let hub = state.hub.clone();
+            let connection = state.connection.clone();
+            let authorizer = Arc::new(HocuspocusAuth { state });
+            hocuspocus::run(socket, hub, connection, authorizer, remote, permit).await;
+        },
+    )
+}
+
+/// Accepts the WebSocket upgrade of `request` (or answers why not) and serves the socket with
+/// `serve` as a task of the lifecycle, so shutdown waits for it. No span here: each protocol's
+/// task makes its own root span, so the request's does not live as long as the connection.
+fn accept<F, Fut>(
+    state: AppState,
+    client: ClientAddr,
+    mut request: Request,
+    serve: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Socket, AppState, PeerAddr, Option<RequestPermit>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let on_upgrade = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>();
@@ -66,8 +120,6 @@ pub(super) async fn upgrade(
     let permit = request.extensions_mut().remove::<RequestPermit>();
     let (response, socket) = upgrade.accept(config);
     let lifecycle = state.lifecycle.clone();
-    // Tracked, so shutdown waits for the connection to close. No span here: the connection
-    // makes its own root span, so the request's does not live as long as the connection.
     lifecycle.spawn(tracing::Span::none(), async move {
         match socket.await {
             Ok(socket) => {
@@ -75,58 +127,7 @@ pub(super) async fn upgrade(
                     ip: client.ip,
                     proxy: client.proxy(),
                 };
-                connection::run(
-                    socket,
-                    doc,
-                    grant.peer_grant(),
-                    state.hub,
-                    state.connection,
-                    remote,
-                    permit,
-                )
-                .await;
-            }
-            Err(error) => tracing::debug!(%error, remote = %client.ip, "websocket upgrade failed"),
-        }
-    });
-    Ok(response)
-}
-
-/// `GET /ws` and `GET /ws/`: a Hocuspocus connection. Nothing is checked at the upgrade but the
-/// upgrade itself: the provider cannot send headers, and the documents, each with its own token,
-/// are named inside the socket (`protocol-spec/hocuspocus.md`). Each token goes through
-/// [`HocuspocusAuth`], the same checks as the upgrade of `GET /ws/{name}`.
-pub(super) async fn upgrade_hocuspocus(
-    State(state): State<AppState>,
-    Extension(client): Extension<ClientAddr>,
-    mut request: Request,
-) -> Result<Response, ApiError> {
-    let on_upgrade = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>();
-    let upgrade =
-        match Upgrade::from_request(request.method(), request.headers(), on_upgrade, WS_PROTOCOL) {
-            Ok(upgrade) => upgrade,
-            Err(refusal) => return Ok(refusal.into_response()),
-        };
-    if state.lifecycle.is_shutting_down() {
-        return Err(ApiError::ShuttingDown);
-    }
-    let config = socket_config(&state);
-    let permit = request.extensions_mut().remove::<RequestPermit>();
-    let (response, socket) = upgrade.accept(config);
-    let lifecycle = state.lifecycle.clone();
-    lifecycle.spawn(tracing::Span::none(), async move {
-        match socket.await {
-            Ok(socket) => {
-                let remote = PeerAddr {
-                    ip: client.ip,
-                    proxy: client.proxy(),
-                };
-                let hub = state.hub.clone();
-                let connection = state.connection.clone();
-                let authorizer = Arc::new(HocuspocusAuth { state });
-                hocuspocus::run(socket, hub, connection, authorizer, remote, permit).await;
+                serve(socket, state, remote, permit).await;
             }
             Err(error) => tracing::debug!(%error, remote = %client.ip, "websocket upgrade failed"),
         }
