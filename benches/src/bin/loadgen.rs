@@ -66,6 +66,9 @@ const ALL: &[&str] = &[
     "join-storm",
 ];
 
+/// Scenarios run only when named: `metrics` (saturation with metrics on and off).
+const EXTRA: &[&str] = &["metrics"];
+
 /// The scenarios of cluster mode (issue 19), run only when named.
 const CLUSTER: &[&str] = &[
     "cluster-same",
@@ -130,7 +133,10 @@ async fn run_scenario(
         "cluster-throughput" => "cluster-throughput",
         "cluster-join-storm" => "cluster-join-storm",
         "cluster-recovery" => "cluster-recovery",
-        other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?} or {CLUSTER:?}"),
+        "metrics" => "metrics",
+        other => {
+            anyhow::bail!("unknown scenario {other:?}; one of {ALL:?}, {EXTRA:?} or {CLUSTER:?}")
+        }
     });
     eprintln!("== {name}");
     let targets: Vec<Target> = match name {
@@ -144,6 +150,11 @@ async fn run_scenario(
         .into_iter()
         .filter(|target| paths.available(*target))
         .collect(),
+        // What metrics cost: the same server with them on (as shipped) and off.
+        "metrics" => vec![Target::TANDEM, Target::TandemNoMetrics]
+            .into_iter()
+            .filter(|target| paths.available(*target))
+            .collect(),
         // A relay has no document to join.
         "cold-join" | "join-storm" | "cluster-join-storm" => targets
             .iter()
@@ -287,7 +298,7 @@ async fn run_scenario(
                     "many-docs" => {
                         scenario::many_docs(&server, number("docs="), 4, secs(10, 2)).await
                     }
-                    "saturation" | "durability" => {
+                    "saturation" | "durability" | "metrics" => {
                         scenario::saturation(
                             &server,
                             20,
@@ -339,6 +350,7 @@ async fn run_scenario(
     }
     compare_builds(&mut scenario, &variants);
     check_cluster(&mut scenario, &variants);
+    check_protocols(&mut scenario, &variants);
     Ok(scenario)
 }
 
@@ -502,6 +514,76 @@ fn check_cluster(scenario: &mut Scenario, variants: &[String]) {
     }
 }
 
+/// The targets of issue 20, from medians of the same run: through the Hocuspocus protocol,
+/// Tandem within 1.1× of its own y-websocket path and ahead of Hocuspocus on every figure the
+/// scenario has (latency and CPU per delivery lower, sustained deliveries higher); metrics
+/// costing at most 3% of CPU per delivery.
+fn check_protocols(scenario: &mut Scenario, variants: &[String]) {
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    // (column, whether higher is better)
+    const FIGURES: &[(&str, bool)] = &[
+        ("p50_ms", false),
+        ("p99_ms", false),
+        ("fixed_p99_ms", false),
+        ("cpu_s_per_m_deliveries", false),
+        ("server_cpu_us_per_update", false),
+        ("max_deliveries_per_s", true),
+    ];
+    for variant in variants {
+        let figure = |target: &str, column: &str| scenario.median(variant, target, column);
+        let mut notes = Vec::new();
+        for &(column, higher_is_better) in FIGURES {
+            let Some(hp) = figure("tandem-hocuspocus", column) else {
+                continue;
+            };
+            if let Some(yw) = figure("tandem", column).filter(|v| *v > 0.0) {
+                let ratio = hp / yw;
+                let met = if higher_is_better {
+                    ratio >= 1.0 / 1.1
+                } else {
+                    ratio <= 1.1
+                };
+                notes.push(format!(
+                    "{variant}: {column} tandem-hocuspocus {} against tandem (y-websocket) {}: {}× ({} the 1.1× target)",
+                    pretty(hp),
+                    pretty(yw),
+                    pretty(ratio),
+                    verdict(met)
+                ));
+            }
+            if let Some(theirs) = figure("hocuspocus", column).filter(|v| *v > 0.0) {
+                let met = if higher_is_better {
+                    hp > theirs
+                } else {
+                    hp < theirs
+                };
+                notes.push(format!(
+                    "{variant}: {column} tandem-hocuspocus {} against hocuspocus {}: {}× (ahead: {})",
+                    pretty(hp),
+                    pretty(theirs),
+                    pretty(hp / theirs),
+                    verdict(met)
+                ));
+            }
+        }
+        if let (Some(on), Some(off)) = (
+            figure("tandem", "cpu_s_per_m_deliveries"),
+            figure("tandem-nometrics", "cpu_s_per_m_deliveries").filter(|v| *v > 0.0),
+        ) {
+            notes.push(format!(
+                "{variant}: CPU per million deliveries with metrics {} s against without {} s: {}× (within 1.03×: {})",
+                pretty(on),
+                pretty(off),
+                pretty(on / off),
+                verdict(on / off <= 1.03)
+            ));
+        }
+        for note in notes {
+            scenario.note(note);
+        }
+    }
+}
+
 /// When both Tandem builds ran: every figure of `tandem` over `tandem-before`, from medians;
 /// when the cluster ran, every figure of `tandem-cluster` over `tandem` and over `relay`.
 fn compare_builds(scenario: &mut Scenario, variants: &[String]) {
@@ -511,6 +593,9 @@ fn compare_builds(scenario: &mut Scenario, variants: &[String]) {
         ("tandem-nofsync", "tandem-before-nofsync"),
         ("tandem-cluster", "tandem"),
         ("tandem-cluster", "relay"),
+        ("tandem-hocuspocus", "tandem"),
+        ("tandem-hocuspocus", "hocuspocus"),
+        ("tandem", "tandem-nometrics"),
     ] {
         if !targets.iter().any(|t| t == after) || !targets.iter().any(|t| t == before) {
             continue;

@@ -14,7 +14,7 @@ use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 use super::peer::{self, Apply, Command, Framing, PeerHandle, PeerOptions, Report, Shared, TEXT};
 use super::report::{Figures, add_latencies, pretty};
-use super::target::{Server, Target, own_cpu};
+use super::target::{Server, own_cpu};
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -97,11 +97,12 @@ fn options(server: &Server, doc: &str, apply: Apply) -> PeerOptions {
 fn options_on(server: &Server, node: usize, doc: &str, apply: Apply) -> PeerOptions {
     PeerOptions {
         url: server.ws_url_on(node, doc),
-        framing: match server.target {
-            Target::Hocuspocus => Framing::Hocuspocus {
+        framing: if server.target.speaks_hocuspocus() {
+            Framing::Hocuspocus {
                 doc: doc.to_owned(),
-            },
-            _ => Framing::Plain,
+            }
+        } else {
+            Framing::Plain
         },
         apply,
         initial: None,

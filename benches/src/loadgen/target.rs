@@ -28,6 +28,12 @@ pub enum Target {
     /// mode on one Redis (`appendonly yes`, `appendfsync always`) and one Postgres 15, all on
     /// this machine and started afresh for every run.
     TandemCluster,
+    /// `tandem` (the build under test, the same flags), its peers speaking the Hocuspocus
+    /// protocol on `/ws` (the doc name in every message, an auth message first) instead of
+    /// y-websocket on `/ws/{doc}`: the cost of the second protocol on the same server.
+    TandemHocuspocus,
+    /// `tandem` with `--metrics off`: the cost of collecting metrics.
+    TandemNoMetrics,
 }
 
 /// Which Tandem binary a target runs.
@@ -70,6 +76,8 @@ impl Target {
             Target::Hocuspocus => "hocuspocus",
             Target::YSweet => "y-sweet",
             Target::TandemCluster => "tandem-cluster",
+            Target::TandemHocuspocus => "tandem-hocuspocus",
+            Target::TandemNoMetrics => "tandem-nometrics",
         }
     }
 
@@ -93,6 +101,8 @@ impl Target {
             "hocuspocus" => Target::Hocuspocus,
             "y-sweet" | "ysweet" => Target::YSweet,
             "tandem-cluster" => Target::TandemCluster,
+            "tandem-hocuspocus" => Target::TandemHocuspocus,
+            "tandem-nometrics" => Target::TandemNoMetrics,
             other => bail!("unknown target {other:?}"),
         })
     }
@@ -101,13 +111,28 @@ impl Target {
     pub fn persists(self) -> bool {
         matches!(
             self,
-            Target::Tandem { .. } | Target::TandemCluster | Target::YSweet
+            Target::Tandem { .. }
+                | Target::TandemCluster
+                | Target::TandemHocuspocus
+                | Target::TandemNoMetrics
+                | Target::YSweet
         )
     }
 
     /// Whether this is one of the Tandem builds.
     pub fn is_tandem(self) -> bool {
-        matches!(self, Target::Tandem { .. } | Target::TandemCluster)
+        matches!(
+            self,
+            Target::Tandem { .. }
+                | Target::TandemCluster
+                | Target::TandemHocuspocus
+                | Target::TandemNoMetrics
+        )
+    }
+
+    /// Whether its peers speak the Hocuspocus protocol (the doc name in every message).
+    pub fn speaks_hocuspocus(self) -> bool {
+        matches!(self, Target::Hocuspocus | Target::TandemHocuspocus)
     }
 }
 
@@ -158,6 +183,7 @@ impl Paths {
     pub fn available(&self, target: Target) -> bool {
         match target {
             Target::Tandem { build, .. } => self.tandem_of(build).is_some_and(|path| path.exists()),
+            Target::TandemHocuspocus | Target::TandemNoMetrics => self.tandem.exists(),
             Target::Relay => self.relay.exists(),
             Target::YWebsocket | Target::Hocuspocus => self.peers.join("node_modules").exists(),
             Target::YSweet => self.y_sweet().exists(),
@@ -233,6 +259,12 @@ impl Server {
                     .tandem_of(build)
                     .with_context(|| format!("{}: no binary configured", target.name()))?;
                 tandem_command(binary, dir.path(), fsync, "warn")
+            }
+            Target::TandemHocuspocus => tandem_command(&paths.tandem, dir.path(), true, "warn"),
+            Target::TandemNoMetrics => {
+                let mut command = tandem_command(&paths.tandem, dir.path(), true, "warn");
+                command.args(["--metrics", "off"]);
+                command
             }
             Target::Relay => {
                 let mut command = Command::new(&paths.relay);
@@ -373,7 +405,10 @@ impl Server {
             Target::YSweet => format!("ws://{addr}/d/{doc}/ws/{doc}"),
             // Hocuspocus takes the doc name from every message, not the path.
             Target::Hocuspocus => format!("ws://{addr}/"),
-            Target::Tandem { .. } | Target::TandemCluster => format!("ws://{addr}/ws/{doc}"),
+            Target::TandemHocuspocus => format!("ws://{addr}/ws"),
+            Target::Tandem { .. } | Target::TandemCluster | Target::TandemNoMetrics => {
+                format!("ws://{addr}/ws/{doc}")
+            }
             _ => format!("ws://{addr}/{doc}"),
         }
     }
