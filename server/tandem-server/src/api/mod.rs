@@ -206,6 +206,7 @@ fn account_body_limit() -> DefaultBodyLimit {
     path = "/healthz",
     operation_id = "healthz",
     tag = "server",
+    summary = "Liveness and the state of the store (and of the cluster's engines)",
     security(()),
     responses(
         (status = 200, description = "The server serves; `store.writable` says whether it takes writes", body = openapi::Health),
