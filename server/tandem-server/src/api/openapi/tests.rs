@@ -418,3 +418,58 @@ fn operation_ids_are_unique_and_summaries_do_not_repeat_the_route() {
     );
     assert_eq!(super::without_route("Liveness."), "Liveness.");
 }
+
+/// What OpenAPI asks of every operation and that utoipa does not check: each `{param}` of the
+/// path is declared as a path parameter (and nothing else is), and every `$ref` names a
+/// component that exists.
+#[test]
+fn path_parameters_match_the_paths_and_every_reference_resolves() {
+    let doc = document();
+    for (path, method) in documented(&doc) {
+        let operation = &doc["paths"][&path][&method];
+        let in_path: BTreeSet<String> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
+            .collect();
+        let declared: BTreeSet<String> = parameters(operation)
+            .into_iter()
+            .filter(|(_, location, _)| location == "path")
+            .map(|(name, _, required)| {
+                assert!(
+                    required,
+                    "{method} {path}: path parameter {name} is required"
+                );
+                name
+            })
+            .collect();
+        assert_eq!(in_path, declared, "{method} {path}");
+    }
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 50, "{} references", refs.len());
+    for reference in refs {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("a reference outside the schemas: {reference}"));
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "{reference} does not resolve"
+        );
+    }
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(reference)) => out.push(reference.clone()),
+                    _ => collect_refs(value, out),
+                }
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|value| collect_refs(value, out)),
+        _ => {}
+    }
+}
