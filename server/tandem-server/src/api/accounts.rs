@@ -75,7 +75,7 @@ impl PathParam for UserSub {
     tag = "accounts",
     security(()),
     responses(
-        (status = 200, body = openapi::AuthInfo),
+        (status = 200, description = "Whether to sign in", body = openapi::AuthInfo),
         (status = 503, description = "`storage_unavailable`", body = openapi::ErrorJson),
     ),
 )]
@@ -103,7 +103,7 @@ pub(super) async fn auth_info(State(state): State<AppState>) -> Result<Response,
     security(()),
     request_body = LoginRequest,
     responses(
-        (status = 200, body = TokenResponse),
+        (status = 200, description = "A fresh token", body = TokenResponse),
         (status = 400, description = "`bad_json`", body = openapi::ErrorJson),
         (status = 401, description = "`bad_credentials`", body = openapi::ErrorJson),
         (status = 413, description = "`body_too_large`: over 64 KiB", body = openapi::ErrorJson),
@@ -134,7 +134,7 @@ pub(super) async fn login(
     operation_id = "refresh_token",
     tag = "accounts",
     responses(
-        (status = 200, body = TokenResponse),
+        (status = 200, description = "A fresh token", body = TokenResponse),
         (status = 400, description = "`not_refreshable`", body = openapi::ErrorJson),
         (status = 401, description = "`missing_token`, `token_expired`, `invalid_token`, `session_expired`, `unknown_account`", body = openapi::ErrorJson),
         (status = 413, description = "`body_too_large`", body = openapi::ErrorJson),
@@ -179,7 +179,7 @@ fn token_for(state: &AppState, user: &UserRecord, session: u64) -> Result<TokenR
     operation_id = "list_users",
     tag = "accounts",
     responses(
-        (status = 200, body = openapi::UserList),
+        (status = 200, description = "The accounts", body = openapi::UserList),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
     ),
@@ -237,7 +237,7 @@ pub(super) async fn put_user(
     tag = "accounts",
     params(("sub" = String, Path, description = "The account id")),
     responses(
-        (status = 200, body = openapi::Removed),
+        (status = 200, description = "Removed", body = openapi::Removed),
         (status = 400, description = "`bad_user`", body = openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = openapi::ErrorJson),

@@ -52,7 +52,7 @@ pub(super) struct FeedParams {
     tag = "activity",
     params(FeedParams),
     responses(
-        (status = 200, body = super::openapi::ActivityPage),
+        (status = 200, description = "A page of entries, newest first", body = super::openapi::ActivityPage),
         (status = 400, description = "`bad_query`", body = super::openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 503, description = "`storage_unavailable`", body = super::openapi::ErrorJson),

@@ -156,7 +156,7 @@ struct LiveDoc {
     summary = "Every stored document, plus open ones not yet written, sorted by name",
     description = "With authentication on, only the documents the token has a role on.",
     responses(
-        (status = 200, body = openapi::DocList),
+        (status = 200, description = "The documents the token may read", body = openapi::DocList),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
     ),
 )]
@@ -342,7 +342,7 @@ async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<R
     params(openapi::DocName),
     request_body(content = openapi::Binary, content_type = "application/octet-stream", description = "A Yjs v1 snapshot"),
     responses(
-        (status = 200, body = openapi::Covers),
+        (status = 200, description = "Whether everything the snapshot describes is stored", body = openapi::Covers),
         (status = 400, description = "`bad_doc_name`, `bad_snapshot`", body = openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`forbidden`", body = openapi::ErrorJson),
@@ -376,7 +376,7 @@ async fn covers(
     params(openapi::DocName),
     request_body(content = openapi::Binary, content_type = "application/octet-stream", description = "One Yjs v1 update"),
     responses(
-        (status = 200, body = openapi::Applied),
+        (status = 200, description = "Stored and sent to the peers", body = openapi::Applied),
         (status = 400, description = "`bad_doc_name`, `bad_update`", body = openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),

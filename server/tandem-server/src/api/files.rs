@@ -389,7 +389,7 @@ pub(super) async fn list_files(
     tag = "files",
     params(openapi::FilePath),
     responses(
-        (status = 200, body = openapi::FileVersions),
+        (status = 200, description = "The versions, newest first", body = openapi::FileVersions),
         (status = 400, description = "`bad_doc_name`", body = openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`forbidden`", body = openapi::ErrorJson),

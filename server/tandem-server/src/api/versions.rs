@@ -101,7 +101,7 @@ async fn read_history<T: Send + 'static>(
     tag = "history",
     params(crate::api::openapi::DocName),
     responses(
-        (status = 200, body = crate::api::openapi::VersionList),
+        (status = 200, description = "The versions, newest first", body = crate::api::openapi::VersionList),
         (status = 400, description = "`bad_doc_name`", body = crate::api::openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
         (status = 403, description = "`forbidden`", body = crate::api::openapi::ErrorJson),
@@ -340,7 +340,7 @@ pub(crate) struct EntryJson {
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
         ("before_seq" = Option<u64>, Query, description = "Only updates with a lower seq (paging)")),
     responses(
-        (status = 200, body = crate::api::openapi::HistoryPage),
+        (status = 200, description = "Authors of stored updates, newest first", body = crate::api::openapi::HistoryPage),
         (status = 400, description = "`bad_doc_name`, `bad_query`", body = crate::api::openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
         (status = 403, description = "`forbidden`", body = crate::api::openapi::ErrorJson),

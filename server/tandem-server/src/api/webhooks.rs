@@ -42,7 +42,7 @@ impl PathParam for WebhookId {
     operation_id = "list_webhooks",
     tag = "activity",
     responses(
-        (status = 200, body = super::openapi::WebhookList),
+        (status = 200, description = "The webhooks", body = super::openapi::WebhookList),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
     ),
@@ -64,7 +64,7 @@ pub(super) async fn list(
     tag = "activity",
     request_body = NewWebhook,
     responses(
-        (status = 201, body = super::openapi::WebhookCreated),
+        (status = 201, description = "Registered; the secret is shown this once", body = super::openapi::WebhookCreated),
         (status = 400, description = "`bad_webhook`", body = super::openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
@@ -113,7 +113,7 @@ pub(super) async fn remove(
     tag = "activity",
     params(("id" = String, Path, description = "`wh_` and 16 hex digits")),
     responses(
-        (status = 200, body = super::openapi::Deliveries),
+        (status = 200, description = "The attempts and what is pending", body = super::openapi::Deliveries),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
         (status = 404, description = "`webhook_not_found`", body = super::openapi::ErrorJson),

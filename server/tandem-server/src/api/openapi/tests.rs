@@ -473,3 +473,21 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// OpenAPI requires a description on every response; utoipa leaves it out when none is given.
+#[test]
+fn every_response_has_a_description() {
+    let doc = document();
+    for (path, method) in documented(&doc) {
+        let responses = doc["paths"][&path][&method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} has no responses"));
+        assert!(!responses.is_empty(), "{method} {path} has no responses");
+        for (status, response) in responses {
+            assert!(
+                response["description"].is_string(),
+                "{method} {path} {status}: no description"
+            );
+        }
+    }
+}
