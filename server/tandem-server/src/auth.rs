@@ -110,7 +110,9 @@ impl AuthConfig {
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// A role on a document; each includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sync and presence; updates are refused.

@@ -588,7 +588,7 @@ pub fn new_record(
 }
 
 /// One account in `GET /api/users` and the answer of `PUT /api/users/{sub}`; never the hash.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UserView {
     /// The account id.
     pub sub: String,
@@ -618,6 +618,7 @@ impl From<UserRecord> for UserView {
 /// sub as name, no documents, not admin); a new account needs a password.
 #[derive(Serialize, Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PutUserRequest {
     /// The display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tandem_store::UserRecord;
 
-use super::AppState;
 use super::error::{ApiError, body_within_limit};
 use super::extract::{Admin, AppJson, AppPath, JsonBody, PathParam};
+use super::{AppState, openapi};
 use crate::accounts::{AccountError, PutUserRequest, UserView, validate_sub};
 use crate::auth::{AuthError, AuthMode, token_from};
 use crate::proxy::ClientAddr;
@@ -24,7 +24,7 @@ use crate::proxy::ClientAddr;
 pub(crate) const MAX_ACCOUNT_BODY_BYTES: usize = 64 * 1024;
 
 /// Body of `POST /api/login`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LoginRequest {
     username: String,
@@ -46,9 +46,11 @@ impl JsonBody for PutUserRequest {
 }
 
 /// Body of a successful login or refresh.
-#[derive(Serialize)]
-struct TokenResponse {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TokenResponse {
+    /// A JWT signed with the server's key, valid for `--login-token-ttl`.
     token: String,
+    /// Its `exp`, in seconds since the Unix epoch.
     expires_at: u64,
     sub: String,
     name: String,
@@ -66,6 +68,17 @@ impl PathParam for UserSub {
 }
 
 /// `GET /api/auth`: whether clients need to sign in.
+#[utoipa::path(
+    get,
+    path = "/api/auth",
+    operation_id = "auth_info",
+    tag = "accounts",
+    security(()),
+    responses(
+        (status = 200, description = "Whether to sign in", body = openapi::AuthInfo),
+        (status = 503, description = "`storage_unavailable`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn auth_info(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mode = state.auth.mode();
     let login = match mode {
@@ -79,7 +92,25 @@ pub(super) async fn auth_info(State(state): State<AppState>) -> Result<Response,
     Ok(axum::Json(serde_json::json!({ "mode": mode, "login": login })).into_response())
 }
 
-/// `POST /api/login`.
+/// `POST /api/login`: a token for an account of this server.
+///
+/// Failed sign-ins are limited per account and per address (`http.md`).
+#[utoipa::path(
+    post,
+    path = "/api/login",
+    operation_id = "login",
+    tag = "accounts",
+    security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A fresh token", body = TokenResponse),
+        (status = 400, description = "`bad_json`", body = openapi::ErrorJson),
+        (status = 401, description = "`bad_credentials`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`: over 64 KiB", body = openapi::ErrorJson),
+        (status = 429, description = "`too_many_attempts`, with `Retry-After`", body = openapi::ErrorJson),
+        (status = 503, description = "`login_busy` (with `Retry-After: 1`), `storage_unavailable`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn login(
     State(state): State<AppState>,
     Extension(client): Extension<ClientAddr>,
@@ -95,6 +126,20 @@ pub(super) async fn login(
 }
 
 /// `POST /api/token/refresh`: a fresh token for the account of a token this server signed.
+///
+/// Takes no body; the token must come from `POST /api/login` or an earlier refresh.
+#[utoipa::path(
+    post,
+    path = "/api/token/refresh",
+    operation_id = "refresh_token",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "A fresh token", body = TokenResponse),
+        (status = 400, description = "`not_refreshable`", body = openapi::ErrorJson),
+        (status = 401, description = "`missing_token`, `token_expired`, `invalid_token`, `session_expired`, `unknown_account`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn refresh(
     State(state): State<AppState>,
     uri: Uri,
@@ -127,7 +172,18 @@ fn token_for(state: &AppState, user: &UserRecord, session: u64) -> Result<TokenR
     })
 }
 
-/// `GET /api/users`.
+/// `GET /api/users`: every account, sorted by `sub`. Admin token.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    operation_id = "list_users",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "The accounts", body = openapi::UserList),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn list_users(
     State(state): State<AppState>,
     _admin: Admin,
@@ -138,6 +194,25 @@ pub(super) async fn list_users(
 }
 
 /// `PUT /api/users/{sub}`: creates or changes an account. 201 when created, 200 when changed.
+///
+/// A field left out keeps its value; a new account needs `password`. Admin token.
+#[utoipa::path(
+    put,
+    path = "/api/users/{sub}",
+    operation_id = "put_user",
+    tag = "accounts",
+    params(("sub" = String, Path, description = "The account id: 1 to 128 ASCII letters, digits, `.`, `_`, `@`, `-`")),
+    request_body = crate::accounts::PutUserRequest,
+    responses(
+        (status = 200, description = "Changed", body = crate::accounts::UserView),
+        (status = 201, description = "Created", body = crate::accounts::UserView),
+        (status = 400, description = "`bad_user`, `bad_json`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`", body = openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn put_user(
     State(state): State<AppState>,
     _admin: Admin,
@@ -153,7 +228,22 @@ pub(super) async fn put_user(
     Ok((status, axum::Json(UserView::from(record))).into_response())
 }
 
-/// `DELETE /api/users/{sub}`.
+/// `DELETE /api/users/{sub}`. Admin token.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{sub}",
+    operation_id = "delete_user",
+    summary = "Removes an account",
+    tag = "accounts",
+    params(("sub" = String, Path, description = "The account id")),
+    responses(
+        (status = 200, description = "Removed", body = openapi::Removed),
+        (status = 400, description = "`bad_user`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+        (status = 404, description = "`user_not_found`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn delete_user(
     State(state): State<AppState>,
     _admin: Admin,

@@ -23,14 +23,21 @@ const MAX_LIMIT: usize = 500;
 const MAX_SCAN: usize = 20_000;
 
 /// Query of `GET /api/activity`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct FeedParams {
+    /// Entries about exactly this doc or file path.
     doc: Option<String>,
+    /// Entries with a path starting with this, e.g. `team/`.
     prefix: Option<String>,
+    /// Entries of this actor: a `sub`, or a name with authentication off.
     user: Option<String>,
+    /// Entries that ended at or after this time (ms since the Unix epoch).
     since: Option<u64>,
+    /// The cursor: the `next` of the previous page.
     before: Option<String>,
+    /// Page size, default 50, at most 500.
     limit: Option<usize>,
     /// Tokens may travel in the query (`?token=`), as for every other endpoint.
     #[allow(dead_code)]
@@ -38,6 +45,19 @@ pub(super) struct FeedParams {
 }
 
 /// `GET /api/activity`: a page of entries the token may read, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/activity",
+    operation_id = "activity_feed",
+    tag = "activity",
+    params(FeedParams),
+    responses(
+        (status = 200, description = "A page of entries, newest first", body = super::openapi::ActivityPage),
+        (status = 400, description = "`bad_query`", body = super::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 503, description = "`storage_unavailable`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn feed(
     State(state): State<AppState>,
     MaybeClaims(claims): MaybeClaims,

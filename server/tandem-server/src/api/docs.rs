@@ -23,7 +23,7 @@ use tandem_core::{DocId, PresentUser, ProtocolError};
 use super::error::{ApiError, body_within_limit};
 use super::extract::{MaybeClaims, request_grant};
 use super::versions;
-use super::{AppState, blocking, max_body_bytes};
+use super::{AppState, blocking, max_body_bytes, openapi};
 use crate::auth::{AuthError, Grant};
 use crate::files::FileError;
 
@@ -110,19 +110,24 @@ fn split_version_id(path: &str) -> Option<(&str, u64)> {
 }
 
 /// One row of `GET /api/docs`.
-#[derive(Serialize)]
-struct DocSummary {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct DocSummary {
     name: String,
+    /// Bytes stored for the document (snapshot plus log).
     size_bytes: u64,
+    /// Live WebSocket connections to it right now.
     peers: usize,
+    /// The last committed change, ms since the Unix epoch; `null` if never written.
     updated_ms: Option<u64>,
+    /// Whether the document is in memory.
     loaded: bool,
+    /// Who is present, from the awareness states (`[]` when not loaded).
     users: Vec<UserSummary>,
 }
 
 /// One present user in a row of `GET /api/docs`.
-#[derive(Serialize)]
-struct UserSummary {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct UserSummary {
     name: String,
     color: Option<String>,
 }
@@ -143,6 +148,18 @@ struct LiveDoc {
 }
 
 /// `GET /api/docs`.
+#[utoipa::path(
+    get,
+    path = "/api/docs",
+    operation_id = "list_docs",
+    tag = "docs",
+    summary = "Every stored document, plus open ones not yet written, sorted by name",
+    description = "With authentication on, only the documents the token has a role on.",
+    responses(
+        (status = 200, description = "The documents the token may read", body = openapi::DocList),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn list_docs(
     State(state): State<AppState>,
     // With authentication on, only the docs the token grants a role on are listed.
@@ -244,13 +261,7 @@ pub(super) async fn post_doc(
             body_within_limit(body, max_body_bytes(&state))?;
             versions::restore(&state, &grant, &headers, doc, id).await
         }
-        DocRoute::Covers(_) => {
-            let body = body_within_limit(body, max_body_bytes(&state))?;
-            // Linear in the body, which is bounded by the frame limit.
-            let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
-            let covers = state.hub.covers(&doc, snapshot).await?;
-            Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
-        }
+        DocRoute::Covers(_) => covers(&state, doc, body).await,
         DocRoute::Update(_) => update(&state, &grant, &headers, doc, body).await,
         // `DocRoute::parse` gives these to reads only.
         DocRoute::Content(_) | DocRoute::Version(..) | DocRoute::History(_) => {
@@ -272,6 +283,29 @@ fn doc_route<'a>(method: &Method, uri: &'a Uri) -> Result<(DocRoute<'a>, DocId),
 }
 
 /// `GET /api/docs/{name}`: the content, as JSON if asked for, else as v1 update bytes.
+///
+/// Only committed content is served. A name ending like a history path (`/versions`,
+/// `/history`, ...) is that history endpoint instead.
+#[utoipa::path(
+    get,
+    path = "/api/docs/{name}",
+    operation_id = "get_doc",
+    tag = "docs",
+    params(openapi::DocName),
+    responses(
+        (status = 200, description = "The document: one Yjs v1 update, or with `Accept: application/json` one key per root type",
+            content(
+                (openapi::Binary = "application/octet-stream"),
+                (openapi::DocContent = "application/json"),
+            )),
+        (status = 400, description = "`bad_doc_name`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`: no role on this document", body = openapi::ErrorJson),
+        (status = 404, description = "`doc_not_found`", body = openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
+    ),
+)]
 async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<Response, ApiError> {
     let snapshot = state.hub.snapshot(doc).await.map_err(ApiError::from)?;
     let Some(snapshot) = snapshot else {
@@ -295,8 +329,64 @@ async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<R
     }
 }
 
+/// `POST /api/docs/{name}/covers`: whether the server stored everything a replica holds.
+///
+/// The body is the replica's Yjs snapshot in v1 encoding (`Y.encodeSnapshot`). Answered once
+/// everything the document accepted before the request is durable; a document that does not
+/// exist is answered as an empty one and is not created.
+#[utoipa::path(
+    post,
+    path = "/api/docs/{name}/covers",
+    operation_id = "doc_covers",
+    tag = "docs",
+    params(openapi::DocName),
+    request_body(content = openapi::Binary, content_type = "application/octet-stream", description = "A Yjs v1 snapshot"),
+    responses(
+        (status = 200, description = "Whether everything the snapshot describes is stored", body = openapi::Covers),
+        (status = 400, description = "`bad_doc_name`, `bad_snapshot`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`: over `--max-frame-bytes`", body = openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
+    ),
+)]
+async fn covers(
+    state: &AppState,
+    doc: DocId,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_within_limit(body, max_body_bytes(state))?;
+    // Linear in the body, which is bounded by the frame limit.
+    let snapshot = decode_snapshot(&body).map_err(ApiError::BadSnapshot)?;
+    let covers = state.hub.covers(&doc, snapshot).await?;
+    Ok(axum::Json(serde_json::json!({ "covers": covers })).into_response())
+}
+
 /// `POST /api/docs/{name}/update`: the body is one Yjs v1 update, decoded and checked as a
 /// WebSocket one would be, then applied through the doc's actor.
+///
+/// Answered once the update is durable and sent to the document's peers. Creates the
+/// document if needed. Write role.
+#[utoipa::path(
+    post,
+    path = "/api/docs/{name}/update",
+    operation_id = "update_doc",
+    tag = "docs",
+    params(openapi::DocName),
+    request_body(content = openapi::Binary, content_type = "application/octet-stream", description = "One Yjs v1 update"),
+    responses(
+        (status = 200, description = "Stored and sent to the peers", body = openapi::Applied),
+        (status = 400, description = "`bad_doc_name`, `bad_update`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
+        (status = 409, description = "`path_taken`: the name is a file's", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`, `doc_too_large`", body = openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`: the store is read-only", body = openapi::ErrorJson),
+    ),
+)]
 async fn update(
     state: &AppState,
     grant: &Grant,

@@ -209,6 +209,34 @@ fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Er
 }
 
 /// `GET`/`HEAD /api/files/{path}[?version=N][&inline=1]`.
+///
+/// The file's bytes, streamed, with conditional requests and one `Range` (`files.md`). `HEAD`
+/// answers with the same status and headers and no body.
+#[utoipa::path(
+    method(get, head),
+    path = "/api/files/{path}",
+    operation_id = "get_file",
+    summary = "The bytes of a file, or of one of its versions",
+    tag = "files",
+    params(
+        super::openapi::FilePath,
+        ("version" = Option<u64>, Query, description = "Serve this version instead of the current one"),
+        ("inline" = Option<String>, Query, description = "`1` or `true`: `Content-Disposition: inline`"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/octet-stream", body = super::openapi::Binary,
+            headers(("ETag" = String, description = "The SHA-256, quoted"), ("Content-Disposition" = String))),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = super::openapi::Binary,
+            headers(("Content-Range" = String))),
+        (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
+        (status = 400, description = "`bad_doc_name`, `bad_upload` (a bad `version`)", body = super::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = super::openapi::ErrorJson),
+        (status = 404, description = "`file_not_found`, `version_not_found`", body = super::openapi::ErrorJson),
+        (status = 416, description = "`range_not_satisfiable`", body = super::openapi::ErrorJson),
+        (status = 500, description = "`storage_fault`: the bytes were lost", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn get_file(
     State(state): State<AppState>,
     method: Method,

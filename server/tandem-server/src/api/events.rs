@@ -58,6 +58,18 @@ pub(crate) fn actor_of_request(grant: &Grant, headers: &HeaderMap) -> Actor {
 /// `GET /api/events`: a `text/event-stream` of the events the token may see. Every SSE message
 /// is `data: <event JSON>`; the first is `{"type":"hello"}` and `{"type":"resync"}` follows a
 /// gap. The stream ends when the token expires, so the client reconnects with a fresh one.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    operation_id = "events",
+    tag = "realtime",
+    responses(
+        (status = 200, description = "Server-sent events, one JSON object with a `type` per `data:` line (`http.md`)",
+            content_type = "text/event-stream", body = String),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 503, description = "`shutting_down`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     uri: Uri,

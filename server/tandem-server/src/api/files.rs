@@ -16,7 +16,7 @@ use tandem_store::{FileEntry, FileVersion, Uploader, workspace_of};
 
 use super::error::ApiError;
 use super::extract::{AppJson, JsonBody, doc_id_from, request_grant};
-use super::{AppState, blocking};
+use super::{AppState, blocking, openapi};
 use crate::auth::{AuthError, Grant};
 use tandem_hub::Actor;
 use tandem_hub::clock::now_ms;
@@ -32,17 +32,21 @@ const MAX_MOVE_BODY_BYTES: usize = 8 * 1024;
 const SHA256_HEADER: &str = "x-tandem-sha256";
 
 /// A file as the API shows it (`protocol-spec/files.md`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct FileJson {
     path: String,
     /// The last segment of the path.
     name: String,
     size: u64,
     content_type: String,
+    /// Lower-case hex.
     sha256: String,
+    /// Counts from 1 per path.
     version: u64,
+    #[schema(value_type = openapi::ActorJson)]
     uploader: Actor,
     uploaded_ms: u64,
+    /// How many versions the file has.
     n_versions: usize,
     /// The file name the version was uploaded with.
     original_name: String,
@@ -177,6 +181,30 @@ pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// `PUT /api/files/{path}`: the body is the file.
+///
+/// Streamed to disk as it arrives; answered once the new version is durable. Write role.
+#[utoipa::path(
+    put,
+    path = "/api/files/{path}",
+    operation_id = "put_file",
+    tag = "files",
+    params(
+        openapi::FilePath,
+        ("X-Tandem-Sha256" = Option<String>, Header, description = "The SHA-256 (64 hex digits) the bytes must have"),
+    ),
+    request_body(content = openapi::Binary, content_type = "*/*", description = "The file; its `Content-Type` is stored (guessed from the name when absent or `application/octet-stream`)"),
+    responses(
+        (status = 201, description = "Stored", body = openapi::FileAnswer),
+        (status = 400, description = "`bad_doc_name`, `bad_upload`, `sha256_mismatch`, `incomplete_body`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
+        (status = 408, description = "`upload_timeout`: no byte for 60 s", body = openapi::ErrorJson),
+        (status = 409, description = "`path_taken`: a document has this name", body = openapi::ErrorJson),
+        (status = 413, description = "`file_too_large`", body = openapi::ErrorJson),
+        (status = 503, description = "`shutting_down`, `storage_unavailable`", body = openapi::ErrorJson),
+        (status = 507, description = "`quota_exceeded`, `insufficient_storage`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn put_file(
     State(state): State<AppState>,
     uri: Uri,
@@ -321,6 +349,16 @@ pub(super) fn publish_uploaded(state: &AppState, entry: &FileEntry) {
 }
 
 /// `GET /api/files`: the current version of every file the token may read.
+#[utoipa::path(
+    get,
+    path = "/api/files",
+    operation_id = "list_files",
+    tag = "files",
+    responses(
+        (status = 200, description = "Sorted by path", body = openapi::FileList),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn list_files(
     State(state): State<AppState>,
     uri: Uri,
@@ -344,6 +382,20 @@ pub(super) async fn list_files(
 }
 
 /// `GET /api/file-versions/{path}`: every version, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/file-versions/{path}",
+    operation_id = "list_file_versions",
+    tag = "files",
+    params(openapi::FilePath),
+    responses(
+        (status = 200, description = "The versions, newest first", body = openapi::FileVersions),
+        (status = 400, description = "`bad_doc_name`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = openapi::ErrorJson),
+        (status = 404, description = "`file_not_found`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn list_versions(
     State(state): State<AppState>,
     uri: Uri,
@@ -371,7 +423,7 @@ pub(super) async fn load_entry(files: &Files, path: &DocId) -> Result<FileEntry,
 }
 
 /// The body of `POST /api/file-moves`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MoveRequest {
     from: String,
@@ -386,6 +438,23 @@ impl JsonBody for MoveRequest {
 }
 
 /// `POST /api/file-moves`: renames a file with all its versions (write on both paths).
+#[utoipa::path(
+    post,
+    path = "/api/file-moves",
+    operation_id = "move_file",
+    tag = "files",
+    request_body = MoveRequest,
+    responses(
+        (status = 200, description = "Moved", body = openapi::FileAnswer),
+        (status = 400, description = "`bad_body`, `bad_doc_name`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
+        (status = 404, description = "`file_not_found`", body = openapi::ErrorJson),
+        (status = 409, description = "`path_taken`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`: over 8 KiB", body = openapi::ErrorJson),
+        (status = 507, description = "`quota_exceeded`, `insufficient_storage`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn move_file(
     State(state): State<AppState>,
     uri: Uri,
@@ -422,6 +491,20 @@ pub(super) async fn move_file(
 
 /// `DELETE /api/files/{path}`: removes the file and all its versions; blobs nothing else
 /// names are deleted from the disk or store.
+#[utoipa::path(
+    delete,
+    path = "/api/files/{path}",
+    operation_id = "delete_file",
+    tag = "files",
+    params(openapi::FilePath),
+    responses(
+        (status = 204, description = "Deleted with all its versions"),
+        (status = 400, description = "`bad_doc_name`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
+        (status = 404, description = "`file_not_found`", body = openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn delete_file(
     State(state): State<AppState>,
     uri: Uri,

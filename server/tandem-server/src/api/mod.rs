@@ -18,6 +18,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod files;
+pub(crate) mod openapi;
 pub(crate) mod tus;
 pub(crate) mod versions;
 pub(crate) mod web_client;
@@ -88,9 +89,17 @@ pub(crate) struct AppState {
 /// Builds the router: the API first, then the web client from `web` for every other path.
 pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     // Request bodies (snapshots) are bounded like WebSocket frames.
-    let max_body_bytes = max_body_bytes(&state);
+    app(max_body_bytes(&state), web).with_state(state)
+}
+
+/// Every route, its layers and the web client's fallback, before the state is given: the one
+/// place routes are registered, so the OpenAPI test (`openapi.rs`) sees exactly what is served.
+/// A route added here needs its `#[utoipa::path]` on the handler and a line in
+/// `openapi::ApiDoc`'s `paths(...)`, or that test fails.
+fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
     let api = Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/openapi.json", get(openapi::serve))
         .route("/api/docs", get(docs::list_docs))
         .route("/api/events", get(events::stream))
         .route("/api/docs/{*name}", get(docs::get_doc).post(docs::post_doc))
@@ -124,14 +133,12 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
         .route("/api/webhooks/{id}", delete(webhooks::remove))
         .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(log_api_errors))
-        .with_state(state.clone());
+        .layer(middleware::from_fn(log_api_errors));
     // Uploads and downloads stream for as long as they take: outside the request timeout and
     // the body limit (they enforce their own size limits and a per-chunk idle timeout).
     let streaming = files::streaming_routes()
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(log_api_errors))
-        .with_state(state);
+        .layer(middleware::from_fn(log_api_errors));
     let timed =
         api.fallback_service(web_client::router(web))
             .layer(TimeoutLayer::with_status_code(
@@ -194,6 +201,18 @@ fn account_body_limit() -> DefaultBodyLimit {
 /// disk) still serves reads, so it is reported, not failed (`protocol-spec/http.md`). In
 /// cluster mode the engines are reported too, and a node that cannot reach Redis answers 503,
 /// so a balancer's health check sends people to a node that can take their edits.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "server",
+    summary = "Liveness and the state of the store (and of the cluster's engines)",
+    security(()),
+    responses(
+        (status = 200, description = "The server serves; `store.writable` says whether it takes writes", body = openapi::Health),
+        (status = 503, description = "Cluster mode: this node cannot reach Redis (`status: degraded`)", body = openapi::Health),
+    ),
+)]
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.clone();
     // A check of the free space at most every `PROBE_INTERVAL`: polling `/healthz` is enough

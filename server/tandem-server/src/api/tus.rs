@@ -31,6 +31,7 @@ use tandem_store::{FileVersion, UploadRecord};
 use super::AppState;
 use super::error::ApiError;
 use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
+use super::openapi::ErrorJson;
 use crate::auth::Grant;
 use crate::files::backend::{UploadWriter, WriterLock};
 use crate::files::blobs::{is_upload_id, new_upload_id};
@@ -114,6 +115,17 @@ fn parse_metadata(value: &str) -> Result<HashMap<String, String>, ApiError> {
 }
 
 /// `OPTIONS /api/uploads[/{id}]`: what this server supports.
+#[utoipa::path(
+    options,
+    path = "/api/uploads",
+    operation_id = "tus_options",
+    tag = "files",
+    security(()),
+    responses(
+        (status = 204, description = "tus 1.0.0 with `creation`, `termination`, `expiration`",
+            headers(("Tus-Version" = String), ("Tus-Extension" = String), ("Tus-Max-Size" = u64))),
+    ),
+)]
 pub(super) async fn options(State(state): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
@@ -131,6 +143,31 @@ pub(super) async fn options(State(state): State<AppState>) -> Response {
 
 /// `POST /api/uploads`: creates an upload of `Upload-Length` bytes for the `path` in
 /// `Upload-Metadata`.
+///
+/// tus 1.0.0 creation (`files.md`): permissions, path conflicts, the size limit and the quota
+/// are checked here. A body is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/uploads",
+    operation_id = "create_upload",
+    tag = "files",
+    params(
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Length" = u64, Header, description = "The file's size"),
+        ("Upload-Metadata" = String, Header, description = "`key base64(value)` pairs: `path` (required), `filetype`, `filename`, `sha256`"),
+    ),
+    responses(
+        (status = 201, description = "Created",
+            headers(("Location" = String, description = "`/api/uploads/{id}`"), ("Upload-Expires" = String), ("Tandem-File-Version" = u64, description = "Only for `Upload-Length: 0`, complete at once"))),
+        (status = 400, description = "`bad_upload`, `bad_doc_name`", body = ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = ErrorJson),
+        (status = 409, description = "`path_taken`", body = ErrorJson),
+        (status = 412, description = "`tus_version`", body = ErrorJson),
+        (status = 413, description = "`file_too_large`", body = ErrorJson),
+        (status = 507, description = "`quota_exceeded`", body = ErrorJson),
+    ),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     uri: Uri,
@@ -290,6 +327,21 @@ async fn lock_writer(files: &Files, id: &str) -> Result<UploadWriter, ApiError> 
 }
 
 /// `HEAD /api/uploads/{id}`: the offset to resume from.
+#[utoipa::path(
+    head,
+    path = "/api/uploads/{id}",
+    operation_id = "upload_offset",
+    tag = "files",
+    params(super::openapi::UploadId, ("Tus-Resumable" = String, Header, description = "`1.0.0`")),
+    responses(
+        (status = 200, description = "The bytes received and durable",
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Expires" = String))),
+        (status = 401, description = "Missing or invalid token"),
+        (status = 404, description = "`upload_not_found`"),
+        (status = 410, description = "`upload_expired`"),
+        (status = 412, description = "`tus_version`"),
+    ),
+)]
 pub(super) async fn head(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -315,6 +367,34 @@ pub(super) async fn head(
 
 /// `PATCH /api/uploads/{id}`: appends the body at `Upload-Offset`; the PATCH that reaches the
 /// declared length stores the file.
+#[utoipa::path(
+    patch,
+    path = "/api/uploads/{id}",
+    operation_id = "patch_upload",
+    tag = "files",
+    params(
+        super::openapi::UploadId,
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Offset" = u64, Header, description = "Must equal the upload's offset"),
+    ),
+    request_body(content = super::openapi::Binary, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "Appended; the PATCH that completes the upload carries `Tandem-File-Version`",
+            headers(("Upload-Offset" = u64), ("Upload-Expires" = String), ("Tandem-File-Version" = u64))),
+        (status = 400, description = "`bad_upload`, `sha256_mismatch`", body = ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = ErrorJson),
+        (status = 404, description = "`upload_not_found`", body = ErrorJson),
+        (status = 408, description = "`upload_timeout`", body = ErrorJson),
+        (status = 409, description = "`offset_mismatch`, `path_taken`", body = ErrorJson),
+        (status = 410, description = "`upload_expired`", body = ErrorJson),
+        (status = 412, description = "`tus_version`", body = ErrorJson),
+        (status = 413, description = "`file_too_large`", body = ErrorJson),
+        (status = 415, description = "`bad_content_type`", body = ErrorJson),
+        (status = 423, description = "`upload_busy`", body = ErrorJson),
+        (status = 507, description = "`quota_exceeded`", body = ErrorJson),
+    ),
+)]
 pub(super) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -546,6 +626,20 @@ fn remove_upload_blocking(files: &Files, id: &str) {
 }
 
 /// `DELETE /api/uploads/{id}`: abandons the upload and frees its bytes.
+#[utoipa::path(
+    delete,
+    path = "/api/uploads/{id}",
+    operation_id = "terminate_upload",
+    tag = "files",
+    params(super::openapi::UploadId, ("Tus-Resumable" = String, Header, description = "`1.0.0`")),
+    responses(
+        (status = 204, description = "Terminated"),
+        (status = 401, description = "Missing or invalid token", body = ErrorJson),
+        (status = 404, description = "`upload_not_found`", body = ErrorJson),
+        (status = 412, description = "`tus_version`", body = ErrorJson),
+        (status = 423, description = "`upload_busy`", body = ErrorJson),
+    ),
+)]
 pub(super) async fn terminate(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -26,15 +26,22 @@ const DEFAULT_HISTORY_LIMIT: usize = 100;
 const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// One version, as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct VersionJson {
+    /// Per document, from 1, increasing; never reused.
     id: u64,
+    /// `named`, `auto` or `restore`.
     kind: &'static str,
+    /// The given name; `null` for `auto`.
     name: Option<String>,
+    #[schema(value_type = crate::api::openapi::ActorJson)]
     author: Actor,
     created_ms: u64,
+    /// The last update the version contains.
     seq: u64,
     size_bytes: u64,
+    /// Who wrote the updates since the previous version, in order of first appearance.
+    #[schema(value_type = Vec<crate::api::openapi::ActorJson>)]
     authors: Vec<Actor>,
 }
 
@@ -85,6 +92,23 @@ async fn read_history<T: Send + 'static>(
 }
 
 /// `GET /api/docs/{name}/versions`: newest first.
+///
+/// A document without versions (or never written) lists none.
+#[utoipa::path(
+    get,
+    path = "/api/docs/{name}/versions",
+    operation_id = "list_doc_versions",
+    tag = "history",
+    params(crate::api::openapi::DocName),
+    responses(
+        (status = 200, description = "The versions, newest first", body = crate::api::openapi::VersionList),
+        (status = 400, description = "`bad_doc_name`", body = crate::api::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = crate::api::openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = crate::api::openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = crate::api::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiError> {
     let store = state.tables.history.clone();
     let versions = read_history(move || store.list_versions(doc.as_str())).await?;
@@ -93,6 +117,26 @@ pub(crate) async fn list(state: &AppState, doc: DocId) -> Result<Response, ApiEr
 }
 
 /// `GET /api/docs/{name}/versions/{id}`: the content as it was, JSON or v1 update bytes.
+#[utoipa::path(
+    get,
+    path = "/api/docs/{name}/versions/{id}",
+    operation_id = "get_doc_version",
+    tag = "history",
+    params(crate::api::openapi::DocName, ("id" = u64, Path, description = "The version id")),
+    responses(
+        (status = 200, description = "The version's state as one Yjs v1 update, or with `Accept: application/json` one key per root type",
+            content(
+                (crate::api::openapi::Binary = "application/octet-stream"),
+                (crate::api::openapi::DocContent = "application/json"),
+            )),
+        (status = 404, description = "`version_not_found`", body = crate::api::openapi::ErrorJson),
+        (status = 400, description = "`bad_doc_name`", body = crate::api::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = crate::api::openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = crate::api::openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = crate::api::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn get(
     state: &AppState,
     headers: &HeaderMap,
@@ -131,13 +175,36 @@ pub(crate) async fn get(
 }
 
 /// The body of `POST /api/docs/{name}/versions`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewVersion {
+pub(crate) struct NewVersion {
+    /// 1 to 200 characters once trimmed, without a character refused in names.
     name: String,
 }
 
 /// `POST /api/docs/{name}/versions` `{"name": "..."}`: 201 with the version, once durable.
+///
+/// Write role.
+#[utoipa::path(
+    post,
+    path = "/api/docs/{name}/versions",
+    operation_id = "create_doc_version",
+    tag = "history",
+    params(crate::api::openapi::DocName),
+    request_body = NewVersion,
+    responses(
+        (status = 201, description = "The version, once durable", body = crate::api::openapi::VersionAnswer),
+        (status = 404, description = "`doc_not_found`", body = crate::api::openapi::ErrorJson),
+        (status = 409, description = "`too_many_versions`", body = crate::api::openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`", body = crate::api::openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`", body = crate::api::openapi::ErrorJson),
+        (status = 400, description = "`bad_doc_name`, `bad_body`, `bad_version_name`", body = crate::api::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = crate::api::openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = crate::api::openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = crate::api::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn create(
     state: &AppState,
     grant: &Grant,
@@ -192,6 +259,26 @@ fn too_many_versions(max: u64) -> Response {
 
 /// `POST /api/docs/{name}/versions/{id}/restore`: 200 with the `restore` version saved just
 /// before, once the restore is durable and sent to every connected peer.
+///
+/// Takes no body. Write role (`history.md`).
+#[utoipa::path(
+    post,
+    path = "/api/docs/{name}/versions/{id}/restore",
+    operation_id = "restore_doc_version",
+    tag = "history",
+    params(crate::api::openapi::DocName, ("id" = u64, Path, description = "The version id")),
+    responses(
+        (status = 200, description = "The `restore` version saved just before", body = crate::api::openapi::VersionAnswer),
+        (status = 404, description = "`version_not_found`, `doc_not_found`", body = crate::api::openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`, `doc_too_large`", body = crate::api::openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`", body = crate::api::openapi::ErrorJson),
+        (status = 400, description = "`bad_doc_name`", body = crate::api::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = crate::api::openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = crate::api::openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = crate::api::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn restore(
     state: &AppState,
     grant: &Grant,
@@ -232,16 +319,35 @@ pub(crate) async fn restore(
 }
 
 /// One stored update's author in `GET /api/docs/{name}/history`.
-#[derive(Serialize)]
-struct EntryJson {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EntryJson {
     seq: u64,
+    #[schema(value_type = crate::api::openapi::ActorJson)]
     author: Actor,
     at_ms: u64,
+    /// The update's length while its log entry is stored, `0` once merged into a snapshot.
     n_bytes: u64,
 }
 
 /// `GET /api/docs/{name}/history?limit=&before_seq=`: the authors of the stored updates,
 /// newest first.
+#[utoipa::path(
+    get,
+    path = "/api/docs/{name}/history",
+    operation_id = "doc_history",
+    tag = "history",
+    params(crate::api::openapi::DocName,
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("before_seq" = Option<u64>, Query, description = "Only updates with a lower seq (paging)")),
+    responses(
+        (status = 200, description = "Authors of stored updates, newest first", body = crate::api::openapi::HistoryPage),
+        (status = 400, description = "`bad_doc_name`, `bad_query`", body = crate::api::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = crate::api::openapi::ErrorJson),
+        (status = 500, description = "`doc_corrupt`, `internal`", body = crate::api::openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = crate::api::openapi::ErrorJson),
+    ),
+)]
 pub(crate) async fn history(
     state: &AppState,
     query: Option<&str>,

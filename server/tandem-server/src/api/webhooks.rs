@@ -35,7 +35,18 @@ impl PathParam for WebhookId {
     }
 }
 
-/// `GET /api/webhooks`.
+/// `GET /api/webhooks`: every registration, never a secret. Admin token.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks",
+    operation_id = "list_webhooks",
+    tag = "activity",
+    responses(
+        (status = 200, description = "The webhooks", body = super::openapi::WebhookList),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -46,6 +57,21 @@ pub(super) async fn list(
 }
 
 /// `POST /api/webhooks`: 201 with the webhook and its secret (shown this once).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks",
+    operation_id = "add_webhook",
+    tag = "activity",
+    request_body = NewWebhook,
+    responses(
+        (status = 201, description = "Registered; the secret is shown this once", body = super::openapi::WebhookCreated),
+        (status = 400, description = "`bad_webhook`", body = super::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`: over 16 KiB", body = super::openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn add(
     State(state): State<AppState>,
     _admin: Admin,
@@ -57,6 +83,19 @@ pub(super) async fn add(
 }
 
 /// `DELETE /api/webhooks/{id}`: 204, or 404.
+#[utoipa::path(
+    delete,
+    path = "/api/webhooks/{id}",
+    operation_id = "remove_webhook",
+    tag = "activity",
+    params(("id" = String, Path, description = "`wh_` and 16 hex digits")),
+    responses(
+        (status = 204, description = "Removed, with its pending deliveries and log"),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
+        (status = 404, description = "`webhook_not_found`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn remove(
     State(state): State<AppState>,
     _admin: Admin,
@@ -67,6 +106,19 @@ pub(super) async fn remove(
 }
 
 /// `GET /api/webhooks/{id}/deliveries`: the logged attempts, newest first, and what is pending.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}/deliveries",
+    operation_id = "webhook_deliveries",
+    tag = "activity",
+    params(("id" = String, Path, description = "`wh_` and 16 hex digits")),
+    responses(
+        (status = 200, description = "The attempts and what is pending", body = super::openapi::Deliveries),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
+        (status = 404, description = "`webhook_not_found`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn deliveries(
     State(state): State<AppState>,
     _admin: Admin,

@@ -31,7 +31,32 @@ const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Bytes tungstenite buffers before writing to the socket; the writer flushes after each batch.
 const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// `GET /ws/{name}`.
+/// `GET /ws/{name}`: a y-websocket connection to one document (`wire.md`).
+///
+/// The name and the token are checked before the upgrade, so refusals are JSON errors; then
+/// the connection speaks binary y-websocket frames.
+#[utoipa::path(
+    get,
+    path = "/ws/{name}",
+    operation_id = "upgrade_y_websocket",
+    tag = "realtime",
+    params(
+        super::openapi::DocName,
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Sec-WebSocket-Key" = String, Header),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "May offer `tandem` and `tandem.token.<jwt>` (`auth.md`)"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: y-websocket frames follow"),
+        (status = 400, description = "`bad_doc_name`, `bad_upgrade`", body = super::openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
+        (status = 403, description = "`forbidden`", body = super::openapi::ErrorJson),
+        (status = 409, description = "`path_taken`: a file has this name", body = super::openapi::ErrorJson),
+        (status = 426, description = "`upgrade_required`", body = super::openapi::ErrorJson),
+        (status = 503, description = "`shutting_down`, `too_many_connections`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     Extension(client): Extension<ClientAddr>,
@@ -72,6 +97,24 @@ pub(super) async fn upgrade(
 /// upgrade itself: the provider cannot send headers, and the documents, each with its own token,
 /// are named inside the socket (`protocol-spec/hocuspocus.md`). Each token goes through
 /// [`HocuspocusAuth`], the same checks as the upgrade of `GET /ws/{name}`.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    operation_id = "upgrade_hocuspocus",
+    tag = "realtime",
+    security(()),
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Sec-WebSocket-Key" = String, Header),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: Hocuspocus frames follow, each document authenticated inside the socket (`hocuspocus.md`)"),
+        (status = 400, description = "`bad_upgrade`", body = super::openapi::ErrorJson),
+        (status = 426, description = "`upgrade_required`", body = super::openapi::ErrorJson),
+        (status = 503, description = "`shutting_down`, `too_many_connections`", body = super::openapi::ErrorJson),
+    ),
+)]
 pub(super) async fn upgrade_hocuspocus(
     State(state): State<AppState>,
     Extension(client): Extension<ClientAddr>,

@@ -271,7 +271,7 @@ pub(crate) fn random_hex(n_bytes: usize) -> String {
 }
 
 /// What the admin API shows of a webhook (never the secret).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookView {
     /// Its id.
     pub id: String,
@@ -300,6 +300,7 @@ impl From<&WebhookRecord> for WebhookView {
 /// Body of `POST /api/webhooks`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct NewWebhook {
     /// Where to POST.
     pub url: String,
@@ -314,7 +315,7 @@ pub struct NewWebhook {
 }
 
 /// One logged attempt as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// The delivery's idempotency id.
     pub delivery_id: String,
