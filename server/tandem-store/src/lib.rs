@@ -198,6 +198,11 @@ impl Store {
         })
     }
 
+    /// The database file, or `None` for a custom backend.
+    pub fn path(&self) -> Option<&Path> {
+        self.reopen.as_ref().map(|(path, _)| path.as_path())
+    }
+
     /// The format version the file was migrated from when it was opened (in one transaction,
     /// before `open` returned), or `None` if it was already at [`FORMAT_VERSION`] or new.
     pub fn migrated_from(&self) -> Option<u64> {
