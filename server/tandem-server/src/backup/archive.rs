@@ -95,7 +95,13 @@ pub(crate) fn write<W: Write>(
     let mut builder = tar::Builder::new(out);
     let mtime = manifest.created_ms / 1000;
     let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-    append(&mut builder, MANIFEST_NAME, json.len() as u64, mtime, &json[..])?;
+    append(
+        &mut builder,
+        MANIFEST_NAME,
+        json.len() as u64,
+        mtime,
+        &json[..],
+    )?;
     for entry in &manifest.entries {
         let reader = open(entry)?;
         append(&mut builder, &entry.path, entry.size, mtime, reader)?;
@@ -199,7 +205,10 @@ pub(crate) fn read<R: Read>(
             )));
         }
         if expected.insert(&entry.path, entry).is_some() {
-            return Err(invalid(format!("the manifest lists {:?} twice", entry.path)));
+            return Err(invalid(format!(
+                "the manifest lists {:?} twice",
+                entry.path
+            )));
         }
     }
     if !expected.contains_key(DB_FILE_NAME) {
@@ -296,7 +305,10 @@ mod tests {
             store_format_version: tandem_store::FORMAT_VERSION,
             created_ms: 1,
             n_docs: 0,
-            entries: files.iter().map(|(path, bytes)| entry(path, bytes)).collect(),
+            entries: files
+                .iter()
+                .map(|(path, bytes)| entry(path, bytes))
+                .collect(),
         };
         let bytes = archive(&manifest, &files);
         let mut seen = Vec::new();

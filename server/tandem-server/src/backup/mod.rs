@@ -272,9 +272,9 @@ impl ChannelWriter {
             Vec::with_capacity(CHUNK_BYTES),
         ));
         self.n_bytes += chunk.len() as u64;
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
     }
 }
 

@@ -32,9 +32,7 @@ pub(super) async fn backup(args: &BackupArgs) -> Result<String, CommandError> {
     let mut partial_name = dest.as_os_str().to_owned();
     partial_name.push(".partial");
     let partial = PartialFile(PathBuf::from(partial_name));
-    let mut response = client
-        .send(Method::GET, "/api/backup", None, None)
-        .await?;
+    let mut response = client.send(Method::GET, "/api/backup", None, None).await?;
     let mut file = tokio::fs::File::create(&partial.0)
         .await
         .map_err(io_error(&partial.0, "creating"))?;

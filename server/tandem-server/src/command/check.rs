@@ -99,7 +99,10 @@ fn check_blob(data_dir: &Path, sha256: &str, size: u64) -> Option<String> {
     let mut file = match fs::File::open(&path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Some(format!("blob {sha256}: missing ({} does not exist)", path.display()));
+            return Some(format!(
+                "blob {sha256}: missing ({} does not exist)",
+                path.display()
+            ));
         }
         Err(error) => return Some(format!("blob {sha256}: cannot be read: {error}")),
     };

@@ -85,7 +85,9 @@ pub(super) async fn export(args: &ExportArgs) -> Result<String, CommandError> {
 /// Writes `bytes` to `dir/relative` (a document name's `/` separates directories; names never
 /// hold `.` or `..` segments, see `DocId`), creating its directories.
 fn write_file(dir: &Path, relative: &str, bytes: &[u8]) -> Result<(), CommandError> {
-    let path: PathBuf = relative.split('/').fold(dir.to_path_buf(), |path, part| path.join(part));
+    let path: PathBuf = relative
+        .split('/')
+        .fold(dir.to_path_buf(), |path, part| path.join(part));
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|error| CommandError::Io {
             what: format!("creating {}", parent.display()),

@@ -46,9 +46,17 @@ pub(super) async fn import(args: &ImportArgs) -> Result<String, CommandError> {
                 continue;
             }
             let update = read(&path)?;
-            match client.post(&Client::doc_path(name, "/update"), update).await {
+            match client
+                .post(&Client::doc_path(name, "/update"), update)
+                .await
+            {
                 Ok(()) => n_updates += 1,
-                Err(CommandError::Refused { status, code, message, .. }) if status < 500 => {
+                Err(CommandError::Refused {
+                    status,
+                    code,
+                    message,
+                    ..
+                }) if status < 500 => {
                     refused.push(format!("{relative}: refused ({status} {code}): {message}"));
                 }
                 Err(error) => return Err(error),
@@ -124,7 +132,10 @@ async fn import_text(
     root.insert(&mut txn, 0, text);
     let update = txn.encode_diff_v1(&before);
     drop(txn);
-    match client.post(&Client::doc_path(name, "/update"), update).await {
+    match client
+        .post(&Client::doc_path(name, "/update"), update)
+        .await
+    {
         Ok(()) => Ok(TextOutcome::Written),
         Err(CommandError::Refused {
             status,
