@@ -449,8 +449,7 @@ async fn state_vector(server: &TestServer, token: &str, doc: &str) -> StateVecto
         .transact_mut()
         .apply_update(yrs::Update::decode_v1(&response.body).expect("a v1 update"))
         .expect("applies");
-    let vector = fetched.transact().state_vector();
-    vector
+    fetched.transact().state_vector()
 }
 
 /// The files under `dir`, relative, with their bytes.
