@@ -387,6 +387,10 @@ pub async fn run_with_ready(
     } else {
         files.cleanup_at_start().await;
     }
+    // A backup's temporary copy outlives its stream only if the process died; none runs yet.
+    if sharing == files::Sharing::Local {
+        backup::remove_leftovers(&config.data_dir);
+    }
     lifecycle.spawn(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),

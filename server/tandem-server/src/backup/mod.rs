@@ -103,6 +103,28 @@ impl Drop for TempCopy {
     }
 }
 
+/// Removes the temporary copies left in `<data_dir>/backup-tmp/` by a process that died while
+/// streaming a backup. Called at start-up, before any backup can run. Blocking (one directory).
+pub(crate) fn remove_leftovers(data_dir: &Path) {
+    let dir = data_dir.join(BACKUP_TMP_DIR);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "redb") {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a backup's leftover copy")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "removing a backup's leftover copy failed")
+                }
+            }
+        }
+    }
+}
+
 /// Copies the store and pins its blobs (see the module docs). Blocking: run it on the blocking
 /// pool.
 pub(crate) fn prepare(store: &Store, files: &Files) -> Result<Prepared, BackupError> {

@@ -61,3 +61,63 @@ impl Drop for BlobPins {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::files::{FilesConfig, Sharing};
+
+    /// A delete that commits while a backup runs must not remove a blob the backup names: the
+    /// removal is refused while the pin holds, and goes through once the backup is over.
+    #[test]
+    fn a_pinned_blob_outlives_its_removal_until_the_pin_drops() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
+        let files = Files::open(
+            store.clone(),
+            store,
+            FilesConfig::default(),
+            dir.path(),
+            Sharing::Local,
+            None,
+        )
+        .expect("files");
+        let sha256 = "ab".repeat(32);
+        let temp = dir.path().join("staged");
+        std::fs::write(&temp, b"bytes").expect("write");
+        files
+            .inner
+            .disk
+            .store_blob(&temp, &sha256)
+            .expect("store blob");
+        let blob = files.inner.disk.blob_path(&sha256);
+
+        let pins = {
+            let lock = files.lock_blobs().expect("lock");
+            files.pin_blobs(&lock, vec![sha256.clone()])
+        };
+        let second = {
+            let lock = files.lock_blobs().expect("lock");
+            files.pin_blobs(&lock, vec![sha256.clone()])
+        };
+        {
+            let lock = files.lock_blobs().expect("lock");
+            assert!(files.remove_blob(&lock, &sha256).is_err());
+        }
+        assert!(blob.exists(), "removed while pinned");
+        drop(pins);
+        {
+            let lock = files.lock_blobs().expect("lock");
+            assert!(
+                files.remove_blob(&lock, &sha256).is_err(),
+                "still pinned once"
+            );
+        }
+        drop(second);
+        let lock = files.lock_blobs().expect("lock");
+        files.remove_blob(&lock, &sha256).expect("removed");
+        assert!(!blob.exists());
+    }
+}
