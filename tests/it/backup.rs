@@ -735,3 +735,67 @@ async fn check_passes_a_clean_directory_and_names_a_deleted_blob_and_a_damaged_r
         "check changed the data directory"
     );
 }
+
+/// In cluster mode a backup is refused with a pointer to the engines' own tools, and export
+/// works against any node (it goes through the HTTP API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_backup_is_refused_and_export_goes_through_any_node() {
+    let cluster = crate::cluster::Cluster::start();
+    let jwt = |config: &mut tandem_server::Config| {
+        config.auth.mode = tandem_server::auth::AuthMode::Jwt;
+    };
+    let one = cluster.node(jwt).await;
+    let two = cluster.node(jwt).await;
+    let token = full_token(&one);
+    post_update(
+        &two,
+        &token,
+        "team/shared.md",
+        &yjs_state(21, "written on two", &[]),
+    )
+    .await;
+
+    let archive_dir = tempfile::tempdir().expect("temp dir");
+    let refused = run_tandem(
+        &[
+            "backup",
+            &arg(&archive_dir.path().join("b.tar")),
+            "--server",
+            &one.url(""),
+            "--token",
+            &token,
+        ],
+        "",
+    )
+    .await;
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("409 cluster_mode") && refused.stderr.contains("pg_dump"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(archive_dir.path()).expect("dir").count(),
+        0,
+        "nothing written"
+    );
+
+    let out = tempfile::tempdir().expect("temp dir");
+    let exported = run_tandem(
+        &[
+            "export",
+            &arg(out.path()),
+            "--server",
+            &one.url(""),
+            "--token",
+            &token,
+        ],
+        "",
+    )
+    .await;
+    assert!(exported.success, "{}", exported.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("team/shared.md")).expect("text file"),
+        "written on two"
+    );
+}

@@ -148,8 +148,7 @@ pub(crate) fn prepare(store: &Store, files: &Files) -> Result<Prepared, BackupEr
         ));
         drop(blob_lock);
     });
-    // Taken even if the copy failed after pinning, so the pins drop with it.
-    let pins = pins;
+    // On an error the pins, if taken, drop here with the temporary copy.
     let copied = copied?;
     let pins = pins.expect("write_backup calls on_snapshot before it copies");
     let mut entries = vec![hashed_entry(&copy.0, DB_FILE_NAME)?];
