@@ -292,6 +292,34 @@ async fn a_backup_under_load_restores_everything_acknowledged_before_it() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("keep.txt")]);
 
+    // A damaged archive (one byte of a blob flipped) is refused, and nothing is left behind.
+    let mut damaged = std::fs::read(&archive).expect("read archive");
+    let at = damaged
+        .windows(16)
+        .position(|window| window == b"quarterly report")
+        .expect("the blob is in the archive");
+    damaged[at] ^= 0x01;
+    let damaged_archive = archive_dir.path().join("damaged.tar");
+    std::fs::write(&damaged_archive, &damaged).expect("write");
+    let empty = tempfile::tempdir().expect("temp dir");
+    let refused = run_tandem(
+        &[
+            "restore-backup",
+            &arg(&damaged_archive),
+            "--data-dir",
+            &arg(empty.path()),
+        ],
+        "",
+    )
+    .await;
+    assert!(!refused.success);
+    assert!(refused.stderr.contains("SHA-256"), "{}", refused.stderr);
+    assert_eq!(
+        std::fs::read_dir(empty.path()).expect("dir").count(),
+        0,
+        "a refused restore leaves nothing"
+    );
+
     // Restored into an empty directory, a server starts on it with everything.
     let restored_dir = tempfile::tempdir().expect("temp dir");
     let restored = run_tandem(

@@ -3,8 +3,9 @@
 //! `backup` streams `GET /api/backup` into `DEST.partial`, reads the whole archive back to
 //! verify it (`backup/archive.rs`: every entry's size and SHA-256 against the manifest), and
 //! only then renames it to `DEST`, so a `DEST` that exists is a whole, verified backup.
-//! `restore-backup` lays an archive out in a new or empty directory, verifying as it goes, and
-//! opens the restored store once; on any failure it removes what it wrote.
+//! `restore-backup` lays an archive out in a new or empty directory, verifying as it goes, runs
+//! `tandem check` on the result and opens the restored store once; on any failure it removes
+//! what it wrote.
 
 use std::fs;
 use std::io::{self, BufReader};
@@ -18,7 +19,7 @@ use super::CommandError;
 use super::client::Client;
 use crate::DB_FILE_NAME;
 use crate::backup::archive::{self, Manifest};
-use crate::cli::{BackupArgs, RestoreBackupArgs};
+use crate::cli::{BackupArgs, CheckArgs, RestoreBackupArgs};
 
 pub(super) async fn backup(args: &BackupArgs) -> Result<String, CommandError> {
     let dest = &args.dest;
@@ -143,6 +144,17 @@ fn lay_out(src: &Path, dir: &Path) -> Result<Manifest, CommandError> {
         out.sync_all()
     })
     .map_err(|error| CommandError::Invalid(format!("{}: {error}", src.display())))?;
+    // The archive's hashes say the bytes are those the server sent; `tandem check` says the
+    // store they make is sound (record checksums, docs, refcounts, blobs).
+    let (report, sound) = super::check::check(&CheckArgs {
+        data_dir: dir.to_path_buf(),
+    })?;
+    if !sound {
+        return Err(CommandError::Invalid(format!(
+            "{}: the restored store does not check out:\n{report}",
+            src.display()
+        )));
+    }
     let db = dir.join(DB_FILE_NAME);
     let store = Store::open(&db).map_err(|source| CommandError::Store {
         path: db.clone(),
