@@ -11,6 +11,7 @@
 mod accounts;
 mod activity;
 mod auth;
+mod backup;
 mod cluster;
 mod cluster_files;
 mod cluster_meta;

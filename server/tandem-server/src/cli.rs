@@ -50,6 +50,19 @@ pub enum Command {
     /// Manage webhooks (works beside a running server).
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Back up a running server (one node): its store and the blobs it names, as one archive.
+    Backup(BackupArgs),
+    /// Lay out a backup archive in an empty data directory, verified first.
+    RestoreBackup(RestoreBackupArgs),
+    /// Write documents out of a running server: a Yjs update (`NAME.yjs`) per document, and
+    /// its text (`NAME`) for `.md` and `.txt` documents.
+    Export(ExportArgs),
+    /// Read documents into a running server from `NAME.yjs` Yjs updates and `.md`/`.txt` text
+    /// files.
+    Import(ImportArgs),
+    /// Verify a data directory offline (the server stopped); prints one line per problem and
+    /// exits non-zero if there is any. Changes nothing.
+    Check(CheckArgs),
 }
 
 impl Cli {
@@ -753,6 +766,84 @@ pub struct TokenMintArgs {
     #[arg(long, default_value = "1h")]
     pub ttl: HumanDuration,
     /// Directory of `server-key`.
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// The running server a command talks to over HTTP, and its credentials.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's URL (`http://` or `https://`).
+    #[arg(
+        long,
+        visible_alias = "url",
+        env = "TANDEM_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// A token the server accepts: admin for `backup`, read access for `export`, write access
+    /// for `import`. Without it, a short-lived admin token is signed with the `server-key` in
+    /// `--data-dir` (on the server's machine).
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Directory of the running server's `server-key`, used when no `--token` is given.
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `tandem backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The archive to write (a tar file; it must not exist yet).
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Flags of `tandem restore-backup`.
+#[derive(Debug, Args)]
+pub struct RestoreBackupArgs {
+    /// The archive `tandem backup` wrote.
+    pub src: PathBuf,
+    /// The data directory to restore into: new or empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `tandem export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The directory to write into (created if needed); a document `team/a.md` becomes
+    /// `team/a.md.yjs` and `team/a.md`.
+    pub dir: PathBuf,
+    /// Only documents whose name starts with this, e.g. `team/`.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Flags of `tandem import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The directory to read: `NAME.yjs` files are merged into document `NAME`; `.md` and
+    /// `.txt` files without a `.yjs` beside them become the text of the document of their name.
+    pub dir: PathBuf,
+    /// Only documents whose name starts with this, e.g. `team/`.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Replace the text of a document that already has content by the file's text (without
+    /// it, such a text file is refused).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Flags of `tandem check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The data directory (of a stopped server).
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 }

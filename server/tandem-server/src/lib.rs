@@ -13,6 +13,8 @@
 //! - [`activity`]: the activity recorder (edit sessions, batching).
 //! - [`webhook`]: webhook registrations, debounced `doc.changed`, the signed delivery worker.
 //! - `files`: the files service: uploads, versions, blobs, cleanup.
+//! - `backup`: backups of a running node: the store copied from one read transaction, its
+//!   blobs pinned, streamed as a tar archive (`backup/archive.rs`, also read by the commands).
 //! - `tables`: the storage each service works on: the local store, or cluster mode's shared one.
 //! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
 //!   `config` nor `command`, which both import it.
@@ -36,6 +38,7 @@ pub mod accounts;
 pub mod activity;
 mod api;
 pub mod auth;
+mod backup;
 mod bus;
 pub mod cli;
 pub mod command;
@@ -383,6 +386,10 @@ pub async fn run_with_ready(
         info!(db = %db_path.display(), "new store: start-up file cleanup skipped");
     } else {
         files.cleanup_at_start().await;
+    }
+    // A backup's temporary copy outlives its stream only if the process died; none runs yet.
+    if sharing == files::Sharing::Local {
+        backup::remove_leftovers(&config.data_dir);
     }
     lifecycle.spawn(
         tracing::info_span!("file-cleanup"),

@@ -55,7 +55,37 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             finish(runtime.block_on(tandem_server::command::run_webhook(command)))
         }
+        Command::Backup(args) => {
+            finish(one_shot_runtime()?.block_on(tandem_server::command::run_backup(args)))
+        }
+        Command::RestoreBackup(args) => finish(tandem_server::command::run_restore_backup(&args)),
+        Command::Export(args) => {
+            finish(one_shot_runtime()?.block_on(tandem_server::command::run_export(args)))
+        }
+        Command::Import(args) => {
+            finish(one_shot_runtime()?.block_on(tandem_server::command::run_import(args)))
+        }
+        Command::Check(args) => match tandem_server::command::run_check(&args) {
+            // The problems go to standard output, one a line, and set the exit status.
+            Ok((report, sound)) => {
+                println!("{report}");
+                if !sound {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Err(error) => finish(Err(error)),
+        },
     }
+}
+
+/// The runtime of a command that talks to a running server over HTTP.
+fn one_shot_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// The error and its causes joined by ": " on one line, for the person or supervisor reading

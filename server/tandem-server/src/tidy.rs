@@ -1,12 +1,12 @@
 //! Tidy checks, in the rust-analyzer style: tests that read the source tree and hold the
-//! layering rules the compiler cannot. The services (`accounts/`, `activity/`, `files/`,
+//! layering rules the compiler cannot. The services (`accounts/`, `activity/`, `backup/`, `files/`,
 //! `webhook/`) sit below the HTTP layer: they never import `crate::api` and never name axum or
 //! a status code, so a handler is the only place a domain error becomes an HTTP answer.
 
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 4] = ["accounts", "activity", "files", "webhook"];
+const SERVICE_DIRS: [&str; 5] = ["accounts", "activity", "backup", "files", "webhook"];
 
 /// What a service file must not contain.
 const FORBIDDEN_IN_SERVICES: [&str; 4] = ["crate::api", "axum", "StatusCode", "super::api"];

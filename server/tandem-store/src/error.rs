@@ -84,6 +84,12 @@ pub enum StoreError {
         /// The version this build reads and writes.
         expected: u64,
     },
+    /// The file holds a table this build does not know, so a backup of it would be incomplete.
+    #[error("the database holds table {table:?}, which this build does not know")]
+    UnknownTable {
+        /// The table's name.
+        table: String,
+    },
 }
 
 /// Why the store refuses writes.
@@ -142,7 +148,8 @@ impl StoreError {
             | StoreError::AlreadyOpen
             | StoreError::ReadOnly { .. }
             | StoreError::Unavailable { .. }
-            | StoreError::UnsupportedFormat { .. } => false,
+            | StoreError::UnsupportedFormat { .. }
+            | StoreError::UnknownTable { .. } => false,
         }
     }
 }

@@ -604,7 +604,7 @@ fn encode_entry(entry: &FileEntry) -> Vec<u8> {
     out
 }
 
-fn decode_entry(path: &str, bytes: &[u8]) -> Result<FileEntry, FileError> {
+pub(crate) fn decode_entry(path: &str, bytes: &[u8]) -> Result<FileEntry, FileError> {
     let corrupt = |detail: &str| FileError::Corrupt {
         key: path.to_owned(),
         detail: detail.to_owned(),

@@ -17,6 +17,8 @@
 //! - `damaged`: a damaged row met by a list or a scan is left out and logged once.
 //! - `error`: `StoreError`.
 //! - `accounts`: the `users` table and its versioned `UserRecord`.
+//! - [`backup`]: a consistent copy of every table into a fresh file, from one read transaction.
+//! - [`check`]: the offline check of a file, opened read-only (`tandem check`).
 //! - `files`: uploaded files' versions, blob refcounts, uploads in progress, workspace usage.
 //! - `history`: who sent each update, and each doc's versions (`VersionRecord`).
 //! - `record`: the binary encoding of versioned records (`put_str`, `Reader`).
@@ -28,6 +30,8 @@
 
 mod accounts;
 mod activity;
+pub mod backup;
+pub mod check;
 mod checksum;
 mod contain;
 mod damaged;
@@ -42,6 +46,7 @@ mod webhooks;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
@@ -77,6 +82,10 @@ pub struct Store {
     migrated_from: Option<u64>,
     /// Damaged rows a list or scan left out, each logged once (`damaged.rs`).
     damaged: damaged::DamagedRows,
+    /// Backups copying from a read transaction right now (`backup.rs`); `release_cache` waits
+    /// for every operation in flight, so it is skipped while one runs rather than stall the
+    /// writer thread for the length of a copy.
+    backups_running: AtomicUsize,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
@@ -184,8 +193,14 @@ impl Store {
                 space: Space::new(Some(path)),
                 migrated_from,
                 damaged: damaged::DamagedRows::default(),
+                backups_running: AtomicUsize::new(0),
             })
         })
+    }
+
+    /// The database file, or `None` for a custom backend.
+    pub fn path(&self) -> Option<&Path> {
+        self.reopen.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// The format version the file was migrated from when it was opened (in one transaction,
@@ -199,6 +214,9 @@ impl Store {
     /// open any more, so an idle server gives that memory back. Waits for operations in flight;
     /// a no-op for a custom backend.
     pub fn release_cache(&self) -> Result<(), StoreError> {
+        if self.backups_running.load(Ordering::Acquire) > 0 {
+            return Ok(());
+        }
         self.contain("release_cache", || self.reopen())
     }
 
@@ -275,6 +293,7 @@ impl Store {
                 space: Space::new(None),
                 migrated_from,
                 damaged: damaged::DamagedRows::default(),
+                backups_running: AtomicUsize::new(0),
             })
         })
     }
@@ -282,63 +301,9 @@ impl Store {
     /// The stored state of `doc`: snapshot, then log entries after it.
     pub fn load_doc(&self, doc: &str) -> Result<StoredDoc, StoreError> {
         self.contain("load_doc", || {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let Some(row) = txn.open_table(DOCS)?.get(doc)? else {
-            return Ok(StoredDoc::default());
-        };
-        let (snapshot_seq, _, _, _, last_seq) = decode_doc_row(doc, row.value())?;
-        let snapshot = match txn.open_table(SNAPSHOTS)?.get(doc)? {
-            Some(stored) => Some(
-                checksum::unseal(SNAPSHOTS.name(), doc, stored.value())
-                    .map_err(|_| StoreError::Corrupt {
-                        doc: doc.into(),
-                        detail: "snapshot: checksum mismatch".into(),
-                    })?
-                    .to_vec(),
-            ),
-            None => None,
-        };
-        if snapshot.is_none() && snapshot_seq > 0 {
-            return Err(StoreError::Corrupt {
-                doc: doc.into(),
-                detail: format!("snapshot up to seq {snapshot_seq} is missing"),
-            });
-        }
-        let mut updates = Vec::new();
-        let log = txn.open_table(UPDATES)?;
-        let entries = log.range((doc, snapshot_seq + 1)..=(doc, u64::MAX))?;
-        for (expected_seq, entry) in (snapshot_seq + 1..).zip(entries) {
-            let (key, value) = entry?;
-            let (_, seq) = key.value();
-            if seq != expected_seq {
-                return Err(StoreError::Corrupt {
-                    doc: doc.into(),
-                    detail: format!("log jumps from seq {} to {seq}", expected_seq - 1),
-                });
-            }
-            let update = checksum::unseal(UPDATES.name(), (doc, seq), value.value()).map_err(
-                |_| StoreError::Corrupt {
-                    doc: doc.into(),
-                    detail: format!("log entry {seq}: checksum mismatch"),
-                },
-            )?;
-            updates.push(update.to_vec());
-        }
-        if updates.len() as u64 != last_seq.saturating_sub(snapshot_seq) {
-            return Err(StoreError::Corrupt {
-                doc: doc.into(),
-                detail: format!(
-                    "log holds {} entries after seq {snapshot_seq}, the docs row says it ends at seq {last_seq}",
-                    updates.len()
-                ),
-            });
-        }
-        Ok(StoredDoc {
-            snapshot,
-            updates,
-            last_seq,
-        })
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            load_doc_in(&txn, doc)
         })
     }
 
@@ -478,6 +443,65 @@ impl Store {
             }
         })
     }
+}
+
+/// The stored state of `doc` as `txn` sees it, every record checked (see [`Store::load_doc`]).
+pub(crate) fn load_doc_in(txn: &redb::ReadTransaction, doc: &str) -> Result<StoredDoc, StoreError> {
+    let Some(row) = txn.open_table(DOCS)?.get(doc)? else {
+        return Ok(StoredDoc::default());
+    };
+    let (snapshot_seq, _, _, _, last_seq) = decode_doc_row(doc, row.value())?;
+    let snapshot = match txn.open_table(SNAPSHOTS)?.get(doc)? {
+        Some(stored) => Some(
+            checksum::unseal(SNAPSHOTS.name(), doc, stored.value())
+                .map_err(|_| StoreError::Corrupt {
+                    doc: doc.into(),
+                    detail: "snapshot: checksum mismatch".into(),
+                })?
+                .to_vec(),
+        ),
+        None => None,
+    };
+    if snapshot.is_none() && snapshot_seq > 0 {
+        return Err(StoreError::Corrupt {
+            doc: doc.into(),
+            detail: format!("snapshot up to seq {snapshot_seq} is missing"),
+        });
+    }
+    let mut updates = Vec::new();
+    let log = txn.open_table(UPDATES)?;
+    let entries = log.range((doc, snapshot_seq + 1)..=(doc, u64::MAX))?;
+    for (expected_seq, entry) in (snapshot_seq + 1..).zip(entries) {
+        let (key, value) = entry?;
+        let (_, seq) = key.value();
+        if seq != expected_seq {
+            return Err(StoreError::Corrupt {
+                doc: doc.into(),
+                detail: format!("log jumps from seq {} to {seq}", expected_seq - 1),
+            });
+        }
+        let update = checksum::unseal(UPDATES.name(), (doc, seq), value.value()).map_err(|_| {
+            StoreError::Corrupt {
+                doc: doc.into(),
+                detail: format!("log entry {seq}: checksum mismatch"),
+            }
+        })?;
+        updates.push(update.to_vec());
+    }
+    if updates.len() as u64 != last_seq.saturating_sub(snapshot_seq) {
+        return Err(StoreError::Corrupt {
+            doc: doc.into(),
+            detail: format!(
+                "log holds {} entries after seq {snapshot_seq}, the docs row says it ends at seq {last_seq}",
+                updates.len()
+            ),
+        });
+    }
+    Ok(StoredDoc {
+        snapshot,
+        updates,
+        last_seq,
+    })
 }
 
 /// The length of the payload of a sealed value (without its checksum).

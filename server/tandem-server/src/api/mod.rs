@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod activity;
+pub(crate) mod backup;
 pub(crate) mod docs;
 pub(crate) mod download;
 pub(crate) mod error;
@@ -137,6 +138,7 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
     // Uploads and downloads stream for as long as they take: outside the request timeout and
     // the body limit (they enforce their own size limits and a per-chunk idle timeout).
     let streaming = files::streaming_routes()
+        .merge(backup::routes())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_api_errors));
     let timed =

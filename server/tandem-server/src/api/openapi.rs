@@ -23,7 +23,9 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::{accounts, activity, docs, download, events, files, tus, versions, webhooks, ws};
+use super::{
+    accounts, activity, backup, docs, download, events, files, tus, versions, webhooks, ws,
+};
 
 /// The API's operations, schemas and security schemes.
 #[derive(OpenApi)]
@@ -72,6 +74,7 @@ use super::{accounts, activity, docs, download, events, files, tus, versions, we
         webhooks::add,
         webhooks::remove,
         webhooks::deliveries,
+        backup::download,
     ),
     modifiers(&Security, &Aliases, &Summaries),
     tags(

@@ -1,5 +1,7 @@
 //! The binary's one-shot commands besides `serve`: `tandem user add|remove|list`,
-//! `tandem webhook add|list|remove|log` and `tandem token mint`, one file each.
+//! `tandem webhook add|list|remove|log`, `tandem token mint`, `tandem backup` and
+//! `restore-backup` (`backup.rs`), `tandem export` and `import`, and `tandem check`, one file
+//! each. `backup`, `export` and `import` talk to a running server through `client.rs`.
 //!
 //! `user` and `webhook` commands work through a [`Backend`](backend::Backend): the database
 //! `<data-dir>/tandem.redb` directly when this process can open it, otherwise the account and
@@ -11,6 +13,11 @@
 //! exit code. Passwords are never printed or logged. The flags are declared in `cli.rs`.
 
 mod backend;
+mod backup;
+mod check;
+mod client;
+mod export;
+mod import;
 mod token;
 mod user;
 mod webhook;
@@ -22,7 +29,10 @@ use tandem_store::StoreError;
 
 use crate::accounts::validate_docs;
 use crate::auth::{AuthLoadError, Role};
-use crate::cli::{DocRole, TokenCommand, UserCommand, WebhookCommand};
+use crate::cli::{
+    BackupArgs, CheckArgs, DocRole, ExportArgs, ImportArgs, RestoreBackupArgs, TokenCommand,
+    UserCommand, WebhookCommand,
+};
 
 pub use backend::ADMIN_TOKEN_TTL;
 
@@ -70,6 +80,23 @@ pub enum CommandError {
         /// The `message` of the body.
         message: String,
     },
+    /// The server a `backup`, `export` or `import` talks to did not answer.
+    #[error("cannot reach the server at {server}: {detail}")]
+    Connect {
+        /// `--server`.
+        server: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A local file or directory could not be read or written.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The error.
+        #[source]
+        error: std::io::Error,
+    },
     /// `user remove` of an account that does not exist.
     #[error("no user {0:?}")]
     NoSuchUser(String),
@@ -102,6 +129,32 @@ pub fn run_token(command: TokenCommand) -> Result<String, CommandError> {
     match command {
         TokenCommand::Mint(args) => token::mint(&args),
     }
+}
+
+/// Runs `tandem backup` and returns the line to print.
+pub async fn run_backup(args: BackupArgs) -> Result<String, CommandError> {
+    backup::backup(&args).await
+}
+
+/// Runs `tandem restore-backup` and returns the line to print. Blocking.
+pub fn run_restore_backup(args: &RestoreBackupArgs) -> Result<String, CommandError> {
+    backup::restore(args)
+}
+
+/// Runs `tandem export` and returns the lines to print.
+pub async fn run_export(args: ExportArgs) -> Result<String, CommandError> {
+    export::export(&args).await
+}
+
+/// Runs `tandem import` and returns the lines to print.
+pub async fn run_import(args: ImportArgs) -> Result<String, CommandError> {
+    import::import(&args).await
+}
+
+/// Runs `tandem check`: the lines to print (one per problem, then a summary) and whether the
+/// data directory is sound. Blocking.
+pub fn run_check(args: &CheckArgs) -> Result<(String, bool), CommandError> {
+    check::check(args)
 }
 
 /// The `--doc PATTERN=ROLE` flags as an account's or token's documents, validated as the

@@ -277,6 +277,9 @@ impl Files {
         if !blobs.still_held() {
             return Err("the blob lock was lost; the blob is left for the cleanup".into());
         }
+        if self.is_pinned(sha256) {
+            return Err("a backup in progress names the blob; it is left for the cleanup".into());
+        }
         match &self.inner.backend {
             Backend::Dir => self
                 .inner

@@ -59,6 +59,7 @@
 pub(crate) mod backend;
 pub(crate) mod blobs;
 mod cleanup;
+pub(crate) mod pin;
 pub(crate) mod s3;
 pub(crate) mod upload;
 
@@ -156,6 +157,8 @@ pub(crate) struct FilesInner {
     patches: Mutex<HashSet<String>>,
     /// Held while checking the quota and reserving for a new upload (see the invariants).
     reserve_lock: Mutex<()>,
+    /// Blobs a backup in progress names, with how many backups name each (`pin.rs`).
+    pins: Mutex<HashMap<String, usize>>,
 }
 
 /// What a PUT in progress holds (see `FilesInner::puts`).
@@ -320,6 +323,7 @@ impl Files {
                 puts: Mutex::new(HashMap::new()),
                 patches: Mutex::new(HashSet::new()),
                 reserve_lock: Mutex::new(()),
+                pins: Mutex::new(HashMap::new()),
             }),
         })
     }
