@@ -241,7 +241,9 @@ impl HubMetrics {
         }
     }
 
-    pub(crate) fn committed(&self, elapsed: Duration, n_commands: usize) {
+    /// One commit of the document log (the redb writer's, or cluster mode's appender's) took
+    /// `elapsed` and held `n_commands` log commands.
+    pub fn observe_commit(&self, elapsed: Duration, n_commands: usize) {
         if let Some(inner) = &self.inner {
             inner.commit_seconds.observe(elapsed.as_secs_f64());
             inner.commit_group_size.observe(n_commands as f64);
@@ -356,7 +358,7 @@ mod tests {
     fn off_records_nothing_and_registers_nothing() {
         let metrics = HubMetrics::default();
         metrics.update_received(10);
-        metrics.committed(Duration::from_millis(1), 3);
+        metrics.observe_commit(Duration::from_millis(1), 3);
         assert_eq!(metrics.updates_received(), 0);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -368,9 +370,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_in_the_text() {
         let metrics = HubMetrics::enabled();
-        metrics.committed(Duration::from_micros(50), 1);
-        metrics.committed(Duration::from_millis(20), 3);
-        metrics.committed(Duration::from_secs(60), 3000);
+        metrics.observe_commit(Duration::from_micros(50), 1);
+        metrics.observe_commit(Duration::from_millis(20), 3);
+        metrics.observe_commit(Duration::from_secs(60), 3000);
         for kind in HubMetrics::kinds() {
             metrics.closed(1008, *kind);
         }

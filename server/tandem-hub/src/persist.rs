@@ -171,7 +171,7 @@ fn run(
             }
             let commit_started = Instant::now();
             commit(&store, &batch, config.fsync);
-            metrics.committed(commit_started.elapsed(), batch.len());
+            metrics.observe_commit(commit_started.elapsed(), batch.len());
             n_commits += 1;
         }
         if release && close.is_none() {

@@ -207,12 +207,21 @@ pub async fn run_with_ready(
         .auth
         .check_bind(bound_ip)
         .map_err(ServerError::Config)?;
+    // Made before anything that records: cluster mode's appender, the hub, the
+    // redb writer, the services.
+    let telemetry = metrics::Telemetry::new(
+        config.metrics == cli::MetricsSwitch::On,
+        config.series_interval,
+    );
     // Cluster mode: documents live in Redis and Postgres, shared by every node.
     let cluster = match &config.cluster {
         Some(settings) => Some(
-            tandem_cluster::ClusterLog::start(settings.engines.clone())
-                .await
-                .map_err(ServerError::Cluster)?,
+            tandem_cluster::ClusterLog::start_with_metrics(
+                settings.engines.clone(),
+                telemetry.hub().clone(),
+            )
+            .await
+            .map_err(ServerError::Cluster)?,
         ),
         None => None,
     };
@@ -244,11 +253,6 @@ pub async fn run_with_ready(
         ),
         auth::AuthMode::None => info!("authentication: none (loopback only)"),
     }
-    // Made before anything that records: the hub, the writer, the services.
-    let telemetry = metrics::Telemetry::new(
-        config.metrics == cli::MetricsSwitch::On,
-        config.series_interval,
-    );
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             TcpListener::bind(addr)
