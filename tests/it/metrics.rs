@@ -311,19 +311,44 @@ async fn counters_follow_a_scripted_load() {
 }
 
 #[tokio::test]
-async fn a_slow_or_broken_peer_is_counted_by_close_code() {
-    let server = TestServer::start_jwt(|_| {}).await;
-    let admin = server.admin_token();
-    let token = server.token("bob", &[("*", Role::Write)]);
-    let mut peer = server.connect_with_token("garbage", &token).await;
-    // Sync message type 9 does not exist: a protocol error, 1002.
-    peer.send(Bytes::from_static(&[0, 9, 1, 2])).await;
-    let (code, _) = peer.expect_close().await;
-    wait_until("the close counted", async || {
-        scrape(&server, &admin).await.get(
+async fn slow_consumers_and_protocol_errors_are_counted_by_close_code() {
+    // Authentication off (loopback): anyone may read /metrics, as anyone may do anything.
+    let server = TestServer::start_with(|config| config.hub.outbox_capacity = 8).await;
+    let scrape_open = async || {
+        let response = server.request("GET", "/metrics", &[], b"").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        Scrape::parse(response.text())
+    };
+    let mut broken = server.connect("garbage").await;
+    // Sync message type 9 does not exist: a protocol error.
+    broken.send(Bytes::from_static(&[0, 9, 1, 2])).await;
+    let (code, _) = broken.expect_close().await;
+    assert_eq!(code, 1002);
+
+    // As in `server::a_slow_consumer_is_closed_and_others_keep_receiving`: a peer that never
+    // reads is closed once its outbox fills.
+    let mut writer = server.connect("firehose").await;
+    let mut reader = server.connect("firehose").await;
+    let mut sleeper = server.connect("firehose").await;
+    let chunk = "z".repeat(64 * 1024);
+    for i in 1..=200 {
+        writer.append_text(&chunk).await;
+        if i % 4 == 0 {
+            reader.wait_text(|t| t.len() >= i * chunk.len()).await;
+        }
+    }
+    let (code, reason) = sleeper.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    wait_until("both closes counted", async || {
+        let now = scrape_open().await;
+        now.get(
             "tandem_connection_closes_total",
-            &[("code", &code.to_string()), ("kind", "protocol_error")],
+            &[("code", "1002"), ("kind", "protocol_error")],
         ) == Some(1.0)
+            && now.get(
+                "tandem_connection_closes_total",
+                &[("code", "1008"), ("kind", "slow_consumer")],
+            ) == Some(1.0)
     })
     .await;
 }

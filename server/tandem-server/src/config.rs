@@ -526,6 +526,34 @@ mod tests {
     }
 
     #[test]
+    fn metrics_settings_come_from_the_file_and_flags_with_metrics_on_by_default() {
+        let defaults = resolve(ServeArgs::default(), ServeArgs::default());
+        assert_eq!(defaults.metrics, MetricsSwitch::On);
+        assert_eq!(defaults.metrics_addr, None);
+        let file: ServeArgs =
+            toml::from_str("metrics = \"off\"\nmetrics_addr = \"10.0.0.5:9464\"").unwrap();
+        let config = resolve(ServeArgs::default(), file.clone());
+        assert_eq!(config.metrics, MetricsSwitch::Off);
+        assert_eq!(config.metrics_addr, Some("10.0.0.5:9464".parse().unwrap()));
+        let Some(Command::Serve(args)) = Cli::try_parse_from([
+            "tandem",
+            "serve",
+            "--metrics",
+            "on",
+            "--metrics-addr",
+            "127.0.0.1:9100",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve");
+        };
+        let config = resolve(args, file);
+        assert_eq!(config.metrics, MetricsSwitch::On);
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
     fn cluster_mode_takes_its_three_engines_together_from_any_source() {
         let file: ServeArgs = toml::from_str(
             "redis_url = \"redis://10.0.0.5:6379/0\"\ncluster_durability = \"replica\"",

@@ -360,6 +360,7 @@ pub async fn run_with_ready(
         ),
     );
     // The admin view's series: a point now, then every 10 s; the outbox depth with it.
+    telemetry.sample();
     lifecycle.spawn(tracing::info_span!("metrics-sampler"), {
         let webhooks = webhooks.clone();
         let sampled = telemetry.clone();

@@ -95,8 +95,9 @@ impl Series {
     }
 }
 
-/// The sampler's task: a point now, then one every `interval` until `cancel`. Each tick also
-/// refreshes what is only sampled (the webhook outbox's depth, through `sample_extra`).
+/// The sampler's task: one point every `interval` until `cancel`, after the start-up point the
+/// caller takes before spawning it (so a server that answers has it). Each tick also refreshes what is only sampled (the webhook outbox's depth,
+/// through `sample_extra`).
 pub(crate) async fn run<F, Fut>(
     telemetry: Telemetry,
     interval: Duration,
@@ -106,8 +107,11 @@ pub(crate) async fn run<F, Fut>(
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    let interval = interval.max(Duration::from_millis(10));
+    // The start-up point is the caller's ([`Telemetry::sample`] before spawning this task).
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sample_extra().await;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
