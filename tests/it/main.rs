@@ -25,6 +25,7 @@ mod hocuspocus;
 mod http_edges;
 mod limits;
 mod listener;
+mod metrics;
 mod openapi;
 mod proxy;
 mod server;

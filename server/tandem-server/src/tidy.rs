@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 5] = ["accounts", "activity", "backup", "files", "webhook"];
+const SERVICE_DIRS: [&str; 6] = [
+    "accounts", "activity", "backup", "files", "metrics", "webhook",
+];
 
 /// What a service file must not contain.
 const FORBIDDEN_IN_SERVICES: [&str; 4] = ["crate::api", "axum", "StatusCode", "super::api"];

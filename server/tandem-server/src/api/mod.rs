@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod activity;
+pub(crate) mod admin;
 pub(crate) mod backup;
 pub(crate) mod docs;
 pub(crate) mod download;
@@ -39,6 +40,7 @@ use axum::routing::{delete, get, post, put};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub(crate) use admin::metrics_router;
 pub(crate) use error::ApiError;
 
 use tandem_core::Limits;
@@ -51,6 +53,7 @@ use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::bus::Events;
 use crate::files::Files;
+use crate::metrics::Telemetry;
 use crate::proxy::ClientAddr;
 use crate::webhook::Webhooks;
 use error::log_api_errors;
@@ -85,12 +88,19 @@ pub(crate) struct AppState {
     pub(crate) files: Files,
     /// Webhook registrations and the delivery worker's wake-up (`webhook/`).
     pub(crate) webhooks: Webhooks,
+    /// Metrics and the admin view's data (`metrics/`).
+    pub(crate) telemetry: Telemetry,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
 pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     // Request bodies (snapshots) are bounded like WebSocket frames.
-    app(max_body_bytes(&state), web).with_state(state)
+    // The request metrics wrap every route (`Router::layer` runs after routing, so they read the
+    // matched route pattern); they need the state, which `app` does not take.
+    let record_http = middleware::from_fn_with_state(state.clone(), admin::record_http);
+    app(max_body_bytes(&state), web)
+        .layer(record_http)
+        .with_state(state)
 }
 
 /// Every route, its layers and the web client's fallback, before the state is given: the one
@@ -133,6 +143,9 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
         )
         .route("/api/webhooks/{id}", delete(webhooks::remove))
         .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/metrics", get(admin::metrics))
+        .route("/api/admin/overview", get(admin::overview))
+        .route("/api/admin/series", get(admin::series))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors));
     // Uploads and downloads stream for as long as they take: outside the request timeout and

@@ -24,7 +24,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::{
-    accounts, activity, backup, docs, download, events, files, tus, versions, webhooks, ws,
+    accounts, activity, admin, backup, docs, download, events, files, tus, versions, webhooks, ws,
 };
 
 /// The API's operations, schemas and security schemes.
@@ -75,6 +75,9 @@ use super::{
         webhooks::remove,
         webhooks::deliveries,
         backup::download,
+        admin::metrics,
+        admin::overview,
+        admin::series,
     ),
     modifiers(&Security, &Aliases, &Summaries),
     tags(
@@ -286,6 +289,105 @@ pub(crate) struct FilePath {
 pub(crate) struct UploadId {
     /// 32 hex digits, from the `Location` of `POST /api/uploads`.
     id: String,
+}
+
+/// `GET /api/admin/overview`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminOverview {
+    /// Server time, milliseconds since the epoch.
+    now: u64,
+    /// When the process started, milliseconds since the epoch.
+    started_at: u64,
+    /// Live documents on this node, most peers first, at most 500.
+    docs: Vec<AdminDoc>,
+    /// Live documents on this node (`docs` may be cut short).
+    docs_total: u64,
+    /// Open WebSocket connections by protocol, keyed `y-websocket` and `hocuspocus`.
+    connections: std::collections::BTreeMap<String, u64>,
+    /// Per workspace (first path segment), largest first.
+    storage: Vec<AdminStorage>,
+    /// Recent failed webhook deliveries, newest first, at most 50.
+    webhooks_failing: Vec<AdminWebhookFailure>,
+    /// The newest warnings and errors this process logged, newest first, at most 100.
+    errors: Vec<AdminError>,
+}
+
+/// One live document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminDoc {
+    name: String,
+    /// Connections of both protocols.
+    peers: u64,
+    /// Its stored size, approximately.
+    bytes: u64,
+}
+
+/// One workspace's storage.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminStorage {
+    workspace: String,
+    /// Every version of its files, counted once per blob.
+    bytes: u64,
+    files: u64,
+    /// 0 means unlimited.
+    quota_bytes: u64,
+}
+
+/// One failed webhook delivery.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminWebhookFailure {
+    webhook: String,
+    url: String,
+    event: String,
+    /// Milliseconds since the epoch.
+    at: u64,
+    error: String,
+    attempts: u64,
+}
+
+/// One logged warning or error.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminError {
+    /// Milliseconds since the epoch.
+    at: u64,
+    /// `warn` or `error`.
+    level: String,
+    target: String,
+    message: String,
+    /// The event's other fields, as text.
+    #[schema(value_type = Object)]
+    fields: serde_json::Value,
+}
+
+/// `GET /api/admin/series`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminSeries {
+    /// Seconds between points (10).
+    interval_seconds: u64,
+    /// The last hour, oldest first, at most 360.
+    points: Vec<AdminPoint>,
+}
+
+/// One sample.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AdminPoint {
+    /// Milliseconds since the epoch.
+    at: u64,
+    /// Updates received in the interval over its length.
+    updates_per_second: f64,
+    /// Mean commit time over the interval; `null` when nothing was committed.
+    commit_latency_ms: Option<f64>,
+    /// Distinct identities with an open WebSocket.
+    connected_users: u64,
+    /// Open WebSocket connections.
+    connections: u64,
 }
 
 /// `GET /healthz`.
