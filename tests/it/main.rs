@@ -24,6 +24,7 @@ mod hocuspocus;
 mod http_edges;
 mod limits;
 mod listener;
+mod metrics;
 mod proxy;
 mod server;
 mod tls;

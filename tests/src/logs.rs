@@ -30,10 +30,17 @@ fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // The servers' admin view reads the newest warnings through `ErrorLayer`, as in `main`.
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || LogWriter(writer.clone())),
+            )
+            .with(tandem_server::ErrorLayer)
+            .with(tracing_subscriber::filter::LevelFilter::WARN)
             .try_init()
             .expect("the only log subscriber of this process");
         logs

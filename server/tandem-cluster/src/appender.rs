@@ -234,7 +234,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogCommand>)
                     previous = Some(doc);
                 }
             }
+            let n_commands = group.commands.len();
+            let write_started = Instant::now();
             write_group(&shared, group.commands, &versions).await;
+            shared
+                .metrics
+                .observe_commit(write_started.elapsed(), n_commands);
             n_groups += 1;
         }
     }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tandem_core::DocId;
 use tandem_hub::log::LogFuture;
-use tandem_hub::{DocLog, Feed, Lifecycle, LoadFailure, LoadedLog, LogCommand};
+use tandem_hub::{DocLog, Feed, HubMetrics, Lifecycle, LoadFailure, LoadedLog, LogCommand};
 use tokio::sync::{Notify, mpsc};
 use tracing::info;
 
@@ -148,6 +148,8 @@ struct Shared {
     next_epoch: std::sync::atomic::AtomicU64,
     /// Wakes the task that unblocks the tail's `XREAD` when the set of docs changes.
     follows_changed: Notify,
+    /// The commit histograms (`tandem_commit_*`), fed by the appender.
+    metrics: HubMetrics,
     /// Presence to publish (best effort: dropped when full).
     presence_tx: mpsc::Sender<presence::Outgoing>,
     /// Cluster mode's own tasks (see [`ClusterLog`]).
@@ -178,6 +180,15 @@ impl ClusterLog {
     /// Connects to Redis and Postgres, checks Redis's persistence settings, runs the
     /// migrations, and starts the appender, the tail, presence and the heartbeat.
     pub async fn start(config: ClusterConfig) -> Result<Arc<ClusterLog>, ClusterError> {
+        ClusterLog::start_with_metrics(config, HubMetrics::default()).await
+    }
+
+    /// [`ClusterLog::start`], timing each appended group (its pipeline to Redis, and the wait
+    /// for a replica if asked) and counting its size into `metrics`, as the redb writer does.
+    pub async fn start_with_metrics(
+        config: ClusterConfig,
+        metrics: HubMetrics,
+    ) -> Result<Arc<ClusterLog>, ClusterError> {
         let lifecycle = Lifecycle::default();
         let engines = engine::connect(&config).await?;
         let node: Arc<str> = Arc::from(keys::new_node_id());
@@ -195,6 +206,7 @@ impl ClusterLog {
             lifecycle: lifecycle.clone(),
             presence: presence::State::default(),
             loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
+            metrics,
         });
         let (commands, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
         // The appender stops on `LogCommand::Close`, sent after the last actor has flushed.

@@ -41,6 +41,7 @@ use tracing::{Instrument, debug};
 
 use crate::clock::sleep_until;
 use crate::doc_actor::DocCommand;
+use crate::metrics::HubMetrics;
 use crate::outbox::{self, OutboxReceiver};
 use crate::peer::{CloseReason, Closer, PeerAddr, PeerGrant};
 use crate::{Dialect, DocHandle, Hub, JoinError, PeerLink};
@@ -156,6 +157,7 @@ async fn join<S: Transport>(
                 JoinError::StorageFull => CloseReason::StorageFull,
                 JoinError::Corrupt => CloseReason::DocCorrupt,
             };
+            reason.count(&hub.config().metrics);
             close_with(&mut socket, peer, Some(reason)).await;
             return None;
         }
@@ -182,6 +184,7 @@ async fn join<S: Transport>(
         peer,
         started: Instant::now(),
         config,
+        metrics: hub.config().metrics.clone(),
     })
 }
 
@@ -239,6 +242,7 @@ struct Conn<S> {
     rates: ConnectionRates,
     started: Instant,
     config: ConnectionConfig,
+    metrics: HubMetrics,
 }
 
 impl<S: Transport> Conn<S> {
@@ -256,6 +260,9 @@ impl<S: Transport> Conn<S> {
                 .tx
                 .send(DocCommand::Leave { peer: conn.peer })
                 .await;
+            if let Some(reason) = &reason {
+                reason.count(&conn.metrics);
+            }
             close_with(&mut conn.socket, conn.peer, reason).await;
             debug!(peer = %conn.peer, "peer disconnected");
         }

@@ -225,6 +225,9 @@ struct ToDoc {
 impl<S: Transport> Mux<S> {
     async fn serve(mut self) {
         let reason = self.run().await;
+        if let Some(reason) = &reason {
+            reason.count(&self.hub.config().metrics);
+        }
         for attachment in self.attachments.drain(..) {
             let _ = attachment
                 .doc

@@ -22,6 +22,7 @@
 //! - `outbox`: the bounded queue of frames from a doc actor to one connection.
 //! - [`log`]: the document log the actors write through ([`DocLog`]): redb on one node, a
 //!   shared engine in cluster mode; and what other nodes did to an open doc ([`RemoteInput`]).
+//! - [`metrics`]: the hub's metric handles ([`HubMetrics`]), made and served by the server.
 //! - [`persist`]: the redb writer thread with group commit.
 //! - [`lifecycle`]: the cancellation token, task tracker and signal future.
 //! - [`clock`]: wall-clock milliseconds and the optional-deadline sleep.
@@ -35,6 +36,7 @@ pub mod event;
 pub mod hocuspocus;
 pub mod lifecycle;
 pub mod log;
+pub mod metrics;
 mod outbox;
 mod peer;
 pub mod persist;
@@ -56,6 +58,7 @@ pub use crate::doc_actor::{DocSnapshot, RestoreRefused};
 pub use crate::event::{Actor, DocEvent, DocEventSink};
 pub use crate::lifecycle::Lifecycle;
 pub use crate::log::{DocLog, Feed, LoadFailure, LoadedLog, LogCommand, RemoteInput};
+pub use crate::metrics::HubMetrics;
 use crate::outbox::OutboxSender;
 use crate::peer::Closer;
 pub use crate::peer::{PeerAddr, PeerGrant};
@@ -98,6 +101,8 @@ pub struct HubConfig {
     pub limits: Limits,
     /// How often a doc reports the ongoing edits of one author ([`DocEvent::Changed`]).
     pub doc_changed_interval: Duration,
+    /// What the hub counts (off by default; the server passes its own, `metrics.rs`).
+    pub metrics: HubMetrics,
 }
 
 impl Default for HubConfig {
@@ -113,6 +118,7 @@ impl Default for HubConfig {
             max_named_versions: DEFAULT_MAX_NAMED_VERSIONS,
             limits: Limits::default(),
             doc_changed_interval: Duration::from_secs(1),
+            metrics: HubMetrics::default(),
         }
     }
 }

@@ -17,6 +17,8 @@ use tandem_core::{PeerAccess, PeerId, ProtocolError};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::metrics::{CloseKind, HubMetrics};
+
 /// What one connection may do with its doc, from the peer's verified token.
 #[derive(Debug, Clone)]
 pub struct PeerGrant {
@@ -118,6 +120,41 @@ impl CloseReason {
                 CLOSE_POLICY_VIOLATION,
                 "no document authenticated in time".into(),
             ),
+        }
+    }
+
+    /// The bounded label of this reason in the close counter (`metrics.rs`).
+    pub(crate) fn kind(&self) -> CloseKind {
+        match self {
+            CloseReason::Protocol(ProtocolError::RateLimited { .. }) => CloseKind::RateLimited,
+            CloseReason::Protocol(
+                ProtocolError::FrameTooLarge { .. }
+                | ProtocolError::AwarenessTooLarge { .. }
+                | ProtocolError::DocTooLarge { .. }
+                | ProtocolError::StatelessTooLarge { .. }
+                | ProtocolError::NameTooLong { .. },
+            ) => CloseKind::TooLarge,
+            CloseReason::Protocol(_) => CloseKind::Protocol,
+            CloseReason::SlowConsumer => CloseKind::SlowConsumer,
+            CloseReason::PongTimeout => CloseKind::PongTimeout,
+            CloseReason::Shutdown => CloseKind::Shutdown,
+            CloseReason::StorageFailure
+            | CloseReason::StorageFull
+            | CloseReason::StorageUnavailable
+            | CloseReason::Unavailable
+            | CloseReason::DocCorrupt => CloseKind::Storage,
+            CloseReason::TokenExpired => CloseKind::TokenExpired,
+            CloseReason::TooManyDocs { .. }
+            | CloseReason::TooManyEarlyMessages { .. }
+            | CloseReason::TooManyRefusals { .. }
+            | CloseReason::AuthTimeout => CloseKind::Limit,
+        }
+    }
+
+    /// Counts this close in `metrics` (nothing when they are off).
+    pub(crate) fn count(&self, metrics: &HubMetrics) {
+        if metrics.is_enabled() {
+            metrics.closed(self.close_frame().0, self.kind());
         }
     }
 

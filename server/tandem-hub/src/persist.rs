@@ -52,6 +52,7 @@
 //! damaged". A failed transaction stores nothing, so there is nothing to roll back for it; each
 //! retry leaves out one more doc, so a batch is tried at most once per doc in it.
 
+use crate::metrics::HubMetrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,14 +108,28 @@ impl Writer {
 
 /// Starts the writer thread; returns the handle doc actors send to.
 pub fn spawn_writer(store: Arc<Store>, config: PersistConfig) -> std::io::Result<Writer> {
+    spawn_writer_with_metrics(store, config, HubMetrics::default())
+}
+
+/// [`spawn_writer`], timing each commit and counting its group into `metrics`.
+pub fn spawn_writer_with_metrics(
+    store: Arc<Store>,
+    config: PersistConfig,
+    metrics: HubMetrics,
+) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel(PERSIST_QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("tandem-redb-writer".into())
-        .spawn(move || run(store, rx, &config))?;
+        .spawn(move || run(store, rx, &config, &metrics))?;
     Ok(Writer { tx })
 }
 
-fn run(store: Arc<Store>, mut rx: mpsc::Receiver<LogCommand>, config: &PersistConfig) {
+fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<LogCommand>,
+    config: &PersistConfig,
+    metrics: &HubMetrics,
+) {
     let mut n_commits: u64 = 0;
     let mut close: Option<oneshot::Sender<()>> = None;
     // Docs whose updates were in a commit that started within the last interval: hot docs.
@@ -154,7 +169,9 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<LogCommand>, config: &PersistCo
                     previous = Some(doc);
                 }
             }
+            let commit_started = Instant::now();
             commit(&store, &batch, config.fsync);
+            metrics.observe_commit(commit_started.elapsed(), batch.len());
             n_commits += 1;
         }
         if release && close.is_none() {

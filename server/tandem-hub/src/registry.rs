@@ -31,6 +31,9 @@ pub struct DocHandle {
     pub(crate) generation: u64,
     /// Live peer count, written by the actor, read by `GET /api/docs`.
     pub n_peers: Arc<AtomicUsize>,
+    /// Approximate stored size of the doc in bytes (its snapshot plus the log since), written
+    /// by the actor, read by the admin overview.
+    pub stored_bytes: Arc<AtomicU64>,
 }
 
 /// The open docs, and the counter that tells their successive actors apart.

@@ -27,6 +27,9 @@ const ALLOWED: &[&str] = &[
     "serde_json",
     // A fresh client id for a restore's own structs.
     "rand",
+    // Metric handles and their text encoding (`metrics.rs`): atomics and a formatter, no HTTP;
+    // the server serves them.
+    "prometheus-client",
     // The allocator release (optional, with the `jemalloc` feature).
     "tikv-jemalloc-ctl",
 ];

@@ -10,7 +10,7 @@
 //! appended by [`Cli::command_with_defaults`] from `config::defaults()`, the same value the
 //! configuration falls back to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -134,6 +134,13 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TANDEM_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Collect metrics and serve `GET /metrics` (`off`: nothing is recorded, `/metrics` is 404).
+    #[arg(long, env = "TANDEM_METRICS")]
+    pub metrics: Option<MetricsSwitch>,
+    /// Also serve `GET /metrics` without authentication on this address (HOST:PORT), for a
+    /// scraper on a private network.
+    #[arg(long, env = "TANDEM_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Largest WebSocket frame in bytes.
     #[arg(long, env = "TANDEM_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u64>,
@@ -391,6 +398,8 @@ impl ServeArgs {
             web_dir: self.web_dir.or(lower.web_dir),
             log: self.log.or(lower.log),
             log_format: self.log_format.or(lower.log_format),
+            metrics: self.metrics.or(lower.metrics),
+            metrics_addr: self.metrics_addr.or(lower.metrics_addr),
             max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
             max_awareness_state_bytes: self
                 .max_awareness_state_bytes
@@ -563,6 +572,17 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+/// Whether metrics are collected (`--metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsSwitch {
+    /// Collected and served at `/metrics`.
+    #[default]
+    On,
+    /// Nothing recorded; `/metrics` answers 404 (to measure what they cost).
+    Off,
 }
 
 /// A duration written as `500ms`, `10s`, `2m`.

@@ -23,7 +23,7 @@ pub use tandem_hub::{DEFAULT_MAX_NAMED_VERSIONS, DEFAULT_OUTBOX_CAPACITY};
 use crate::accounts::AccountConfig;
 use crate::activity::ActivityConfig;
 use crate::auth::{AuthConfig, AuthMode};
-use crate::cli::{ClusterDurability, HumanDuration, LogFormat, ServeArgs};
+use crate::cli::{ClusterDurability, HumanDuration, LogFormat, MetricsSwitch, ServeArgs};
 use crate::files::FilesConfig;
 pub use crate::files::s3::S3Location;
 use crate::listener::ListenerConfig;
@@ -81,6 +81,13 @@ pub struct Config {
     pub log: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether metrics are collected and `/metrics` served (`--metrics`).
+    pub metrics: MetricsSwitch,
+    /// A second listener serving only `/metrics`, without authentication (`--metrics-addr`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Time between two points of the admin view's series (10 s; no flag: the admin API's
+    /// contract is 10 s, tests take shorter ones).
+    pub series_interval: Duration,
     /// Doc lifecycle and per-peer limits.
     pub hub: HubConfig,
     /// Ping and timeouts of connections.
@@ -149,6 +156,7 @@ pub fn defaults() -> ServeArgs {
         port: Some(DEFAULT_PORT),
         data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
         log_format: Some(LogFormat::default()),
+        metrics: Some(MetricsSwitch::default()),
         max_frame_bytes: Some(limits.max_frame_bytes),
         max_awareness_state_bytes: Some(limits.max_awareness_state_bytes),
         max_awareness_clients_per_peer: Some(limits.max_awareness_clients_per_peer),
@@ -335,6 +343,9 @@ pub fn resolve(args: ServeArgs, file: ServeArgs) -> Config {
         web_dir: s.web_dir,
         log,
         log_format: set!(s.log_format),
+        metrics: set!(s.metrics),
+        metrics_addr: s.metrics_addr,
+        series_interval: crate::metrics::series::DEFAULT_INTERVAL,
         hub: HubConfig {
             doc_unload_grace: set!(s.doc_unload_grace).0,
             compact_after_updates: set!(s.compact_after_updates),
@@ -932,6 +943,7 @@ mod tests {
             ("webhook_give_up", "[default: 72h]"),
             ("fsync", "[default: true]"),
             ("log_format", "[default: pretty]"),
+            ("metrics", "[default: on]"),
             ("log", "[default: info, or RUST_LOG]"),
         ] {
             assert!(help(id).ends_with(shown), "{id}: {}", help(id));

@@ -31,6 +31,8 @@
 //! - `listener`: the accept loop: connection caps, TLS handshakes, the upgrade deadline, hyper.
 //! - `proxy`: the client's address behind trusted proxies (forwarding headers, PROXY protocol).
 //! - `tls`: certificate and key files into rustls, re-read when they change.
+//! - `metrics`: what operators see: the Prometheus metrics and the admin view's data (the
+//!   series sampler, the newest errors through [`ErrorLayer`], failing webhook deliveries).
 
 pub mod accounts;
 pub mod activity;
@@ -44,6 +46,7 @@ mod data_dir;
 mod error_id;
 mod files;
 mod listener;
+pub(crate) mod metrics;
 mod name;
 mod outbound;
 mod proxy;
@@ -65,6 +68,8 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use files::FilesConfig;
 pub use listener::ListenerConfig;
+pub use metrics::ErrorLayer;
+pub use metrics::series::DEFAULT_INTERVAL as DEFAULT_SERIES_INTERVAL;
 pub use proxy::{ForwardedHeader, TrustedProxies, TrustedProxyArg};
 pub use tandem_hub::alloc;
 pub use tandem_hub::lifecycle::signal;
@@ -202,12 +207,21 @@ pub async fn run_with_ready(
         .auth
         .check_bind(bound_ip)
         .map_err(ServerError::Config)?;
+    // Made before anything that records: cluster mode's appender, the hub, the
+    // redb writer, the services.
+    let telemetry = metrics::Telemetry::new(
+        config.metrics == cli::MetricsSwitch::On,
+        config.series_interval,
+    );
     // Cluster mode: documents live in Redis and Postgres, shared by every node.
     let cluster = match &config.cluster {
         Some(settings) => Some(
-            tandem_cluster::ClusterLog::start(settings.engines.clone())
-                .await
-                .map_err(ServerError::Cluster)?,
+            tandem_cluster::ClusterLog::start_with_metrics(
+                settings.engines.clone(),
+                telemetry.hub().clone(),
+            )
+            .await
+            .map_err(ServerError::Cluster)?,
         ),
         None => None,
     };
@@ -239,11 +253,26 @@ pub async fn run_with_ready(
         ),
         auth::AuthMode::None => info!("authentication: none (loopback only)"),
     }
-    let persist = tandem_hub::persist::spawn_writer(store.clone(), config.persist.clone())
-        .map_err(|source| ServerError::Io {
-            context: "starting redb writer",
-            source,
-        })?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    context: "binding --metrics-addr",
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let persist = tandem_hub::persist::spawn_writer_with_metrics(
+        store.clone(),
+        config.persist.clone(),
+        telemetry.hub().clone(),
+    )
+    .map_err(|source| ServerError::Io {
+        context: "starting redb writer",
+        source,
+    })?;
     if !config.persist.fsync {
         warn!("fsync is off: acknowledged edits can be lost on power failure (benchmarks only)");
     }
@@ -283,12 +312,11 @@ pub async fn run_with_ready(
         }
         None => events,
     };
-    let hub = Hub::new(
-        log,
-        config.hub.clone(),
-        lifecycle.clone(),
-        Arc::new(events.clone()),
-    );
+    let hub_config = tandem_hub::HubConfig {
+        metrics: telemetry.hub().clone(),
+        ..config.hub.clone()
+    };
+    let hub = Hub::new(log, hub_config, lifecycle.clone(), Arc::new(events.clone()));
     // The activity recorder has its own lifecycle: it must outlive the doc actors, whose final
     // events it records, so it is closed only after the main tracker is empty (below).
     // Where the services keep their data: the local store, or the shared database in cluster
@@ -318,16 +346,40 @@ pub async fn run_with_ready(
     let recorder_lifecycle = Lifecycle::default();
     recorder_lifecycle.spawn(
         tracing::info_span!("activity"),
-        recorder.run(records, recorder_lifecycle.cancel.clone()),
+        recorder
+            .with_telemetry(telemetry.clone())
+            .run(records, recorder_lifecycle.cancel.clone()),
     );
     lifecycle.spawn(
         tracing::info_span!("webhooks"),
         webhook::run_worker(
             webhooks.clone(),
             config.webhooks.clone(),
+            telemetry.clone(),
             lifecycle.cancel.clone(),
         ),
     );
+    // The admin view's series: a point now, then every 10 s; the outbox depth with it.
+    lifecycle.spawn(tracing::info_span!("metrics-sampler"), {
+        let webhooks = webhooks.clone();
+        let sampled = telemetry.clone();
+        metrics::series::run(
+            telemetry.clone(),
+            config.series_interval,
+            move || {
+                let webhooks = webhooks.clone();
+                let sampled = sampled.clone();
+                async move {
+                    if sampled.enabled()
+                        && let Some(depth) = webhooks.outbox_depth().await
+                    {
+                        sampled.set_webhook_outbox(depth);
+                    }
+                }
+            },
+            lifecycle.cancel.clone(),
+        )
+    });
     if cluster.is_some() {
         // Any node may change the registrations; each node's cache follows the shared table.
         lifecycle.spawn(
@@ -405,10 +457,25 @@ pub async fn run_with_ready(
         tables,
         webhooks,
         cluster: cluster.clone(),
+        telemetry: telemetry.clone(),
     };
     let web = api::web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {
         warn!(source = ?web, "no web client to serve; build it with `bash scripts/run.sh`");
+    }
+    if let Some(metrics_listener) = metrics_listener {
+        let addr = metrics_listener.local_addr().ok();
+        info!(addr = ?addr, "metrics without authentication on --metrics-addr");
+        let cancel = lifecycle.cancel.clone();
+        let app = api::metrics_router(state.clone());
+        lifecycle.spawn(tracing::info_span!("metrics-listener"), async move {
+            let served = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                warn!(%error, "metrics listener failed");
+            }
+        });
     }
     let app = api::router(state, web);
 

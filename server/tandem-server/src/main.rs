@@ -157,13 +157,22 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let filter =
         EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let output = match format {
+        LogFormat::Pretty => output.boxed(),
+        LogFormat::Json => output.json().boxed(),
+    };
+    // The filter applies to the output only: the admin view keeps the newest warnings and
+    // errors whatever the log level (`ErrorLayer`).
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(tandem_server::ErrorLayer.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
+        .try_init()
+        .context("installing the log subscriber")?;
     Ok(())
 }

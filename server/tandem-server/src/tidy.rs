@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 4] = ["accounts", "activity", "files", "webhook"];
+const SERVICE_DIRS: [&str; 5] = ["accounts", "activity", "files", "metrics", "webhook"];
 
 /// What a service file must not contain.
 const FORBIDDEN_IN_SERVICES: [&str; 4] = ["crate::api", "axum", "StatusCode", "super::api"];

@@ -31,7 +31,7 @@ mod history;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -159,14 +159,21 @@ pub struct DocSnapshot {
 pub(crate) fn spawn(hub: Hub, doc: DocId, generation: u64) -> DocHandle {
     let (tx, inbox) = mpsc::channel(DOC_INBOX_CAPACITY);
     let n_peers = Arc::new(AtomicUsize::new(0));
+    let stored_bytes = Arc::new(AtomicU64::new(0));
     let handle = DocHandle {
         tx,
         generation,
         n_peers: n_peers.clone(),
+        stored_bytes: stored_bytes.clone(),
     };
     let span = tracing::info_span!("doc", doc = %doc, generation);
     let lifecycle = hub.lifecycle().clone();
-    lifecycle.spawn(span, run(hub, doc, generation, inbox, n_peers));
+    let stats = Stats {
+        n_peers,
+        stored_bytes,
+        n_awareness_states: 0,
+    };
+    lifecycle.spawn(span, run(hub, doc, generation, inbox, stats));
     handle
 }
 
@@ -180,15 +187,28 @@ fn run(
     doc: DocId,
     generation: u64,
     inbox: mpsc::Receiver<DocCommand>,
-    n_peers: Arc<AtomicUsize>,
+    stats: Stats,
 ) -> impl Future<Output = ()> + Send {
     let mut inbox = inbox;
     async move {
-        let Some(mut actor) = open(hub, doc, generation, &mut inbox, n_peers).await else {
+        let Some(mut actor) = open(hub, doc, generation, &mut inbox, stats).await else {
             return;
         };
+        let metrics = actor.hub.config().metrics.clone();
+        metrics.doc_opened();
         actor.run(inbox).await;
+        metrics.awareness_changed(actor.stats.n_awareness_states, 0);
+        metrics.doc_closed();
     }
+}
+
+/// What the actor publishes about itself: read by the registry's readers (peer count, size) and
+/// the awareness gauge, refreshed once per turn of the actor's loop.
+struct Stats {
+    n_peers: Arc<AtomicUsize>,
+    stored_bytes: Arc<AtomicU64>,
+    /// The awareness states last added to the hub's gauge.
+    n_awareness_states: usize,
 }
 
 /// Loads the doc and builds its actor; if the doc does not load, refuses every command sent
@@ -198,7 +218,7 @@ async fn open(
     doc: DocId,
     generation: u64,
     inbox: &mut mpsc::Receiver<DocCommand>,
-    n_peers: Arc<AtomicUsize>,
+    stats: Stats,
 ) -> Option<DocActor> {
     let started = Instant::now();
     let loaded = match load(&hub, &doc).await {
@@ -227,9 +247,7 @@ async fn open(
         load_ms = started.elapsed().as_millis() as u64,
         "doc opened"
     );
-    Some(DocActor::new(
-        hub, doc, generation, loaded, n_peers, started,
-    ))
+    Some(DocActor::new(hub, doc, generation, loaded, stats, started))
 }
 
 /// A doc as rebuilt from storage.
@@ -344,7 +362,10 @@ struct DocActor {
     shared: SharedDoc,
     /// Each peer's link and the `submitted_seq` when it joined.
     peers: HashMap<PeerId, (PeerLink, u64)>,
-    n_peers: Arc<AtomicUsize>,
+    stats: Stats,
+    /// When each submitted update arrived, while metrics are on: (seq, arrival), in seq order,
+    /// for the durable-wait histogram.
+    arrivals: VecDeque<(u64, Instant)>,
     /// Handed to the writer with each append; it reports "durable up to N" through it.
     durable_tx: watch::Sender<Durability>,
     durable_rx: watch::Receiver<Durability>,
@@ -421,7 +442,7 @@ impl DocActor {
         doc: DocId,
         generation: u64,
         loaded: Loaded,
-        n_peers: Arc<AtomicUsize>,
+        stats: Stats,
         started: Instant,
     ) -> DocActor {
         let Loaded {
@@ -463,7 +484,8 @@ impl DocActor {
             generation,
             shared,
             peers: HashMap::new(),
-            n_peers,
+            stats,
+            arrivals: VecDeque::new(),
             durable_tx,
             durable_rx,
             submitted_seq: last_seq,
@@ -514,6 +536,7 @@ impl DocActor {
         let cancel = self.hub.lifecycle().cancel.clone();
         let grace = self.hub.config().doc_unload_grace;
         loop {
+            self.publish_stats();
             let unload_at = self.idle_since.map(|since| since + grace);
             tokio::select! {
                 biased;
@@ -602,6 +625,19 @@ impl DocActor {
         );
     }
 
+    /// Refreshes what others read of this doc: its size, and the awareness gauge.
+    fn publish_stats(&mut self) {
+        self.stats
+            .stored_bytes
+            .store(self.shared.stored_bytes(), Ordering::Relaxed);
+        let n_awareness_states = self.shared.n_awareness_states();
+        self.hub
+            .config()
+            .metrics
+            .awareness_changed(self.stats.n_awareness_states, n_awareness_states);
+        self.stats.n_awareness_states = n_awareness_states;
+    }
+
     async fn handle(&mut self, command: DocCommand) {
         match command {
             DocCommand::Join { peer, link, reply } => {
@@ -617,7 +653,9 @@ impl DocActor {
                     return;
                 }
                 self.peers.insert(peer, (*link, self.submitted_seq));
-                self.n_peers.store(self.peers.len(), Ordering::Relaxed);
+                self.stats
+                    .n_peers
+                    .store(self.peers.len(), Ordering::Relaxed);
                 self.publish_presence();
                 self.idle_since = None;
                 let _ = reply.send(Ok(()));
@@ -699,6 +737,7 @@ impl DocActor {
             Ok(effects) => {
                 let applied = effects.persist.is_some();
                 if let Some(update) = effects.persist {
+                    self.hub.config().metrics.update_received(update.len());
                     let author = self.intern(actor, HTTP_PEER);
                     if !self.append(update, author).await {
                         let _ = reply.send(Err(JoinError::Unavailable));
@@ -759,6 +798,7 @@ impl DocActor {
                 warn!(%peer, n = effects.n_foreign_awareness, "dropped awareness entries owned by another connection");
             }
             if let Some(update) = effects.persist {
+                self.hub.config().metrics.update_received(update.len());
                 let author = self.author_of(peer, &access);
                 if !self.append(update, author).await {
                     return;
@@ -801,6 +841,10 @@ impl DocActor {
     /// Hands an accepted update to the writer. Returns false if the writer is gone.
     async fn append(&mut self, update: Bytes, author: u32) -> bool {
         self.submitted_seq += 1;
+        if self.hub.config().metrics.times_durable_wait() {
+            self.arrivals
+                .push_back((self.submitted_seq, Instant::now()));
+        }
         self.n_updates_since_compact += 1;
         self.n_bytes_since_compact += update.len() as u64;
         self.n_log_entries += 1;
@@ -900,6 +944,18 @@ impl DocActor {
             return;
         }
         self.durable_seq = state.durable_seq;
+        if !self.arrivals.is_empty() {
+            let now = Instant::now();
+            while let Some((_, arrived)) = self
+                .arrivals
+                .front()
+                .filter(|(seq, _)| *seq <= self.durable_seq)
+                .copied()
+            {
+                self.arrivals.pop_front();
+                self.hub.config().metrics.durable_after(now - arrived);
+            }
+        }
         self.note_durable_updates();
         self.history.durable_id = state.durable_version;
         while self
@@ -934,6 +990,10 @@ impl DocActor {
                     .filter(|(peer, (_, joined_seq))| **peer != sender && *joined_seq < seq)
                     .map(|(peer, _)| *peer)
                     .collect();
+                self.hub
+                    .config()
+                    .metrics
+                    .update_broadcast(targets.len(), frame.len());
                 for peer in targets {
                     self.send_to(peer, frame.clone());
                 }
@@ -1040,7 +1100,9 @@ impl DocActor {
         }
         drop(link);
         self.peer_authors.remove(&peer);
-        self.n_peers.store(self.peers.len(), Ordering::Relaxed);
+        self.stats
+            .n_peers
+            .store(self.peers.len(), Ordering::Relaxed);
         self.publish_presence();
         debug!(%peer, n_peers = self.peers.len(), "peer left");
         if let Some(frame) = self.shared.remove_peer(peer) {
@@ -1125,6 +1187,7 @@ impl DocActor {
             }
         }
         self.unreported.retain(|(seq, _)| *seq <= durable_seq);
+        self.arrivals.retain(|(seq, _)| *seq <= durable_seq);
         // On one node a refusal is a full disk; in cluster mode, an unreachable log.
         let reason = if self.remote.is_some() {
             CloseReason::StorageUnavailable
@@ -1277,6 +1340,7 @@ impl DocActor {
             let _ = reply.send(Err(refusal));
         }
         self.unreported.clear();
+        self.arrivals.clear();
         for pending in self.history.pending.drain(..) {
             if let Some(reply) = pending.reply {
                 let _ = reply.send(Err(refusal));

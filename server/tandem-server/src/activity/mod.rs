@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::bus::{Event, Events};
+use crate::metrics::Telemetry;
 use crate::webhook::{self, WebhookConfig, Webhooks};
 pub(crate) use sessions::Sessions;
 use tandem_hub::clock::{now_ms, sleep_until};
@@ -109,6 +110,8 @@ pub(crate) struct Recorder {
     batch: Batch,
     /// Commits failed in a row (an unreachable shared database): logged once per run.
     n_commit_failures: u32,
+    /// Where the queue's depth is reported (`tandem_activity_queue_depth`).
+    telemetry: Option<Telemetry>,
 }
 
 impl Recorder {
@@ -134,7 +137,14 @@ impl Recorder {
             debouncer: webhook::Debouncer::new(webhook_config),
             batch: Batch::default(),
             n_commit_failures: 0,
+            telemetry: None,
         })
+    }
+
+    /// Reports the queue's depth to `telemetry` as the recorder takes events.
+    pub(crate) fn with_telemetry(mut self, telemetry: Telemetry) -> Recorder {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Consumes `records` until `close` is cancelled (then drains what is queued) or every
@@ -163,6 +173,9 @@ impl Recorder {
                 n = records.recv_many(&mut received, BATCH_MAX_EVENTS) => {
                     if n == 0 {
                         break;
+                    }
+                    if let Some(telemetry) = &self.telemetry {
+                        telemetry.set_activity_queue(records.len());
                     }
                     for event in received.drain(..) {
                         self.handle(event, &close).await;

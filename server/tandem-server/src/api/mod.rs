@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod activity;
+pub(crate) mod admin;
 pub(crate) mod docs;
 pub(crate) mod download;
 pub(crate) mod error;
@@ -37,6 +38,7 @@ use axum::routing::{delete, get, post, put};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub(crate) use admin::metrics_router;
 pub(crate) use error::ApiError;
 
 use tandem_core::Limits;
@@ -49,6 +51,7 @@ use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::bus::Events;
 use crate::files::Files;
+use crate::metrics::Telemetry;
 use crate::proxy::ClientAddr;
 use crate::webhook::Webhooks;
 use error::log_api_errors;
@@ -83,6 +86,8 @@ pub(crate) struct AppState {
     pub(crate) files: Files,
     /// Webhook registrations and the delivery worker's wake-up (`webhook/`).
     pub(crate) webhooks: Webhooks,
+    /// Metrics and the admin view's data (`metrics/`).
+    pub(crate) telemetry: Telemetry,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -123,6 +128,9 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
         )
         .route("/api/webhooks/{id}", delete(webhooks::remove))
         .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/metrics", get(admin::metrics))
+        .route("/api/admin/overview", get(admin::overview))
+        .route("/api/admin/series", get(admin::series))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(log_api_errors))
         .with_state(state.clone());
@@ -131,7 +139,7 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     let streaming = files::streaming_routes()
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_api_errors))
-        .with_state(state);
+        .with_state(state.clone());
     let timed =
         api.fallback_service(web_client::router(web))
             .layer(TimeoutLayer::with_status_code(
@@ -141,6 +149,9 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     streaming
         .merge(timed)
         .layer(middleware::map_response(json_for_bare_errors))
+        // Outside the routers' own layers, so it sees every answer, and after routing, so it
+        // reads the matched route pattern.
+        .layer(middleware::from_fn_with_state(state, admin::record_http))
         // The span names the path only: a query may carry a token (`?token=`), which is never
         // logged. `remote` is the client, through trusted proxies (`proxy.rs`).
         .layer(

@@ -8,7 +8,7 @@
 
 use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tandem_core::DocId;
 use tandem_hub::PeerAddr;
@@ -23,6 +23,7 @@ use super::ws_upgrade::{Socket, Upgrade};
 use crate::auth::WS_PROTOCOL;
 use crate::files::FileError;
 use crate::listener::RequestPermit;
+use crate::metrics::{ConnectionGuard, Protocol};
 use crate::proxy::ClientAddr;
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is allocated and touched per
@@ -54,6 +55,12 @@ pub(super) async fn upgrade(
         client,
         request,
         move |socket, state, remote, permit| async move {
+            // Counted for the admin view and `tandem_connections` while the socket lives: held
+            // with the permit by the connection's own task.
+            let mut counted = state.telemetry.connection_opened(Protocol::YWebsocket);
+            if let Some(identity) = &grant.identity {
+                counted.add_identity(&identity.sub);
+            }
             connection::run(
                 socket,
                 doc,
@@ -61,7 +68,7 @@ pub(super) async fn upgrade(
                 state.hub,
                 state.connection,
                 remote,
-                permit,
+                (permit, counted),
             )
             .await;
         },
@@ -84,7 +91,11 @@ pub(super) async fn upgrade_hocuspocus(
         |socket, state, remote, permit| async move {
             let hub = state.hub.clone();
             let connection = state.connection.clone();
-            let authorizer = Arc::new(HocuspocusAuth { state });
+            let counted = state.telemetry.connection_opened(Protocol::Hocuspocus);
+            let authorizer = Arc::new(HocuspocusAuth {
+                state,
+                counted: Mutex::new(counted),
+            });
             hocuspocus::run(socket, hub, connection, authorizer, remote, permit).await;
         },
     )
@@ -150,6 +161,8 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
 /// permission-denied instead of an HTTP status.
 struct HocuspocusAuth {
     state: AppState,
+    /// The socket, counted while it lives, with each identity whose token a document accepted.
+    counted: Mutex<ConnectionGuard>,
 }
 
 impl Authorizer for HocuspocusAuth {
@@ -183,6 +196,12 @@ impl Authorizer for HocuspocusAuth {
                         return Err(Refusal::Unavailable);
                     }
                 }
+            }
+            if let Some(identity) = &grant.identity {
+                self.counted
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .add_identity(&identity.sub);
             }
             Ok((doc, grant.peer_grant()))
         })

@@ -20,6 +20,7 @@ use url::Host;
 
 use super::target::{Target, TargetError, resolve, resolve_name};
 use super::{LOG_KEEP, WebhookConfig, Webhooks};
+use crate::metrics::{FailedDelivery, Telemetry};
 use tandem_hub::clock::{now_ms, now_s};
 
 /// Due deliveries the worker takes from the outbox per pass.
@@ -69,6 +70,7 @@ struct AttemptResult {
 pub(crate) async fn run_worker(
     webhooks: Webhooks,
     config: WebhookConfig,
+    telemetry: Telemetry,
     cancel: CancellationToken,
 ) {
     let client = Client::new(config.timeout, config.allow_private);
@@ -92,8 +94,8 @@ pub(crate) async fn run_worker(
                 .iter()
                 .find(|webhook| webhook.id == delivery.webhook_id)
                 .cloned();
-            let (client, config) = (&client, &config);
-            async move { deliver(client, config, webhook, delivery).await }
+            let (client, config, telemetry) = (&client, &config, &telemetry);
+            async move { deliver(client, config, telemetry, webhook, delivery).await }
         }))
         .buffer_unordered(MAX_CONCURRENT_ATTEMPTS)
         .collect::<Vec<FinishedAttempt>>();
@@ -163,6 +165,7 @@ pub(crate) async fn run_worker(
 async fn deliver(
     client: &Client,
     config: &WebhookConfig,
+    telemetry: &Telemetry,
     webhook: Option<WebhookRecord>,
     delivery: OutboxDelivery,
 ) -> FinishedAttempt {
@@ -208,6 +211,19 @@ async fn deliver(
             debug!(webhook = %webhook.id, delivery = %delivery.delivery_id, status = ?result.status, error = ?result.error, "webhook attempt failed")
         }
     }
+    let failure = (outcome != "delivered").then(|| FailedDelivery {
+        webhook: webhook.id.clone(),
+        url: webhook.url.clone(),
+        event: delivery.event.clone(),
+        at_ms,
+        error: match (&result.error, result.status) {
+            (Some(error), _) => error.clone(),
+            (None, Some(status)) => format!("answered {status}"),
+            (None, None) => "no answer".to_owned(),
+        },
+        attempts: n_failures,
+    });
+    telemetry.webhook_attempt(outcome, failure);
     let attempt = DeliveryAttempt {
         delivery_id: delivery.delivery_id.clone(),
         event: delivery.event.clone(),

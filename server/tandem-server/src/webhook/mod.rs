@@ -39,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub(crate) use deliver::run_worker;
+
+/// The outbox depth reported by metrics is counted up to this many deliveries.
+pub(crate) const OUTBOX_DEPTH_CAP: usize = 10_000;
 pub(crate) use route::{
     Change, Debouncer, PendingChange, event_data, event_name, matches, new_delivery, wants,
 };
@@ -151,6 +154,14 @@ impl Webhooks {
     /// The registrations now.
     pub(crate) fn current(&self) -> Arc<Vec<WebhookRecord>> {
         self.registry.borrow().clone()
+    }
+
+    /// Deliveries waiting in the outbox, counted up to [`OUTBOX_DEPTH_CAP`] (a read of the
+    /// outbox: sampled, not per delivery); `None` if the store cannot be read.
+    pub(crate) async fn outbox_depth(&self) -> Option<usize> {
+        self.with_store(|store| store.list_outbox(OUTBOX_DEPTH_CAP).map(|rows| rows.len()))
+            .await
+            .ok()
     }
 
     /// Tells the worker that deliveries were queued.
