@@ -6,7 +6,7 @@ import uPlot from 'uplot'
 import 'uplot/dist/uPlot.min.css'
 import type { AdminSample } from '../api/types'
 import { h } from '../ui/dom'
-import { type ChartSpec, chartData, latest, peak, timeWindow, valueRange } from './model'
+import { type ChartSpec, chartData, isolated, latest, peak, timeWindow, valueRange } from './model'
 
 const HEIGHT_PX = 150
 /** Until the chart has been laid out and measured. */
@@ -76,6 +76,13 @@ export class Chart {
           fill: FILL_COLOUR,
           width: 2,
           spanGaps: false,
+          // A value between two gaps (a lone commit) would not show on a line: draw it as a
+          // dot. When uPlot shows every point anyway (few of them), it draws them all.
+          points: {
+            size: 5,
+            fill: LINE_COLOUR,
+            filter: (plot, seriesIdx, show) => (show ? null : isolated(plot.data[seriesIdx] ?? []))
+          },
           value: (_plot, value) => (value == null ? '–' : this.spec.format(value))
         }
       ],

@@ -4,6 +4,7 @@ import {
   CHARTS,
   chartData,
   connectionCounts,
+  isolated,
   latest,
   peak,
   quotaShare,
@@ -74,6 +75,20 @@ describe('latest and peak', () => {
   it('count a zero as a value', () => {
     expect(latest([5, 0])).toBe(0)
     expect(peak([0, 0])).toBe(0)
+  })
+})
+
+describe('isolated', () => {
+  it('finds the values with a gap or an end on both sides', () => {
+    expect(isolated([null, 1.8, null, null, 2, 3, null, 4])).toEqual([1, 7])
+    expect(isolated([5])).toEqual([0])
+    expect(isolated([0, null])).toEqual([0])
+  })
+
+  it('is null when every value is on a line, or there is none', () => {
+    expect(isolated([1, 2, null, 3, 4])).toBeNull()
+    expect(isolated([null, null])).toBeNull()
+    expect(isolated([])).toBeNull()
   })
 })
 

@@ -58,6 +58,18 @@ export function peak(values: (number | null)[]): number | null {
   return max
 }
 
+/**
+ * The indices of values with a missing value (or nothing) on both sides: a line cannot show
+ * them, so the chart draws them as dots. Null when there are none.
+ */
+export function isolated(values: ArrayLike<number | null | undefined>): number[] | null {
+  const found: number[] = []
+  for (let i = 0; i < values.length; i++) {
+    if (values[i] != null && values[i - 1] == null && values[i + 1] == null) found.push(i)
+  }
+  return found.length > 0 ? found : null
+}
+
 /** The hour the charts show, in seconds: ending at the newest sample (or `nowMs` without any). */
 export function timeWindow(times: number[], nowMs: number): [number, number] {
   const end = times.length > 0 ? times[times.length - 1] : nowMs / 1000

@@ -131,6 +131,11 @@ export function failingWebhooks(overview: AdminOverview): Node[] {
   return [h('ul', { class: 'admin-events' }, ...items)]
 }
 
+/** A log event's fields as `key=value` texts, in the order the server gave them. */
+function fieldsText(fields: Record<string, string> | undefined): string[] {
+  return Object.entries(fields ?? {}).map(([key, value]) => `${key}=${value}`)
+}
+
 export function recentErrors(overview: AdminOverview): Node[] {
   if (overview.errors.length === 0) return [empty('No warning or error since the server started.')]
   const items = overview.errors.map((e) =>
@@ -139,7 +144,7 @@ export function recentErrors(overview: AdminOverview): Node[] {
       { class: 'admin-event', 'data-level': e.level },
       h('span', {}, h('span', { class: 'level', 'data-level': e.level }, e.level), ' ', h('code', {}, e.target)),
       h('span', { class: 'admin-event-message' }, e.message),
-      h('span', { class: 'admin-muted' }, ago(e.at, overview.now))
+      h('span', { class: 'admin-muted' }, [ago(e.at, overview.now), ...fieldsText(e.fields)].join(' · '))
     )
   )
   return [h('ul', { class: 'admin-events' }, ...items)]

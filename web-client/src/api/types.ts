@@ -102,8 +102,8 @@ export interface AdminOverview {
   storage: { workspace: string; bytes: number; files: number; quota_bytes: number }[]
   /** Recent failed webhook deliveries, newest first. */
   webhooks_failing: { webhook: string; url: string; event: string; at: number; error: string; attempts: number }[]
-  /** The newest warn/error log events of the process, newest first. */
-  errors: { at: number; level: string; target: string; message: string }[]
+  /** The newest warn/error log events of the process, newest first; `fields` as text. */
+  errors: { at: number; level: string; target: string; message: string; fields?: Record<string, string> }[]
 }
 
 /** One sample of `GET /api/admin/series`, taken every `interval_seconds`. */
