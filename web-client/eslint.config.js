@@ -41,10 +41,11 @@ export default tseslint.config(
       eqeqeq: ['error', 'always', { null: 'ignore' }]
     }
   },
-  // The feature folders depend one way: ui <- auth <- api <- doc, workspace <- main.ts.
-  layer('src/ui/**', ['auth', 'api', 'doc', 'workspace']),
-  layer('src/auth/**', ['api', 'doc', 'workspace']),
-  layer('src/api/**', ['doc', 'workspace']),
+  // The feature folders depend one way: ui <- auth <- api <- doc, workspace, admin <- main.ts.
+  layer('src/ui/**', ['auth', 'api', 'doc', 'workspace', 'admin']),
+  layer('src/auth/**', ['api', 'doc', 'workspace', 'admin']),
+  layer('src/api/**', ['doc', 'workspace', 'admin']),
+  layer('src/admin/**', ['doc', 'workspace']),
   {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked]

@@ -273,6 +273,7 @@ async fn client_files_have_their_type_and_cache_policy() {
             "no-cache",
         ),
         ("/d/a", INDEX_HTML.to_owned(), "text/html", "no-cache"),
+        ("/admin", INDEX_HTML.to_owned(), "text/html", "no-cache"),
         (
             "/index.html",
             INDEX_HTML.to_owned(),
@@ -441,6 +442,8 @@ async fn unknown_or_hidden_paths_are_404_not_the_index() {
         "/assets/..%2F..%2Foutside.txt",
         "/%2e%2e/outside.txt",
         "/d/",
+        "/admin/",
+        "/admin/x",
     ] {
         let response = get(&server, path, &[]).await;
         assert_eq!(response.status, 404, "{path}");
@@ -475,7 +478,7 @@ async fn without_a_client_the_placeholder_explains_how_to_build_one() {
     let empty = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(empty.path().join("dist")).expect("mkdir");
     let server = serve_client(empty.path()).await;
-    for path in ["/", "/d/team/notes.md"] {
+    for path in ["/", "/d/team/notes.md", "/admin"] {
         let response = get(&server, path, &[]).await;
         assert_eq!(response.status, 200, "{path}");
         assert!(

@@ -1,8 +1,10 @@
 // Wiring only: ask whether the server wants a sign-in, then pick the page from the URL, and
 // register the service worker that lets the app open offline. Pages: `/` the workspace,
-// `/d/<name>` a document (names may contain `/`); either shows the sign-in form first when the
-// server wants a token and there is no session, and goes on to the same page afterwards.
+// `/d/<name>` a document (names may contain `/`), `/admin` the admin view (administrators
+// only); each shows the sign-in form first when the server wants a token and there is no
+// session, and goes on to the same page afterwards.
 import './style.css'
+import { mountAdmin } from './admin/page'
 import { decodeDocPath, docNameProblem } from './api/names'
 import { discoverAuth, hasAccess, keepSessionFresh, onSignedOut } from './auth/session'
 import { mountSignIn } from './auth/signin'
@@ -28,6 +30,8 @@ function showPage(): void {
         )
       )
     }
+  } else if (path === '/admin') {
+    mountAdmin(root)
   } else {
     mountWorkspace(root)
   }

@@ -87,3 +87,37 @@ export type LiveEvent =
   | { type: 'version_created'; doc: string; version: number }
   | { type: 'version_restored'; doc: string; version: number }
   | { type: 'activity'; entry: ActivityEntry }
+
+/** `GET /api/admin/overview` (administrators only; protocol-spec/http.md): this node right now. */
+export interface AdminOverview {
+  /** Server time and process start, ms since the epoch. */
+  now: number
+  started_at: number
+  /** Live documents, most peers first, possibly cut short: `docs_total` counts them all. */
+  docs: { name: string; peers: number; bytes: number }[]
+  docs_total: number
+  /** Open WebSocket connections by protocol (`y-websocket`, `hocuspocus`). */
+  connections: Record<string, number>
+  /** Per workspace (top-level folder), largest first; `quota_bytes` 0 means unlimited. */
+  storage: { workspace: string; bytes: number; files: number; quota_bytes: number }[]
+  /** Recent failed webhook deliveries, newest first. */
+  webhooks_failing: { webhook: string; url: string; event: string; at: number; error: string; attempts: number }[]
+  /** The newest warn/error log events of the process, newest first; `fields` as text. */
+  errors: { at: number; level: string; target: string; message: string; fields?: Record<string, string> }[]
+}
+
+/** One sample of `GET /api/admin/series`, taken every `interval_seconds`. */
+export interface AdminSample {
+  at: number
+  updates_per_second: number
+  /** Null when no commit happened in the interval. */
+  commit_latency_ms: number | null
+  connected_users: number
+  connections: number
+}
+
+/** `GET /api/admin/series`: the last hour, oldest first. */
+export interface AdminSeries {
+  interval_seconds: number
+  points: AdminSample[]
+}

@@ -6,9 +6,10 @@
 // token anywhere. This module imports nothing of the client's own but the role rule, so every
 // other part may depend on it.
 //
-// The token's payload is read (not verified: the server does that) for two things only: its
-// lifetime (`iat`..`exp`, so a wrong local clock does not matter) and the role it grants on a
-// document, so a read-only document opens read-only.
+// The token's payload is read (not verified: the server does that) for three things only: its
+// lifetime (`iat`..`exp`, so a wrong local clock does not matter), the role it grants on a
+// document, so a read-only document opens read-only, and its `admin` flag, so only
+// administrators are offered the admin view.
 
 import { type Role, roleFromPatterns } from './roles'
 
@@ -169,6 +170,17 @@ export function roleFor(doc: string): Role | null | undefined {
   const claims = decodeClaims(session.token)
   if (claims === null || typeof claims.docs !== 'object' || claims.docs === null) return undefined
   return roleFromPatterns(claims.docs as Record<string, unknown>, doc)
+}
+
+/**
+ * Whether this browser may see the admin view (`/admin`): always with sign-in off (the server
+ * lets anyone in then), otherwise when the session's token carries `"admin": true`. Only decides
+ * what to show; the server checks the token on every admin call.
+ */
+export function isAdmin(): boolean {
+  if (mode === 'none') return true
+  if (session === null) return false
+  return decodeClaims(session.token)?.admin === true
 }
 
 function decodeClaims(token: string): Record<string, unknown> | null {

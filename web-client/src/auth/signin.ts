@@ -36,7 +36,11 @@ export function mountSignIn(root: HTMLElement, done: () => void): void {
     h(
       'p',
       { class: 'subtitle' },
-      location.pathname.startsWith('/d/') ? 'Sign in to open this document.' : 'Sign in to see your documents.'
+      location.pathname === '/admin'
+        ? 'The admin view is for administrators only: sign in with an administrator account.'
+        : location.pathname.startsWith('/d/')
+          ? 'Sign in to open this document.'
+          : 'Sign in to see your documents.'
     ),
     h('label', { for: 'signin-username' }, 'Username'),
     username,

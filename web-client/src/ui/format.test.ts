@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { ago, bytes, initials, plural } from './format'
+import { ago, bytes, duration, initials, plural } from './format'
 
 describe('ago', () => {
   const now = 1_700_000_000_000
@@ -35,9 +35,27 @@ describe('bytes', () => {
     [3482, '3.4 KB'],
     [1024 * 1024 - 1, '1024.0 KB'],
     [1024 * 1024, '1.0 MB'],
-    [64 * 1024 * 1024, '64.0 MB']
+    [64 * 1024 * 1024, '64.0 MB'],
+    [1024 ** 3 - 1, '1024.0 MB'],
+    [20 * 1024 ** 3, '20.0 GB'],
+    [1.5 * 1024 ** 4, '1.5 TB']
   ])('%i is %s', (n, text) => {
     expect(bytes(n)).toBe(text)
+  })
+})
+
+describe('duration', () => {
+  it.each([
+    [0, '0 s'],
+    [-5_000, '0 s'],
+    [59_999, '59 s'],
+    [60_000, '1 min 0 s'],
+    [5 * 60_000 + 3_000, '5 min 3 s'],
+    [3_600_000, '1 h 0 min'],
+    [2 * 3_600_000 + 5 * 60_000 + 59_000, '2 h 5 min'],
+    [3 * 86_400_000 + 4 * 3_600_000 + 1, '3 d 4 h']
+  ])('%i ms is %s', (ms, text) => {
+    expect(duration(ms)).toBe(text)
   })
 })
 

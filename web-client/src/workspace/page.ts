@@ -9,7 +9,7 @@
 import { subscribeEvents } from '../api/events'
 import type { LiveEvent } from '../api/types'
 import { localUser } from '../auth/profile'
-import { currentSession } from '../auth/session'
+import { currentSession, isAdmin } from '../auth/session'
 import { signOutButton } from '../auth/signin'
 import { identityChip } from '../doc/identity'
 import { h } from '../ui/dom'
@@ -30,6 +30,7 @@ function topbar(): HTMLElement {
     { class: 'topbar' },
     h('a', { class: 'brand', href: '/' }, h('span', { class: 'logo' }), h('span', { class: 'brand-name' }, 'Tandem')),
     h('span', { class: 'spacer' }),
+    isAdmin() ? h('a', { class: 'button ghost small', id: 'admin-link', href: '/admin' }, 'Admin') : null,
     identityChip(localUser(), () => {}),
     currentSession() !== null ? signOutButton() : null
   )

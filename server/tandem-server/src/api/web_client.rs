@@ -1,12 +1,12 @@
 //! The web client's files: `web-client/dist` built into the binary, or the directory named by
 //! `--web-dir`, served under the same rules either way.
 //!
-//! `GET /` and `GET /d/{*name}` answer with `index.html`: the client routes on its own, and doc
-//! names contain `/`. Any other path is a file of the client or a 404. Nothing else falls back to
-//! `index.html`, so a missing script is a 404 rather than HTML parsed as JavaScript. When no
-//! client is available (none was built into the binary and `--web-dir` is not given, or the
-//! directory holds no `index.html`), `/` and `/d/...` serve a placeholder page that says how to
-//! build one. The API routes are matched before any of this (see `api::router`).
+//! `GET /`, `GET /d/{*name}` and `GET /admin` answer with `index.html`: the client routes on its
+//! own, and doc names contain `/`. Any other path is a file of the client or a 404. Nothing
+//! else falls back to `index.html`, so a missing script is a 404 rather than HTML parsed as
+//! JavaScript. When no client is available (none was built into the binary and `--web-dir` is
+//! not given, or the directory holds no `index.html`), those pages serve a placeholder page
+//! that says how to build one. The API routes are matched before any of this (see `api::router`).
 //!
 //! Caching: Vite names every file under `assets/` after a hash of its content, so those are
 //! `immutable` for a year. Everything else (`index.html`, `sw.js`, the icon, the manifest) is
@@ -138,6 +138,7 @@ pub(crate) fn router(source: Source) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/d/{*name}", get(index))
+        .route("/admin", get(index))
         .fallback(file)
         .with_state(Arc::new(source))
         .layer(CompressionLayer::new())
