@@ -318,12 +318,12 @@ pub(super) async fn log_api_errors(request: Request, next: Next) -> Response {
         if error.status == StatusCode::INSUFFICIENT_STORAGE {
             // A full disk is logged once, when the store turns read-only; each refusal is routine.
             let error_id = error.error_id.as_deref().unwrap_or_default();
-            tracing::debug!(status = error.status.as_u16(), code = error.code, message = %error.message, error_id, path, "request refused");
+            tracing::debug!(status = error.status.as_u16(), code = error.code, detail = %error.message, error_id, path, "request refused");
         } else if error.status.is_server_error() {
             let error_id = error.error_id.as_deref().unwrap_or_default();
-            tracing::error!(status = error.status.as_u16(), code = error.code, message = %error.message, error_id, path, "request failed");
+            tracing::error!(status = error.status.as_u16(), code = error.code, detail = %error.message, error_id, path, "request failed");
         } else {
-            tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, path, "request refused");
+            tracing::warn!(status = error.status.as_u16(), code = error.code, detail = %error.message, path, "request refused");
         }
     }
     response
