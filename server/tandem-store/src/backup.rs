@@ -3,9 +3,10 @@
 //!
 //! redb reads are MVCC snapshots, so the writer thread goes on committing while the copy runs;
 //! the copy holds everything committed before its transaction began and nothing after. The
-//! blobs the copy names are handed to the caller at that moment ([`Store::write_backup`]'s
-//! `on_snapshot`), so the server can keep them from its blob garbage collection before it lets
-//! go of the blob lock.
+//! caller is told as soon as the transaction has begun ([`Store::write_backup`]'s `on_begin`),
+//! so it can let go of its blob lock then (having held off blob removals), and is handed the
+//! blobs the copy names once they are listed (`on_snapshot`), before the copy, so it can keep
+//! them from its blob garbage collection.
 //!
 //! Must not: leave a table out. Every table of the source is copied, and a table this build does
 //! not know fails the backup ([`StoreError::UnknownTable`]) instead of being skipped. The one
@@ -61,13 +62,15 @@ impl Drop for Running<'_> {
 
 impl Store {
     /// Copies every table into a new database file at `dest` (which must not exist), from one
-    /// read transaction. `on_snapshot` is called with the blobs that transaction names as soon
-    /// as it has begun, before the copy: a caller holding its blob lock pins them there and lets
-    /// the lock go. Blocking; writers are not held up (the page cache is not released while a
-    /// copy runs, see `release_cache`).
+    /// read transaction. `on_begin` is called as soon as that transaction has begun (a caller
+    /// holding its blob lock lets it go there), and `on_snapshot` with the blobs it names once
+    /// they are listed, before the copy (the caller pins them there). Neither is called if the
+    /// transaction cannot begin. Blocking; writers are not held up (the page cache is not
+    /// released while a copy runs, see `release_cache`).
     pub fn write_backup(
         &self,
         dest: &Path,
+        on_begin: impl FnOnce(),
         on_snapshot: impl FnOnce(&[BlobRef]),
     ) -> Result<BackupCopy, StoreError> {
         self.backups_running.fetch_add(1, Ordering::AcqRel);
@@ -75,6 +78,7 @@ impl Store {
         self.contain("write_backup", || {
             let db = self.db()?;
             let source = db.begin_read()?;
+            on_begin();
             let blobs = referenced_blobs(&source)?;
             on_snapshot(&blobs);
             if dest.exists() {
@@ -277,22 +281,25 @@ mod tests {
         let dest = dir.path().join("copy.redb");
         let mut seen = Vec::new();
         let copy = store
-            .write_backup(&dest, |blobs| {
-                seen = blobs.to_vec();
-                // A commit after the snapshot began is not in the copy.
-                store
-                    .commit(
-                        &[WriteOp::Append {
-                            doc: "d",
-                            seq: 2,
-                            update: b"two",
-                            author: None,
-                        }],
-                        6,
-                        true,
-                    )
-                    .unwrap();
-            })
+            .write_backup(
+                &dest,
+                || {
+                    // A commit after the snapshot began is not in the copy.
+                    store
+                        .commit(
+                            &[WriteOp::Append {
+                                doc: "d",
+                                seq: 2,
+                                update: b"two",
+                                author: None,
+                            }],
+                            6,
+                            true,
+                        )
+                        .unwrap();
+                },
+                |blobs| seen = blobs.to_vec(),
+            )
             .unwrap();
         assert_eq!(copy.n_docs, 1);
         assert_eq!(copy.format_version, crate::FORMAT_VERSION);
@@ -304,7 +311,10 @@ mod tests {
             }]
         );
         assert_eq!(copy.blobs, seen);
-        assert!(store.write_backup(&dest, |_| {}).is_err(), "dest exists");
+        assert!(
+            store.write_backup(&dest, || {}, |_| {}).is_err(),
+            "dest exists"
+        );
         drop(store);
         let restored = Store::open(&dest).unwrap();
         assert_eq!(

@@ -211,13 +211,29 @@ impl Store {
 
     /// Drops redb's page cache by closing and reopening the file (redb has no call to shrink
     /// it, and it keeps what it cached up to its bound). The server calls this when no doc is
-    /// open any more, so an idle server gives that memory back. Waits for operations in flight;
-    /// a no-op for a custom backend.
+    /// open any more, so an idle server gives that memory back. Skipped, never waited for, while
+    /// any operation holds the file (a backup's copy holds it for minutes, and waiting for it
+    /// would hold up every operation behind the wait); a no-op for a custom backend.
     pub fn release_cache(&self) -> Result<(), StoreError> {
         if self.backups_running.load(Ordering::Acquire) > 0 {
             return Ok(());
         }
-        self.contain("release_cache", || self.reopen())
+        self.contain("release_cache", || self.reopen_if_idle())
+    }
+
+    /// [`Store::reopen`] if no operation holds the file now; otherwise nothing.
+    fn reopen_if_idle(&self) -> Result<(), StoreError> {
+        let Some((path, cache_bytes)) = &self.reopen else {
+            return Ok(());
+        };
+        let mut db = match self.db.try_write() {
+            Ok(db) => db,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
+        drop(db.take());
+        *db = Some(open_file(path, *cache_bytes)?);
+        Ok(())
     }
 
     /// Closes and reopens the file: drops the page cache, and clears redb's "previous I/O
@@ -551,6 +567,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("t.redb")).expect("open");
         (dir, store)
+    }
+
+    /// Releasing the cache while an operation holds the file (a backup's copy) is skipped,
+    /// not waited for: a wait would hold up every operation queued behind it.
+    #[test]
+    fn release_cache_skips_while_the_file_is_in_use() {
+        let (_dir, store) = open();
+        let store = std::sync::Arc::new(store);
+        let in_use = store.db().expect("db");
+        let (done, finished) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let res = store.release_cache();
+                let _ = done.send(res.is_ok());
+            }
+        });
+        let finished = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(in_use);
+        releaser.join().expect("join");
+        assert_eq!(finished, Ok(true), "release_cache waited for the operation");
     }
 
     fn append<'a>(doc: &'a str, seq: u64, update: &'a [u8]) -> WriteOp<'a> {

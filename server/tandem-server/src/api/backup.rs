@@ -2,6 +2,9 @@
 //! (`backup/`, `protocol-spec/http.md`). A streaming route: outside the request timeout, since
 //! an archive takes as long as its blobs take to send.
 //!
+//! One backup runs at a time: another one meanwhile is `409 backup_running`. A client that stops
+//! reading for 60 s ends its backup (`backup/mod.rs`).
+//!
 //! In cluster mode the answer is `409 cluster_mode`: the documents live in Redis and Postgres
 //! and the blobs in the shared directory or bucket, each backed up by its own tools.
 
@@ -32,8 +35,8 @@ pub(crate) fn routes() -> Router<AppState> {
         (status = 200, description = "A tar archive: a manifest, then `tandem.redb`, `server-key` and every blob it names, each with its size and SHA-256 (storage.md, \"Backups\")", content_type = "application/x-tar"),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
-        (status = 409, description = "`cluster_mode`: a cluster is backed up with its engines' own tools", body = super::openapi::ErrorJson),
-        (status = 507, description = "`insufficient_storage`: no room for the copy", body = super::openapi::ErrorJson),
+        (status = 409, description = "`cluster_mode`: a cluster is backed up with its engines' own tools; `backup_running`: another backup is running (one at a time)", body = super::openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`: no room for the copy (the data directory's file system needs the store file's size plus 64 MiB free)", body = super::openapi::ErrorJson),
     ),
 )]
 pub(super) async fn download(
@@ -48,11 +51,22 @@ pub(super) async fn download(
         });
         return Ok((StatusCode::CONFLICT, axum::Json(body)).into_response());
     }
+    let Some(slot) = state.files.try_start_backup() else {
+        let body = serde_json::json!({
+            "error": "backup_running",
+            "message": "another backup is running; one runs at a time, retry once it has ended",
+        });
+        return Ok((StatusCode::CONFLICT, axum::Json(body)).into_response());
+    };
     let store = state.store.clone();
     let files = state.files.clone();
     let prepared = super::blocking(
-        move || backup::prepare(&store, &files),
+        move || backup::prepare(&store, &files, slot),
         |error| match error {
+            error if error.is_disk_full() => {
+                tracing::warn!(%error, "backup refused");
+                ApiError::InsufficientStorage
+            }
             BackupError::Store(error) => ApiError::from_store(&error, "backup"),
             BackupError::File(error) => error.into(),
             error => {

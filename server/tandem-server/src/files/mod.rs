@@ -159,6 +159,10 @@ pub(crate) struct FilesInner {
     reserve_lock: Mutex<()>,
     /// Blobs a backup in progress names, with how many backups name each (`pin.rs`).
     pins: Mutex<HashMap<String, usize>>,
+    /// Backups between their transaction's beginning and their pins (`pin.rs`).
+    pins_starting: std::sync::atomic::AtomicUsize,
+    /// Whether a backup is running: one at a time (`pin.rs`).
+    backup_running: std::sync::atomic::AtomicBool,
 }
 
 /// What a PUT in progress holds (see `FilesInner::puts`).
@@ -324,6 +328,8 @@ impl Files {
                 patches: Mutex::new(HashSet::new()),
                 reserve_lock: Mutex::new(()),
                 pins: Mutex::new(HashMap::new()),
+                pins_starting: std::sync::atomic::AtomicUsize::new(0),
+                backup_running: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

@@ -1,14 +1,58 @@
 //! Blobs pinned by a backup in progress: a backup names the blobs of the read transaction it
 //! copies, and those must outlive the backup even if a delete commits meanwhile.
 //!
-//! Pins are taken under the blob lock, in the same critical section as the backup's read
-//! transaction begins (`backup/mod.rs`), and every blob removal checks them under the same
-//! lock (`Files::remove_blob`), so no blob the copy names is removed before the backup has
-//! streamed it. A removal refused for a pin leaves an orphaned blob, which the cleanup removes
+//! A backup marks itself as starting ([`Files::begin_pinning`]) under the blob lock, in the
+//! same critical section as its read transaction begins (`backup/mod.rs`), and lets the lock go;
+//! it then lists the blobs that transaction names and pins them ([`PinStart::pin`]), which
+//! ends the start. Every blob removal checks, under the same lock, both the starts and the pins
+//! (`Files::remove_blob`) and is refused while a backup is starting or names the blob, so no
+//! blob the copy names is removed before the backup has streamed it, and the lock is held only
+//! for the beginning of the transaction, not for the listing.
+//!
+//! Also here: the one backup that may run at a time ([`Files::try_start_backup`]). A removal refused for a pin leaves an orphaned blob, which the cleanup removes
 //! on a later pass, once the backup has ended (the same path as a removal that failed).
+
+use std::sync::atomic::Ordering;
 
 use super::Files;
 use super::blobs::BlobGuard;
+
+/// A backup between the beginning of its read transaction and pinning its blobs: blob removals
+/// are refused meanwhile. Dropping it without pinning ends the start.
+pub(crate) struct PinStart {
+    files: Files,
+}
+
+impl PinStart {
+    /// Pins `sha256s` until the returned value is dropped, and ends the start.
+    pub(crate) fn pin(self, sha256s: Vec<String>) -> BlobPins {
+        self.files.add_pins(sha256s)
+        // `self` drops here, after the pins are in place.
+    }
+}
+
+impl Drop for PinStart {
+    fn drop(&mut self) {
+        self.files
+            .inner
+            .pins_starting
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The one backup allowed to run; dropping it lets the next one start.
+pub(crate) struct BackupSlot {
+    files: Files,
+}
+
+impl Drop for BackupSlot {
+    fn drop(&mut self) {
+        self.files
+            .inner
+            .backup_running
+            .store(false, Ordering::Release);
+    }
+}
 
 /// The blobs one backup pinned; dropping it unpins them.
 pub(crate) struct BlobPins {
@@ -17,8 +61,27 @@ pub(crate) struct BlobPins {
 }
 
 impl Files {
-    /// Pins `sha256s` until the returned value is dropped. The caller holds the blob lock.
-    pub(crate) fn pin_blobs(&self, _blobs: &BlobGuard<'_>, sha256s: Vec<String>) -> BlobPins {
+    /// Marks a backup as starting until the returned value pins its blobs or is dropped: blob
+    /// removals are refused meanwhile. The caller holds the blob lock.
+    pub(crate) fn begin_pinning(&self, _blobs: &BlobGuard<'_>) -> PinStart {
+        self.inner.pins_starting.fetch_add(1, Ordering::SeqCst);
+        PinStart {
+            files: self.clone(),
+        }
+    }
+
+    /// The slot of the one backup that may run at a time, or `None` while another holds it.
+    pub(crate) fn try_start_backup(&self) -> Option<BackupSlot> {
+        self.inner
+            .backup_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| BackupSlot {
+                files: self.clone(),
+            })
+    }
+
+    fn add_pins(&self, sha256s: Vec<String>) -> BlobPins {
         let mut pins = self
             .inner
             .pins
@@ -33,8 +96,12 @@ impl Files {
         }
     }
 
-    /// Whether a backup in progress names blob `sha256`.
+    /// Whether a backup in progress names blob `sha256`, or is starting and may name it.
     pub(crate) fn is_pinned(&self, sha256: &str) -> bool {
+        // Read before the pins: a start ends only after its pins are in place.
+        if self.inner.pins_starting.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
         self.inner
             .pins
             .lock()
@@ -96,11 +163,11 @@ mod tests {
 
         let pins = {
             let lock = files.lock_blobs().expect("lock");
-            files.pin_blobs(&lock, vec![sha256.clone()])
+            files.begin_pinning(&lock).pin(vec![sha256.clone()])
         };
         let second = {
             let lock = files.lock_blobs().expect("lock");
-            files.pin_blobs(&lock, vec![sha256.clone()])
+            files.begin_pinning(&lock).pin(vec![sha256.clone()])
         };
         {
             let lock = files.lock_blobs().expect("lock");
@@ -119,5 +186,84 @@ mod tests {
         let lock = files.lock_blobs().expect("lock");
         files.remove_blob(&lock, &sha256).expect("removed");
         assert!(!blob.exists());
+    }
+
+    /// Between the beginning of a backup's transaction and its pins, no blob may go: the
+    /// backup has not yet listed what it names.
+    #[test]
+    fn a_starting_backup_holds_off_removals_until_it_has_pinned() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
+        let files = Files::open(
+            store.clone(),
+            store,
+            FilesConfig::default(),
+            dir.path(),
+            Sharing::Local,
+            None,
+        )
+        .expect("files");
+        let named = "cd".repeat(32);
+        let other = "ef".repeat(32);
+        for sha256 in [&named, &other] {
+            let temp = dir.path().join("staged");
+            std::fs::write(&temp, b"bytes").expect("write");
+            files
+                .inner
+                .disk
+                .store_blob(&temp, sha256)
+                .expect("store blob");
+        }
+        let start = {
+            let lock = files.lock_blobs().expect("lock");
+            files.begin_pinning(&lock)
+        };
+        {
+            let lock = files.lock_blobs().expect("lock");
+            assert!(
+                files.remove_blob(&lock, &named).is_err(),
+                "removed while starting"
+            );
+            assert!(
+                files.remove_blob(&lock, &other).is_err(),
+                "removed while starting"
+            );
+        }
+        let pins = start.pin(vec![named.clone()]);
+        {
+            let lock = files.lock_blobs().expect("lock");
+            assert!(
+                files.remove_blob(&lock, &named).is_err(),
+                "removed while pinned"
+            );
+            files
+                .remove_blob(&lock, &other)
+                .expect("an unnamed blob goes once pinned");
+        }
+        drop(pins);
+        let lock = files.lock_blobs().expect("lock");
+        files.remove_blob(&lock, &named).expect("removed");
+    }
+
+    #[test]
+    fn one_backup_at_a_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
+        let files = Files::open(
+            store.clone(),
+            store,
+            FilesConfig::default(),
+            dir.path(),
+            Sharing::Local,
+            None,
+        )
+        .expect("files");
+        let slot = files.try_start_backup().expect("free");
+        assert!(
+            files.try_start_backup().is_none(),
+            "a second backup while one runs"
+        );
+        drop(slot);
+        assert!(files.try_start_backup().is_some(), "free again");
     }
 }
