@@ -333,6 +333,27 @@ async fn a_backup_under_load_restores_everything_acknowledged_before_it() {
     )
     .await;
     assert!(restored.success, "restore-backup: {}", restored.stderr);
+    // The archive and the restored key and store hold secrets: owner-only, as the server
+    // writes its key.
+    for path in [
+        archive.clone(),
+        restored_dir.path().join("server-key"),
+        restored_dir.path().join("tandem.redb"),
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("metadata").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let staging = restored_dir.path().parent().expect("parent").join(format!(
+        ".{}.restore-tmp",
+        restored_dir
+            .path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+    ));
+    assert!(!staging.exists(), "the staging directory is removed");
     let restored = TestServer::start_in(restored_dir, |config| {
         config.auth.mode = tandem_server::auth::AuthMode::Jwt;
     })
