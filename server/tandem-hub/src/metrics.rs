@@ -341,9 +341,10 @@ impl Collector for AtomicHistogram {
             .zip(self.buckets.iter())
             .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
             .collect();
-        // Read after the buckets: a concurrent observation may show in `count` and not yet in a
-        // bucket, never the other way round by more than what is in flight.
-        let (count, sum) = self.totals();
+        // The count is the buckets' own total, so `_count` always equals the `+Inf` bucket even
+        // while observations land; only the sum may be off by what is in flight.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let (_, sum) = self.totals();
         let mut metric =
             encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
         metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)

@@ -53,7 +53,7 @@ use crate::log::{
 };
 use crate::outbox::TrySendError;
 use crate::peer::CloseReason;
-use crate::{DOC_INBOX_CAPACITY, Dialect, DocHandle, Hub, JoinError, PeerLink};
+use crate::{DOC_INBOX_CAPACITY, Dialect, DocHandle, Hub, HubMetrics, JoinError, PeerLink};
 
 use self::history::{ChangedRun, RestoreDone, VersionState, last_version_instant};
 
@@ -191,14 +191,34 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     let mut inbox = inbox;
     async move {
-        let Some(mut actor) = open(hub, doc, generation, &mut inbox, stats).await else {
+        let Some(actor) = open(hub, doc, generation, &mut inbox, stats).await else {
             return;
         };
+        let mut opened = OpenDoc::new(actor);
+        opened.actor.run(inbox).await;
+    }
+}
+
+/// A loaded doc's actor, counted in the open-docs and awareness gauges for as long as it lives:
+/// the counts are taken back on drop, so an actor that panics does not inflate them for good.
+struct OpenDoc {
+    actor: DocActor,
+    metrics: HubMetrics,
+}
+
+impl OpenDoc {
+    fn new(actor: DocActor) -> OpenDoc {
         let metrics = actor.hub.config().metrics.clone();
         metrics.doc_opened();
-        actor.run(inbox).await;
-        metrics.awareness_changed(actor.stats.n_awareness_states, 0);
-        metrics.doc_closed();
+        OpenDoc { actor, metrics }
+    }
+}
+
+impl Drop for OpenDoc {
+    fn drop(&mut self) {
+        self.metrics
+            .awareness_changed(self.actor.stats.n_awareness_states, 0);
+        self.metrics.doc_closed();
     }
 }
 
