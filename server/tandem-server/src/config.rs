@@ -225,7 +225,21 @@ pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
         .auth
         .check_bind(config.addr.ip())
         .map_err(|message| anyhow::anyhow!(message))?;
+    check_metrics(&config)?;
     Ok(config)
+}
+
+/// `--metrics-addr` serves the metrics, which `--metrics off` turns off: together they are a
+/// mistake, refused rather than serving an empty page.
+fn check_metrics(config: &Config) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_addr
+        && config.metrics == MetricsSwitch::Off
+    {
+        anyhow::bail!(
+            "--metrics-addr {addr} serves the metrics, but --metrics is off; drop one of the two"
+        );
+    }
+    Ok(())
 }
 
 /// The TLS certificate and key come as a pair, whichever of flag, environment or file names them
@@ -535,6 +549,8 @@ mod tests {
         let config = resolve(ServeArgs::default(), file.clone());
         assert_eq!(config.metrics, MetricsSwitch::Off);
         assert_eq!(config.metrics_addr, Some("10.0.0.5:9464".parse().unwrap()));
+        let refused = check_metrics(&config).unwrap_err().to_string();
+        assert!(refused.contains("--metrics is off"), "{refused}");
         let Some(Command::Serve(args)) = Cli::try_parse_from([
             "tandem",
             "serve",
@@ -551,6 +567,7 @@ mod tests {
         let config = resolve(args, file);
         assert_eq!(config.metrics, MetricsSwitch::On);
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(check_metrics(&config).is_ok());
     }
 
     #[test]

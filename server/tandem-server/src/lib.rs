@@ -473,7 +473,14 @@ pub async fn run_with_ready(
     }
     if let Some(metrics_listener) = metrics_listener {
         let addr = metrics_listener.local_addr().ok();
-        info!(addr = ?addr, "metrics without authentication on --metrics-addr");
+        match addr {
+            Some(addr) if !addr.ip().is_loopback() => warn!(
+                %addr,
+                "metrics without authentication on a non-loopback --metrics-addr: anyone who can \
+                 reach this port can read them"
+            ),
+            _ => info!(addr = ?addr, "metrics without authentication on --metrics-addr"),
+        }
         let cancel = lifecycle.cancel.clone();
         let app = api::metrics_router(state.clone());
         lifecycle.spawn(tracing::info_span!("metrics-listener"), async move {

@@ -82,6 +82,8 @@ pub trait WebhookTable: Send + Sync + 'static {
     fn list_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
     /// See [`Store::list_outbox`].
     fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError>;
+    /// See [`Store::count_outbox`].
+    fn count_outbox(&self) -> Result<u64, StoreError>;
     /// See [`Store::due_deliveries`]. With several nodes, each delivery returned is claimed by
     /// the caller until it finishes it (or its claim lapses), so exactly one node makes it.
     fn due_deliveries(
@@ -269,6 +271,9 @@ impl WebhookTable for Store {
     }
     fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError> {
         Store::list_outbox(self, limit)
+    }
+    fn count_outbox(&self) -> Result<u64, StoreError> {
+        Store::count_outbox(self)
     }
     fn due_deliveries(
         &self,

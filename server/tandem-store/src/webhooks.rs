@@ -317,6 +317,16 @@ impl Store {
         })
     }
 
+    /// How many deliveries are pending (redb keeps a table's length: no rows are read).
+    pub fn count_outbox(&self) -> Result<u64, StoreError> {
+        self.contain("count_outbox", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, WEBHOOK_OUTBOX, 0);
+            Ok(redb::ReadableTableMetadata::len(&table)?)
+        })
+    }
+
     /// Pending deliveries in outbox order, at most `limit`.
     pub fn list_outbox(&self, limit: usize) -> Result<Vec<OutboxDelivery>, StoreError> {
         self.contain("list_outbox", || {

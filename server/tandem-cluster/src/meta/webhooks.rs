@@ -139,6 +139,18 @@ impl WebhookTable for PgMeta {
         })
     }
 
+    fn count_outbox(&self) -> Result<u64, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT count(*) FROM tandem_webhook_outbox", &[])
+                .await
+                .map_err(unavailable)?;
+            let count: i64 = row.try_get(0).map_err(unavailable)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+
     /// Claims what it returns for this node (see the module's "Claims"). A row claimed by
     /// another node counts as due when its claim lapses.
     fn due_deliveries(

@@ -77,11 +77,42 @@ fn metrics_text(state: &AppState) -> Response {
     }
 }
 
-/// The router of `--metrics-addr`: `/metrics` only; everything else is a JSON 404.
+/// How long a request on `--metrics-addr` may take (a scrape takes milliseconds).
+const METRICS_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Requests served at once on `--metrics-addr`; more are refused with `503`. A scraper or two
+/// need one each.
+pub(crate) const METRICS_MAX_IN_FLIGHT: usize = 8;
+
+/// The router of `--metrics-addr`: `/metrics` only; everything else is a JSON 404. Its requests
+/// time out and only [`METRICS_MAX_IN_FLIGHT`] run at once: the listener has no authentication
+/// and none of the main listener's caps.
 pub(crate) fn metrics_router(state: AppState) -> Router {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_IN_FLIGHT));
     Router::new()
         .route("/metrics", get(metrics_open))
         .fallback(|| async { ApiError::NotFound })
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            METRICS_REQUEST_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let permit = in_flight.clone().try_acquire_owned();
+                async move {
+                    match permit {
+                        Ok(_permit) => next.run(request).await,
+                        Err(_) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(json!({
+                                "error": "too_many_connections",
+                                "message": "too many metrics requests at once; retry later",
+                            })),
+                        )
+                            .into_response(),
+                    }
+                }
+            },
+        ))
         .with_state(state)
 }
 

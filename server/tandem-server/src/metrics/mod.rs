@@ -293,6 +293,7 @@ impl Telemetry {
         let (y_websocket, hocuspocus) = self.connections_by_protocol();
         self.inner.series.sample(series::Reading {
             at_ms: tandem_hub::clock::now_ms(),
+            at: std::time::Instant::now(),
             n_updates: self.inner.hub.updates_received(),
             n_commits,
             commit_seconds,
@@ -331,7 +332,7 @@ impl ServerMetrics {
         );
         registry.register(
             "tandem_webhook_outbox_depth",
-            "Webhook deliveries waiting in the outbox (sampled every 10 s, at most 10000)",
+            "Webhook deliveries waiting in the outbox (sampled every 10 s)",
             self.webhook_outbox.clone(),
         );
         registry.register(

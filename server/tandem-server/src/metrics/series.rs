@@ -27,9 +27,12 @@ pub(crate) struct Point {
 }
 
 /// The running totals a point is derived from.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Reading {
+    /// Wall-clock time, for the point's timestamp.
     pub(super) at_ms: u64,
+    /// Monotonic time, for the rates' divisor (the wall clock may step).
+    pub(super) at: std::time::Instant,
     pub(super) n_updates: u64,
     pub(super) n_commits: u64,
     pub(super) commit_seconds: f64,
@@ -64,7 +67,11 @@ impl Series {
                 connections: now.connections,
             },
             Some(last) => {
-                let seconds = (now.at_ms.saturating_sub(last.at_ms) as f64 / 1000.0).max(0.001);
+                let seconds = now
+                    .at
+                    .saturating_duration_since(last.at)
+                    .as_secs_f64()
+                    .max(0.001);
                 let n_commits = now.n_commits.saturating_sub(last.n_commits);
                 Point {
                     at_ms: now.at_ms,
@@ -111,13 +118,26 @@ pub(crate) async fn run<F, Fut>(
     // The start-up point is the caller's ([`Telemetry::sample`] before spawning this task).
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    sample_extra().await;
+    // `sample_extra` reads storage (the outbox), which may be slow or stuck: shutdown does not
+    // wait for it.
+    let (cancel, sample_extra) = (&cancel, &sample_extra);
+    let extra = move || async move {
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = sample_extra() => true,
+        }
+    };
+    if !extra().await {
+        return;
+    }
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = ticks.tick() => {
                 telemetry.sample();
-                sample_extra().await;
+                if !extra().await {
+                    break;
+                }
             }
         }
     }
@@ -127,9 +147,16 @@ pub(crate) async fn run<F, Fut>(
 mod tests {
     use super::*;
 
+    /// The monotonic time of `at_ms` 0 in these tests.
+    fn base() -> std::time::Instant {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(std::time::Instant::now)
+    }
+
     fn reading(at_ms: u64, n_updates: u64, n_commits: u64, commit_seconds: f64) -> Reading {
         Reading {
             at_ms,
+            at: base() + Duration::from_millis(at_ms),
             n_updates,
             n_commits,
             commit_seconds,
@@ -161,5 +188,18 @@ mod tests {
         let points = series.points();
         assert_eq!(points.len(), MAX_POINTS);
         assert!(points.windows(2).all(|pair| pair[0].at_ms < pair[1].at_ms));
+    }
+
+    /// A wall clock stepped back does not make a rate negative or huge: rates divide by
+    /// monotonic time.
+    #[test]
+    fn rates_divide_by_monotonic_time_not_the_wall_clock() {
+        let series = Series::default();
+        series.sample(reading(60_000, 0, 0, 0.0));
+        let mut stepped = reading(70_000, 100, 0, 0.0);
+        stepped.at_ms = 1_000;
+        series.sample(stepped);
+        let rate = series.points()[1].updates_per_second;
+        assert!((rate - 10.0).abs() < 1e-9, "{rate}");
     }
 }

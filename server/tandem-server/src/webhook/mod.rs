@@ -40,8 +40,6 @@ use tracing::{info, warn};
 
 pub(crate) use deliver::run_worker;
 
-/// The outbox depth reported by metrics is counted up to this many deliveries.
-pub(crate) const OUTBOX_DEPTH_CAP: usize = 10_000;
 pub(crate) use route::{
     Change, Debouncer, PendingChange, event_data, event_name, matches, new_delivery, wants,
 };
@@ -156,12 +154,13 @@ impl Webhooks {
         self.registry.borrow().clone()
     }
 
-    /// Deliveries waiting in the outbox, counted up to [`OUTBOX_DEPTH_CAP`] (a read of the
-    /// outbox: sampled, not per delivery); `None` if the store cannot be read.
+    /// Deliveries waiting in the outbox (counted by the store, no rows read: sampled, not per
+    /// delivery); `None` if the store cannot be read.
     pub(crate) async fn outbox_depth(&self) -> Option<usize> {
-        self.with_store(|store| store.list_outbox(OUTBOX_DEPTH_CAP).map(|rows| rows.len()))
+        self.with_store(|store| store.count_outbox())
             .await
             .ok()
+            .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     /// Tells the worker that deliveries were queued.
