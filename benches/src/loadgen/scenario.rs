@@ -344,6 +344,7 @@ pub async fn saturation(
     server: &Server,
     peers_n: usize,
     fixed_rate: f64,
+    fixed_window: Duration,
     steps: &[f64],
     step: Duration,
     placement: Placement,
@@ -366,7 +367,7 @@ pub async fn saturation(
     let _ = server.redis_cli(&["config", "resetstat"]);
     let engines0 = EngineCpu::read(server);
     let started = Instant::now();
-    let sent = drive_edits(&writers, fixed_rate, Duration::from_secs(4), 1).await;
+    let sent = drive_edits(&writers, fixed_rate, fixed_window, 1).await;
     let delivered =
         wait_deliveries(&shared, before + sent * receivers, Duration::from_secs(10)).await - before;
     let wall = started.elapsed();
