@@ -2,9 +2,9 @@
 //! registers and serves (`protocol-spec/metrics.md` names each one).
 //!
 //! The server makes one [`HubMetrics`] (on or off), registers it in its registry and hands it to
-//! the hub through [`crate::HubConfig`] and to the redb writer through
-//! [`crate::persist::spawn_writer_with_metrics`]. The hub itself knows nothing of HTTP or of how
-//! the metrics are served.
+//! the hub through [`crate::HubConfig`] and to the redb writer (`persist.rs`, which imports this
+//! module, never the other way round). The hub itself knows nothing of HTTP or of how the
+//! metrics are served.
 //!
 //! Invariants of the hot path: recording is an atomic add on a handle made at start-up (no
 //! label lookup, no lock, no allocation), and when metrics are off ([`HubMetrics::default`])
