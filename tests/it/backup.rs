@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tandem_server::auth::Role;
-use tandem_tests::{Peer, TestServer, bearer, own_claims, run_tandem, wait_until};
+use tandem_tests::{CommandOutput, Peer, TestServer, bearer, own_claims, run_tandem, wait_until};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, ReadTxn, StateVector, Text, Transact, WriteTxn};
 
@@ -137,6 +137,15 @@ async fn content_text(server: &TestServer, token: &str, doc: &str) -> String {
 
 fn arg(path: &Path) -> String {
     path.to_str().expect("UTF-8 temp path").to_owned()
+}
+
+/// `tandem COMMAND PATH --server URL --token TOKEN`, as a script would run it.
+async fn run_with_token(command: &str, path: &Path, url: &str, token: &str) -> CommandOutput {
+    run_tandem(
+        &[command, &arg(path), "--server", url, "--token", token],
+        "",
+    )
+    .await
 }
 
 /// A backup under live editing, restored into an empty directory, holds everything
@@ -439,16 +448,11 @@ async fn a_backup_needs_an_admin_token() {
         )
         .await;
     assert_eq!(response.status, 403, "{}", response.text());
-    let output = run_tandem(
-        &[
-            "backup",
-            &arg(&tempfile::tempdir().expect("dir").path().join("b.tar")),
-            "--server",
-            &server.url(""),
-            "--token",
-            &writer,
-        ],
-        "",
+    let output = run_with_token(
+        "backup",
+        &tempfile::tempdir().expect("dir").path().join("b.tar"),
+        &server.url(""),
+        &writer,
     )
     .await;
     assert!(!output.success);
@@ -613,18 +617,7 @@ async fn documents_exported_and_imported_into_a_fresh_server_equal_the_originals
     assert_eq!(missing.status, 404, "outside the prefix");
 
     // Importing the same files again changes nothing (a Yjs merge is idempotent).
-    let again = run_tandem(
-        &[
-            "import",
-            &arg(out.path()),
-            "--server",
-            &target.url(""),
-            "--token",
-            &target_token,
-        ],
-        "",
-    )
-    .await;
+    let again = run_with_token("import", out.path(), &target.url(""), &target_token).await;
     assert!(again.success, "import again: {}", again.stderr);
     assert_eq!(
         content_text(&target, &target_token, "team/notes.md").await,
@@ -805,16 +798,11 @@ async fn in_cluster_mode_backup_is_refused_and_export_goes_through_any_node() {
     .await;
 
     let archive_dir = tempfile::tempdir().expect("temp dir");
-    let refused = run_tandem(
-        &[
-            "backup",
-            &arg(&archive_dir.path().join("b.tar")),
-            "--server",
-            &one.url(""),
-            "--token",
-            &token,
-        ],
-        "",
+    let refused = run_with_token(
+        "backup",
+        &archive_dir.path().join("b.tar"),
+        &one.url(""),
+        &token,
     )
     .await;
     assert!(!refused.success);
@@ -830,18 +818,7 @@ async fn in_cluster_mode_backup_is_refused_and_export_goes_through_any_node() {
     );
 
     let out = tempfile::tempdir().expect("temp dir");
-    let exported = run_tandem(
-        &[
-            "export",
-            &arg(out.path()),
-            "--server",
-            &one.url(""),
-            "--token",
-            &token,
-        ],
-        "",
-    )
-    .await;
+    let exported = run_with_token("export", out.path(), &one.url(""), &token).await;
     assert!(exported.success, "{}", exported.stderr);
     assert_eq!(
         std::fs::read_to_string(out.path().join("team/shared.md")).expect("text file"),

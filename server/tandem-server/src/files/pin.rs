@@ -136,29 +136,39 @@ mod tests {
     use super::*;
     use crate::files::{FilesConfig, Sharing};
 
+    /// The files service of one node over a fresh store in `dir`.
+    fn open_files(dir: &std::path::Path) -> Files {
+        let store = Arc::new(tandem_store::Store::open(&dir.join("t.redb")).expect("store"));
+        Files::open(
+            store.clone(),
+            store,
+            FilesConfig::default(),
+            dir,
+            Sharing::Local,
+            None,
+        )
+        .expect("files")
+    }
+
+    /// Puts a blob named `sha256` into the store's blob directory.
+    fn store_blob(files: &Files, dir: &std::path::Path, sha256: &str) {
+        let temp = dir.join("staged");
+        std::fs::write(&temp, b"bytes").expect("write");
+        files
+            .inner
+            .disk
+            .store_blob(&temp, sha256)
+            .expect("store blob");
+    }
+
     /// A delete that commits while a backup runs must not remove a blob the backup names: the
     /// removal is refused while the pin holds, and goes through once the backup is over.
     #[test]
     fn a_pinned_blob_outlives_its_removal_until_the_pin_drops() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
-        let files = Files::open(
-            store.clone(),
-            store,
-            FilesConfig::default(),
-            dir.path(),
-            Sharing::Local,
-            None,
-        )
-        .expect("files");
+        let files = open_files(dir.path());
         let sha256 = "ab".repeat(32);
-        let temp = dir.path().join("staged");
-        std::fs::write(&temp, b"bytes").expect("write");
-        files
-            .inner
-            .disk
-            .store_blob(&temp, &sha256)
-            .expect("store blob");
+        store_blob(&files, dir.path(), &sha256);
         let blob = files.inner.disk.blob_path(&sha256);
 
         let pins = {
@@ -193,26 +203,11 @@ mod tests {
     #[test]
     fn a_starting_backup_holds_off_removals_until_it_has_pinned() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
-        let files = Files::open(
-            store.clone(),
-            store,
-            FilesConfig::default(),
-            dir.path(),
-            Sharing::Local,
-            None,
-        )
-        .expect("files");
+        let files = open_files(dir.path());
         let named = "cd".repeat(32);
         let other = "ef".repeat(32);
         for sha256 in [&named, &other] {
-            let temp = dir.path().join("staged");
-            std::fs::write(&temp, b"bytes").expect("write");
-            files
-                .inner
-                .disk
-                .store_blob(&temp, sha256)
-                .expect("store blob");
+            store_blob(&files, dir.path(), sha256);
         }
         let start = {
             let lock = files.lock_blobs().expect("lock");
@@ -248,16 +243,7 @@ mod tests {
     #[test]
     fn one_backup_at_a_time() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(tandem_store::Store::open(&dir.path().join("t.redb")).expect("store"));
-        let files = Files::open(
-            store.clone(),
-            store,
-            FilesConfig::default(),
-            dir.path(),
-            Sharing::Local,
-            None,
-        )
-        .expect("files");
+        let files = open_files(dir.path());
         let slot = files.try_start_backup().expect("free");
         assert!(
             files.try_start_backup().is_none(),
