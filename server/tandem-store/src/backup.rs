@@ -28,7 +28,7 @@ use crate::error::StoreError;
 use crate::schema::{
     ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, AUTHOR_IDS, AUTHORS, BLOBS,
     DOCS, FILE_USAGE, FILES, META, SNAPSHOTS, UPDATE_AUTHORS, UPDATES, UPLOADS, USERS,
-    VERSION_STATES, VERSIONS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS,
+    VERSION_STATES, VERSIONS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS, DAV_FOLDERS, DAV_PROPS,
 };
 
 /// A blob a copy names: by a file version, or by a `blobs` row with a non-zero refcount.
@@ -157,6 +157,8 @@ fn copy_tables(source: &ReadTransaction, target: &WriteTransaction) -> Result<()
         copy_table(source, target, WEBHOOK_OUTBOX),
     )?;
     copy(WEBHOOK_LOG.name(), copy_table(source, target, WEBHOOK_LOG))?;
+    copy(DAV_FOLDERS.name(), copy_table(source, target, DAV_FOLDERS))?;
+    copy(DAV_PROPS.name(), copy_table(source, target, DAV_PROPS))?;
     for table in source.list_tables()? {
         if !copied.contains(table.name()) {
             return Err(StoreError::UnknownTable {

@@ -35,6 +35,7 @@ pub mod check;
 mod checksum;
 mod contain;
 mod damaged;
+mod dav;
 pub mod error;
 mod files;
 mod history;
@@ -53,6 +54,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 pub use accounts::UserRecord;
 pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
+pub use dav::DeadProp;
 pub use error::{ReadOnlyReason, StoreError};
 pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,

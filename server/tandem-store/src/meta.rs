@@ -8,7 +8,7 @@
 //! one node or many) see the effects of each write entirely or not at all.
 
 use crate::{
-    ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, Deleted, DeliveryAttempt, DocMeta,
+    ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, DeadProp, Deleted, DeliveryAttempt, DocMeta,
     FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery, Store,
     StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
 };
@@ -209,6 +209,54 @@ pub trait HistoryTable: Send + Sync + 'static {
     fn list_docs(&self) -> Result<Vec<DocMeta>, StoreError>;
     /// See [`Store::doc_meta`].
     fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError>;
+}
+
+/// WebDAV's folders and dead properties (`api/dav/`). Cluster mode has no implementation yet:
+/// there the server refuses `MKCOL` of an empty folder and `PROPPATCH` (`protocol-spec/webdav.md`).
+pub trait DavTable: Send + Sync + 'static {
+    /// See [`Store::dav_folders`].
+    fn dav_folders(&self) -> Result<Vec<String>, StoreError>;
+    /// See [`Store::add_dav_folder`].
+    fn add_dav_folder(&self, path: &str, now_ms: u64) -> Result<bool, StoreError>;
+    /// See [`Store::dav_props`].
+    fn dav_props(&self, path: &str) -> Result<Vec<DeadProp>, StoreError>;
+    /// See [`Store::patch_dav_props`].
+    fn patch_dav_props(
+        &self,
+        path: &str,
+        set: &[DeadProp],
+        remove: &[String],
+    ) -> Result<(), StoreError>;
+    /// See [`Store::move_dav_tree`].
+    fn move_dav_tree(&self, from: &str, to: &str, copy: bool) -> Result<(), StoreError>;
+    /// See [`Store::remove_dav_tree`].
+    fn remove_dav_tree(&self, path: &str) -> Result<(), StoreError>;
+}
+
+impl DavTable for Store {
+    fn dav_folders(&self) -> Result<Vec<String>, StoreError> {
+        Store::dav_folders(self)
+    }
+    fn add_dav_folder(&self, path: &str, now_ms: u64) -> Result<bool, StoreError> {
+        Store::add_dav_folder(self, path, now_ms)
+    }
+    fn dav_props(&self, path: &str) -> Result<Vec<DeadProp>, StoreError> {
+        Store::dav_props(self, path)
+    }
+    fn patch_dav_props(
+        &self,
+        path: &str,
+        set: &[DeadProp],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        Store::patch_dav_props(self, path, set, remove)
+    }
+    fn move_dav_tree(&self, from: &str, to: &str, copy: bool) -> Result<(), StoreError> {
+        Store::move_dav_tree(self, from, to, copy)
+    }
+    fn remove_dav_tree(&self, path: &str) -> Result<(), StoreError> {
+        Store::remove_dav_tree(self, path)
+    }
 }
 
 impl UserTable for Store {

@@ -116,6 +116,17 @@ pub(crate) const WEBHOOK_OUTBOX: TableDefinition<'static, u64, &[u8]> =
 pub(crate) const WEBHOOK_LOG: TableDefinition<'static, (&str, u64), &[u8]> =
     TableDefinition::new("webhook_log");
 
+// WebDAV (`dav.rs`). Added after format version 2 shipped, like `users` after version 1: a
+// file without these tables reads as having no folders and no properties, the first write
+// creates them, and an older build ignores them.
+
+/// Folders made with `MKCOL`: `path -> made at (ms since the Unix epoch)`.
+pub(crate) const DAV_FOLDERS: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("dav_folders");
+/// Dead properties: `(path, "{namespace}name") -> sealed property` (the server's encoding).
+pub(crate) const DAV_PROPS: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new("dav_props");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -216,6 +227,8 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<Option<u64>, S
                 txn.open_table(WEBHOOKS)?;
                 txn.open_table(WEBHOOK_OUTBOX)?;
                 txn.open_table(WEBHOOK_LOG)?;
+                txn.open_table(DAV_FOLDERS)?;
+                txn.open_table(DAV_PROPS)?;
             }
             txn.commit()?;
             Ok(None)
