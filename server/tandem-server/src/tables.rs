@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tandem_store::Store;
 use tandem_store::meta::{
-    ActivityTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
+    ActivityTable, DavTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
 };
 
 /// The tables of every service.
@@ -24,6 +24,9 @@ pub(crate) struct Tables {
     pub(crate) history: Arc<dyn HistoryTable>,
     /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
     pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
+    /// WebDAV's folders and dead properties; `None` in cluster mode, which refuses `MKCOL` of an
+    /// empty folder and `PROPPATCH` (`protocol-spec/webdav.md`).
+    pub(crate) dav: Option<Arc<dyn DavTable>>,
 }
 
 impl Tables {
@@ -36,6 +39,7 @@ impl Tables {
             files: store.clone(),
             history: store.clone(),
             sign_in_failures: None,
+            dav: Some(store.clone()),
         }
     }
 
@@ -48,6 +52,7 @@ impl Tables {
             files: pg.clone(),
             history: pg.clone(),
             sign_in_failures: Some(pg.clone()),
+            dav: None,
         }
     }
 }

@@ -214,24 +214,66 @@ pub(super) async fn put_file(
     let path = path_from(&uri, "/api/files/")?;
     check_new_path(&path)?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
-    check_not_doc(&state, &path).await?;
-    let files = &state.files;
-    files.check_writable().await?;
-    let declared_len = content_length(&headers);
-    let id = new_upload_id();
-    // Until this request ends, the slot keeps the cleanup off its file and holds its quota.
-    let (slot, quota) = files.admit_put(path.as_str(), &id, declared_len).await?;
     let declared_sha = match headers.get(SHA256_HEADER) {
         Some(value) => Some(parse_sha256(value.to_str().unwrap_or_default())?),
         None => None,
     };
-    let name = last_segment(path.as_str()).to_owned();
-    let content_type = content_type_for(
-        headers
+    let put = PutRequest {
+        uploader: uploader_of(&grant, &headers),
+        declared_len: content_length(&headers),
+        declared_sha,
+        content_type: headers
             .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok()),
-        &name,
-    );
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        path,
+    };
+    let entry = store_put(&state, put, body.into_data_stream()).await?;
+    let json = FileJson::new(&entry, entry.current());
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "file": json })),
+    )
+        .into_response())
+}
+
+/// What a PUT of a file declares beside its body (`PUT /api/files/{path}`, WebDAV's PUT).
+pub(crate) struct PutRequest {
+    /// Where the file goes: checked by [`check_new_path`], the write role granted.
+    pub(crate) path: DocId,
+    pub(crate) uploader: Uploader,
+    /// `Content-Length`: the body must have exactly this many bytes.
+    pub(crate) declared_len: Option<u64>,
+    /// The SHA-256 the bytes must have.
+    pub(crate) declared_sha: Option<String>,
+    /// `Content-Type`, as sent.
+    pub(crate) content_type: Option<String>,
+}
+
+/// Stores `body` as the next version of `put.path`: the one upload path of a PUT, whichever
+/// protocol it came by. Refuses a doc's path, a full disk, the size and quota limits; streams
+/// the body to disk with its SHA-256 and the idle limit; checks length and hash; commits and
+/// announces the new version (`Event::FileUploaded`). Nothing is visible before it returns.
+pub(crate) async fn store_put<E>(
+    state: &AppState,
+    put: PutRequest,
+    body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<FileEntry, ApiError> {
+    let PutRequest {
+        path,
+        uploader,
+        declared_len,
+        declared_sha,
+        content_type,
+    } = put;
+    check_not_doc(state, &path).await?;
+    let files = &state.files;
+    files.check_writable().await?;
+    let id = new_upload_id();
+    // Until this request ends, the slot keeps the cleanup off its file and holds its quota.
+    let (slot, quota) = files.admit_put(path.as_str(), &id, declared_len).await?;
+    let name = last_segment(path.as_str()).to_owned();
+    let content_type = content_type_for(content_type.as_deref(), &name);
     // While streaming: the smaller of the file limit and what the quota leaves.
     let max_file = files.config().max_file_bytes;
     let max = quota.map_or(max_file, |(used, limit)| {
@@ -248,7 +290,7 @@ pub(super) async fn put_file(
     let mut received = 0u64;
     let cancel = state.lifecycle.cancel.clone();
     let res = receive(
-        body.into_data_stream(),
+        body,
         &mut file,
         Some(&mut hasher),
         max,
@@ -304,7 +346,6 @@ pub(super) async fn put_file(
         }
         .into());
     }
-    let uploader = uploader_of(&grant, &headers);
     let version = FileVersion {
         version: 0,
         sha256,
@@ -319,13 +360,8 @@ pub(super) async fn put_file(
         .commit(staged, path.to_string(), version, None)
         .await?;
     drop(slot);
-    publish_uploaded(&state, &entry);
-    let json = FileJson::new(&entry, entry.current());
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(serde_json::json!({ "file": json })),
-    )
-        .into_response())
+    publish_uploaded(state, &entry);
+    Ok(entry)
 }
 
 /// Announces the current version of `entry`.
@@ -467,16 +503,9 @@ pub(super) async fn move_file(
     let grant = write_grant(&state, &headers, &uri, &from)?;
     write_grant(&state, &headers, &uri, &to)?;
     check_not_doc(&state, &to).await?;
-    let files = state.files.clone();
-    let quota = files.quota();
-    let (from_name, to_name) = (from.to_string(), to.to_string());
     let entry = state
         .files
-        .blocking(move |inner| {
-            let entry = inner.store.move_file(&from_name, &to_name, quota)?;
-            files.set_path(Some(&to_name), Some(&from_name));
-            Ok(entry)
-        })
+        .move_file(from.as_str(), to.as_str())
         .await?;
     tracing::info!(from = %from, to = %to, "file moved");
     state.events.publish(Event::FileRenamed {
@@ -512,23 +541,7 @@ pub(super) async fn delete_file(
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
-    let files = state.files.clone();
-    let name = path.to_string();
-    state
-        .files
-        .blocking(move |inner| {
-            let blobs = files.lock_blobs()?;
-            let deleted = inner.store.delete_file(&name)?;
-            files.set_path(None, Some(&name));
-            for sha256 in &deleted.unreferenced {
-                if let Err(error) = files.remove_blob(&blobs, sha256) {
-                    // The cleanup task removes it later.
-                    tracing::warn!(%error, sha256, "removing blob failed");
-                }
-            }
-            Ok(())
-        })
-        .await?;
+    state.files.delete_file(path.as_str()).await?;
     tracing::info!(path = %path, "file deleted");
     state.events.publish(Event::FileDeleted {
         path: path.to_string(),

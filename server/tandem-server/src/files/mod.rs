@@ -647,6 +647,83 @@ impl Files {
     }
 }
 
+impl Files {
+    /// Removes the file at `path` with all its versions; blobs nothing else names are deleted.
+    /// Callers announce it (`Event::FileDeleted`).
+    pub(crate) async fn delete_file(&self, path: &str) -> Result<(), FileError> {
+        let files = self.clone();
+        let name = path.to_owned();
+        self.blocking(move |inner| {
+            let blobs = files.lock_blobs()?;
+            let deleted = inner.store.delete_file(&name)?;
+            files.set_path(None, Some(&name));
+            for sha256 in &deleted.unreferenced {
+                if let Err(error) = files.remove_blob(&blobs, sha256) {
+                    // The cleanup task removes it later.
+                    tracing::warn!(%error, sha256, "removing blob failed");
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Renames the file at `from` to `to` with all its versions (`to` must be free). Callers
+    /// announce it (`Event::FileRenamed`).
+    pub(crate) async fn move_file(&self, from: &str, to: &str) -> Result<FileEntry, FileError> {
+        let files = self.clone();
+        let quota = self.quota();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.blocking(move |inner| {
+            let entry = inner.store.move_file(&from, &to, quota)?;
+            files.set_path(Some(&to), Some(&from));
+            Ok(entry)
+        })
+        .await
+    }
+
+    /// Stores the current version of `from` as the next version of `to`, by `uploader`: the
+    /// same blob, one more reference to it, under the blob lock so it cannot be removed
+    /// meanwhile; quota and version limits as for an upload. Callers announce it
+    /// (`Event::FileUploaded`).
+    pub(crate) async fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        uploader: Uploader,
+    ) -> Result<FileEntry, FileError> {
+        let files = self.clone();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.blocking(move |inner| {
+            let blobs = files.lock_blobs()?;
+            let source = inner.store.file(&from)?.ok_or(FileError::NotFound)?;
+            let current = source.current().clone();
+            let version = FileVersion {
+                version: 0,
+                name: last_segment(&to).to_owned(),
+                uploader,
+                uploaded_ms: now_ms(),
+                ..current
+            };
+            let (entry, unreferenced) = inner.store.put_file_version(
+                &to,
+                version,
+                files.quota(),
+                None,
+                files.max_versions(),
+            )?;
+            files.set_path(Some(&entry.path), None);
+            for sha256 in &unreferenced {
+                if let Err(error) = files.remove_blob(&blobs, sha256) {
+                    tracing::warn!(%error, sha256, "removing blob failed");
+                }
+            }
+            Ok(entry)
+        })
+        .await
+    }
+}
+
 /// The actor behind a stored uploader.
 pub(crate) fn actor_of(uploader: &Uploader) -> Actor {
     Actor {
