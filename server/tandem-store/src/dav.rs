@@ -157,7 +157,9 @@ impl Store {
             let txn = db.begin_read()?;
             let table = open_or_empty!(txn, DAV_PROPS, Vec::new());
             let mut out = Vec::new();
-            for entry in table.range::<(&str, &str)>((Bound::Included((path, "")), Bound::Unbounded))? {
+            for entry in
+                table.range::<(&str, &str)>((Bound::Included((path, "")), Bound::Unbounded))?
+            {
                 let (key, value) = entry?;
                 let (key_path, key_prop) = key.value();
                 if key_path != path {
@@ -177,26 +179,30 @@ impl Store {
         })
     }
 
-    /// Sets the properties `set` and removes those keyed `remove` on `path`, all in one durable
-    /// transaction.
+    /// Applies `changes` to `path`'s properties in order, all in one durable transaction: each
+    /// sets the property of its key to the value given, or removes it for `None` (RFC 4918
+    /// section 9.2: the instructions of one PROPPATCH apply in document order).
     pub fn patch_dav_props(
         &self,
         path: &str,
-        set: &[DeadProp],
-        remove: &[String],
+        changes: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
         self.contain("patch_dav_props", || {
             self.write(WriteKind::Grow, |db| {
                 let txn = db.begin_write()?;
                 {
                     let mut table = txn.open_table(DAV_PROPS)?;
-                    for key in remove {
-                        table.remove((path, key.as_str()))?;
-                    }
-                    for prop in set {
-                        let sealed =
-                            checksum::seal(DAV_PROPS.name(), (path, prop.key.as_str()), &prop.value);
-                        table.insert((path, prop.key.as_str()), sealed.as_slice())?;
+                    for (key, value) in changes {
+                        match value {
+                            None => {
+                                table.remove((path, key.as_str()))?;
+                            }
+                            Some(value) => {
+                                let sealed =
+                                    checksum::seal(DAV_PROPS.name(), (path, key.as_str()), value);
+                                table.insert((path, key.as_str()), sealed.as_slice())?;
+                            }
+                        }
                     }
                 }
                 txn.commit()?;
@@ -304,17 +310,33 @@ mod tests {
         assert!(!store.add_dav_folder("a", 2).expect("again"));
         store.add_dav_folder("a/b", 3).expect("add");
         store.add_dav_folder("a b", 4).expect("add");
+        let set = |key: &str, value: &str| (key.to_owned(), Some(value.as_bytes().to_vec()));
+        let remove = |key: &str| (key.to_owned(), None);
         store
-            .patch_dav_props("a/b/f.txt", &[prop("{x:}one", "1"), prop("{x:}two", "2")], &[])
+            .patch_dav_props("a/b/f.txt", &[set("{x:}one", "1"), set("{x:}two", "2")])
             .expect("set");
         store
-            .patch_dav_props("a", &[prop("{x:}top", "t")], &[])
+            .patch_dav_props("a", &[set("{x:}top", "t")])
             .expect("set");
         store
-            .patch_dav_props("a.md", &[prop("{x:}other", "o")], &[])
+            .patch_dav_props("a.md", &[set("{x:}other", "o")])
+            .expect("set");
+        // In order: set then remove leaves nothing, remove then set leaves the value.
+        store
+            .patch_dav_props(
+                "a/b/f.txt",
+                &[
+                    remove("{x:}two"),
+                    set("{x:}three", "3"),
+                    remove("{x:}three"),
+                ],
+            )
+            .expect("remove");
+        store
+            .patch_dav_props("a.md", &[remove("{x:}new"), set("{x:}new", "n")])
             .expect("set");
         store
-            .patch_dav_props("a/b/f.txt", &[], &["{x:}two".to_owned()])
+            .patch_dav_props("a.md", &[remove("{x:}new")])
             .expect("remove");
         assert_eq!(
             store.dav_props("a/b/f.txt").expect("read"),
@@ -326,7 +348,10 @@ mod tests {
             store.dav_folders().expect("list"),
             vec!["a", "a b", "a/b", "c", "c/b"]
         );
-        assert_eq!(store.dav_props("c/b/f.txt").expect("read"), vec![prop("{x:}one", "1")]);
+        assert_eq!(
+            store.dav_props("c/b/f.txt").expect("read"),
+            vec![prop("{x:}one", "1")]
+        );
 
         store.move_dav_tree("a", "d", false).expect("move");
         assert_eq!(
@@ -334,18 +359,30 @@ mod tests {
             vec!["a b", "c", "c/b", "d", "d/b"]
         );
         assert!(store.dav_props("a/b/f.txt").expect("read").is_empty());
-        assert_eq!(store.dav_props("d").expect("read"), vec![prop("{x:}top", "t")]);
-        assert_eq!(store.dav_props("a.md").expect("read"), vec![prop("{x:}other", "o")]);
+        assert_eq!(
+            store.dav_props("d").expect("read"),
+            vec![prop("{x:}top", "t")]
+        );
+        assert_eq!(
+            store.dav_props("a.md").expect("read"),
+            vec![prop("{x:}other", "o")]
+        );
 
         store.remove_dav_tree("c").expect("remove");
         assert_eq!(store.dav_folders().expect("list"), vec!["a b", "d", "d/b"]);
         assert!(store.dav_props("c/b/f.txt").expect("read").is_empty());
-        assert_eq!(store.dav_props("a.md").expect("read"), vec![prop("{x:}other", "o")]);
+        assert_eq!(
+            store.dav_props("a.md").expect("read"),
+            vec![prop("{x:}other", "o")]
+        );
 
         // Durable: a reopened store has the same rows.
         drop(store);
         let store = Store::open(&dir.path().join("t.redb")).expect("reopen");
         assert_eq!(store.dav_folders().expect("list"), vec!["a b", "d", "d/b"]);
-        assert_eq!(store.dav_props("d/b/f.txt").expect("read"), vec![prop("{x:}one", "1")]);
+        assert_eq!(
+            store.dav_props("d/b/f.txt").expect("read"),
+            vec![prop("{x:}one", "1")]
+        );
     }
 }

@@ -8,9 +8,9 @@
 //! one node or many) see the effects of each write entirely or not at all.
 
 use crate::{
-    ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, DeadProp, Deleted, DeliveryAttempt, DocMeta,
-    FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery, Store,
-    StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
+    ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, DeadProp, Deleted, DeliveryAttempt,
+    DocMeta, FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery,
+    Store, StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
 };
 
 /// Accounts (`accounts` service).
@@ -224,8 +224,7 @@ pub trait DavTable: Send + Sync + 'static {
     fn patch_dav_props(
         &self,
         path: &str,
-        set: &[DeadProp],
-        remove: &[String],
+        changes: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StoreError>;
     /// See [`Store::move_dav_tree`].
     fn move_dav_tree(&self, from: &str, to: &str, copy: bool) -> Result<(), StoreError>;
@@ -246,10 +245,9 @@ impl DavTable for Store {
     fn patch_dav_props(
         &self,
         path: &str,
-        set: &[DeadProp],
-        remove: &[String],
+        changes: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
-        Store::patch_dav_props(self, path, set, remove)
+        Store::patch_dav_props(self, path, changes)
     }
     fn move_dav_tree(&self, from: &str, to: &str, copy: bool) -> Result<(), StoreError> {
         Store::move_dav_tree(self, from, to, copy)

@@ -76,6 +76,14 @@ pub(crate) enum ApiError {
     InsufficientStorage,
     #[error("shared storage temporarily unavailable, retry later")]
     StorageUnavailable,
+    /// A WebDAV request refused before it reached the file system (`api/dav/`): a bad path,
+    /// an XML bomb, a move into itself.
+    #[error("{message}")]
+    WebDav {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -235,6 +243,7 @@ impl ApiError {
             ApiError::StorageUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
+            ApiError::WebDav { status, code, .. } => (*status, code),
         }
     }
 }

@@ -503,10 +503,7 @@ pub(super) async fn move_file(
     let grant = write_grant(&state, &headers, &uri, &from)?;
     write_grant(&state, &headers, &uri, &to)?;
     check_not_doc(&state, &to).await?;
-    let entry = state
-        .files
-        .move_file(from.as_str(), to.as_str())
-        .await?;
+    let entry = state.files.move_file(from.as_str(), to.as_str()).await?;
     tracing::info!(from = %from, to = %to, "file moved");
     state.events.publish(Event::FileRenamed {
         from: from.to_string(),

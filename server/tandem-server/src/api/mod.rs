@@ -14,6 +14,7 @@ pub(crate) mod accounts;
 pub(crate) mod activity;
 pub(crate) mod admin;
 pub(crate) mod backup;
+pub(crate) mod dav;
 pub(crate) mod docs;
 pub(crate) mod download;
 pub(crate) mod error;
@@ -99,6 +100,10 @@ pub(crate) fn router(state: AppState, web: web_client::Source) -> Router {
     // matched route pattern); they need the state, which `app` does not take.
     let record_http = middleware::from_fn_with_state(state.clone(), admin::record_http);
     app(max_body_bytes(&state), web)
+        // WebDAV is a protocol of its own (`protocol-spec/webdav.md`), not REST endpoints: its
+        // routes take every method and stay out of `app` and the OpenAPI document. Like
+        // uploads, they are outside the API's body limit and request timeout.
+        .merge(dav::routes(&state))
         .layer(record_http)
         .with_state(state)
 }

@@ -1,0 +1,1554 @@
+//! The workspace as dav-server's file system ([`TandemFs`], a `GuardedFileSystem`): files from
+//! the files service, live documents as text files, folders from the `/` in names plus the
+//! folders made with `MKCOL` (`DavTable`), and dead properties in the same table. There is no
+//! file tree of its own: every answer is read from, and every change made through, the services.
+//!
+//! Roles are checked here, per path, with the request's claims ([`DavUser`]): a path the token
+//! cannot read does not exist, one it cannot write is `Forbidden`.
+//!
+//! A refusal with more to say than dav-server's `FsError` can carry (quota, a path a document
+//! holds, a body that is not UTF-8) is also left in the request's [`DavUser::refusal`] slot, and
+//! `mod.rs` answers with it.
+//!
+//! Documents go through [`DocFiles`], the one place their text is read and written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::SeekFrom;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use bytes::{Buf, Bytes};
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream,
+    GuardedFileSystem, OpenOptions, ReadDirMeta,
+};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use tandem_core::DocId;
+use tandem_hub::Actor;
+use tandem_hub::clock::now_ms;
+use tandem_store::{DeadProp, Uploader};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::AppState;
+use super::super::error::ApiError;
+use super::super::files::{PutRequest, store_put};
+use crate::auth::{Claims, Role};
+use crate::bus::Event;
+use crate::files::FileError;
+
+/// Chunks of a PUT body queued between dav-server and the upload task.
+const PUT_QUEUE_CHUNKS: usize = 4;
+/// Largest body a PUT to a document may have (its text is held whole to be diffed).
+const MAX_DOC_PUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Who is asking, for one request: the token's claims (`None` with authentication off), the
+/// actor changes are attributed to, the listing read once per request, and the refusal slot.
+#[derive(Clone)]
+pub(crate) struct DavUser {
+    pub(crate) claims: Option<Arc<Claims>>,
+    pub(crate) actor: Actor,
+    /// `If-Match` of the request: the text version a document PUT was based on.
+    pub(crate) if_match: Option<String>,
+    /// The workspace as this request sees it, read on first use, dropped after any change.
+    listing: Arc<Mutex<Option<Arc<Listing>>>>,
+    /// The first detailed refusal met while serving the request.
+    pub(crate) refusal: Arc<Mutex<Option<ApiError>>>,
+    /// Whether the request is a PROPFIND naming its properties: dav-server then asks for each
+    /// dead property by name, and also appends whatever `get_props` lists, which must be
+    /// nothing here or the named ones would come twice and unnamed ones too.
+    pub(crate) named_props: bool,
+}
+
+impl DavUser {
+    pub(crate) fn new(claims: Option<Claims>, actor: Actor, if_match: Option<String>) -> DavUser {
+        DavUser {
+            claims: claims.map(Arc::new),
+            actor,
+            if_match,
+            listing: Arc::new(Mutex::new(None)),
+            refusal: Arc::new(Mutex::new(None)),
+            named_props: false,
+        }
+    }
+
+    /// The role on a file or document at `path`.
+    fn role(&self, path: &str) -> Option<Role> {
+        match &self.claims {
+            None => Some(Role::Admin),
+            Some(claims) => claims.role_for(path),
+        }
+    }
+
+    /// The role on folder `path`: that on a name inside it (`team/` for `team/*` patterns).
+    pub(crate) fn folder_role(&self, path: &str) -> Option<Role> {
+        if path.is_empty() {
+            return Some(Role::Read);
+        }
+        self.role(&format!("{path}/"))
+    }
+
+    fn can_write(&self, path: &str) -> bool {
+        self.role(path).is_some_and(|role| role >= Role::Write)
+    }
+
+    fn can_write_folder(&self, path: &str) -> bool {
+        !path.is_empty()
+            && self
+                .folder_role(path)
+                .is_some_and(|role| role >= Role::Write)
+    }
+
+    fn uploader(&self) -> Uploader {
+        Uploader {
+            sub: self.actor.sub.clone(),
+            name: self.actor.name.clone(),
+        }
+    }
+
+    /// Keeps `error` to answer with (the first one wins) and returns what dav-server sees.
+    fn refuse(&self, error: ApiError) -> FsError {
+        let fs_error = fs_error_of(&error);
+        let mut slot = self
+            .refusal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        fs_error
+    }
+
+    fn forget_listing(&self) {
+        *self
+            .listing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+}
+
+/// What dav-server is told of an API error.
+fn fs_error_of(error: &ApiError) -> FsError {
+    use axum::response::IntoResponse;
+    // The status is what the API would answer; only its class matters to dav-server.
+    let status = match error {
+        ApiError::File(FileError::NotFound) => StatusCode::NOT_FOUND,
+        ApiError::File(FileError::PathTaken { .. }) => StatusCode::CONFLICT,
+        ApiError::File(FileError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::File(FileError::QuotaExceeded { .. }) | ApiError::InsufficientStorage => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        ApiError::WebDav { status, .. } => *status,
+        other => ApiError::WebDav {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: other.to_string(),
+        }
+        .into_response()
+        .status(),
+    };
+    match status {
+        StatusCode::NOT_FOUND => FsError::NotFound,
+        StatusCode::FORBIDDEN | StatusCode::CONFLICT => FsError::Forbidden,
+        StatusCode::PAYLOAD_TOO_LARGE => FsError::TooLarge,
+        StatusCode::INSUFFICIENT_STORAGE => FsError::InsufficientStorage,
+        status if status.is_client_error() => FsError::Forbidden,
+        _ => FsError::GeneralFailure,
+    }
+}
+
+/// A file's current version, as listed.
+#[derive(Debug, Clone)]
+struct FileMeta {
+    size: u64,
+    modified_ms: u64,
+    sha256: String,
+}
+
+/// The workspace one request may see: files, docs and folders (made and implied), by path.
+#[derive(Debug, Default)]
+struct Listing {
+    files: BTreeMap<String, FileMeta>,
+    /// Docs and when they were last stored (`None`: open, never written).
+    docs: BTreeMap<String, Option<u64>>,
+    /// Folders and when they were made (implied ones: their newest entry).
+    folders: BTreeMap<String, u64>,
+}
+
+/// What a path is.
+#[derive(Debug, Clone)]
+enum Node {
+    Root,
+    Folder { modified_ms: u64 },
+    File(FileMeta),
+    Doc { updated_ms: Option<u64> },
+}
+
+impl Listing {
+    fn node(&self, path: &str) -> Option<Node> {
+        if path.is_empty() {
+            return Some(Node::Root);
+        }
+        // A folder wins over a file or document of the same name (see webdav.md).
+        if let Some(made) = self.folders.get(path) {
+            return Some(Node::Folder { modified_ms: *made });
+        }
+        if let Some(file) = self.files.get(path) {
+            return Some(Node::File(file.clone()));
+        }
+        self.docs.get(path).map(|updated_ms| Node::Doc {
+            updated_ms: *updated_ms,
+        })
+    }
+
+    /// The names directly inside folder `path` with what each is.
+    fn children(&self, path: &str) -> Vec<(String, Node)> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut names = BTreeSet::new();
+        let direct = |key: &str| -> Option<String> {
+            let rest = key.strip_prefix(&prefix)?;
+            (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned())
+        };
+        for key in self
+            .folders
+            .keys()
+            .chain(self.files.keys())
+            .chain(self.docs.keys())
+        {
+            if let Some(name) = direct(key) {
+                names.insert(name);
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let node = self.node(&format!("{prefix}{name}"))?;
+                Some((name, node))
+            })
+            .collect()
+    }
+
+    /// Every file and doc in folder `path`'s tree.
+    fn tree(&self, path: &str) -> (Vec<String>, Vec<String>) {
+        let inside = |key: &&String| {
+            key.len() > path.len() && key.starts_with(path) && key.as_bytes()[path.len()] == b'/'
+        };
+        (
+            self.files.keys().filter(inside).cloned().collect(),
+            self.docs.keys().filter(inside).cloned().collect(),
+        )
+    }
+}
+
+/// The workspace path of a request path: no leading or trailing `/`, UTF-8.
+fn workspace_path(path: &DavPath) -> FsResult<String> {
+    let text = std::str::from_utf8(path.as_bytes()).map_err(|_| FsError::NotFound)?;
+    Ok(text.trim_matches('/').to_owned())
+}
+
+/// The parent folder of a workspace path (`""` for the root's children).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Live documents as text: the one place the adapter reads and writes them.
+///
+/// Reading takes the doc's root text `content` from the hub's snapshot; writing is refused
+/// until the document-as-text service is wired in here.
+#[derive(Clone)]
+pub(crate) struct DocFiles {
+    state: AppState,
+}
+
+/// A document's text and the tag of that exact text.
+pub(crate) struct DocTextState {
+    pub(crate) text: String,
+    pub(crate) etag: String,
+}
+
+impl DocFiles {
+    async fn read(&self, doc: &DocId) -> Result<Option<DocTextState>, ApiError> {
+        let Some(snapshot) = self.state.hub.snapshot(doc).await? else {
+            return Ok(None);
+        };
+        let text = snapshot
+            .json
+            .get("content")
+            .and_then(|value| value.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let etag = text_etag(&text);
+        Ok(Some(DocTextState { text, etag }))
+    }
+
+    async fn write(
+        &self,
+        _doc: &DocId,
+        _if_match: Option<&str>,
+        _text: &str,
+        _actor: Actor,
+    ) -> Result<DocTextState, ApiError> {
+        Err(ApiError::WebDav {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "doc_write_unsupported",
+            message: "documents cannot be written through WebDAV on this server yet".into(),
+        })
+    }
+}
+
+/// A tag of a text: the first 16 bytes of its SHA-256 in hex.
+fn text_etag(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..16])
+}
+
+/// The workspace as a WebDAV file system. Cheap to clone (dav-server clones it per request).
+#[derive(Clone)]
+pub(crate) struct TandemFs {
+    state: AppState,
+    docs: DocFiles,
+}
+
+impl TandemFs {
+    pub(crate) fn new(state: AppState) -> TandemFs {
+        TandemFs {
+            docs: DocFiles {
+                state: state.clone(),
+            },
+            state,
+        }
+    }
+
+    /// The listing `user` may see, read once per request.
+    async fn listing(&self, user: &DavUser) -> FsResult<Arc<Listing>> {
+        if let Some(listing) = user
+            .listing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+        {
+            return Ok(listing);
+        }
+        let listing = Arc::new(self.read_listing(user).await?);
+        *user
+            .listing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(listing.clone());
+        Ok(listing)
+    }
+
+    async fn read_listing(&self, user: &DavUser) -> FsResult<Listing> {
+        let files = self.state.tables.files.clone();
+        let history = self.state.tables.history.clone();
+        let dav = self.state.tables.dav.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let files = files.list_files().map_err(FileError::from)?;
+            let docs = history.list_docs().map_err(FileError::from)?;
+            let folders = match dav {
+                Some(dav) => dav.dav_folders().map_err(FileError::from)?,
+                None => Vec::new(),
+            };
+            Ok::<_, FileError>((files, docs, folders))
+        })
+        .await
+        .map_err(|_| FsError::GeneralFailure)?;
+        let (files, docs, folders) = read.map_err(|error| user.refuse(error.into()))?;
+        let mut listing = Listing::default();
+        for entry in files {
+            if user.role(&entry.path).is_none() {
+                continue;
+            }
+            let current = entry.current();
+            listing.files.insert(
+                entry.path.clone(),
+                FileMeta {
+                    size: current.size,
+                    modified_ms: current.uploaded_ms,
+                    sha256: current.sha256.clone(),
+                },
+            );
+        }
+        for meta in docs {
+            if user.role(&meta.name).is_some() {
+                listing.docs.insert(meta.name, Some(meta.updated_ms));
+            }
+        }
+        for (doc, _) in self.state.hub.open_docs() {
+            if user.role(doc.as_str()).is_some() {
+                listing.docs.entry(doc.to_string()).or_insert(None);
+            }
+        }
+        for folder in folders {
+            if user.folder_role(&folder).is_some() {
+                listing.folders.insert(folder, 0);
+            }
+        }
+        // Every folder an entry's name implies, dated by its newest entry.
+        let entries: Vec<(String, u64)> = listing
+            .files
+            .iter()
+            .map(|(path, meta)| (path.clone(), meta.modified_ms))
+            .chain(
+                listing
+                    .docs
+                    .iter()
+                    .map(|(path, updated)| (path.clone(), updated.unwrap_or(0))),
+            )
+            .chain(
+                listing
+                    .folders
+                    .iter()
+                    .map(|(path, made)| (path.clone(), *made)),
+            )
+            .collect();
+        for (path, modified) in entries {
+            let mut parent = parent_of(&path);
+            while !parent.is_empty() {
+                let made = listing.folders.entry(parent.to_owned()).or_insert(0);
+                *made = (*made).max(modified);
+                parent = parent_of(parent);
+            }
+        }
+        Ok(listing)
+    }
+
+    async fn node(&self, path: &str, user: &DavUser) -> FsResult<Node> {
+        self.listing(user)
+            .await?
+            .node(path)
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The metadata of `path`, which is `node`.
+    async fn meta_of(&self, path: &str, node: Node, user: &DavUser) -> FsResult<Meta> {
+        Ok(match node {
+            Node::Root => Meta::folder(0),
+            Node::Folder { modified_ms } => Meta::folder(modified_ms),
+            Node::File(file) => Meta {
+                is_dir: false,
+                len: file.size,
+                modified_ms: file.modified_ms,
+                etag: Some(file.sha256),
+            },
+            Node::Doc { updated_ms } => {
+                let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
+                let text = self
+                    .docs
+                    .read(&doc)
+                    .await
+                    .map_err(|error| user.refuse(error))?;
+                let (len, etag) = text.map_or((0, text_etag("")), |text| {
+                    (text.text.len() as u64, text.etag)
+                });
+                Meta {
+                    is_dir: false,
+                    len,
+                    modified_ms: updated_ms.unwrap_or_else(now_ms),
+                    etag: Some(etag),
+                }
+            }
+        })
+    }
+
+    fn dav_table(&self, user: &DavUser) -> FsResult<Arc<dyn tandem_store::meta::DavTable>> {
+        self.state.tables.dav.clone().ok_or_else(|| {
+            user.refuse(ApiError::WebDav {
+                status: StatusCode::NOT_IMPLEMENTED,
+                code: "dav_cluster_unsupported",
+                message: "empty folders and dead properties are not stored in cluster mode".into(),
+            })
+        })
+    }
+
+    /// Runs `work` with the WebDAV table on the blocking pool.
+    async fn with_dav<T: Send + 'static>(
+        &self,
+        user: &DavUser,
+        work: impl FnOnce(&dyn tandem_store::meta::DavTable) -> Result<T, tandem_store::StoreError>
+        + Send
+        + 'static,
+    ) -> FsResult<T> {
+        let table = self.dav_table(user)?;
+        let res = tokio::task::spawn_blocking(move || work(table.as_ref()))
+            .await
+            .map_err(|_| FsError::GeneralFailure)?;
+        res.map_err(|error| user.refuse(ApiError::from_store(&error, "webdav table")))
+    }
+
+    /// Moves (or copies) the WebDAV rows of `from`'s tree to `to`, if the table exists.
+    async fn carry_dav_rows(
+        &self,
+        from: &str,
+        to: &str,
+        copy: bool,
+        user: &DavUser,
+    ) -> FsResult<()> {
+        if self.state.tables.dav.is_none() {
+            return Ok(());
+        }
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.with_dav(user, move |dav| dav.move_dav_tree(&from, &to, copy))
+            .await
+    }
+
+    async fn drop_dav_rows(&self, path: &str, user: &DavUser) -> FsResult<()> {
+        if self.state.tables.dav.is_none() {
+            return Ok(());
+        }
+        let path = path.to_owned();
+        self.with_dav(user, move |dav| dav.remove_dav_tree(&path))
+            .await
+    }
+
+    fn publish(&self, event: Event) {
+        self.state.events.publish(event);
+    }
+
+    async fn remove_file_at(&self, path: &str, user: &DavUser) -> FsResult<()> {
+        self.state
+            .files
+            .delete_file(path)
+            .await
+            .map_err(|error| user.refuse(error.into()))?;
+        tracing::info!(path, "file deleted over webdav");
+        self.publish(Event::FileDeleted {
+            path: path.to_owned(),
+            actor: user.actor.clone(),
+            at_ms: now_ms(),
+        });
+        Ok(())
+    }
+
+    async fn move_file_to(&self, from: &str, to: &str, user: &DavUser) -> FsResult<()> {
+        check_new_name(to, user)?;
+        self.state
+            .files
+            .move_file(from, to)
+            .await
+            .map_err(|error| user.refuse(error.into()))?;
+        tracing::info!(from, to, "file moved over webdav");
+        self.publish(Event::FileRenamed {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            actor: user.actor.clone(),
+            at_ms: now_ms(),
+        });
+        Ok(())
+    }
+
+    /// Opens a document for writing: its new text is collected, then handed to [`DocFiles`].
+    fn doc_writer(&self, doc: DocId, user: &DavUser) -> Box<dyn DavFile> {
+        Box::new(DocWriter {
+            docs: self.docs.clone(),
+            doc,
+            user: user.clone(),
+            body: Vec::new(),
+            written: None,
+        })
+    }
+
+    /// Opens a file for writing: the body goes to the upload path every PUT takes
+    /// ([`store_put`]), run by a tracked task that reads it from a bounded queue.
+    fn file_writer(&self, path: DocId, size: Option<u64>, user: &DavUser) -> Box<dyn DavFile> {
+        let (tx, rx) = mpsc::channel::<PutChunk>(PUT_QUEUE_CHUNKS);
+        let (done_tx, done_rx) = oneshot::channel();
+        let put = PutRequest {
+            path: path.clone(),
+            uploader: user.uploader(),
+            declared_len: size,
+            declared_sha: None,
+            content_type: None,
+        };
+        let state = self.state.clone();
+        let span = tracing::debug_span!("dav_put", path = %path);
+        self.state.lifecycle.spawn(span, async move {
+            // The body ends only with `End`: a queue closed without it (the request went away)
+            // is a cut-off body, never a shorter file.
+            let body = futures_util::stream::unfold(rx, |mut rx| async move {
+                match rx.recv().await {
+                    Some(PutChunk::Data(bytes)) => Some((Ok(bytes), rx)),
+                    Some(PutChunk::End) => None,
+                    None => Some((Err(std::io::Error::other("request ended")), rx)),
+                }
+            });
+            let res = store_put(&state, put, Box::pin(body)).await;
+            let _ = done_tx.send(res);
+        });
+        Box::new(FileWriter {
+            tx: Some(tx),
+            done: Some(done_rx),
+            user: user.clone(),
+            meta: None,
+        })
+    }
+}
+
+/// Refuses a name no new file or doc may take (`name.rs`, the `DocId` rules).
+fn check_new_name(path: &str, user: &DavUser) -> FsResult<DocId> {
+    let doc = DocId::new(path).map_err(|error| user.refuse(ApiError::BadDocName(error)))?;
+    if crate::name::has_forbidden(path) {
+        return Err(user.refuse(ApiError::BadDocName(
+            tandem_core::DocIdError::ForbiddenCharacter,
+        )));
+    }
+    Ok(doc)
+}
+
+fn forbidden(user: &DavUser, path: &str) -> FsError {
+    user.refuse(ApiError::WebDav {
+        status: StatusCode::FORBIDDEN,
+        code: "read_only",
+        message: format!("your role does not allow changing {path:?}"),
+    })
+}
+
+fn documents_stay(user: &DavUser, path: &str) -> FsError {
+    user.refuse(ApiError::WebDav {
+        status: StatusCode::FORBIDDEN,
+        code: "doc_not_removable",
+        message: format!(
+            "{path:?} is or holds a live document; documents cannot be deleted, moved or renamed over WebDAV"
+        ),
+    })
+}
+
+impl GuardedFileSystem<DavUser> for TandemFs {
+    fn open<'a>(
+        &'a self,
+        path: &'a DavPath,
+        options: OpenOptions,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, Box<dyn DavFile>> {
+        async move {
+            let path = workspace_path(path)?;
+            let listing = self.listing(user).await?;
+            let node = listing.node(&path);
+            if !(options.write || options.append) {
+                let node = node.ok_or(FsError::NotFound)?;
+                return self.reader(&path, node, user).await;
+            }
+            if options.append {
+                return Err(FsError::NotImplemented);
+            }
+            match node {
+                Some(Node::Root | Node::Folder { .. }) => Err(FsError::Forbidden),
+                Some(_) if options.create_new => Err(FsError::Exists),
+                Some(Node::Doc { .. }) => {
+                    if !user.can_write(&path) {
+                        return Err(forbidden(user, &path));
+                    }
+                    let doc = DocId::new(&path).map_err(|_| FsError::NotFound)?;
+                    user.forget_listing();
+                    Ok(self.doc_writer(doc, user))
+                }
+                Some(Node::File(_)) | None => {
+                    if node.is_none() && !options.create {
+                        return Err(FsError::NotFound);
+                    }
+                    if node.is_none()
+                        && !matches!(
+                            listing.node(parent_of(&path)),
+                            Some(Node::Root | Node::Folder { .. })
+                        )
+                    {
+                        // 409: the parent collection does not exist.
+                        return Err(FsError::NotFound);
+                    }
+                    if !user.can_write(&path) {
+                        return Err(forbidden(user, &path));
+                    }
+                    let doc = check_new_name(&path, user)?;
+                    user.forget_listing();
+                    Ok(self.file_writer(doc, options.size, user))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn read_dir<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _meta: ReadDirMeta,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        async move {
+            let path = workspace_path(path)?;
+            let listing = self.listing(user).await?;
+            match listing.node(&path) {
+                Some(Node::Root | Node::Folder { .. }) => {}
+                Some(_) => return Err(FsError::Forbidden),
+                None => return Err(FsError::NotFound),
+            }
+            let prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}/")
+            };
+            let entries: Vec<FsResult<Box<dyn DavDirEntry>>> = listing
+                .children(&path)
+                .into_iter()
+                .map(|(name, node)| {
+                    Ok(Box::new(Entry {
+                        fs: self.clone(),
+                        user: user.clone(),
+                        path: format!("{prefix}{name}"),
+                        name,
+                        node,
+                    }) as Box<dyn DavDirEntry>)
+                })
+                .collect();
+            Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
+        }
+        .boxed()
+    }
+
+    fn metadata<'a>(
+        &'a self,
+        path: &'a DavPath,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        async move {
+            let path = workspace_path(path)?;
+            let node = self.node(&path, user).await?;
+            Ok(Box::new(self.meta_of(&path, node, user).await?) as Box<dyn DavMetaData>)
+        }
+        .boxed()
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath, user: &'a DavUser) -> FsFuture<'a, ()> {
+        async move {
+            let path = workspace_path(path)?;
+            let listing = self.listing(user).await?;
+            if listing.node(&path).is_some() {
+                return Err(FsError::Exists);
+            }
+            if !matches!(
+                listing.node(parent_of(&path)),
+                Some(Node::Root | Node::Folder { .. })
+            ) {
+                return Err(FsError::NotFound);
+            }
+            if !user.can_write_folder(&path) {
+                return Err(forbidden(user, &path));
+            }
+            check_new_name(&path, user)?;
+            let name = path.clone();
+            self.with_dav(user, move |dav| dav.add_dav_folder(&name, now_ms()))
+                .await?;
+            user.forget_listing();
+            tracing::info!(path, "folder made over webdav");
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath, user: &'a DavUser) -> FsFuture<'a, ()> {
+        async move {
+            let path = workspace_path(path)?;
+            let listing = self.listing(user).await?;
+            match listing.node(&path) {
+                Some(Node::Folder { .. }) => {}
+                Some(Node::Root) => return Err(FsError::Forbidden),
+                Some(_) => return Err(FsError::Forbidden),
+                None => return Err(FsError::NotFound),
+            }
+            if !user.can_write_folder(&path) {
+                return Err(forbidden(user, &path));
+            }
+            let (files, docs) = listing.tree(&path);
+            if !docs.is_empty() {
+                return Err(documents_stay(user, &path));
+            }
+            if files.iter().any(|file| !user.can_write(file)) {
+                return Err(forbidden(user, &path));
+            }
+            for file in &files {
+                self.remove_file_at(file, user).await?;
+            }
+            self.drop_dav_rows(&path, user).await?;
+            user.forget_listing();
+            tracing::info!(path, "folder removed over webdav");
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath, user: &'a DavUser) -> FsFuture<'a, ()> {
+        async move {
+            let path = workspace_path(path)?;
+            match self.node(&path, user).await? {
+                Node::File(_) => {}
+                Node::Doc { .. } => return Err(documents_stay(user, &path)),
+                _ => return Err(FsError::Forbidden),
+            }
+            if !user.can_write(&path) {
+                return Err(forbidden(user, &path));
+            }
+            self.remove_file_at(&path, user).await?;
+            self.drop_dav_rows(&path, user).await?;
+            user.forget_listing();
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn rename<'a>(
+        &'a self,
+        from: &'a DavPath,
+        to: &'a DavPath,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, ()> {
+        async move {
+            let from = workspace_path(from)?;
+            let to = workspace_path(to)?;
+            let listing = self.listing(user).await?;
+            match listing.node(&from).ok_or(FsError::NotFound)? {
+                Node::Root => return Err(FsError::Forbidden),
+                Node::Doc { .. } => return Err(documents_stay(user, &from)),
+                Node::File(_) => {
+                    if !user.can_write(&from) || !user.can_write(&to) {
+                        return Err(forbidden(user, &from));
+                    }
+                    self.move_file_to(&from, &to, user).await?;
+                }
+                Node::Folder { .. } => {
+                    if !user.can_write_folder(&from) || !user.can_write_folder(&to) {
+                        return Err(forbidden(user, &from));
+                    }
+                    let (files, docs) = listing.tree(&from);
+                    if !docs.is_empty() {
+                        return Err(documents_stay(user, &from));
+                    }
+                    let moves: Vec<(String, String)> = files
+                        .iter()
+                        .map(|file| (file.clone(), format!("{to}{}", &file[from.len()..])))
+                        .collect();
+                    if moves
+                        .iter()
+                        .any(|(old, new)| !user.can_write(old) || !user.can_write(new))
+                    {
+                        return Err(forbidden(user, &from));
+                    }
+                    for (_, new) in &moves {
+                        check_new_name(new, user)?;
+                    }
+                    // The folder itself stays a folder at its new place even if it held nothing.
+                    if self.state.tables.dav.is_some() {
+                        let made = to.clone();
+                        self.with_dav(user, move |dav| dav.add_dav_folder(&made, now_ms()))
+                            .await?;
+                    }
+                    for (old, new) in &moves {
+                        self.move_file_to(old, new, user).await?;
+                    }
+                }
+            }
+            self.carry_dav_rows(&from, &to, false, user).await?;
+            user.forget_listing();
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(
+        &'a self,
+        from: &'a DavPath,
+        to: &'a DavPath,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, ()> {
+        async move {
+            let from = workspace_path(from)?;
+            let to = workspace_path(to)?;
+            let node = self.node(&from, user).await?;
+            if !user.can_write(&to) {
+                return Err(forbidden(user, &to));
+            }
+            check_new_name(&to, user)?;
+            match node {
+                Node::File(_) => {
+                    let entry = self
+                        .state
+                        .files
+                        .copy_file(&from, &to, user.uploader())
+                        .await
+                        .map_err(|error| user.refuse(error.into()))?;
+                    tracing::info!(from, to, "file copied over webdav");
+                    super::super::files::publish_uploaded(&self.state, &entry);
+                }
+                Node::Doc { .. } => {
+                    // A copy of a document is a file holding its text as of now.
+                    let doc = DocId::new(&from).map_err(|_| FsError::NotFound)?;
+                    let text = self
+                        .docs
+                        .read(&doc)
+                        .await
+                        .map_err(|error| user.refuse(error))?
+                        .map(|text| text.text)
+                        .unwrap_or_default();
+                    let put = PutRequest {
+                        path: DocId::new(&to).map_err(|_| FsError::Forbidden)?,
+                        uploader: user.uploader(),
+                        declared_len: Some(text.len() as u64),
+                        declared_sha: None,
+                        content_type: None,
+                    };
+                    let body =
+                        futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(text))]);
+                    store_put(&self.state, put, body)
+                        .await
+                        .map_err(|error| user.refuse(error))?;
+                }
+                Node::Root | Node::Folder { .. } => return Err(FsError::Forbidden),
+            }
+            self.carry_dav_rows(&from, &to, true, user).await?;
+            user.forget_listing();
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn have_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        user: &'a DavUser,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        async move {
+            let Ok(path) = workspace_path(path) else {
+                return false;
+            };
+            if self.state.tables.dav.is_none() {
+                return false;
+            }
+            self.with_dav(user, move |dav| dav.dav_props(&path))
+                .await
+                .is_ok_and(|props| !props.is_empty())
+        }
+        .boxed()
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        async move {
+            let path = workspace_path(path)?;
+            let node = self.node(&path, user).await?;
+            let writable = match node {
+                Node::Root => false,
+                Node::Folder { .. } => user.can_write_folder(&path),
+                _ => user.can_write(&path),
+            };
+            if !writable {
+                return Err(forbidden(user, &path));
+            }
+            let changes: Vec<(String, Option<Vec<u8>>)> = patch
+                .iter()
+                .map(|(is_set, prop)| (prop_key(prop), is_set.then(|| encode_prop(prop))))
+                .collect();
+            let name = path.clone();
+            self.with_dav(user, move |dav| dav.patch_dav_props(&name, &changes))
+                .await?;
+            Ok(patch
+                .into_iter()
+                .map(|(_, prop)| {
+                    let mut prop = prop;
+                    prop.xml = None;
+                    (StatusCode::OK, prop)
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        do_content: bool,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, Vec<DavProp>> {
+        async move {
+            let path = workspace_path(path)?;
+            self.node(&path, user).await?;
+            if self.state.tables.dav.is_none() || user.named_props {
+                return Ok(Vec::new());
+            }
+            let props = self.with_dav(user, move |dav| dav.dav_props(&path)).await?;
+            Ok(props
+                .iter()
+                .filter_map(|prop| decode_prop(prop))
+                .map(|mut prop| {
+                    if !do_content {
+                        prop.xml = None;
+                    }
+                    prop
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_prop<'a>(
+        &'a self,
+        path: &'a DavPath,
+        prop: DavProp,
+        user: &'a DavUser,
+    ) -> FsFuture<'a, Vec<u8>> {
+        async move {
+            let path = workspace_path(path)?;
+            self.node(&path, user).await?;
+            if self.state.tables.dav.is_none() {
+                return Err(FsError::NotFound);
+            }
+            let key = prop_key(&prop);
+            let props = self.with_dav(user, move |dav| dav.dav_props(&path)).await?;
+            props
+                .iter()
+                .find(|stored| stored.key == key)
+                .and_then(decode_prop)
+                .and_then(|prop| prop.xml)
+                .ok_or(FsError::NotFound)
+        }
+        .boxed()
+    }
+
+    fn get_quota<'a>(&'a self, _user: &'a DavUser) -> FsFuture<'a, (u64, Option<u64>)> {
+        // The quota is per workspace (first path segment), not one figure for the mount.
+        async move { Err(FsError::NotImplemented) }.boxed()
+    }
+}
+
+impl TandemFs {
+    async fn reader(&self, path: &str, node: Node, user: &DavUser) -> FsResult<Box<dyn DavFile>> {
+        let meta = self.meta_of(path, node.clone(), user).await?;
+        match node {
+            Node::File(file) => Ok(Box::new(FileReader {
+                files: self.state.files.clone(),
+                sha256: file.sha256,
+                meta,
+                pos: 0,
+                stream: Mutex::new(None),
+            })),
+            Node::Doc { .. } => {
+                let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
+                let text = self
+                    .docs
+                    .read(&doc)
+                    .await
+                    .map_err(|error| user.refuse(error))?
+                    .map(|text| text.text)
+                    .unwrap_or_default();
+                Ok(Box::new(TextReader {
+                    meta: Meta {
+                        len: text.len() as u64,
+                        ..meta
+                    },
+                    text: Bytes::from(text),
+                    pos: 0,
+                }))
+            }
+            Node::Root | Node::Folder { .. } => Err(FsError::Forbidden),
+        }
+    }
+}
+
+/// The key a dead property is stored under: `{namespace}name`.
+fn prop_key(prop: &DavProp) -> String {
+    format!(
+        "{{{}}}{}",
+        prop.namespace.as_deref().unwrap_or_default(),
+        prop.name
+    )
+}
+
+/// Version 1 of a stored property: `u8 1`, the prefix and the XML, each a `u8` flag (0 absent,
+/// 1 present) then a `u32` little-endian length and the bytes (`protocol-spec/storage.md`).
+fn encode_prop(prop: &DavProp) -> Vec<u8> {
+    let mut out = vec![1u8];
+    for part in [
+        prop.prefix.as_ref().map(|p| p.as_bytes()),
+        prop.xml.as_deref(),
+    ] {
+        match part {
+            None => out.push(0),
+            Some(bytes) => {
+                out.push(1);
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+    out
+}
+
+fn decode_prop(stored: &DeadProp) -> Option<DavProp> {
+    let rest = stored.key.strip_prefix('{')?;
+    let (namespace, name) = rest.split_once('}')?;
+    let mut bytes = stored.value.as_slice();
+    if bytes.first() != Some(&1) {
+        return None;
+    }
+    bytes = &bytes[1..];
+    let mut parts = Vec::new();
+    for _ in 0..2 {
+        let (&flag, rest) = bytes.split_first()?;
+        bytes = rest;
+        if flag == 0 {
+            parts.push(None);
+            continue;
+        }
+        let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let value = bytes.get(4..4 + len)?.to_vec();
+        bytes = &bytes[4 + len..];
+        parts.push(Some(value));
+    }
+    let xml = parts.pop()?;
+    let prefix = parts.pop()?.and_then(|p| String::from_utf8(p).ok());
+    Some(DavProp {
+        name: name.to_owned(),
+        prefix,
+        namespace: Some(namespace.to_owned()).filter(|ns| !ns.is_empty()),
+        xml,
+    })
+}
+
+/// Metadata of a path.
+#[derive(Debug, Clone)]
+struct Meta {
+    is_dir: bool,
+    len: u64,
+    modified_ms: u64,
+    /// A file's SHA-256, a document's text tag; `None` for folders.
+    etag: Option<String>,
+}
+
+impl Meta {
+    fn folder(modified_ms: u64) -> Meta {
+        Meta {
+            is_dir: true,
+            len: 0,
+            modified_ms,
+            etag: None,
+        }
+    }
+}
+
+impl DavMetaData for Meta {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn modified(&self) -> FsResult<SystemTime> {
+        Ok(time_of(self.modified_ms))
+    }
+
+    fn is_dir(&self) -> bool {
+        self.is_dir
+    }
+
+    fn etag(&self) -> Option<String> {
+        if self.is_dir {
+            return Some(format!("dir-{:x}", self.modified_ms));
+        }
+        self.etag.clone()
+    }
+
+    fn created(&self) -> FsResult<SystemTime> {
+        Ok(time_of(self.modified_ms))
+    }
+}
+
+/// One name in a folder listing; its metadata is read when asked for (a doc's text length).
+struct Entry {
+    fs: TandemFs,
+    user: DavUser,
+    path: String,
+    name: String,
+    node: Node,
+}
+
+impl DavDirEntry for Entry {
+    fn name(&self) -> Vec<u8> {
+        self.name.as_bytes().to_vec()
+    }
+
+    fn metadata(&'_ self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        async move {
+            Ok(Box::new(
+                self.fs
+                    .meta_of(&self.path, self.node.clone(), &self.user)
+                    .await?,
+            ) as Box<dyn DavMetaData>)
+        }
+        .boxed()
+    }
+
+    fn is_dir(&'_ self) -> FsFuture<'_, bool> {
+        let is_dir = matches!(self.node, Node::Root | Node::Folder { .. });
+        async move { Ok(is_dir) }.boxed()
+    }
+}
+
+/// A stored file opened for reading: its blob streamed from the current position.
+struct FileReader {
+    files: crate::files::Files,
+    sha256: String,
+    meta: Meta,
+    pos: u64,
+    /// Behind a mutex only to be `Sync` as dav-server asks; reached through `get_mut`.
+    stream: Mutex<Option<BoxStream<'static, std::io::Result<Bytes>>>>,
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("sha256", &self.sha256)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl DavFile for FileReader {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta = self.meta.clone();
+        async move { Ok(Box::new(meta) as Box<dyn DavMetaData>) }.boxed()
+    }
+
+    fn write_buf(&'_ mut self, _buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn write_bytes(&'_ mut self, _buf: Bytes) -> FsFuture<'_, ()> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn read_bytes(&'_ mut self, count: usize) -> FsFuture<'_, Bytes> {
+        async move {
+            if self.pos >= self.meta.len || count == 0 {
+                return Ok(Bytes::new());
+            }
+            let slot = self
+                .stream
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                let (reader, len) = self
+                    .files
+                    .open_blob(&self.sha256)
+                    .await
+                    .map_err(|_| FsError::GeneralFailure)?
+                    .ok_or(FsError::NotFound)?;
+                if len != self.meta.len {
+                    tracing::error!(sha256 = self.sha256, len, "blob has the wrong length");
+                    return Err(FsError::GeneralFailure);
+                }
+                let stream = reader
+                    .stream(self.pos, self.meta.len - self.pos)
+                    .await
+                    .map_err(|_| FsError::GeneralFailure)?;
+                *slot = Some(stream);
+            }
+            let Some(stream) = slot.as_mut() else {
+                return Err(FsError::GeneralFailure);
+            };
+            match stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    if chunk.len() > count {
+                        // The rest is read again from the blob on the next call.
+                        chunk.truncate(count);
+                        *slot = None;
+                    }
+                    self.pos += chunk.len() as u64;
+                    Ok(chunk)
+                }
+                Some(Err(error)) => {
+                    tracing::error!(%error, sha256 = self.sha256, "reading blob failed");
+                    Err(FsError::GeneralFailure)
+                }
+                None => Ok(Bytes::new()),
+            }
+        }
+        .boxed()
+    }
+
+    fn seek(&'_ mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        async move {
+            let target = match pos {
+                SeekFrom::Start(n) => Some(n),
+                SeekFrom::End(n) => self.meta.len.checked_add_signed(n),
+                SeekFrom::Current(n) => self.pos.checked_add_signed(n),
+            }
+            .ok_or(FsError::GeneralFailure)?;
+            if target != self.pos {
+                *self
+                    .stream
+                    .get_mut()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                self.pos = target;
+            }
+            Ok(self.pos)
+        }
+        .boxed()
+    }
+
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move { Ok(()) }.boxed()
+    }
+}
+
+/// A document's text opened for reading.
+#[derive(Debug)]
+struct TextReader {
+    meta: Meta,
+    text: Bytes,
+    pos: usize,
+}
+
+impl DavFile for TextReader {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta = self.meta.clone();
+        async move { Ok(Box::new(meta) as Box<dyn DavMetaData>) }.boxed()
+    }
+
+    fn write_buf(&'_ mut self, _buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn write_bytes(&'_ mut self, _buf: Bytes) -> FsFuture<'_, ()> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn read_bytes(&'_ mut self, count: usize) -> FsFuture<'_, Bytes> {
+        let start = self.pos.min(self.text.len());
+        let end = start.saturating_add(count).min(self.text.len());
+        self.pos = end;
+        let chunk = self.text.slice(start..end);
+        async move { Ok(chunk) }.boxed()
+    }
+
+    fn seek(&'_ mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        let len = self.text.len() as u64;
+        let target = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(n) => len.checked_add_signed(n),
+            SeekFrom::Current(n) => (self.pos as u64).checked_add_signed(n),
+        };
+        if let Some(target) = target {
+            self.pos = usize::try_from(target).unwrap_or(usize::MAX);
+        }
+        async move { target.ok_or(FsError::GeneralFailure) }.boxed()
+    }
+
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move { Ok(()) }.boxed()
+    }
+}
+
+/// A piece of a PUT body on its way to the upload task.
+enum PutChunk {
+    Data(Bytes),
+    /// The body is complete; without it the upload is cut off.
+    End,
+}
+
+/// A file being written by a PUT: the body goes to the upload task chunk by chunk.
+struct FileWriter {
+    tx: Option<mpsc::Sender<PutChunk>>,
+    done: Option<oneshot::Receiver<Result<tandem_store::FileEntry, ApiError>>>,
+    user: DavUser,
+    meta: Option<Meta>,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileWriter")
+    }
+}
+
+impl FileWriter {
+    /// The upload task's answer (it ended early, or after `End`).
+    async fn outcome(&mut self) -> FsResult<()> {
+        self.tx = None;
+        let Some(done) = self.done.take() else {
+            return Err(FsError::GeneralFailure);
+        };
+        match done.await {
+            Ok(Ok(entry)) => {
+                let current = entry.current();
+                self.meta = Some(Meta {
+                    is_dir: false,
+                    len: current.size,
+                    modified_ms: current.uploaded_ms,
+                    etag: Some(current.sha256.clone()),
+                });
+                Ok(())
+            }
+            Ok(Err(error)) => Err(self.user.refuse(error)),
+            Err(_) => Err(FsError::GeneralFailure),
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes) -> FsResult<()> {
+        let Some(tx) = &self.tx else {
+            return Err(FsError::GeneralFailure);
+        };
+        if tx.send(PutChunk::Data(bytes)).await.is_err() {
+            // The task stopped reading: it refused the upload; its answer says why.
+            self.outcome().await?;
+            return Err(FsError::GeneralFailure);
+        }
+        Ok(())
+    }
+}
+
+impl DavFile for FileWriter {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta = self.meta.clone();
+        async move {
+            meta.map(|meta| Box::new(meta) as Box<dyn DavMetaData>)
+                .ok_or(FsError::NotFound)
+        }
+        .boxed()
+    }
+
+    fn write_buf(&'_ mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        async move {
+            let bytes = buf.copy_to_bytes(buf.remaining());
+            self.send(bytes).await
+        }
+        .boxed()
+    }
+
+    fn write_bytes(&'_ mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        async move { self.send(buf).await }.boxed()
+    }
+
+    fn read_bytes(&'_ mut self, _count: usize) -> FsFuture<'_, Bytes> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn seek(&'_ mut self, _pos: SeekFrom) -> FsFuture<'_, u64> {
+        // Partial PUTs are refused before they get here (`mod.rs`).
+        async move { Err(FsError::NotImplemented) }.boxed()
+    }
+
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move {
+            if self.meta.is_some() {
+                return Ok(());
+            }
+            if let Some(tx) = &self.tx {
+                // A send error means the task ended already; its outcome tells.
+                let _ = tx.send(PutChunk::End).await;
+            }
+            self.outcome().await
+        }
+        .boxed()
+    }
+}
+
+/// A document being written by a PUT: its new text is gathered, then applied as a change.
+struct DocWriter {
+    docs: DocFiles,
+    doc: DocId,
+    user: DavUser,
+    body: Vec<u8>,
+    written: Option<Meta>,
+}
+
+impl std::fmt::Debug for DocWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocWriter").field("doc", &self.doc).finish()
+    }
+}
+
+impl DocWriter {
+    fn take(&mut self, bytes: &[u8]) -> FsResult<()> {
+        if self.body.len() + bytes.len() > MAX_DOC_PUT_BYTES {
+            return Err(self.user.refuse(ApiError::DocTooLarge {
+                max: MAX_DOC_PUT_BYTES as u64,
+            }));
+        }
+        self.body.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl DavFile for DocWriter {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta = self.written.clone();
+        async move {
+            meta.map(|meta| Box::new(meta) as Box<dyn DavMetaData>)
+                .ok_or(FsError::NotFound)
+        }
+        .boxed()
+    }
+
+    fn write_buf(&'_ mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        let res = self.take(&bytes);
+        async move { res }.boxed()
+    }
+
+    fn write_bytes(&'_ mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        let res = self.take(&buf);
+        async move { res }.boxed()
+    }
+
+    fn read_bytes(&'_ mut self, _count: usize) -> FsFuture<'_, Bytes> {
+        async move { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn seek(&'_ mut self, _pos: SeekFrom) -> FsFuture<'_, u64> {
+        async move { Err(FsError::NotImplemented) }.boxed()
+    }
+
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move {
+            if self.written.is_some() {
+                return Ok(());
+            }
+            let body = std::mem::take(&mut self.body);
+            let text = String::from_utf8(body).map_err(|_| {
+                self.user.refuse(ApiError::WebDav {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    code: "not_utf8",
+                    message: format!(
+                        "{} is a live document: its new content must be UTF-8 text",
+                        self.doc
+                    ),
+                })
+            })?;
+            let state = self
+                .docs
+                .write(
+                    &self.doc,
+                    self.user.if_match.as_deref(),
+                    &text,
+                    self.user.actor.clone(),
+                )
+                .await
+                .map_err(|error| self.user.refuse(error))?;
+            self.written = Some(Meta {
+                is_dir: false,
+                len: state.text.len() as u64,
+                modified_ms: now_ms(),
+                etag: Some(state.etag),
+            });
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,300 @@
+//! What no WebDAV request may bring past the front door, checked before dav-server parses
+//! anything: paths with `..`, `.` or encoded separators, `Destination`s outside `/dav/`, XML
+//! with a DTD (entity expansion) or nested too deep, infinite `PROPFIND` depth, partial PUTs,
+//! and a `COPY` or `MOVE` into its own tree (or onto one of its ancestors, which dav-server
+//! would delete first). Pure functions of the request; each refusal is an [`ApiError`].
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use percent_encoding::percent_decode_str;
+
+use super::PREFIX;
+use crate::api::error::ApiError;
+
+/// Deepest element nesting accepted in a request body (real bodies nest four or five deep).
+pub(crate) const MAX_XML_DEPTH: usize = 32;
+
+fn bad(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::WebDav {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// The workspace path of a request path under `/dav`, decoded, without leading or trailing
+/// `/`; refused if any segment is `.` or `..`, or hides a separator (`%2F`, `%5C`) or NUL.
+pub(crate) fn request_path(raw: &str) -> Result<String, ApiError> {
+    let rest = raw
+        .strip_prefix(PREFIX)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        .ok_or_else(|| {
+            bad(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "not a path under /dav/",
+            )
+        })?;
+    let mut segments = Vec::new();
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            continue;
+        }
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "a path segment may not hide a separator or NUL (%2F, %5C, %00)",
+            ));
+        }
+        let decoded = percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| bad(StatusCode::BAD_REQUEST, "bad_path", "a path must be UTF-8"))?;
+        if decoded == "." || decoded == ".." {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "a path may not contain . or .. segments",
+            ));
+        }
+        if decoded.contains('\\') {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "a path segment may not contain a backslash",
+            ));
+        }
+        segments.push(decoded.into_owned());
+    }
+    Ok(segments.join("/"))
+}
+
+/// The workspace path a `Destination` header names: an absolute URL or an absolute path, under
+/// `/dav/` on this server, checked like a request path.
+pub(crate) fn destination_path(value: &HeaderValue) -> Result<String, ApiError> {
+    let text = value.to_str().map_err(|_| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "Destination must be ASCII",
+        )
+    })?;
+    let path = if text.starts_with('/') {
+        text.to_owned()
+    } else {
+        let url = url::Url::parse(text).map_err(|_| {
+            bad(
+                StatusCode::BAD_REQUEST,
+                "bad_destination",
+                "Destination is neither a URL nor an absolute path",
+            )
+        })?;
+        // The raw path, before the URL parser resolves dot segments, so `..` is refused.
+        let after_scheme = text.split_once("://").map_or(text, |(_, rest)| rest);
+        let raw = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
+        let raw = raw.split(['?', '#']).next().unwrap_or(raw);
+        if url.path().is_empty() {
+            "/".to_owned()
+        } else {
+            raw.to_owned()
+        }
+    };
+    request_path(&path).map_err(|error| match error {
+        ApiError::WebDav { message, .. } => bad(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            format!("Destination: {message}"),
+        ),
+        other => other,
+    })
+}
+
+/// Refuses what dav-server would take differently from what Tandem promises: `Depth: infinity`
+/// on `PROPFIND` (403 with `DAV:propfind-finite-depth`, whatever the client), and a PUT with
+/// `Content-Range` (RFC 9110 section 14.5: a partial PUT is refused with 400).
+pub(crate) fn check_method(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let depth = headers
+        .get("depth")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim);
+    if method.as_str() == "PROPFIND" && depth.is_some_and(|d| d.eq_ignore_ascii_case("infinity")) {
+        return Err(bad(
+            StatusCode::FORBIDDEN,
+            "propfind-finite-depth",
+            "PROPFIND with Depth: infinity is not supported; use Depth 0 or 1",
+        ));
+    }
+    if *method == Method::PUT && headers.contains_key("content-range") {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "partial_put",
+            "a PUT with Content-Range is not supported; send the whole file",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a `COPY` or `MOVE` from `source` to `destination` when one is inside the other:
+/// into its own tree it would never end (or lose the source), onto an ancestor dav-server
+/// would first delete the destination, and the source with it.
+pub(crate) fn check_copy_move(source: &str, destination: &str) -> Result<(), ApiError> {
+    let inside = |inner: &str, outer: &str| {
+        outer.is_empty()
+            || (inner.len() > outer.len()
+                && inner.starts_with(outer)
+                && inner.as_bytes()[outer.len()] == b'/')
+    };
+    if source != destination && inside(destination, source) {
+        return Err(bad(
+            StatusCode::FORBIDDEN,
+            "into_itself",
+            "cannot copy or move a folder into itself",
+        ));
+    }
+    if source != destination && inside(source, destination) {
+        return Err(bad(
+            StatusCode::CONFLICT,
+            "onto_ancestor",
+            "cannot copy or move onto a folder that holds the source",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a request body that is not plain XML of bounded depth: any `<!DOCTYPE` or
+/// `<!ENTITY` (entity expansion bombs, external entities) and nesting beyond
+/// [`MAX_XML_DEPTH`] (the parser below recurses). Well-formedness is left to the parser.
+pub(crate) fn check_xml(body: &[u8]) -> Result<(), ApiError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let lower: Vec<u8> = body.iter().map(u8::to_ascii_lowercase).collect();
+    if contains(&lower, b"<!doctype") || contains(&lower, b"<!entity") {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "xml_dtd",
+            "XML bodies may not contain a DOCTYPE or entity declarations",
+        ));
+    }
+    if nesting_depth(body) > MAX_XML_DEPTH {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "xml_too_deep",
+            format!("XML nested deeper than {MAX_XML_DEPTH} elements"),
+        ));
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// The deepest element nesting of `body`, counting start tags against end tags and skipping
+/// comments, processing instructions, CDATA and quoted attribute values. An over-estimate on
+/// malformed input, which is refused by the parser anyway.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < body.len() {
+        if body[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &body[i..];
+        let skip_to = |end: &[u8]| -> usize {
+            rest.windows(end.len())
+                .position(|window| window == end)
+                .map_or(body.len(), |at| i + at + end.len())
+        };
+        if rest.starts_with(b"<!--") {
+            i = skip_to(b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(b"?>");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(b">");
+        } else {
+            // A start tag: find its end outside quotes; `/>` closes it at once.
+            let mut j = i + 1;
+            let mut quote: Option<u8> = None;
+            while j < body.len() {
+                match (quote, body[j]) {
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'"' | b'\'') => quote = Some(body[j]),
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            let self_closing = j > 0 && j < body.len() && body[j - 1] == b'/';
+            if !self_closing {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            i = j + 1;
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_decoded_and_dot_segments_and_hidden_separators_refused() {
+        assert_eq!(request_path("/dav").expect("root"), "");
+        assert_eq!(request_path("/dav/").expect("root"), "");
+        assert_eq!(
+            request_path("/dav/team/notes%20a.md").expect("ok"),
+            "team/notes a.md"
+        );
+        for bad_path in [
+            "/dav/../api",
+            "/dav/a/%2e%2e/b",
+            "/dav/a%2Fb",
+            "/dav/a%5cb",
+            "/dav/a/./b",
+            "/dav/a%00",
+            "/davx",
+        ] {
+            assert!(request_path(bad_path).is_err(), "{bad_path}");
+        }
+    }
+
+    #[test]
+    fn destinations_must_stay_under_dav() {
+        let value = |text: &str| HeaderValue::from_str(text).expect("header");
+        assert_eq!(
+            destination_path(&value("http://h:1/dav/a/b")).expect("url"),
+            "a/b"
+        );
+        assert_eq!(destination_path(&value("/dav/c")).expect("path"), "c");
+        assert!(destination_path(&value("http://h/dav/a/../../api")).is_err());
+        assert!(destination_path(&value("http://h/api/files/x")).is_err());
+    }
+
+    #[test]
+    fn copies_and_moves_into_themselves_or_onto_an_ancestor_are_refused() {
+        assert!(check_copy_move("a", "a/b").is_err());
+        assert!(check_copy_move("a/b", "a").is_err());
+        assert!(check_copy_move("a/b", "").is_err());
+        assert!(check_copy_move("a", "ab").is_ok());
+        assert!(check_copy_move("a", "b/a").is_ok());
+    }
+
+    #[test]
+    fn dtds_and_deep_nesting_are_refused_before_parsing() {
+        let bomb = br#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><D:propfind xmlns:D="DAV:">&lol2;</D:propfind>"#;
+        assert!(check_xml(bomb).is_err());
+        let deep = "<a>".repeat(MAX_XML_DEPTH + 1);
+        assert!(check_xml(deep.as_bytes()).is_err());
+        let fine = br#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getetag/><x:a xmlns:x="u" v="/>">t</x:a></D:prop></D:propfind>"#;
+        assert!(check_xml(fine).is_ok());
+        assert_eq!(nesting_depth(fine), 3);
+    }
+}

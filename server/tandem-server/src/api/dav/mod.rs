@@ -1,0 +1,291 @@
+//! The workspace over WebDAV (RFC 4918, class 1 and 2) at `/dav/`: the contract is
+//! `protocol-spec/webdav.md`.
+//!
+//! The protocol (methods, XML, `If` headers, multistatus answers) is the `dav-server` crate's;
+//! this module puts Tandem around it: who is asking ([`authenticate`]: HTTP Basic over the
+//! accounts, or a Bearer token), what no request may bring in (`guard.rs`: bad paths, XML
+//! bombs, bodies over [`MAX_XML_BODY_BYTES`], moves into themselves, infinite depth), and the
+//! answer of a refusal the file system left in the request's slot. `fs.rs` is the file system:
+//! the files service, the documents and the WebDAV table, never a tree of its own.
+//!
+//! Invariant: every request is authenticated (or authentication is off) before dav-server sees
+//! it, and every path it names has passed `guard.rs`.
+
+mod fs;
+mod guard;
+mod propfind;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::Response as HttpResponse;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use base64::Engine;
+use dav_server::DavHandler;
+use dav_server::ls::DavLockSystem;
+use http_body_util::BodyExt;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::accounts::AccountError;
+use crate::auth::{AuthError, AuthMode, Claims, Role, token_from};
+use crate::proxy::ClientAddr;
+use tandem_hub::Actor;
+
+pub(crate) use fs::DavUser;
+
+/// Where the workspace is mounted.
+pub(crate) const PREFIX: &str = "/dav";
+/// Largest body of a request other than PUT (PROPFIND, PROPPATCH, LOCK XML).
+pub(crate) const MAX_XML_BODY_BYTES: usize = 64 * 1024;
+/// The Basic challenge's realm.
+const REALM: &str = r#"Basic realm="Tandem", charset="UTF-8""#;
+
+/// The WebDAV routes: every method on `/dav`, `/dav/` and below. Outside the API's body limit
+/// and request timeout, like uploads (PUT streams; the others are capped here).
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    let dav = Dav::new(state);
+    Router::new()
+        .route("/dav", any(serve).with_state(dav.clone()))
+        .route("/dav/", any(serve).with_state(dav.clone()))
+        .route("/dav/{*path}", any(serve).with_state(dav))
+}
+
+/// The handler's state: the app's, and the dav-server handler configured once.
+#[derive(Clone)]
+struct Dav {
+    state: AppState,
+    handler: DavHandler<DavUser>,
+}
+
+impl Dav {
+    fn new(state: &AppState) -> Dav {
+        let handler = DavHandler::builder()
+            .strip_prefix(PREFIX)
+            .filesystem(Box::new(fs::TandemFs::new(state.clone())))
+            .locksystem(lock_system(state))
+            .autoindex(false)
+            .build_handler();
+        Dav {
+            state: state.clone(),
+            handler,
+        }
+    }
+}
+
+/// The lock system: LOCK, UNLOCK, lock discovery and the `If` header's lock tokens.
+///
+/// Temporary: dav-server's in-memory `MemLs`, until Tandem's lock service (`locks/`) takes
+/// this place, so that WebDAV locks also hold against the HTTP API and tus.
+fn lock_system(_state: &AppState) -> Box<dyn DavLockSystem> {
+    dav_server::memls::MemLs::new()
+}
+
+/// Checks HTTP Basic credentials against the accounts: the one place a WebDAV password is
+/// verified (rate-limited per account and address like `POST /api/login`).
+async fn verify_basic(
+    state: &AppState,
+    name: &str,
+    password: String,
+    address: IpAddr,
+) -> Result<Claims, ApiError> {
+    let user = state
+        .accounts
+        .sign_in(name, password, address)
+        .await
+        .map_err(ApiError::Account)?;
+    state
+        .accounts
+        .token_claims(&user, tandem_hub::clock::now_s())
+        .map_err(ApiError::Account)
+}
+
+/// Who is asking: `Ok(None)` with authentication off; the claims of a Bearer token, or of an
+/// account whose Basic credentials match; else the refusal (401 with both challenges).
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    address: IpAddr,
+) -> Result<Option<Claims>, ApiError> {
+    if state.auth.mode() == AuthMode::None {
+        return Ok(None);
+    }
+    if let Some(value) = headers.get(header::AUTHORIZATION)
+        && let Ok(value) = value.to_str()
+        && let Some((scheme, encoded)) = value.split_once(' ')
+        && scheme.eq_ignore_ascii_case("basic")
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or(ApiError::Auth(AuthError::Invalid(
+                "malformed Basic credentials",
+            )))?;
+        let (name, password) =
+            decoded
+                .split_once(':')
+                .ok_or(ApiError::Auth(AuthError::Invalid(
+                    "malformed Basic credentials",
+                )))?;
+        return verify_basic(state, name, password.to_owned(), address)
+            .await
+            .map(Some);
+    }
+    state
+        .auth
+        .claims(token_from(headers, uri).as_deref())
+        .map_err(ApiError::Auth)
+}
+
+/// Every request under `/dav`.
+async fn serve(State(dav): State<Dav>, request: Request) -> Response {
+    match serve_checked(&dav, request).await {
+        Ok(response) => response,
+        Err(error) => refusal(error),
+    }
+}
+
+async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError> {
+    let state = &dav.state;
+    let (mut parts, body) = request.into_parts();
+    let address = parts
+        .extensions
+        .get::<ClientAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |client| client.ip);
+    let path = guard::request_path(parts.uri.path())?;
+    let destination = match parts.headers.get("destination") {
+        Some(value) => Some(guard::destination_path(value)?),
+        None => None,
+    };
+    let claims = authenticate(state, &parts.headers, &parts.uri, address).await?;
+    let actor = match &claims {
+        Some(claims) => Actor::from_identity(Some(&claims.identity()), "anonymous"),
+        None => Actor::from_identity(None, "anonymous"),
+    };
+    let if_match = parts
+        .headers
+        .get(header::IF_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let mut user = DavUser::new(claims, actor, if_match);
+
+    let method = parts.method.clone();
+    guard::check_method(&method, &parts.headers)?;
+    if matches!(method.as_str(), "LOCK" | "UNLOCK") && !may_lock(&user, &path) {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    if let Some(destination) = &destination
+        && matches!(method.as_str(), "COPY" | "MOVE")
+    {
+        guard::check_copy_move(&path, destination)?;
+    }
+
+    // Every body but a PUT's is read here, capped and checked, before any XML parser sees it.
+    let mut named = None;
+    let body = if method == Method::PUT {
+        body
+    } else {
+        let bytes = read_capped(body).await?;
+        guard::check_xml(&bytes)?;
+        if method.as_str() == "PROPFIND" {
+            named = propfind::requested(&bytes);
+            user.named_props = named.is_some();
+        }
+        Body::from(bytes)
+    };
+    // The path without a token in the query: dav-server never sees `?token=`.
+    parts.uri = strip_query(&parts.uri);
+    let request = Request::from_parts(parts, body);
+    let principal = user
+        .claims
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), |claims| claims.sub.clone());
+    let refusal = user.refusal.clone();
+    let response = dav.handler.handle_guarded(request, principal, user).await;
+    let held = refusal
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    let status = response.status();
+    if let Some(error) = held
+        && (status.is_client_error() || status.is_server_error())
+    {
+        return Err(error);
+    }
+    match named {
+        Some(wanted) if status == StatusCode::MULTI_STATUS => {
+            complete_propfind(response, &wanted).await
+        }
+        _ => Ok(response.map(Body::new)),
+    }
+}
+
+/// A named PROPFIND's multistatus with the 404s dav-server leaves out (`propfind.rs`).
+async fn complete_propfind(
+    response: HttpResponse<dav_server::body::Body>,
+    wanted: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .to_bytes();
+    let body = propfind::complete(&bytes, wanted).map_or_else(|| Body::from(bytes), Body::from);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Whether `user` may lock `path`: the write role on it as a file or as a folder.
+fn may_lock(user: &DavUser, path: &str) -> bool {
+    let Some(claims) = &user.claims else {
+        return true;
+    };
+    let as_file = claims.role_for(path);
+    let as_folder = user.folder_role(path);
+    as_file
+        .max(as_folder)
+        .is_some_and(|role| role >= Role::Write)
+}
+
+/// A request body up to [`MAX_XML_BODY_BYTES`], or 413.
+async fn read_capped(body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_XML_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge {
+                max: MAX_XML_BODY_BYTES as u64,
+            })
+        }
+        Err(_) => Err(ApiError::BadBody),
+    }
+}
+
+fn strip_query(uri: &axum::http::Uri) -> axum::http::Uri {
+    uri.path().parse().unwrap_or_else(|_| uri.clone())
+}
+
+/// The answer to a refused request: the API's JSON error, and a Basic challenge beside the
+/// Bearer one on a 401 so desktop clients ask for a password.
+fn refusal(error: ApiError) -> Response {
+    let unauthenticated = match &error {
+        ApiError::Auth(error) => error.is_unauthenticated(),
+        ApiError::Account(AccountError::BadCredentials { .. }) => true,
+        _ => false,
+    };
+    let mut response = error.into_response();
+    if unauthenticated {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+            .headers_mut()
+            .append(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    }
+    response
+}
