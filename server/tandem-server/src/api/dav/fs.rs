@@ -319,7 +319,31 @@ pub(crate) struct TandemFs {
     docs: DocFiles,
 }
 
+/// What a path is, as the front door needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Folder,
+    File,
+    Document,
+}
+
 impl TandemFs {
+    /// What `path` is for `user`, `None` if it does not exist for them.
+    pub(crate) async fn kind(&self, path: &str, user: &DavUser) -> Result<Option<Kind>, ApiError> {
+        let listing = self.listing(user).await.map_err(|_| {
+            user.refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()
+                .unwrap_or(ApiError::Internal)
+        })?;
+        Ok(listing.node(path).map(|node| match node {
+            Node::Root | Node::Folder { .. } => Kind::Folder,
+            Node::File(_) => Kind::File,
+            Node::Doc { .. } => Kind::Document,
+        }))
+    }
+
     pub(crate) fn new(state: AppState) -> TandemFs {
         TandemFs {
             docs: DocFiles {
