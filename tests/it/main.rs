@@ -17,6 +17,7 @@ mod cluster_files;
 mod cluster_meta;
 mod cluster_s3;
 mod damaged_store;
+mod dav;
 mod disk_full;
 mod events;
 mod files;

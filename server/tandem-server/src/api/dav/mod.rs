@@ -310,6 +310,24 @@ fn strip_query(uri: &axum::http::Uri) -> axum::http::Uri {
 /// The answer to a refused request: the API's JSON error, and a Basic challenge beside the
 /// Bearer one on a 401 so desktop clients ask for a password.
 fn refusal(error: ApiError) -> Response {
+    if let ApiError::WebDav {
+        status,
+        code: code @ "propfind-finite-depth",
+        ..
+    } = &error
+    {
+        // A precondition of RFC 4918 (section 9.1): its XML element is the answer.
+        tracing::debug!(code, "webdav request refused");
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:error xmlns:D=\"DAV:\"><D:{code}/></D:error>"
+        );
+        return (
+            *status,
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            body,
+        )
+            .into_response();
+    }
     let unauthenticated = match &error {
         ApiError::Auth(error) => error.is_unauthenticated(),
         ApiError::Account(AccountError::BadCredentials { .. }) => true,

@@ -1,0 +1,715 @@
+//! WebDAV at `/dav/` (`protocol-spec/webdav.md`), driven by real clients: Debian's `litmus`
+//! compliance suite and `rclone`, both as installed programs against the real server, plus raw
+//! HTTP for what they do not cover: roles, credentials, bad input, the events a PUT announces,
+//! documents as text files, and what survives a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use tandem_server::auth::Role;
+use tandem_tests::{HttpResponse, TestServer, bearer, wait_until};
+use yrs::{Doc, Text, Transact};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Longest a whole litmus or rclone run may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn dav(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    server
+        .request(method, &format!("/dav{path}"), headers, body)
+        .await
+}
+
+fn basic(name: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));
+    format!("Basic {encoded}")
+}
+
+fn error_code(response: &HttpResponse) -> String {
+    response.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs a program to completion within [`TOOL_TIMEOUT`]; returns (success, stdout + stderr).
+async fn run(program: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> (bool, String) {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} took longer than {TOOL_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("{program} could not be run ({error}); is it installed?"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The litmus tests whose warnings `protocol-spec/webdav.md` explains (its "Litmus warnings").
+fn explained_warnings() -> Vec<String> {
+    let spec = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol-spec/webdav.md"),
+    )
+    .expect("read protocol-spec/webdav.md");
+    let section = spec
+        .split("## Litmus warnings")
+        .nth(1)
+        .expect("webdav.md has a Litmus warnings section");
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("- `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs litmus's `groups` against `url`; fails on any failure and on any warning of a test
+/// the spec does not explain.
+async fn litmus(url: &str, user: &str, password: &str, groups: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ok, output) = run(
+        "litmus",
+        &[url, user, password],
+        &[("TESTS", groups)],
+        dir.path(),
+    )
+    .await;
+    let explained = explained_warnings();
+    let mut current_test = String::new();
+    let mut unexplained = Vec::new();
+    for line in output.lines() {
+        // "12. propget............... WARNING: ..." names the test; continuation lines do not.
+        if let Some((number, rest)) = line.trim_start().split_once(". ")
+            && number.chars().all(|c| c.is_ascii_digit())
+            && let Some(name) = rest.split('.').next()
+        {
+            current_test = name.trim().to_owned();
+        }
+        if line.contains("WARNING") && !explained.contains(&current_test) {
+            unexplained.push(format!("{current_test}: {line}"));
+        }
+    }
+    assert!(ok, "litmus failed:\n{output}");
+    assert!(
+        !output.contains("FAIL"),
+        "litmus reported a failure:\n{output}"
+    );
+    assert!(
+        unexplained.is_empty(),
+        "litmus warnings not explained in protocol-spec/webdav.md: {unexplained:#?}\n{output}"
+    );
+    for group in groups.split_whitespace() {
+        assert!(
+            output.contains(&format!("summary for `{group}'")),
+            "litmus did not run `{group}`:\n{output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn litmus_basic_copymove_props_and_http_pass() {
+    let server = TestServer::start().await;
+    let url = server.url("/dav/");
+    litmus(&url, "someone", "anything", "basic copymove props http").await;
+}
+
+/// The same suite signing in with HTTP Basic as an account, on a server that requires it.
+#[tokio::test]
+async fn litmus_passes_with_an_accounts_basic_credentials() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    make_account(&server, "ada", json!({ "*": "write" })).await;
+    let url = server.url("/dav/");
+    litmus(&url, "ada", PASSWORD, "basic copymove").await;
+}
+
+async fn make_account(server: &TestServer, sub: &str, docs: serde_json::Value) {
+    let admin = server.admin_token();
+    let response = server
+        .request(
+            "PUT",
+            &format!("/api/users/{sub}"),
+            &[
+                ("Authorization", &bearer(&admin)),
+                ("Content-Type", "application/json"),
+            ],
+            json!({ "password": PASSWORD, "docs": docs })
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert!(
+        response.status == 200 || response.status == 201,
+        "{}",
+        response.text()
+    );
+}
+
+/// A tree of mixed files: text, binary, empty, nested, a name with spaces and non-ASCII.
+fn write_tree(root: &Path) {
+    let files: [(&str, Vec<u8>); 6] = [
+        ("readme.md", b"# Hello\n".to_vec()),
+        ("docs/guide.txt", "Grüße\n".repeat(100).into_bytes()),
+        (
+            "docs/deep/er/data.bin",
+            (0..=255u8).cycle().take(300_000).collect(),
+        ),
+        ("empty.txt", Vec::new()),
+        ("space name/ünï cödé.json", br#"{"a": 1}"#.to_vec()),
+        ("images/pixel.png", vec![0x89, b'P', b'N', b'G', 0, 1, 2, 3]),
+    ];
+    for (path, bytes) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
+}
+
+fn assert_same_tree(left: &Path, right: &Path) {
+    let mut stack = vec![std::path::PathBuf::new()];
+    let mut n = 0;
+    while let Some(relative) = stack.pop() {
+        for entry in std::fs::read_dir(left.join(&relative)).expect("read dir") {
+            let entry = entry.expect("entry");
+            let name = relative.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                stack.push(name);
+            } else {
+                let a = std::fs::read(left.join(&name)).expect("read left");
+                let b = std::fs::read(right.join(&name))
+                    .unwrap_or_else(|_| panic!("{} missing after the round trip", name.display()));
+                assert_eq!(a, b, "{} differs", name.display());
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 6, "only {n} files compared");
+}
+
+#[tokio::test]
+async fn rclone_copies_a_tree_up_and_back_identical_then_syncs_changes() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let token = server.token("rclone-user", &[("*", Role::Write)]);
+    let work = tempfile::tempdir().expect("temp dir");
+    let local = work.path().join("local");
+    let back = work.path().join("back");
+    write_tree(&local);
+    let url = server.url("/dav/");
+    let remote = ":webdav:backup";
+    let config = work.path().join("rclone.conf");
+    std::fs::write(&config, "").expect("empty config");
+    let flags = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--webdav-url",
+        url.as_str(),
+        "--webdav-vendor",
+        "other",
+        "--webdav-bearer-token",
+        token.as_str(),
+    ];
+    let rclone = async |args: &[&str]| -> String {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&flags);
+        let (ok, output) = run("rclone", &all, &[], work.path()).await;
+        assert!(ok, "rclone {args:?} failed:\n{output}");
+        output
+    };
+
+    rclone(&["copy", local.to_str().expect("utf-8"), remote]).await;
+    let listing = rclone(&["lsf", "-R", remote]).await;
+    for name in [
+        "readme.md",
+        "docs/deep/er/data.bin",
+        "space name/ünï cödé.json",
+        "empty.txt",
+    ] {
+        assert!(
+            listing.lines().any(|line| line == name),
+            "{name} not listed:\n{listing}"
+        );
+    }
+    rclone(&["copy", remote, back.to_str().expect("utf-8")]).await;
+    assert_same_tree(&local, &back);
+    rclone(&["check", local.to_str().expect("utf-8"), remote]).await;
+
+    // The files are the workspace's files: the HTTP API lists them with their hashes.
+    let files = server
+        .request(
+            "GET",
+            "/api/files",
+            &[("Authorization", &bearer(&token))],
+            b"",
+        )
+        .await;
+    assert!(
+        files.text().contains("backup/docs/deep/er/data.bin"),
+        "{}",
+        files.text()
+    );
+
+    // Local changes: one edited, one removed, one added; a sync makes the remote the same.
+    std::fs::write(local.join("readme.md"), b"# Hello again\n").expect("edit");
+    std::fs::remove_file(local.join("images/pixel.png")).expect("remove");
+    std::fs::write(local.join("docs/new.txt"), b"new").expect("add");
+    rclone(&["sync", local.to_str().expect("utf-8"), remote]).await;
+    rclone(&["check", local.to_str().expect("utf-8"), remote]).await;
+    let listing = rclone(&["lsf", "-R", remote]).await;
+    assert!(!listing.contains("pixel.png"), "{listing}");
+    assert!(
+        listing.lines().any(|line| line == "docs/new.txt"),
+        "{listing}"
+    );
+    // The edit is a second version of the same file.
+    let versions = server
+        .request(
+            "GET",
+            "/api/file-versions/backup/readme.md",
+            &[("Authorization", &bearer(&token))],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        versions.json()["versions"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_required_and_roles_apply() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    make_account(&server, "reader", json!({ "team/*": "read" })).await;
+    let writer = server.token("writer", &[("team/*", Role::Write)]);
+    let folder = dav(
+        &server,
+        "MKCOL",
+        "/team",
+        &[("Authorization", &bearer(&writer))],
+        b"",
+    )
+    .await;
+    assert_eq!(folder.status, 201, "{}", folder.text());
+    let put = dav(
+        &server,
+        "PUT",
+        "/team/a.txt",
+        &[("Authorization", &bearer(&writer))],
+        b"hello",
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let everyone = server.token("root-writer", &[("*", Role::Write)]);
+    let other = dav(
+        &server,
+        "PUT",
+        "/other.txt",
+        &[("Authorization", &bearer(&everyone))],
+        b"secret",
+    )
+    .await;
+    assert_eq!(other.status, 201, "{}", other.text());
+
+    let anonymous = dav(&server, "PROPFIND", "/", &[("Depth", "1")], b"").await;
+    assert_eq!(anonymous.status, 401);
+    let challenges: Vec<&str> = anonymous
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "www-authenticate")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert!(
+        challenges
+            .iter()
+            .any(|value| value.starts_with("Basic realm=")),
+        "{challenges:?}"
+    );
+    let wrong = basic("reader", "not the password");
+    let refused = dav(
+        &server,
+        "GET",
+        "/team/a.txt",
+        &[("Authorization", &wrong)],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+
+    // A reader browses and downloads, and can change nothing, nor lock.
+    let reader = basic("reader", PASSWORD);
+    let auth = [("Authorization", reader.as_str())];
+    let listing = dav(
+        &server,
+        "PROPFIND",
+        "/team/",
+        &[auth[0], ("Depth", "1")],
+        b"",
+    )
+    .await;
+    assert_eq!(listing.status, 207, "{}", listing.text());
+    assert!(
+        listing.text().contains("/dav/team/a.txt"),
+        "{}",
+        listing.text()
+    );
+    let get = dav(&server, "GET", "/team/a.txt", &auth, b"").await;
+    assert_eq!(
+        (get.status, get.body.as_slice()),
+        (200, b"hello".as_slice())
+    );
+    let lock_body = br#"<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"#;
+    for (method, path, body) in [
+        ("PUT", "/team/a.txt", b"changed".as_slice()),
+        ("PUT", "/team/new.txt", b"new".as_slice()),
+        ("DELETE", "/team/a.txt", b"".as_slice()),
+        ("MKCOL", "/team/sub", b"".as_slice()),
+        ("LOCK", "/team/a.txt", lock_body.as_slice()),
+        (
+            "PROPPATCH",
+            "/team/a.txt",
+            br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><x xmlns="urn:t">1</x></D:prop></D:set></D:propertyupdate>"#.as_slice(),
+        ),
+    ] {
+        let response = dav(&server, method, path, &auth, body).await;
+        assert_eq!(response.status, 403, "{method} {path}: {}", response.text());
+    }
+    let moved = dav(
+        &server,
+        "MOVE",
+        "/team/a.txt",
+        &[auth[0], ("Destination", "/dav/team/b.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(moved.status, 403, "{}", moved.text());
+    let get = dav(&server, "GET", "/team/a.txt", &auth, b"").await;
+    assert_eq!(
+        (get.status, get.body.as_slice()),
+        (200, b"hello".as_slice())
+    );
+    // Outside its patterns, nothing exists for it.
+    let outside = dav(&server, "PROPFIND", "/", &[auth[0], ("Depth", "1")], b"").await;
+    assert_eq!(outside.status, 207, "{}", outside.text());
+    assert!(outside.text().contains("/dav/team/"), "{}", outside.text());
+    assert!(
+        !outside.text().contains("/dav/other.txt"),
+        "{}",
+        outside.text()
+    );
+    let hidden = dav(&server, "GET", "/other.txt", &auth, b"").await;
+    assert_eq!(hidden.status, 404);
+}
+
+#[tokio::test]
+async fn a_put_is_an_upload_announced_like_any_other() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let mkcol = dav(&server, "MKCOL", "/builds", &[], b"").await;
+    assert_eq!(mkcol.status, 201);
+    let put = dav(&server, "PUT", "/builds/app.zip", &[], b"PK-bytes").await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let event = events.next_of("file_uploaded").await;
+    assert_eq!(event["path"], "builds/app.zip", "{event}");
+    assert_eq!(event["size"], 8);
+    // The same file through the HTTP API, with the same ETag (its SHA-256).
+    let api = server
+        .request("GET", "/api/files/builds/app.zip", &[], b"")
+        .await;
+    assert_eq!(api.body, b"PK-bytes");
+    assert_eq!(put.header("etag"), api.header("etag"));
+    // A second PUT is a second version; a range and a validator behave.
+    dav(&server, "PUT", "/builds/app.zip", &[], b"PK-bytes-2").await;
+    let range = dav(
+        &server,
+        "GET",
+        "/builds/app.zip",
+        &[("Range", "bytes=3-")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (range.status, range.body.as_slice()),
+        (206, b"bytes-2".as_slice())
+    );
+    let etag = range.header("etag").expect("etag").to_owned();
+    let cached = dav(
+        &server,
+        "GET",
+        "/builds/app.zip",
+        &[("If-None-Match", &etag)],
+        b"",
+    )
+    .await;
+    assert_eq!(cached.status, 304);
+    let stale = dav(
+        &server,
+        "PUT",
+        "/builds/app.zip",
+        &[("If-Match", "\"0000\"")],
+        b"x",
+    )
+    .await;
+    assert_eq!(stale.status, 412);
+    let versions = server
+        .request("GET", "/api/file-versions/builds/app.zip", &[], b"")
+        .await;
+    assert_eq!(
+        versions.json()["versions"].as_array().map(Vec::len),
+        Some(2)
+    );
+    // DELETE announces too.
+    let deleted = dav(&server, "DELETE", "/builds/app.zip", &[], b"").await;
+    assert_eq!(deleted.status, 204);
+    let event = events.next_of("file_deleted").await;
+    assert_eq!(event["path"], "builds/app.zip", "{event}");
+}
+
+#[tokio::test]
+async fn folders_and_dead_properties_survive_a_restart() {
+    let mut server = TestServer::start().await;
+    assert_eq!(dav(&server, "MKCOL", "/empty", &[], b"").await.status, 201);
+    assert_eq!(
+        dav(&server, "MKCOL", "/empty/inner", &[], b"").await.status,
+        201
+    );
+    dav(&server, "PUT", "/f.txt", &[], b"f").await;
+    let patch = dav(
+        &server,
+        "PROPPATCH",
+        "/f.txt",
+        &[],
+        br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><colour xmlns="urn:t">blue</colour></D:prop></D:set></D:propertyupdate>"#,
+    )
+    .await;
+    assert_eq!(patch.status, 207, "{}", patch.text());
+    server.restart().await;
+    let listing = dav(&server, "PROPFIND", "/empty/", &[("Depth", "1")], b"").await;
+    assert!(
+        listing.text().contains("/dav/empty/inner/"),
+        "{}",
+        listing.text()
+    );
+    let props = dav(
+        &server,
+        "PROPFIND",
+        "/f.txt",
+        &[("Depth", "0")],
+        br#"<D:propfind xmlns:D="DAV:"><D:prop><colour xmlns="urn:t"/><shape xmlns="urn:t"/></D:prop></D:propfind>"#,
+    )
+    .await;
+    let text = props.text();
+    assert!(text.contains(">blue</colour>"), "{text}");
+    assert!(
+        text.contains("404 Not Found"),
+        "the missing property is reported: {text}"
+    );
+    // The property moves with its file.
+    let moved = dav(
+        &server,
+        "MOVE",
+        "/f.txt",
+        &[("Destination", "/dav/empty/g.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(moved.status, 201, "{}", moved.text());
+    let props = dav(
+        &server,
+        "PROPFIND",
+        "/empty/g.txt",
+        &[("Depth", "0")],
+        br#"<D:propfind xmlns:D="DAV:"><D:prop><colour xmlns="urn:t"/></D:prop></D:propfind>"#,
+    )
+    .await;
+    assert!(props.text().contains(">blue</colour>"), "{}", props.text());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_loses_nothing() {
+    let server = TestServer::start().await;
+    dav(&server, "MKCOL", "/keep", &[], b"").await;
+    dav(&server, "MKCOL", "/keep/child", &[], b"").await;
+    dav(&server, "PUT", "/keep/child/a.txt", &[], b"precious").await;
+    dav(&server, "PUT", "/file.txt", &[], b"file").await;
+
+    let cases: Vec<(&str, &str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+        ("PROPFIND", "/", vec![("Depth", "0".into())], b"<D:propfind xmlns:D=\"DAV:\"><D:prop>".to_vec(), 400, ""),
+        (
+            "PROPFIND",
+            "/",
+            vec![("Depth", "0".into())],
+            br#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><D:propfind xmlns:D="DAV:"><D:prop><x xmlns="u">&b;</x></D:prop></D:propfind>"#.to_vec(),
+            400,
+            "xml_dtd",
+        ),
+        (
+            "PROPPATCH",
+            "/file.txt",
+            vec![],
+            format!("<D:propertyupdate xmlns:D=\"DAV:\">{}", "<a>".repeat(5000)).into_bytes(),
+            400,
+            "xml_too_deep",
+        ),
+        (
+            "PROPPATCH",
+            "/file.txt",
+            vec![],
+            format!(
+                "<D:propertyupdate xmlns:D=\"DAV:\"><D:set><D:prop><x xmlns=\"u\">{}</x></D:prop></D:set></D:propertyupdate>",
+                "y".repeat(200_000)
+            )
+            .into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        ("PROPFIND", "/", vec![("Depth", "infinity".into())], Vec::new(), 403, "<D:propfind-finite-depth/>"),
+        ("GET", "/keep/../file.txt", vec![], Vec::new(), 400, "bad_path"),
+        ("GET", "/keep%2Fchild/a.txt", vec![], Vec::new(), 400, "bad_path"),
+        ("DELETE", "/keep/child/%2e%2e", vec![], Vec::new(), 400, "bad_path"),
+        (
+            "MOVE",
+            "/keep",
+            vec![("Destination", "/dav/keep/child/moved".into())],
+            Vec::new(),
+            403,
+            "into_itself",
+        ),
+        (
+            "MOVE",
+            "/keep/child",
+            vec![("Destination", "/dav/keep".into())],
+            Vec::new(),
+            409,
+            "onto_ancestor",
+        ),
+        (
+            "COPY",
+            "/keep",
+            vec![("Destination", "/dav/file.txt".into())],
+            Vec::new(),
+            409,
+            "kind_mismatch",
+        ),
+        (
+            "COPY",
+            "/file.txt",
+            vec![("Destination", "http://elsewhere/dav/keep/../../api/x".into())],
+            Vec::new(),
+            400,
+            "bad_destination",
+        ),
+        ("PUT", "/file.txt", vec![("Content-Range", "bytes 0-1/4".into())], b"fi".to_vec(), 400, "partial_put"),
+    ];
+    for (method, path, headers, body, status, code) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = dav(&server, method, path, &headers, &body).await;
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path}: {}",
+            response.text()
+        );
+        if code.starts_with('<') {
+            assert!(
+                response.text().contains(code),
+                "{method} {path}: {}",
+                response.text()
+            );
+        } else if !code.is_empty() {
+            assert_eq!(
+                error_code(&response),
+                code,
+                "{method} {path}: {}",
+                response.text()
+            );
+        }
+    }
+    // Nothing was lost or changed, and the server still serves.
+    let kept = dav(&server, "GET", "/keep/child/a.txt", &[], b"").await;
+    assert_eq!(
+        (kept.status, kept.body.as_slice()),
+        (200, b"precious".as_slice())
+    );
+    let file = dav(&server, "GET", "/file.txt", &[], b"").await;
+    assert_eq!(
+        (file.status, file.body.as_slice()),
+        (200, b"file".as_slice())
+    );
+}
+
+/// Inserts `text` into the root text `content` of `doc` through a real peer, and waits until
+/// WebDAV serves it.
+async fn write_doc(server: &TestServer, doc: &str, text: &str) {
+    let mut peer = server.connect(doc).await;
+    let local = Doc::new();
+    let update = {
+        let content = local.get_or_insert_text("content");
+        let mut txn = local.transact_mut();
+        content.insert(&mut txn, 0, text);
+        txn.encode_update_v1()
+    };
+    peer.send_update(&update).await;
+    let path = format!("/{doc}");
+    wait_until("the document's text is served", async || {
+        String::from_utf8(dav(server, "GET", &path, &[], b"").await.body)
+            .is_ok_and(|served| served.contains(text))
+    })
+    .await;
+    peer.close().await;
+}
+
+#[tokio::test]
+async fn documents_are_text_files_whose_etag_follows_edits() {
+    let server = TestServer::start().await;
+    write_doc(&server, "team/notes.md", "# Notes\n").await;
+    let get = dav(&server, "GET", "/team/notes.md", &[], b"").await;
+    assert_eq!(get.status, 200);
+    assert!(
+        get.header("content-type")
+            .is_some_and(|t| t.starts_with("text/markdown")),
+        "{:?}",
+        get.headers
+    );
+    let listing = dav(&server, "PROPFIND", "/team/", &[("Depth", "1")], b"").await;
+    assert!(
+        listing.text().contains("/dav/team/notes.md"),
+        "{}",
+        listing.text()
+    );
+    assert!(
+        listing
+            .text()
+            .contains("<D:getcontentlength>8</D:getcontentlength>"),
+        "{}",
+        listing.text()
+    );
+    let first = get.header("etag").expect("etag").to_owned();
+    write_doc(&server, "team/notes.md", "More. ").await;
+    let again = dav(&server, "GET", "/team/notes.md", &[], b"").await;
+    assert_ne!(again.header("etag"), Some(first.as_str()));
+    // A document is not deleted, moved or replaced by a folder over WebDAV.
+    let deleted = dav(&server, "DELETE", "/team/notes.md", &[], b"").await;
+    assert_eq!(
+        (deleted.status, error_code(&deleted).as_str()),
+        (403, "doc_not_removable")
+    );
+    let still = dav(&server, "GET", "/team/notes.md", &[], b"").await;
+    assert_eq!(still.status, 200);
+}
