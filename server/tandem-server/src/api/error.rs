@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::accounts::AccountError;
 use crate::auth::AuthError;
+use crate::doc_text::DocTextError;
 use crate::error_id;
 use crate::files::FileError;
 use crate::webhook::WebhookError;
@@ -76,6 +77,10 @@ pub(crate) enum ApiError {
     InsufficientStorage,
     #[error("shared storage temporarily unavailable, retry later")]
     StorageUnavailable,
+    #[error("the body is not UTF-8 text")]
+    NotUtf8,
+    #[error("{0}")]
+    NotPlainText(String),
 }
 
 impl ApiError {
@@ -92,6 +97,20 @@ impl ApiError {
         } else {
             tracing::error!(%error, what, "store operation failed");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<DocTextError> for ApiError {
+    fn from(error: DocTextError) -> Self {
+        match error {
+            DocTextError::Hub(error) => error.into(),
+            DocTextError::NotPlainText(message) => ApiError::NotPlainText(message),
+            DocTextError::Refused(ProtocolError::DocTooLarge { max, .. }) => {
+                ApiError::DocTooLarge { max }
+            }
+            DocTextError::Refused(other) => ApiError::BadUpdate(other),
+            DocTextError::Internal => ApiError::Internal,
         }
     }
 }
@@ -235,6 +254,8 @@ impl ApiError {
             ApiError::StorageUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
+            ApiError::NotUtf8 => (StatusCode::BAD_REQUEST, "not_utf8"),
+            ApiError::NotPlainText(_) => (StatusCode::CONFLICT, "not_plain_text"),
         }
     }
 }

@@ -44,6 +44,7 @@ use super::{
         docs::content,
         docs::covers,
         docs::update,
+        docs::put_doc,
         versions::list,
         versions::get,
         versions::create,
@@ -441,6 +442,15 @@ pub(crate) struct Covers {
 pub(crate) struct Applied {
     /// Whether the update changed the document (`false` when it held everything already).
     applied: bool,
+}
+
+/// `PUT /api/docs/{name}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SavedText {
+    /// The entity tag of the saved text, also in the `ETag` header: name it in `If-Match` on
+    /// the next save.
+    etag: String,
 }
 
 /// A document's content as JSON: one key per root type (`http.md`).
