@@ -436,4 +436,55 @@ mod tests {
             Err(TextFileError::BadState)
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text with multi-byte and astral characters, so offsets are tested in every unit.
+        fn any_text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![Just('a'), Just('b'), Just('\n'), Just('é'), Just('😀')],
+                0..24,
+            )
+            .prop_map(|chars| chars.into_iter().collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// With nothing typed since the base, the doc reads exactly as the saved file.
+            #[test]
+            fn an_unchanged_doc_reads_as_the_save(base in any_text(), saved in any_text()) {
+                let doc = doc_with(&base, 1);
+                let write = write_update(&state(&doc), ROOT, &base, &saved, 99, None).expect("writes");
+                if let Some(update) = write.update {
+                    apply_update(&doc, &update);
+                }
+                prop_assert_eq!(text(&doc), saved.clone());
+                prop_assert_eq!(write.text, saved);
+            }
+
+            /// Text others inserted since the base survives any save, in one piece.
+            #[test]
+            fn concurrent_insertions_survive(base in any_text(), saved in any_text(), at in 0usize..25) {
+                let doc = doc_with(&base, 1);
+                let marker = "[XYZ]";
+                let root = doc.get_or_insert_text(ROOT);
+                {
+                    let mut txn = doc.transact_mut();
+                    let chars = base.chars().count();
+                    let units: u32 = base.chars().take(at.min(chars)).map(|c| c.len_utf16() as u32).sum();
+                    root.insert(&mut txn, units, marker);
+                }
+                let write = write_update(&state(&doc), ROOT, &base, &saved, 99, None).expect("writes");
+                if let Some(update) = write.update {
+                    apply_update(&doc, &update);
+                }
+                let merged = text(&doc);
+                prop_assert!(merged.contains(marker), "{merged:?}");
+                prop_assert_eq!(merged.replacen(marker, "", 1), saved);
+            }
+        }
+    }
 }
