@@ -484,6 +484,16 @@ fn user(sub: &str) -> tandem_store::UserRecord {
             .collect(),
         admin: sub == "root",
         created_ms: 1_795_400_000_000,
+        app_passwords: (sub == "ada")
+            .then(|| tandem_store::AppPasswordRecord {
+                id: "a1b2c3d4e5f6".into(),
+                label: "laptop".into(),
+                secret_sha256: [9; 32],
+                created_ms: 1_795_400_000_001,
+                last_used_ms: 1_795_400_360_000,
+            })
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -503,7 +513,25 @@ async fn postgres_accounts_answer_as_the_store_does() {
             ..user("ada")
         };
         table.put_user(&changed).unwrap();
+        // A change made from what is stored, as app passwords are added and revoked.
+        let added = table
+            .modify_user("ada", &mut |current| {
+                let mut user = current?.clone();
+                user.app_passwords.push(tandem_store::AppPasswordRecord {
+                    id: "0f0f0f0f0f0f".into(),
+                    label: "rclone".into(),
+                    secret_sha256: [3; 32],
+                    created_ms: 5,
+                    last_used_ms: 0,
+                });
+                Some(user)
+            })
+            .unwrap();
+        let untouched = table
+            .modify_user("nobody", &mut |current| current.cloned())
+            .unwrap();
         answers.push((
+            (added, untouched),
             table.get_user("ada").unwrap(),
             table.get_user("nobody").unwrap(),
             table.list_users().unwrap(),
@@ -514,7 +542,11 @@ async fn postgres_accounts_answer_as_the_store_does() {
         ));
     }
     assert_eq!(answers[0], answers[1]);
-    assert_eq!(answers[1].2.len(), 3);
+    assert_eq!(answers[1].3.len(), 3);
+    let ada = answers[1].1.as_ref().expect("ada");
+    assert_eq!(ada.app_passwords.len(), 2);
+    assert_eq!(ada.app_passwords[1].label, "rclone");
+    assert_eq!(answers[1].0.1, None);
 }
 
 fn entry(id: u64, path: &str, actor: &str, started_ms: u64) -> tandem_store::ActivityEntry {

@@ -232,7 +232,7 @@ mod tests {
         ];
         assert_eq!(
             format_app_passwords(&apps),
-            "a1b2c3d4e5f6  \"laptop\"  created 2026-11-23T22:40:00Z  last used 2026-11-23T23:40:00Z\n\
+            "a1b2c3d4e5f6  \"laptop\"  created 2026-11-23T02:13:20Z  last used 2026-11-23T03:13:20Z\n\
              0f0f0f0f0f0f  \"rclone\"  created 1970-01-01T00:00:00Z  never used"
         );
         assert_eq!(format_app_passwords(&[]), "no app passwords");
