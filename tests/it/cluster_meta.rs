@@ -473,6 +473,75 @@ impl Both {
     }
 }
 
+/// `method path` on `node` with an admin token and a JSON `body`.
+async fn admin_call(node: &TestServer, method: &str, path: String, body: &str) -> HttpResponse {
+    let admin = bearer(&node.admin_token());
+    node.request(
+        method,
+        &path,
+        &[
+            ("Authorization", &admin),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// App passwords live with the account in Postgres: made on one node, they are listed on the
+/// other, survive a change of the account there, and a revocation on either holds for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_made_on_one_node_are_listed_and_revoked_on_another() {
+    let cluster = Cluster::start();
+    let one = cluster.node(with_accounts).await;
+    let two = cluster.node(with_accounts).await;
+    let created = put_user(&one, "ada", &json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let apps = || "/api/users/ada/app-passwords".to_owned();
+    let made = admin_call(&one, "POST", apps(), r#"{"label":"laptop"}"#).await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let id = made.json()["id"].as_str().expect("id").to_owned();
+    let kept = admin_call(&one, "POST", apps(), r#"{"label":"rclone"}"#).await;
+    assert_eq!(kept.status, 201, "{}", kept.text());
+    // A change of the account on the other node keeps them.
+    let renamed = put_user(&two, "ada", &json!({ "name": "Ada L." })).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
+    let labels = |response: HttpResponse| -> Vec<String> {
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()["app_passwords"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|app| app["label"].as_str().expect("label").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        labels(admin_call(&two, "GET", apps(), "").await),
+        ["laptop", "rclone"]
+    );
+    let revoked = admin_call(
+        &two,
+        "DELETE",
+        format!("/api/users/ada/app-passwords/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(
+        labels(admin_call(&one, "GET", apps(), "").await),
+        ["rclone"]
+    );
+    let again = admin_call(
+        &one,
+        "DELETE",
+        format!("/api/users/ada/app-passwords/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(again.status, 404, "{}", again.text());
+    assert_eq!(again.json()["error"], "app_password_not_found");
+}
+
 fn user(sub: &str) -> tandem_store::UserRecord {
     tandem_store::UserRecord {
         sub: sub.into(),
