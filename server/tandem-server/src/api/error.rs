@@ -171,6 +171,10 @@ fn account_status_and_code(error: &AccountError) -> (StatusCode, &'static str) {
         AccountError::SessionTooOld => (StatusCode::UNAUTHORIZED, "session_expired"),
         AccountError::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
         AccountError::BadUser(_) => (StatusCode::BAD_REQUEST, "bad_user"),
+        AccountError::TooManyAppPasswords(_) => (StatusCode::CONFLICT, "too_many_app_passwords"),
+        AccountError::AppPasswordNotFound { .. } => {
+            (StatusCode::NOT_FOUND, "app_password_not_found")
+        }
         // Mapped to `Internal` or `InsufficientStorage` by `From`; never wrapped.
         AccountError::Store(_) | AccountError::Internal => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -139,6 +139,16 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
                 .delete(accounts::delete_user)
                 .layer(account_body_limit()),
         )
+        .route(
+            "/api/users/{sub}/app-passwords",
+            get(accounts::list_app_passwords)
+                .post(accounts::add_app_password)
+                .layer(account_body_limit()),
+        )
+        .route(
+            "/api/users/{sub}/app-passwords/{id}",
+            delete(accounts::delete_app_password).layer(account_body_limit()),
+        )
         .merge(files::routes())
         .route("/api/activity", get(activity::feed))
         .route(

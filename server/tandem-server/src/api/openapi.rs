@@ -59,6 +59,9 @@ use super::{
         accounts::list_users,
         accounts::put_user,
         accounts::delete_user,
+        accounts::list_app_passwords,
+        accounts::add_app_password,
+        accounts::delete_app_password,
         files::list_files,
         files::list_versions,
         files::move_file,
@@ -521,11 +524,18 @@ pub(crate) struct UserList {
     users: Vec<crate::accounts::UserView>,
 }
 
-/// `DELETE /api/users/{sub}`.
+/// `GET /api/users/{sub}/app-passwords`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AppPasswordList {
+    app_passwords: Vec<crate::accounts::AppPasswordView>,
+}
+
+/// `DELETE /api/users/{sub}`, `DELETE /api/users/{sub}/app-passwords/{id}`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct Removed {
-    /// The account removed.
+    /// The account (or app password id) removed.
     removed: String,
 }
 
