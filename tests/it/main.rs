@@ -19,6 +19,7 @@ mod cluster_s3;
 mod damaged_store;
 mod dav;
 mod disk_full;
+mod doc_text;
 mod events;
 mod files;
 mod history;

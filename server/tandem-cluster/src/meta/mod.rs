@@ -30,6 +30,8 @@ use tandem_store::StoreError;
 pub(crate) const ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION: &str = users::MIGRATION;
 /// Files and history.
 pub(crate) const FILES_HISTORY_MIGRATION: &str = files::MIGRATION;
+/// The accounts' app passwords.
+pub(crate) const APP_PASSWORDS_MIGRATION: &str = users::APP_PASSWORDS_MIGRATION;
 
 /// The services' tables in Postgres. Cheap to share (`Arc`).
 pub struct PgMeta {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::accounts::AccountError;
 use crate::auth::AuthError;
+use crate::doc_text::DocTextError;
 use crate::error_id;
 use crate::files::FileError;
 use crate::webhook::WebhookError;
@@ -84,6 +85,10 @@ pub(crate) enum ApiError {
         code: &'static str,
         message: String,
     },
+    #[error("the body is not UTF-8 text")]
+    NotUtf8,
+    #[error("{0}")]
+    NotPlainText(String),
 }
 
 impl ApiError {
@@ -100,6 +105,20 @@ impl ApiError {
         } else {
             tracing::error!(%error, what, "store operation failed");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<DocTextError> for ApiError {
+    fn from(error: DocTextError) -> Self {
+        match error {
+            DocTextError::Hub(error) => error.into(),
+            DocTextError::NotPlainText(message) => ApiError::NotPlainText(message),
+            DocTextError::Refused(ProtocolError::DocTooLarge { max, .. }) => {
+                ApiError::DocTooLarge { max }
+            }
+            DocTextError::Refused(other) => ApiError::BadUpdate(other),
+            DocTextError::Internal => ApiError::Internal,
         }
     }
 }
@@ -160,6 +179,10 @@ fn account_status_and_code(error: &AccountError) -> (StatusCode, &'static str) {
         AccountError::SessionTooOld => (StatusCode::UNAUTHORIZED, "session_expired"),
         AccountError::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
         AccountError::BadUser(_) => (StatusCode::BAD_REQUEST, "bad_user"),
+        AccountError::TooManyAppPasswords(_) => (StatusCode::CONFLICT, "too_many_app_passwords"),
+        AccountError::AppPasswordNotFound { .. } => {
+            (StatusCode::NOT_FOUND, "app_password_not_found")
+        }
         // Mapped to `Internal` or `InsufficientStorage` by `From`; never wrapped.
         AccountError::Store(_) | AccountError::Internal => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -244,6 +267,8 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
             ApiError::WebDav { status, code, .. } => (*status, code),
+            ApiError::NotUtf8 => (StatusCode::BAD_REQUEST, "not_utf8"),
+            ApiError::NotPlainText(_) => (StatusCode::CONFLICT, "not_plain_text"),
         }
     }
 }
