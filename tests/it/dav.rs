@@ -676,7 +676,7 @@ async fn write_doc(server: &TestServer, doc: &str, text: &str) {
 }
 
 #[tokio::test]
-async fn documents_are_text_files_whose_etag_follows_edits() {
+async fn documents_are_text_files_saved_as_merged_edits() {
     let server = TestServer::start().await;
     write_doc(&server, "team/notes.md", "# Notes\n").await;
     let get = dav(&server, "GET", "/team/notes.md", &[], b"").await;
@@ -704,6 +704,59 @@ async fn documents_are_text_files_whose_etag_follows_edits() {
     write_doc(&server, "team/notes.md", "More. ").await;
     let again = dav(&server, "GET", "/team/notes.md", &[], b"").await;
     assert_ne!(again.header("etag"), Some(first.as_str()));
+    // A save merges with what others typed since the text it started from.
+    let base = dav(&server, "GET", "/team/notes.md", &[], b"").await;
+    let base_text = base.text().to_owned();
+    let base_tag = base.header("etag").expect("etag").to_owned();
+    write_doc(&server, "team/notes.md", "Typed live. ").await;
+    let saved = dav(
+        &server,
+        "PUT",
+        "/team/notes.md",
+        &[("If-Match", &base_tag)],
+        format!("{base_text}Saved from an editor.\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(saved.status, 204, "{}", saved.text());
+    let merged = dav(&server, "GET", "/team/notes.md", &[], b"").await;
+    let merged = merged.text();
+    assert!(merged.contains("Typed live. "), "{merged}");
+    assert!(merged.contains("Saved from an editor.\n"), "{merged}");
+    assert!(merged.contains("# Notes"), "{merged}");
+    // Not UTF-8: refused, nothing changes.
+    let bad = dav(&server, "PUT", "/team/notes.md", &[], &[0xff, 0xfe, 0x00]).await;
+    assert_eq!((bad.status, error_code(&bad).as_str()), (400, "not_utf8"));
+    assert_eq!(
+        dav(&server, "GET", "/team/notes.md", &[], b"").await.text(),
+        merged
+    );
+    // An editor's save through a temporary file renamed over the document edits it.
+    let temp = format!("{merged}Renamed in.\n");
+    assert_eq!(
+        dav(&server, "PUT", "/team/.notes.md.tmp", &[], temp.as_bytes())
+            .await
+            .status,
+        201
+    );
+    let renamed = dav(
+        &server,
+        "MOVE",
+        "/team/.notes.md.tmp",
+        &[("Destination", "/dav/team/notes.md")],
+        b"",
+    )
+    .await;
+    assert_eq!(renamed.status, 204, "{}", renamed.text());
+    assert_eq!(
+        dav(&server, "GET", "/team/notes.md", &[], b"").await.text(),
+        temp
+    );
+    assert_eq!(
+        dav(&server, "GET", "/team/.notes.md.tmp", &[], b"")
+            .await
+            .status,
+        404
+    );
     // A document is not deleted, moved or replaced by a folder over WebDAV.
     let deleted = dav(&server, "DELETE", "/team/notes.md", &[], b"").await;
     assert_eq!(

@@ -261,16 +261,16 @@ fn time_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Live documents as text: the one place the adapter reads and writes them.
-///
-/// Reading takes the doc's root text `content` from the hub's snapshot; writing is refused
-/// until the document-as-text service is wired in here.
+/// Live documents as text: the one place the adapter reads and writes them, through the
+/// document-as-text service (`doc_text/`): reads take the root text `content`, saves become
+/// the smallest change from the text the client last read, merged through the doc's owner.
 #[derive(Clone)]
 pub(crate) struct DocFiles {
     state: AppState,
 }
 
-/// A document's text and the tag of that exact text.
+/// A document's text and the tag of that exact text (unquoted, as dav-server's metadata wants
+/// it; it quotes it itself).
 pub(crate) struct DocTextState {
     pub(crate) text: String,
     pub(crate) etag: String,
@@ -278,38 +278,42 @@ pub(crate) struct DocTextState {
 
 impl DocFiles {
     async fn read(&self, doc: &DocId) -> Result<Option<DocTextState>, ApiError> {
-        let Some(snapshot) = self.state.hub.snapshot(doc).await? else {
-            return Ok(None);
-        };
-        let text = snapshot
-            .json
-            .get("content")
-            .and_then(|value| value.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let etag = text_etag(&text);
-        Ok(Some(DocTextState { text, etag }))
+        let state = self.state.doc_text.read(doc).await?;
+        Ok(state.map(|state| DocTextState {
+            etag: unquote(&state.etag),
+            text: state.text,
+        }))
     }
 
     async fn write(
         &self,
-        _doc: &DocId,
-        _if_match: Option<&str>,
-        _text: &str,
-        _actor: Actor,
+        doc: &DocId,
+        if_match: Option<&str>,
+        text: &str,
+        actor: Actor,
     ) -> Result<DocTextState, ApiError> {
-        Err(ApiError::WebDav {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: "doc_write_unsupported",
-            message: "documents cannot be written through WebDAV on this server yet".into(),
+        let name = actor.name.clone();
+        let state = self
+            .state
+            .doc_text
+            .write(doc, if_match, text, actor)
+            .await?;
+        tracing::info!(doc = %doc, by = name, bytes = text.len(), "document saved over webdav");
+        Ok(DocTextState {
+            etag: unquote(&state.etag),
+            text: state.text,
         })
     }
 }
 
-/// A tag of a text: the first 16 bytes of its SHA-256 in hex.
-fn text_etag(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(text.as_bytes())[..16])
+/// An entity tag without its quotes.
+fn unquote(tag: &str) -> String {
+    tag.trim_matches('"').to_owned()
+}
+
+/// The tag of the empty text, for a document that exists only as an open, empty doc.
+fn empty_etag() -> String {
+    unquote(&crate::doc_text::etag_of(""))
 }
 
 /// The workspace as a WebDAV file system. Cheap to clone (dav-server clones it per request).
@@ -471,7 +475,7 @@ impl TandemFs {
                     .read(&doc)
                     .await
                     .map_err(|error| user.refuse(error))?;
-                let (len, etag) = text.map_or((0, text_etag("")), |text| {
+                let (len, etag) = text.map_or((0, empty_etag()), |text| {
                     (text.text.len() as u64, text.etag)
                 });
                 Meta {
@@ -615,6 +619,76 @@ impl TandemFs {
             meta: None,
         })
     }
+}
+
+impl TandemFs {
+    /// A `COPY` or `MOVE` of the file at `source` onto the document at `doc`: the file's bytes
+    /// become the document's text, merged like a PUT of them (no base: the current text), and
+    /// a MOVE then deletes the file. Editors that save to a temporary file and rename it over
+    /// the original so keep editing the live document instead of replacing it.
+    pub(crate) async fn file_onto_doc(
+        &self,
+        source: &str,
+        doc: &str,
+        remove_source: bool,
+        user: &DavUser,
+    ) -> Result<String, ApiError> {
+        let forbidden = |path: &str| ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "read_only",
+            message: format!("your role does not allow changing {path:?}"),
+        };
+        if !user.can_write(doc) {
+            return Err(forbidden(doc));
+        }
+        if remove_source && !user.can_write(source) {
+            return Err(forbidden(source));
+        }
+        let listing = self.listing(user).await.map_err(|_| ApiError::Internal)?;
+        let Some(Node::File(file)) = listing.node(source) else {
+            return Err(ApiError::File(FileError::NotFound));
+        };
+        if file.size > MAX_DOC_PUT_BYTES as u64 {
+            return Err(ApiError::DocTooLarge {
+                max: MAX_DOC_PUT_BYTES as u64,
+            });
+        }
+        let (reader, len) = self
+            .state
+            .files
+            .open_blob(&file.sha256)
+            .await?
+            .ok_or(ApiError::File(FileError::NotFound))?;
+        let mut stream = reader.stream(0, len).await?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|_| ApiError::StorageFault)?);
+        }
+        let text = String::from_utf8(bytes).map_err(|_| not_utf8(doc))?;
+        let doc_id = DocId::new(doc).map_err(ApiError::BadDocName)?;
+        let saved = self
+            .docs
+            .write(&doc_id, None, &text, user.actor.clone())
+            .await?;
+        if remove_source {
+            self.remove_file_at(source, user)
+                .await
+                .map_err(|_| ApiError::Internal)?;
+            if self.state.tables.dav.is_some() {
+                let path = source.to_owned();
+                let _ = self
+                    .with_dav(user, move |dav| dav.remove_dav_tree(&path))
+                    .await;
+            }
+        }
+        user.forget_listing();
+        Ok(saved.etag)
+    }
+}
+
+fn not_utf8(doc: &str) -> ApiError {
+    tracing::debug!(doc, "a document save that is not UTF-8 was refused");
+    ApiError::NotUtf8
 }
 
 /// Refuses a name no new file or doc may take (`name.rs`, the `DocId` rules).
@@ -1545,16 +1619,8 @@ impl DavFile for DocWriter {
                 return Ok(());
             }
             let body = std::mem::take(&mut self.body);
-            let text = String::from_utf8(body).map_err(|_| {
-                self.user.refuse(ApiError::WebDav {
-                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    code: "not_utf8",
-                    message: format!(
-                        "{} is a live document: its new content must be UTF-8 text",
-                        self.doc
-                    ),
-                })
-            })?;
+            let text = String::from_utf8(body)
+                .map_err(|_| self.user.refuse(not_utf8(self.doc.as_str())))?;
             let state = self
                 .docs
                 .write(

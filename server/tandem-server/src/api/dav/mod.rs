@@ -188,6 +188,31 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
     {
         guard::check_copy_move(&path, destination)?;
         check_replacement(dav, &method, &path, destination, &user).await?;
+        if dav.fs.kind(&path, &user).await? == Some(fs::Kind::File)
+            && dav.fs.kind(destination, &user).await? == Some(fs::Kind::Document)
+        {
+            if parts
+                .headers
+                .get("overwrite")
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"F"))
+            {
+                return Ok(StatusCode::PRECONDITION_FAILED.into_response());
+            }
+            let etag = dav
+                .fs
+                .file_onto_doc(&path, destination, method.as_str() == "MOVE", &user)
+                .await?;
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+            return Ok(response);
+        }
+    }
+    // A PUT to a document merges from the text its `If-Match` names (`user.if_match`), so an
+    // older tag is no reason to refuse it: dav-server does not see the header.
+    if method == Method::PUT && dav.fs.kind(&path, &user).await? == Some(fs::Kind::Document) {
+        parts.headers.remove(header::IF_MATCH);
     }
 
     // Every body but a PUT's is read here, capped and checked, before any XML parser sees it.
