@@ -132,13 +132,48 @@ async fn litmus_basic_copymove_props_and_http_pass() {
     litmus(&url, "someone", "anything", "basic copymove props http").await;
 }
 
-/// The same suite signing in with HTTP Basic as an account, on a server that requires it.
+/// The same suite signing in with HTTP Basic as an account, with one of its app passwords, on
+/// a server that requires credentials; once revoked, the app password opens nothing.
 #[tokio::test]
-async fn litmus_passes_with_an_accounts_basic_credentials() {
+async fn litmus_passes_with_an_app_password_until_it_is_revoked() {
     let server = TestServer::start_jwt(|_| {}).await;
     make_account(&server, "ada", json!({ "*": "write" })).await;
+    let admin = server.admin_token();
+    let made = server
+        .request(
+            "POST",
+            "/api/users/ada/app-passwords",
+            &[
+                ("Authorization", &bearer(&admin)),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"label": "litmus"}"#,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let secret = made.json()["secret"].as_str().expect("secret").to_owned();
+    let id = made.json()["id"].as_str().expect("id").to_owned();
     let url = server.url("/dav/");
-    litmus(&url, "ada", PASSWORD, "basic copymove").await;
+    litmus(&url, "ada", &secret, "basic copymove").await;
+
+    let removed = server
+        .request(
+            "DELETE",
+            &format!("/api/users/ada/app-passwords/{id}"),
+            &[("Authorization", &bearer(&admin))],
+            b"",
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let refused = dav(
+        &server,
+        "PROPFIND",
+        "/",
+        &[("Authorization", &basic("ada", &secret)), ("Depth", "0")],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
 }
 
 async fn make_account(server: &TestServer, sub: &str, docs: serde_json::Value) {
@@ -541,6 +576,16 @@ async fn folders_and_dead_properties_survive_a_restart() {
     assert!(props.text().contains(">blue</colour>"), "{}", props.text());
 }
 
+/// Method, path, headers, body, expected status, expected error code (or XML element).
+type BadCase = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     let server = TestServer::start().await;
@@ -549,7 +594,7 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     dav(&server, "PUT", "/keep/child/a.txt", &[], b"precious").await;
     dav(&server, "PUT", "/file.txt", &[], b"file").await;
 
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("PROPFIND", "/", vec![("Depth", "0".into())], b"<D:propfind xmlns:D=\"DAV:\"><D:prop>".to_vec(), 400, ""),
         (
             "PROPFIND",

@@ -587,7 +587,7 @@ impl TandemFs {
 
     /// Opens a file for writing: the body goes to the upload path every PUT takes
     /// ([`store_put`]), run by a tracked task that reads it from a bounded queue.
-    fn file_writer(&self, path: DocId, size: Option<u64>, user: &DavUser) -> Box<dyn DavFile> {
+    fn file_writer(&self, path: &DocId, size: Option<u64>, user: &DavUser) -> Box<dyn DavFile> {
         let (tx, rx) = mpsc::channel::<PutChunk>(PUT_QUEUE_CHUNKS);
         let (done_tx, done_rx) = oneshot::channel();
         let put = PutRequest {
@@ -767,7 +767,7 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                     }
                     let doc = check_new_name(&path, user)?;
                     user.forget_listing();
-                    Ok(self.file_writer(doc, options.size, user))
+                    Ok(self.file_writer(&doc, options.size, user))
                 }
             }
         }
@@ -1086,7 +1086,7 @@ impl GuardedFileSystem<DavUser> for TandemFs {
             let props = self.with_dav(user, move |dav| dav.dav_props(&path)).await?;
             Ok(props
                 .iter()
-                .filter_map(|prop| decode_prop(prop))
+                .filter_map(decode_prop)
                 .map(|mut prop| {
                     if !do_content {
                         prop.xml = None;

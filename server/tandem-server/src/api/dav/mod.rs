@@ -89,7 +89,9 @@ fn lock_system(_state: &AppState) -> Box<dyn DavLockSystem> {
 }
 
 /// Checks HTTP Basic credentials against the accounts: the one place a WebDAV password is
-/// verified (rate-limited per account and address like `POST /api/login`).
+/// verified. The account's password or one of its app passwords, rate-limited per account and
+/// address like `POST /api/login`, and remembered briefly so a client's many requests do not
+/// each pay a hash (`Accounts::verify_basic`).
 async fn verify_basic(
     state: &AppState,
     name: &str,
@@ -98,7 +100,7 @@ async fn verify_basic(
 ) -> Result<Claims, ApiError> {
     let user = state
         .accounts
-        .sign_in(name, password, address)
+        .verify_basic(name, password, address)
         .await
         .map_err(ApiError::Account)?;
     state
