@@ -34,7 +34,6 @@ use super::error::ApiError;
 use crate::accounts::AccountError;
 use crate::auth::{AuthError, AuthMode, Claims, Role, token_from};
 use crate::proxy::ClientAddr;
-use tandem_hub::Actor;
 
 pub(crate) use fs::DavUser;
 
@@ -169,10 +168,13 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         None => None,
     };
     let claims = authenticate(state, &parts.headers, &parts.uri, address).await?;
-    let actor = match &claims {
-        Some(claims) => Actor::from_identity(Some(&claims.identity()), "anonymous"),
-        None => Actor::from_identity(None, "anonymous"),
+    // With authentication off, the name in `X-Tandem-User`, as for the rest of the API.
+    let grant = crate::auth::Grant {
+        role: Role::Admin,
+        identity: claims.as_ref().map(Claims::identity),
+        expires_at: None,
     };
+    let actor = super::events::actor_of_request(&grant, &parts.headers);
     let if_match = parts
         .headers
         .get(header::IF_MATCH)
