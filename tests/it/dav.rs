@@ -509,11 +509,54 @@ async fn a_put_is_an_upload_announced_like_any_other() {
         versions.json()["versions"].as_array().map(Vec::len),
         Some(2)
     );
+    // An editor's save through a temporary file renamed over the file keeps its versions.
+    dav(&server, "PUT", "/builds/.app.zip.part", &[], b"PK-bytes-3").await;
+    let renamed = dav(
+        &server,
+        "MOVE",
+        "/builds/.app.zip.part",
+        &[("Destination", "/dav/builds/app.zip")],
+        b"",
+    )
+    .await;
+    assert_eq!(renamed.status, 204, "{}", renamed.text());
+    let versions = server
+        .request("GET", "/api/file-versions/builds/app.zip", &[], b"")
+        .await;
+    assert_eq!(
+        versions.json()["versions"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let current = dav(&server, "GET", "/builds/app.zip", &[], b"").await;
+    assert_eq!(current.body, b"PK-bytes-3");
+    assert_eq!(
+        dav(&server, "GET", "/builds/.app.zip.part", &[], b"")
+            .await
+            .status,
+        404
+    );
+    // With Overwrite: F the existing file is left alone.
+    dav(&server, "PUT", "/builds/other.zip", &[], b"other").await;
+    let kept = dav(
+        &server,
+        "COPY",
+        "/builds/other.zip",
+        &[("Destination", "/dav/builds/app.zip"), ("Overwrite", "F")],
+        b"",
+    )
+    .await;
+    assert_eq!(kept.status, 412);
+    assert_eq!(
+        dav(&server, "GET", "/builds/app.zip", &[], b"").await.body,
+        b"PK-bytes-3"
+    );
     // DELETE announces too.
     let deleted = dav(&server, "DELETE", "/builds/app.zip", &[], b"").await;
     assert_eq!(deleted.status, 204);
-    let event = events.next_of("file_deleted").await;
-    assert_eq!(event["path"], "builds/app.zip", "{event}");
+    let event = events
+        .next_matching(|event| event["type"] == "file_deleted" && event["path"] == "builds/app.zip")
+        .await;
+    assert_eq!(event["actor"]["name"], "anonymous", "{event}");
 }
 
 #[tokio::test]

@@ -686,6 +686,49 @@ impl TandemFs {
     }
 }
 
+impl TandemFs {
+    /// A `COPY` or `MOVE` of the file at `source` onto the existing file at `destination`: the
+    /// source's current bytes become the destination's next version, so the destination keeps
+    /// its history (dav-server would delete it, versions and all, before copying); a MOVE then
+    /// deletes the source. Dead properties follow as for any copy or move.
+    pub(crate) async fn file_onto_file(
+        &self,
+        source: &str,
+        destination: &str,
+        remove_source: bool,
+        user: &DavUser,
+    ) -> Result<String, ApiError> {
+        let forbidden = |path: &str| ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "read_only",
+            message: format!("your role does not allow changing {path:?}"),
+        };
+        if !user.can_write(destination) {
+            return Err(forbidden(destination));
+        }
+        if remove_source && !user.can_write(source) {
+            return Err(forbidden(source));
+        }
+        let entry = self
+            .state
+            .files
+            .copy_file(source, destination, user.uploader())
+            .await?;
+        tracing::info!(source, destination, "file stored over another over webdav");
+        super::super::files::publish_uploaded(&self.state, &entry);
+        if remove_source {
+            self.remove_file_at(source, user)
+                .await
+                .map_err(|_| ApiError::Internal)?;
+        }
+        self.carry_dav_rows(source, destination, !remove_source, user)
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        user.forget_listing();
+        Ok(entry.current().sha256.clone())
+    }
+}
+
 fn not_utf8(doc: &str) -> ApiError {
     tracing::debug!(doc, "a document save that is not UTF-8 was refused");
     ApiError::NotUtf8

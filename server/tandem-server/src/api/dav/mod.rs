@@ -59,23 +59,48 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 struct Dav {
     state: AppState,
     fs: fs::TandemFs,
+    /// The handler's lock system (a clone sharing its state), asked by the front door before
+    /// it answers a COPY or MOVE itself.
+    locks: Box<dyn DavLockSystem>,
     handler: DavHandler<DavUser>,
 }
 
 impl Dav {
     fn new(state: &AppState) -> Dav {
         let fs = fs::TandemFs::new(state.clone());
+        let locks = lock_system(state);
         let handler = DavHandler::builder()
             .strip_prefix(PREFIX)
             .filesystem(Box::new(fs.clone()))
-            .locksystem(lock_system(state))
+            .locksystem(locks.clone())
             .autoindex(false)
             .build_handler();
         Dav {
             state: state.clone(),
             fs,
+            locks,
             handler,
         }
+    }
+}
+
+impl Dav {
+    /// Whether the lock system holds a lock covering workspace path `path`.
+    async fn is_locked(&self, path: &str) -> bool {
+        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+        let encoded: Vec<String> = path
+            .split('/')
+            .map(|segment| utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string())
+            .collect();
+        let Ok(mut dav_path) =
+            dav_server::davpath::DavPath::new(&format!("{PREFIX}/{}", encoded.join("/")))
+        else {
+            return true;
+        };
+        if dav_path.set_prefix(PREFIX).is_err() {
+            return true;
+        }
+        !self.locks.discover(&dav_path).await.is_empty()
     }
 }
 
@@ -192,8 +217,20 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
     {
         guard::check_copy_move(&path, destination)?;
         check_replacement(dav, &method, &path, destination, &user).await?;
-        if dav.fs.kind(&path, &user).await? == Some(fs::Kind::File)
-            && dav.fs.kind(destination, &user).await? == Some(fs::Kind::Document)
+        let onto = match (
+            dav.fs.kind(&path, &user).await?,
+            dav.fs.kind(destination, &user).await?,
+        ) {
+            (Some(fs::Kind::File), Some(kind @ (fs::Kind::Document | fs::Kind::File))) => {
+                Some(kind)
+            }
+            _ => None,
+        };
+        // Anything locked on either end goes the protocol's way, where the `If` header's tokens
+        // are checked against the locks.
+        if let Some(kind) = onto
+            && !dav.is_locked(&path).await
+            && !dav.is_locked(destination).await
         {
             if parts
                 .headers
@@ -202,10 +239,16 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
             {
                 return Ok(StatusCode::PRECONDITION_FAILED.into_response());
             }
-            let etag = dav
-                .fs
-                .file_onto_doc(&path, destination, method.as_str() == "MOVE", &user)
-                .await?;
+            let remove_source = method.as_str() == "MOVE";
+            let etag = if kind == fs::Kind::Document {
+                dav.fs
+                    .file_onto_doc(&path, destination, remove_source, &user)
+                    .await?
+            } else {
+                dav.fs
+                    .file_onto_file(&path, destination, remove_source, &user)
+                    .await?
+            };
             let mut response = StatusCode::NO_CONTENT.into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
                 response.headers_mut().insert(header::ETAG, value);
