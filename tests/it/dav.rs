@@ -460,6 +460,8 @@ async fn a_put_is_an_upload_announced_like_any_other() {
     assert_eq!(mkcol.status, 201);
     let put = dav(&server, "PUT", "/builds/app.zip", &[], b"PK-bytes").await;
     assert_eq!(put.status, 201, "{}", put.text());
+    let options = dav(&server, "OPTIONS", "/builds/app.zip", &[], b"").await;
+    assert_eq!(options.header("dav"), Some("1, 2"));
     let event = events.next_of("file_uploaded").await;
     assert_eq!(event["path"], "builds/app.zip", "{event}");
     assert_eq!(event["size"], 8);
@@ -853,4 +855,33 @@ async fn documents_are_text_files_saved_as_merged_edits() {
     );
     let still = dav(&server, "GET", "/team/notes.md", &[], b"").await;
     assert_eq!(still.status, 200);
+}
+
+/// Cluster mode has no WebDAV table yet: files, documents and folders made by names work on
+/// any node, and `MKCOL` and `PROPPATCH` are refused with the documented 501, changing nothing.
+#[tokio::test]
+async fn in_cluster_mode_files_work_on_every_node_and_what_needs_the_table_is_refused() {
+    let cluster = crate::cluster::Cluster::start();
+    let a = cluster.node(|_| {}).await;
+    let b = cluster.node(|_| {}).await;
+    let put = dav(&a, "PUT", "/shared.txt", &[], b"from a").await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let read = dav(&b, "GET", "/shared.txt", &[], b"").await;
+    assert_eq!((read.status, read.body.as_slice()), (200, b"from a".as_slice()));
+    let listing = dav(&b, "PROPFIND", "/", &[("Depth", "1")], b"").await;
+    assert!(listing.text().contains("/dav/shared.txt"), "{}", listing.text());
+    let mkcol = dav(&b, "MKCOL", "/new", &[], b"").await;
+    assert_eq!((mkcol.status, error_code(&mkcol).as_str()), (501, "dav_cluster_unsupported"));
+    let patch = dav(
+        &a,
+        "PROPPATCH",
+        "/shared.txt",
+        &[],
+        br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><x xmlns="urn:t">1</x></D:prop></D:set></D:propertyupdate>"#,
+    )
+    .await;
+    assert_eq!((patch.status, error_code(&patch).as_str()), (501, "dav_cluster_unsupported"));
+    let moved = dav(&b, "MOVE", "/shared.txt", &[("Destination", "/dav/moved.txt")], b"").await;
+    assert_eq!(moved.status, 201, "{}", moved.text());
+    assert_eq!(dav(&a, "GET", "/moved.txt", &[], b"").await.body, b"from a");
 }

@@ -73,6 +73,8 @@ impl Dav {
             .strip_prefix(PREFIX)
             .filesystem(Box::new(fs.clone()))
             .locksystem(locks.clone())
+            // No partial updates (SabreDAV's PATCH): every change of a file is a whole version.
+            .methods(methods_served())
             .autoindex(false)
             .build_handler();
         Dav {
@@ -82,6 +84,13 @@ impl Dav {
             handler,
         }
     }
+}
+
+/// Every method dav-server knows but `PATCH`.
+fn methods_served() -> dav_server::DavMethodSet {
+    let mut methods = dav_server::DavMethodSet::all();
+    methods.remove(dav_server::DavMethod::Patch);
+    methods
 }
 
 impl Dav {
@@ -289,6 +298,14 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
     let status = response.status();
+    let mut response = response;
+    if method == Method::OPTIONS {
+        // dav-server names classes and extensions it has but this server does not serve
+        // (SabreDAV's partial PATCH); the classes served are 1 and 2.
+        response
+            .headers_mut()
+            .insert("dav", HeaderValue::from_static("1, 2"));
+    }
     if let Some(error) = held
         && (status.is_client_error() || status.is_server_error())
     {
