@@ -52,6 +52,8 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/dav", any(serve).with_state(dav.clone()))
         .route("/dav/", any(serve).with_state(dav.clone()))
         .route("/dav/{*path}", any(serve).with_state(dav))
+        // Each refusal is logged once, as everywhere in the API.
+        .layer(axum::middleware::from_fn(super::error::log_api_errors))
 }
 
 /// The handler's state: the app's, and the dav-server handler configured once.
