@@ -867,11 +867,21 @@ async fn in_cluster_mode_files_work_on_every_node_and_what_needs_the_table_is_re
     let put = dav(&a, "PUT", "/shared.txt", &[], b"from a").await;
     assert_eq!(put.status, 201, "{}", put.text());
     let read = dav(&b, "GET", "/shared.txt", &[], b"").await;
-    assert_eq!((read.status, read.body.as_slice()), (200, b"from a".as_slice()));
+    assert_eq!(
+        (read.status, read.body.as_slice()),
+        (200, b"from a".as_slice())
+    );
     let listing = dav(&b, "PROPFIND", "/", &[("Depth", "1")], b"").await;
-    assert!(listing.text().contains("/dav/shared.txt"), "{}", listing.text());
+    assert!(
+        listing.text().contains("/dav/shared.txt"),
+        "{}",
+        listing.text()
+    );
     let mkcol = dav(&b, "MKCOL", "/new", &[], b"").await;
-    assert_eq!((mkcol.status, error_code(&mkcol).as_str()), (501, "dav_cluster_unsupported"));
+    assert_eq!(
+        (mkcol.status, error_code(&mkcol).as_str()),
+        (501, "dav_cluster_unsupported")
+    );
     let patch = dav(
         &a,
         "PROPPATCH",
@@ -880,8 +890,179 @@ async fn in_cluster_mode_files_work_on_every_node_and_what_needs_the_table_is_re
         br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><x xmlns="urn:t">1</x></D:prop></D:set></D:propertyupdate>"#,
     )
     .await;
-    assert_eq!((patch.status, error_code(&patch).as_str()), (501, "dav_cluster_unsupported"));
-    let moved = dav(&b, "MOVE", "/shared.txt", &[("Destination", "/dav/moved.txt")], b"").await;
+    assert_eq!(
+        (patch.status, error_code(&patch).as_str()),
+        (501, "dav_cluster_unsupported")
+    );
+    let moved = dav(
+        &b,
+        "MOVE",
+        "/shared.txt",
+        &[("Destination", "/dav/moved.txt")],
+        b"",
+    )
+    .await;
     assert_eq!(moved.status, 201, "{}", moved.text());
     assert_eq!(dav(&a, "GET", "/moved.txt", &[], b"").await.body, b"from a");
+}
+
+/// A cadaver session driven line by line: each command is written, then its answer read up to
+/// the line that ends it ("succeeded." or "failed").
+struct Cadaver {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    seen: String,
+}
+
+impl Cadaver {
+    async fn start(url: &str, home: &Path) -> Cadaver {
+        let mut child = tokio::process::Command::new("cadaver")
+            .arg(url)
+            .current_dir(home)
+            .env("HOME", home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cadaver could not be run; is it installed?");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        Cadaver {
+            child,
+            stdin,
+            stdout,
+            seen: String::new(),
+        }
+    }
+
+    /// Runs `command`; returns its output, which must say it succeeded.
+    async fn run(&mut self, command: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("write to cadaver");
+        let start = self.seen.len();
+        let mut buffer = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + tandem_tests::WAIT;
+        loop {
+            let answer = &self.seen[start..];
+            if answer.contains("succeeded.")
+                || answer.contains("failed")
+                || answer.contains("Value of")
+            {
+                let answer = answer.to_owned();
+                assert!(!answer.contains("failed"), "cadaver: {command}: {answer}");
+                return answer;
+            }
+            let n = tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("cadaver: no answer to {command}: {}", &self.seen[start..])
+                })
+                .expect("read cadaver");
+            assert!(
+                n > 0,
+                "cadaver exited during {command}: {}",
+                &self.seen[start..]
+            );
+            self.seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    }
+
+    async fn quit(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stdin.write_all(b"quit\n").await;
+        let _ = tokio::time::timeout(tandem_tests::WAIT, self.child.wait()).await;
+    }
+}
+
+/// cadaver, a stock WebDAV command-line client signing in from `~/.netrc`: put, get, a lock
+/// that makes another user's upload fail with 423 while the holder's own upload goes through,
+/// and unlock, after which the other user may write again.
+#[tokio::test]
+async fn a_cadaver_session_puts_gets_and_locks_out_another_user() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    make_account(&server, "ada", json!({ "*": "write" })).await;
+    make_account(&server, "bob", json!({ "*": "write" })).await;
+    let home = tempfile::tempdir().expect("temp dir");
+    // A script signs in with an app password (a .netrc token cannot hold spaces anyway).
+    let admin = server.admin_token();
+    let made = server
+        .request(
+            "POST",
+            "/api/users/ada/app-passwords",
+            &[
+                ("Authorization", &bearer(&admin)),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"label": "cadaver"}"#,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let secret = made.json()["secret"].as_str().expect("secret").to_owned();
+    let netrc = home.path().join(".netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1\nlogin ada\npassword {secret}\n"),
+    )
+    .expect("netrc");
+    std::fs::set_permissions(&netrc, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    std::fs::write(home.path().join("v1.txt"), "first\n").expect("write");
+    std::fs::write(home.path().join("v2.txt"), "second\n").expect("write");
+    let mut cadaver = Cadaver::start(&server.url("/dav/"), home.path()).await;
+    cadaver.run("put v1.txt notes.txt").await;
+    cadaver.run("get notes.txt back.txt").await;
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("back.txt")).expect("read"),
+        "first\n"
+    );
+
+    cadaver.run("lock notes.txt").await;
+    let bob = basic("bob", PASSWORD);
+    let refused = dav(
+        &server,
+        "PUT",
+        "/notes.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(refused.status, 423, "{}", refused.text());
+    cadaver.run("put v2.txt notes.txt").await;
+    cadaver.run("unlock notes.txt").await;
+    let allowed = dav(
+        &server,
+        "PUT",
+        "/notes.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(allowed.status, 204, "{}", allowed.text());
+    cadaver.run("get notes.txt back.txt").await;
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("back.txt")).expect("read"),
+        "bob's"
+    );
+    cadaver.quit().await;
+    // Three versions: ada's two and bob's.
+    let token = server.token("checker", &[("*", Role::Read)]);
+    let versions = server
+        .request(
+            "GET",
+            "/api/file-versions/notes.txt",
+            &[("Authorization", &bearer(&token))],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        versions.json()["versions"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        versions.text()
+    );
 }
