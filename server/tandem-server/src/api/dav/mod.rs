@@ -220,6 +220,12 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
 
     let method = parts.method.clone();
     guard::check_method(&method, &parts.headers)?;
+    if method.as_str() == "PROPFIND" && !parts.headers.contains_key("depth") {
+        // RFC 4918 reads a missing Depth as infinity, which is refused; clients that leave it
+        // out want a listing, so it is taken as 1 (dav-server alone would leave out the
+        // resource itself).
+        parts.headers.insert("depth", HeaderValue::from_static("1"));
+    }
     if matches!(method.as_str(), "LOCK" | "UNLOCK") && !may_lock(&user, &path) {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
