@@ -27,7 +27,7 @@ use crate::checksum;
 use crate::error::StoreError;
 use crate::schema::{
     ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, AUTHOR_IDS, AUTHORS, BLOBS,
-    DOCS, FILE_USAGE, FILES, META, SNAPSHOTS, UPDATE_AUTHORS, UPDATES, UPLOADS, USERS,
+    DOCS, FILE_USAGE, FILES, LOCKS, META, SNAPSHOTS, UPDATE_AUTHORS, UPDATES, UPLOADS, USERS,
     VERSION_STATES, VERSIONS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS,
 };
 
@@ -157,6 +157,11 @@ fn copy_tables(source: &ReadTransaction, target: &WriteTransaction) -> Result<()
         copy_table(source, target, WEBHOOK_OUTBOX),
     )?;
     copy(WEBHOOK_LOG.name(), copy_table(source, target, WEBHOOK_LOG))?;
+    // Created empty, like `uploads`: a lock is a client's session, not data.
+    copy(
+        LOCKS.name(),
+        target.open_table(LOCKS).map(drop).map_err(Into::into),
+    )?;
     for table in source.list_tables()? {
         if !copied.contains(table.name()) {
             return Err(StoreError::UnknownTable {

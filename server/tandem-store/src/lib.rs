@@ -38,6 +38,7 @@ mod damaged;
 pub mod error;
 mod files;
 mod history;
+mod locks;
 pub mod meta;
 mod record;
 pub mod schema;
@@ -58,6 +59,7 @@ pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
 };
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
+pub use locks::LockRecord;
 use redb::TableHandle;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES, decode_doc_row, encode_doc_row};

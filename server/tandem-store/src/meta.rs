@@ -9,8 +9,8 @@
 
 use crate::{
     ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, Deleted, DeliveryAttempt, DocMeta,
-    FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery, Store,
-    StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
+    FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, LockRecord, OutboxDelivery,
+    Store, StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
 };
 
 /// Accounts (`accounts` service).
@@ -107,6 +107,17 @@ pub trait WebhookTable: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
     /// See [`Store::list_deliveries`].
     fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError>;
+}
+
+/// WebDAV write locks (`locks` service). One node only: the service keeps every lock in memory
+/// in front of this table and decides conflicts there, so the table needs no conditional write.
+pub trait LockTable: Send + Sync + 'static {
+    /// See [`Store::put_lock`].
+    fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError>;
+    /// See [`Store::remove_locks`].
+    fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError>;
+    /// See [`Store::list_locks`].
+    fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError>;
 }
 
 /// Files' versions, blob refcounts, workspace usage and uploads in progress (`files` service).
@@ -372,5 +383,17 @@ impl HistoryTable for Store {
     }
     fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
         Store::doc_meta(self, doc)
+    }
+}
+
+impl LockTable for Store {
+    fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError> {
+        Store::put_lock(self, lock)
+    }
+    fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError> {
+        Store::remove_locks(self, tokens)
+    }
+    fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError> {
+        Store::list_locks(self)
     }
 }

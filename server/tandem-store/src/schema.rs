@@ -116,6 +116,13 @@ pub(crate) const WEBHOOK_OUTBOX: TableDefinition<'static, u64, &[u8]> =
 pub(crate) const WEBHOOK_LOG: TableDefinition<'static, (&str, u64), &[u8]> =
     TableDefinition::new("webhook_log");
 
+// WebDAV locks (`locks.rs`). Added after format version 2 shipped, like `users` after version 1:
+// a file without the table reads as having no locks, the first lock creates it, and an older
+// build ignores it, so the format version did not change.
+
+/// Write locks: `token -> sealed LockRecord`.
+pub(crate) const LOCKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("locks");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -216,6 +223,7 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<Option<u64>, S
                 txn.open_table(WEBHOOKS)?;
                 txn.open_table(WEBHOOK_OUTBOX)?;
                 txn.open_table(WEBHOOK_LOG)?;
+                txn.open_table(LOCKS)?;
             }
             txn.commit()?;
             Ok(None)
