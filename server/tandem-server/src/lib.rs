@@ -15,6 +15,7 @@
 //! - `files`: the files service: uploads, versions, blobs, cleanup.
 //! - `backup`: backups of a running node: the store copied from one read transaction, its
 //!   blobs pinned, streamed as a tar archive (`backup/archive.rs`, also read by the commands).
+//! - `locks`: WebDAV write locks on workspace paths, durable, checked by every way of writing.
 //! - `tables`: the storage each service works on: the local store, or cluster mode's shared one.
 //! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
 //!   `config` nor `command`, which both import it.
@@ -49,6 +50,7 @@ mod data_dir;
 mod error_id;
 mod files;
 mod listener;
+mod locks;
 pub(crate) mod metrics;
 mod name;
 mod outbound;
@@ -448,8 +450,19 @@ pub async fn run_with_ready(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
     );
+    // WebDAV locks: restored from the store on one node; refused in cluster mode
+    // (`locks/mod.rs`).
+    let locks = match &tables.locks {
+        Some(table) => locks::Locks::open(table.clone(), events.clone()).await,
+        None => locks::Locks::unsupported(events.clone()),
+    };
+    lifecycle.spawn(
+        tracing::info_span!("lock-sweep"),
+        locks.clone().run_sweep(lifecycle.cancel.clone()),
+    );
     let state = api::AppState {
         files,
+        locks,
         events,
         auth,
         hub: hub.clone(),

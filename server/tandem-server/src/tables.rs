@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tandem_store::Store;
 use tandem_store::meta::{
-    ActivityTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
+    ActivityTable, FailureLog, FileTable, HistoryTable, LockTable, UserTable, WebhookTable,
 };
 
 /// The tables of every service.
@@ -22,6 +22,8 @@ pub(crate) struct Tables {
     pub(crate) files: Arc<dyn FileTable>,
     /// Docs' versions and authors, and the list of stored docs.
     pub(crate) history: Arc<dyn HistoryTable>,
+    /// WebDAV locks; `None` in cluster mode, where locks are refused (`locks/mod.rs`).
+    pub(crate) locks: Option<Arc<dyn LockTable>>,
     /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
     pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
 }
@@ -35,6 +37,7 @@ impl Tables {
             webhooks: store.clone(),
             files: store.clone(),
             history: store.clone(),
+            locks: Some(store.clone()),
             sign_in_failures: None,
         }
     }
@@ -47,6 +50,7 @@ impl Tables {
             webhooks: pg.clone(),
             files: pg.clone(),
             history: pg.clone(),
+            locks: None,
             sign_in_failures: Some(pg.clone()),
         }
     }

@@ -53,6 +53,7 @@ use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::bus::Events;
 use crate::files::Files;
+use crate::locks::Locks;
 use crate::metrics::Telemetry;
 use crate::proxy::ClientAddr;
 use crate::webhook::Webhooks;
@@ -86,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) accounts: Accounts,
     /// Uploaded files (`files/`).
     pub(crate) files: Files,
+    /// WebDAV locks, checked by every write (`locks/`).
+    pub(crate) locks: Locks,
     /// Webhook registrations and the delivery worker's wake-up (`webhook/`).
     pub(crate) webhooks: Webhooks,
     /// Metrics and the admin view's data (`metrics/`).
