@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 6] = [
+const SERVICE_DIRS: [&str; 7] = [
     "accounts", "activity", "backup", "files", "locks", "metrics", "webhook",
 ];
 

@@ -251,6 +251,11 @@ pub(super) async fn post_doc(
 ) -> Result<Response, ApiError> {
     let (route, doc) = doc_route(&method, &uri)?;
     let grant = request_grant(&state, &headers, &uri, &doc)?;
+    // A WebDAV lock on the doc refuses the HTTP writes to its content (`webdav.md`, "Locks");
+    // a read-only token is refused by the handler first, with 403.
+    if matches!(route, DocRoute::Update(_) | DocRoute::Restore(..)) && grant.can_write() {
+        super::locks::check_write(&state, &headers, &grant, doc.as_str(), false)?;
+    }
     match route {
         DocRoute::Versions(_) => {
             let body = body_within_limit(body, max_body_bytes(&state))?;

@@ -14,12 +14,14 @@ pub(crate) mod accounts;
 pub(crate) mod activity;
 pub(crate) mod admin;
 pub(crate) mod backup;
+pub(crate) mod dav;
 pub(crate) mod docs;
 pub(crate) mod download;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod files;
+pub(crate) mod locks;
 pub(crate) mod openapi;
 pub(crate) mod tus;
 pub(crate) mod versions;
@@ -137,6 +139,8 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
                 .layer(account_body_limit()),
         )
         .merge(files::routes())
+        .route("/api/locks", get(locks::list))
+        .route("/api/locks/{token}", delete(locks::break_lock))
         .route("/api/activity", get(activity::feed))
         .route(
             "/api/webhooks",
