@@ -25,6 +25,7 @@ mod hocuspocus;
 mod http_edges;
 mod limits;
 mod listener;
+mod locks;
 mod metrics;
 mod openapi;
 mod proxy;
