@@ -158,6 +158,9 @@ async fn a_locked_file_refuses_every_http_write_but_its_holders() {
     assert_eq!(lock_of("team/a.txt")["principal"], "ann");
     assert_eq!(lock_of("team/locked/b.txt")["path"], "team/locked");
     assert_eq!(lock_of("team/locked/b.txt")["deep"], true);
+    assert!(files.iter().all(|file| file["path"] == "team/a.txt"
+        || file["path"] == "team/locked/b.txt"
+        || file.get("lock").is_none()));
 
     // Bob: upload, tus, rename (from and onto), delete, doc update are all refused.
     let refused = server
@@ -250,6 +253,19 @@ async fn a_locked_file_refuses_every_http_write_but_its_holders() {
         )
         .await;
     assert_eq!(ann_update.status, 200, "{}", ann_update.text());
+    // The document's row shows its lock too.
+    let docs = server
+        .request("GET", "/api/docs", &as_bob, b"")
+        .await
+        .json();
+    let notes = docs["docs"]
+        .as_array()
+        .expect("docs")
+        .iter()
+        .find(|doc| doc["name"] == "team/notes")
+        .cloned()
+        .expect("listed");
+    assert_eq!(notes["lock"]["principal"], "ann", "{notes}");
 
     // Her delete with the token removes the file and its lock.
     let deleted = server

@@ -123,6 +123,10 @@ pub(super) struct DocSummary {
     loaded: bool,
     /// Who is present, from the awareness states (`[]` when not loaded).
     users: Vec<UserSummary>,
+    /// The WebDAV lock covering the document, if any (`webdav.md`, "Locks"); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    lock: Option<crate::bus::LockJson>,
 }
 
 /// One present user in a row of `GET /api/docs`.
@@ -201,6 +205,7 @@ pub(super) async fn list_docs(
                 updated_ms: Some(meta.updated_ms),
                 loaded,
                 users,
+                lock: None,
             }
         })
         .collect();
@@ -212,8 +217,16 @@ pub(super) async fn list_docs(
         updated_ms: None,
         loaded: true,
         users: live.users,
+        lock: None,
     }));
     docs.retain(|doc| visible(&doc.name));
+    for doc in &mut docs {
+        doc.lock = state
+            .locks
+            .shown(&doc.name)
+            .as_ref()
+            .map(crate::bus::LockJson::of);
+    }
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(serde_json::json!({ "docs": docs })).into_response())
 }
