@@ -187,9 +187,9 @@ impl Index {
         deep: bool,
         submitter: Submitter<'_>,
         now_ms: u64,
-    ) -> Result<(), LockRecord> {
+    ) -> Result<(), Box<LockRecord>> {
         let holds = |lock: &LockRecord| {
-            submitter.tokens.iter().any(|token| *token == lock.token)
+            submitter.tokens.contains(&lock.token)
                 && (submitter.ignore_principal
                     || lock.principal.is_none()
                     || submitter.principal == lock.principal.as_deref())
@@ -200,16 +200,16 @@ impl Index {
             if holds(&lock) {
                 holds_one = true;
             } else if !lock.shared {
-                return Err(lock);
+                return Err(Box::new(lock));
             } else if first_shared.is_none() {
                 first_shared = Some(lock);
             }
         }
         if !holds_one && let Some(lock) = first_shared {
-            return Err(lock);
+            return Err(Box::new(lock));
         }
         if deep && let Some(lock) = self.below(path, now_ms).into_iter().find(|l| !holds(l)) {
-            return Err(lock);
+            return Err(Box::new(lock));
         }
         Ok(())
     }

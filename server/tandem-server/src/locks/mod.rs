@@ -385,7 +385,12 @@ impl Locks {
     /// Whether `writer` may write `path` (and everything below it if `deep`); the lock that
     /// refuses it otherwise. The token must be the writer's own: a lock taken by an account
     /// counts only for that account.
-    pub(crate) fn check(&self, path: &str, deep: bool, writer: Writer<'_>) -> Result<(), Lock> {
+    pub(crate) fn check(
+        &self,
+        path: &str,
+        deep: bool,
+        writer: Writer<'_>,
+    ) -> Result<(), Box<Lock>> {
         self.check_as(path, deep, writer, false)
     }
 
@@ -396,7 +401,7 @@ impl Locks {
         deep: bool,
         writer: Writer<'_>,
         ignore_principal: bool,
-    ) -> Result<(), Lock> {
+    ) -> Result<(), Box<Lock>> {
         let submitter = Submitter {
             tokens: writer.tokens,
             principal: writer.principal,

@@ -426,9 +426,15 @@ mod tests {
         assert_eq!(ls.discover(&path).await.len(), 2);
         // A shared lock's holder writes; someone holding none is refused.
         assert!(
-            ls.check(&path, Some("bob"), false, false, &[second.token.clone()])
-                .await
-                .is_ok()
+            ls.check(
+                &path,
+                Some("bob"),
+                false,
+                false,
+                std::slice::from_ref(&second.token)
+            )
+            .await
+            .is_ok()
         );
         assert!(
             ls.check(&path, Some("cid"), false, false, &[])
