@@ -416,3 +416,23 @@ fn b64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// Cluster mode has no locks (`webdav.md`, "Locks", Cluster mode): breaking one is refused as
+/// unsupported, none is listed, and writes are never refused for one.
+#[tokio::test]
+async fn cluster_mode_has_no_locks_and_says_so() {
+    let redis = tandem_tests::engines::Redis::start();
+    let postgres = tandem_tests::engines::Postgres::start();
+    let blobs = tempfile::tempdir().expect("temp dir");
+    let node = TestServer::start_node(&redis, &postgres, blobs.path(), |_| {}).await;
+    node.wait_healthy().await;
+    let listed = node.request("GET", "/api/locks", &[], b"").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["locks"], serde_json::json!([]));
+    let broken = node
+        .request("DELETE", &format!("/api/locks/{ANN_TOKEN}"), &[], b"")
+        .await;
+    assert_eq!(broken.status, 409, "{}", broken.text());
+    assert_eq!(broken.json()["error"], "locks_unsupported");
+    assert_eq!(put_anon(&node, "team/a.txt").await.status, 201);
+}

@@ -326,6 +326,9 @@ impl Locks {
 
     /// Removes the lock `token`, which must cover `path` (`None`: any path, an admin's break).
     pub(crate) async fn unlock(&self, path: Option<&str>, token: &str) -> Result<Lock, LockError> {
+        if !self.supported() {
+            return Err(LockError::Unsupported);
+        }
         let lock = {
             let index = self.index();
             let lock = index.get(token).ok_or(LockError::NotFound)?;
