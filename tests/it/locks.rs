@@ -417,22 +417,134 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-/// Cluster mode has no locks (`webdav.md`, "Locks", Cluster mode): breaking one is refused as
-/// unsupported, none is listed, and writes are never refused for one.
-#[tokio::test]
-async fn cluster_mode_has_no_locks_and_says_so() {
+/// Cluster mode (`webdav.md`, "Locks", Cluster mode): the locks are rows in Postgres, so a
+/// lock taken through one node refuses writes through every node, the holder's token works on
+/// any of them, an admin on one node breaks it for all, and an expired row refuses nothing.
+/// The lock is written as the node that grants it writes it (`tandem_locks`, `cluster.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_every_node_honours_the_same_locks() {
     let redis = tandem_tests::engines::Redis::start();
     let postgres = tandem_tests::engines::Postgres::start();
     let blobs = tempfile::tempdir().expect("temp dir");
-    let node = TestServer::start_node(&redis, &postgres, blobs.path(), |_| {}).await;
-    node.wait_healthy().await;
-    let listed = node.request("GET", "/api/locks", &[], b"").await;
-    assert_eq!(listed.status, 200, "{}", listed.text());
-    assert_eq!(listed.json()["locks"], serde_json::json!([]));
-    let broken = node
-        .request("DELETE", &format!("/api/locks/{ANN_TOKEN}"), &[], b"")
+    let jwt = |config: &mut tandem_server::Config| {
+        config.auth.mode = tandem_server::auth::AuthMode::Jwt;
+    };
+    let one = TestServer::start_node(&redis, &postgres, blobs.path(), jwt).await;
+    one.wait_healthy().await;
+    let two = TestServer::start_node(&redis, &postgres, blobs.path(), jwt).await;
+    two.wait_healthy().await;
+    let ann = one.token("ann", &[("*", Role::Write)]);
+    let bob = two.token("bob", &[("*", Role::Write)]);
+    let admin = one.admin_token();
+    assert_eq!(put(&one, "team/a.txt", &ann, &[]).await, 201);
+
+    let row = |token: &str, path: &str, expires_ms: u64| {
+        format!(
+            "INSERT INTO tandem_locks (token, path, deep, shared, owner, principal, created_ms, \
+             timeout_ms, expires_ms) VALUES ('{token}', '{path}', false, false, \
+             '<D:owner xmlns:D=\"DAV:\">ann''s laptop</D:owner>', 'ann', {now}, 3600000, \
+             {expires_ms})",
+            now = now_ms()
+        )
+    };
+    postgres.psql(&row(ANN_TOKEN, "team/a.txt", now_ms() + 3_600_000));
+    postgres.psql(&row(FOLDER_TOKEN, "team/old.txt", now_ms() - 1));
+
+    let bob_auth = bearer(&bob);
+    for node in [&one, &two] {
+        let refused = node
+            .request(
+                "PUT",
+                "/api/files/team/a.txt",
+                &[("Authorization", &bob_auth)],
+                b"x",
+            )
+            .await;
+        assert_locked(&refused, "ann", "team/a.txt");
+    }
+    let token = format!("(<{ANN_TOKEN}>)");
+    assert_eq!(put(&two, "team/a.txt", &ann, &[("If", &token)]).await, 201);
+    assert_eq!(put(&two, "team/old.txt", &bob, &[]).await, 201, "expired");
+    let listed = two
+        .request("GET", "/api/files", &[("Authorization", &bob_auth)], b"")
         .await;
-    assert_eq!(broken.status, 409, "{}", broken.text());
-    assert_eq!(broken.json()["error"], "locks_unsupported");
-    assert_eq!(put_anon(&node, "team/a.txt").await.status, 201);
+    let files = listed.json()["files"].clone();
+    let a = files
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|file| file["path"] == "team/a.txt")
+        .cloned()
+        .expect("listed");
+    assert_eq!(a["lock"]["principal"], "ann", "{a}");
+
+    let admin_auth = bearer(&admin);
+    let as_admin = [("Authorization", admin_auth.as_str())];
+    let locks = one
+        .request("GET", "/api/locks", &as_admin, b"")
+        .await
+        .json();
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+    assert_eq!(locks["locks"][0]["token"], ANN_TOKEN);
+    let broken = one
+        .request("DELETE", &format!("/api/locks/{ANN_TOKEN}"), &as_admin, b"")
+        .await;
+    assert_eq!(broken.status, 204, "{}", broken.text());
+    assert_eq!(put(&two, "team/a.txt", &bob, &[]).await, 201);
+    let gone = two
+        .request("DELETE", &format!("/api/locks/{ANN_TOKEN}"), &as_admin, b"")
+        .await;
+    assert_eq!(gone.status, 404);
+
+    // Two nodes taking overlapping locks at once: the shared table's one transaction lets one
+    // of them in; the other sees it (the conflict rule is the server's: here, same path).
+    let meta = tandem_cluster::PgMeta::connect(&tandem_cluster::ClusterConfig {
+        redis_url: redis.url(),
+        postgres_url: postgres.url(),
+        durability: tandem_cluster::Durability::Local,
+        replica_timeout: Duration::from_secs(2),
+        trim_margin: tandem_server::config::DEFAULT_CLUSTER_TRIM_MARGIN,
+        commit_interval: tandem_server::config::DEFAULT_COMMIT_INTERVAL,
+    })
+    .await
+    .expect("connect");
+    let meta = std::sync::Arc::new(meta);
+    let take = |token: &'static str| {
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            use tandem_store::meta::LockTable;
+            let wanted = lock(
+                token,
+                "team/race.txt",
+                false,
+                "ann",
+                Duration::from_secs(60),
+            );
+            meta.create_lock(&wanted, &|stored: &[LockRecord]| {
+                stored
+                    .iter()
+                    .find(|other| other.path == "team/race.txt")
+                    .cloned()
+            })
+        })
+    };
+    let (first, second) = tokio::join!(take(DOC_TOKEN), take(FOLDER_TOKEN));
+    let outcomes = [
+        first.expect("task").expect("pg"),
+        second.expect("task").expect("pg"),
+    ];
+    assert_eq!(
+        outcomes.iter().filter(|outcome| outcome.is_none()).count(),
+        1,
+        "exactly one granted: {outcomes:?}"
+    );
+    let refused = two
+        .request(
+            "PUT",
+            "/api/files/team/race.txt",
+            &[("Authorization", &bob_auth)],
+            b"x",
+        )
+        .await;
+    assert_locked(&refused, "ann", "team/race.txt");
 }

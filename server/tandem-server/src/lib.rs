@@ -450,11 +450,11 @@ pub async fn run_with_ready(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
     );
-    // WebDAV locks: restored from the store on one node; refused in cluster mode
-    // (`locks/mod.rs`).
-    let locks = match &tables.locks {
-        Some(table) => locks::Locks::open(table.clone(), events.clone()).await,
-        None => locks::Locks::unsupported(events.clone()),
+    // WebDAV locks: restored from the store into memory on one node; read from the shared
+    // database each time in cluster mode (`locks/mod.rs`).
+    let locks = match &cluster {
+        Some(_) => locks::Locks::shared(tables.locks.clone(), events.clone()),
+        None => locks::Locks::open(tables.locks.clone(), events.clone()).await,
     };
     lifecycle.spawn(
         tracing::info_span!("lock-sweep"),

@@ -22,8 +22,8 @@ pub(crate) struct Tables {
     pub(crate) files: Arc<dyn FileTable>,
     /// Docs' versions and authors, and the list of stored docs.
     pub(crate) history: Arc<dyn HistoryTable>,
-    /// WebDAV locks; `None` in cluster mode, where locks are refused (`locks/mod.rs`).
-    pub(crate) locks: Option<Arc<dyn LockTable>>,
+    /// WebDAV locks.
+    pub(crate) locks: Arc<dyn LockTable>,
     /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
     pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
 }
@@ -37,7 +37,7 @@ impl Tables {
             webhooks: store.clone(),
             files: store.clone(),
             history: store.clone(),
-            locks: Some(store.clone()),
+            locks: store.clone(),
             sign_in_failures: None,
         }
     }
@@ -50,7 +50,7 @@ impl Tables {
             webhooks: pg.clone(),
             files: pg.clone(),
             history: pg.clone(),
-            locks: None,
+            locks: pg.clone(),
             sign_in_failures: Some(pg.clone()),
         }
     }

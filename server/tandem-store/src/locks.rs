@@ -106,6 +106,68 @@ impl Store {
         })
     }
 
+    /// Stores `lock` unless `conflict`, given every stored lock, names one that keeps it out;
+    /// returns that one then, storing nothing. The read and the write are one transaction, so
+    /// no other lock is stored between them.
+    pub fn create_lock(
+        &self,
+        lock: &LockRecord,
+        conflict: &(dyn Fn(&[LockRecord]) -> Option<LockRecord> + Send + Sync),
+    ) -> Result<Option<LockRecord>, StoreError> {
+        self.contain("create_lock", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(LOCKS)?;
+                    let mut stored = Vec::new();
+                    for row in table.iter()? {
+                        let (token, value) = row?;
+                        let token = token.value();
+                        if let Ok(existing) = unseal_entry("locks", token, value.value())
+                            .and_then(|payload| LockRecord::decode(token, payload))
+                        {
+                            stored.push(existing);
+                        }
+                    }
+                    if let Some(found) = conflict(&stored) {
+                        return Ok(Some(found));
+                    }
+                    table.insert(
+                        lock.token.as_str(),
+                        checksum::seal(LOCKS.name(), lock.token.as_str(), &lock.encode())
+                            .as_slice(),
+                    )?;
+                }
+                txn.commit()?;
+                Ok(None)
+            })
+        })
+    }
+
+    /// Replaces the stored lock with `lock`'s token (a refresh); `false`, storing nothing, if
+    /// there is none (it was unlocked meanwhile).
+    pub fn update_lock(&self, lock: &LockRecord) -> Result<bool, StoreError> {
+        self.contain("update_lock", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                let updated = {
+                    let mut table = txn.open_table(LOCKS)?;
+                    let exists = table.get(lock.token.as_str())?.is_some();
+                    if exists {
+                        table.insert(
+                            lock.token.as_str(),
+                            checksum::seal(LOCKS.name(), lock.token.as_str(), &lock.encode())
+                                .as_slice(),
+                        )?;
+                    }
+                    exists
+                };
+                txn.commit()?;
+                Ok(updated)
+            })
+        })
+    }
+
     /// Removes the locks with these tokens in one durable transaction; returns how many
     /// existed.
     pub fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError> {
@@ -198,7 +260,26 @@ mod tests {
             .remove_locks(&["urn:uuid:a".into(), "urn:uuid:missing".into()])
             .expect("remove");
         assert_eq!(removed, 1);
-        assert_eq!(store.list_locks().expect("list"), vec![b]);
+        assert_eq!(store.list_locks().expect("list"), vec![b.clone()]);
+
+        // A conditional create sees every stored lock and stores nothing on a conflict.
+        let c = lock("urn:uuid:c", "team/x");
+        let refused = store
+            .create_lock(&c, &|stored| stored.first().cloned())
+            .expect("create");
+        assert_eq!(refused, Some(b.clone()));
+        assert_eq!(store.create_lock(&c, &|_| None).expect("create"), None);
+        assert_eq!(store.list_locks().expect("list").len(), 2);
+        let mut refreshed = c.clone();
+        refreshed.expires_ms = 9;
+        assert!(store.update_lock(&refreshed).expect("update"));
+        assert!(store.list_locks().expect("list").contains(&refreshed));
+        assert!(
+            !store
+                .update_lock(&lock("urn:uuid:gone", "p"))
+                .expect("update")
+        );
+        assert_eq!(store.list_locks().expect("list").len(), 2);
     }
 
     #[test]

@@ -109,11 +109,21 @@ pub trait WebhookTable: Send + Sync + 'static {
     fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError>;
 }
 
-/// WebDAV write locks (`locks` service). One node only: the service keeps every lock in memory
-/// in front of this table and decides conflicts there, so the table needs no conditional write.
+/// WebDAV write locks (`locks` service). On one node the service keeps every lock in memory in
+/// front of the table and decides conflicts there ([`LockTable::put_lock`]); in cluster mode it
+/// asks the table each time, and takes a lock with [`LockTable::create_lock`], whose read and
+/// write are one transaction across nodes.
 pub trait LockTable: Send + Sync + 'static {
     /// See [`Store::put_lock`].
     fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError>;
+    /// See [`Store::create_lock`].
+    fn create_lock(
+        &self,
+        lock: &LockRecord,
+        conflict: &(dyn Fn(&[LockRecord]) -> Option<LockRecord> + Send + Sync),
+    ) -> Result<Option<LockRecord>, StoreError>;
+    /// See [`Store::update_lock`].
+    fn update_lock(&self, lock: &LockRecord) -> Result<bool, StoreError>;
     /// See [`Store::remove_locks`].
     fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError>;
     /// See [`Store::list_locks`].
@@ -389,6 +399,16 @@ impl HistoryTable for Store {
 impl LockTable for Store {
     fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError> {
         Store::put_lock(self, lock)
+    }
+    fn create_lock(
+        &self,
+        lock: &LockRecord,
+        conflict: &(dyn Fn(&[LockRecord]) -> Option<LockRecord> + Send + Sync),
+    ) -> Result<Option<LockRecord>, StoreError> {
+        Store::create_lock(self, lock, conflict)
+    }
+    fn update_lock(&self, lock: &LockRecord) -> Result<bool, StoreError> {
+        Store::update_lock(self, lock)
     }
     fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError> {
         Store::remove_locks(self, tokens)

@@ -220,12 +220,10 @@ pub(super) async fn list_docs(
         lock: None,
     }));
     docs.retain(|doc| visible(&doc.name));
+    let locks = state.locks.view().await?;
+    let now = tandem_hub::clock::now_ms();
     for doc in &mut docs {
-        doc.lock = state
-            .locks
-            .shown(&doc.name)
-            .as_ref()
-            .map(crate::bus::LockJson::of);
+        doc.lock = locks.shown(&doc.name, now).map(crate::bus::LockJson::of);
     }
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(serde_json::json!({ "docs": docs })).into_response())
@@ -267,7 +265,7 @@ pub(super) async fn post_doc(
     // A WebDAV lock on the doc refuses the HTTP writes to its content (`webdav.md`, "Locks");
     // a read-only token is refused by the handler first, with 403.
     if matches!(route, DocRoute::Update(_) | DocRoute::Restore(..)) && grant.can_write() {
-        super::locks::check_write(&state, &headers, &grant, doc.as_str(), false)?;
+        super::locks::check_write(&state, &headers, &grant, doc.as_str(), false).await?;
     }
     match route {
         DocRoute::Versions(_) => {

@@ -83,8 +83,6 @@ pub(crate) enum ApiError {
     Locked(Box<LockJson>),
     #[error("no such lock")]
     LockNotFound,
-    #[error("locks are not available in cluster mode")]
-    LocksUnsupported,
 }
 
 /// A lock's path in a message (`""` is the workspace root).
@@ -109,7 +107,6 @@ impl From<LockError> for ApiError {
         match error {
             LockError::Conflict(lock) => ApiError::Locked(Box::new(LockJson::of(&lock))),
             LockError::NotFound => ApiError::LockNotFound,
-            LockError::Unsupported => ApiError::LocksUnsupported,
             LockError::Store(error) => ApiError::from_store(&error, "lock store"),
             LockError::Internal => ApiError::Internal,
         }
@@ -275,7 +272,6 @@ impl ApiError {
             }
             ApiError::Locked(_) => (StatusCode::LOCKED, "locked"),
             ApiError::LockNotFound => (StatusCode::NOT_FOUND, "lock_not_found"),
-            ApiError::LocksUnsupported => (StatusCode::CONFLICT, "locks_unsupported"),
         }
     }
 }

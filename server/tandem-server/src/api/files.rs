@@ -26,7 +26,7 @@ use crate::bus::{Event, LockJson};
 use crate::files::blobs::{UploadFile, new_upload_id};
 use crate::files::upload::{ReceiveError, TempGuard, content_type_for, parse_sha256, receive};
 use crate::files::{FileError, Files, actor_of, last_segment};
-use crate::locks::Locks;
+use crate::locks::index::Index;
 
 /// Largest JSON body of `POST /api/file-moves`.
 const MAX_MOVE_BODY_BYTES: usize = 8 * 1024;
@@ -76,9 +76,9 @@ impl FileJson {
         }
     }
 
-    /// The same, with the lock that covers the file now.
-    pub(super) fn with_lock(mut self, locks: &Locks) -> FileJson {
-        self.lock = locks.shown(&self.path).as_ref().map(LockJson::of);
+    /// The same, with the lock that covers the file in `locks` (a view of them, `Locks::view`).
+    pub(super) fn with_lock(mut self, locks: &Index) -> FileJson {
+        self.lock = locks.shown(&self.path, now_ms()).map(LockJson::of);
         self
     }
 }
@@ -228,7 +228,7 @@ pub(super) async fn put_file(
     let path = path_from(&uri, "/api/files/")?;
     check_new_path(&path)?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
-    check_write(&state, &headers, &grant, path.as_str(), false)?;
+    check_write(&state, &headers, &grant, path.as_str(), false).await?;
     check_not_doc(&state, &path).await?;
     let files = &state.files;
     files.check_writable().await?;
@@ -330,14 +330,14 @@ pub(super) async fn put_file(
         uploaded_ms: now_ms(),
     };
     // Again: a lock may have been taken while the body streamed.
-    check_write(&state, &headers, &grant, path.as_str(), false)?;
+    check_write(&state, &headers, &grant, path.as_str(), false).await?;
     let staged = files.stage_put(guard, &id).await?;
     let entry = files
         .commit(staged, path.to_string(), version, None)
         .await?;
     drop(slot);
     publish_uploaded(&state, &entry);
-    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks);
+    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks.view().await?);
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({ "file": json })),
@@ -386,6 +386,7 @@ pub(super) async fn list_files(
         .files
         .blocking(|inner| Ok(inner.store.list_files()?))
         .await?;
+    let locks = state.locks.view().await?;
     let files: Vec<FileJson> = entries
         .iter()
         .filter(|entry| {
@@ -393,7 +394,7 @@ pub(super) async fn list_files(
                 .as_ref()
                 .is_none_or(|claims| claims.role_for(&entry.path).is_some())
         })
-        .map(|entry| FileJson::new(entry, entry.current()).with_lock(&state.locks))
+        .map(|entry| FileJson::new(entry, entry.current()).with_lock(&locks))
         .collect();
     Ok(axum::Json(serde_json::json!({ "files": files })).into_response())
 }
@@ -483,8 +484,8 @@ pub(super) async fn move_file(
     check_new_path(&to)?;
     let grant = write_grant(&state, &headers, &uri, &from)?;
     let to_grant = write_grant(&state, &headers, &uri, &to)?;
-    check_write(&state, &headers, &grant, from.as_str(), false)?;
-    check_write(&state, &headers, &to_grant, to.as_str(), false)?;
+    check_write(&state, &headers, &grant, from.as_str(), false).await?;
+    check_write(&state, &headers, &to_grant, to.as_str(), false).await?;
     check_not_doc(&state, &to).await?;
     let files = state.files.clone();
     let quota = files.quota();
@@ -508,7 +509,7 @@ pub(super) async fn move_file(
         actor: super::events::actor_of_request(&grant, &headers),
         at_ms: now_ms(),
     });
-    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks);
+    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks.view().await?);
     Ok(axum::Json(serde_json::json!({ "file": json })).into_response())
 }
 
@@ -535,7 +536,7 @@ pub(super) async fn delete_file(
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
-    check_write(&state, &headers, &grant, path.as_str(), false)?;
+    check_write(&state, &headers, &grant, path.as_str(), false).await?;
     let files = state.files.clone();
     let name = path.to_string();
     state

@@ -51,7 +51,7 @@ pub(crate) fn submitted_tokens(headers: &HeaderMap) -> Vec<String> {
 /// Refuses a write to `path` (and to everything below it if `deep`) that a WebDAV lock
 /// forbids: 423 `locked`, naming the holder. The holder writes by submitting its token (see
 /// [`submitted_tokens`]) with the same account.
-pub(crate) fn check_write(
+pub(crate) async fn check_write(
     state: &AppState,
     headers: &HeaderMap,
     grant: &Grant,
@@ -63,10 +63,7 @@ pub(crate) fn check_write(
         tokens: &tokens,
         principal: grant.identity.as_ref().map(|identity| &*identity.sub),
     };
-    state
-        .locks
-        .check(path, deep, writer)
-        .map_err(|lock| ApiError::Locked(Box::new(LockJson::of(&lock))))
+    Ok(state.locks.check(path, deep, writer).await?)
 }
 
 /// A lock as an administrator sees it: with its token.
@@ -117,11 +114,16 @@ impl PathParam for LockToken {
         (status = 200, description = "The locks", body = super::openapi::LockList),
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
+        (status = 503, description = "`storage_unavailable`: cluster mode, Postgres unreachable", body = super::openapi::ErrorJson),
     ),
 )]
-pub(super) async fn list(State(state): State<AppState>, _admin: Admin) -> Response {
-    let locks: Vec<AdminLockJson> = state.locks.list().iter().map(AdminLockJson::of).collect();
-    axum::Json(serde_json::json!({ "locks": locks })).into_response()
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Response, ApiError> {
+    let locks = state.locks.list().await?;
+    let locks: Vec<AdminLockJson> = locks.iter().map(AdminLockJson::of).collect();
+    Ok(axum::Json(serde_json::json!({ "locks": locks })).into_response())
 }
 
 /// `DELETE /api/locks/{token}`: breaks a lock (its holder's next write with the token is
@@ -137,7 +139,7 @@ pub(super) async fn list(State(state): State<AppState>, _admin: Admin) -> Respon
         (status = 401, description = "Missing or invalid token", body = super::openapi::ErrorJson),
         (status = 403, description = "`not_admin`", body = super::openapi::ErrorJson),
         (status = 404, description = "`lock_not_found`: no such lock, or it expired", body = super::openapi::ErrorJson),
-        (status = 409, description = "`locks_unsupported`: cluster mode", body = super::openapi::ErrorJson),
+        (status = 503, description = "`storage_unavailable`: cluster mode, Postgres unreachable", body = super::openapi::ErrorJson),
         (status = 507, description = "`insufficient_storage`", body = super::openapi::ErrorJson),
     ),
 )]

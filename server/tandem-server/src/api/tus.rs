@@ -200,7 +200,7 @@ async fn create_upload(
     let path = DocId::new(raw_path).map_err(ApiError::BadDocName)?;
     check_new_path(&path)?;
     let grant = write_grant(state, headers, uri, &path)?;
-    check_write(state, headers, &grant, path.as_str(), false)?;
+    check_write(state, headers, &grant, path.as_str(), false).await?;
     check_not_doc(state, &path).await?;
     let files = &state.files;
     files.check_size(Some(length))?;
@@ -425,7 +425,7 @@ async fn patch_upload(
     let claimed =
         header_u64(headers, &UPLOAD_OFFSET).ok_or_else(|| bad("Upload-Offset is required"))?;
     let (record, grant) = load_upload(state, uri, headers, id).await?;
-    check_write(state, headers, &grant, &record.path, false)?;
+    check_write(state, headers, &grant, &record.path, false).await?;
     let files = &state.files;
     let lifecycle_cancel = &state.lifecycle.cancel;
     let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
@@ -528,7 +528,7 @@ async fn complete(
     headers: &HeaderMap,
     grant: &Grant,
 ) -> Result<u64, ApiError> {
-    check_write(state, headers, grant, &record.path, false)?;
+    check_write(state, headers, grant, &record.path, false).await?;
     let files = &state.files;
     let (sha256, len, staged) = files.stage_upload(&record.id).await?;
     let checked = async {

@@ -29,7 +29,7 @@ pub(crate) struct Submitter<'a> {
 }
 
 /// Every lock, by path and by token.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Index {
     /// Locks by the path they lock; several only when they are shared.
     by_path: BTreeMap<String, Vec<LockRecord>>,
@@ -66,6 +66,24 @@ pub(crate) fn covers(lock: &LockRecord, path: &str) -> bool {
 }
 
 impl Index {
+    /// An index of `locks`.
+    pub(crate) fn from_locks(locks: Vec<LockRecord>) -> Index {
+        let mut index = Index::default();
+        for lock in locks {
+            index.insert(lock);
+        }
+        index
+    }
+
+    /// The lock shown for `path` in listings: the first unexpired lock covering it.
+    pub(crate) fn shown(&self, path: &str, now_ms: u64) -> Option<&LockRecord> {
+        ancestors(path)
+            .into_iter()
+            .filter_map(|ancestor| self.by_path.get(ancestor))
+            .flatten()
+            .find(|lock| lock.expires_ms > now_ms && covers(lock, path))
+    }
+
     /// Adds a lock (a restored or a new one).
     pub(crate) fn insert(&mut self, lock: LockRecord) {
         self.by_token.insert(lock.token.clone(), lock.path.clone());
@@ -115,13 +133,13 @@ impl Index {
             .collect()
     }
 
-    /// The tokens of every lock expired at `now_ms`.
-    pub(crate) fn expired(&self, now_ms: u64) -> Vec<String> {
+    /// Every lock expired at `now_ms`.
+    pub(crate) fn expired(&self, now_ms: u64) -> Vec<LockRecord> {
         self.by_path
             .values()
             .flatten()
             .filter(|lock| lock.expires_ms <= now_ms)
-            .map(|lock| lock.token.clone())
+            .cloned()
             .collect()
     }
 
@@ -311,7 +329,9 @@ mod tests {
         assert!(index.check("f", false, nobody(), 9).is_err());
         assert!(index.check("f", false, nobody(), 10).is_ok());
         assert!(index.conflict(&want("f", false, false), 10).is_none());
-        assert_eq!(index.expired(10), ["old"]);
+        assert_eq!(index.expired(10)[0].token, "old");
+        assert!(index.shown("f", 10).is_none());
+        assert!(index.shown("f", 9).is_some());
         assert!(index.all(10).is_empty());
         assert!(index.remove("old").is_some());
         assert!(index.get("old").is_none());

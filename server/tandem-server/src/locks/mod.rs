@@ -19,8 +19,11 @@
 //! - Each change is announced on the bus (`file_locked`, `file_unlocked`), to live streams only:
 //!   a lock is not activity and starts no webhook.
 //!
-//! Cluster mode: locks are refused ([`LockError::Unsupported`]), since the index is one node's
-//! memory and every node would have to agree; with no lock ever granted, every check passes.
+//! Cluster mode: the locks are rows of the shared database (`tandem_locks` in Postgres), and
+//! there is no index: every check reads the table, and a lock is taken in one serializable
+//! transaction that reads every lock, applies the same conflict rule and inserts, so two nodes
+//! never grant overlapping locks. Every node sweeps; a lock event reaches the other nodes'
+//! streams through the bus's relay.
 //!
 //! This is a service: it never names HTTP or the API layer.
 
@@ -58,9 +61,6 @@ pub(crate) enum LockError {
     /// No lock with that token covers that path.
     #[error("no such lock")]
     NotFound,
-    /// Cluster mode: locks are not available.
-    #[error("locks are not available in cluster mode")]
-    Unsupported,
     /// The store failed; nothing changed.
     #[error("{0}")]
     Store(#[source] StoreError),
@@ -98,10 +98,11 @@ pub(crate) struct Locks {
 }
 
 struct Inner {
-    /// `None` in cluster mode: locks are refused.
-    table: Option<Arc<dyn LockTable>>,
-    /// Every lock this node knows; see the module's invariants.
-    index: Mutex<Index>,
+    /// Where locks are durable: the local store, or the shared database in cluster mode.
+    table: Arc<dyn LockTable>,
+    /// On one node, every lock, in front of the table (see the module's invariants); `None` in
+    /// cluster mode, where the table is asked each time, since other nodes change it.
+    index: Option<Mutex<Index>>,
     events: Events,
 }
 
@@ -134,8 +135,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Locks {
-    /// The service over `table`, with every stored lock restored and the expired ones
-    /// removed. A store that cannot be read starts with no locks (logged).
+    /// The service of one node over the local `table`, with every stored lock restored and
+    /// the expired ones removed. A store that cannot be read starts with no locks (logged).
     pub(crate) async fn open(table: Arc<dyn LockTable>, events: Events) -> Locks {
         let reading = table.clone();
         let stored = tokio::task::spawn_blocking(move || reading.list_locks()).await;
@@ -172,53 +173,65 @@ impl Locks {
         }
         Locks {
             inner: Arc::new(Inner {
-                table: Some(table),
-                index: Mutex::new(index),
+                table,
+                index: Some(Mutex::new(index)),
                 events,
             }),
         }
     }
 
-    /// Cluster mode: a service that grants no lock.
-    pub(crate) fn unsupported(events: Events) -> Locks {
+    /// Cluster mode: the service over the shared `table`, which every node reads and writes.
+    pub(crate) fn shared(table: Arc<dyn LockTable>, events: Events) -> Locks {
         Locks {
             inner: Arc::new(Inner {
-                table: None,
-                index: Mutex::new(Index::default()),
+                table,
+                index: None,
                 events,
             }),
         }
     }
 
-    /// Whether locks can be taken here (not in cluster mode).
-    pub(crate) fn supported(&self) -> bool {
-        self.inner.table.is_some()
-    }
-
-    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+    /// One node's index, locked for in-memory work only.
+    fn local(&self) -> Option<std::sync::MutexGuard<'_, Index>> {
         // A panic while holding it leaves a consistent map (every change is one call).
-        self.inner
-            .index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.index.as_ref().map(|index| {
+            index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
     }
 
     async fn store<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn LockTable) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, LockError> {
-        let table = self.inner.table.clone().ok_or(LockError::Unsupported)?;
+        let table = self.inner.table.clone();
         tokio::task::spawn_blocking(move || work(table.as_ref()))
             .await
             .map_err(|_| LockError::Internal)?
             .map_err(LockError::Store)
     }
 
+    /// Every lock as it is now, expired ones included: one node's index (a copy), or the
+    /// shared table's rows.
+    pub(crate) async fn view(&self) -> Result<Index, LockError> {
+        if let Some(index) = self.local() {
+            return Ok(index.clone());
+        }
+        let rows = self.store(|table| table.list_locks()).await?;
+        Ok(Index::from_locks(rows))
+    }
+
+    /// Runs `read` on every lock as it is now, without copying one node's index.
+    async fn read<T>(&self, read: impl FnOnce(&Index) -> T) -> Result<T, LockError> {
+        if let Some(index) = self.local() {
+            return Ok(read(&index));
+        }
+        Ok(read(&self.view().await?))
+    }
+
     /// Takes a lock, or returns the lock that conflicts with it.
     pub(crate) async fn lock(&self, request: LockRequest) -> Result<Lock, LockError> {
-        if !self.supported() {
-            return Err(LockError::Unsupported);
-        }
         let now = now_ms();
         let timeout = granted_timeout(request.timeout);
         let lock = Lock {
@@ -237,9 +250,27 @@ impl Locks {
             deep: request.deep,
             shared: request.shared,
         };
-        // Check and reserve together, under the index's mutex.
+        if self.inner.index.is_none() {
+            // Cluster mode: the check and the insert are one transaction of the shared table.
+            let stored = lock.clone();
+            let conflict = self
+                .store(move |table| {
+                    table.create_lock(&stored, &|rows: &[Lock]| {
+                        Index::from_locks(rows.to_vec()).conflict(&wanted, now)
+                    })
+                })
+                .await?;
+            if let Some(conflict) = conflict {
+                return Err(LockError::Conflict(Box::new(conflict)));
+            }
+            self.announce_locked(&lock);
+            return Ok(lock);
+        }
+        // One node: check and reserve together, under the index's mutex.
         let lapsed = {
-            let mut index = self.index();
+            let Some(mut index) = self.local() else {
+                return Err(LockError::Internal);
+            };
             if let Some(conflict) = index.conflict(&wanted, now) {
                 return Err(LockError::Conflict(Box::new(conflict)));
             }
@@ -270,23 +301,15 @@ impl Locks {
             })
             .await;
         if let Err(error) = res {
-            self.index().remove(&lock.token);
+            if let Some(mut index) = self.local() {
+                index.remove(&lock.token);
+            }
             return Err(error);
         }
         for old in &lapsed {
-            self.announce_unlocked(old, "expired");
+            self.announce_unlocked(old, "expired", false);
         }
-        tracing::info!(
-            path = lock.path,
-            deep = lock.deep,
-            shared = lock.shared,
-            timeout_ms = lock.timeout_ms,
-            "locked"
-        );
-        self.inner.events.publish_live(Event::FileLocked {
-            path: lock.path.clone(),
-            lock: LockJson::of(&lock),
-        });
+        self.announce_locked(&lock);
         Ok(lock)
     }
 
@@ -299,150 +322,168 @@ impl Locks {
     ) -> Result<Lock, LockError> {
         let now = now_ms();
         let granted = millis(granted_timeout(timeout));
-        let (before, after) = {
-            let mut index = self.index();
-            let lock = index.get_mut(token).ok_or(LockError::NotFound)?;
-            if lock.expires_ms <= now || !index::covers(lock, path) {
-                return Err(LockError::NotFound);
-            }
-            let before = lock.clone();
-            lock.timeout_ms = granted;
-            lock.expires_ms = now.saturating_add(granted);
-            (before, lock.clone())
+        let refreshable = |lock: &Lock| lock.expires_ms > now && index::covers(lock, path);
+        let Some(before) = self
+            .read(|index| index.get(token).filter(|lock| refreshable(lock)).cloned())
+            .await?
+        else {
+            return Err(LockError::NotFound);
         };
-        let stored = after.clone();
-        if let Err(error) = self.store(move |table| table.put_lock(&stored)).await {
-            if let Some(lock) = self.index().get_mut(token) {
-                *lock = before;
+        let after = Lock {
+            timeout_ms: granted,
+            expires_ms: now.saturating_add(granted),
+            ..before.clone()
+        };
+        if let Some(mut index) = self.local() {
+            match index.get_mut(token) {
+                Some(lock) => *lock = after.clone(),
+                None => return Err(LockError::NotFound),
             }
-            return Err(error);
         }
-        self.inner.events.publish_live(Event::FileLocked {
-            path: after.path.clone(),
-            lock: LockJson::of(&after),
-        });
+        let stored = after.clone();
+        let updated = self.store(move |table| table.update_lock(&stored)).await;
+        match updated {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                if let Some(mut index) = self.local()
+                    && let Some(lock) = index.get_mut(token)
+                {
+                    *lock = before;
+                }
+                return Err(updated.err().unwrap_or(LockError::NotFound));
+            }
+        }
+        self.announce_locked(&after);
         Ok(after)
     }
 
     /// Removes the lock `token`, which must cover `path` (`None`: any path, an admin's break).
     pub(crate) async fn unlock(&self, path: Option<&str>, token: &str) -> Result<Lock, LockError> {
-        if !self.supported() {
-            return Err(LockError::Unsupported);
-        }
-        let lock = {
-            let index = self.index();
-            let lock = index.get(token).ok_or(LockError::NotFound)?;
-            if lock.expires_ms <= now_ms() || path.is_some_and(|path| !index::covers(lock, path)) {
-                return Err(LockError::NotFound);
-            }
-            lock.clone()
+        let now = now_ms();
+        let Some(lock) = self
+            .read(|index| {
+                index
+                    .get(token)
+                    .filter(|lock| {
+                        lock.expires_ms > now && path.is_none_or(|path| index::covers(lock, path))
+                    })
+                    .cloned()
+            })
+            .await?
+        else {
+            return Err(LockError::NotFound);
         };
         let tokens = vec![lock.token.clone()];
-        self.store(move |table| table.remove_locks(&tokens)).await?;
-        self.index().remove(token);
+        let removed = self.store(move |table| table.remove_locks(&tokens)).await?;
+        if let Some(mut index) = self.local() {
+            index.remove(token);
+        } else if removed == 0 {
+            // Another node removed it meanwhile.
+            return Err(LockError::NotFound);
+        }
         let reason = if path.is_some() { "unlocked" } else { "broken" };
         tracing::info!(path = lock.path, reason, "unlocked");
-        self.announce_unlocked(&lock, reason);
+        let still_locked = self.still_locked(&lock.path).await;
+        self.announce_unlocked(&lock, reason, still_locked);
         Ok(lock)
     }
 
     /// Removes every lock at `path` or below it: the resource is gone (a DELETE, or the source
     /// of a MOVE).
     pub(crate) async fn remove_below(&self, path: &str) -> Result<(), LockError> {
-        if !self.supported() {
-            return Ok(());
-        }
-        let doomed = self.index().at_or_below(path);
+        let doomed = self.read(|index| index.at_or_below(path)).await?;
         if doomed.is_empty() {
             return Ok(());
         }
         let tokens: Vec<String> = doomed.iter().map(|lock| lock.token.clone()).collect();
         self.store(move |table| table.remove_locks(&tokens)).await?;
-        {
-            let mut index = self.index();
+        if let Some(mut index) = self.local() {
             for lock in &doomed {
                 index.remove(&lock.token);
             }
         }
         for lock in &doomed {
-            self.announce_unlocked(lock, "removed");
+            let still_locked = self.still_locked(&lock.path).await;
+            self.announce_unlocked(lock, "removed", still_locked);
         }
         Ok(())
     }
 
     /// Every unexpired lock covering `path` (the deep locks above it included).
-    pub(crate) fn discover(&self, path: &str) -> Vec<Lock> {
-        self.index().covering(path, now_ms())
-    }
-
-    /// The lock shown for `path` in listings: the first unexpired lock covering it.
-    pub(crate) fn shown(&self, path: &str) -> Option<Lock> {
-        self.discover(path).into_iter().next()
+    pub(crate) async fn discover(&self, path: &str) -> Result<Vec<Lock>, LockError> {
+        let now = now_ms();
+        self.read(|index| index.covering(path, now)).await
     }
 
     /// Every unexpired lock, in path order.
-    pub(crate) fn list(&self) -> Vec<Lock> {
-        self.index().all(now_ms())
+    pub(crate) async fn list(&self) -> Result<Vec<Lock>, LockError> {
+        let now = now_ms();
+        self.read(|index| index.all(now)).await
     }
 
-    /// Whether `writer` may write `path` (and everything below it if `deep`); the lock that
-    /// refuses it otherwise. The token must be the writer's own: a lock taken by an account
-    /// counts only for that account.
-    pub(crate) fn check(
+    /// Whether `writer` may write `path` (and everything below it if `deep`): `Conflict` with
+    /// the lock that refuses it otherwise. The token must be the writer's own: a lock taken by
+    /// an account counts only for that account.
+    pub(crate) async fn check(
         &self,
         path: &str,
         deep: bool,
         writer: Writer<'_>,
-    ) -> Result<(), Box<Lock>> {
-        self.check_as(path, deep, writer, false)
+    ) -> Result<(), LockError> {
+        self.check_as(path, deep, writer, false).await
     }
 
     /// [`Locks::check`], with dav-server's `ignore_principal`.
-    pub(crate) fn check_as(
+    pub(crate) async fn check_as(
         &self,
         path: &str,
         deep: bool,
         writer: Writer<'_>,
         ignore_principal: bool,
-    ) -> Result<(), Box<Lock>> {
+    ) -> Result<(), LockError> {
         let submitter = Submitter {
             tokens: writer.tokens,
             principal: writer.principal,
             ignore_principal,
         };
-        self.index().check(path, deep, submitter, now_ms())
+        let now = now_ms();
+        self.read(|index| index.check(path, deep, submitter, now))
+            .await?
+            .map_err(LockError::Conflict)
     }
 
-    /// Removes expired locks from the store and the index and announces them.
+    /// Removes expired locks from the store (and the index) and announces them.
     pub(crate) async fn sweep(&self) {
         let now = now_ms();
-        let expired = self.index().expired(now);
+        let expired: Vec<Lock> = match self.read(|index| index.expired(now)).await {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(%error, "reading locks for the sweep failed");
+                return;
+            }
+        };
         if expired.is_empty() {
             return;
         }
-        let tokens = expired.clone();
+        let tokens: Vec<String> = expired.iter().map(|lock| lock.token.clone()).collect();
         if let Err(error) = self.store(move |table| table.remove_locks(&tokens)).await {
             tracing::warn!(%error, "removing expired locks failed; retried at the next sweep");
             return;
         }
-        let removed: Vec<Lock> = {
-            let mut index = self.index();
-            expired
-                .iter()
-                .filter_map(|token| index.remove(token))
-                .collect()
-        };
-        tracing::debug!(n_expired = removed.len(), "expired locks removed");
-        for lock in &removed {
-            self.announce_unlocked(lock, "expired");
+        if let Some(mut index) = self.local() {
+            for lock in &expired {
+                index.remove(&lock.token);
+            }
+        }
+        tracing::debug!(n_expired = expired.len(), "expired locks removed");
+        for lock in &expired {
+            let still_locked = self.still_locked(&lock.path).await;
+            self.announce_unlocked(lock, "expired", still_locked);
         }
     }
 
     /// The sweep, every [`SWEEP_INTERVAL`] until `cancel`; spawned on the tracker.
     pub(crate) async fn run_sweep(self, cancel: CancellationToken) {
-        if !self.supported() {
-            return;
-        }
         let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -453,8 +494,28 @@ impl Locks {
         }
     }
 
-    fn announce_unlocked(&self, lock: &Lock, reason: &'static str) {
-        let still_locked = !self.discover(&lock.path).is_empty();
+    /// Whether another lock still covers `path` (for `file_unlocked`); `false` if unknown.
+    async fn still_locked(&self, path: &str) -> bool {
+        self.discover(path)
+            .await
+            .is_ok_and(|locks| !locks.is_empty())
+    }
+
+    fn announce_locked(&self, lock: &Lock) {
+        tracing::info!(
+            path = lock.path,
+            deep = lock.deep,
+            shared = lock.shared,
+            timeout_ms = lock.timeout_ms,
+            "locked"
+        );
+        self.inner.events.publish_live(Event::FileLocked {
+            path: lock.path.clone(),
+            lock: LockJson::of(lock),
+        });
+    }
+
+    fn announce_unlocked(&self, lock: &Lock, reason: &'static str, still_locked: bool) {
         self.inner.events.publish_live(Event::FileUnlocked {
             path: lock.path.clone(),
             lock: LockJson::of(lock),

@@ -8,8 +8,9 @@
 //! service's; this file only converts.
 //!
 //! dav-server's trait cannot report a storage failure: a LOCK whose store write fails answers
-//! 423 (logged at error level here), and an UNLOCK 409, so nothing is ever reported as locked
-//! or unlocked that was not stored.
+//! 423 (logged at error level here), an UNLOCK 409, and a write whose lock check cannot read
+//! the locks (cluster mode, Postgres down) 423, so nothing is ever reported as locked or
+//! unlocked that was not stored, and no write passes a lock unchecked.
 
 // Mounted by the WebDAV layer (`api/dav/mod.rs`, built beside this file); until that lands
 // only the tests below call it.
@@ -54,15 +55,11 @@ impl fmt::Debug for TandemLs {
 }
 
 impl TandemLs {
-    /// The lock system for dav-server, mounted at `prefix` (`/dav`, no trailing slash); `None`
-    /// in cluster mode, where locks are refused: dav-server then answers LOCK and UNLOCK with
-    /// 405 and advertises class 1 only.
-    pub(crate) fn for_locks(locks: &Locks, prefix: &str) -> Option<Box<dyn DavLockSystem>> {
-        locks.supported().then(|| {
-            Box::new(TandemLs {
-                locks: locks.clone(),
-                prefix: prefix.trim_end_matches('/').to_owned(),
-            }) as Box<dyn DavLockSystem>
+    /// The lock system for dav-server, mounted at `prefix` (`/dav`, no trailing slash).
+    pub(crate) fn boxed(locks: &Locks, prefix: &str) -> Box<dyn DavLockSystem> {
+        Box::new(TandemLs {
+            locks: locks.clone(),
+            prefix: prefix.trim_end_matches('/').to_owned(),
         })
     }
 
@@ -226,32 +223,46 @@ impl DavLockSystem for TandemLs {
         deep: bool,
         submitted_tokens: &[String],
     ) -> LsFuture<'_, Result<(), DavLock>> {
-        let res = match workspace_path(path) {
-            Some(target) => {
-                let writer = Writer {
-                    tokens: submitted_tokens,
-                    principal,
-                };
-                self.locks
-                    .check_as(&target, deep, writer, ignore_principal)
-                    .map_err(|lock| self.dav_lock(&lock))
+        let target = workspace_path(path);
+        let principal = principal.map(str::to_owned);
+        let tokens = submitted_tokens.to_vec();
+        Box::pin(async move {
+            let Some(target) = target else {
+                return Ok(());
+            };
+            let writer = Writer {
+                tokens: &tokens,
+                principal: principal.as_deref(),
+            };
+            match self
+                .locks
+                .check_as(&target, deep, writer, ignore_principal)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(LockError::Conflict(lock)) => Err(self.dav_lock(&lock)),
+                Err(error) => {
+                    tracing::error!(%error, path = target, "checking locks failed");
+                    Err(refusal(self, &target))
+                }
             }
-            None => Ok(()),
-        };
-        Box::pin(std::future::ready(res))
+        })
     }
 
     fn discover(&'_ self, path: &DavPath) -> LsFuture<'_, Vec<DavLock>> {
-        let locks = match workspace_path(path) {
-            Some(target) => self
-                .locks
-                .discover(&target)
-                .iter()
-                .map(|lock| self.dav_lock(lock))
-                .collect(),
-            None => Vec::new(),
-        };
-        Box::pin(std::future::ready(locks))
+        let target = workspace_path(path);
+        Box::pin(async move {
+            let Some(target) = target else {
+                return Vec::new();
+            };
+            match self.locks.discover(&target).await {
+                Ok(locks) => locks.iter().map(|lock| self.dav_lock(lock)).collect(),
+                Err(error) => {
+                    tracing::error!(%error, path = target, "reading locks failed");
+                    Vec::new()
+                }
+            }
+        })
     }
 
     fn delete(&'_ self, path: &DavPath) -> LsFuture<'_, Result<(), ()>> {
@@ -276,7 +287,7 @@ mod tests {
         let store = tandem_store::Store::open(&dir.path().join("t.redb")).expect("store");
         let (events, _records) = Events::new();
         let locks = Locks::open(std::sync::Arc::new(store), events.clone()).await;
-        let ls = TandemLs::for_locks(&locks, "/dav").expect("one node supports locks");
+        let ls = TandemLs::boxed(&locks, "/dav");
         (ls, locks, dir, events)
     }
 
