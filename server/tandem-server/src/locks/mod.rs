@@ -14,8 +14,8 @@
 //! - The index mutex is a std mutex held for in-memory work only, never across an `.await` or a
 //!   store call.
 //! - An expired lock refuses nothing and conflicts with nothing from the instant it expires;
-//!   its row is removed lazily (by the next lock request on a path it covered) and by the sweep
-//!   ([`Locks::run_sweep`], every [`SWEEP_INTERVAL`]), and at start.
+//!   its row is removed by the sweep ([`Locks::run_sweep`], every [`SWEEP_INTERVAL`]) and, on
+//!   one node, lazily (by the next lock request on a path it covered) and at start.
 //! - Each change is announced on the bus (`file_locked`, `file_unlocked`), to live streams only:
 //!   a lock is not activity and starts no webhook.
 //!
