@@ -85,11 +85,10 @@ impl TandemLs {
             dav_path.set_prefix(&self.prefix)?;
             Ok(dav_path)
         });
-        // Workspace paths are valid UTF-8 without `..` or NUL, so they always parse; the root
+        // Workspace paths are printable once percent-encoded and have no `..` (they come from
+        // dav-server's own normalised paths or from `DocId`s), so they parse; the mount root
         // stands in for one that would not.
-        parsed.unwrap_or_else(|_| {
-            DavPath::new("/").expect("\"/\" is a valid path") // Never reached, see above.
-        })
+        parsed.unwrap_or_else(|_| DavPath::new("/").expect("\"/\" is a valid path"))
     }
 }
 
