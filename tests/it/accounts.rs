@@ -439,3 +439,249 @@ async fn without_authentication_sign_in_is_offered_once_accounts_exist() {
     assert_eq!(info.json(), json!({ "mode": "none", "login": true }));
     login_token(&server, "ada", PASSWORD).await;
 }
+
+/// `path` on `server` with the admin token `admin` and a JSON `body`.
+async fn admin_call(
+    server: &TestServer,
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> HttpResponse {
+    server
+        .request(
+            method,
+            path,
+            &[
+                ("Authorization", &bearer(admin)),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await
+}
+
+/// The labels `GET /api/users/{sub}/app-passwords` lists, after checking that no secret or
+/// hash is in the answer.
+async fn app_password_labels(server: &TestServer, admin: &str, sub: &str) -> Vec<String> {
+    let path = format!("/api/users/{sub}/app-passwords");
+    let listed = admin_call(server, admin, "GET", &path, "").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let body = listed.json();
+    let apps = body["app_passwords"].as_array().expect("a list");
+    for app in apps {
+        let mut keys: Vec<&str> = app
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.retain(|key| *key != "last_used_ms");
+        assert_eq!(keys, ["created_ms", "id", "label"], "{app}");
+    }
+    apps.iter()
+        .map(|app| app["label"].as_str().expect("label").to_owned())
+        .collect()
+}
+
+/// App passwords made, listed and revoked through the admin API and through `tandem user
+/// app-password` (against the running server and offline), stored only as a hash, kept across
+/// restarts, and never accepted by password sign-in.
+#[tokio::test]
+async fn app_passwords_are_managed_by_the_admin_api_and_the_cli() {
+    let mut server = TestServer::start_jwt_shared(|_| {}).await;
+    let admin = server.admin_token();
+    let created = put_user(&server, &admin, "ada", json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let apps = "/api/users/ada/app-passwords";
+
+    let made = admin_call(&server, &admin, "POST", apps, r#"{"label":"laptop"}"#).await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let made = made.json();
+    let laptop_secret = made["secret"].as_str().expect("secret").to_owned();
+    let laptop_id = made["id"].as_str().expect("id").to_owned();
+    assert!(laptop_secret.starts_with("tandem_app_"), "{made}");
+    assert_eq!(laptop_secret.len(), "tandem_app_".len() + 43);
+    assert_eq!(made["label"], "laptop");
+    assert!(made["created_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert_eq!(
+        app_password_labels(&server, &admin, "ada").await,
+        ["laptop"]
+    );
+
+    // Bad requests, each with its JSON error.
+    let cases: [(&str, &str, &str, u16, &str); 6] = [
+        (
+            "POST",
+            "/api/users/bob/app-passwords",
+            r#"{"label":"x"}"#,
+            404,
+            "user_not_found",
+        ),
+        ("POST", apps, r#"{"label":""}"#, 400, "bad_user"),
+        (
+            "POST",
+            apps,
+            r#"{"label":"x","secret":"mine"}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            "GET",
+            "/api/users/bob/app-passwords",
+            "",
+            404,
+            "user_not_found",
+        ),
+        (
+            "DELETE",
+            "/api/users/ada/app-passwords/nope",
+            "",
+            404,
+            "app_password_not_found",
+        ),
+        (
+            "DELETE",
+            "/api/users/bob/app-passwords/nope",
+            "",
+            404,
+            "user_not_found",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let response = admin_call(&server, &admin, method, path, body).await;
+        assert_eq!(
+            error_code(&response, status),
+            code,
+            "{method} {path} {body}"
+        );
+    }
+    // Admins only.
+    let ada = login_token(&server, "ada", PASSWORD).await;
+    let own = admin_call(&server, &ada, "GET", apps, "").await;
+    assert_eq!(error_code(&own, 403), "not_admin");
+    // Sign-in takes the account password only.
+    assert_eq!(
+        error_code(&login(&server, "ada", &laptop_secret).await, 401),
+        "bad_credentials"
+    );
+
+    // The CLI, through the running server.
+    let dir = server.data_dir().to_str().expect("utf-8 path").to_owned();
+    let url = format!("http://{}", server.addr);
+    let target = ["--data-dir", dir.as_str(), "--server", url.as_str()];
+    let cli = |words: &[&str]| {
+        let mut args = vec!["user", "app-password"];
+        args.extend(words);
+        args.extend(target);
+        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_tandem(&args, "").await
+    };
+    let added = run(cli(&["add", "ada", "--label", "rclone"])).await;
+    assert!(added.success, "{added:?}");
+    assert!(
+        added.stdout.starts_with("added app password ")
+            && added
+                .stdout
+                .contains("(\"rclone\") for user ada (through the server at"),
+        "{added:?}"
+    );
+    let rclone_secret = added.stdout.trim().lines().last().expect("the secret line");
+    assert!(rclone_secret.starts_with("tandem_app_"), "{added:?}");
+    let listed = run(cli(&["list", "ada"])).await;
+    assert!(listed.success, "{listed:?}");
+    let lines: Vec<&str> = listed.stdout.trim().lines().collect();
+    assert_eq!(lines.len(), 2, "{listed:?}");
+    assert!(
+        lines[0].starts_with(&format!("{laptop_id}  \"laptop\"  created ")),
+        "{listed:?}"
+    );
+    assert!(lines[0].ends_with("never used"), "{listed:?}");
+    assert!(!listed.stdout.contains("tandem_app_"), "{listed:?}");
+    let rclone_id = lines[1]
+        .split_whitespace()
+        .next()
+        .expect("an id")
+        .to_owned();
+
+    let removed = run(cli(&["remove", "ada", &laptop_id])).await;
+    assert!(removed.success, "{removed:?}");
+    assert_eq!(
+        removed.stdout.trim(),
+        format!("removed app password {laptop_id} of user ada")
+    );
+    let again = run(cli(&["remove", "ada", &laptop_id])).await;
+    assert!(!again.success, "{again:?}");
+    assert_eq!(
+        again.stderr.trim(),
+        format!("error: user \"ada\" has no app password \"{laptop_id}\"")
+    );
+    let third = admin_call(&server, &admin, "POST", apps, r#"{"label":"phone"}"#).await;
+    assert_eq!(third.status, 201, "{}", third.text());
+    let phone_id = third.json()["id"].as_str().expect("id").to_owned();
+    let revoked = admin_call(&server, &admin, "DELETE", &format!("{apps}/{phone_id}"), "").await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json(), json!({ "removed": phone_id }));
+    // Changing the account keeps its app passwords.
+    let renamed = put_user(&server, &admin, "ada", json!({ "name": "Ada L." })).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
+    assert_eq!(
+        app_password_labels(&server, &admin, "ada").await,
+        ["rclone"]
+    );
+
+    // Offline: the command opens the database itself, which holds only the secret's hash.
+    assert!(server.shutdown().await, "clean shutdown");
+    let offline = |words: &[&str]| {
+        let mut args = vec!["user", "app-password"];
+        args.extend(words);
+        args.extend(["--data-dir", dir.as_str()]);
+        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let listed = run(offline(&["list", "ada"])).await;
+    assert!(listed.success, "{listed:?}");
+    assert!(listed.stdout.trim().starts_with(&rclone_id), "{listed:?}");
+    let added = run(offline(&["add", "ada", "--label", "cadaver"])).await;
+    assert!(added.success, "{added:?}");
+    assert!(!added.stdout.contains("through the server"), "{added:?}");
+    let bad = run(offline(&["add", "ada", "--label", ""])).await;
+    assert!(!bad.success, "{bad:?}");
+    assert!(
+        bad.stderr.contains("label must be 1 to 64 bytes"),
+        "{bad:?}"
+    );
+    let nobody = run(offline(&["list", "bob"])).await;
+    assert_eq!(nobody.stderr.trim(), "error: no user \"bob\"", "{nobody:?}");
+    let db = std::fs::read(server.data_dir().join("tandem.redb")).expect("the database");
+    for secret in [rclone_secret, laptop_secret.as_str()] {
+        assert!(
+            !db.windows(secret.len())
+                .any(|window| window == secret.as_bytes()),
+            "a secret is stored in clear"
+        );
+    }
+    {
+        use sha2::Digest;
+        let store = tandem_store::Store::open(&server.data_dir().join("tandem.redb"))
+            .expect("open the database");
+        let ada = store.get_user("ada").expect("read").expect("ada");
+        let stored: Vec<[u8; 32]> = ada
+            .app_passwords
+            .iter()
+            .map(|app| app.secret_sha256)
+            .collect();
+        assert_eq!(stored.len(), 2);
+        let rclone_hash: [u8; 32] = sha2::Sha256::digest(rclone_secret.as_bytes()).into();
+        assert_eq!(stored[0], rclone_hash);
+    }
+
+    server.restart().await;
+    server.wait_healthy().await;
+    assert_eq!(
+        app_password_labels(&server, &admin, "ada").await,
+        ["rclone", "cadaver"]
+    );
+}

@@ -473,6 +473,75 @@ impl Both {
     }
 }
 
+/// `method path` on `node` with an admin token and a JSON `body`.
+async fn admin_call(node: &TestServer, method: &str, path: String, body: &str) -> HttpResponse {
+    let admin = bearer(&node.admin_token());
+    node.request(
+        method,
+        &path,
+        &[
+            ("Authorization", &admin),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// App passwords live with the account in Postgres: made on one node, they are listed on the
+/// other, survive a change of the account there, and a revocation on either holds for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_made_on_one_node_are_listed_and_revoked_on_another() {
+    let cluster = Cluster::start();
+    let one = cluster.node(with_accounts).await;
+    let two = cluster.node(with_accounts).await;
+    let created = put_user(&one, "ada", &json!({ "password": PASSWORD })).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let apps = || "/api/users/ada/app-passwords".to_owned();
+    let made = admin_call(&one, "POST", apps(), r#"{"label":"laptop"}"#).await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let id = made.json()["id"].as_str().expect("id").to_owned();
+    let kept = admin_call(&one, "POST", apps(), r#"{"label":"rclone"}"#).await;
+    assert_eq!(kept.status, 201, "{}", kept.text());
+    // A change of the account on the other node keeps them.
+    let renamed = put_user(&two, "ada", &json!({ "name": "Ada L." })).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
+    let labels = |response: HttpResponse| -> Vec<String> {
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()["app_passwords"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|app| app["label"].as_str().expect("label").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        labels(admin_call(&two, "GET", apps(), "").await),
+        ["laptop", "rclone"]
+    );
+    let revoked = admin_call(
+        &two,
+        "DELETE",
+        format!("/api/users/ada/app-passwords/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(
+        labels(admin_call(&one, "GET", apps(), "").await),
+        ["rclone"]
+    );
+    let again = admin_call(
+        &one,
+        "DELETE",
+        format!("/api/users/ada/app-passwords/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(again.status, 404, "{}", again.text());
+    assert_eq!(again.json()["error"], "app_password_not_found");
+}
+
 fn user(sub: &str) -> tandem_store::UserRecord {
     tandem_store::UserRecord {
         sub: sub.into(),
@@ -484,6 +553,16 @@ fn user(sub: &str) -> tandem_store::UserRecord {
             .collect(),
         admin: sub == "root",
         created_ms: 1_795_400_000_000,
+        app_passwords: (sub == "ada")
+            .then(|| tandem_store::AppPasswordRecord {
+                id: "a1b2c3d4e5f6".into(),
+                label: "laptop".into(),
+                secret_sha256: [9; 32],
+                created_ms: 1_795_400_000_001,
+                last_used_ms: 1_795_400_360_000,
+            })
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -503,7 +582,25 @@ async fn postgres_accounts_answer_as_the_store_does() {
             ..user("ada")
         };
         table.put_user(&changed).unwrap();
+        // A change made from what is stored, as app passwords are added and revoked.
+        let added = table
+            .modify_user("ada", &mut |current| {
+                let mut user = current?.clone();
+                user.app_passwords.push(tandem_store::AppPasswordRecord {
+                    id: "0f0f0f0f0f0f".into(),
+                    label: "rclone".into(),
+                    secret_sha256: [3; 32],
+                    created_ms: 5,
+                    last_used_ms: 0,
+                });
+                Some(user)
+            })
+            .unwrap();
+        let untouched = table
+            .modify_user("nobody", &mut |current| current.cloned())
+            .unwrap();
         answers.push((
+            (added, untouched),
             table.get_user("ada").unwrap(),
             table.get_user("nobody").unwrap(),
             table.list_users().unwrap(),
@@ -514,7 +611,11 @@ async fn postgres_accounts_answer_as_the_store_does() {
         ));
     }
     assert_eq!(answers[0], answers[1]);
-    assert_eq!(answers[1].2.len(), 3);
+    assert_eq!(answers[1].3.len(), 3);
+    let ada = answers[1].1.as_ref().expect("ada");
+    assert_eq!(ada.app_passwords.len(), 2);
+    assert_eq!(ada.app_passwords[1].label, "rclone");
+    assert_eq!(answers[1].0.1, None);
 }
 
 fn entry(id: u64, path: &str, actor: &str, started_ms: u64) -> tandem_store::ActivityEntry {

@@ -216,6 +216,24 @@ async fn a_locked_file_refuses_every_http_write_but_its_holders() {
         )
         .await;
     assert_locked(&doc_update, "ann", "team/notes");
+    let restore = server
+        .request(
+            "POST",
+            "/api/docs/team/notes/versions/1/restore",
+            &as_bob,
+            b"",
+        )
+        .await;
+    assert_locked(&restore, "ann", "team/notes");
+    let text_save = server
+        .request(
+            "PUT",
+            "/api/docs/team/notes",
+            &[("Authorization", &bob_auth), ("Content-Type", "text/plain")],
+            b"bob's text",
+        )
+        .await;
+    assert_locked(&text_save, "ann", "team/notes");
     // Bob holding ann's token is still not ann.
     let stolen = format!("(<{ANN_TOKEN}>)");
     assert_eq!(
@@ -253,6 +271,19 @@ async fn a_locked_file_refuses_every_http_write_but_its_holders() {
         )
         .await;
     assert_eq!(ann_update.status, 200, "{}", ann_update.text());
+    let ann_save = server
+        .request(
+            "PUT",
+            "/api/docs/team/notes",
+            &[
+                ("Authorization", &ann_auth),
+                ("Lock-Token", &format!("<{DOC_TOKEN}>")),
+                ("Content-Type", "text/plain"),
+            ],
+            b"ann's text",
+        )
+        .await;
+    assert_eq!(ann_save.status, 200, "{}", ann_save.text());
     // The document's row shows its lock too.
     let docs = server
         .request("GET", "/api/docs", &as_bob, b"")

@@ -18,6 +18,7 @@ mod cluster_meta;
 mod cluster_s3;
 mod damaged_store;
 mod disk_full;
+mod doc_text;
 mod events;
 mod files;
 mod history;

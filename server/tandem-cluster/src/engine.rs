@@ -176,7 +176,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tandem_docs ADD COLUMN trimmed boolean NOT NULL DEFAULT false",
     // 5: secrets every node shares (the server's token-signing key).
     "CREATE TABLE tandem_secrets (name text PRIMARY KEY, value bytea NOT NULL)",
-    // 6: WebDAV locks (meta/dav_locks.rs).
+    // 6: the accounts' app passwords (meta/users.rs).
+    crate::meta::APP_PASSWORDS_MIGRATION,
+    // 7: WebDAV locks (meta/dav_locks.rs).
     crate::meta::LOCKS_MIGRATION,
 ];
 

@@ -19,6 +19,8 @@
 //! - [`doc_id`]: `DocId`, a document name validated once at the edge.
 //! - [`limits`]: `Limits`, the bounds on what a peer can make the server hold.
 //! - [`restore`]: the update that takes a doc back to an earlier state as a change on top.
+//! - [`text_file`]: a root text read and written as a whole file; a save becomes the smallest
+//!   change that keeps what others typed since the saver read it.
 //! - [`rate`]: `TokenBucket` and `ConnectionRates`, the per-connection rate limits.
 //! - `fuzzing` (hidden): the bodies of the cargo-fuzz targets in `fuzz/`, also run by proptest.
 
@@ -33,6 +35,7 @@ pub mod protocol;
 pub mod rate;
 pub mod restore;
 pub mod shared_doc;
+pub mod text_file;
 
 pub use awareness::{PeerId, REMOTE_PEER_BASE};
 pub use doc_id::{DocId, DocIdError};

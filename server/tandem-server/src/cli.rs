@@ -653,6 +653,52 @@ pub enum UserCommand {
     Remove(UserRemoveArgs),
     /// List the accounts (never their passwords).
     List(UserListArgs),
+    /// Make, list or revoke an account's app passwords (for HTTP Basic, e.g. WebDAV).
+    #[command(subcommand)]
+    AppPassword(AppPasswordCommand),
+}
+
+/// `tandem user app-password ...`.
+#[derive(Debug, Subcommand)]
+pub enum AppPasswordCommand {
+    /// Make an app password; prints its secret, which is never shown again.
+    Add(AppPasswordAddArgs),
+    /// List an account's app passwords (never their secrets).
+    List(AppPasswordListArgs),
+    /// Revoke an app password; clients using it are refused from their next request.
+    Remove(AppPasswordRemoveArgs),
+}
+
+/// Flags of `tandem user app-password add`.
+#[derive(Debug, Args)]
+pub struct AppPasswordAddArgs {
+    /// The account id.
+    pub sub: String,
+    /// What the client is, e.g. `laptop` (1 to 64 bytes).
+    #[arg(long)]
+    pub label: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `tandem user app-password list`.
+#[derive(Debug, Args)]
+pub struct AppPasswordListArgs {
+    /// The account id.
+    pub sub: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Flags of `tandem user app-password remove`.
+#[derive(Debug, Args)]
+pub struct AppPasswordRemoveArgs {
+    /// The account id.
+    pub sub: String,
+    /// The app password's id, as `app-password list` shows it.
+    pub id: String,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `tandem webhook ...`.

@@ -47,6 +47,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 mod data_dir;
+mod doc_text;
 mod error_id;
 mod files;
 mod listener;
@@ -479,6 +480,7 @@ pub async fn run_with_ready(
         webhooks,
         cluster: cluster.clone(),
         telemetry: telemetry.clone(),
+        doc_text: doc_text::DocText::new(hub.clone()),
     };
     let web = api::web_client::Source::new(config.web_dir.clone());
     if !web.has_index() {

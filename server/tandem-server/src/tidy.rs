@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 7] = [
-    "accounts", "activity", "backup", "files", "locks", "metrics", "webhook",
+const SERVICE_DIRS: [&str; 8] = [
+    "accounts", "activity", "backup", "doc_text", "files", "locks", "metrics", "webhook",
 ];
 
 /// What a service file must not contain.

@@ -20,8 +20,11 @@ use crate::record::{Reader, put_str};
 use crate::schema::USERS;
 use crate::space::WriteKind;
 
-/// The version byte at the start of every encoded [`UserRecord`].
-const USER_RECORD_VERSION: u8 = 1;
+/// The version byte at the start of every encoded [`UserRecord`]. Version 1 (without app
+/// passwords) is still read, as an account with none.
+const USER_RECORD_VERSION: u8 = 2;
+/// The record version before app passwords.
+const USER_RECORD_VERSION_1: u8 = 1;
 
 /// One account, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,13 +41,32 @@ pub struct UserRecord {
     pub admin: bool,
     /// When the account was first created, milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// The account's app passwords (for HTTP Basic), oldest first.
+    pub app_passwords: Vec<AppPasswordRecord>,
+}
+
+/// One app password of an account, as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPasswordRecord {
+    /// Its id, unique within the account.
+    pub id: String,
+    /// What the owner called it (`laptop`).
+    pub label: String,
+    /// SHA-256 of the secret.
+    pub secret_sha256: [u8; 32],
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it was last used, coarsely (the server updates it at most hourly); 0 if never.
+    pub last_used_ms: u64,
 }
 
 impl UserRecord {
-    /// Version 1: `u8 1`, then `name`, `password_hash` (each a string), `u8 admin` (0 or 1),
-    /// `u64 created_ms`, `u32 n_docs` and `n_docs` pairs of strings (pattern, role). A string is
-    /// a `u32` byte length and that many bytes of UTF-8. Integers are little-endian. The `sub`
-    /// is the key and is not repeated.
+    /// Version 2: `u8 2`, then `name`, `password_hash` (each a string), `u8 admin` (0 or 1),
+    /// `u64 created_ms`, `u32 n_docs` and `n_docs` pairs of strings (pattern, role), then
+    /// `u32 n_app_passwords` and that many of: `id`, `label` (strings), 32 bytes of SHA-256,
+    /// `u64 created_ms`, `u64 last_used_ms`. Version 1 ends after the docs. A string is a `u32`
+    /// byte length and that many bytes of UTF-8. Integers are little-endian. The `sub` is the key
+    /// and is not repeated.
     fn encode(&self) -> Vec<u8> {
         let mut out = vec![USER_RECORD_VERSION];
         put_str(&mut out, &self.name);
@@ -57,6 +79,16 @@ impl UserRecord {
             put_str(&mut out, pattern);
             put_str(&mut out, role);
         }
+        let n_app_passwords =
+            u32::try_from(self.app_passwords.len()).expect("fewer than 2^32 app passwords");
+        out.extend_from_slice(&n_app_passwords.to_le_bytes());
+        for app_password in &self.app_passwords {
+            put_str(&mut out, &app_password.id);
+            put_str(&mut out, &app_password.label);
+            out.extend_from_slice(&app_password.secret_sha256);
+            out.extend_from_slice(&app_password.created_ms.to_le_bytes());
+            out.extend_from_slice(&app_password.last_used_ms.to_le_bytes());
+        }
         out
     }
 
@@ -66,11 +98,11 @@ impl UserRecord {
             detail: detail.to_owned(),
         };
         let mut reader = Reader::new(bytes);
-        match reader.u8() {
-            Some(USER_RECORD_VERSION) => {}
+        let version = match reader.u8() {
+            Some(version @ (USER_RECORD_VERSION | USER_RECORD_VERSION_1)) => version,
             Some(version) => return Err(corrupt(&format!("unknown record version {version}"))),
             None => return Err(corrupt("empty record")),
-        }
+        };
         let truncated = || corrupt("record is truncated or not UTF-8");
         let name = reader.string().ok_or_else(truncated)?;
         let password_hash = reader.string().ok_or_else(truncated)?;
@@ -89,6 +121,20 @@ impl UserRecord {
             let role = reader.string().ok_or_else(truncated)?;
             docs.insert(pattern, role);
         }
+        let mut app_passwords = Vec::new();
+        if version == USER_RECORD_VERSION {
+            let n_app_passwords = reader.u32().ok_or_else(truncated)?;
+            for _ in 0..n_app_passwords {
+                // At least 56 bytes each: a huge count runs out of bytes, as above.
+                app_passwords.push(AppPasswordRecord {
+                    id: reader.string().ok_or_else(truncated)?,
+                    label: reader.string().ok_or_else(truncated)?,
+                    secret_sha256: reader.array().ok_or_else(truncated)?,
+                    created_ms: reader.u64().ok_or_else(truncated)?,
+                    last_used_ms: reader.u64().ok_or_else(truncated)?,
+                });
+            }
+        }
         if !reader.is_empty() {
             return Err(corrupt("trailing bytes after the record"));
         }
@@ -99,6 +145,7 @@ impl UserRecord {
             docs,
             admin,
             created_ms,
+            app_passwords,
         })
     }
 }
@@ -129,6 +176,39 @@ impl Store {
                 )?;
                 txn.commit()?;
                 Ok(())
+            })
+        })
+    }
+
+    /// Reads the account `sub` and, in the same write transaction, stores what `change` makes of
+    /// it (`None`: nothing is written). Returns what was written. Concurrent changes of the
+    /// account are serialised, so none is lost (redb runs one write transaction at a time).
+    pub fn modify_user(
+        &self,
+        sub: &str,
+        change: &mut dyn FnMut(Option<&UserRecord>) -> Option<UserRecord>,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.contain("modify_user", || {
+            self.write(WriteKind::Grow, |db| {
+                let txn = db.begin_write()?;
+                let written = {
+                    let mut table = txn.open_table(USERS)?;
+                    let current = match table.get(sub)? {
+                        Some(value) => Some(read_user(sub, value.value())?),
+                        None => None,
+                    };
+                    let Some(new) = change(current.as_ref()) else {
+                        return Ok(None);
+                    };
+                    debug_assert_eq!(new.sub, sub, "modify_user keeps the account's key");
+                    table.insert(
+                        sub,
+                        checksum::seal(USERS.name(), sub, &new.encode()).as_slice(),
+                    )?;
+                    new
+                };
+                txn.commit()?;
+                Ok(Some(written))
             })
         })
     }
@@ -216,6 +296,16 @@ mod tests {
             ]),
             admin: sub == "root",
             created_ms: 1_795_400_000_000,
+            app_passwords: (sub == "ada")
+                .then(|| AppPasswordRecord {
+                    id: "k3x9".into(),
+                    label: "laptop".into(),
+                    secret_sha256: [7; 32],
+                    created_ms: 1_795_400_000_001,
+                    last_used_ms: 0,
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -369,6 +459,47 @@ mod tests {
         long.push(0);
         assert!(UserRecord::decode("ada", &long).is_err());
         assert_eq!(UserRecord::decode("ada", &bytes).unwrap(), record("ada"));
+    }
+
+    #[test]
+    fn a_version_1_record_reads_as_an_account_without_app_passwords() {
+        let bob = record("bob");
+        let mut v1 = bob.encode();
+        v1[0] = USER_RECORD_VERSION_1;
+        // Version 1 ends after the docs: drop the app password count.
+        v1.truncate(v1.len() - 4);
+        assert_eq!(UserRecord::decode("bob", &v1).unwrap(), bob);
+        // A version-1 record followed by app passwords is not version 1.
+        let mut ada_v1 = record("ada").encode();
+        ada_v1[0] = USER_RECORD_VERSION_1;
+        assert!(UserRecord::decode("ada", &ada_v1).is_err());
+    }
+
+    #[test]
+    fn modify_user_changes_the_stored_account_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        // Nothing to change: nothing written.
+        let written = store.modify_user("ada", &mut |current| {
+            assert!(current.is_none());
+            None
+        });
+        assert_eq!(written.unwrap(), None);
+        assert_eq!(store.count_users().unwrap(), 0);
+        store.put_user(&record("ada")).unwrap();
+        let written = store
+            .modify_user("ada", &mut |current| {
+                let mut user = current.cloned()?;
+                user.app_passwords.clear();
+                Some(user)
+            })
+            .unwrap();
+        let expected = UserRecord {
+            app_passwords: Vec::new(),
+            ..record("ada")
+        };
+        assert_eq!(written, Some(expected.clone()));
+        assert_eq!(store.get_user("ada").unwrap(), Some(expected));
     }
 
     #[test]

@@ -281,6 +281,7 @@ mod tests {
                 docs: Default::default(),
                 admin: true,
                 created_ms: 1,
+                app_passwords: Vec::new(),
             })
             .unwrap();
         let dest = dir.path().join("copy.redb");

@@ -52,7 +52,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-pub use accounts::UserRecord;
+pub use accounts::{AppPasswordRecord, UserRecord};
 pub use activity::{ActivityEntry, ActivityQuery, ActivityWrite};
 pub use error::{ReadOnlyReason, StoreError};
 pub use files::{

@@ -17,6 +17,12 @@ use crate::{
 pub trait UserTable: Send + Sync + 'static {
     /// See [`Store::put_user`].
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// See [`Store::modify_user`].
+    fn modify_user(
+        &self,
+        sub: &str,
+        change: &mut dyn FnMut(Option<&UserRecord>) -> Option<UserRecord>,
+    ) -> Result<Option<UserRecord>, StoreError>;
     /// See [`Store::remove_user`].
     fn remove_user(&self, sub: &str) -> Result<bool, StoreError>;
     /// See [`Store::get_user`].
@@ -235,6 +241,13 @@ pub trait HistoryTable: Send + Sync + 'static {
 impl UserTable for Store {
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         Store::put_user(self, user)
+    }
+    fn modify_user(
+        &self,
+        sub: &str,
+        change: &mut dyn FnMut(Option<&UserRecord>) -> Option<UserRecord>,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Store::modify_user(self, sub, change)
     }
     fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
         Store::remove_user(self, sub)

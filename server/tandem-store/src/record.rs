@@ -63,6 +63,11 @@ impl<'a> Reader<'a> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
+    /// Exactly `N` bytes.
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
     pub(crate) fn string(&mut self) -> Option<String> {
         let len = usize::try_from(self.u32()?).ok()?;
         String::from_utf8(self.take(len)?.to_vec()).ok()

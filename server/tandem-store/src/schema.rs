@@ -543,6 +543,7 @@ mod tests {
                 docs: [("team/*".to_string(), "write".to_string())].into(),
                 admin: true,
                 created_ms: 1,
+                app_passwords: Vec::new(),
             })
             .unwrap();
         let uploader = Uploader {

@@ -55,6 +55,7 @@ fn ada() -> tandem_store::UserRecord {
         docs: [("team/*".to_string(), "write".to_string())].into(),
         admin: false,
         created_ms: 1,
+        app_passwords: Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `LockTable` for [`PgMeta`]: the WebDAV locks of every node in `tandem_locks` (migration 6,
+//! `LockTable` for [`PgMeta`]: the WebDAV locks of every node in `tandem_locks` (migration 7,
 //! `protocol-spec/cluster.md`), so all nodes agree on who holds what. A lock is taken in one
 //! `SERIALIZABLE` transaction that reads every lock and inserts the new one, so two nodes
 //! granting overlapping locks at once cannot both commit: the one that retries sees the other.
@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use super::files::{Abort, serializable};
 use super::{PgMeta, to_i64, to_u64, unavailable};
 
-/// Migration 6: the WebDAV locks.
+/// Migration 7: the WebDAV locks.
 pub(crate) const MIGRATION: &str = "
     CREATE TABLE tandem_locks (
         token text PRIMARY KEY,

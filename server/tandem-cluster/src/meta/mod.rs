@@ -32,6 +32,8 @@ use tandem_store::StoreError;
 pub(crate) const ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION: &str = users::MIGRATION;
 /// Files and history.
 pub(crate) const FILES_HISTORY_MIGRATION: &str = files::MIGRATION;
+/// The accounts' app passwords.
+pub(crate) const APP_PASSWORDS_MIGRATION: &str = users::APP_PASSWORDS_MIGRATION;
 /// WebDAV locks.
 pub(crate) const LOCKS_MIGRATION: &str = dav_locks::MIGRATION;
 

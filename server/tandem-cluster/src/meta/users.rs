@@ -4,12 +4,14 @@
 //! and key, kept for the failure window).
 //!
 //! This file also holds migration 2, the tables of accounts, the activity feed and webhooks
-//! (`protocol-spec/cluster.md`, "Postgres: accounts, activity, webhooks").
+//! (`protocol-spec/cluster.md`, "Postgres: accounts, activity, webhooks"), and migration 6, the
+//! accounts' app passwords: parallel arrays in the account's row, like its documents, so that an
+//! account and its app passwords are still read and written whole.
 
 use std::collections::BTreeMap;
 
 use tandem_store::meta::{FailureLog, UserTable};
-use tandem_store::{StoreError, UserRecord};
+use tandem_store::{AppPasswordRecord, StoreError, UserRecord};
 
 use super::{PgMeta, to_i64, to_u64, unavailable};
 
@@ -92,7 +94,72 @@ CREATE TABLE tandem_webhook_log (
 CREATE INDEX tandem_webhook_log_by_webhook ON tandem_webhook_log (webhook_id, seq);
 "#;
 
-const USER_COLUMNS: &str = "sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles";
+/// Migration 6: app passwords, as arrays of the same length (index `i` of each is one app
+/// password), as the documents are.
+pub(crate) const APP_PASSWORDS_MIGRATION: &str = "
+ALTER TABLE tandem_users
+    ADD COLUMN app_password_ids text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN app_password_labels text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN app_password_hashes bytea[] NOT NULL DEFAULT '{}',
+    ADD COLUMN app_password_created_ms bigint[] NOT NULL DEFAULT '{}',
+    ADD COLUMN app_password_last_used_ms bigint[] NOT NULL DEFAULT '{}';
+";
+
+const USER_COLUMNS: &str = "sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles, \
+     app_password_ids, app_password_labels, app_password_hashes, app_password_created_ms, \
+     app_password_last_used_ms";
+
+/// The upsert of a whole account: `$1` to `$12` in the order of [`USER_COLUMNS`].
+const PUT_USER: &str = "INSERT INTO tandem_users
+         (sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles,
+          app_password_ids, app_password_labels, app_password_hashes, app_password_created_ms,
+          app_password_last_used_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     ON CONFLICT (sub) DO UPDATE SET
+         name = EXCLUDED.name, password_hash = EXCLUDED.password_hash,
+         admin = EXCLUDED.admin, created_ms = EXCLUDED.created_ms,
+         doc_patterns = EXCLUDED.doc_patterns, doc_roles = EXCLUDED.doc_roles,
+         app_password_ids = EXCLUDED.app_password_ids,
+         app_password_labels = EXCLUDED.app_password_labels,
+         app_password_hashes = EXCLUDED.app_password_hashes,
+         app_password_created_ms = EXCLUDED.app_password_created_ms,
+         app_password_last_used_ms = EXCLUDED.app_password_last_used_ms";
+
+/// Writes `user` whole on `client` (a connection or a transaction).
+async fn put_user_on(
+    client: &impl deadpool_postgres::GenericClient,
+    user: &UserRecord,
+) -> Result<(), StoreError> {
+    let patterns: Vec<&str> = user.docs.keys().map(String::as_str).collect();
+    let roles: Vec<&str> = user.docs.values().map(String::as_str).collect();
+    let apps = &user.app_passwords;
+    let ids: Vec<&str> = apps.iter().map(|app| app.id.as_str()).collect();
+    let labels: Vec<&str> = apps.iter().map(|app| app.label.as_str()).collect();
+    let hashes: Vec<&[u8]> = apps.iter().map(|app| &app.secret_sha256[..]).collect();
+    let created: Vec<i64> = apps.iter().map(|app| to_i64(app.created_ms)).collect();
+    let last_used: Vec<i64> = apps.iter().map(|app| to_i64(app.last_used_ms)).collect();
+    client
+        .execute(
+            PUT_USER,
+            &[
+                &user.sub,
+                &user.name,
+                &user.password_hash,
+                &user.admin,
+                &to_i64(user.created_ms),
+                &patterns,
+                &roles,
+                &ids,
+                &labels,
+                &hashes,
+                &created,
+                &last_used,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
 
 fn user_from_row(row: &tokio_postgres::Row) -> Result<UserRecord, StoreError> {
     let patterns: Vec<String> = row.try_get("doc_patterns").map_err(unavailable)?;
@@ -104,6 +171,44 @@ fn user_from_row(row: &tokio_postgres::Row) -> Result<UserRecord, StoreError> {
             detail: "doc patterns and roles differ in number".into(),
         });
     }
+    let ids: Vec<String> = row.try_get("app_password_ids").map_err(unavailable)?;
+    let labels: Vec<String> = row.try_get("app_password_labels").map_err(unavailable)?;
+    let hashes: Vec<Vec<u8>> = row.try_get("app_password_hashes").map_err(unavailable)?;
+    let created: Vec<i64> = row
+        .try_get("app_password_created_ms")
+        .map_err(unavailable)?;
+    let last_used: Vec<i64> = row
+        .try_get("app_password_last_used_ms")
+        .map_err(unavailable)?;
+    let n_apps = ids.len();
+    if [labels.len(), hashes.len(), created.len(), last_used.len()] != [n_apps; 4] {
+        return Err(StoreError::CorruptUser {
+            sub,
+            detail: "app password columns differ in number".into(),
+        });
+    }
+    let mut app_passwords = Vec::with_capacity(n_apps);
+    for ((((id, label), hash), created_ms), last_used_ms) in ids
+        .into_iter()
+        .zip(labels)
+        .zip(hashes)
+        .zip(created)
+        .zip(last_used)
+    {
+        let Ok(secret_sha256) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            return Err(StoreError::CorruptUser {
+                sub,
+                detail: format!("app password {id:?} has no 32-byte hash"),
+            });
+        };
+        app_passwords.push(AppPasswordRecord {
+            id,
+            label,
+            secret_sha256,
+            created_ms: to_u64(created_ms),
+            last_used_ms: to_u64(last_used_ms),
+        });
+    }
     Ok(UserRecord {
         sub,
         name: row.try_get("name").map_err(unavailable)?,
@@ -111,37 +216,42 @@ fn user_from_row(row: &tokio_postgres::Row) -> Result<UserRecord, StoreError> {
         docs: patterns.into_iter().zip(roles).collect::<BTreeMap<_, _>>(),
         admin: row.try_get("admin").map_err(unavailable)?,
         created_ms: to_u64(row.try_get("created_ms").map_err(unavailable)?),
+        app_passwords,
     })
 }
 
 impl UserTable for PgMeta {
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let patterns: Vec<&str> = user.docs.keys().map(String::as_str).collect();
-        let roles: Vec<&str> = user.docs.values().map(String::as_str).collect();
         self.block(async {
             let client = self.client().await?;
-            client
-                .execute(
-                    "INSERT INTO tandem_users
-                         (sub, name, password_hash, admin, created_ms, doc_patterns, doc_roles)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (sub) DO UPDATE SET
-                         name = EXCLUDED.name, password_hash = EXCLUDED.password_hash,
-                         admin = EXCLUDED.admin, created_ms = EXCLUDED.created_ms,
-                         doc_patterns = EXCLUDED.doc_patterns, doc_roles = EXCLUDED.doc_roles",
-                    &[
-                        &user.sub,
-                        &user.name,
-                        &user.password_hash,
-                        &user.admin,
-                        &to_i64(user.created_ms),
-                        &patterns,
-                        &roles,
-                    ],
+            put_user_on(&client, user).await
+        })
+    }
+
+    fn modify_user(
+        &self,
+        sub: &str,
+        change: &mut dyn FnMut(Option<&UserRecord>) -> Option<UserRecord>,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            // The row lock serialises changes of one account across nodes. An account created
+            // meanwhile by another node is overwritten whole, as by `put_user`.
+            let row = tx
+                .query_opt(
+                    &format!("SELECT {USER_COLUMNS} FROM tandem_users WHERE sub = $1 FOR UPDATE"),
+                    &[&sub],
                 )
                 .await
                 .map_err(unavailable)?;
-            Ok(())
+            let current = row.as_ref().map(user_from_row).transpose()?;
+            let Some(new) = change(current.as_ref()) else {
+                return Ok(None);
+            };
+            put_user_on(&tx, &new).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Some(new))
         })
     }
 

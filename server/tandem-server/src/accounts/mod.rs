@@ -2,6 +2,11 @@
 //! token refresh and the admin API over the `users` table of `tandem-store` (the handlers are
 //! `api/accounts.rs`).
 //!
+//! Besides sign-in, [`Accounts::verify_basic`] checks the credentials of HTTP Basic (WebDAV):
+//! an app password of the account (`app_password.rs`) or the account password, with recently
+//! verified credentials cached (`credential_cache.rs`) so that a client's every request does
+//! not pay an Argon2 hash. Sign-in takes the account password only.
+//!
 //! A successful sign-in yields a token signed with the server's own key (`Auth::mint`), with
 //! the account's roles as its claims; from then on it is an ordinary token (`auth.rs`). A refresh
 //! re-reads the account, so removing an account or changing its roles takes effect at the next
@@ -18,11 +23,19 @@
 //! - Failed attempts are limited per account and per client address (`limiter.rs`); over a
 //!   limit, the request is refused before any hashing. In cluster mode the failures are also
 //!   counted in the shared database (`FailureLog`), and the limits hold for all nodes together.
-//! - Nothing here logs a password, a hash or a token.
+//! - HTTP Basic with the account password goes through the same limiter and hashing budget as
+//!   sign-in; a failed Basic attempt counts as a failed sign-in. A correct app password is
+//!   accepted without either (it cannot be guessed, and costs one SHA-256).
+//! - Every change of an account here (password, app passwords, removal) drops its cached
+//!   credentials at once; and a cached hit re-reads the account and checks that what was
+//!   verified still holds, so changes made by another node or the offline CLI count too.
+//! - Nothing here logs a password, an app password's secret, a hash or a token.
 //! - This is a service: it returns [`AccountError`] and never names HTTP or the API layer.
 //!
 //! `command/` drives the same store operations from the command line.
 
+mod app_password;
+mod credential_cache;
 mod limiter;
 
 use std::collections::BTreeMap;
@@ -36,9 +49,18 @@ use serde::{Deserialize, Serialize};
 use tandem_store::meta::{FailureLog, UserTable};
 use tandem_store::{StoreError, UserRecord};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Claims, Role};
+pub use app_password::{
+    APP_PASSWORD_PREFIX, AddAppPasswordRequest, AppPasswordView, MAX_APP_PASSWORDS,
+    MAX_LABEL_BYTES, NewAppPassword, new_app_password, validate_label,
+};
+pub(crate) use app_password::{
+    AddRefused, add_to as add_app_password_to, remove_from as remove_app_password_from,
+};
+pub use credential_cache::{CREDENTIAL_CACHE_TTL, MAX_CACHED_CREDENTIALS};
+use credential_cache::{CredentialCache, Via};
 use limiter::LoginLimiter;
 use tandem_hub::clock::{now_ms, now_s};
 
@@ -75,6 +97,9 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MAX_DOC_PATTERNS: usize = 64;
 /// Longest document pattern, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 512;
+/// How stale an app password's "last used" time may get before a use writes it again: an
+/// hour, so a busy client costs one account write an hour, not one a request.
+const LAST_USED_RESOLUTION: Duration = Duration::from_secs(3600);
 
 /// The hash names that are not accounts are checked against: Argon2id with the default
 /// parameters (a test checks they match), of a random password nobody knows.
@@ -146,6 +171,17 @@ pub enum AccountError {
     /// A field of an account is invalid.
     #[error("{0}")]
     BadUser(String),
+    /// The account has [`MAX_APP_PASSWORDS`] app passwords already.
+    #[error("user {0:?} has {MAX_APP_PASSWORDS} app passwords already; remove one first")]
+    TooManyAppPasswords(String),
+    /// No app password of that id for that account.
+    #[error("user {sub:?} has no app password {id:?}")]
+    AppPasswordNotFound {
+        /// The account.
+        sub: String,
+        /// The id asked for.
+        id: String,
+    },
     /// The store failed or is read-only.
     #[error("account store: {0}")]
     Store(#[source] StoreError),
@@ -167,6 +203,8 @@ struct AccountsInner {
     config: AccountConfig,
     hashing: Hashing,
     limiter: LoginLimiter,
+    /// HTTP Basic credentials verified recently.
+    basic_cache: CredentialCache,
 }
 
 impl Accounts {
@@ -185,6 +223,7 @@ impl Accounts {
                 config,
                 hashing: Hashing::new(),
                 limiter,
+                basic_cache: CredentialCache::new(CREDENTIAL_CACHE_TTL, MAX_CACHED_CREDENTIALS),
             }),
         }
     }
@@ -229,6 +268,98 @@ impl Accounts {
     /// Checks a password sign-in from `address` (the client through trusted proxies, so a
     /// proxy's clients are limited one by one) and returns the account.
     pub(crate) async fn sign_in(
+        &self,
+        username: &str,
+        password: String,
+        address: IpAddr,
+    ) -> Result<UserRecord, AccountError> {
+        let user = self.check_password(username, password, address).await?;
+        info!(account = %user.sub, %address, "signed in");
+        Ok(user)
+    }
+
+    /// Checks the credentials of HTTP Basic from `address` and returns the account: `secret`
+    /// is one of the account's app passwords, or its password (checked as [`Self::sign_in`]
+    /// does: Argon2, limited per account and address, a failure counted as a failed sign-in).
+    /// Credentials verified in the last [`CREDENTIAL_CACHE_TTL`] are not hashed again; the
+    /// account is re-read on every call, so its roles are current and a changed password, a
+    /// revoked app password or a removed account is refused at once.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "called by the WebDAV layer (issue 21), merged separately"
+        )
+    )]
+    pub(crate) async fn verify_basic(
+        &self,
+        name: &str,
+        secret: String,
+        address: IpAddr,
+    ) -> Result<UserRecord, AccountError> {
+        let cache = &self.inner.basic_cache;
+        let key = cache.key_of(name, &secret);
+        if let Some((sub, via)) = cache.get(&key, Instant::now()) {
+            let current = self.with_store(move |store| store.get_user(&sub)).await?;
+            match current.filter(|user| via.holds_for(user)) {
+                Some(user) => return Ok(user),
+                // Changed since: verify afresh (and fail, unless the secret is valid some
+                // other way now).
+                None => cache.remove(&key),
+            }
+        }
+        if app_password::looks_like_app_password(&secret) && validate_sub(name).is_ok() {
+            let sub = name.to_owned();
+            let user = self.with_store(move |store| store.get_user(&sub)).await?;
+            let secret_sha256 = app_password::secret_sha256(&secret);
+            let found = user.as_ref().and_then(|user| {
+                app_password::find(user, &secret_sha256)
+                    .map(|app| (app.id.clone(), app.last_used_ms))
+            });
+            if let (Some(user), Some((id, last_used_ms))) = (user, found) {
+                self.note_use(&user.sub, &id, last_used_ms).await;
+                let via = Via::AppPassword {
+                    id: id.clone(),
+                    secret_sha256,
+                };
+                cache.insert(key, &user.sub, via, Instant::now());
+                debug!(account = %user.sub, app_password = %id, %address, "basic credentials verified");
+                return Ok(user);
+            }
+            // Not an app password of the account: maybe its password has this form. Checking
+            // it also counts the failure.
+        }
+        let user = self.check_password(name, secret, address).await?;
+        cache.insert(key, &user.sub, Via::password(&user), Instant::now());
+        debug!(account = %user.sub, %address, "basic credentials verified by password");
+        Ok(user)
+    }
+
+    /// Writes the app password's "last used" time when it is older than
+    /// [`LAST_USED_RESOLUTION`]. A failure (a read-only store) is logged and the request goes on.
+    async fn note_use(&self, sub: &str, id: &str, last_used_ms: u64) {
+        let now = now_ms();
+        if now.saturating_sub(last_used_ms) < LAST_USED_RESOLUTION.as_millis() as u64 {
+            return;
+        }
+        let (sub, id) = (sub.to_owned(), id.to_owned());
+        let res = self
+            .with_store(move |store| {
+                store.modify_user(&sub, &mut |current| {
+                    let mut user = current?.clone();
+                    let app = user.app_passwords.iter_mut().find(|app| app.id == id)?;
+                    app.last_used_ms = now;
+                    Some(user)
+                })
+            })
+            .await;
+        if let Err(error) = res {
+            warn!(%error, "recording when an app password was last used");
+        }
+    }
+
+    /// The account password check behind sign-in and HTTP Basic: limiter, Argon2, failures.
+    async fn check_password(
         &self,
         username: &str,
         password: String,
@@ -305,7 +436,6 @@ impl Accounts {
         {
             warn!(%error, %account, "clearing failed sign-ins in the shared log");
         }
-        info!(account = %user.sub, %address, "signed in");
         Ok(user)
     }
 
@@ -408,9 +538,23 @@ impl Accounts {
             admin,
             created_ms,
         );
-        let stored = record.clone();
-        self.with_store(move |store| store.put_user(&stored))
-            .await?;
+        // The app passwords are the stored ones at the moment of writing, so that one added or
+        // revoked meanwhile is neither lost nor brought back.
+        let record = {
+            let sub = sub.clone();
+            self.with_store(move |store| {
+                store.modify_user(&sub, &mut |current| {
+                    let mut record = record.clone();
+                    record.app_passwords = current
+                        .map(|user| user.app_passwords.clone())
+                        .unwrap_or_default();
+                    Some(record)
+                })
+            })
+            .await?
+            .expect("the change always writes")
+        };
+        self.inner.basic_cache.forget_account(&sub);
         let created = existing.is_none();
         info!(account = %sub, created, admin, n_patterns = docs.len(), "account saved");
         Ok((record, created))
@@ -423,10 +567,90 @@ impl Accounts {
             self.with_store(move |store| store.remove_user(&sub))
                 .await?
         };
+        self.inner.basic_cache.forget_account(&sub);
         if !removed {
             return Err(AccountError::UserNotFound(sub));
         }
         warn!(account = %sub, "account removed");
+        Ok(())
+    }
+
+    /// The app passwords of the account `sub`, oldest first.
+    pub(crate) async fn list_app_passwords(
+        &self,
+        sub: String,
+    ) -> Result<Vec<AppPasswordView>, AccountError> {
+        let user = {
+            let sub = sub.clone();
+            self.with_store(move |store| store.get_user(&sub)).await?
+        };
+        let user = user.ok_or(AccountError::UserNotFound(sub))?;
+        Ok(user
+            .app_passwords
+            .iter()
+            .map(AppPasswordView::from)
+            .collect())
+    }
+
+    /// Makes an app password for the account `sub`; the answer holds its secret, which is
+    /// never shown again.
+    pub(crate) async fn add_app_password(
+        &self,
+        sub: String,
+        label: String,
+    ) -> Result<NewAppPassword, AccountError> {
+        validate_label(&label).map_err(AccountError::BadUser)?;
+        let (record, secret) = new_app_password(&label, now_ms());
+        let view = AppPasswordView::from(&record);
+        let outcome = {
+            let sub = sub.clone();
+            self.with_store(move |store| {
+                let mut outcome = Ok(());
+                store.modify_user(&sub, &mut |current| {
+                    add_app_password_to(current, &record, &mut outcome)
+                })?;
+                Ok(outcome)
+            })
+            .await?
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(AddRefused::NoSuchUser) => return Err(AccountError::UserNotFound(sub)),
+            Err(AddRefused::Full) => return Err(AccountError::TooManyAppPasswords(sub)),
+        }
+        info!(account = %sub, app_password = %view.id, "app password added");
+        Ok(NewAppPassword {
+            app_password: view,
+            secret,
+        })
+    }
+
+    /// Revokes the app password `id` of the account `sub`; from the next request on it is
+    /// refused.
+    pub(crate) async fn remove_app_password(
+        &self,
+        sub: String,
+        id: String,
+    ) -> Result<(), AccountError> {
+        let (user_found, app_found) = {
+            let (sub, id) = (sub.clone(), id.clone());
+            self.with_store(move |store| {
+                let mut found = (false, false);
+                store.modify_user(&sub, &mut |current| {
+                    remove_app_password_from(current, &id, &mut found)
+                })?;
+                Ok(found)
+            })
+            .await?
+        };
+        self.inner.basic_cache.forget_account(&sub);
+        if !user_found {
+            return Err(AccountError::UserNotFound(sub));
+        }
+        if !app_found {
+            return Err(AccountError::AppPasswordNotFound { sub, id });
+        }
+        warn!(account = %sub, app_password = %id, "app password revoked");
         Ok(())
     }
 }
@@ -438,6 +662,8 @@ struct Hashing {
     /// Taken (waiting) for the hash itself, and moved into the blocking task so it is held
     /// until the hash finishes even if the request is dropped meanwhile.
     slots: Arc<Semaphore>,
+    /// Hashes started, ever (the tests tell a cached answer from a hashed one by it).
+    n_started: std::sync::atomic::AtomicU64,
 }
 
 impl Hashing {
@@ -445,6 +671,7 @@ impl Hashing {
         Hashing {
             queue: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES + MAX_QUEUED_HASHES)),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_HASHES)),
+            n_started: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -463,6 +690,8 @@ impl Hashing {
             .acquire_owned()
             .await
             .expect("the hashing semaphore is never closed");
+        self.n_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             work()
@@ -584,6 +813,7 @@ pub fn new_record(
             .collect(),
         admin,
         created_ms,
+        app_passwords: Vec::new(),
     }
 }
 
@@ -646,6 +876,216 @@ fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
+    use tandem_store::Store;
+
+    const PASSWORD: &str = "correct horse battery staple";
+    const ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+    /// The service over a real redb file, with the account `ada`; the store too, to change it
+    /// behind the service's back as another node or the offline CLI would.
+    async fn accounts_with_ada() -> (tempfile::TempDir, Arc<Store>, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.redb")).unwrap());
+        let accounts = Accounts::new(store.clone(), None, AccountConfig::default());
+        let request = PutUserRequest {
+            password: Some(PASSWORD.into()),
+            ..PutUserRequest::default()
+        };
+        accounts.put_user("ada".into(), request).await.unwrap();
+        (dir, store, accounts)
+    }
+
+    fn hashes(accounts: &Accounts) -> u64 {
+        accounts.inner.hashing.n_started.load(Ordering::Relaxed)
+    }
+
+    async fn basic(accounts: &Accounts, secret: &str) -> Result<UserRecord, AccountError> {
+        accounts.verify_basic("ada", secret.into(), ADDRESS).await
+    }
+
+    fn is_bad_credentials(res: &Result<UserRecord, AccountError>) -> bool {
+        matches!(res, Err(AccountError::BadCredentials { account, .. }) if account == "ada")
+    }
+
+    #[tokio::test]
+    async fn basic_hashes_the_password_once_then_answers_from_the_cache() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        let before = hashes(&accounts);
+        assert_eq!(basic(&accounts, PASSWORD).await.unwrap().sub, "ada");
+        assert_eq!(hashes(&accounts), before + 1);
+        for _ in 0..3 {
+            assert_eq!(basic(&accounts, PASSWORD).await.unwrap().sub, "ada");
+        }
+        assert_eq!(hashes(&accounts), before + 1, "hits do not hash");
+        // A wrong password is never a hit; it is hashed and refused.
+        assert!(is_bad_credentials(
+            &basic(&accounts, "correct horse battery stapler").await
+        ));
+        assert_eq!(hashes(&accounts), before + 2);
+        // The cache keeps no secret: only keyed hashes.
+        assert_eq!(accounts.inner.basic_cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn app_passwords_pass_basic_without_hashing_but_not_sign_in() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        let added = accounts
+            .add_app_password("ada".into(), "laptop".into())
+            .await
+            .unwrap();
+        assert!(added.secret.starts_with(APP_PASSWORD_PREFIX));
+        let before = hashes(&accounts);
+        assert_eq!(basic(&accounts, &added.secret).await.unwrap().sub, "ada");
+        assert_eq!(basic(&accounts, &added.secret).await.unwrap().sub, "ada");
+        assert_eq!(hashes(&accounts), before, "an app password costs no Argon2");
+        // Its use was noted (once: the second call was a cache hit).
+        let listed = accounts.list_app_passwords("ada".into()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].last_used_ms.is_some());
+        // Another account's name with this secret is refused.
+        let res = accounts
+            .verify_basic("bob", added.secret.clone(), ADDRESS)
+            .await;
+        assert!(
+            matches!(res, Err(AccountError::BadCredentials { .. })),
+            "{res:?}"
+        );
+        // Sign-in takes the account password only.
+        let res = accounts.sign_in("ada", added.secret.clone(), ADDRESS).await;
+        assert!(is_bad_credentials(&res), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn revoking_an_app_password_refuses_it_at_once_and_failures_are_limited() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        let added = accounts
+            .add_app_password("ada".into(), "rclone".into())
+            .await
+            .unwrap();
+        let kept = accounts
+            .add_app_password("ada".into(), "phone".into())
+            .await
+            .unwrap();
+        basic(&accounts, &added.secret).await.unwrap();
+        basic(&accounts, &kept.secret).await.unwrap();
+        accounts
+            .remove_app_password("ada".into(), added.app_password.id.clone())
+            .await
+            .unwrap();
+        assert!(is_bad_credentials(&basic(&accounts, &added.secret).await));
+        assert_eq!(basic(&accounts, &kept.secret).await.unwrap().sub, "ada");
+        let res = accounts
+            .remove_app_password("ada".into(), added.app_password.id.clone())
+            .await;
+        assert!(
+            matches!(res, Err(AccountError::AppPasswordNotFound { .. })),
+            "{res:?}"
+        );
+        // Each refusal counted as a failed sign-in: the fifth closes the account to guesses,
+        // the account password included.
+        for _ in 0..DEFAULT_MAX_FAILURES_PER_ACCOUNT - 1 {
+            assert!(is_bad_credentials(&basic(&accounts, &added.secret).await));
+        }
+        let res = basic(&accounts, &added.secret).await;
+        assert!(
+            matches!(res, Err(AccountError::TooManyAttempts { .. })),
+            "{res:?}"
+        );
+        let res = accounts.sign_in("ada", PASSWORD.into(), ADDRESS).await;
+        assert!(
+            matches!(res, Err(AccountError::TooManyAttempts { .. })),
+            "{res:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_password_change_refuses_the_cached_old_password() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        basic(&accounts, PASSWORD).await.unwrap();
+        let change = PutUserRequest {
+            password: Some("a new password".into()),
+            ..PutUserRequest::default()
+        };
+        accounts.put_user("ada".into(), change).await.unwrap();
+        assert!(is_bad_credentials(&basic(&accounts, PASSWORD).await));
+        assert_eq!(basic(&accounts, "a new password").await.unwrap().sub, "ada");
+    }
+
+    #[tokio::test]
+    async fn removing_the_account_refuses_its_cached_credentials() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        let added = accounts
+            .add_app_password("ada".into(), "laptop".into())
+            .await
+            .unwrap();
+        basic(&accounts, PASSWORD).await.unwrap();
+        basic(&accounts, &added.secret).await.unwrap();
+        accounts.remove_user("ada".into()).await.unwrap();
+        assert_eq!(accounts.inner.basic_cache.len(), 0);
+        assert!(is_bad_credentials(&basic(&accounts, PASSWORD).await));
+        assert!(is_bad_credentials(&basic(&accounts, &added.secret).await));
+    }
+
+    /// Another node (or `tandem user` offline) changes the account without telling this
+    /// node's cache: a hit re-reads the account and refuses what no longer holds.
+    #[tokio::test]
+    async fn a_hit_is_checked_against_the_stored_account() {
+        let (_dir, store, accounts) = accounts_with_ada().await;
+        let added = accounts
+            .add_app_password("ada".into(), "laptop".into())
+            .await
+            .unwrap();
+        basic(&accounts, PASSWORD).await.unwrap();
+        basic(&accounts, &added.secret).await.unwrap();
+        assert_eq!(accounts.inner.basic_cache.len(), 2);
+        let mut user = store.get_user("ada").unwrap().unwrap();
+        user.app_passwords.clear();
+        user.password_hash = hash_password("changed elsewhere");
+        store.put_user(&user).unwrap();
+        assert!(is_bad_credentials(&basic(&accounts, &added.secret).await));
+        assert!(is_bad_credentials(&basic(&accounts, PASSWORD).await));
+        // A change that keeps the credentials (roles) is seen at once by a hit too.
+        basic(&accounts, "changed elsewhere").await.unwrap();
+        user.admin = true;
+        store.put_user(&user).unwrap();
+        assert!(basic(&accounts, "changed elsewhere").await.unwrap().admin);
+    }
+
+    #[tokio::test]
+    async fn app_passwords_are_limited_labelled_and_kept_by_account_changes() {
+        let (_dir, _store, accounts) = accounts_with_ada().await;
+        let res = accounts.add_app_password("ada".into(), "a\nb".into()).await;
+        assert!(matches!(res, Err(AccountError::BadUser(_))), "{res:?}");
+        let res = accounts
+            .add_app_password("bob".into(), "laptop".into())
+            .await;
+        assert!(matches!(res, Err(AccountError::UserNotFound(_))), "{res:?}");
+        for n in 0..MAX_APP_PASSWORDS {
+            accounts
+                .add_app_password("ada".into(), format!("client {n}"))
+                .await
+                .unwrap();
+        }
+        let res = accounts
+            .add_app_password("ada".into(), "one too many".into())
+            .await;
+        assert!(
+            matches!(res, Err(AccountError::TooManyAppPasswords(_))),
+            "{res:?}"
+        );
+        let change = PutUserRequest {
+            name: Some("Ada L.".into()),
+            ..PutUserRequest::default()
+        };
+        accounts.put_user("ada".into(), change).await.unwrap();
+        let listed = accounts.list_app_passwords("ada".into()).await.unwrap();
+        assert_eq!(listed.len(), MAX_APP_PASSWORDS);
+        assert_eq!(listed[0].label, "client 0");
+        assert_eq!(listed[0].last_used_ms, None);
+    }
+
     #[test]
     fn passwords_verify_and_the_dummy_hash_uses_the_default_parameters() {
         let hash = hash_password("correct horse");

@@ -1,5 +1,6 @@
 //! The account endpoints (`protocol-spec/http.md`): `GET /api/auth`, `POST /api/login`,
-//! `POST /api/token/refresh`, and the admin API `GET /api/users`, `PUT|DELETE /api/users/{sub}`.
+//! `POST /api/token/refresh`, and the admin API `GET /api/users`, `PUT|DELETE /api/users/{sub}`,
+//! `GET|POST /api/users/{sub}/app-passwords` and `DELETE /api/users/{sub}/app-passwords/{id}`.
 //!
 //! Each handler reads the request, calls the accounts service (`accounts/`) and shapes the
 //! answer; the rules (limits, hashing, session age) live in the service. Nothing here logs a
@@ -7,7 +8,8 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,9 @@ use tandem_store::UserRecord;
 use super::error::{ApiError, body_within_limit};
 use super::extract::{Admin, AppJson, AppPath, JsonBody, PathParam};
 use super::{AppState, openapi};
-use crate::accounts::{AccountError, PutUserRequest, UserView, validate_sub};
+use crate::accounts::{
+    AccountError, AddAppPasswordRequest, PutUserRequest, UserView, validate_sub,
+};
 use crate::auth::{AuthError, AuthMode, token_from};
 use crate::proxy::ClientAddr;
 
@@ -45,6 +49,13 @@ impl JsonBody for PutUserRequest {
     }
 }
 
+impl JsonBody for AddAppPasswordRequest {
+    const MAX_BYTES: usize = MAX_ACCOUNT_BODY_BYTES;
+    fn rejection(error: serde_json::Error) -> ApiError {
+        ApiError::BadJson(error.to_string())
+    }
+}
+
 /// Body of a successful login or refresh.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct TokenResponse {
@@ -64,6 +75,43 @@ impl PathParam for UserSub {
         let sub = decoded.ok_or_else(|| AccountError::BadUser("user name is not UTF-8".into()))?;
         validate_sub(sub).map_err(AccountError::BadUser)?;
         Ok(UserSub(sub.to_owned()))
+    }
+}
+
+/// Longest app password id looked up; ids the server makes are 12 hex digits, and a longer one
+/// is not looked up at all.
+const MAX_APP_PASSWORD_ID_BYTES: usize = 64;
+
+/// The account and the app password id of `/api/users/{sub}/app-passwords/{id}`.
+pub(super) struct AppPasswordPath {
+    sub: String,
+    id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AppPasswordPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| AccountError::BadUser("the path is not UTF-8".into()))?;
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_owned())
+                .ok_or(ApiError::NotFound)
+        };
+        let UserSub(sub) = UserSub::parse(Some(&param("sub")?))?;
+        let id = param("id")?;
+        if id.is_empty() || id.len() > MAX_APP_PASSWORD_ID_BYTES {
+            return Err(AccountError::AppPasswordNotFound {
+                sub,
+                id: String::new(),
+            }
+            .into());
+        }
+        Ok(AppPasswordPath { sub, id })
     }
 }
 
@@ -251,4 +299,90 @@ pub(super) async fn delete_user(
 ) -> Result<Response, ApiError> {
     state.accounts.remove_user(sub.clone()).await?;
     Ok(axum::Json(serde_json::json!({ "removed": sub })).into_response())
+}
+
+/// `GET /api/users/{sub}/app-passwords`: the account's app passwords, oldest first, never their
+/// secrets. Admin token.
+#[utoipa::path(
+    get,
+    path = "/api/users/{sub}/app-passwords",
+    operation_id = "list_app_passwords",
+    summary = "Lists an account's app passwords",
+    tag = "accounts",
+    params(("sub" = String, Path, description = "The account id")),
+    responses(
+        (status = 200, description = "The app passwords", body = openapi::AppPasswordList),
+        (status = 400, description = "`bad_user`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+        (status = 404, description = "`user_not_found`", body = openapi::ErrorJson),
+    ),
+)]
+pub(super) async fn list_app_passwords(
+    State(state): State<AppState>,
+    _admin: Admin,
+    AppPath(UserSub(sub)): AppPath<UserSub>,
+) -> Result<Response, ApiError> {
+    let app_passwords = state.accounts.list_app_passwords(sub).await?;
+    Ok(axum::Json(serde_json::json!({ "app_passwords": app_passwords })).into_response())
+}
+
+/// `POST /api/users/{sub}/app-passwords`: makes an app password for HTTP Basic. The answer
+/// holds its secret, which is never shown again. Admin token.
+#[utoipa::path(
+    post,
+    path = "/api/users/{sub}/app-passwords",
+    operation_id = "add_app_password",
+    summary = "Makes an app password",
+    tag = "accounts",
+    params(("sub" = String, Path, description = "The account id")),
+    request_body = crate::accounts::AddAppPasswordRequest,
+    responses(
+        (status = 201, description = "Made; `secret` is shown only here", body = crate::accounts::NewAppPassword),
+        (status = 400, description = "`bad_user` (the label), `bad_json`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+        (status = 404, description = "`user_not_found`", body = openapi::ErrorJson),
+        (status = 409, description = "`too_many_app_passwords`: the account has 32", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`", body = openapi::ErrorJson),
+        (status = 507, description = "`insufficient_storage`", body = openapi::ErrorJson),
+    ),
+)]
+pub(super) async fn add_app_password(
+    State(state): State<AppState>,
+    _admin: Admin,
+    AppPath(UserSub(sub)): AppPath<UserSub>,
+    AppJson(request): AppJson<AddAppPasswordRequest>,
+) -> Result<Response, ApiError> {
+    let added = state.accounts.add_app_password(sub, request.label).await?;
+    Ok((StatusCode::CREATED, axum::Json(added)).into_response())
+}
+
+/// `DELETE /api/users/{sub}/app-passwords/{id}`: revokes an app password; clients using it are
+/// refused from their next request. Admin token.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{sub}/app-passwords/{id}",
+    operation_id = "delete_app_password",
+    summary = "Revokes an app password",
+    tag = "accounts",
+    params(
+        ("sub" = String, Path, description = "The account id"),
+        ("id" = String, Path, description = "The app password's id"),
+    ),
+    responses(
+        (status = 200, description = "Revoked", body = openapi::Removed),
+        (status = 400, description = "`bad_user`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`not_admin`", body = openapi::ErrorJson),
+        (status = 404, description = "`user_not_found`, `app_password_not_found`", body = openapi::ErrorJson),
+    ),
+)]
+pub(super) async fn delete_app_password(
+    State(state): State<AppState>,
+    _admin: Admin,
+    AppPasswordPath { sub, id }: AppPasswordPath,
+) -> Result<Response, ApiError> {
+    state.accounts.remove_app_password(sub, id.clone()).await?;
+    Ok(axum::Json(serde_json::json!({ "removed": id })).into_response())
 }

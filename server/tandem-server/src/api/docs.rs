@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tandem_core::protocol::{decode_snapshot, decode_update};
@@ -309,29 +309,35 @@ fn doc_route<'a>(method: &Method, uri: &'a Uri) -> Result<(DocRoute<'a>, DocId),
     tag = "docs",
     params(openapi::DocName),
     responses(
-        (status = 200, description = "The document: one Yjs v1 update, or with `Accept: application/json` one key per root type",
+        (status = 200, description = "The document: one Yjs v1 update, with `Accept: application/json` one key per root type, with `Accept: text/plain` (or `text/markdown`) the root text `content` and its `ETag`",
             content(
                 (openapi::Binary = "application/octet-stream"),
                 (openapi::DocContent = "application/json"),
+                (String = "text/plain"),
             )),
+        (status = 304, description = "`If-None-Match` names the current text (text only)"),
         (status = 400, description = "`bad_doc_name`", body = openapi::ErrorJson),
         (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
         (status = 403, description = "`forbidden`: no role on this document", body = openapi::ErrorJson),
         (status = 404, description = "`doc_not_found`", body = openapi::ErrorJson),
+        (status = 409, description = "`not_plain_text`: text asked for, and the root holds formatting or other types", body = openapi::ErrorJson),
         (status = 500, description = "`doc_corrupt`, `internal`", body = openapi::ErrorJson),
         (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
     ),
 )]
 async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<Response, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/plain") || accept.contains("text/markdown") {
+        return text(state, headers, doc).await;
+    }
     let snapshot = state.hub.snapshot(doc).await.map_err(ApiError::from)?;
     let Some(snapshot) = snapshot else {
         return Err(ApiError::DocNotFound);
     };
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/json"));
-    if wants_json {
+    if accept.contains("application/json") {
         Ok(axum::Json(snapshot.json).into_response())
     } else {
         Ok((
@@ -343,6 +349,99 @@ async fn content(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<R
         )
             .into_response())
     }
+}
+
+/// `GET /api/docs/{name}` with `Accept: text/plain` (or `text/markdown`): the root text
+/// (`doc_text`), with its entity tag; `If-None-Match` naming that tag is a 304.
+async fn text(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<Response, ApiError> {
+    let Some(text) = state.doc_text.read(doc).await? else {
+        return Err(ApiError::DocNotFound);
+    };
+    let etag = HeaderValue::from_str(&text.etag).map_err(|_| ApiError::Internal)?;
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == text.etag || tag.trim() == "*")
+        });
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (header::ETAG, etag),
+        ],
+        text.text,
+    )
+        .into_response())
+}
+
+/// `PUT /api/docs/{name}`: saves a UTF-8 body as the document's root text, creating the
+/// document if needed. The change is the smallest one from the text `If-Match` names (the
+/// current text without it, or when the server no longer holds that text), merged with what
+/// others typed meanwhile (`doc_text`); it is durable before the answer.
+#[utoipa::path(
+    put,
+    path = "/api/docs/{name}",
+    operation_id = "put_doc_text",
+    tag = "docs",
+    params(openapi::DocName),
+    request_body(content = String, content_type = "text/plain", description = "The whole text, UTF-8"),
+    responses(
+        (status = 200, description = "Saved; `ETag` names the saved text", body = openapi::SavedText),
+        (status = 400, description = "`bad_doc_name`, `not_utf8`", body = openapi::ErrorJson),
+        (status = 401, description = "Missing or invalid token", body = openapi::ErrorJson),
+        (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
+        (status = 409, description = "`path_taken` (a file has this path), `not_plain_text`", body = openapi::ErrorJson),
+        (status = 413, description = "`body_too_large`, `doc_too_large`", body = openapi::ErrorJson),
+        (status = 423, description = "`locked`: a WebDAV lock covers the document (`webdav.md`)", body = openapi::ErrorJson),
+        (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
+    ),
+)]
+pub(super) async fn put_doc(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (route, doc) = doc_route(&method, &uri)?;
+    let DocRoute::Content(_) = route else {
+        return Err(ApiError::NotFound);
+    };
+    let grant = request_grant(&state, &headers, &uri, &doc)?;
+    if !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    // A whole-text save is the write a WebDAV lock on the doc exists to hold off.
+    super::locks::check_write(&state, &headers, &grant, doc.as_str(), false).await?;
+    if state.files.is_file(doc.as_str()).await? {
+        return Err(FileError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
+    let body = body_within_limit(body, max_body_bytes(&state))?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::NotUtf8)?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim);
+    let saved = state
+        .doc_text
+        .write(&doc, if_match, text, versions::http_actor(&grant, &headers))
+        .await?;
+    let etag = HeaderValue::from_str(&saved.etag).map_err(|_| ApiError::Internal)?;
+    Ok((
+        [(header::ETAG, etag)],
+        axum::Json(serde_json::json!({ "etag": saved.etag })),
+    )
+        .into_response())
 }
 
 /// `POST /api/docs/{name}/covers`: whether the server stored everything a replica holds.

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::accounts::AccountError;
 use crate::auth::AuthError;
 use crate::bus::LockJson;
+use crate::doc_text::DocTextError;
 use crate::error_id;
 use crate::files::FileError;
 use crate::locks::LockError;
@@ -78,6 +79,10 @@ pub(crate) enum ApiError {
     InsufficientStorage,
     #[error("shared storage temporarily unavailable, retry later")]
     StorageUnavailable,
+    #[error("the body is not UTF-8 text")]
+    NotUtf8,
+    #[error("{0}")]
+    NotPlainText(String),
     /// A WebDAV lock refuses the write (`protocol-spec/webdav.md`, "Locks").
     #[error("{} is locked by {}; the holder's lock token lets a write through", display_path(&.0.path), holder_of(.0))]
     Locked(Box<LockJson>),
@@ -127,6 +132,20 @@ impl ApiError {
         } else {
             tracing::error!(%error, what, "store operation failed");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<DocTextError> for ApiError {
+    fn from(error: DocTextError) -> Self {
+        match error {
+            DocTextError::Hub(error) => error.into(),
+            DocTextError::NotPlainText(message) => ApiError::NotPlainText(message),
+            DocTextError::Refused(ProtocolError::DocTooLarge { max, .. }) => {
+                ApiError::DocTooLarge { max }
+            }
+            DocTextError::Refused(other) => ApiError::BadUpdate(other),
+            DocTextError::Internal => ApiError::Internal,
         }
     }
 }
@@ -187,6 +206,10 @@ fn account_status_and_code(error: &AccountError) -> (StatusCode, &'static str) {
         AccountError::SessionTooOld => (StatusCode::UNAUTHORIZED, "session_expired"),
         AccountError::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
         AccountError::BadUser(_) => (StatusCode::BAD_REQUEST, "bad_user"),
+        AccountError::TooManyAppPasswords(_) => (StatusCode::CONFLICT, "too_many_app_passwords"),
+        AccountError::AppPasswordNotFound { .. } => {
+            (StatusCode::NOT_FOUND, "app_password_not_found")
+        }
         // Mapped to `Internal` or `InsufficientStorage` by `From`; never wrapped.
         AccountError::Store(_) | AccountError::Internal => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -272,6 +295,8 @@ impl ApiError {
             }
             ApiError::Locked(_) => (StatusCode::LOCKED, "locked"),
             ApiError::LockNotFound => (StatusCode::NOT_FOUND, "lock_not_found"),
+            ApiError::NotUtf8 => (StatusCode::BAD_REQUEST, "not_utf8"),
+            ApiError::NotPlainText(_) => (StatusCode::CONFLICT, "not_plain_text"),
         }
     }
 }

@@ -54,6 +54,7 @@ use crate::tables::Tables;
 use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::bus::Events;
+use crate::doc_text::DocText;
 use crate::files::Files;
 use crate::locks::Locks;
 use crate::metrics::Telemetry;
@@ -95,6 +96,8 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Webhooks,
     /// Metrics and the admin view's data (`metrics/`).
     pub(crate) telemetry: Telemetry,
+    /// Documents read and saved as plain text (`doc_text/`).
+    pub(crate) doc_text: DocText,
 }
 
 /// Builds the router: the API first, then the web client from `web` for every other path.
@@ -118,7 +121,10 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/docs", get(docs::list_docs))
         .route("/api/events", get(events::stream))
-        .route("/api/docs/{*name}", get(docs::get_doc).post(docs::post_doc))
+        .route(
+            "/api/docs/{*name}",
+            get(docs::get_doc).post(docs::post_doc).put(docs::put_doc),
+        )
         .route("/ws/{*name}", get(ws::upgrade))
         .route("/ws", get(ws::upgrade_hocuspocus))
         .route("/ws/", get(ws::upgrade_hocuspocus))
@@ -137,6 +143,16 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
             put(accounts::put_user)
                 .delete(accounts::delete_user)
                 .layer(account_body_limit()),
+        )
+        .route(
+            "/api/users/{sub}/app-passwords",
+            get(accounts::list_app_passwords)
+                .post(accounts::add_app_password)
+                .layer(account_body_limit()),
+        )
+        .route(
+            "/api/users/{sub}/app-passwords/{id}",
+            delete(accounts::delete_app_password).layer(account_body_limit()),
         )
         .merge(files::routes())
         .route("/api/locks", get(locks::list))

@@ -45,6 +45,7 @@ use super::{
         docs::content,
         docs::covers,
         docs::update,
+        docs::put_doc,
         versions::list,
         versions::get,
         versions::create,
@@ -59,6 +60,9 @@ use super::{
         accounts::list_users,
         accounts::put_user,
         accounts::delete_user,
+        accounts::list_app_passwords,
+        accounts::add_app_password,
+        accounts::delete_app_password,
         files::list_files,
         files::list_versions,
         files::move_file,
@@ -446,6 +450,15 @@ pub(crate) struct Applied {
     applied: bool,
 }
 
+/// `PUT /api/docs/{name}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SavedText {
+    /// The entity tag of the saved text, also in the `ETag` header: name it in `If-Match` on
+    /// the next save.
+    etag: String,
+}
+
 /// A document's content as JSON: one key per root type (`http.md`).
 pub(crate) struct DocContent;
 
@@ -514,11 +527,18 @@ pub(crate) struct UserList {
     users: Vec<crate::accounts::UserView>,
 }
 
-/// `DELETE /api/users/{sub}`.
+/// `GET /api/users/{sub}/app-passwords`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AppPasswordList {
+    app_passwords: Vec<crate::accounts::AppPasswordView>,
+}
+
+/// `DELETE /api/users/{sub}`, `DELETE /api/users/{sub}/app-passwords/{id}`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct Removed {
-    /// The account removed.
+    /// The account (or app password id) removed.
     removed: String,
 }
 

@@ -29,7 +29,11 @@ use tandem_store::{DeliveryAttempt, Store, StoreError, UserRecord, WebhookRecord
 
 use super::CommandError;
 use crate::DB_FILE_NAME;
-use crate::accounts::{PutUserRequest, UserView, hash_password, new_record};
+use crate::accounts::{
+    AddAppPasswordRequest, AddRefused, AppPasswordView, MAX_APP_PASSWORDS, NewAppPassword,
+    PutUserRequest, UserView, add_app_password_to, hash_password, new_app_password, new_record,
+    remove_app_password_from,
+};
 use crate::auth::{Claims, Role, mint_offline};
 use crate::cli::Target;
 use crate::webhook::{self, AttemptView, NewWebhook, WebhookView};
@@ -54,8 +58,12 @@ impl LocalTables {
     fn get_user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
         self.users.get_user(sub)
     }
-    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.users.put_user(user)
+    fn modify_user(
+        &self,
+        sub: &str,
+        change: &mut dyn FnMut(Option<&UserRecord>) -> Option<UserRecord>,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.users.modify_user(sub, change)
     }
     fn remove_user(&self, sub: &str) -> Result<bool, StoreError> {
         self.users.remove_user(sub)
@@ -180,7 +188,16 @@ impl Backend {
                     user.admin,
                     created_ms,
                 );
-                store.put_user(&record).map_err(store_error(path))?;
+                // The account keeps its app passwords, as stored when written.
+                store
+                    .modify_user(user.sub, &mut |current| {
+                        let mut record = record.clone();
+                        record.app_passwords = current
+                            .map(|user| user.app_passwords.clone())
+                            .unwrap_or_default();
+                        Some(record)
+                    })
+                    .map_err(store_error(path))?;
                 Ok(existing.is_none())
             }
             Backend::Remote(remote) => {
@@ -225,6 +242,114 @@ impl Backend {
                 }
                 let list: List = remote.get_json("/api/users").await?;
                 Ok(list.users)
+            }
+        }
+    }
+
+    /// Makes an app password (`label` already validated) for the account `sub`.
+    pub(super) async fn add_app_password(
+        &self,
+        sub: &str,
+        label: &str,
+    ) -> Result<NewAppPassword, CommandError> {
+        match self {
+            Backend::Local { store, path } => {
+                let (record, secret) = new_app_password(label, tandem_hub::clock::now_ms());
+                let mut outcome = Ok(());
+                store
+                    .modify_user(sub, &mut |current| {
+                        add_app_password_to(current, &record, &mut outcome)
+                    })
+                    .map_err(store_error(path))?;
+                match outcome {
+                    Ok(()) => Ok(NewAppPassword {
+                        app_password: AppPasswordView::from(&record),
+                        secret,
+                    }),
+                    Err(AddRefused::NoSuchUser) => Err(CommandError::NoSuchUser(sub.to_owned())),
+                    Err(AddRefused::Full) => Err(CommandError::Invalid(format!(
+                        "user {sub:?} has {MAX_APP_PASSWORDS} app passwords already; remove one \
+                         first"
+                    ))),
+                }
+            }
+            Backend::Remote(remote) => {
+                let request = AddAppPasswordRequest {
+                    label: label.to_owned(),
+                };
+                let body = serde_json::to_vec(&request).expect("the request serialises");
+                let path = format!("/api/users/{sub}/app-passwords");
+                let (_, answer) = remote.call(Method::POST, &path, Some(body)).await?;
+                remote.decode(&path, &answer)
+            }
+        }
+    }
+
+    /// The app passwords of the account `sub`; `None` when there is no such account.
+    pub(super) async fn list_app_passwords(
+        &self,
+        sub: &str,
+    ) -> Result<Option<Vec<AppPasswordView>>, CommandError> {
+        match self {
+            Backend::Local { store, path } => {
+                Ok(store.get_user(sub).map_err(store_error(path))?.map(|user| {
+                    user.app_passwords
+                        .iter()
+                        .map(AppPasswordView::from)
+                        .collect()
+                }))
+            }
+            Backend::Remote(remote) => {
+                #[derive(serde::Deserialize)]
+                struct List {
+                    app_passwords: Vec<AppPasswordView>,
+                }
+                let path = format!("/api/users/{sub}/app-passwords");
+                let Some(body) = remote.call_unless_missing(Method::GET, &path).await? else {
+                    return Ok(None);
+                };
+                let list: List = remote.decode(&path, &body)?;
+                Ok(Some(list.app_passwords))
+            }
+        }
+    }
+
+    /// Revokes the app password `id` of the account `sub`.
+    pub(super) async fn remove_app_password(
+        &self,
+        sub: &str,
+        id: &str,
+    ) -> Result<(), CommandError> {
+        let no_such = || CommandError::NoSuchAppPassword {
+            sub: sub.to_owned(),
+            id: id.to_owned(),
+        };
+        match self {
+            Backend::Local { store, path } => {
+                let mut found = (false, false);
+                store
+                    .modify_user(sub, &mut |current| {
+                        remove_app_password_from(current, id, &mut found)
+                    })
+                    .map_err(store_error(path))?;
+                match found {
+                    (false, _) => Err(CommandError::NoSuchUser(sub.to_owned())),
+                    (true, false) => Err(no_such()),
+                    (true, true) => Ok(()),
+                }
+            }
+            Backend::Remote(remote) => {
+                let path = format!("/api/users/{sub}/app-passwords/{}", percent_path(id));
+                match remote.call(Method::DELETE, &path, None).await {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Refused {
+                        status: 404, code, ..
+                    }) if code == "app_password_not_found" => Err(no_such()),
+                    Err(CommandError::Refused {
+                        status: 404, code, ..
+                    }) if code == "user_not_found" => Err(CommandError::NoSuchUser(sub.to_owned())),
+                    Err(error) => Err(error),
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The binary's one-shot commands besides `serve`: `tandem user add|remove|list`,
+//! The binary's one-shot commands besides `serve`: `tandem user add|remove|list` and
+//! `tandem user app-password add|list|remove`,
 //! `tandem webhook add|list|remove|log`, `tandem token mint`, `tandem backup` and
 //! `restore-backup` (`backup.rs`), `tandem export` and `import`, and `tandem check`, one file
 //! each. `backup`, `export` and `import` talk to a running server through `client.rs`.
@@ -30,8 +31,8 @@ use tandem_store::StoreError;
 use crate::accounts::validate_docs;
 use crate::auth::{AuthLoadError, Role};
 use crate::cli::{
-    BackupArgs, CheckArgs, DocRole, ExportArgs, ImportArgs, RestoreBackupArgs, TokenCommand,
-    UserCommand, WebhookCommand,
+    AppPasswordCommand, BackupArgs, CheckArgs, DocRole, ExportArgs, ImportArgs, RestoreBackupArgs,
+    TokenCommand, UserCommand, WebhookCommand,
 };
 
 pub use backend::ADMIN_TOKEN_TTL;
@@ -100,6 +101,14 @@ pub enum CommandError {
     /// `user remove` of an account that does not exist.
     #[error("no user {0:?}")]
     NoSuchUser(String),
+    /// `user app-password remove` of an app password that does not exist.
+    #[error("user {sub:?} has no app password {id:?}")]
+    NoSuchAppPassword {
+        /// The account.
+        sub: String,
+        /// The id given.
+        id: String,
+    },
     /// `webhook remove` or `log` of a webhook that does not exist.
     #[error("no webhook {0:?}")]
     NoSuchWebhook(String),
@@ -111,6 +120,15 @@ pub async fn run_user(command: UserCommand) -> Result<String, CommandError> {
         UserCommand::Add(args) => user::add(args).await,
         UserCommand::Remove(args) => user::remove(args).await,
         UserCommand::List(args) => user::list(args).await,
+        UserCommand::AppPassword(AppPasswordCommand::Add(args)) => {
+            user::add_app_password(args).await
+        }
+        UserCommand::AppPassword(AppPasswordCommand::List(args)) => {
+            user::list_app_passwords(args).await
+        }
+        UserCommand::AppPassword(AppPasswordCommand::Remove(args)) => {
+            user::remove_app_password(args).await
+        }
     }
 }
 
