@@ -27,6 +27,7 @@ mod hocuspocus;
 mod http_edges;
 mod limits;
 mod listener;
+mod locks;
 mod metrics;
 mod openapi;
 mod proxy;

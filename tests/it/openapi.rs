@@ -13,6 +13,7 @@ fn sample(param: &str) -> &'static str {
         "path" => "team/builds/app.zip",
         "id" => "7",
         "sub" => "alice",
+        "token" => "urn:uuid:0b1c2d3e-4f50-4617-8899-aabbccddeeff",
         other => panic!("no sample value for the path parameter {other}"),
     }
 }

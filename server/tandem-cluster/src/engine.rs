@@ -178,6 +178,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE tandem_secrets (name text PRIMARY KEY, value bytea NOT NULL)",
     // 6: the accounts' app passwords (meta/users.rs).
     crate::meta::APP_PASSWORDS_MIGRATION,
+    // 7: WebDAV locks (meta/dav_locks.rs).
+    crate::meta::LOCKS_MIGRATION,
 ];
 
 /// The secret `name` every node shares: the first node to ask stores `candidate`, and every

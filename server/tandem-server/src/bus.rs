@@ -72,6 +72,17 @@ pub(crate) enum Event {
         actor: Actor,
         at_ms: u64,
     },
+    /// A WebDAV lock was taken or refreshed on `path` (a file, a doc or a folder; `""` is the
+    /// workspace root). Live streams only (`locks/`).
+    FileLocked { path: String, lock: LockJson },
+    /// A WebDAV lock on `path` is gone (`reason`: `unlocked`, `expired`, `broken` by an admin,
+    /// `removed` with its resource); `still_locked` when other locks still cover the path.
+    FileUnlocked {
+        path: String,
+        lock: LockJson,
+        reason: &'static str,
+        still_locked: bool,
+    },
     /// A version of a doc was saved (`kind`: `named`, `auto` or `restore`), once it is durable.
     VersionCreated {
         doc: String,
@@ -105,6 +116,64 @@ pub(crate) enum Event {
     },
 }
 
+/// A lock as the API shows it (`protocol-spec/webdav.md`, "Locks"): in file listings, in
+/// `423 locked` answers and in lock events. Never the token, which only its holder and admins
+/// see.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct LockJson {
+    /// The locked path; an ancestor folder of the file for a deep lock.
+    pub(crate) path: String,
+    /// Depth infinity: it covers everything below `path`.
+    pub(crate) deep: bool,
+    /// Shared; otherwise exclusive.
+    pub(crate) shared: bool,
+    /// The text of the owner the WebDAV client sent (`DAV:owner`, tags removed), if any.
+    pub(crate) owner: Option<String>,
+    /// The account that holds it (`null` without authentication).
+    pub(crate) principal: Option<String>,
+    /// When it lapses unless refreshed, ms since the Unix epoch.
+    pub(crate) expires_at: u64,
+}
+
+impl LockJson {
+    /// The JSON of `lock`.
+    pub(crate) fn of(lock: &tandem_store::LockRecord) -> LockJson {
+        LockJson {
+            path: lock.path.clone(),
+            deep: lock.deep,
+            shared: lock.shared,
+            owner: lock
+                .owner
+                .as_deref()
+                .map(owner_text)
+                .filter(|text| !text.is_empty()),
+            principal: lock.principal.clone(),
+            expires_at: lock.expires_ms,
+        }
+    }
+}
+
+/// The text of the `DAV:owner` XML, without its tags, for people to read ("Locked by ...").
+fn owner_text(owner: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for character in owner.chars() {
+        match character {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            _ if !in_tag => text.push(character),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// How a relayed event travels between nodes.
 #[derive(Serialize, serde::Deserialize)]
 struct Envelope {
@@ -120,7 +189,10 @@ impl Event {
             | Event::DocPresence { doc, .. }
             | Event::VersionCreated { doc, .. }
             | Event::VersionRestored { doc, .. } => vec![doc],
-            Event::FileUploaded { path, .. } | Event::FileDeleted { path, .. } => vec![path],
+            Event::FileUploaded { path, .. }
+            | Event::FileDeleted { path, .. }
+            | Event::FileLocked { path, .. }
+            | Event::FileUnlocked { path, .. } => vec![path],
             Event::FileRenamed { from, to, .. } => vec![from, to],
             Event::Activity { paths, .. } | Event::Relayed { paths, .. } => {
                 paths.iter().map(String::as_str).collect()
@@ -298,6 +370,17 @@ mod tests {
 
     use super::*;
     use crate::auth::Role;
+
+    #[test]
+    fn owner_text_drops_the_markup() {
+        assert_eq!(
+            owner_text(
+                "<D:owner xmlns:D=\"DAV:\">\n  <D:href>mailto:ann&amp;co</D:href>\n</D:owner>"
+            ),
+            "mailto:ann&co"
+        );
+        assert_eq!(owner_text("Ann"), "Ann");
+    }
 
     #[test]
     fn a_rename_is_visible_only_to_who_may_read_both_paths() {

@@ -15,6 +15,7 @@
 //! - `files`: the files service: uploads, versions, blobs, cleanup.
 //! - `backup`: backups of a running node: the store copied from one read transaction, its
 //!   blobs pinned, streamed as a tar archive (`backup/archive.rs`, also read by the commands).
+//! - `locks`: WebDAV write locks on workspace paths, durable, checked by every way of writing.
 //! - `tables`: the storage each service works on: the local store, or cluster mode's shared one.
 //! - [`cli`]: the command line: `Cli`, its subcommands and the argument types; imports neither
 //!   `config` nor `command`, which both import it.
@@ -50,6 +51,7 @@ mod doc_text;
 mod error_id;
 mod files;
 mod listener;
+mod locks;
 pub(crate) mod metrics;
 mod name;
 mod outbound;
@@ -449,8 +451,19 @@ pub async fn run_with_ready(
         tracing::info_span!("file-cleanup"),
         files.clone().run_cleanup(lifecycle.cancel.clone()),
     );
+    // WebDAV locks: restored from the store into memory on one node; read from the shared
+    // database each time in cluster mode (`locks/mod.rs`).
+    let locks = match &cluster {
+        Some(_) => locks::Locks::shared(tables.locks.clone(), events.clone()),
+        None => locks::Locks::open(tables.locks.clone(), events.clone()).await,
+    };
+    lifecycle.spawn(
+        tracing::info_span!("lock-sweep"),
+        locks.clone().run_sweep(lifecycle.cancel.clone()),
+    );
     let state = api::AppState {
         files,
+        locks,
         events,
         auth,
         hub: hub.clone(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tandem_store::Store;
 use tandem_store::meta::{
-    ActivityTable, DavTable, FailureLog, FileTable, HistoryTable, UserTable, WebhookTable,
+    ActivityTable, DavTable, FailureLog, FileTable, HistoryTable, LockTable, UserTable,
+    WebhookTable,
 };
 
 /// The tables of every service.
@@ -22,6 +23,8 @@ pub(crate) struct Tables {
     pub(crate) files: Arc<dyn FileTable>,
     /// Docs' versions and authors, and the list of stored docs.
     pub(crate) history: Arc<dyn HistoryTable>,
+    /// WebDAV locks.
+    pub(crate) locks: Arc<dyn LockTable>,
     /// Failed sign-ins counted by every node (cluster mode); one node counts in memory only.
     pub(crate) sign_in_failures: Option<Arc<dyn FailureLog>>,
     /// WebDAV's folders and dead properties; `None` in cluster mode, which refuses `MKCOL` of an
@@ -38,6 +41,7 @@ impl Tables {
             webhooks: store.clone(),
             files: store.clone(),
             history: store.clone(),
+            locks: store.clone(),
             sign_in_failures: None,
             dav: Some(store.clone()),
         }
@@ -51,6 +55,7 @@ impl Tables {
             webhooks: pg.clone(),
             files: pg.clone(),
             history: pg.clone(),
+            locks: pg.clone(),
             sign_in_failures: Some(pg.clone()),
             dav: None,
         }

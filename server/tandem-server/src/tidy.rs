@@ -1,13 +1,13 @@
 //! Tidy checks, in the rust-analyzer style: tests that read the source tree and hold the
 //! layering rules the compiler cannot. The services (`accounts/`, `activity/`, `backup/`, `files/`,
-//! `webhook/`) sit below the HTTP layer: they never import `crate::api` and never name axum or
+//! `locks/`, `webhook/`) sit below the HTTP layer: they never import `crate::api` and never name axum or
 //! a status code, so a handler is the only place a domain error becomes an HTTP answer.
 
 use std::path::{Path, PathBuf};
 
 /// The service directories under `src/`.
-const SERVICE_DIRS: [&str; 7] = [
-    "accounts", "activity", "backup", "doc_text", "files", "metrics", "webhook",
+const SERVICE_DIRS: [&str; 8] = [
+    "accounts", "activity", "backup", "doc_text", "files", "locks", "metrics", "webhook",
 ];
 
 /// What a service file must not contain.

@@ -27,8 +27,8 @@ use crate::checksum;
 use crate::error::StoreError;
 use crate::schema::{
     ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, ACTIVITY_COUNTERS, AUTHOR_IDS, AUTHORS, BLOBS,
-    DAV_FOLDERS, DAV_PROPS, DOCS, FILE_USAGE, FILES, META, SNAPSHOTS, UPDATE_AUTHORS, UPDATES,
-    UPLOADS, USERS, VERSION_STATES, VERSIONS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS,
+    DAV_FOLDERS, DAV_PROPS, DOCS, FILE_USAGE, FILES, LOCKS, META, SNAPSHOTS, UPDATE_AUTHORS,
+    UPDATES, UPLOADS, USERS, VERSION_STATES, VERSIONS, WEBHOOK_LOG, WEBHOOK_OUTBOX, WEBHOOKS,
 };
 
 /// A blob a copy names: by a file version, or by a `blobs` row with a non-zero refcount.
@@ -159,6 +159,11 @@ fn copy_tables(source: &ReadTransaction, target: &WriteTransaction) -> Result<()
     copy(WEBHOOK_LOG.name(), copy_table(source, target, WEBHOOK_LOG))?;
     copy(DAV_FOLDERS.name(), copy_table(source, target, DAV_FOLDERS))?;
     copy(DAV_PROPS.name(), copy_table(source, target, DAV_PROPS))?;
+    // Created empty, like `uploads`: a lock is a client's session, not data.
+    copy(
+        LOCKS.name(),
+        target.open_table(LOCKS).map(drop).map_err(Into::into),
+    )?;
     for table in source.list_tables()? {
         if !copied.contains(table.name()) {
             return Err(StoreError::UnknownTable {

@@ -39,6 +39,7 @@ mod dav;
 pub mod error;
 mod files;
 mod history;
+mod locks;
 pub mod meta;
 mod record;
 pub mod schema;
@@ -60,6 +61,7 @@ pub use files::{
     BlobRow, Deleted, FileEntry, FileError, FileVersion, UploadRecord, Uploader, workspace_of,
 };
 pub use history::{Author, HistoryHead, UpdateAuthor, VersionKind, VersionRecord};
+pub use locks::LockRecord;
 use redb::TableHandle;
 pub use schema::FORMAT_VERSION;
 use schema::{DOCS, DocRow, SNAPSHOTS, UPDATES, decode_doc_row, encode_doc_row};

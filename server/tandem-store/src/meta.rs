@@ -9,8 +9,9 @@
 
 use crate::{
     ActivityEntry, ActivityQuery, ActivityWrite, BlobRow, DeadProp, Deleted, DeliveryAttempt,
-    DocMeta, FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, OutboxDelivery,
-    Store, StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord, WebhookRecord,
+    DocMeta, FileEntry, FileError, FileVersion, FinishedAttempt, HistoryHead, LockRecord,
+    OutboxDelivery, Store, StoreError, UpdateAuthor, UploadRecord, UserRecord, VersionRecord,
+    WebhookRecord,
 };
 
 /// Accounts (`accounts` service).
@@ -113,6 +114,27 @@ pub trait WebhookTable: Send + Sync + 'static {
     ) -> Result<usize, StoreError>;
     /// See [`Store::list_deliveries`].
     fn list_deliveries(&self, id: &str) -> Result<Vec<DeliveryAttempt>, StoreError>;
+}
+
+/// WebDAV write locks (`locks` service). On one node the service keeps every lock in memory in
+/// front of the table and decides conflicts there ([`LockTable::put_lock`]); in cluster mode it
+/// asks the table each time, and takes a lock with [`LockTable::create_lock`], whose read and
+/// write are one transaction across nodes.
+pub trait LockTable: Send + Sync + 'static {
+    /// See [`Store::put_lock`].
+    fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError>;
+    /// See [`Store::create_lock`].
+    fn create_lock(
+        &self,
+        lock: &LockRecord,
+        conflict: &(dyn Fn(&[LockRecord]) -> Option<LockRecord> + Send + Sync),
+    ) -> Result<Option<LockRecord>, StoreError>;
+    /// See [`Store::update_lock`].
+    fn update_lock(&self, lock: &LockRecord) -> Result<bool, StoreError>;
+    /// See [`Store::remove_locks`].
+    fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError>;
+    /// See [`Store::list_locks`].
+    fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError>;
 }
 
 /// Files' versions, blob refcounts, workspace usage and uploads in progress (`files` service).
@@ -431,5 +453,27 @@ impl HistoryTable for Store {
     }
     fn doc_meta(&self, doc: &str) -> Result<Option<DocMeta>, StoreError> {
         Store::doc_meta(self, doc)
+    }
+}
+
+impl LockTable for Store {
+    fn put_lock(&self, lock: &LockRecord) -> Result<(), StoreError> {
+        Store::put_lock(self, lock)
+    }
+    fn create_lock(
+        &self,
+        lock: &LockRecord,
+        conflict: &(dyn Fn(&[LockRecord]) -> Option<LockRecord> + Send + Sync),
+    ) -> Result<Option<LockRecord>, StoreError> {
+        Store::create_lock(self, lock, conflict)
+    }
+    fn update_lock(&self, lock: &LockRecord) -> Result<bool, StoreError> {
+        Store::update_lock(self, lock)
+    }
+    fn remove_locks(&self, tokens: &[String]) -> Result<usize, StoreError> {
+        Store::remove_locks(self, tokens)
+    }
+    fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError> {
+        Store::list_locks(self)
     }
 }

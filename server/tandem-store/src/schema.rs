@@ -127,6 +127,13 @@ pub(crate) const DAV_FOLDERS: TableDefinition<'static, &str, u64> =
 pub(crate) const DAV_PROPS: TableDefinition<'static, (&str, &str), &[u8]> =
     TableDefinition::new("dav_props");
 
+// WebDAV locks (`locks.rs`). Added after format version 2 shipped, like `users` after version 1:
+// a file without the table reads as having no locks, the first lock creates it, and an older
+// build ignores it, so the format version did not change.
+
+/// Write locks: `token -> sealed LockRecord`.
+pub(crate) const LOCKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("locks");
+
 /// `(snapshot_seq, size_bytes, updated_ms, n_log_entries, last_seq)`.
 pub(crate) type DocRow = (u64, u64, u64, u64, u64);
 
@@ -229,6 +236,7 @@ pub(crate) fn check_format_version(db: &redb::Database) -> Result<Option<u64>, S
                 txn.open_table(WEBHOOK_LOG)?;
                 txn.open_table(DAV_FOLDERS)?;
                 txn.open_table(DAV_PROPS)?;
+                txn.open_table(LOCKS)?;
             }
             txn.commit()?;
             Ok(None)

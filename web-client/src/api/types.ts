@@ -8,6 +8,23 @@ export interface Actor {
   name: string
 }
 
+/**
+ * A WebDAV lock covering a file or document (protocol-spec/webdav.md, "Locks"): writes from
+ * anyone but its holder are refused until it is unlocked or `expires_at` passes.
+ */
+export interface LockInfo {
+  /** The locked path: the entry's own, or a folder above it for a deep lock. */
+  path: string
+  deep: boolean
+  shared: boolean
+  /** The text of the owner the WebDAV client sent, if any. */
+  owner: string | null
+  /** The account holding it; null without authentication. */
+  principal: string | null
+  /** Ms since the epoch. */
+  expires_at: number
+}
+
 /** A person present in a document, as `GET /api/docs` reports it. */
 export interface PresentUser {
   name: string
@@ -22,6 +39,7 @@ export interface DocSummary {
   updated_ms: number | null
   loaded: boolean
   users?: PresentUser[]
+  lock?: LockInfo
 }
 
 /** One stored file, or one version of it (`GET /api/files`, protocol-spec/files.md). */
@@ -35,6 +53,7 @@ export interface FileSummary {
   uploader: Actor
   uploaded_ms: number
   n_versions: number
+  lock?: LockInfo
 }
 
 /** One saved version of a document (`GET /api/docs/{name}/versions`, protocol-spec/history.md). */
@@ -87,6 +106,8 @@ export type LiveEvent =
   | { type: 'version_created'; doc: string; version: number }
   | { type: 'version_restored'; doc: string; version: number }
   | { type: 'activity'; entry: ActivityEntry }
+  | { type: 'file_locked'; path: string; lock: LockInfo }
+  | { type: 'file_unlocked'; path: string; lock: LockInfo; reason: string; still_locked: boolean }
 
 /** `GET /api/admin/overview` (administrators only; protocol-spec/http.md): this node right now. */
 export interface AdminOverview {

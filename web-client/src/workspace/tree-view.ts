@@ -3,11 +3,18 @@
 // The e2e tests find rows by `data-doc`, `data-file` and `data-folder`.
 import { fileHref } from '../api/files'
 import { docHref } from '../api/names'
-import type { DocSummary, FileSummary } from '../api/types'
+import type { DocSummary, FileSummary, LockInfo } from '../api/types'
 import { avatar } from '../doc/identity'
 import { h } from '../ui/dom'
 import { ago, bytes } from '../ui/format'
+import { lockLabel, lockTitle } from './lock'
 import { buildTree, countEntries, filterListing, type Folder, type Listing } from './tree'
+
+/** The "Locked by NAME" badge of a row a WebDAV lock covers (the e2e tests find `data-lock`). */
+function lockBadge(lock: LockInfo | undefined): HTMLElement | null {
+  if (!lock) return null
+  return h('span', { class: 'lock-badge', 'data-lock': lock.principal ?? '', title: lockTitle(lock) }, lockLabel(lock))
+}
 
 /** What a file row can ask of the page. */
 export interface FileActions {
@@ -40,7 +47,8 @@ function docRow(doc: DocSummary): HTMLElement {
       'a',
       { href: docHref(doc.name), class: 'doc-link' },
       h('span', { class: 'doc-icon', 'aria-hidden': 'true' }),
-      h('span', { class: 'doc-name' }, base)
+      h('span', { class: 'doc-name' }, base),
+      lockBadge(doc.lock)
     ),
     here,
     h('span', { class: 'doc-meta' }, `${edited} · ${bytes(doc.size_bytes)}`)
@@ -76,7 +84,8 @@ function fileRow(file: FileSummary, actions: FileActions): HTMLElement {
         title: `Download ${file.path} (${file.content_type})`
       },
       h('span', { class: 'file-icon', 'aria-hidden': 'true' }),
-      h('span', { class: 'doc-name' }, base)
+      h('span', { class: 'doc-name' }, base),
+      lockBadge(file.lock)
     ),
     h('span', { class: 'file-actions' }, versionsButton, rename, remove),
     h('span', { class: 'doc-meta' }, meta),

@@ -1,5 +1,5 @@
 //! The services' shared state in Postgres: [`PgMeta`] implements the storage contracts of
-//! `tandem_store::meta` (accounts, activity, webhooks, files, history) for cluster mode, so every
+//! `tandem_store::meta` (accounts, activity, webhooks, files, history, WebDAV locks) for cluster mode, so every
 //! node sees the same accounts, feed, deliveries and files.
 //!
 //! The contracts are synchronous (the services call them on blocking threads, as they call
@@ -13,8 +13,10 @@
 //! - this file: [`PgMeta`], blocking on a query, mapping errors.
 //! - `users`, `activity`, `webhooks`: accounts, the feed, the webhook outbox and log.
 //! - `files`, `history`: file metadata and uploads; docs' versions and the list of docs.
+//! - `dav_locks`: WebDAV locks, one row each, taken in one serializable transaction.
 
 mod activity;
+mod dav_locks;
 mod files;
 mod history;
 mod lock;
@@ -32,6 +34,8 @@ pub(crate) const ACCOUNTS_ACTIVITY_WEBHOOKS_MIGRATION: &str = users::MIGRATION;
 pub(crate) const FILES_HISTORY_MIGRATION: &str = files::MIGRATION;
 /// The accounts' app passwords.
 pub(crate) const APP_PASSWORDS_MIGRATION: &str = users::APP_PASSWORDS_MIGRATION;
+/// WebDAV locks.
+pub(crate) const LOCKS_MIGRATION: &str = dav_locks::MIGRATION;
 
 /// The services' tables in Postgres. Cheap to share (`Arc`).
 pub struct PgMeta {

@@ -172,7 +172,11 @@ impl Sessions {
                 *at_ms,
                 json!({"version": version}),
             ),
-            Event::DocPresence { .. } | Event::Activity { .. } | Event::Relayed { .. } => {
+            Event::DocPresence { .. }
+            | Event::FileLocked { .. }
+            | Event::FileUnlocked { .. }
+            | Event::Activity { .. }
+            | Event::Relayed { .. } => {
                 return None;
             }
         };

@@ -123,6 +123,10 @@ pub(super) struct DocSummary {
     loaded: bool,
     /// Who is present, from the awareness states (`[]` when not loaded).
     users: Vec<UserSummary>,
+    /// The WebDAV lock covering the document, if any (`webdav.md`, "Locks"); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    lock: Option<crate::bus::LockJson>,
 }
 
 /// One present user in a row of `GET /api/docs`.
@@ -201,6 +205,7 @@ pub(super) async fn list_docs(
                 updated_ms: Some(meta.updated_ms),
                 loaded,
                 users,
+                lock: None,
             }
         })
         .collect();
@@ -212,8 +217,14 @@ pub(super) async fn list_docs(
         updated_ms: None,
         loaded: true,
         users: live.users,
+        lock: None,
     }));
     docs.retain(|doc| visible(&doc.name));
+    let locks = state.locks.view().await?;
+    let now = tandem_hub::clock::now_ms();
+    for doc in &mut docs {
+        doc.lock = locks.shown(&doc.name, now).map(crate::bus::LockJson::of);
+    }
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(serde_json::json!({ "docs": docs })).into_response())
 }
@@ -251,6 +262,11 @@ pub(super) async fn post_doc(
 ) -> Result<Response, ApiError> {
     let (route, doc) = doc_route(&method, &uri)?;
     let grant = request_grant(&state, &headers, &uri, &doc)?;
+    // A WebDAV lock on the doc refuses the HTTP writes to its content (`webdav.md`, "Locks");
+    // a read-only token is refused by the handler first, with 403.
+    if matches!(route, DocRoute::Update(_) | DocRoute::Restore(..)) && grant.can_write() {
+        super::locks::check_write(&state, &headers, &grant, doc.as_str(), false).await?;
+    }
     match route {
         DocRoute::Versions(_) => {
             let body = body_within_limit(body, max_body_bytes(&state))?;
@@ -383,6 +399,7 @@ async fn text(state: &AppState, headers: &HeaderMap, doc: &DocId) -> Result<Resp
         (status = 403, description = "`forbidden`, `read_only`", body = openapi::ErrorJson),
         (status = 409, description = "`path_taken` (a file has this path), `not_plain_text`", body = openapi::ErrorJson),
         (status = 413, description = "`body_too_large`, `doc_too_large`", body = openapi::ErrorJson),
+        (status = 423, description = "`locked`: a WebDAV lock covers the document (`webdav.md`)", body = openapi::ErrorJson),
         (status = 503, description = "`doc_unavailable`, `shutting_down`", body = openapi::ErrorJson),
     ),
 )]
@@ -401,6 +418,8 @@ pub(super) async fn put_doc(
     if !grant.can_write() {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
+    // A whole-text save is the write a WebDAV lock on the doc exists to hold off.
+    super::locks::check_write(&state, &headers, &grant, doc.as_str(), false).await?;
     if state.files.is_file(doc.as_str()).await? {
         return Err(FileError::PathTaken {
             path: doc.to_string(),

@@ -20,9 +20,11 @@ use tracing::Instrument;
 
 use crate::accounts::AccountError;
 use crate::auth::AuthError;
+use crate::bus::LockJson;
 use crate::doc_text::DocTextError;
 use crate::error_id;
 use crate::files::FileError;
+use crate::locks::LockError;
 use crate::webhook::WebhookError;
 use tandem_hub::JoinError;
 
@@ -89,6 +91,39 @@ pub(crate) enum ApiError {
     NotUtf8,
     #[error("{0}")]
     NotPlainText(String),
+    /// A WebDAV lock refuses the write (`protocol-spec/webdav.md`, "Locks").
+    #[error("{} is locked by {}; the holder's lock token lets a write through", display_path(&.0.path), holder_of(.0))]
+    Locked(Box<LockJson>),
+    #[error("no such lock")]
+    LockNotFound,
+}
+
+/// A lock's path in a message (`""` is the workspace root).
+fn display_path(path: &str) -> &str {
+    if path.is_empty() {
+        "the workspace"
+    } else {
+        path
+    }
+}
+
+/// Who holds a lock, for people: its account, else its owner text, else "a WebDAV client".
+pub(crate) fn holder_of(lock: &LockJson) -> &str {
+    lock.principal
+        .as_deref()
+        .or(lock.owner.as_deref())
+        .unwrap_or("a WebDAV client")
+}
+
+impl From<LockError> for ApiError {
+    fn from(error: LockError) -> Self {
+        match error {
+            LockError::Conflict(lock) => ApiError::Locked(Box::new(LockJson::of(&lock))),
+            LockError::NotFound => ApiError::LockNotFound,
+            LockError::Store(error) => ApiError::from_store(&error, "lock store"),
+            LockError::Internal => ApiError::Internal,
+        }
+    }
 }
 
 impl ApiError {
@@ -267,6 +302,8 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
             }
             ApiError::WebDav { status, code, .. } => (*status, code),
+            ApiError::Locked(_) => (StatusCode::LOCKED, "locked"),
+            ApiError::LockNotFound => (StatusCode::NOT_FOUND, "lock_not_found"),
             ApiError::NotUtf8 => (StatusCode::BAD_REQUEST, "not_utf8"),
             ApiError::NotPlainText(_) => (StatusCode::CONFLICT, "not_plain_text"),
         }
@@ -314,6 +351,9 @@ impl IntoResponse for ApiError {
         let mut json = serde_json::json!({ "error": code, "message": message });
         if let Some(error_id) = &error_id {
             json["error_id"] = serde_json::Value::from(error_id.as_str());
+        }
+        if let ApiError::Locked(lock) = &self {
+            json["lock"] = serde_json::to_value(lock).unwrap_or_default();
         }
         let body = axum::Json(json);
         let mut response = (status, body).into_response();

@@ -16,15 +16,17 @@ use tandem_store::{FileEntry, FileVersion, Uploader, workspace_of};
 
 use super::error::ApiError;
 use super::extract::{AppJson, JsonBody, doc_id_from, request_grant};
+use super::locks::check_write;
 use super::{AppState, blocking, openapi};
 use crate::auth::{AuthError, Grant};
 use tandem_hub::Actor;
 use tandem_hub::clock::now_ms;
 
-use crate::bus::Event;
+use crate::bus::{Event, LockJson};
 use crate::files::blobs::{UploadFile, new_upload_id};
 use crate::files::upload::{ReceiveError, TempGuard, content_type_for, parse_sha256, receive};
 use crate::files::{FileError, Files, actor_of, last_segment};
+use crate::locks::index::Index;
 
 /// Largest JSON body of `POST /api/file-moves`.
 const MAX_MOVE_BODY_BYTES: usize = 8 * 1024;
@@ -50,6 +52,11 @@ pub(crate) struct FileJson {
     n_versions: usize,
     /// The file name the version was uploaded with.
     original_name: String,
+    /// The WebDAV lock covering the file, if any (its own, or a deep one on a folder above):
+    /// writes without its token are refused with 423 (`webdav.md`, "Locks"). Only on the
+    /// current version's JSON; absent when unlocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock: Option<LockJson>,
 }
 
 impl FileJson {
@@ -65,7 +72,14 @@ impl FileJson {
             uploaded_ms: version.uploaded_ms,
             n_versions: entry.versions.len(),
             original_name: version.name.clone(),
+            lock: None,
         }
+    }
+
+    /// The same, with the lock that covers the file in `locks` (a view of them, `Locks::view`).
+    pub(super) fn with_lock(mut self, locks: &Index) -> FileJson {
+        self.lock = locks.shown(&self.path, now_ms()).map(LockJson::of);
+        self
     }
 }
 
@@ -226,10 +240,11 @@ pub(super) async fn put_file(
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
+        writer: (headers.clone(), grant.clone()),
         path,
     };
     let entry = store_put(&state, put, body.into_data_stream()).await?;
-    let json = FileJson::new(&entry, entry.current());
+    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks.view().await?);
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({ "file": json })),
@@ -248,6 +263,9 @@ pub(crate) struct PutRequest {
     pub(crate) declared_sha: Option<String>,
     /// `Content-Type`, as sent.
     pub(crate) content_type: Option<String>,
+    /// The request's headers and grant, whose lock tokens are checked against the locks on the
+    /// path before the upload and again before its commit (a lock may be taken meanwhile).
+    pub(crate) writer: (HeaderMap, Grant),
 }
 
 /// Stores `body` as the next version of `put.path`: the one upload path of a PUT, whichever
@@ -265,7 +283,9 @@ pub(crate) async fn store_put<E>(
         declared_len,
         declared_sha,
         content_type,
+        writer: (headers, grant),
     } = put;
+    check_write(state, &headers, &grant, path.as_str(), false).await?;
     check_not_doc(state, &path).await?;
     let files = &state.files;
     files.check_writable().await?;
@@ -355,6 +375,8 @@ pub(crate) async fn store_put<E>(
         uploader,
         uploaded_ms: now_ms(),
     };
+    // Again: a lock may have been taken while the body streamed.
+    check_write(state, &headers, &grant, path.as_str(), false).await?;
     let staged = files.stage_put(guard, &id).await?;
     let entry = files
         .commit(staged, path.to_string(), version, None)
@@ -405,6 +427,7 @@ pub(super) async fn list_files(
         .files
         .blocking(|inner| Ok(inner.store.list_files()?))
         .await?;
+    let locks = state.locks.view().await?;
     let files: Vec<FileJson> = entries
         .iter()
         .filter(|entry| {
@@ -412,7 +435,7 @@ pub(super) async fn list_files(
                 .as_ref()
                 .is_none_or(|claims| claims.role_for(&entry.path).is_some())
         })
-        .map(|entry| FileJson::new(entry, entry.current()))
+        .map(|entry| FileJson::new(entry, entry.current()).with_lock(&locks))
         .collect();
     Ok(axum::Json(serde_json::json!({ "files": files })).into_response())
 }
@@ -501,17 +524,23 @@ pub(super) async fn move_file(
     let to = DocId::new(&request.to).map_err(ApiError::BadDocName)?;
     check_new_path(&to)?;
     let grant = write_grant(&state, &headers, &uri, &from)?;
-    write_grant(&state, &headers, &uri, &to)?;
+    let to_grant = write_grant(&state, &headers, &uri, &to)?;
+    check_write(&state, &headers, &grant, from.as_str(), false).await?;
+    check_write(&state, &headers, &to_grant, to.as_str(), false).await?;
     check_not_doc(&state, &to).await?;
     let entry = state.files.move_file(from.as_str(), to.as_str()).await?;
     tracing::info!(from = %from, to = %to, "file moved");
+    // A lock stays with its path, not with the file (RFC 4918 §7.7): the old path's go.
+    if let Err(error) = state.locks.remove_below(from.as_str()).await {
+        tracing::warn!(%error, path = %from, "removing the locks of a moved file failed");
+    }
     state.events.publish(Event::FileRenamed {
         from: from.to_string(),
         to: to.to_string(),
         actor: super::events::actor_of_request(&grant, &headers),
         at_ms: now_ms(),
     });
-    let json = FileJson::new(&entry, entry.current());
+    let json = FileJson::new(&entry, entry.current()).with_lock(&state.locks.view().await?);
     Ok(axum::Json(serde_json::json!({ "file": json })).into_response())
 }
 
@@ -538,8 +567,12 @@ pub(super) async fn delete_file(
 ) -> Result<Response, ApiError> {
     let path = path_from(&uri, "/api/files/")?;
     let grant = write_grant(&state, &headers, &uri, &path)?;
+    check_write(&state, &headers, &grant, path.as_str(), false).await?;
     state.files.delete_file(path.as_str()).await?;
     tracing::info!(path = %path, "file deleted");
+    if let Err(error) = state.locks.remove_below(path.as_str()).await {
+        tracing::warn!(%error, path = %path, "removing the locks of a deleted file failed");
+    }
     state.events.publish(Event::FileDeleted {
         path: path.to_string(),
         actor: super::events::actor_of_request(&grant, &headers),

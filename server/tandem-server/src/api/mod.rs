@@ -21,6 +21,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod files;
+pub(crate) mod locks;
 pub(crate) mod openapi;
 pub(crate) mod tus;
 pub(crate) mod versions;
@@ -55,6 +56,7 @@ use crate::auth::Auth;
 use crate::bus::Events;
 use crate::doc_text::DocText;
 use crate::files::Files;
+use crate::locks::Locks;
 use crate::metrics::Telemetry;
 use crate::proxy::ClientAddr;
 use crate::webhook::Webhooks;
@@ -88,6 +90,8 @@ pub(crate) struct AppState {
     pub(crate) accounts: Accounts,
     /// Uploaded files (`files/`).
     pub(crate) files: Files,
+    /// WebDAV locks, checked by every write (`locks/`).
+    pub(crate) locks: Locks,
     /// Webhook registrations and the delivery worker's wake-up (`webhook/`).
     pub(crate) webhooks: Webhooks,
     /// Metrics and the admin view's data (`metrics/`).
@@ -155,6 +159,8 @@ fn app(max_body_bytes: usize, web: web_client::Source) -> Router<AppState> {
             delete(accounts::delete_app_password).layer(account_body_limit()),
         )
         .merge(files::routes())
+        .route("/api/locks", get(locks::list))
+        .route("/api/locks/{token}", delete(locks::break_lock))
         .route("/api/activity", get(activity::feed))
         .route(
             "/api/webhooks",

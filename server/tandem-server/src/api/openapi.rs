@@ -24,7 +24,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::{
-    accounts, activity, admin, backup, docs, download, events, files, tus, versions, webhooks, ws,
+    accounts, activity, admin, backup, docs, download, events, files, locks, tus, versions,
+    webhooks, ws,
 };
 
 /// The API's operations, schemas and security schemes.
@@ -73,6 +74,8 @@ use super::{
         tus::head,
         tus::patch,
         tus::terminate,
+        locks::list,
+        locks::break_lock,
         activity::feed,
         webhooks::list,
         webhooks::add,
@@ -544,6 +547,13 @@ pub(crate) struct Removed {
 #[allow(dead_code)]
 pub(crate) struct FileList {
     files: Vec<files::FileJson>,
+}
+
+/// `GET /api/locks`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LockList {
+    locks: Vec<locks::AdminLockJson>,
 }
 
 /// `GET /api/file-versions/{path}`: newest first.

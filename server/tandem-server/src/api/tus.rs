@@ -31,6 +31,7 @@ use tandem_store::{FileVersion, UploadRecord};
 use super::AppState;
 use super::error::ApiError;
 use super::files::{check_new_path, check_not_doc, content_length, publish_uploaded, write_grant};
+use super::locks::check_write;
 use super::openapi::ErrorJson;
 use crate::auth::Grant;
 use crate::files::backend::{UploadWriter, WriterLock};
@@ -199,6 +200,7 @@ async fn create_upload(
     let path = DocId::new(raw_path).map_err(ApiError::BadDocName)?;
     check_new_path(&path)?;
     let grant = write_grant(state, headers, uri, &path)?;
+    check_write(state, headers, &grant, path.as_str(), false).await?;
     check_not_doc(state, &path).await?;
     let files = &state.files;
     files.check_size(Some(length))?;
@@ -260,7 +262,7 @@ async fn create_upload(
     response_headers.insert(UPLOAD_EXPIRES, expires_header(expires_ms));
     if length == 0 {
         // Nothing to PATCH: tus clients consider an empty upload done once it is created.
-        let version = complete(state, &record).await?;
+        let version = complete(state, &record, headers, &grant).await?;
         response
             .headers_mut()
             .insert(FILE_VERSION_HEADER, HeaderValue::from(version));
@@ -422,7 +424,8 @@ async fn patch_upload(
     }
     let claimed =
         header_u64(headers, &UPLOAD_OFFSET).ok_or_else(|| bad("Upload-Offset is required"))?;
-    let (record, _grant) = load_upload(state, uri, headers, id).await?;
+    let (record, grant) = load_upload(state, uri, headers, id).await?;
+    check_write(state, headers, &grant, &record.path, false).await?;
     let files = &state.files;
     let lifecycle_cancel = &state.lifecycle.cancel;
     let (slot_guard, token) = take_slot(files, id, lifecycle_cancel).await?;
@@ -505,7 +508,7 @@ async fn patch_upload(
             .insert(UPLOAD_EXPIRES, expires_header(record.expires_ms));
         return Ok(response);
     }
-    let version = complete(state, &record).await;
+    let version = complete(state, &record, headers, &grant).await;
     drop(slot_guard);
     forget_slot(files, id);
     response
@@ -517,8 +520,15 @@ async fn patch_upload(
 /// Stores a fully received upload as the next version of its path; returns the version. On a
 /// refusal (wrong hash, no quota, path taken) the upload is gone: its bytes cannot become the
 /// file. On an internal error it stays, bytes and all, so a PATCH at the final offset (with an
-/// empty body) retries the completion.
-async fn complete(state: &AppState, record: &UploadRecord) -> Result<u64, ApiError> {
+/// empty body) retries the completion; so it does when a WebDAV lock taken meanwhile refuses
+/// it (423), to be completed once the lock is gone or with the holder's token.
+async fn complete(
+    state: &AppState,
+    record: &UploadRecord,
+    headers: &HeaderMap,
+    grant: &Grant,
+) -> Result<u64, ApiError> {
+    check_write(state, headers, grant, &record.path, false).await?;
     let files = &state.files;
     let (sha256, len, staged) = files.stage_upload(&record.id).await?;
     let checked = async {

@@ -23,7 +23,11 @@ pub(crate) fn event_name(event: &Event) -> Option<&'static str> {
         Event::FileDeleted { .. } => Some("file.deleted"),
         Event::VersionCreated { .. } => Some("version.created"),
         Event::VersionRestored { .. } => Some("version.restored"),
-        Event::DocPresence { .. } | Event::Activity { .. } | Event::Relayed { .. } => None,
+        Event::DocPresence { .. }
+        | Event::FileLocked { .. }
+        | Event::FileUnlocked { .. }
+        | Event::Activity { .. }
+        | Event::Relayed { .. } => None,
     }
 }
 

@@ -60,10 +60,18 @@ pub(crate) struct DavUser {
     /// dead property by name, and also appends whatever `get_props` lists, which must be
     /// nothing here or the named ones would come twice and unnamed ones too.
     pub(crate) named_props: bool,
+    /// The request's headers (their lock tokens) and grant, for the lock checks of the upload
+    /// path (`store_put`).
+    pub(crate) writer: (axum::http::HeaderMap, crate::auth::Grant),
 }
 
 impl DavUser {
-    pub(crate) fn new(claims: Option<Claims>, actor: Actor, if_match: Option<String>) -> DavUser {
+    pub(crate) fn new(
+        claims: Option<Claims>,
+        actor: Actor,
+        if_match: Option<String>,
+        writer: (axum::http::HeaderMap, crate::auth::Grant),
+    ) -> DavUser {
         DavUser {
             claims: claims.map(Arc::new),
             actor,
@@ -71,6 +79,7 @@ impl DavUser {
             listing: Arc::new(Mutex::new(None)),
             refusal: Arc::new(Mutex::new(None)),
             named_props: false,
+            writer,
         }
     }
 
@@ -306,6 +315,13 @@ impl DocFiles {
     }
 }
 
+/// A file's entity tag over WebDAV: the first 128 bits of its SHA-256, in hex. Shorter than
+/// the HTTP API's whole hash because clients copy tags into `If` headers of bounded length
+/// (litmus cuts its header at 256 bytes); 128 bits still never repeat in practice.
+fn file_etag(sha256: &str) -> String {
+    sha256.get(..32).unwrap_or(sha256).to_owned()
+}
+
 /// An entity tag without its quotes.
 fn unquote(tag: &str) -> String {
     tag.trim_matches('"').to_owned()
@@ -466,7 +482,7 @@ impl TandemFs {
                 is_dir: false,
                 len: file.size,
                 modified_ms: file.modified_ms,
-                etag: Some(file.sha256),
+                etag: Some(file_etag(&file.sha256)),
             },
             Node::Doc { updated_ms } => {
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
@@ -596,6 +612,7 @@ impl TandemFs {
             declared_len: size,
             declared_sha: None,
             content_type: None,
+            writer: user.writer.clone(),
         };
         let state = self.state.clone();
         let span = tracing::debug_span!("dav_put", path = %path);
@@ -725,7 +742,7 @@ impl TandemFs {
             .await
             .map_err(|_| ApiError::Internal)?;
         user.forget_listing();
-        Ok(entry.current().sha256.clone())
+        Ok(file_etag(&entry.current().sha256))
     }
 }
 
@@ -1043,6 +1060,7 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                         declared_len: Some(text.len() as u64),
                         declared_sha: None,
                         content_type: None,
+                        writer: user.writer.clone(),
                     };
                     let body =
                         futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(text))]);
@@ -1532,7 +1550,7 @@ impl FileWriter {
                     is_dir: false,
                     len: current.size,
                     modified_ms: current.uploaded_ms,
-                    etag: Some(current.sha256.clone()),
+                    etag: Some(file_etag(&current.sha256)),
                 });
                 Ok(())
             }

@@ -134,6 +134,54 @@ pub(crate) fn check_method(method: &Method, headers: &HeaderMap) -> Result<(), A
     Ok(())
 }
 
+/// Refuses an `If` header whose `<...>` or `[...]` is not closed: dav-server 0.11's parser of
+/// the header reads past the end of such a value and panics (`davheaders::scan_until`), and
+/// some clients cut long headers short (litmus truncates at 256 bytes).
+pub(crate) fn check_if_header(headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all("if") {
+        let bytes = value.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let close = match bytes[i] {
+                b'<' => b'>',
+                b'[' => b']',
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            // As dav-server scans: quotes hide the closing character, whitespace ends the token.
+            let mut j = i + 1;
+            let mut quote = false;
+            loop {
+                let Some(&c) = bytes.get(j) else {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        "bad_if_header",
+                        "the If header has an unclosed <...> or [...]",
+                    ));
+                };
+                if !quote && c == close {
+                    break;
+                }
+                if c == b' ' || c == b'\t' {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        "bad_if_header",
+                        "the If header has whitespace inside <...> or [...]",
+                    ));
+                }
+                if c == b'"' {
+                    quote = !quote;
+                }
+                j += 1;
+            }
+            i = j + 1;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a `COPY` or `MOVE` from `source` to `destination` when one is inside the other:
 /// into its own tree it would never end (or lose the source), onto an ancestor dav-server
 /// would first delete the destination, and the source with it.
@@ -276,6 +324,25 @@ mod tests {
         assert_eq!(destination_path(&value("/dav/c")).expect("path"), "c");
         assert!(destination_path(&value("http://h/dav/a/../../api")).is_err());
         assert!(destination_path(&value("http://h/api/files/x")).is_err());
+    }
+
+    #[test]
+    fn if_headers_that_would_crash_the_parser_are_refused() {
+        let headers = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert("if", HeaderValue::from_str(value).expect("header"));
+            map
+        };
+        assert!(check_if_header(&headers(r#"(<urn:uuid:1> ["abc"]) (Not <DAV:no-lock>)"#)).is_ok());
+        assert!(check_if_header(&headers(r#"<http://h/dav/a> (<urn:uuid:1>)"#)).is_ok());
+        for bad_value in [
+            r#"(<urn:uuid:1> ["abc"#,
+            "(<urn:uuid:1",
+            "([\"a\"]",
+            "(<a b>)",
+        ] {
+            assert!(check_if_header(&headers(bad_value)).is_err(), "{bad_value}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod fs;
 mod guard;
+pub(crate) mod ls;
 mod propfind;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,6 +28,7 @@ use axum::routing::any;
 use base64::Engine;
 use dav_server::DavHandler;
 use dav_server::ls::DavLockSystem;
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use super::AppState;
@@ -41,6 +43,8 @@ pub(crate) use fs::DavUser;
 pub(crate) const PREFIX: &str = "/dav";
 /// Largest body of a request other than PUT (PROPFIND, PROPPATCH, LOCK XML).
 pub(crate) const MAX_XML_BODY_BYTES: usize = 64 * 1024;
+/// The lock principal of every request with authentication off.
+const ANONYMOUS: &str = "anonymous";
 /// The Basic challenge's realm.
 const REALM: &str = r#"Basic realm="Tandem", charset="UTF-8""#;
 
@@ -115,12 +119,10 @@ impl Dav {
     }
 }
 
-/// The lock system: LOCK, UNLOCK, lock discovery and the `If` header's lock tokens.
-///
-/// Temporary: dav-server's in-memory `MemLs`, until Tandem's lock service (`locks/`) takes
-/// this place, so that WebDAV locks also hold against the HTTP API and tus.
-fn lock_system(_state: &AppState) -> Box<dyn DavLockSystem> {
-    dav_server::memls::MemLs::new()
+/// The lock system: LOCK, UNLOCK, lock discovery and the `If` header's lock tokens, over
+/// Tandem's lock service (`ls.rs`), so a WebDAV lock also holds against the HTTP API and tus.
+fn lock_system(state: &AppState) -> Box<dyn DavLockSystem> {
+    ls::TandemLs::boxed(&state.locks, PREFIX)
 }
 
 /// Checks HTTP Basic credentials against the accounts: the one place a WebDAV password is
@@ -216,10 +218,25 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         .get(header::IF_MATCH)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let mut user = DavUser::new(claims, actor, if_match);
+    // The lock checks of the upload path know the writer as dav-server's lock system does: by
+    // the principal handed to it below (`anonymous` with authentication off).
+    let lock_grant = crate::auth::Grant {
+        identity: Some(
+            grant
+                .identity
+                .clone()
+                .unwrap_or_else(|| tandem_core::Identity {
+                    sub: std::sync::Arc::from(ANONYMOUS),
+                    name: std::sync::Arc::from(ANONYMOUS),
+                }),
+        ),
+        ..grant
+    };
+    let mut user = DavUser::new(claims, actor, if_match, (parts.headers.clone(), lock_grant));
 
     let method = parts.method.clone();
     guard::check_method(&method, &parts.headers)?;
+    guard::check_if_header(&parts.headers)?;
     if method.as_str() == "PROPFIND" && !parts.headers.contains_key("depth") {
         // RFC 4918 reads a missing Depth as infinity, which is refused; clients that leave it
         // out want a listing, so it is taken as 1 (dav-server alone would leave out the
@@ -298,9 +315,18 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
     let principal = user
         .claims
         .as_ref()
-        .map_or_else(|| "anonymous".to_owned(), |claims| claims.sub.clone());
+        .map_or_else(|| ANONYMOUS.to_owned(), |claims| claims.sub.clone());
     let refusal = user.refusal.clone();
-    let response = dav.handler.handle_guarded(request, principal, user).await;
+    // A panic inside dav-server (a parser meeting input it does not expect) fails this request
+    // with a 500, logged once, instead of dropping the connection.
+    let handled =
+        std::panic::AssertUnwindSafe(dav.handler.handle_guarded(request, principal, user))
+            .catch_unwind()
+            .await;
+    let Ok(response) = handled else {
+        tracing::error!(method = %method, "the WebDAV handler panicked");
+        return Err(ApiError::Internal);
+    };
     let held = refusal
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

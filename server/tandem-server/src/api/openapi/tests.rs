@@ -41,6 +41,7 @@ fn sample(param: &str) -> &'static str {
         "path" => "team/builds/app.zip",
         "id" => "7",
         "sub" => "alice",
+        "token" => "urn:uuid:0b1c2d3e-4f50-4617-8899-aabbccddeeff",
         other => panic!(
             "path parameter {{{other}}} has no sample value: add one to `sample` in openapi/tests.rs"
         ),
