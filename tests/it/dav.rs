@@ -1,5 +1,5 @@
 //! WebDAV at `/dav/` (`protocol-spec/webdav.md`), driven by real clients: Debian's `litmus`
-//! compliance suite and `rclone`, both as installed programs against the real server, plus raw
+//! compliance suite, `rclone` and `cadaver`, as installed programs against the real server, plus raw
 //! HTTP for what they do not cover: roles, credentials, bad input, the events a PUT announces,
 //! documents as text files, and what survives a restart.
 
@@ -126,10 +126,16 @@ async fn litmus(url: &str, user: &str, password: &str, groups: &str) {
 }
 
 #[tokio::test]
-async fn litmus_basic_copymove_props_and_http_pass() {
+async fn litmus_basic_copymove_props_locks_and_http_pass() {
     let server = TestServer::start().await;
     let url = server.url("/dav/");
-    litmus(&url, "someone", "anything", "basic copymove props http").await;
+    litmus(
+        &url,
+        "someone",
+        "anything",
+        "basic copymove props locks http",
+    )
+    .await;
 }
 
 /// The same suite signing in with HTTP Basic as an account, with one of its app passwords, on
@@ -154,7 +160,7 @@ async fn litmus_passes_with_an_app_password_until_it_is_revoked() {
     let secret = made.json()["secret"].as_str().expect("secret").to_owned();
     let id = made.json()["id"].as_str().expect("id").to_owned();
     let url = server.url("/dav/");
-    litmus(&url, "ada", &secret, "basic copymove").await;
+    litmus(&url, "ada", &secret, "basic copymove locks").await;
 
     let removed = server
         .request(

@@ -338,7 +338,7 @@ mod tests {
         for bad_value in [
             r#"(<urn:uuid:1> ["abc"#,
             "(<urn:uuid:1",
-            "([\"a\"]",
+            "([\"a])",
             "(<a b>)",
         ] {
             assert!(check_if_header(&headers(bad_value)).is_err(), "{bad_value}");

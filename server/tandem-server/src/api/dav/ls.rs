@@ -108,6 +108,17 @@ pub(crate) fn workspace_path(path: &DavPath) -> Option<String> {
 
 /// The owner element as XML text, if it fits [`MAX_OWNER_BYTES`].
 fn owner_xml(owner: &Element) -> Option<String> {
+    // dav-server hands the element over with its prefix set to `D`, which the element's own
+    // namespace map may not bind (`<owner xmlns="DAV:">` from litmus): written as it is, the
+    // emitter refuses it and the owner would be lost. Its namespace says the same thing.
+    let mut owner = owner.clone();
+    if owner.namespaces.as_ref().is_none_or(|namespaces| {
+        namespaces
+            .get(owner.prefix.as_deref().unwrap_or(""))
+            .is_none()
+    }) {
+        owner.prefix = None;
+    }
     let mut out = Vec::new();
     let config = EmitterConfig::new().write_document_declaration(false);
     owner.write_with_config(&mut out, config).ok()?;
@@ -279,6 +290,25 @@ impl DavLockSystem for TandemLs {
 mod tests {
     use super::*;
     use crate::bus::{Event, Events};
+
+    /// Bug: litmus's owner (`<owner>` in the default namespace) came back from dav-server with
+    /// the prefix `D` its map does not bind; writing it failed and the owner was dropped, so
+    /// `lockdiscovery` showed none (litmus `locks: discover`). Fix: `owner_xml` writes such an
+    /// element unprefixed, in its namespace.
+    #[test]
+    fn an_owner_in_the_default_namespace_is_kept() {
+        let lockinfo = Element::parse(
+            &br#"<lockinfo xmlns="DAV:"><owner>litmus test suite</owner></lockinfo>"#[..],
+        )
+        .expect("parse");
+        let mut owner = lockinfo.get_child("owner").expect("owner").clone();
+        owner.prefix = Some("D".to_owned());
+        let xml = owner_xml(&owner).expect("kept");
+        let back = parse_owner(&xml).expect("parses back");
+        assert_eq!(back.name, "owner");
+        assert_eq!(back.namespace.as_deref(), Some("DAV:"));
+        assert_eq!(back.get_text().as_deref(), Some("litmus test suite"));
+    }
 
     /// A lock system over a real store file, mounted at `/dav`, and the store's directory.
     async fn lock_system() -> (Box<dyn DavLockSystem>, Locks, tempfile::TempDir, Events) {
