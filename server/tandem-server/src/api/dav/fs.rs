@@ -255,10 +255,9 @@ impl Listing {
     }
 }
 
-/// The workspace path of a request path: no leading or trailing `/`, UTF-8.
+/// The workspace path of a request path (`ls.rs` holds the one mapping); not UTF-8 is absent.
 fn workspace_path(path: &DavPath) -> FsResult<String> {
-    let text = std::str::from_utf8(path.as_bytes()).map_err(|_| FsError::NotFound)?;
-    Ok(text.trim_matches('/').to_owned())
+    super::ls::workspace_path(path).ok_or(FsError::NotFound)
 }
 
 /// The parent folder of a workspace path (`""` for the root's children).
