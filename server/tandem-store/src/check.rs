@@ -21,7 +21,7 @@ use crate::checksum::{self, ChecksumKey};
 use crate::error::StoreError;
 use crate::files::FileVersion;
 use crate::schema::{
-    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, BLOBS, DOCS, FILE_USAGE, FILES,
+    ACTIVITY, ACTIVITY_BY_ACTOR, ACTIVITY_BY_PATH, BLOBS, DAV_PROPS, DOCS, FILE_USAGE, FILES,
     FORMAT_VERSION_KEY, LOCKS, META, SEALED_BY_NAME, SEALED_BY_NAME_AND_SEQ, SEALED_BY_SEQ,
     SNAPSHOTS, UPDATES, VERSION_STATES, VERSIONS,
 };
@@ -90,6 +90,9 @@ fn check_seals(txn: &ReadTransaction, problems: &mut Vec<String>) -> Result<(), 
     // Sealed since it came (after format version 2), so not among the tables the version 1
     // migration seals.
     scan(txn, LOCKS, problems, |key| key.to_owned())?;
+    scan(txn, DAV_PROPS, problems, |(path, key)| {
+        format!("{path:?} {key}")
+    })?;
     Ok(())
 }
 
@@ -347,6 +350,34 @@ mod tests {
         assert_eq!(report.n_docs, 1);
         assert_eq!(seen, vec![("d".to_owned(), vec![b"one".to_vec()])]);
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_damaged_dead_property_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let store = Store::open(&path).unwrap();
+        store
+            .patch_dav_props("f.txt", &[("{u}a".to_owned(), Some(b"v".to_vec()))])
+            .unwrap();
+        drop(store);
+        assert_eq!(
+            check_file(&path, |_, _| None).unwrap().problems,
+            Vec::<String>::new()
+        );
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(DAV_PROPS)
+                .unwrap()
+                .insert(("f.txt", "{u}a"), b"not sealed".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(
+            check_file(&path, |_, _| None).unwrap().problems,
+            vec!["dav_props record \"f.txt\" {u}a: checksum mismatch".to_owned()]
+        );
     }
 
     #[test]
