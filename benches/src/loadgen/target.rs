@@ -690,7 +690,8 @@ pub fn own_cpu() -> Duration {
     cpu_time(std::process::id()).unwrap_or_default()
 }
 
-fn cpu_time(pid: u32) -> Option<Duration> {
+/// User + system CPU time of process `pid` so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];

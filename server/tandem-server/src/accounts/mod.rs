@@ -284,13 +284,6 @@ impl Accounts {
     /// Credentials verified in the last [`CREDENTIAL_CACHE_TTL`] are not hashed again; the
     /// account is re-read on every call, so its roles are current and a changed password, a
     /// revoked app password or a removed account is refused at once.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "called by the WebDAV layer (issue 21), merged separately"
-        )
-    )]
     pub(crate) async fn verify_basic(
         &self,
         name: &str,

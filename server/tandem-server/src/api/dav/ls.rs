@@ -12,10 +12,6 @@
 //! the locks (cluster mode, Postgres down) 423, so nothing is ever reported as locked or
 //! unlocked that was not stored, and no write passes a lock unchecked.
 
-// Mounted by the WebDAV layer (`api/dav/mod.rs`, built beside this file); until that lands
-// only the tests below call it.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
