@@ -149,6 +149,25 @@ impl Store {
         })
     }
 
+    /// Every path that has dead properties, sorted: one scan, so a listing of many entries
+    /// asks the store for the properties of only those that have some.
+    pub fn dav_prop_paths(&self) -> Result<Vec<String>, StoreError> {
+        self.contain("dav_prop_paths", || {
+            let db = self.db()?;
+            let txn = db.begin_read()?;
+            let table = open_or_empty!(txn, DAV_PROPS, Vec::new());
+            let mut out: Vec<String> = Vec::new();
+            for entry in table.iter()? {
+                let (key, _) = entry?;
+                let (path, _) = key.value();
+                if out.last().map(String::as_str) != Some(path) {
+                    out.push(path.to_owned());
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The dead properties of `path`, by key. A damaged row fails the read
     /// (`StoreError::CorruptEntry`).
     pub fn dav_props(&self, path: &str) -> Result<Vec<DeadProp>, StoreError> {
@@ -300,6 +319,23 @@ mod tests {
             key: key.to_owned(),
             value: value.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn the_paths_with_properties_are_listed_once_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.redb")).expect("open");
+        assert!(store.dav_prop_paths().expect("none yet").is_empty());
+        let set = |key: &str| (key.to_owned(), Some(b"v".to_vec()));
+        store
+            .patch_dav_props("b/f.txt", &[set("{x:}one"), set("{x:}two")])
+            .expect("set");
+        store.patch_dav_props("a", &[set("{x:}top")]).expect("set");
+        assert_eq!(store.dav_prop_paths().expect("read"), ["a", "b/f.txt"]);
+        store
+            .patch_dav_props("a", &[("{x:}top".to_owned(), None)])
+            .expect("remove");
+        assert_eq!(store.dav_prop_paths().expect("read"), ["b/f.txt"]);
     }
 
     #[test]

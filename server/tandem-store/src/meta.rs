@@ -248,6 +248,8 @@ pub trait DavTable: Send + Sync + 'static {
     fn add_dav_folder(&self, path: &str, now_ms: u64) -> Result<bool, StoreError>;
     /// See [`Store::dav_props`].
     fn dav_props(&self, path: &str) -> Result<Vec<DeadProp>, StoreError>;
+    /// See [`Store::dav_prop_paths`].
+    fn dav_prop_paths(&self) -> Result<Vec<String>, StoreError>;
     /// See [`Store::patch_dav_props`].
     fn patch_dav_props(
         &self,
@@ -269,6 +271,9 @@ impl DavTable for Store {
     }
     fn dav_props(&self, path: &str) -> Result<Vec<DeadProp>, StoreError> {
         Store::dav_props(self, path)
+    }
+    fn dav_prop_paths(&self) -> Result<Vec<String>, StoreError> {
+        Store::dav_prop_paths(self)
     }
     fn patch_dav_props(
         &self,

@@ -184,6 +184,9 @@ struct Listing {
     docs: BTreeMap<String, Option<u64>>,
     /// Folders and when they were made (implied ones: their newest entry).
     folders: BTreeMap<String, u64>,
+    /// The paths that have dead properties: the others are answered without asking the store,
+    /// which keeps a PROPFIND of a big folder from one blocking store read per entry.
+    with_props: std::collections::BTreeSet<String>,
 }
 
 /// What a path is.
@@ -397,16 +400,22 @@ impl TandemFs {
         let read = tokio::task::spawn_blocking(move || {
             let files = files.list_files().map_err(FileError::from)?;
             let docs = history.list_docs().map_err(FileError::from)?;
-            let folders = match dav {
-                Some(dav) => dav.dav_folders().map_err(FileError::from)?,
-                None => Vec::new(),
+            let (folders, with_props) = match dav {
+                Some(dav) => (
+                    dav.dav_folders().map_err(FileError::from)?,
+                    dav.dav_prop_paths().map_err(FileError::from)?,
+                ),
+                None => (Vec::new(), Vec::new()),
             };
-            Ok::<_, FileError>((files, docs, folders))
+            Ok::<_, FileError>((files, docs, folders, with_props))
         })
         .await
         .map_err(|_| FsError::GeneralFailure)?;
-        let (files, docs, folders) = read.map_err(|error| user.refuse(error.into()))?;
-        let mut listing = Listing::default();
+        let (files, docs, folders, with_props) = read.map_err(|error| user.refuse(error.into()))?;
+        let mut listing = Listing {
+            with_props: with_props.into_iter().collect(),
+            ..Listing::default()
+        };
         for entry in files {
             if user.role(&entry.path).is_none() {
                 continue;
@@ -463,6 +472,14 @@ impl TandemFs {
             }
         }
         Ok(listing)
+    }
+
+    /// Whether `path` had dead properties when this request's listing was read (a store error
+    /// answers yes, so the caller asks the store and reports that error).
+    async fn has_props(&self, path: &str, user: &DavUser) -> bool {
+        self.listing(user)
+            .await
+            .map_or(true, |listing| listing.with_props.contains(path))
     }
 
     async fn node(&self, path: &str, user: &DavUser) -> FsResult<Node> {
@@ -1088,6 +1105,9 @@ impl GuardedFileSystem<DavUser> for TandemFs {
             if self.state.tables.dav.is_none() {
                 return false;
             }
+            if !self.has_props(&path, user).await {
+                return false;
+            }
             self.with_dav(user, move |dav| dav.dav_props(&path))
                 .await
                 .is_ok_and(|props| !props.is_empty())
@@ -1140,7 +1160,10 @@ impl GuardedFileSystem<DavUser> for TandemFs {
         async move {
             let path = workspace_path(path)?;
             self.node(&path, user).await?;
-            if self.state.tables.dav.is_none() || user.named_props {
+            if self.state.tables.dav.is_none()
+                || user.named_props
+                || !self.has_props(&path, user).await
+            {
                 return Ok(Vec::new());
             }
             let props = self.with_dav(user, move |dav| dav.dav_props(&path)).await?;
@@ -1198,6 +1221,7 @@ impl TandemFs {
                 meta,
                 pos: 0,
                 stream: Mutex::new(None),
+                pending: Bytes::new(),
             })),
             Node::Doc { .. } => {
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
@@ -1367,6 +1391,9 @@ struct FileReader {
     pos: u64,
     /// Behind a mutex only to be `Sync` as dav-server asks; reached through `get_mut`.
     stream: Mutex<Option<BoxStream<'static, std::io::Result<Bytes>>>>,
+    /// What the stream gave beyond the last `read_bytes`'s count, starting at `pos`: served
+    /// first, so the blob is read once, in its own chunks, whatever size dav-server asks for.
+    pending: Bytes,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -1397,6 +1424,12 @@ impl DavFile for FileReader {
             if self.pos >= self.meta.len || count == 0 {
                 return Ok(Bytes::new());
             }
+            if !self.pending.is_empty() {
+                let take = count.min(self.pending.len());
+                let chunk = self.pending.split_to(take);
+                self.pos += chunk.len() as u64;
+                return Ok(chunk);
+            }
             let slot = self
                 .stream
                 .get_mut()
@@ -1424,9 +1457,8 @@ impl DavFile for FileReader {
             match stream.next().await {
                 Some(Ok(mut chunk)) => {
                     if chunk.len() > count {
-                        // The rest is read again from the blob on the next call.
-                        chunk.truncate(count);
-                        *slot = None;
+                        // The rest is served by the next calls.
+                        self.pending = chunk.split_off(count);
                     }
                     self.pos += chunk.len() as u64;
                     Ok(chunk)
@@ -1454,6 +1486,7 @@ impl DavFile for FileReader {
                     .stream
                     .get_mut()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                self.pending = Bytes::new();
                 self.pos = target;
             }
             Ok(self.pos)

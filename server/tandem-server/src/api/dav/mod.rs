@@ -73,6 +73,7 @@ struct Dav {
 
 impl Dav {
     fn new(state: &AppState) -> Dav {
+        const DAV_READ_BYTES: usize = 64 * 1024;
         let fs = fs::TandemFs::new(state.clone());
         let locks = lock_system(state);
         let handler = DavHandler::builder()
@@ -82,6 +83,9 @@ impl Dav {
             // No partial updates (SabreDAV's PATCH): every change of a file is a whole version.
             .methods(methods_served())
             .autoindex(false)
+            // The blob streams in chunks of this size (`files/backend.rs`): asked for in the
+            // same size, each read passes a chunk on whole.
+            .read_buf_size(DAV_READ_BYTES)
             .build_handler();
         Dav {
             state: state.clone(),
