@@ -1093,3 +1093,61 @@ async fn a_cadaver_session_puts_gets_and_locks_out_another_user() {
         versions.text()
     );
 }
+
+/// `n_versions` of the file at `path` in `GET /api/files`, `None` if it is not listed.
+async fn versions_of(server: &TestServer, headers: &[(&str, &str)], path: &str) -> Option<u64> {
+    let files = server.request("GET", "/api/files", headers, b"").await;
+    files.json()["files"]
+        .as_array()?
+        .iter()
+        .find(|file| file["path"] == path)?["n_versions"]
+        .as_u64()
+}
+
+const EXCLUSIVE_LOCK: &[u8] = br#"<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"#;
+
+/// Takes an exclusive lock on `path`; answers its token.
+async fn take_lock(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> String {
+    let lock = dav(server, "LOCK", path, headers, EXCLUSIVE_LOCK).await;
+    assert!(lock.status == 200 || lock.status == 201, "{}", lock.text());
+    lock.header("lock-token")
+        .expect("a Lock-Token header")
+        .trim_matches(['<', '>'])
+        .to_owned()
+}
+
+/// Bug: a MOVE of a file onto itself (also as `a%2Etxt`) copied it onto itself and then
+/// deleted it; a COPY onto itself added a version.
+#[tokio::test]
+async fn a_copy_or_move_onto_itself_is_refused_and_loses_nothing() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/a.txt", &[], b"one").await;
+    for (method, destination) in [
+        ("MOVE", "/dav/a.txt"),
+        ("MOVE", "http://localhost/dav/a%2Etxt"),
+        ("COPY", "/dav/a.txt"),
+        ("COPY", "/dav//a.txt"),
+    ] {
+        let response = dav(
+            &server,
+            method,
+            "/a.txt",
+            &[("Destination", destination)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            response.status,
+            403,
+            "{method} {destination}: {}",
+            response.text()
+        );
+        assert_eq!(error_code(&response), "onto_itself");
+    }
+    let kept = dav(&server, "GET", "/a.txt", &[], b"").await;
+    assert_eq!(
+        (kept.status, kept.body.as_slice()),
+        (200, b"one".as_slice())
+    );
+    assert_eq!(versions_of(&server, &[], "a.txt").await, Some(1));
+}

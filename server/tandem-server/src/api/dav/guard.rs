@@ -182,10 +182,19 @@ pub(crate) fn check_if_header(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Refuses a `COPY` or `MOVE` from `source` to `destination` when one is inside the other:
-/// into its own tree it would never end (or lose the source), onto an ancestor dav-server
-/// would first delete the destination, and the source with it.
+/// Refuses a `COPY` or `MOVE` from `source` to `destination` when they are the same (a
+/// replacement of a file by itself would delete it: 403), or one is inside the other: into its
+/// own tree it would never end (or lose the source), onto an ancestor dav-server would first
+/// delete the destination, and the source with it. Both are decoded workspace paths, so
+/// `a%2Etxt` is `a.txt`.
 pub(crate) fn check_copy_move(source: &str, destination: &str) -> Result<(), ApiError> {
+    if source == destination {
+        return Err(bad(
+            StatusCode::FORBIDDEN,
+            "onto_itself",
+            "the source and the destination are the same",
+        ));
+    }
     let inside = |inner: &str, outer: &str| {
         outer.is_empty()
             || (inner.len() > outer.len()
@@ -348,6 +357,8 @@ mod tests {
     #[test]
     fn copies_and_moves_into_themselves_or_onto_an_ancestor_are_refused() {
         assert!(check_copy_move("a", "a/b").is_err());
+        assert!(check_copy_move("a.txt", "a.txt").is_err());
+        assert!(check_copy_move("", "").is_err());
         assert!(check_copy_move("a/b", "a").is_err());
         assert!(check_copy_move("a/b", "").is_err());
         assert!(check_copy_move("a", "ab").is_ok());
