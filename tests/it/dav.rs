@@ -1151,3 +1151,45 @@ async fn a_copy_or_move_onto_itself_is_refused_and_loses_nothing() {
     );
     assert_eq!(versions_of(&server, &[], "a.txt").await, Some(1));
 }
+
+/// Bug: a URL parser drops a tab, so `.<TAB>.` passed the guard as a name and reached
+/// dav-server as `..`; and an empty folder moved to a name no file may take.
+#[tokio::test]
+async fn destinations_are_read_once_and_checked_as_new_names() {
+    let server = TestServer::start().await;
+    dav(&server, "MKCOL", "/keep", &[], b"").await;
+    dav(&server, "PUT", "/keep/x.txt", &[], b"x").await;
+    dav(&server, "MKCOL", "/empty", &[], b"").await;
+
+    let tab = dav(
+        &server,
+        "MOVE",
+        "/keep/x.txt",
+        &[("Destination", "http://localhost/dav/keep/.\t./moved.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(tab.status, 400, "{}", tab.text());
+    assert_eq!(error_code(&tab), "bad_destination");
+    assert_eq!(
+        dav(&server, "GET", "/moved.txt", &[], b"").await.status,
+        404
+    );
+    assert_eq!(
+        dav(&server, "GET", "/keep/x.txt", &[], b"").await.body,
+        b"x"
+    );
+
+    let control = dav(
+        &server,
+        "MOVE",
+        "/empty",
+        &[("Destination", "/dav/bad%01name")],
+        b"",
+    )
+    .await;
+    assert_eq!(control.status, 400, "{}", control.text());
+    let listing = dav(&server, "PROPFIND", "/", &[("Depth", "1")], b"").await;
+    assert!(listing.text().contains("/dav/empty/"), "{}", listing.text());
+    assert!(!listing.text().contains("bad"), "{}", listing.text());
+}

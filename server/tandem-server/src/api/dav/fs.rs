@@ -997,6 +997,8 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                     {
                         return Err(forbidden(user, &from));
                     }
+                    // The folder's own new name too: an empty folder has no file to check.
+                    check_new_name(&to, user)?;
                     for (_, new) in &moves {
                         check_new_name(new, user)?;
                     }

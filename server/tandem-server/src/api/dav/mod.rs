@@ -202,7 +202,12 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |client| client.ip);
     let path = guard::request_path(parts.uri.path())?;
     let destination = match parts.headers.get("destination") {
-        Some(value) => Some(guard::destination_path(value)?),
+        Some(value) => {
+            let (destination, rewritten) = guard::destination(value)?;
+            // dav-server reads the path the guard checked, never its own parse of the header.
+            parts.headers.insert("destination", rewritten);
+            Some(destination)
+        }
         None => None,
     };
     let claims = authenticate(state, &parts.headers, &parts.uri, address).await?;
