@@ -1152,6 +1152,96 @@ async fn a_copy_or_move_onto_itself_is_refused_and_loses_nothing() {
     assert_eq!(versions_of(&server, &[], "a.txt").await, Some(1));
 }
 
+/// Bug: a DELETE of the root, or of a folder holding a document or a file locked by someone
+/// else, deleted every file it could before the refusal came.
+#[tokio::test]
+async fn a_delete_that_cannot_finish_removes_nothing() {
+    let server = TestServer::start().await;
+    dav(&server, "MKCOL", "/mixed", &[], b"").await;
+    dav(&server, "PUT", "/mixed/a.txt", &[], b"keep me").await;
+    write_doc(&server, "mixed/notes.md", "# Notes\n").await;
+    dav(&server, "MKCOL", "/held", &[], b"").await;
+    dav(&server, "PUT", "/held/free.txt", &[], b"free").await;
+    dav(&server, "PUT", "/held/locked.txt", &[], b"locked").await;
+    take_lock(&server, "/held/locked.txt", &[]).await;
+
+    let root = dav(&server, "DELETE", "/", &[], b"").await;
+    assert_eq!(root.status, 403, "{}", root.text());
+    assert_eq!(error_code(&root), "root_not_removable");
+    let mixed = dav(&server, "DELETE", "/mixed", &[], b"").await;
+    assert_eq!(mixed.status, 403, "{}", mixed.text());
+    assert_eq!(error_code(&mixed), "doc_not_removable");
+    let held = dav(&server, "DELETE", "/held", &[], b"").await;
+    assert_eq!(held.status, 423, "{}", held.text());
+
+    for (path, body) in [
+        ("/mixed/a.txt", b"keep me".as_slice()),
+        ("/mixed/notes.md", b"# Notes\n".as_slice()),
+        ("/held/free.txt", b"free".as_slice()),
+        ("/held/locked.txt", b"locked".as_slice()),
+    ] {
+        let get = dav(&server, "GET", path, &[], b"").await;
+        assert_eq!((get.status, get.body.as_slice()), (200, body), "{path}");
+    }
+}
+
+/// Bug: any writer could UNLOCK another account's lock with the token `lockdiscovery` shows.
+#[tokio::test]
+async fn only_the_holder_or_an_administrator_removes_a_lock() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let ann = bearer(&server.token("ann", &[("*", Role::Write)]));
+    let bob = bearer(&server.token("bob", &[("*", Role::Write)]));
+    dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &ann)],
+        b"ann's",
+    )
+    .await;
+    let token = take_lock(&server, "/a.txt", &[("Authorization", &ann)]).await;
+    let coded = format!("<{token}>");
+
+    let stolen = dav(
+        &server,
+        "UNLOCK",
+        "/a.txt",
+        &[("Authorization", &bob), ("Lock-Token", &coded)],
+        b"",
+    )
+    .await;
+    assert_eq!(stolen.status, 403, "{}", stolen.text());
+    assert_eq!(error_code(&stolen), "not_lock_holder");
+    let put = dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 423, "the lock still holds: {}", put.text());
+
+    let unlocked = dav(
+        &server,
+        "UNLOCK",
+        "/a.txt",
+        &[("Authorization", &ann), ("Lock-Token", &coded)],
+        b"",
+    )
+    .await;
+    assert_eq!(unlocked.status, 204, "{}", unlocked.text());
+    let put = dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 204, "{}", put.text());
+}
+
 /// Bug: a URL parser drops a tab, so `.<TAB>.` passed the guard as a name and reached
 /// dav-server as `..`; and an empty folder moved to a name no file may take.
 #[tokio::test]

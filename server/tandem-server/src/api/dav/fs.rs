@@ -703,6 +703,43 @@ impl TandemFs {
 }
 
 impl TandemFs {
+    /// Refuses the removal of folder `path` when any of it would stay: it holds a document (403
+    /// `doc_not_removable`), or a file `user` may not change, or `user` may not change the
+    /// folder (403 `read_only`). Asked before anything is removed (the locks are the caller's).
+    pub(crate) async fn check_folder_removable(
+        &self,
+        path: &str,
+        user: &DavUser,
+    ) -> Result<(), ApiError> {
+        let listing = self.listing(user).await.map_err(|_| {
+            user.refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()
+                .unwrap_or(ApiError::Internal)
+        })?;
+        let (files, docs) = listing.tree(path);
+        if !docs.is_empty() {
+            return Err(ApiError::WebDav {
+                status: StatusCode::FORBIDDEN,
+                code: "doc_not_removable",
+                message: format!(
+                    "{path:?} holds a live document; documents cannot be deleted over WebDAV, so nothing in it was deleted"
+                ),
+            });
+        }
+        if !user.can_write_folder(path) || files.iter().any(|file| !user.can_write(file)) {
+            return Err(ApiError::WebDav {
+                status: StatusCode::FORBIDDEN,
+                code: "read_only",
+                message: format!(
+                    "your role does not allow changing everything in {path:?}, so nothing in it was deleted"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// A `COPY` or `MOVE` of the file at `source` onto the existing file at `destination`: the
     /// source's current bytes become the destination's next version, so the destination keeps
     /// its history (dav-server would delete it, versions and all, before copying); a MOVE then

@@ -251,6 +251,12 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
     if matches!(method.as_str(), "LOCK" | "UNLOCK") && !may_lock(&user, &path) {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
+    if method.as_str() == "UNLOCK" {
+        check_unlock(state, &path, &parts.headers, &user).await?;
+    }
+    if method == Method::DELETE {
+        check_delete(dav, &path, &user).await?;
+    }
     if let Some(destination) = &destination
         && matches!(method.as_str(), "COPY" | "MOVE")
     {
@@ -403,6 +409,65 @@ async fn check_replacement(
         code: "kind_mismatch",
         message: message.into(),
     })
+}
+
+/// Refuses an `UNLOCK` of another account's lock with 403 before dav-server, whose lock
+/// system is not told who asks: a token is no secret (`lockdiscovery` shows it), so only the
+/// lock's holder, or an administrator, may remove it. A token no lock on the path has is left
+/// to dav-server (409).
+async fn check_unlock(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    user: &DavUser,
+) -> Result<(), ApiError> {
+    let Some(token) = headers
+        .get("lock-token")
+        .and_then(|value| value.to_str().ok())
+        .map(|text| text.trim().trim_start_matches('<').trim_end_matches('>'))
+    else {
+        return Ok(());
+    };
+    let locks = state.locks.discover(path).await?;
+    let Some(lock) = locks.iter().find(|lock| lock.token == token) else {
+        return Ok(());
+    };
+    let requester = user
+        .claims
+        .as_ref()
+        .map_or(ANONYMOUS, |claims| claims.sub.as_str());
+    let admin = user.claims.as_ref().is_none_or(|claims| claims.admin);
+    match lock.principal.as_deref() {
+        Some(holder) if holder != requester && !admin => Err(ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "not_lock_holder",
+            message: format!(
+                "the lock on {:?} was taken by another account; only its holder or an administrator can remove it",
+                lock.path
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a `DELETE` that would stop half-way, before anything is removed: dav-server
+/// removes a folder's files one by one before the folder, so a refusal met on the way (a
+/// document, a file the account may not change, another's lock) would leave the rest deleted.
+/// The root is never deleted.
+async fn check_delete(dav: &Dav, path: &str, user: &DavUser) -> Result<(), ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "root_not_removable",
+            message: "the workspace root cannot be deleted".into(),
+        });
+    }
+    if dav.fs.kind(path, user).await? != Some(fs::Kind::Folder) {
+        return Ok(());
+    }
+    dav.fs.check_folder_removable(path, user).await?;
+    let (headers, lock_grant) = &user.writer;
+    super::locks::check_write(&dav.state, headers, lock_grant, path, true).await
 }
 
 /// Whether `user` may lock `path`: the write role on it as a file or as a folder.
