@@ -1242,6 +1242,67 @@ async fn only_the_holder_or_an_administrator_removes_a_lock() {
     assert_eq!(put.status, 204, "{}", put.text());
 }
 
+/// Bug: a lock holder saving by a temporary file renamed over its locked file lost the file's
+/// versions and its own lock (dav-server deleted the destination first), and could not save
+/// onto a locked document at all.
+#[tokio::test]
+async fn a_lock_holder_saves_by_renaming_a_temporary_file_over_its_locked_file() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/report.txt", &[], b"v1").await;
+    write_doc(&server, "notes.md", "# Old\n").await;
+    let file_token = take_lock(&server, "/report.txt", &[]).await;
+    let doc_token = take_lock(&server, "/notes.md", &[]).await;
+
+    // Without the token: refused, nothing changed.
+    dav(&server, "PUT", "/report.tmp", &[], b"v2").await;
+    let refused = dav(
+        &server,
+        "MOVE",
+        "/report.tmp",
+        &[("Destination", "/dav/report.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 423, "{}", refused.text());
+    assert_eq!(versions_of(&server, &[], "report.txt").await, Some(1));
+
+    let if_file = format!("(<{file_token}>)");
+    let saved = dav(
+        &server,
+        "MOVE",
+        "/report.tmp",
+        &[("Destination", "/dav/report.txt"), ("If", &if_file)],
+        b"",
+    )
+    .await;
+    assert_eq!(saved.status, 204, "{}", saved.text());
+    let get = dav(&server, "GET", "/report.txt", &[], b"").await;
+    assert_eq!(get.body, b"v2");
+    assert_eq!(versions_of(&server, &[], "report.txt").await, Some(2));
+    assert_eq!(versions_of(&server, &[], "report.tmp").await, None);
+    let other = dav(&server, "PUT", "/report.txt", &[], b"someone else").await;
+    assert_eq!(
+        other.status,
+        423,
+        "the holder keeps its lock: {}",
+        other.text()
+    );
+
+    dav(&server, "PUT", "/notes.tmp", &[], b"# New\n").await;
+    let if_doc = format!("(<{doc_token}>)");
+    let saved = dav(
+        &server,
+        "MOVE",
+        "/notes.tmp",
+        &[("Destination", "/dav/notes.md"), ("If", &if_doc)],
+        b"",
+    )
+    .await;
+    assert_eq!(saved.status, 204, "{}", saved.text());
+    let get = dav(&server, "GET", "/notes.md", &[], b"").await;
+    assert_eq!(get.body, b"# New\n");
+}
+
 /// Bug: a URL parser drops a tab, so `.<TAB>.` passed the guard as a name and reached
 /// dav-server as `..`; and an empty folder moved to a name no file may take.
 #[tokio::test]

@@ -65,9 +65,6 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 struct Dav {
     state: AppState,
     fs: fs::TandemFs,
-    /// The handler's lock system (a clone sharing its state), asked by the front door before
-    /// it answers a COPY or MOVE itself.
-    locks: Box<dyn DavLockSystem>,
     handler: DavHandler<DavUser>,
 }
 
@@ -78,7 +75,7 @@ impl Dav {
         let handler = DavHandler::builder()
             .strip_prefix(PREFIX)
             .filesystem(Box::new(fs.clone()))
-            .locksystem(locks.clone())
+            .locksystem(locks)
             // No partial updates (SabreDAV's PATCH): every change of a file is a whole version.
             .methods(methods_served())
             .autoindex(false)
@@ -86,7 +83,6 @@ impl Dav {
         Dav {
             state: state.clone(),
             fs,
-            locks,
             handler,
         }
     }
@@ -97,26 +93,6 @@ fn methods_served() -> dav_server::DavMethodSet {
     let mut methods = dav_server::DavMethodSet::all();
     methods.remove(dav_server::DavMethod::Patch);
     methods
-}
-
-impl Dav {
-    /// Whether the lock system holds a lock covering workspace path `path`.
-    async fn is_locked(&self, path: &str) -> bool {
-        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-        let encoded: Vec<String> = path
-            .split('/')
-            .map(|segment| utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string())
-            .collect();
-        let Ok(mut dav_path) =
-            dav_server::davpath::DavPath::new(&format!("{PREFIX}/{}", encoded.join("/")))
-        else {
-            return true;
-        };
-        if dav_path.set_prefix(PREFIX).is_err() {
-            return true;
-        }
-        !self.locks.discover(&dav_path).await.is_empty()
-    }
 }
 
 /// The lock system: LOCK, UNLOCK, lock discovery and the `If` header's lock tokens, over
@@ -271,12 +247,16 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
             }
             _ => None,
         };
-        // Anything locked on either end goes the protocol's way, where the `If` header's tokens
-        // are checked against the locks.
-        if let Some(kind) = onto
-            && !dav.is_locked(&path).await
-            && !dav.is_locked(destination).await
-        {
+        if let Some(kind) = onto {
+            // The locks of both ends, with the `If` header's tokens, as dav-server would check
+            // them; but the replacement is Tandem's own, so a lock holder's save by a temporary
+            // file keeps the destination's versions (or edits its document) and its lock.
+            let remove_source = method.as_str() == "MOVE";
+            let (headers, lock_grant) = &user.writer;
+            super::locks::check_write(state, headers, lock_grant, destination, false).await?;
+            if remove_source {
+                super::locks::check_write(state, headers, lock_grant, &path, false).await?;
+            }
             if parts
                 .headers
                 .get("overwrite")
@@ -284,7 +264,6 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
             {
                 return Ok(StatusCode::PRECONDITION_FAILED.into_response());
             }
-            let remove_source = method.as_str() == "MOVE";
             let etag = if kind == fs::Kind::Document {
                 dav.fs
                     .file_onto_doc(&path, destination, remove_source, &user)
@@ -294,6 +273,10 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
                     .file_onto_file(&path, destination, remove_source, &user)
                     .await?
             };
+            // A lock belongs to its path (RFC 4918 §7.7): the moved-away source's go.
+            if remove_source && let Err(error) = state.locks.remove_below(&path).await {
+                tracing::warn!(%error, path, "removing the locks of a moved file failed");
+            }
             let mut response = StatusCode::NO_CONTENT.into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
                 response.headers_mut().insert(header::ETAG, value);
