@@ -1344,3 +1344,47 @@ async fn destinations_are_read_once_and_checked_as_new_names() {
     assert!(listing.text().contains("/dav/empty/"), "{}", listing.text());
     assert!(!listing.text().contains("bad"), "{}", listing.text());
 }
+
+/// Bug: a file deleted or moved through the HTTP API left its dead properties at the old path,
+/// where a new file of that name found them.
+#[tokio::test]
+async fn dead_properties_follow_a_file_deleted_or_moved_through_the_http_api() {
+    let server = TestServer::start().await;
+    let set = br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><x:colour xmlns:x="urn:t">blue</x:colour></D:prop></D:set></D:propertyupdate>"#;
+    let ask =
+        br#"<D:propfind xmlns:D="DAV:"><D:prop><x:colour xmlns:x="urn:t"/></D:prop></D:propfind>"#;
+    let colour = async |path: &str| {
+        let found = dav(&server, "PROPFIND", path, &[("Depth", "0")], ask).await;
+        assert_eq!(found.status, 207, "{}", found.text());
+        found.text().contains(">blue<")
+    };
+    for path in ["/gone.txt", "/from.txt"] {
+        dav(&server, "PUT", path, &[], b"x").await;
+        let patched = dav(&server, "PROPPATCH", path, &[], set).await;
+        assert_eq!(patched.status, 207, "{}", patched.text());
+        assert!(colour(path).await);
+    }
+    let deleted = server
+        .request("DELETE", "/api/files/gone.txt", &[], b"")
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    let moved = server
+        .request(
+            "POST",
+            "/api/file-moves",
+            &[("Content-Type", "application/json")],
+            json!({ "from": "from.txt", "to": "to.txt" })
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert!(colour("/to.txt").await, "the property moved with the file");
+    for path in ["/gone.txt", "/from.txt"] {
+        dav(&server, "PUT", path, &[], b"new").await;
+        assert!(
+            !colour(path).await,
+            "{path}: a new file starts without properties"
+        );
+    }
+}
