@@ -1388,3 +1388,62 @@ async fn dead_properties_follow_a_file_deleted_or_moved_through_the_http_api() {
         );
     }
 }
+
+/// The `getetag` of a `Depth: 0` PROPFIND of `path`, with its length.
+async fn listed(server: &TestServer, path: &str) -> (u64, String) {
+    let found = dav(server, "PROPFIND", path, &[("Depth", "0")], b"").await;
+    let text = found.text();
+    let value = |name: &str| -> String {
+        text.split(&format!("{name}>"))
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        value("getcontentlength").parse().unwrap_or(u64::MAX),
+        format!(
+            "\"{}\"",
+            value("getetag").replace("&quot;", "").trim_matches('"')
+        ),
+    )
+}
+
+/// Bug: listings remembered every document's text as a save's base, so a poller pushed
+/// editors' bases out of the bounded cache. Only a text a client downloaded is a base: a tag
+/// seen only in a listing names none, and the save is diffed against the current text.
+#[tokio::test]
+async fn a_listing_does_not_remember_a_documents_text_as_a_base() {
+    let server = TestServer::start().await;
+    let mut peer = server.connect("list.md").await;
+    let local = Doc::new();
+    let content = local.get_or_insert_text("content");
+    let mut type_in = async |at: u32, text: &str, len: u64| {
+        let update = {
+            let mut txn = local.transact_mut();
+            content.insert(&mut txn, at, text);
+            txn.encode_update_v1()
+        };
+        peer.send_update(&update).await;
+        wait_until("the listing shows the edit", async || {
+            listed(&server, "/list.md").await.0 == len
+        })
+        .await;
+    };
+    type_in(0, "A\n", 2).await;
+    let (_, listed_tag) = listed(&server, "/list.md").await;
+    assert!(listed_tag.contains("t-"), "{listed_tag}");
+    type_in(2, "B\n", 4).await;
+    let put = dav(
+        &server,
+        "PUT",
+        "/list.md",
+        &[("If-Match", &listed_tag)],
+        b"A\nC\n",
+    )
+    .await;
+    assert_eq!(put.status, 204, "{}", put.text());
+    let get = dav(&server, "GET", "/list.md", &[], b"").await;
+    assert_eq!(get.text(), "A\nC\n");
+    peer.close().await;
+}

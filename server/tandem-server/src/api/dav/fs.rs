@@ -285,8 +285,14 @@ pub(crate) struct DocTextState {
 }
 
 impl DocFiles {
-    async fn read(&self, doc: &DocId) -> Result<Option<DocTextState>, ApiError> {
-        let state = self.state.doc_text.read(doc).await?;
+    /// The document's text; `remember`: kept as the base of the reader's next save (a GET
+    /// body), never for listings and metadata, which would push editors' bases out.
+    async fn read(&self, doc: &DocId, remember: bool) -> Result<Option<DocTextState>, ApiError> {
+        let state = if remember {
+            self.state.doc_text.read(doc).await?
+        } else {
+            self.state.doc_text.peek(doc).await?
+        };
         Ok(state.map(|state| DocTextState {
             etag: unquote(&state.etag),
             text: state.text,
@@ -487,7 +493,7 @@ impl TandemFs {
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
                 let text = self
                     .docs
-                    .read(&doc)
+                    .read(&doc, false)
                     .await
                     .map_err(|error| user.refuse(error))?;
                 let (len, etag) = text.map_or((0, empty_etag()), |text| {
@@ -1087,7 +1093,7 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                     let doc = DocId::new(&from).map_err(|_| FsError::NotFound)?;
                     let text = self
                         .docs
-                        .read(&doc)
+                        .read(&doc, false)
                         .await
                         .map_err(|error| user.refuse(error))?
                         .map(|text| text.text)
@@ -1229,28 +1235,41 @@ impl GuardedFileSystem<DavUser> for TandemFs {
 
 impl TandemFs {
     async fn reader(&self, path: &str, node: Node, user: &DavUser) -> FsResult<Box<dyn DavFile>> {
-        let meta = self.meta_of(path, node.clone(), user).await?;
         match node {
-            Node::File(file) => Ok(Box::new(FileReader {
-                files: self.state.files.clone(),
-                sha256: file.sha256,
-                meta,
-                pos: 0,
-                stream: Mutex::new(None),
-            })),
-            Node::Doc { .. } => {
+            Node::File(file) => {
+                let meta = Meta {
+                    is_dir: false,
+                    len: file.size,
+                    modified_ms: file.modified_ms,
+                    etag: Some(file_etag(&file.sha256)),
+                };
+                Ok(Box::new(FileReader {
+                    files: self.state.files.clone(),
+                    sha256: file.sha256,
+                    meta,
+                    pos: 0,
+                    stream: Mutex::new(None),
+                }))
+            }
+            Node::Doc { updated_ms } => {
+                // One read gives both the body and its tag: a tag from another read could name
+                // a text the client never got, and its next save would merge from the wrong base.
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
-                let text = self
+                let (text, etag) = self
                     .docs
-                    .read(&doc)
+                    .read(&doc, true)
                     .await
                     .map_err(|error| user.refuse(error))?
-                    .map(|text| text.text)
-                    .unwrap_or_default();
+                    .map_or_else(
+                        || (String::new(), empty_etag()),
+                        |text| (text.text, text.etag),
+                    );
                 Ok(Box::new(TextReader {
                     meta: Meta {
+                        is_dir: false,
                         len: text.len() as u64,
-                        ..meta
+                        modified_ms: updated_ms.unwrap_or_else(now_ms),
+                        etag: Some(etag),
                     },
                     text: Bytes::from(text),
                     pos: 0,
