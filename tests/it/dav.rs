@@ -1447,3 +1447,45 @@ async fn a_listing_does_not_remember_a_documents_text_as_a_base() {
     assert_eq!(get.text(), "A\nC\n");
     peer.close().await;
 }
+
+/// webdav.md's claim on locking a path that does not exist: the name is reserved, nothing is
+/// stored until the holder writes it.
+#[tokio::test]
+async fn locking_a_new_path_reserves_the_name_and_stores_nothing() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let ann = bearer(&server.token("ann", &[("*", Role::Write)]));
+    let bob = bearer(&server.token("bob", &[("*", Role::Write)]));
+    let lock = dav(
+        &server,
+        "LOCK",
+        "/new.txt",
+        &[("Authorization", &ann)],
+        EXCLUSIVE_LOCK,
+    )
+    .await;
+    assert_eq!(lock.status, 201, "{}", lock.text());
+    let token = lock.header("lock-token").expect("a token").to_owned();
+    let get = dav(&server, "GET", "/new.txt", &[("Authorization", &ann)], b"").await;
+    assert_eq!(get.status, 404, "{}", get.text());
+    let put = dav(
+        &server,
+        "PUT",
+        "/new.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 423, "{}", put.text());
+    let if_token = format!("({token})");
+    let put = dav(
+        &server,
+        "PUT",
+        "/new.txt",
+        &[("Authorization", &ann), ("If", &if_token)],
+        b"ann's",
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let get = dav(&server, "GET", "/new.txt", &[("Authorization", &bob)], b"").await;
+    assert_eq!(get.body, b"ann's");
+}
