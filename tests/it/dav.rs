@@ -1489,3 +1489,44 @@ async fn locking_a_new_path_reserves_the_name_and_stores_nothing() {
     let get = dav(&server, "GET", "/new.txt", &[("Authorization", &bob)], b"").await;
     assert_eq!(get.body, b"ann's");
 }
+
+/// Bug: dead properties had no bound: any writer could store any number per path.
+#[tokio::test]
+async fn dead_properties_are_bounded_per_path() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/p.txt", &[], b"x").await;
+    let set = |props: &str| {
+        format!(
+            "<D:propertyupdate xmlns:D=\"DAV:\"><D:set><D:prop>{props}</D:prop></D:set></D:propertyupdate>"
+        )
+    };
+    let many: String = (0..64)
+        .map(|i| format!("<x:p{i} xmlns:x=\"urn:t\">v</x:p{i}>"))
+        .collect();
+    let fits = dav(&server, "PROPPATCH", "/p.txt", &[], set(&many).as_bytes()).await;
+    assert_eq!(fits.status, 207, "{}", fits.text());
+    assert!(!fits.text().contains("507"), "{}", fits.text());
+    let one_more = set("<x:extra xmlns:x=\"urn:t\">v</x:extra>");
+    let refused = dav(&server, "PROPPATCH", "/p.txt", &[], one_more.as_bytes()).await;
+    assert!(refused.text().contains("507"), "{}", refused.text());
+
+    dav(&server, "PUT", "/q.txt", &[], b"x").await;
+    let big = |name: &str| {
+        set(&format!(
+            "<x:{name} xmlns:x=\"urn:t\">{}</x:{name}>",
+            "y".repeat(40_000)
+        ))
+    };
+    let first = dav(&server, "PROPPATCH", "/q.txt", &[], big("a").as_bytes()).await;
+    assert!(!first.text().contains("507"), "{}", first.text());
+    let second = dav(&server, "PROPPATCH", "/q.txt", &[], big("b").as_bytes()).await;
+    assert!(second.text().contains("507"), "{}", second.text());
+
+    // Nothing of a refused PROPPATCH was stored.
+    let ask = br#"<D:propfind xmlns:D="DAV:"><D:prop><x:extra xmlns:x="urn:t"/><x:b xmlns:x="urn:t"/></D:prop></D:propfind>"#;
+    for path in ["/p.txt", "/q.txt"] {
+        let found = dav(&server, "PROPFIND", path, &[("Depth", "0")], ask).await;
+        assert!(found.text().contains("404"), "{}", found.text());
+        assert!(!found.text().contains("200 OK"), "{}", found.text());
+    }
+}

@@ -168,6 +168,11 @@ fn fs_error_of(error: &ApiError) -> FsError {
     }
 }
 
+/// Most dead properties one path may hold (`webdav.md`, "Dead properties").
+const MAX_DEAD_PROPS: usize = 64;
+/// Most bytes of dead properties (names and stored values) one path may hold.
+const MAX_DEAD_PROP_BYTES: usize = 64 * 1024;
+
 /// A file's current version, as listed.
 #[derive(Debug, Clone)]
 struct FileMeta {
@@ -1162,14 +1167,46 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                 .map(|(is_set, prop)| (prop_key(prop), is_set.then(|| encode_prop(prop))))
                 .collect();
             let name = path.clone();
-            self.with_dav(user, move |dav| dav.patch_dav_props(&name, &changes))
+            let applied = self
+                .with_dav(user, move |dav| {
+                    let mut after: BTreeMap<String, usize> = dav
+                        .dav_props(&name)?
+                        .into_iter()
+                        .map(|prop| (prop.key, prop.value.len()))
+                        .collect();
+                    for (key, value) in &changes {
+                        match value {
+                            Some(value) => after.insert(key.clone(), value.len()),
+                            None => after.remove(key),
+                        };
+                    }
+                    let bytes: usize = after.iter().map(|(key, len)| key.len() + len).sum();
+                    if after.len() > MAX_DEAD_PROPS || bytes > MAX_DEAD_PROP_BYTES {
+                        return Ok(false);
+                    }
+                    dav.patch_dav_props(&name, &changes)?;
+                    Ok(true)
+                })
                 .await?;
+            if !applied {
+                tracing::debug!(
+                    path,
+                    "a PROPPATCH past the dead property limits was refused"
+                );
+            }
+            // A PROPPATCH is all or nothing (RFC 4918 section 9.2): past the limits, the sets
+            // are 507 and the rest 424 Failed Dependency.
             Ok(patch
                 .into_iter()
-                .map(|(_, prop)| {
+                .map(|(is_set, prop)| {
                     let mut prop = prop;
                     prop.xml = None;
-                    (StatusCode::OK, prop)
+                    let status = match (applied, is_set) {
+                        (true, _) => StatusCode::OK,
+                        (false, true) => StatusCode::INSUFFICIENT_STORAGE,
+                        (false, false) => StatusCode::FAILED_DEPENDENCY,
+                    };
+                    (status, prop)
                 })
                 .collect())
         }
