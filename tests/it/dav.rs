@@ -1093,3 +1093,440 @@ async fn a_cadaver_session_puts_gets_and_locks_out_another_user() {
         versions.text()
     );
 }
+
+/// `n_versions` of the file at `path` in `GET /api/files`, `None` if it is not listed.
+async fn versions_of(server: &TestServer, headers: &[(&str, &str)], path: &str) -> Option<u64> {
+    let files = server.request("GET", "/api/files", headers, b"").await;
+    files.json()["files"]
+        .as_array()?
+        .iter()
+        .find(|file| file["path"] == path)?["n_versions"]
+        .as_u64()
+}
+
+const EXCLUSIVE_LOCK: &[u8] = br#"<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>"#;
+
+/// Takes an exclusive lock on `path`; answers its token.
+async fn take_lock(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> String {
+    let lock = dav(server, "LOCK", path, headers, EXCLUSIVE_LOCK).await;
+    assert!(lock.status == 200 || lock.status == 201, "{}", lock.text());
+    lock.header("lock-token")
+        .expect("a Lock-Token header")
+        .trim_matches(['<', '>'])
+        .to_owned()
+}
+
+/// Bug: a MOVE of a file onto itself (also as `a%2Etxt`) copied it onto itself and then
+/// deleted it; a COPY onto itself added a version.
+#[tokio::test]
+async fn a_copy_or_move_onto_itself_is_refused_and_loses_nothing() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/a.txt", &[], b"one").await;
+    for (method, destination) in [
+        ("MOVE", "/dav/a.txt"),
+        ("MOVE", "http://localhost/dav/a%2Etxt"),
+        ("COPY", "/dav/a.txt"),
+        ("COPY", "/dav//a.txt"),
+    ] {
+        let response = dav(
+            &server,
+            method,
+            "/a.txt",
+            &[("Destination", destination)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            response.status,
+            403,
+            "{method} {destination}: {}",
+            response.text()
+        );
+        assert_eq!(error_code(&response), "onto_itself");
+    }
+    let kept = dav(&server, "GET", "/a.txt", &[], b"").await;
+    assert_eq!(
+        (kept.status, kept.body.as_slice()),
+        (200, b"one".as_slice())
+    );
+    assert_eq!(versions_of(&server, &[], "a.txt").await, Some(1));
+}
+
+/// Bug: a DELETE of the root, or of a folder holding a document or a file locked by someone
+/// else, deleted every file it could before the refusal came.
+#[tokio::test]
+async fn a_delete_that_cannot_finish_removes_nothing() {
+    let server = TestServer::start().await;
+    dav(&server, "MKCOL", "/mixed", &[], b"").await;
+    dav(&server, "PUT", "/mixed/a.txt", &[], b"keep me").await;
+    write_doc(&server, "mixed/notes.md", "# Notes\n").await;
+    dav(&server, "MKCOL", "/held", &[], b"").await;
+    dav(&server, "PUT", "/held/free.txt", &[], b"free").await;
+    dav(&server, "PUT", "/held/locked.txt", &[], b"locked").await;
+    take_lock(&server, "/held/locked.txt", &[]).await;
+
+    let root = dav(&server, "DELETE", "/", &[], b"").await;
+    assert_eq!(root.status, 403, "{}", root.text());
+    assert_eq!(error_code(&root), "root_not_removable");
+    let mixed = dav(&server, "DELETE", "/mixed", &[], b"").await;
+    assert_eq!(mixed.status, 403, "{}", mixed.text());
+    assert_eq!(error_code(&mixed), "doc_not_removable");
+    let held = dav(&server, "DELETE", "/held", &[], b"").await;
+    assert_eq!(held.status, 423, "{}", held.text());
+
+    for (path, body) in [
+        ("/mixed/a.txt", b"keep me".as_slice()),
+        ("/mixed/notes.md", b"# Notes\n".as_slice()),
+        ("/held/free.txt", b"free".as_slice()),
+        ("/held/locked.txt", b"locked".as_slice()),
+    ] {
+        let get = dav(&server, "GET", path, &[], b"").await;
+        assert_eq!((get.status, get.body.as_slice()), (200, body), "{path}");
+    }
+}
+
+/// Bug: any writer could UNLOCK another account's lock with the token `lockdiscovery` shows.
+#[tokio::test]
+async fn only_the_holder_or_an_administrator_removes_a_lock() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let ann = bearer(&server.token("ann", &[("*", Role::Write)]));
+    let bob = bearer(&server.token("bob", &[("*", Role::Write)]));
+    dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &ann)],
+        b"ann's",
+    )
+    .await;
+    let token = take_lock(&server, "/a.txt", &[("Authorization", &ann)]).await;
+    let coded = format!("<{token}>");
+
+    let stolen = dav(
+        &server,
+        "UNLOCK",
+        "/a.txt",
+        &[("Authorization", &bob), ("Lock-Token", &coded)],
+        b"",
+    )
+    .await;
+    assert_eq!(stolen.status, 403, "{}", stolen.text());
+    assert_eq!(error_code(&stolen), "not_lock_holder");
+    let put = dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 423, "the lock still holds: {}", put.text());
+
+    let unlocked = dav(
+        &server,
+        "UNLOCK",
+        "/a.txt",
+        &[("Authorization", &ann), ("Lock-Token", &coded)],
+        b"",
+    )
+    .await;
+    assert_eq!(unlocked.status, 204, "{}", unlocked.text());
+    let put = dav(
+        &server,
+        "PUT",
+        "/a.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 204, "{}", put.text());
+}
+
+/// Bug: a lock holder saving by a temporary file renamed over its locked file lost the file's
+/// versions and its own lock (dav-server deleted the destination first), and could not save
+/// onto a locked document at all.
+#[tokio::test]
+async fn a_lock_holder_saves_by_renaming_a_temporary_file_over_its_locked_file() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/report.txt", &[], b"v1").await;
+    write_doc(&server, "notes.md", "# Old\n").await;
+    let file_token = take_lock(&server, "/report.txt", &[]).await;
+    let doc_token = take_lock(&server, "/notes.md", &[]).await;
+
+    // Without the token: refused, nothing changed.
+    dav(&server, "PUT", "/report.tmp", &[], b"v2").await;
+    let refused = dav(
+        &server,
+        "MOVE",
+        "/report.tmp",
+        &[("Destination", "/dav/report.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, 423, "{}", refused.text());
+    assert_eq!(versions_of(&server, &[], "report.txt").await, Some(1));
+
+    let if_file = format!("(<{file_token}>)");
+    let saved = dav(
+        &server,
+        "MOVE",
+        "/report.tmp",
+        &[("Destination", "/dav/report.txt"), ("If", &if_file)],
+        b"",
+    )
+    .await;
+    assert_eq!(saved.status, 204, "{}", saved.text());
+    let get = dav(&server, "GET", "/report.txt", &[], b"").await;
+    assert_eq!(get.body, b"v2");
+    assert_eq!(versions_of(&server, &[], "report.txt").await, Some(2));
+    assert_eq!(versions_of(&server, &[], "report.tmp").await, None);
+    let other = dav(&server, "PUT", "/report.txt", &[], b"someone else").await;
+    assert_eq!(
+        other.status,
+        423,
+        "the holder keeps its lock: {}",
+        other.text()
+    );
+
+    dav(&server, "PUT", "/notes.tmp", &[], b"# New\n").await;
+    let if_doc = format!("(<{doc_token}>)");
+    let saved = dav(
+        &server,
+        "MOVE",
+        "/notes.tmp",
+        &[("Destination", "/dav/notes.md"), ("If", &if_doc)],
+        b"",
+    )
+    .await;
+    assert_eq!(saved.status, 204, "{}", saved.text());
+    let get = dav(&server, "GET", "/notes.md", &[], b"").await;
+    assert_eq!(get.body, b"# New\n");
+}
+
+/// Bug: a URL parser drops a tab, so `.<TAB>.` passed the guard as a name and reached
+/// dav-server as `..`; and an empty folder moved to a name no file may take.
+#[tokio::test]
+async fn destinations_are_read_once_and_checked_as_new_names() {
+    let server = TestServer::start().await;
+    dav(&server, "MKCOL", "/keep", &[], b"").await;
+    dav(&server, "PUT", "/keep/x.txt", &[], b"x").await;
+    dav(&server, "MKCOL", "/empty", &[], b"").await;
+
+    let tab = dav(
+        &server,
+        "MOVE",
+        "/keep/x.txt",
+        &[("Destination", "http://localhost/dav/keep/.\t./moved.txt")],
+        b"",
+    )
+    .await;
+    assert_eq!(tab.status, 400, "{}", tab.text());
+    assert_eq!(error_code(&tab), "bad_destination");
+    assert_eq!(
+        dav(&server, "GET", "/moved.txt", &[], b"").await.status,
+        404
+    );
+    assert_eq!(
+        dav(&server, "GET", "/keep/x.txt", &[], b"").await.body,
+        b"x"
+    );
+
+    let control = dav(
+        &server,
+        "MOVE",
+        "/empty",
+        &[("Destination", "/dav/bad%01name")],
+        b"",
+    )
+    .await;
+    assert_eq!(control.status, 400, "{}", control.text());
+    let listing = dav(&server, "PROPFIND", "/", &[("Depth", "1")], b"").await;
+    assert!(listing.text().contains("/dav/empty/"), "{}", listing.text());
+    assert!(!listing.text().contains("bad"), "{}", listing.text());
+}
+
+/// Bug: a file deleted or moved through the HTTP API left its dead properties at the old path,
+/// where a new file of that name found them.
+#[tokio::test]
+async fn dead_properties_follow_a_file_deleted_or_moved_through_the_http_api() {
+    let server = TestServer::start().await;
+    let set = br#"<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><x:colour xmlns:x="urn:t">blue</x:colour></D:prop></D:set></D:propertyupdate>"#;
+    let ask =
+        br#"<D:propfind xmlns:D="DAV:"><D:prop><x:colour xmlns:x="urn:t"/></D:prop></D:propfind>"#;
+    let colour = async |path: &str| {
+        let found = dav(&server, "PROPFIND", path, &[("Depth", "0")], ask).await;
+        assert_eq!(found.status, 207, "{}", found.text());
+        found.text().contains(">blue<")
+    };
+    for path in ["/gone.txt", "/from.txt"] {
+        dav(&server, "PUT", path, &[], b"x").await;
+        let patched = dav(&server, "PROPPATCH", path, &[], set).await;
+        assert_eq!(patched.status, 207, "{}", patched.text());
+        assert!(colour(path).await);
+    }
+    let deleted = server
+        .request("DELETE", "/api/files/gone.txt", &[], b"")
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    let moved = server
+        .request(
+            "POST",
+            "/api/file-moves",
+            &[("Content-Type", "application/json")],
+            json!({ "from": "from.txt", "to": "to.txt" })
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert!(colour("/to.txt").await, "the property moved with the file");
+    for path in ["/gone.txt", "/from.txt"] {
+        dav(&server, "PUT", path, &[], b"new").await;
+        assert!(
+            !colour(path).await,
+            "{path}: a new file starts without properties"
+        );
+    }
+}
+
+/// The `getetag` of a `Depth: 0` PROPFIND of `path`, with its length.
+async fn listed(server: &TestServer, path: &str) -> (u64, String) {
+    let found = dav(server, "PROPFIND", path, &[("Depth", "0")], b"").await;
+    let text = found.text();
+    let value = |name: &str| -> String {
+        text.split(&format!("{name}>"))
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        value("getcontentlength").parse().unwrap_or(u64::MAX),
+        format!(
+            "\"{}\"",
+            value("getetag").replace("&quot;", "").trim_matches('"')
+        ),
+    )
+}
+
+/// Bug: listings remembered every document's text as a save's base, so a poller pushed
+/// editors' bases out of the bounded cache. Only a text a client downloaded is a base: a tag
+/// seen only in a listing names none, and the save is diffed against the current text.
+#[tokio::test]
+async fn a_listing_does_not_remember_a_documents_text_as_a_base() {
+    let server = TestServer::start().await;
+    let mut peer = server.connect("list.md").await;
+    let local = Doc::new();
+    let content = local.get_or_insert_text("content");
+    let mut type_in = async |at: u32, text: &str, len: u64| {
+        let update = {
+            let mut txn = local.transact_mut();
+            content.insert(&mut txn, at, text);
+            txn.encode_update_v1()
+        };
+        peer.send_update(&update).await;
+        wait_until("the listing shows the edit", async || {
+            listed(&server, "/list.md").await.0 == len
+        })
+        .await;
+    };
+    type_in(0, "A\n", 2).await;
+    let (_, listed_tag) = listed(&server, "/list.md").await;
+    assert!(listed_tag.contains("t-"), "{listed_tag}");
+    type_in(2, "B\n", 4).await;
+    let put = dav(
+        &server,
+        "PUT",
+        "/list.md",
+        &[("If-Match", &listed_tag)],
+        b"A\nC\n",
+    )
+    .await;
+    assert_eq!(put.status, 204, "{}", put.text());
+    let get = dav(&server, "GET", "/list.md", &[], b"").await;
+    assert_eq!(get.text(), "A\nC\n");
+    peer.close().await;
+}
+
+/// webdav.md's claim on locking a path that does not exist: the name is reserved, nothing is
+/// stored until the holder writes it.
+#[tokio::test]
+async fn locking_a_new_path_reserves_the_name_and_stores_nothing() {
+    let server = TestServer::start_jwt(|_| {}).await;
+    let ann = bearer(&server.token("ann", &[("*", Role::Write)]));
+    let bob = bearer(&server.token("bob", &[("*", Role::Write)]));
+    let lock = dav(
+        &server,
+        "LOCK",
+        "/new.txt",
+        &[("Authorization", &ann)],
+        EXCLUSIVE_LOCK,
+    )
+    .await;
+    assert_eq!(lock.status, 201, "{}", lock.text());
+    let token = lock.header("lock-token").expect("a token").to_owned();
+    let get = dav(&server, "GET", "/new.txt", &[("Authorization", &ann)], b"").await;
+    assert_eq!(get.status, 404, "{}", get.text());
+    let put = dav(
+        &server,
+        "PUT",
+        "/new.txt",
+        &[("Authorization", &bob)],
+        b"bob's",
+    )
+    .await;
+    assert_eq!(put.status, 423, "{}", put.text());
+    let if_token = format!("({token})");
+    let put = dav(
+        &server,
+        "PUT",
+        "/new.txt",
+        &[("Authorization", &ann), ("If", &if_token)],
+        b"ann's",
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let get = dav(&server, "GET", "/new.txt", &[("Authorization", &bob)], b"").await;
+    assert_eq!(get.body, b"ann's");
+}
+
+/// Bug: dead properties had no bound: any writer could store any number per path.
+#[tokio::test]
+async fn dead_properties_are_bounded_per_path() {
+    let server = TestServer::start().await;
+    dav(&server, "PUT", "/p.txt", &[], b"x").await;
+    let set = |props: &str| {
+        format!(
+            "<D:propertyupdate xmlns:D=\"DAV:\"><D:set><D:prop>{props}</D:prop></D:set></D:propertyupdate>"
+        )
+    };
+    let many: String = (0..64)
+        .map(|i| format!("<x:p{i} xmlns:x=\"urn:t\">v</x:p{i}>"))
+        .collect();
+    let fits = dav(&server, "PROPPATCH", "/p.txt", &[], set(&many).as_bytes()).await;
+    assert_eq!(fits.status, 207, "{}", fits.text());
+    assert!(!fits.text().contains("507"), "{}", fits.text());
+    let one_more = set("<x:extra xmlns:x=\"urn:t\">v</x:extra>");
+    let refused = dav(&server, "PROPPATCH", "/p.txt", &[], one_more.as_bytes()).await;
+    assert!(refused.text().contains("507"), "{}", refused.text());
+
+    dav(&server, "PUT", "/q.txt", &[], b"x").await;
+    let big = |name: &str| {
+        set(&format!(
+            "<x:{name} xmlns:x=\"urn:t\">{}</x:{name}>",
+            "y".repeat(40_000)
+        ))
+    };
+    let first = dav(&server, "PROPPATCH", "/q.txt", &[], big("a").as_bytes()).await;
+    assert!(!first.text().contains("507"), "{}", first.text());
+    let second = dav(&server, "PROPPATCH", "/q.txt", &[], big("b").as_bytes()).await;
+    assert!(second.text().contains("507"), "{}", second.text());
+
+    // Nothing of a refused PROPPATCH was stored.
+    let ask = br#"<D:propfind xmlns:D="DAV:"><D:prop><x:extra xmlns:x="urn:t"/><x:b xmlns:x="urn:t"/></D:prop></D:propfind>"#;
+    for path in ["/p.txt", "/q.txt"] {
+        let found = dav(&server, "PROPFIND", path, &[("Depth", "0")], ask).await;
+        assert!(found.text().contains("404"), "{}", found.text());
+        assert!(!found.text().contains("200 OK"), "{}", found.text());
+    }
+}

@@ -67,8 +67,10 @@ pub fn read_text(state: &[u8], root: &str) -> Result<String, TextFileError> {
 
 /// The update that turns root `root` of `state` from `base` (the text the saver read) into
 /// `saved`, keeping what others changed since `base` (see the module documentation). `client_id`
-/// must be fresh. `deadline` bounds the diffs: past it, the rest is replaced whole (the same
-/// text, a larger update).
+/// must be fresh. `deadline` bounds the diffs. If the diff from `base` to the current text runs
+/// past it, what survived of the base is unknown, so the save is diffed against the current
+/// text instead (as if `base` were the current text: the saved text wins where they differ);
+/// past it in the second diff, the rest is replaced whole (the same text, a larger update).
 pub fn write_update(
     state: &[u8],
     root: &str,
@@ -193,6 +195,12 @@ fn rebase(base: &[char], saved: &[char], current: &[char], deadline: Option<Inst
                     now[old_index + k] = Some(new_index + k);
                 }
             }
+        }
+        // A diff cut short by the deadline leaves base characters unmatched that did survive:
+        // taken as deleted by others, the saver's deletions of them would be skipped. Without
+        // a trustworthy map, the save is diffed against the current text.
+        if deadline.is_some_and(|deadline| Instant::now() > deadline) {
+            return rebase(current, saved, current, deadline);
         }
     }
     // The current position an insertion at base boundary `k` goes to: right after the last
@@ -327,6 +335,27 @@ mod tests {
         assert_eq!(write.text, "hello there world\nsecond line\nthird\n");
         apply_update(&doc, &write.update.expect("a change"));
         assert_eq!(text(&doc), "hello there world\nsecond line\nthird\n");
+    }
+
+    /// Bug: when the base-to-current diff hit the deadline, the base characters it left
+    /// unmatched counted as deleted by others, and the saver's deletion of them was dropped.
+    #[test]
+    fn a_save_whose_first_diff_runs_out_of_time_keeps_the_savers_deletions() {
+        let doc = doc_with("abc-def-ghi", 1);
+        let base = text(&doc);
+        // Changes at both ends, so no common prefix or suffix matches the base for free.
+        let root = doc.get_or_insert_text(ROOT);
+        {
+            let mut txn = doc.transact_mut();
+            root.insert(&mut txn, 0, "X");
+            let len = root.len(&txn);
+            root.insert(&mut txn, len, "Y");
+        }
+        let spent = Some(Instant::now());
+        let write = write_update(&state(&doc), ROOT, &base, "abc-ghi", 99, spent).expect("writes");
+        apply_update(&doc, &write.update.expect("a change"));
+        assert!(!text(&doc).contains("def"), "{}", text(&doc));
+        assert_eq!(write.text, text(&doc));
     }
 
     #[test]

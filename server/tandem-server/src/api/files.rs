@@ -534,6 +534,9 @@ pub(super) async fn move_file(
     if let Err(error) = state.locks.remove_below(from.as_str()).await {
         tracing::warn!(%error, path = %from, "removing the locks of a moved file failed");
     }
+    // Its WebDAV dead properties go with it, as over WebDAV.
+    let (old, new) = (from.to_string(), to.to_string());
+    with_dav_rows(&state, move |dav| dav.move_dav_tree(&old, &new, false)).await;
     state.events.publish(Event::FileRenamed {
         from: from.to_string(),
         to: to.to_string(),
@@ -573,10 +576,32 @@ pub(super) async fn delete_file(
     if let Err(error) = state.locks.remove_below(path.as_str()).await {
         tracing::warn!(%error, path = %path, "removing the locks of a deleted file failed");
     }
+    let gone = path.to_string();
+    with_dav_rows(&state, move |dav| dav.remove_dav_tree(&gone)).await;
     state.events.publish(Event::FileDeleted {
         path: path.to_string(),
         actor: super::events::actor_of_request(&grant, &headers),
         at_ms: now_ms(),
     });
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Runs `work` on the WebDAV table (dead properties, `webdav.md`), if this server has one, after
+/// a file was deleted or moved: the file changed already, so a failure is logged, not answered.
+async fn with_dav_rows(
+    state: &AppState,
+    work: impl FnOnce(&dyn tandem_store::meta::DavTable) -> Result<(), tandem_store::StoreError>
+    + Send
+    + 'static,
+) {
+    let Some(dav) = state.tables.dav.clone() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || work(dav.as_ref())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "updating the WebDAV properties of a changed file failed");
+        }
+        Err(_) => tracing::warn!("updating the WebDAV properties of a changed file failed"),
+    }
 }

@@ -85,18 +85,27 @@ impl DocText {
         }
     }
 
-    /// The document's text, or `None` if the document does not exist.
+    /// The document's text, or `None` if the document does not exist; remembered as a base
+    /// for the reader's next save. For a client that will edit what it reads (a GET body).
     pub(crate) async fn read(&self, doc: &DocId) -> Result<Option<TextState>, DocTextError> {
+        let state = self.peek(doc).await?;
+        if let Some(state) = &state {
+            self.remember(doc, state);
+        }
+        Ok(state)
+    }
+
+    /// [`DocText::read`] without remembering the text: for listings and metadata, which must
+    /// not push out of the cache the bases editors' saves will name.
+    pub(crate) async fn peek(&self, doc: &DocId) -> Result<Option<TextState>, DocTextError> {
         let Some(snapshot) = self.hub.snapshot(doc).await? else {
             return Ok(None);
         };
         let text = blocking(move || text_file::read_text(&snapshot.update, TEXT_ROOT)).await??;
-        let state = TextState {
+        Ok(Some(TextState {
             etag: etag_of(&text),
             text,
-        };
-        self.remember(doc, &state);
-        Ok(Some(state))
+        }))
     }
 
     /// Saves `text` as the document's text (creating the document if it does not exist), as

@@ -168,6 +168,11 @@ fn fs_error_of(error: &ApiError) -> FsError {
     }
 }
 
+/// Most dead properties one path may hold (`webdav.md`, "Dead properties").
+const MAX_DEAD_PROPS: usize = 64;
+/// Most bytes of dead properties (names and stored values) one path may hold.
+const MAX_DEAD_PROP_BYTES: usize = 64 * 1024;
+
 /// A file's current version, as listed.
 #[derive(Debug, Clone)]
 struct FileMeta {
@@ -288,8 +293,14 @@ pub(crate) struct DocTextState {
 }
 
 impl DocFiles {
-    async fn read(&self, doc: &DocId) -> Result<Option<DocTextState>, ApiError> {
-        let state = self.state.doc_text.read(doc).await?;
+    /// The document's text; `remember`: kept as the base of the reader's next save (a GET
+    /// body), never for listings and metadata, which would push editors' bases out.
+    async fn read(&self, doc: &DocId, remember: bool) -> Result<Option<DocTextState>, ApiError> {
+        let state = if remember {
+            self.state.doc_text.read(doc).await?
+        } else {
+            self.state.doc_text.peek(doc).await?
+        };
         Ok(state.map(|state| DocTextState {
             etag: unquote(&state.etag),
             text: state.text,
@@ -504,7 +515,7 @@ impl TandemFs {
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
                 let text = self
                     .docs
-                    .read(&doc)
+                    .read(&doc, false)
                     .await
                     .map_err(|error| user.refuse(error))?;
                 let (len, etag) = text.map_or((0, empty_etag()), |text| {
@@ -720,6 +731,43 @@ impl TandemFs {
 }
 
 impl TandemFs {
+    /// Refuses the removal of folder `path` when any of it would stay: it holds a document (403
+    /// `doc_not_removable`), or a file `user` may not change, or `user` may not change the
+    /// folder (403 `read_only`). Asked before anything is removed (the locks are the caller's).
+    pub(crate) async fn check_folder_removable(
+        &self,
+        path: &str,
+        user: &DavUser,
+    ) -> Result<(), ApiError> {
+        let listing = self.listing(user).await.map_err(|_| {
+            user.refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()
+                .unwrap_or(ApiError::Internal)
+        })?;
+        let (files, docs) = listing.tree(path);
+        if !docs.is_empty() {
+            return Err(ApiError::WebDav {
+                status: StatusCode::FORBIDDEN,
+                code: "doc_not_removable",
+                message: format!(
+                    "{path:?} holds a live document; documents cannot be deleted over WebDAV, so nothing in it was deleted"
+                ),
+            });
+        }
+        if !user.can_write_folder(path) || files.iter().any(|file| !user.can_write(file)) {
+            return Err(ApiError::WebDav {
+                status: StatusCode::FORBIDDEN,
+                code: "read_only",
+                message: format!(
+                    "your role does not allow changing everything in {path:?}, so nothing in it was deleted"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// A `COPY` or `MOVE` of the file at `source` onto the existing file at `destination`: the
     /// source's current bytes become the destination's next version, so the destination keeps
     /// its history (dav-server would delete it, versions and all, before copying); a MOVE then
@@ -1014,6 +1062,8 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                     {
                         return Err(forbidden(user, &from));
                     }
+                    // The folder's own new name too: an empty folder has no file to check.
+                    check_new_name(&to, user)?;
                     for (_, new) in &moves {
                         check_new_name(new, user)?;
                     }
@@ -1065,7 +1115,7 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                     let doc = DocId::new(&from).map_err(|_| FsError::NotFound)?;
                     let text = self
                         .docs
-                        .read(&doc)
+                        .read(&doc, false)
                         .await
                         .map_err(|error| user.refuse(error))?
                         .map(|text| text.text)
@@ -1137,14 +1187,46 @@ impl GuardedFileSystem<DavUser> for TandemFs {
                 .map(|(is_set, prop)| (prop_key(prop), is_set.then(|| encode_prop(prop))))
                 .collect();
             let name = path.clone();
-            self.with_dav(user, move |dav| dav.patch_dav_props(&name, &changes))
+            let applied = self
+                .with_dav(user, move |dav| {
+                    let mut after: BTreeMap<String, usize> = dav
+                        .dav_props(&name)?
+                        .into_iter()
+                        .map(|prop| (prop.key, prop.value.len()))
+                        .collect();
+                    for (key, value) in &changes {
+                        match value {
+                            Some(value) => after.insert(key.clone(), value.len()),
+                            None => after.remove(key),
+                        };
+                    }
+                    let bytes: usize = after.iter().map(|(key, len)| key.len() + len).sum();
+                    if after.len() > MAX_DEAD_PROPS || bytes > MAX_DEAD_PROP_BYTES {
+                        return Ok(false);
+                    }
+                    dav.patch_dav_props(&name, &changes)?;
+                    Ok(true)
+                })
                 .await?;
+            if !applied {
+                tracing::debug!(
+                    path,
+                    "a PROPPATCH past the dead property limits was refused"
+                );
+            }
+            // A PROPPATCH is all or nothing (RFC 4918 section 9.2): past the limits, the sets
+            // are 507 and the rest 424 Failed Dependency.
             Ok(patch
                 .into_iter()
-                .map(|(_, prop)| {
+                .map(|(is_set, prop)| {
                     let mut prop = prop;
                     prop.xml = None;
-                    (StatusCode::OK, prop)
+                    let status = match (applied, is_set) {
+                        (true, _) => StatusCode::OK,
+                        (false, true) => StatusCode::INSUFFICIENT_STORAGE,
+                        (false, false) => StatusCode::FAILED_DEPENDENCY,
+                    };
+                    (status, prop)
                 })
                 .collect())
         }
@@ -1213,29 +1295,42 @@ impl GuardedFileSystem<DavUser> for TandemFs {
 
 impl TandemFs {
     async fn reader(&self, path: &str, node: Node, user: &DavUser) -> FsResult<Box<dyn DavFile>> {
-        let meta = self.meta_of(path, node.clone(), user).await?;
         match node {
-            Node::File(file) => Ok(Box::new(FileReader {
-                files: self.state.files.clone(),
-                sha256: file.sha256,
-                meta,
-                pos: 0,
-                stream: Mutex::new(None),
-                pending: Bytes::new(),
-            })),
-            Node::Doc { .. } => {
+            Node::File(file) => {
+                let meta = Meta {
+                    is_dir: false,
+                    len: file.size,
+                    modified_ms: file.modified_ms,
+                    etag: Some(file_etag(&file.sha256)),
+                };
+                Ok(Box::new(FileReader {
+                    files: self.state.files.clone(),
+                    sha256: file.sha256,
+                    meta,
+                    pos: 0,
+                    stream: Mutex::new(None),
+                    pending: Bytes::new(),
+                }))
+            }
+            Node::Doc { updated_ms } => {
+                // One read gives both the body and its tag: a tag from another read could name
+                // a text the client never got, and its next save would merge from the wrong base.
                 let doc = DocId::new(path).map_err(|_| FsError::NotFound)?;
-                let text = self
+                let (text, etag) = self
                     .docs
-                    .read(&doc)
+                    .read(&doc, true)
                     .await
                     .map_err(|error| user.refuse(error))?
-                    .map(|text| text.text)
-                    .unwrap_or_default();
+                    .map_or_else(
+                        || (String::new(), empty_etag()),
+                        |text| (text.text, text.etag),
+                    );
                 Ok(Box::new(TextReader {
                     meta: Meta {
+                        is_dir: false,
                         len: text.len() as u64,
-                        ..meta
+                        modified_ms: updated_ms.unwrap_or_else(now_ms),
+                        etag: Some(etag),
                     },
                     text: Bytes::from(text),
                     pos: 0,

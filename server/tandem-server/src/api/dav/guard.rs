@@ -69,8 +69,41 @@ pub(crate) fn request_path(raw: &str) -> Result<String, ApiError> {
     Ok(segments.join("/"))
 }
 
+/// The workspace path a `Destination` header names, and the header to hand on in its place:
+/// `/dav/` and that path, percent-encoded, so dav-server reads the very path checked here (a
+/// URL parser would, for one, drop a tab and turn `.<TAB>.` into `..`).
+pub(crate) fn destination(value: &HeaderValue) -> Result<(String, HeaderValue), ApiError> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let path = destination_path(value)?;
+    let encoded: Vec<String> = path
+        .split('/')
+        .map(|segment| utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string())
+        .collect();
+    // A folder's trailing slash stays: dav-server compares it with the source's.
+    let slash = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.split(['?', '#']).next())
+        .is_some_and(|text| text.ends_with('/'))
+        && !path.is_empty();
+    let rewritten = format!(
+        "{PREFIX}/{}{}",
+        encoded.join("/"),
+        if slash { "/" } else { "" }
+    );
+    let header = HeaderValue::from_str(&rewritten).map_err(|_| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "Destination cannot be encoded",
+        )
+    })?;
+    Ok((path, header))
+}
+
 /// The workspace path a `Destination` header names: an absolute URL or an absolute path, under
-/// `/dav/` on this server, checked like a request path.
+/// `/dav/` on this server, checked like a request path; no control characters (a tab is legal
+/// in a header but not in a URL).
 pub(crate) fn destination_path(value: &HeaderValue) -> Result<String, ApiError> {
     let text = value.to_str().map_err(|_| {
         bad(
@@ -79,6 +112,13 @@ pub(crate) fn destination_path(value: &HeaderValue) -> Result<String, ApiError> 
             "Destination must be ASCII",
         )
     })?;
+    if text.bytes().any(|byte| byte.is_ascii_control()) {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "Destination may not contain control characters",
+        ));
+    }
     let path = if text.starts_with('/') {
         text.to_owned()
     } else {
@@ -182,10 +222,19 @@ pub(crate) fn check_if_header(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Refuses a `COPY` or `MOVE` from `source` to `destination` when one is inside the other:
-/// into its own tree it would never end (or lose the source), onto an ancestor dav-server
-/// would first delete the destination, and the source with it.
+/// Refuses a `COPY` or `MOVE` from `source` to `destination` when they are the same (a
+/// replacement of a file by itself would delete it: 403), or one is inside the other: into its
+/// own tree it would never end (or lose the source), onto an ancestor dav-server would first
+/// delete the destination, and the source with it. Both are decoded workspace paths, so
+/// `a%2Etxt` is `a.txt`.
 pub(crate) fn check_copy_move(source: &str, destination: &str) -> Result<(), ApiError> {
+    if source == destination {
+        return Err(bad(
+            StatusCode::FORBIDDEN,
+            "onto_itself",
+            "the source and the destination are the same",
+        ));
+    }
     let inside = |inner: &str, outer: &str| {
         outer.is_empty()
             || (inner.len() > outer.len()
@@ -324,6 +373,15 @@ mod tests {
         assert_eq!(destination_path(&value("/dav/c")).expect("path"), "c");
         assert!(destination_path(&value("http://h/dav/a/../../api")).is_err());
         assert!(destination_path(&value("http://h/api/files/x")).is_err());
+        // A URL parser drops the tab and reads `..`.
+        assert!(destination_path(&value("http://h/dav/a/.\t./x")).is_err());
+        let (path, header) = destination(&value("http://h/dav/a%20b/c%2Etxt")).expect("url");
+        assert_eq!(
+            (path.as_str(), header.to_str().ok()),
+            ("a b/c.txt", Some("/dav/a%20b/c%2Etxt"))
+        );
+        let (_, folder) = destination(&value("/dav/new/")).expect("folder");
+        assert_eq!(folder.to_str().ok(), Some("/dav/new/"));
     }
 
     #[test]
@@ -348,6 +406,8 @@ mod tests {
     #[test]
     fn copies_and_moves_into_themselves_or_onto_an_ancestor_are_refused() {
         assert!(check_copy_move("a", "a/b").is_err());
+        assert!(check_copy_move("a.txt", "a.txt").is_err());
+        assert!(check_copy_move("", "").is_err());
         assert!(check_copy_move("a/b", "a").is_err());
         assert!(check_copy_move("a/b", "").is_err());
         assert!(check_copy_move("a", "ab").is_ok());

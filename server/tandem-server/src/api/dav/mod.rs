@@ -65,9 +65,6 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 struct Dav {
     state: AppState,
     fs: fs::TandemFs,
-    /// The handler's lock system (a clone sharing its state), asked by the front door before
-    /// it answers a COPY or MOVE itself.
-    locks: Box<dyn DavLockSystem>,
     handler: DavHandler<DavUser>,
 }
 
@@ -79,7 +76,7 @@ impl Dav {
         let handler = DavHandler::builder()
             .strip_prefix(PREFIX)
             .filesystem(Box::new(fs.clone()))
-            .locksystem(locks.clone())
+            .locksystem(locks)
             // No partial updates (SabreDAV's PATCH): every change of a file is a whole version.
             .methods(methods_served())
             .autoindex(false)
@@ -90,7 +87,6 @@ impl Dav {
         Dav {
             state: state.clone(),
             fs,
-            locks,
             handler,
         }
     }
@@ -101,26 +97,6 @@ fn methods_served() -> dav_server::DavMethodSet {
     let mut methods = dav_server::DavMethodSet::all();
     methods.remove(dav_server::DavMethod::Patch);
     methods
-}
-
-impl Dav {
-    /// Whether the lock system holds a lock covering workspace path `path`.
-    async fn is_locked(&self, path: &str) -> bool {
-        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-        let encoded: Vec<String> = path
-            .split('/')
-            .map(|segment| utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string())
-            .collect();
-        let Ok(mut dav_path) =
-            dav_server::davpath::DavPath::new(&format!("{PREFIX}/{}", encoded.join("/")))
-        else {
-            return true;
-        };
-        if dav_path.set_prefix(PREFIX).is_err() {
-            return true;
-        }
-        !self.locks.discover(&dav_path).await.is_empty()
-    }
 }
 
 /// The lock system: LOCK, UNLOCK, lock discovery and the `If` header's lock tokens, over
@@ -206,7 +182,12 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |client| client.ip);
     let path = guard::request_path(parts.uri.path())?;
     let destination = match parts.headers.get("destination") {
-        Some(value) => Some(guard::destination_path(value)?),
+        Some(value) => {
+            let (destination, rewritten) = guard::destination(value)?;
+            // dav-server reads the path the guard checked, never its own parse of the header.
+            parts.headers.insert("destination", rewritten);
+            Some(destination)
+        }
         None => None,
     };
     let claims = authenticate(state, &parts.headers, &parts.uri, address).await?;
@@ -250,6 +231,12 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
     if matches!(method.as_str(), "LOCK" | "UNLOCK") && !may_lock(&user, &path) {
         return Err(ApiError::Auth(AuthError::ReadOnly));
     }
+    if method.as_str() == "UNLOCK" {
+        check_unlock(state, &path, &parts.headers, &user).await?;
+    }
+    if method == Method::DELETE {
+        check_delete(dav, &path, &user).await?;
+    }
     if let Some(destination) = &destination
         && matches!(method.as_str(), "COPY" | "MOVE")
     {
@@ -264,12 +251,16 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
             }
             _ => None,
         };
-        // Anything locked on either end goes the protocol's way, where the `If` header's tokens
-        // are checked against the locks.
-        if let Some(kind) = onto
-            && !dav.is_locked(&path).await
-            && !dav.is_locked(destination).await
-        {
+        if let Some(kind) = onto {
+            // The locks of both ends, with the `If` header's tokens, as dav-server would check
+            // them; but the replacement is Tandem's own, so a lock holder's save by a temporary
+            // file keeps the destination's versions (or edits its document) and its lock.
+            let remove_source = method.as_str() == "MOVE";
+            let (headers, lock_grant) = &user.writer;
+            super::locks::check_write(state, headers, lock_grant, destination, false).await?;
+            if remove_source {
+                super::locks::check_write(state, headers, lock_grant, &path, false).await?;
+            }
             if parts
                 .headers
                 .get("overwrite")
@@ -277,7 +268,6 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
             {
                 return Ok(StatusCode::PRECONDITION_FAILED.into_response());
             }
-            let remove_source = method.as_str() == "MOVE";
             let etag = if kind == fs::Kind::Document {
                 dav.fs
                     .file_onto_doc(&path, destination, remove_source, &user)
@@ -287,6 +277,10 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
                     .file_onto_file(&path, destination, remove_source, &user)
                     .await?
             };
+            // A lock belongs to its path (RFC 4918 §7.7): the moved-away source's go.
+            if remove_source && let Err(error) = state.locks.remove_below(&path).await {
+                tracing::warn!(%error, path, "removing the locks of a moved file failed");
+            }
             let mut response = StatusCode::NO_CONTENT.into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
                 response.headers_mut().insert(header::ETAG, value);
@@ -402,6 +396,65 @@ async fn check_replacement(
         code: "kind_mismatch",
         message: message.into(),
     })
+}
+
+/// Refuses an `UNLOCK` of another account's lock with 403 before dav-server, whose lock
+/// system is not told who asks: a token is no secret (`lockdiscovery` shows it), so only the
+/// lock's holder, or an administrator, may remove it. A token no lock on the path has is left
+/// to dav-server (409).
+async fn check_unlock(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    user: &DavUser,
+) -> Result<(), ApiError> {
+    let Some(token) = headers
+        .get("lock-token")
+        .and_then(|value| value.to_str().ok())
+        .map(|text| text.trim().trim_start_matches('<').trim_end_matches('>'))
+    else {
+        return Ok(());
+    };
+    let locks = state.locks.discover(path).await?;
+    let Some(lock) = locks.iter().find(|lock| lock.token == token) else {
+        return Ok(());
+    };
+    let requester = user
+        .claims
+        .as_ref()
+        .map_or(ANONYMOUS, |claims| claims.sub.as_str());
+    let admin = user.claims.as_ref().is_none_or(|claims| claims.admin);
+    match lock.principal.as_deref() {
+        Some(holder) if holder != requester && !admin => Err(ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "not_lock_holder",
+            message: format!(
+                "the lock on {:?} was taken by another account; only its holder or an administrator can remove it",
+                lock.path
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a `DELETE` that would stop half-way, before anything is removed: dav-server
+/// removes a folder's files one by one before the folder, so a refusal met on the way (a
+/// document, a file the account may not change, another's lock) would leave the rest deleted.
+/// The root is never deleted.
+async fn check_delete(dav: &Dav, path: &str, user: &DavUser) -> Result<(), ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::WebDav {
+            status: StatusCode::FORBIDDEN,
+            code: "root_not_removable",
+            message: "the workspace root cannot be deleted".into(),
+        });
+    }
+    if dav.fs.kind(path, user).await? != Some(fs::Kind::Folder) {
+        return Ok(());
+    }
+    dav.fs.check_folder_removable(path, user).await?;
+    let (headers, lock_grant) = &user.writer;
+    super::locks::check_write(&dav.state, headers, lock_grant, path, true).await
 }
 
 /// Whether `user` may lock `path`: the write role on it as a file or as a folder.
