@@ -415,17 +415,9 @@ pub(super) async fn put_doc(
         return Err(ApiError::NotFound);
     };
     let grant = request_grant(&state, &headers, &uri, &doc)?;
-    if !grant.can_write() {
-        return Err(ApiError::Auth(AuthError::ReadOnly));
-    }
     // A whole-text save is the write a WebDAV lock on the doc exists to hold off.
+    may_write_content(&state, &grant, &doc).await?;
     super::locks::check_write(&state, &headers, &grant, doc.as_str(), false).await?;
-    if state.files.is_file(doc.as_str()).await? {
-        return Err(FileError::PathTaken {
-            path: doc.to_string(),
-        }
-        .into());
-    }
     let body = body_within_limit(body, max_body_bytes(&state))?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::NotUtf8)?;
     let if_match = headers
@@ -509,15 +501,7 @@ async fn update(
     doc: DocId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !grant.can_write() {
-        return Err(ApiError::Auth(AuthError::ReadOnly));
-    }
-    if state.files.is_file(doc.as_str()).await? {
-        return Err(FileError::PathTaken {
-            path: doc.to_string(),
-        }
-        .into());
-    }
+    may_write_content(state, grant, &doc).await?;
     let body = body_within_limit(body, max_body_bytes(state))?;
     decode_update(body.clone()).map_err(ApiError::BadUpdate)?;
     let applied = state
@@ -530,6 +514,21 @@ async fn update(
             other => ApiError::BadUpdate(other),
         })?;
     Ok(axum::Json(serde_json::json!({ "applied": applied })).into_response())
+}
+
+/// What every write to a doc's content checks first: the token may write it (403 otherwise),
+/// and no file has its path (409 `path_taken`).
+async fn may_write_content(state: &AppState, grant: &Grant, doc: &DocId) -> Result<(), ApiError> {
+    if !grant.can_write() {
+        return Err(ApiError::Auth(AuthError::ReadOnly));
+    }
+    if state.files.is_file(doc.as_str()).await? {
+        return Err(FileError::PathTaken {
+            path: doc.to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -103,6 +103,23 @@ impl DavUser {
         self.role(path).is_some_and(|role| role >= Role::Write)
     }
 
+    /// A copy (or, with `remove_source`, a move) of `source` onto `destination` is allowed by
+    /// this user's roles.
+    fn may_change(
+        &self,
+        destination: &str,
+        source: &str,
+        remove_source: bool,
+    ) -> Result<(), ApiError> {
+        if !self.can_write(destination) {
+            return Err(read_only(destination));
+        }
+        if remove_source && !self.can_write(source) {
+            return Err(read_only(source));
+        }
+        Ok(())
+    }
+
     fn can_write_folder(&self, path: &str) -> bool {
         !path.is_empty()
             && self
@@ -677,17 +694,7 @@ impl TandemFs {
         remove_source: bool,
         user: &DavUser,
     ) -> Result<String, ApiError> {
-        let forbidden = |path: &str| ApiError::WebDav {
-            status: StatusCode::FORBIDDEN,
-            code: "read_only",
-            message: format!("your role does not allow changing {path:?}"),
-        };
-        if !user.can_write(doc) {
-            return Err(forbidden(doc));
-        }
-        if remove_source && !user.can_write(source) {
-            return Err(forbidden(source));
-        }
+        user.may_change(doc, source, remove_source)?;
         let listing = self.listing(user).await.map_err(|_| ApiError::Internal)?;
         let Some(Node::File(file)) = listing.node(source) else {
             return Err(ApiError::File(FileError::NotFound));
@@ -779,17 +786,7 @@ impl TandemFs {
         remove_source: bool,
         user: &DavUser,
     ) -> Result<String, ApiError> {
-        let forbidden = |path: &str| ApiError::WebDav {
-            status: StatusCode::FORBIDDEN,
-            code: "read_only",
-            message: format!("your role does not allow changing {path:?}"),
-        };
-        if !user.can_write(destination) {
-            return Err(forbidden(destination));
-        }
-        if remove_source && !user.can_write(source) {
-            return Err(forbidden(source));
-        }
+        user.may_change(destination, source, remove_source)?;
         let entry = self
             .state
             .files
@@ -827,11 +824,16 @@ fn check_new_name(path: &str, user: &DavUser) -> FsResult<DocId> {
 }
 
 fn forbidden(user: &DavUser, path: &str) -> FsError {
-    user.refuse(ApiError::WebDav {
+    user.refuse(read_only(path))
+}
+
+/// The refusal of a change `path`'s role does not allow.
+fn read_only(path: &str) -> ApiError {
+    ApiError::WebDav {
         status: StatusCode::FORBIDDEN,
         code: "read_only",
         message: format!("your role does not allow changing {path:?}"),
-    })
+    }
 }
 
 fn documents_stay(user: &DavUser, path: &str) -> FsError {
