@@ -7,6 +7,11 @@
 //! is in flight, new commands queue up and form the next group: this is group commit, and it is
 //! what keeps throughput up with an fsync per commit.
 //!
+//! A group of appends is made durable by the store's write-ahead log (`tandem_store`'s `wal.rs`:
+//! one `pwrite` and one `fdatasync`, redb's own commit without fsync); anything else commits to
+//! redb with fsync. After the group's reports went out, the writer asks the store to checkpoint
+//! the log (one durable redb commit) when it is due, so no acknowledgement waits for one.
+//!
 //! A commit costs about the same whatever it holds (its page writes and fsync are mostly kernel
 //! time), so a writer that commits every edit alone spends more CPU than all the connections
 //! together. So a doc that keeps changing is committed at most every
@@ -173,11 +178,14 @@ fn run(
             commit(&store, &batch, config.fsync);
             metrics.observe_commit(commit_started.elapsed(), batch.len());
             n_commits += 1;
+            // After the group's reports went out: a checkpoint delays no acknowledgement.
+            checkpoint(&store, false);
         }
         if release && close.is_none() {
             release_memory(&store);
         }
     }
+    checkpoint(&store, true);
     // Close the database before reporting: whoever waits may reopen the file at once.
     drop(store);
     tracing::info!(n_commits, "redb writer stopped");
@@ -252,7 +260,18 @@ fn hot_until(
     due
 }
 
+/// Moves the write-ahead log's checkpoint when it is due (or, with `force`, whenever the log
+/// holds anything). A failure loses nothing (the log still holds every acknowledged append, and
+/// the next group tries again), so it is only logged.
+fn checkpoint(store: &Store, force: bool) {
+    if let Err(error) = store.checkpoint_if_due(force) {
+        tracing::warn!(%error, "write-ahead log checkpoint failed; retried after the next group");
+    }
+}
+
 fn release_memory(store: &Store) {
+    // The cache is dropped by closing the file: make the log's appends durable in it first.
+    checkpoint(store, true);
     let started = std::time::Instant::now();
     let released = store.release_cache();
     crate::alloc::release_this_thread();

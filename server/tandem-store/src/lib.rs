@@ -44,12 +44,13 @@ pub mod meta;
 mod record;
 pub mod schema;
 pub mod space;
+mod wal;
 mod webhooks;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
@@ -90,6 +91,8 @@ pub struct Store {
     /// for every operation in flight, so it is skipped while one runs rather than stall the
     /// writer thread for the length of a copy.
     backups_running: AtomicUsize,
+    /// The write-ahead log of appends (`wal.rs`); `None` for a custom backend.
+    wal: Mutex<Option<wal::Wal>>,
 }
 
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
@@ -188,9 +191,20 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(redb::StorageError::from)?;
         }
+        // A log beside a database that is not there (deleted to start over, or never made) is
+        // not this database's: replaying it would bring back another store's documents.
+        let wal_path = wal::path_of(path);
+        let fresh = std::fs::metadata(path).map_or(true, |meta| meta.len() == 0);
+        if fresh && wal_path.exists() {
+            tracing::warn!(path = %wal_path.display(), "removing a write-ahead log left without its database");
+            std::fs::remove_file(&wal_path).map_err(redb::StorageError::from)?;
+        }
         contain::contain("open", || {
             let db = open_file(path, cache_bytes)?;
             let migrated_from = schema::check_format_version(&db)?;
+            let (epoch, offset) = wal_checkpoint(&db)?;
+            let mut wal = wal::Wal::open(&wal_path, epoch, offset).map_err(io_error)?;
+            replay_wal(&db, &mut wal)?;
             Ok(Store {
                 db: RwLock::new(Some(db)),
                 reopen: Some((path.to_owned(), cache_bytes)),
@@ -198,6 +212,7 @@ impl Store {
                 migrated_from,
                 damaged: damaged::DamagedRows::default(),
                 backups_running: AtomicUsize::new(0),
+                wal: Mutex::new(Some(wal)),
             })
         })
     }
@@ -236,7 +251,7 @@ impl Store {
             Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
         };
         drop(db.take());
-        *db = Some(open_file(path, *cache_bytes)?);
+        *db = Some(self.open_db(path, *cache_bytes)?);
         Ok(())
     }
 
@@ -255,7 +270,7 @@ impl Store {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             // The old handle must be closed before the file can be opened again.
             drop(db.take());
-            *db = Some(open_file(path, *cache_bytes)?);
+            *db = Some(self.open_db(path, *cache_bytes)?);
             Ok(())
         })
     }
@@ -297,7 +312,7 @@ impl Store {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if db.is_none() {
-                *db = Some(open_file(path, *cache_bytes)?);
+                *db = Some(self.open_db(path, *cache_bytes)?);
             }
         }
     }
@@ -314,6 +329,7 @@ impl Store {
                 migrated_from,
                 damaged: damaged::DamagedRows::default(),
                 backups_running: AtomicUsize::new(0),
+                wal: Mutex::new(None),
             })
         })
     }
@@ -327,8 +343,11 @@ impl Store {
         })
     }
 
-    /// Applies `ops` in one write transaction, with fsync when `durable`. While the store is
-    /// read-only this fails with [`StoreError::ReadOnly`] without writing.
+    /// Applies `ops` in one write transaction. When `durable`, it is on disk when this returns:
+    /// a batch of appends that fits goes to redb without fsync and to the write-ahead log with
+    /// one (`wal.rs`); anything else commits to redb with fsync (`Durability::Immediate`), which
+    /// also moves the log's checkpoint. While the store is read-only this fails with
+    /// [`StoreError::ReadOnly`] without writing.
     pub fn commit(
         &self,
         ops: &[WriteOp<'_>],
@@ -337,99 +356,94 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.contain("commit", || {
             self.write(WriteKind::Grow, |db| {
+                let mut wal = self.wal_guard();
+                let logged = durable && wal.is_some() && wal::Wal::fits(ops);
                 let mut txn = db.begin_write()?;
-                txn.set_durability(if durable {
+                txn.set_durability(if durable && !logged {
                     Durability::Immediate
                 } else {
                     Durability::None
                 })?;
-                {
-                    let mut updates = txn.open_table(UPDATES)?;
-                    let mut snapshots = txn.open_table(SNAPSHOTS)?;
-                    let mut docs = txn.open_table(DOCS)?;
-                    // Opened on first use: a batch without authors or versions pays nothing for them.
-                    let mut history: Option<history::HistoryTables<'_>> = None;
-                    for op in ops {
-                        match *op {
-                            WriteOp::Append {
-                                doc,
-                                seq,
-                                update,
-                                author,
-                            } => {
-                                let (snapshot_seq, size, _, n_log, last_seq) =
-                                    match docs.get(doc)? {
-                                        Some(row) => decode_doc_row(doc, row.value())?,
-                                        None => DocRow::default(),
-                                    };
-                                if seq <= last_seq {
-                                    return Err(StoreError::Corrupt {
-                                        doc: doc.into(),
-                                        detail: format!("append of seq {seq} after seq {last_seq}"),
-                                    });
-                                }
-                                let sealed = checksum::seal(UPDATES.name(), (doc, seq), update);
-                                updates.insert((doc, seq), sealed.as_slice())?;
-                                if let Some(author) = author {
-                                    history::tables(&mut history, &txn, now_ms)?
-                                        .record_author(doc, seq, author)?;
-                                }
-                                let row: DocRow = (
-                                    snapshot_seq,
-                                    size + update.len() as u64,
-                                    now_ms,
-                                    n_log + 1,
-                                    seq,
-                                );
-                                docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                apply_ops(&txn, ops, now_ms, false)?;
+                match wal.as_mut() {
+                    Some(log) if logged => {
+                        let at = log.append(now_ms, ops).map_err(io_error)?;
+                        if let Err(error) = txn.commit() {
+                            // Never acknowledged: it must not be replayed either.
+                            if let Err(undo) = log.undo(at) {
+                                tracing::error!(%undo, "taking back a write-ahead log record failed");
                             }
-                            WriteOp::Compact {
-                                doc,
-                                upto_seq,
-                                snapshot,
-                            } => {
-                                let (_, _, updated_ms, _, last_seq) = match docs.get(doc)? {
-                                    Some(row) => decode_doc_row(doc, row.value())?,
-                                    None => DocRow::default(),
-                                };
-                                updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
-                                history::tables(&mut history, &txn, now_ms)?
-                                    .compact(doc, upto_seq)?;
-                                let sealed = checksum::seal(SNAPSHOTS.name(), doc, snapshot);
-                                snapshots.insert(doc, sealed.as_slice())?;
-                                let mut n_log = 0u64;
-                                let mut log_bytes = 0u64;
-                                for entry in updates.range((doc, upto_seq + 1)..=(doc, u64::MAX))? {
-                                    let (_, value) = entry?;
-                                    n_log += 1;
-                                    log_bytes += payload_len(value.value());
-                                }
-                                let row: DocRow = (
-                                    upto_seq,
-                                    snapshot.len() as u64 + log_bytes,
-                                    updated_ms.max(now_ms),
-                                    n_log,
-                                    last_seq.max(upto_seq),
-                                );
-                                docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
-                            }
-                            WriteOp::Version {
-                                doc,
-                                record,
-                                state,
-                                max_kept,
-                            } => history::tables(&mut history, &txn, now_ms)?
-                                .put_version(doc, record, state, max_kept)?,
+                            return Err(error.into());
                         }
                     }
-                    if let Some(history) = history {
-                        history.finish()?;
+                    Some(log) if durable => {
+                        let epoch = log.epoch + 1;
+                        set_wal_checkpoint(&txn, epoch)?;
+                        txn.commit()?;
+                        log.start_epoch(epoch);
                     }
+                    _ => txn.commit()?,
                 }
-                txn.commit()?;
                 Ok(())
             })
         })
+    }
+
+    /// Makes every append in the write-ahead log durable in the database (one redb commit with
+    /// fsync) when the log holds more than `wal::CHECKPOINT_BYTES` or its oldest record is older
+    /// than `wal::CHECKPOINT_AGE`, or whenever it holds anything if `force`. The writer thread
+    /// calls it after each group (and with `force` before it releases the cache or stops).
+    pub fn checkpoint_if_due(&self, force: bool) -> Result<(), StoreError> {
+        {
+            let wal = self.wal_guard();
+            let Some(log) = wal.as_ref() else {
+                return Ok(());
+            };
+            let due = log.pending_bytes() > 0
+                && (force
+                    || log.pending_bytes() > wal::CHECKPOINT_BYTES
+                    || log
+                        .oldest
+                        .is_some_and(|t| t.elapsed() >= wal::CHECKPOINT_AGE));
+            if !due {
+                return Ok(());
+            }
+        }
+        self.contain("checkpoint", || {
+            self.write(WriteKind::Grow, |db| {
+                let mut wal = self.wal_guard();
+                let Some(log) = wal.as_mut() else {
+                    return Ok(());
+                };
+                let txn = db.begin_write()?;
+                let epoch = log.epoch + 1;
+                set_wal_checkpoint(&txn, epoch)?;
+                txn.commit()?;
+                log.start_epoch(epoch);
+                Ok(())
+            })
+        })
+    }
+
+    /// The write-ahead log, locked (always after the database guard, never before).
+    pub(crate) fn wal_guard(&self) -> MutexGuard<'_, Option<wal::Wal>> {
+        self.wal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens the file again and replays the write-ahead log into it: appends acknowledged from
+    /// the log whose non-durable redb commits the closed handle dropped (after an I/O error,
+    /// redb does not write them on close) are back before anyone reads.
+    fn open_db(&self, path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+        let db = open_file(path, cache_bytes)?;
+        let mut wal = self.wal_guard();
+        if let Some(log) = wal.as_mut() {
+            let (epoch, offset) = wal_checkpoint(&db)?;
+            log.reposition(epoch, offset);
+            replay_wal(&db, log)?;
+        }
+        Ok(db)
     }
 
     /// Metadata of every stored doc, sorted by name.
@@ -538,6 +552,175 @@ fn doc_meta(name: &str, row: DocRow) -> DocMeta {
         n_log_entries,
         last_seq,
     }
+}
+
+/// Applies `ops` in `txn`, in order. When `replaying` (the write-ahead log after a crash), an
+/// append whose seq the doc already has is skipped; otherwise it is `Corrupt`.
+fn apply_ops(
+    txn: &redb::WriteTransaction,
+    ops: &[WriteOp<'_>],
+    now_ms: u64,
+    replaying: bool,
+) -> Result<(), StoreError> {
+    {
+        let mut updates = txn.open_table(UPDATES)?;
+        let mut snapshots = txn.open_table(SNAPSHOTS)?;
+        let mut docs = txn.open_table(DOCS)?;
+        // Opened on first use: a batch without authors or versions pays nothing for them.
+        let mut history: Option<history::HistoryTables<'_>> = None;
+        for op in ops {
+            match *op {
+                WriteOp::Append {
+                    doc,
+                    seq,
+                    update,
+                    author,
+                } => {
+                    let row = match docs.get(doc)? {
+                        Some(row) => decode_doc_row(doc, row.value()),
+                        None => Ok(DocRow::default()),
+                    };
+                    let (snapshot_seq, size, _, n_log, last_seq) = match row {
+                        Ok(row) => row,
+                        // A damaged doc stays refused when opened; the log's other docs replay.
+                        Err(error) if replaying => {
+                            tracing::warn!(doc, %error, "not replaying an update of a damaged doc");
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    if seq <= last_seq && replaying {
+                        continue;
+                    }
+                    if seq <= last_seq {
+                        return Err(StoreError::Corrupt {
+                            doc: doc.into(),
+                            detail: format!("append of seq {seq} after seq {last_seq}"),
+                        });
+                    }
+                    let sealed = checksum::seal(UPDATES.name(), (doc, seq), update);
+                    updates.insert((doc, seq), sealed.as_slice())?;
+                    if let Some(author) = author {
+                        history::tables(&mut history, txn, now_ms)?
+                            .record_author(doc, seq, author)?;
+                    }
+                    let row: DocRow = (
+                        snapshot_seq,
+                        size + update.len() as u64,
+                        now_ms,
+                        n_log + 1,
+                        seq,
+                    );
+                    docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                }
+                WriteOp::Compact {
+                    doc,
+                    upto_seq,
+                    snapshot,
+                } => {
+                    let (_, _, updated_ms, _, last_seq) = match docs.get(doc)? {
+                        Some(row) => decode_doc_row(doc, row.value())?,
+                        None => DocRow::default(),
+                    };
+                    updates.retain_in((doc, 0)..=(doc, upto_seq), |_, _| false)?;
+                    history::tables(&mut history, txn, now_ms)?.compact(doc, upto_seq)?;
+                    let sealed = checksum::seal(SNAPSHOTS.name(), doc, snapshot);
+                    snapshots.insert(doc, sealed.as_slice())?;
+                    let mut n_log = 0u64;
+                    let mut log_bytes = 0u64;
+                    for entry in updates.range((doc, upto_seq + 1)..=(doc, u64::MAX))? {
+                        let (_, value) = entry?;
+                        n_log += 1;
+                        log_bytes += payload_len(value.value());
+                    }
+                    let row: DocRow = (
+                        upto_seq,
+                        snapshot.len() as u64 + log_bytes,
+                        updated_ms.max(now_ms),
+                        n_log,
+                        last_seq.max(upto_seq),
+                    );
+                    docs.insert(doc, encode_doc_row(doc, row).as_slice())?;
+                }
+                WriteOp::Version {
+                    doc,
+                    record,
+                    state,
+                    max_kept,
+                } => history::tables(&mut history, txn, now_ms)?
+                    .put_version(doc, record, state, max_kept)?,
+            }
+        }
+        if let Some(history) = history {
+            history.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// Keys of the write-ahead log's checkpoint in `meta` (see `wal.rs`).
+const WAL_EPOCH_KEY: &str = "wal_epoch";
+const WAL_OFFSET_KEY: &str = "wal_offset";
+
+/// The write-ahead log's checkpoint: `(1, 0)` in a file that never had one.
+fn wal_checkpoint(db: &Database) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(schema::META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((1, 0)),
+        Err(error) => return Err(error.into()),
+    };
+    let epoch = meta.get(WAL_EPOCH_KEY)?.map_or(1, |v| v.value());
+    let offset = meta.get(WAL_OFFSET_KEY)?.map_or(0, |v| v.value());
+    Ok((epoch, offset))
+}
+
+/// Records in `txn` that every record of the log before `epoch` is in the database.
+pub(crate) fn set_wal_checkpoint(
+    txn: &redb::WriteTransaction,
+    epoch: u64,
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(schema::META)?;
+    meta.insert(WAL_EPOCH_KEY, epoch)?;
+    meta.insert(WAL_OFFSET_KEY, 0)?;
+    Ok(())
+}
+
+/// Applies the log's records after its checkpoint that the database lacks, in one durable
+/// commit that also moves the checkpoint to the next epoch.
+fn replay_wal(db: &Database, log: &mut wal::Wal) -> Result<(), StoreError> {
+    let records = log.replay().map_err(io_error)?;
+    if records.is_empty() && log.pending_bytes() == 0 {
+        return Ok(());
+    }
+    let n_records = records.len();
+    let txn = db.begin_write()?;
+    for record in &records {
+        let ops: Vec<WriteOp<'_>> = record
+            .appends
+            .iter()
+            .map(|a| WriteOp::Append {
+                doc: &a.doc,
+                seq: a.seq,
+                update: &a.update,
+                author: a.author.as_deref(),
+            })
+            .collect();
+        apply_ops(&txn, &ops, record.now_ms, true)?;
+    }
+    let epoch = log.epoch + 1;
+    set_wal_checkpoint(&txn, epoch)?;
+    txn.commit()?;
+    log.start_epoch(epoch);
+    if n_records > 0 {
+        tracing::info!(n_records, path = %log.path().display(), "replayed the write-ahead log");
+    }
+    Ok(())
+}
+
+/// An I/O error of the write-ahead log, as redb's (so a full disk makes the store read-only).
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::Database(Box::new(redb::Error::Io(error)))
 }
 
 fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {

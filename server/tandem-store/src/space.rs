@@ -304,6 +304,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.contain("discard_after", || {
             self.write(WriteKind::Free, |db| {
+                let mut wal = self.wal_guard();
                 let txn = db.begin_write()?;
                 let mut removed = false;
                 {
@@ -361,7 +362,17 @@ impl Store {
                     }
                 }
                 if removed {
+                    // Whatever the write-ahead log holds is in the database now (redb's commit
+                    // includes the non-durable ones before it); moving its checkpoint keeps a
+                    // record of what was just removed from being replayed.
+                    let epoch = wal.as_ref().map(|log| log.epoch + 1);
+                    if let Some(epoch) = epoch {
+                        crate::set_wal_checkpoint(&txn, epoch)?;
+                    }
                     txn.commit()?;
+                    if let (Some(log), Some(epoch)) = (wal.as_mut(), epoch) {
+                        log.start_epoch(epoch);
+                    }
                 } else {
                     txn.abort()?;
                 }
