@@ -95,6 +95,17 @@ pub struct Store {
     wal: Mutex<Option<wal::Wal>>,
 }
 
+impl Drop for Store {
+    /// A store closed in order leaves its write-ahead log with nothing to replay, so tools that
+    /// read the database file alone (`tandem check`, an older build) see every append. Best
+    /// effort: whatever is not checkpointed is replayed at the next open.
+    fn drop(&mut self) {
+        if let Err(error) = self.checkpoint_if_due(true) {
+            tracing::warn!(%error, "write-ahead log checkpoint at close failed; replayed at the next open");
+        }
+    }
+}
+
 /// Shared access to the open database for the length of one operation. [`Store::release_cache`]
 /// waits for every guard, so no transaction outlives the `Database` it came from.
 pub(crate) struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);

@@ -163,3 +163,31 @@ fn a_log_left_without_its_database_is_not_replayed_into_a_new_one() {
     );
     assert_eq!(store.load_doc("team/a.md").expect("load").last_seq, 0);
 }
+
+#[test]
+fn a_store_closed_in_order_holds_every_append_in_the_database_file_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("tandem.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        for seq in 1..=5 {
+            let update = update(seq);
+            store
+                .commit(
+                    &[WriteOp::Append {
+                        doc: "d",
+                        seq,
+                        update: &update,
+                        author: None,
+                    }],
+                    seq,
+                    true,
+                )
+                .expect("commit");
+        }
+    }
+    // Without the log, the database file alone has them (what `tandem check` reads).
+    std::fs::remove_file(dir.path().join("tandem.redb.wal")).expect("remove the log");
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.load_doc("d").expect("load").updates.len(), 5);
+}
