@@ -6,7 +6,9 @@
 //! accounts, or a Bearer token), what no request may bring in (`guard.rs`: bad paths, XML
 //! bombs, bodies over [`MAX_XML_BODY_BYTES`], moves into themselves, infinite depth), and the
 //! answer of a refusal the file system left in the request's slot. `fs.rs` is the file system:
-//! the files service, the documents and the WebDAV table, never a tree of its own.
+//! the files service, the documents and the WebDAV table, never a tree of its own. The common
+//! PROPFINDs (depth 0 or 1; all properties, their names or named ones) are answered by
+//! `multistatus.rs` instead, after the same checks, with the answer dav-server would give.
 //!
 //! Invariant: every request is authenticated (or authentication is off) before dav-server sees
 //! it, and every path it names has passed `guard.rs`.

@@ -5,7 +5,7 @@
 //!
 //! The answer is dav-server's, property for property: the same hrefs, live properties and
 //! values, dead properties, lock discovery and status lines (the test
-//! `tests/it/dav.rs::propfind_answers_as_dav_server_does` compares the two on one workspace).
+//! `tests/it/dav_propfind.rs` compares the two on one workspace).
 //! It is written straight into one buffer sized for the listing: dav-server builds an `xmltree`
 //! element per property and runs it through xml-rs's event writer, which took most of a big
 //! folder's PROPFIND (`benches/RESULTS.md`, issue 21).
@@ -697,7 +697,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn dates_are_written_as_httpdate_and_chrono_write_them() {
+    fn dates_are_written_as_http_dates_and_rfc_3339() {
         for secs in [
             0u64,
             784_111_777,
