@@ -18,6 +18,7 @@ mod cluster_meta;
 mod cluster_s3;
 mod damaged_store;
 mod dav;
+mod dav_propfind;
 mod dav_read;
 mod disk_full;
 mod doc_text;

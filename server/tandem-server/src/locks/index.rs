@@ -84,6 +84,11 @@ impl Index {
             .find(|lock| lock.expires_ms > now_ms && covers(lock, path))
     }
 
+    /// Whether there is no lock at all, expired or not.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
     /// Adds a lock (a restored or a new one).
     pub(crate) fn insert(&mut self, lock: LockRecord) {
         self.by_token.insert(lock.token.clone(), lock.path.clone());

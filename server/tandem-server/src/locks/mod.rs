@@ -415,6 +415,19 @@ impl Locks {
         self.read(|index| index.covering(path, now)).await
     }
 
+    /// [`Locks::discover`] for each of `paths`, in order, from one read of the locks (one
+    /// lock of the index, or one query of the shared table): a folder's listing asks once.
+    pub(crate) async fn discover_each(&self, paths: &[&str]) -> Result<Vec<Vec<Lock>>, LockError> {
+        let now = now_ms();
+        self.read(|index| {
+            if index.is_empty() {
+                return vec![Vec::new(); paths.len()];
+            }
+            paths.iter().map(|path| index.covering(path, now)).collect()
+        })
+        .await
+    }
+
     /// Every unexpired lock, in path order.
     pub(crate) async fn list(&self) -> Result<Vec<Lock>, LockError> {
         let now = now_ms();

@@ -12,6 +12,7 @@
 //!
 //! Documents go through [`DocFiles`], the one place their text is read and written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::SeekFrom;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::super::AppState;
 use super::super::error::ApiError;
 use super::super::files::{PutRequest, store_put};
+use super::multistatus;
 use crate::auth::{Claims, Role};
 use crate::bus::Event;
 use crate::files::FileError;
@@ -211,6 +213,14 @@ struct Listing {
     with_props: std::collections::BTreeSet<String>,
 }
 
+/// What a path is, borrowed from the listing (the root is a folder made at 0).
+#[derive(Debug, Clone, Copy)]
+enum NodeRef<'a> {
+    Folder(u64),
+    File(&'a FileMeta),
+    Doc(Option<u64>),
+}
+
 /// What a path is.
 #[derive(Debug, Clone)]
 enum Node {
@@ -265,6 +275,65 @@ impl Listing {
                 let node = self.node(&format!("{prefix}{name}"))?;
                 Some((name, node))
             })
+            .collect()
+    }
+
+    /// What `path` is, borrowed from the listing.
+    fn node_ref(&self, path: &str) -> Option<NodeRef<'_>> {
+        if path.is_empty() {
+            return Some(NodeRef::Folder(0));
+        }
+        if let Some(made) = self.folders.get(path) {
+            return Some(NodeRef::Folder(*made));
+        }
+        if let Some(file) = self.files.get(path) {
+            return Some(NodeRef::File(file));
+        }
+        self.docs
+            .get(path)
+            .map(|updated_ms| NodeRef::Doc(*updated_ms))
+    }
+
+    /// [`Listing::children`] borrowed: each entry directly inside folder `path` by its full path
+    /// as the listing holds it, in name order, a folder winning over a file or document of the
+    /// same name and a file over a document (as [`Listing::node`]). Only the keys below `path`
+    /// are visited.
+    fn children_refs(&self, path: &str) -> Vec<(&str, NodeRef<'_>)> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        fn below<'a, 'p, V>(
+            map: &'a BTreeMap<String, V>,
+            prefix: &'p str,
+        ) -> impl Iterator<Item = (&'a str, &'a V)> + use<'a, 'p, V> {
+            map.range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .filter(move |(key, _)| !key[prefix.len()..].contains('/'))
+            .map(|(key, value)| (key.as_str(), value))
+        }
+        // (name, rank, path, node): the lowest rank of a name wins.
+        let mut entries: Vec<(&str, u8, &str, NodeRef<'_>)> = Vec::new();
+        for (key, made) in below(&self.folders, &prefix) {
+            entries.push((&key[prefix.len()..], 0, key, NodeRef::Folder(*made)));
+        }
+        for (key, file) in below(&self.files, &prefix) {
+            entries.push((&key[prefix.len()..], 1, key, NodeRef::File(file)));
+        }
+        for (key, updated_ms) in below(&self.docs, &prefix) {
+            entries.push((&key[prefix.len()..], 2, key, NodeRef::Doc(*updated_ms)));
+        }
+        // Three runs, each sorted already: the stable sort merges them.
+        entries.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        entries.dedup_by(|next, kept| next.0 == kept.0);
+        entries
+            .into_iter()
+            .filter(|(name, ..)| !name.is_empty())
+            .map(|(_, _, key, node)| (key, node))
             .collect()
     }
 
@@ -349,7 +418,12 @@ impl DocFiles {
 /// the HTTP API's whole hash because clients copy tags into `If` headers of bounded length
 /// (litmus cuts its header at 256 bytes); 128 bits still never repeat in practice.
 fn file_etag(sha256: &str) -> String {
-    sha256.get(..32).unwrap_or(sha256).to_owned()
+    file_etag_ref(sha256).to_owned()
+}
+
+/// [`file_etag`], borrowed from the hash.
+fn file_etag_ref(sha256: &str) -> &str {
+    sha256.get(..32).unwrap_or(sha256)
 }
 
 /// An entity tag without its quotes.
@@ -473,31 +547,35 @@ impl TandemFs {
                 listing.folders.insert(folder, 0);
             }
         }
-        // Every folder an entry's name implies, dated by its newest entry.
-        let entries: Vec<(String, u64)> = listing
+        // Every folder an entry's name implies, dated by its newest entry (a name is copied
+        // once per folder, not once per entry: a big folder's files share their parent).
+        let mut implied: BTreeMap<String, u64> = BTreeMap::new();
+        let entries = listing
             .files
             .iter()
-            .map(|(path, meta)| (path.clone(), meta.modified_ms))
+            .map(|(path, meta)| (path, meta.modified_ms))
             .chain(
                 listing
                     .docs
                     .iter()
-                    .map(|(path, updated)| (path.clone(), updated.unwrap_or(0))),
+                    .map(|(path, updated)| (path, updated.unwrap_or(0))),
             )
-            .chain(
-                listing
-                    .folders
-                    .iter()
-                    .map(|(path, made)| (path.clone(), *made)),
-            )
-            .collect();
+            .chain(listing.folders.iter().map(|(path, made)| (path, *made)));
         for (path, modified) in entries {
-            let mut parent = parent_of(&path);
+            let mut parent = parent_of(path);
             while !parent.is_empty() {
-                let made = listing.folders.entry(parent.to_owned()).or_insert(0);
-                *made = (*made).max(modified);
+                match implied.get_mut(parent) {
+                    Some(newest) => *newest = (*newest).max(modified),
+                    None => {
+                        implied.insert(parent.to_owned(), modified);
+                    }
+                }
                 parent = parent_of(parent);
             }
+        }
+        for (folder, newest) in implied {
+            let made = listing.folders.entry(folder).or_insert(0);
+            *made = (*made).max(newest);
         }
         Ok(listing)
     }
@@ -546,6 +624,125 @@ impl TandemFs {
                 }
             }
         })
+    }
+
+    /// The multistatus of a `PROPFIND` of `path` (`slash`: asked for with a trailing `/`), of
+    /// depth 1 if `depth_one`, written by `multistatus.rs` from this request's listing, the
+    /// documents' texts, one read of the dead properties of the resources that have any, and one
+    /// read of the locks. `None` leaves the request to dav-server, which answers it as it always
+    /// has: `path` does not exist for this user, or it or the listing could not be read. Returns
+    /// the body and whether the target is a folder.
+    pub(crate) async fn propfind(
+        &self,
+        path: &str,
+        slash: bool,
+        depth_one: bool,
+        request: &multistatus::Request<'_>,
+        user: &DavUser,
+    ) -> Option<(Vec<u8>, bool)> {
+        let listing = self.listing(user).await.ok()?;
+        let target = listing.node_ref(path)?;
+        let target_is_dir = matches!(target, NodeRef::Folder(_));
+        let mut entries = vec![(path, target)];
+        if depth_one && target_is_dir {
+            entries.extend(listing.children_refs(path));
+        }
+        let mut resources = Vec::with_capacity(entries.len());
+        for (idx, (entry_path, node)) in entries.into_iter().enumerate() {
+            let (is_dir, len, modified_ms, etag) = match node {
+                NodeRef::Folder(made) => (true, 0, made, multistatus::Etag::Folder(made)),
+                NodeRef::File(file) => (
+                    false,
+                    file.size,
+                    file.modified_ms,
+                    multistatus::Etag::Tag(Cow::Borrowed(file_etag_ref(&file.sha256))),
+                ),
+                NodeRef::Doc(updated_ms) => {
+                    match self
+                        .meta_of(entry_path, Node::Doc { updated_ms }, user)
+                        .await
+                    {
+                        Ok(meta) => (
+                            false,
+                            meta.len,
+                            meta.modified_ms,
+                            multistatus::Etag::Tag(Cow::Owned(meta.etag.unwrap_or_default())),
+                        ),
+                        // dav-server fails the request for the target, and leaves out an
+                        // entry whose metadata it cannot read.
+                        Err(_) if idx == 0 => return None,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            resources.push(multistatus::Resource {
+                path: entry_path,
+                is_dir,
+                slash: is_dir || (idx == 0 && slash),
+                len,
+                modified_ms,
+                etag,
+                dead: Vec::new(),
+                locks: Vec::new(),
+            });
+        }
+        if request.wanted.needs_dead()
+            && let Some(dav) = self.state.tables.dav.clone()
+        {
+            let with_props: Vec<(usize, String)> = resources
+                .iter()
+                .enumerate()
+                .filter(|(_, resource)| listing.with_props.contains(resource.path))
+                .map(|(idx, resource)| (idx, resource.path.to_owned()))
+                .collect();
+            if !with_props.is_empty() {
+                let paths: Vec<String> = with_props.iter().map(|(_, path)| path.clone()).collect();
+                let read = tokio::task::spawn_blocking(move || {
+                    paths
+                        .iter()
+                        .map(|path| dav.dav_props(path))
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                let Ok(read) = read else {
+                    return None;
+                };
+                for ((idx, path), props) in with_props.iter().zip(read) {
+                    match props {
+                        Ok(props) => {
+                            resources[*idx].dead = props
+                                .iter()
+                                .filter_map(decode_prop)
+                                .map(|prop| {
+                                    multistatus::DeadProp::new(
+                                        prop.namespace.as_deref(),
+                                        &prop.name,
+                                        prop.xml.as_deref(),
+                                    )
+                                })
+                                .collect();
+                        }
+                        // As dav-server, which answers without them.
+                        Err(error) => {
+                            tracing::warn!(%error, path, "reading dead properties failed");
+                        }
+                    }
+                }
+            }
+        }
+        if request.wanted.needs_locks() {
+            let paths: Vec<&str> = resources.iter().map(|resource| resource.path).collect();
+            match self.state.locks.discover_each(&paths).await {
+                Ok(locks) => {
+                    for (resource, locks) in resources.iter_mut().zip(locks) {
+                        resource.locks = locks;
+                    }
+                }
+                // As dav-server's lock discovery (`ls.rs`), which answers with none.
+                Err(error) => tracing::error!(%error, path, "reading locks failed"),
+            }
+        }
+        Some((multistatus::write(request, &resources), target_is_dir))
     }
 
     fn dav_table(&self, user: &DavUser) -> FsResult<Arc<dyn tandem_store::meta::DavTable>> {

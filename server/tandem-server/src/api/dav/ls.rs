@@ -26,8 +26,9 @@ use crate::locks::{Lock, LockError, LockRequest, Locks, Writer};
 /// without it). It is echoed in every `lockdiscovery` and stored with the lock.
 pub(crate) const MAX_OWNER_BYTES: usize = 4 * 1024;
 
-/// Characters escaped in a lock root's URL path: everything but unreserved ones and `/`.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+/// Characters escaped in a lock root's URL path: everything but unreserved ones and `/` (as
+/// dav-server escapes every href; `multistatus.rs` writes them with it too).
+pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')

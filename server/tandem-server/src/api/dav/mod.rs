@@ -6,7 +6,9 @@
 //! accounts, or a Bearer token), what no request may bring in (`guard.rs`: bad paths, XML
 //! bombs, bodies over [`MAX_XML_BODY_BYTES`], moves into themselves, infinite depth), and the
 //! answer of a refusal the file system left in the request's slot. `fs.rs` is the file system:
-//! the files service, the documents and the WebDAV table, never a tree of its own.
+//! the files service, the documents and the WebDAV table, never a tree of its own. The common
+//! PROPFINDs (depth 0 or 1; all properties, their names or named ones) are answered by
+//! `multistatus.rs` instead, after the same checks, with the answer dav-server would give.
 //!
 //! Invariant: every request is authenticated (or authentication is off) before dav-server sees
 //! it, and every path it names has passed `guard.rs`.
@@ -14,6 +16,7 @@
 mod fs;
 mod guard;
 pub(crate) mod ls;
+mod multistatus;
 mod propfind;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -302,6 +305,9 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         let bytes = read_capped(body).await?;
         guard::check_xml(&bytes)?;
         if method.as_str() == "PROPFIND" {
+            if let Some(response) = answer_propfind(dav, &parts, &path, &bytes, &user).await {
+                return Ok(response);
+            }
             named = propfind::requested(&bytes);
             user.named_props = named.is_some();
         }
@@ -349,6 +355,64 @@ async fn serve_checked(dav: &Dav, request: Request) -> Result<Response, ApiError
         }
         _ => Ok(response.map(Body::new)),
     }
+}
+
+/// The answer to a PROPFIND of depth 0 or 1 with a body `multistatus.rs` knows, written there
+/// from the listing instead of by dav-server (same properties, same statuses, the `404`s of a
+/// named PROPFIND included); `None` leaves the request to dav-server: another depth, another
+/// body, a path that does not exist for this user, a listing that cannot be read.
+async fn answer_propfind(
+    dav: &Dav,
+    parts: &axum::http::request::Parts,
+    path: &str,
+    body: &[u8],
+    user: &DavUser,
+) -> Option<Response> {
+    let mut depths = parts.headers.get_all("depth").iter();
+    let depth_one = match (depths.next().map(HeaderValue::as_bytes), depths.next()) {
+        (Some(b"0"), None) => false,
+        (Some(b"1"), None) => true,
+        _ => return None,
+    };
+    let wanted = multistatus::wanted(body)?;
+    let principal = user
+        .claims
+        .as_ref()
+        .map_or(ANONYMOUS, |claims| claims.sub.as_str());
+    let microsoft = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|agent| agent.contains("Microsoft"));
+    let request = multistatus::Request {
+        wanted: &wanted,
+        principal,
+        microsoft,
+    };
+    // The root (`/dav`) is a collection with or without its slash, as dav-server reads it.
+    let slash = path.is_empty() || parts.uri.path().ends_with('/');
+    let (body, is_dir) = dav
+        .fs
+        .propfind(path, slash, depth_one, &request, user)
+        .await?;
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::MULTI_STATUS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if is_dir && !slash {
+        // A folder asked for without its slash: where it is (dav-server's `fixpath`).
+        let mut location = String::new();
+        multistatus::push_href(&mut location, path, true);
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            headers.insert(header::CONTENT_LOCATION, value);
+        }
+    }
+    Some(response)
 }
 
 /// A named PROPFIND's multistatus with the 404s dav-server leaves out (`propfind.rs`).

@@ -2,7 +2,8 @@
 //! for every named property in each response, those the resource lacks in a propstat with
 //! `404 Not Found`. dav-server 0.11 leaves those out (its `write_props` keeps only the 200s), so
 //! the multistatus it writes is read back here and the missing ones are added, response by
-//! response. Only named PROPFINDs pass through here; their bodies are small (capped at
+//! response. Only the named PROPFINDs `multistatus.rs` leaves to dav-server (a body holding
+//! more than the `<prop>`) pass through here; their bodies are small (capped at
 //! [`super::MAX_XML_BODY_BYTES`] and checked by `guard.rs`) and the multistatus is our own.
 
 use std::collections::BTreeSet;
