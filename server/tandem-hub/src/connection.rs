@@ -279,6 +279,10 @@ impl<S: Transport> Conn<S> {
         let expiry = sleep_until(self.expires_at);
         tokio::pin!(expiry);
         let closer = self.closer.clone();
+        // Made once: a close is requested at most once, and a `Notified` made per turn of the
+        // loop would join and leave the waiter list (two locks) on every frame sent.
+        let woken = closer.woken();
+        tokio::pin!(woken);
         let inbox = self.doc.tx.clone();
         // When the peer last sent anything.
         let mut last_seen_ms = 0u64;
@@ -292,18 +296,21 @@ impl<S: Transport> Conn<S> {
             }
             tokio::select! {
                 biased;
-                // The reason is read at the top of the loop; the wake-up only ends the wait.
-                () = closer.woken() => {}
-                () = &mut shutdown => return Some(CloseReason::Shutdown),
                 frame = self.outbox.recv() => match frame {
                     Some(frame) => {
                         if self.send_batch(frame).await.is_err() {
                             return None;
                         }
                     }
-                    // The doc actor dropped this peer without a reason: it is gone.
-                    None => return None,
+                    // The doc actor dropped this peer: with the reason it gave, if any (it
+                    // sets the reason before it lets go of the outbox).
+                    None => return closer.reason(),
                 },
+                // Sent frames come first: a wake-up for one costs no other branch's poll. The
+                // close reason is read at the top of every turn, so a flood of frames cannot
+                // hide it; this wake-up only ends the wait.
+                () = &mut woken => {}
+                () = &mut shutdown => return Some(CloseReason::Shutdown),
                 permit = async { pending.as_mut().expect("guarded").1.as_mut().await }, if pending.is_some() => {
                     let (command, _) = pending.take().expect("guarded");
                     match permit {

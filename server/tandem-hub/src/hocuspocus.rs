@@ -262,6 +262,10 @@ impl<S: Transport> Mux<S> {
         let shutdown = shutdown.cancelled();
         tokio::pin!(shutdown);
         let closer = self.closer.clone();
+        // Made once: a close is requested at most once, and a `Notified` made per turn of the
+        // loop would join and leave the waiter list (two locks) on every frame sent.
+        let woken = closer.woken();
+        tokio::pin!(woken);
         let mut last_seen_ms = 0u64;
         let mut ping_sent_ms: Option<u64> = None;
         // A socket must present an accepted token as soon as an idle one must answer a ping.
@@ -277,12 +281,11 @@ impl<S: Transport> Mux<S> {
             let start = self.next_poll;
             tokio::select! {
                 biased;
-                () = closer.woken() => {}
-                () = &mut shutdown => return Some(CloseReason::Shutdown),
                 (idx, frame) = std::future::poll_fn(|cx| poll_outboxes(attachments, start, cx)) => {
                     let Some(frame) = frame else {
-                        // The doc actor dropped this peer without a reason: it is gone.
-                        return Some(CloseReason::Unavailable);
+                        // The doc actor dropped this peer: with the reason it gave, if any (it
+                        // sets the reason before it lets go of the outbox).
+                        return Some(closer.reason().unwrap_or(CloseReason::Unavailable));
                     };
                     self.next_poll = idx + 1;
                     let timeout = self.config.pong_timeout;
@@ -291,6 +294,11 @@ impl<S: Transport> Mux<S> {
                         return reason;
                     }
                 }
+                // Sent frames come first: a wake-up for one costs no other branch's poll. The
+                // close reason is read at the top of every turn, so a flood of frames cannot
+                // hide it; this wake-up only ends the wait.
+                () = &mut woken => {}
+                () = &mut shutdown => return Some(CloseReason::Shutdown),
                 permit = async { pending.as_mut().expect("guarded").1.as_mut().await }, if pending.is_some() => {
                     let (command, _) = pending.take().expect("guarded");
                     match permit {
