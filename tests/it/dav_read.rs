@@ -1,13 +1,14 @@
 //! Files read through `/dav/` whole and in ranges, across the chunks the blob streams in
-//! (64 KiB), byte for byte as they were stored.
+//! (256 KiB), and across dav-server's 64 KiB reads within a chunk, byte for byte as they were
+//! stored.
 
 use tandem_tests::TestServer;
 
 #[tokio::test]
 async fn a_file_reads_back_whole_and_in_ranges_across_chunks() {
     let server = TestServer::start().await;
-    // 300 KiB that differ everywhere: five chunks and a partial one.
-    let body: Vec<u8> = (0u32..300 * 1024)
+    // 1,100 KiB that differ everywhere: four chunks and a partial one.
+    let body: Vec<u8> = (0u32..1100 * 1024)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let put = server.request("PUT", "/dav/big.bin", &[], &body).await;
@@ -22,6 +23,9 @@ async fn a_file_reads_back_whole_and_in_ranges_across_chunks() {
         (65_530, 65_545),
         (16_384, 140_000),
         (200_000, 300 * 1024 - 1),
+        (262_140, 262_150),
+        (500_000, 800_000),
+        (1_000_000, 1100 * 1024 - 1),
     ] {
         let range = format!("bytes={first}-{last}");
         let part = server

@@ -30,8 +30,10 @@ use super::s3::{self, S3};
 use super::upload::TempGuard;
 use super::{BlobGuard, FileError, Files};
 
-/// Bytes read from a blob file at a time while streaming it.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from a blob file at a time while streaming it. Each read is a trip to tokio's
+/// blocking pool (`tokio::fs`), so a download of 1 GiB in 64 KiB reads paid 16,384 of them;
+/// 256 KiB reads cut that by four for 192 KiB more per download in flight.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The blobs' backend.
 pub(crate) enum Backend {
