@@ -264,8 +264,12 @@ fn hot_until(
 /// holds anything). A failure loses nothing (the log still holds every acknowledged append, and
 /// the next group tries again), so it is only logged.
 fn checkpoint(store: &Store, force: bool) {
-    if let Err(error) = store.checkpoint_if_due(force) {
-        tracing::warn!(%error, "write-ahead log checkpoint failed; retried after the next group");
+    match store.checkpoint_if_due(force) {
+        // A read-only store logged its state once when it became so.
+        Ok(()) | Err(StoreError::ReadOnly { .. }) => {}
+        Err(error) => {
+            tracing::warn!(%error, "write-ahead log checkpoint failed; retried after the next group");
+        }
     }
 }
 
