@@ -71,20 +71,20 @@ fn wal_crash_child() {
     }
 }
 
+/// Runs [`wal_crash_child`] in a process of its own on `dir` and waits for it to die.
+fn run_crashing_child(dir: &Path) -> std::process::Output {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "wal_crash_child", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CHILD_ENV, dir)
+        .output()
+        .expect("run the child")
+}
+
 #[test]
 fn acknowledged_appends_survive_an_abort_through_the_write_ahead_log() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "wal_crash_child",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .output()
-        .expect("run the child");
+    let output = run_crashing_child(dir.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("committed 40"),
@@ -140,17 +140,7 @@ fn acknowledged_appends_survive_an_abort_through_the_write_ahead_log() {
 #[test]
 fn a_log_left_without_its_database_is_not_replayed_into_a_new_one() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "wal_crash_child",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .output()
-        .expect("run the child");
+    let output = run_crashing_child(dir.path());
     assert!(String::from_utf8_lossy(&output.stdout).contains("committed 40"));
     // The operator deletes the database to start over; the log stays behind.
     std::fs::remove_file(dir.path().join("tandem.redb")).expect("remove the database");

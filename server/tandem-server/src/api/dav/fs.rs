@@ -452,15 +452,21 @@ pub(crate) enum Kind {
 }
 
 impl TandemFs {
-    /// What `path` is for `user`, `None` if it does not exist for them.
-    pub(crate) async fn kind(&self, path: &str, user: &DavUser) -> Result<Option<Kind>, ApiError> {
-        let listing = self.listing(user).await.map_err(|_| {
+    /// [`TandemFs::listing`] for a check made outside dav-server: a failure comes back as the
+    /// refusal it left in the request's slot (500 if it left none).
+    async fn listing_or_refusal(&self, user: &DavUser) -> Result<Arc<Listing>, ApiError> {
+        self.listing(user).await.map_err(|_| {
             user.refusal
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take()
                 .unwrap_or(ApiError::Internal)
-        })?;
+        })
+    }
+
+    /// What `path` is for `user`, `None` if it does not exist for them.
+    pub(crate) async fn kind(&self, path: &str, user: &DavUser) -> Result<Option<Kind>, ApiError> {
+        let listing = self.listing_or_refusal(user).await?;
         Ok(listing.node(path).map(|node| match node {
             Node::Root | Node::Folder { .. } => Kind::Folder,
             Node::File(_) => Kind::File,
@@ -943,13 +949,7 @@ impl TandemFs {
         path: &str,
         user: &DavUser,
     ) -> Result<(), ApiError> {
-        let listing = self.listing(user).await.map_err(|_| {
-            user.refusal
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take()
-                .unwrap_or(ApiError::Internal)
-        })?;
+        let listing = self.listing_or_refusal(user).await?;
         let (files, docs) = listing.tree(path);
         if !docs.is_empty() {
             return Err(ApiError::WebDav {
